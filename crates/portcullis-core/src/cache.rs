@@ -1,0 +1,694 @@
+//! [`CachedStore`]: live sessions answered from memory, every change written through a
+//! [`Journal`] before it is acknowledged. The in-memory store is a `CachedStore` over
+//! [`MemoryJournal`]; the embedded SQLite store is one over its SQLite journal (DESIGN §7).
+//!
+//! Reads (validation) take one shard's read lock. Changes are serialised by one async writer
+//! lock: the plan is made from memory, written to the journal, and only then applied to memory,
+//! so a failed write changes nothing and concurrent creates cannot overshoot a session limit.
+//! Touches do not take the writer lock; they are queued and written by [`SessionStore::flush`].
+
+use std::collections::{BTreeSet, HashMap};
+use std::future::Future;
+use std::sync::Arc;
+
+use parking_lot::{Mutex, RwLock};
+
+use crate::event::{AuditEvent, EventKind, EventQuery};
+use crate::policy::OnLimit;
+use crate::session::{EndReason, Ended, Session};
+use crate::store::{
+    ApiKey, EndedSessions, Ending, Insert, Inserted, SessionStore, StoreError,
+};
+use crate::time::Timestamp;
+use crate::token::{PublicId, SessionId, TokenHash};
+
+const SHARDS: usize = 64;
+
+/// One atomic unit of change, as a journal must persist it.
+#[derive(Debug, Clone, Default)]
+pub struct Change {
+    /// Sessions to write whole (new or changed).
+    pub sessions: Vec<Arc<Session>>,
+    /// Sessions to forget.
+    pub purged: Vec<SessionId>,
+    /// Events to append, with their positions already assigned.
+    pub events: Vec<AuditEvent>,
+    /// API keys to write whole.
+    pub api_keys: Vec<ApiKey>,
+}
+
+/// A coalesced activity update.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Touch {
+    /// The session.
+    pub id: SessionId,
+    /// Its new last activity.
+    pub last_seen_at: Timestamp,
+    /// Its new idle deadline.
+    pub idle_at: Option<Timestamp>,
+    /// Its new nearest deadline.
+    pub next_deadline: Timestamp,
+}
+
+/// Everything a journal holds, read back when the store opens.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    /// Live sessions and ended ones still retained.
+    pub sessions: Vec<Session>,
+    /// All API keys.
+    pub api_keys: Vec<ApiKey>,
+    /// The position of the last event written.
+    pub last_seq: u64,
+}
+
+/// Durable storage behind a [`CachedStore`].
+pub trait Journal: Send + Sync + 'static {
+    /// Persists `change` atomically; when it returns `Ok`, the change survives a crash.
+    fn commit(&self, change: &Change) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Persists coalesced touches (losing them in a crash only makes sessions expire earlier).
+    fn commit_touches(
+        &self,
+        touches: &[Touch],
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Reads events, oldest first.
+    fn events(
+        &self,
+        query: &EventQuery,
+    ) -> impl Future<Output = Result<Vec<AuditEvent>, StoreError>> + Send;
+    /// Whether the journal answers.
+    fn ping(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
+}
+
+/// A journal that keeps events in memory and persists nothing else: the in-memory store.
+#[derive(Debug, Default)]
+pub struct MemoryJournal {
+    events: Mutex<Vec<AuditEvent>>,
+}
+
+impl Journal for MemoryJournal {
+    async fn commit(&self, change: &Change) -> Result<(), StoreError> {
+        self.events.lock().extend(change.events.iter().cloned());
+        Ok(())
+    }
+
+    async fn commit_touches(&self, _touches: &[Touch]) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    async fn events(&self, query: &EventQuery) -> Result<Vec<AuditEvent>, StoreError> {
+        let events = self.events.lock();
+        let start = events.partition_point(|e| e.seq <= query.after);
+        Ok(events[start..]
+            .iter()
+            .filter(|e| query.matches(e))
+            .take(query.limit)
+            .cloned()
+            .collect())
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+}
+
+/// The in-memory store: fast, ephemeral, for tests and for embedding.
+pub type MemoryStore = CachedStore<MemoryJournal>;
+
+impl MemoryStore {
+    /// An empty in-memory store.
+    pub fn new() -> Self {
+        Self::open(MemoryJournal::default(), Snapshot::default())
+    }
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[derive(Default)]
+struct WriterState {
+    next_seq: u64,
+    /// Live session ids per subject.
+    subjects: HashMap<String, Vec<SessionId>>,
+    /// Timed-out sessions per subject that may still be re-constituted.
+    tombstones: HashMap<String, Vec<SessionId>>,
+    /// Live children per parent.
+    children: HashMap<SessionId, Vec<SessionId>>,
+    /// Ended sessions by purge time.
+    purges: BTreeSet<(Timestamp, SessionId)>,
+}
+
+/// See the module documentation.
+pub struct CachedStore<J> {
+    journal: J,
+    by_hash: Box<[RwLock<HashMap<TokenHash, Arc<Session>>>]>,
+    by_id: RwLock<HashMap<SessionId, TokenHash>>,
+    /// Live sessions by nearest deadline; entries may be stale and are re-checked when due.
+    deadlines: Mutex<BTreeSet<(Timestamp, SessionId)>>,
+    pending_touches: Mutex<HashMap<SessionId, Touch>>,
+    api_keys: RwLock<HashMap<TokenHash, ApiKey>>,
+    writer: tokio::sync::Mutex<WriterState>,
+}
+
+impl<J> std::fmt::Debug for CachedStore<J> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CachedStore")
+            .field("sessions", &self.by_id.read().len())
+            .finish_non_exhaustive()
+    }
+}
+
+fn shard_of(hash: &TokenHash) -> usize {
+    usize::from(hash.0[0]) % SHARDS
+}
+
+impl<J: Journal> CachedStore<J> {
+    /// Opens the store over `journal`, loading what it held.
+    pub fn open(journal: J, snapshot: Snapshot) -> Self {
+        let store = Self {
+            journal,
+            by_hash: (0..SHARDS).map(|_| RwLock::default()).collect(),
+            by_id: RwLock::default(),
+            deadlines: Mutex::default(),
+            pending_touches: Mutex::default(),
+            api_keys: RwLock::new(
+                snapshot
+                    .api_keys
+                    .into_iter()
+                    .map(|k| (k.key_hash, k))
+                    .collect(),
+            ),
+            writer: tokio::sync::Mutex::new(WriterState {
+                next_seq: snapshot.last_seq + 1,
+                ..WriterState::default()
+            }),
+        };
+        {
+            let mut state = store
+                .writer
+                .try_lock()
+                .expect("a store being opened has no other user");
+            for session in snapshot.sessions {
+                store.apply(&mut state, Arc::new(session));
+            }
+        }
+        store
+    }
+
+    /// The journal behind the cache.
+    pub fn journal(&self) -> &J {
+        &self.journal
+    }
+
+    /// How many sessions (live and retained) the cache holds.
+    pub fn len(&self) -> usize {
+        self.by_id.read().len()
+    }
+
+    /// Whether the cache holds no session.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn get_by_id(&self, id: &SessionId) -> Option<Arc<Session>> {
+        let hash = *self.by_id.read().get(id)?;
+        self.by_hash[shard_of(&hash)].read().get(&hash).cloned()
+    }
+
+    /// Makes memory agree with `session` (already journalled), fixing every index.
+    fn apply(&self, state: &mut WriterState, session: Arc<Session>) {
+        let previous = self.get_by_id(&session.id);
+        if let Some(prev) = &previous {
+            if prev.token_hash != session.token_hash {
+                self.by_hash[shard_of(&prev.token_hash)]
+                    .write()
+                    .remove(&prev.token_hash);
+            }
+            if prev.is_live() {
+                self.deadlines
+                    .lock()
+                    .remove(&(prev.next_deadline().0, prev.id.clone()));
+            }
+        }
+        let was_live = previous.as_ref().is_some_and(|p| p.is_live());
+        let id = session.id.clone();
+        if session.is_live() {
+            self.deadlines
+                .lock()
+                .insert((session.next_deadline().0, id.clone()));
+            if !was_live {
+                state
+                    .subjects
+                    .entry(session.subject.clone())
+                    .or_default()
+                    .push(id.clone());
+                if let Some(parent) = &session.parent {
+                    state
+                        .children
+                        .entry(parent.clone())
+                        .or_default()
+                        .push(id.clone());
+                }
+            }
+        } else {
+            if was_live {
+                remove_from(&mut state.subjects, &session.subject, &id);
+                if let Some(parent) = &session.parent {
+                    remove_from(&mut state.children, parent, &id);
+                }
+            }
+            let ended = session.ended.as_ref().expect("not live means ended");
+            if previous.as_ref().and_then(|p| p.ended.as_ref()).is_none() {
+                state.purges.insert((ended.purge_at, id.clone()));
+            }
+            let reconstitutable =
+                ended.reconstitute_until.is_some() && ended.reconstituted_into.is_none();
+            let list = state.tombstones.entry(session.subject.clone()).or_default();
+            let listed = list.contains(&id);
+            if reconstitutable && !listed {
+                list.push(id.clone());
+            } else if !reconstitutable && listed {
+                remove_from(&mut state.tombstones, &session.subject, &id);
+            }
+        }
+        self.by_id.write().insert(id, session.token_hash);
+        self.by_hash[shard_of(&session.token_hash)]
+            .write()
+            .insert(session.token_hash, session);
+    }
+
+    fn forget(&self, state: &mut WriterState, id: &SessionId) {
+        let Some(session) = self.get_by_id(id) else {
+            return;
+        };
+        self.by_id.write().remove(id);
+        self.by_hash[shard_of(&session.token_hash)]
+            .write()
+            .remove(&session.token_hash);
+        remove_from(&mut state.tombstones, &session.subject, id);
+    }
+
+    fn stamp(state: &mut WriterState, events: &mut [AuditEvent]) {
+        for event in events {
+            event.seq = state.next_seq;
+            state.next_seq += 1;
+        }
+    }
+
+    /// Writes `change` through the journal, then applies it to memory.
+    async fn commit(
+        &self,
+        state: &mut WriterState,
+        mut change: Change,
+    ) -> Result<Vec<AuditEvent>, StoreError> {
+        let first_seq = state.next_seq;
+        Self::stamp(state, &mut change.events);
+        if let Err(err) = self.journal.commit(&change).await {
+            state.next_seq = first_seq;
+            return Err(err);
+        }
+        for id in &change.purged {
+            self.forget(state, id);
+        }
+        for session in &change.sessions {
+            self.apply(state, Arc::clone(session));
+        }
+        if !change.api_keys.is_empty() {
+            let mut keys = self.api_keys.write();
+            for key in &change.api_keys {
+                keys.insert(key.key_hash, key.clone());
+            }
+        }
+        Ok(change.events)
+    }
+
+    /// Adds to `change` the ending of live session `id` and, recursively, of its live children.
+    fn plan_end(
+        &self,
+        state: &WriterState,
+        id: &SessionId,
+        ending: &Ending,
+        reason: EndReason,
+        change: &mut Change,
+    ) -> Option<Arc<Session>> {
+        let current = self.get_by_id(id).filter(|s| s.is_live())?;
+        if change.sessions.iter().any(|s| &s.id == id) {
+            return None;
+        }
+        let mut ended = Session::clone(&current);
+        ended.version += 1;
+        let reconstitute_until = if reason == ending.reason {
+            ending.reconstitute_until
+        } else {
+            None
+        };
+        ended.ended = Some(Ended {
+            reason,
+            at: ending.at,
+            reconstitute_until,
+            reconstituted_into: None,
+            purge_at: reconstitute_until
+                .unwrap_or(ending.at)
+                .max(ending.at.plus(ending.retention)),
+        });
+        let ended = Arc::new(ended);
+        change.events.push(AuditEvent::ended(&ended, &ending.actor));
+        change.sessions.push(Arc::clone(&ended));
+        for child in state.children.get(id).cloned().unwrap_or_default() {
+            self.plan_end(state, &child, ending, EndReason::ParentEnded, change);
+        }
+        Some(ended)
+    }
+}
+
+fn remove_from<K, Q>(map: &mut HashMap<K, Vec<SessionId>>, key: &Q, id: &SessionId)
+where
+    K: std::borrow::Borrow<Q> + std::hash::Hash + Eq,
+    Q: std::hash::Hash + Eq + ?Sized,
+{
+    if let Some(list) = map.get_mut(key) {
+        list.retain(|x| x != id);
+        if list.is_empty() {
+            map.remove(key);
+        }
+    }
+}
+
+impl<J: Journal> SessionStore for CachedStore<J> {
+    async fn find_by_token(&self, hash: &TokenHash) -> Result<Option<Arc<Session>>, StoreError> {
+        Ok(self.by_hash[shard_of(hash)].read().get(hash).cloned())
+    }
+
+    async fn find_by_id(&self, id: &SessionId) -> Result<Option<Arc<Session>>, StoreError> {
+        Ok(self.get_by_id(id))
+    }
+
+    async fn list_subject(&self, subject: &str) -> Result<Vec<Arc<Session>>, StoreError> {
+        let state = self.writer.lock().await;
+        let mut sessions: Vec<_> = state
+            .subjects
+            .get(subject)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| self.get_by_id(id))
+            .collect();
+        sessions.sort_by_key(|s| s.created_at);
+        Ok(sessions)
+    }
+
+    async fn insert(&self, insert: Insert) -> Result<Inserted, StoreError> {
+        let mut state = self.writer.lock().await;
+        let mut change = Change::default();
+        let mut session = insert.session;
+        let now = session.created_at;
+
+        if let Some(limit) = insert.limit.filter(|l| l.max > 0) {
+            let mut live: Vec<Arc<Session>> = state
+                .subjects
+                .get(&session.subject)
+                .into_iter()
+                .flatten()
+                .filter_map(|id| self.get_by_id(id))
+                .collect();
+            let max = usize::try_from(limit.max).unwrap_or(usize::MAX);
+            if live.len() >= max {
+                match limit.on_limit {
+                    OnLimit::Deny => return Err(StoreError::LimitReached),
+                    OnLimit::EvictOldest => live.sort_by_key(|s| (s.created_at, s.id.clone())),
+                    OnLimit::EvictIdlest => live.sort_by_key(|s| (s.last_seen_at, s.id.clone())),
+                }
+                let ending = Ending {
+                    reason: EndReason::NewDevice,
+                    at: now,
+                    actor: insert.actor.clone(),
+                    reconstitute_until: None,
+                    retention: insert.ended_retention,
+                };
+                for victim in &live[..=live.len() - max] {
+                    self.plan_end(&state, &victim.id, &ending, EndReason::NewDevice, &mut change);
+                }
+            }
+        }
+
+        let mut detail = serde_json::Map::new();
+        if insert.reconstitute {
+            let tomb = state
+                .tombstones
+                .get(&session.subject)
+                .into_iter()
+                .flatten()
+                .filter_map(|id| self.get_by_id(id))
+                .filter(|t| {
+                    t.policy == session.policy
+                        && t.ended.as_ref().is_some_and(|e| {
+                            e.reconstituted_into.is_none()
+                                && e.reconstitute_until.is_some_and(|until| until > now)
+                        })
+                })
+                .max_by_key(|t| t.ended.as_ref().map(|e| e.at));
+            if let Some(tomb) = tomb {
+                session.data = tomb.data.clone();
+                session.reconstituted_from = Some(tomb.id.clone());
+                let mut used = Session::clone(&tomb);
+                used.version += 1;
+                if let Some(ended) = used.ended.as_mut() {
+                    ended.reconstituted_into = Some(session.id.clone());
+                }
+                change.sessions.push(Arc::new(used));
+                detail.insert("reconstituted_from".into(), tomb.id.as_str().into());
+            }
+        }
+        if let Some(parent) = &session.parent {
+            detail.insert("parent".into(), parent.as_str().into());
+        }
+
+        let session = Arc::new(session);
+        change.events.insert(
+            0,
+            AuditEvent::for_session(EventKind::SessionCreated, &session, now, &insert.actor)
+                .with_detail(if detail.is_empty() {
+                    serde_json::Value::Null
+                } else {
+                    detail.into()
+                }),
+        );
+        change.sessions.push(Arc::clone(&session));
+        let events = self.commit(&mut state, change).await?;
+        Ok(Inserted { session, events })
+    }
+
+    async fn replace(
+        &self,
+        version: u64,
+        next: Session,
+        event: AuditEvent,
+    ) -> Result<Option<(Arc<Session>, AuditEvent)>, StoreError> {
+        let mut state = self.writer.lock().await;
+        let current = self.get_by_id(&next.id);
+        if !current.is_some_and(|c| c.is_live() && c.version == version) {
+            return Ok(None);
+        }
+        let next = Arc::new(next);
+        let change = Change {
+            sessions: vec![Arc::clone(&next)],
+            events: vec![event],
+            ..Change::default()
+        };
+        let mut events = self.commit(&mut state, change).await?;
+        Ok(Some((next, events.remove(0))))
+    }
+
+    async fn touch(&self, id: &SessionId, at: Timestamp) -> Result<(), StoreError> {
+        let Some(hash) = self.by_id.read().get(id).copied() else {
+            return Ok(());
+        };
+        let touch = {
+            let mut shard = self.by_hash[shard_of(&hash)].write();
+            let Some(current) = shard.get(&hash) else {
+                return Ok(());
+            };
+            if !current.is_live() || current.last_seen_at >= at {
+                return Ok(());
+            }
+            let old_deadline = current.next_deadline().0;
+            let mut next = Session::clone(current);
+            next.last_seen_at = at;
+            if let Some(idle) = next.idle.as_mut() {
+                idle.at = at.plus(idle.lifetime());
+            }
+            let new_deadline = next.next_deadline().0;
+            let touch = Touch {
+                id: next.id.clone(),
+                last_seen_at: at,
+                idle_at: next.idle.as_ref().map(|i| i.at),
+                next_deadline: new_deadline,
+            };
+            shard.insert(hash, Arc::new(next));
+            let mut deadlines = self.deadlines.lock();
+            deadlines.remove(&(old_deadline, id.clone()));
+            deadlines.insert((new_deadline, id.clone()));
+            touch
+        };
+        self.pending_touches.lock().insert(id.clone(), touch);
+        Ok(())
+    }
+
+    async fn end(&self, id: &SessionId, ending: Ending) -> Result<EndedSessions, StoreError> {
+        let mut state = self.writer.lock().await;
+        let mut change = Change::default();
+        let Some(ended) = self.plan_end(&state, id, &ending, ending.reason, &mut change) else {
+            return Ok(EndedSessions::default());
+        };
+        let events = self.commit(&mut state, change).await?;
+        Ok(EndedSessions {
+            sessions: vec![ended],
+            events,
+        })
+    }
+
+    async fn end_subject(
+        &self,
+        subject: &str,
+        except: Option<&SessionId>,
+        ending: Ending,
+    ) -> Result<EndedSessions, StoreError> {
+        let mut state = self.writer.lock().await;
+        let mut change = Change::default();
+        let ids: Vec<SessionId> = state.subjects.get(subject).cloned().unwrap_or_default();
+        let mut sessions = Vec::new();
+        for id in ids.iter().filter(|id| Some(*id) != except) {
+            if let Some(ended) = self.plan_end(&state, id, &ending, ending.reason, &mut change) {
+                sessions.push(ended);
+            }
+        }
+        if change.sessions.is_empty() {
+            return Ok(EndedSessions::default());
+        }
+        let events = self.commit(&mut state, change).await?;
+        Ok(EndedSessions { sessions, events })
+    }
+
+    async fn due(&self, now: Timestamp, limit: usize) -> Result<Vec<Arc<Session>>, StoreError> {
+        let candidates: Vec<(Timestamp, SessionId)> = self
+            .deadlines
+            .lock()
+            .range(..=(now, PublicId::from_string(String::from("\u{10FFFF}"))))
+            .take(limit.saturating_mul(2).max(16))
+            .cloned()
+            .collect();
+        let mut due = Vec::new();
+        for (at, id) in candidates {
+            match self.get_by_id(&id) {
+                Some(s) if s.is_live() && s.next_deadline().0 == at => due.push(s),
+                Some(s) if s.is_live() => {
+                    // A touch raced with another change: keep only the true entry.
+                    let mut deadlines = self.deadlines.lock();
+                    deadlines.remove(&(at, id));
+                    deadlines.insert((s.next_deadline().0, s.id.clone()));
+                }
+                _ => {
+                    self.deadlines.lock().remove(&(at, id));
+                }
+            }
+            if due.len() == limit {
+                break;
+            }
+        }
+        Ok(due)
+    }
+
+    async fn purge(&self, now: Timestamp) -> Result<usize, StoreError> {
+        let mut state = self.writer.lock().await;
+        let expired: Vec<(Timestamp, SessionId)> = state
+            .purges
+            .range(..=(now, PublicId::from_string(String::from("\u{10FFFF}"))))
+            .take(10_000)
+            .cloned()
+            .collect();
+        if expired.is_empty() {
+            return Ok(0);
+        }
+        let change = Change {
+            purged: expired.iter().map(|(_, id)| id.clone()).collect(),
+            ..Change::default()
+        };
+        self.commit(&mut state, change).await?;
+        for entry in &expired {
+            state.purges.remove(entry);
+        }
+        Ok(expired.len())
+    }
+
+    async fn events(&self, query: &EventQuery) -> Result<Vec<AuditEvent>, StoreError> {
+        self.journal.events(query).await
+    }
+
+    async fn add_api_key(&self, key: ApiKey, event: AuditEvent) -> Result<AuditEvent, StoreError> {
+        let mut state = self.writer.lock().await;
+        let change = Change {
+            api_keys: vec![key],
+            events: vec![event],
+            ..Change::default()
+        };
+        let mut events = self.commit(&mut state, change).await?;
+        Ok(events.remove(0))
+    }
+
+    async fn find_api_key(&self, hash: &TokenHash) -> Result<Option<ApiKey>, StoreError> {
+        Ok(self.api_keys.read().get(hash).cloned())
+    }
+
+    async fn list_api_keys(&self) -> Result<Vec<ApiKey>, StoreError> {
+        let mut keys: Vec<ApiKey> = self.api_keys.read().values().cloned().collect();
+        keys.sort_by_key(|k| (k.created_at, k.id.clone()));
+        Ok(keys)
+    }
+
+    async fn revoke_api_key(
+        &self,
+        id: &PublicId,
+        at: Timestamp,
+        event: AuditEvent,
+    ) -> Result<Option<(ApiKey, AuditEvent)>, StoreError> {
+        let mut state = self.writer.lock().await;
+        let Some(mut key) = self
+            .api_keys
+            .read()
+            .values()
+            .find(|k| &k.id == id && k.revoked_at.is_none())
+            .cloned()
+        else {
+            return Ok(None);
+        };
+        key.revoked_at = Some(at);
+        let change = Change {
+            api_keys: vec![key.clone()],
+            events: vec![event],
+            ..Change::default()
+        };
+        let mut events = self.commit(&mut state, change).await?;
+        Ok(Some((key, events.remove(0))))
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.journal.ping().await
+    }
+
+    async fn flush(&self) -> Result<(), StoreError> {
+        let touches: Vec<Touch> = self.pending_touches.lock().drain().map(|(_, t)| t).collect();
+        if touches.is_empty() {
+            return Ok(());
+        }
+        if let Err(err) = self.journal.commit_touches(&touches).await {
+            // Keep them for the next flush unless a newer touch arrived meanwhile.
+            let mut pending = self.pending_touches.lock();
+            for touch in touches {
+                pending.entry(touch.id.clone()).or_insert(touch);
+            }
+            return Err(err);
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,33 @@
+//! Portcullis domain core: the session model, policies, the lifecycle [`Engine`], audit events
+//! and the [`SessionStore`] contract.
+//!
+//! **Architecture Invariant:** this crate does no I/O. Time comes from a [`Clock`], randomness
+//! from a [`RandomSource`]; it knows nothing of HTTP, SQL or Redis. Stores and the HTTP layer
+//! depend on it, never the other way round.
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+pub mod cache;
+pub mod engine;
+pub mod event;
+pub mod policy;
+pub mod random;
+pub mod session;
+pub mod store;
+pub mod time;
+pub mod token;
+
+pub use cache::{CachedStore, Change, Journal, MemoryJournal, MemoryStore, Snapshot, Touch};
+pub use engine::{
+    Elevate, Engine, EngineError, EngineSettings, Issued, NewSession, Rejection, SweepReport,
+    Validated,
+};
+pub use event::{Actor, AuditEvent, AuditSink, EventKind, EventQuery, NoAuditSink};
+pub use policy::{Binding, OnLimit, Policy, PolicyError, PolicyOverrides, PolicySet, Preset};
+pub use random::{OsRandom, RandomSource, SeededRandom};
+pub use session::{AuthContext, Deadline, Device, Elevation, EndReason, Ended, Session};
+pub use store::{
+    ApiKey, EndedSessions, Ending, Insert, Inserted, SessionLimit, SessionStore, StoreError,
+};
+pub use time::{Clock, ManualClock, SystemClock, Timestamp, format_duration, parse_duration};
+pub use token::{MalformedToken, PublicId, SessionId, Token, TokenHash, TokenKind};

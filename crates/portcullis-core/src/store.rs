@@ -1,0 +1,209 @@
+//! The storage contract every backend implements, and passes the conformance suite for.
+//!
+//! Rules for implementers (after matrix-authentication-service's repository recipe):
+//! lookups return `Ok(None)` for "not there"; every method that changes state is atomic, writes
+//! its audit events in the same unit of work and returns them with their positions; time and
+//! randomness come from the caller, never from the store.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::event::{Actor, AuditEvent, EventQuery};
+use crate::policy::OnLimit;
+use crate::session::{EndReason, Session};
+use crate::time::Timestamp;
+use crate::token::{PublicId, SessionId, TokenHash};
+
+/// What a store can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The backend cannot answer; callers fail closed (nobody is let in).
+    #[error("the session store is unavailable: {0}")]
+    Unavailable(String),
+    /// The subject has reached its session limit and the policy says `deny`.
+    #[error("the subject has reached its session limit")]
+    LimitReached,
+    /// Stored data could not be read back.
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+}
+
+/// A per-subject cap on live sessions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionLimit {
+    /// Live sessions allowed; the new one counts.
+    pub max: u32,
+    /// What to do when it is reached.
+    pub on_limit: OnLimit,
+}
+
+/// Everything needed to insert a session atomically.
+#[derive(Debug, Clone)]
+pub struct Insert {
+    /// The new session.
+    pub session: Session,
+    /// The subject's cap, enforced atomically with the insert.
+    pub limit: Option<SessionLimit>,
+    /// Take back the data of the subject's latest timed-out session of the same policy.
+    pub reconstitute: bool,
+    /// Who asked.
+    pub actor: Actor,
+    /// How long the store keeps sessions it evicts.
+    pub ended_retention: Duration,
+}
+
+/// What an insert did.
+#[derive(Debug, Clone)]
+pub struct Inserted {
+    /// The session as stored.
+    pub session: Arc<Session>,
+    /// The committed events: `session.created` and any `session.ended` (`new_device`, `parent_ended`).
+    pub events: Vec<AuditEvent>,
+}
+
+/// How to end sessions.
+#[derive(Debug, Clone)]
+pub struct Ending {
+    /// Why.
+    pub reason: EndReason,
+    /// When it counts as ended.
+    pub at: Timestamp,
+    /// Who ended it.
+    pub actor: Actor,
+    /// Keep the data for re-constitution until then (timeouts only).
+    pub reconstitute_until: Option<Timestamp>,
+    /// How long to keep the ended record (so validation can say why it was refused).
+    pub retention: Duration,
+}
+
+/// What an ending did.
+#[derive(Debug, Clone, Default)]
+pub struct EndedSessions {
+    /// The sessions ended by the request itself.
+    pub sessions: Vec<Arc<Session>>,
+    /// Committed events, including those of children ended with `parent_ended`.
+    pub events: Vec<AuditEvent>,
+}
+
+/// An API key for backend callers; only its hash is stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiKey {
+    /// Public id (`key_…`).
+    pub id: PublicId,
+    /// What it is for (`shop`).
+    pub name: String,
+    /// SHA-256 of the key.
+    pub key_hash: TokenHash,
+    /// When it was created.
+    pub created_at: Timestamp,
+    /// When it was revoked.
+    pub revoked_at: Option<Timestamp>,
+}
+
+/// A session store. See the module docs for the rules; `portcullis-store-tests` checks them.
+pub trait SessionStore: Send + Sync + 'static {
+    /// The session (live or recently ended) whose token hashes to `hash`.
+    fn find_by_token(
+        &self,
+        hash: &TokenHash,
+    ) -> impl Future<Output = Result<Option<Arc<Session>>, StoreError>> + Send;
+
+    /// The session (live or recently ended) with public id `id`.
+    fn find_by_id(
+        &self,
+        id: &SessionId,
+    ) -> impl Future<Output = Result<Option<Arc<Session>>, StoreError>> + Send;
+
+    /// The subject's live sessions, oldest first.
+    fn list_subject(
+        &self,
+        subject: &str,
+    ) -> impl Future<Output = Result<Vec<Arc<Session>>, StoreError>> + Send;
+
+    /// Inserts a session, enforcing the limit atomically (evicting with `new_device`, or
+    /// [`StoreError::LimitReached`]) and re-constituting when asked.
+    fn insert(&self, insert: Insert) -> impl Future<Output = Result<Inserted, StoreError>> + Send;
+
+    /// Replaces a live session if it is still at `version` (rotation, elevation, new data).
+    /// `Ok(None)` when it changed or ended meanwhile.
+    fn replace(
+        &self,
+        version: u64,
+        next: Session,
+        event: AuditEvent,
+    ) -> impl Future<Output = Result<Option<(Arc<Session>, AuditEvent)>, StoreError>> + Send;
+
+    /// Records activity: `last_seen_at` moves to `at` (never back) and the idle deadline with it.
+    /// Stores may persist touches lazily; [`SessionStore::flush`] writes them.
+    fn touch(
+        &self,
+        id: &SessionId,
+        at: Timestamp,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Ends a live session and its live children (`parent_ended`). Ending a session that is
+    /// not live does nothing, so each ending is recorded exactly once.
+    fn end(
+        &self,
+        id: &SessionId,
+        ending: Ending,
+    ) -> impl Future<Output = Result<EndedSessions, StoreError>> + Send;
+
+    /// Ends every live session of `subject` except `except`.
+    fn end_subject(
+        &self,
+        subject: &str,
+        except: Option<&SessionId>,
+        ending: Ending,
+    ) -> impl Future<Output = Result<EndedSessions, StoreError>> + Send;
+
+    /// Up to `limit` live sessions whose nearest deadline is at or before `now`, in deadline
+    /// order. Costs O(returned), not O(live sessions).
+    fn due(
+        &self,
+        now: Timestamp,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<Arc<Session>>, StoreError>> + Send;
+
+    /// Forgets ended sessions whose retention is over; returns how many.
+    fn purge(&self, now: Timestamp) -> impl Future<Output = Result<usize, StoreError>> + Send;
+
+    /// Audit events, oldest first.
+    fn events(
+        &self,
+        query: &EventQuery,
+    ) -> impl Future<Output = Result<Vec<AuditEvent>, StoreError>> + Send;
+
+    /// Stores an API key and its `api_key.created` event.
+    fn add_api_key(
+        &self,
+        key: ApiKey,
+        event: AuditEvent,
+    ) -> impl Future<Output = Result<AuditEvent, StoreError>> + Send;
+
+    /// The API key whose secret hashes to `hash` (revoked ones too).
+    fn find_api_key(
+        &self,
+        hash: &TokenHash,
+    ) -> impl Future<Output = Result<Option<ApiKey>, StoreError>> + Send;
+
+    /// Every API key.
+    fn list_api_keys(&self) -> impl Future<Output = Result<Vec<ApiKey>, StoreError>> + Send;
+
+    /// Revokes an API key; `Ok(None)` when there is no such live key.
+    fn revoke_api_key(
+        &self,
+        id: &PublicId,
+        at: Timestamp,
+        event: AuditEvent,
+    ) -> impl Future<Output = Result<Option<(ApiKey, AuditEvent)>, StoreError>> + Send;
+
+    /// Whether the backend answers (readiness).
+    fn ping(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Writes what the store has coalesced (touches).
+    fn flush(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
+}
