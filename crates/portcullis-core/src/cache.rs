@@ -16,9 +16,7 @@ use parking_lot::{Mutex, RwLock};
 use crate::event::{AuditEvent, EventKind, EventQuery};
 use crate::policy::OnLimit;
 use crate::session::{EndReason, Ended, Session};
-use crate::store::{
-    ApiKey, EndedSessions, Ending, Insert, Inserted, SessionStore, StoreError,
-};
+use crate::store::{ApiKey, EndedSessions, Ending, Insert, Inserted, SessionStore, StoreError};
 use crate::time::Timestamp;
 use crate::token::{PublicId, SessionId, TokenHash};
 
@@ -427,7 +425,13 @@ impl<J: Journal> SessionStore for CachedStore<J> {
                     retention: insert.ended_retention,
                 };
                 for victim in &live[..=live.len() - max] {
-                    self.plan_end(&state, &victim.id, &ending, EndReason::NewDevice, &mut change);
+                    self.plan_end(
+                        &state,
+                        &victim.id,
+                        &ending,
+                        EndReason::NewDevice,
+                        &mut change,
+                    );
                 }
             }
         }
@@ -677,7 +681,12 @@ impl<J: Journal> SessionStore for CachedStore<J> {
     }
 
     async fn flush(&self) -> Result<(), StoreError> {
-        let touches: Vec<Touch> = self.pending_touches.lock().drain().map(|(_, t)| t).collect();
+        let touches: Vec<Touch> = self
+            .pending_touches
+            .lock()
+            .drain()
+            .map(|(_, t)| t)
+            .collect();
         if touches.is_empty() {
             return Ok(());
         }

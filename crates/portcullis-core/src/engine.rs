@@ -335,7 +335,8 @@ impl<S: SessionStore> Engine<S> {
             elevations: Vec::new(),
             device: request.device,
             data: request.data,
-            idle: (!idle.lifetime.is_zero()).then(|| Deadline::after(now, idle.lifetime, idle.text)),
+            idle: (!idle.lifetime.is_zero())
+                .then(|| Deadline::after(now, idle.lifetime, idle.text)),
             absolute: Deadline::after(now, absolute.lifetime, absolute.text),
             parent: request.parent,
             reconstituted_from: None,
@@ -397,10 +398,7 @@ impl<S: SessionStore> Engine<S> {
         reason: EndReason,
         actor: &Actor,
     ) -> Result<usize, EngineError> {
-        let ended = self
-            .store
-            .end(id, self.ending(reason, actor))
-            .await?;
+        let ended = self.store.end(id, self.ending(reason, actor)).await?;
         self.publish(&ended.events);
         Ok(ended.sessions.len())
     }
@@ -421,11 +419,7 @@ impl<S: SessionStore> Engine<S> {
             && let Some((at, reason)) = session.timed_out(self.clock.now())
         {
             self.end_timed_out(&session, at, reason).await?;
-            return Ok(self
-                .store
-                .find_by_id(&session.id)
-                .await?
-                .unwrap_or(session));
+            return Ok(self.store.find_by_id(&session.id).await?.unwrap_or(session));
         }
         Ok(session)
     }
@@ -524,12 +518,17 @@ impl<S: SessionStore> Engine<S> {
             next.elevations.retain(|e| e.expires_at > now);
             change(&mut next, now);
             let mut event = AuditEvent::for_session(kind, &next, now, actor);
-            if let Some(e) = next.elevations.last().filter(|_| kind == EventKind::SessionElevated) {
+            if let Some(e) = next
+                .elevations
+                .last()
+                .filter(|_| kind == EventKind::SessionElevated)
+            {
                 event = event.with_detail(serde_json::json!({
                     "elevation": e.id.as_str(), "scope": e.scope, "level": e.level, "methods": e.methods,
                 }));
             }
-            if let Some((session, event)) = self.store.replace(current.version, next, event).await? {
+            if let Some((session, event)) = self.store.replace(current.version, next, event).await?
+            {
                 self.publish(std::slice::from_ref(&event));
                 return Ok(Issued {
                     token: new_token,
@@ -673,7 +672,8 @@ impl<S: SessionStore> Engine<S> {
             next.data = data.clone();
             let event =
                 AuditEvent::for_session(EventKind::SessionDataReplaced, &next, self.now(), actor);
-            if let Some((session, event)) = self.store.replace(current.version, next, event).await? {
+            if let Some((session, event)) = self.store.replace(current.version, next, event).await?
+            {
                 self.publish(std::slice::from_ref(&event));
                 return Ok(session);
             }
@@ -715,7 +715,9 @@ impl<S: SessionStore> Engine<S> {
         actor: &Actor,
     ) -> Result<(Token, ApiKey), EngineError> {
         if name.is_empty() || name.len() > MAX_LABEL_BYTES {
-            return Err(EngineError::Invalid("an API key name must be 1 to 64 bytes".into()));
+            return Err(EngineError::Invalid(
+                "an API key name must be 1 to 64 bytes".into(),
+            ));
         }
         let token = Token::generate(TokenKind::ApiKey, self.random.as_ref());
         let key = ApiKey {
@@ -732,7 +734,10 @@ impl<S: SessionStore> Engine<S> {
     }
 
     /// The live API key for a presented secret.
-    pub async fn authenticate_api_key(&self, presented: &str) -> Result<Option<ApiKey>, EngineError> {
+    pub async fn authenticate_api_key(
+        &self,
+        presented: &str,
+    ) -> Result<Option<ApiKey>, EngineError> {
         let Ok(token) = Token::parse(TokenKind::ApiKey, presented) else {
             return Ok(None);
         };
@@ -749,7 +754,11 @@ impl<S: SessionStore> Engine<S> {
     }
 
     /// Revokes an API key.
-    pub async fn revoke_api_key(&self, id: &PublicId, actor: &Actor) -> Result<ApiKey, EngineError> {
+    pub async fn revoke_api_key(
+        &self,
+        id: &PublicId,
+        actor: &Actor,
+    ) -> Result<ApiKey, EngineError> {
         let now = self.now();
         let probe = ApiKey {
             id: id.clone(),

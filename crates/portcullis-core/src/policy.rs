@@ -256,7 +256,10 @@ impl Policy {
             return Err(err("absolute", "must be greater than 0s".into()));
         }
         if self.remember_me_absolute.value.is_zero() {
-            return Err(err("remember_me_absolute", "must be greater than 0s".into()));
+            return Err(err(
+                "remember_me_absolute",
+                "must be greater than 0s".into(),
+            ));
         }
         if self.idle.value > self.absolute.value {
             return Err(err(
@@ -364,11 +367,20 @@ mod tests {
     #[test]
     fn nist3_5_presets_carry_the_sp_800_63b_numbers() {
         let aal2 = Policy::preset("p", Preset::Aal2);
-        assert_eq!((aal2.idle.value, aal2.absolute.value), (mins(30), hours(12)));
+        assert_eq!(
+            (aal2.idle.value, aal2.absolute.value),
+            (mins(30), hours(12))
+        );
         let aal3 = Policy::preset("p", Preset::Aal3);
-        assert_eq!((aal3.idle.value, aal3.absolute.value), (mins(15), hours(12)));
+        assert_eq!(
+            (aal3.idle.value, aal3.absolute.value),
+            (mins(15), hours(12))
+        );
         let aal1 = Policy::preset("p", Preset::Aal1);
-        assert_eq!((aal1.idle.value, aal1.absolute.value), (Duration::ZERO, days(30)));
+        assert_eq!(
+            (aal1.idle.value, aal1.absolute.value),
+            (Duration::ZERO, days(30))
+        );
         // Remember-me never lifts the preset's overall cap (NIST4-5).
         assert_eq!(aal2.remember_me_absolute.value, hours(12));
     }
@@ -403,6 +415,9 @@ mod tests {
         };
         let err = Policy::resolve("shop", &o).unwrap_err();
         assert_eq!(err.field, "idle");
-        assert!(err.to_string().starts_with("policies.shop.idle: 2d is longer than absolute 12h"));
+        assert!(
+            err.to_string()
+                .starts_with("policies.shop.idle: 2d is longer than absolute 12h")
+        );
     }
 }

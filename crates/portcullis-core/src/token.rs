@@ -206,8 +206,18 @@ mod tests {
         let good = Token::generate(TokenKind::Session, &SeededRandom::new(1));
         assert!(Token::parse(TokenKind::Session, good.expose()).is_ok());
         assert!(Token::parse(TokenKind::ApiKey, good.expose()).is_err());
-        for bad in ["", "pcs_", "pcs_short", "pcs_ab/cdefghijklmnopqrstuvwxyz0123456789ABCDEFG", &format!("{}x", good.expose())] {
-            assert_eq!(Token::parse(TokenKind::Session, bad), Err(MalformedToken), "{bad}");
+        for bad in [
+            "",
+            "pcs_",
+            "pcs_short",
+            "pcs_ab/cdefghijklmnopqrstuvwxyz0123456789ABCDEFG",
+            &format!("{}x", good.expose()),
+        ] {
+            assert_eq!(
+                Token::parse(TokenKind::Session, bad),
+                Err(MalformedToken),
+                "{bad}"
+            );
         }
     }
 

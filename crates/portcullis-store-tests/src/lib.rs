@@ -1,1 +1,151 @@
-//! placeholder
+//! The conformance suite every Portcullis [`SessionStore`] must pass (DESIGN §4.7), after the
+//! `route_tests!` pattern of tower-sessions: each case is an `async fn` over a fresh store, and
+//! [`store_conformance!`] instantiates all of them as tests for one backend.
+//!
+//! Two layers are checked: the store contract itself ([`store`]) and the whole session
+//! lifecycle run by the [`portcullis_core::Engine`] on top of the store ([`lifecycle`]), with a
+//! manual clock so no case sleeps.
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+pub mod lifecycle;
+pub mod store;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use portcullis_core::{
+    Actor, AuthContext, Deadline, Device, EndReason, Ending, Insert, ManualClock, PublicId,
+    SeededRandom, Session, SessionLimit, Timestamp, Token, TokenKind,
+};
+
+/// A fixed starting time for every case.
+pub fn t0() -> Timestamp {
+    use portcullis_core::Clock;
+    ManualClock::default().now()
+}
+
+/// A session for `subject` created at `at` with a 15 min idle and 12 h absolute deadline,
+/// and the token that opens it.
+pub fn session_at(subject: &str, at: Timestamp, random: &SeededRandom) -> (Token, Session) {
+    let token = Token::generate(TokenKind::Session, random);
+    let session = Session {
+        id: PublicId::generate("ses_", random),
+        token_hash: token.hash(),
+        version: 1,
+        subject: subject.to_owned(),
+        policy: "default".into(),
+        created_at: at,
+        last_seen_at: at,
+        authenticated_at: at,
+        remember_me: false,
+        auth: AuthContext {
+            methods: vec!["pwd".into()],
+            level: 1,
+        },
+        elevations: vec![],
+        device: Device::default(),
+        data: serde_json::json!({"cart": [1, 2]}),
+        idle: Some(Deadline::after(
+            at,
+            Duration::from_secs(900),
+            "idle 15m".into(),
+        )),
+        absolute: Deadline::after(at, Duration::from_secs(43_200), "absolute 12h".into()),
+        parent: None,
+        reconstituted_from: None,
+        ended: None,
+    };
+    (token, session)
+}
+
+/// An insert request with no limit.
+pub fn plain_insert(session: Session) -> Insert {
+    Insert {
+        session,
+        limit: None,
+        reconstitute: false,
+        actor: Actor("test".into()),
+        ended_retention: Duration::from_secs(3600),
+    }
+}
+
+/// An insert request under a limit.
+pub fn limited_insert(session: Session, limit: SessionLimit) -> Insert {
+    Insert {
+        limit: Some(limit),
+        ..plain_insert(session)
+    }
+}
+
+/// An ending for `reason` at `at`.
+pub fn ending(reason: EndReason, at: Timestamp) -> Ending {
+    Ending {
+        reason,
+        at,
+        actor: Actor("test".into()),
+        reconstitute_until: None,
+        retention: Duration::from_secs(3600),
+    }
+}
+
+/// Shared randomness for a case (deterministic per case).
+pub fn random() -> Arc<SeededRandom> {
+    Arc::new(SeededRandom::new(7))
+}
+
+/// Instantiates every conformance case as a `#[tokio::test]` for one store.
+///
+/// `$make` is an async expression evaluating to a fresh, empty store; it is evaluated once per
+/// case, so each case is isolated (its own file, key prefix or database).
+#[macro_export]
+macro_rules! store_conformance {
+    ($make:expr) => {
+        $crate::store_conformance!(@cases $make;
+            store::insert_then_find_by_token_and_id,
+            store::unknown_lookups_are_none,
+            store::list_subject_is_live_sessions_oldest_first,
+            store::touch_moves_activity_forward_only,
+            store::replace_is_compare_and_set_and_kills_the_old_token,
+            store::end_is_recorded_exactly_once,
+            store::end_cascades_to_children,
+            store::end_subject_spares_the_exception,
+            store::limit_deny_refuses,
+            store::limit_evicts_oldest,
+            store::limit_evicts_idlest,
+            store::limit_holds_under_50_concurrent_creates,
+            store::due_is_only_what_passed_in_deadline_order,
+            store::tombstone_reconstitutes_once,
+            store::purge_forgets_after_retention,
+            store::events_are_ordered_filtered_and_paged,
+            store::api_keys_add_find_list_revoke,
+            store::ping_answers,
+            lifecycle::asvs5_7_3_1_idle_timeout_and_activity,
+            lifecycle::asvs5_7_3_2_absolute_timeout_despite_activity,
+            lifecycle::nist4_3_warning_inside_lead_time,
+            lifecycle::validation_without_activity_changes_nothing,
+            lifecycle::nist4_5_remember_me_keeps_its_absolute_cap,
+            lifecycle::asvs5_7_2_4_rotation_kills_the_old_token,
+            lifecycle::owasp_sm_11_elevation_rotates_and_restarts_timers,
+            lifecycle::asvs4_3_3_1_logout_is_final_and_idempotent,
+            lifecycle::asvs4_3_3_3_force_logout_all_but_current,
+            lifecycle::asvs5_7_4_5_admin_revoke,
+            lifecycle::asvs5_7_1_2_concurrent_limit_one_evicts_other_device,
+            lifecycle::owasp_sm_20_binding_mismatch_ends_session,
+            lifecycle::reconstitution_after_timeout_not_after_logout,
+            lifecycle::sweep_expires_each_session_once,
+            lifecycle::parent_end_ends_children,
+            lifecycle::data_replace_is_size_limited,
+            lifecycle::asvs4_7_1_1_events_never_hold_a_token,
+        );
+    };
+    (@cases $make:expr; $($module:ident :: $case:ident),+ $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() {
+                let store = $make.await;
+                $crate::$module::$case(store).await;
+            }
+        )+
+    };
+}

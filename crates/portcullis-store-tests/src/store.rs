@@ -1,0 +1,546 @@
+//! Cases for the store contract itself.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use portcullis_core::{
+    Actor, ApiKey, AuditEvent, EndReason, EventKind, EventQuery, OnLimit, PublicId, SessionLimit,
+    SessionStore, StoreError, Token, TokenKind,
+};
+
+use crate::{ending, limited_insert, plain_insert, random, session_at, t0};
+
+const SEC: Duration = Duration::from_secs(1);
+
+/// A created session is found by its token hash and by its id, unchanged.
+pub async fn insert_then_find_by_token_and_id<S: SessionStore>(store: S) {
+    let (token, session) = session_at("alice", t0(), &random());
+    let inserted = store.insert(plain_insert(session.clone())).await.unwrap();
+    assert_eq!(*inserted.session, session);
+    assert_eq!(inserted.events.len(), 1);
+    assert_eq!(inserted.events[0].kind, EventKind::SessionCreated);
+    let by_token = store.find_by_token(&token.hash()).await.unwrap().unwrap();
+    assert_eq!(*by_token, session);
+    let by_id = store.find_by_id(&session.id).await.unwrap().unwrap();
+    assert_eq!(*by_id, session);
+}
+
+/// Lookups of what was never stored answer `None`, not an error.
+pub async fn unknown_lookups_are_none<S: SessionStore>(store: S) {
+    let r = random();
+    let token = Token::generate(TokenKind::Session, r.as_ref());
+    assert!(store.find_by_token(&token.hash()).await.unwrap().is_none());
+    assert!(
+        store
+            .find_by_id(&PublicId::generate("ses_", r.as_ref()))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(store.list_subject("nobody").await.unwrap().is_empty());
+    assert!(store.find_api_key(&token.hash()).await.unwrap().is_none());
+}
+
+/// Listing a subject gives its live sessions, oldest first, and nobody else's.
+pub async fn list_subject_is_live_sessions_oldest_first<S: SessionStore>(store: S) {
+    let r = random();
+    let mut ids = vec![];
+    for i in 0..3 {
+        let (_, s) = session_at("alice", t0().plus(SEC * (3 - i)), &r);
+        ids.push(s.id.clone());
+        store.insert(plain_insert(s)).await.unwrap();
+    }
+    let (_, other) = session_at("bob", t0(), &r);
+    store.insert(plain_insert(other)).await.unwrap();
+    store
+        .end(&ids[1], ending(EndReason::Logout, t0().plus(SEC * 5)))
+        .await
+        .unwrap();
+    let listed: Vec<_> = store
+        .list_subject("alice")
+        .await
+        .unwrap()
+        .iter()
+        .map(|s| s.id.clone())
+        .collect();
+    assert_eq!(listed, vec![ids[2].clone(), ids[0].clone()]);
+}
+
+/// A touch moves `last_seen_at` and the idle deadline forward, never back, and keeps the version.
+pub async fn touch_moves_activity_forward_only<S: SessionStore>(store: S) {
+    let (token, s) = session_at("alice", t0(), &random());
+    store.insert(plain_insert(s.clone())).await.unwrap();
+    store.touch(&s.id, t0().plus(SEC * 60)).await.unwrap();
+    store.touch(&s.id, t0().plus(SEC * 30)).await.unwrap();
+    store.flush().await.unwrap();
+    let after = store.find_by_token(&token.hash()).await.unwrap().unwrap();
+    assert_eq!(after.last_seen_at, t0().plus(SEC * 60));
+    assert_eq!(after.idle.as_ref().unwrap().at, t0().plus(SEC * 960));
+    assert_eq!(after.version, s.version);
+}
+
+/// Replace succeeds only at the version read; afterwards the old token finds nothing.
+pub async fn replace_is_compare_and_set_and_kills_the_old_token<S: SessionStore>(store: S) {
+    let r = random();
+    let (old_token, s) = session_at("alice", t0(), &r);
+    store.insert(plain_insert(s.clone())).await.unwrap();
+    let new_token = Token::generate(TokenKind::Session, r.as_ref());
+    let mut next = s.clone();
+    next.token_hash = new_token.hash();
+    next.version += 1;
+    let event = AuditEvent::for_session(EventKind::SessionRotated, &next, t0(), &Actor::system());
+    let (stored, event) = store
+        .replace(s.version, next.clone(), event.clone())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(*stored, next);
+    assert!(event.seq > 0);
+    assert!(
+        store
+            .find_by_token(&old_token.hash())
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert_eq!(
+        *store
+            .find_by_token(&new_token.hash())
+            .await
+            .unwrap()
+            .unwrap(),
+        next
+    );
+    // A second writer that read the old version loses.
+    let mut stale = s.clone();
+    stale.data = serde_json::json!("lost update");
+    stale.version += 1;
+    assert!(
+        store
+            .replace(s.version, stale, event.clone())
+            .await
+            .unwrap()
+            .is_none()
+    );
+    // An ended session cannot be replaced.
+    store
+        .end(&s.id, ending(EndReason::Logout, t0()))
+        .await
+        .unwrap();
+    let mut late = next.clone();
+    late.version += 1;
+    assert!(
+        store
+            .replace(next.version + 1, late, event)
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
+
+/// Ending twice records one ending and one event.
+pub async fn end_is_recorded_exactly_once<S: SessionStore>(store: S) {
+    let (token, s) = session_at("alice", t0(), &random());
+    store.insert(plain_insert(s.clone())).await.unwrap();
+    let first = store
+        .end(&s.id, ending(EndReason::Logout, t0().plus(SEC)))
+        .await
+        .unwrap();
+    assert_eq!(first.sessions.len(), 1);
+    assert_eq!(first.events.len(), 1);
+    assert_eq!(first.events[0].reason, Some(EndReason::Logout));
+    let second = store
+        .end(&s.id, ending(EndReason::RevokedAdmin, t0().plus(SEC * 2)))
+        .await
+        .unwrap();
+    assert!(second.sessions.is_empty() && second.events.is_empty());
+    let found = store.find_by_token(&token.hash()).await.unwrap().unwrap();
+    let ended = found.ended.as_ref().unwrap();
+    assert_eq!(
+        (ended.reason, ended.at),
+        (EndReason::Logout, t0().plus(SEC))
+    );
+    let q = EventQuery {
+        session_id: Some(s.id.clone()),
+        limit: 100,
+        ..Default::default()
+    };
+    let ends = store
+        .events(&q)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.kind == EventKind::SessionEnded)
+        .count();
+    assert_eq!(ends, 1);
+}
+
+/// Ending a parent ends its live children with `parent_ended`, in the same unit.
+pub async fn end_cascades_to_children<S: SessionStore>(store: S) {
+    let r = random();
+    let (_, parent) = session_at("alice", t0(), &r);
+    let (child_token, mut child) = session_at("alice", t0(), &r);
+    child.parent = Some(parent.id.clone());
+    store.insert(plain_insert(parent.clone())).await.unwrap();
+    store.insert(plain_insert(child.clone())).await.unwrap();
+    let ended = store
+        .end(&parent.id, ending(EndReason::Logout, t0()))
+        .await
+        .unwrap();
+    assert_eq!(ended.sessions.len(), 1);
+    assert_eq!(ended.events.len(), 2);
+    let child = store
+        .find_by_token(&child_token.hash())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(child.ended.as_ref().unwrap().reason, EndReason::ParentEnded);
+}
+
+/// Ending a subject's sessions spares the exception and nobody else is touched.
+pub async fn end_subject_spares_the_exception<S: SessionStore>(store: S) {
+    let r = random();
+    let mut ids = vec![];
+    for _ in 0..3 {
+        let (_, s) = session_at("alice", t0(), &r);
+        ids.push(s.id.clone());
+        store.insert(plain_insert(s)).await.unwrap();
+    }
+    let (_, bob) = session_at("bob", t0(), &r);
+    store.insert(plain_insert(bob.clone())).await.unwrap();
+    let ended = store
+        .end_subject(
+            "alice",
+            Some(&ids[1]),
+            ending(EndReason::PasswordChanged, t0()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(ended.sessions.len(), 2);
+    assert!(
+        ended
+            .events
+            .iter()
+            .all(|e| e.reason == Some(EndReason::PasswordChanged))
+    );
+    let live: Vec<_> = store
+        .list_subject("alice")
+        .await
+        .unwrap()
+        .iter()
+        .map(|s| s.id.clone())
+        .collect();
+    assert_eq!(live, vec![ids[1].clone()]);
+    assert_eq!(store.list_subject("bob").await.unwrap().len(), 1);
+}
+
+fn limit(max: u32, on_limit: OnLimit) -> SessionLimit {
+    SessionLimit { max, on_limit }
+}
+
+/// With `deny`, the insert over the limit fails and nothing changes.
+pub async fn limit_deny_refuses<S: SessionStore>(store: S) {
+    let r = random();
+    for _ in 0..2 {
+        let (_, s) = session_at("alice", t0(), &r);
+        store
+            .insert(limited_insert(s, limit(2, OnLimit::Deny)))
+            .await
+            .unwrap();
+    }
+    let (_, third) = session_at("alice", t0(), &r);
+    let err = store
+        .insert(limited_insert(third.clone(), limit(2, OnLimit::Deny)))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::LimitReached));
+    assert!(store.find_by_id(&third.id).await.unwrap().is_none());
+    assert_eq!(store.list_subject("alice").await.unwrap().len(), 2);
+}
+
+/// With `evict_oldest`, the session created first ends with `new_device`.
+pub async fn limit_evicts_oldest<S: SessionStore>(store: S) {
+    let r = random();
+    let mut ids = vec![];
+    for i in 0..2 {
+        let (_, s) = session_at("alice", t0().plus(SEC * i), &r);
+        ids.push(s.id.clone());
+        store
+            .insert(limited_insert(s, limit(2, OnLimit::EvictOldest)))
+            .await
+            .unwrap();
+    }
+    store.touch(&ids[1], t0().plus(SEC * 5)).await.unwrap();
+    let (_, third) = session_at("alice", t0().plus(SEC * 10), &r);
+    let inserted = store
+        .insert(limited_insert(
+            third.clone(),
+            limit(2, OnLimit::EvictOldest),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(inserted.events.len(), 2);
+    let evicted = store.find_by_id(&ids[0]).await.unwrap().unwrap();
+    assert_eq!(evicted.ended.as_ref().unwrap().reason, EndReason::NewDevice);
+    let live: Vec<_> = store
+        .list_subject("alice")
+        .await
+        .unwrap()
+        .iter()
+        .map(|s| s.id.clone())
+        .collect();
+    assert_eq!(live, vec![ids[1].clone(), third.id]);
+}
+
+/// With `evict_idlest`, the session idle longest ends, even if it is not the oldest.
+pub async fn limit_evicts_idlest<S: SessionStore>(store: S) {
+    let r = random();
+    let mut ids = vec![];
+    for i in 0..2 {
+        let (_, s) = session_at("alice", t0().plus(SEC * i), &r);
+        ids.push(s.id.clone());
+        store
+            .insert(limited_insert(s, limit(2, OnLimit::EvictIdlest)))
+            .await
+            .unwrap();
+    }
+    store.touch(&ids[0], t0().plus(SEC * 5)).await.unwrap();
+    let (_, third) = session_at("alice", t0().plus(SEC * 10), &r);
+    store
+        .insert(limited_insert(third, limit(2, OnLimit::EvictIdlest)))
+        .await
+        .unwrap();
+    let evicted = store.find_by_id(&ids[1]).await.unwrap().unwrap();
+    assert_eq!(evicted.ended.as_ref().unwrap().reason, EndReason::NewDevice);
+    assert!(store.find_by_id(&ids[0]).await.unwrap().unwrap().is_live());
+}
+
+/// 50 parallel creates for one subject with a limit of 3 leave exactly 3 live sessions,
+/// under `evict_oldest` and under `deny` alike.
+pub async fn limit_holds_under_50_concurrent_creates<S: SessionStore>(store: S) {
+    let store = Arc::new(store);
+    let r = random();
+    for (subject, on_limit) in [
+        ("evicting", OnLimit::EvictOldest),
+        ("denying", OnLimit::Deny),
+    ] {
+        let mut tasks = Vec::new();
+        for i in 0..50u32 {
+            let (_, s) = session_at(subject, t0().plus(Duration::from_millis(i.into())), &r);
+            let store = Arc::clone(&store);
+            tasks.push(tokio::spawn(async move {
+                store.insert(limited_insert(s, limit(3, on_limit))).await
+            }));
+        }
+        let mut created = 0;
+        for task in tasks {
+            match task.await.unwrap() {
+                Ok(_) => created += 1,
+                Err(StoreError::LimitReached) => {}
+                Err(other) => panic!("unexpected store error: {other}"),
+            }
+        }
+        assert_eq!(
+            store.list_subject(subject).await.unwrap().len(),
+            3,
+            "{subject}"
+        );
+        let expected_created = if on_limit == OnLimit::Deny { 3 } else { 50 };
+        assert_eq!(created, expected_created, "{subject}");
+    }
+}
+
+/// `due` returns the live sessions whose nearest deadline passed, earliest first, and no other.
+pub async fn due_is_only_what_passed_in_deadline_order<S: SessionStore>(store: S) {
+    let r = random();
+    let mut ids = vec![];
+    for i in 0..4u32 {
+        let (_, s) = session_at("alice", t0().plus(SEC * (10 * (4 - i))), &r);
+        ids.push(s.id.clone());
+        store.insert(plain_insert(s)).await.unwrap();
+    }
+    // Idle deadlines: +940s, +930s, +920s, +910s. Keep the earliest alive by activity.
+    store.touch(&ids[3], t0().plus(SEC * 100)).await.unwrap();
+    store
+        .end(&ids[2], ending(EndReason::Logout, t0()))
+        .await
+        .unwrap();
+    let due = store.due(t0().plus(SEC * 935), 10).await.unwrap();
+    let due_ids: Vec<_> = due.iter().map(|s| s.id.clone()).collect();
+    assert_eq!(due_ids, vec![ids[1].clone()]);
+    let due = store.due(t0().plus(SEC * 10_000), 10).await.unwrap();
+    let due_ids: Vec<_> = due.iter().map(|s| s.id.clone()).collect();
+    assert_eq!(
+        due_ids,
+        vec![ids[1].clone(), ids[0].clone(), ids[3].clone()]
+    );
+    assert_eq!(
+        store.due(t0().plus(SEC * 10_000), 2).await.unwrap().len(),
+        2
+    );
+}
+
+/// A timed-out session's data is given back once, to the same subject and policy; a logged-out
+/// session's never is.
+pub async fn tombstone_reconstitutes_once<S: SessionStore>(store: S) {
+    let r = random();
+    let (_, timed_out) = session_at("alice", t0(), &r);
+    let (_, logged_out) = session_at("alice", t0(), &r);
+    store.insert(plain_insert(timed_out.clone())).await.unwrap();
+    store
+        .insert(plain_insert(logged_out.clone()))
+        .await
+        .unwrap();
+    let mut timeout = ending(EndReason::ExpiredIdle, t0().plus(SEC * 900));
+    timeout.reconstitute_until = Some(t0().plus(SEC * 5000));
+    store.end(&timed_out.id, timeout).await.unwrap();
+    let mut logout = ending(EndReason::Logout, t0().plus(SEC * 950));
+    logout.reconstitute_until = None;
+    store.end(&logged_out.id, logout).await.unwrap();
+
+    let (_, mut fresh) = session_at("alice", t0().plus(SEC * 1000), &r);
+    fresh.data = serde_json::Value::Null;
+    let mut insert = plain_insert(fresh.clone());
+    insert.reconstitute = true;
+    let inserted = store.insert(insert).await.unwrap();
+    assert_eq!(inserted.session.data, timed_out.data);
+    assert_eq!(
+        inserted.session.reconstituted_from,
+        Some(timed_out.id.clone())
+    );
+
+    let (_, mut again) = session_at("alice", t0().plus(SEC * 1001), &r);
+    again.data = serde_json::Value::Null;
+    let mut insert = plain_insert(again);
+    insert.reconstitute = true;
+    let second = store.insert(insert).await.unwrap();
+    assert_eq!(second.session.data, serde_json::Value::Null);
+    assert_eq!(second.session.reconstituted_from, None);
+}
+
+/// Ended sessions are forgotten once their retention is over, not before.
+pub async fn purge_forgets_after_retention<S: SessionStore>(store: S) {
+    let (token, s) = session_at("alice", t0(), &random());
+    store.insert(plain_insert(s.clone())).await.unwrap();
+    store
+        .end(&s.id, ending(EndReason::Logout, t0()))
+        .await
+        .unwrap();
+    assert_eq!(store.purge(t0().plus(SEC * 3599)).await.unwrap(), 0);
+    assert!(store.find_by_token(&token.hash()).await.unwrap().is_some());
+    assert_eq!(store.purge(t0().plus(SEC * 3600)).await.unwrap(), 1);
+    assert!(store.find_by_token(&token.hash()).await.unwrap().is_none());
+    assert!(store.find_by_id(&s.id).await.unwrap().is_none());
+}
+
+/// Events come back in order, filtered by subject or session, and paged by position.
+pub async fn events_are_ordered_filtered_and_paged<S: SessionStore>(store: S) {
+    let r = random();
+    let (_, a) = session_at("alice", t0(), &r);
+    let (_, b) = session_at("bob", t0(), &r);
+    store.insert(plain_insert(a.clone())).await.unwrap();
+    store.insert(plain_insert(b.clone())).await.unwrap();
+    store
+        .end(&a.id, ending(EndReason::Logout, t0()))
+        .await
+        .unwrap();
+    let all = store
+        .events(&EventQuery {
+            limit: 100,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(all.len(), 3);
+    assert!(all.windows(2).all(|w| w[0].seq < w[1].seq));
+    let alice = store
+        .events(&EventQuery {
+            subject: Some("alice".into()),
+            limit: 100,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        alice.iter().map(|e| e.kind).collect::<Vec<_>>(),
+        vec![EventKind::SessionCreated, EventKind::SessionEnded]
+    );
+    let by_session = store
+        .events(&EventQuery {
+            session_id: Some(b.id.clone()),
+            limit: 100,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(by_session.len(), 1);
+    let page = store
+        .events(&EventQuery {
+            after: all[0].seq,
+            limit: 1,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(page, vec![all[1].clone()]);
+}
+
+/// API keys are stored by hash, listed, and revoked once.
+pub async fn api_keys_add_find_list_revoke<S: SessionStore>(store: S) {
+    let r = random();
+    let token = Token::generate(TokenKind::ApiKey, r.as_ref());
+    let key = ApiKey {
+        id: PublicId::generate("key_", r.as_ref()),
+        name: "shop".into(),
+        key_hash: token.hash(),
+        created_at: t0(),
+        revoked_at: None,
+    };
+    let event = AuditEvent {
+        seq: 0,
+        at: t0(),
+        kind: EventKind::ApiKeyCreated,
+        actor: Actor::cli(),
+        session_id: None,
+        subject: None,
+        policy: None,
+        reason: None,
+        detail: serde_json::json!({"api_key": key.id.as_str()}),
+    };
+    let stored = store.add_api_key(key.clone(), event.clone()).await.unwrap();
+    assert!(stored.seq > 0);
+    assert_eq!(
+        store.find_api_key(&token.hash()).await.unwrap(),
+        Some(key.clone())
+    );
+    assert_eq!(store.list_api_keys().await.unwrap(), vec![key.clone()]);
+    let mut revoke_event = event.clone();
+    revoke_event.kind = EventKind::ApiKeyRevoked;
+    let (revoked, _) = store
+        .revoke_api_key(&key.id, t0().plus(SEC), revoke_event.clone())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(revoked.revoked_at, Some(t0().plus(SEC)));
+    assert!(
+        store
+            .revoke_api_key(&key.id, t0().plus(SEC), revoke_event)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert_eq!(
+        store
+            .find_api_key(&token.hash())
+            .await
+            .unwrap()
+            .unwrap()
+            .revoked_at,
+        Some(t0().plus(SEC))
+    );
+}
+
+/// A healthy store answers its readiness ping.
+pub async fn ping_answers<S: SessionStore>(store: S) {
+    store.ping().await.unwrap();
+}
