@@ -1,1 +1,239 @@
-//! placeholder
+//! The embedded default store: SQLite in one WAL file, zero setup.
+//!
+//! Live sessions are answered from memory by [`portcullis_core::CachedStore`]; every change is
+//! written through [`SqliteJournal`] in one transaction before it is acknowledged, and on open
+//! the live sessions are loaded back. Validation never reads SQLite (DESIGN §7).
+//!
+//! Durability: WAL with `synchronous = NORMAL`, so an acknowledged change survives a crash or
+//! `kill -9` of the process; a power loss may lose the last transactions.
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use portcullis_core::{
+    ApiKey, AuditEvent, CachedStore, Change, EventQuery, Journal, Session, Snapshot, StoreError,
+    Touch,
+};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Row, SqlitePool};
+
+/// The SQLite-backed store.
+pub type SqliteStore = CachedStore<SqliteJournal>;
+
+/// What opening the SQLite store can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// The database could not be opened or created.
+    #[error("cannot open SQLite database {path}: {source}")]
+    Open {
+        /// The file.
+        path: String,
+        /// Why.
+        source: sqlx::Error,
+    },
+    /// A migration failed.
+    #[error("cannot migrate SQLite database: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// Stored data could not be loaded.
+    #[error(transparent)]
+    Load(#[from] StoreError),
+}
+
+/// Persists the changes of a [`SqliteStore`].
+#[derive(Debug, Clone)]
+pub struct SqliteJournal {
+    pool: SqlitePool,
+}
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+fn unavailable(err: sqlx::Error) -> StoreError {
+    StoreError::Unavailable(err.to_string())
+}
+
+fn corrupt(err: serde_json::Error) -> StoreError {
+    StoreError::Corrupt(err.to_string())
+}
+
+/// Opens (creating if needed) the database file at `path`, migrates it and loads it.
+pub async fn open(path: &Path) -> Result<SqliteStore, OpenError> {
+    let display = path.display().to_string();
+    let options = SqliteConnectOptions::from_str("sqlite://")
+        .map_err(|source| OpenError::Open {
+            path: display.clone(),
+            source,
+        })?
+        .filename(path)
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(SqliteSynchronous::Normal)
+        .busy_timeout(Duration::from_secs(5));
+    let pool = SqlitePoolOptions::new()
+        .max_connections(2)
+        .connect_with(options)
+        .await
+        .map_err(|source| OpenError::Open {
+            path: display,
+            source,
+        })?;
+    MIGRATOR.run(&pool).await?;
+    let journal = SqliteJournal { pool };
+    let snapshot = journal.load().await?;
+    Ok(CachedStore::open(journal, snapshot))
+}
+
+impl SqliteJournal {
+    /// Reads back every retained session, every API key and the last event position.
+    async fn load(&self) -> Result<Snapshot, StoreError> {
+        let mut snapshot = Snapshot::default();
+        let rows = sqlx::query("SELECT body FROM sessions")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        for row in rows {
+            let body: String = row.get(0);
+            snapshot
+                .sessions
+                .push(serde_json::from_str::<Session>(&body).map_err(corrupt)?);
+        }
+        let rows = sqlx::query("SELECT body FROM api_keys")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        for row in rows {
+            let body: String = row.get(0);
+            snapshot
+                .api_keys
+                .push(serde_json::from_str::<ApiKey>(&body).map_err(corrupt)?);
+        }
+        let last: Option<i64> = sqlx::query("SELECT MAX(seq) FROM events")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(unavailable)?
+            .get(0);
+        snapshot.last_seq = u64::try_from(last.unwrap_or(0)).unwrap_or(0);
+        Ok(snapshot)
+    }
+
+    /// Closes the connections (tests reopen the same file).
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+fn seq_param(seq: u64) -> i64 {
+    i64::try_from(seq).unwrap_or(i64::MAX)
+}
+
+impl Journal for SqliteJournal {
+    async fn commit(&self, change: &Change) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await.map_err(unavailable)?;
+        for id in &change.purged {
+            sqlx::query("DELETE FROM sessions WHERE id = ?1")
+                .bind(id.as_str())
+                .execute(&mut *tx)
+                .await
+                .map_err(unavailable)?;
+        }
+        for session in &change.sessions {
+            let body = serde_json::to_string(session.as_ref()).map_err(corrupt)?;
+            sqlx::query(
+                "INSERT INTO sessions (id, token_hash, subject, live, next_deadline, purge_at, body)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                 ON CONFLICT (id) DO UPDATE SET token_hash = excluded.token_hash,
+                   live = excluded.live, next_deadline = excluded.next_deadline,
+                   purge_at = excluded.purge_at, body = excluded.body",
+            )
+            .bind(session.id.as_str())
+            .bind(session.token_hash.to_hex())
+            .bind(&session.subject)
+            .bind(session.is_live())
+            .bind(session.next_deadline().0.as_millis())
+            .bind(session.ended.as_ref().map(|e| e.purge_at.as_millis()))
+            .bind(body)
+            .execute(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+        }
+        for event in &change.events {
+            let body = serde_json::to_string(event).map_err(corrupt)?;
+            sqlx::query(
+                "INSERT INTO events (seq, at, kind, subject, session_id, body)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )
+            .bind(seq_param(event.seq))
+            .bind(event.at.as_millis())
+            .bind(event.kind.as_str())
+            .bind(event.subject.as_deref())
+            .bind(event.session_id.as_ref().map(|id| id.as_str()))
+            .bind(body)
+            .execute(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+        }
+        for key in &change.api_keys {
+            let body = serde_json::to_string(key).map_err(corrupt)?;
+            sqlx::query(
+                "INSERT INTO api_keys (id, key_hash, body) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (id) DO UPDATE SET body = excluded.body",
+            )
+            .bind(key.id.as_str())
+            .bind(key.key_hash.to_hex())
+            .bind(body)
+            .execute(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+        }
+        tx.commit().await.map_err(unavailable)
+    }
+
+    async fn commit_touches(&self, touches: &[Touch]) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await.map_err(unavailable)?;
+        for touch in touches {
+            // Only ever forward, and never on a session that has ended meanwhile.
+            sqlx::query(
+                "UPDATE sessions SET next_deadline = ?2,
+                   body = CASE WHEN ?4 IS NULL THEN json_set(body, '$.last_seen_at', ?3)
+                          ELSE json_set(body, '$.last_seen_at', ?3, '$.idle.at', ?4) END
+                 WHERE id = ?1 AND live = 1 AND json_extract(body, '$.last_seen_at') < ?3",
+            )
+            .bind(touch.id.as_str())
+            .bind(touch.next_deadline.as_millis())
+            .bind(touch.last_seen_at.as_millis())
+            .bind(touch.idle_at.map(|t| t.as_millis()))
+            .execute(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+        }
+        tx.commit().await.map_err(unavailable)
+    }
+
+    async fn events(&self, query: &EventQuery) -> Result<Vec<AuditEvent>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT body FROM events
+             WHERE seq > ?1 AND (?2 IS NULL OR subject = ?2) AND (?3 IS NULL OR session_id = ?3)
+             ORDER BY seq LIMIT ?4",
+        )
+        .bind(seq_param(query.after))
+        .bind(query.subject.as_deref())
+        .bind(query.session_id.as_ref().map(|id| id.as_str()))
+        .bind(i64::try_from(query.limit).unwrap_or(i64::MAX))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        rows.into_iter()
+            .map(|row| serde_json::from_str(row.get::<&str, _>(0)).map_err(corrupt))
+            .collect()
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map(|_| ())
+            .map_err(unavailable)
+    }
+}
