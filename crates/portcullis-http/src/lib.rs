@@ -1,1 +1,220 @@
-//! placeholder
+//! Portcullis's HTTP layer: the session API v1 (DESIGN §5), the local admin API, ops endpoints
+//! and the OpenAPI document.
+//!
+//! **Architecture Invariant:** this is the only crate that knows HTTP, headers and the JSON wire
+//! format. Domain types are converted to views in [`wire`]; errors become RFC 9457 problem
+//! documents in [`error`].
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+pub mod api;
+pub mod error;
+pub mod wire;
+
+use std::sync::Arc;
+
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post, put};
+use axum::{Extension, Json, Router};
+use portcullis_core::{Actor, Engine, SessionStore};
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::set_header::SetResponseHeaderLayer;
+use utoipa::OpenApi;
+
+use crate::error::ApiError;
+use crate::wire::StatusView;
+
+/// Renders the Prometheus exposition text.
+pub type MetricsRenderer = Arc<dyn Fn() -> String + Send + Sync>;
+
+/// What every handler shares.
+pub struct AppState<S> {
+    /// The session engine.
+    pub engine: Arc<Engine<S>>,
+    /// Renders `/metrics` (absent when no recorder is installed).
+    pub metrics: Option<MetricsRenderer>,
+}
+
+impl<S> Clone for AppState<S> {
+    fn clone(&self) -> Self {
+        Self {
+            engine: Arc::clone(&self.engine),
+            metrics: self.metrics.clone(),
+        }
+    }
+}
+
+/// Who is calling, as the audit trail records it; set by the authentication layer.
+#[derive(Debug, Clone)]
+pub struct Caller(pub Actor);
+
+/// Bodies larger than the data limit plus room for the rest of a request are refused early.
+fn body_limit<S: SessionStore>(state: &AppState<S>) -> usize {
+    state.engine.settings().max_data_bytes + 16 * 1024
+}
+
+fn v1_routes<S: SessionStore>() -> Router<AppState<S>> {
+    Router::new()
+        .route("/v1/sessions", post(api::create_session::<S>))
+        .route("/v1/sessions/validate", post(api::validate_session::<S>))
+        .route("/v1/sessions/rotate", post(api::rotate_session::<S>))
+        .route("/v1/sessions/elevate", post(api::elevate_session::<S>))
+        .route("/v1/sessions/logout", post(api::logout_session::<S>))
+        .route(
+            "/v1/sessions/{id}",
+            get(api::get_session::<S>).delete(api::revoke_session::<S>),
+        )
+        .route("/v1/sessions/{id}/data", put(api::replace_data::<S>))
+        .route(
+            "/v1/subjects/{subject}/sessions",
+            get(api::list_subject::<S>).delete(api::end_subject::<S>),
+        )
+        .route("/v1/events", get(api::list_events::<S>))
+}
+
+fn ops_routes<S: SessionStore>() -> Router<AppState<S>> {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz::<S>))
+        .route("/metrics", get(metrics_text::<S>))
+        .route("/openapi.json", get(openapi_json))
+}
+
+fn finish<S: SessionStore>(router: Router<AppState<S>>, state: AppState<S>) -> Router {
+    let limit = body_limit(&state);
+    router
+        .fallback(|| async { ApiError::NoRoute })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .layer(DefaultBodyLimit::max(limit))
+        // ASVS5-14.3.2: answers carry tokens and personal data; nothing may cache them.
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static("no-store"),
+        ))
+        .layer(CatchPanicLayer::custom(|_| {
+            ApiError::Internal.into_response()
+        }))
+        .with_state(state)
+}
+
+/// The public API: v1 behind API keys, plus the ops endpoints.
+pub fn api_router<S: SessionStore>(state: AppState<S>) -> Router {
+    let v1 = v1_routes::<S>().route_layer(middleware::from_fn_with_state(
+        state.clone(),
+        require_api_key::<S>,
+    ));
+    finish(v1.merge(ops_routes::<S>()), state)
+}
+
+/// The local admin API, served only on the data directory's Unix socket: v1 without API keys
+/// (the socket's file permissions are the credential), API key management, and ops.
+/// The CLI talks to a running server through it, so its changes take effect at once.
+pub fn admin_router<S: SessionStore>(state: AppState<S>) -> Router {
+    let admin = Router::new()
+        .route(
+            "/admin/api-keys",
+            post(api::create_api_key::<S>).get(api::list_api_keys::<S>),
+        )
+        .route("/admin/api-keys/{id}", delete(api::revoke_api_key::<S>));
+    let routes = v1_routes::<S>()
+        .merge(admin)
+        .layer(Extension(Caller(Actor::cli())));
+    finish(routes.merge(ops_routes::<S>()), state)
+}
+
+async fn require_api_key<S: SessionStore>(
+    State(state): State<AppState<S>>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    let Some(presented) = presented else {
+        return ApiError::MissingApiKey.into_response();
+    };
+    match state.engine.authenticate_api_key(presented).await {
+        Ok(Some(key)) => {
+            request
+                .extensions_mut()
+                .insert(Caller(Actor::api_key(&key.id)));
+            next.run(request).await
+        }
+        Ok(None) => ApiError::InvalidApiKey.into_response(),
+        Err(err) => ApiError::from(err).into_response(),
+    }
+}
+
+async fn healthz() -> Json<StatusView> {
+    Json(StatusView { status: "ok" })
+}
+
+async fn readyz<S: SessionStore>(State(state): State<AppState<S>>) -> Response {
+    match state.engine.store().ping().await {
+        Ok(()) => Json(StatusView { status: "ready" }).into_response(),
+        Err(err) => ApiError::from(portcullis_core::EngineError::from(err)).into_response(),
+    }
+}
+
+async fn metrics_text<S: SessionStore>(State(state): State<AppState<S>>) -> Response {
+    let text = state
+        .metrics
+        .as_ref()
+        .map(|render| render())
+        .unwrap_or_default();
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        text,
+    )
+        .into_response()
+}
+
+async fn openapi_json() -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        ApiDoc::openapi().to_json().unwrap_or_default(),
+    )
+        .into_response()
+}
+
+/// The OpenAPI description of API v1.
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Portcullis session API", version = "1",
+        description = "Session authority: create, validate, rotate, elevate and end sessions. Errors are application/problem+json with a stable `reason`."),
+    paths(
+        api::create_session, api::validate_session, api::rotate_session, api::elevate_session,
+        api::logout_session, api::get_session, api::revoke_session, api::replace_data,
+        api::list_subject, api::end_subject, api::list_events,
+    ),
+    modifiers(&BearerAuth),
+    tags((name = "sessions"), (name = "subjects"), (name = "events")),
+)]
+pub struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "api_key",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(
+                        "An API key (`pck_…`) from `portcullis api-keys create`",
+                    ))
+                    .build(),
+            ),
+        );
+    }
+}

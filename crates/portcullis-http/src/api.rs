@@ -1,0 +1,308 @@
+//! Handlers of the session API v1 and the local admin API.
+
+use axum::extract::{FromRequest, Path, Query, Request, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use portcullis_core::{Elevate, EndReason, EventQuery, PublicId, SessionStore};
+use serde::de::DeserializeOwned;
+
+use crate::error::{ApiError, Problem};
+use crate::wire::*;
+use crate::{AppState, Caller};
+
+/// A JSON body whose rejections are problem documents.
+#[derive(Debug)]
+pub struct ApiJson<T>(pub T);
+
+impl<T: DeserializeOwned, St: Send + Sync> FromRequest<St> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &St) -> Result<Self, Self::Rejection> {
+        let Json(value) = Json::<T>::from_request(req, state).await?;
+        Ok(Self(value))
+    }
+}
+
+type ApiResult<T> = Result<T, ApiError>;
+
+fn record_validation(result: &str) {
+    metrics::counter!("portcullis_validations_total", "result" => result.to_owned()).increment(1);
+}
+
+/// Create a session after the application has authenticated the person.
+#[utoipa::path(post, path = "/v1/sessions", tag = "sessions", request_body = CreateSessionBody,
+    security(("api_key" = [])),
+    responses(
+        (status = 201, description = "Created; the token is shown only here", body = IssuedView),
+        (status = 400, description = "Unknown policy or invalid request", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`session_limit`: the policy denies more sessions", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "`data_too_large`", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "`store_unavailable`", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn create_session<S: SessionStore>(
+    State(state): State<AppState<S>>,
+    Extension(caller): Extension<Caller>,
+    ApiJson(body): ApiJson<CreateSessionBody>,
+) -> ApiResult<Response> {
+    let issued = state.engine.create(body.into(), &caller.0).await?;
+    metrics::counter!("portcullis_sessions_created_total").increment(1);
+    let view = IssuedView::of(&issued, state.engine.now());
+    Ok((StatusCode::CREATED, Json(view)).into_response())
+}
+
+/// Validate a session token on a request.
+#[utoipa::path(post, path = "/v1/sessions/validate", tag = "sessions", request_body = ValidateBody,
+    security(("api_key" = [])),
+    responses(
+        (status = 200, description = "The session is live", body = ValidatedView),
+        (status = 401, description = "Rejected: `reason` is `unknown`, `malformed_token`, `expired_idle`, `expired_absolute`, `logged_out`, `revoked` (see `ended_reason`) or `binding_mismatch`", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "`store_unavailable`: fail closed", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn validate_session<S: SessionStore>(
+    State(state): State<AppState<S>>,
+    ApiJson(body): ApiJson<ValidateBody>,
+) -> ApiResult<Json<ValidatedView>> {
+    let device = body.device.into();
+    match state
+        .engine
+        .validate(&body.token, body.activity, &device)
+        .await
+    {
+        Ok(validated) => {
+            record_validation("ok");
+            Ok(Json(ValidatedView::of(&validated, state.engine.now())))
+        }
+        Err(err) => {
+            let problem = ApiError::from(err);
+            record_validation(&problem.problem().reason);
+            Err(problem)
+        }
+    }
+}
+
+/// Rotate the token (after login or a privilege change): the old token is dead at once.
+#[utoipa::path(post, path = "/v1/sessions/rotate", tag = "sessions", request_body = TokenBody,
+    security(("api_key" = [])),
+    responses(
+        (status = 200, description = "The new token", body = IssuedView),
+        (status = 401, description = "Rejected token", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn rotate_session<S: SessionStore>(
+    State(state): State<AppState<S>>,
+    Extension(caller): Extension<Caller>,
+    ApiJson(body): ApiJson<TokenBody>,
+) -> ApiResult<Json<IssuedView>> {
+    let issued = state.engine.rotate(&body.token, &caller.0).await?;
+    Ok(Json(IssuedView::of(&issued, state.engine.now())))
+}
+
+/// Record a re-authentication for a sensitive action (rotates the token).
+#[utoipa::path(post, path = "/v1/sessions/elevate", tag = "sessions", request_body = ElevateBody,
+    security(("api_key" = [])),
+    responses(
+        (status = 200, description = "Elevated; the new token", body = IssuedView),
+        (status = 400, description = "Invalid request", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Rejected token", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn elevate_session<S: SessionStore>(
+    State(state): State<AppState<S>>,
+    Extension(caller): Extension<Caller>,
+    ApiJson(body): ApiJson<ElevateBody>,
+) -> ApiResult<Json<IssuedView>> {
+    let request = Elevate {
+        methods: body.methods,
+        level: body.level,
+        scope: body.scope,
+    };
+    let issued = state
+        .engine
+        .elevate(&body.token, request, &caller.0)
+        .await?;
+    Ok(Json(IssuedView::of(&issued, state.engine.now())))
+}
+
+/// Log out. Idempotent.
+#[utoipa::path(post, path = "/v1/sessions/logout", tag = "sessions", request_body = TokenBody,
+    security(("api_key" = [])),
+    responses(
+        (status = 204, description = "Logged out (or already ended)"),
+        (status = 401, description = "`malformed_token`", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn logout_session<S: SessionStore>(
+    State(state): State<AppState<S>>,
+    Extension(caller): Extension<Caller>,
+    ApiJson(body): ApiJson<TokenBody>,
+) -> ApiResult<StatusCode> {
+    state.engine.logout(&body.token, &caller.0).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Read one session (live or recently ended).
+#[utoipa::path(get, path = "/v1/sessions/{id}", tag = "sessions",
+    params(("id" = String, Path, description = "Session id")),
+    security(("api_key" = [])),
+    responses(
+        (status = 200, description = "The session", body = SessionView),
+        (status = 404, description = "`not_found`", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn get_session<S: SessionStore>(
+    State(state): State<AppState<S>>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<SessionView>> {
+    let session = state.engine.get(&PublicId::from_string(id)).await?;
+    Ok(Json(SessionView::of(&session, state.engine.now())))
+}
+
+/// End one session as an administrator (`revoked_admin`).
+#[utoipa::path(delete, path = "/v1/sessions/{id}", tag = "sessions",
+    params(("id" = String, Path, description = "Session id")),
+    security(("api_key" = [])),
+    responses(
+        (status = 204, description = "Ended (or already ended)"),
+        (status = 404, description = "`not_found`", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn revoke_session<S: SessionStore>(
+    State(state): State<AppState<S>>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    state
+        .engine
+        .revoke(&PublicId::from_string(id), &caller.0)
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Replace a session's data (size-limited).
+#[utoipa::path(put, path = "/v1/sessions/{id}/data", tag = "sessions",
+    params(("id" = String, Path, description = "Session id")),
+    request_body(content = serde_json::Value, description = "Any JSON value"),
+    security(("api_key" = [])),
+    responses(
+        (status = 200, description = "The session with its new data", body = SessionView),
+        (status = 401, description = "The session has ended", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "`not_found`", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "`data_too_large`", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn replace_data<S: SessionStore>(
+    State(state): State<AppState<S>>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+    ApiJson(data): ApiJson<serde_json::Value>,
+) -> ApiResult<Json<SessionView>> {
+    let session = state
+        .engine
+        .replace_data(&PublicId::from_string(id), data, &caller.0)
+        .await?;
+    Ok(Json(SessionView::of(&session, state.engine.now())))
+}
+
+/// A subject's live sessions.
+#[utoipa::path(get, path = "/v1/subjects/{subject}/sessions", tag = "subjects",
+    params(("subject" = String, Path, description = "Subject")),
+    security(("api_key" = [])),
+    responses((status = 200, description = "Live sessions, oldest first", body = SessionListView)))]
+pub async fn list_subject<S: SessionStore>(
+    State(state): State<AppState<S>>,
+    Path(subject): Path<String>,
+) -> ApiResult<Json<SessionListView>> {
+    let sessions = state.engine.list_subject(&subject).await?;
+    Ok(Json(SessionListView::of(&sessions, state.engine.now())))
+}
+
+/// End all of a subject's sessions except one (force logout after a password change).
+#[utoipa::path(delete, path = "/v1/subjects/{subject}/sessions", tag = "subjects",
+    params(("subject" = String, Path, description = "Subject"), EndSubjectQuery),
+    security(("api_key" = [])),
+    responses(
+        (status = 200, description = "How many ended", body = EndedCountView),
+        (status = 400, description = "`invalid_parameter`: unknown reason", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn end_subject<S: SessionStore>(
+    State(state): State<AppState<S>>,
+    Extension(caller): Extension<Caller>,
+    Path(subject): Path<String>,
+    query: Result<Query<EndSubjectQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Json<EndedCountView>> {
+    let Query(query) = query?;
+    let reason = match query.reason.as_deref() {
+        None => EndReason::RevokedAdmin,
+        Some(text) => EndReason::parse(text).ok_or_else(|| {
+            ApiError::InvalidParameter(format!("reason \"{text}\" is not an ending reason"))
+        })?,
+    };
+    let except = query.except.map(PublicId::from_string);
+    let ended = state
+        .engine
+        .end_subject(&subject, except.as_ref(), reason, &caller.0)
+        .await?;
+    Ok(Json(EndedCountView { ended }))
+}
+
+/// Read the audit trail.
+#[utoipa::path(get, path = "/v1/events", tag = "events", params(EventsQuery),
+    security(("api_key" = [])),
+    responses(
+        (status = 200, description = "Events, oldest first", body = EventsView),
+        (status = 400, description = "`invalid_parameter`", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn list_events<S: SessionStore>(
+    State(state): State<AppState<S>>,
+    query: Result<Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Json<EventsView>> {
+    let Query(query) = query?;
+    let limit = query.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::InvalidParameter("limit must be 1 to 1000".into()));
+    }
+    let events = state
+        .engine
+        .events(&EventQuery {
+            subject: query.subject,
+            session_id: query.session.map(PublicId::from_string),
+            after: query.after.unwrap_or(0),
+            limit,
+        })
+        .await?;
+    let next = (events.len() == limit).then(|| events.last().map_or(0, |e| e.seq));
+    Ok(Json(EventsView {
+        events: events.iter().map(Into::into).collect(),
+        next,
+    }))
+}
+
+/// Create an API key (local admin socket only).
+pub async fn create_api_key<S: SessionStore>(
+    State(state): State<AppState<S>>,
+    Extension(caller): Extension<Caller>,
+    ApiJson(body): ApiJson<CreateApiKeyBody>,
+) -> ApiResult<Response> {
+    let (secret, key) = state.engine.create_api_key(&body.name, &caller.0).await?;
+    let mut view = ApiKeyView::from(&key);
+    view.key = Some(secret.expose().to_owned());
+    Ok((StatusCode::CREATED, Json(view)).into_response())
+}
+
+/// List API keys (local admin socket only).
+pub async fn list_api_keys<S: SessionStore>(
+    State(state): State<AppState<S>>,
+) -> ApiResult<Json<ApiKeyListView>> {
+    let keys = state.engine.list_api_keys().await?;
+    Ok(Json(ApiKeyListView {
+        api_keys: keys.iter().map(Into::into).collect(),
+    }))
+}
+
+/// Revoke an API key (local admin socket only).
+pub async fn revoke_api_key<S: SessionStore>(
+    State(state): State<AppState<S>>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    state
+        .engine
+        .revoke_api_key(&PublicId::from_string(id), &caller.0)
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,359 @@
+//! Configuration (DESIGN §3): a TOML file (`PORTCULLIS_CONFIG`), every setting also from
+//! `PORTCULLIS_*` environment variables (nested keys with `__`), then command-line flags.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use portcullis_core::{
+    Binding, EngineSettings, OnLimit, Policy, PolicyOverrides, PolicySet, Preset, parse_duration,
+};
+use serde::{Deserialize, Deserializer, Serialize};
+
+/// A duration written as text (`"15m"`); a bad one names its key through figment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct ConfigDuration(#[serde(serialize_with = "ser_duration")] pub Duration);
+
+fn ser_duration<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&portcullis_core::format_duration(*d))
+}
+
+impl<'de> Deserialize<'de> for ConfigDuration {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        parse_duration(&text)
+            .map(ConfigDuration)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// One `[policies.NAME]` table: names only what it changes.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyConfig {
+    /// Start from a NIST preset.
+    pub preset: Option<Preset>,
+    /// Idle timeout.
+    pub idle: Option<ConfigDuration>,
+    /// Absolute lifetime.
+    pub absolute: Option<ConfigDuration>,
+    /// "Stay signed in" idle timeout.
+    pub remember_me_idle: Option<ConfigDuration>,
+    /// "Stay signed in" absolute lifetime.
+    pub remember_me_absolute: Option<ConfigDuration>,
+    /// Concurrent sessions per subject (0 = no limit).
+    pub max_sessions: Option<u32>,
+    /// `deny`, `evict_oldest` or `evict_idlest`.
+    pub on_limit: Option<OnLimit>,
+    /// Warning lead time.
+    pub warn_before: Option<ConfigDuration>,
+    /// Re-constitution window (`0s` = off).
+    pub reconstitute_window: Option<ConfigDuration>,
+    /// `none`, `user_agent` or `ip`.
+    pub bind: Option<Binding>,
+    /// Elevation lifetime.
+    pub elevation: Option<ConfigDuration>,
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Address of the HTTP API.
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    /// Where the embedded store and the admin socket live.
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    /// Store URL: `sqlite://PATH` (default: `sqlite://<data_dir>/portcullis.db`) or `memory://`.
+    #[serde(default)]
+    pub store: Option<String>,
+    /// `stdout`, `off`, or a file path for the JSON-lines audit log.
+    #[serde(default = "default_audit_log")]
+    pub audit_log: String,
+    /// Largest session data in bytes (serialised JSON).
+    #[serde(default = "default_max_data")]
+    pub max_data_bytes: usize,
+    /// Activity is written at most this often per session (bounds the idle-timeout error).
+    #[serde(default = "default_touch")]
+    pub touch_interval: ConfigDuration,
+    /// How often expired sessions are swept.
+    #[serde(default = "default_sweep")]
+    pub sweep_interval: ConfigDuration,
+    /// How long an ended session is remembered so validation can say why.
+    #[serde(default = "default_retention")]
+    pub ended_retention: ConfigDuration,
+    /// Named policies.
+    #[serde(default)]
+    pub policies: BTreeMap<String, PolicyConfig>,
+}
+
+fn default_listen() -> String {
+    "127.0.0.1:8080".into()
+}
+fn default_data_dir() -> PathBuf {
+    "./portcullis-data".into()
+}
+fn default_audit_log() -> String {
+    "stdout".into()
+}
+fn default_max_data() -> usize {
+    16 * 1024
+}
+fn default_touch() -> ConfigDuration {
+    ConfigDuration(Duration::from_secs(15))
+}
+fn default_sweep() -> ConfigDuration {
+    ConfigDuration(Duration::from_secs(1))
+}
+fn default_retention() -> ConfigDuration {
+    ConfigDuration(Duration::from_secs(3600))
+}
+
+/// Settings given on the command line, which win over file and environment.
+#[derive(Debug, Default, Serialize)]
+pub struct Overrides {
+    /// `--listen`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<String>,
+    /// `--data-dir`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_dir: Option<PathBuf>,
+    /// `--store`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub store: Option<String>,
+    /// `--audit-log`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub audit_log: Option<String>,
+}
+
+/// A configuration that cannot be used, with the key at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// Parsing or a type error (figment names the key and the source).
+    #[error("{0}")]
+    Load(String),
+    /// A value that parses but cannot work.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Which store to open.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreUrl {
+    /// The embedded SQLite file.
+    Sqlite(PathBuf),
+    /// Memory only (nothing survives a restart).
+    Memory,
+}
+
+impl Config {
+    /// Loads file (if `path`), environment, then `overrides`, and validates.
+    pub fn load(path: Option<&Path>, overrides: &Overrides) -> Result<Self, ConfigError> {
+        let mut figment = Figment::new();
+        if let Some(path) = path {
+            if !path.exists() {
+                return Err(ConfigError::Load(format!(
+                    "config file {} does not exist (PORTCULLIS_CONFIG / --config)",
+                    path.display()
+                )));
+            }
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        let figment = figment
+            .merge(Env::prefixed("PORTCULLIS_").split("__").ignore(&["config"]))
+            .merge(Serialized::defaults(overrides));
+        let config: Config = figment.extract().map_err(|errors| {
+            ConfigError::Load(
+                errors
+                    .into_iter()
+                    .map(|e| describe(&e))
+                    .collect::<Vec<_>>()
+                    .join("\n"),
+            )
+        })?;
+        config.check()?;
+        Ok(config)
+    }
+
+    fn check(&self) -> Result<(), ConfigError> {
+        self.listen.parse::<std::net::SocketAddr>().map_err(|e| {
+            ConfigError::Invalid(format!(
+                "listen: \"{}\" is not an address like 127.0.0.1:8080 ({e})",
+                self.listen
+            ))
+        })?;
+        self.store_url()?;
+        self.policies()?;
+        if self.max_data_bytes == 0 || self.max_data_bytes > 1024 * 1024 {
+            return Err(ConfigError::Invalid(
+                "max_data_bytes: must be between 1 and 1048576".into(),
+            ));
+        }
+        if self.sweep_interval.0.is_zero() {
+            return Err(ConfigError::Invalid(
+                "sweep_interval: must be greater than 0s".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The store to open.
+    pub fn store_url(&self) -> Result<StoreUrl, ConfigError> {
+        match self.store.as_deref() {
+            None => Ok(StoreUrl::Sqlite(self.data_dir.join("portcullis.db"))),
+            Some("memory://") => Ok(StoreUrl::Memory),
+            Some(url) => match url.strip_prefix("sqlite://") {
+                Some(path) if !path.is_empty() => Ok(StoreUrl::Sqlite(PathBuf::from(path))),
+                _ => Err(ConfigError::Invalid(format!(
+                    "store: \"{url}\" is not supported by this build (use sqlite://PATH or memory://)"
+                ))),
+            },
+        }
+    }
+
+    /// The resolved policies.
+    pub fn policies(&self) -> Result<PolicySet, ConfigError> {
+        let mut resolved = Vec::new();
+        for (name, p) in &self.policies {
+            let d = |v: Option<ConfigDuration>| v.map(|c| c.0);
+            let overrides = PolicyOverrides {
+                preset: p.preset,
+                idle: d(p.idle),
+                absolute: d(p.absolute),
+                remember_me_idle: d(p.remember_me_idle),
+                remember_me_absolute: d(p.remember_me_absolute),
+                max_sessions: p.max_sessions,
+                on_limit: p.on_limit,
+                warn_before: d(p.warn_before),
+                reconstitute_window: d(p.reconstitute_window),
+                bind: p.bind,
+                elevation: d(p.elevation),
+            };
+            resolved.push(
+                Policy::resolve(name, &overrides)
+                    .map_err(|e| ConfigError::Invalid(e.to_string()))?,
+            );
+        }
+        Ok(PolicySet::new(resolved))
+    }
+
+    /// The engine settings.
+    pub fn engine_settings(&self) -> EngineSettings {
+        EngineSettings {
+            touch_interval: self.touch_interval.0,
+            max_data_bytes: self.max_data_bytes,
+            ended_retention: self.ended_retention.0,
+        }
+    }
+
+    /// The admin socket of this data directory.
+    pub fn admin_socket(&self) -> PathBuf {
+        self.data_dir.join("portcullis.sock")
+    }
+}
+
+/// One figment error as `key: problem (in source)`.
+fn describe(e: &figment::Error) -> String {
+    let key = e.path.join(".");
+    let source = e
+        .metadata
+        .as_ref()
+        .map(|m| match &m.source {
+            Some(src) => format!(" (in {src})"),
+            None => format!(" (in {})", m.name),
+        })
+        .unwrap_or_default();
+    if key.is_empty() {
+        format!("{}{source}", e.kind)
+    } else {
+        format!("{key}: {}{source}", e.kind)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use figment::Jail;
+
+    #[test]
+    fn defaults_need_no_file() {
+        Jail::expect_with(|_| {
+            let c = Config::load(None, &Overrides::default()).unwrap();
+            assert_eq!(c.listen, "127.0.0.1:8080");
+            assert_eq!(
+                c.store_url().unwrap(),
+                StoreUrl::Sqlite("./portcullis-data/portcullis.db".into())
+            );
+            let p = c.policies().unwrap();
+            assert_eq!(
+                p.get("default").unwrap().idle.value,
+                Duration::from_secs(900)
+            );
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn file_then_environment_then_flags() {
+        Jail::expect_with(|jail| {
+            jail.create_file(
+                "p.toml",
+                r#"
+                listen = "127.0.0.1:9000"
+                audit_log = "off"
+                [policies.bank]
+                preset = "aal3"
+                max_sessions = 1
+                on_limit = "evict_oldest"
+                "#,
+            )?;
+            jail.set_env("PORTCULLIS_LISTEN", "127.0.0.1:9001");
+            jail.set_env("PORTCULLIS_POLICIES__BANK__IDLE", "5m");
+            let flags = Overrides {
+                data_dir: Some("/tmp/x".into()),
+                ..Default::default()
+            };
+            let c = Config::load(Some(Path::new("p.toml")), &flags).unwrap();
+            assert_eq!(c.listen, "127.0.0.1:9001");
+            assert_eq!(c.data_dir, PathBuf::from("/tmp/x"));
+            let bank = c.policies().unwrap().get("bank").unwrap().clone();
+            assert_eq!(bank.idle.value, Duration::from_secs(300));
+            assert_eq!(bank.absolute.value, Duration::from_secs(12 * 3600));
+            assert_eq!(bank.max_sessions.value, 1);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn invalid_config_names_the_key() {
+        Jail::expect_with(|jail| {
+            jail.create_file("bad.toml", "[policies.shop]\nidle = \"15 minutes\"\n")?;
+            let err = Config::load(Some(Path::new("bad.toml")), &Overrides::default()).unwrap_err();
+            assert!(err.to_string().contains("policies.shop.idle"), "{err}");
+            jail.create_file("unknown.toml", "[policies.shop]\nidel = \"15m\"\n")?;
+            let err =
+                Config::load(Some(Path::new("unknown.toml")), &Overrides::default()).unwrap_err();
+            assert!(err.to_string().contains("idel"), "{err}");
+            jail.create_file("limit.toml", "[policies.shop]\non_limit = \"kick\"\n")?;
+            let err =
+                Config::load(Some(Path::new("limit.toml")), &Overrides::default()).unwrap_err();
+            assert!(err.to_string().contains("policies.shop.on_limit"), "{err}");
+            jail.create_file("long.toml", "[policies.shop]\nidle = \"2d\"\n")?;
+            let err =
+                Config::load(Some(Path::new("long.toml")), &Overrides::default()).unwrap_err();
+            assert!(
+                err.to_string()
+                    .contains("policies.shop.idle: 2d is longer than absolute 12h"),
+                "{err}"
+            );
+            jail.set_env("PORTCULLIS_STORE", "redis://127.0.0.1");
+            let err = Config::load(None, &Overrides::default()).unwrap_err();
+            assert!(err.to_string().starts_with("store:"), "{err}");
+            Ok(())
+        });
+    }
+}
