@@ -21,7 +21,7 @@ pub fn rfc3339(t: Timestamp) -> String {
 }
 
 /// How the person authenticated.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AuthBody {
     /// RFC 8176 method names (`pwd`, `otp`, `hwk`…).
@@ -34,6 +34,15 @@ pub struct AuthBody {
 
 fn level_one() -> u8 {
     1
+}
+
+impl Default for AuthBody {
+    fn default() -> Self {
+        Self {
+            methods: Vec::new(),
+            level: level_one(),
+        }
+    }
 }
 
 /// Where the request comes from, as the application saw it.

@@ -1,0 +1,523 @@
+//! The session API v1 over real HTTP on loopback: every row of DESIGN §5, and every error as
+//! a problem document.
+
+mod common;
+
+use std::time::Duration;
+
+use common::TestServer;
+use reqwest::Method;
+use serde_json::json;
+
+#[tokio::test]
+async fn every_v1_call_end_to_end() {
+    let s = TestServer::start().await;
+    // Create, with the deadlines and the rule behind each.
+    let (status, created) = s
+        .post(
+            "/v1/sessions",
+            json!({
+                "subject": "alice", "remember_me": false, "policy": "short",
+                "auth": {"methods": ["pwd", "otp"], "level": 2},
+                "device": {"user_agent": "Firefox", "ip": "192.0.2.10"},
+                "data": {"cart": [1]},
+            }),
+        )
+        .await;
+    assert_eq!(status, 201);
+    let token = created["token"].as_str().unwrap().to_owned();
+    let id = created["session"]["id"].as_str().unwrap().to_owned();
+    assert!(token.starts_with("pcs_"));
+    assert!(id.starts_with("ses_"));
+    let session = &created["session"];
+    assert_eq!(
+        session["deadlines"]["idle"]["rule"],
+        "policy short: idle 5m (configured)"
+    );
+    assert_eq!(
+        session["deadlines"]["absolute"]["rule"],
+        "policy short: absolute 12h (built-in default)"
+    );
+    assert_eq!(session["created_at"], "2026-01-01T00:00:00Z");
+    assert_eq!(session["auth"]["level"], 2);
+
+    // Validate with and without activity; warning inside the lead time.
+    s.clock.advance(Duration::from_secs(250));
+    let (status, v) = s
+        .post(
+            "/v1/sessions/validate",
+            json!({"token": token, "activity": false}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        (v["expires_in"].as_u64(), v["warning"].as_bool()),
+        (Some(50), Some(true))
+    );
+    let (_, v) = s.validate(&token).await;
+    assert_eq!(
+        (v["expires_in"].as_u64(), v["warning"].as_bool()),
+        (Some(300), Some(false))
+    );
+
+    // Rotate: the old token is dead at once.
+    let (status, rotated) = s.post("/v1/sessions/rotate", json!({"token": token})).await;
+    assert_eq!(status, 200);
+    let token2 = rotated["token"].as_str().unwrap().to_owned();
+    let (status, problem) = s.validate(&token).await;
+    assert_eq!((status, problem["reason"].as_str()), (401, Some("unknown")));
+
+    // Elevate: listed with its scope; the token rotates again.
+    let (status, elevated) = s
+        .post(
+            "/v1/sessions/elevate",
+            json!({"token": token2, "methods": ["pwd"], "level": 2, "scope": "payments"}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let token3 = elevated["token"].as_str().unwrap().to_owned();
+    assert_eq!(elevated["session"]["elevations"][0]["scope"], "payments");
+    assert_eq!(s.validate(&token2).await.0, 401);
+
+    // Read one, replace its data.
+    let (status, view) = s.get(&format!("/v1/sessions/{id}")).await;
+    assert_eq!((status, view["subject"].as_str()), (200, Some("alice")));
+    assert!(
+        view.to_string().find(&token3).is_none(),
+        "the view never holds the token"
+    );
+    let (status, view) = s
+        .send(
+            Method::PUT,
+            &format!("/v1/sessions/{id}/data"),
+            Some(json!({"cart": [1, 2]})),
+        )
+        .await;
+    assert_eq!(
+        (status, view["data"].clone()),
+        (200, json!({"cart": [1, 2]}))
+    );
+
+    // List the subject; force logout all but the current one.
+    let (other, _) = s.create("alice", "default").await;
+    let (status, list) = s.get("/v1/subjects/alice/sessions").await;
+    assert_eq!(
+        (status, list["sessions"].as_array().unwrap().len()),
+        (200, 2)
+    );
+    let (status, ended) = s
+        .delete(&format!(
+            "/v1/subjects/alice/sessions?except={id}&reason=password_changed"
+        ))
+        .await;
+    assert_eq!((status, ended["ended"].as_u64()), (200, Some(1)));
+    let (status, problem) = s.validate(&other).await;
+    assert_eq!(
+        (
+            status,
+            problem["reason"].as_str(),
+            problem["ended_reason"].as_str()
+        ),
+        (401, Some("revoked"), Some("password_changed"))
+    );
+    assert_eq!(s.validate(&token3).await.0, 200);
+
+    // Admin end, then logout is idempotent.
+    let (status, _) = s.delete(&format!("/v1/sessions/{id}")).await;
+    assert_eq!(status, 204);
+    let (status, problem) = s.validate(&token3).await;
+    assert_eq!(
+        (status, problem["ended_reason"].as_str()),
+        (401, Some("revoked_admin"))
+    );
+    let (status, view) = s.get(&format!("/v1/sessions/{id}")).await;
+    assert_eq!(
+        (status, view["ended"]["reason"].as_str()),
+        (200, Some("revoked_admin"))
+    );
+    let (t, _) = s.create("bob", "default").await;
+    assert_eq!(
+        s.post("/v1/sessions/logout", json!({"token": t})).await.0,
+        204
+    );
+    assert_eq!(
+        s.post("/v1/sessions/logout", json!({"token": t})).await.0,
+        204
+    );
+    let (status, problem) = s.validate(&t).await;
+    assert_eq!(
+        (status, problem["reason"].as_str()),
+        (401, Some("logged_out"))
+    );
+
+    // The audit trail, paged.
+    let (status, page) = s.get("/v1/events?subject=alice&limit=3").await;
+    assert_eq!(status, 200);
+    let events = page["events"].as_array().unwrap();
+    assert_eq!(events.len(), 3);
+    assert_eq!(events[0]["kind"], "session.created");
+    let next = page["next"].as_u64().unwrap();
+    let (_, rest) = s
+        .get(&format!("/v1/events?subject=alice&after={next}&limit=1000"))
+        .await;
+    let kinds: Vec<_> = rest["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(kinds.contains(&"session.ended".to_owned()));
+    assert!(rest["next"].is_null());
+    let (_, by_session) = s.get(&format!("/v1/events?session={id}")).await;
+    assert!(
+        by_session["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|e| e["session_id"] == id.as_str())
+    );
+    for token in [&token, &token2, &token3, &other, &t] {
+        assert!(
+            !page.to_string().contains(token.as_str())
+                && !rest.to_string().contains(token.as_str())
+        );
+    }
+}
+
+#[tokio::test]
+async fn asvs5_7_3_1_timeouts_over_http_by_moving_the_clock() {
+    let s = TestServer::start().await;
+    let (token, _) = s.create("alice", "short").await;
+    s.clock.advance(Duration::from_secs(301));
+    let (status, problem) = s.validate(&token).await;
+    assert_eq!(
+        (status, problem["reason"].as_str()),
+        (401, Some("expired_idle"))
+    );
+    let (token, _) = s.create("alice", "default").await;
+    for _ in 0..80 {
+        s.clock.advance(Duration::from_secs(600));
+        if s.validate(&token).await.0 != 200 {
+            break;
+        }
+    }
+    let (status, problem) = s.validate(&token).await;
+    assert_eq!(
+        (status, problem["reason"].as_str()),
+        (401, Some("expired_absolute"))
+    );
+}
+
+#[tokio::test]
+async fn bad_input_gets_a_problem_with_the_right_status_and_reason() {
+    let s = TestServer::start().await;
+    let post_raw = |path: &'static str, content_type: &'static str, body: Vec<u8>| {
+        let request = s
+            .http
+            .post(s.url(path))
+            .bearer_auth(&s.key)
+            .header("content-type", content_type)
+            .body(body);
+        async move {
+            let response = request.send().await.unwrap();
+            let status = response.status().as_u16();
+            assert_eq!(
+                response.headers()["content-type"],
+                "application/problem+json"
+            );
+            let body: serde_json::Value = response.json().await.unwrap();
+            (status, body["reason"].as_str().unwrap().to_owned())
+        }
+    };
+    assert_eq!(
+        post_raw("/v1/sessions", "application/json", b"{not json".to_vec()).await,
+        (400, "malformed_json".into())
+    );
+    assert_eq!(
+        post_raw(
+            "/v1/sessions",
+            "application/json",
+            br#"{"subject":"a","extra":1}"#.to_vec()
+        )
+        .await,
+        (422, "invalid_body".into())
+    );
+    assert_eq!(
+        post_raw(
+            "/v1/sessions",
+            "application/json",
+            br#"{"subject":7}"#.to_vec()
+        )
+        .await,
+        (422, "invalid_body".into())
+    );
+    assert_eq!(
+        post_raw("/v1/sessions", "text/plain", br#"{"subject":"a"}"#.to_vec()).await,
+        (415, "unsupported_media_type".into())
+    );
+    let huge = format!(r#"{{"subject":"a","data":"{}"}}"#, "x".repeat(200_000));
+    assert_eq!(
+        post_raw("/v1/sessions", "application/json", huge.into_bytes()).await,
+        (413, "body_too_large".into())
+    );
+    let big = format!(r#"{{"subject":"a","data":"{}"}}"#, "x".repeat(20_000));
+    assert_eq!(
+        post_raw("/v1/sessions", "application/json", big.into_bytes()).await,
+        (413, "data_too_large".into())
+    );
+    assert_eq!(
+        post_raw(
+            "/v1/sessions",
+            "application/json",
+            br#"{"subject":"a","policy":"nope"}"#.to_vec()
+        )
+        .await,
+        (400, "unknown_policy".into())
+    );
+    assert_eq!(
+        post_raw(
+            "/v1/sessions",
+            "application/json",
+            br#"{"subject":""}"#.to_vec()
+        )
+        .await,
+        (400, "invalid_request".into())
+    );
+    assert_eq!(
+        post_raw(
+            "/v1/sessions",
+            "application/json",
+            br#"{"subject":"a","auth":{"level":9}}"#.to_vec()
+        )
+        .await,
+        (400, "invalid_request".into())
+    );
+    assert_eq!(
+        post_raw(
+            "/v1/sessions/validate",
+            "application/json",
+            br#"{"token":"pcs_short"}"#.to_vec()
+        )
+        .await,
+        (401, "malformed_token".into())
+    );
+    assert_eq!(
+        post_raw(
+            "/v1/sessions/validate",
+            "application/json",
+            format!(r#"{{"token":"pcs_{}"}}"#, "A".repeat(43)).into_bytes()
+        )
+        .await,
+        (401, "unknown".into())
+    );
+    assert_eq!(
+        post_raw(
+            "/v1/sessions/logout",
+            "application/json",
+            br#"{"token":"nonsense"}"#.to_vec()
+        )
+        .await,
+        (401, "malformed_token".into())
+    );
+
+    // Session limit with `deny`.
+    s.create("carol", "single").await;
+    let (status, problem) = s
+        .post(
+            "/v1/sessions",
+            json!({"subject": "carol", "policy": "single"}),
+        )
+        .await;
+    assert_eq!(
+        (status, problem["reason"].as_str()),
+        (409, Some("session_limit"))
+    );
+
+    // Unknown things.
+    assert_eq!(s.get("/v1/sessions/ses_nope").await.0, 404);
+    assert_eq!(s.delete("/v1/sessions/ses_nope").await.0, 404);
+    let (status, problem) = s.get("/v1/nothing-here").await;
+    assert_eq!(
+        (status, problem["reason"].as_str()),
+        (404, Some("no_route"))
+    );
+    let (status, problem) = s.send(Method::PATCH, "/v1/sessions", None).await;
+    assert_eq!(
+        (status, problem["reason"].as_str()),
+        (405, Some("method_not_allowed"))
+    );
+    let (status, problem) = s.get("/v1/events?limit=0").await;
+    assert_eq!(
+        (status, problem["reason"].as_str()),
+        (400, Some("invalid_parameter"))
+    );
+    let (status, problem) = s.get("/v1/events?after=-1").await;
+    assert_eq!(
+        (status, problem["reason"].as_str()),
+        (400, Some("invalid_parameter"))
+    );
+    let (status, problem) = s.delete("/v1/subjects/carol/sessions?reason=because").await;
+    assert_eq!(
+        (status, problem["reason"].as_str()),
+        (400, Some("invalid_parameter"))
+    );
+    let (status, problem) = s
+        .delete("/v1/subjects/carol/sessions?reason=expired_idle")
+        .await;
+    assert_eq!(
+        (status, problem["reason"].as_str()),
+        (400, Some("invalid_request"))
+    );
+}
+
+#[tokio::test]
+async fn api_keys_are_required_and_checked() {
+    let s = TestServer::start().await;
+    let response = s
+        .http
+        .post(s.url("/v1/sessions/validate"))
+        .json(&json!({"token": "x"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401);
+    assert_eq!(response.headers()["www-authenticate"], "Bearer");
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["reason"], "missing_api_key");
+    for wrong in [
+        "pck_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+        "garbage",
+        "pcs_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+    ] {
+        let response = s
+            .http
+            .get(s.url("/v1/events"))
+            .bearer_auth(wrong)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 401);
+        let body: serde_json::Value = response.json().await.unwrap();
+        assert_eq!(body["reason"], "invalid_api_key");
+    }
+    // A revoked key stops working at once.
+    let (secret, key) = s
+        .engine
+        .create_api_key("temp", &portcullis_core::Actor::cli())
+        .await
+        .unwrap();
+    let ok = s
+        .http
+        .get(s.url("/v1/events"))
+        .bearer_auth(secret.expose())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 200);
+    s.engine
+        .revoke_api_key(&key.id, &portcullis_core::Actor::cli())
+        .await
+        .unwrap();
+    let refused = s
+        .http
+        .get(s.url("/v1/events"))
+        .bearer_auth(secret.expose())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 401);
+    // Ops endpoints need no key.
+    for path in ["/healthz", "/readyz", "/openapi.json", "/metrics"] {
+        assert_eq!(
+            s.http.get(s.url(path)).send().await.unwrap().status(),
+            200,
+            "{path}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn asvs5_14_3_2_answers_are_not_cacheable() {
+    let s = TestServer::start().await;
+    let response = s
+        .http
+        .post(s.url("/v1/sessions"))
+        .bearer_auth(&s.key)
+        .json(&json!({"subject": "alice"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.headers()["cache-control"], "no-store");
+}
+
+#[tokio::test]
+async fn fail_closed_when_the_store_cannot_write() {
+    let s = TestServer::start().await;
+    let (token, id) = s.create("alice", "default").await;
+    s.store_down(true);
+    let (status, problem) = s.post("/v1/sessions", json!({"subject": "bob"})).await;
+    assert_eq!(
+        (status, problem["reason"].as_str()),
+        (503, Some("store_unavailable"))
+    );
+    let (status, problem) = s.post("/v1/sessions/logout", json!({"token": token})).await;
+    assert_eq!(
+        (status, problem["reason"].as_str()),
+        (503, Some("store_unavailable"))
+    );
+    let (status, _) = s.post("/v1/sessions/rotate", json!({"token": token})).await;
+    assert_eq!(status, 503);
+    let (status, _) = s.delete(&format!("/v1/sessions/{id}")).await;
+    assert_eq!(status, 503);
+    let response = s.http.get(s.url("/readyz")).send().await.unwrap();
+    assert_eq!(response.status(), 503);
+    // Nothing was lost or half-done: once back, the session works and can be ended.
+    s.store_down(false);
+    assert_eq!(
+        s.http.get(s.url("/readyz")).send().await.unwrap().status(),
+        200
+    );
+    assert_eq!(s.validate(&token).await.0, 200);
+    assert_eq!(
+        s.post("/v1/sessions/logout", json!({"token": token}))
+            .await
+            .0,
+        204
+    );
+    assert_eq!(s.validate(&token).await.0, 401);
+}
+
+#[tokio::test]
+async fn openapi_describes_every_v1_call() {
+    let s = TestServer::start().await;
+    let doc: serde_json::Value = s
+        .http
+        .get(s.url("/openapi.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let paths = doc["paths"].as_object().unwrap();
+    for (path, method) in [
+        ("/v1/sessions", "post"),
+        ("/v1/sessions/validate", "post"),
+        ("/v1/sessions/rotate", "post"),
+        ("/v1/sessions/elevate", "post"),
+        ("/v1/sessions/logout", "post"),
+        ("/v1/sessions/{id}", "get"),
+        ("/v1/sessions/{id}", "delete"),
+        ("/v1/sessions/{id}/data", "put"),
+        ("/v1/subjects/{subject}/sessions", "get"),
+        ("/v1/subjects/{subject}/sessions", "delete"),
+        ("/v1/events", "get"),
+    ] {
+        assert!(
+            paths.get(path).and_then(|p| p.get(method)).is_some(),
+            "{method} {path} missing"
+        );
+    }
+    assert!(doc["components"]["schemas"]["SessionView"].is_object());
+    assert!(doc["components"]["securitySchemes"]["api_key"].is_object());
+}
