@@ -1,0 +1,356 @@
+//! The real `portcullis` binary: served over loopback, driven by its own CLI, killed with -9.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+const BIN: &str = env!("CARGO_BIN_EXE_portcullis");
+
+struct Server {
+    child: Child,
+    base: String,
+    http: reqwest::Client,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Server {
+    /// Starts a server on `dir` and waits until it answers (a real process has to start).
+    async fn start(dir: &Path) -> Self {
+        let port = free_port();
+        let child = Command::new(BIN)
+            .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+            .arg("--data-dir")
+            .arg(dir)
+            .arg("--audit-log")
+            .arg(dir.join("audit.log"))
+            .env_remove("PORTCULLIS_CONFIG")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let server = Self {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+            http: reqwest::Client::new(),
+        };
+        let started = Instant::now();
+        loop {
+            if let Ok(r) = server
+                .http
+                .get(format!("{}/healthz", server.base))
+                .send()
+                .await
+                && r.status() == 200
+            {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "server did not start"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        server
+    }
+
+    async fn call(
+        &self,
+        key: &str,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let mut request = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(key);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        let text = response.text().await.unwrap();
+        (
+            status,
+            if text.is_empty() {
+                Value::Null
+            } else {
+                serde_json::from_str(&text).unwrap()
+            },
+        )
+    }
+
+    async fn create(&self, key: &str, subject: &str) -> (String, String) {
+        let (status, body) = self
+            .call(
+                key,
+                reqwest::Method::POST,
+                "/v1/sessions",
+                Some(json!({"subject": subject})),
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
+        (
+            body["token"].as_str().unwrap().to_owned(),
+            body["session"]["id"].as_str().unwrap().to_owned(),
+        )
+    }
+
+    async fn validate(&self, key: &str, token: &str) -> (u16, Value) {
+        self.call(
+            key,
+            reqwest::Method::POST,
+            "/v1/sessions/validate",
+            Some(json!({"token": token})),
+        )
+        .await
+    }
+
+    fn kill9(mut self) {
+        self.child.kill().unwrap(); // SIGKILL
+        self.child.wait().unwrap();
+    }
+
+    fn stop(mut self) {
+        Command::new("kill")
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+fn cli(dir: &Path, args: &[&str]) -> Output {
+    Command::new(BIN)
+        .arg("--data-dir")
+        .arg(dir)
+        .args(args)
+        .env_remove("PORTCULLIS_CONFIG")
+        .output()
+        .unwrap()
+}
+
+fn create_key(dir: &Path, name: &str) -> String {
+    let out = cli(dir, &["api-keys", "create", "--name", name]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let key = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    assert!(key.starts_with("pck_"), "{key}");
+    key
+}
+
+fn data_dir() -> PathBuf {
+    tempfile::tempdir().unwrap().keep()
+}
+
+#[tokio::test]
+async fn cli_changes_take_effect_on_the_running_server_at_once() {
+    let dir = data_dir();
+    let server = Server::start(&dir).await;
+    // A key created while the server runs works on its very next request.
+    let key = create_key(&dir, "shop");
+    let (token, id) = server.create(&key, "alice").await;
+    let out = cli(&dir, &["sessions", "list", "--subject", "alice"]);
+    let listed: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(listed["sessions"][0]["id"], id.as_str());
+
+    let out = cli(&dir, &["sessions", "revoke", &id]);
+    assert!(out.status.success());
+    let (status, problem) = server.validate(&key, &token).await;
+    assert_eq!(
+        (status, problem["ended_reason"].as_str()),
+        (401, Some("revoked_admin"))
+    );
+
+    let (keep, keep_id) = server.create(&key, "alice").await;
+    let (other, _) = server.create(&key, "alice").await;
+    let out = cli(
+        &dir,
+        &[
+            "sessions",
+            "revoke-subject",
+            "alice",
+            "--except",
+            &keep_id,
+            "--reason",
+            "password_changed",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ended: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(ended["ended"], 1);
+    assert_eq!(server.validate(&key, &other).await.0, 401);
+    assert_eq!(server.validate(&key, &keep).await.0, 200);
+
+    let out = cli(&dir, &["api-keys", "list"]);
+    let keys: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let key_id = keys["api_keys"][0]["id"].as_str().unwrap().to_owned();
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains(&key),
+        "listing never shows a secret"
+    );
+    assert!(cli(&dir, &["api-keys", "revoke", &key_id]).status.success());
+    let (status, problem) = server.validate(&key, &keep).await;
+    assert_eq!(
+        (status, problem["reason"].as_str()),
+        (401, Some("invalid_api_key"))
+    );
+
+    let out = cli(&dir, &["sessions", "revoke", "ses_nope"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not_found"));
+    server.stop();
+
+    // The audit log has one JSON line per change and never a token.
+    let log = std::fs::read_to_string(dir.join("audit.log")).unwrap();
+    let kinds: Vec<String> = log
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["kind"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(kinds.iter().filter(|k| *k == "session.created").count(), 3);
+    assert_eq!(kinds.iter().filter(|k| *k == "session.ended").count(), 2);
+    assert!(
+        kinds.contains(&"api_key.created".to_owned())
+            && kinds.contains(&"api_key.revoked".to_owned())
+    );
+    for secret in [&token, &keep, &other, &key] {
+        assert!(!log.contains(secret.as_str()));
+    }
+}
+
+#[tokio::test]
+async fn kill_9_loses_nothing_that_was_acknowledged() {
+    let dir = data_dir();
+    let key = create_key(&dir, "shop"); // no server yet: the CLI works on the store directly
+    let server = Server::start(&dir).await;
+    let mut created = Vec::new();
+    let mut tasks = Vec::new();
+    for i in 0..200 {
+        let http = server.http.clone();
+        let url = format!("{}/v1/sessions", server.base);
+        let key = key.clone();
+        tasks.push(tokio::spawn(async move {
+            let response = http
+                .post(url)
+                .bearer_auth(key)
+                .json(&json!({"subject": format!("user{}", i % 20)}))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 201);
+            let body: Value = response.json().await.unwrap();
+            body["token"].as_str().unwrap().to_owned()
+        }));
+    }
+    for task in tasks {
+        created.push(task.await.unwrap());
+    }
+    let (kept, logged_out) = created.split_at(100);
+    for token in logged_out {
+        let (status, _) = server
+            .call(
+                &key,
+                reqwest::Method::POST,
+                "/v1/sessions/logout",
+                Some(json!({"token": token})),
+            )
+            .await;
+        assert_eq!(status, 204);
+    }
+    server.kill9();
+
+    let server = Server::start(&dir).await;
+    for token in kept {
+        assert_eq!(server.validate(&key, token).await.0, 200);
+    }
+    for token in logged_out {
+        let (status, problem) = server.validate(&key, token).await;
+        assert_eq!(
+            (status, problem["reason"].as_str()),
+            (401, Some("logged_out"))
+        );
+    }
+    // Starting a second server on the same data directory is refused.
+    let second = Command::new(BIN)
+        .args(["serve", "--listen", &format!("127.0.0.1:{}", free_port())])
+        .arg("--data-dir")
+        .arg(&dir)
+        .env_remove("PORTCULLIS_CONFIG")
+        .output()
+        .unwrap();
+    assert!(!second.status.success());
+    assert!(
+        String::from_utf8_lossy(&second.stderr).contains("another portcullis server is running")
+    );
+    server.stop();
+}
+
+#[test]
+fn invalid_configuration_is_refused_with_the_key_named() {
+    let dir = data_dir();
+    let config = dir.join("portcullis.toml");
+    std::fs::write(&config, "[policies.shop]\nidle = \"fifteen minutes\"\n").unwrap();
+    for args in [vec!["config", "check"], vec!["serve"]] {
+        let out = Command::new(BIN)
+            .args(&args)
+            .env("PORTCULLIS_CONFIG", &config)
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("policies.shop.idle"), "{stderr}");
+    }
+    std::fs::write(
+        &config,
+        "[policies.shop]\npreset = \"aal2\"\nmax_sessions = 1\n",
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["config", "check"])
+        .env("PORTCULLIS_CONFIG", &config)
+        .env("PORTCULLIS_POLICIES__SHOP__IDLE", "10m")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("policy shop: idle 10m (configured)"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("policy shop: absolute 12h (preset aal2)"),
+        "{stdout}"
+    );
+    let out = Command::new(BIN)
+        .args(["config", "check"])
+        .env("PORTCULLIS_LISTEN", "nowhere")
+        .env_remove("PORTCULLIS_CONFIG")
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("listen:"));
+}
