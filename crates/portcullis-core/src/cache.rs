@@ -22,6 +22,9 @@ use crate::token::{PublicId, SessionId, TokenHash};
 
 const SHARDS: usize = 64;
 
+/// One shard of the token-hash index.
+type Shard = RwLock<HashMap<TokenHash, Arc<Session>>>;
+
 /// One atomic unit of change, as a journal must persist it.
 #[derive(Debug, Clone, Default)]
 pub struct Change {
@@ -141,7 +144,7 @@ struct WriterState {
 /// See the module documentation.
 pub struct CachedStore<J> {
     journal: J,
-    by_hash: Box<[RwLock<HashMap<TokenHash, Arc<Session>>>]>,
+    by_hash: Box<[Shard]>,
     by_id: RwLock<HashMap<SessionId, TokenHash>>,
     /// Live sessions by nearest deadline; entries may be stale and are re-checked when due.
     deadlines: Mutex<BTreeSet<(Timestamp, SessionId)>>,

@@ -86,12 +86,18 @@ impl fmt::Debug for Token {
 pub struct MalformedToken;
 
 /// SHA-256 of a token. A dump of a store holds only these, which let nobody in.
-#[derive(Clone, Copy, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, Eq, PartialOrd, Ord)]
 pub struct TokenHash(pub [u8; 32]);
 
 impl PartialEq for TokenHash {
     fn eq(&self, other: &Self) -> bool {
         self.0.ct_eq(&other.0).into()
+    }
+}
+
+impl std::hash::Hash for TokenHash {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.0.hash(state);
     }
 }
 

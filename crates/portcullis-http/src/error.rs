@@ -110,6 +110,11 @@ impl ApiError {
         }
     }
 
+    /// The stable `reason` of this error.
+    pub fn reason(&self) -> &'static str {
+        self.parts().1
+    }
+
     /// The problem document for this error.
     pub fn problem(&self) -> Problem {
         let (status, reason, ended) = self.parts();

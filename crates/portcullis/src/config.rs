@@ -275,6 +275,7 @@ fn describe(e: &figment::Error) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::result_large_err)] // figment's Jail returns its large error type; fine in tests
 mod tests {
     use super::*;
     use figment::Jail;
