@@ -13,9 +13,9 @@ use std::sync::Arc;
 
 use parking_lot::{Mutex, RwLock};
 
-use crate::event::{AuditEvent, EventKind, EventQuery};
-use crate::policy::OnLimit;
-use crate::session::{EndReason, Ended, Session};
+use crate::event::{AuditEvent, EventQuery};
+use crate::plan;
+use crate::session::{EndReason, Session};
 use crate::store::{ApiKey, EndedSessions, Ending, Insert, Inserted, SessionStore, StoreError};
 use crate::time::Timestamp;
 use crate::token::{PublicId, SessionId, TokenHash};
@@ -338,22 +338,7 @@ impl<J: Journal> CachedStore<J> {
         if change.sessions.iter().any(|s| &s.id == id) {
             return None;
         }
-        let mut ended = Session::clone(&current);
-        ended.version += 1;
-        let reconstitute_until = if reason == ending.reason {
-            ending.reconstitute_until
-        } else {
-            None
-        };
-        ended.ended = Some(Ended {
-            reason,
-            at: ending.at,
-            reconstitute_until,
-            reconstituted_into: None,
-            purge_at: reconstitute_until
-                .unwrap_or(ending.at)
-                .max(ending.at.plus(ending.retention)),
-        });
+        let ended = plan::ended_record(&current, ending, reason);
         let ended = Arc::new(ended);
         change.events.push(AuditEvent::ended(&ended, &ending.actor));
         change.sessions.push(Arc::clone(&ended));
@@ -405,82 +390,50 @@ impl<J: Journal> SessionStore for CachedStore<J> {
         let mut session = insert.session;
         let now = session.created_at;
 
-        if let Some(limit) = insert.limit.filter(|l| l.max > 0) {
-            let mut live: Vec<Arc<Session>> = state
+        if let Some(limit) = insert.limit {
+            let live: Vec<Arc<Session>> = state
                 .subjects
                 .get(&session.subject)
                 .into_iter()
                 .flatten()
                 .filter_map(|id| self.get_by_id(id))
                 .collect();
-            let max = usize::try_from(limit.max).unwrap_or(usize::MAX);
-            if live.len() >= max {
-                match limit.on_limit {
-                    OnLimit::Deny => return Err(StoreError::LimitReached),
-                    OnLimit::EvictOldest => live.sort_by_key(|s| (s.created_at, s.id.clone())),
-                    OnLimit::EvictIdlest => live.sort_by_key(|s| (s.last_seen_at, s.id.clone())),
-                }
-                let ending = Ending {
-                    reason: EndReason::NewDevice,
-                    at: now,
-                    actor: insert.actor.clone(),
-                    reconstitute_until: None,
-                    retention: insert.ended_retention,
-                };
-                for victim in &live[..=live.len() - max] {
-                    self.plan_end(
-                        &state,
-                        &victim.id,
-                        &ending,
-                        EndReason::NewDevice,
-                        &mut change,
-                    );
-                }
+            let ending = Ending {
+                reason: EndReason::NewDevice,
+                at: now,
+                actor: insert.actor.clone(),
+                reconstitute_until: None,
+                retention: insert.ended_retention,
+            };
+            for victim in plan::evictions(live, limit)? {
+                self.plan_end(
+                    &state,
+                    &victim.id,
+                    &ending,
+                    EndReason::NewDevice,
+                    &mut change,
+                );
             }
         }
 
-        let mut detail = serde_json::Map::new();
         if insert.reconstitute {
-            let tomb = state
+            let candidates: Vec<Arc<Session>> = state
                 .tombstones
                 .get(&session.subject)
                 .into_iter()
                 .flatten()
                 .filter_map(|id| self.get_by_id(id))
-                .filter(|t| {
-                    t.policy == session.policy
-                        && t.ended.as_ref().is_some_and(|e| {
-                            e.reconstituted_into.is_none()
-                                && e.reconstitute_until.is_some_and(|until| until > now)
-                        })
-                })
-                .max_by_key(|t| t.ended.as_ref().map(|e| e.at));
-            if let Some(tomb) = tomb {
-                session.data = tomb.data.clone();
-                session.reconstituted_from = Some(tomb.id.clone());
-                let mut used = Session::clone(&tomb);
-                used.version += 1;
-                if let Some(ended) = used.ended.as_mut() {
-                    ended.reconstituted_into = Some(session.id.clone());
-                }
-                change.sessions.push(Arc::new(used));
-                detail.insert("reconstituted_from".into(), tomb.id.as_str().into());
+                .collect();
+            if let Some(tomb) = plan::pick_tombstone(&candidates, &session) {
+                change
+                    .sessions
+                    .push(Arc::new(plan::reconstitute(&mut session, tomb)));
             }
         }
-        if let Some(parent) = &session.parent {
-            detail.insert("parent".into(), parent.as_str().into());
-        }
-
         let session = Arc::new(session);
-        change.events.insert(
-            0,
-            AuditEvent::for_session(EventKind::SessionCreated, &session, now, &insert.actor)
-                .with_detail(if detail.is_empty() {
-                    serde_json::Value::Null
-                } else {
-                    detail.into()
-                }),
-        );
+        change
+            .events
+            .insert(0, plan::created_event(&session, &insert.actor));
         change.sessions.push(Arc::clone(&session));
         let events = self.commit(&mut state, change).await?;
         Ok(Inserted { session, events })

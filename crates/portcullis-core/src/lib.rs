@@ -10,6 +10,7 @@
 pub mod cache;
 pub mod engine;
 pub mod event;
+pub mod plan;
 pub mod policy;
 pub mod random;
 pub mod session;
