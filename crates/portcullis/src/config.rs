@@ -68,7 +68,8 @@ pub struct Config {
     /// Where the embedded store and the admin socket live.
     #[serde(default = "default_data_dir")]
     pub data_dir: PathBuf,
-    /// Store URL: `sqlite://PATH` (default: `sqlite://<data_dir>/portcullis.db`) or `memory://`.
+    /// Store URL: `sqlite://PATH` (default: `sqlite://<data_dir>/portcullis.db`), `postgres://…`
+    /// or `memory://`.
     #[serde(default)]
     pub store: Option<String>,
     /// `stdout`, `off`, or a file path for the JSON-lines audit log.
@@ -148,6 +149,8 @@ pub enum StoreUrl {
     Sqlite(PathBuf),
     /// Memory only (nothing survives a restart).
     Memory,
+    /// A shared PostgreSQL database (`postgres://…` or `postgresql://…`).
+    Postgres(String),
 }
 
 impl Config {
@@ -206,10 +209,13 @@ impl Config {
         match self.store.as_deref() {
             None => Ok(StoreUrl::Sqlite(self.data_dir.join("portcullis.db"))),
             Some("memory://") => Ok(StoreUrl::Memory),
+            Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+                Ok(StoreUrl::Postgres(url.to_owned()))
+            }
             Some(url) => match url.strip_prefix("sqlite://") {
                 Some(path) if !path.is_empty() => Ok(StoreUrl::Sqlite(PathBuf::from(path))),
                 _ => Err(ConfigError::Invalid(format!(
-                    "store: \"{url}\" is not supported by this build (use sqlite://PATH or memory://)"
+                    "store: \"{url}\" is not supported by this build (use sqlite://PATH, postgres://… or memory://)"
                 ))),
             },
         }

@@ -35,7 +35,7 @@ struct Cli {
     /// Data directory (embedded store, admin socket).
     #[arg(long, global = true)]
     data_dir: Option<PathBuf>,
-    /// Store URL (`sqlite://PATH`, `memory://`).
+    /// Store URL (`sqlite://PATH`, `postgres://…`, `memory://`).
     #[arg(long, global = true)]
     store: Option<String>,
     #[command(subcommand)]
@@ -297,6 +297,7 @@ async fn admin_call(
             let router = match open_store(config).await? {
                 Opened::Sqlite(store) => local_router(engine(store, config, sink)?),
                 Opened::Memory(store) => local_router(engine(store, config, sink)?),
+                Opened::Postgres(store) => local_router(engine(store, config, sink)?),
             };
             let request = hyper::Request::builder()
                 .method(method)
@@ -335,6 +336,7 @@ fn local_router<S: SessionStore>(engine: Engine<S>) -> Router {
 enum Opened {
     Sqlite(portcullis_store_sqlite::SqliteStore),
     Memory(MemoryStore),
+    Postgres(portcullis_store_postgres::PostgresStore),
 }
 
 async fn open_store(config: &Config) -> Result<Opened> {
@@ -346,6 +348,9 @@ async fn open_store(config: &Config) -> Result<Opened> {
             Opened::Sqlite(portcullis_store_sqlite::open(&path).await?)
         }
         StoreUrl::Memory => Opened::Memory(MemoryStore::new()),
+        StoreUrl::Postgres(url) => {
+            Opened::Postgres(portcullis_store_postgres::PostgresStore::connect(&url, None).await?)
+        }
     })
 }
 
@@ -379,6 +384,7 @@ async fn serve(config: Config) -> Result<()> {
     match open_store(&config).await? {
         Opened::Sqlite(store) => run_server(engine(store, &config, sink)?, &config).await,
         Opened::Memory(store) => run_server(engine(store, &config, sink)?, &config).await,
+        Opened::Postgres(store) => run_server(engine(store, &config, sink)?, &config).await,
     }
 }
 

@@ -1,0 +1,561 @@
+//! PostgreSQL session store: any number of stateless Portcullis nodes share one database.
+//!
+//! Every read goes to PostgreSQL (validation is one primary-key lookup by token hash), so a
+//! revocation made on any node is refused by every node on its very next call: there is no
+//! cache to invalidate. Per-subject changes (limits, "end all but one") are serialised by a
+//! transaction-scoped advisory lock on the subject; events are appended under one more
+//! advisory lock so their positions are in commit order and paging by `after` never skips.
+//! API keys are cached for [`API_KEY_CACHE`] per node.
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+use std::collections::HashMap;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use portcullis_core::{
+    ApiKey, AuditEvent, EndReason, EndedSessions, Ending, EventQuery, Insert, Inserted, PublicId,
+    Session, SessionId, SessionStore, StoreError, Timestamp, TokenHash, plan,
+};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
+use sqlx::{PgConnection, PgPool, Postgres, Row, Transaction};
+
+/// How long a node trusts an API key it looked up (revocation reaches other nodes within this).
+pub const API_KEY_CACHE: Duration = Duration::from_secs(1);
+
+/// Lock id under which events are appended (so `seq` follows commit order).
+const EVENT_LOCK: i64 = 0x5043_4556; // "PCEV"
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// What connecting can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// Bad URL or no server.
+    #[error("cannot connect to PostgreSQL: {0}")]
+    Connect(#[from] sqlx::Error),
+    /// A migration failed.
+    #[error("cannot migrate the PostgreSQL schema: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+/// The PostgreSQL store.
+#[derive(Debug, Clone)]
+pub struct PostgresStore {
+    pool: PgPool,
+    api_keys: Arc<Mutex<HashMap<TokenHash, (Instant, Option<ApiKey>)>>>,
+}
+
+fn unavailable(err: sqlx::Error) -> StoreError {
+    StoreError::Unavailable(err.to_string())
+}
+
+fn corrupt(err: serde_json::Error) -> StoreError {
+    StoreError::Corrupt(err.to_string())
+}
+
+fn millis(t: Timestamp) -> i64 {
+    t.as_millis()
+}
+
+impl PostgresStore {
+    /// Connects to `url` (`postgres://…`), optionally inside `schema` (created if missing),
+    /// and migrates.
+    pub async fn connect(url: &str, schema: Option<&str>) -> Result<Self, ConnectError> {
+        let mut options = PgConnectOptions::from_str(url)?;
+        if let Some(schema) = schema {
+            let admin = PgPoolOptions::new().max_connections(1).connect_with(options.clone()).await?;
+            let quoted = format!("\"{}\"", schema.replace('"', "\"\""));
+            sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA IF NOT EXISTS {quoted}")))
+                .execute(&admin)
+                .await?;
+            admin.close().await;
+            options = options.options([("search_path", schema)]);
+        }
+        let pool = PgPoolOptions::new()
+            .max_connections(16)
+            // Fail fast (and closed) when the server is gone instead of queueing for 30 s.
+            .acquire_timeout(Duration::from_secs(2))
+            .connect_with(options)
+            .await?;
+        MIGRATOR.run(&pool).await?;
+        Ok(Self {
+            pool,
+            api_keys: Arc::default(),
+        })
+    }
+
+    /// Closes the pool.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    async fn begin(&self) -> Result<Transaction<'static, Postgres>, StoreError> {
+        self.pool.begin().await.map_err(unavailable)
+    }
+}
+
+fn decode(row: &PgRow) -> Result<Session, StoreError> {
+    let body: &str = row.try_get(0).map_err(unavailable)?;
+    let mut session: Session = serde_json::from_str(body).map_err(corrupt)?;
+    let last_seen: i64 = row.try_get(1).map_err(unavailable)?;
+    let idle_at: Option<i64> = row.try_get(2).map_err(unavailable)?;
+    session.last_seen_at = Timestamp::from_millis(last_seen);
+    if let (Some(idle), Some(at)) = (session.idle.as_mut(), idle_at) {
+        idle.at = Timestamp::from_millis(at);
+    }
+    Ok(session)
+}
+
+async fn fetch_sessions(
+    conn: &mut PgConnection,
+    sql: &'static str,
+    key: &str,
+) -> Result<Vec<Arc<Session>>, StoreError> {
+    let rows = sqlx::query(sql)
+        .bind(key)
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(unavailable)?;
+    rows.iter().map(|r| decode(r).map(Arc::new)).collect()
+}
+
+async fn write_session(conn: &mut PgConnection, s: &Session) -> Result<(), StoreError> {
+    let body = serde_json::to_string(s).map_err(corrupt)?;
+    let tomb_until = s
+        .ended
+        .as_ref()
+        .filter(|e| e.reconstituted_into.is_none())
+        .and_then(|e| e.reconstitute_until)
+        .map(millis);
+    sqlx::query(
+        "INSERT INTO pc_sessions (id, token_hash, subject, policy, parent, live, created_at,
+            last_seen_at, idle_at, next_deadline, tomb_until, purge_at, body)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
+         ON CONFLICT (id) DO UPDATE SET token_hash = EXCLUDED.token_hash, live = EXCLUDED.live,
+            last_seen_at = EXCLUDED.last_seen_at, idle_at = EXCLUDED.idle_at,
+            next_deadline = EXCLUDED.next_deadline, tomb_until = EXCLUDED.tomb_until,
+            purge_at = EXCLUDED.purge_at, body = EXCLUDED.body",
+    )
+    .bind(s.id.as_str())
+    .bind(&s.token_hash.0[..])
+    .bind(&s.subject)
+    .bind(&s.policy)
+    .bind(s.parent.as_ref().map(|p| p.as_str()))
+    .bind(s.is_live())
+    .bind(millis(s.created_at))
+    .bind(millis(s.last_seen_at))
+    .bind(s.idle.as_ref().map(|i| millis(i.at)))
+    .bind(millis(s.next_deadline().0))
+    .bind(tomb_until)
+    .bind(s.ended.as_ref().map(|e| millis(e.purge_at)))
+    .bind(body)
+    .execute(&mut *conn)
+    .await
+    .map_err(unavailable)?;
+    Ok(())
+}
+
+/// Appends events in commit order and returns them with their positions.
+async fn append_events(
+    conn: &mut PgConnection,
+    events: Vec<AuditEvent>,
+) -> Result<Vec<AuditEvent>, StoreError> {
+    if events.is_empty() {
+        return Ok(events);
+    }
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(EVENT_LOCK)
+        .execute(&mut *conn)
+        .await
+        .map_err(unavailable)?;
+    let mut stored = Vec::with_capacity(events.len());
+    for mut event in events {
+        let seq: i64 = sqlx::query("SELECT nextval(pg_get_serial_sequence('pc_events', 'seq'))")
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(unavailable)?
+            .get(0);
+        event.seq = u64::try_from(seq).unwrap_or(0);
+        let body = serde_json::to_string(&event).map_err(corrupt)?;
+        sqlx::query(
+            "INSERT INTO pc_events (seq, at, kind, subject, session_id, body)
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(seq)
+        .bind(millis(event.at))
+        .bind(event.kind.as_str())
+        .bind(event.subject.as_deref())
+        .bind(event.session_id.as_ref().map(|id| id.as_str()))
+        .bind(body)
+        .execute(&mut *conn)
+        .await
+        .map_err(unavailable)?;
+        stored.push(event);
+    }
+    Ok(stored)
+}
+
+async fn lock_subject(conn: &mut PgConnection, subject: &str) -> Result<(), StoreError> {
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 7))")
+        .bind(subject)
+        .execute(&mut *conn)
+        .await
+        .map_err(unavailable)?;
+    Ok(())
+}
+
+/// Ends live session `id` and, recursively, its live children, inside the transaction.
+async fn end_tree(
+    conn: &mut PgConnection,
+    id: &SessionId,
+    ending: &Ending,
+    reason: EndReason,
+    ended: &mut Vec<Arc<Session>>,
+    events: &mut Vec<AuditEvent>,
+) -> Result<Option<Arc<Session>>, StoreError> {
+    let mut stack = vec![(id.clone(), reason)];
+    let mut first = None;
+    while let Some((id, reason)) = stack.pop() {
+        let current = fetch_sessions(
+            conn,
+            "SELECT body, last_seen_at, idle_at FROM pc_sessions WHERE id = $1 AND live FOR UPDATE",
+            id.as_str(),
+        )
+        .await?;
+        let Some(current) = current.into_iter().next() else {
+            continue;
+        };
+        let record = Arc::new(plan::ended_record(&current, ending, reason));
+        write_session(conn, &record).await?;
+        events.push(AuditEvent::ended(&record, &ending.actor));
+        if first.is_none() {
+            first = Some(Arc::clone(&record));
+        }
+        ended.push(record);
+        let children = sqlx::query("SELECT id FROM pc_sessions WHERE parent = $1 AND live")
+            .bind(id.as_str())
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(unavailable)?;
+        for child in children {
+            stack.push((PublicId::from_string(child.get(0)), EndReason::ParentEnded));
+        }
+    }
+    Ok(first)
+}
+
+impl SessionStore for PostgresStore {
+    async fn find_by_token(&self, hash: &TokenHash) -> Result<Option<Arc<Session>>, StoreError> {
+        let row = sqlx::query("SELECT body, last_seen_at, idle_at FROM pc_sessions WHERE token_hash = $1")
+            .bind(&hash.0[..])
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        row.map(|r| decode(&r).map(Arc::new)).transpose()
+    }
+
+    async fn find_by_id(&self, id: &SessionId) -> Result<Option<Arc<Session>>, StoreError> {
+        let mut conn = self.pool.acquire().await.map_err(unavailable)?;
+        Ok(fetch_sessions(
+            &mut conn,
+            "SELECT body, last_seen_at, idle_at FROM pc_sessions WHERE id = $1",
+            id.as_str(),
+        )
+        .await?
+        .into_iter()
+        .next())
+    }
+
+    async fn list_subject(&self, subject: &str) -> Result<Vec<Arc<Session>>, StoreError> {
+        let mut conn = self.pool.acquire().await.map_err(unavailable)?;
+        fetch_sessions(
+            &mut conn,
+            "SELECT body, last_seen_at, idle_at FROM pc_sessions WHERE subject = $1 AND live
+             ORDER BY created_at, id",
+            subject,
+        )
+        .await
+    }
+
+    async fn insert(&self, insert: Insert) -> Result<Inserted, StoreError> {
+        let mut tx = self.begin().await?;
+        let mut session = insert.session;
+        lock_subject(&mut tx, &session.subject).await?;
+        let mut events = Vec::new();
+        let mut ended = Vec::new();
+        if let Some(limit) = insert.limit {
+            let live = fetch_sessions(
+                &mut tx,
+                "SELECT body, last_seen_at, idle_at FROM pc_sessions WHERE subject = $1 AND live",
+                &session.subject,
+            )
+            .await?;
+            let ending = Ending {
+                reason: EndReason::NewDevice,
+                at: session.created_at,
+                actor: insert.actor.clone(),
+                reconstitute_until: None,
+                retention: insert.ended_retention,
+            };
+            for victim in plan::evictions(live, limit)? {
+                end_tree(&mut tx, &victim.id, &ending, EndReason::NewDevice, &mut ended, &mut events)
+                    .await?;
+            }
+        }
+        if insert.reconstitute {
+            let rows = sqlx::query(
+                "SELECT body, last_seen_at, idle_at FROM pc_sessions
+                 WHERE subject = $1 AND policy = $2 AND tomb_until > $3 FOR UPDATE",
+            )
+            .bind(&session.subject)
+            .bind(&session.policy)
+            .bind(millis(session.created_at))
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+            let candidates = rows
+                .iter()
+                .map(|r| decode(r).map(Arc::new))
+                .collect::<Result<Vec<_>, _>>()?;
+            if let Some(tomb) = plan::pick_tombstone(&candidates, &session) {
+                let used = plan::reconstitute(&mut session, tomb);
+                write_session(&mut tx, &used).await?;
+            }
+        }
+        write_session(&mut tx, &session).await?;
+        events.insert(0, plan::created_event(&session, &insert.actor));
+        let events = append_events(&mut tx, events).await?;
+        tx.commit().await.map_err(unavailable)?;
+        Ok(Inserted {
+            session: Arc::new(session),
+            events,
+        })
+    }
+
+    async fn replace(
+        &self,
+        version: u64,
+        next: Session,
+        event: AuditEvent,
+    ) -> Result<Option<(Arc<Session>, AuditEvent)>, StoreError> {
+        let mut tx = self.begin().await?;
+        let current = fetch_sessions(
+            &mut tx,
+            "SELECT body, last_seen_at, idle_at FROM pc_sessions WHERE id = $1 AND live FOR UPDATE",
+            next.id.as_str(),
+        )
+        .await?;
+        if !current.first().is_some_and(|c| c.version == version) {
+            return Ok(None);
+        }
+        write_session(&mut tx, &next).await?;
+        let mut events = append_events(&mut tx, vec![event]).await?;
+        tx.commit().await.map_err(unavailable)?;
+        Ok(Some((Arc::new(next), events.remove(0))))
+    }
+
+    async fn touch(&self, id: &SessionId, at: Timestamp) -> Result<(), StoreError> {
+        // Only forward, only while live; the idle deadline moves with it.
+        sqlx::query(
+            "UPDATE pc_sessions
+             SET last_seen_at = $2,
+                 idle_at = CASE WHEN idle_at IS NULL THEN NULL
+                           ELSE $2 + ((body::jsonb -> 'idle' ->> 'lifetime_ms')::bigint) END,
+                 next_deadline = LEAST(
+                     COALESCE($2 + ((body::jsonb -> 'idle' ->> 'lifetime_ms')::bigint), 9223372036854775807),
+                     (body::jsonb -> 'absolute' ->> 'at')::bigint)
+             WHERE id = $1 AND live AND last_seen_at < $2",
+        )
+        .bind(id.as_str())
+        .bind(millis(at))
+        .execute(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn end(&self, id: &SessionId, ending: Ending) -> Result<EndedSessions, StoreError> {
+        let mut tx = self.begin().await?;
+        let (mut all, mut events) = (Vec::new(), Vec::new());
+        let Some(first) = end_tree(&mut tx, id, &ending, ending.reason, &mut all, &mut events).await?
+        else {
+            return Ok(EndedSessions::default());
+        };
+        let events = append_events(&mut tx, events).await?;
+        tx.commit().await.map_err(unavailable)?;
+        Ok(EndedSessions {
+            sessions: vec![first],
+            events,
+        })
+    }
+
+    async fn end_subject(
+        &self,
+        subject: &str,
+        except: Option<&SessionId>,
+        ending: Ending,
+    ) -> Result<EndedSessions, StoreError> {
+        let mut tx = self.begin().await?;
+        lock_subject(&mut tx, subject).await?;
+        let live = fetch_sessions(
+            &mut tx,
+            "SELECT body, last_seen_at, idle_at FROM pc_sessions WHERE subject = $1 AND live
+             ORDER BY created_at, id",
+            subject,
+        )
+        .await?;
+        let (mut all, mut events, mut direct) = (Vec::new(), Vec::new(), Vec::new());
+        for session in live.iter().filter(|s| Some(&s.id) != except) {
+            if let Some(first) =
+                end_tree(&mut tx, &session.id, &ending, ending.reason, &mut all, &mut events).await?
+            {
+                direct.push(first);
+            }
+        }
+        let events = append_events(&mut tx, events).await?;
+        tx.commit().await.map_err(unavailable)?;
+        Ok(EndedSessions {
+            sessions: direct,
+            events,
+        })
+    }
+
+    async fn due(&self, now: Timestamp, limit: usize) -> Result<Vec<Arc<Session>>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT body, last_seen_at, idle_at FROM pc_sessions
+             WHERE live AND next_deadline <= $1 ORDER BY next_deadline, id LIMIT $2",
+        )
+        .bind(millis(now))
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        rows.iter().map(|r| decode(r).map(Arc::new)).collect()
+    }
+
+    async fn purge(&self, now: Timestamp) -> Result<usize, StoreError> {
+        let done = sqlx::query("DELETE FROM pc_sessions WHERE NOT live AND purge_at <= $1")
+            .bind(millis(now))
+            .execute(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        Ok(usize::try_from(done.rows_affected()).unwrap_or(usize::MAX))
+    }
+
+    async fn events(&self, query: &EventQuery) -> Result<Vec<AuditEvent>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT body FROM pc_events
+             WHERE seq > $1 AND ($2::text IS NULL OR subject = $2)
+               AND ($3::text IS NULL OR session_id = $3)
+             ORDER BY seq LIMIT $4",
+        )
+        .bind(i64::try_from(query.after).unwrap_or(i64::MAX))
+        .bind(query.subject.as_deref())
+        .bind(query.session_id.as_ref().map(|id| id.as_str()))
+        .bind(i64::try_from(query.limit).unwrap_or(i64::MAX))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        rows.iter()
+            .map(|r| serde_json::from_str(r.get::<&str, _>(0)).map_err(corrupt))
+            .collect()
+    }
+
+    async fn add_api_key(&self, key: ApiKey, event: AuditEvent) -> Result<AuditEvent, StoreError> {
+        let mut tx = self.begin().await?;
+        sqlx::query("INSERT INTO pc_api_keys (id, key_hash, body) VALUES ($1, $2, $3)")
+            .bind(key.id.as_str())
+            .bind(&key.key_hash.0[..])
+            .bind(serde_json::to_string(&key).map_err(corrupt)?)
+            .execute(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+        let mut events = append_events(&mut tx, vec![event]).await?;
+        tx.commit().await.map_err(unavailable)?;
+        self.api_keys.lock().remove(&key.key_hash);
+        Ok(events.remove(0))
+    }
+
+    async fn find_api_key(&self, hash: &TokenHash) -> Result<Option<ApiKey>, StoreError> {
+        if let Some((at, key)) = self.api_keys.lock().get(hash)
+            && at.elapsed() < API_KEY_CACHE
+        {
+            return Ok(key.clone());
+        }
+        let row = sqlx::query("SELECT body FROM pc_api_keys WHERE key_hash = $1")
+            .bind(&hash.0[..])
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        let key: Option<ApiKey> = row
+            .map(|r| serde_json::from_str(r.get::<&str, _>(0)).map_err(corrupt))
+            .transpose()?;
+        let mut cache = self.api_keys.lock();
+        if cache.len() > 10_000 {
+            cache.clear();
+        }
+        // Only keys that exist are remembered, so a new key works on every node at once.
+        if key.is_some() {
+            cache.insert(*hash, (Instant::now(), key.clone()));
+        }
+        Ok(key)
+    }
+
+    async fn list_api_keys(&self) -> Result<Vec<ApiKey>, StoreError> {
+        let rows = sqlx::query("SELECT body FROM pc_api_keys")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        let mut keys = rows
+            .iter()
+            .map(|r| serde_json::from_str::<ApiKey>(r.get::<&str, _>(0)).map_err(corrupt))
+            .collect::<Result<Vec<_>, _>>()?;
+        keys.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+        Ok(keys)
+    }
+
+    async fn revoke_api_key(
+        &self,
+        id: &PublicId,
+        at: Timestamp,
+        event: AuditEvent,
+    ) -> Result<Option<(ApiKey, AuditEvent)>, StoreError> {
+        let mut tx = self.begin().await?;
+        let row = sqlx::query("SELECT body FROM pc_api_keys WHERE id = $1 FOR UPDATE")
+            .bind(id.as_str())
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+        let Some(row) = row else { return Ok(None) };
+        let mut key: ApiKey = serde_json::from_str(row.get::<&str, _>(0)).map_err(corrupt)?;
+        if key.revoked_at.is_some() {
+            return Ok(None);
+        }
+        key.revoked_at = Some(at);
+        sqlx::query("UPDATE pc_api_keys SET body = $2 WHERE id = $1")
+            .bind(id.as_str())
+            .bind(serde_json::to_string(&key).map_err(corrupt)?)
+            .execute(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+        let mut events = append_events(&mut tx, vec![event]).await?;
+        tx.commit().await.map_err(unavailable)?;
+        self.api_keys.lock().remove(&key.key_hash);
+        Ok(Some((key, events.remove(0))))
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map(|_| ())
+            .map_err(unavailable)
+    }
+
+    async fn flush(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+}
