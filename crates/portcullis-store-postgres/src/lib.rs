@@ -66,11 +66,16 @@ impl PostgresStore {
     pub async fn connect(url: &str, schema: Option<&str>) -> Result<Self, ConnectError> {
         let mut options = PgConnectOptions::from_str(url)?;
         if let Some(schema) = schema {
-            let admin = PgPoolOptions::new().max_connections(1).connect_with(options.clone()).await?;
-            let quoted = format!("\"{}\"", schema.replace('"', "\"\""));
-            sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA IF NOT EXISTS {quoted}")))
-                .execute(&admin)
+            let admin = PgPoolOptions::new()
+                .max_connections(1)
+                .connect_with(options.clone())
                 .await?;
+            let quoted = format!("\"{}\"", schema.replace('"', "\"\""));
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "CREATE SCHEMA IF NOT EXISTS {quoted}"
+            )))
+            .execute(&admin)
+            .await?;
             admin.close().await;
             options = options.options([("search_path", schema)]);
         }
@@ -249,11 +254,13 @@ async fn end_tree(
 
 impl SessionStore for PostgresStore {
     async fn find_by_token(&self, hash: &TokenHash) -> Result<Option<Arc<Session>>, StoreError> {
-        let row = sqlx::query("SELECT body, last_seen_at, idle_at FROM pc_sessions WHERE token_hash = $1")
-            .bind(&hash.0[..])
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(unavailable)?;
+        let row = sqlx::query(
+            "SELECT body, last_seen_at, idle_at FROM pc_sessions WHERE token_hash = $1",
+        )
+        .bind(&hash.0[..])
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(unavailable)?;
         row.map(|r| decode(&r).map(Arc::new)).transpose()
     }
 
@@ -301,8 +308,15 @@ impl SessionStore for PostgresStore {
                 retention: insert.ended_retention,
             };
             for victim in plan::evictions(live, limit)? {
-                end_tree(&mut tx, &victim.id, &ending, EndReason::NewDevice, &mut ended, &mut events)
-                    .await?;
+                end_tree(
+                    &mut tx,
+                    &victim.id,
+                    &ending,
+                    EndReason::NewDevice,
+                    &mut ended,
+                    &mut events,
+                )
+                .await?;
             }
         }
         if insert.reconstitute {
@@ -380,7 +394,8 @@ impl SessionStore for PostgresStore {
     async fn end(&self, id: &SessionId, ending: Ending) -> Result<EndedSessions, StoreError> {
         let mut tx = self.begin().await?;
         let (mut all, mut events) = (Vec::new(), Vec::new());
-        let Some(first) = end_tree(&mut tx, id, &ending, ending.reason, &mut all, &mut events).await?
+        let Some(first) =
+            end_tree(&mut tx, id, &ending, ending.reason, &mut all, &mut events).await?
         else {
             return Ok(EndedSessions::default());
         };
@@ -409,8 +424,15 @@ impl SessionStore for PostgresStore {
         .await?;
         let (mut all, mut events, mut direct) = (Vec::new(), Vec::new(), Vec::new());
         for session in live.iter().filter(|s| Some(&s.id) != except) {
-            if let Some(first) =
-                end_tree(&mut tx, &session.id, &ending, ending.reason, &mut all, &mut events).await?
+            if let Some(first) = end_tree(
+                &mut tx,
+                &session.id,
+                &ending,
+                ending.reason,
+                &mut all,
+                &mut events,
+            )
+            .await?
             {
                 direct.push(first);
             }
