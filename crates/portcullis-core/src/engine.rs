@@ -9,7 +9,7 @@ use crate::random::RandomSource;
 use crate::session::{AuthContext, Deadline, Device, Elevation, EndReason, Session};
 use crate::store::{ApiKey, Ending, Insert, SessionLimit, SessionStore, StoreError};
 use crate::time::{Clock, Timestamp};
-use crate::token::{PublicId, SessionId, Token, TokenKind};
+use crate::token::{PublicId, SessionId, Token, TokenKind, subject_route};
 
 /// Tunables of the engine that are not per-policy.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -247,6 +247,18 @@ impl<S: SessionStore> Engine<S> {
         self.clock.now()
     }
 
+    fn new_token(&self, subject: &str) -> Token {
+        if S::ROUTES_BY_SUBJECT {
+            Token::generate_routed(
+                TokenKind::Session,
+                self.random.as_ref(),
+                subject_route(subject),
+            )
+        } else {
+            Token::generate(TokenKind::Session, self.random.as_ref())
+        }
+    }
+
     fn publish(&self, events: &[AuditEvent]) {
         for event in events {
             self.sink.publish(event);
@@ -307,22 +319,33 @@ impl<S: SessionStore> Engine<S> {
         Self::check_auth(&request.auth.methods, request.auth.level)?;
         self.check_data(&request.data)?;
         if let Some(parent) = &request.parent {
-            let live = self
+            // A parent SSO session belongs to the same person; keeping them together also lets
+            // sharded stores end a family atomically.
+            let valid = self
                 .store
                 .find_by_id(parent)
                 .await?
-                .is_some_and(|p| p.is_live());
-            if !live {
+                .is_some_and(|p| p.is_live() && p.subject == request.subject);
+            if !valid {
                 return Err(EngineError::Invalid(format!(
-                    "parent session {parent} is not a live session"
+                    "parent session {parent} is not a live session of this subject"
                 )));
             }
         }
         let now = self.clock.now();
-        let token = Token::generate(TokenKind::Session, self.random.as_ref());
+        let token = self.new_token(&request.subject);
         let (idle, absolute) = policy.lifetimes(request.remember_me);
+        let id = if S::ROUTES_BY_SUBJECT {
+            PublicId::generate_routed(
+                "ses_",
+                subject_route(&request.subject),
+                self.random.as_ref(),
+            )
+        } else {
+            PublicId::generate("ses_", self.random.as_ref())
+        };
         let session = Session {
-            id: PublicId::generate("ses_", self.random.as_ref()),
+            id,
             token_hash: token.hash(),
             version: 1,
             subject: request.subject,
@@ -507,7 +530,7 @@ impl<S: SessionStore> Engine<S> {
         for _ in 0..CAS_ATTEMPTS {
             let current = self.live_session(token, None).await?;
             let now = self.clock.now();
-            let new_token = Token::generate(TokenKind::Session, self.random.as_ref());
+            let new_token = self.new_token(&current.subject);
             let mut next = Session::clone(&current);
             next.token_hash = new_token.hash();
             next.version += 1;

@@ -31,4 +31,4 @@ pub use store::{
     ApiKey, EndedSessions, Ending, Insert, Inserted, SessionLimit, SessionStore, StoreError,
 };
 pub use time::{Clock, ManualClock, SystemClock, Timestamp, format_duration, parse_duration};
-pub use token::{MalformedToken, PublicId, SessionId, Token, TokenHash, TokenKind};
+pub use token::{MalformedToken, PublicId, SessionId, Token, TokenHash, TokenKind, subject_route};

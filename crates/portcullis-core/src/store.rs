@@ -105,6 +105,10 @@ pub struct ApiKey {
 
 /// A session store. See the module docs for the rules; `portcullis-store-tests` checks them.
 pub trait SessionStore: Send + Sync + 'static {
+    /// Whether this store shards by subject and needs tokens and ids to carry the subject's
+    /// route ([`crate::token::subject_route`]); the engine then issues them accordingly.
+    const ROUTES_BY_SUBJECT: bool = false;
+
     /// The session (live or recently ended) whose token hashes to `hash`.
     fn find_by_token(
         &self,

@@ -48,6 +48,18 @@ impl Token {
         Self(text)
     }
 
+    /// Issues a new token whose hash starts with `route`, so a store that shards by subject
+    /// finds the session's shard from the token hash alone (see [`subject_route`]). The token
+    /// keeps its full shape; 248 of its bits remain unpredictable.
+    pub fn generate_routed(kind: TokenKind, random: &dyn RandomSource, route: u8) -> Self {
+        loop {
+            let token = Self::generate(kind, random);
+            if token.hash().0[0] == route {
+                return token;
+            }
+        }
+    }
+
     /// Checks the shape of an untrusted token (prefix, length, alphabet) without trusting it.
     pub fn parse(kind: TokenKind, text: &str) -> Result<Self, MalformedToken> {
         let body = text.strip_prefix(kind.prefix()).ok_or(MalformedToken)?;
@@ -163,6 +175,17 @@ impl PublicId {
         Self(text)
     }
 
+    /// A new random id carrying `route` as two hex digits after the prefix (`ses_a3…`).
+    pub fn generate_routed(prefix: &str, route: u8, random: &dyn RandomSource) -> Self {
+        Self::generate(&format!("{prefix}{route:02x}"), random)
+    }
+
+    /// The route of an id made by [`PublicId::generate_routed`] with a prefix of `prefix_len` bytes.
+    pub fn route(&self, prefix_len: usize) -> Option<u8> {
+        let hex = self.0.get(prefix_len..prefix_len + 2)?;
+        u8::from_str_radix(hex, 16).ok()
+    }
+
     /// Wraps an id received from outside (it is only ever used as a lookup key).
     pub fn from_string(text: String) -> Self {
         Self(text)
@@ -188,6 +211,15 @@ impl fmt::Display for PublicId {
 
 /// The public id of a session.
 pub type SessionId = PublicId;
+
+/// The shard (0–255) a subject's sessions live in, for stores that keep one subject's data
+/// together (Redis Cluster hash tags). Derived from the subject so every node agrees.
+pub fn subject_route(subject: &str) -> u8 {
+    let mut hasher = Sha256::new();
+    hasher.update(b"portcullis-route\0");
+    hasher.update(subject.as_bytes());
+    hasher.finalize()[0]
+}
 
 #[cfg(test)]
 mod tests {
@@ -232,6 +264,19 @@ mod tests {
         let token = Token::generate(TokenKind::Session, &OsRandom);
         let shown = format!("{token:?} {:?}", token.hash());
         assert!(!shown.contains(&token.expose()[4..]));
+    }
+
+    #[test]
+    fn routed_tokens_and_ids_carry_their_route() {
+        let random = OsRandom;
+        let route = subject_route("alice");
+        assert_eq!(route, subject_route("alice"));
+        let token = Token::generate_routed(TokenKind::Session, &random, route);
+        assert_eq!(token.hash().0[0], route);
+        assert!(Token::parse(TokenKind::Session, token.expose()).is_ok());
+        let id = PublicId::generate_routed("ses_", route, &random);
+        assert_eq!(id.route(4), Some(route));
+        assert_eq!(PublicId::from_string("ses_zz".into()).route(4), None);
     }
 
     #[test]

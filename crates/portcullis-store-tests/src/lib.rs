@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use portcullis_core::{
     Actor, AuthContext, Deadline, Device, EndReason, Ending, Insert, ManualClock, PublicId,
-    SeededRandom, Session, SessionLimit, Timestamp, Token, TokenKind,
+    SeededRandom, Session, SessionLimit, Timestamp, Token, TokenKind, subject_route,
 };
 
 /// A fixed starting time for every case.
@@ -27,10 +27,14 @@ pub fn t0() -> Timestamp {
 
 /// A session for `subject` created at `at` with a 15 min idle and 12 h absolute deadline,
 /// and the token that opens it.
+///
+/// Tokens and ids carry the subject's route, as the engine issues them for stores that shard
+/// by subject; other stores ignore it.
 pub fn session_at(subject: &str, at: Timestamp, random: &SeededRandom) -> (Token, Session) {
-    let token = Token::generate(TokenKind::Session, random);
+    let route = subject_route(subject);
+    let token = Token::generate_routed(TokenKind::Session, random, route);
     let session = Session {
-        id: PublicId::generate("ses_", random),
+        id: PublicId::generate_routed("ses_", route, random),
         token_hash: token.hash(),
         version: 1,
         subject: subject.to_owned(),
