@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use portcullis_core::{
     Actor, ApiKey, AuditEvent, EndReason, EventKind, EventQuery, OnLimit, PublicId, SessionLimit,
-    SessionStore, StoreError, Token, TokenKind,
+    SessionStore, StoreError, Token, TokenKind, subject_route,
 };
 
 use crate::{ending, limited_insert, plain_insert, random, session_at, t0};
@@ -84,7 +84,7 @@ pub async fn replace_is_compare_and_set_and_kills_the_old_token<S: SessionStore>
     let r = random();
     let (old_token, s) = session_at("alice", t0(), &r);
     store.insert(plain_insert(s.clone())).await.unwrap();
-    let new_token = Token::generate(TokenKind::Session, r.as_ref());
+    let new_token = Token::generate_routed(TokenKind::Session, r.as_ref(), subject_route("alice"));
     let mut next = s.clone();
     next.token_hash = new_token.hash();
     next.version += 1;

@@ -68,8 +68,8 @@ pub struct Config {
     /// Where the embedded store and the admin socket live.
     #[serde(default = "default_data_dir")]
     pub data_dir: PathBuf,
-    /// Store URL: `sqlite://PATH` (default: `sqlite://<data_dir>/portcullis.db`), `postgres://…`
-    /// or `memory://`.
+    /// Store URL: `sqlite://PATH` (default: `sqlite://<data_dir>/portcullis.db`), `postgres://…`,
+    /// `redis://…`, `redis+cluster://h1:p1,h2:p2` or `memory://`.
     #[serde(default)]
     pub store: Option<String>,
     /// `stdout`, `off`, or a file path for the JSON-lines audit log.
@@ -151,6 +151,8 @@ pub enum StoreUrl {
     Memory,
     /// A shared PostgreSQL database (`postgres://…` or `postgresql://…`).
     Postgres(String),
+    /// A shared Redis server or Redis Cluster (`redis://…`, `redis+cluster://h1:p1,h2:p2`).
+    Redis(String),
 }
 
 impl Config {
@@ -212,10 +214,13 @@ impl Config {
             Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
                 Ok(StoreUrl::Postgres(url.to_owned()))
             }
+            Some(url) if url.starts_with("redis://") || url.starts_with("redis+cluster://") => {
+                Ok(StoreUrl::Redis(url.to_owned()))
+            }
             Some(url) => match url.strip_prefix("sqlite://") {
                 Some(path) if !path.is_empty() => Ok(StoreUrl::Sqlite(PathBuf::from(path))),
                 _ => Err(ConfigError::Invalid(format!(
-                    "store: \"{url}\" is not supported by this build (use sqlite://PATH, postgres://… or memory://)"
+                    "store: \"{url}\" is not supported by this build (use sqlite://PATH, postgres://…, redis://…, redis+cluster://… or memory://)"
                 ))),
             },
         }
@@ -357,7 +362,7 @@ mod tests {
                     .contains("policies.shop.idle: 2d is longer than absolute 12h"),
                 "{err}"
             );
-            jail.set_env("PORTCULLIS_STORE", "redis://127.0.0.1");
+            jail.set_env("PORTCULLIS_STORE", "mongodb://127.0.0.1");
             let err = Config::load(None, &Overrides::default()).unwrap_err();
             assert!(err.to_string().starts_with("store:"), "{err}");
             Ok(())

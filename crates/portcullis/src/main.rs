@@ -35,7 +35,7 @@ struct Cli {
     /// Data directory (embedded store, admin socket).
     #[arg(long, global = true)]
     data_dir: Option<PathBuf>,
-    /// Store URL (`sqlite://PATH`, `postgres://…`, `memory://`).
+    /// Store URL (`sqlite://PATH`, `postgres://…`, `redis://…`, `redis+cluster://…`, `memory://`).
     #[arg(long, global = true)]
     store: Option<String>,
     #[command(subcommand)]
@@ -298,6 +298,7 @@ async fn admin_call(
                 Opened::Sqlite(store) => local_router(engine(store, config, sink)?),
                 Opened::Memory(store) => local_router(engine(store, config, sink)?),
                 Opened::Postgres(store) => local_router(engine(store, config, sink)?),
+                Opened::Redis(store) => local_router(engine(store, config, sink)?),
             };
             let request = hyper::Request::builder()
                 .method(method)
@@ -337,6 +338,7 @@ enum Opened {
     Sqlite(portcullis_store_sqlite::SqliteStore),
     Memory(MemoryStore),
     Postgres(portcullis_store_postgres::PostgresStore),
+    Redis(portcullis_store_redis::RedisStore),
 }
 
 async fn open_store(config: &Config) -> Result<Opened> {
@@ -351,6 +353,7 @@ async fn open_store(config: &Config) -> Result<Opened> {
         StoreUrl::Postgres(url) => {
             Opened::Postgres(portcullis_store_postgres::PostgresStore::connect(&url, None).await?)
         }
+        StoreUrl::Redis(url) => Opened::Redis(portcullis_store_redis::RedisStore::connect(&url).await?),
     })
 }
 
@@ -385,6 +388,7 @@ async fn serve(config: Config) -> Result<()> {
         Opened::Sqlite(store) => run_server(engine(store, &config, sink)?, &config).await,
         Opened::Memory(store) => run_server(engine(store, &config, sink)?, &config).await,
         Opened::Postgres(store) => run_server(engine(store, &config, sink)?, &config).await,
+        Opened::Redis(store) => run_server(engine(store, &config, sink)?, &config).await,
     }
 }
 

@@ -1,0 +1,24 @@
+//! The conformance suite against a Redis Cluster on loopback (three primaries, three replicas;
+//! `scripts/redis-cluster.sh start`), each case under its own key prefix.
+//! `PORTCULLIS_TEST_REDIS_CLUSTER` overrides the nodes.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use portcullis_store_redis::RedisStore;
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+async fn fresh() -> RedisStore {
+    let nodes = std::env::var("PORTCULLIS_TEST_REDIS_CLUSTER")
+        .unwrap_or_else(|_| "127.0.0.1:7100,127.0.0.1:7101,127.0.0.1:7102".into());
+    let prefix = format!(
+        "pctest:{}:{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::SeqCst)
+    );
+    RedisStore::connect(&format!("redis+cluster://{nodes}?prefix={prefix}"))
+        .await
+        .expect("a Redis Cluster must run on loopback: scripts/redis-cluster.sh start")
+}
+
+portcullis_store_tests::store_conformance!(fresh());
