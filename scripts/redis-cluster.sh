@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # A local Redis Cluster for tests: three primaries and three replicas on loopback.
-# Usage: scripts/redis-cluster.sh start|stop|status   (ports 7100-7105; REDIS_CLUSTER_DIR to move its files)
+# Usage: scripts/redis-cluster.sh start|stop|status
+#   REDIS_CLUSTER_PORT: first of six ports (default 7100); REDIS_CLUSTER_DIR: where its files go.
 set -euo pipefail
-DIR=${REDIS_CLUSTER_DIR:-/tmp/portcullis-redis-cluster}
-PORTS=(7100 7101 7102 7103 7104 7105)
+BASE=${REDIS_CLUSTER_PORT:-7100}
+DIR=${REDIS_CLUSTER_DIR:-/tmp/portcullis-redis-cluster-$BASE}
+PORTS=($BASE $((BASE + 1)) $((BASE + 2)) $((BASE + 3)) $((BASE + 4)) $((BASE + 5)))
 
 start() {
   mkdir -p "$DIR"
@@ -18,14 +20,14 @@ start() {
   for port in "${PORTS[@]}"; do
     for _ in $(seq 50); do redis-cli -p "$port" ping >/dev/null 2>&1 && break; sleep 0.1; done
   done
-  if ! redis-cli -p 7100 cluster info 2>/dev/null | grep -q 'cluster_state:ok'; then
+  if ! redis-cli -p $BASE cluster info 2>/dev/null | grep -q 'cluster_state:ok'; then
     redis-cli --cluster create $(printf '127.0.0.1:%s ' "${PORTS[@]}") --cluster-replicas 1 --cluster-yes >/dev/null
     for _ in $(seq 100); do
-      redis-cli -p 7100 cluster info | grep -q 'cluster_state:ok' && break
+      redis-cli -p $BASE cluster info | grep -q 'cluster_state:ok' && break
       sleep 0.1
     done
   fi
-  redis-cli -p 7100 cluster info | grep cluster_state
+  redis-cli -p $BASE cluster info | grep cluster_state
 }
 
 stop() {
@@ -38,6 +40,6 @@ stop() {
 case "${1:-}" in
   start) start ;;
   stop) stop ;;
-  status) redis-cli -p 7100 cluster info | grep cluster_state ;;
+  status) redis-cli -p $BASE cluster info | grep cluster_state ;;
   *) echo "usage: $0 start|stop|status" >&2; exit 2 ;;
 esac

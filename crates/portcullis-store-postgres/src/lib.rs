@@ -92,6 +92,30 @@ impl PostgresStore {
         })
     }
 
+    /// Connects to a store URL: `postgres://…` with an optional `schema=NAME` parameter (the
+    /// schema is created if missing and holds every Portcullis table).
+    pub async fn connect_url(url: &str) -> Result<Self, ConnectError> {
+        let (base, query) = url.split_once('?').unwrap_or((url, ""));
+        let mut schema = None;
+        let rest: Vec<&str> = query
+            .split('&')
+            .filter(|p| !p.is_empty())
+            .filter(|p| match p.strip_prefix("schema=") {
+                Some(name) => {
+                    schema = Some(name.to_owned());
+                    false
+                }
+                None => true,
+            })
+            .collect();
+        let url = if rest.is_empty() {
+            base.to_owned()
+        } else {
+            format!("{base}?{}", rest.join("&"))
+        };
+        Self::connect(&url, schema.as_deref()).await
+    }
+
     /// Closes the pool.
     pub async fn close(&self) {
         self.pool.close().await;

@@ -351,9 +351,11 @@ async fn open_store(config: &Config) -> Result<Opened> {
         }
         StoreUrl::Memory => Opened::Memory(MemoryStore::new()),
         StoreUrl::Postgres(url) => {
-            Opened::Postgres(portcullis_store_postgres::PostgresStore::connect(&url, None).await?)
+            Opened::Postgres(portcullis_store_postgres::PostgresStore::connect_url(&url).await?)
         }
-        StoreUrl::Redis(url) => Opened::Redis(portcullis_store_redis::RedisStore::connect(&url).await?),
+        StoreUrl::Redis(url) => {
+            Opened::Redis(portcullis_store_redis::RedisStore::connect(&url).await?)
+        }
     })
 }
 

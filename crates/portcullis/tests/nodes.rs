@@ -1,0 +1,303 @@
+//! Many nodes, one system: several real `portcullis serve` processes share one store
+//! (PostgreSQL, Redis, Redis Cluster) on loopback.
+
+mod common;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::*;
+use reqwest::Method;
+use serde_json::json;
+
+fn postgres_url(name: &str) -> String {
+    let base = std::env::var("PORTCULLIS_TEST_POSTGRES")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+    format!("{base}?schema=pc_test_{}_{name}", std::process::id())
+}
+
+fn redis_url(name: &str) -> String {
+    let base =
+        std::env::var("PORTCULLIS_TEST_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    format!("{base}?prefix=pctest:{}:{name}", std::process::id())
+}
+
+fn cluster_url(name: &str) -> String {
+    let nodes = std::env::var("PORTCULLIS_TEST_REDIS_CLUSTER")
+        .unwrap_or_else(|_| "127.0.0.1:7100,127.0.0.1:7101,127.0.0.1:7102".into());
+    format!(
+        "redis+cluster://{nodes}?prefix=pctest:{}:{name}",
+        std::process::id()
+    )
+}
+
+fn limit_config(dir: &Path) -> std::path::PathBuf {
+    let path = dir.join("portcullis.toml");
+    std::fs::write(
+        &path,
+        "[policies.three]\nmax_sessions = 3\non_limit = \"evict_oldest\"\n",
+    )
+    .unwrap();
+    path
+}
+
+/// Three nodes on one store: what one node does, the others see on their very next call.
+async fn one_system(store: &str) {
+    let root = data_dir();
+    let key = {
+        let out = cli_with_store(
+            &root.join("cli"),
+            store,
+            &["api-keys", "create", "--name", "nodes"],
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    };
+    let config = limit_config(&root);
+    let mut nodes = Vec::new();
+    for i in 0..3 {
+        nodes.push(
+            Server::start_with(&root.join(format!("node{i}")), Some(store), Some(&config)).await,
+        );
+    }
+    let (a, b, c) = (&nodes[0], &nodes[1], &nodes[2]);
+
+    // Created on A, valid on B and C.
+    let (token, _) = a.create(&key, "alice").await;
+    assert_eq!(b.validate(&key, &token).await.0, 200);
+    assert_eq!(c.validate(&key, &token).await.0, 200);
+
+    // Logged out on B: refused on A on the very next call. Revocation reaches every node at
+    // once because no node caches sessions; measure the delay from B's answer to A's refusal.
+    let (status, _) = b
+        .call(
+            &key,
+            Method::POST,
+            "/v1/sessions/logout",
+            Some(json!({"token": token})),
+        )
+        .await;
+    assert_eq!(status, 204);
+    let since = Instant::now();
+    let (status, problem) = a.validate(&key, &token).await;
+    let propagation = since.elapsed();
+    assert_eq!(
+        (status, problem["reason"].as_str()),
+        (401, Some("logged_out"))
+    );
+    eprintln!(
+        "{store}: revocation seen by the next node's next call, {propagation:?} after the logout answer"
+    );
+
+    // Force logout on C: refused on A and B.
+    let (keep, keep_id) = a.create(&key, "bob").await;
+    let (other, _) = b.create(&key, "bob").await;
+    let (status, ended) = c
+        .call(
+            &key,
+            Method::DELETE,
+            &format!("/v1/subjects/bob/sessions?except={keep_id}&reason=password_changed"),
+            None,
+        )
+        .await;
+    assert_eq!((status, ended["ended"].as_u64()), (200, Some(1)));
+    assert_eq!(
+        a.validate(&key, &other).await.1["ended_reason"],
+        "password_changed"
+    );
+    assert_eq!(b.validate(&key, &keep).await.0, 200);
+
+    // The concurrent-session limit holds when creates for one subject race across nodes.
+    let mut tasks = Vec::new();
+    for i in 0..30 {
+        let node = &nodes[i % 3];
+        let (http, url, key) = (
+            node.http.clone(),
+            format!("{}/v1/sessions", node.base),
+            key.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let r = http
+                .post(url)
+                .bearer_auth(key)
+                .json(&json!({"subject": "carol", "policy": "three"}))
+                .send()
+                .await
+                .unwrap();
+            r.status().as_u16()
+        }));
+    }
+    for task in tasks {
+        assert_eq!(task.await.unwrap(), 201);
+    }
+    let (_, list) = c
+        .call(&key, Method::GET, "/v1/subjects/carol/sessions", None)
+        .await;
+    assert_eq!(list["sessions"].as_array().unwrap().len(), 3);
+
+    // The CLI, pointed at the same store, acts on every node at once too.
+    let (t, id) = c.create(&key, "dave").await;
+    let out = cli_with_store(&root.join("cli"), store, &["sessions", "revoke", &id]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        b.validate(&key, &t).await.1["ended_reason"],
+        "revoked_admin"
+    );
+
+    for node in nodes {
+        node.stop();
+    }
+}
+
+#[tokio::test]
+async fn postgres_nodes_are_one_system() {
+    one_system(&postgres_url("nodes")).await;
+}
+
+#[tokio::test]
+async fn redis_nodes_are_one_system() {
+    one_system(&redis_url("nodes")).await;
+}
+
+#[tokio::test]
+async fn redis_cluster_nodes_are_one_system() {
+    one_system(&cluster_url("nodes")).await;
+}
+
+/// A private redis-server this test can stop and start (AOF on, so a restart loses nothing).
+struct PrivateRedis {
+    port: u16,
+    dir: std::path::PathBuf,
+}
+
+impl PrivateRedis {
+    fn start(port: u16, dir: &Path) -> Self {
+        let status = std::process::Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--daemonize",
+                "yes",
+            ])
+            .args([
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+                "--save",
+                "",
+            ])
+            .arg("--dir")
+            .arg(dir)
+            .arg("--pidfile")
+            .arg(dir.join("redis.pid"))
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let started = Instant::now();
+        while std::process::Command::new("redis-cli")
+            .args(["-p", &port.to_string(), "ping"])
+            .output()
+            .map(|o| o.stdout != b"PONG\n")
+            .unwrap_or(true)
+        {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "redis did not start"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Self {
+            port,
+            dir: dir.to_owned(),
+        }
+    }
+
+    fn stop(&self) {
+        let _ = std::process::Command::new("redis-cli")
+            .args(["-p", &self.port.to_string(), "shutdown"])
+            .output();
+        let started = Instant::now();
+        while self.dir.join("redis.pid").exists() && started.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// Stop Redis under validation traffic: every validation answers 503 `store_unavailable`
+/// (never 200), `/readyz` goes unready; when Redis is back the same sessions work again.
+#[tokio::test]
+async fn fail_closed_when_redis_stops_and_recover_when_it_returns() {
+    let root = data_dir();
+    let port = free_port();
+    let redis = PrivateRedis::start(port, &root);
+    let store = format!("redis://127.0.0.1:{port}");
+    let out = cli_with_store(
+        &root.join("cli"),
+        &store,
+        &["api-keys", "create", "--name", "fc"],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let key = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    let node = Server::start_with(&root.join("node"), Some(&store), None).await;
+    let (token, _) = node.create(&key, "erin").await;
+
+    redis.stop();
+    for _ in 0..20 {
+        let (status, problem) = node.validate(&key, &token).await;
+        assert_eq!(status, 503, "{problem}");
+        assert_eq!(problem["reason"], "store_unavailable");
+    }
+    let ready = node
+        .http
+        .get(format!("{}/readyz", node.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 503);
+
+    let _redis = PrivateRedis::start(port, &root);
+    let started = Instant::now();
+    loop {
+        let (status, _) = node.validate(&key, &token).await;
+        assert!(
+            status == 200 || status == 503,
+            "never anything but 200 or 503, got {status}"
+        );
+        if status == 200 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "did not recover"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!(
+        "redis back: validations recovered {:?} after restart",
+        started.elapsed()
+    );
+    let ready = node
+        .http
+        .get(format!("{}/readyz", node.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 200);
+    node.stop();
+    _redis.stop();
+}
