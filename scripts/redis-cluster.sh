@@ -14,6 +14,7 @@ start() {
     mkdir -p "$DIR/$port"
     redis-server --port "$port" --bind 127.0.0.1 --cluster-enabled yes \
       --cluster-config-file "$DIR/$port/nodes.conf" --cluster-node-timeout 2000 \
+      --cluster-replica-validity-factor 0 \
       --save '' --appendonly no --dir "$DIR/$port" --daemonize yes \
       --pidfile "$DIR/$port/redis.pid" --logfile "$DIR/$port/redis.log"
   done
@@ -27,6 +28,15 @@ start() {
       sleep 0.1
     done
   fi
+  # Ready when every replica has synced from its primary (so a failover can promote it).
+  for _ in $(seq 200); do
+    synced=0
+    for port in "${PORTS[@]}"; do
+      redis-cli -p "$port" info replication | grep -q 'master_link_status:up' && synced=$((synced + 1))
+    done
+    [ "$synced" -ge 3 ] && break
+    sleep 0.1
+  done
   redis-cli -p $BASE cluster info | grep cluster_state
 }
 

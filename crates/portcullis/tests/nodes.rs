@@ -301,3 +301,230 @@ async fn fail_closed_when_redis_stops_and_recover_when_it_returns() {
     node.stop();
     _redis.stop();
 }
+
+/// A private PostgreSQL server this test can stop and start (its own data directory and port).
+struct PrivatePostgres {
+    data: std::path::PathBuf,
+    bin: std::path::PathBuf,
+}
+
+impl PrivatePostgres {
+    fn as_postgres(program: &Path) -> std::process::Command {
+        // initdb and postgres refuse to run as root: run them as the postgres user then.
+        let mut command = if std::env::var("USER").as_deref() == Ok("root") || is_root() {
+            let mut c = std::process::Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(program);
+            c
+        } else {
+            std::process::Command::new(program)
+        };
+        command
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        command
+    }
+
+    fn create(root: &Path, port: u16) -> Self {
+        let bin = std::fs::read_dir("/usr/lib/postgresql")
+            .unwrap()
+            .map(|e| e.unwrap().path().join("bin"))
+            .max()
+            .unwrap();
+        let dir = root.join("pg");
+        std::fs::create_dir_all(&dir).unwrap();
+        if is_root() {
+            std::process::Command::new("chown")
+                .args(["-R", "postgres"])
+                .arg(&dir)
+                .status()
+                .unwrap();
+        }
+        let data = dir.join("data");
+        let ok = Self::as_postgres(&bin.join("initdb"))
+            .args(["-A", "trust", "-U", "postgres", "--no-sync", "-D"])
+            .arg(&data)
+            .status()
+            .unwrap();
+        assert!(ok.success(), "initdb failed");
+        std::fs::write(
+            data.join("postgresql.auto.conf"),
+            format!("port = {port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{}'\nfsync = on\n", dir.display()),
+        )
+        .unwrap();
+        Self { data, bin }
+    }
+
+    fn start(&self) {
+        let ok = Self::as_postgres(&self.bin.join("pg_ctl"))
+            .args(["-w", "-l"])
+            .arg(self.data.join("log"))
+            .arg("-D")
+            .arg(&self.data)
+            .arg("start")
+            .status()
+            .unwrap();
+        assert!(ok.success(), "pg_ctl start failed");
+    }
+
+    fn stop(&self) {
+        let _ = Self::as_postgres(&self.bin.join("pg_ctl"))
+            .args(["-w", "-m", "fast", "-D"])
+            .arg(&self.data)
+            .arg("stop")
+            .status();
+    }
+}
+
+fn is_root() -> bool {
+    std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| o.stdout == b"0\n")
+        .unwrap_or(false)
+}
+
+/// Stop PostgreSQL under validation traffic: 503 `store_unavailable`, never 200; back again
+/// with nothing lost.
+#[tokio::test]
+async fn fail_closed_when_postgres_stops_and_recover_when_it_returns() {
+    let root = data_dir();
+    let port = free_port();
+    let pg = PrivatePostgres::create(&root, port);
+    pg.start();
+    let store = format!("postgres://postgres@127.0.0.1:{port}/postgres");
+    let out = cli_with_store(
+        &root.join("cli"),
+        &store,
+        &["api-keys", "create", "--name", "fc"],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let key = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    let node = Server::start_with(&root.join("node"), Some(&store), None).await;
+    let (token, _) = node.create(&key, "frank").await;
+
+    pg.stop();
+    for _ in 0..10 {
+        let (status, problem) = node.validate(&key, &token).await;
+        assert_eq!(status, 503, "{problem}");
+        assert_eq!(problem["reason"], "store_unavailable");
+    }
+    let ready = node
+        .http
+        .get(format!("{}/readyz", node.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 503);
+
+    pg.start();
+    let started = Instant::now();
+    loop {
+        let (status, _) = node.validate(&key, &token).await;
+        assert!(
+            status == 200 || status == 503,
+            "never anything but 200 or 503, got {status}"
+        );
+        if status == 200 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "did not recover"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!(
+        "postgres back: validations recovered {:?} after restart",
+        started.elapsed()
+    );
+    node.stop();
+    pg.stop();
+}
+
+/// Kill a Redis Cluster primary that has a replica: validations fail closed during the
+/// failover and recover after it; the time it takes is printed.
+#[tokio::test]
+async fn redis_cluster_primary_failover() {
+    let base = 7300;
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../scripts/redis-cluster.sh"
+    );
+    let run = |action: &str| {
+        let ok = std::process::Command::new("bash")
+            .arg(script)
+            .arg(action)
+            .env("REDIS_CLUSTER_PORT", base.to_string())
+            .stdout(std::process::Stdio::null())
+            .status()
+            .unwrap();
+        assert!(ok.success(), "redis-cluster.sh {action}");
+    };
+    run("stop");
+    run("start");
+    let root = data_dir();
+    let store = format!(
+        "redis+cluster://127.0.0.1:{base},127.0.0.1:{},127.0.0.1:{}?prefix=failover",
+        base + 1,
+        base + 2
+    );
+    let out = cli_with_store(
+        &root.join("cli"),
+        &store,
+        &["api-keys", "create", "--name", "fo"],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let key = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    let node = Server::start_with(&root.join("node"), Some(&store), None).await;
+    let mut tokens = Vec::new();
+    for i in 0..24 {
+        tokens.push(node.create(&key, &format!("user{i}")).await.0);
+    }
+    // Kill the primary on the first port (it holds a third of the slots and has a replica).
+    let pid = std::fs::read_to_string(format!(
+        "/tmp/portcullis-redis-cluster-{base}/{base}/redis.pid"
+    ))
+    .unwrap();
+    std::process::Command::new("kill")
+        .args(["-9", pid.trim()])
+        .status()
+        .unwrap();
+    let killed = Instant::now();
+    let mut refused = 0;
+    loop {
+        let mut all_ok = true;
+        for token in &tokens {
+            let (status, problem) = node.validate(&key, token).await;
+            assert!(
+                status == 200 || status == 503,
+                "never anything but 200 or 503, got {status}: {problem}"
+            );
+            if status != 200 {
+                all_ok = false;
+                refused += 1;
+            }
+        }
+        if all_ok && killed.elapsed() > Duration::from_millis(500) {
+            break;
+        }
+        assert!(
+            killed.elapsed() < Duration::from_secs(60),
+            "validations did not recover after failover"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!(
+        "redis cluster failover: every session validates again {:?} after the primary was killed ({refused} validations answered 503 meanwhile)",
+        killed.elapsed()
+    );
+    node.stop();
+    run("stop");
+}
