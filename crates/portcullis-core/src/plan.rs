@@ -25,7 +25,9 @@ pub fn evictions(
             live.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)))
         }
         OnLimit::EvictIdlest => {
-            live.sort_by(|a, b| (a.last_seen_at, &a.id).cmp(&(b.last_seen_at, &b.id)));
+            live.sort_by(|a, b| {
+                (a.last_seen_at, a.created_at, &a.id).cmp(&(b.last_seen_at, b.created_at, &b.id))
+            });
         }
     }
     live.truncate(live.len() + 1 - max);

@@ -50,3 +50,64 @@ async fn fresh() -> RedisStore {
 }
 
 portcullis_store_tests::store_conformance!(fresh());
+
+/// When Redis drops a session by its TTL (no sweeper ran in time), the per-subject and deadline
+/// indexes do not keep the dead entry: the next read of the index removes it.
+#[tokio::test]
+async fn indexes_never_keep_entries_of_sessions_redis_expired() {
+    use portcullis_core::SessionStore;
+    use portcullis_store_tests::{plain_insert, random, session_at, t0};
+
+    let url =
+        std::env::var("PORTCULLIS_TEST_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    let prefix = format!("pctest:{}:ttl", std::process::id());
+    let store = RedisStore::connect(&format!("{url}?prefix={prefix}"))
+        .await
+        .unwrap();
+    let (token, session) = session_at("ivy", t0(), &random());
+    store.insert(plain_insert(session.clone())).await.unwrap();
+    let tag = format!("{:02x}", portcullis_core::subject_route("ivy"));
+    let mut conn = redis::Client::open(url.as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let session_key = format!("{prefix}:{{{tag}}}:s:{}", token.hash().to_hex());
+    let subject_key = format!("{prefix}:{{{tag}}}:u:ivy");
+    let deadline_key = format!("{prefix}:{{{tag}}}:d");
+    let ttl: i64 = redis::cmd("PTTL")
+        .arg(&session_key)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(
+        ttl > 12 * 3600 * 1000,
+        "a live session has a safety TTL past its absolute deadline"
+    );
+    let _: i64 = redis::cmd("DEL")
+        .arg(&session_key)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+
+    assert!(store.list_subject("ivy").await.unwrap().is_empty());
+    let left: i64 = redis::cmd("ZCARD")
+        .arg(&subject_key)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(left, 0);
+    assert!(
+        store
+            .due(t0().plus(std::time::Duration::from_secs(86_400)), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let left: i64 = redis::cmd("ZCARD")
+        .arg(&deadline_key)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(left, 0);
+}

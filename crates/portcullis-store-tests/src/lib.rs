@@ -9,6 +9,7 @@
 #![deny(missing_docs)]
 
 pub mod lifecycle;
+pub mod model;
 pub mod store;
 
 use std::sync::Arc;
@@ -141,6 +142,9 @@ macro_rules! store_conformance {
             lifecycle::parent_end_ends_children,
             lifecycle::data_replace_is_size_limited,
             lifecycle::asvs4_7_1_1_events_never_hold_a_token,
+            model::random_operations_match_the_model_seed_1,
+            model::random_operations_match_the_model_seed_2,
+            model::random_operations_match_the_model_seed_3,
         );
     };
     (@cases $make:expr; $($module:ident :: $case:ident),+ $(,)?) => {
