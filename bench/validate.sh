@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Validation throughput of Portcullis on its embedded store, with wrk over loopback.
-# Usage: bench/validate.sh [DURATION] [RUNS]   (defaults: 10s, 3; 50 connections, 2 threads, 3 s warm-up)
+# Validation throughput of Portcullis on one store, with wrk over loopback.
+# Usage: [STORE=URL] bench/validate.sh [DURATION] [RUNS]
+#   defaults: the embedded SQLite store, 10s, 3 runs; 50 connections, 2 threads, 3 s warm-up
 # Prints one line per run and the median. Traffic goes to 127.0.0.1 only.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,8 +11,10 @@ cargo build --release -q
 BIN=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys;print(json.load(sys.stdin)["target_directory"])')/release/portcullis
 DIR=$(mktemp -d)
 trap 'kill $PID 2>/dev/null || true; rm -rf "$DIR"' EXIT
-export KEY=$("$BIN" --data-dir "$DIR" api-keys create --name bench 2>/dev/null)
-"$BIN" --data-dir "$DIR" serve --listen 127.0.0.1:$PORT --audit-log off 2>"$DIR/server.log" &
+STORE_ARGS=()
+[ -n "${STORE:-}" ] && STORE_ARGS=(--store "$STORE")
+export KEY=$("$BIN" --data-dir "$DIR/cli" "${STORE_ARGS[@]}" api-keys create --name bench 2>/dev/null)
+"$BIN" --data-dir "$DIR" "${STORE_ARGS[@]}" serve --listen 127.0.0.1:$PORT --audit-log off 2>"$DIR/server.log" &
 PID=$!
 for _ in $(seq 100); do curl -sf 127.0.0.1:$PORT/healthz >/dev/null && break; sleep 0.1; done
 export TOKEN=$(curl -sf 127.0.0.1:$PORT/v1/sessions -H "Authorization: Bearer $KEY" -H 'Content-Type: application/json' \
