@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod api_key_cache;
 pub mod cache;
 pub mod engine;
 pub mod event;
@@ -18,6 +19,7 @@ pub mod store;
 pub mod time;
 pub mod token;
 
+pub use api_key_cache::ApiKeyCache;
 pub use cache::{CachedStore, Change, Journal, MemoryJournal, MemoryStore, Snapshot, Touch};
 pub use engine::{
     Elevate, Engine, EngineError, EngineSettings, Issued, NewSession, Rejection, SweepReport,

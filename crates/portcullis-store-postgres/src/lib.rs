@@ -9,15 +9,13 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
-use std::collections::HashMap;
 use std::str::FromStr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use parking_lot::Mutex;
 use portcullis_core::{
-    ApiKey, AuditEvent, EndReason, EndedSessions, Ending, EventQuery, Insert, Inserted, PublicId,
-    Session, SessionId, SessionStore, StoreError, Timestamp, TokenHash, plan,
+    ApiKey, ApiKeyCache, AuditEvent, EndReason, EndedSessions, Ending, EventQuery, Insert,
+    Inserted, PublicId, Session, SessionId, SessionStore, StoreError, Timestamp, TokenHash, plan,
 };
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
 use sqlx::{PgConnection, PgPool, Postgres, Row, Transaction};
@@ -45,7 +43,7 @@ pub enum ConnectError {
 #[derive(Debug, Clone)]
 pub struct PostgresStore {
     pool: PgPool,
-    api_keys: Arc<Mutex<HashMap<TokenHash, (Instant, Option<ApiKey>)>>>,
+    api_keys: Arc<ApiKeyCache>,
 }
 
 fn unavailable(err: sqlx::Error) -> StoreError {
@@ -88,7 +86,7 @@ impl PostgresStore {
         MIGRATOR.run(&pool).await?;
         Ok(Self {
             pool,
-            api_keys: Arc::default(),
+            api_keys: Arc::new(ApiKeyCache::new(API_KEY_CACHE)),
         })
     }
 
@@ -386,7 +384,7 @@ impl SessionStore for PostgresStore {
             next.id.as_str(),
         )
         .await?;
-        if !current.first().is_some_and(|c| c.version == version) {
+        if current.first().is_none_or(|c| c.version != version) {
             return Ok(None);
         }
         write_session(&mut tx, &next).await?;
@@ -521,15 +519,13 @@ impl SessionStore for PostgresStore {
             .map_err(unavailable)?;
         let mut events = append_events(&mut tx, vec![event]).await?;
         tx.commit().await.map_err(unavailable)?;
-        self.api_keys.lock().remove(&key.key_hash);
+        self.api_keys.forget(&key.key_hash);
         Ok(events.remove(0))
     }
 
     async fn find_api_key(&self, hash: &TokenHash) -> Result<Option<ApiKey>, StoreError> {
-        if let Some((at, key)) = self.api_keys.lock().get(hash)
-            && at.elapsed() < API_KEY_CACHE
-        {
-            return Ok(key.clone());
+        if let Some(key) = self.api_keys.get(hash) {
+            return Ok(Some(key));
         }
         let row = sqlx::query("SELECT body FROM pc_api_keys WHERE key_hash = $1")
             .bind(&hash.0[..])
@@ -539,13 +535,8 @@ impl SessionStore for PostgresStore {
         let key: Option<ApiKey> = row
             .map(|r| serde_json::from_str(r.get::<&str, _>(0)).map_err(corrupt))
             .transpose()?;
-        let mut cache = self.api_keys.lock();
-        if cache.len() > 10_000 {
-            cache.clear();
-        }
-        // Only keys that exist are remembered, so a new key works on every node at once.
-        if key.is_some() {
-            cache.insert(*hash, (Instant::now(), key.clone()));
+        if let Some(key) = &key {
+            self.api_keys.put(key);
         }
         Ok(key)
     }
@@ -589,7 +580,7 @@ impl SessionStore for PostgresStore {
             .map_err(unavailable)?;
         let mut events = append_events(&mut tx, vec![event]).await?;
         tx.commit().await.map_err(unavailable)?;
-        self.api_keys.lock().remove(&key.key_hash);
+        self.api_keys.forget(&key.key_hash);
         Ok(Some((key, events.remove(0))))
     }
 

@@ -20,12 +20,12 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, LazyLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use parking_lot::Mutex;
 use portcullis_core::{
-    ApiKey, AuditEvent, EndReason, EndedSessions, Ending, EventQuery, Insert, Inserted, PublicId,
-    Session, SessionId, SessionStore, StoreError, Timestamp, TokenHash, plan, subject_route,
+    ApiKey, ApiKeyCache, AuditEvent, EndReason, EndedSessions, Ending, EventQuery, Insert,
+    Inserted, PublicId, Session, SessionId, SessionStore, StoreError, Timestamp, TokenHash, plan,
+    subject_route,
 };
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::cluster_async::ClusterConnection;
@@ -65,7 +65,7 @@ enum Conn {
 pub struct RedisStore {
     conn: Conn,
     prefix: Arc<str>,
-    api_keys: Arc<Mutex<HashMap<TokenHash, (Instant, ApiKey)>>>,
+    api_keys: Arc<ApiKeyCache>,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -166,7 +166,7 @@ impl RedisStore {
         Ok(Self {
             conn,
             prefix: prefix.into(),
-            api_keys: Arc::default(),
+            api_keys: Arc::new(ApiKeyCache::new(API_KEY_CACHE)),
         })
     }
 
@@ -823,10 +823,8 @@ impl SessionStore for RedisStore {
     }
 
     async fn find_api_key(&self, hash: &TokenHash) -> Result<Option<ApiKey>, StoreError> {
-        if let Some((at, key)) = self.api_keys.lock().get(hash)
-            && at.elapsed() < API_KEY_CACHE
-        {
-            return Ok(Some(key.clone()));
+        if let Some(key) = self.api_keys.get(hash) {
+            return Ok(Some(key));
         }
         let body: Option<String> = self
             .query(redis::cmd("GET").arg(self.key("k", "a", &hash.to_hex())))
@@ -835,11 +833,7 @@ impl SessionStore for RedisStore {
             .map(|b| serde_json::from_str(&b).map_err(corrupt))
             .transpose()?;
         if let Some(key) = &key {
-            let mut cache = self.api_keys.lock();
-            if cache.len() > 10_000 {
-                cache.clear();
-            }
-            cache.insert(*hash, (Instant::now(), key.clone()));
+            self.api_keys.put(key);
         }
         Ok(key)
     }
@@ -890,7 +884,7 @@ impl SessionStore for RedisStore {
         let Some(mut events) = self.commit(plan).await? else {
             return Ok(None);
         };
-        self.api_keys.lock().remove(&key.key_hash);
+        self.api_keys.forget(&key.key_hash);
         Ok(Some((key, events.remove(0))))
     }
 
