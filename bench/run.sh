@@ -1,0 +1,203 @@
+#!/usr/bin/env bash
+# The benchmark harness: Portcullis on every store next to its peers, side by side in one run.
+#
+#   bench/run.sh            full run (about 15 minutes): validation, create/rotate/logout, memory,
+#                           criterion in-process benches, scale; writes bench/results/<time>/
+#   bench/run.sh --smoke    30-second smoke of the same paths (one peer, one store, 1 s runs)
+#   bench/run.sh --write    full run, then BENCHMARKS.md and bench/throughput.svg are replaced
+#
+# Traffic goes to 127.0.0.1 only; every load is bounded in time. Needs the services of .ci/run
+# (PostgreSQL, Redis, the local Redis Cluster on 7100-7102); peers come from ../shared/peers,
+# copied to a work directory and installed from the registries (npm ci, cargo build --locked).
+# Env: DURATION (10s) WARMUP (3s) RUNS (3) CONNS (50) SCALE_SIZES ("100000 1000000").
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+SMOKE=0 WRITE=0
+for arg in "$@"; do
+  case $arg in
+    --smoke) SMOKE=1 ;;
+    --write) WRITE=1 ;;
+    *) echo "usage: bench/run.sh [--smoke|--write]" >&2; exit 2 ;;
+  esac
+done
+if [ $SMOKE = 1 ]; then
+  DURATION=1s WARMUP=1s RUNS=1 CONNS=10
+fi
+DURATION=${DURATION:-10s} WARMUP=${WARMUP:-3s} RUNS=${RUNS:-3} CONNS=${CONNS:-50}
+OUT=$ROOT/bench/results/$(date -u +%Y%m%dT%H%M%SZ)
+mkdir -p "$OUT"
+ROWS=$OUT/rows.tsv
+: >"$ROWS"
+PIDS=()
+cleanup() { for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done; }
+trap cleanup EXIT
+command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
+
+{
+  echo "date: $(date -u '+%Y-%m-%d %H:%M:%S UTC')"
+  echo "host: $(nproc) cores, $(awk '/MemTotal/{printf "%.1f GiB", $2/1048576}' /proc/meminfo), $(awk -F': ' '/model name/{print $2; exit}' /proc/cpuinfo)"
+  echo "kernel: $(uname -r); rustc: $(rustc --version | awk '{print $2}'); node: $(node -v 2>/dev/null || echo none); redis: $(redis-server --version | awk '{print $3}'); postgres: $(psql --version | awk '{print $3}'); wrk: $(wrk -v 2>&1 | awk 'NR==1{print $2}')"
+  echo "load: wrk -t2 -c$CONNS -d$DURATION --latency after a $WARMUP warm-up, $RUNS runs each, medians; loopback only"
+  echo "command: bench/run.sh $*"
+} >"$OUT/env.txt"
+cat "$OUT/env.txt"
+
+wait_http() { for _ in $(seq 200); do curl -fs "$1" >/dev/null 2>&1 && return 0; sleep 0.05; done; echo "no answer from $1" >&2; return 1; }
+wait_port() { for _ in $(seq 200); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done; return 1; }
+rss_kb() { awk '/VmRSS/{print $2}' "/proc/$1/status"; }
+
+# measure SECTION SYSTEM PID WRK-ARGS... : warm-up, RUNS runs; one row with every run and the
+# process's memory (RSS, KiB) at the end of the load.
+measure() {
+  local section=$1 system=$2 pid=$3; shift 3
+  wrk -t2 -c"$CONNS" -d"$WARMUP" "$@" >/dev/null 2>&1 || true
+  local rps=() p99=() bad=0 out n
+  for i in $(seq "$RUNS"); do
+    out=$(wrk -t2 -c"$CONNS" -d"$DURATION" --latency "$@")
+    echo "$out" >"$OUT/$section.$system.run$i.txt"
+    rps+=("$(awk '/Requests\/sec/{print $2}' <<<"$out")")
+    p99+=("$(awk '$1=="99%"{v=$2; if (v ~ /us$/) {sub(/us$/,"",v); v/=1000} else if (v ~ /ms$/) {sub(/ms$/,"",v)} else if (v ~ /s$/) {sub(/s$/,"",v); v*=1000}; print v}' <<<"$out")")
+    n=$(awk -F= '/non2xx/{print $2}' <<<"$out" | tail -n1)
+    bad=$((bad + ${n:-0}))
+  done
+  local rss=""
+  [ -n "$pid" ] && rss=$(rss_kb "$pid")
+  printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$section" "$system" "${rps[*]}" "${p99[*]}" "$bad" "$rss" >>"$ROWS"
+  printf '  %-40s %s req/s (p99 ms: %s) non-2xx %s\n' "$section / $system" "${rps[*]}" "${p99[*]}" "$bad"
+}
+
+echo "== building Portcullis (release)"
+cargo build -q --release -p portcullis -p portcullis-bench
+TARGET=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys;print(json.load(sys.stdin)["target_directory"])')
+PC=$TARGET/release/portcullis
+
+# --- peers --------------------------------------------------------------------------------
+PEER_SRC=$ROOT/../shared/peers
+WORK=/var/tmp/portcullis-peers-work
+HAVE_PEERS=0
+if [ -d "$PEER_SRC/axum-sessions" ]; then
+  echo "== preparing peers (a copy of shared/peers in $WORK)"
+  mkdir -p "$WORK"
+  for dir in axum-sessions node-session; do
+    mkdir -p "$WORK/$dir"
+    (cd "$PEER_SRC/$dir" && tar --exclude=target --exclude=node_modules -cf - .) | (cd "$WORK/$dir" && tar -xf -)
+  done
+  cargo build -q --release --locked --manifest-path "$WORK/axum-sessions/Cargo.toml" --target-dir /var/tmp/peers-target
+  if [ $SMOKE = 0 ]; then
+    (cd "$WORK/node-session" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+  fi
+  HAVE_PEERS=1
+fi
+PEER_BIN=/var/tmp/peers-target/release
+
+start_peer() { # NAME -> sets PEER_PID, PEER_PORT
+  case $1 in
+    hello) PEER_PORT=3003; PORT=3003 "$PEER_BIN/hello" >/dev/null 2>&1 & ;;
+    axum-memory) PEER_PORT=3005; STORE=memory PORT=3005 "$PEER_BIN/session" >/dev/null 2>&1 & ;;
+    axum-redis) PEER_PORT=3002; STORE=redis PORT=3002 "$PEER_BIN/session" >/dev/null 2>&1 & ;;
+    axum-sqlite) PEER_PORT=3006; rm -f "$OUT/peer.sqlite3"*; STORE=sqlite PORT=3006 SQLITE_PATH="$OUT/peer.sqlite3" "$PEER_BIN/session" >/dev/null 2>&1 & ;;
+    express) PEER_PORT=3001; PORT=3001 node "$WORK/node-session/server.js" >/dev/null 2>&1 & ;;
+  esac
+  PEER_PID=$!
+  PIDS+=("$PEER_PID")
+  wait_port "$PEER_PORT"
+  sleep 0.3
+}
+
+peer_cookie() {
+  curl -fsS -D - -o /dev/null -X POST -H 'content-type: application/json' -d '{"user_id":"bench-user"}' \
+    "http://127.0.0.1:$1/login" | tr -d '\r' | awk 'tolower($1) == "set-cookie:" { split($2, a, ";"); print a[1]; exit }'
+}
+
+# --- Portcullis ---------------------------------------------------------------------------
+ID=$$
+declare -A STORES=(
+  [sqlite]=""
+  [redis]="redis://127.0.0.1:6379?prefix=pcbench:$ID"
+  [postgres]="postgres://postgres@127.0.0.1:5432/postgres?schema=pc_bench_$ID"
+  [redis-cluster]="redis+cluster://127.0.0.1:7100,127.0.0.1:7101,127.0.0.1:7102?prefix=pcbench:$ID"
+)
+start_pc() { # STORE-NAME -> sets PC_PID, PC_BASE, KEY, TOKEN, PC_IDLE_KB
+  local url=${STORES[$1]} dir=$OUT/pc-$1 port=18180
+  local store_args=()
+  [ -n "$url" ] && store_args=(--store "$url")
+  mkdir -p "$dir"
+  KEY=$("$PC" "${store_args[@]}" --data-dir "$dir" api-keys create --name bench 2>/dev/null)
+  "$PC" "${store_args[@]}" --data-dir "$dir" serve --listen 127.0.0.1:$port --audit-log off 2>"$dir/server.log" &
+  PC_PID=$!
+  PIDS+=("$PC_PID")
+  PC_BASE=http://127.0.0.1:$port
+  wait_http "$PC_BASE/healthz"
+  sleep 0.5
+  PC_IDLE_KB=$(rss_kb "$PC_PID")
+  TOKEN=$(curl -fsS "$PC_BASE/v1/sessions" -H "Authorization: Bearer $KEY" -H 'Content-Type: application/json' \
+    -d '{"subject":"bench","data":{"cart":[1,2,3]}}' | python3 -c 'import json,sys;print(json.load(sys.stdin)["token"])')
+  export KEY TOKEN
+}
+
+if [ $SMOKE = 1 ]; then
+  PEERS_LIST=(hello) PC_LIST=(sqlite)
+else
+  PEERS_LIST=(hello express axum-redis axum-memory axum-sqlite) PC_LIST=(sqlite redis postgres redis-cluster)
+fi
+
+echo "== 1. validation over HTTP (one pre-created session, $CONNS connections)"
+if [ $HAVE_PEERS = 1 ]; then
+  for peer in "${PEERS_LIST[@]}"; do
+    start_peer "$peer"
+    if [ "$peer" = hello ]; then
+      measure validate "$peer" "$PEER_PID" "http://127.0.0.1:$PEER_PORT/"
+    else
+      cookie=$(peer_cookie "$PEER_PORT")
+      measure validate "$peer" "$PEER_PID" -H "Cookie: $cookie" "http://127.0.0.1:$PEER_PORT/me"
+    fi
+    kill "$PEER_PID"; wait "$PEER_PID" 2>/dev/null || true
+  done
+fi
+for store in "${PC_LIST[@]}"; do
+  start_pc "$store"
+  printf 'memory\tportcullis-%s\t\t\t\t%s\n' "$store" "$PC_IDLE_KB" >>"$ROWS"
+  measure validate "portcullis-$store" "$PC_PID" -s bench/lua/validate.lua "$PC_BASE/v1/sessions/validate"
+  echo "== 2. create / rotate / logout: portcullis-$store"
+  measure create "portcullis-$store" "$PC_PID" -s bench/lua/create.lua "$PC_BASE/v1/sessions"
+  export ACTION=rotate
+  measure rotate "portcullis-$store" "$PC_PID" -s bench/lua/cycle.lua "$PC_BASE/"
+  export ACTION=logout
+  measure create+logout "portcullis-$store" "$PC_PID" -s bench/lua/cycle.lua "$PC_BASE/"
+  unset ACTION
+  kill "$PC_PID"; wait "$PC_PID" 2>/dev/null || true
+done
+if [ $HAVE_PEERS = 1 ] && [ $SMOKE = 0 ]; then
+  export MODE=peer
+  for peer in express axum-redis axum-memory axum-sqlite; do
+    echo "== 2. create / logout: $peer"
+    start_peer "$peer"
+    measure create "$peer" "$PEER_PID" -s bench/lua/create.lua "http://127.0.0.1:$PEER_PORT/"
+    export ACTION=logout
+    measure create+logout "$peer" "$PEER_PID" -s bench/lua/cycle.lua "http://127.0.0.1:$PEER_PORT/"
+    unset ACTION
+    kill "$PEER_PID"; wait "$PEER_PID" 2>/dev/null || true
+  done
+  unset MODE
+fi
+
+if [ $SMOKE = 0 ]; then
+  echo "== 3. in-process cost (criterion)"
+  cargo bench -q -p portcullis-bench --bench engine -- --warm-up-time 1 --measurement-time 3 >"$OUT/criterion.txt" 2>&1
+  python3 bench/report.py criterion "$TARGET/criterion" >>"$ROWS"
+  echo "== 4. scale"
+  for size in ${SCALE_SIZES:-100000 1000000}; do
+    "$TARGET/release/scale" --sessions "$size" --dir "$OUT/scale" >>"$ROWS"
+  done
+else
+  "$TARGET/release/scale" --sessions 10000 --dir "$OUT/scale" >>"$ROWS"
+fi
+
+python3 bench/report.py report "$OUT" >"$OUT/report.md"
+cat "$OUT/report.md"
+if [ $WRITE = 1 ]; then
+  cp "$OUT/report.md" BENCHMARKS.md
+  cp "$OUT/throughput.svg" bench/throughput.svg
+  echo "BENCHMARKS.md and bench/throughput.svg written"
+fi

@@ -1,0 +1,89 @@
+//! In-process cost of the engine's hot paths on the memory and SQLite stores, and of tokens.
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use portcullis_bench::{engine, new_session};
+use portcullis_core::{Actor, Device, MemoryStore, OsRandom, Token, TokenKind};
+
+fn tokens(c: &mut Criterion) {
+    let mut group = c.benchmark_group("token");
+    group.bench_function("generate", |b| {
+        b.iter(|| Token::generate(TokenKind::Session, &OsRandom))
+    });
+    let token = Token::generate(TokenKind::Session, &OsRandom);
+    group.bench_function("hash", |b| b.iter(|| std::hint::black_box(&token).hash()));
+    group.bench_function("parse+hash", |b| {
+        b.iter(|| {
+            Token::parse(TokenKind::Session, std::hint::black_box(token.expose())).map(|t| t.hash())
+        })
+    });
+    group.finish();
+}
+
+fn on_store<S: portcullis_core::SessionStore>(
+    c: &mut Criterion,
+    name: &str,
+    store: S,
+    runtime: &tokio::runtime::Runtime,
+) {
+    let (engine, _clock) = engine(store);
+    let actor = Actor("bench".into());
+    let mut group = c.benchmark_group(format!("engine_{name}"));
+    let issued = runtime
+        .block_on(engine.create(new_session("alice"), &actor))
+        .unwrap();
+    let token = issued.token.expose().to_owned();
+    group.bench_function("validate", |b| {
+        b.iter(|| {
+            runtime
+                .block_on(engine.validate(&token, true, &Device::default()))
+                .unwrap()
+        })
+    });
+    let mut n = 0u64;
+    group.bench_function("create", |b| {
+        b.iter(|| {
+            n += 1;
+            runtime
+                .block_on(engine.create(new_session(&format!("user{n}")), &actor))
+                .unwrap()
+        })
+    });
+    let mut current = runtime
+        .block_on(engine.create(new_session("rotating"), &actor))
+        .unwrap()
+        .token;
+    group.bench_function("rotate", |b| {
+        b.iter(|| {
+            current = runtime
+                .block_on(engine.rotate(current.expose(), &actor))
+                .unwrap()
+                .token;
+        })
+    });
+    group.finish();
+}
+
+fn memory(c: &mut Criterion) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    on_store(c, "memory", MemoryStore::new(), &runtime);
+}
+
+fn sqlite(c: &mut Criterion) {
+    let dir = std::env::temp_dir().join(format!("portcullis-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let store = runtime
+        .block_on(portcullis_store_sqlite::open(&dir.join("bench.db")))
+        .unwrap();
+    on_store(c, "sqlite", store, &runtime);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+criterion_group!(benches, tokens, memory, sqlite);
+criterion_main!(benches);

@@ -1,0 +1,250 @@
+//! Scale: load N live sessions into the embedded store and into Redis, then report bytes per
+//! session (on disk, in process memory, in Redis memory), validation latency at that size, and
+//! the cost of a sweep when 1 % have expired. Prints tab-separated rows for bench/report.py.
+//!
+//! `scale --sessions N --dir DIR [--redis URL] [--redis-max M]`
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use portcullis_bench::{engine, rss_bytes};
+use portcullis_core::{
+    AuthContext, Change, Clock, Deadline, Device, Journal, ManualClock, PublicId, SeededRandom,
+    Session, SessionStore, Token, TokenKind, subject_route,
+};
+
+struct Args {
+    sessions: usize,
+    dir: std::path::PathBuf,
+    redis: String,
+    redis_max: usize,
+}
+
+fn args() -> Args {
+    let mut a = Args {
+        sessions: 100_000,
+        dir: std::env::temp_dir().join("portcullis-scale"),
+        redis: "redis://127.0.0.1:6379".into(),
+        redis_max: 200_000,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let value = it.next().unwrap_or_default();
+        match flag.as_str() {
+            "--sessions" => a.sessions = value.parse().expect("--sessions N"),
+            "--dir" => a.dir = value.into(),
+            "--redis" => a.redis = value,
+            "--redis-max" => a.redis_max = value.parse().expect("--redis-max N"),
+            other => panic!("unknown flag {other}"),
+        }
+    }
+    a
+}
+
+/// Session `i` of a load: 1 in 100 has a 1-minute absolute lifetime (it will be expired when
+/// the sweep runs), the rest 12 hours; no idle timeout, no data.
+fn session(i: usize, at: portcullis_core::Timestamp, random: &SeededRandom) -> (Token, Session) {
+    let subject = format!("user{i}");
+    let route = subject_route(&subject);
+    let token = Token::generate_routed(TokenKind::Session, random, route);
+    let lifetime = if i.is_multiple_of(100) {
+        Duration::from_secs(60)
+    } else {
+        Duration::from_secs(43_200)
+    };
+    let session = Session {
+        id: PublicId::generate_routed("ses_", route, random),
+        token_hash: token.hash(),
+        version: 1,
+        subject,
+        policy: "noidle".into(),
+        created_at: at,
+        last_seen_at: at,
+        authenticated_at: at,
+        remember_me: false,
+        auth: AuthContext {
+            methods: vec!["pwd".into()],
+            level: 1,
+        },
+        elevations: vec![],
+        device: Device::default(),
+        data: serde_json::Value::Null,
+        idle: None,
+        absolute: Deadline::after(at, lifetime, "policy noidle: absolute".into()),
+        parent: None,
+        reconstituted_from: None,
+        ended: None,
+    };
+    (token, session)
+}
+
+fn percentile(samples: &mut [Duration], p: f64) -> f64 {
+    samples.sort_unstable();
+    let index = ((samples.len() as f64 - 1.0) * p).round() as usize;
+    samples[index].as_secs_f64() * 1e6
+}
+
+async fn measure<S: SessionStore>(
+    label: &str,
+    n: usize,
+    store: S,
+    tokens: &[Token],
+    extra: String,
+) {
+    let (engine, clock) = engine(store);
+    clock.set(ManualClock::default().now());
+    let mut samples = Vec::with_capacity(20_000);
+    for i in 0..20_000usize {
+        let token = &tokens[(i * 7919 + 1) % tokens.len()];
+        let started = Instant::now();
+        let _ = engine
+            .validate(token.expose(), false, &Device::default())
+            .await;
+        samples.push(started.elapsed());
+    }
+    let p50 = percentile(&mut samples, 0.50);
+    let p99 = percentile(&mut samples, 0.99);
+    clock.advance(Duration::from_secs(120));
+    let started = Instant::now();
+    let report = engine.sweep().await.expect("sweep");
+    let sweep = started.elapsed();
+    let per_expired = sweep.as_secs_f64() * 1e6 / report.expired.max(1) as f64;
+    println!(
+        "scale\t{label}\t{n}\tvalidate_p50_us={p50:.2} validate_p99_us={p99:.2} sweep_ms={:.1} expired={} sweep_us_per_expired={per_expired:.2} {extra}",
+        sweep.as_secs_f64() * 1e3,
+        report.expired,
+    );
+}
+
+fn file_bytes(dir: &std::path::Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok()?.metadata().ok())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+async fn redis_used_memory(url: &str) -> u64 {
+    let client = redis::Client::open(url).expect("redis url");
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis");
+    let info: String = redis::cmd("INFO")
+        .arg("memory")
+        .query_async(&mut conn)
+        .await
+        .expect("info");
+    info.lines()
+        .find_map(|l| l.strip_prefix("used_memory:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() {
+    let a = args();
+    let at = ManualClock::default().now();
+    let random = SeededRandom::new(1);
+
+    // Embedded SQLite: write the sessions through the journal in large transactions, then open
+    // the store as a server would (loading every live session into memory).
+    let dir = a.dir.join(format!("sqlite-{}", a.sessions));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("scale dir");
+    let path = dir.join("portcullis.db");
+    let mut tokens = Vec::with_capacity(a.sessions);
+    {
+        let store = portcullis_store_sqlite::open(&path)
+            .await
+            .expect("open sqlite");
+        let started = Instant::now();
+        let mut batch = Vec::with_capacity(10_000);
+        for i in 0..a.sessions {
+            let (token, s) = session(i, at, &random);
+            tokens.push(token);
+            batch.push(Arc::new(s));
+            if batch.len() == 10_000 || i + 1 == a.sessions {
+                let change = Change {
+                    sessions: std::mem::take(&mut batch),
+                    ..Change::default()
+                };
+                store.journal().commit(&change).await.expect("write");
+            }
+        }
+        eprintln!(
+            "sqlite: wrote {} sessions in {:?}",
+            a.sessions,
+            started.elapsed()
+        );
+        store.journal().close().await;
+    }
+    let before = rss_bytes();
+    let started = Instant::now();
+    let store = portcullis_store_sqlite::open(&path)
+        .await
+        .expect("reopen sqlite");
+    let load = started.elapsed();
+    let memory = rss_bytes().saturating_sub(before) as f64 / a.sessions as f64;
+    let disk = file_bytes(&dir) as f64 / a.sessions as f64;
+    let extra = format!(
+        "load_s={:.1} disk_bytes_per_session={disk:.0} memory_bytes_per_session={memory:.0}",
+        load.as_secs_f64()
+    );
+    measure("sqlite", a.sessions, store, &tokens, extra).await;
+    drop(tokens);
+    let _ = std::fs::remove_dir_all(&dir);
+
+    // Redis: insert through the store (the real write path), bounded in count.
+    let n = a.sessions.min(a.redis_max);
+    let prefix = format!("pcscale:{}", std::process::id());
+    let before = redis_used_memory(&a.redis).await;
+    let store =
+        portcullis_store_redis::RedisStore::connect(&format!("{}?prefix={prefix}", a.redis))
+            .await
+            .expect("redis");
+    let started = Instant::now();
+    let mut tokens = Vec::with_capacity(n);
+    for i in 0..n {
+        let (token, s) = session(i, at, &random);
+        tokens.push(token);
+        store
+            .insert(portcullis_core::Insert {
+                session: s,
+                limit: None,
+                reconstitute: false,
+                actor: portcullis_core::Actor("scale".into()),
+                ended_retention: Duration::from_secs(3600),
+            })
+            .await
+            .expect("insert");
+    }
+    let write = started.elapsed();
+    let used = redis_used_memory(&a.redis).await.saturating_sub(before) as f64 / n as f64;
+    let extra = format!(
+        "write_s={:.1} redis_bytes_per_session={used:.0} (includes the audit event of its creation)",
+        write.as_secs_f64()
+    );
+    measure("redis", n, store, &tokens, extra).await;
+    // Leave nothing behind.
+    let client = redis::Client::open(a.redis.as_str()).expect("redis url");
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis");
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}:*"))
+        .query_async(&mut conn)
+        .await
+        .unwrap_or_default();
+    for chunk in keys.chunks(1000) {
+        let _: () = redis::cmd("DEL")
+            .arg(chunk)
+            .query_async(&mut conn)
+            .await
+            .unwrap_or(());
+    }
+}
