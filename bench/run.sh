@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
 # The benchmark harness: Portcullis on every store next to its peers, side by side in one run.
 #
-#   bench/run.sh            full run (about 15 minutes): validation, create/rotate/logout, memory,
+#   bench/run.sh            full run (under 20 minutes): validation, create/rotate/logout, memory,
 #                           criterion in-process benches, scale; writes bench/results/<time>/
 #   bench/run.sh --smoke    30-second smoke of the same paths (one peer, one store, 1 s runs)
 #   bench/run.sh --write    full run, then BENCHMARKS.md and bench/throughput.svg are replaced
 #
-# Traffic goes to 127.0.0.1 only; every load is bounded in time. Needs the services of .ci/run
-# (PostgreSQL, Redis, the local Redis Cluster on 7100-7102); peers come from ../shared/peers,
+# Traffic goes to 127.0.0.1 only; every load is bounded in time. Needs redis-server and the services
+# of .ci/run (PostgreSQL, the local Redis Cluster on 7100-7102); Redis-backed systems share a private
+# redis-server on 6390 started here; peers come from ../shared/peers,
 # copied to a work directory and installed from the registries (npm ci, cargo build --locked).
-# Env: DURATION (10s) WARMUP (3s) RUNS (3) CONNS (50) SCALE_SIZES ("100000 1000000").
+# Env: DURATION (10s) WARMUP (3s) RUNS (3) OPS_RUNS (1, for create/rotate/logout) CONNS (50)
+#      SCALE_SIZES ("1000000").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -24,7 +26,7 @@ done
 if [ $SMOKE = 1 ]; then
   DURATION=1s WARMUP=1s RUNS=1 CONNS=10
 fi
-DURATION=${DURATION:-10s} WARMUP=${WARMUP:-3s} RUNS=${RUNS:-3} CONNS=${CONNS:-50}
+DURATION=${DURATION:-10s} WARMUP=${WARMUP:-3s} RUNS=${RUNS:-3} CONNS=${CONNS:-50} OPS_RUNS=${OPS_RUNS:-1}
 OUT=$ROOT/bench/results/$(date -u +%Y%m%dT%H%M%SZ)
 mkdir -p "$OUT"
 ROWS=$OUT/rows.tsv
@@ -50,10 +52,11 @@ rss_kb() { awk '/VmRSS/{print $2}' "/proc/$1/status"; }
 # measure SECTION SYSTEM PID WRK-ARGS... : warm-up, RUNS runs; one row with every run and the
 # process's memory (RSS, KiB) at the end of the load.
 measure() {
-  local section=$1 system=$2 pid=$3; shift 3
+  local section=$1 system=$2 pid=$3 runs=$RUNS; shift 3
+  [ "$section" = validate ] || runs=$OPS_RUNS
   wrk -t2 -c"$CONNS" -d"$WARMUP" "$@" >/dev/null 2>&1 || true
   local rps=() p99=() bad=0 out n
-  for i in $(seq "$RUNS"); do
+  for i in $(seq "$runs"); do
     out=$(wrk -t2 -c"$CONNS" -d"$DURATION" --latency "$@")
     echo "$out" >"$OUT/$section.$system.run$i.txt"
     rps+=("$(awk '/Requests\/sec/{print $2}' <<<"$out")")
@@ -110,11 +113,24 @@ peer_cookie() {
     "http://127.0.0.1:$1/login" | tr -d '\r' | awk 'tolower($1) == "set-cookie:" { split($2, a, ";"); print a[1]; exit }'
 }
 
-# --- Portcullis ---------------------------------------------------------------------------
+# A private Redis for the peers and Portcullis alike (same server, no persistence), stopped at
+# the end, so the machine's Redis keeps nothing of the run.
+BENCH_REDIS_PORT=6390
+redis-server --port $BENCH_REDIS_PORT --bind 127.0.0.1 --save '' --appendonly no --daemonize yes \
+  --pidfile "$OUT/redis.pid" --logfile "$OUT/redis.log" --dir "$OUT"
+wait_port $BENCH_REDIS_PORT
+export REDIS_URL=redis://127.0.0.1:$BENCH_REDIS_PORT
 ID=$$
+cleanup_stores() {
+  redis-cli -p $BENCH_REDIS_PORT shutdown nosave >/dev/null 2>&1 || true
+  psql -q -h 127.0.0.1 -U postgres -d postgres -c "DROP SCHEMA IF EXISTS pc_bench_$ID CASCADE" >/dev/null 2>&1 || true
+}
+trap 'cleanup; cleanup_stores' EXIT
+
+# --- Portcullis ---------------------------------------------------------------------------
 declare -A STORES=(
   [sqlite]=""
-  [redis]="redis://127.0.0.1:6379?prefix=pcbench:$ID"
+  [redis]="redis://127.0.0.1:$BENCH_REDIS_PORT?prefix=pcbench:$ID"
   [postgres]="postgres://postgres@127.0.0.1:5432/postgres?schema=pc_bench_$ID"
   [redis-cluster]="redis+cluster://127.0.0.1:7100,127.0.0.1:7101,127.0.0.1:7102?prefix=pcbench:$ID"
 )
@@ -187,11 +203,11 @@ if [ $SMOKE = 0 ]; then
   cargo bench -q -p portcullis-bench --bench engine -- --warm-up-time 1 --measurement-time 3 >"$OUT/criterion.txt" 2>&1
   python3 bench/report.py criterion "$TARGET/criterion" >>"$ROWS"
   echo "== 4. scale"
-  for size in ${SCALE_SIZES:-100000 1000000}; do
-    "$TARGET/release/scale" --sessions "$size" --dir "$OUT/scale" >>"$ROWS"
+  for size in ${SCALE_SIZES:-1000000}; do
+    "$TARGET/release/scale" --sessions "$size" --dir "$OUT/scale" --redis "$REDIS_URL" >>"$ROWS"
   done
 else
-  "$TARGET/release/scale" --sessions 10000 --dir "$OUT/scale" >>"$ROWS"
+  "$TARGET/release/scale" --sessions 10000 --dir "$OUT/scale" --redis "$REDIS_URL" >>"$ROWS"
 fi
 
 python3 bench/report.py report "$OUT" >"$OUT/report.md"

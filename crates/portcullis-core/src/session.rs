@@ -92,8 +92,10 @@ pub struct AuthContext {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Device {
     /// The user agent string, as the application saw it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user_agent: Option<String>,
     /// The client IP address, as the application saw it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ip: Option<String>,
 }
 
@@ -149,14 +151,19 @@ pub struct Ended {
     /// When (for a timeout: the deadline that passed, not the moment it was noticed).
     pub at: Timestamp,
     /// Until when its data may be re-constituted (timeouts only, when the policy allows).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reconstitute_until: Option<Timestamp>,
     /// The session that re-constituted it; a tombstone is used at most once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reconstituted_into: Option<SessionId>,
     /// When the store may forget it entirely.
     pub purge_at: Timestamp,
 }
 
 /// A session: the store's record. Stores key it by `token_hash` and by `id`.
+///
+/// Its serde form is the storage encoding of the SQL and Redis stores (the API has its own
+/// views); empty fields are left out to keep records small, and read back as empty.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Session {
     /// Public, non-secret id (also the OIDC `sid`).
@@ -180,20 +187,26 @@ pub struct Session {
     /// How the person authenticated.
     pub auth: AuthContext,
     /// Elevations granted (lapsed ones are dropped when the session next changes).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub elevations: Vec<Elevation>,
     /// Where it is used from.
     pub device: Device,
     /// Application data (size-limited).
+    #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
     pub data: serde_json::Value,
     /// The idle deadline; `None` when the policy has no idle timeout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idle: Option<Deadline>,
     /// The absolute deadline.
     pub absolute: Deadline,
     /// The parent SSO session, whose end ends this one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parent: Option<SessionId>,
     /// The timed-out session whose data this one got back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reconstituted_from: Option<SessionId>,
     /// Set once the session has ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ended: Option<Ended>,
 }
 
