@@ -162,6 +162,19 @@ pub fn cli(dir: &Path, args: &[&str]) -> Output {
         .unwrap()
 }
 
+/// Creates an API key with the CLI working on `store` directly (no server on `dir`).
+pub fn create_key_in(dir: &Path, store: &str) -> String {
+    let out = cli_with_store(dir, store, &["api-keys", "create", "--name", "tests"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let key = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    assert!(key.starts_with("pck_"), "{key}");
+    key
+}
+
 pub fn create_key(dir: &Path, name: &str) -> String {
     let out = cli(dir, &["api-keys", "create", "--name", name]);
     assert!(
