@@ -277,6 +277,26 @@ impl RedisStore {
         Ok(sessions)
     }
 
+    /// Up to `limit` members of sorted set `key` scored at or before `now`, earliest first.
+    async fn members_until(
+        &self,
+        key: &str,
+        now: Timestamp,
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError> {
+        self.query(
+            redis::cmd("ZRANGE")
+                .arg(key)
+                .arg("-inf")
+                .arg(now.as_millis())
+                .arg("BYSCORE")
+                .arg("LIMIT")
+                .arg(0)
+                .arg(limit),
+        )
+        .await
+    }
+
     async fn subject_version(&self, subject: &str) -> Result<String, StoreError> {
         let v: Option<String> = self
             .query(redis::cmd("GET").arg(self.version_key(subject)))
@@ -672,18 +692,7 @@ impl SessionStore for RedisStore {
         let mut due = Vec::new();
         for route in 0..=255u8 {
             let key = self.tag_key(&tag_of(route), "d");
-            let members: Vec<String> = self
-                .query(
-                    redis::cmd("ZRANGE")
-                        .arg(&key)
-                        .arg("-inf")
-                        .arg(now.as_millis())
-                        .arg("BYSCORE")
-                        .arg("LIMIT")
-                        .arg(0)
-                        .arg(limit),
-                )
-                .await?;
+            let members = self.members_until(&key, now, limit).await?;
             for member in members {
                 let Some(hash) = TokenHash::from_hex(&member) else {
                     continue;
@@ -713,18 +722,7 @@ impl SessionStore for RedisStore {
         let mut purged = 0;
         for route in 0..=255u8 {
             let key = self.tag_key(&tag_of(route), "p");
-            let members: Vec<String> = self
-                .query(
-                    redis::cmd("ZRANGE")
-                        .arg(&key)
-                        .arg("-inf")
-                        .arg(now.as_millis())
-                        .arg("BYSCORE")
-                        .arg("LIMIT")
-                        .arg(0)
-                        .arg(1000),
-                )
-                .await?;
+            let members = self.members_until(&key, now, 1000).await?;
             for member in members {
                 let mut plan = Plan::default();
                 plan.op(&["ZREM", &key, &member]);
