@@ -85,5 +85,33 @@ fn sqlite(c: &mut Criterion) {
     let _ = std::fs::remove_dir_all(dir);
 }
 
-criterion_group!(benches, tokens, memory, sqlite);
+fn wire(c: &mut Criterion) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (engine, _clock) = engine(MemoryStore::new());
+    let actor = Actor("bench".into());
+    let mut request = new_session("alice");
+    request.data = serde_json::json!({"cart": [1, 2, 3]});
+    let issued = runtime.block_on(engine.create(request, &actor)).unwrap();
+    let validated = runtime
+        .block_on(engine.validate(issued.token.expose(), false, &Device::default()))
+        .unwrap();
+    let now = engine.now();
+    c.bench_function("wire/validated_view_json", |b| {
+        b.iter(|| {
+            serde_json::to_vec(&portcullis_http::wire::ValidatedView::of(
+                std::hint::black_box(&validated),
+                now,
+            ))
+            .unwrap()
+        })
+    });
+    c.bench_function("wire/rfc3339", |b| {
+        b.iter(|| portcullis_http::wire::rfc3339(std::hint::black_box(now)))
+    });
+}
+
+criterion_group!(benches, tokens, memory, sqlite, wire);
 criterion_main!(benches);
