@@ -750,7 +750,13 @@ impl<S: SessionStore> Engine<S> {
             created_at: self.now(),
             revoked_at: None,
         };
-        let event = api_key_event(EventKind::ApiKeyCreated, &key, self.now(), actor);
+        let event = api_key_event(
+            EventKind::ApiKeyCreated,
+            &key.id,
+            Some(&key.name),
+            self.now(),
+            actor,
+        );
         let event = self.store.add_api_key(key.clone(), event).await?;
         self.publish(std::slice::from_ref(&event));
         Ok((token, key))
@@ -783,14 +789,7 @@ impl<S: SessionStore> Engine<S> {
         actor: &Actor,
     ) -> Result<ApiKey, EngineError> {
         let now = self.now();
-        let probe = ApiKey {
-            id: id.clone(),
-            name: String::new(),
-            key_hash: crate::token::TokenHash([0; 32]),
-            created_at: now,
-            revoked_at: None,
-        };
-        let event = api_key_event(EventKind::ApiKeyRevoked, &probe, now, actor);
+        let event = api_key_event(EventKind::ApiKeyRevoked, id, None, now, actor);
         let (key, event) = self
             .store
             .revoke_api_key(id, now, event)
@@ -801,7 +800,18 @@ impl<S: SessionStore> Engine<S> {
     }
 }
 
-fn api_key_event(kind: EventKind, key: &ApiKey, at: Timestamp, actor: &Actor) -> AuditEvent {
+/// The event of an API-key change; the name is known when the key is created.
+fn api_key_event(
+    kind: EventKind,
+    id: &PublicId,
+    name: Option<&str>,
+    at: Timestamp,
+    actor: &Actor,
+) -> AuditEvent {
+    let mut detail = serde_json::json!({ "api_key": id.as_str() });
+    if let Some(name) = name {
+        detail["name"] = name.into();
+    }
     AuditEvent {
         seq: 0,
         at,
@@ -811,6 +821,6 @@ fn api_key_event(kind: EventKind, key: &ApiKey, at: Timestamp, actor: &Actor) ->
         subject: None,
         policy: None,
         reason: None,
-        detail: serde_json::json!({ "api_key": key.id.as_str(), "name": key.name }),
+        detail,
     }
 }

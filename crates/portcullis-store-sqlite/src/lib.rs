@@ -14,8 +14,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use portcullis_core::{
-    ApiKey, AuditEvent, CachedStore, Change, EventQuery, Journal, Session, Snapshot, StoreError,
-    Touch,
+    AuditEvent, CachedStore, Change, EventQuery, Journal, Snapshot, StoreError, Touch,
 };
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, SqlitePool};
@@ -88,27 +87,11 @@ pub async fn open(path: &Path) -> Result<SqliteStore, OpenError> {
 impl SqliteJournal {
     /// Reads back every retained session, every API key and the last event position.
     async fn load(&self) -> Result<Snapshot, StoreError> {
-        let mut snapshot = Snapshot::default();
-        let rows = sqlx::query("SELECT body FROM sessions")
-            .fetch_all(&self.pool)
-            .await
-            .map_err(unavailable)?;
-        for row in rows {
-            let body: String = row.get(0);
-            snapshot
-                .sessions
-                .push(serde_json::from_str::<Session>(&body).map_err(corrupt)?);
-        }
-        let rows = sqlx::query("SELECT body FROM api_keys")
-            .fetch_all(&self.pool)
-            .await
-            .map_err(unavailable)?;
-        for row in rows {
-            let body: String = row.get(0);
-            snapshot
-                .api_keys
-                .push(serde_json::from_str::<ApiKey>(&body).map_err(corrupt)?);
-        }
+        let mut snapshot = Snapshot {
+            sessions: self.read_bodies("SELECT body FROM sessions").await?,
+            api_keys: self.read_bodies("SELECT body FROM api_keys").await?,
+            ..Snapshot::default()
+        };
         let last: Option<i64> = sqlx::query("SELECT MAX(seq) FROM events")
             .fetch_one(&self.pool)
             .await
@@ -116,6 +99,20 @@ impl SqliteJournal {
             .get(0);
         snapshot.last_seq = u64::try_from(last.unwrap_or(0)).unwrap_or(0);
         Ok(snapshot)
+    }
+
+    /// Every row of a one-column `body` query, decoded.
+    async fn read_bodies<T: serde::de::DeserializeOwned>(
+        &self,
+        sql: &'static str,
+    ) -> Result<Vec<T>, StoreError> {
+        let rows = sqlx::query(sql)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        rows.iter()
+            .map(|row| serde_json::from_str(row.get::<&str, _>(0)).map_err(corrupt))
+            .collect()
     }
 
     /// Closes the connections (tests reopen the same file).
