@@ -30,6 +30,30 @@ pub enum EventKind {
     /// An API key was revoked.
     #[serde(rename = "api_key.revoked")]
     ApiKeyRevoked,
+    /// A local account was created.
+    #[serde(rename = "user.created")]
+    UserCreated,
+    /// An account was disabled (its sessions end with it).
+    #[serde(rename = "user.disabled")]
+    UserDisabled,
+    /// An account was enabled again.
+    #[serde(rename = "user.enabled")]
+    UserEnabled,
+    /// An account's password was set.
+    #[serde(rename = "user.password_changed")]
+    UserPasswordChanged,
+    /// A TOTP second factor was enrolled.
+    #[serde(rename = "user.totp_enrolled")]
+    UserTotpEnrolled,
+    /// The TOTP second factor was removed.
+    #[serde(rename = "user.totp_removed")]
+    UserTotpRemoved,
+    /// A sign-in attempt failed (unknown account, wrong password or code).
+    #[serde(rename = "login.failed")]
+    LoginFailed,
+    /// A sign-in attempt was refused by the throttle.
+    #[serde(rename = "login.throttled")]
+    LoginThrottled,
 }
 
 impl EventKind {
@@ -43,6 +67,14 @@ impl EventKind {
             Self::SessionEnded => "session.ended",
             Self::ApiKeyCreated => "api_key.created",
             Self::ApiKeyRevoked => "api_key.revoked",
+            Self::UserCreated => "user.created",
+            Self::UserDisabled => "user.disabled",
+            Self::UserEnabled => "user.enabled",
+            Self::UserPasswordChanged => "user.password_changed",
+            Self::UserTotpEnrolled => "user.totp_enrolled",
+            Self::UserTotpRemoved => "user.totp_removed",
+            Self::LoginFailed => "login.failed",
+            Self::LoginThrottled => "login.throttled",
         }
     }
 }
@@ -56,6 +88,11 @@ impl Actor {
     /// Portcullis itself (timeouts found by the sweeper or on validation).
     pub fn system() -> Self {
         Self("system".into())
+    }
+
+    /// A person acting on their own account in the browser, by their account id.
+    pub fn user(id: &str) -> Self {
+        Self(format!("user:{id}"))
     }
 
     /// The administrator's command line on this machine.
@@ -105,6 +142,28 @@ impl AuditEvent {
             policy: Some(session.policy.clone()),
             reason: None,
             detail: serde_json::Value::Null,
+        }
+    }
+
+    /// An event about an account (published to the audit log; the session trail keeps only
+    /// session and API-key events). `user_id` is empty for an attempt on an unknown username.
+    pub fn for_account(
+        kind: EventKind,
+        user_id: &str,
+        username: &str,
+        at: Timestamp,
+        actor: &Actor,
+    ) -> Self {
+        Self {
+            seq: 0,
+            at,
+            kind,
+            actor: actor.clone(),
+            session_id: None,
+            subject: (!user_id.is_empty()).then(|| user_id.to_owned()),
+            policy: None,
+            reason: None,
+            detail: serde_json::json!({ "username": username }),
         }
     }
 

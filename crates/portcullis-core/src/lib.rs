@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod account;
 pub mod api_key_cache;
 pub mod cache;
 pub mod engine;
@@ -19,6 +20,10 @@ pub mod store;
 pub mod time;
 pub mod token;
 
+pub use account::{
+    AccountError, Accounts, LoginThrottle, MemoryUserStore, SignInError, ThrottleRules, TotpFactor,
+    User, UserStore, UserStoreError,
+};
 pub use api_key_cache::ApiKeyCache;
 pub use cache::{CachedStore, Change, Journal, MemoryJournal, MemoryStore, Snapshot, Touch};
 pub use engine::{
