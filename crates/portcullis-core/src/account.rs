@@ -279,7 +279,10 @@ pub fn totp_step(secret: &str, code: &str, now: Timestamp, last_step: u64) -> Op
 pub fn totp_code(secret: &str, now: Timestamp) -> Option<String> {
     let secret = totp_rs::Secret::try_from_base32(secret).ok()?;
     let totp = totp_rs::Builder::new().with_secret(secret).build().ok()?;
-    Some(totp.generate(u64::try_from(now.as_millis() / 1000).ok()?).to_string())
+    Some(
+        totp.generate(u64::try_from(now.as_millis() / 1000).ok()?)
+            .to_string(),
+    )
 }
 
 /// How failures slow down further attempts for one key (an account or an address).
@@ -363,7 +366,12 @@ impl LoginThrottle {
     }
 
     /// Records a failure; returns the wait it imposes, if any.
-    pub fn failed(&self, username: &str, address: Option<&str>, now: Timestamp) -> Option<Duration> {
+    pub fn failed(
+        &self,
+        username: &str,
+        address: Option<&str>,
+        now: Timestamp,
+    ) -> Option<Duration> {
         let strike = |map: &Mutex<HashMap<String, Strikes>>, key: &str, rules: &ThrottleRules| {
             let mut map = map.lock();
             if map.len() >= THROTTLE_PRUNE_AT {
@@ -798,7 +806,10 @@ mod tests {
         let step = totp_step(&secret, &code, now, 0).unwrap();
         assert_eq!(totp_step(&secret, &code, now, step), None, "replay");
         let later = now.plus(Duration::from_secs(30));
-        assert!(totp_step(&secret, &code, later, 0).is_some(), "one step of skew");
+        assert!(
+            totp_step(&secret, &code, later, 0).is_some(),
+            "one step of skew"
+        );
         let much_later = now.plus(Duration::from_secs(120));
         assert_eq!(totp_step(&secret, &code, much_later, 0), None);
         assert!(totp_uri(&secret, "Portcullis", "alice").contains(&secret));
@@ -819,7 +830,9 @@ mod tests {
             .unwrap();
         assert_eq!(alice.username, "alice");
         assert!(matches!(
-            accounts.add_user("alice", "another one", &Actor::cli()).await,
+            accounts
+                .add_user("alice", "another one", &Actor::cli())
+                .await,
             Err(AccountError::Exists)
         ));
         assert!(matches!(
@@ -842,7 +855,9 @@ mod tests {
             .await
             .unwrap();
         assert!(matches!(
-            accounts.check_password("alice", "correct horse", None).await,
+            accounts
+                .check_password("alice", "correct horse", None)
+                .await,
             Err(SignInError::Disabled)
         ));
     }

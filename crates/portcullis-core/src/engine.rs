@@ -636,9 +636,20 @@ impl<S: SessionStore> Engine<S> {
 
     /// Ends one session as an administrator (`revoked_admin`). Idempotent for ended sessions.
     pub async fn revoke(&self, id: &SessionId, actor: &Actor) -> Result<(), EngineError> {
+        self.end(id, EndReason::RevokedAdmin, actor).await
+    }
+
+    /// Ends one live session for `reason` (a person signing out one of their devices).
+    /// Idempotent for ended sessions.
+    pub async fn end(
+        &self,
+        id: &SessionId,
+        reason: EndReason,
+        actor: &Actor,
+    ) -> Result<(), EngineError> {
         let session = self.get(id).await?;
         if session.is_live() {
-            self.end_session(id, EndReason::RevokedAdmin, actor).await?;
+            self.end_session(id, reason, actor).await?;
         }
         Ok(())
     }

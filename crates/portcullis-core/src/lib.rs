@@ -22,7 +22,7 @@ pub mod token;
 
 pub use account::{
     AccountError, Accounts, LoginThrottle, MemoryUserStore, SignInError, ThrottleRules, TotpFactor,
-    User, UserStore, UserStoreError,
+    User, UserFuture, UserStore, UserStoreError,
 };
 pub use api_key_cache::ApiKeyCache;
 pub use cache::{CachedStore, Change, Journal, MemoryJournal, MemoryStore, Snapshot, Touch};
@@ -31,7 +31,9 @@ pub use engine::{
     Validated,
 };
 pub use event::{Actor, AuditEvent, AuditSink, EventKind, EventQuery, NoAuditSink};
-pub use policy::{Binding, OnLimit, Policy, PolicyError, PolicyOverrides, PolicySet, Preset};
+pub use policy::{
+    Binding, OnLimit, Policy, PolicyError, PolicyOverrides, PolicySet, Preset, SIGN_IN_POLICY,
+};
 pub use random::{OsRandom, RandomSource, SeededRandom};
 pub use session::{AuthContext, Deadline, Device, Elevation, EndReason, Ended, Session};
 pub use store::{

@@ -85,6 +85,9 @@ pub struct Sourced<T> {
     pub source: Source,
 }
 
+/// The built-in policy of sign-ins in progress (see [`Policy::sign_in`]).
+pub const SIGN_IN_POLICY: &str = "portcullis.sign_in";
+
 /// A duration in a policy; zero means "off" where the field allows it.
 pub type Lifetime = Sourced<Duration>;
 
@@ -113,6 +116,9 @@ pub struct Policy {
     pub bind: Sourced<Binding>,
     /// Lifetime of an elevation (re-authentication for a sensitive action).
     pub elevation: Lifetime,
+    /// Whether the sign-in page asks "Stay signed in?"; when off, every sign-in gets a
+    /// browser-session cookie.
+    pub stay_signed_in: Sourced<bool>,
 }
 
 /// The overrides a configured policy may write; every field is optional.
@@ -140,6 +146,8 @@ pub struct PolicyOverrides {
     pub bind: Option<Binding>,
     /// See [`Policy::elevation`].
     pub elevation: Option<Duration>,
+    /// See [`Policy::stay_signed_in`].
+    pub stay_signed_in: Option<bool>,
 }
 
 /// A policy that cannot work as written; `field` names the offending key.
@@ -193,7 +201,25 @@ impl Policy {
                 source: Source::BuiltIn,
             },
             elevation: b(mins(10)),
+            stay_signed_in: Sourced {
+                value: true,
+                source: Source::BuiltIn,
+            },
         }
+    }
+
+    /// The policy of a sign-in in progress (password given, second factor or "Stay signed
+    /// in?" still to answer): short-lived, never remembered, never re-constituted.
+    pub fn sign_in() -> Self {
+        let mut policy = Self::built_in(SIGN_IN_POLICY);
+        policy.idle.value = mins(5);
+        policy.absolute.value = mins(10);
+        policy.remember_me_idle.value = mins(5);
+        policy.remember_me_absolute.value = mins(10);
+        policy.warn_before.value = Duration::ZERO;
+        policy.reconstitute_window.value = Duration::ZERO;
+        policy.stay_signed_in.value = false;
+        policy
     }
 
     /// A preset's policy. Remember-me never outlives the preset's own limits: at AAL2 and AAL3
@@ -242,6 +268,7 @@ impl Policy {
         set(&mut policy.reconstitute_window, o.reconstitute_window);
         set(&mut policy.bind, o.bind);
         set(&mut policy.elevation, o.elevation);
+        set(&mut policy.stay_signed_in, o.stay_signed_in);
         policy.check()?;
         Ok(policy)
     }
@@ -340,6 +367,8 @@ impl PolicySet {
             .collect();
         map.entry("default".to_owned())
             .or_insert_with(|| std::sync::Arc::new(Policy::built_in("default")));
+        map.entry(SIGN_IN_POLICY.to_owned())
+            .or_insert_with(|| std::sync::Arc::new(Policy::sign_in()));
         Self(map)
     }
 

@@ -306,3 +306,66 @@ pub async fn revoke_api_key<S: SessionStore>(
         .await?;
     Ok(StatusCode::NO_CONTENT)
 }
+
+/// Create a local account (local admin socket only).
+pub async fn create_user<S: SessionStore>(
+    State(state): State<AppState<S>>,
+    Extension(caller): Extension<Caller>,
+    ApiJson(body): ApiJson<CreateUserBody>,
+) -> ApiResult<Response> {
+    let user = state
+        .accounts
+        .add_user(&body.username, &body.password, &caller.0)
+        .await?;
+    Ok((StatusCode::CREATED, Json(UserView::from(&user))).into_response())
+}
+
+/// List local accounts (local admin socket only).
+pub async fn list_users<S: SessionStore>(
+    State(state): State<AppState<S>>,
+) -> ApiResult<Json<UserListView>> {
+    let users = state.accounts.list().await?;
+    Ok(Json(UserListView {
+        users: users.iter().map(Into::into).collect(),
+    }))
+}
+
+/// Disable, enable or set the password of an account (local admin socket only). Disabling
+/// ends every session of the account at once (ASVS5-7.4.2); an administrator's password
+/// reset ends them with `password_changed`.
+pub async fn update_user<S: SessionStore>(
+    State(state): State<AppState<S>>,
+    Extension(caller): Extension<Caller>,
+    Path(username): Path<String>,
+    ApiJson(body): ApiJson<UpdateUserBody>,
+) -> ApiResult<Json<UserView>> {
+    let mut user = state.accounts.by_name(&username).await?;
+    let mut ended = None;
+    if let Some(password) = &body.password {
+        user = state
+            .accounts
+            .set_password(&user.id, password, &caller.0)
+            .await?;
+        let n = state
+            .engine
+            .end_subject(&user.id, None, EndReason::PasswordChanged, &caller.0)
+            .await?;
+        ended = Some(ended.unwrap_or(0) + n);
+    }
+    if let Some(disabled) = body.disabled {
+        user = state
+            .accounts
+            .set_disabled(&user.id, disabled, &caller.0)
+            .await?;
+        if disabled {
+            let n = state
+                .engine
+                .end_subject(&user.id, None, EndReason::RevokedAdmin, &caller.0)
+                .await?;
+            ended = Some(ended.unwrap_or(0) + n);
+        }
+    }
+    let mut view = UserView::from(&user);
+    view.sessions_ended = ended;
+    Ok(Json(view))
+}

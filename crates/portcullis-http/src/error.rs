@@ -60,6 +60,9 @@ pub enum ApiError {
     /// Route exists, method does not.
     #[error("this endpoint does not support that method")]
     MethodNotAllowed,
+    /// From the accounts service.
+    #[error(transparent)]
+    Account(#[from] portcullis_core::AccountError),
     /// A bug: the request panicked.
     #[error("internal error")]
     Internal,
@@ -106,6 +109,21 @@ impl ApiError {
             Self::InvalidParameter(_) => (StatusCode::BAD_REQUEST, "invalid_parameter", None),
             Self::NoRoute => (StatusCode::NOT_FOUND, "no_route", None),
             Self::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", None),
+            Self::Account(err) => {
+                use portcullis_core::AccountError as A;
+                match err {
+                    A::InvalidUsername => (StatusCode::BAD_REQUEST, "invalid_username", None),
+                    A::Exists => (StatusCode::CONFLICT, "user_exists", None),
+                    A::NotFound => (StatusCode::NOT_FOUND, "not_found", None),
+                    A::WeakPassword(_) => (StatusCode::BAD_REQUEST, "weak_password", None),
+                    A::WrongCode => (StatusCode::BAD_REQUEST, "wrong_code", None),
+                    A::Conflict => (StatusCode::CONFLICT, "conflict", None),
+                    A::Store(portcullis_core::UserStoreError::Corrupt(_)) => {
+                        (StatusCode::INTERNAL_SERVER_ERROR, "store_corrupt", None)
+                    }
+                    A::Store(_) => (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", None),
+                }
+            }
             Self::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal", None),
         }
     }

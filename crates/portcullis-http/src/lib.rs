@@ -9,6 +9,7 @@
 
 pub mod api;
 pub mod error;
+pub mod ui;
 pub mod wire;
 
 use std::sync::Arc;
@@ -17,9 +18,9 @@ use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post, put};
+use axum::routing::{delete, get, patch, post, put};
 use axum::{Extension, Json, Router};
-use portcullis_core::{Actor, Engine, SessionStore};
+use portcullis_core::{Accounts, Actor, Engine, SessionStore};
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::set_header::SetResponseHeaderLayer;
 use utoipa::OpenApi;
@@ -34,6 +35,10 @@ pub type MetricsRenderer = Arc<dyn Fn() -> String + Send + Sync>;
 pub struct AppState<S> {
     /// The session engine.
     pub engine: Arc<Engine<S>>,
+    /// Local accounts and their credentials.
+    pub accounts: Arc<Accounts>,
+    /// The pages' settings and templates.
+    pub ui: Arc<ui::web::Ui>,
     /// Renders `/metrics` (absent when no recorder is installed).
     pub metrics: Option<MetricsRenderer>,
 }
@@ -42,6 +47,8 @@ impl<S> Clone for AppState<S> {
     fn clone(&self) -> Self {
         Self {
             engine: Arc::clone(&self.engine),
+            accounts: Arc::clone(&self.accounts),
+            ui: Arc::clone(&self.ui),
             metrics: self.metrics.clone(),
         }
     }
@@ -100,13 +107,15 @@ fn finish<S: SessionStore>(router: Router<AppState<S>>, state: AppState<S>) -> R
         .with_state(state)
 }
 
-/// The public API: v1 behind API keys, plus the ops endpoints.
+/// The public listener: v1 behind API keys, the ops endpoints and the sign-in and account
+/// pages.
 pub fn api_router<S: SessionStore>(state: AppState<S>) -> Router {
     let v1 = v1_routes::<S>().route_layer(middleware::from_fn_with_state(
         state.clone(),
         require_api_key::<S>,
     ));
-    finish(v1.merge(ops_routes::<S>()), state)
+    let pages = ui::routes(&state);
+    finish(v1.merge(ops_routes::<S>()).merge(pages), state)
 }
 
 /// The local admin API, served only on the data directory's Unix socket: v1 without API keys
@@ -118,7 +127,12 @@ pub fn admin_router<S: SessionStore>(state: AppState<S>) -> Router {
             "/admin/api-keys",
             post(api::create_api_key::<S>).get(api::list_api_keys::<S>),
         )
-        .route("/admin/api-keys/{id}", delete(api::revoke_api_key::<S>));
+        .route("/admin/api-keys/{id}", delete(api::revoke_api_key::<S>))
+        .route(
+            "/admin/users",
+            post(api::create_user::<S>).get(api::list_users::<S>),
+        )
+        .route("/admin/users/{username}", patch(api::update_user::<S>));
     let routes = v1_routes::<S>()
         .merge(admin)
         .layer(Extension(Caller(Actor::cli())));

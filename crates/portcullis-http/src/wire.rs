@@ -500,3 +500,67 @@ pub struct StatusView {
     /// `ok` or `ready`.
     pub status: &'static str,
 }
+
+/// A new local account (admin socket only).
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateUserBody {
+    /// What the person types to sign in.
+    pub username: String,
+    /// The initial password (sent over the admin socket only; never logged).
+    pub password: String,
+}
+
+/// A change to an account (admin socket only). Disabling ends every session of the account;
+/// setting the password ends them too (`password_changed`).
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateUserBody {
+    /// Disable (`true`) or enable (`false`).
+    #[serde(default)]
+    pub disabled: Option<bool>,
+    /// A new password.
+    #[serde(default)]
+    pub password: Option<String>,
+}
+
+/// A local account (never its password hash or TOTP secret).
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct UserView {
+    /// Public id: the subject of the person's sessions.
+    pub id: String,
+    /// Username.
+    pub username: String,
+    /// Whether the account is disabled.
+    pub disabled: bool,
+    /// Whether a TOTP second factor is enrolled.
+    pub totp: bool,
+    /// RFC 3339.
+    pub created_at: String,
+    /// RFC 3339.
+    pub password_changed_at: String,
+    /// Sessions ended by this change (disable or password reset).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sessions_ended: Option<usize>,
+}
+
+impl From<&portcullis_core::User> for UserView {
+    fn from(u: &portcullis_core::User) -> Self {
+        Self {
+            id: u.id.clone(),
+            username: u.username.clone(),
+            disabled: u.disabled,
+            totp: u.totp.is_some(),
+            created_at: rfc3339(u.created_at),
+            password_changed_at: rfc3339(u.password_changed_at),
+            sessions_ended: None,
+        }
+    }
+}
+
+/// Every account.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct UserListView {
+    /// The accounts, by username.
+    pub users: Vec<UserView>,
+}

@@ -26,6 +26,10 @@ pub const API_KEY_CACHE: Duration = Duration::from_secs(1);
 /// Lock id under which events are appended (so `seq` follows commit order).
 const EVENT_LOCK: i64 = 0x5043_4556; // "PCEV"
 
+mod users;
+
+pub use users::PostgresUserStore;
+
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 /// What connecting can fail with.
@@ -88,6 +92,11 @@ impl PostgresStore {
             pool,
             api_keys: Arc::new(ApiKeyCache::new(API_KEY_CACHE)),
         })
+    }
+
+    /// The accounts kept in the same database (and schema).
+    pub fn users(&self) -> PostgresUserStore {
+        PostgresUserStore::new(self.pool.clone())
     }
 
     /// Connects to a store URL: `postgres://…` with an optional `schema=NAME` parameter (the

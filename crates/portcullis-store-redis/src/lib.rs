@@ -40,6 +40,10 @@ const ATTEMPTS: usize = 200;
 /// The event-stream index of the API-key tag (session tags are 0–255).
 const KEY_TAG_INDEX: u64 = 256;
 
+mod users;
+
+pub use users::RedisUserStore;
+
 static COMMIT: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("commit.lua")));
 static TOUCH: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("touch.lua")));
 
@@ -168,6 +172,11 @@ impl RedisStore {
             prefix: prefix.into(),
             api_keys: Arc::new(ApiKeyCache::new(API_KEY_CACHE)),
         })
+    }
+
+    /// The accounts kept beside the sessions (under the same prefix).
+    pub fn users(&self) -> RedisUserStore {
+        RedisUserStore::new(self.clone())
     }
 
     async fn query<T: FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, StoreError> {

@@ -9,6 +9,10 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+mod users;
+
+pub use users::SqliteUserStore;
+
 use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
@@ -113,6 +117,11 @@ impl SqliteJournal {
         rows.iter()
             .map(|row| serde_json::from_str(row.get::<&str, _>(0)).map_err(corrupt))
             .collect()
+    }
+
+    /// The accounts kept in the same database file.
+    pub fn users(&self) -> SqliteUserStore {
+        SqliteUserStore::new(self.pool.clone())
     }
 
     /// Closes the connections (tests reopen the same file).

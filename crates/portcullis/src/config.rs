@@ -56,6 +56,8 @@ pub struct PolicyConfig {
     pub bind: Option<Binding>,
     /// Elevation lifetime.
     pub elevation: Option<ConfigDuration>,
+    /// Whether the sign-in page asks "Stay signed in?" (default true).
+    pub stay_signed_in: Option<bool>,
 }
 
 /// The whole configuration.
@@ -90,6 +92,22 @@ pub struct Config {
     /// Named policies.
     #[serde(default)]
     pub policies: BTreeMap<String, PolicyConfig>,
+    /// The policy of SSO sessions (people signing in at Portcullis's own pages).
+    #[serde(default = "default_sso_policy")]
+    pub sso_policy: String,
+    /// A theme directory: files in its `templates/` and `assets/` replace the built-in ones.
+    #[serde(default)]
+    pub ui_dir: Option<PathBuf>,
+    /// TLS certificate chain (PEM). With `tls_key`, the listener speaks HTTPS only.
+    #[serde(default)]
+    pub tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM).
+    #[serde(default)]
+    pub tls_key: Option<PathBuf>,
+}
+
+fn default_sso_policy() -> String {
+    "default".into()
 }
 
 fn default_listen() -> String {
@@ -129,6 +147,12 @@ pub struct Overrides {
     /// `--audit-log`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub audit_log: Option<String>,
+    /// `--tls-cert`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_cert: Option<PathBuf>,
+    /// `--tls-key`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_key: Option<PathBuf>,
 }
 
 /// A configuration that cannot be used, with the key at fault.
@@ -192,7 +216,18 @@ impl Config {
             ))
         })?;
         self.store_url()?;
-        self.policies()?;
+        let policies = self.policies()?;
+        if policies.get(&self.sso_policy).is_none() {
+            return Err(ConfigError::Invalid(format!(
+                "sso_policy: no policy is named \"{}\" (define [policies.{}])",
+                self.sso_policy, self.sso_policy
+            )));
+        }
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            return Err(ConfigError::Invalid(
+                "tls_cert and tls_key: give both (HTTPS) or neither (plain HTTP)".into(),
+            ));
+        }
         if self.max_data_bytes == 0 || self.max_data_bytes > 1024 * 1024 {
             return Err(ConfigError::Invalid(
                 "max_data_bytes: must be between 1 and 1048576".into(),
@@ -243,6 +278,7 @@ impl Config {
                 reconstitute_window: d(p.reconstitute_window),
                 bind: p.bind,
                 elevation: d(p.elevation),
+                stay_signed_in: p.stay_signed_in,
             };
             resolved.push(
                 Policy::resolve(name, &overrides)

@@ -8,13 +8,14 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
-use axum::Router;
 use clap::{Parser, Subcommand};
 use http_body_util::BodyExt;
 use hyper::{Method, StatusCode};
 use portcullis_core::{
-    AuditSink, Engine, MemoryStore, NoAuditSink, OsRandom, SessionStore, SystemClock,
+    Accounts, AuditSink, Engine, MemoryStore, MemoryUserStore, NoAuditSink, OsRandom, SessionStore,
+    SystemClock, UserStore,
 };
+use portcullis_http::ui::web::{Ui, UiSettings};
 use portcullis_http::{AppState, admin_router, api_router};
 use tower::ServiceExt;
 
@@ -52,7 +53,16 @@ enum Command {
         /// Audit log: `stdout`, `off` or a file path.
         #[arg(long)]
         audit_log: Option<String>,
+        /// TLS certificate chain (PEM); with `--tls-key` the listener speaks HTTPS.
+        #[arg(long)]
+        tls_cert: Option<PathBuf>,
+        /// TLS private key (PEM).
+        #[arg(long)]
+        tls_key: Option<PathBuf>,
     },
+    /// Manage the local accounts people sign in with.
+    #[command(subcommand)]
+    Users(UsersCommand),
     /// Manage sessions.
     #[command(subcommand)]
     Sessions(SessionsCommand),
@@ -91,6 +101,32 @@ enum SessionsCommand {
 }
 
 #[derive(Debug, Subcommand)]
+enum UsersCommand {
+    /// Add an account; the password is read from standard input (first line).
+    Add {
+        /// What the person types to sign in.
+        username: String,
+    },
+    /// List accounts (never their passwords or secrets).
+    List,
+    /// Disable an account and end all its sessions at once.
+    Disable {
+        /// The username.
+        username: String,
+    },
+    /// Enable a disabled account.
+    Enable {
+        /// The username.
+        username: String,
+    },
+    /// Set a new password (read from standard input) and end the account's sessions.
+    SetPassword {
+        /// The username.
+        username: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 enum ApiKeysCommand {
     /// Create a key; its secret is printed once.
     Create {
@@ -115,6 +151,8 @@ enum ConfigCommand {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    // One TLS crypto provider for the whole process.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -140,9 +178,17 @@ async fn run(cli: Cli) -> Result<()> {
         store: cli.store,
         ..Default::default()
     };
-    if let Command::Serve { listen, audit_log } = &cli.command {
+    if let Command::Serve {
+        listen,
+        audit_log,
+        tls_cert,
+        tls_key,
+    } = &cli.command
+    {
         overrides.listen = listen.clone();
         overrides.audit_log = audit_log.clone();
+        overrides.tls_cert = tls_cert.clone();
+        overrides.tls_key = tls_key.clone();
     }
     let config =
         Config::load(cli.config.as_deref(), &overrides).context("invalid configuration")?;
@@ -181,6 +227,7 @@ async fn run(cli: Cli) -> Result<()> {
             print_json(&body);
             Ok(())
         }
+        Command::Users(cmd) => users_command(&config, cmd).await,
         Command::ApiKeys(cmd) => {
             match cmd {
                 ApiKeysCommand::Create { name } => {
@@ -213,6 +260,68 @@ async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
     }
+}
+
+async fn users_command(config: &Config, cmd: UsersCommand) -> Result<()> {
+    let path = |username: &str| format!("/admin/users/{}", encode(username));
+    match cmd {
+        UsersCommand::Add { username } => {
+            let password = read_password()?;
+            let body = serde_json::json!({ "username": username, "password": password });
+            let (_, user) = admin_call(config, Method::POST, "/admin/users", Some(body)).await?;
+            eprintln!(
+                "Added {} ({}).",
+                user["username"].as_str().unwrap_or("?"),
+                user["id"].as_str().unwrap_or("?")
+            );
+        }
+        UsersCommand::List => {
+            let (_, users) = admin_call(config, Method::GET, "/admin/users", None).await?;
+            print_json(&users);
+        }
+        UsersCommand::Disable { username } => {
+            let body = serde_json::json!({ "disabled": true });
+            let (_, user) = admin_call(config, Method::PATCH, &path(&username), Some(body)).await?;
+            eprintln!(
+                "Disabled {username}; {} session(s) ended.",
+                user["sessions_ended"].as_u64().unwrap_or(0)
+            );
+        }
+        UsersCommand::Enable { username } => {
+            let body = serde_json::json!({ "disabled": false });
+            admin_call(config, Method::PATCH, &path(&username), Some(body)).await?;
+            eprintln!("Enabled {username}.");
+        }
+        UsersCommand::SetPassword { username } => {
+            let password = read_password()?;
+            let body = serde_json::json!({ "password": password });
+            let (_, user) = admin_call(config, Method::PATCH, &path(&username), Some(body)).await?;
+            eprintln!(
+                "Set the password of {}; {} session(s) ended.",
+                username,
+                user["sessions_ended"].as_u64().unwrap_or(0)
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The first line of standard input (so a password never appears in the process list).
+fn read_password() -> Result<String> {
+    use std::io::BufRead;
+    if std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+        eprint!("Password (the input is shown; pipe it in to hide it): ");
+    }
+    let mut line = String::new();
+    std::io::stdin()
+        .lock()
+        .read_line(&mut line)
+        .context("cannot read the password from standard input")?;
+    let password = line.trim_end_matches(['\r', '\n']).to_owned();
+    if password.is_empty() {
+        bail!("no password given on standard input");
+    }
+    Ok(password)
 }
 
 fn print_json(value: &serde_json::Value) {
@@ -263,19 +372,29 @@ fn config_check(config: &Config) -> Result<()> {
     Ok(())
 }
 
-fn engine<S: SessionStore>(
+/// Everything a router needs, over an opened store.
+fn app_state<S: SessionStore>(
     store: S,
+    users: Arc<dyn UserStore>,
     config: &Config,
     sink: Arc<dyn AuditSink>,
-) -> Result<Engine<S>> {
-    Ok(Engine::new(
-        store,
-        config.policies()?,
-        Arc::new(SystemClock),
-        Arc::new(OsRandom),
-    )
-    .with_settings(config.engine_settings())
-    .with_sink(sink))
+) -> Result<AppState<S>> {
+    let clock = Arc::new(SystemClock);
+    let random = Arc::new(OsRandom);
+    let engine = Engine::new(store, config.policies()?, clock.clone(), random.clone())
+        .with_settings(config.engine_settings())
+        .with_sink(Arc::clone(&sink));
+    Ok(AppState {
+        engine: Arc::new(engine),
+        accounts: Arc::new(Accounts::new(users, clock, random, sink)),
+        ui: Arc::new(Ui::new(UiSettings {
+            sso_policy: config.sso_policy.clone(),
+            tls: config.tls_cert.is_some(),
+            theme_dir: config.ui_dir.clone(),
+            ..UiSettings::default()
+        })),
+        metrics: None,
+    })
 }
 
 /// Calls the admin API: through the running server's socket when one answers, otherwise
@@ -294,11 +413,12 @@ async fn admin_call(
                 "stdout" => Arc::new(NoAuditSink),
                 other => Arc::new(JsonLinesSink::open(other).context("cannot open the audit log")?),
             };
-            let router = match open_store(config).await? {
-                Opened::Sqlite(store) => local_router(engine(store, config, sink)?),
-                Opened::Memory(store) => local_router(engine(store, config, sink)?),
-                Opened::Postgres(store) => local_router(engine(store, config, sink)?),
-                Opened::Redis(store) => local_router(engine(store, config, sink)?),
+            let (opened, users) = open_store(config).await?;
+            let router = match opened {
+                Opened::Sqlite(store) => admin_router(app_state(store, users, config, sink)?),
+                Opened::Memory(store) => admin_router(app_state(store, users, config, sink)?),
+                Opened::Postgres(store) => admin_router(app_state(store, users, config, sink)?),
+                Opened::Redis(store) => admin_router(app_state(store, users, config, sink)?),
             };
             let request = hyper::Request::builder()
                 .method(method)
@@ -327,13 +447,6 @@ async fn admin_call(
     Ok((status, value))
 }
 
-fn local_router<S: SessionStore>(engine: Engine<S>) -> Router {
-    admin_router(AppState {
-        engine: Arc::new(engine),
-        metrics: None,
-    })
-}
-
 enum Opened {
     Sqlite(portcullis_store_sqlite::SqliteStore),
     Memory(MemoryStore),
@@ -341,20 +454,31 @@ enum Opened {
     Redis(portcullis_store_redis::RedisStore),
 }
 
-async fn open_store(config: &Config) -> Result<Opened> {
+/// Opens the session store and, in the same backend, the accounts: one place holds both, so
+/// every node behind a shared store sees the same people.
+async fn open_store(config: &Config) -> Result<(Opened, Arc<dyn UserStore>)> {
     Ok(match config.store_url()? {
         StoreUrl::Sqlite(path) => {
             if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
                 create_private_dir(dir)?;
             }
-            Opened::Sqlite(portcullis_store_sqlite::open(&path).await?)
+            let store = portcullis_store_sqlite::open(&path).await?;
+            let users = Arc::new(store.journal().users());
+            (Opened::Sqlite(store), users)
         }
-        StoreUrl::Memory => Opened::Memory(MemoryStore::new()),
+        StoreUrl::Memory => (
+            Opened::Memory(MemoryStore::new()),
+            Arc::new(MemoryUserStore::new()),
+        ),
         StoreUrl::Postgres(url) => {
-            Opened::Postgres(portcullis_store_postgres::PostgresStore::connect_url(&url).await?)
+            let store = portcullis_store_postgres::PostgresStore::connect_url(&url).await?;
+            let users = Arc::new(store.users());
+            (Opened::Postgres(store), users)
         }
         StoreUrl::Redis(url) => {
-            Opened::Redis(portcullis_store_redis::RedisStore::connect(&url).await?)
+            let store = portcullis_store_redis::RedisStore::connect(&url).await?;
+            let users = Arc::new(store.users());
+            (Opened::Redis(store), users)
         }
     })
 }
@@ -386,23 +510,23 @@ async fn serve(config: Config) -> Result<()> {
     }
     let sink: Arc<dyn AuditSink> =
         Arc::new(JsonLinesSink::open(&config.audit_log).context("cannot open the audit log")?);
-    match open_store(&config).await? {
-        Opened::Sqlite(store) => run_server(engine(store, &config, sink)?, &config).await,
-        Opened::Memory(store) => run_server(engine(store, &config, sink)?, &config).await,
-        Opened::Postgres(store) => run_server(engine(store, &config, sink)?, &config).await,
-        Opened::Redis(store) => run_server(engine(store, &config, sink)?, &config).await,
+    let (opened, users) = open_store(&config).await?;
+    match opened {
+        Opened::Sqlite(store) => run_server(app_state(store, users, &config, sink)?, &config).await,
+        Opened::Memory(store) => run_server(app_state(store, users, &config, sink)?, &config).await,
+        Opened::Postgres(store) => {
+            run_server(app_state(store, users, &config, sink)?, &config).await
+        }
+        Opened::Redis(store) => run_server(app_state(store, users, &config, sink)?, &config).await,
     }
 }
 
-async fn run_server<S: SessionStore>(engine: Engine<S>, config: &Config) -> Result<()> {
+async fn run_server<S: SessionStore>(mut state: AppState<S>, config: &Config) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
     let recorder = metrics_exporter_prometheus::PrometheusBuilder::new()
         .install_recorder()
         .context("cannot install the metrics recorder")?;
-    let state = AppState {
-        engine: Arc::new(engine),
-        metrics: Some(Arc::new(move || recorder.render())),
-    };
+    state.metrics = Some(Arc::new(move || recorder.render()));
     let listener = tokio::net::TcpListener::bind(&config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
@@ -435,12 +559,48 @@ async fn run_server<S: SessionStore>(engine: Engine<S>, config: &Config) -> Resu
     let wait = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
     };
-    let api = axum::serve(listener, api_router(state.clone()))
+    let app =
+        api_router(state.clone()).into_make_service_with_connect_info::<std::net::SocketAddr>();
+    let api = async {
+        match (&config.tls_cert, &config.tls_key) {
+            (Some(cert), Some(key)) => {
+                let tls = axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key)
+                    .await
+                    .with_context(|| {
+                        format!(
+                            "cannot read the TLS certificate {} or key {}",
+                            cert.display(),
+                            key.display()
+                        )
+                    })?;
+                let handle = axum_server::Handle::new();
+                let stopper = handle.clone();
+                let stop = wait(stop_rx.clone());
+                tokio::spawn(async move {
+                    stop.await;
+                    stopper.graceful_shutdown(Some(std::time::Duration::from_secs(10)));
+                });
+                axum_server::from_tcp_rustls(listener.into_std()?, tls)?
+                    .handle(handle)
+                    .serve(app)
+                    .await
+                    .context("the HTTPS server failed")
+            }
+            _ => axum::serve(listener, app)
+                .with_graceful_shutdown(wait(stop_rx.clone()))
+                .await
+                .context("the API server failed"),
+        }
+    };
+    let admin_server = axum::serve(admin, admin_router(state.clone()))
         .with_graceful_shutdown(wait(stop_rx.clone()));
-    let admin_server =
-        axum::serve(admin, admin_router(state.clone())).with_graceful_shutdown(wait(stop_rx));
+    let scheme = if config.tls_cert.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     eprintln!(
-        "portcullis listening on http://{} (store: {:?}, admin socket: {})",
+        "portcullis listening on {scheme}://{} (store: {:?}, admin socket: {})",
         config.listen,
         config.store_url()?,
         socket.display()
@@ -450,7 +610,7 @@ async fn run_server<S: SessionStore>(engine: Engine<S>, config: &Config) -> Resu
         let _ = stop_tx.send(true);
     });
     let (a, b) = tokio::join!(api, admin_server);
-    a.context("the API server failed")?;
+    a?;
     b.context("the admin socket failed")?;
     sweeper.abort();
     if let Err(err) = state.engine.store().flush().await {

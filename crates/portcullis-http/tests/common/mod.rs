@@ -85,8 +85,16 @@ impl TestServer {
             Arc::new(OsRandom),
         ));
         let (secret, _) = engine.create_api_key("test", &Actor::cli()).await.unwrap();
+        let accounts = portcullis_core::Accounts::new(
+            Arc::new(portcullis_core::MemoryUserStore::new()),
+            clock.clone(),
+            Arc::new(OsRandom),
+            Arc::new(portcullis_core::NoAuditSink),
+        );
         let state = AppState {
             engine: Arc::clone(&engine),
+            accounts: Arc::new(accounts),
+            ui: Arc::new(portcullis_http::ui::web::Ui::new(Default::default())),
             metrics: None,
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

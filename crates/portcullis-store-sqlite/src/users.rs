@@ -1,0 +1,103 @@
+//! Local accounts in the same SQLite file as the sessions.
+
+use portcullis_core::{User, UserFuture, UserStore, UserStoreError};
+use sqlx::{Row, SqlitePool};
+
+/// The accounts table of the embedded store (see [`crate::SqliteJournal::users`]).
+#[derive(Debug, Clone)]
+pub struct SqliteUserStore {
+    pool: SqlitePool,
+}
+
+impl SqliteUserStore {
+    pub(crate) fn new(pool: SqlitePool) -> Self {
+        Self { pool }
+    }
+}
+
+fn unavailable(err: sqlx::Error) -> UserStoreError {
+    UserStoreError::Unavailable(err.to_string())
+}
+
+fn decode(body: &str) -> Result<User, UserStoreError> {
+    serde_json::from_str(body).map_err(|e| UserStoreError::Corrupt(e.to_string()))
+}
+
+fn encode(user: &User) -> Result<String, UserStoreError> {
+    serde_json::to_string(user).map_err(|e| UserStoreError::Corrupt(e.to_string()))
+}
+
+fn version(user: &User) -> i64 {
+    i64::try_from(user.version).unwrap_or(i64::MAX)
+}
+
+impl UserStore for SqliteUserStore {
+    fn add_user<'a>(&'a self, user: &'a User) -> UserFuture<'a, ()> {
+        Box::pin(async move {
+            let inserted = sqlx::query(
+                "INSERT INTO users (id, username, version, body) VALUES (?, ?, ?, ?) \
+                 ON CONFLICT DO NOTHING",
+            )
+            .bind(&user.id)
+            .bind(&user.username)
+            .bind(version(user))
+            .bind(encode(user)?)
+            .execute(&self.pool)
+            .await
+            .map_err(unavailable)?;
+            if inserted.rows_affected() == 0 {
+                return Err(UserStoreError::Exists);
+            }
+            Ok(())
+        })
+    }
+
+    fn user_by_name<'a>(&'a self, username: &'a str) -> UserFuture<'a, Option<User>> {
+        Box::pin(async move {
+            let row = sqlx::query("SELECT body FROM users WHERE username = ?")
+                .bind(username)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(unavailable)?;
+            row.map(|r| decode(r.get::<&str, _>(0))).transpose()
+        })
+    }
+
+    fn user_by_id<'a>(&'a self, id: &'a str) -> UserFuture<'a, Option<User>> {
+        Box::pin(async move {
+            let row = sqlx::query("SELECT body FROM users WHERE id = ?")
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(unavailable)?;
+            row.map(|r| decode(r.get::<&str, _>(0))).transpose()
+        })
+    }
+
+    fn list_users(&self) -> UserFuture<'_, Vec<User>> {
+        Box::pin(async move {
+            let rows = sqlx::query("SELECT body FROM users ORDER BY username")
+                .fetch_all(&self.pool)
+                .await
+                .map_err(unavailable)?;
+            rows.iter().map(|r| decode(r.get::<&str, _>(0))).collect()
+        })
+    }
+
+    fn replace_user<'a>(&'a self, next: &'a User) -> UserFuture<'a, bool> {
+        Box::pin(async move {
+            let updated = sqlx::query(
+                "UPDATE users SET username = ?, version = ?, body = ? WHERE id = ? AND version = ?",
+            )
+            .bind(&next.username)
+            .bind(version(next))
+            .bind(encode(next)?)
+            .bind(&next.id)
+            .bind(version(next) - 1)
+            .execute(&self.pool)
+            .await
+            .map_err(unavailable)?;
+            Ok(updated.rows_affected() == 1)
+        })
+    }
+}
