@@ -207,3 +207,146 @@ fn invalid_configuration_is_refused_with_the_key_named() {
         .unwrap();
     assert!(String::from_utf8_lossy(&out.stderr).contains("listen:"));
 }
+
+/// Runs the CLI with `input` on standard input (how passwords are given).
+fn cli_with_input(dir: &std::path::Path, args: &[&str], input: &str) -> std::process::Output {
+    use std::io::Write;
+    let mut child = Command::new(BIN)
+        .arg("--data-dir")
+        .arg(dir)
+        .args(args)
+        .env_remove("PORTCULLIS_CONFIG")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+#[tokio::test]
+async fn asvs5_7_4_2_users_cli_and_disabling_ends_every_session_at_once() {
+    let dir = data_dir();
+    let server = Server::start(&dir).await;
+    let key = create_key(&dir, "shop");
+    let password = "a long enough passphrase";
+    let out = cli_with_input(&dir, &["users", "add", "Alice"], &format!("{password}\n"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let weak = cli_with_input(&dir, &["users", "add", "bob"], "password\n");
+    assert!(!weak.status.success());
+    assert!(String::from_utf8_lossy(&weak.stderr).contains("weak_password"));
+    let taken = cli_with_input(&dir, &["users", "add", "alice"], &format!("{password}\n"));
+    assert!(String::from_utf8_lossy(&taken.stderr).contains("user_exists"));
+
+    let out = cli(&dir, &["users", "list"]);
+    let listed = String::from_utf8_lossy(&out.stdout).into_owned();
+    let users: Value = serde_json::from_str(&listed).unwrap();
+    assert_eq!(users["users"].as_array().unwrap().len(), 1);
+    assert_eq!(users["users"][0]["username"], "alice");
+    assert!(!listed.contains("argon2") && !listed.contains(password));
+    let id = users["users"][0]["id"].as_str().unwrap().to_owned();
+
+    let (first, _) = server.create(&key, &id).await;
+    let (second, _) = server.create(&key, &id).await;
+    let out = cli(&dir, &["users", "disable", "alice"]);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("2 session(s) ended"));
+    for token in [&first, &second] {
+        let (status, problem) = server.validate(&key, token).await;
+        assert_eq!(
+            (status, problem["ended_reason"].as_str()),
+            (401, Some("revoked_admin"))
+        );
+    }
+    assert!(cli(&dir, &["users", "enable", "alice"]).status.success());
+    let (third, _) = server.create(&key, &id).await;
+    let reset = cli_with_input(
+        &dir,
+        &["users", "set-password", "alice"],
+        "another long passphrase\n",
+    );
+    assert!(reset.status.success());
+    let (status, problem) = server.validate(&key, &third).await;
+    assert_eq!(
+        (status, problem["ended_reason"].as_str()),
+        (401, Some("password_changed"))
+    );
+    server.stop();
+
+    let log = std::fs::read_to_string(dir.join("audit.log")).unwrap();
+    for kind in [
+        "user.created",
+        "user.disabled",
+        "user.enabled",
+        "user.password_changed",
+    ] {
+        assert!(log.contains(kind), "{kind} in the audit log");
+    }
+    assert!(!log.contains(password) && !log.contains("argon2"));
+}
+
+#[tokio::test]
+async fn owasp_sm_5_serve_speaks_https_with_a_certificate() {
+    let dir = data_dir();
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    std::fs::write(dir.join("cert.pem"), cert.cert.pem()).unwrap();
+    std::fs::write(dir.join("key.pem"), cert.signing_key.serialize_pem()).unwrap();
+    let port = common::free_port();
+    let mut child = Command::new(BIN)
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .arg("--data-dir")
+        .arg(&dir)
+        .args(["--audit-log", "off", "--store", "memory://"])
+        .arg("--tls-cert")
+        .arg(dir.join("cert.pem"))
+        .arg("--tls-key")
+        .arg(dir.join("key.pem"))
+        .env_remove("PORTCULLIS_CONFIG")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let curl = |url: String| {
+        Command::new("curl")
+            .args(["-sk", "-D", "-", "--max-time", "5"])
+            .arg(url)
+            .output()
+            .unwrap()
+    };
+    let started = std::time::Instant::now();
+    let answer = loop {
+        let out = curl(format!("https://localhost:{port}/login"));
+        if out.status.success() {
+            break String::from_utf8_lossy(&out.stdout).into_owned();
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(20),
+            "no HTTPS answer"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert!(
+        answer.starts_with("HTTP/2 200") || answer.starts_with("HTTP/1.1 200"),
+        "{answer}"
+    );
+    assert!(
+        answer
+            .to_lowercase()
+            .contains("strict-transport-security: max-age=")
+    );
+    let plain = curl(format!("http://localhost:{port}/healthz"));
+    assert!(!String::from_utf8_lossy(&plain.stdout).contains("200 OK"));
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
