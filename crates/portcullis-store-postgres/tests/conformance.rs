@@ -50,3 +50,9 @@ async fn fresh() -> PostgresStore {
 }
 
 portcullis_store_tests::store_conformance!(fresh());
+
+#[tokio::test]
+async fn user_store_contract() {
+    let store = fresh().await;
+    portcullis_store_tests::users::user_store_contract(std::sync::Arc::new(store.users())).await;
+}

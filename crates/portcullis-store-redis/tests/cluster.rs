@@ -22,3 +22,9 @@ async fn fresh() -> RedisStore {
 }
 
 portcullis_store_tests::store_conformance!(fresh());
+
+#[tokio::test]
+async fn user_store_contract_on_cluster() {
+    let store = fresh().await;
+    portcullis_store_tests::users::user_store_contract(std::sync::Arc::new(store.users())).await;
+}

@@ -111,3 +111,9 @@ async fn indexes_never_keep_entries_of_sessions_redis_expired() {
         .unwrap();
     assert_eq!(left, 0);
 }
+
+#[tokio::test]
+async fn user_store_contract() {
+    let store = fresh().await;
+    portcullis_store_tests::users::user_store_contract(std::sync::Arc::new(store.users())).await;
+}

@@ -11,3 +11,12 @@ async fn fresh() -> SqliteStore {
 }
 
 portcullis_store_tests::store_conformance!(fresh());
+
+#[tokio::test]
+async fn user_store_contract() {
+    let store = fresh().await;
+    portcullis_store_tests::users::user_store_contract(std::sync::Arc::new(
+        store.journal().users(),
+    ))
+    .await;
+}

@@ -11,6 +11,7 @@
 pub mod lifecycle;
 pub mod model;
 pub mod store;
+pub mod users;
 
 use std::sync::Arc;
 use std::time::Duration;
