@@ -113,5 +113,74 @@ fn wire(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, tokens, memory, sqlite, wire);
+/// The whole API router in process (no sockets): what one `POST /v1/sessions/validate` costs in
+/// the HTTP layer (API key, JSON in and out, headers), next to a router that only answers "ok".
+fn router(c: &mut Criterion) {
+    use axum::body::Body;
+    use tower::ServiceExt;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (engine, clock) = engine(MemoryStore::new());
+    let engine = std::sync::Arc::new(engine);
+    let actor = Actor("bench".into());
+    let (key, _) = runtime
+        .block_on(engine.create_api_key("bench", &actor))
+        .unwrap();
+    let mut request = new_session("alice");
+    request.data = serde_json::json!({"cart": [1, 2, 3]});
+    let issued = runtime.block_on(engine.create(request, &actor)).unwrap();
+    let accounts = portcullis_core::Accounts::new(
+        std::sync::Arc::new(portcullis_core::MemoryUserStore::new()),
+        clock,
+        std::sync::Arc::new(OsRandom),
+        std::sync::Arc::new(portcullis_core::NoAuditSink),
+    );
+    let app =
+        portcullis_http::api_router(portcullis_http::AppState::new(portcullis_http::Services {
+            engine,
+            accounts: std::sync::Arc::new(accounts),
+            ui: std::sync::Arc::new(portcullis_http::ui::web::Ui::new(Default::default())),
+            metrics: None,
+        }));
+    let body = format!(r#"{{"token":"{}"}}"#, issued.token.expose());
+    let authorization = format!("Bearer {}", key.expose());
+    let validate = || {
+        axum::http::Request::post("/v1/sessions/validate")
+            .header("content-type", "application/json")
+            .header("authorization", &authorization)
+            .body(Body::from(body.clone()))
+            .unwrap()
+    };
+    let answer = runtime.block_on(app.clone().oneshot(validate())).unwrap();
+    assert_eq!(answer.status(), 200);
+    c.bench_function("router/validate", |b| {
+        b.iter(|| {
+            runtime.block_on(async {
+                let answer = app.clone().oneshot(validate()).await.unwrap();
+                axum::body::to_bytes(answer.into_body(), usize::MAX)
+                    .await
+                    .unwrap()
+            })
+        })
+    });
+    let ok = axum::Router::new().route("/", axum::routing::get(|| async { "ok" }));
+    c.bench_function("router/ok", |b| {
+        b.iter(|| {
+            runtime.block_on(async {
+                let answer = ok
+                    .clone()
+                    .oneshot(axum::http::Request::get("/").body(Body::empty()).unwrap())
+                    .await
+                    .unwrap();
+                axum::body::to_bytes(answer.into_body(), usize::MAX)
+                    .await
+                    .unwrap()
+            })
+        })
+    });
+}
+
+criterion_group!(benches, tokens, memory, sqlite, wire, router);
 criterion_main!(benches);

@@ -14,9 +14,9 @@ pub mod wire;
 
 use std::sync::Arc;
 
-use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::extract::{DefaultBodyLimit, FromRequestParts, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderValue, StatusCode, header};
-use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, patch, post, put};
 use axum::{Extension, Json, Router};
@@ -31,8 +31,11 @@ use crate::wire::StatusView;
 /// Renders the Prometheus exposition text.
 pub type MetricsRenderer = Arc<dyn Fn() -> String + Send + Sync>;
 
-/// What every handler shares.
-pub struct AppState<S> {
+/// What every handler shares: one pointer, so handing it to a handler costs one atomic add.
+pub struct AppState<S>(Arc<Services<S>>);
+
+/// The services behind [`AppState`].
+pub struct Services<S> {
     /// The session engine.
     pub engine: Arc<Engine<S>>,
     /// Local accounts and their credentials.
@@ -43,20 +46,60 @@ pub struct AppState<S> {
     pub metrics: Option<MetricsRenderer>,
 }
 
-impl<S> Clone for AppState<S> {
-    fn clone(&self) -> Self {
-        Self {
-            engine: Arc::clone(&self.engine),
-            accounts: Arc::clone(&self.accounts),
-            ui: Arc::clone(&self.ui),
-            metrics: self.metrics.clone(),
-        }
+impl<S> AppState<S> {
+    /// Shares `services` with every handler.
+    pub fn new(services: Services<S>) -> Self {
+        Self(Arc::new(services))
     }
 }
 
-/// Who is calling, as the audit trail records it; set by the authentication layer.
+impl<S> std::ops::Deref for AppState<S> {
+    type Target = Services<S>;
+
+    fn deref(&self) -> &Services<S> {
+        &self.0
+    }
+}
+
+impl<S> Clone for AppState<S> {
+    fn clone(&self) -> Self {
+        Self(Arc::clone(&self.0))
+    }
+}
+
+/// Who is calling, as the audit trail records it.
+///
+/// As an extractor it is the API-key check of API v1: every v1 handler takes it first, so a
+/// request without a valid key is refused before its body is read. On the admin socket the
+/// router has already set it (the socket's permissions are the credential).
 #[derive(Debug, Clone)]
 pub struct Caller(pub Actor);
+
+impl<S: SessionStore> FromRequestParts<AppState<S>> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState<S>,
+    ) -> Result<Self, Self::Rejection> {
+        if let Some(caller) = parts.extensions.get::<Caller>() {
+            return Ok(caller.clone());
+        }
+        let presented = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, credentials)| credentials.trim())
+            .ok_or(ApiError::MissingApiKey)?;
+        match state.engine.authenticate_api_key(presented).await {
+            Ok(Some(key)) => Ok(Caller(Actor::api_key(&key.id))),
+            Ok(None) => Err(ApiError::InvalidApiKey),
+            Err(err) => Err(ApiError::from(err)),
+        }
+    }
+}
 
 /// Bodies larger than the data limit plus room for the rest of a request are refused early.
 fn body_limit<S: SessionStore>(state: &AppState<S>) -> usize {
@@ -90,32 +133,36 @@ fn ops_routes<S: SessionStore>() -> Router<AppState<S>> {
         .route("/openapi.json", get(openapi_json))
 }
 
+/// The layers every answer passes, applied once around the whole router (a layer on a
+/// `Router` would wrap each route separately, at a cost on every request).
 fn finish<S: SessionStore>(router: Router<AppState<S>>, state: AppState<S>) -> Router {
     let limit = body_limit(&state);
-    router
+    let routes = router
         .fallback(|| async { ApiError::NoRoute })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
-        .layer(DefaultBodyLimit::max(limit))
+        .with_state(state);
+    let layered = tower::ServiceBuilder::new()
+        .layer(CatchPanicLayer::custom(|_| {
+            ApiError::Internal.into_response()
+        }))
         // ASVS5-14.3.2: answers carry tokens and personal data; nothing may cache them.
         .layer(SetResponseHeaderLayer::if_not_present(
             header::CACHE_CONTROL,
             HeaderValue::from_static("no-store"),
         ))
-        .layer(CatchPanicLayer::custom(|_| {
-            ApiError::Internal.into_response()
-        }))
-        .with_state(state)
+        .layer(DefaultBodyLimit::max(limit))
+        .service(routes);
+    Router::new().fallback_service(layered)
 }
 
 /// The public listener: v1 behind API keys, the ops endpoints and the sign-in and account
 /// pages.
 pub fn api_router<S: SessionStore>(state: AppState<S>) -> Router {
-    let v1 = v1_routes::<S>().route_layer(middleware::from_fn_with_state(
-        state.clone(),
-        require_api_key::<S>,
-    ));
     let pages = ui::routes(&state);
-    finish(v1.merge(ops_routes::<S>()).merge(pages), state)
+    finish(
+        v1_routes::<S>().merge(ops_routes::<S>()).merge(pages),
+        state,
+    )
 }
 
 /// The local admin API, served only on the data directory's Unix socket: v1 without API keys
@@ -137,33 +184,6 @@ pub fn admin_router<S: SessionStore>(state: AppState<S>) -> Router {
         .merge(admin)
         .layer(Extension(Caller(Actor::cli())));
     finish(routes.merge(ops_routes::<S>()), state)
-}
-
-async fn require_api_key<S: SessionStore>(
-    State(state): State<AppState<S>>,
-    mut request: Request,
-    next: Next,
-) -> Response {
-    let presented = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split_once(' '))
-        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-        .map(|(_, credentials)| credentials.trim());
-    let Some(presented) = presented else {
-        return ApiError::MissingApiKey.into_response();
-    };
-    match state.engine.authenticate_api_key(presented).await {
-        Ok(Some(key)) => {
-            request
-                .extensions_mut()
-                .insert(Caller(Actor::api_key(&key.id)));
-            next.run(request).await
-        }
-        Ok(None) => ApiError::InvalidApiKey.into_response(),
-        Err(err) => ApiError::from(err).into_response(),
-    }
 }
 
 async fn healthz() -> Json<StatusView> {

@@ -436,6 +436,53 @@ async fn api_keys_are_required_and_checked() {
     }
 }
 
+/// Every route of API v1 refuses a caller without a key before it reads the request: the key
+/// check is an extractor each v1 handler takes first, so one left out would show here.
+#[tokio::test]
+async fn every_v1_route_refuses_a_caller_without_a_key() {
+    let s = TestServer::start().await;
+    let (token, id) = s.create("alice", "default").await;
+    let routes = [
+        ("POST", "/v1/sessions".to_owned()),
+        ("POST", "/v1/sessions/validate".to_owned()),
+        ("POST", "/v1/sessions/rotate".to_owned()),
+        ("POST", "/v1/sessions/elevate".to_owned()),
+        ("POST", "/v1/sessions/logout".to_owned()),
+        ("GET", format!("/v1/sessions/{id}")),
+        ("DELETE", format!("/v1/sessions/{id}")),
+        ("PUT", format!("/v1/sessions/{id}/data")),
+        ("GET", "/v1/subjects/alice/sessions".to_owned()),
+        ("DELETE", "/v1/subjects/alice/sessions".to_owned()),
+        ("GET", "/v1/events".to_owned()),
+    ];
+    for (method, path) in routes {
+        for key in [
+            None,
+            Some("pck_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"),
+        ] {
+            let mut request = s
+                .http
+                .request(method.parse().unwrap(), s.url(&path))
+                .json(&json!({"token": token, "subject": "alice"}));
+            if let Some(key) = key {
+                request = request.bearer_auth(key);
+            }
+            let response = request.send().await.unwrap();
+            assert_eq!(response.status(), 401, "{method} {path} with {key:?}");
+            let body: serde_json::Value = response.json().await.unwrap();
+            let expected = if key.is_some() {
+                "invalid_api_key"
+            } else {
+                "missing_api_key"
+            };
+            assert_eq!(body["reason"], expected, "{method} {path}");
+        }
+    }
+    // Nothing above reached the session.
+    let (status, _) = s.validate(&token).await;
+    assert_eq!(status, 200);
+}
+
 #[tokio::test]
 async fn asvs5_14_3_2_answers_are_not_cacheable() {
     let s = TestServer::start().await;

@@ -16,7 +16,7 @@ use portcullis_core::{
     SystemClock, UserStore,
 };
 use portcullis_http::ui::web::{Ui, UiSettings};
-use portcullis_http::{AppState, admin_router, api_router};
+use portcullis_http::{AppState, Services, admin_router, api_router};
 use tower::ServiceExt;
 
 use crate::admin_client::AdminClient;
@@ -384,7 +384,7 @@ fn app_state<S: SessionStore>(
     let engine = Engine::new(store, config.policies()?, clock.clone(), random.clone())
         .with_settings(config.engine_settings())
         .with_sink(Arc::clone(&sink));
-    Ok(AppState {
+    Ok(AppState::new(Services {
         engine: Arc::new(engine),
         accounts: Arc::new(Accounts::new(users, clock, random, sink)),
         ui: Arc::new(Ui::new(UiSettings {
@@ -394,7 +394,7 @@ fn app_state<S: SessionStore>(
             ..UiSettings::default()
         })),
         metrics: None,
-    })
+    }))
 }
 
 /// Calls the admin API: through the running server's socket when one answers, otherwise

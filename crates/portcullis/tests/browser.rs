@@ -19,7 +19,7 @@ use portcullis_core::{
     Policy, PolicyOverrides, PolicySet, Timestamp, UserStore,
 };
 use portcullis_http::ui::web::{Ui, UiSettings};
-use portcullis_http::{AppState, api_router};
+use portcullis_http::{AppState, Services, api_router};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -184,7 +184,7 @@ async fn pages_in_chromium() {
         Arc::new(OsRandom),
         Arc::new(NoAuditSink),
     ));
-    let state = AppState {
+    let state = AppState::new(Services {
         engine: Arc::clone(&engine),
         accounts: Arc::clone(&accounts),
         ui: Arc::new(Ui::new(UiSettings {
@@ -192,7 +192,7 @@ async fn pages_in_chromium() {
             ..UiSettings::default()
         })),
         metrics: None,
-    };
+    });
     let addr = serve_https(api_router(state), data.path()).await;
     let control_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let control_addr = control_listener.local_addr().unwrap();

@@ -9,7 +9,7 @@ use portcullis_core::{
     MemoryJournal, OnLimit, OsRandom, Policy, PolicyOverrides, PolicySet, Snapshot, StoreError,
     Touch,
 };
-use portcullis_http::{AppState, api_router};
+use portcullis_http::{AppState, Services, api_router};
 use serde_json::{Value, json};
 
 /// A memory journal that can be switched off, to see the API fail closed.
@@ -91,12 +91,12 @@ impl TestServer {
             Arc::new(OsRandom),
             Arc::new(portcullis_core::NoAuditSink),
         );
-        let state = AppState {
+        let state = AppState::new(Services {
             engine: Arc::clone(&engine),
             accounts: Arc::new(accounts),
             ui: Arc::new(portcullis_http::ui::web::Ui::new(Default::default())),
             metrics: None,
-        };
+        });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         tokio::spawn(async move { axum::serve(listener, api_router(state)).await.unwrap() });
