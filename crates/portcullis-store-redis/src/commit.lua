@@ -1,21 +1,38 @@
 -- Applies one change atomically if what it was planned from is unchanged.
 -- KEYS: every key the change touches (all share one hash tag, so one slot).
--- ARGV[1]: JSON {"checks": [[cmd, key, field, expected], ...], "ops": [[command, args...], ...]}
---   a check is ["hget", key, field, value] or ["get", key, "", value]; a missing value reads as "".
+-- ARGV: n, then n checks of three arguments each, then the operations, each as its length
+--   followed by the command and its arguments (values may be binary).
+-- A check is ("version", key, v): the session record at key has version v ("" = no record);
+--   ("live", key, ""): the record is live; ("get", key, v): GET key is v (missing reads as "").
+-- The record header is described in record.rs: live at byte 1, version at bytes 2-9.
 -- Returns 0 when a check fails (nothing written), else the ids of the XADDs, in order.
-local plan = cjson.decode(ARGV[1])
-for _, check in ipairs(plan.checks) do
-  local actual
-  if check[1] == 'hget' then
-    actual = redis.call('HGET', check[2], check[3])
+local n = tonumber(ARGV[1])
+local at = 2
+for _ = 1, n do
+  local kind, key, expected = ARGV[at], ARGV[at + 1], ARGV[at + 2]
+  at = at + 3
+  if kind == 'get' then
+    local actual = redis.call('GET', key) or ''
+    if actual ~= expected then return 0 end
   else
-    actual = redis.call('GET', check[2])
+    local header = redis.call('GETRANGE', key, 0, 9)
+    if kind == 'version' then
+      if header == '' then
+        if expected ~= '' then return 0 end
+      elseif expected == '' or struct.unpack('>i8', header, 3) ~= tonumber(expected) then
+        return 0
+      end
+    elseif header == '' or string.byte(header, 2) ~= 1 then
+      return 0
+    end
   end
-  if not actual then actual = '' end
-  if actual ~= check[4] then return 0 end
 end
 local ids = {}
-for _, op in ipairs(plan.ops) do
+while at <= #ARGV do
+  local len = tonumber(ARGV[at])
+  local op = {}
+  for i = 1, len do op[i] = ARGV[at + i] end
+  at = at + len + 1
   local reply = redis.call(unpack(op))
   if op[1] == 'XADD' then ids[#ids + 1] = reply end
 end

@@ -4,7 +4,8 @@
 //! **Key design.** Everything about one subject lives under one hash tag, the subject's route
 //! (`{a3}`, one of 256, see [`portcullis_core::subject_route`]); the engine issues tokens whose
 //! SHA-256 starts with that route byte and session ids that carry it, so a validation finds its
-//! session in one round trip (`HMGET pc:{a3}:s:<token hash>`), and every multi-key change —
+//! session in one round trip (`GET pc:{a3}:s:<token hash>`, a compact binary record, see
+//! [`record`]), and every multi-key change —
 //! limits, rotation, "end all but one", cascades — is one Lua script on one slot.
 //!
 //! **Changes** are planned in Rust with the same rules as every store (`portcullis_core::plan`)
@@ -40,6 +41,7 @@ const ATTEMPTS: usize = 200;
 /// The event-stream index of the API-key tag (session tags are 0–255).
 const KEY_TAG_INDEX: u64 = 256;
 
+mod record;
 mod users;
 
 pub use users::RedisUserStore;
@@ -89,13 +91,12 @@ fn corrupt(err: impl std::fmt::Display) -> StoreError {
 }
 
 /// One change: what must still hold, and what to write.
-#[derive(Default, serde::Serialize)]
+#[derive(Default)]
 struct Plan {
-    checks: Vec<[String; 4]>,
-    ops: Vec<Vec<String>>,
-    #[serde(skip)]
+    /// `[kind, key, expected]`; see `commit.lua`.
+    checks: Vec<[String; 3]>,
+    ops: Vec<Vec<Vec<u8>>>,
     keys: BTreeSet<String>,
-    #[serde(skip)]
     events: Vec<(u64, AuditEvent)>,
 }
 
@@ -105,19 +106,48 @@ impl Plan {
             self.keys.insert((*key).to_owned());
         }
         self.ops
-            .push(parts.iter().map(|p| (*p).to_owned()).collect());
+            .push(parts.iter().map(|p| p.as_bytes().to_vec()).collect());
     }
 
-    fn check_hash(&mut self, key: &str, field: &str, expected: &str) {
+    /// `SET key value` with a binary value.
+    fn set(&mut self, key: &str, value: Vec<u8>) {
+        self.keys.insert(key.to_owned());
+        self.ops
+            .push(vec![b"SET".to_vec(), key.as_bytes().to_vec(), value]);
+    }
+
+    /// The session record at `key` has `version` ("" = there is no record).
+    fn check_version(&mut self, key: &str, version: &str) {
         self.keys.insert(key.to_owned());
         self.checks
-            .push(["hget".into(), key.into(), field.into(), expected.into()]);
+            .push(["version".into(), key.into(), version.into()]);
+    }
+
+    /// The session record at `key` is live.
+    fn check_live(&mut self, key: &str) {
+        self.keys.insert(key.to_owned());
+        self.checks
+            .push(["live".into(), key.into(), String::new()]);
     }
 
     fn check_value(&mut self, key: &str, expected: &str) {
         self.keys.insert(key.to_owned());
         self.checks
-            .push(["get".into(), key.into(), String::new(), expected.into()]);
+            .push(["get".into(), key.into(), expected.into()]);
+    }
+
+    /// The script's arguments: the checks, then each operation with its length first.
+    fn args(&self) -> Vec<Vec<u8>> {
+        let mut args = Vec::with_capacity(1 + self.checks.len() * 3 + self.ops.len() * 4);
+        args.push(self.checks.len().to_string().into_bytes());
+        for check in &self.checks {
+            args.extend(check.iter().map(|part| part.as_bytes().to_vec()));
+        }
+        for op in &self.ops {
+            args.push(op.len().to_string().into_bytes());
+            args.extend(op.iter().cloned());
+        }
+        args
     }
 }
 
@@ -187,11 +217,11 @@ impl RedisStore {
         .map_err(unavailable)
     }
 
-    async fn script<T: FromRedisValue>(
+    async fn script<T: FromRedisValue, A: redis::ToRedisArgs>(
         &self,
         script: &Script,
         keys: &[String],
-        args: &[String],
+        args: &[A],
     ) -> Result<T, StoreError> {
         let mut invocation = script.prepare_invoke();
         for key in keys {
@@ -239,21 +269,13 @@ impl RedisStore {
         self.key(&tag_of(route), "c", parent.as_str())
     }
 
-    async fn read(&self, key: &str) -> Result<Option<Session>, StoreError> {
-        let (body, seen, idle): (Option<String>, Option<i64>, Option<String>) = self
-            .query(redis::cmd("HMGET").arg(key).arg("b").arg("s").arg("i"))
+    async fn read(&self, hash: &TokenHash) -> Result<Option<Session>, StoreError> {
+        let record: Option<Vec<u8>> = self
+            .query(redis::cmd("GET").arg(self.session_key(hash)))
             .await?;
-        let (Some(body), Some(seen)) = (body, seen) else {
-            return Ok(None);
-        };
-        let mut session: Session = serde_json::from_str(&body).map_err(corrupt)?;
-        session.last_seen_at = Timestamp::from_millis(seen);
-        if let (Some(deadline), Some(Ok(at))) =
-            (session.idle.as_mut(), idle.map(|i| i.parse::<i64>()))
-        {
-            deadline.at = Timestamp::from_millis(at);
-        }
-        Ok(Some(session))
+        record
+            .map(|bytes| record::decode(*hash, &bytes))
+            .transpose()
     }
 
     async fn read_members(
@@ -272,7 +294,7 @@ impl RedisStore {
             let Some(hash) = TokenHash::from_hex(&member) else {
                 continue;
             };
-            match self.read(&self.session_key(&hash)).await? {
+            match self.read(&hash).await? {
                 Some(s) => sessions.push(Arc::new(s)),
                 // Expired by its TTL behind our back: drop the dangling index entry.
                 None => {
@@ -341,35 +363,7 @@ impl RedisStore {
                 plan.op(&["SREM", children, &old]);
             }
         }
-        let body = serde_json::to_string(next).map_err(corrupt)?;
-        let idle_at = next
-            .idle
-            .as_ref()
-            .map(|i| i.at.as_millis().to_string())
-            .unwrap_or_default();
-        let idle_lifetime = next
-            .idle
-            .as_ref()
-            .map(|i| i.lifetime_ms.to_string())
-            .unwrap_or_default();
-        plan.op(&[
-            "HSET",
-            &key,
-            "b",
-            &body,
-            "v",
-            &next.version.to_string(),
-            "s",
-            &next.last_seen_at.as_millis().to_string(),
-            "i",
-            &idle_at,
-            "il",
-            &idle_lifetime,
-            "a",
-            &next.absolute.at.as_millis().to_string(),
-            "live",
-            if next.is_live() { "1" } else { "0" },
-        ]);
+        plan.set(&key, record::encode(next)?);
         let id_key = self.id_key(route, &next.id);
         plan.op(&["SET", &id_key, &member]);
         let tombs = self.tombs_key(&next.subject);
@@ -440,8 +434,7 @@ impl RedisStore {
     /// Runs the plan; `None` when something it was planned from has changed.
     async fn commit(&self, plan: Plan) -> Result<Option<Vec<AuditEvent>>, StoreError> {
         let keys: Vec<String> = plan.keys.iter().cloned().collect();
-        let arg = serde_json::to_string(&plan).map_err(corrupt)?;
-        let reply: redis::Value = self.script(&COMMIT, &keys, &[arg]).await?;
+        let reply: redis::Value = self.script(&COMMIT, &keys, &plan.args()).await?;
         let ids: Vec<String> = match reply {
             redis::Value::Int(0) => return Ok(None),
             other => Vec::<String>::from_redis_value(other).map_err(corrupt)?,
@@ -470,9 +463,8 @@ impl RedisStore {
         let mut first = None;
         while let Some((current, reason)) = stack.pop() {
             let route = current.token_hash.0[0];
-            plan.check_hash(
+            plan.check_version(
                 &self.session_key(&current.token_hash),
-                "v",
                 &current.version.to_string(),
             );
             let record = Arc::new(plan::ended_record(&current, ending, reason));
@@ -500,7 +492,7 @@ impl SessionStore for RedisStore {
     const ROUTES_BY_SUBJECT: bool = true;
 
     async fn find_by_token(&self, hash: &TokenHash) -> Result<Option<Arc<Session>>, StoreError> {
-        Ok(self.read(&self.session_key(hash)).await?.map(Arc::new))
+        Ok(self.read(hash).await?.map(Arc::new))
     }
 
     async fn find_by_id(&self, id: &SessionId) -> Result<Option<Arc<Session>>, StoreError> {
@@ -513,7 +505,7 @@ impl SessionStore for RedisStore {
         let Some(hash) = member.as_deref().and_then(TokenHash::from_hex) else {
             return Ok(None);
         };
-        Ok(self.read(&self.session_key(&hash)).await?.map(Arc::new))
+        Ok(self.read(&hash).await?.map(Arc::new))
     }
 
     async fn list_subject(&self, subject: &str) -> Result<Vec<Arc<Session>>, StoreError> {
@@ -554,16 +546,15 @@ impl SessionStore for RedisStore {
                     .read_members(&self.tombs_key(&session.subject), false)
                     .await?;
                 if let Some(tomb) = plan::pick_tombstone(&tombs, &session) {
-                    plan.check_hash(
+                    plan.check_version(
                         &self.session_key(&tomb.token_hash),
-                        "v",
                         &tomb.version.to_string(),
                     );
                     let used = plan::reconstitute(&mut session, tomb);
                     self.write(&mut plan, Some(tomb), &used)?;
                 }
             }
-            plan.check_hash(&self.session_key(&session.token_hash), "v", "");
+            plan.check_version(&self.session_key(&session.token_hash), "");
             self.write(&mut plan, None, &session)?;
             self.event(
                 &mut plan,
@@ -601,14 +592,10 @@ impl SessionStore for RedisStore {
             return Ok(None);
         }
         let mut plan = Plan::default();
-        plan.check_hash(
-            &self.session_key(&current.token_hash),
-            "v",
-            &version.to_string(),
-        );
-        plan.check_hash(&self.session_key(&current.token_hash), "live", "1");
+        plan.check_version(&self.session_key(&current.token_hash), &version.to_string());
+        plan.check_live(&self.session_key(&current.token_hash));
         if next.token_hash != current.token_hash {
-            plan.check_hash(&self.session_key(&next.token_hash), "v", "");
+            plan.check_version(&self.session_key(&next.token_hash), "");
         }
         self.write(&mut plan, Some(&current), &next)?;
         self.event(&mut plan, Some(next.token_hash.0[0]), event)?;
@@ -706,7 +693,7 @@ impl SessionStore for RedisStore {
                 let Some(hash) = TokenHash::from_hex(&member) else {
                     continue;
                 };
-                match self.read(&self.session_key(&hash)).await? {
+                match self.read(&hash).await? {
                     Some(s) if s.is_live() && s.next_deadline().0 <= now => due.push(Arc::new(s)),
                     Some(s) if s.is_live() => {
                         let score = s.next_deadline().0.as_millis();
@@ -736,7 +723,7 @@ impl SessionStore for RedisStore {
                 let mut plan = Plan::default();
                 plan.op(&["ZREM", &key, &member]);
                 if let Some(hash) = TokenHash::from_hex(&member)
-                    && let Some(session) = self.read(&self.session_key(&hash)).await?
+                    && let Some(session) = self.read(&hash).await?
                 {
                     plan.op(&["DEL", &self.session_key(&hash)]);
                     plan.op(&["DEL", &self.id_key(route, &session.id)]);

@@ -1,14 +1,17 @@
 -- Records activity: moves last-seen (never back) and the idle deadline, while the session is live.
--- KEYS[1]: the session hash; KEYS[2]: the tag's deadline index. ARGV[1]: now (ms); ARGV[2]: member.
+-- KEYS[1]: the session record; KEYS[2]: the tag's deadline index. ARGV[1]: now (ms); ARGV[2]: member.
+-- The record header is described in record.rs (live at byte 1; last seen, idle deadline, idle
+-- lifetime and absolute deadline as 8-byte big-endian integers at bytes 10, 18, 26 and 34).
+local header = redis.call('GETRANGE', KEYS[1], 0, 41)
+if #header < 42 or string.byte(header, 2) ~= 1 then return 0 end
 local at = tonumber(ARGV[1])
-local fields = redis.call('HMGET', KEYS[1], 'live', 's', 'il', 'a')
-if fields[1] ~= '1' or tonumber(fields[2]) >= at then return 0 end
-local deadline = tonumber(fields[4])
-if fields[3] ~= '' then
-  local idle = at + tonumber(fields[3])
-  redis.call('HSET', KEYS[1], 'i', string.format('%d', idle))
+local seen, _, lifetime, deadline = struct.unpack('>i8i8i8i8', header, 11)
+if seen >= at then return 0 end
+redis.call('SETRANGE', KEYS[1], 10, struct.pack('>i8', at))
+if lifetime >= 0 then
+  local idle = at + lifetime
+  redis.call('SETRANGE', KEYS[1], 18, struct.pack('>i8', idle))
   if idle < deadline then deadline = idle end
 end
-redis.call('HSET', KEYS[1], 's', ARGV[1])
 redis.call('ZADD', KEYS[2], deadline, ARGV[2])
 return 1

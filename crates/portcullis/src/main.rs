@@ -378,13 +378,13 @@ fn app_state<S: SessionStore>(
     users: Arc<dyn UserStore>,
     config: &Config,
     sink: Arc<dyn AuditSink>,
-) -> Result<AppState<S>> {
+) -> Result<Services<S>> {
     let clock = Arc::new(SystemClock);
     let random = Arc::new(OsRandom);
     let engine = Engine::new(store, config.policies()?, clock.clone(), random.clone())
         .with_settings(config.engine_settings())
         .with_sink(Arc::clone(&sink));
-    Ok(AppState::new(Services {
+    Ok(Services {
         engine: Arc::new(engine),
         accounts: Arc::new(Accounts::new(users, clock, random, sink)),
         ui: Arc::new(Ui::new(UiSettings {
@@ -394,7 +394,7 @@ fn app_state<S: SessionStore>(
             ..UiSettings::default()
         })),
         metrics: None,
-    }))
+    })
 }
 
 /// Calls the admin API: through the running server's socket when one answers, otherwise
@@ -415,10 +415,18 @@ async fn admin_call(
             };
             let (opened, users) = open_store(config).await?;
             let router = match opened {
-                Opened::Sqlite(store) => admin_router(app_state(store, users, config, sink)?),
-                Opened::Memory(store) => admin_router(app_state(store, users, config, sink)?),
-                Opened::Postgres(store) => admin_router(app_state(store, users, config, sink)?),
-                Opened::Redis(store) => admin_router(app_state(store, users, config, sink)?),
+                Opened::Sqlite(store) => {
+                    admin_router(AppState::new(app_state(store, users, config, sink)?))
+                }
+                Opened::Memory(store) => {
+                    admin_router(AppState::new(app_state(store, users, config, sink)?))
+                }
+                Opened::Postgres(store) => {
+                    admin_router(AppState::new(app_state(store, users, config, sink)?))
+                }
+                Opened::Redis(store) => {
+                    admin_router(AppState::new(app_state(store, users, config, sink)?))
+                }
             };
             let request = hyper::Request::builder()
                 .method(method)
@@ -521,12 +529,13 @@ async fn serve(config: Config) -> Result<()> {
     }
 }
 
-async fn run_server<S: SessionStore>(mut state: AppState<S>, config: &Config) -> Result<()> {
+async fn run_server<S: SessionStore>(mut services: Services<S>, config: &Config) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
     let recorder = metrics_exporter_prometheus::PrometheusBuilder::new()
         .install_recorder()
         .context("cannot install the metrics recorder")?;
-    state.metrics = Some(Arc::new(move || recorder.render()));
+    services.metrics = Some(Arc::new(move || recorder.render()));
+    let state = AppState::new(services);
     let listener = tokio::net::TcpListener::bind(&config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
