@@ -126,8 +126,7 @@ impl Plan {
     /// The session record at `key` is live.
     fn check_live(&mut self, key: &str) {
         self.keys.insert(key.to_owned());
-        self.checks
-            .push(["live".into(), key.into(), String::new()]);
+        self.checks.push(["live".into(), key.into(), String::new()]);
     }
 
     fn check_value(&mut self, key: &str, expected: &str) {

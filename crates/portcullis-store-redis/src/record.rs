@@ -331,7 +331,10 @@ mod tests {
     fn a_damaged_record_is_an_error_not_a_session() {
         let bytes = encode(&session()).unwrap();
         for cut in [0, 1, HEADER, bytes.len() - 1] {
-            assert!(decode(TokenHash([7; 32]), &bytes[..cut]).is_err(), "cut at {cut}");
+            assert!(
+                decode(TokenHash([7; 32]), &bytes[..cut]).is_err(),
+                "cut at {cut}"
+            );
         }
         let mut other = bytes.clone();
         other[0] = 9;
