@@ -200,7 +200,7 @@ fi
 
 if [ $SMOKE = 0 ]; then
   echo "== 3. in-process cost (criterion)"
-  cargo bench -q -p portcullis-bench --bench engine -- --warm-up-time 1 --measurement-time 3 >"$OUT/criterion.txt" 2>&1
+  cargo bench -q -p portcullis-bench --bench engine -- --warm-up-time 1 --measurement-time 2 >"$OUT/criterion.txt" 2>&1
   python3 bench/report.py criterion "$TARGET/criterion" >>"$ROWS"
   echo "== 4. scale"
   for size in ${SCALE_SIZES:-1000000}; do

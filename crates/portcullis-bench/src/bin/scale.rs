@@ -208,19 +208,33 @@ async fn main() {
             .expect("redis");
     let started = Instant::now();
     let mut tokens = Vec::with_capacity(n);
+    // 64 inserts in flight: each is still the store's whole write path (plan, script, events),
+    // but they share the connection's pipeline, so loading is not bounded by one round trip each.
+    let mut inflight = tokio::task::JoinSet::new();
     for i in 0..n {
         let (token, s) = session(i, at, &random);
         tokens.push(token);
-        store
-            .insert(portcullis_core::Insert {
-                session: s,
-                limit: None,
-                reconstitute: false,
-                actor: portcullis_core::Actor("scale".into()),
-                ended_retention: Duration::from_secs(3600),
-            })
-            .await
-            .expect("insert");
+        let store = store.clone();
+        inflight.spawn(async move {
+            store
+                .insert(portcullis_core::Insert {
+                    session: s,
+                    limit: None,
+                    reconstitute: false,
+                    actor: portcullis_core::Actor("scale".into()),
+                    ended_retention: Duration::from_secs(3600),
+                })
+                .await
+                .expect("insert")
+        });
+        if inflight.len() >= 64
+            && let Some(done) = inflight.join_next().await
+        {
+            done.expect("insert task");
+        }
+    }
+    while let Some(done) = inflight.join_next().await {
+        done.expect("insert task");
     }
     let write = started.elapsed();
     let used = redis_used_memory(&a.redis).await.saturating_sub(before) as f64 / n as f64;
