@@ -1,11 +1,18 @@
 #!/usr/bin/env bash
 # A local Redis Cluster for tests: three primaries and three replicas on loopback.
-# Usage: scripts/redis-cluster.sh start|stop|status
+# Usage: scripts/redis-cluster.sh start|stop|restart|status
 #   REDIS_CLUSTER_PORT: first of six ports (default 7100); REDIS_CLUSTER_DIR: where its files go.
 set -euo pipefail
 BASE=${REDIS_CLUSTER_PORT:-7100}
 DIR=${REDIS_CLUSTER_DIR:-/tmp/portcullis-redis-cluster-$BASE}
 PORTS=($BASE $((BASE + 1)) $((BASE + 2)) $((BASE + 3)) $((BASE + 4)) $((BASE + 5)))
+
+# Output is captured before matching: `redis-cli | grep -q` under pipefail can fail on SIGPIPE.
+cluster_ok() {
+  local info
+  info=$(redis-cli -p "$BASE" cluster info 2>/dev/null) || return 1
+  [[ "$info" == *cluster_state:ok* ]]
+}
 
 start() {
   mkdir -p "$DIR"
@@ -21,10 +28,21 @@ start() {
   for port in "${PORTS[@]}"; do
     for _ in $(seq 50); do redis-cli -p "$port" ping >/dev/null 2>&1 && break; sleep 0.1; done
   done
-  if ! redis-cli -p $BASE cluster info 2>/dev/null | grep -q 'cluster_state:ok'; then
-    redis-cli --cluster create $(printf '127.0.0.1:%s ' "${PORTS[@]}") --cluster-replicas 1 --cluster-yes >/dev/null
+  if ! cluster_ok; then
+    # Nodes left over from an earlier run (keys, or a half-formed cluster) refuse to join a new
+    # cluster: empty them and forget their old peers first.
+    for port in "${PORTS[@]}"; do
+      redis-cli -p "$port" flushall >/dev/null 2>&1 || true
+      redis-cli -p "$port" cluster reset hard >/dev/null 2>&1 || true
+    done
+    local log
+    if ! log=$(redis-cli --cluster create $(printf '127.0.0.1:%s ' "${PORTS[@]}") \
+      --cluster-replicas 1 --cluster-yes 2>&1); then
+      echo "$log" >&2
+      exit 1
+    fi
     for _ in $(seq 100); do
-      redis-cli -p $BASE cluster info | grep -q 'cluster_state:ok' && break
+      cluster_ok && break
       sleep 0.1
     done
   fi
@@ -32,12 +50,19 @@ start() {
   for _ in $(seq 200); do
     synced=0
     for port in "${PORTS[@]}"; do
-      redis-cli -p "$port" info replication | grep -q 'master_link_status:up' && synced=$((synced + 1))
+      case "$(redis-cli -p "$port" info replication 2>/dev/null)" in
+        *master_link_status:up*) synced=$((synced + 1)) ;;
+      esac
     done
     [ "$synced" -ge 3 ] && break
     sleep 0.1
   done
-  redis-cli -p $BASE cluster info | grep cluster_state
+  if ! cluster_ok; then
+    echo "redis cluster on $BASE did not come up:" >&2
+    redis-cli -p "$BASE" cluster info >&2 || true
+    exit 1
+  fi
+  echo "cluster_state:ok"
 }
 
 stop() {
@@ -50,6 +75,7 @@ stop() {
 case "${1:-}" in
   start) start ;;
   stop) stop ;;
+  restart) stop; start ;;
   status) redis-cli -p $BASE cluster info | grep cluster_state ;;
   *) echo "usage: $0 start|stop|status" >&2; exit 2 ;;
 esac
