@@ -204,10 +204,10 @@ if [ $SMOKE = 0 ]; then
   python3 bench/report.py criterion "$TARGET/criterion" >>"$ROWS"
   echo "== 4. scale"
   for size in ${SCALE_SIZES:-1000000}; do
-    "$TARGET/release/scale" --sessions "$size" --dir "$OUT/scale" --redis "$REDIS_URL" >>"$ROWS"
+    "$TARGET/release/scale" --sessions "$size" --dir "$OUT/scale" --redis "$REDIS_URL" --prefix pc >>"$ROWS"
   done
 else
-  "$TARGET/release/scale" --sessions 10000 --dir "$OUT/scale" --redis "$REDIS_URL" >>"$ROWS"
+  "$TARGET/release/scale" --sessions 10000 --dir "$OUT/scale" --redis "$REDIS_URL" --prefix pc >>"$ROWS"
 fi
 
 python3 bench/report.py report "$OUT" >"$OUT/report.md"

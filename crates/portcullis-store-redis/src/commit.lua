@@ -3,7 +3,8 @@
 -- ARGV: n, then n checks of three arguments each, then the operations, each as its length
 --   followed by the command and its arguments (values may be binary).
 -- A check is ("version", key, v): the session record at key has version v ("" = no record);
---   ("live", key, ""): the record is live; ("get", key, v): GET key is v (missing reads as "").
+--   ("live", key, ""): the record is live; ("get", key, v): GET key is v (missing reads as "");
+--   ("subject", key, v): the subject index at key has version v (its member "v"; "" = none).
 -- The record header is described in record.rs: live at byte 1, version at bytes 2-9.
 -- Returns 0 when a check fails (nothing written), else the ids of the XADDs, in order.
 local n = tonumber(ARGV[1])
@@ -13,6 +14,9 @@ for _ = 1, n do
   at = at + 3
   if kind == 'get' then
     local actual = redis.call('GET', key) or ''
+    if actual ~= expected then return 0 end
+  elseif kind == 'subject' then
+    local actual = redis.call('ZSCORE', key, 'v') or ''
     if actual ~= expected then return 0 end
   else
     local header = redis.call('GETRANGE', key, 0, 9)

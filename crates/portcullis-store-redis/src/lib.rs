@@ -4,18 +4,23 @@
 //! **Key design.** Everything about one subject lives under one hash tag, the subject's route
 //! (`{a3}`, one of 256, see [`portcullis_core::subject_route`]); the engine issues tokens whose
 //! SHA-256 starts with that route byte and session ids that carry it, so a validation finds its
-//! session in one round trip (`GET pc:{a3}:s:<token hash>`, a compact binary record, see
-//! [`record`]), and every multi-key change —
+//! session in one round trip (`GET pc:{a3}:s:<32 raw bytes of the token hash>`, a compact binary
+//! record, see [`record`]), and every multi-key change —
 //! limits, rotation, "end all but one", cascades — is one Lua script on one slot.
+//!
+//! **Other keys**, kept few and small (memory is what a large deployment pays for): the id →
+//! token hash link is a field of one of 64 small hashes per tag (`pc:{a3}:i:<c>`); a subject's
+//! sessions are indexed by creation time in `pc:{a3}:u:<subject>`, whose member `v` carries the
+//! subject's version.
 //!
 //! **Changes** are planned in Rust with the same rules as every store (`portcullis_core::plan`)
 //! from what was read, then applied by `commit.lua` only if nothing it was planned from changed
-//! (session versions and a per-subject version); otherwise the plan is redone. Audit events are
+//! (session versions and the subject's version); otherwise the plan is redone. Audit events are
 //! appended to the tag's stream in the same script.
 //!
-//! **Expiry.** Deadlines are indexed per tag (`pc:{a3}:d`) for the sweeper (O(expired) + 256
-//! range reads); ended sessions get a Redis TTL at their purge time, and live ones a safety TTL
-//! one day past their absolute deadline.
+//! **Expiry.** Deadlines (`pc:{a3}:d`) and purge times (`pc:{a3}:p`) of session ids are indexed per
+//! tag for the sweeper (O(expired) + 256 range reads). Records get a safety TTL a day past the
+//! time the sweeper acts on them; if Redis drops one by it, the sweeper unlinks its id too.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
@@ -48,6 +53,7 @@ pub use users::RedisUserStore;
 
 static COMMIT: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("commit.lua")));
 static TOUCH: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("touch.lua")));
+static UNLINK: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("unlink.lua")));
 
 /// What connecting can fail with.
 #[derive(Debug, thiserror::Error)]
@@ -94,45 +100,45 @@ fn corrupt(err: impl std::fmt::Display) -> StoreError {
 #[derive(Default)]
 struct Plan {
     /// `[kind, key, expected]`; see `commit.lua`.
-    checks: Vec<[String; 3]>,
+    checks: Vec<[Vec<u8>; 3]>,
     ops: Vec<Vec<Vec<u8>>>,
-    keys: BTreeSet<String>,
+    keys: BTreeSet<Vec<u8>>,
     events: Vec<(u64, AuditEvent)>,
 }
 
 impl Plan {
-    fn op(&mut self, parts: &[&str]) {
+    /// One command; its second part is the key it writes. Parts may be binary.
+    fn op(&mut self, parts: &[&[u8]]) {
         if let Some(key) = parts.get(1) {
-            self.keys.insert((*key).to_owned());
+            self.keys.insert(key.to_vec());
         }
-        self.ops
-            .push(parts.iter().map(|p| p.as_bytes().to_vec()).collect());
+        self.ops.push(parts.iter().map(|p| p.to_vec()).collect());
     }
 
-    /// `SET key value` with a binary value.
-    fn set(&mut self, key: &str, value: Vec<u8>) {
-        self.keys.insert(key.to_owned());
-        self.ops
-            .push(vec![b"SET".to_vec(), key.as_bytes().to_vec(), value]);
+    fn check(&mut self, kind: &str, key: &[u8], expected: &[u8]) {
+        self.keys.insert(key.to_vec());
+        self.checks
+            .push([kind.as_bytes().to_vec(), key.to_vec(), expected.to_vec()]);
     }
 
     /// The session record at `key` has `version` ("" = there is no record).
-    fn check_version(&mut self, key: &str, version: &str) {
-        self.keys.insert(key.to_owned());
-        self.checks
-            .push(["version".into(), key.into(), version.into()]);
+    fn check_version(&mut self, key: &[u8], version: &str) {
+        self.check("version", key, version.as_bytes());
     }
 
     /// The session record at `key` is live.
-    fn check_live(&mut self, key: &str) {
-        self.keys.insert(key.to_owned());
-        self.checks.push(["live".into(), key.into(), String::new()]);
+    fn check_live(&mut self, key: &[u8]) {
+        self.check("live", key, b"");
     }
 
-    fn check_value(&mut self, key: &str, expected: &str) {
-        self.keys.insert(key.to_owned());
-        self.checks
-            .push(["get".into(), key.into(), expected.into()]);
+    /// `GET key` is `expected` (a missing key reads as empty).
+    fn check_value(&mut self, key: &[u8], expected: &[u8]) {
+        self.check("get", key, expected);
+    }
+
+    /// The subject index at `key` has version `expected` (empty: it has none yet).
+    fn check_subject_version(&mut self, key: &[u8], expected: &str) {
+        self.check("subject", key, expected.as_bytes());
     }
 
     /// The script's arguments: the checks, then each operation with its length first.
@@ -140,7 +146,7 @@ impl Plan {
         let mut args = Vec::with_capacity(1 + self.checks.len() * 3 + self.ops.len() * 4);
         args.push(self.checks.len().to_string().into_bytes());
         for check in &self.checks {
-            args.extend(check.iter().map(|part| part.as_bytes().to_vec()));
+            args.extend(check.iter().cloned());
         }
         for op in &self.ops {
             args.push(op.len().to_string().into_bytes());
@@ -148,6 +154,24 @@ impl Plan {
         }
         args
     }
+}
+
+/// The member of a subject index that holds its version (token hashes are 32 bytes).
+const VERSION: &[u8] = b"v";
+
+/// How long past the sweeper's time a record stays, in case no sweeper runs.
+const SAFETY_MS: i64 = 86_400_000;
+
+/// The token hash an index member stands for (`None` for the subject index's version).
+fn member_hash(member: &[u8]) -> Option<TokenHash> {
+    member.try_into().ok().map(TokenHash)
+}
+
+/// The session id a time index names (`None` for a member no store of ours wrote).
+fn member_id(member: &[u8]) -> Option<SessionId> {
+    std::str::from_utf8(member)
+        .ok()
+        .map(|id| SessionId::from_string(id.to_owned()))
 }
 
 fn tag_of(route: u8) -> String {
@@ -216,10 +240,10 @@ impl RedisStore {
         .map_err(unavailable)
     }
 
-    async fn script<T: FromRedisValue, A: redis::ToRedisArgs>(
+    async fn script<T: FromRedisValue, K: redis::ToRedisArgs, A: redis::ToRedisArgs>(
         &self,
         script: &Script,
-        keys: &[String],
+        keys: &[K],
         args: &[A],
     ) -> Result<T, StoreError> {
         let mut invocation = script.prepare_invoke();
@@ -244,20 +268,25 @@ impl RedisStore {
         format!("{}:{{{tag}}}:{kind}", self.prefix)
     }
 
-    fn session_key(&self, hash: &TokenHash) -> String {
-        self.key(&tag_of(hash.0[0]), "s", &hash.to_hex())
+    /// The record of a session: the prefix, tag and kind, then the 32 bytes of its token hash.
+    fn session_key(&self, hash: &TokenHash) -> Vec<u8> {
+        let mut key = self.tag_key(&tag_of(hash.0[0]), "s").into_bytes();
+        key.push(b':');
+        key.extend_from_slice(&hash.0);
+        key
     }
 
-    fn id_key(&self, route: u8, id: &SessionId) -> String {
-        self.key(&tag_of(route), "i", id.as_str())
+    /// The hash of session id → token hash that holds `id`: one of 64 per tag, by the id's first
+    /// random character. A field costs far less than a key per session, and small hashes stay
+    /// in Redis' compact listpack form (≤ 128 fields by default: up to ~2 M sessions).
+    fn ids_key(&self, route: u8, id: &SessionId) -> String {
+        let bucket = id.as_str().as_bytes().get(6).copied().unwrap_or(b'_');
+        self.key(&tag_of(route), "i", &char::from(bucket).to_string())
     }
 
+    /// The subject's index: its sessions by creation time, and its version under [`VERSION`].
     fn subject_key(&self, subject: &str) -> String {
         self.key(&tag_of(subject_route(subject)), "u", subject)
-    }
-
-    fn version_key(&self, subject: &str) -> String {
-        self.key(&tag_of(subject_route(subject)), "v", subject)
     }
 
     fn tombs_key(&self, subject: &str) -> String {
@@ -266,6 +295,47 @@ impl RedisStore {
 
     fn children_key(&self, route: u8, parent: &SessionId) -> String {
         self.key(&tag_of(route), "c", parent.as_str())
+    }
+
+    /// The token hash of session `id`.
+    async fn hash_of(&self, route: u8, id: &SessionId) -> Result<Option<TokenHash>, StoreError> {
+        let member: Option<Vec<u8>> = self
+            .query(
+                redis::cmd("HGET")
+                    .arg(self.ids_key(route, id))
+                    .arg(id.as_str()),
+            )
+            .await?;
+        Ok(member.as_deref().and_then(member_hash))
+    }
+
+    /// The token hash and record of the session a time index names by `id`.
+    async fn find_member(
+        &self,
+        route: u8,
+        id: &SessionId,
+    ) -> Result<(Option<TokenHash>, Option<Session>), StoreError> {
+        let Some(hash) = self.hash_of(route, id).await? else {
+            return Ok((None, None));
+        };
+        Ok((Some(hash), self.read(&hash).await?))
+    }
+
+    /// Drops time-index `index`'s entry for `id`, found without a record (see `unlink.lua`).
+    async fn unlink(
+        &self,
+        route: u8,
+        index: &str,
+        id: &SessionId,
+        hash: Option<TokenHash>,
+    ) -> Result<(), StoreError> {
+        let ids = self.ids_key(route, id).into_bytes();
+        let record = hash.map_or_else(|| ids.clone(), |h| self.session_key(&h));
+        let seen = hash.map(|h| h.0.to_vec()).unwrap_or_default();
+        let keys = [ids, index.as_bytes().to_vec(), record];
+        let args = [id.as_str().as_bytes().to_vec(), seen];
+        let _: i64 = self.script(&UNLINK, &keys, &args).await?;
+        Ok(())
     }
 
     async fn read(&self, hash: &TokenHash) -> Result<Option<Session>, StoreError> {
@@ -282,7 +352,7 @@ impl RedisStore {
         set_key: &str,
         sorted: bool,
     ) -> Result<Vec<Arc<Session>>, StoreError> {
-        let members: Vec<String> = if sorted {
+        let members: Vec<Vec<u8>> = if sorted {
             self.query(redis::cmd("ZRANGE").arg(set_key).arg(0).arg(-1))
                 .await?
         } else {
@@ -290,7 +360,8 @@ impl RedisStore {
         };
         let mut sessions = Vec::with_capacity(members.len());
         for member in members {
-            let Some(hash) = TokenHash::from_hex(&member) else {
+            // Skips the subject index's version.
+            let Some(hash) = member_hash(&member) else {
                 continue;
             };
             match self.read(&hash).await? {
@@ -313,7 +384,7 @@ impl RedisStore {
         key: &str,
         now: Timestamp,
         limit: usize,
-    ) -> Result<Vec<String>, StoreError> {
+    ) -> Result<Vec<Vec<u8>>, StoreError> {
         self.query(
             redis::cmd("ZRANGE")
                 .arg(key)
@@ -327,17 +398,23 @@ impl RedisStore {
         .await
     }
 
+    /// The version of the subject's index (empty before its first change).
     async fn subject_version(&self, subject: &str) -> Result<String, StoreError> {
         let v: Option<String> = self
-            .query(redis::cmd("GET").arg(self.version_key(subject)))
+            .query(
+                redis::cmd("ZSCORE")
+                    .arg(self.subject_key(subject))
+                    .arg(VERSION),
+            )
             .await?;
         Ok(v.unwrap_or_default())
     }
 
+    /// The change commits only if no other change of the subject committed since `version`.
     fn guard_subject(&self, plan: &mut Plan, subject: &str, version: &str) {
-        let key = self.version_key(subject);
-        plan.check_value(&key, version);
-        plan.op(&["INCR", &key]);
+        let key = self.subject_key(subject);
+        plan.check_subject_version(key.as_bytes(), version);
+        plan.op(&[b"ZINCRBY", key.as_bytes(), b"1", VERSION]);
     }
 
     /// Adds the writes that make the store agree with `next` (replacing `prev`).
@@ -349,65 +426,67 @@ impl RedisStore {
     ) -> Result<(), StoreError> {
         let route = next.token_hash.0[0];
         let key = self.session_key(&next.token_hash);
-        let member = next.token_hash.to_hex();
+        let member = &next.token_hash.0[..];
         let deadlines = self.tag_key(&tag_of(route), "d");
+        let deadlines = deadlines.as_bytes();
         let subject = self.subject_key(&next.subject);
+        let subject = subject.as_bytes();
         let children = next.parent.as_ref().map(|p| self.children_key(route, p));
+        let children = children.as_ref().map(String::as_bytes);
+        // The time indexes hold session ids, so the sweeper can also unlink the id of a record
+        // Redis dropped by its TTL; the others hold token hashes, to read records in one step.
+        let id = next.id.as_str().as_bytes();
         if let Some(prev) = prev.filter(|p| p.token_hash != next.token_hash) {
-            let old = prev.token_hash.to_hex();
-            plan.op(&["DEL", &self.session_key(&prev.token_hash)]);
-            plan.op(&["ZREM", &deadlines, &old]);
-            plan.op(&["ZREM", &subject, &old]);
-            if let Some(children) = &children {
-                plan.op(&["SREM", children, &old]);
+            let old = &prev.token_hash.0[..];
+            plan.op(&[b"DEL", &self.session_key(&prev.token_hash)]);
+            plan.op(&[b"ZREM", subject, old]);
+            if let Some(children) = children {
+                plan.op(&[b"SREM", children, old]);
             }
         }
-        plan.set(&key, record::encode(next)?);
-        let id_key = self.id_key(route, &next.id);
-        plan.op(&["SET", &id_key, &member]);
+        plan.op(&[b"SET", &key, &record::encode(next)?]);
+        plan.op(&[
+            b"HSET",
+            self.ids_key(route, &next.id).as_bytes(),
+            id,
+            member,
+        ]);
         let tombs = self.tombs_key(&next.subject);
+        let tombs = tombs.as_bytes();
+        // TTLs are relative to the session's own times, so they agree with any clock. They are
+        // a safety net a day past the time the sweeper acts (which also cleans the indexes).
         match &next.ended {
             None => {
-                // TTLs are relative to the session's own times, so they agree with any clock.
                 let expire = (next.absolute.at.as_millis() - next.last_seen_at.as_millis()
-                    + 86_400_000)
+                    + SAFETY_MS)
                     .max(1)
                     .to_string();
-                plan.op(&[
-                    "ZADD",
-                    &deadlines,
-                    &next.next_deadline().0.as_millis().to_string(),
-                    &member,
-                ]);
-                plan.op(&[
-                    "ZADD",
-                    &subject,
-                    &next.created_at.as_millis().to_string(),
-                    &member,
-                ]);
-                if let Some(children) = &children {
-                    plan.op(&["SADD", children, &member]);
+                let deadline = next.next_deadline().0.as_millis().to_string();
+                plan.op(&[b"ZADD", deadlines, deadline.as_bytes(), id]);
+                let created = next.created_at.as_millis().to_string();
+                plan.op(&[b"ZADD", subject, created.as_bytes(), member]);
+                if let Some(children) = children {
+                    plan.op(&[b"SADD", children, member]);
                 }
-                plan.op(&["PEXPIRE", &key, &expire]);
-                plan.op(&["PEXPIRE", &id_key, &expire]);
+                plan.op(&[b"PEXPIRE", &key, expire.as_bytes()]);
             }
             Some(ended) => {
                 let purge = ended.purge_at.as_millis().to_string();
-                let ttl = (ended.purge_at.as_millis() - ended.at.as_millis())
+                let ttl = (ended.purge_at.as_millis() - ended.at.as_millis() + SAFETY_MS)
                     .max(1)
                     .to_string();
-                plan.op(&["ZREM", &deadlines, &member]);
-                plan.op(&["ZREM", &subject, &member]);
-                if let Some(children) = &children {
-                    plan.op(&["SREM", children, &member]);
+                plan.op(&[b"ZREM", deadlines, id]);
+                plan.op(&[b"ZREM", subject, member]);
+                if let Some(children) = children {
+                    plan.op(&[b"SREM", children, member]);
                 }
-                plan.op(&["ZADD", &self.tag_key(&tag_of(route), "p"), &purge, &member]);
-                plan.op(&["PEXPIRE", &key, &ttl]);
-                plan.op(&["PEXPIRE", &id_key, &ttl]);
+                let purges = self.tag_key(&tag_of(route), "p");
+                plan.op(&[b"ZADD", purges.as_bytes(), purge.as_bytes(), id]);
+                plan.op(&[b"PEXPIRE", &key, ttl.as_bytes()]);
                 if ended.reconstitute_until.is_some() && ended.reconstituted_into.is_none() {
-                    plan.op(&["SADD", &tombs, &member]);
+                    plan.op(&[b"SADD", tombs, member]);
                 } else {
-                    plan.op(&["SREM", &tombs, &member]);
+                    plan.op(&[b"SREM", tombs, member]);
                 }
             }
         }
@@ -425,14 +504,20 @@ impl RedisStore {
             None => ("k".to_owned(), KEY_TAG_INDEX),
         };
         let body = serde_json::to_string(&event).map_err(corrupt)?;
-        plan.op(&["XADD", &self.tag_key(&tag, "e"), "*", "d", &body]);
+        plan.op(&[
+            b"XADD",
+            self.tag_key(&tag, "e").as_bytes(),
+            b"*",
+            b"d",
+            body.as_bytes(),
+        ]);
         plan.events.push((index, event));
         Ok(())
     }
 
     /// Runs the plan; `None` when something it was planned from has changed.
     async fn commit(&self, plan: Plan) -> Result<Option<Vec<AuditEvent>>, StoreError> {
-        let keys: Vec<String> = plan.keys.iter().cloned().collect();
+        let keys: Vec<Vec<u8>> = plan.keys.iter().cloned().collect();
         let reply: redis::Value = self.script(&COMMIT, &keys, &plan.args()).await?;
         let ids: Vec<String> = match reply {
             redis::Value::Int(0) => return Ok(None),
@@ -498,10 +583,7 @@ impl SessionStore for RedisStore {
         let Some(route) = id.route(4) else {
             return Ok(None);
         };
-        let member: Option<String> = self
-            .query(redis::cmd("GET").arg(self.id_key(route, id)))
-            .await?;
-        let Some(hash) = member.as_deref().and_then(TokenHash::from_hex) else {
+        let Some(hash) = self.hash_of(route, id).await? else {
             return Ok(None);
         };
         Ok(self.read(&hash).await?.map(Arc::new))
@@ -608,17 +690,18 @@ impl SessionStore for RedisStore {
         let Some(route) = id.route(4) else {
             return Ok(());
         };
-        let member: Option<String> = self
-            .query(redis::cmd("GET").arg(self.id_key(route, id)))
-            .await?;
-        let Some(member) = member else { return Ok(()) };
-        let Some(hash) = TokenHash::from_hex(&member) else {
+        let Some(hash) = self.hash_of(route, id).await? else {
             return Ok(());
         };
-        let keys = [self.session_key(&hash), self.tag_key(&tag_of(route), "d")];
-        let _: i64 = self
-            .script(&TOUCH, &keys, &[at.as_millis().to_string(), member])
-            .await?;
+        let keys = [
+            self.session_key(&hash),
+            self.tag_key(&tag_of(route), "d").into_bytes(),
+        ];
+        let args = [
+            at.as_millis().to_string().into_bytes(),
+            id.as_str().as_bytes().to_vec(),
+        ];
+        let _: i64 = self.script(&TOUCH, &keys, &args).await?;
         Ok(())
     }
 
@@ -687,12 +770,12 @@ impl SessionStore for RedisStore {
         let mut due = Vec::new();
         for route in 0..=255u8 {
             let key = self.tag_key(&tag_of(route), "d");
-            let members = self.members_until(&key, now, limit).await?;
-            for member in members {
-                let Some(hash) = TokenHash::from_hex(&member) else {
+            for member in self.members_until(&key, now, limit).await? {
+                let Some(id) = member_id(&member) else {
                     continue;
                 };
-                match self.read(&hash).await? {
+                let (hash, session) = self.find_member(route, &id).await?;
+                match session {
                     Some(s) if s.is_live() && s.next_deadline().0 <= now => due.push(Arc::new(s)),
                     Some(s) if s.is_live() => {
                         let score = s.next_deadline().0.as_millis();
@@ -700,11 +783,12 @@ impl SessionStore for RedisStore {
                             .query(redis::cmd("ZADD").arg(&key).arg(score).arg(&member))
                             .await?;
                     }
-                    _ => {
+                    Some(_) => {
                         let _: i64 = self
                             .query(redis::cmd("ZREM").arg(&key).arg(&member))
                             .await?;
                     }
+                    None => self.unlink(route, &key, &id, hash).await?,
                 }
             }
         }
@@ -717,18 +801,27 @@ impl SessionStore for RedisStore {
         let mut purged = 0;
         for route in 0..=255u8 {
             let key = self.tag_key(&tag_of(route), "p");
-            let members = self.members_until(&key, now, 1000).await?;
-            for member in members {
-                let mut plan = Plan::default();
-                plan.op(&["ZREM", &key, &member]);
-                if let Some(hash) = TokenHash::from_hex(&member)
-                    && let Some(session) = self.read(&hash).await?
-                {
-                    plan.op(&["DEL", &self.session_key(&hash)]);
-                    plan.op(&["DEL", &self.id_key(route, &session.id)]);
-                    plan.op(&["SREM", &self.tombs_key(&session.subject), &member]);
+            for member in self.members_until(&key, now, 1000).await? {
+                let Some(id) = member_id(&member) else {
+                    continue;
+                };
+                match self.find_member(route, &id).await? {
+                    (Some(hash), Some(session)) if !session.is_live() => {
+                        let mut plan = Plan::default();
+                        plan.op(&[b"ZREM", key.as_bytes(), &member]);
+                        plan.op(&[b"DEL", &self.session_key(&hash)]);
+                        plan.op(&[b"HDEL", self.ids_key(route, &id).as_bytes(), &member]);
+                        let tombs = self.tombs_key(&session.subject);
+                        plan.op(&[b"SREM", tombs.as_bytes(), &hash.0]);
+                        self.commit(plan).await?;
+                    }
+                    (_, Some(_)) => {
+                        let _: i64 = self
+                            .query(redis::cmd("ZREM").arg(&key).arg(&member))
+                            .await?;
+                    }
+                    (hash, None) => self.unlink(route, &key, &id, hash).await?,
                 }
-                self.commit(plan).await?;
                 purged += 1;
             }
         }
@@ -799,14 +892,12 @@ impl SessionStore for RedisStore {
         let mut plan = Plan::default();
         let hex = key.key_hash.to_hex();
         let record = self.key("k", "a", &hex);
-        plan.check_value(&record, "");
-        plan.op(&[
-            "SET",
-            &record,
-            &serde_json::to_string(&key).map_err(corrupt)?,
-        ]);
-        plan.op(&["SADD", &self.tag_key("k", "ak"), &hex]);
-        plan.op(&["SET", &self.key("k", "ai", key.id.as_str()), &hex]);
+        plan.check_value(record.as_bytes(), b"");
+        let body = serde_json::to_string(&key).map_err(corrupt)?;
+        plan.op(&[b"SET", record.as_bytes(), body.as_bytes()]);
+        plan.op(&[b"SADD", self.tag_key("k", "ak").as_bytes(), hex.as_bytes()]);
+        let id_key = self.key("k", "ai", key.id.as_str());
+        plan.op(&[b"SET", id_key.as_bytes(), hex.as_bytes()]);
         self.event(&mut plan, None, event)?;
         let mut events = self
             .commit(plan)
@@ -867,12 +958,9 @@ impl SessionStore for RedisStore {
         }
         key.revoked_at = Some(at);
         let mut plan = Plan::default();
-        plan.check_value(&record, &body);
-        plan.op(&[
-            "SET",
-            &record,
-            &serde_json::to_string(&key).map_err(corrupt)?,
-        ]);
+        plan.check_value(record.as_bytes(), body.as_bytes());
+        let body = serde_json::to_string(&key).map_err(corrupt)?;
+        plan.op(&[b"SET", record.as_bytes(), body.as_bytes()]);
         self.event(&mut plan, None, event)?;
         let Some(mut events) = self.commit(plan).await? else {
             return Ok(None);

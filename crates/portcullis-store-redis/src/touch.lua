@@ -1,5 +1,5 @@
 -- Records activity: moves last-seen (never back) and the idle deadline, while the session is live.
--- KEYS[1]: the session record; KEYS[2]: the tag's deadline index. ARGV[1]: now (ms); ARGV[2]: member.
+-- KEYS[1]: the session record; KEYS[2]: the tag's deadline index. ARGV[1]: now (ms); ARGV[2]: the session id.
 -- The record header is described in record.rs (live at byte 1; last seen, idle deadline, idle
 -- lifetime and absolute deadline as 8-byte big-endian integers at bytes 10, 18, 26 and 34).
 local header = redis.call('GETRANGE', KEYS[1], 0, 41)

@@ -16,13 +16,15 @@ async fn clean_old_keys(url: &str) {
         .get_multiplexed_async_connection()
         .await
         .expect("Redis must run on loopback (see .ci/run)");
-    let keys: Vec<String> = redis::cmd("KEYS")
+    // Keys are binary (session records end in the raw token hash).
+    let keys: Vec<Vec<u8>> = redis::cmd("KEYS")
         .arg("pctest:*")
         .query_async(&mut conn)
         .await
         .unwrap();
     for key in keys {
-        let pid = key.split(':').nth(1).unwrap_or("");
+        let text = String::from_utf8_lossy(&key);
+        let pid = text.split(':').nth(1).unwrap_or("");
         if pid != std::process::id().to_string()
             && !std::path::Path::new(&format!("/proc/{pid}")).exists()
         {
@@ -52,7 +54,7 @@ async fn fresh() -> RedisStore {
 portcullis_store_tests::store_conformance!(fresh());
 
 /// When Redis drops a session by its TTL (no sweeper ran in time), the per-subject and deadline
-/// indexes do not keep the dead entry: the next read of the index removes it.
+/// indexes and the tag's id hash do not keep the dead entry: the next read of the index removes it.
 #[tokio::test]
 async fn indexes_never_keep_entries_of_sessions_redis_expired() {
     use portcullis_core::SessionStore;
@@ -72,9 +74,18 @@ async fn indexes_never_keep_entries_of_sessions_redis_expired() {
         .get_multiplexed_async_connection()
         .await
         .unwrap();
-    let session_key = format!("{prefix}:{{{tag}}}:s:{}", token.hash().to_hex());
+    let mut session_key = format!("{prefix}:{{{tag}}}:s:").into_bytes();
+    session_key.extend_from_slice(&token.hash().0);
     let subject_key = format!("{prefix}:{{{tag}}}:u:ivy");
     let deadline_key = format!("{prefix}:{{{tag}}}:d");
+    let ids_key = format!("{prefix}:{{{tag}}}:i:{}", &session.id.as_str()[6..7]);
+    let id_entry: Option<Vec<u8>> = redis::cmd("HGET")
+        .arg(&ids_key)
+        .arg(session.id.as_str())
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(id_entry.as_deref(), Some(&token.hash().0[..]));
     let ttl: i64 = redis::cmd("PTTL")
         .arg(&session_key)
         .query_async(&mut conn)
@@ -91,12 +102,15 @@ async fn indexes_never_keep_entries_of_sessions_redis_expired() {
         .unwrap();
 
     assert!(store.list_subject("ivy").await.unwrap().is_empty());
-    let left: i64 = redis::cmd("ZCARD")
+    // What is left of the subject's index is its version.
+    let left: Vec<Vec<u8>> = redis::cmd("ZRANGE")
         .arg(&subject_key)
+        .arg(0)
+        .arg(-1)
         .query_async(&mut conn)
         .await
         .unwrap();
-    assert_eq!(left, 0);
+    assert_eq!(left, vec![b"v".to_vec()]);
     assert!(
         store
             .due(t0().plus(std::time::Duration::from_secs(86_400)), 10)
@@ -110,6 +124,13 @@ async fn indexes_never_keep_entries_of_sessions_redis_expired() {
         .await
         .unwrap();
     assert_eq!(left, 0);
+    let left: i64 = redis::cmd("HLEN")
+        .arg(&ids_key)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(left, 0, "the id of the dropped session is unlinked too");
+    assert!(store.find_by_id(&session.id).await.unwrap().is_none());
 }
 
 #[tokio::test]

@@ -2,7 +2,10 @@
 //! session (on disk, in process memory, in Redis memory), validation latency at that size, and
 //! the cost of a sweep when 1 % have expired. Prints tab-separated rows for bench/report.py.
 //!
-//! `scale --sessions N --dir DIR [--redis URL] [--redis-max M]`
+//! `scale --sessions N --dir DIR [--redis URL] [--redis-max M] [--prefix P]`
+//!
+//! Keys go under `--prefix` (default `pcscale:<pid>`); give the store's default `pc` on a Redis of
+//! the benchmark's own, so key lengths are those of a real deployment. Its keys are deleted after.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,6 +21,7 @@ struct Args {
     dir: std::path::PathBuf,
     redis: String,
     redis_max: usize,
+    prefix: String,
 }
 
 fn args() -> Args {
@@ -26,6 +30,7 @@ fn args() -> Args {
         dir: std::env::temp_dir().join("portcullis-scale"),
         redis: "redis://127.0.0.1:6379".into(),
         redis_max: 200_000,
+        prefix: format!("pcscale:{}", std::process::id()),
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -35,6 +40,7 @@ fn args() -> Args {
             "--dir" => a.dir = value.into(),
             "--redis" => a.redis = value,
             "--redis-max" => a.redis_max = value.parse().expect("--redis-max N"),
+            "--prefix" => a.prefix = value,
             other => panic!("unknown flag {other}"),
         }
     }
@@ -144,6 +150,70 @@ async fn redis_used_memory(url: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// `MEMORY USAGE` per session of each kind of key under `prefix` (the letter after the hash
+/// tag: `s` records, `u` subject indexes, `d` deadline indexes, …), audit streams left out.
+/// Keys one per session or subject are sampled (the first 1,000 of a kind), per-tag keys summed.
+async fn redis_bytes_by_kind(url: &str, prefix: &str, n: usize) -> String {
+    let client = redis::Client::open(url).expect("redis url");
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis");
+    // kind -> (keys seen, bytes of the sampled ones, sampled)
+    let mut kinds: std::collections::BTreeMap<String, (u64, u64, u64)> = Default::default();
+    let mut cursor = 0u64;
+    loop {
+        let (next, keys): (u64, Vec<Vec<u8>>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(format!("{prefix}:*"))
+            .arg("COUNT")
+            .arg(1000)
+            .query_async(&mut conn)
+            .await
+            .expect("scan");
+        for key in keys {
+            let text = String::from_utf8_lossy(&key);
+            let Some(rest) = text.split_once("}:").map(|(_, rest)| rest) else {
+                continue;
+            };
+            let (kind, per_tag) = match rest.split_once(':') {
+                Some((kind, _)) => (kind.to_owned(), false),
+                None => (rest.to_owned(), true),
+            };
+            if kind == "e" {
+                continue;
+            }
+            let entry = kinds.entry(kind).or_default();
+            entry.0 += 1;
+            if per_tag || entry.2 < 1000 {
+                let bytes: Option<u64> = redis::cmd("MEMORY")
+                    .arg("USAGE")
+                    .arg(&key)
+                    .arg("SAMPLES")
+                    .arg(0)
+                    .query_async(&mut conn)
+                    .await
+                    .unwrap_or(None);
+                entry.1 += bytes.unwrap_or(0);
+                entry.2 += 1;
+            }
+        }
+        cursor = next;
+        if cursor == 0 {
+            break;
+        }
+    }
+    kinds
+        .iter()
+        .map(|(kind, (count, bytes, sampled))| {
+            let total = *bytes as f64 * *count as f64 / (*sampled).max(1) as f64;
+            format!("redis_{kind}_bytes={:.0}", total / n as f64)
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
     let a = args();
@@ -200,7 +270,7 @@ async fn main() {
 
     // Redis: insert through the store (the real write path), bounded in count.
     let n = a.sessions.min(a.redis_max);
-    let prefix = format!("pcscale:{}", std::process::id());
+    let prefix = a.prefix.clone();
     let before = redis_used_memory(&a.redis).await;
     let store =
         portcullis_store_redis::RedisStore::connect(&format!("{}?prefix={prefix}", a.redis))
@@ -257,8 +327,9 @@ async fn main() {
         events += bytes.unwrap_or(0);
     }
     let events = events as f64 / n as f64;
+    let by_kind = redis_bytes_by_kind(&a.redis, &prefix, n).await;
     let extra = format!(
-        "write_s={:.1} redis_bytes_per_session={:.0} audit_event_bytes_per_session={events:.0}",
+        "write_s={:.1} redis_bytes_per_session={:.0} audit_event_bytes_per_session={events:.0} {by_kind}",
         write.as_secs_f64(),
         used - events
     );
@@ -269,7 +340,7 @@ async fn main() {
         .get_multiplexed_async_connection()
         .await
         .expect("redis");
-    let keys: Vec<String> = redis::cmd("KEYS")
+    let keys: Vec<Vec<u8>> = redis::cmd("KEYS")
         .arg(format!("{prefix}:*"))
         .query_async(&mut conn)
         .await
