@@ -299,14 +299,21 @@ impl RedisStore {
 
     /// The token hash of session `id`.
     async fn hash_of(&self, route: u8, id: &SessionId) -> Result<Option<TokenHash>, StoreError> {
-        let member: Option<Vec<u8>> = self
-            .query(
-                redis::cmd("HGET")
-                    .arg(self.ids_key(route, id))
-                    .arg(id.as_str()),
-            )
-            .await?;
-        Ok(member.as_deref().and_then(member_hash))
+        Ok(self
+            .link_of(route, id)
+            .await?
+            .as_deref()
+            .and_then(member_hash))
+    }
+
+    /// What the id hash holds for `id`, as stored.
+    async fn link_of(&self, route: u8, id: &SessionId) -> Result<Option<Vec<u8>>, StoreError> {
+        self.query(
+            redis::cmd("HGET")
+                .arg(self.ids_key(route, id))
+                .arg(id.as_str()),
+        )
+        .await
     }
 
     /// The token hash and record of the session a time index names by `id`.
@@ -314,26 +321,31 @@ impl RedisStore {
         &self,
         route: u8,
         id: &SessionId,
-    ) -> Result<(Option<TokenHash>, Option<Session>), StoreError> {
-        let Some(hash) = self.hash_of(route, id).await? else {
-            return Ok((None, None));
+    ) -> Result<(Option<Vec<u8>>, Option<Session>), StoreError> {
+        let link = self.link_of(route, id).await?;
+        let session = match link.as_deref().and_then(member_hash) {
+            Some(hash) => self.read(&hash).await?,
+            None => None,
         };
-        Ok((Some(hash), self.read(&hash).await?))
+        Ok((link, session))
     }
 
-    /// Drops time-index `index`'s entry for `id`, found without a record (see `unlink.lua`).
+    /// Drops time-index `index`'s entry for `id`, found without a record, given the id's `link`
+    /// as it was read (see `unlink.lua`).
     async fn unlink(
         &self,
         route: u8,
         index: &str,
         id: &SessionId,
-        hash: Option<TokenHash>,
+        link: Option<Vec<u8>>,
     ) -> Result<(), StoreError> {
         let ids = self.ids_key(route, id).into_bytes();
-        let record = hash.map_or_else(|| ids.clone(), |h| self.session_key(&h));
-        let seen = hash.map(|h| h.0.to_vec()).unwrap_or_default();
+        let record = match link.as_deref().and_then(member_hash) {
+            Some(hash) => self.session_key(&hash),
+            None => ids.clone(),
+        };
         let keys = [ids, index.as_bytes().to_vec(), record];
-        let args = [id.as_str().as_bytes().to_vec(), seen];
+        let args = [id.as_str().as_bytes().to_vec(), link.unwrap_or_default()];
         let _: i64 = self.script(&UNLINK, &keys, &args).await?;
         Ok(())
     }
@@ -360,13 +372,17 @@ impl RedisStore {
         };
         let mut sessions = Vec::with_capacity(members.len());
         for member in members {
-            // Skips the subject index's version.
-            let Some(hash) = member_hash(&member) else {
+            if member == VERSION {
                 continue;
+            }
+            let session = match member_hash(&member) {
+                Some(hash) => self.read(&hash).await?,
+                None => None,
             };
-            match self.read(&hash).await? {
+            match session {
                 Some(s) => sessions.push(Arc::new(s)),
-                // Expired by its TTL behind our back: drop the dangling index entry.
+                // Expired by its TTL behind our back (or not a token hash at all, as left by an
+                // earlier layout): drop the dangling index entry.
                 None => {
                     let cmd = if sorted { "ZREM" } else { "SREM" };
                     let _: i64 = self
@@ -774,7 +790,7 @@ impl SessionStore for RedisStore {
                 let Some(id) = member_id(&member) else {
                     continue;
                 };
-                let (hash, session) = self.find_member(route, &id).await?;
+                let (link, session) = self.find_member(route, &id).await?;
                 match session {
                     Some(s) if s.is_live() && s.next_deadline().0 <= now => due.push(Arc::new(s)),
                     Some(s) if s.is_live() => {
@@ -788,7 +804,7 @@ impl SessionStore for RedisStore {
                             .query(redis::cmd("ZREM").arg(&key).arg(&member))
                             .await?;
                     }
-                    None => self.unlink(route, &key, &id, hash).await?,
+                    None => self.unlink(route, &key, &id, link).await?,
                 }
             }
         }
@@ -806,7 +822,8 @@ impl SessionStore for RedisStore {
                     continue;
                 };
                 match self.find_member(route, &id).await? {
-                    (Some(hash), Some(session)) if !session.is_live() => {
+                    (Some(_), Some(session)) if !session.is_live() => {
+                        let hash = session.token_hash;
                         let mut plan = Plan::default();
                         plan.op(&[b"ZREM", key.as_bytes(), &member]);
                         plan.op(&[b"DEL", &self.session_key(&hash)]);
@@ -820,7 +837,7 @@ impl SessionStore for RedisStore {
                             .query(redis::cmd("ZREM").arg(&key).arg(&member))
                             .await?;
                     }
-                    (hash, None) => self.unlink(route, &key, &id, hash).await?,
+                    (link, None) => self.unlink(route, &key, &id, link).await?,
                 }
                 purged += 1;
             }

@@ -138,3 +138,78 @@ async fn user_store_contract() {
     let store = fresh().await;
     portcullis_store_tests::users::user_store_contract(std::sync::Arc::new(store.users())).await;
 }
+
+/// An ended session stays in Redis a day past its purge time (so the sweeper's purge finds it and
+/// unlinks its id); if Redis drops it anyway, the purge still removes its id link and index entry.
+#[tokio::test]
+async fn purge_unlinks_ended_sessions_even_when_redis_dropped_the_record() {
+    use portcullis_core::{EndReason, SessionStore};
+    use portcullis_store_tests::{ending, plain_insert, random, session_at, t0};
+    use std::time::Duration;
+
+    let url =
+        std::env::var("PORTCULLIS_TEST_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    let prefix = format!("pctest:{}:purge", std::process::id());
+    let store = RedisStore::connect(&format!("{url}?prefix={prefix}"))
+        .await
+        .unwrap();
+    let mut conn = redis::Client::open(url.as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let tag = format!("{:02x}", portcullis_core::subject_route("jo"));
+    let purges_key = format!("{prefix}:{{{tag}}}:p");
+    let random = random();
+    let mut kept = Vec::new();
+    for dropped in [false, true] {
+        let (token, session) = session_at("jo", t0(), &random);
+        store.insert(plain_insert(session.clone())).await.unwrap();
+        let ended = store
+            .end(&session.id, ending(EndReason::Logout, t0()))
+            .await
+            .unwrap();
+        assert_eq!(ended.sessions.len(), 1);
+        let mut record_key = format!("{prefix}:{{{tag}}}:s:").into_bytes();
+        record_key.extend_from_slice(&token.hash().0);
+        let ttl: i64 = redis::cmd("PTTL")
+            .arg(&record_key)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert!(
+            ttl > (3600 + 86_400 - 60) * 1000,
+            "an ended record outlives its purge time by a day, got {ttl} ms"
+        );
+        if dropped {
+            let _: i64 = redis::cmd("DEL")
+                .arg(&record_key)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+        }
+        kept.push(session);
+    }
+    let purged = store
+        .purge(t0().plus(Duration::from_secs(3601)))
+        .await
+        .unwrap();
+    assert_eq!(purged, 2);
+    for session in &kept {
+        let ids_key = format!("{prefix}:{{{tag}}}:i:{}", &session.id.as_str()[6..7]);
+        let link: Option<Vec<u8>> = redis::cmd("HGET")
+            .arg(&ids_key)
+            .arg(session.id.as_str())
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(link, None, "the id link of {} is gone", session.id.as_str());
+        assert!(store.find_by_id(&session.id).await.unwrap().is_none());
+    }
+    let left: i64 = redis::cmd("ZCARD")
+        .arg(&purges_key)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(left, 0);
+}
