@@ -5,7 +5,8 @@
 //! (`{a3}`, one of 256, see [`portcullis_core::subject_route`]); the engine issues tokens whose
 //! SHA-256 starts with that route byte and session ids that carry it, so a validation finds its
 //! session in one round trip (`GET pc:{a3}:s:<32 raw bytes of the token hash>`, a compact binary
-//! record, see [`record`]), and every multi-key change —
+//! record, see [`record`]; on a standalone Redis, the reads of concurrent validations leave
+//! together as one `MGET`, see `gather.rs`), and every multi-key change —
 //! limits, rotation, "end all but one", cascades — is one Lua script on one slot.
 //!
 //! **Other keys**, kept few and small (memory is what a large deployment pays for): the id →
@@ -46,6 +47,7 @@ const ATTEMPTS: usize = 200;
 /// The event-stream index of the API-key tag (session tags are 0–255).
 const KEY_TAG_INDEX: u64 = 256;
 
+mod gather;
 mod record;
 mod users;
 
@@ -76,6 +78,9 @@ enum Conn {
 #[derive(Clone)]
 pub struct RedisStore {
     conn: Conn,
+    /// Validations' record reads, gathered into `MGET`s (standalone Redis only: in a Cluster
+    /// the keys of one `MGET` would have to share a slot).
+    gatherer: Option<gather::Gatherer>,
     prefix: Arc<str>,
     api_keys: Arc<ApiKeyCache>,
 }
@@ -220,8 +225,13 @@ impl RedisStore {
                 .set_number_of_retries(1);
             Conn::Single(client.get_connection_manager_with_config(config).await?)
         };
+        let gatherer = match &conn {
+            Conn::Single(c) => Some(gather::Gatherer::start(c.clone())),
+            Conn::Cluster(_) => None,
+        };
         Ok(Self {
             conn,
+            gatherer,
             prefix: prefix.into(),
             api_keys: Arc::new(ApiKeyCache::new(API_KEY_CACHE)),
         })
@@ -592,7 +602,13 @@ impl SessionStore for RedisStore {
     const ROUTES_BY_SUBJECT: bool = true;
 
     async fn find_by_token(&self, hash: &TokenHash) -> Result<Option<Arc<Session>>, StoreError> {
-        Ok(self.read(hash).await?.map(Arc::new))
+        let Some(gatherer) = &self.gatherer else {
+            return Ok(self.read(hash).await?.map(Arc::new));
+        };
+        let record = gatherer.get(self.session_key(hash)).await?;
+        record
+            .map(|bytes| record::decode(*hash, &bytes).map(Arc::new))
+            .transpose()
     }
 
     async fn find_by_id(&self, id: &SessionId) -> Result<Option<Arc<Session>>, StoreError> {
