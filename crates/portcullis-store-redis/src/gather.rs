@@ -1,19 +1,15 @@
 //! Gathers the record reads of concurrent validations into one `MGET`.
 //!
 //! Under load most of a Redis validation's cost is per command, on both sides: packing it, the
-//! hop to the connection's task and back, Redis parsing and answering it. Reads that arrive
-//! while earlier ones are in flight wait for a free slot and then go out together, so a busy
-//! node sends one command for many validations; an idle one sends each read at once.
-
-use std::sync::Arc;
+//! hop to the connection's task and back, Redis parsing and answering it. One read is in flight
+//! at a time; the reads that arrive meanwhile leave together as the next `MGET`, so a busy node
+//! sends one command for many validations, and an idle one sends each read at once. (With four
+//! in flight the batches were smaller, and an A/B measured 10 % fewer validations per second.)
 
 use portcullis_core::StoreError;
 use redis::aio::ConnectionManager;
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 
-/// Reads in flight at once, each a `GET` or an `MGET`. One: under load, the reads that wait
-/// behind it make the next `MGET` larger (A/B against four in flight: 1.11× the validations/s).
-const IN_FLIGHT: usize = 1;
 /// The most keys one `MGET` carries.
 const BATCH: usize = 128;
 
@@ -43,55 +39,43 @@ impl Gatherer {
 }
 
 async fn run(
-    conn: ConnectionManager,
+    mut conn: ConnectionManager,
     mut queue: mpsc::UnboundedReceiver<(Vec<u8>, oneshot::Sender<Reply>)>,
 ) {
-    let slots = Arc::new(Semaphore::new(IN_FLIGHT));
-    loop {
-        // Waiting for a slot first is what lets reads pile up into one command under load.
-        let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
-            return;
+    let mut batch = Vec::with_capacity(BATCH);
+    while queue.recv_many(&mut batch, BATCH).await > 0 {
+        let values: Result<Vec<Option<Vec<u8>>>, redis::RedisError> = if batch.len() == 1 {
+            redis::cmd("GET")
+                .arg(&batch[0].0)
+                .query_async(&mut conn)
+                .await
+                .map(|value| vec![value])
+        } else {
+            let mut mget = redis::cmd("MGET");
+            for (key, _) in &batch {
+                mget.arg(key);
+            }
+            mget.query_async(&mut conn).await
         };
-        let mut batch = Vec::with_capacity(BATCH);
-        if queue.recv_many(&mut batch, BATCH).await == 0 {
-            return;
-        }
-        let mut conn = conn.clone();
-        tokio::spawn(async move {
-            let values: Result<Vec<Option<Vec<u8>>>, redis::RedisError> = if batch.len() == 1 {
-                redis::cmd("GET")
-                    .arg(&batch[0].0)
-                    .query_async(&mut conn)
-                    .await
-                    .map(|value| vec![value])
-            } else {
-                let mut mget = redis::cmd("MGET");
-                for (key, _) in &batch {
-                    mget.arg(key);
-                }
-                mget.query_async(&mut conn).await
-            };
-            match values {
-                Ok(values) if values.len() == batch.len() => {
-                    for ((_, reply), value) in batch.into_iter().zip(values) {
-                        let _ = reply.send(Ok(value));
-                    }
-                }
-                Ok(_) => {
-                    for (_, reply) in batch {
-                        let _ = reply.send(Err(StoreError::Corrupt(
-                            "MGET answered a different number of values".into(),
-                        )));
-                    }
-                }
-                // Fail closed: every read of the batch gets the error.
-                Err(err) => {
-                    for (_, reply) in batch {
-                        let _ = reply.send(Err(StoreError::Unavailable(err.to_string())));
-                    }
+        match values {
+            Ok(values) if values.len() == batch.len() => {
+                for ((_, reply), value) in batch.drain(..).zip(values) {
+                    let _ = reply.send(Ok(value));
                 }
             }
-            drop(slot);
-        });
+            Ok(_) => {
+                for (_, reply) in batch.drain(..) {
+                    let _ = reply.send(Err(StoreError::Corrupt(
+                        "MGET answered a different number of values".into(),
+                    )));
+                }
+            }
+            // Fail closed: every read of the batch gets the error.
+            Err(err) => {
+                for (_, reply) in batch.drain(..) {
+                    let _ = reply.send(Err(StoreError::Unavailable(err.to_string())));
+                }
+            }
+        }
     }
 }

@@ -36,7 +36,7 @@ use portcullis_core::{
 };
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::cluster_async::ClusterConnection;
-use redis::{FromRedisValue, Script};
+use redis::{FromRedisValue, IntoConnectionInfo, Script};
 
 /// How long a node trusts an API key it looked up (revocation reaches other nodes within this).
 pub const API_KEY_CACHE: Duration = Duration::from_secs(1);
@@ -91,6 +91,13 @@ impl std::fmt::Debug for RedisStore {
             .field("prefix", &self.prefix)
             .finish_non_exhaustive()
     }
+}
+
+/// Commands go out at once. redis-rs leaves Nagle's algorithm on by default, which lets a small
+/// command written while an earlier one is unacknowledged wait for that ACK; a pipelined client
+/// should not pay that on every validation.
+fn tcp_settings() -> redis::io::tcp::TcpSettings {
+    redis::io::tcp::TcpSettings::default().set_nodelay(true)
 }
 
 fn unavailable(err: redis::RedisError) -> StoreError {
@@ -212,13 +219,15 @@ impl RedisStore {
                 .map(|n| format!("redis://{n}"))
                 .collect();
             let client = redis::cluster::ClusterClientBuilder::new(nodes)
+                .tcp_settings(tcp_settings())
                 .connection_timeout(Duration::from_secs(1))
                 .response_timeout(Duration::from_secs(1))
                 .retries(3)
                 .build()?;
             Conn::Cluster(client.get_async_connection().await?)
         } else {
-            let client = redis::Client::open(url)?;
+            let info = url.into_connection_info()?.set_tcp_settings(tcp_settings());
+            let client = redis::Client::open(info)?;
             let config = ConnectionManagerConfig::new()
                 .set_connection_timeout(Some(Duration::from_secs(1)))
                 .set_response_timeout(Some(Duration::from_secs(1)))
