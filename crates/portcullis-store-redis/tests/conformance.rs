@@ -53,6 +53,23 @@ async fn fresh() -> RedisStore {
 
 portcullis_store_tests::store_conformance!(fresh());
 
+/// A store under the prefix `pctest:<pid>:<name>`, with the prefix and a plain connection to its
+/// server, for tests that look at the keys themselves.
+async fn store_and_keys(name: &str) -> (RedisStore, String, redis::aio::MultiplexedConnection) {
+    let url =
+        std::env::var("PORTCULLIS_TEST_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    let prefix = format!("pctest:{}:{name}", std::process::id());
+    let store = RedisStore::connect(&format!("{url}?prefix={prefix}"))
+        .await
+        .unwrap();
+    let conn = redis::Client::open(url.as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    (store, prefix, conn)
+}
+
 /// When Redis drops a session by its TTL (no sweeper ran in time), the per-subject and deadline
 /// indexes and the tag's id hash do not keep the dead entry: the next read of the index removes it.
 #[tokio::test]
@@ -60,20 +77,10 @@ async fn indexes_never_keep_entries_of_sessions_redis_expired() {
     use portcullis_core::SessionStore;
     use portcullis_store_tests::{plain_insert, random, session_at, t0};
 
-    let url =
-        std::env::var("PORTCULLIS_TEST_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
-    let prefix = format!("pctest:{}:ttl", std::process::id());
-    let store = RedisStore::connect(&format!("{url}?prefix={prefix}"))
-        .await
-        .unwrap();
+    let (store, prefix, mut conn) = store_and_keys("ttl").await;
     let (token, session) = session_at("ivy", t0(), &random());
     store.insert(plain_insert(session.clone())).await.unwrap();
     let tag = format!("{:02x}", portcullis_core::subject_route("ivy"));
-    let mut conn = redis::Client::open(url.as_str())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
     let mut session_key = format!("{prefix}:{{{tag}}}:s:").into_bytes();
     session_key.extend_from_slice(&token.hash().0);
     let subject_key = format!("{prefix}:{{{tag}}}:u:ivy");
@@ -147,17 +154,7 @@ async fn purge_unlinks_ended_sessions_even_when_redis_dropped_the_record() {
     use portcullis_store_tests::{ending, plain_insert, random, session_at, t0};
     use std::time::Duration;
 
-    let url =
-        std::env::var("PORTCULLIS_TEST_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
-    let prefix = format!("pctest:{}:purge", std::process::id());
-    let store = RedisStore::connect(&format!("{url}?prefix={prefix}"))
-        .await
-        .unwrap();
-    let mut conn = redis::Client::open(url.as_str())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
+    let (store, prefix, mut conn) = store_and_keys("purge").await;
     let tag = format!("{:02x}", portcullis_core::subject_route("jo"));
     let purges_key = format!("{prefix}:{{{tag}}}:p");
     let random = random();

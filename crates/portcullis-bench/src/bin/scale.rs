@@ -133,12 +133,16 @@ fn file_bytes(dir: &std::path::Path) -> u64 {
         .unwrap_or(0)
 }
 
-async fn redis_used_memory(url: &str) -> u64 {
-    let client = redis::Client::open(url).expect("redis url");
-    let mut conn = client
+async fn redis_connection(url: &str) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(url)
+        .expect("redis url")
         .get_multiplexed_async_connection()
         .await
-        .expect("redis");
+        .expect("redis")
+}
+
+async fn redis_used_memory(url: &str) -> u64 {
+    let mut conn = redis_connection(url).await;
     let info: String = redis::cmd("INFO")
         .arg("memory")
         .query_async(&mut conn)
@@ -154,11 +158,7 @@ async fn redis_used_memory(url: &str) -> u64 {
 /// tag: `s` records, `u` subject indexes, `d` deadline indexes, …), audit streams left out.
 /// Keys one per session or subject are sampled (the first 1,000 of a kind), per-tag keys summed.
 async fn redis_bytes_by_kind(url: &str, prefix: &str, n: usize) -> String {
-    let client = redis::Client::open(url).expect("redis url");
-    let mut conn = client
-        .get_multiplexed_async_connection()
-        .await
-        .expect("redis");
+    let mut conn = redis_connection(url).await;
     // kind -> (keys seen, bytes of the sampled ones, sampled)
     let mut kinds: std::collections::BTreeMap<String, (u64, u64, u64)> = Default::default();
     let mut cursor = 0u64;
@@ -309,11 +309,7 @@ async fn main() {
     let write = started.elapsed();
     let used = redis_used_memory(&a.redis).await.saturating_sub(before) as f64 / n as f64;
     // The audit trail (one `session.created` event per session) lives in the per-tag streams.
-    let client = redis::Client::open(a.redis.as_str()).expect("redis url");
-    let mut conn = client
-        .get_multiplexed_async_connection()
-        .await
-        .expect("redis");
+    let mut conn = redis_connection(&a.redis).await;
     let mut events = 0u64;
     for tag in 0..=255u8 {
         let bytes: Option<u64> = redis::cmd("MEMORY")
@@ -335,11 +331,7 @@ async fn main() {
     );
     measure("redis", n, store, &tokens, extra).await;
     // Leave nothing behind.
-    let client = redis::Client::open(a.redis.as_str()).expect("redis url");
-    let mut conn = client
-        .get_multiplexed_async_connection()
-        .await
-        .expect("redis");
+    let mut conn = redis_connection(&a.redis).await;
     let keys: Vec<Vec<u8>> = redis::cmd("KEYS")
         .arg(format!("{prefix}:*"))
         .query_async(&mut conn)
