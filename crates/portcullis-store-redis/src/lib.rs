@@ -78,8 +78,8 @@ enum Conn {
 #[derive(Clone)]
 pub struct RedisStore {
     conn: Conn,
-    /// Validations' record reads, gathered into `MGET`s (standalone Redis only: in a Cluster
-    /// the keys of one `MGET` would have to share a slot).
+    /// Record reads, gathered into `MGET`s (standalone Redis only: in a Cluster the keys of one
+    /// `MGET` would have to share a slot).
     gatherer: Option<gather::Gatherer>,
     prefix: Arc<str>,
     api_keys: Arc<ApiKeyCache>,
@@ -369,10 +369,15 @@ impl RedisStore {
         Ok(())
     }
 
+    /// The record under `hash`; on a standalone Redis, read together with concurrent reads.
     async fn read(&self, hash: &TokenHash) -> Result<Option<Session>, StoreError> {
-        let record: Option<Vec<u8>> = self
-            .query(redis::cmd("GET").arg(self.session_key(hash)))
-            .await?;
+        let record: Option<Vec<u8>> = match &self.gatherer {
+            Some(gatherer) => gatherer.get(self.session_key(hash)).await?,
+            None => {
+                self.query(redis::cmd("GET").arg(self.session_key(hash)))
+                    .await?
+            }
+        };
         record
             .map(|bytes| record::decode(*hash, &bytes))
             .transpose()
@@ -611,13 +616,7 @@ impl SessionStore for RedisStore {
     const ROUTES_BY_SUBJECT: bool = true;
 
     async fn find_by_token(&self, hash: &TokenHash) -> Result<Option<Arc<Session>>, StoreError> {
-        let Some(gatherer) = &self.gatherer else {
-            return Ok(self.read(hash).await?.map(Arc::new));
-        };
-        let record = gatherer.get(self.session_key(hash)).await?;
-        record
-            .map(|bytes| record::decode(*hash, &bytes).map(Arc::new))
-            .transpose()
+        Ok(self.read(hash).await?.map(Arc::new))
     }
 
     async fn find_by_id(&self, id: &SessionId) -> Result<Option<Arc<Session>>, StoreError> {
