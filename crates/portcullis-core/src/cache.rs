@@ -389,6 +389,9 @@ impl<J: Journal> SessionStore for CachedStore<J> {
         let mut change = Change::default();
         let mut session = insert.session;
         let now = session.created_at;
+        if let Some(parent) = &session.parent {
+            plan::parent_is_live(self.get_by_id(parent).as_deref(), &session.subject)?;
+        }
 
         if let Some(limit) = insert.limit {
             let live: Vec<Arc<Session>> = state
@@ -405,7 +408,7 @@ impl<J: Journal> SessionStore for CachedStore<J> {
                 reconstitute_until: None,
                 retention: insert.ended_retention,
             };
-            for victim in plan::evictions(live, limit)? {
+            for victim in plan::evictions(live, limit, &session)? {
                 self.plan_end(
                     &state,
                     &victim.id,

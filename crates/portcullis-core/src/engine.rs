@@ -361,7 +361,7 @@ impl<S: SessionStore> Engine<S> {
             idle: (!idle.lifetime.is_zero())
                 .then(|| Deadline::after(now, idle.lifetime, idle.text)),
             absolute: Deadline::after(now, absolute.lifetime, absolute.text),
-            parent: request.parent,
+            parent: request.parent.clone(),
             reconstituted_from: None,
             ended: None,
         };
@@ -381,6 +381,10 @@ impl<S: SessionStore> Engine<S> {
             .await
             .map_err(|e| match e {
                 StoreError::LimitReached => EngineError::LimitReached,
+                StoreError::ParentNotLive => EngineError::Invalid(format!(
+                    "parent session {} is not a live session of this subject",
+                    request.parent.as_ref().map_or("", |p| p.as_str())
+                )),
                 other => EngineError::Store(other),
             })?;
         self.publish(&inserted.events);

@@ -9,15 +9,31 @@ use crate::policy::OnLimit;
 use crate::session::{EndReason, Ended, Session};
 use crate::store::{Ending, SessionLimit, StoreError};
 
-/// The live sessions to end (`new_device`) so that one more fits under `limit`;
-/// [`StoreError::LimitReached`] when the policy says `deny` and there is no room.
+/// The live sessions to end (`new_device`) so that `new` fits under its policy's `limit`, given
+/// the subject's `live` sessions; [`StoreError::LimitReached`] when the policy says `deny` and
+/// there is no room.
+///
+/// A limit counts the subject's sessions of the same policy only: a policy is chosen per
+/// application, so an application's sessions never push out the SSO session's or another
+/// application's. `new`'s parent is never chosen: creating a child must not end the session it
+/// belongs to.
 pub fn evictions(
     mut live: Vec<Arc<Session>>,
     limit: SessionLimit,
+    new: &Session,
 ) -> Result<Vec<Arc<Session>>, StoreError> {
     let max = usize::try_from(limit.max).unwrap_or(usize::MAX);
+    live.retain(|s| s.policy == new.policy);
+    let parent = new.parent.as_ref();
+    let kept = live.iter().filter(|s| Some(&s.id) == parent).count();
+    live.retain(|s| Some(&s.id) != parent);
+    let max = max.saturating_sub(kept);
     if limit.max == 0 || live.len() < max {
         return Ok(Vec::new());
+    }
+    if max == 0 {
+        // Only the parent would be left to end.
+        return Err(StoreError::LimitReached);
     }
     match limit.on_limit {
         OnLimit::Deny => return Err(StoreError::LimitReached),
@@ -54,6 +70,14 @@ pub fn ended_record(session: &Session, ending: &Ending, reason: EndReason) -> Se
             .max(ending.at.plus(ending.retention)),
     });
     ended
+}
+
+/// Whether `parent` may take a new child of `subject`: it exists, is live and is the subject's.
+pub fn parent_is_live(parent: Option<&Session>, subject: &str) -> Result<(), StoreError> {
+    match parent {
+        Some(p) if p.is_live() && p.subject == subject => Ok(()),
+        _ => Err(StoreError::ParentNotLive),
+    }
 }
 
 /// Whether the ended session `tomb` may give its data to `new` (same subject and policy,

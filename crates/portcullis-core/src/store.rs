@@ -26,6 +26,10 @@ pub enum StoreError {
     /// The subject has reached its session limit and the policy says `deny`.
     #[error("the subject has reached its session limit")]
     LimitReached,
+    /// The new session's parent is no longer a live session of its subject (it ended while
+    /// the child was being created).
+    #[error("the parent session is not a live session of this subject")]
+    ParentNotLive,
     /// Stored data could not be read back.
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
@@ -128,7 +132,10 @@ pub trait SessionStore: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Vec<Arc<Session>>, StoreError>> + Send;
 
     /// Inserts a session, enforcing the limit atomically (evicting with `new_device`, or
-    /// [`StoreError::LimitReached`]) and re-constituting when asked.
+    /// [`StoreError::LimitReached`]) and re-constituting when asked. A session with a parent is
+    /// inserted only while the parent is a live session of the same subject, checked in the
+    /// same atomic step ([`StoreError::ParentNotLive`]), so a child never outlives a parent
+    /// that ended while it was being created.
     fn insert(&self, insert: Insert) -> impl Future<Output = Result<Inserted, StoreError>> + Send;
 
     /// Replaces a live session if it is still at `version` (rotation, elevation, new data).

@@ -94,7 +94,9 @@ impl ApiError {
             Self::Engine(E::DataTooLarge { .. }) => {
                 (StatusCode::PAYLOAD_TOO_LARGE, "data_too_large", None)
             }
-            Self::Engine(E::Invalid(_)) => (StatusCode::BAD_REQUEST, "invalid_request", None),
+            Self::Engine(E::Invalid(_) | E::Store(StoreError::ParentNotLive)) => {
+                (StatusCode::BAD_REQUEST, "invalid_request", None)
+            }
             Self::Engine(E::Conflict) => (StatusCode::CONFLICT, "conflict", None),
             Self::MissingApiKey => (StatusCode::UNAUTHORIZED, "missing_api_key", None),
             Self::InvalidApiKey => (StatusCode::UNAUTHORIZED, "invalid_api_key", None),

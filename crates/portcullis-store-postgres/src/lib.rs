@@ -322,6 +322,18 @@ impl SessionStore for PostgresStore {
         let mut tx = self.begin().await?;
         let mut session = insert.session;
         lock_subject(&mut tx, &session.subject).await?;
+        if let Some(parent) = &session.parent {
+            // The row lock waits for an ending of the parent in flight (`end_tree` locks it FOR
+            // UPDATE) and holds off the next one until this child is committed, where that
+            // ending's search for children will find it.
+            let parent = fetch_sessions(
+                &mut tx,
+                "SELECT body, last_seen_at, idle_at FROM pc_sessions WHERE id = $1 AND live FOR SHARE",
+                parent.as_str(),
+            )
+            .await?;
+            plan::parent_is_live(parent.first().map(Arc::as_ref), &session.subject)?;
+        }
         let mut events = Vec::new();
         let mut ended = Vec::new();
         if let Some(limit) = insert.limit {
@@ -338,7 +350,7 @@ impl SessionStore for PostgresStore {
                 reconstitute_until: None,
                 retention: insert.ended_retention,
             };
-            for victim in plan::evictions(live, limit)? {
+            for victim in plan::evictions(live, limit, &session)? {
                 end_tree(
                     &mut tx,
                     &victim.id,

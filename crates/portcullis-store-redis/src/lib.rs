@@ -647,6 +647,18 @@ impl SessionStore for RedisStore {
             let mut plan = Plan::default();
             let version = self.subject_version(&session.subject).await?;
             self.guard_subject(&mut plan, &session.subject, &version);
+            if let Some(parent) = &session.parent {
+                // Read after the subject's version: an ending of the parent committed since
+                // then fails this plan (its version moved), and the next attempt sees it ended.
+                let parent = self.find_by_id(parent).await?;
+                plan::parent_is_live(parent.as_deref(), &session.subject)?;
+                if let Some(parent) = parent {
+                    plan.check_version(
+                        &self.session_key(&parent.token_hash),
+                        &parent.version.to_string(),
+                    );
+                }
+            }
             let mut ended_events = Plan::default();
             if let Some(limit) = insert.limit {
                 let live = self.list_subject(&session.subject).await?;
@@ -657,7 +669,7 @@ impl SessionStore for RedisStore {
                     reconstitute_until: None,
                     retention: insert.ended_retention,
                 };
-                for victim in plan::evictions(live, limit)? {
+                for victim in plan::evictions(live, limit, &session)? {
                     self.plan_end_tree(&mut ended_events, victim, &ending, EndReason::NewDevice)
                         .await?;
                 }
@@ -706,24 +718,36 @@ impl SessionStore for RedisStore {
         next: Session,
         event: AuditEvent,
     ) -> Result<Option<(Arc<Session>, AuditEvent)>, StoreError> {
-        let Some(current) = self.find_by_id(&next.id).await? else {
-            return Ok(None);
-        };
-        if !current.is_live() || current.version != version {
-            return Ok(None);
+        for attempt in 0..ATTEMPTS {
+            let Some(current) = self.find_by_id(&next.id).await? else {
+                return Ok(None);
+            };
+            if !current.is_live() || current.version != version {
+                return Ok(None);
+            }
+            let mut plan = Plan::default();
+            // A rotation moves the record to a new key. Bumping the subject's version makes an
+            // ending planned from the old key (a parent's cascade, "end all but one") plan
+            // again, so the rotated session cannot slip past it and stay live.
+            let subject_version = self.subject_version(&current.subject).await?;
+            self.guard_subject(&mut plan, &current.subject, &subject_version);
+            plan.check_version(&self.session_key(&current.token_hash), &version.to_string());
+            plan.check_live(&self.session_key(&current.token_hash));
+            if next.token_hash != current.token_hash {
+                plan.check_version(&self.session_key(&next.token_hash), "");
+            }
+            self.write(&mut plan, Some(&current), &next)?;
+            self.event(&mut plan, Some(next.token_hash.0[0]), event.clone())?;
+            if let Some(mut events) = self.commit(plan).await? {
+                return Ok(Some((Arc::new(next), events.remove(0))));
+            }
+            // Another change of the subject committed first; whether this session itself
+            // moved is decided by reading it again.
+            Self::backoff(attempt).await;
         }
-        let mut plan = Plan::default();
-        plan.check_version(&self.session_key(&current.token_hash), &version.to_string());
-        plan.check_live(&self.session_key(&current.token_hash));
-        if next.token_hash != current.token_hash {
-            plan.check_version(&self.session_key(&next.token_hash), "");
-        }
-        self.write(&mut plan, Some(&current), &next)?;
-        self.event(&mut plan, Some(next.token_hash.0[0]), event)?;
-        Ok(self
-            .commit(plan)
-            .await?
-            .map(|mut events| (Arc::new(next), events.remove(0))))
+        Err(StoreError::Unavailable(
+            "too much contention on one subject; retry".into(),
+        ))
     }
 
     async fn touch(&self, id: &SessionId, at: Timestamp) -> Result<(), StoreError> {

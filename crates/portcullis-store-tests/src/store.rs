@@ -197,6 +197,130 @@ pub async fn end_cascades_to_children<S: SessionStore>(store: S) {
     assert_eq!(child.ended.as_ref().unwrap().reason, EndReason::ParentEnded);
 }
 
+/// A child is stored only under a live parent of its own subject: under someone else's
+/// session, an unknown one or one that has ended, the insert is refused and nothing is stored.
+pub async fn a_child_needs_a_live_parent_of_its_subject<S: SessionStore>(store: S) {
+    let r = random();
+    let (_, parent) = session_at("alice", t0(), &r);
+    store.insert(plain_insert(parent.clone())).await.unwrap();
+    let (_, bobs) = session_at("bob", t0(), &r);
+    store.insert(plain_insert(bobs.clone())).await.unwrap();
+    let unknown = PublicId::generate_routed("ses_", subject_route("alice"), r.as_ref());
+    let refused = |parent: PublicId| {
+        let (token, mut child) = session_at("alice", t0(), &r);
+        child.parent = Some(parent);
+        (token, child)
+    };
+    for parent_id in [bobs.id.clone(), unknown] {
+        let (token, child) = refused(parent_id);
+        let err = store.insert(plain_insert(child)).await.unwrap_err();
+        assert!(matches!(err, StoreError::ParentNotLive), "{err:?}");
+        assert!(store.find_by_token(&token.hash()).await.unwrap().is_none());
+    }
+    store
+        .end(&parent.id, ending(EndReason::Logout, t0()))
+        .await
+        .unwrap();
+    let (token, child) = refused(parent.id.clone());
+    let err = store.insert(plain_insert(child)).await.unwrap_err();
+    assert!(matches!(err, StoreError::ParentNotLive), "{err:?}");
+    assert!(store.find_by_token(&token.hash()).await.unwrap().is_none());
+    assert!(store.list_subject("alice").await.unwrap().is_empty());
+}
+
+/// Ending a parent while its child keeps rotating and new children keep arriving leaves none of
+/// them live: a rotation moves a child under the ending's feet, and a child created meanwhile is
+/// either refused or ended with the rest.
+pub async fn a_parent_ending_reaches_children_rotating_or_created_meanwhile<S: SessionStore>(
+    store: S,
+) {
+    let store = Arc::new(store);
+    let r = random();
+    for round in 0..12u64 {
+        let subject = format!("family{round}");
+        let (_, parent) = session_at(&subject, t0(), &r);
+        let (_, mut child) = session_at(&subject, t0(), &r);
+        child.parent = Some(parent.id.clone());
+        store.insert(plain_insert(parent.clone())).await.unwrap();
+        store.insert(plain_insert(child.clone())).await.unwrap();
+        let rotating = {
+            let (store, r, subject, id) = (
+                Arc::clone(&store),
+                Arc::clone(&r),
+                subject.clone(),
+                child.id.clone(),
+            );
+            tokio::spawn(async move {
+                // Bounded: a child that escaped the ending would rotate forever.
+                let mut rotations = 0;
+                while rotations < 300 {
+                    let Some(current) = store.find_by_id(&id).await.unwrap() else {
+                        break;
+                    };
+                    let mut next = (*current).clone();
+                    next.token_hash = Token::generate_routed(
+                        TokenKind::Session,
+                        r.as_ref(),
+                        subject_route(&subject),
+                    )
+                    .hash();
+                    next.version += 1;
+                    let event = AuditEvent::for_session(
+                        EventKind::SessionRotated,
+                        &next,
+                        t0(),
+                        &Actor::system(),
+                    );
+                    if store
+                        .replace(current.version, next, event)
+                        .await
+                        .unwrap()
+                        .is_none()
+                    {
+                        break;
+                    }
+                    rotations += 1;
+                }
+                rotations
+            })
+        };
+        let creating = {
+            let (store, r, subject, parent_id) = (
+                Arc::clone(&store),
+                Arc::clone(&r),
+                subject.clone(),
+                parent.id.clone(),
+            );
+            tokio::spawn(async move {
+                for _ in 0..8 {
+                    let (_, mut late) = session_at(&subject, t0(), &r);
+                    late.parent = Some(parent_id.clone());
+                    match store.insert(plain_insert(late)).await {
+                        Ok(_) | Err(StoreError::ParentNotLive) => {}
+                        Err(other) => panic!("unexpected store error: {other}"),
+                    }
+                    tokio::task::yield_now().await;
+                }
+            })
+        };
+        for _ in 0..round % 4 {
+            tokio::task::yield_now().await;
+        }
+        store
+            .end(&parent.id, ending(EndReason::Logout, t0()))
+            .await
+            .unwrap();
+        rotating.await.unwrap();
+        creating.await.unwrap();
+        let live = store.list_subject(&subject).await.unwrap();
+        assert!(
+            live.is_empty(),
+            "round {round}: still live after the parent ended: {:?}",
+            live.iter().map(|s| (&s.id, &s.parent)).collect::<Vec<_>>()
+        );
+    }
+}
+
 /// Ending a subject's sessions spares the exception and nobody else is touched.
 pub async fn end_subject_spares_the_exception<S: SessionStore>(store: S) {
     let r = random();
@@ -313,6 +437,69 @@ pub async fn limit_evicts_idlest<S: SessionStore>(store: S) {
     let evicted = store.find_by_id(&ids[1]).await.unwrap().unwrap();
     assert_eq!(evicted.ended.as_ref().unwrap().reason, EndReason::NewDevice);
     assert!(store.find_by_id(&ids[0]).await.unwrap().unwrap().is_live());
+}
+
+/// A limit counts only the sessions of the new session's policy (an application's sessions
+/// never push out another's), and a child never evicts its own parent: when only the parent
+/// would be left to end, the insert is refused.
+pub async fn limit_counts_one_policy_and_spares_the_parent<S: SessionStore>(store: S) {
+    let r = random();
+    let (_, parent) = session_at("alice", t0(), &r);
+    let (_, second) = session_at("alice", t0().plus(SEC), &r);
+    store.insert(plain_insert(parent.clone())).await.unwrap();
+    store.insert(plain_insert(second.clone())).await.unwrap();
+    let (_, mut app) = session_at("alice", t0().plus(SEC * 2), &r);
+    app.policy = "app".into();
+    let inserted = store
+        .insert(limited_insert(app, limit(2, OnLimit::EvictOldest)))
+        .await
+        .unwrap();
+    assert_eq!(
+        inserted.events.len(),
+        1,
+        "nothing evicted for another policy"
+    );
+    assert_eq!(store.list_subject("alice").await.unwrap().len(), 3);
+
+    let (_, mut child) = session_at("alice", t0().plus(SEC * 3), &r);
+    child.parent = Some(parent.id.clone());
+    let inserted = store
+        .insert(limited_insert(
+            child.clone(),
+            limit(2, OnLimit::EvictOldest),
+        ))
+        .await
+        .unwrap();
+    let evicted: Vec<_> = inserted
+        .events
+        .iter()
+        .filter(|e| e.kind == EventKind::SessionEnded)
+        .filter_map(|e| e.session_id.clone())
+        .collect();
+    assert!(
+        evicted.contains(&second.id),
+        "the other default session makes room"
+    );
+    assert!(!evicted.contains(&parent.id), "the parent is spared");
+    let parent_now = store.find_by_id(&parent.id).await.unwrap().unwrap();
+    assert!(parent_now.is_live());
+
+    let (token, mut another) = session_at("alice", t0().plus(SEC * 4), &r);
+    another.parent = Some(parent.id.clone());
+    let err = store
+        .insert(limited_insert(another, limit(1, OnLimit::EvictOldest)))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::LimitReached), "{err:?}");
+    assert!(store.find_by_token(&token.hash()).await.unwrap().is_none());
+    assert!(
+        store
+            .find_by_id(&child.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .is_live()
+    );
 }
 
 /// 50 parallel creates for one subject with a limit of 3 leave exactly 3 live sessions,
