@@ -438,6 +438,27 @@ impl RedisStore {
         .await
     }
 
+    /// Up to `limit` members of the time index at `key` scored at or before `now`, with scores.
+    async fn entries_until(
+        &self,
+        key: &str,
+        now: Timestamp,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, f64)>, StoreError> {
+        self.query(
+            redis::cmd("ZRANGE")
+                .arg(key)
+                .arg("-inf")
+                .arg(now.as_millis())
+                .arg("BYSCORE")
+                .arg("LIMIT")
+                .arg(0)
+                .arg(limit)
+                .arg("WITHSCORES"),
+        )
+        .await
+    }
+
     /// The version of the subject's index (empty before its first change).
     async fn subject_version(&self, subject: &str) -> Result<String, StoreError> {
         let v: Option<String> = self
@@ -831,11 +852,31 @@ impl SessionStore for RedisStore {
     }
 
     async fn due(&self, now: Timestamp, limit: usize) -> Result<Vec<Arc<Session>>, StoreError> {
-        let mut due = Vec::new();
-        for route in 0..=255u8 {
-            let key = self.tag_key(&tag_of(route), "d");
-            for member in self.members_until(&key, now, limit).await? {
+        // The index entries of every tag first, then records only for the earliest `limit` of
+        // them: reading every due record on each call made a sweep of n expired sessions cost
+        // n²/limit reads (1,358 µs per expired session at 1 M sessions against 545 at 100 k).
+        // A pass whose entries all turn out not due moves them out of the range, so the next
+        // pass makes progress; a few passes bound the call if writers keep racing it.
+        for _ in 0..8 {
+            let mut entries = Vec::new();
+            for route in 0..=255u8 {
+                let key = self.tag_key(&tag_of(route), "d");
+                for (member, score) in self.entries_until(&key, now, limit).await? {
+                    entries.push((score, route, member));
+                }
+            }
+            if entries.is_empty() {
+                break;
+            }
+            entries.sort_by(|a, b| a.0.total_cmp(&b.0).then_with(|| a.2.cmp(&b.2)));
+            entries.truncate(limit);
+            let mut due = Vec::new();
+            for (_, route, member) in entries {
+                let key = self.tag_key(&tag_of(route), "d");
                 let Some(id) = member_id(&member) else {
+                    let _: i64 = self
+                        .query(redis::cmd("ZREM").arg(&key).arg(&member))
+                        .await?;
                     continue;
                 };
                 let (link, session) = self.find_member(route, &id).await?;
@@ -855,10 +896,12 @@ impl SessionStore for RedisStore {
                     None => self.unlink(route, &key, &id, link).await?,
                 }
             }
+            if !due.is_empty() {
+                due.sort_by(|a, b| (a.next_deadline().0, &a.id).cmp(&(b.next_deadline().0, &b.id)));
+                return Ok(due);
+            }
         }
-        due.sort_by(|a, b| (a.next_deadline().0, &a.id).cmp(&(b.next_deadline().0, &b.id)));
-        due.truncate(limit);
-        Ok(due)
+        Ok(Vec::new())
     }
 
     async fn purge(&self, now: Timestamp) -> Result<usize, StoreError> {

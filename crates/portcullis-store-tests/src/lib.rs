@@ -124,6 +124,7 @@ macro_rules! store_conformance {
             store::limit_counts_one_policy_and_spares_the_parent,
             store::limit_holds_under_50_concurrent_creates,
             store::due_is_only_what_passed_in_deadline_order,
+            store::due_in_batches_walks_every_subject_in_deadline_order,
             store::tombstone_reconstitutes_once,
             store::purge_forgets_after_retention,
             store::events_are_ordered_filtered_and_paged,

@@ -197,6 +197,39 @@ pub async fn end_cascades_to_children<S: SessionStore>(store: S) {
     assert_eq!(child.ended.as_ref().unwrap().reason, EndReason::ParentEnded);
 }
 
+/// A sweep in small batches over many subjects: each call answers the earliest due sessions
+/// across all of them, in deadline order, and ending what it answered moves on to the next,
+/// until nothing is left.
+pub async fn due_in_batches_walks_every_subject_in_deadline_order<S: SessionStore>(store: S) {
+    let r = random();
+    let mut expected = vec![];
+    for i in 0..30u32 {
+        // Created in a shuffled order, so deadlines and subjects (hence shards) do not line up.
+        let at = t0().plus(SEC * ((i * 7) % 30));
+        let (_, s) = session_at(&format!("user{i}"), at, &r);
+        expected.push((s.idle.as_ref().unwrap().at, s.id.clone()));
+        store.insert(plain_insert(s)).await.unwrap();
+    }
+    expected.sort();
+    let later = t0().plus(SEC * 10_000);
+    let mut swept = vec![];
+    for _ in 0..10 {
+        let due = store.due(later, 7).await.unwrap();
+        if due.is_empty() {
+            break;
+        }
+        assert!(due.len() <= 7);
+        for session in &due {
+            swept.push((session.next_deadline().0, session.id.clone()));
+            store
+                .end(&session.id, ending(EndReason::ExpiredIdle, later))
+                .await
+                .unwrap();
+        }
+    }
+    assert_eq!(swept, expected);
+}
+
 /// A child is stored only under a live parent of its own subject: under someone else's
 /// session, an unknown one or one that has ended, the insert is refused and nothing is stored.
 pub async fn a_child_needs_a_live_parent_of_its_subject<S: SessionStore>(store: S) {

@@ -330,18 +330,29 @@ async fn main() {
         used - events
     );
     measure("redis", n, store, &tokens, extra).await;
-    // Leave nothing behind.
+    // Leave nothing behind (a `KEYS` answer of millions of keys timed out and left them all).
     let mut conn = redis_connection(&a.redis).await;
-    let keys: Vec<Vec<u8>> = redis::cmd("KEYS")
-        .arg(format!("{prefix}:*"))
-        .query_async(&mut conn)
-        .await
-        .unwrap_or_default();
-    for chunk in keys.chunks(1000) {
-        let _: () = redis::cmd("DEL")
-            .arg(chunk)
+    let mut cursor = 0u64;
+    loop {
+        let (next, keys): (u64, Vec<Vec<u8>>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(format!("{prefix}:*"))
+            .arg("COUNT")
+            .arg(10_000)
             .query_async(&mut conn)
             .await
-            .unwrap_or(());
+            .expect("scan");
+        if !keys.is_empty() {
+            let _: () = redis::cmd("DEL")
+                .arg(&keys)
+                .query_async(&mut conn)
+                .await
+                .expect("delete the scale keys");
+        }
+        if next == 0 {
+            break;
+        }
+        cursor = next;
     }
 }
