@@ -186,6 +186,19 @@ fn member_id(member: &[u8]) -> Option<SessionId> {
         .map(|id| SessionId::from_string(id.to_owned()))
 }
 
+/// `ZRANGE` of the first `limit` members of `key` scored at or before `now`.
+fn range_until(key: &str, now: Timestamp, limit: usize) -> redis::Cmd {
+    let mut cmd = redis::cmd("ZRANGE");
+    cmd.arg(key)
+        .arg("-inf")
+        .arg(now.as_millis())
+        .arg("BYSCORE")
+        .arg("LIMIT")
+        .arg(0)
+        .arg(limit);
+    cmd
+}
+
 fn tag_of(route: u8) -> String {
     format!("{route:02x}")
 }
@@ -425,38 +438,18 @@ impl RedisStore {
         now: Timestamp,
         limit: usize,
     ) -> Result<Vec<Vec<u8>>, StoreError> {
-        self.query(
-            redis::cmd("ZRANGE")
-                .arg(key)
-                .arg("-inf")
-                .arg(now.as_millis())
-                .arg("BYSCORE")
-                .arg("LIMIT")
-                .arg(0)
-                .arg(limit),
-        )
-        .await
+        self.query(&range_until(key, now, limit)).await
     }
 
-    /// Up to `limit` members of the time index at `key` scored at or before `now`, with scores.
+    /// [`Self::members_until`] with each member's score.
     async fn entries_until(
         &self,
         key: &str,
         now: Timestamp,
         limit: usize,
     ) -> Result<Vec<(Vec<u8>, f64)>, StoreError> {
-        self.query(
-            redis::cmd("ZRANGE")
-                .arg(key)
-                .arg("-inf")
-                .arg(now.as_millis())
-                .arg("BYSCORE")
-                .arg("LIMIT")
-                .arg(0)
-                .arg(limit)
-                .arg("WITHSCORES"),
-        )
-        .await
+        self.query(range_until(key, now, limit).arg("WITHSCORES"))
+            .await
     }
 
     /// The version of the subject's index (empty before its first change).

@@ -161,47 +161,31 @@ async fn redis_bytes_by_kind(url: &str, prefix: &str, n: usize) -> String {
     let mut conn = redis_connection(url).await;
     // kind -> (keys seen, bytes of the sampled ones, sampled)
     let mut kinds: std::collections::BTreeMap<String, (u64, u64, u64)> = Default::default();
-    let mut cursor = 0u64;
-    loop {
-        let (next, keys): (u64, Vec<Vec<u8>>) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(format!("{prefix}:*"))
-            .arg("COUNT")
-            .arg(1000)
-            .query_async(&mut conn)
-            .await
-            .expect("scan");
-        for key in keys {
-            let text = String::from_utf8_lossy(&key);
-            let Some(rest) = text.split_once("}:").map(|(_, rest)| rest) else {
-                continue;
-            };
-            let (kind, per_tag) = match rest.split_once(':') {
-                Some((kind, _)) => (kind.to_owned(), false),
-                None => (rest.to_owned(), true),
-            };
-            if kind == "e" {
-                continue;
-            }
-            let entry = kinds.entry(kind).or_default();
-            entry.0 += 1;
-            if per_tag || entry.2 < 1000 {
-                let bytes: Option<u64> = redis::cmd("MEMORY")
-                    .arg("USAGE")
-                    .arg(&key)
-                    .arg("SAMPLES")
-                    .arg(0)
-                    .query_async(&mut conn)
-                    .await
-                    .unwrap_or(None);
-                entry.1 += bytes.unwrap_or(0);
-                entry.2 += 1;
-            }
+    for key in keys_under(&mut conn, prefix).await {
+        let text = String::from_utf8_lossy(&key);
+        let Some(rest) = text.split_once("}:").map(|(_, rest)| rest) else {
+            continue;
+        };
+        let (kind, per_tag) = match rest.split_once(':') {
+            Some((kind, _)) => (kind.to_owned(), false),
+            None => (rest.to_owned(), true),
+        };
+        if kind == "e" {
+            continue;
         }
-        cursor = next;
-        if cursor == 0 {
-            break;
+        let entry = kinds.entry(kind).or_default();
+        entry.0 += 1;
+        if per_tag || entry.2 < 1000 {
+            let bytes: Option<u64> = redis::cmd("MEMORY")
+                .arg("USAGE")
+                .arg(&key)
+                .arg("SAMPLES")
+                .arg(0)
+                .query_async(&mut conn)
+                .await
+                .unwrap_or(None);
+            entry.1 += bytes.unwrap_or(0);
+            entry.2 += 1;
         }
     }
     kinds
@@ -332,6 +316,18 @@ async fn main() {
     measure("redis", n, store, &tokens, extra).await;
     // Leave nothing behind (a `KEYS` answer of millions of keys timed out and left them all).
     let mut conn = redis_connection(&a.redis).await;
+    for keys in keys_under(&mut conn, &prefix).await.chunks(10_000) {
+        let _: () = redis::cmd("DEL")
+            .arg(keys)
+            .query_async(&mut conn)
+            .await
+            .expect("delete the scale keys");
+    }
+}
+
+/// Every key under `prefix`, walked with `SCAN` so a large keyspace never blocks Redis.
+async fn keys_under(conn: &mut redis::aio::MultiplexedConnection, prefix: &str) -> Vec<Vec<u8>> {
+    let mut all = Vec::new();
     let mut cursor = 0u64;
     loop {
         let (next, keys): (u64, Vec<Vec<u8>>) = redis::cmd("SCAN")
@@ -340,18 +336,12 @@ async fn main() {
             .arg(format!("{prefix}:*"))
             .arg("COUNT")
             .arg(10_000)
-            .query_async(&mut conn)
+            .query_async(conn)
             .await
             .expect("scan");
-        if !keys.is_empty() {
-            let _: () = redis::cmd("DEL")
-                .arg(&keys)
-                .query_async(&mut conn)
-                .await
-                .expect("delete the scale keys");
-        }
+        all.extend(keys);
         if next == 0 {
-            break;
+            return all;
         }
         cursor = next;
     }
