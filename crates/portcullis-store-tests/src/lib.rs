@@ -17,8 +17,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use portcullis_core::{
-    Actor, AuthContext, Deadline, Device, EndReason, Ending, Insert, ManualClock, PublicId,
-    SeededRandom, Session, SessionLimit, Timestamp, Token, TokenKind, subject_route,
+    Actor, AuditEvent, AuthContext, Deadline, Device, EndReason, Ending, EventKind, Insert,
+    ManualClock, PublicId, SeededRandom, Session, SessionLimit, Timestamp, Token, TokenKind,
+    subject_route,
 };
 
 /// A fixed starting time for every case.
@@ -63,6 +64,17 @@ pub fn session_at(subject: &str, at: Timestamp, random: &SeededRandom) -> (Token
         ended: None,
     };
     (token, session)
+}
+
+/// `session` rotated to a new token (routed like the old one), one version on, with the
+/// `session.rotated` event to commit it with, and the new token.
+pub fn rotated(session: &Session, random: &SeededRandom) -> (Token, Session, AuditEvent) {
+    let token = Token::generate_routed(TokenKind::Session, random, subject_route(&session.subject));
+    let mut next = session.clone();
+    next.token_hash = token.hash();
+    next.version += 1;
+    let event = AuditEvent::for_session(EventKind::SessionRotated, &next, t0(), &Actor::system());
+    (token, next, event)
 }
 
 /// An insert request with no limit.

@@ -8,7 +8,7 @@ use portcullis_core::{
     SessionStore, StoreError, Token, TokenKind, subject_route,
 };
 
-use crate::{ending, limited_insert, plain_insert, random, session_at, t0};
+use crate::{ending, limited_insert, plain_insert, random, rotated, session_at, t0};
 
 const SEC: Duration = Duration::from_secs(1);
 
@@ -84,11 +84,7 @@ pub async fn replace_is_compare_and_set_and_kills_the_old_token<S: SessionStore>
     let r = random();
     let (old_token, s) = session_at("alice", t0(), &r);
     store.insert(plain_insert(s.clone())).await.unwrap();
-    let new_token = Token::generate_routed(TokenKind::Session, r.as_ref(), subject_route("alice"));
-    let mut next = s.clone();
-    next.token_hash = new_token.hash();
-    next.version += 1;
-    let event = AuditEvent::for_session(EventKind::SessionRotated, &next, t0(), &Actor::system());
+    let (new_token, next, event) = rotated(&s, &r);
     let (stored, event) = store
         .replace(s.version, next.clone(), event.clone())
         .await
@@ -277,33 +273,14 @@ pub async fn a_parent_ending_reaches_children_rotating_or_created_meanwhile<S: S
         store.insert(plain_insert(parent.clone())).await.unwrap();
         store.insert(plain_insert(child.clone())).await.unwrap();
         let rotating = {
-            let (store, r, subject, id) = (
-                Arc::clone(&store),
-                Arc::clone(&r),
-                subject.clone(),
-                child.id.clone(),
-            );
+            let (store, r, id) = (Arc::clone(&store), Arc::clone(&r), child.id.clone());
             tokio::spawn(async move {
                 // Bounded: a child that escaped the ending would rotate forever.
-                let mut rotations = 0;
-                while rotations < 300 {
+                for _ in 0..300 {
                     let Some(current) = store.find_by_id(&id).await.unwrap() else {
                         break;
                     };
-                    let mut next = (*current).clone();
-                    next.token_hash = Token::generate_routed(
-                        TokenKind::Session,
-                        r.as_ref(),
-                        subject_route(&subject),
-                    )
-                    .hash();
-                    next.version += 1;
-                    let event = AuditEvent::for_session(
-                        EventKind::SessionRotated,
-                        &next,
-                        t0(),
-                        &Actor::system(),
-                    );
+                    let (_, next, event) = rotated(&current, &r);
                     if store
                         .replace(current.version, next, event)
                         .await
@@ -312,9 +289,7 @@ pub async fn a_parent_ending_reaches_children_rotating_or_created_meanwhile<S: S
                     {
                         break;
                     }
-                    rotations += 1;
                 }
-                rotations
             })
         };
         let creating = {
