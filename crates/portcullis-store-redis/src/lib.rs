@@ -869,9 +869,7 @@ impl SessionStore for RedisStore {
             for (_, route, member) in entries {
                 let key = &keys[usize::from(route)];
                 let Some(id) = member_id(&member) else {
-                    let _: i64 = self
-                        .query(redis::cmd("ZREM").arg(key).arg(&member))
-                        .await?;
+                    let _: i64 = self.query(redis::cmd("ZREM").arg(key).arg(&member)).await?;
                     continue;
                 };
                 let (link, session) = self.find_member(route, &id).await?;
@@ -884,9 +882,7 @@ impl SessionStore for RedisStore {
                             .await?;
                     }
                     Some(_) => {
-                        let _: i64 = self
-                            .query(redis::cmd("ZREM").arg(key).arg(&member))
-                            .await?;
+                        let _: i64 = self.query(redis::cmd("ZREM").arg(key).arg(&member)).await?;
                     }
                     None => self.unlink(route, key, &id, link).await?,
                 }
