@@ -1,23 +1,30 @@
 -- Applies one change atomically if what it was planned from is unchanged.
 -- KEYS: every key the change touches (all share one hash tag, so one slot).
--- ARGV: n, then n checks of three arguments each, then the operations, each as its length
+-- ARGV: n, then n checks of four arguments each, then the operations, each as its length
 --   followed by the command and its arguments (values may be binary).
--- A check is ("version", key, v): the session record at key has version v ("" = no record);
---   ("live", key, ""): the record is live; ("get", key, v): GET key is v (missing reads as "");
---   ("subject", key, v): the subject index at key has version v (its member "v"; "" = none).
+-- A check is ("version", key, "", v): the session record at key has version v ("" = no record);
+--   ("live", key, "", ""): the record is live; ("get", key, "", v): GET key is v (missing reads
+--   as ""); ("subject", key, subject, v): the subject's entry in hash key has version v (its
+--   first 8 bytes, big-endian; "" = no entry).
 -- The record header is described in record.rs: live at byte 1, version at bytes 2-9.
+-- An operation ('SETTLE', bucket, summary, member) scores member of the deadline summary at the
+--   bucket's earliest deadline (or removes it when the bucket is empty), as settle.lua does.
 -- Returns 0 when a check fails (nothing written), else the ids of the XADDs, in order.
 local n = tonumber(ARGV[1])
 local at = 2
 for _ = 1, n do
-  local kind, key, expected = ARGV[at], ARGV[at + 1], ARGV[at + 2]
-  at = at + 3
+  local kind, key, field, expected = ARGV[at], ARGV[at + 1], ARGV[at + 2], ARGV[at + 3]
+  at = at + 4
   if kind == 'get' then
     local actual = redis.call('GET', key) or ''
     if actual ~= expected then return 0 end
   elseif kind == 'subject' then
-    local actual = redis.call('ZSCORE', key, 'v') or ''
-    if actual ~= expected then return 0 end
+    local entry = redis.call('HGET', key, field)
+    if not entry then
+      if expected ~= '' then return 0 end
+    elseif expected == '' or struct.unpack('>i8', entry) ~= tonumber(expected) then
+      return 0
+    end
   else
     local header = redis.call('GETRANGE', key, 0, 9)
     if kind == 'version' then
@@ -37,7 +44,16 @@ while at <= #ARGV do
   local op = {}
   for i = 1, len do op[i] = ARGV[at + i] end
   at = at + len + 1
-  local reply = redis.call(unpack(op))
-  if op[1] == 'XADD' then ids[#ids + 1] = reply end
+  if op[1] == 'SETTLE' then
+    local first = redis.call('ZRANGE', op[2], 0, 0, 'WITHSCORES')
+    if first[2] then
+      redis.call('ZADD', op[3], first[2], op[4])
+    else
+      redis.call('ZREM', op[3], op[4])
+    end
+  else
+    local reply = redis.call(unpack(op))
+    if op[1] == 'XADD' then ids[#ids + 1] = reply end
+  end
 end
 return ids

@@ -9,23 +9,26 @@
 //! together as one `MGET`, see `gather.rs`), and every multi-key change —
 //! limits, rotation, "end all but one", cascades — is one Lua script on one slot.
 //!
-//! **Other keys**, kept few and small (memory is what a large deployment pays for): the id →
-//! token hash link is a field of one of 64 small hashes per tag (`pc:{a3}:i:<c>`); a subject's
-//! sessions are indexed by creation time in `pc:{a3}:u:<subject>`, whose member `v` carries the
-//! subject's version.
+//! **Other keys**, kept few and small (memory is what a large deployment pays for), are shared
+//! by many sessions, each a field or member of a small hash or sorted set that Redis keeps in its
+//! compact listpack form: the id → token hash link in one of 64 hashes per tag
+//! (`pc:{a3}:i:<c>`); a subject's entry (its version, then its live sessions' token hashes) in
+//! one of 64 hashes per tag (`pc:{a3}:ub:<nn>`).
 //!
 //! **Changes** are planned in Rust with the same rules as every store (`portcullis_core::plan`)
 //! from what was read, then applied by `commit.lua` only if nothing it was planned from changed
 //! (session versions and the subject's version); otherwise the plan is redone. Audit events are
 //! appended to the tag's stream in the same script.
 //!
-//! **Expiry.** Deadlines (`pc:{a3}:d`) and purge times (`pc:{a3}:p`) of session ids are indexed per
-//! tag for the sweeper (O(expired) + 256 range reads). Records get a safety TTL a day past the
-//! time the sweeper acts on them; if Redis drops one by it, the sweeper unlinks its id too.
+//! **Expiry.** Deadlines of session ids are indexed in 64 sorted sets per tag (`pc:{a3}:db:<c>`)
+//! summarised per tag in `pc:{a3}:dd` (each bucket scored at or before its earliest deadline),
+//! purge times in `pc:{a3}:p`; the sweeper reads 256 summaries, then the due buckets
+//! (O(expired)). Records get a safety TTL a day past the time the sweeper acts on them; if
+//! Redis drops one by it, the sweeper unlinks its id too.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
@@ -55,6 +58,7 @@ pub use users::RedisUserStore;
 
 static COMMIT: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("commit.lua")));
 static TOUCH: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("touch.lua")));
+static SETTLE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("settle.lua")));
 static UNLINK: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("unlink.lua")));
 
 /// What connecting can fail with.
@@ -111,11 +115,19 @@ fn corrupt(err: impl std::fmt::Display) -> StoreError {
 /// One change: what must still hold, and what to write.
 #[derive(Default)]
 struct Plan {
-    /// `[kind, key, expected]`; see `commit.lua`.
-    checks: Vec<[Vec<u8>; 3]>,
+    /// `[kind, key, field, expected]`; see `commit.lua`.
+    checks: Vec<[Vec<u8>; 4]>,
     ops: Vec<Vec<Vec<u8>>>,
     keys: BTreeSet<Vec<u8>>,
     events: Vec<(u64, AuditEvent)>,
+    /// The subjects the change guards, by name: their entry as it will be written.
+    subjects: BTreeMap<String, GuardedSubject>,
+}
+
+/// A subject a plan changes: where its entry lives and what the entry becomes.
+struct GuardedSubject {
+    key: String,
+    entry: SubjectEntry,
 }
 
 impl Plan {
@@ -127,35 +139,56 @@ impl Plan {
         self.ops.push(parts.iter().map(|p| p.to_vec()).collect());
     }
 
-    fn check(&mut self, kind: &str, key: &[u8], expected: &[u8]) {
+    fn check(&mut self, kind: &str, key: &[u8], field: &[u8], expected: &[u8]) {
         self.keys.insert(key.to_vec());
-        self.checks
-            .push([kind.as_bytes().to_vec(), key.to_vec(), expected.to_vec()]);
+        self.checks.push([
+            kind.as_bytes().to_vec(),
+            key.to_vec(),
+            field.to_vec(),
+            expected.to_vec(),
+        ]);
     }
 
     /// The session record at `key` has `version` ("" = there is no record).
     fn check_version(&mut self, key: &[u8], version: &str) {
-        self.check("version", key, version.as_bytes());
+        self.check("version", key, b"", version.as_bytes());
     }
 
     /// The session record at `key` is live.
     fn check_live(&mut self, key: &[u8]) {
-        self.check("live", key, b"");
+        self.check("live", key, b"", b"");
     }
 
     /// `GET key` is `expected` (a missing key reads as empty).
     fn check_value(&mut self, key: &[u8], expected: &[u8]) {
-        self.check("get", key, expected);
+        self.check("get", key, b"", expected);
     }
 
-    /// The subject index at `key` has version `expected` (empty: it has none yet).
-    fn check_subject_version(&mut self, key: &[u8], expected: &str) {
-        self.check("subject", key, expected.as_bytes());
+    /// The entry of `subject` in the subject hash at `key` has version `expected` (empty: there
+    /// is no entry yet).
+    fn check_subject_version(&mut self, key: &[u8], subject: &str, expected: &str) {
+        self.check("subject", key, subject.as_bytes(), expected.as_bytes());
+    }
+
+    /// The entry of a subject this plan guards, to change.
+    fn subject_mut(&mut self, subject: &str) -> Result<&mut SubjectEntry, StoreError> {
+        self.subjects
+            .get_mut(subject)
+            .map(|guarded| &mut guarded.entry)
+            .ok_or_else(|| corrupt("a change to a subject it does not guard"))
+    }
+
+    /// Writes the guarded subjects' entries, last.
+    fn seal_subjects(&mut self) {
+        for (subject, guarded) in std::mem::take(&mut self.subjects) {
+            let value = guarded.entry.encode();
+            self.op(&[b"HSET", guarded.key.as_bytes(), subject.as_bytes(), &value]);
+        }
     }
 
     /// The script's arguments: the checks, then each operation with its length first.
     fn args(&self) -> Vec<Vec<u8>> {
-        let mut args = Vec::with_capacity(1 + self.checks.len() * 3 + self.ops.len() * 4);
+        let mut args = Vec::with_capacity(1 + self.checks.len() * 4 + self.ops.len() * 4);
         args.push(self.checks.len().to_string().into_bytes());
         for check in &self.checks {
             args.extend(check.iter().cloned());
@@ -168,13 +201,51 @@ impl Plan {
     }
 }
 
-/// The member of a subject index that holds its version (token hashes are 32 bytes).
-const VERSION: &[u8] = b"v";
+/// A subject's entry in its subject hash: the subject's version (bumped by every change of its
+/// sessions, so changes planned from what it was read as fail and plan again), then the token
+/// hashes of its live sessions. One session fits Redis' compact listpack form (values ≤ 64 B).
+#[derive(Debug, Default, Clone, PartialEq)]
+struct SubjectEntry {
+    version: u64,
+    members: Vec<TokenHash>,
+}
+
+impl SubjectEntry {
+    fn encode(&self) -> Vec<u8> {
+        let mut bytes = Vec::with_capacity(8 + 32 * self.members.len());
+        bytes.extend_from_slice(&self.version.to_be_bytes());
+        for member in &self.members {
+            bytes.extend_from_slice(&member.0);
+        }
+        bytes
+    }
+
+    fn decode(bytes: &[u8]) -> Result<Self, StoreError> {
+        if bytes.len() < 8 || !(bytes.len() - 8).is_multiple_of(32) {
+            return Err(corrupt("subject entry: bad length"));
+        }
+        let (version, members) = bytes.split_at(8);
+        Ok(Self {
+            version: u64::from_be_bytes(version.try_into().map_err(corrupt)?),
+            members: members.chunks_exact(32).filter_map(member_hash).collect(),
+        })
+    }
+
+    fn add(&mut self, hash: TokenHash) {
+        if !self.members.contains(&hash) {
+            self.members.push(hash);
+        }
+    }
+
+    fn remove(&mut self, hash: &TokenHash) {
+        self.members.retain(|m| m != hash);
+    }
+}
 
 /// How long past the sweeper's time a record stays, in case no sweeper runs.
 const SAFETY_MS: i64 = 86_400_000;
 
-/// The token hash an index member stands for (`None` for the subject index's version).
+/// The token hash an index member stands for (`None` for anything else).
 fn member_hash(member: &[u8]) -> Option<TokenHash> {
     member.try_into().ok().map(TokenHash)
 }
@@ -197,6 +268,20 @@ fn range_until(key: &str, now: Timestamp, limit: usize) -> redis::Cmd {
         .arg(0)
         .arg(limit);
     cmd
+}
+
+/// The bucket of a session id among the 64 of its tag: its first random character.
+fn id_bucket(id: &SessionId) -> char {
+    char::from(id.as_str().as_bytes().get(6).copied().unwrap_or(b'_'))
+}
+
+/// The bucket of a subject among the 64 of its tag (FNV-1a: the route already came from a
+/// SHA-256 of the subject; this only spreads subjects within the tag).
+fn subject_bucket(subject: &str) -> u8 {
+    let hash = subject.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    (hash % 64) as u8
 }
 
 fn tag_of(route: u8) -> String {
@@ -312,13 +397,32 @@ impl RedisStore {
     /// random character. A field costs far less than a key per session, and small hashes stay
     /// in Redis' compact listpack form (≤ 128 fields by default: up to ~2 M sessions).
     fn ids_key(&self, route: u8, id: &SessionId) -> String {
-        let bucket = id.as_str().as_bytes().get(6).copied().unwrap_or(b'_');
-        self.key(&tag_of(route), "i", &char::from(bucket).to_string())
+        self.key(&tag_of(route), "i", &id_bucket(id).to_string())
     }
 
-    /// The subject's index: its sessions by creation time, and its version under [`VERSION`].
+    /// The deadline index that holds `id`: one sorted set per tag and id bucket (as
+    /// [`Self::ids_key`]), small enough for the listpack form, where one entry costs about a
+    /// third of what it costs in a large sorted set.
+    fn deadlines_key(&self, route: u8, bucket: char) -> String {
+        self.key(&tag_of(route), "db", &bucket.to_string())
+    }
+
+    /// The tag's summary of its deadline indexes: each non-empty bucket scored at its earliest
+    /// deadline, so the sweeper reads only the buckets that hold due sessions. Whatever changes
+    /// a bucket settles its score in the same atomic step (`SETTLE` in `commit.lua`,
+    /// `touch.lua`, `settle.lua`).
+    fn deadline_summary_key(&self, route: u8) -> String {
+        self.tag_key(&tag_of(route), "dd")
+    }
+
+    /// The hash that holds the subject's entry ([`SubjectEntry`]): one of 64 per tag, by a
+    /// hash of the subject, so subjects share keys instead of paying for one each.
     fn subject_key(&self, subject: &str) -> String {
-        self.key(&tag_of(subject_route(subject)), "u", subject)
+        self.key(
+            &tag_of(subject_route(subject)),
+            "ub",
+            &format!("{:02x}", subject_bucket(subject)),
+        )
     }
 
     fn tombs_key(&self, subject: &str) -> String {
@@ -396,22 +500,12 @@ impl RedisStore {
             .transpose()
     }
 
-    async fn read_members(
-        &self,
-        set_key: &str,
-        sorted: bool,
-    ) -> Result<Vec<Arc<Session>>, StoreError> {
-        let members: Vec<Vec<u8>> = if sorted {
-            self.query(redis::cmd("ZRANGE").arg(set_key).arg(0).arg(-1))
-                .await?
-        } else {
-            self.query(redis::cmd("SMEMBERS").arg(set_key)).await?
-        };
+    /// The sessions whose token hashes are the members of set `set_key` (a parent's children,
+    /// a subject's tombstones); members whose record is gone are dropped from the set.
+    async fn read_members(&self, set_key: &str) -> Result<Vec<Arc<Session>>, StoreError> {
+        let members: Vec<Vec<u8>> = self.query(redis::cmd("SMEMBERS").arg(set_key)).await?;
         let mut sessions = Vec::with_capacity(members.len());
         for member in members {
-            if member == VERSION {
-                continue;
-            }
             let session = match member_hash(&member) {
                 Some(hash) => self.read(&hash).await?,
                 None => None,
@@ -419,11 +513,10 @@ impl RedisStore {
             match session {
                 Some(s) => sessions.push(Arc::new(s)),
                 // Expired by its TTL behind our back (or not a token hash at all, as left by an
-                // earlier layout): drop the dangling index entry.
+                // earlier layout): drop the dangling member.
                 None => {
-                    let cmd = if sorted { "ZREM" } else { "SREM" };
                     let _: i64 = self
-                        .query(redis::cmd(cmd).arg(set_key).arg(&member))
+                        .query(redis::cmd("SREM").arg(set_key).arg(&member))
                         .await?;
                 }
             }
@@ -452,23 +545,40 @@ impl RedisStore {
             .await
     }
 
-    /// The version of the subject's index (empty before its first change).
-    async fn subject_version(&self, subject: &str) -> Result<String, StoreError> {
-        let v: Option<String> = self
+    /// The subject's entry as stored (the default before its first change).
+    async fn subject_entry(&self, subject: &str) -> Result<SubjectEntry, StoreError> {
+        let bytes: Option<Vec<u8>> = self
             .query(
-                redis::cmd("ZSCORE")
+                redis::cmd("HGET")
                     .arg(self.subject_key(subject))
-                    .arg(VERSION),
+                    .arg(subject),
             )
             .await?;
-        Ok(v.unwrap_or_default())
+        bytes
+            .map(|b| SubjectEntry::decode(&b))
+            .transpose()
+            .map(Option::unwrap_or_default)
     }
 
-    /// The change commits only if no other change of the subject committed since `version`.
-    fn guard_subject(&self, plan: &mut Plan, subject: &str, version: &str) {
+    /// The change commits only if no other change of the subject commits first; it moves the
+    /// subject's version on. Returns the entry as read.
+    async fn guard_subject(
+        &self,
+        plan: &mut Plan,
+        subject: &str,
+    ) -> Result<SubjectEntry, StoreError> {
         let key = self.subject_key(subject);
-        plan.check_subject_version(key.as_bytes(), version);
-        plan.op(&[b"ZINCRBY", key.as_bytes(), b"1", VERSION]);
+        let entry = self.subject_entry(subject).await?;
+        let expected = match entry.version {
+            0 => String::new(),
+            v => v.to_string(),
+        };
+        plan.check_subject_version(key.as_bytes(), subject, &expected);
+        let mut next = entry.clone();
+        next.version += 1;
+        plan.subjects
+            .insert(subject.to_owned(), GuardedSubject { key, entry: next });
+        Ok(entry)
     }
 
     /// Adds the writes that make the store agree with `next` (replacing `prev`).
@@ -481,19 +591,18 @@ impl RedisStore {
         let route = next.token_hash.0[0];
         let key = self.session_key(&next.token_hash);
         let member = &next.token_hash.0[..];
-        let deadlines = self.tag_key(&tag_of(route), "d");
+        let bucket = id_bucket(&next.id);
+        let deadlines = self.deadlines_key(route, bucket);
         let deadlines = deadlines.as_bytes();
-        let subject = self.subject_key(&next.subject);
-        let subject = subject.as_bytes();
         let children = next.parent.as_ref().map(|p| self.children_key(route, p));
         let children = children.as_ref().map(String::as_bytes);
         // The time indexes hold session ids, so the sweeper can also unlink the id of a record
         // Redis dropped by its TTL; the others hold token hashes, to read records in one step.
         let id = next.id.as_str().as_bytes();
         if let Some(prev) = prev.filter(|p| p.token_hash != next.token_hash) {
+            plan.subject_mut(&next.subject)?.remove(&prev.token_hash);
             let old = &prev.token_hash.0[..];
             plan.op(&[b"DEL", &self.session_key(&prev.token_hash)]);
-            plan.op(&[b"ZREM", subject, old]);
             if let Some(children) = children {
                 plan.op(&[b"SREM", children, old]);
             }
@@ -511,26 +620,25 @@ impl RedisStore {
         // a safety net a day past the time the sweeper acts (which also cleans the indexes).
         match &next.ended {
             None => {
+                plan.subject_mut(&next.subject)?.add(next.token_hash);
                 let expire = (next.absolute.at.as_millis() - next.last_seen_at.as_millis()
                     + SAFETY_MS)
                     .max(1)
                     .to_string();
                 let deadline = next.next_deadline().0.as_millis().to_string();
                 plan.op(&[b"ZADD", deadlines, deadline.as_bytes(), id]);
-                let created = next.created_at.as_millis().to_string();
-                plan.op(&[b"ZADD", subject, created.as_bytes(), member]);
                 if let Some(children) = children {
                     plan.op(&[b"SADD", children, member]);
                 }
                 plan.op(&[b"PEXPIRE", &key, expire.as_bytes()]);
             }
             Some(ended) => {
+                plan.subject_mut(&next.subject)?.remove(&next.token_hash);
                 let purge = ended.purge_at.as_millis().to_string();
                 let ttl = (ended.purge_at.as_millis() - ended.at.as_millis() + SAFETY_MS)
                     .max(1)
                     .to_string();
                 plan.op(&[b"ZREM", deadlines, id]);
-                plan.op(&[b"ZREM", subject, member]);
                 if let Some(children) = children {
                     plan.op(&[b"SREM", children, member]);
                 }
@@ -544,6 +652,14 @@ impl RedisStore {
                 }
             }
         }
+        let summary = self.deadline_summary_key(route);
+        plan.keys.insert(summary.clone().into_bytes());
+        plan.op(&[
+            b"SETTLE",
+            deadlines,
+            summary.as_bytes(),
+            bucket.to_string().as_bytes(),
+        ]);
         Ok(())
     }
 
@@ -570,7 +686,8 @@ impl RedisStore {
     }
 
     /// Runs the plan; `None` when something it was planned from has changed.
-    async fn commit(&self, plan: Plan) -> Result<Option<Vec<AuditEvent>>, StoreError> {
+    async fn commit(&self, mut plan: Plan) -> Result<Option<Vec<AuditEvent>>, StoreError> {
+        plan.seal_subjects();
         let keys: Vec<Vec<u8>> = plan.keys.iter().cloned().collect();
         let reply: redis::Value = self.script(&COMMIT, &keys, &plan.args()).await?;
         let ids: Vec<String> = match reply {
@@ -610,7 +727,7 @@ impl RedisStore {
             self.event(plan, Some(route), AuditEvent::ended(&record, &ending.actor))?;
             first.get_or_insert_with(|| Arc::clone(&record));
             let children = self
-                .read_members(&self.children_key(route, &current.id), false)
+                .read_members(&self.children_key(route, &current.id))
                 .await?;
             for child in children.into_iter().filter(|c| c.is_live()) {
                 stack.push((child, EndReason::ParentEnded));
@@ -644,12 +761,26 @@ impl SessionStore for RedisStore {
     }
 
     async fn list_subject(&self, subject: &str) -> Result<Vec<Arc<Session>>, StoreError> {
-        let mut live: Vec<_> = self
-            .read_members(&self.subject_key(subject), true)
-            .await?
-            .into_iter()
-            .filter(|s| s.is_live())
-            .collect();
+        let entry = self.subject_entry(subject).await?;
+        let mut live = Vec::with_capacity(entry.members.len());
+        let mut dangling = Vec::new();
+        for hash in &entry.members {
+            match self.read(hash).await? {
+                Some(s) if s.is_live() => live.push(Arc::new(s)),
+                _ => dangling.push(*hash),
+            }
+        }
+        if !dangling.is_empty() {
+            // Dropped by its TTL behind our back: take it out of the entry. If the subject
+            // changed meanwhile, whoever changed it read the entry afresh; the next read retries.
+            let mut plan = Plan::default();
+            self.guard_subject(&mut plan, subject).await?;
+            let entry = plan.subject_mut(subject)?;
+            for hash in &dangling {
+                entry.remove(hash);
+            }
+            self.commit(plan).await?;
+        }
         live.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
         Ok(live)
     }
@@ -659,8 +790,7 @@ impl SessionStore for RedisStore {
             let mut session = insert.session.clone();
             let route = session.token_hash.0[0];
             let mut plan = Plan::default();
-            let version = self.subject_version(&session.subject).await?;
-            self.guard_subject(&mut plan, &session.subject, &version);
+            self.guard_subject(&mut plan, &session.subject).await?;
             if let Some(parent) = &session.parent {
                 // Read after the subject's version: an ending of the parent committed since
                 // then fails this plan (its version moved), and the next attempt sees it ended.
@@ -673,7 +803,11 @@ impl SessionStore for RedisStore {
                     );
                 }
             }
-            let mut ended_events = Plan::default();
+            // The endings share the subject's entry with the creation.
+            let mut ended_events = Plan {
+                subjects: std::mem::take(&mut plan.subjects),
+                ..Plan::default()
+            };
             if let Some(limit) = insert.limit {
                 let live = self.list_subject(&session.subject).await?;
                 let ending = Ending {
@@ -688,10 +822,9 @@ impl SessionStore for RedisStore {
                         .await?;
                 }
             }
+            plan.subjects = std::mem::take(&mut ended_events.subjects);
             if insert.reconstitute {
-                let tombs = self
-                    .read_members(&self.tombs_key(&session.subject), false)
-                    .await?;
+                let tombs = self.read_members(&self.tombs_key(&session.subject)).await?;
                 if let Some(tomb) = plan::pick_tombstone(&tombs, &session) {
                     plan.check_version(
                         &self.session_key(&tomb.token_hash),
@@ -743,8 +876,7 @@ impl SessionStore for RedisStore {
             // A rotation moves the record to a new key. Bumping the subject's version makes an
             // ending planned from the old key (a parent's cascade, "end all but one") plan
             // again, so the rotated session cannot slip past it and stay live.
-            let subject_version = self.subject_version(&current.subject).await?;
-            self.guard_subject(&mut plan, &current.subject, &subject_version);
+            self.guard_subject(&mut plan, &current.subject).await?;
             plan.check_version(&self.session_key(&current.token_hash), &version.to_string());
             plan.check_live(&self.session_key(&current.token_hash));
             if next.token_hash != current.token_hash {
@@ -771,13 +903,16 @@ impl SessionStore for RedisStore {
         let Some(hash) = self.hash_of(route, id).await? else {
             return Ok(());
         };
+        let bucket = id_bucket(id);
         let keys = [
             self.session_key(&hash),
-            self.tag_key(&tag_of(route), "d").into_bytes(),
+            self.deadlines_key(route, bucket).into_bytes(),
+            self.deadline_summary_key(route).into_bytes(),
         ];
         let args = [
             at.as_millis().to_string().into_bytes(),
             id.as_str().as_bytes().to_vec(),
+            bucket.to_string().into_bytes(),
         ];
         let _: i64 = self.script(&TOUCH, &keys, &args).await?;
         Ok(())
@@ -789,8 +924,7 @@ impl SessionStore for RedisStore {
                 return Ok(EndedSessions::default());
             };
             let mut plan = Plan::default();
-            let version = self.subject_version(&current.subject).await?;
-            self.guard_subject(&mut plan, &current.subject, &version);
+            self.guard_subject(&mut plan, &current.subject).await?;
             let first = self
                 .plan_end_tree(&mut plan, current, &ending, ending.reason)
                 .await?;
@@ -815,8 +949,7 @@ impl SessionStore for RedisStore {
     ) -> Result<EndedSessions, StoreError> {
         for attempt in 0..ATTEMPTS {
             let mut plan = Plan::default();
-            let version = self.subject_version(subject).await?;
-            self.guard_subject(&mut plan, subject, &version);
+            self.guard_subject(&mut plan, subject).await?;
             let mut direct = Vec::new();
             for session in self.list_subject(subject).await? {
                 if Some(&session.id) != except
@@ -845,31 +978,60 @@ impl SessionStore for RedisStore {
     }
 
     async fn due(&self, now: Timestamp, limit: usize) -> Result<Vec<Arc<Session>>, StoreError> {
-        // The index entries of every tag first, then records only for the earliest `limit` of
-        // them: reading every due record on each call made a sweep of n expired sessions cost
-        // n²/limit reads (1,358 µs per expired session at 1 M sessions against 545 at 100 k).
-        // A pass whose entries all turn out not due moves them out of the range, so the next
-        // pass makes progress; a few passes bound the call if writers keep racing it.
-        let keys: Vec<String> = (0..=255u8)
-            .map(|route| self.tag_key(&tag_of(route), "d"))
+        // Each tag's summary scores its buckets at their earliest deadlines. Buckets are read
+        // earliest first until `limit` entries are at hand that no unread bucket can precede,
+        // then records only for those entries: reading every due record on each call made a
+        // sweep of n expired sessions cost n²/limit reads. A pass whose entries all turn out
+        // not due moves them out of the range, so the next pass makes progress; a few passes
+        // bound the call if writers keep racing it.
+        let summaries: Vec<String> = (0..=255u8)
+            .map(|route| self.deadline_summary_key(route))
             .collect();
         for _ in 0..8 {
-            let mut entries = Vec::new();
-            for (route, key) in (0..=255u8).zip(&keys) {
-                for (member, score) in self.entries_until(key, now, limit).await? {
-                    entries.push((score, route, member));
+            let mut buckets = Vec::new();
+            for (route, summary) in (0..=255u8).zip(&summaries) {
+                for (bucket, score) in self.entries_until(summary, now, 64).await? {
+                    buckets.push((score, route, bucket));
                 }
             }
-            if entries.is_empty() {
+            if buckets.is_empty() {
                 break;
             }
-            entries.sort_by(|a, b| a.0.total_cmp(&b.0).then_with(|| a.2.cmp(&b.2)));
-            entries.truncate(limit);
+            buckets.sort_by(|a, b| a.0.total_cmp(&b.0).then_with(|| a.1.cmp(&b.1)));
+            let mut visited: Vec<(u8, Vec<u8>, String)> = Vec::new();
+            let mut entries: Vec<(f64, usize, Vec<u8>)> = Vec::new();
+            // The buckets that had due entries when read.
+            let mut read = BTreeSet::new();
+            for (earliest, route, bucket) in buckets {
+                if entries.len() >= limit && entries.last().is_some_and(|e| e.0 <= earliest) {
+                    break;
+                }
+                let key = match std::str::from_utf8(&bucket)
+                    .ok()
+                    .and_then(|b| b.chars().next())
+                {
+                    Some(c) => self.deadlines_key(route, c),
+                    // Not a bucket any store of ours wrote: nothing to read there.
+                    None => String::new(),
+                };
+                if !key.is_empty() {
+                    for (member, score) in self.entries_until(&key, now, limit).await? {
+                        read.insert(visited.len());
+                        entries.push((score, visited.len(), member));
+                    }
+                    entries.sort_by(|a, b| a.0.total_cmp(&b.0).then_with(|| a.2.cmp(&b.2)));
+                    entries.truncate(limit);
+                }
+                visited.push((route, bucket, key));
+            }
             let mut due = Vec::new();
-            for (_, route, member) in entries {
-                let key = &keys[usize::from(route)];
+            let mut changed = BTreeSet::new();
+            for (_, at, member) in entries {
+                let (route, _, key) = &visited[at];
+                let route = *route;
                 let Some(id) = member_id(&member) else {
                     let _: i64 = self.query(redis::cmd("ZREM").arg(key).arg(&member)).await?;
+                    changed.insert(at);
                     continue;
                 };
                 let (link, session) = self.find_member(route, &id).await?;
@@ -880,11 +1042,32 @@ impl SessionStore for RedisStore {
                         let _: i64 = self
                             .query(redis::cmd("ZADD").arg(key).arg(score).arg(&member))
                             .await?;
+                        changed.insert(at);
                     }
                     Some(_) => {
                         let _: i64 = self.query(redis::cmd("ZREM").arg(key).arg(&member)).await?;
+                        changed.insert(at);
                     }
-                    None => self.unlink(route, key, &id, link).await?,
+                    None => {
+                        self.unlink(route, key, &id, link).await?;
+                        changed.insert(at);
+                    }
+                }
+            }
+            // Buckets this pass changed itself, or found with nothing due (their score was
+            // early: a race with a writer, or data of an earlier version), are settled here;
+            // endings settle their own.
+            for (at, (route, bucket, key)) in visited.iter().enumerate() {
+                let summary = &summaries[usize::from(*route)];
+                if key.is_empty() {
+                    let _: i64 = self
+                        .query(redis::cmd("ZREM").arg(summary).arg(bucket))
+                        .await?;
+                } else if changed.contains(&at) || !read.contains(&at) {
+                    let keys = [key.clone(), summary.clone()];
+                    let _: i64 = self
+                        .script(&SETTLE, &keys, std::slice::from_ref(bucket))
+                        .await?;
                 }
             }
             if !due.is_empty() {
@@ -1075,5 +1258,41 @@ impl SessionStore for RedisStore {
 
     async fn flush(&self) -> Result<(), StoreError> {
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_subject_entry_survives_a_round_trip_and_rejects_damage() {
+        let entry = SubjectEntry {
+            version: 7,
+            members: vec![TokenHash([1; 32]), TokenHash([2; 32])],
+        };
+        let bytes = entry.encode();
+        assert_eq!(bytes.len(), 8 + 64);
+        assert_eq!(SubjectEntry::decode(&bytes).unwrap(), entry);
+        let one = SubjectEntry {
+            version: 1,
+            members: vec![TokenHash([3; 32])],
+        };
+        assert!(
+            one.encode().len() <= 64,
+            "one session stays in listpack form"
+        );
+        for cut in [0, 7, 9, bytes.len() - 1] {
+            assert!(SubjectEntry::decode(&bytes[..cut]).is_err(), "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn subjects_spread_over_the_buckets_of_their_tag() {
+        let buckets: BTreeSet<u8> = (0..2000)
+            .map(|i| subject_bucket(&format!("user{i}")))
+            .collect();
+        assert_eq!(buckets.len(), 64);
+        assert!(buckets.iter().all(|b| *b < 64));
     }
 }

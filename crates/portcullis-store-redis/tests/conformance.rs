@@ -83,8 +83,14 @@ async fn indexes_never_keep_entries_of_sessions_redis_expired() {
     let tag = format!("{:02x}", portcullis_core::subject_route("ivy"));
     let mut session_key = format!("{prefix}:{{{tag}}}:s:").into_bytes();
     session_key.extend_from_slice(&token.hash().0);
-    let subject_key = format!("{prefix}:{{{tag}}}:u:ivy");
-    let deadline_key = format!("{prefix}:{{{tag}}}:d");
+    let subject_keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}:{{{tag}}}:ub:*"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(subject_keys.len(), 1, "one subject hash holds ivy");
+    let deadline_key = format!("{prefix}:{{{tag}}}:db:{}", &session.id.as_str()[6..7]);
+    let summary_key = format!("{prefix}:{{{tag}}}:dd");
     let ids_key = format!("{prefix}:{{{tag}}}:i:{}", &session.id.as_str()[6..7]);
     let id_entry: Option<Vec<u8>> = redis::cmd("HGET")
         .arg(&ids_key)
@@ -109,15 +115,14 @@ async fn indexes_never_keep_entries_of_sessions_redis_expired() {
         .unwrap();
 
     assert!(store.list_subject("ivy").await.unwrap().is_empty());
-    // What is left of the subject's index is its version.
-    let left: Vec<Vec<u8>> = redis::cmd("ZRANGE")
-        .arg(&subject_key)
-        .arg(0)
-        .arg(-1)
+    // What is left of the subject's entry is its version (8 bytes).
+    let left: Vec<u8> = redis::cmd("HGET")
+        .arg(&subject_keys[0])
+        .arg("ivy")
         .query_async(&mut conn)
         .await
         .unwrap();
-    assert_eq!(left, vec![b"v".to_vec()]);
+    assert_eq!(left.len(), 8, "no token hash is left in the entry");
     assert!(
         store
             .due(t0().plus(std::time::Duration::from_secs(86_400)), 10)
@@ -131,6 +136,12 @@ async fn indexes_never_keep_entries_of_sessions_redis_expired() {
         .await
         .unwrap();
     assert_eq!(left, 0);
+    let left: i64 = redis::cmd("ZCARD")
+        .arg(&summary_key)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(left, 0, "the emptied bucket leaves the summary");
     let left: i64 = redis::cmd("HLEN")
         .arg(&ids_key)
         .query_async(&mut conn)
@@ -254,4 +265,67 @@ async fn concurrent_reads_each_get_their_own_session() {
         answered += 1;
     }
     assert_eq!(answered, 20 * 50);
+}
+
+/// The tag's deadline summary scores each bucket at its earliest deadline, through activity
+/// (which moves deadlines later) and endings; a score left early (by a race with a writer, or
+/// by data of an earlier version) makes a sweep find nothing there, end nobody and settle it.
+#[tokio::test]
+async fn the_deadline_summary_follows_activity_and_endings() {
+    use portcullis_core::{EndReason, SessionStore};
+    use portcullis_store_tests::{ending, plain_insert, random, session_at, t0};
+    use std::time::Duration;
+
+    let (store, prefix, mut conn) = store_and_keys("summary").await;
+    let (_, session) = session_at("kim", t0(), &random());
+    store.insert(plain_insert(session.clone())).await.unwrap();
+    let tag = format!("{:02x}", portcullis_core::subject_route("kim"));
+    let summary_key = format!("{prefix}:{{{tag}}}:dd");
+    let bucket = session.id.as_str()[6..7].to_owned();
+    let score = |conn: &mut redis::aio::MultiplexedConnection| {
+        let mut cmd = redis::cmd("ZSCORE");
+        cmd.arg(&summary_key).arg(&bucket);
+        let mut conn = conn.clone();
+        async move { cmd.query_async::<Option<i64>>(&mut conn).await.unwrap() }
+    };
+    let first_idle = t0().plus(Duration::from_secs(900)).as_millis();
+    assert_eq!(score(&mut conn).await, Some(first_idle));
+
+    // Activity ten minutes in moves the idle deadline to 25 minutes.
+    let later = t0().plus(Duration::from_secs(600));
+    store.touch(&session.id, later).await.unwrap();
+    let moved_idle = later.plus(Duration::from_secs(900)).as_millis();
+    assert_eq!(score(&mut conn).await, Some(moved_idle));
+
+    // A score left early is settled by the sweep that finds nothing due behind it.
+    let _: i64 = redis::cmd("ZADD")
+        .arg(&summary_key)
+        .arg(first_idle)
+        .arg(&bucket)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let at_old_deadline = t0().plus(Duration::from_secs(901));
+    assert!(store.due(at_old_deadline, 10).await.unwrap().is_empty());
+    assert_eq!(
+        score(&mut conn).await,
+        Some(moved_idle),
+        "settled to the real deadline"
+    );
+    let due = store
+        .due(later.plus(Duration::from_secs(901)), 10)
+        .await
+        .unwrap();
+    assert_eq!(due.len(), 1, "due at the moved deadline");
+    assert_eq!(due[0].id, session.id);
+
+    // Its ending empties the bucket, which leaves the summary.
+    store
+        .end(
+            &session.id,
+            ending(EndReason::ExpiredIdle, later.plus(Duration::from_secs(901))),
+        )
+        .await
+        .unwrap();
+    assert_eq!(score(&mut conn).await, None);
 }
