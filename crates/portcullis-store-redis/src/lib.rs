@@ -23,8 +23,11 @@
 //! **Expiry.** Deadlines of session ids are indexed in 64 sorted sets per tag (`pc:{a3}:db:<c>`)
 //! summarised per tag in `pc:{a3}:dd` (each bucket scored at or before its earliest deadline),
 //! purge times in `pc:{a3}:p`; the sweeper reads 256 summaries, then the due buckets
-//! (O(expired)). Records get a safety TTL a day past the time the sweeper acts on them; if
-//! Redis drops one by it, the sweeper unlinks its id too.
+//! (O(expired)). Records carry no TTL: they go only by the store's own changes (the sweeper's
+//! endings and purges), so no index can outlive its record. A TTL per record would cost about
+//! 40 bytes of Redis' expiry table per session, a tenth of a session, to cover only the case
+//! of no node running. Should a record go missing anyway (deleted by hand), reads drop its
+//! index entries and the sweeper unlinks its id.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
@@ -241,9 +244,6 @@ impl SubjectEntry {
         self.members.retain(|m| m != hash);
     }
 }
-
-/// How long past the sweeper's time a record stays, in case no sweeper runs.
-const SAFETY_MS: i64 = 86_400_000;
 
 /// The token hash an index member stands for (`None` for anything else).
 fn member_hash(member: &[u8]) -> Option<TokenHash> {
@@ -512,8 +512,8 @@ impl RedisStore {
             };
             match session {
                 Some(s) => sessions.push(Arc::new(s)),
-                // Expired by its TTL behind our back (or not a token hash at all, as left by an
-                // earlier layout): drop the dangling member.
+                // Deleted behind our back (or not a token hash at all, as left by an earlier
+                // layout): drop the dangling member.
                 None => {
                     let _: i64 = self
                         .query(redis::cmd("SREM").arg(set_key).arg(&member))
@@ -597,7 +597,7 @@ impl RedisStore {
         let children = next.parent.as_ref().map(|p| self.children_key(route, p));
         let children = children.as_ref().map(String::as_bytes);
         // The time indexes hold session ids, so the sweeper can also unlink the id of a record
-        // Redis dropped by its TTL; the others hold token hashes, to read records in one step.
+        // that went missing; the others hold token hashes, to read records in one step.
         let id = next.id.as_str().as_bytes();
         if let Some(prev) = prev.filter(|p| p.token_hash != next.token_hash) {
             plan.subject_mut(&next.subject)?.remove(&prev.token_hash);
@@ -616,35 +616,24 @@ impl RedisStore {
         ]);
         let tombs = self.tombs_key(&next.subject);
         let tombs = tombs.as_bytes();
-        // TTLs are relative to the session's own times, so they agree with any clock. They are
-        // a safety net a day past the time the sweeper acts (which also cleans the indexes).
         match &next.ended {
             None => {
                 plan.subject_mut(&next.subject)?.add(next.token_hash);
-                let expire = (next.absolute.at.as_millis() - next.last_seen_at.as_millis()
-                    + SAFETY_MS)
-                    .max(1)
-                    .to_string();
                 let deadline = next.next_deadline().0.as_millis().to_string();
                 plan.op(&[b"ZADD", deadlines, deadline.as_bytes(), id]);
                 if let Some(children) = children {
                     plan.op(&[b"SADD", children, member]);
                 }
-                plan.op(&[b"PEXPIRE", &key, expire.as_bytes()]);
             }
             Some(ended) => {
                 plan.subject_mut(&next.subject)?.remove(&next.token_hash);
                 let purge = ended.purge_at.as_millis().to_string();
-                let ttl = (ended.purge_at.as_millis() - ended.at.as_millis() + SAFETY_MS)
-                    .max(1)
-                    .to_string();
                 plan.op(&[b"ZREM", deadlines, id]);
                 if let Some(children) = children {
                     plan.op(&[b"SREM", children, member]);
                 }
                 let purges = self.tag_key(&tag_of(route), "p");
                 plan.op(&[b"ZADD", purges.as_bytes(), purge.as_bytes(), id]);
-                plan.op(&[b"PEXPIRE", &key, ttl.as_bytes()]);
                 if ended.reconstitute_until.is_some() && ended.reconstituted_into.is_none() {
                     plan.op(&[b"SADD", tombs, member]);
                 } else {
@@ -771,7 +760,7 @@ impl SessionStore for RedisStore {
             }
         }
         if !dangling.is_empty() {
-            // Dropped by its TTL behind our back: take it out of the entry. If the subject
+            // Deleted behind our back: take it out of the entry. If the subject
             // changed meanwhile, whoever changed it read the entry afresh; the next read retries.
             let mut plan = Plan::default();
             self.guard_subject(&mut plan, subject).await?;

@@ -1,5 +1,5 @@
--- Drops a time-index entry whose session record is gone (Redis expired it by its TTL because no
--- sweeper ran in time), with the session's id entry, unless the id has moved on meanwhile.
+-- Drops a time-index entry whose session record is gone (deleted by hand, or expired by a TTL
+-- an earlier version set), with the session's id entry, unless the id has moved on meanwhile.
 -- KEYS[1]: the id hash holding the session id; KEYS[2]: the time index (deadlines or purges);
 -- KEYS[3]: the record the caller found missing (KEYS[1] again when the link was no token hash).
 -- ARGV[1]: the session id; ARGV[2]: the id's link as the caller read it ("" = none).
