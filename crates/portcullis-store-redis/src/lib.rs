@@ -250,13 +250,6 @@ fn member_hash(member: &[u8]) -> Option<TokenHash> {
     member.try_into().ok().map(TokenHash)
 }
 
-/// The session id a time index names (`None` for a member no store of ours wrote).
-fn member_id(member: &[u8]) -> Option<SessionId> {
-    std::str::from_utf8(member)
-        .ok()
-        .map(|id| SessionId::from_string(id.to_owned()))
-}
-
 /// `ZRANGE` of the first `limit` members of `key` scored at or before `now`.
 fn range_until(key: &str, now: Timestamp, limit: usize) -> redis::Cmd {
     let mut cmd = redis::cmd("ZRANGE");
@@ -447,7 +440,7 @@ impl RedisStore {
         self.query(
             redis::cmd("HGET")
                 .arg(self.ids_key(route, id))
-                .arg(id.as_str()),
+                .arg(record::id_member(id)),
         )
         .await
     }
@@ -481,7 +474,7 @@ impl RedisStore {
             None => ids.clone(),
         };
         let keys = [ids, index.as_bytes().to_vec(), record];
-        let args = [id.as_str().as_bytes().to_vec(), link.unwrap_or_default()];
+        let args = [record::id_member(id), link.unwrap_or_default()];
         let _: i64 = self.script(&UNLINK, &keys, &args).await?;
         Ok(())
     }
@@ -598,7 +591,8 @@ impl RedisStore {
         let children = children.as_ref().map(String::as_bytes);
         // The time indexes hold session ids, so the sweeper can also unlink the id of a record
         // that went missing; the others hold token hashes, to read records in one step.
-        let id = next.id.as_str().as_bytes();
+        let id = record::id_member(&next.id);
+        let id = id.as_slice();
         if let Some(prev) = prev.filter(|p| p.token_hash != next.token_hash) {
             plan.subject_mut(&next.subject)?.remove(&prev.token_hash);
             let old = &prev.token_hash.0[..];
@@ -900,7 +894,7 @@ impl SessionStore for RedisStore {
         ];
         let args = [
             at.as_millis().to_string().into_bytes(),
-            id.as_str().as_bytes().to_vec(),
+            record::id_member(id),
             bucket.to_string().into_bytes(),
         ];
         let _: i64 = self.script(&TOUCH, &keys, &args).await?;
@@ -1018,7 +1012,7 @@ impl SessionStore for RedisStore {
             for (_, at, member) in entries {
                 let (route, _, key) = &visited[at];
                 let route = *route;
-                let Some(id) = member_id(&member) else {
+                let Some(id) = record::member_id(&member) else {
                     let _: i64 = self.query(redis::cmd("ZREM").arg(key).arg(&member)).await?;
                     changed.insert(at);
                     continue;
@@ -1072,7 +1066,7 @@ impl SessionStore for RedisStore {
         for route in 0..=255u8 {
             let key = self.tag_key(&tag_of(route), "p");
             for member in self.members_until(&key, now, 1000).await? {
-                let Some(id) = member_id(&member) else {
+                let Some(id) = record::member_id(&member) else {
                     continue;
                 };
                 match self.find_member(route, &id).await? {

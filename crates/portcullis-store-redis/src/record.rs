@@ -140,6 +140,28 @@ impl Writer {
     }
 }
 
+/// How a session id stands in an index (a field of the id hash, a member of a time index): the
+/// same compact form as in a record, 18 bytes for an engine id, else its text (which never starts
+/// with the byte that marks the compact form).
+pub(crate) fn id_member(id: &PublicId) -> Vec<u8> {
+    let mut w = Writer(Vec::with_capacity(18));
+    match routed_id(id.as_str()) {
+        Some(_) => w.id(id),
+        None => w.0.extend_from_slice(id.as_str().as_bytes()),
+    }
+    w.0
+}
+
+/// The session id an index member stands for (`None` for a member no store of ours wrote).
+pub(crate) fn member_id(member: &[u8]) -> Option<PublicId> {
+    match member.first() {
+        Some(&ID_ROUTED) if member.len() == 18 => Reader(member).id().ok(),
+        _ => std::str::from_utf8(member)
+            .ok()
+            .map(|id| PublicId::from_string(id.to_owned())),
+    }
+}
+
 /// The route and random bytes of an id of the form `ses_<2 hex digits><22 base64url chars>`.
 fn routed_id(id: &str) -> Option<(u8, [u8; 16])> {
     let rest = id.strip_prefix("ses_")?;
@@ -605,6 +627,10 @@ mod tests {
         );
         assert!(compact.len() + 30 <= encode_v1(&routed).unwrap().len());
         assert_eq!(routed_id("ses_a3"), None);
+        for id in [&routed.id, &texts.id] {
+            assert_eq!(member_id(&id_member(id)).as_ref(), Some(id));
+        }
+        assert_eq!(id_member(&routed.id).len(), 18);
     }
 
     #[test]
