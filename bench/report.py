@@ -121,8 +121,8 @@ def report(out):
     print("server loads them (memory = RSS growth of the loading process). Redis: inserted through the store's")
     print("whole write path, 64 at a time (bounded at 200 000), under the default key prefix `pc`; bytes per session =")
     print("`used_memory` growth minus the audit streams, which are reported beside it. `redis_K_bytes` is `MEMORY")
-    print("USAGE` per session of each kind of key: `s` records, `u` subject indexes, `i` id links, `d` deadline")
-    print("indexes; the rest of `used_memory` is Redis' own key tables.\n")
+    print("USAGE` per session of each kind of key: `s` records, `ub` subject hashes, `i` id-link hashes, `db` deadline")
+    print("buckets, `dd` deadline summaries; the rest of `used_memory` is Redis' own key tables.\n")
     print("| store | sessions | measurements |")
     print("|---|---:|---|")
     for r in rows:
