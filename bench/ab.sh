@@ -3,7 +3,7 @@
 #
 #   bench/ab.sh OLD-BINARY NEW-BINARY [sqlite|redis] [ROUNDS]
 #
-# Each round starts each binary on a fresh data directory (and, for redis, a fresh key prefix on
+# Each round starts each binary (in alternating order) on a fresh data directory (and, for redis, a fresh key prefix on
 # the private redis-server this script starts on 6393), creates one session and measures
 # POST /v1/sessions/validate with wrk (-t2 -c50, 2 s warm-up, DURATION=5s). Prints every round
 # and the medians. Loopback only.
@@ -49,8 +49,14 @@ one() {
 printf '%-6s %12s %10s %12s %10s\n' round "old req/s" "old p99" "new req/s" "new p99"
 OLD_RPS=() NEW_RPS=()
 for round in $(seq "$ROUNDS"); do
-  read -r o op < <(one "$OLD")
-  read -r n np < <(one "$NEW")
+  # Alternate which build goes first, so a machine slowing within a round favours neither.
+  if [ $((round % 2)) = 1 ]; then
+    read -r o op < <(one "$OLD")
+    read -r n np < <(one "$NEW")
+  else
+    read -r n np < <(one "$NEW")
+    read -r o op < <(one "$OLD")
+  fi
   OLD_RPS+=("$o") NEW_RPS+=("$n")
   printf '%-6s %12s %10s %12s %10s\n' "$round" "$o" "$op" "$n" "$np"
 done
