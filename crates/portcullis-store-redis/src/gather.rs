@@ -5,6 +5,8 @@
 //! at a time; the reads that arrive meanwhile leave together as the next `MGET`, so a busy node
 //! sends one command for many validations, and an idle one sends each read at once. (With four
 //! in flight the batches were smaller, and an A/B measured 10 % fewer validations per second.)
+//! Reads of the same key in one batch (one session validated by many requests at once: a page's
+//! parallel calls, a burst from one client) ask Redis once and share the answer.
 
 use portcullis_core::StoreError;
 use redis::aio::ConnectionManager;
@@ -43,24 +45,41 @@ async fn run(
     mut queue: mpsc::UnboundedReceiver<(Vec<u8>, oneshot::Sender<Reply>)>,
 ) {
     let mut batch = Vec::with_capacity(BATCH);
+    // The batch's distinct keys, as the position of each one's first read.
+    let mut unique: Vec<usize> = Vec::with_capacity(BATCH);
+    let mut slot_of = Vec::with_capacity(BATCH);
     while queue.recv_many(&mut batch, BATCH).await > 0 {
-        let values: Result<Vec<Option<Vec<u8>>>, redis::RedisError> = if batch.len() == 1 {
+        // Each read's position among the batch's distinct keys (batches are small: a linear
+        // search beats hashing 32-byte keys).
+        unique.clear();
+        slot_of.clear();
+        for (at, (key, _)) in batch.iter().enumerate() {
+            let slot = match unique.iter().position(|&first| batch[first].0 == *key) {
+                Some(slot) => slot,
+                None => {
+                    unique.push(at);
+                    unique.len() - 1
+                }
+            };
+            slot_of.push(slot);
+        }
+        let values: Result<Vec<Option<Vec<u8>>>, redis::RedisError> = if unique.len() == 1 {
             redis::cmd("GET")
-                .arg(&batch[0].0)
+                .arg(&batch[unique[0]].0)
                 .query_async(&mut conn)
                 .await
                 .map(|value| vec![value])
         } else {
             let mut mget = redis::cmd("MGET");
-            for (key, _) in &batch {
-                mget.arg(key);
+            for &first in &unique {
+                mget.arg(&batch[first].0);
             }
             mget.query_async(&mut conn).await
         };
         match values {
-            Ok(values) if values.len() == batch.len() => {
-                for ((_, reply), value) in batch.drain(..).zip(values) {
-                    let _ = reply.send(Ok(value));
+            Ok(values) if values.len() == unique.len() => {
+                for ((_, reply), slot) in batch.drain(..).zip(&slot_of) {
+                    let _ = reply.send(Ok(values[*slot].clone()));
                 }
             }
             Ok(_) => {
