@@ -26,6 +26,7 @@ pub const API_KEY_CACHE: Duration = Duration::from_secs(1);
 /// Lock id under which events are appended (so `seq` follows commit order).
 const EVENT_LOCK: i64 = 0x5043_4556; // "PCEV"
 
+mod gather;
 mod users;
 
 pub use users::PostgresUserStore;
@@ -47,6 +48,8 @@ pub enum ConnectError {
 #[derive(Debug, Clone)]
 pub struct PostgresStore {
     pool: PgPool,
+    /// Validations' token lookups, gathered into one query per batch.
+    gatherer: gather::Gatherer,
     api_keys: Arc<ApiKeyCache>,
 }
 
@@ -89,6 +92,7 @@ impl PostgresStore {
             .await?;
         MIGRATOR.run(&pool).await?;
         Ok(Self {
+            gatherer: gather::Gatherer::start(pool.clone()),
             pool,
             api_keys: Arc::new(ApiKeyCache::new(API_KEY_CACHE)),
         })
@@ -285,14 +289,7 @@ async fn end_tree(
 
 impl SessionStore for PostgresStore {
     async fn find_by_token(&self, hash: &TokenHash) -> Result<Option<Arc<Session>>, StoreError> {
-        let row = sqlx::query(
-            "SELECT body, last_seen_at, idle_at FROM pc_sessions WHERE token_hash = $1",
-        )
-        .bind(&hash.0[..])
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(unavailable)?;
-        row.map(|r| decode(&r).map(Arc::new)).transpose()
+        self.gatherer.find(*hash).await
     }
 
     async fn find_by_id(&self, id: &SessionId) -> Result<Option<Arc<Session>>, StoreError> {

@@ -233,51 +233,6 @@ async fn purge_unlinks_ended_sessions_even_when_their_record_went_missing() {
     assert_eq!(left, 0);
 }
 
-/// Validations that arrive together are read with one `MGET`: each still gets its own session,
-/// and a token nobody issued gets nothing, however the reads are batched.
-#[tokio::test]
-async fn concurrent_reads_each_get_their_own_session() {
-    use portcullis_core::{SessionStore, Token, TokenKind};
-    use portcullis_store_tests::{plain_insert, random, session_at, t0};
-
-    let store = fresh().await;
-    let random = random();
-    let mut issued = Vec::new();
-    for i in 0..40 {
-        let (token, session) = session_at(&format!("user{i}"), t0(), &random);
-        store.insert(plain_insert(session.clone())).await.unwrap();
-        issued.push((token.hash(), Some(session.id)));
-    }
-    for _ in 0..10 {
-        let stranger = Token::generate(TokenKind::Session, &*random);
-        issued.push((stranger.hash(), None));
-    }
-    let mut reads = tokio::task::JoinSet::new();
-    for round in 0..20 {
-        for (hash, id) in issued.iter().cloned() {
-            let store = store.clone();
-            reads.spawn(async move {
-                let found = store.find_by_token(&hash).await.unwrap();
-                (round, found.map(|s| (s.token_hash, s.id.clone())), hash, id)
-            });
-        }
-    }
-    let mut answered = 0;
-    while let Some(read) = reads.join_next().await {
-        let (_, found, hash, id) = read.unwrap();
-        match (found, id) {
-            (Some((found_hash, found_id)), Some(id)) => {
-                assert_eq!(found_hash, hash);
-                assert_eq!(found_id, id);
-            }
-            (None, None) => {}
-            (found, id) => panic!("read of {hash:?}: found {found:?}, expected {id:?}"),
-        }
-        answered += 1;
-    }
-    assert_eq!(answered, 20 * 50);
-}
-
 /// The tag's deadline summary scores each bucket at its earliest deadline, through activity
 /// (which moves deadlines later) and endings; a score left early (by a race with a writer, or
 /// by data of an earlier version) makes a sweep find nothing there, end nobody and settle it.

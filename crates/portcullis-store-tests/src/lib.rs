@@ -122,6 +122,7 @@ macro_rules! store_conformance {
         $crate::store_conformance!(@cases $make;
             store::insert_then_find_by_token_and_id,
             store::unknown_lookups_are_none,
+            store::concurrent_lookups_each_get_their_own_session,
             store::list_subject_is_live_sessions_oldest_first,
             store::touch_moves_activity_forward_only,
             store::replace_is_compare_and_set_and_kills_the_old_token,

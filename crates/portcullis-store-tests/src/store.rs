@@ -12,6 +12,46 @@ use crate::{ending, limited_insert, plain_insert, random, rotated, session_at, t
 
 const SEC: Duration = Duration::from_secs(1);
 
+/// Lookups that arrive together (stores may batch them, and share the answer of one token read
+/// many times) each get their own session, and a token nobody issued gets nothing.
+pub async fn concurrent_lookups_each_get_their_own_session<S: SessionStore>(store: S) {
+    let store = Arc::new(store);
+    let random = random();
+    let mut issued = Vec::new();
+    for i in 0..40 {
+        let (token, session) = session_at(&format!("user{i}"), t0(), &random);
+        store.insert(plain_insert(session.clone())).await.unwrap();
+        issued.push((token.hash(), Some(session.id)));
+    }
+    for _ in 0..10 {
+        let stranger = Token::generate(TokenKind::Session, &*random);
+        issued.push((stranger.hash(), None));
+    }
+    let mut lookups = tokio::task::JoinSet::new();
+    for _ in 0..20 {
+        for (hash, id) in issued.iter().cloned() {
+            let store = Arc::clone(&store);
+            lookups.spawn(async move {
+                let found = store.find_by_token(&hash).await.unwrap();
+                (found.map(|s| (s.token_hash, s.id.clone())), hash, id)
+            });
+        }
+    }
+    let mut answered = 0;
+    while let Some(lookup) = lookups.join_next().await {
+        match lookup.unwrap() {
+            (Some((found_hash, found_id)), hash, Some(id)) => {
+                assert_eq!(found_hash, hash);
+                assert_eq!(found_id, id);
+            }
+            (None, _, None) => {}
+            (found, hash, id) => panic!("lookup of {hash:?}: found {found:?}, expected {id:?}"),
+        }
+        answered += 1;
+    }
+    assert_eq!(answered, 20 * 50);
+}
+
 /// A created session is found by its token hash and by its id, unchanged.
 pub async fn insert_then_find_by_token_and_id<S: SessionStore>(store: S) {
     let (token, session) = session_at("alice", t0(), &random());
