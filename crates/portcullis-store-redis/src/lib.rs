@@ -554,24 +554,19 @@ impl RedisStore {
     }
 
     /// The change commits only if no other change of the subject commits first; it moves the
-    /// subject's version on. Returns the entry as read.
-    async fn guard_subject(
-        &self,
-        plan: &mut Plan,
-        subject: &str,
-    ) -> Result<SubjectEntry, StoreError> {
+    /// subject's version on, and the plan's writes change the entry as read.
+    async fn guard_subject(&self, plan: &mut Plan, subject: &str) -> Result<(), StoreError> {
         let key = self.subject_key(subject);
-        let entry = self.subject_entry(subject).await?;
+        let mut entry = self.subject_entry(subject).await?;
         let expected = match entry.version {
             0 => String::new(),
             v => v.to_string(),
         };
         plan.check_subject_version(key.as_bytes(), subject, &expected);
-        let mut next = entry.clone();
-        next.version += 1;
+        entry.version += 1;
         plan.subjects
-            .insert(subject.to_owned(), GuardedSubject { key, entry: next });
-        Ok(entry)
+            .insert(subject.to_owned(), GuardedSubject { key, entry });
+        Ok(())
     }
 
     /// Adds the writes that make the store agree with `next` (replacing `prev`).
