@@ -8,7 +8,7 @@
 --   first 8 bytes, big-endian; "" = no entry).
 -- The record header is described in record.rs: live at byte 1, version at bytes 2-9.
 -- An operation ('SETTLE', bucket, summary, member) scores member of the deadline summary at the
---   bucket's earliest deadline (or removes it when the bucket is empty), as settle.lua does.
+--   bucket's earliest deadline (or removes it when the bucket is empty); touch.lua does the same.
 -- Returns 0 when a check fails (nothing written), else the ids of the XADDs, in order.
 local n = tonumber(ARGV[1])
 local at = 2

@@ -61,7 +61,6 @@ pub use users::RedisUserStore;
 
 static COMMIT: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("commit.lua")));
 static TOUCH: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("touch.lua")));
-static SETTLE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("settle.lua")));
 static UNLINK: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("unlink.lua")));
 
 /// What connecting can fail with.
@@ -171,6 +170,13 @@ impl Plan {
     /// is no entry yet).
     fn check_subject_version(&mut self, key: &[u8], subject: &str, expected: &str) {
         self.check("subject", key, subject.as_bytes(), expected.as_bytes());
+    }
+
+    /// Scores `member` of the deadline summary at `summary` with the earliest deadline of
+    /// `bucket` (or removes it when the bucket is empty), after the plan's other changes.
+    fn settle(&mut self, bucket: &[u8], summary: &[u8], member: &[u8]) {
+        self.keys.insert(summary.to_vec());
+        self.op(&[b"SETTLE", bucket, summary, member]);
     }
 
     /// The entry of a subject this plan guards, to change.
@@ -402,8 +408,7 @@ impl RedisStore {
 
     /// The tag's summary of its deadline indexes: each non-empty bucket scored at its earliest
     /// deadline, so the sweeper reads only the buckets that hold due sessions. Whatever changes
-    /// a bucket settles its score in the same atomic step (`SETTLE` in `commit.lua`,
-    /// `touch.lua`, `settle.lua`).
+    /// a bucket settles its score in the same atomic step ([`Plan::settle`], `touch.lua`).
     fn deadline_summary_key(&self, route: u8) -> String {
         self.tag_key(&tag_of(route), "dd")
     }
@@ -630,14 +635,11 @@ impl RedisStore {
                 }
             }
         }
-        let summary = self.deadline_summary_key(route);
-        plan.keys.insert(summary.clone().into_bytes());
-        plan.op(&[
-            b"SETTLE",
+        plan.settle(
             deadlines,
-            summary.as_bytes(),
+            self.deadline_summary_key(route).as_bytes(),
             bucket.to_string().as_bytes(),
-        ]);
+        );
         Ok(())
     }
 
@@ -1042,10 +1044,9 @@ impl SessionStore for RedisStore {
                         .query(redis::cmd("ZREM").arg(summary).arg(bucket))
                         .await?;
                 } else if changed.contains(&at) || !read.contains(&at) {
-                    let keys = [key.clone(), summary.clone()];
-                    let _: i64 = self
-                        .script(&SETTLE, &keys, std::slice::from_ref(bucket))
-                        .await?;
+                    let mut plan = Plan::default();
+                    plan.settle(key.as_bytes(), summary.as_bytes(), bucket);
+                    self.commit(plan).await?;
                 }
             }
             if !due.is_empty() {

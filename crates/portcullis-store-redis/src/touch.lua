@@ -15,7 +15,7 @@ if lifetime >= 0 then
   if idle < deadline then deadline = idle end
 end
 redis.call('ZADD', KEYS[2], deadline, ARGV[2])
--- The summary keeps the bucket's earliest deadline (see settle.lua).
+-- The summary keeps the bucket's earliest deadline (as SETTLE in commit.lua).
 local first = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
 redis.call('ZADD', KEYS[3], first[2], ARGV[3])
 return 1
