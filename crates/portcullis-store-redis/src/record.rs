@@ -270,10 +270,11 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// The record of `session`.
-pub(crate) fn encode(session: &Session) -> Result<Vec<u8>, StoreError> {
-    let mut w = Writer(Vec::with_capacity(128));
-    w.0.push(FORMAT);
+/// A writer holding the header of `session`'s record in `format` (the header is the same in
+/// every format: the Lua scripts read and patch it).
+fn header(format: u8, session: &Session, capacity: usize) -> Writer {
+    let mut w = Writer(Vec::with_capacity(capacity));
+    w.0.push(format);
     w.0.push(u8::from(session.is_live()));
     w.int(session.version as i64);
     w.int(session.last_seen_at.as_millis());
@@ -289,6 +290,12 @@ pub(crate) fn encode(session: &Session) -> Result<Vec<u8>, StoreError> {
     }
     w.int(session.absolute.at.as_millis());
     debug_assert_eq!(w.0.len(), HEADER);
+    w
+}
+
+/// The record of `session`.
+pub(crate) fn encode(session: &Session) -> Result<Vec<u8>, StoreError> {
+    let mut w = header(FORMAT, session, 128);
     let flags = [
         (session.remember_me, REMEMBER_ME),
         (session.idle.is_some(), IDLE_RULE),
@@ -555,23 +562,7 @@ mod tests {
 
     /// The writer of format 1, as it was, to show those records still read.
     fn encode_v1(session: &Session) -> Result<Vec<u8>, StoreError> {
-        let mut w = Writer(Vec::with_capacity(256));
-        w.0.push(FORMAT_1);
-        w.0.push(u8::from(session.is_live()));
-        w.int(session.version as i64);
-        w.int(session.last_seen_at.as_millis());
-        match &session.idle {
-            Some(idle) => {
-                w.int(idle.at.as_millis());
-                w.int(idle.lifetime_ms as i64);
-            }
-            None => {
-                w.int(0);
-                w.int(-1);
-            }
-        }
-        w.int(session.absolute.at.as_millis());
-        debug_assert_eq!(w.0.len(), HEADER);
+        let mut w = header(FORMAT_1, session, 256);
         w.str(session.id.as_str());
         w.str(&session.subject);
         w.str(&session.policy);
