@@ -11,7 +11,7 @@
 # redis-server on 6390 started here; peers come from ../shared/peers,
 # copied to a work directory and installed from the registries (npm ci, cargo build --locked).
 # Env: DURATION (10s) WARMUP (3s) RUNS (3) OPS_RUNS (1, for create/rotate/logout) CONNS (50)
-#      SCALE_SIZES ("1000000").
+#      PAIRS (5) PAIR_DURATION (5s, for the paired ratio runs) SCALE_SIZES ("1000000").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -24,9 +24,10 @@ for arg in "$@"; do
   esac
 done
 if [ $SMOKE = 1 ]; then
-  DURATION=1s WARMUP=1s RUNS=1 CONNS=10
+  DURATION=1s WARMUP=1s RUNS=1 CONNS=10 PAIRS=1 PAIR_DURATION=1s
 fi
 DURATION=${DURATION:-10s} WARMUP=${WARMUP:-3s} RUNS=${RUNS:-3} CONNS=${CONNS:-50} OPS_RUNS=${OPS_RUNS:-1}
+PAIRS=${PAIRS:-5} PAIR_DURATION=${PAIR_DURATION:-5s}
 OUT=$ROOT/bench/results/$(date -u +%Y%m%dT%H%M%SZ)
 mkdir -p "$OUT"
 ROWS=$OUT/rows.tsv
@@ -41,6 +42,7 @@ command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk;
   echo "host: $(nproc) cores, $(awk '/MemTotal/{printf "%.1f GiB", $2/1048576}' /proc/meminfo), $(awk -F': ' '/model name/{print $2; exit}' /proc/cpuinfo)"
   echo "kernel: $(uname -r); rustc: $(rustc --version | awk '{print $2}'); node: $(node -v 2>/dev/null || echo none); redis: $(redis-server --version | awk '{print $3}'); postgres: $(psql --version | awk '{print $3}'); wrk: $(wrk -v 2>&1 | awk 'NR==1{print $2}')"
   echo "load: wrk -t2 -c$CONNS -d$DURATION --latency after a $WARMUP warm-up, $RUNS runs each, medians; loopback only"
+  echo "pairs: $PAIRS alternating runs of -d$PAIR_DURATION for each target ratio, both systems up at once"
   echo "command: bench/run.sh $*"
 } >"$OUT/env.txt"
 cat "$OUT/env.txt"
@@ -49,25 +51,59 @@ wait_http() { for _ in $(seq 200); do curl -fs "$1" >/dev/null 2>&1 && return 0;
 wait_port() { for _ in $(seq 200); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done; return 1; }
 rss_kb() { awk '/VmRSS/{print $2}' "/proc/$1/status"; }
 
+# wrk_run DURATION WRK-ARGS... : one run; prints wrk's output, then "rps p99-ms non-2xx" last.
+wrk_run() {
+  local duration=$1 out; shift
+  out=$(wrk -t2 -c"$CONNS" -d"$duration" --latency "$@")
+  echo "$out"
+  awk '/Requests\/sec/ { r = $2 }
+    $1 == "99%" { v = $2; if (v ~ /us$/) { sub(/us$/, "", v); v /= 1000 } else if (v ~ /ms$/) { sub(/ms$/, "", v) } else if (v ~ /s$/) { sub(/s$/, "", v); v *= 1000 }; p = v }
+    /^non2xx=/ { split($0, a, "="); n = a[2] }
+    END { print r, p, n + 0 }' <<<"$out"
+}
+
 # measure SECTION SYSTEM PID WRK-ARGS... : warm-up, RUNS runs; one row with every run and the
 # process's memory (RSS, KiB) at the end of the load.
 measure() {
   local section=$1 system=$2 pid=$3 runs=$RUNS; shift 3
   [ "$section" = validate ] || runs=$OPS_RUNS
   wrk -t2 -c"$CONNS" -d"$WARMUP" "$@" >/dev/null 2>&1 || true
-  local rps=() p99=() bad=0 out n
+  local rps=() p99=() bad=0 out r p n
   for i in $(seq "$runs"); do
-    out=$(wrk -t2 -c"$CONNS" -d"$DURATION" --latency "$@")
-    echo "$out" >"$OUT/$section.$system.run$i.txt"
-    rps+=("$(awk '/Requests\/sec/{print $2}' <<<"$out")")
-    p99+=("$(awk '$1=="99%"{v=$2; if (v ~ /us$/) {sub(/us$/,"",v); v/=1000} else if (v ~ /ms$/) {sub(/ms$/,"",v)} else if (v ~ /s$/) {sub(/s$/,"",v); v*=1000}; print v}' <<<"$out")")
-    n=$(awk -F= '/non2xx/{print $2}' <<<"$out" | tail -n1)
-    bad=$((bad + ${n:-0}))
+    out=$(wrk_run "$DURATION" "$@")
+    echo "$out" | sed '$d' >"$OUT/$section.$system.run$i.txt"
+    read -r r p n <<<"$(tail -n1 <<<"$out")"
+    rps+=("$r") p99+=("$p") bad=$((bad + n))
   done
   local rss=""
   [ -n "$pid" ] && rss=$(rss_kb "$pid")
   printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$section" "$system" "${rps[*]}" "${p99[*]}" "$bad" "$rss" >>"$ROWS"
   printf '  %-40s %s req/s (p99 ms: %s) non-2xx %s\n' "$section / $system" "${rps[*]}" "${p99[*]}" "$bad"
+}
+
+# pair NAME-A NAME-B WRK-ARGS-A... -- WRK-ARGS-B... : a target ratio measured in PAIRS rounds,
+# A and B in turn (which goes first alternates), both servers up, so the machine's drift
+# between runs hits both alike. One row: A's req/s per round, B's, A's p99 per round.
+pair() {
+  local a=$1 b=$2 a_args=() b_args=(); shift 2
+  while [ "$1" != -- ]; do a_args+=("$1"); shift; done
+  shift
+  b_args=("$@")
+  wrk -t2 -c"$CONNS" -d"$WARMUP" "${a_args[@]}" >/dev/null 2>&1 || true
+  wrk -t2 -c"$CONNS" -d"$WARMUP" "${b_args[@]}" >/dev/null 2>&1 || true
+  local ra=() rb=() pa=() bad=0 r p n r2 p2 n2
+  for i in $(seq "$PAIRS"); do
+    if [ $((i % 2)) = 1 ]; then
+      read -r r p n <<<"$(wrk_run "$PAIR_DURATION" "${a_args[@]}" | tail -n1)"
+      read -r r2 p2 n2 <<<"$(wrk_run "$PAIR_DURATION" "${b_args[@]}" | tail -n1)"
+    else
+      read -r r2 p2 n2 <<<"$(wrk_run "$PAIR_DURATION" "${b_args[@]}" | tail -n1)"
+      read -r r p n <<<"$(wrk_run "$PAIR_DURATION" "${a_args[@]}" | tail -n1)"
+    fi
+    ra+=("$r") rb+=("$r2") pa+=("$p") bad=$((bad + n + n2))
+  done
+  printf 'pair\t%s/%s\t%s\t%s\t%s\t%s\n' "$a" "$b" "${ra[*]}" "${rb[*]}" "${pa[*]}" "$bad" >>"$ROWS"
+  printf '  %-40s %s vs %s req/s, non-2xx %s\n' "pair / $a vs $b" "${ra[*]}" "${rb[*]}" "$bad"
 }
 
 echo "== building Portcullis (release)"
@@ -175,6 +211,18 @@ for store in "${PC_LIST[@]}"; do
   start_pc "$store"
   printf 'memory\tportcullis-%s\t\t\t\t%s\n' "$store" "$PC_IDLE_KB" >>"$ROWS"
   measure validate "portcullis-$store" "$PC_PID" -s bench/lua/validate.lua "$PC_BASE/v1/sessions/validate"
+  # The target ratios again, measured in pairs: the embedded store against the ceiling, the
+  # Redis store against tower-sessions on the same Redis.
+  partner=""
+  [ "$store" = sqlite ] && partner=hello
+  [ "$store" = redis ] && [ $SMOKE = 0 ] && partner=axum-redis
+  if [ $HAVE_PEERS = 1 ] && [ -n "$partner" ]; then
+    start_peer "$partner"
+    partner_args=("http://127.0.0.1:$PEER_PORT/")
+    [ "$partner" = hello ] || partner_args=(-H "Cookie: $(peer_cookie "$PEER_PORT")" "http://127.0.0.1:$PEER_PORT/me")
+    pair "portcullis-$store" "$partner" -s bench/lua/validate.lua "$PC_BASE/v1/sessions/validate" -- "${partner_args[@]}"
+    kill "$PEER_PID"; wait "$PEER_PID" 2>/dev/null || true
+  fi
   echo "== 2. create / rotate / logout: portcullis-$store"
   measure create "portcullis-$store" "$PC_PID" -s bench/lua/create.lua "$PC_BASE/v1/sessions"
   export ACTION=rotate

@@ -3,6 +3,7 @@
 use criterion::{Criterion, criterion_group, criterion_main};
 use portcullis_bench::{engine, new_session};
 use portcullis_core::{Actor, Device, MemoryStore, OsRandom, Token, TokenKind};
+use portcullis_http::json::WriteJson;
 
 fn tokens(c: &mut Criterion) {
     let mut group = c.benchmark_group("token");
@@ -101,11 +102,11 @@ fn wire(c: &mut Criterion) {
     let now = engine.now();
     c.bench_function("wire/validated_view_json", |b| {
         b.iter(|| {
-            serde_json::to_vec(&portcullis_http::wire::ValidatedView::of(
-                std::hint::black_box(&validated),
-                now,
-            ))
-            .unwrap()
+            let mut body = Vec::with_capacity(1024);
+            portcullis_http::wire::ValidatedView::of(std::hint::black_box(&validated), now)
+                .write_json(&mut body)
+                .unwrap();
+            body
         })
     });
     c.bench_function("wire/rfc3339", |b| {

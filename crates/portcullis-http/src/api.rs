@@ -1,5 +1,6 @@
 //! Handlers of the session API v1 and the local admin API.
 
+use axum::body::Bytes;
 use axum::extract::{FromRequest, Path, Query, Request, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -9,10 +10,15 @@ use serde::de::DeserializeOwned;
 use std::sync::OnceLock;
 
 use crate::error::{ApiError, Problem};
+use crate::json::WriteJson;
 use crate::wire::*;
 use crate::{AppState, Caller};
 
 /// A JSON body whose rejections are problem documents.
+///
+/// Every validation reads one, so the common case takes a short way: a body sent as plain
+/// `application/json` is parsed directly. Anything else, and every body that fails to parse,
+/// goes through axum's `Json`, whose rejections say where in the body the problem is.
 #[derive(Debug)]
 pub struct ApiJson<T>(pub T);
 
@@ -20,7 +26,21 @@ impl<T: DeserializeOwned, St: Send + Sync> FromRequest<St> for ApiJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &St) -> Result<Self, Self::Rejection> {
-        let Json(value) = Json::<T>::from_request(req, state).await?;
+        let plain_json = req
+            .headers()
+            .get(axum::http::header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"application/json"));
+        if !plain_json {
+            let Json(value) = Json::<T>::from_request(req, state).await?;
+            return Ok(Self(value));
+        }
+        let body = Bytes::from_request(req, state)
+            .await
+            .map_err(|_| ApiError::BodyTooLarge)?;
+        if let Ok(value) = serde_json::from_slice(&body) {
+            return Ok(Self(value));
+        }
+        let Json(value) = Json::<T>::from_bytes(&body)?;
         Ok(Self(value))
     }
 }
@@ -32,10 +52,10 @@ type ApiResult<T> = Result<T, ApiError>;
 #[derive(Debug)]
 pub struct Answer<T>(pub T);
 
-impl<T: serde::Serialize> IntoResponse for Answer<T> {
+impl<T: WriteJson> IntoResponse for Answer<T> {
     fn into_response(self) -> Response {
         let mut body = Vec::with_capacity(1024);
-        match serde_json::to_writer(&mut body, &self.0) {
+        match self.0.write_json(&mut body) {
             Ok(()) => (
                 [(
                     axum::http::header::CONTENT_TYPE,
@@ -95,7 +115,7 @@ pub async fn validate_session<S: SessionStore>(
     State(state): State<AppState<S>>,
     _caller: Caller,
     ApiJson(body): ApiJson<ValidateBody>,
-) -> ApiResult<Answer<ValidatedView>> {
+) -> ApiResult<Response> {
     let device = body.device.into();
     match state
         .engine
@@ -104,7 +124,7 @@ pub async fn validate_session<S: SessionStore>(
     {
         Ok(validated) => {
             record_validation("ok");
-            Ok(Answer(ValidatedView::of(&validated, state.engine.now())))
+            Ok(Answer(ValidatedView::of(&validated, state.engine.now())).into_response())
         }
         Err(err) => {
             let error = ApiError::from(err);
@@ -125,9 +145,9 @@ pub async fn rotate_session<S: SessionStore>(
     State(state): State<AppState<S>>,
     caller: Caller,
     ApiJson(body): ApiJson<TokenBody>,
-) -> ApiResult<Answer<IssuedView>> {
+) -> ApiResult<Response> {
     let issued = state.engine.rotate(&body.token, &caller.0).await?;
-    Ok(Answer(IssuedView::of(&issued, state.engine.now())))
+    Ok(Answer(IssuedView::of(&issued, state.engine.now())).into_response())
 }
 
 /// Record a re-authentication for a sensitive action (rotates the token).
@@ -142,7 +162,7 @@ pub async fn elevate_session<S: SessionStore>(
     State(state): State<AppState<S>>,
     caller: Caller,
     ApiJson(body): ApiJson<ElevateBody>,
-) -> ApiResult<Answer<IssuedView>> {
+) -> ApiResult<Response> {
     let request = Elevate {
         methods: body.methods,
         level: body.level,
@@ -152,7 +172,7 @@ pub async fn elevate_session<S: SessionStore>(
         .engine
         .elevate(&body.token, request, &caller.0)
         .await?;
-    Ok(Answer(IssuedView::of(&issued, state.engine.now())))
+    Ok(Answer(IssuedView::of(&issued, state.engine.now())).into_response())
 }
 
 /// Log out. Idempotent.
@@ -183,9 +203,9 @@ pub async fn get_session<S: SessionStore>(
     State(state): State<AppState<S>>,
     _caller: Caller,
     Path(id): Path<String>,
-) -> ApiResult<Answer<SessionView>> {
+) -> ApiResult<Response> {
     let session = state.engine.get(&PublicId::from_string(id)).await?;
-    Ok(Answer(SessionView::of(&session, state.engine.now())))
+    Ok(Answer(SessionView::of(&session, state.engine.now())).into_response())
 }
 
 /// End one session as an administrator (`revoked_admin`).
@@ -224,12 +244,12 @@ pub async fn replace_data<S: SessionStore>(
     caller: Caller,
     Path(id): Path<String>,
     ApiJson(data): ApiJson<serde_json::Value>,
-) -> ApiResult<Answer<SessionView>> {
+) -> ApiResult<Response> {
     let session = state
         .engine
         .replace_data(&PublicId::from_string(id), data, &caller.0)
         .await?;
-    Ok(Answer(SessionView::of(&session, state.engine.now())))
+    Ok(Answer(SessionView::of(&session, state.engine.now())).into_response())
 }
 
 /// A subject's live sessions.
@@ -241,9 +261,9 @@ pub async fn list_subject<S: SessionStore>(
     State(state): State<AppState<S>>,
     _caller: Caller,
     Path(subject): Path<String>,
-) -> ApiResult<Answer<SessionListView>> {
+) -> ApiResult<Response> {
     let sessions = state.engine.list_subject(&subject).await?;
-    Ok(Answer(SessionListView::of(&sessions, state.engine.now())))
+    Ok(Answer(SessionListView::of(&sessions, state.engine.now())).into_response())
 }
 
 /// End all of a subject's sessions except one (force logout after a password change).

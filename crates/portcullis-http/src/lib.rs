@@ -9,6 +9,7 @@
 
 pub mod api;
 pub mod error;
+pub mod json;
 pub mod ui;
 pub mod wire;
 

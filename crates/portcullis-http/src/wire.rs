@@ -4,20 +4,19 @@
 use std::sync::Arc;
 
 use portcullis_core::{
-    ApiKey, AuditEvent, AuthContext, Deadline, Device, Elevation, Issued, NewSession, Session,
-    Timestamp, Validated,
+    ApiKey, AuditEvent, AuthContext, Deadline, Device, Elevation, Issued, NewSession, PublicId,
+    Session, Timestamp, Validated,
 };
 use serde::{Deserialize, Serialize};
-use time::OffsetDateTime;
-use time::format_description::well_known::Rfc3339;
 use utoipa::{IntoParams, ToSchema};
 
-/// Renders a timestamp as RFC 3339 UTC.
+use crate::json::{self, WriteJson};
+
+/// Renders a timestamp as RFC 3339 UTC (see [`json::timestamp`]).
 pub fn rfc3339(t: Timestamp) -> String {
-    OffsetDateTime::from_unix_timestamp_nanos(i128::from(t.as_millis()) * 1_000_000)
-        .ok()
-        .and_then(|dt| dt.format(&Rfc3339).ok())
-        .unwrap_or_default()
+    let mut quoted = Vec::with_capacity(32);
+    json::timestamp(&mut quoted, t);
+    String::from_utf8_lossy(&quoted[1..quoted.len() - 1]).into_owned()
 }
 
 /// How the person authenticated.
@@ -155,199 +154,304 @@ fn sensitive() -> String {
     "sensitive".into()
 }
 
+/// A timestamp on the wire: RFC 3339 UTC, milliseconds without trailing zeros.
+#[derive(Debug, Clone, Copy, ToSchema)]
+#[schema(value_type = String, format = DateTime)]
+pub struct Rfc3339(pub Timestamp);
+
 /// A deadline and the rule that set it.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct DeadlineView {
-    /// RFC 3339.
-    pub at: String,
+#[derive(Debug, ToSchema)]
+pub struct DeadlineView<'a> {
+    /// When.
+    pub at: Rfc3339,
     /// E.g. `policy default: idle 15m (built-in default)`.
-    pub rule: String,
+    pub rule: &'a str,
 }
 
-impl From<&Deadline> for DeadlineView {
-    fn from(d: &Deadline) -> Self {
+impl<'a> From<&'a Deadline> for DeadlineView<'a> {
+    fn from(d: &'a Deadline) -> Self {
         Self {
-            at: rfc3339(d.at),
-            rule: d.rule.clone(),
+            at: Rfc3339(d.at),
+            rule: &d.rule,
         }
+    }
+}
+
+impl DeadlineView<'_> {
+    fn write(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(b"{\"at\":");
+        json::timestamp(out, self.at.0);
+        out.extend_from_slice(b",\"rule\":");
+        json::string(out, self.rule);
+        out.push(b'}');
     }
 }
 
 /// The session's deadlines.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct DeadlinesView {
+#[derive(Debug, ToSchema)]
+pub struct DeadlinesView<'a> {
     /// Idle deadline (`null` when the policy has no idle timeout).
-    pub idle: Option<DeadlineView>,
+    pub idle: Option<DeadlineView<'a>>,
     /// Absolute deadline.
-    pub absolute: DeadlineView,
+    pub absolute: DeadlineView<'a>,
 }
 
 /// An elevation.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct ElevationView {
+#[derive(Debug, ToSchema)]
+pub struct ElevationView<'a> {
     /// Public id.
-    pub id: String,
+    pub id: &'a str,
     /// What it allows.
-    pub scope: String,
+    pub scope: &'a str,
     /// Methods used.
-    pub methods: Vec<String>,
+    pub methods: &'a [String],
     /// Assurance level.
     pub level: u8,
     /// When granted.
-    pub at: String,
+    pub at: Rfc3339,
     /// When it lapses.
-    pub expires_at: String,
+    pub expires_at: Rfc3339,
 }
 
-impl From<&Elevation> for ElevationView {
-    fn from(e: &Elevation) -> Self {
+impl<'a> From<&'a Elevation> for ElevationView<'a> {
+    fn from(e: &'a Elevation) -> Self {
         Self {
-            id: e.id.to_string(),
-            scope: e.scope.clone(),
-            methods: e.methods.clone(),
+            id: e.id.as_str(),
+            scope: &e.scope,
+            methods: &e.methods,
             level: e.level,
-            at: rfc3339(e.at),
-            expires_at: rfc3339(e.expires_at),
+            at: Rfc3339(e.at),
+            expires_at: Rfc3339(e.expires_at),
         }
     }
 }
 
+impl ElevationView<'_> {
+    fn write(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(b"{\"id\":");
+        json::string(out, self.id);
+        out.extend_from_slice(b",\"scope\":");
+        json::string(out, self.scope);
+        out.extend_from_slice(b",\"methods\":");
+        json::strings(out, self.methods);
+        out.extend_from_slice(b",\"level\":");
+        json::number(out, u64::from(self.level));
+        out.extend_from_slice(b",\"at\":");
+        json::timestamp(out, self.at.0);
+        out.extend_from_slice(b",\"expires_at\":");
+        json::timestamp(out, self.expires_at.0);
+        out.push(b'}');
+    }
+}
+
 /// How a session ended.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, ToSchema)]
 pub struct EndedView {
     /// `logout`, `expired_idle`, `revoked_admin`, …
-    pub reason: String,
+    pub reason: &'static str,
     /// When.
-    pub at: String,
+    pub at: Rfc3339,
 }
 
 /// How the person authenticated.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct AuthView {
+#[derive(Debug, ToSchema)]
+pub struct AuthView<'a> {
     /// Methods.
-    pub methods: Vec<String>,
+    pub methods: &'a [String],
     /// Assurance level.
     pub level: u8,
 }
 
 /// The device.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct DeviceView {
+#[derive(Debug, ToSchema)]
+pub struct DeviceView<'a> {
     /// User agent.
-    pub user_agent: Option<String>,
+    pub user_agent: Option<&'a str>,
     /// IP address.
-    pub ip: Option<String>,
+    pub ip: Option<&'a str>,
 }
 
 /// A session as the API shows it. Never contains the token.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct SessionView {
+// It borrows from the session and writes itself (`WriteJson`): it is the answer of every
+// validation.
+#[derive(Debug, ToSchema)]
+pub struct SessionView<'a> {
     /// Public id (also the OIDC `sid`).
-    pub id: String,
+    pub id: &'a str,
     /// Subject.
-    pub subject: String,
+    pub subject: &'a str,
     /// Policy name.
-    pub policy: String,
-    /// RFC 3339.
-    pub created_at: String,
+    pub policy: &'a str,
+    /// When it was created.
+    pub created_at: Rfc3339,
     /// Last recorded activity (coalesced).
-    pub last_seen_at: String,
+    pub last_seen_at: Rfc3339,
     /// Last (re-)authentication.
-    pub authenticated_at: String,
+    pub authenticated_at: Rfc3339,
     /// "Stay signed in" chosen.
     pub remember_me: bool,
     /// How the person authenticated.
-    pub auth: AuthView,
+    pub auth: AuthView<'a>,
     /// Elevations in force.
-    pub elevations: Vec<ElevationView>,
+    pub elevations: Vec<ElevationView<'a>>,
     /// Device.
-    pub device: DeviceView,
+    pub device: DeviceView<'a>,
     /// Application data.
-    pub data: serde_json::Value,
+    pub data: &'a serde_json::Value,
     /// Deadlines with the rule behind each.
-    pub deadlines: DeadlinesView,
+    pub deadlines: DeadlinesView<'a>,
     /// The nearest deadline.
-    pub expires_at: String,
+    pub expires_at: Rfc3339,
     /// Parent SSO session.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub parent: Option<String>,
+    pub parent: Option<&'a str>,
     /// The timed-out session whose data this one got back.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub reconstituted_from: Option<String>,
+    pub reconstituted_from: Option<&'a str>,
     /// Present once ended.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub ended: Option<EndedView>,
 }
 
-impl SessionView {
+impl<'a> SessionView<'a> {
     /// The view of `s` at `now` (lapsed elevations are not shown).
-    pub fn of(s: &Session, now: Timestamp) -> Self {
+    pub fn of(s: &'a Session, now: Timestamp) -> Self {
         Self {
-            id: s.id.to_string(),
-            subject: s.subject.clone(),
-            policy: s.policy.clone(),
-            created_at: rfc3339(s.created_at),
-            last_seen_at: rfc3339(s.last_seen_at),
-            authenticated_at: rfc3339(s.authenticated_at),
+            id: s.id.as_str(),
+            subject: &s.subject,
+            policy: &s.policy,
+            created_at: Rfc3339(s.created_at),
+            last_seen_at: Rfc3339(s.last_seen_at),
+            authenticated_at: Rfc3339(s.authenticated_at),
             remember_me: s.remember_me,
             auth: AuthView {
-                methods: s.auth.methods.clone(),
+                methods: &s.auth.methods,
                 level: s.auth.level,
             },
             elevations: s.active_elevations(now).map(Into::into).collect(),
             device: DeviceView {
-                user_agent: s.device.user_agent.clone(),
-                ip: s.device.ip.clone(),
+                user_agent: s.device.user_agent.as_deref(),
+                ip: s.device.ip.as_deref(),
             },
-            data: s.data.clone(),
+            data: &s.data,
             deadlines: DeadlinesView {
                 idle: s.idle.as_ref().map(Into::into),
                 absolute: (&s.absolute).into(),
             },
-            expires_at: rfc3339(s.next_deadline().0),
-            parent: s.parent.as_ref().map(ToString::to_string),
-            reconstituted_from: s.reconstituted_from.as_ref().map(ToString::to_string),
+            expires_at: Rfc3339(s.next_deadline().0),
+            parent: s.parent.as_ref().map(PublicId::as_str),
+            reconstituted_from: s.reconstituted_from.as_ref().map(PublicId::as_str),
             ended: s.ended.as_ref().map(|e| EndedView {
-                reason: e.reason.as_str().to_owned(),
-                at: rfc3339(e.at),
+                reason: e.reason.as_str(),
+                at: Rfc3339(e.at),
             }),
         }
     }
 }
 
-/// A session with its new token: shown once, never again.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct IssuedView {
-    /// The secret session token (`pcs_…`).
-    pub token: String,
-    /// The session.
-    pub session: SessionView,
+impl WriteJson for SessionView<'_> {
+    fn write_json(&self, out: &mut Vec<u8>) -> Result<(), serde_json::Error> {
+        out.extend_from_slice(b"{\"id\":");
+        json::string(out, self.id);
+        out.extend_from_slice(b",\"subject\":");
+        json::string(out, self.subject);
+        out.extend_from_slice(b",\"policy\":");
+        json::string(out, self.policy);
+        out.extend_from_slice(b",\"created_at\":");
+        json::timestamp(out, self.created_at.0);
+        out.extend_from_slice(b",\"last_seen_at\":");
+        json::timestamp(out, self.last_seen_at.0);
+        out.extend_from_slice(b",\"authenticated_at\":");
+        json::timestamp(out, self.authenticated_at.0);
+        out.extend_from_slice(b",\"remember_me\":");
+        json::boolean(out, self.remember_me);
+        out.extend_from_slice(b",\"auth\":{\"methods\":");
+        json::strings(out, self.auth.methods);
+        out.extend_from_slice(b",\"level\":");
+        json::number(out, u64::from(self.auth.level));
+        out.extend_from_slice(b"},\"elevations\":[");
+        for (i, elevation) in self.elevations.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            elevation.write(out);
+        }
+        out.extend_from_slice(b"],\"device\":{\"user_agent\":");
+        json::optional_string(out, self.device.user_agent);
+        out.extend_from_slice(b",\"ip\":");
+        json::optional_string(out, self.device.ip);
+        out.extend_from_slice(b"},\"data\":");
+        serde_json::to_writer(&mut *out, self.data)?;
+        out.extend_from_slice(b",\"deadlines\":{\"idle\":");
+        match &self.deadlines.idle {
+            Some(idle) => idle.write(out),
+            None => out.extend_from_slice(b"null"),
+        }
+        out.extend_from_slice(b",\"absolute\":");
+        self.deadlines.absolute.write(out);
+        out.extend_from_slice(b"},\"expires_at\":");
+        json::timestamp(out, self.expires_at.0);
+        if let Some(parent) = self.parent {
+            out.extend_from_slice(b",\"parent\":");
+            json::string(out, parent);
+        }
+        if let Some(from) = self.reconstituted_from {
+            out.extend_from_slice(b",\"reconstituted_from\":");
+            json::string(out, from);
+        }
+        if let Some(ended) = &self.ended {
+            out.extend_from_slice(b",\"ended\":{\"reason\":");
+            json::string(out, ended.reason);
+            out.extend_from_slice(b",\"at\":");
+            json::timestamp(out, ended.at.0);
+            out.push(b'}');
+        }
+        out.push(b'}');
+        Ok(())
+    }
 }
 
-impl IssuedView {
+/// A session with its new token: shown once, never again.
+#[derive(Debug, ToSchema)]
+pub struct IssuedView<'a> {
+    /// The secret session token (`pcs_…`).
+    pub token: &'a str,
+    /// The session.
+    pub session: SessionView<'a>,
+}
+
+impl<'a> IssuedView<'a> {
     /// The view of an issued session.
-    pub fn of(issued: &Issued, now: Timestamp) -> Self {
+    pub fn of(issued: &'a Issued, now: Timestamp) -> Self {
         Self {
-            token: issued.token.expose().to_owned(),
+            token: issued.token.expose(),
             session: SessionView::of(&issued.session, now),
         }
     }
 }
 
+impl WriteJson for IssuedView<'_> {
+    fn write_json(&self, out: &mut Vec<u8>) -> Result<(), serde_json::Error> {
+        out.extend_from_slice(b"{\"token\":");
+        json::string(out, self.token);
+        out.extend_from_slice(b",\"session\":");
+        self.session.write_json(out)?;
+        out.push(b'}');
+        Ok(())
+    }
+}
+
 /// An accepted validation.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct ValidatedView {
+#[derive(Debug, ToSchema)]
+pub struct ValidatedView<'a> {
     /// The session.
-    pub session: SessionView,
+    pub session: SessionView<'a>,
     /// Whole seconds until the nearest deadline.
     pub expires_in: u64,
     /// Inside the policy's warning lead time: time to offer "Stay signed in?".
     pub warning: bool,
 }
 
-impl ValidatedView {
+impl<'a> ValidatedView<'a> {
     /// The view of a validation.
-    pub fn of(v: &Validated, now: Timestamp) -> Self {
+    pub fn of(v: &'a Validated, now: Timestamp) -> Self {
         Self {
             session: SessionView::of(&v.session, now),
             expires_in: v.expires_in.as_secs(),
@@ -356,19 +460,46 @@ impl ValidatedView {
     }
 }
 
-/// A subject's live sessions.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct SessionListView {
-    /// Oldest first.
-    pub sessions: Vec<SessionView>,
+impl WriteJson for ValidatedView<'_> {
+    fn write_json(&self, out: &mut Vec<u8>) -> Result<(), serde_json::Error> {
+        out.extend_from_slice(b"{\"session\":");
+        self.session.write_json(out)?;
+        out.extend_from_slice(b",\"expires_in\":");
+        json::number(out, self.expires_in);
+        out.extend_from_slice(b",\"warning\":");
+        json::boolean(out, self.warning);
+        out.push(b'}');
+        Ok(())
+    }
 }
 
-impl SessionListView {
+/// A subject's live sessions.
+#[derive(Debug, ToSchema)]
+pub struct SessionListView<'a> {
+    /// Oldest first.
+    pub sessions: Vec<SessionView<'a>>,
+}
+
+impl<'a> SessionListView<'a> {
     /// The view of a list.
-    pub fn of(sessions: &[Arc<Session>], now: Timestamp) -> Self {
+    pub fn of(sessions: &'a [Arc<Session>], now: Timestamp) -> Self {
         Self {
             sessions: sessions.iter().map(|s| SessionView::of(s, now)).collect(),
         }
+    }
+}
+
+impl WriteJson for SessionListView<'_> {
+    fn write_json(&self, out: &mut Vec<u8>) -> Result<(), serde_json::Error> {
+        out.extend_from_slice(b"{\"sessions\":[");
+        for (i, session) in self.sessions.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            session.write_json(out)?;
+        }
+        out.extend_from_slice(b"]}");
+        Ok(())
     }
 }
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use common::TestServer;
 use reqwest::Method;
-use serde_json::json;
+use serde_json::{Value, json};
 
 #[tokio::test]
 async fn every_v1_call_end_to_end() {
@@ -254,6 +254,27 @@ async fn bad_input_gets_a_problem_with_the_right_status_and_reason() {
     assert_eq!(
         post_raw("/v1/sessions", "text/plain", br#"{"subject":"a"}"#.to_vec()).await,
         (415, "unsupported_media_type".into())
+    );
+    // A media type with parameters takes axum's way; a body that fails to parse says where.
+    assert_eq!(
+        post_raw(
+            "/v1/sessions",
+            "application/json; charset=utf-8",
+            b"{not json".to_vec()
+        )
+        .await,
+        (400, "malformed_json".into())
+    );
+    let (status, problem) = s
+        .post("/v1/sessions", json!({"subject": "a", "device": {"ip": 7}}))
+        .await;
+    assert_eq!(
+        (status, problem["reason"].as_str()),
+        (422, Some("invalid_body"))
+    );
+    assert!(
+        problem["detail"].as_str().unwrap().contains("device.ip"),
+        "{problem}"
     );
     let huge = format!(r#"{{"subject":"a","data":"{}"}}"#, "x".repeat(200_000));
     assert_eq!(
@@ -567,4 +588,107 @@ async fn openapi_describes_every_v1_call() {
     }
     assert!(doc["components"]["schemas"]["SessionView"].is_object());
     assert!(doc["components"]["securitySchemes"]["api_key"].is_object());
+}
+
+/// The keys of `value` against the OpenAPI schema `schema`: nothing undocumented, nothing
+/// required missing, and the same for every nested object the schema names.
+fn assert_matches_schema(doc: &Value, schema: &Value, value: &Value, at: &str) {
+    let resolve = |schema: &Value| -> Value {
+        let mut schema = schema.clone();
+        if let Some(one_of) = schema.get("oneOf").and_then(Value::as_array) {
+            schema = one_of
+                .iter()
+                .find(|s| s.get("type") != Some(&json!("null")))
+                .cloned()
+                .unwrap_or(Value::Null);
+        }
+        match schema.get("$ref").and_then(Value::as_str) {
+            Some(r) => doc["components"]["schemas"][r.rsplit('/').next().unwrap()].clone(),
+            None => schema,
+        }
+    };
+    let schema = resolve(schema);
+    match value {
+        Value::Object(fields) if schema.get("properties").is_some() => {
+            let properties = schema["properties"].as_object().unwrap();
+            for key in fields.keys() {
+                assert!(properties.contains_key(key), "{at}.{key} is not documented");
+            }
+            for key in schema["required"].as_array().into_iter().flatten() {
+                let key = key.as_str().unwrap();
+                assert!(
+                    fields.contains_key(key),
+                    "{at}.{key} is required but missing"
+                );
+            }
+            for (key, field) in fields {
+                assert_matches_schema(doc, &properties[key], field, &format!("{at}.{key}"));
+            }
+        }
+        Value::Array(items) if schema.get("items").is_some() => {
+            for (i, item) in items.iter().enumerate() {
+                assert_matches_schema(doc, &schema["items"], item, &format!("{at}[{i}]"));
+            }
+        }
+        Value::String(text) if schema.get("format") == Some(&json!("date-time")) => {
+            assert!(
+                text.ends_with('Z') && text.len() >= 20,
+                "{at} = {text} is not RFC 3339 UTC"
+            );
+        }
+        _ => {}
+    }
+}
+
+#[tokio::test]
+async fn session_views_write_what_openapi_describes() {
+    let s = TestServer::start().await;
+    let (_, doc) = s.get("/openapi.json").await;
+    let schema = |name: &str| json!({"$ref": format!("#/components/schemas/{name}")});
+    let (status, issued) = s
+        .post(
+            "/v1/sessions",
+            json!({
+                "subject": "zoë \"quoted\"", "policy": "short",
+                "auth": {"methods": ["pwd"], "level": 1},
+                "device": {"user_agent": "Mozilla/5.0 (X11; \u{1}) \"x\"", "ip": "2001:db8::1"},
+                "data": {"nested": {"list": [1, "two", null, true]}, "text": "a\nb"},
+            }),
+        )
+        .await;
+    assert_eq!(status, 201);
+    assert_matches_schema(&doc, &schema("IssuedView"), &issued, "issued");
+    assert_eq!(issued["session"]["subject"], "zoë \"quoted\"");
+    assert_eq!(
+        issued["session"]["device"]["user_agent"],
+        "Mozilla/5.0 (X11; \u{1}) \"x\""
+    );
+    assert_eq!(issued["session"]["data"]["text"], "a\nb");
+    let token = issued["token"].as_str().unwrap();
+    let (status, elevated) = s
+        .post(
+            "/v1/sessions/elevate",
+            json!({"token": token, "methods": ["otp"], "level": 2, "scope": "payments"}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(elevated["session"]["elevations"][0]["scope"], "payments");
+    assert_matches_schema(&doc, &schema("IssuedView"), &elevated, "elevated");
+    let token = elevated["token"].as_str().unwrap();
+    let (status, validated) = s.validate(token).await;
+    assert_eq!(status, 200);
+    assert_matches_schema(&doc, &schema("ValidatedView"), &validated, "validated");
+    assert_eq!(validated["session"], elevated["session"]);
+
+    let id = validated["session"]["id"].as_str().unwrap();
+    let subject = "zo%C3%AB%20%22quoted%22";
+    let (status, list) = s.get(&format!("/v1/subjects/{subject}/sessions")).await;
+    assert_eq!(status, 200);
+    assert_eq!(list["sessions"].as_array().map(Vec::len), Some(1));
+    assert_matches_schema(&doc, &schema("SessionListView"), &list, "list");
+    assert_eq!(s.delete(&format!("/v1/sessions/{id}")).await.0, 204);
+    let (status, ended) = s.get(&format!("/v1/sessions/{id}")).await;
+    assert_eq!(status, 200);
+    assert_eq!(ended["ended"]["reason"], "revoked_admin");
+    assert_matches_schema(&doc, &schema("SessionView"), &ended, "ended");
 }
