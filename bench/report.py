@@ -107,7 +107,7 @@ def report(out):
     if pairs:
         print("\nThe target ratios again, measured in pairs: both systems up, one run of each in turn (the")
         print("first alternating), so a slower moment of the machine hits both alike.\n")
-        print("| pair | req/s per round (first) | req/s per round (second) | ratio per round | median ratio | non-2xx |")
+        print("| pair | Portcullis req/s per round | peer req/s per round | ratio per round | median ratio | non-2xx |")
         print("|---|---|---|---|---:|---:|")
         for name, (ratio, r) in pairs.items():
             per_round = " / ".join(f"{x / y:.2f}" for x, y in zip(floats(r[2]), floats(r[3])) if y)
