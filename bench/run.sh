@@ -10,8 +10,8 @@
 # of .ci/run (PostgreSQL, the local Redis Cluster on 7100-7102); Redis-backed systems share a private
 # redis-server on 6390 started here; peers come from ../shared/peers,
 # copied to a work directory and installed from the registries (npm ci, cargo build --locked).
-# Env: DURATION (10s) WARMUP (3s) RUNS (3) OPS_RUNS (1, for create/rotate/logout) CONNS (50)
-#      PAIRS (5) PAIR_DURATION (5s, for the paired ratio runs) SCALE_SIZES ("1000000").
+# Env: DURATION (10s) WARMUP (2s) RUNS (3) OPS_RUNS (1, for create/rotate/logout) CONNS (50)
+#      PAIRS (4) PAIR_DURATION (4s, for the paired ratio runs) SCALE_SIZES ("1000000").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -26,8 +26,8 @@ done
 if [ $SMOKE = 1 ]; then
   DURATION=1s WARMUP=1s RUNS=1 CONNS=10 PAIRS=1 PAIR_DURATION=1s
 fi
-DURATION=${DURATION:-10s} WARMUP=${WARMUP:-3s} RUNS=${RUNS:-3} CONNS=${CONNS:-50} OPS_RUNS=${OPS_RUNS:-1}
-PAIRS=${PAIRS:-5} PAIR_DURATION=${PAIR_DURATION:-5s}
+DURATION=${DURATION:-10s} WARMUP=${WARMUP:-2s} RUNS=${RUNS:-3} CONNS=${CONNS:-50} OPS_RUNS=${OPS_RUNS:-1}
+PAIRS=${PAIRS:-4} PAIR_DURATION=${PAIR_DURATION:-4s}
 OUT=$ROOT/bench/results/$(date -u +%Y%m%dT%H%M%SZ)
 mkdir -p "$OUT"
 ROWS=$OUT/rows.tsv
@@ -258,6 +258,7 @@ else
   "$TARGET/release/scale" --sessions 10000 --dir "$OUT/scale" --redis "$REDIS_URL" --prefix pc >>"$ROWS"
 fi
 
+echo "elapsed: $((SECONDS / 60)) min $((SECONDS % 60)) s (build, peers, loads, criterion, scale)" >>"$OUT/env.txt"
 python3 bench/report.py report "$OUT" >"$OUT/report.md"
 cat "$OUT/report.md"
 if [ $WRITE = 1 ]; then

@@ -75,19 +75,21 @@ pub fn boolean(out: &mut Vec<u8>, b: bool) {
 pub fn timestamp(out: &mut Vec<u8>, t: Timestamp) {
     let millis = t.as_millis();
     let (year, month, day) = civil_date(millis.div_euclid(86_400_000));
-    if !(0..=9999).contains(&year) {
+    let Ok(year @ 0..=9999) = u32::try_from(year) else {
         out.extend_from_slice(b"\"\"");
         return;
-    }
-    let of_day = millis.rem_euclid(86_400_000);
+    };
+    // Below 86,400,000, so it fits.
+    let of_day = millis.rem_euclid(86_400_000) as u32;
     let (seconds, ms) = (of_day / 1000, of_day % 1000);
     let mut text = *b"\"0000-00-00T00:00:00.000Z\"";
-    put_digits(&mut text[1..5], year);
-    put_digits(&mut text[6..8], month);
-    put_digits(&mut text[9..11], day);
-    put_digits(&mut text[12..14], seconds / 3600);
-    put_digits(&mut text[15..17], seconds / 60 % 60);
-    put_digits(&mut text[18..20], seconds % 60);
+    put_two(&mut text[1..3], year / 100);
+    put_two(&mut text[3..5], year % 100);
+    put_two(&mut text[6..8], month);
+    put_two(&mut text[9..11], day);
+    put_two(&mut text[12..14], seconds / 3600);
+    put_two(&mut text[15..17], seconds / 60 % 60);
+    put_two(&mut text[18..20], seconds % 60);
     let fraction = match ms {
         0 => 0,
         _ if ms % 100 == 0 => 1,
@@ -97,22 +99,21 @@ pub fn timestamp(out: &mut Vec<u8>, t: Timestamp) {
     if fraction == 0 {
         out.extend_from_slice(&text[..20]);
     } else {
-        put_digits(&mut text[21..24], ms);
+        text[21] = b'0' + (ms / 100) as u8;
+        put_two(&mut text[22..24], ms % 100);
         out.extend_from_slice(&text[..21 + fraction]);
     }
     out.extend_from_slice(b"Z\"");
 }
 
-/// Writes `n` in decimal into all of `slot`, zero-padded.
-fn put_digits(slot: &mut [u8], mut n: i64) {
-    for byte in slot.iter_mut().rev() {
-        *byte = b'0' + (n % 10) as u8;
-        n /= 10;
-    }
+/// Writes `n` (below 100) as two digits into `slot`.
+fn put_two(slot: &mut [u8], n: u32) {
+    slot[0] = b'0' + (n / 10) as u8;
+    slot[1] = b'0' + (n % 10) as u8;
 }
 
 /// The proleptic Gregorian (year, month, day) of a count of days since 1970-01-01.
-fn civil_date(days: i64) -> (i64, i64, i64) {
+fn civil_date(days: i64) -> (i64, u32, u32) {
     // Counted in 400-year eras that start on 1 March, so the leap day ends each year.
     let shifted = days + 719_468;
     let era = shifted.div_euclid(146_097);
@@ -121,12 +122,13 @@ fn civil_date(days: i64) -> (i64, i64, i64) {
         (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
     let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
     let month_from_march = (5 * day_of_year + 2) / 153;
-    let day = day_of_year - (153 * month_from_march + 2) / 5 + 1;
+    // Both in 1..=31 and 1..=12 by construction.
+    let day = (day_of_year - (153 * month_from_march + 2) / 5 + 1) as u32;
     let month = if month_from_march < 10 {
         month_from_march + 3
     } else {
         month_from_march - 9
-    };
+    } as u32;
     let year = year_of_era + era * 400 + i64::from(month <= 2);
     (year, month, day)
 }
