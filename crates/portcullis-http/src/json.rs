@@ -69,27 +69,33 @@ pub fn boolean(out: &mut Vec<u8>, b: bool) {
     out.extend_from_slice(if b { b"true" } else { b"false" });
 }
 
-/// Appends `t` as an RFC 3339 UTC string, as the API has always written it: milliseconds
-/// without trailing zeros (none at all on a whole second), `Z` for UTC. A time outside the
-/// years 0–9999, which RFC 3339 cannot express, is written as an empty string.
+/// Appends `t` as a JSON string of its RFC 3339 text (see [`rfc3339`]).
 pub fn timestamp(out: &mut Vec<u8>, t: Timestamp) {
+    out.push(b'"');
+    rfc3339(out, t);
+    out.push(b'"');
+}
+
+/// Appends `t` in RFC 3339 UTC, as the API has always written it: milliseconds without
+/// trailing zeros (none at all on a whole second), `Z` for UTC. A time outside the years
+/// 0–9999, which RFC 3339 cannot express, appends nothing.
+pub fn rfc3339(out: &mut Vec<u8>, t: Timestamp) {
     let millis = t.as_millis();
     let (year, month, day) = civil_date(millis.div_euclid(86_400_000));
     let Ok(year @ 0..=9999) = u32::try_from(year) else {
-        out.extend_from_slice(b"\"\"");
         return;
     };
     // Below 86,400,000, so it fits.
     let of_day = millis.rem_euclid(86_400_000) as u32;
     let (seconds, ms) = (of_day / 1000, of_day % 1000);
-    let mut text = *b"\"0000-00-00T00:00:00.000Z\"";
-    put_two(&mut text[1..3], year / 100);
-    put_two(&mut text[3..5], year % 100);
-    put_two(&mut text[6..8], month);
-    put_two(&mut text[9..11], day);
-    put_two(&mut text[12..14], seconds / 3600);
-    put_two(&mut text[15..17], seconds / 60 % 60);
-    put_two(&mut text[18..20], seconds % 60);
+    let mut text = *b"0000-00-00T00:00:00.000";
+    put_two(&mut text[0..2], year / 100);
+    put_two(&mut text[2..4], year % 100);
+    put_two(&mut text[5..7], month);
+    put_two(&mut text[8..10], day);
+    put_two(&mut text[11..13], seconds / 3600);
+    put_two(&mut text[14..16], seconds / 60 % 60);
+    put_two(&mut text[17..19], seconds % 60);
     let fraction = match ms {
         0 => 0,
         _ if ms % 100 == 0 => 1,
@@ -97,13 +103,13 @@ pub fn timestamp(out: &mut Vec<u8>, t: Timestamp) {
         _ => 3,
     };
     if fraction == 0 {
-        out.extend_from_slice(&text[..20]);
+        out.extend_from_slice(&text[..19]);
     } else {
-        text[21] = b'0' + (ms / 100) as u8;
-        put_two(&mut text[22..24], ms % 100);
-        out.extend_from_slice(&text[..21 + fraction]);
+        text[20] = b'0' + (ms / 100) as u8;
+        put_two(&mut text[21..23], ms % 100);
+        out.extend_from_slice(&text[..20 + fraction]);
     }
-    out.extend_from_slice(b"Z\"");
+    out.push(b'Z');
 }
 
 /// Writes `n` (below 100) as two digits into `slot`.
@@ -176,6 +182,13 @@ mod tests {
         ] {
             assert_eq!(
                 written(|o| timestamp(o, Timestamp::from_millis(millis))),
+                by_time(millis),
+                "{millis}"
+            );
+            // The plain text that events, API keys and accounts carry.
+            assert_eq!(
+                serde_json::to_string(&crate::wire::rfc3339(Timestamp::from_millis(millis)))
+                    .expect("string"),
                 by_time(millis),
                 "{millis}"
             );

@@ -12,11 +12,12 @@ use utoipa::{IntoParams, ToSchema};
 
 use crate::json::{self, WriteJson};
 
-/// Renders a timestamp as RFC 3339 UTC (see [`json::timestamp`]).
+/// Renders a timestamp as RFC 3339 UTC (see [`json::rfc3339`]).
 pub fn rfc3339(t: Timestamp) -> String {
-    let mut quoted = Vec::with_capacity(32);
-    json::timestamp(&mut quoted, t);
-    String::from_utf8_lossy(&quoted[1..quoted.len() - 1]).into_owned()
+    let mut text = Vec::with_capacity(24);
+    json::rfc3339(&mut text, t);
+    // ASCII digits and separators only.
+    String::from_utf8(text).unwrap_or_default()
 }
 
 /// How the person authenticated.
