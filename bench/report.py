@@ -107,7 +107,12 @@ def report(out):
     if pairs:
         print("\nThe target ratios again, measured in pairs: both systems up, one run of each in turn (the")
         print("first alternating), so a slower moment of the machine hits both alike.\n")
-        print("| pair | Portcullis req/s per round | peer req/s per round | ratio per round | median ratio | non-2xx |")
+        if any(name.endswith("/exchange") for name in pairs):
+            print("`exchange` is not a peer but the bare exchange (`crates/portcullis-bench/src/bin/exchange.rs`): an")
+            print("axum route that reads Portcullis's own validation request and answers the bytes Portcullis answered to")
+            print("it, with no work behind them. The \"ok\" ceiling answers two bytes to a bodiless `GET`; the exchange")
+            print("shows how much of the distance to it is the request and answer themselves.\n")
+        print("| pair | Portcullis req/s per round | partner req/s per round | ratio per round | median ratio | non-2xx |")
         print("|---|---|---|---|---:|---:|")
         for name, (ratio, r) in pairs.items():
             per_round = " / ".join(f"{x / y:.2f}" for x, y in zip(floats(r[2]), floats(r[3])) if y)

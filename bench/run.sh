@@ -6,6 +6,9 @@
 #   bench/run.sh --smoke    30-second smoke of the same paths (one peer, one store, 1 s runs)
 #   bench/run.sh --write    full run, then BENCHMARKS.md and bench/throughput.svg are replaced
 #
+# Besides the peers, the embedded store is paired with the bare exchange (`exchange`, built here):
+# its own validation request and answer with no work behind them.
+#
 # Traffic goes to 127.0.0.1 only; every load is bounded in time. Needs redis-server and the services
 # of .ci/run (PostgreSQL, the local Redis Cluster on 7100-7102); Redis-backed systems share a private
 # redis-server on 6390 started here; peers come from ../shared/peers,
@@ -137,6 +140,8 @@ start_peer() { # NAME -> sets PEER_PID, PEER_PORT
     axum-redis) PEER_PORT=3002; STORE=redis PORT=3002 "$PEER_BIN/session" >/dev/null 2>&1 & ;;
     axum-sqlite) PEER_PORT=3006; rm -f "$OUT/peer.sqlite3"*; STORE=sqlite PORT=3006 SQLITE_PATH="$OUT/peer.sqlite3" "$PEER_BIN/session" >/dev/null 2>&1 & ;;
     express) PEER_PORT=3001; PORT=3001 node "$WORK/node-session/server.js" >/dev/null 2>&1 & ;;
+    # Ours, not a peer: Portcullis's own request and answer with no work behind them.
+    exchange) PEER_PORT=3010; "$TARGET/release/exchange" --port 3010 --answer "$OUT/answer.json" >/dev/null 2>&1 & ;;
   esac
   PEER_PID=$!
   PIDS+=("$PEER_PID")
@@ -212,17 +217,25 @@ for store in "${PC_LIST[@]}"; do
   printf 'memory\tportcullis-%s\t\t\t\t%s\n' "$store" "$PC_IDLE_KB" >>"$ROWS"
   measure validate "portcullis-$store" "$PC_PID" -s bench/lua/validate.lua "$PC_BASE/v1/sessions/validate"
   # The target ratios again, measured in pairs: the embedded store against the ceiling, the
-  # Redis store against tower-sessions on the same Redis.
-  partner=""
-  [ "$store" = sqlite ] && partner=hello
-  [ "$store" = redis ] && [ $SMOKE = 0 ] && partner=axum-redis
-  if [ $HAVE_PEERS = 1 ] && [ -n "$partner" ]; then
-    start_peer "$partner"
-    partner_args=("http://127.0.0.1:$PEER_PORT/")
-    [ "$partner" = hello ] || partner_args=(-H "Cookie: $(peer_cookie "$PEER_PORT")" "http://127.0.0.1:$PEER_PORT/me")
+  # Redis store against tower-sessions on the same Redis. And the embedded store against the bare
+  # exchange (its own request and answer, no work), which shows what of the gap is the wire's.
+  partners=()
+  [ "$store" = sqlite ] && partners=(exchange)
+  [ "$store" = sqlite ] && [ $HAVE_PEERS = 1 ] && partners=(hello exchange)
+  [ "$store" = redis ] && [ $SMOKE = 0 ] && [ $HAVE_PEERS = 1 ] && partners=(axum-redis)
+  for partner in "${partners[@]}"; do
+    case $partner in
+      exchange)
+        curl -fsS "$PC_BASE/v1/sessions/validate" -H "Authorization: Bearer $KEY" -H 'Content-Type: application/json' \
+          -d "{\"token\":\"$TOKEN\"}" -o "$OUT/answer.json"
+        start_peer exchange
+        partner_args=(-s bench/lua/validate.lua "http://127.0.0.1:$PEER_PORT/v1/sessions/validate") ;;
+      hello) start_peer hello; partner_args=("http://127.0.0.1:$PEER_PORT/") ;;
+      *) start_peer "$partner"; partner_args=(-H "Cookie: $(peer_cookie "$PEER_PORT")" "http://127.0.0.1:$PEER_PORT/me") ;;
+    esac
     pair "portcullis-$store" "$partner" -s bench/lua/validate.lua "$PC_BASE/v1/sessions/validate" -- "${partner_args[@]}"
     kill "$PEER_PID"; wait "$PEER_PID" 2>/dev/null || true
-  fi
+  done
   echo "== 2. create / rotate / logout: portcullis-$store"
   measure create "portcullis-$store" "$PC_PID" -s bench/lua/create.lua "$PC_BASE/v1/sessions"
   export ACTION=rotate

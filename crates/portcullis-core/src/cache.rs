@@ -18,12 +18,12 @@ use crate::plan;
 use crate::session::{EndReason, Session};
 use crate::store::{ApiKey, EndedSessions, Ending, Insert, Inserted, SessionStore, StoreError};
 use crate::time::Timestamp;
-use crate::token::{PublicId, SessionId, TokenHash};
+use crate::token::{GeneratedTokens, PublicId, SessionId, TokenHash};
 
 const SHARDS: usize = 64;
 
 /// One shard of the token-hash index.
-type Shard = RwLock<HashMap<TokenHash, Arc<Session>>>;
+type Shard = RwLock<HashMap<TokenHash, Arc<Session>, GeneratedTokens>>;
 
 /// One atomic unit of change, as a journal must persist it.
 #[derive(Debug, Clone, Default)]
@@ -149,7 +149,7 @@ pub struct CachedStore<J> {
     /// Live sessions by nearest deadline; entries may be stale and are re-checked when due.
     deadlines: Mutex<BTreeSet<(Timestamp, SessionId)>>,
     pending_touches: Mutex<HashMap<SessionId, Touch>>,
-    api_keys: RwLock<HashMap<TokenHash, ApiKey>>,
+    api_keys: RwLock<HashMap<TokenHash, ApiKey, GeneratedTokens>>,
     writer: tokio::sync::Mutex<WriterState>,
 }
 

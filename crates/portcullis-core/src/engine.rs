@@ -1,6 +1,7 @@
 //! The session lifecycle: the rules of DESIGN §2–4 over any [`SessionStore`].
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::event::{Actor, AuditEvent, AuditSink, EventKind, EventQuery, NoAuditSink};
@@ -182,6 +183,7 @@ pub struct Engine<S> {
     random: Arc<dyn RandomSource>,
     sink: Arc<dyn AuditSink>,
     settings: EngineSettings,
+    api_key_revocations: AtomicU64,
 }
 
 impl<S> std::fmt::Debug for Engine<S> {
@@ -212,6 +214,7 @@ impl<S: SessionStore> Engine<S> {
             random,
             sink: Arc::new(NoAuditSink),
             settings: EngineSettings::default(),
+            api_key_revocations: AtomicU64::new(0),
         }
     }
 
@@ -458,11 +461,11 @@ impl<S: SessionStore> Engine<S> {
         token: &str,
         device: Option<&Device>,
     ) -> Result<Arc<Session>, EngineError> {
-        let token = Token::parse(TokenKind::Session, token)
+        let hash = Token::hash_presented(TokenKind::Session, token)
             .map_err(|_| EngineError::Rejected(Rejection::Malformed))?;
         let session = self
             .store
-            .find_by_token(&token.hash())
+            .find_by_token(&hash)
             .await?
             .ok_or(EngineError::Rejected(Rejection::Unknown))?;
         if let Some(ended) = &session.ended {
@@ -782,12 +785,12 @@ impl<S: SessionStore> Engine<S> {
         &self,
         presented: &str,
     ) -> Result<Option<ApiKey>, EngineError> {
-        let Ok(token) = Token::parse(TokenKind::ApiKey, presented) else {
+        let Ok(hash) = Token::hash_presented(TokenKind::ApiKey, presented) else {
             return Ok(None);
         };
         Ok(self
             .store
-            .find_api_key(&token.hash())
+            .find_api_key(&hash)
             .await?
             .filter(|k| k.revoked_at.is_none()))
     }
@@ -795,6 +798,13 @@ impl<S: SessionStore> Engine<S> {
     /// Every API key (their hashes only).
     pub async fn list_api_keys(&self) -> Result<Vec<ApiKey>, EngineError> {
         Ok(self.store.list_api_keys().await?)
+    }
+
+    /// How many API keys this engine has revoked. Whoever remembers a key it checked (per
+    /// connection, say) reads this before the check and trusts the memory only while it is
+    /// unchanged, so a revocation through this engine takes effect at once.
+    pub fn api_key_revocations(&self) -> u64 {
+        self.api_key_revocations.load(Ordering::Acquire)
     }
 
     /// Revokes an API key.
@@ -810,6 +820,7 @@ impl<S: SessionStore> Engine<S> {
             .revoke_api_key(id, now, event)
             .await?
             .ok_or(EngineError::NotFound)?;
+        self.api_key_revocations.fetch_add(1, Ordering::AcqRel);
         self.publish(std::slice::from_ref(&event));
         Ok(key)
     }

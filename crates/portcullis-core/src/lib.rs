@@ -40,4 +40,7 @@ pub use store::{
     ApiKey, EndedSessions, Ending, Insert, Inserted, SessionLimit, SessionStore, StoreError,
 };
 pub use time::{Clock, ManualClock, SystemClock, Timestamp, format_duration, parse_duration};
-pub use token::{MalformedToken, PublicId, SessionId, Token, TokenHash, TokenKind, subject_route};
+pub use token::{
+    GeneratedTokens, MalformedToken, PublicId, SessionId, Token, TokenHash, TokenKind, same_secret,
+    subject_route,
+};

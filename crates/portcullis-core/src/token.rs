@@ -62,16 +62,15 @@ impl Token {
 
     /// Checks the shape of an untrusted token (prefix, length, alphabet) without trusting it.
     pub fn parse(kind: TokenKind, text: &str) -> Result<Self, MalformedToken> {
-        let body = text.strip_prefix(kind.prefix()).ok_or(MalformedToken)?;
-        let well_formed = body.len() == ENCODED_LEN
-            && body
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-        if well_formed {
-            Ok(Self(text.to_owned()))
-        } else {
-            Err(MalformedToken)
-        }
+        check_shape(kind, text)?;
+        Ok(Self(text.to_owned()))
+    }
+
+    /// The hash of an untrusted token of `kind` after checking its shape like
+    /// [`Token::parse`], without keeping a copy of the secret: what a lookup needs.
+    pub fn hash_presented(kind: TokenKind, text: &str) -> Result<TokenHash, MalformedToken> {
+        check_shape(kind, text)?;
+        Ok(TokenHash::of(text))
     }
 
     /// The secret itself, for handing to its owner exactly once.
@@ -81,7 +80,7 @@ impl Token {
 
     /// The SHA-256 of the token: what stores keep and look up by.
     pub fn hash(&self) -> TokenHash {
-        TokenHash(Sha256::digest(self.0.as_bytes()).into())
+        TokenHash::of(&self.0)
     }
 }
 
@@ -90,6 +89,16 @@ impl fmt::Debug for Token {
         let prefix = &self.0[..self.0.len().min(4)];
         write!(f, "Token({prefix}…redacted)")
     }
+}
+
+/// Prefix, length and alphabet of a token of `kind`.
+fn check_shape(kind: TokenKind, text: &str) -> Result<(), MalformedToken> {
+    let body = text.strip_prefix(kind.prefix()).ok_or(MalformedToken)?;
+    let well_formed = body.len() == ENCODED_LEN
+        && body
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    well_formed.then_some(()).ok_or(MalformedToken)
 }
 
 /// A token that is not of the expected shape.
@@ -103,17 +112,84 @@ pub struct TokenHash(pub [u8; 32]);
 
 impl PartialEq for TokenHash {
     fn eq(&self, other: &Self) -> bool {
-        self.0.ct_eq(&other.0).into()
+        same_secret(&self.0, &other.0)
     }
+}
+
+/// Whether two secrets are equal, in time that depends only on their lengths (which are not
+/// secret): eight bytes at a time, each word compared with `subtle`, no early exit.
+pub fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let (a_words, b_words) = (a.chunks_exact(8), b.chunks_exact(8));
+    let mut same = word(a_words.remainder()).ct_eq(&word(b_words.remainder()));
+    // `chunks_exact` lets the compiler see eight bytes: a load, not a copy.
+    for (x, y) in a_words.zip(b_words) {
+        same &= word(x).ct_eq(&word(y));
+    }
+    same.into()
+}
+
+/// Up to eight bytes as one word, zero-padded.
+fn word(bytes: &[u8]) -> u64 {
+    let mut padded = [0u8; 8];
+    padded[..bytes.len()].copy_from_slice(bytes);
+    u64::from_le_bytes(padded)
 }
 
 impl std::hash::Hash for TokenHash {
     fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        self.0.hash(state);
+        // Eight bytes of a SHA-256 are as good a hash as all 32. Not the first: sharded
+        // stores choose it (see `Token::generate_routed`).
+        let mut word = [0u8; 8];
+        word.copy_from_slice(&self.0[8..16]);
+        state.write_u64(u64::from_le_bytes(word));
+    }
+}
+
+/// The hasher of maps that hold only sessions and keys Portcullis generated, keyed by their
+/// [`TokenHash`]: eight bytes of a SHA-256 of 256 random bits are already a uniform hash, so
+/// hashing them again (SipHash) buys nothing. Flooding such a map is impossible, since nobody
+/// outside chooses a key that gets inserted; a map keyed by presented tokens keeps SipHash.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct GeneratedTokens;
+
+impl std::hash::BuildHasher for GeneratedTokens {
+    type Hasher = TokenHashHasher;
+
+    fn build_hasher(&self) -> TokenHashHasher {
+        TokenHashHasher(0)
+    }
+}
+
+/// See [`GeneratedTokens`].
+#[derive(Debug)]
+pub struct TokenHashHasher(u64);
+
+impl std::hash::Hasher for TokenHashHasher {
+    fn write_u64(&mut self, word: u64) {
+        self.0 = word;
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Only a `TokenHash` is meant to be hashed here; anything else still gets a usable
+        // (if slow) hash rather than a constant.
+        for &b in bytes {
+            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
     }
 }
 
 impl TokenHash {
+    fn of(text: &str) -> Self {
+        Self(Sha256::digest(text.as_bytes()).into())
+    }
+
     /// Lower-case hex, the form stores use as a key.
     pub fn to_hex(&self) -> String {
         let mut out = String::with_capacity(64);
@@ -226,6 +302,37 @@ mod tests {
     use super::*;
     use crate::random::{OsRandom, SeededRandom};
     use std::collections::HashSet;
+
+    #[test]
+    fn same_secret_differs_on_any_byte_and_any_length() {
+        for len in 0..=48usize {
+            let a: Vec<u8> = (0..len).map(|i| (i * 7 + 1) as u8).collect();
+            assert!(same_secret(&a, &a.clone()), "equal, {len} bytes");
+            for at in 0..len {
+                let mut b = a.clone();
+                b[at] ^= 0x80;
+                assert!(!same_secret(&a, &b), "byte {at} of {len}");
+            }
+            let mut longer = a.clone();
+            longer.push(0);
+            assert!(!same_secret(&a, &longer), "a zero byte more, {len} bytes");
+        }
+    }
+
+    #[test]
+    fn maps_of_generated_tokens_find_exactly_what_they_hold() {
+        let tokens: Vec<TokenHash> = (0..2_000)
+            .map(|_| Token::generate(TokenKind::Session, &OsRandom).hash())
+            .collect();
+        let (held, absent) = tokens.split_at(1_000);
+        let map: std::collections::HashMap<TokenHash, usize, GeneratedTokens> =
+            held.iter().enumerate().map(|(i, h)| (*h, i)).collect();
+        assert_eq!(map.len(), 1_000);
+        for (i, h) in held.iter().enumerate() {
+            assert_eq!(map.get(h), Some(&i));
+        }
+        assert!(absent.iter().all(|h| !map.contains_key(h)));
+    }
 
     #[test]
     fn asvs5_7_2_3_tokens_are_256_bit_prefixed_and_unique() {

@@ -10,12 +10,13 @@
 pub mod api;
 pub mod error;
 pub mod json;
+pub mod peer;
 pub mod ui;
 pub mod wire;
 
 use std::sync::Arc;
 
-use axum::extract::{DefaultBodyLimit, FromRequestParts, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequestParts, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -27,6 +28,7 @@ use tower_http::set_header::SetResponseHeaderLayer;
 use utoipa::OpenApi;
 
 use crate::error::ApiError;
+use crate::peer::Peer;
 use crate::wire::StatusView;
 
 /// Renders the Prometheus exposition text.
@@ -94,8 +96,24 @@ impl<S: SessionStore> FromRequestParts<AppState<S>> for Caller {
             .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
             .map(|(_, credentials)| credentials.trim())
             .ok_or(ApiError::MissingApiKey)?;
+        let peer = parts
+            .extensions
+            .get::<ConnectInfo<Peer>>()
+            .map(|ConnectInfo(peer)| peer);
+        // Read before the check, so a revocation during it makes the memory stale.
+        let revocations = state.engine.api_key_revocations();
+        let now = state.engine.now();
+        if let Some(caller) = peer.and_then(|p| p.checked_caller(presented, revocations, now)) {
+            return Ok(caller);
+        }
         match state.engine.authenticate_api_key(presented).await {
-            Ok(Some(key)) => Ok(Caller(Actor::api_key(&key.id))),
+            Ok(Some(key)) => {
+                let caller = Caller(Actor::api_key(&key.id));
+                if let Some(peer) = peer {
+                    peer.remember(presented, &caller, revocations, now);
+                }
+                Ok(caller)
+            }
             Ok(None) => Err(ApiError::InvalidApiKey),
             Err(err) => Err(ApiError::from(err)),
         }

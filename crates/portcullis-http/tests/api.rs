@@ -457,6 +457,98 @@ async fn api_keys_are_required_and_checked() {
     }
 }
 
+/// A kept-alive connection checks its key once and then trusts exactly those bytes: until the
+/// engine revokes any key (at once), or for `KEY_MEMORY` when the key is revoked behind the
+/// engine's back, as another node of a shared store would. Another key on the same connection
+/// is checked on its own and is the one the audit trail names.
+#[tokio::test]
+async fn a_connection_trusts_a_checked_api_key_until_a_revocation_or_key_memory() {
+    use portcullis_core::{Actor, AuditEvent, EventKind, EventQuery, SessionStore};
+    use portcullis_http::peer::KEY_MEMORY;
+
+    let s = TestServer::start().await;
+    let (a, key_a) = s.engine.create_api_key("a", &Actor::cli()).await.unwrap();
+    let (b, key_b) = s.engine.create_api_key("b", &Actor::cli()).await.unwrap();
+    // One client, so one kept-alive connection; `fresh` opens its own.
+    let kept = reqwest::Client::new();
+    let status = |client: &reqwest::Client, secret: &str| {
+        let request = client
+            .get(s.url("/v1/events?limit=1"))
+            .bearer_auth(secret)
+            .send();
+        async move { request.await.unwrap().status().as_u16() }
+    };
+    assert_eq!(status(&kept, a.expose()).await, 200);
+
+    // Revoked in the store without this engine knowing.
+    let revoked = AuditEvent {
+        seq: 0,
+        at: s.engine.now(),
+        kind: EventKind::ApiKeyRevoked,
+        actor: Actor::cli(),
+        session_id: None,
+        subject: None,
+        policy: None,
+        reason: None,
+        detail: json!({}),
+    };
+    s.engine
+        .store()
+        .revoke_api_key(&key_a.id, s.engine.now(), revoked)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        status(&reqwest::Client::new(), a.expose()).await,
+        401,
+        "a new connection checks the key"
+    );
+    assert_eq!(
+        status(&kept, a.expose()).await,
+        200,
+        "the kept connection still trusts what it checked"
+    );
+    s.clock.advance(KEY_MEMORY);
+    assert_eq!(
+        status(&kept, a.expose()).await,
+        401,
+        "not beyond KEY_MEMORY"
+    );
+
+    // Another key on the same connection: checked, remembered, and named in the trail.
+    assert_eq!(status(&kept, b.expose()).await, 200);
+    let wrong = format!("{}A", &b.expose()[..b.expose().len() - 1]);
+    assert_ne!(wrong, b.expose());
+    assert_eq!(status(&kept, &wrong).await, 401, "one byte off is refused");
+    let created = kept
+        .post(s.url("/v1/sessions"))
+        .bearer_auth(b.expose())
+        .json(&json!({"subject": "memo"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+    let events = s
+        .engine
+        .events(&EventQuery {
+            subject: Some("memo".into()),
+            session_id: None,
+            after: 0,
+            limit: 10,
+        })
+        .await
+        .unwrap();
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].actor, Actor::api_key(&key_b.id));
+
+    // A revocation through the engine ends the trust at once, with no clock movement.
+    s.engine
+        .revoke_api_key(&key_b.id, &Actor::cli())
+        .await
+        .unwrap();
+    assert_eq!(status(&kept, b.expose()).await, 401);
+}
+
 /// Every route of API v1 refuses a caller without a key before it reads the request: the key
 /// check is an extractor each v1 handler takes first, so one left out would show here.
 #[tokio::test]

@@ -574,8 +574,8 @@ async fn run_server<S: SessionStore>(mut services: Services<S>, config: &Config)
     let wait = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
     };
-    let app =
-        api_router(state.clone()).into_make_service_with_connect_info::<std::net::SocketAddr>();
+    let app = api_router(state.clone())
+        .into_make_service_with_connect_info::<portcullis_http::peer::Peer>();
     let api = async {
         match (&config.tls_cert, &config.tls_key) {
             (Some(cert), Some(key)) => {

@@ -147,7 +147,7 @@ async fn serve_https(router: Router, dir: &std::path::Path) -> SocketAddr {
     let server = axum_server::from_tcp_rustls(listener, tls).unwrap();
     tokio::spawn(async move {
         server
-            .serve(router.into_make_service_with_connect_info::<SocketAddr>())
+            .serve(router.into_make_service_with_connect_info::<portcullis_http::peer::Peer>())
             .await
             .unwrap()
     });

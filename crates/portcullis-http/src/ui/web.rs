@@ -11,9 +11,10 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use portcullis_core::{Device, EngineError, SignInError, Timestamp};
+use portcullis_core::{Device, EngineError, SignInError, Timestamp, same_secret};
 use sha2::{Digest, Sha256};
-use subtle::ConstantTimeEq;
+
+use crate::peer::Peer;
 
 /// The SSO session cookie (ASVS4-3.4.4, COOKIE-1): `__Host-`, `Secure`, `HttpOnly`,
 /// `SameSite=Lax` (D4: it must survive an application's top-level redirect to us), `Path=/`.
@@ -70,7 +71,7 @@ pub fn csrf_token(session_token: &str) -> String {
 
 /// Constant-time comparison of a presented CSRF value with the expected one.
 pub fn csrf_matches(presented: &str, expected: &str) -> bool {
-    !expected.is_empty() && bool::from(presented.as_bytes().ct_eq(expected.as_bytes()))
+    !expected.is_empty() && same_secret(presented.as_bytes(), expected.as_bytes())
 }
 
 /// A `return_to` that stays on this site: a path starting with one `/`. Anything else
@@ -144,8 +145,8 @@ impl<S: Send + Sync> FromRequestParts<S> for Browser {
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
         let ip = parts
             .extensions
-            .get::<ConnectInfo<std::net::SocketAddr>>()
-            .map(|ConnectInfo(addr)| addr.ip().to_string());
+            .get::<ConnectInfo<Peer>>()
+            .map(|ConnectInfo(peer)| peer.addr().ip().to_string());
         let user_agent = parts
             .headers
             .get(header::USER_AGENT)

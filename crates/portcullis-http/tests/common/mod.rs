@@ -9,6 +9,7 @@ use portcullis_core::{
     MemoryJournal, OnLimit, OsRandom, Policy, PolicyOverrides, PolicySet, Snapshot, StoreError,
     Touch,
 };
+use portcullis_http::peer::Peer;
 use portcullis_http::{AppState, Services, api_router};
 use serde_json::{Value, json};
 
@@ -99,7 +100,8 @@ impl TestServer {
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
-        tokio::spawn(async move { axum::serve(listener, api_router(state)).await.unwrap() });
+        let app = api_router(state).into_make_service_with_connect_info::<Peer>();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
         Self {
             base,
             http: reqwest::Client::new(),
