@@ -264,6 +264,11 @@ if [ $SMOKE = 0 ]; then
   cargo bench -q -p portcullis-bench --bench engine -- --warm-up-time 1 --measurement-time 2 >"$OUT/criterion.txt" 2>&1
   python3 bench/report.py criterion "$TARGET/criterion" >>"$ROWS"
   echo "== 4. scale"
+  # The peers' loads above left their sessions (hundreds of thousands of keys) in this Redis. Redis
+  # doubles its key table when the key count crosses a power of two, so whether the scale load's keys
+  # cross one depended on the peers' throughput: 371 and 413 B per session in two runs of the same
+  # build. Bytes per session are measured on a Redis that holds Portcullis's sessions alone.
+  redis-cli -p $BENCH_REDIS_PORT flushall >/dev/null
   for size in ${SCALE_SIZES:-1000000}; do
     "$TARGET/release/scale" --sessions "$size" --dir "$OUT/scale" --redis "$REDIS_URL" --prefix pc >>"$ROWS"
   done
