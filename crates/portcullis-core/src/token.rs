@@ -142,9 +142,7 @@ impl std::hash::Hash for TokenHash {
     fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
         // Eight bytes of a SHA-256 are as good a hash as all 32. Not the first: sharded
         // stores choose it (see `Token::generate_routed`).
-        let mut word = [0u8; 8];
-        word.copy_from_slice(&self.0[8..16]);
-        state.write_u64(u64::from_le_bytes(word));
+        state.write_u64(word(&self.0[8..16]));
     }
 }
 
