@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 use parking_lot::{Mutex, RwLock};
 
+use crate::application::{AppId, Application, ApplicationStore};
 use crate::event::{AuditEvent, EventQuery};
 use crate::plan;
 use crate::session::{EndReason, Session};
@@ -36,6 +37,10 @@ pub struct Change {
     pub events: Vec<AuditEvent>,
     /// API keys to write whole.
     pub api_keys: Vec<ApiKey>,
+    /// Applications to write whole.
+    pub applications: Vec<Application>,
+    /// Applications to delete.
+    pub removed_applications: Vec<AppId>,
 }
 
 /// A coalesced activity update.
@@ -58,6 +63,8 @@ pub struct Snapshot {
     pub sessions: Vec<Session>,
     /// All API keys.
     pub api_keys: Vec<ApiKey>,
+    /// All applications.
+    pub applications: Vec<Application>,
     /// The position of the last event written.
     pub last_seq: u64,
 }
@@ -150,6 +157,7 @@ pub struct CachedStore<J> {
     deadlines: Mutex<BTreeSet<(Timestamp, SessionId)>>,
     pending_touches: Mutex<HashMap<SessionId, Touch>>,
     api_keys: RwLock<HashMap<TokenHash, ApiKey, GeneratedTokens>>,
+    applications: RwLock<HashMap<AppId, Application>>,
     writer: tokio::sync::Mutex<WriterState>,
 }
 
@@ -179,6 +187,13 @@ impl<J: Journal> CachedStore<J> {
                     .api_keys
                     .into_iter()
                     .map(|k| (k.key_hash, k))
+                    .collect(),
+            ),
+            applications: RwLock::new(
+                snapshot
+                    .applications
+                    .into_iter()
+                    .map(|a| (a.id.clone(), a))
                     .collect(),
             ),
             writer: tokio::sync::Mutex::new(WriterState {
@@ -320,6 +335,15 @@ impl<J: Journal> CachedStore<J> {
             let mut keys = self.api_keys.write();
             for key in &change.api_keys {
                 keys.insert(key.key_hash, key.clone());
+            }
+        }
+        if !change.applications.is_empty() || !change.removed_applications.is_empty() {
+            let mut apps = self.applications.write();
+            for app in &change.applications {
+                apps.insert(app.id.clone(), app.clone());
+            }
+            for id in &change.removed_applications {
+                apps.remove(id);
             }
         }
         Ok(change.events)
@@ -514,6 +538,7 @@ impl<J: Journal> SessionStore for CachedStore<J> {
     async fn end_subject(
         &self,
         subject: &str,
+        application: Option<&AppId>,
         except: Option<&SessionId>,
         ending: Ending,
     ) -> Result<EndedSessions, StoreError> {
@@ -521,7 +546,14 @@ impl<J: Journal> SessionStore for CachedStore<J> {
         let mut change = Change::default();
         let ids: Vec<SessionId> = state.subjects.get(subject).cloned().unwrap_or_default();
         let mut sessions = Vec::new();
-        for id in ids.iter().filter(|id| Some(*id) != except) {
+        let in_scope = |id: &SessionId| {
+            Some(id) != except
+                && application.is_none_or(|app| {
+                    self.get_by_id(id)
+                        .is_some_and(|s| &s.application == app)
+                })
+        };
+        for id in ids.iter().filter(|id| in_scope(id)) {
             if let Some(ended) = self.plan_end(&state, id, &ending, ending.reason, &mut change) {
                 sessions.push(ended);
             }
@@ -531,6 +563,22 @@ impl<J: Journal> SessionStore for CachedStore<J> {
         }
         let events = self.commit(&mut state, change).await?;
         Ok(EndedSessions { sessions, events })
+    }
+
+    async fn application_sessions(
+        &self,
+        application: &AppId,
+        limit: usize,
+    ) -> Result<Vec<Arc<Session>>, StoreError> {
+        let state = self.writer.lock().await;
+        Ok(state
+            .subjects
+            .values()
+            .flatten()
+            .filter_map(|id| self.get_by_id(id))
+            .filter(|s| &s.application == application)
+            .take(limit)
+            .collect())
     }
 
     async fn due(&self, now: Timestamp, limit: usize) -> Result<Vec<Arc<Session>>, StoreError> {
@@ -658,5 +706,83 @@ impl<J: Journal> SessionStore for CachedStore<J> {
             return Err(err);
         }
         Ok(())
+    }
+}
+
+impl<J: Journal> ApplicationStore for CachedStore<J> {
+    async fn add_application(
+        &self,
+        app: Application,
+        event: AuditEvent,
+    ) -> Result<AuditEvent, StoreError> {
+        let mut state = self.writer.lock().await;
+        if self
+            .applications
+            .read()
+            .values()
+            .any(|a| a.name == app.name || a.id == app.id)
+        {
+            return Err(StoreError::NameTaken(app.name));
+        }
+        let change = Change {
+            applications: vec![app],
+            events: vec![event],
+            ..Change::default()
+        };
+        let mut events = self.commit(&mut state, change).await?;
+        Ok(events.remove(0))
+    }
+
+    async fn find_application(&self, id: &AppId) -> Result<Option<Application>, StoreError> {
+        Ok(self.applications.read().get(id).cloned())
+    }
+
+    async fn list_applications(&self) -> Result<Vec<Application>, StoreError> {
+        let mut apps: Vec<Application> = self.applications.read().values().cloned().collect();
+        apps.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+        Ok(apps)
+    }
+
+    async fn update_application(
+        &self,
+        version: u64,
+        next: Application,
+        event: AuditEvent,
+    ) -> Result<Option<AuditEvent>, StoreError> {
+        let mut state = self.writer.lock().await;
+        {
+            let apps = self.applications.read();
+            if !apps.get(&next.id).is_some_and(|a| a.version == version) {
+                return Ok(None);
+            }
+            if apps.values().any(|a| a.name == next.name && a.id != next.id) {
+                return Err(StoreError::NameTaken(next.name));
+            }
+        }
+        let change = Change {
+            applications: vec![next],
+            events: vec![event],
+            ..Change::default()
+        };
+        let mut events = self.commit(&mut state, change).await?;
+        Ok(Some(events.remove(0)))
+    }
+
+    async fn remove_application(
+        &self,
+        id: &AppId,
+        event: AuditEvent,
+    ) -> Result<Option<AuditEvent>, StoreError> {
+        let mut state = self.writer.lock().await;
+        if !self.applications.read().contains_key(id) {
+            return Ok(None);
+        }
+        let change = Change {
+            removed_applications: vec![id.clone()],
+            events: vec![event],
+            ..Change::default()
+        };
+        let mut events = self.commit(&mut state, change).await?;
+        Ok(Some(events.remove(0)))
     }
 }

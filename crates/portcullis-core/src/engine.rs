@@ -4,11 +4,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use crate::application::{
+    ANY_POLICY, AppId, Application, Grant, LEGACY_APP, PORTCULLIS_APP, Principal, Reach,
+    is_reserved_policy, legacy_app,
+};
 use crate::event::{Actor, AuditEvent, AuditSink, EventKind, EventQuery, NoAuditSink};
 use crate::policy::{Binding, Policy, PolicySet};
 use crate::random::RandomSource;
 use crate::session::{AuthContext, Deadline, Device, Elevation, EndReason, Session};
-use crate::store::{ApiKey, Ending, Insert, SessionLimit, SessionStore, StoreError};
+use crate::store::{ApiKey, Ending, Insert, SessionLimit, Store, StoreError};
 use crate::time::{Clock, Timestamp};
 use crate::token::{PublicId, SessionId, Token, TokenKind, subject_route};
 
@@ -112,6 +116,27 @@ pub enum EngineError {
     /// The session kept changing under a concurrent request; the caller may retry.
     #[error("the session changed concurrently; retry")]
     Conflict,
+    /// The caller's application may not use this policy (or it is one of Portcullis's own).
+    #[error("this application may not use the policy \"{0}\"")]
+    PolicyNotAllowed(String),
+    /// The action reaches beyond the caller's own sessions and needs a grant it lacks.
+    #[error("this needs the grant \"{}\"", .0.as_str())]
+    GrantRequired(Grant),
+    /// No application by that id or name.
+    #[error("no application is called \"{0}\"")]
+    UnknownApplication(String),
+    /// Another application already has the name.
+    #[error("an application is already called \"{0}\"")]
+    NameTaken(String),
+}
+
+impl EngineError {
+    fn from_store(err: StoreError) -> Self {
+        match err {
+            StoreError::NameTaken(name) => Self::NameTaken(name),
+            other => Self::Store(other),
+        }
+    }
 }
 
 /// A request to create a session, after the application has authenticated the person.
@@ -133,6 +158,34 @@ pub struct NewSession {
     pub reconstitute: bool,
     /// The parent SSO session.
     pub parent: Option<SessionId>,
+    /// The owning application, named only by the operator (an application's sessions are its
+    /// own, Portcullis's pages' are Portcullis's).
+    pub application: Option<AppId>,
+}
+
+/// A request to register an application or change one; `None` keeps what there is (or, when
+/// registering, takes the default: policy `default`, no grants).
+#[derive(Debug, Clone, Default)]
+pub struct ApplicationChange {
+    /// The unique name.
+    pub name: Option<String>,
+    /// Policies its sessions may follow.
+    pub policies: Option<Vec<String>>,
+    /// The policy of a session created without naming one.
+    pub default_policy: Option<String>,
+    /// What it may do beyond its own sessions.
+    pub grants: Option<Vec<Grant>>,
+}
+
+/// What removing an application did.
+#[derive(Debug, Clone)]
+pub struct RemovedApplication {
+    /// The application as it was.
+    pub application: Application,
+    /// Its API keys revoked.
+    pub api_keys_revoked: usize,
+    /// Its sessions ended (`app_removed`).
+    pub sessions_ended: usize,
 }
 
 /// A request to elevate a session.
@@ -199,7 +252,7 @@ const CAS_ATTEMPTS: usize = 4;
 const MAX_SUBJECT_BYTES: usize = 256;
 const MAX_LABEL_BYTES: usize = 64;
 
-impl<S: SessionStore> Engine<S> {
+impl<S: Store> Engine<S> {
     /// An engine over `store`.
     pub fn new(
         store: S,
@@ -306,29 +359,81 @@ impl<S: SessionStore> Engine<S> {
         Ok(())
     }
 
+    /// The application a new session belongs to and the policy it follows: an application's
+    /// sessions are its own and follow a policy it may use; Portcullis's pages create only
+    /// Portcullis's own, in the reserved namespace; the operator names the application.
+    fn owner_and_policy(
+        &self,
+        request: &NewSession,
+        principal: &Principal,
+    ) -> Result<(AppId, String), EngineError> {
+        let (application, default_policy) = match &principal.reach {
+            Reach::Application(app) => {
+                if request.application.as_ref().is_some_and(|a| a != &app.id) {
+                    return Err(EngineError::Invalid(
+                        "an application creates sessions of its own only".into(),
+                    ));
+                }
+                (app.id.clone(), app.default_policy.as_str())
+            }
+            Reach::Portcullis => (crate::application::portcullis_app(), crate::SSO_POLICY),
+            Reach::Everything => match &request.application {
+                Some(app) => (app.clone(), "default"),
+                None => {
+                    return Err(EngineError::Invalid(
+                        "name the application the session belongs to".into(),
+                    ));
+                }
+            },
+            Reach::Person(_) => {
+                return Err(EngineError::Invalid(
+                    "a person cannot create sessions here".into(),
+                ));
+            }
+        };
+        let policy = request.policy.as_deref().unwrap_or(default_policy);
+        let own_kind = application.as_str() == PORTCULLIS_APP;
+        let allowed = match &principal.reach {
+            Reach::Application(app) => app.may_use(policy),
+            _ => is_reserved_policy(policy) == own_kind,
+        };
+        if !allowed {
+            return Err(EngineError::PolicyNotAllowed(policy.to_owned()));
+        }
+        Ok((application, policy.to_owned()))
+    }
+
     /// Creates a session for a subject the application has authenticated.
-    pub async fn create(&self, request: NewSession, actor: &Actor) -> Result<Issued, EngineError> {
+    pub async fn create(
+        &self,
+        request: NewSession,
+        principal: &Principal,
+    ) -> Result<Issued, EngineError> {
         if request.subject.is_empty() || request.subject.len() > MAX_SUBJECT_BYTES {
             return Err(EngineError::Invalid(format!(
                 "subject must be 1 to {MAX_SUBJECT_BYTES} bytes"
             )));
         }
-        let policy_name = request.policy.as_deref().unwrap_or("default");
+        let (application, policy_name) = self.owner_and_policy(&request, principal)?;
+        let actor = &principal.actor;
         let policy = self
             .policies
-            .get(policy_name)
+            .get(&policy_name)
             .cloned()
-            .ok_or_else(|| EngineError::UnknownPolicy(policy_name.to_owned()))?;
+            .ok_or_else(|| EngineError::UnknownPolicy(policy_name.clone()))?;
         Self::check_auth(&request.auth.methods, request.auth.level)?;
         self.check_data(&request.data)?;
         if let Some(parent) = &request.parent {
             // A parent SSO session belongs to the same person; keeping them together also lets
-            // sharded stores end a family atomically.
+            // sharded stores end a family atomically. A parent out of the caller's reach is
+            // answered like one that does not exist.
             let valid = self
                 .store
                 .find_by_id(parent)
                 .await?
-                .is_some_and(|p| p.is_live() && p.subject == request.subject);
+                .is_some_and(|p| {
+                    p.is_live() && p.subject == request.subject && principal.reaches(&p)
+                });
             if !valid {
                 return Err(EngineError::Invalid(format!(
                     "parent session {parent} is not a live session of this subject"
@@ -352,6 +457,7 @@ impl<S: SessionStore> Engine<S> {
             token_hash: token.hash(),
             version: 1,
             subject: request.subject,
+            application,
             policy: policy.name.clone(),
             created_at: now,
             last_seen_at: now,
@@ -460,13 +566,17 @@ impl<S: SessionStore> Engine<S> {
         &self,
         token: &str,
         device: Option<&Device>,
+        principal: &Principal,
     ) -> Result<Arc<Session>, EngineError> {
         let hash = Token::hash_presented(TokenKind::Session, token)
             .map_err(|_| EngineError::Rejected(Rejection::Malformed))?;
+        // Another application's token answers exactly as an unknown one: the same lookup was
+        // made, and nothing about the session (not even that it ended) is told.
         let session = self
             .store
             .find_by_token(&hash)
             .await?
+            .filter(|s| principal.reaches(s))
             .ok_or(EngineError::Rejected(Rejection::Unknown))?;
         if let Some(ended) = &session.ended {
             return Err(EngineError::Rejected(Rejection::for_ending(ended.reason)));
@@ -508,8 +618,9 @@ impl<S: SessionStore> Engine<S> {
         token: &str,
         activity: bool,
         device: &Device,
+        principal: &Principal,
     ) -> Result<Validated, EngineError> {
-        let mut session = self.live_session(token, Some(device)).await?;
+        let mut session = self.live_session(token, Some(device), principal).await?;
         let now = self.clock.now();
         if activity && now >= session.last_seen_at.plus(self.touch_interval(&session)) {
             self.store.touch(&session.id, now).await?;
@@ -532,10 +643,11 @@ impl<S: SessionStore> Engine<S> {
         token: &str,
         kind: EventKind,
         change: impl Fn(&mut Session, Timestamp),
-        actor: &Actor,
+        principal: &Principal,
     ) -> Result<Issued, EngineError> {
+        let actor = &principal.actor;
         for _ in 0..CAS_ATTEMPTS {
-            let current = self.live_session(token, None).await?;
+            let current = self.live_session(token, None, principal).await?;
             let now = self.clock.now();
             let new_token = self.new_token(&current.subject);
             let mut next = Session::clone(&current);
@@ -571,8 +683,8 @@ impl<S: SessionStore> Engine<S> {
 
     /// Issues a new token for the session (after login or a privilege change); the old one
     /// is dead at once.
-    pub async fn rotate(&self, token: &str, actor: &Actor) -> Result<Issued, EngineError> {
-        self.reissue(token, EventKind::SessionRotated, |_, _| {}, actor)
+    pub async fn rotate(&self, token: &str, principal: &Principal) -> Result<Issued, EngineError> {
+        self.reissue(token, EventKind::SessionRotated, |_, _| {}, principal)
             .await
     }
 
@@ -582,7 +694,7 @@ impl<S: SessionStore> Engine<S> {
         &self,
         token: &str,
         request: Elevate,
-        actor: &Actor,
+        principal: &Principal,
     ) -> Result<Issued, EngineError> {
         if request.methods.is_empty() {
             return Err(EngineError::Invalid(
@@ -610,16 +722,16 @@ impl<S: SessionStore> Engine<S> {
                     expires_at: now.plus(policy.elevation.value),
                 });
             },
-            actor,
+            principal,
         )
         .await
     }
 
     /// Logs out. Idempotent: an unknown or already ended session is fine.
-    pub async fn logout(&self, token: &str, actor: &Actor) -> Result<(), EngineError> {
-        match self.live_session(token, None).await {
+    pub async fn logout(&self, token: &str, principal: &Principal) -> Result<(), EngineError> {
+        match self.live_session(token, None, principal).await {
             Ok(session) => {
-                self.end_session(&session.id, EndReason::Logout, actor)
+                self.end_session(&session.id, EndReason::Logout, &principal.actor)
                     .await?;
                 Ok(())
             }
@@ -631,19 +743,25 @@ impl<S: SessionStore> Engine<S> {
         }
     }
 
-    /// One session by its public id (live or recently ended).
-    pub async fn get(&self, id: &SessionId) -> Result<Arc<Session>, EngineError> {
+    /// One session by its public id (live or recently ended); another application's is
+    /// [`EngineError::NotFound`].
+    pub async fn get(
+        &self,
+        id: &SessionId,
+        principal: &Principal,
+    ) -> Result<Arc<Session>, EngineError> {
         let session = self
             .store
             .find_by_id(id)
             .await?
+            .filter(|s| principal.reaches(s))
             .ok_or(EngineError::NotFound)?;
         self.settle(session).await
     }
 
     /// Ends one session as an administrator (`revoked_admin`). Idempotent for ended sessions.
-    pub async fn revoke(&self, id: &SessionId, actor: &Actor) -> Result<(), EngineError> {
-        self.end(id, EndReason::RevokedAdmin, actor).await
+    pub async fn revoke(&self, id: &SessionId, principal: &Principal) -> Result<(), EngineError> {
+        self.end(id, EndReason::RevokedAdmin, principal).await
     }
 
     /// Ends one live session for `reason` (a person signing out one of their devices).
@@ -652,19 +770,48 @@ impl<S: SessionStore> Engine<S> {
         &self,
         id: &SessionId,
         reason: EndReason,
-        actor: &Actor,
+        principal: &Principal,
     ) -> Result<(), EngineError> {
-        let session = self.get(id).await?;
+        let session = self.get(id, principal).await?;
         if session.is_live() {
-            self.end_session(id, reason, actor).await?;
+            self.end_session(id, reason, &principal.actor).await?;
         }
         Ok(())
     }
 
-    /// A subject's live sessions, oldest first.
-    pub async fn list_subject(&self, subject: &str) -> Result<Vec<Arc<Session>>, EngineError> {
+    /// Refuses `all` (every application's sessions of a subject) without `grant`, and a person
+    /// acting on a subject other than their own.
+    fn check_subject_scope(
+        principal: &Principal,
+        subject: &str,
+        all: bool,
+        grant: Grant,
+    ) -> Result<(), EngineError> {
+        if let Reach::Person(user) = &principal.reach
+            && user != subject
+        {
+            return Err(EngineError::NotFound);
+        }
+        if all && !principal.holds(grant) {
+            return Err(EngineError::GrantRequired(grant));
+        }
+        Ok(())
+    }
+
+    /// A subject's live sessions, oldest first: the caller's own application's, or with `all`
+    /// (grant `list_all_sessions`) every application's and the SSO session.
+    pub async fn list_subject(
+        &self,
+        subject: &str,
+        all: bool,
+        principal: &Principal,
+    ) -> Result<Vec<Arc<Session>>, EngineError> {
+        Self::check_subject_scope(principal, subject, all, Grant::ListAllSessions)?;
         let mut live = Vec::new();
         for session in self.store.list_subject(subject).await? {
+            if !all && !principal.reaches(&session) {
+                continue;
+            }
             let session = self.settle(session).await?;
             if session.is_live() {
                 live.push(session);
@@ -673,13 +820,16 @@ impl<S: SessionStore> Engine<S> {
         Ok(live)
     }
 
-    /// Ends every live session of `subject` but `except` (force logout after a password change).
+    /// Ends every live session of `subject` but `except` (force logout after a password change):
+    /// the caller's own application's, or with `all` (grant `end_everywhere`) every
+    /// application's and the SSO session.
     pub async fn end_subject(
         &self,
         subject: &str,
         except: Option<&SessionId>,
         reason: EndReason,
-        actor: &Actor,
+        all: bool,
+        principal: &Principal,
     ) -> Result<usize, EngineError> {
         if reason.is_timeout() || reason == EndReason::ParentEnded {
             return Err(EngineError::Invalid(format!(
@@ -687,9 +837,20 @@ impl<S: SessionStore> Engine<S> {
                 reason.as_str()
             )));
         }
+        Self::check_subject_scope(principal, subject, all, Grant::EndEverywhere)?;
+        let only = match (&principal.reach, all) {
+            (_, true) | (Reach::Everything | Reach::Person(_), false) => None,
+            (Reach::Application(app), false) => Some(app.id.clone()),
+            (Reach::Portcullis, false) => Some(crate::application::portcullis_app()),
+        };
         let ended = self
             .store
-            .end_subject(subject, except, self.ending(reason, actor))
+            .end_subject(
+                subject,
+                only.as_ref(),
+                except,
+                self.ending(reason, &principal.actor),
+            )
             .await?;
         self.publish(&ended.events);
         Ok(ended.sessions.len())
@@ -700,11 +861,12 @@ impl<S: SessionStore> Engine<S> {
         &self,
         id: &SessionId,
         data: serde_json::Value,
-        actor: &Actor,
+        principal: &Principal,
     ) -> Result<Arc<Session>, EngineError> {
         self.check_data(&data)?;
+        let actor = &principal.actor;
         for _ in 0..CAS_ATTEMPTS {
-            let current = self.get(id).await?;
+            let current = self.get(id, principal).await?;
             if let Some(ended) = &current.ended {
                 return Err(EngineError::Rejected(Rejection::for_ending(ended.reason)));
             }
@@ -722,9 +884,29 @@ impl<S: SessionStore> Engine<S> {
         Err(EngineError::Conflict)
     }
 
-    /// Audit events, oldest first.
-    pub async fn events(&self, query: &EventQuery) -> Result<Vec<AuditEvent>, EngineError> {
-        Ok(self.store.events(query).await?)
+    /// Audit events, oldest first: the caller's own application's, or with `all` (grant
+    /// `read_all_events`) everyone's.
+    pub async fn events(
+        &self,
+        query: &EventQuery,
+        all: bool,
+        principal: &Principal,
+    ) -> Result<Vec<AuditEvent>, EngineError> {
+        let mut query = query.clone();
+        if all {
+            if !principal.holds(Grant::ReadAllEvents) {
+                return Err(EngineError::GrantRequired(Grant::ReadAllEvents));
+            }
+        } else {
+            match &principal.reach {
+                Reach::Everything => {}
+                Reach::Application(app) => query.application = Some(app.id.clone()),
+                Reach::Portcullis | Reach::Person(_) => {
+                    return Err(EngineError::GrantRequired(Grant::ReadAllEvents));
+                }
+            }
+        }
+        Ok(self.store.events(&query).await?)
     }
 
     /// Ends every session past its deadline (each recorded once), forgets ended sessions whose
@@ -749,10 +931,12 @@ impl<S: SessionStore> Engine<S> {
         Ok(report)
     }
 
-    /// Creates an API key; the secret is returned here and never again.
+    /// Creates an API key for `application` (an id or a name); the secret is returned here and
+    /// never again.
     pub async fn create_api_key(
         &self,
         name: &str,
+        application: &str,
         actor: &Actor,
     ) -> Result<(Token, ApiKey), EngineError> {
         if name.is_empty() || name.len() > MAX_LABEL_BYTES {
@@ -760,39 +944,42 @@ impl<S: SessionStore> Engine<S> {
                 "an API key name must be 1 to 64 bytes".into(),
             ));
         }
+        let app = self.application(application).await?;
         let token = Token::generate(TokenKind::ApiKey, self.random.as_ref());
         let key = ApiKey {
             id: PublicId::generate("key_", self.random.as_ref()),
             name: name.to_owned(),
+            application: app.id.clone(),
             key_hash: token.hash(),
             created_at: self.now(),
             revoked_at: None,
         };
-        let event = api_key_event(
-            EventKind::ApiKeyCreated,
-            &key.id,
-            Some(&key.name),
-            self.now(),
-            actor,
-        );
+        let event = api_key_event(EventKind::ApiKeyCreated, &key, self.now(), actor);
         let event = self.store.add_api_key(key.clone(), event).await?;
         self.publish(std::slice::from_ref(&event));
         Ok((token, key))
     }
 
-    /// The live API key for a presented secret.
+    /// The principal behind a presented API key: the key is live and its application exists.
     pub async fn authenticate_api_key(
         &self,
         presented: &str,
-    ) -> Result<Option<ApiKey>, EngineError> {
+    ) -> Result<Option<Principal>, EngineError> {
         let Ok(hash) = Token::hash_presented(TokenKind::ApiKey, presented) else {
             return Ok(None);
         };
-        Ok(self
+        let Some(key) = self
             .store
             .find_api_key(&hash)
             .await?
-            .filter(|k| k.revoked_at.is_none()))
+            .filter(|k| k.revoked_at.is_none())
+        else {
+            return Ok(None);
+        };
+        let Some(app) = self.store.find_application(&key.application).await? else {
+            return Ok(None);
+        };
+        Ok(Some(Principal::application(Arc::new(app), &key.id)))
     }
 
     /// Every API key (their hashes only).
@@ -800,9 +987,10 @@ impl<S: SessionStore> Engine<S> {
         Ok(self.store.list_api_keys().await?)
     }
 
-    /// How many API keys this engine has revoked. Whoever remembers a key it checked (per
-    /// connection, say) reads this before the check and trusts the memory only while it is
-    /// unchanged, so a revocation through this engine takes effect at once.
+    /// How many API keys and applications this engine has revoked or changed. Whoever
+    /// remembers a caller it checked (per connection, say) reads this before the check and
+    /// trusts the memory only while it is unchanged, so a revocation, or a change of an
+    /// application's grants, through this engine takes effect at once.
     pub fn api_key_revocations(&self) -> u64 {
         self.api_key_revocations.load(Ordering::Acquire)
     }
@@ -814,7 +1002,14 @@ impl<S: SessionStore> Engine<S> {
         actor: &Actor,
     ) -> Result<ApiKey, EngineError> {
         let now = self.now();
-        let event = api_key_event(EventKind::ApiKeyRevoked, id, None, now, actor);
+        let known = self
+            .store
+            .list_api_keys()
+            .await?
+            .into_iter()
+            .find(|k| &k.id == id)
+            .ok_or(EngineError::NotFound)?;
+        let event = api_key_event(EventKind::ApiKeyRevoked, &known, now, actor);
         let (key, event) = self
             .store
             .revoke_api_key(id, now, event)
@@ -824,20 +1019,254 @@ impl<S: SessionStore> Engine<S> {
         self.publish(std::slice::from_ref(&event));
         Ok(key)
     }
+
+    /// The application with this id or, failing that, this name.
+    pub async fn application(&self, id_or_name: &str) -> Result<Application, EngineError> {
+        if id_or_name.starts_with("app_")
+            && let Some(app) = self
+                .store
+                .find_application(&PublicId::from_string(id_or_name.to_owned()))
+                .await?
+        {
+            return Ok(app);
+        }
+        self.store
+            .list_applications()
+            .await?
+            .into_iter()
+            .find(|a| a.name == id_or_name)
+            .ok_or_else(|| EngineError::UnknownApplication(id_or_name.to_owned()))
+    }
+
+    /// Every application, oldest first.
+    pub async fn list_applications(&self) -> Result<Vec<Application>, EngineError> {
+        Ok(self.store.list_applications().await?)
+    }
+
+    /// Checks an application's settings against the policies in force.
+    fn check_application(&self, app: &Application) -> Result<(), EngineError> {
+        if app.name.is_empty()
+            || app.name.len() > MAX_LABEL_BYTES
+            || app.name.starts_with("app_")
+            || app.name == PORTCULLIS_APP
+        {
+            return Err(EngineError::Invalid(
+                "an application name must be 1 to 64 bytes, not start with \"app_\" and not be \"portcullis\"".into(),
+            ));
+        }
+        if app.policies.is_empty() || app.policies.len() > 64 {
+            return Err(EngineError::Invalid(
+                "an application needs 1 to 64 policies".into(),
+            ));
+        }
+        for policy in &app.policies {
+            if is_reserved_policy(policy) {
+                return Err(EngineError::PolicyNotAllowed(policy.clone()));
+            }
+            if policy != ANY_POLICY && self.policies.get(policy).is_none() {
+                return Err(EngineError::UnknownPolicy(policy.clone()));
+            }
+        }
+        if self.policies.get(&app.default_policy).is_none() {
+            return Err(EngineError::UnknownPolicy(app.default_policy.clone()));
+        }
+        if !app.may_use(&app.default_policy) {
+            return Err(EngineError::PolicyNotAllowed(app.default_policy.clone()));
+        }
+        Ok(())
+    }
+
+    /// Registers an application.
+    pub async fn add_application(
+        &self,
+        change: ApplicationChange,
+        actor: &Actor,
+    ) -> Result<Application, EngineError> {
+        let policies = change
+            .policies
+            .unwrap_or_else(|| vec!["default".to_owned()]);
+        let default_policy = change
+            .default_policy
+            .unwrap_or_else(|| policies.first().cloned().unwrap_or_default());
+        let default_policy = if default_policy == ANY_POLICY {
+            "default".to_owned()
+        } else {
+            default_policy
+        };
+        let app = Application {
+            id: PublicId::generate("app_", self.random.as_ref()),
+            name: change.name.unwrap_or_default(),
+            policies,
+            default_policy,
+            grants: change.grants.unwrap_or_default().into_iter().collect(),
+            created_at: self.now(),
+            version: 1,
+        };
+        self.check_application(&app)?;
+        let event = application_event(EventKind::ApplicationCreated, &app, self.now(), actor);
+        let event = self
+            .store
+            .add_application(app.clone(), event)
+            .await
+            .map_err(EngineError::from_store)?;
+        self.publish(std::slice::from_ref(&event));
+        Ok(app)
+    }
+
+    /// Changes an application's name, policies or grants; callers with its keys see the change
+    /// on their next request.
+    pub async fn update_application(
+        &self,
+        id_or_name: &str,
+        change: ApplicationChange,
+        actor: &Actor,
+    ) -> Result<Application, EngineError> {
+        for _ in 0..CAS_ATTEMPTS {
+            let current = self.application(id_or_name).await?;
+            let mut next = current.clone();
+            if let Some(name) = &change.name {
+                next.name = name.clone();
+            }
+            if let Some(policies) = &change.policies {
+                next.policies = policies.clone();
+            }
+            if let Some(default_policy) = &change.default_policy {
+                next.default_policy = default_policy.clone();
+            }
+            if let Some(grants) = &change.grants {
+                next.grants = grants.iter().copied().collect();
+            }
+            next.version += 1;
+            self.check_application(&next)?;
+            let event = application_event(EventKind::ApplicationUpdated, &next, self.now(), actor);
+            if let Some(event) = self
+                .store
+                .update_application(current.version, next.clone(), event)
+                .await
+                .map_err(EngineError::from_store)?
+            {
+                self.api_key_revocations.fetch_add(1, Ordering::AcqRel);
+                self.publish(std::slice::from_ref(&event));
+                return Ok(next);
+            }
+        }
+        Err(EngineError::Conflict)
+    }
+
+    /// Removes an application: its keys stop working at once, are revoked, and its sessions
+    /// end with `app_removed`. Running it again for an application already gone finishes what
+    /// an interrupted removal left (keys and sessions of a missing application).
+    pub async fn remove_application(
+        &self,
+        id_or_name: &str,
+        actor: &Actor,
+    ) -> Result<RemovedApplication, EngineError> {
+        let app = self.application(id_or_name).await?;
+        let event = application_event(EventKind::ApplicationRemoved, &app, self.now(), actor);
+        let event = self
+            .store
+            .remove_application(&app.id, event)
+            .await?
+            .ok_or_else(|| EngineError::UnknownApplication(id_or_name.to_owned()))?;
+        self.api_key_revocations.fetch_add(1, Ordering::AcqRel);
+        self.publish(std::slice::from_ref(&event));
+        let (api_keys_revoked, sessions_ended) = self.retire_application(&app.id, actor).await?;
+        Ok(RemovedApplication {
+            application: app,
+            api_keys_revoked,
+            sessions_ended,
+        })
+    }
+
+    /// Revokes the keys and ends the sessions of a removed application.
+    async fn retire_application(
+        &self,
+        id: &AppId,
+        actor: &Actor,
+    ) -> Result<(usize, usize), EngineError> {
+        let mut keys = 0;
+        for key in self.store.list_api_keys().await? {
+            if &key.application == id && key.revoked_at.is_none() {
+                self.revoke_api_key(&key.id, actor).await?;
+                keys += 1;
+            }
+        }
+        let mut sessions = 0;
+        loop {
+            let batch = self.store.application_sessions(id, 256).await?;
+            if batch.is_empty() {
+                break;
+            }
+            for session in batch {
+                sessions += self
+                    .end_session(&session.id, EndReason::AppRemoved, actor)
+                    .await?;
+            }
+        }
+        Ok((keys, sessions))
+    }
+
+    /// Moves the previous release's API keys to an application created for them (`legacy`,
+    /// every policy and every grant, as those keys could do everything); their sessions already
+    /// read back as that application's. Returns it when it was created now.
+    pub async fn adopt_legacy_keys(&self) -> Result<Option<Application>, EngineError> {
+        let legacy = legacy_app();
+        let keys = self.store.list_api_keys().await?;
+        if !keys.iter().any(|k| k.application == legacy)
+            || self.store.find_application(&legacy).await?.is_some()
+        {
+            return Ok(None);
+        }
+        let taken: Vec<String> = self
+            .store
+            .list_applications()
+            .await?
+            .into_iter()
+            .map(|a| a.name)
+            .collect();
+        let name = (0..)
+            .map(|n| {
+                if n == 0 {
+                    "legacy".to_owned()
+                } else {
+                    format!("legacy-{n}")
+                }
+            })
+            .find(|n| !taken.contains(n))
+            .unwrap_or_default();
+        let app = Application {
+            id: legacy,
+            name,
+            policies: vec![ANY_POLICY.to_owned()],
+            default_policy: "default".to_owned(),
+            grants: Grant::ALL.into_iter().collect(),
+            created_at: self.now(),
+            version: 1,
+        };
+        let event = application_event(
+            EventKind::ApplicationCreated,
+            &app,
+            self.now(),
+            &Actor::system(),
+        )
+        .with_detail(serde_json::json!({
+            "application": LEGACY_APP, "name": app.name, "upgrade": true,
+        }));
+        match self.store.add_application(app.clone(), event).await {
+            Ok(event) => {
+                self.publish(std::slice::from_ref(&event));
+                Ok(Some(app))
+            }
+            // Another node adopted them first.
+            Err(StoreError::NameTaken(_)) => Ok(None),
+            Err(err) => Err(err.into()),
+        }
+    }
 }
 
-/// The event of an API-key change; the name is known when the key is created.
-fn api_key_event(
-    kind: EventKind,
-    id: &PublicId,
-    name: Option<&str>,
-    at: Timestamp,
-    actor: &Actor,
-) -> AuditEvent {
-    let mut detail = serde_json::json!({ "api_key": id.as_str() });
-    if let Some(name) = name {
-        detail["name"] = name.into();
-    }
+/// The event of an application change.
+fn application_event(kind: EventKind, app: &Application, at: Timestamp, actor: &Actor) -> AuditEvent {
+    let grants: Vec<&str> = app.grants.iter().map(|g| g.as_str()).collect();
     AuditEvent {
         seq: 0,
         at,
@@ -846,7 +1275,27 @@ fn api_key_event(
         session_id: None,
         subject: None,
         policy: None,
+        application: Some(app.id.clone()),
         reason: None,
-        detail,
+        detail: serde_json::json!({
+            "application": app.id.as_str(), "name": app.name, "policies": app.policies,
+            "default_policy": app.default_policy, "grants": grants,
+        }),
+    }
+}
+
+/// The event of an API-key change.
+fn api_key_event(kind: EventKind, key: &ApiKey, at: Timestamp, actor: &Actor) -> AuditEvent {
+    AuditEvent {
+        seq: 0,
+        at,
+        kind,
+        actor: actor.clone(),
+        session_id: None,
+        subject: None,
+        policy: None,
+        application: Some(key.application.clone()),
+        reason: None,
+        detail: serde_json::json!({ "api_key": key.id.as_str(), "name": key.name }),
     }
 }

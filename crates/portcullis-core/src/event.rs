@@ -2,6 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::application::{AppId, legacy_app};
 use crate::session::{EndReason, Session};
 use crate::time::Timestamp;
 use crate::token::{PublicId, SessionId};
@@ -54,6 +55,15 @@ pub enum EventKind {
     /// A sign-in attempt was refused by the throttle.
     #[serde(rename = "login.throttled")]
     LoginThrottled,
+    /// An application was registered.
+    #[serde(rename = "application.created")]
+    ApplicationCreated,
+    /// An application's name, policies or grants changed.
+    #[serde(rename = "application.updated")]
+    ApplicationUpdated,
+    /// An application was removed (its keys revoked and its sessions ended with it).
+    #[serde(rename = "application.removed")]
+    ApplicationRemoved,
 }
 
 impl EventKind {
@@ -75,6 +85,9 @@ impl EventKind {
             Self::UserTotpRemoved => "user.totp_removed",
             Self::LoginFailed => "login.failed",
             Self::LoginThrottled => "login.throttled",
+            Self::ApplicationCreated => "application.created",
+            Self::ApplicationUpdated => "application.updated",
+            Self::ApplicationRemoved => "application.removed",
         }
     }
 }
@@ -100,9 +113,9 @@ impl Actor {
         Self("cli".into())
     }
 
-    /// A backend caller, by the public id of its API key.
-    pub fn api_key(id: &PublicId) -> Self {
-        Self(format!("api_key:{id}"))
+    /// A backend caller: its application, and the public id of the API key it used.
+    pub fn api_key(application: &PublicId, key: &PublicId) -> Self {
+        Self(format!("app:{application}/api_key:{key}"))
     }
 }
 
@@ -123,6 +136,13 @@ pub struct AuditEvent {
     pub subject: Option<String>,
     /// The session's policy.
     pub policy: Option<String>,
+    /// The application the event concerns: the session's, the API key's or the application
+    /// itself. Events written before applications existed read back as the legacy application's.
+    #[serde(
+        default = "legacy_application",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub application: Option<AppId>,
     /// Why a session ended.
     pub reason: Option<EndReason>,
     /// Small structured detail (e.g. `reconstituted_from`, `scope`, `api_key`).
@@ -140,6 +160,7 @@ impl AuditEvent {
             session_id: Some(session.id.clone()),
             subject: Some(session.subject.clone()),
             policy: Some(session.policy.clone()),
+            application: Some(session.application.clone()),
             reason: None,
             detail: serde_json::Value::Null,
         }
@@ -162,6 +183,7 @@ impl AuditEvent {
             session_id: None,
             subject: (!user_id.is_empty()).then(|| user_id.to_owned()),
             policy: None,
+            application: None,
             reason: None,
             detail: serde_json::json!({ "username": username }),
         }
@@ -194,6 +216,8 @@ pub struct EventQuery {
     pub subject: Option<String>,
     /// Only events about this session.
     pub session_id: Option<SessionId>,
+    /// Only events of this application.
+    pub application: Option<AppId>,
     /// Only events after this position.
     pub after: u64,
     /// At most this many.
@@ -210,7 +234,15 @@ impl EventQuery {
                 .session_id
                 .as_ref()
                 .is_none_or(|id| event.session_id.as_ref() == Some(id))
+            && self
+                .application
+                .as_ref()
+                .is_none_or(|app| event.application.as_ref() == Some(app))
     }
+}
+
+fn legacy_application() -> Option<AppId> {
+    Some(legacy_app())
 }
 
 /// Where events go once committed: the JSON-lines audit log (stdout or a file) for a SIEM.

@@ -9,6 +9,7 @@
 
 pub mod account;
 pub mod api_key_cache;
+pub mod application;
 pub mod cache;
 pub mod engine;
 pub mod event;
@@ -25,9 +26,14 @@ pub use account::{
     User, UserFuture, UserStore, UserStoreError,
 };
 pub use api_key_cache::ApiKeyCache;
+pub use application::{
+    ANY_POLICY, AppId, Application, ApplicationStore, Grant, LEGACY_APP, PORTCULLIS_APP,
+    Principal, RESERVED_POLICY_PREFIX, Reach, SSO_POLICY, is_reserved_policy, legacy_app,
+    portcullis_app,
+};
 pub use cache::{CachedStore, Change, Journal, MemoryJournal, MemoryStore, Snapshot, Touch};
 pub use engine::{
-    Elevate, Engine, EngineError, EngineSettings, Issued, NewSession, Rejection, SweepReport,
+    ApplicationChange, Elevate, Engine, EngineError, EngineSettings, Issued, NewSession, Rejection, RemovedApplication, SweepReport,
     Validated,
 };
 pub use event::{Actor, AuditEvent, AuditSink, EventKind, EventQuery, NoAuditSink};
@@ -37,7 +43,7 @@ pub use policy::{
 pub use random::{OsRandom, RandomSource, SeededRandom};
 pub use session::{AuthContext, Deadline, Device, Elevation, EndReason, Ended, Session};
 pub use store::{
-    ApiKey, EndedSessions, Ending, Insert, Inserted, SessionLimit, SessionStore, StoreError,
+    ApiKey, EndedSessions, Ending, Insert, Inserted, SessionLimit, SessionStore, Store, StoreError,
 };
 pub use time::{Clock, ManualClock, SystemClock, Timestamp, format_duration, parse_duration};
 pub use token::{

@@ -85,6 +85,8 @@ pub struct Sourced<T> {
     pub source: Source,
 }
 
+pub use crate::application::SSO_POLICY;
+
 /// The built-in policy of sign-ins in progress (see [`Policy::sign_in`]).
 pub const SIGN_IN_POLICY: &str = "portcullis.sign_in";
 
@@ -369,7 +371,23 @@ impl PolicySet {
             .or_insert_with(|| std::sync::Arc::new(Policy::built_in("default")));
         map.entry(SIGN_IN_POLICY.to_owned())
             .or_insert_with(|| std::sync::Arc::new(Policy::sign_in()));
-        Self(map)
+        let mut set = Self(map);
+        if set.get(SSO_POLICY).is_none() {
+            set = set.with_sso_from("default");
+        }
+        set
+    }
+
+    /// Gives the SSO session ([`SSO_POLICY`], a reserved name no application can use) the
+    /// lifetimes of the policy called `name`; `None` when there is no such policy.
+    pub fn with_sso_from(mut self, name: &str) -> Self {
+        if let Some(source) = self.0.get(name) {
+            let mut sso = Policy::clone(source);
+            sso.name = SSO_POLICY.to_owned();
+            self.0
+                .insert(SSO_POLICY.to_owned(), std::sync::Arc::new(sso));
+        }
+        self
     }
 
     /// The policy called `name`.

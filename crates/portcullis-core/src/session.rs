@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::application::AppId;
 use crate::time::Timestamp;
 use crate::token::{PublicId, SessionId, TokenHash};
 
@@ -33,11 +34,15 @@ pub enum EndReason {
     TokenReuse,
     /// It was presented from a device it is not bound to.
     BindingMismatch,
+    /// Its application was removed.
+    AppRemoved,
+    /// The person's account was disabled.
+    AccountDisabled,
 }
 
 impl EndReason {
     /// Every reason, in the order of DESIGN §2.
-    pub const ALL: [Self; 11] = [
+    pub const ALL: [Self; 13] = [
         Self::Logout,
         Self::ExpiredIdle,
         Self::ExpiredAbsolute,
@@ -49,6 +54,8 @@ impl EndReason {
         Self::UpstreamLogout,
         Self::TokenReuse,
         Self::BindingMismatch,
+        Self::AppRemoved,
+        Self::AccountDisabled,
     ];
 
     /// The reason's wire name (`expired_idle`, …).
@@ -65,6 +72,8 @@ impl EndReason {
             Self::UpstreamLogout => "upstream_logout",
             Self::TokenReuse => "token_reuse",
             Self::BindingMismatch => "binding_mismatch",
+            Self::AppRemoved => "app_removed",
+            Self::AccountDisabled => "account_disabled",
         }
     }
 
@@ -174,6 +183,11 @@ pub struct Session {
     pub version: u64,
     /// Who the session belongs to.
     pub subject: String,
+    /// The application that owns it ([`crate::application::PORTCULLIS_APP`] for Portcullis's own
+    /// sessions). Records written before applications existed read back as the legacy
+    /// application's.
+    #[serde(default = "crate::application::legacy_app")]
+    pub application: AppId,
     /// Name of the policy it follows.
     pub policy: String,
     /// When it was created.

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::application::{AppId, ApplicationStore};
 use crate::event::{Actor, AuditEvent, EventQuery};
 use crate::policy::OnLimit;
 use crate::session::{EndReason, Session};
@@ -33,6 +34,9 @@ pub enum StoreError {
     /// Stored data could not be read back.
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
+    /// Another entity already has this unique name.
+    #[error("the name \"{0}\" is taken")]
+    NameTaken(String),
 }
 
 /// A per-subject cap on live sessions.
@@ -99,6 +103,10 @@ pub struct ApiKey {
     pub id: PublicId,
     /// What it is for (`shop`).
     pub name: String,
+    /// The application it belongs to; keys of the previous release read back as the legacy
+    /// application's.
+    #[serde(default = "crate::application::legacy_app")]
+    pub application: AppId,
     /// SHA-256 of the key.
     pub key_hash: TokenHash,
     /// When it was created.
@@ -106,6 +114,12 @@ pub struct ApiKey {
     /// When it was revoked.
     pub revoked_at: Option<Timestamp>,
 }
+
+/// Everything the engine keeps: one store type bundles one store trait per entity, so the HTTP
+/// layer and the binary carry one type parameter.
+pub trait Store: SessionStore + ApplicationStore {}
+
+impl<T: SessionStore + ApplicationStore> Store for T {}
 
 /// A session store. See the module docs for the rules; `portcullis-store-tests` checks them.
 pub trait SessionStore: Send + Sync + 'static {
@@ -163,13 +177,23 @@ pub trait SessionStore: Send + Sync + 'static {
         ending: Ending,
     ) -> impl Future<Output = Result<EndedSessions, StoreError>> + Send;
 
-    /// Ends every live session of `subject` except `except`.
+    /// Ends every live session of `subject` except `except`; with `application`, only that
+    /// application's sessions (and, as ever, their children).
     fn end_subject(
         &self,
         subject: &str,
+        application: Option<&AppId>,
         except: Option<&SessionId>,
         ending: Ending,
     ) -> impl Future<Output = Result<EndedSessions, StoreError>> + Send;
+
+    /// Up to `limit` live sessions of `application` (in no particular order). Used to end an
+    /// application's sessions when it is removed, so it may cost a walk of every live session.
+    fn application_sessions(
+        &self,
+        application: &AppId,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<Arc<Session>>, StoreError>> + Send;
 
     /// Up to `limit` live sessions whose nearest deadline is at or before `now`, in deadline
     /// order. Costs O(returned), not O(live sessions).
