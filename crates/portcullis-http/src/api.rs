@@ -5,7 +5,7 @@ use axum::extract::{FromRequest, Path, Query, Request, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
-use portcullis_core::{Elevate, EndReason, EventQuery, PublicId, SessionStore};
+use portcullis_core::{ApplicationChange, Elevate, EndReason, EventQuery, Grant, PublicId, Store};
 use serde::de::DeserializeOwned;
 use std::sync::OnceLock;
 
@@ -92,7 +92,7 @@ fn record_validation(result: &'static str) {
         (status = 413, description = "`data_too_large`", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "`store_unavailable`", body = Problem, content_type = "application/problem+json"),
     ))]
-pub async fn create_session<S: SessionStore>(
+pub async fn create_session<S: Store>(
     State(state): State<AppState<S>>,
     caller: Caller,
     ApiJson(body): ApiJson<CreateSessionBody>,
@@ -111,15 +111,15 @@ pub async fn create_session<S: SessionStore>(
         (status = 401, description = "Rejected: `reason` is `unknown`, `malformed_token`, `expired_idle`, `expired_absolute`, `logged_out`, `revoked` (see `ended_reason`) or `binding_mismatch`", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "`store_unavailable`: fail closed", body = Problem, content_type = "application/problem+json"),
     ))]
-pub async fn validate_session<S: SessionStore>(
+pub async fn validate_session<S: Store>(
     State(state): State<AppState<S>>,
-    _caller: Caller,
+    caller: Caller,
     ApiJson(body): ApiJson<ValidateBody>,
 ) -> ApiResult<Response> {
     let device = body.device.into();
     match state
         .engine
-        .validate(&body.token, body.activity, &device)
+        .validate(&body.token, body.activity, &device, &caller.0)
         .await
     {
         Ok(validated) => {
@@ -141,7 +141,7 @@ pub async fn validate_session<S: SessionStore>(
         (status = 200, description = "The new token", body = IssuedView),
         (status = 401, description = "Rejected token", body = Problem, content_type = "application/problem+json"),
     ))]
-pub async fn rotate_session<S: SessionStore>(
+pub async fn rotate_session<S: Store>(
     State(state): State<AppState<S>>,
     caller: Caller,
     ApiJson(body): ApiJson<TokenBody>,
@@ -158,7 +158,7 @@ pub async fn rotate_session<S: SessionStore>(
         (status = 400, description = "Invalid request", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "Rejected token", body = Problem, content_type = "application/problem+json"),
     ))]
-pub async fn elevate_session<S: SessionStore>(
+pub async fn elevate_session<S: Store>(
     State(state): State<AppState<S>>,
     caller: Caller,
     ApiJson(body): ApiJson<ElevateBody>,
@@ -182,7 +182,7 @@ pub async fn elevate_session<S: SessionStore>(
         (status = 204, description = "Logged out (or already ended)"),
         (status = 401, description = "`malformed_token`", body = Problem, content_type = "application/problem+json"),
     ))]
-pub async fn logout_session<S: SessionStore>(
+pub async fn logout_session<S: Store>(
     State(state): State<AppState<S>>,
     caller: Caller,
     ApiJson(body): ApiJson<TokenBody>,
@@ -199,12 +199,15 @@ pub async fn logout_session<S: SessionStore>(
         (status = 200, description = "The session", body = SessionView),
         (status = 404, description = "`not_found`", body = Problem, content_type = "application/problem+json"),
     ))]
-pub async fn get_session<S: SessionStore>(
+pub async fn get_session<S: Store>(
     State(state): State<AppState<S>>,
-    _caller: Caller,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> ApiResult<Response> {
-    let session = state.engine.get(&PublicId::from_string(id)).await?;
+    let session = state
+        .engine
+        .get(&PublicId::from_string(id), &caller.0)
+        .await?;
     Ok(Answer(SessionView::of(&session, state.engine.now())).into_response())
 }
 
@@ -216,7 +219,7 @@ pub async fn get_session<S: SessionStore>(
         (status = 204, description = "Ended (or already ended)"),
         (status = 404, description = "`not_found`", body = Problem, content_type = "application/problem+json"),
     ))]
-pub async fn revoke_session<S: SessionStore>(
+pub async fn revoke_session<S: Store>(
     State(state): State<AppState<S>>,
     caller: Caller,
     Path(id): Path<String>,
@@ -239,7 +242,7 @@ pub async fn revoke_session<S: SessionStore>(
         (status = 404, description = "`not_found`", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "`data_too_large`", body = Problem, content_type = "application/problem+json"),
     ))]
-pub async fn replace_data<S: SessionStore>(
+pub async fn replace_data<S: Store>(
     State(state): State<AppState<S>>,
     caller: Caller,
     Path(id): Path<String>,
@@ -252,29 +255,42 @@ pub async fn replace_data<S: SessionStore>(
     Ok(Answer(SessionView::of(&session, state.engine.now())).into_response())
 }
 
-/// A subject's live sessions.
+/// A subject's live sessions: the caller's application's, or every application's and the
+/// SSO session with `scope=all` (grant `list_all_sessions`).
 #[utoipa::path(get, path = "/v1/subjects/{subject}/sessions", tag = "subjects",
-    params(("subject" = String, Path, description = "Subject")),
+    params(("subject" = String, Path, description = "Subject"), ListSubjectQuery),
     security(("api_key" = [])),
-    responses((status = 200, description = "Live sessions, oldest first", body = SessionListView)))]
-pub async fn list_subject<S: SessionStore>(
+    responses(
+        (status = 200, description = "Live sessions, oldest first", body = SessionListView),
+        (status = 403, description = "`grant_required`: `scope=all` without the grant", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn list_subject<S: Store>(
     State(state): State<AppState<S>>,
-    _caller: Caller,
+    caller: Caller,
     Path(subject): Path<String>,
+    query: Result<Query<ListSubjectQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Response> {
-    let sessions = state.engine.list_subject(&subject).await?;
+    let Query(query) = query?;
+    let all = query.scope == Some(Scope::All);
+    let sessions = state
+        .engine
+        .list_subject(&subject, all, &caller.0)
+        .await?;
     Ok(Answer(SessionListView::of(&sessions, state.engine.now())).into_response())
 }
 
-/// End all of a subject's sessions except one (force logout after a password change).
+/// End all of a subject's sessions except one (force logout after a password change): the
+/// caller's application's, or with `scope=all` (grant `end_everywhere`) every application's
+/// and the SSO session.
 #[utoipa::path(delete, path = "/v1/subjects/{subject}/sessions", tag = "subjects",
     params(("subject" = String, Path, description = "Subject"), EndSubjectQuery),
     security(("api_key" = [])),
     responses(
         (status = 200, description = "How many ended", body = EndedCountView),
         (status = 400, description = "`invalid_parameter`: unknown reason", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "`grant_required`: `scope=all` without the grant", body = Problem, content_type = "application/problem+json"),
     ))]
-pub async fn end_subject<S: SessionStore>(
+pub async fn end_subject<S: Store>(
     State(state): State<AppState<S>>,
     caller: Caller,
     Path(subject): Path<String>,
@@ -288,23 +304,26 @@ pub async fn end_subject<S: SessionStore>(
         })?,
     };
     let except = query.except.map(PublicId::from_string);
+    let all = query.scope == Some(Scope::All);
     let ended = state
         .engine
-        .end_subject(&subject, except.as_ref(), reason, &caller.0)
+        .end_subject(&subject, except.as_ref(), reason, all, &caller.0)
         .await?;
     Ok(Answer(EndedCountView { ended }))
 }
 
-/// Read the audit trail.
+/// Read the audit trail: the caller's application's events, or everyone's with `scope=all`
+/// (grant `read_all_events`).
 #[utoipa::path(get, path = "/v1/events", tag = "events", params(EventsQuery),
     security(("api_key" = [])),
     responses(
         (status = 200, description = "Events, oldest first", body = EventsView),
         (status = 400, description = "`invalid_parameter`", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "`grant_required`: `scope=all` without the grant", body = Problem, content_type = "application/problem+json"),
     ))]
-pub async fn list_events<S: SessionStore>(
+pub async fn list_events<S: Store>(
     State(state): State<AppState<S>>,
-    _caller: Caller,
+    caller: Caller,
     query: Result<Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Answer<EventsView>> {
     let Query(query) = query?;
@@ -314,12 +333,17 @@ pub async fn list_events<S: SessionStore>(
     }
     let events = state
         .engine
-        .events(&EventQuery {
-            subject: query.subject,
-            session_id: query.session.map(PublicId::from_string),
-            after: query.after.unwrap_or(0),
-            limit,
-        })
+        .events(
+            &EventQuery {
+                subject: query.subject,
+                session_id: query.session.map(PublicId::from_string),
+                application: None,
+                after: query.after.unwrap_or(0),
+                limit,
+            },
+            query.scope == Some(Scope::All),
+            &caller.0,
+        )
         .await?;
     let next = (events.len() == limit).then(|| events.last().map_or(0, |e| e.seq));
     Ok(Answer(EventsView {
@@ -329,19 +353,22 @@ pub async fn list_events<S: SessionStore>(
 }
 
 /// Create an API key (local admin socket only).
-pub async fn create_api_key<S: SessionStore>(
+pub async fn create_api_key<S: Store>(
     State(state): State<AppState<S>>,
     Extension(caller): Extension<Caller>,
     ApiJson(body): ApiJson<CreateApiKeyBody>,
 ) -> ApiResult<Response> {
-    let (secret, key) = state.engine.create_api_key(&body.name, &caller.0).await?;
+    let (secret, key) = state
+        .engine
+        .create_api_key(&body.name, &body.application, &caller.0.actor)
+        .await?;
     let mut view = ApiKeyView::from(&key);
     view.key = Some(secret.expose().to_owned());
     Ok((StatusCode::CREATED, Answer(view)).into_response())
 }
 
 /// List API keys (local admin socket only).
-pub async fn list_api_keys<S: SessionStore>(
+pub async fn list_api_keys<S: Store>(
     State(state): State<AppState<S>>,
 ) -> ApiResult<Answer<ApiKeyListView>> {
     let keys = state.engine.list_api_keys().await?;
@@ -351,33 +378,33 @@ pub async fn list_api_keys<S: SessionStore>(
 }
 
 /// Revoke an API key (local admin socket only).
-pub async fn revoke_api_key<S: SessionStore>(
+pub async fn revoke_api_key<S: Store>(
     State(state): State<AppState<S>>,
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
     state
         .engine
-        .revoke_api_key(&PublicId::from_string(id), &caller.0)
+        .revoke_api_key(&PublicId::from_string(id), &caller.0.actor)
         .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 /// Create a local account (local admin socket only).
-pub async fn create_user<S: SessionStore>(
+pub async fn create_user<S: Store>(
     State(state): State<AppState<S>>,
     Extension(caller): Extension<Caller>,
     ApiJson(body): ApiJson<CreateUserBody>,
 ) -> ApiResult<Response> {
     let user = state
         .accounts
-        .add_user(&body.username, &body.password, &caller.0)
+        .add_user(&body.username, &body.password, &caller.0.actor)
         .await?;
     Ok((StatusCode::CREATED, Answer(UserView::from(&user))).into_response())
 }
 
 /// List local accounts (local admin socket only).
-pub async fn list_users<S: SessionStore>(
+pub async fn list_users<S: Store>(
     State(state): State<AppState<S>>,
 ) -> ApiResult<Answer<UserListView>> {
     let users = state.accounts.list().await?;
@@ -389,7 +416,7 @@ pub async fn list_users<S: SessionStore>(
 /// Disable, enable or set the password of an account (local admin socket only). Disabling
 /// ends every session of the account at once (ASVS5-7.4.2); an administrator's password
 /// reset ends them with `password_changed`.
-pub async fn update_user<S: SessionStore>(
+pub async fn update_user<S: Store>(
     State(state): State<AppState<S>>,
     Extension(caller): Extension<Caller>,
     Path(username): Path<String>,
@@ -400,23 +427,23 @@ pub async fn update_user<S: SessionStore>(
     if let Some(password) = &body.password {
         user = state
             .accounts
-            .set_password(&user.id, password, &caller.0)
+            .set_password(&user.id, password, &caller.0.actor)
             .await?;
         let n = state
             .engine
-            .end_subject(&user.id, None, EndReason::PasswordChanged, &caller.0)
+            .end_subject(&user.id, None, EndReason::PasswordChanged, true, &caller.0)
             .await?;
         ended = Some(ended.unwrap_or(0) + n);
     }
     if let Some(disabled) = body.disabled {
         user = state
             .accounts
-            .set_disabled(&user.id, disabled, &caller.0)
+            .set_disabled(&user.id, disabled, &caller.0.actor)
             .await?;
         if disabled {
             let n = state
                 .engine
-                .end_subject(&user.id, None, EndReason::RevokedAdmin, &caller.0)
+                .end_subject(&user.id, None, EndReason::AccountDisabled, true, &caller.0)
                 .await?;
             ended = Some(ended.unwrap_or(0) + n);
         }
@@ -424,4 +451,108 @@ pub async fn update_user<S: SessionStore>(
     let mut view = UserView::from(&user);
     view.sessions_ended = ended;
     Ok(Answer(view))
+}
+
+fn application_change(body: ApplicationBody) -> ApiResult<ApplicationChange> {
+    let grants = match body.grants {
+        None => None,
+        Some(names) => Some(
+            names
+                .iter()
+                .map(|name| Grant::parse(name).ok_or_else(|| ApiError::UnknownGrant(name.clone())))
+                .collect::<ApiResult<Vec<Grant>>>()?,
+        ),
+    };
+    Ok(ApplicationChange {
+        name: body.name,
+        policies: body.policies,
+        default_policy: body.default_policy,
+        grants,
+    })
+}
+
+/// Register an application (local admin socket only).
+pub async fn create_application<S: Store>(
+    State(state): State<AppState<S>>,
+    Extension(caller): Extension<Caller>,
+    ApiJson(body): ApiJson<ApplicationBody>,
+) -> ApiResult<Response> {
+    if body.name.is_none() {
+        return Err(ApiError::InvalidParameter(
+            "an application needs a name".into(),
+        ));
+    }
+    let app = state
+        .engine
+        .add_application(application_change(body)?, &caller.0.actor)
+        .await?;
+    Ok((StatusCode::CREATED, Json(ApplicationView::from(&app))).into_response())
+}
+
+/// Every application, with how many live keys each has (local admin socket only).
+pub async fn list_applications<S: Store>(
+    State(state): State<AppState<S>>,
+) -> ApiResult<Json<ApplicationListView>> {
+    let apps = state.engine.list_applications().await?;
+    let keys = state.engine.list_api_keys().await?;
+    let applications = apps
+        .iter()
+        .map(|app| {
+            let mut view = ApplicationView::from(app);
+            view.api_keys = Some(
+                keys.iter()
+                    .filter(|k| k.application == app.id && k.revoked_at.is_none())
+                    .count(),
+            );
+            view
+        })
+        .collect();
+    Ok(Json(ApplicationListView { applications }))
+}
+
+/// One application by id or name (local admin socket only).
+pub async fn get_application<S: Store>(
+    State(state): State<AppState<S>>,
+    Path(app): Path<String>,
+) -> ApiResult<Json<ApplicationView>> {
+    let app = state.engine.application(&app).await?;
+    let keys = state.engine.list_api_keys().await?;
+    let mut view = ApplicationView::from(&app);
+    view.api_keys = Some(
+        keys.iter()
+            .filter(|k| k.application == app.id && k.revoked_at.is_none())
+            .count(),
+    );
+    Ok(Json(view))
+}
+
+/// Change an application's name, policies or grants (local admin socket only).
+pub async fn update_application<S: Store>(
+    State(state): State<AppState<S>>,
+    Extension(caller): Extension<Caller>,
+    Path(app): Path<String>,
+    ApiJson(body): ApiJson<ApplicationBody>,
+) -> ApiResult<Json<ApplicationView>> {
+    let app = state
+        .engine
+        .update_application(&app, application_change(body)?, &caller.0.actor)
+        .await?;
+    Ok(Json(ApplicationView::from(&app)))
+}
+
+/// Remove an application: its keys are revoked and its sessions end with `app_removed`
+/// (local admin socket only).
+pub async fn remove_application<S: Store>(
+    State(state): State<AppState<S>>,
+    Extension(caller): Extension<Caller>,
+    Path(app): Path<String>,
+) -> ApiResult<Json<ApplicationView>> {
+    let removed = state
+        .engine
+        .remove_application(&app, &caller.0.actor)
+        .await?;
+    let mut view = ApplicationView::from(&removed.application);
+    view.api_keys_revoked = Some(removed.api_keys_revoked);
+    view.sessions_ended = Some(removed.sessions_ended);
+    Ok(Json(view))
 }

@@ -63,6 +63,9 @@ pub enum ApiError {
     /// From the accounts service.
     #[error(transparent)]
     Account(#[from] portcullis_core::AccountError),
+    /// A grant name that does not exist.
+    #[error("there is no grant \"{0}\" (grants: end_everywhere, read_all_events, list_all_sessions)")]
+    UnknownGrant(String),
     /// A bug: the request panicked.
     #[error("internal error")]
     Internal,
@@ -98,6 +101,17 @@ impl ApiError {
                 (StatusCode::BAD_REQUEST, "invalid_request", None)
             }
             Self::Engine(E::Conflict) => (StatusCode::CONFLICT, "conflict", None),
+            Self::Engine(E::PolicyNotAllowed(_)) => {
+                (StatusCode::FORBIDDEN, "policy_not_allowed", None)
+            }
+            Self::Engine(E::GrantRequired(_)) => (StatusCode::FORBIDDEN, "grant_required", None),
+            Self::Engine(E::UnknownApplication(_)) => {
+                (StatusCode::NOT_FOUND, "unknown_application", None)
+            }
+            Self::Engine(E::NameTaken(_) | E::Store(StoreError::NameTaken(_))) => {
+                (StatusCode::CONFLICT, "name_taken", None)
+            }
+            Self::UnknownGrant(_) => (StatusCode::BAD_REQUEST, "unknown_grant", None),
             Self::MissingApiKey => (StatusCode::UNAUTHORIZED, "missing_api_key", None),
             Self::InvalidApiKey => (StatusCode::UNAUTHORIZED, "invalid_api_key", None),
             Self::MalformedJson(_) => (StatusCode::BAD_REQUEST, "malformed_json", None),

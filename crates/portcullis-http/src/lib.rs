@@ -22,7 +22,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, patch, post, put};
 use axum::{Extension, Json, Router};
-use portcullis_core::{Accounts, Actor, Engine, SessionStore};
+use portcullis_core::{Accounts, Engine, Principal, Store};
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::set_header::SetResponseHeaderLayer;
 use utoipa::OpenApi;
@@ -70,15 +70,16 @@ impl<S> Clone for AppState<S> {
     }
 }
 
-/// Who is calling, as the audit trail records it.
+/// Who is calling and what they reach: an application's principal for an API key, the
+/// operator on the admin socket.
 ///
 /// As an extractor it is the API-key check of API v1: every v1 handler takes it first, so a
 /// request without a valid key is refused before its body is read. On the admin socket the
 /// router has already set it (the socket's permissions are the credential).
 #[derive(Debug, Clone)]
-pub struct Caller(pub Actor);
+pub struct Caller(pub Principal);
 
-impl<S: SessionStore> FromRequestParts<AppState<S>> for Caller {
+impl<S: Store> FromRequestParts<AppState<S>> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(
@@ -107,8 +108,8 @@ impl<S: SessionStore> FromRequestParts<AppState<S>> for Caller {
             return Ok(caller);
         }
         match state.engine.authenticate_api_key(presented).await {
-            Ok(Some(key)) => {
-                let caller = Caller(Actor::api_key(&key.id));
+            Ok(Some(principal)) => {
+                let caller = Caller(principal);
                 if let Some(peer) = peer {
                     peer.remember(presented, &caller, revocations, now);
                 }
@@ -121,11 +122,11 @@ impl<S: SessionStore> FromRequestParts<AppState<S>> for Caller {
 }
 
 /// Bodies larger than the data limit plus room for the rest of a request are refused early.
-fn body_limit<S: SessionStore>(state: &AppState<S>) -> usize {
+fn body_limit<S: Store>(state: &AppState<S>) -> usize {
     state.engine.settings().max_data_bytes + 16 * 1024
 }
 
-fn v1_routes<S: SessionStore>() -> Router<AppState<S>> {
+fn v1_routes<S: Store>() -> Router<AppState<S>> {
     Router::new()
         .route("/v1/sessions", post(api::create_session::<S>))
         .route("/v1/sessions/validate", post(api::validate_session::<S>))
@@ -144,7 +145,7 @@ fn v1_routes<S: SessionStore>() -> Router<AppState<S>> {
         .route("/v1/events", get(api::list_events::<S>))
 }
 
-fn ops_routes<S: SessionStore>() -> Router<AppState<S>> {
+fn ops_routes<S: Store>() -> Router<AppState<S>> {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz::<S>))
@@ -154,7 +155,7 @@ fn ops_routes<S: SessionStore>() -> Router<AppState<S>> {
 
 /// The layers every answer passes, applied once around the whole router (a layer on a
 /// `Router` would wrap each route separately, at a cost on every request).
-fn finish<S: SessionStore>(router: Router<AppState<S>>, state: AppState<S>) -> Router {
+fn finish<S: Store>(router: Router<AppState<S>>, state: AppState<S>) -> Router {
     let limit = body_limit(&state);
     let routes = router
         .fallback(|| async { ApiError::NoRoute })
@@ -176,7 +177,7 @@ fn finish<S: SessionStore>(router: Router<AppState<S>>, state: AppState<S>) -> R
 
 /// The public listener: v1 behind API keys, the ops endpoints and the sign-in and account
 /// pages.
-pub fn api_router<S: SessionStore>(state: AppState<S>) -> Router {
+pub fn api_router<S: Store>(state: AppState<S>) -> Router {
     let pages = ui::routes(&state);
     finish(
         v1_routes::<S>().merge(ops_routes::<S>()).merge(pages),
@@ -187,7 +188,7 @@ pub fn api_router<S: SessionStore>(state: AppState<S>) -> Router {
 /// The local admin API, served only on the data directory's Unix socket: v1 without API keys
 /// (the socket's file permissions are the credential), API key management, and ops.
 /// The CLI talks to a running server through it, so its changes take effect at once.
-pub fn admin_router<S: SessionStore>(state: AppState<S>) -> Router {
+pub fn admin_router<S: Store>(state: AppState<S>) -> Router {
     let admin = Router::new()
         .route(
             "/admin/api-keys",
@@ -195,13 +196,23 @@ pub fn admin_router<S: SessionStore>(state: AppState<S>) -> Router {
         )
         .route("/admin/api-keys/{id}", delete(api::revoke_api_key::<S>))
         .route(
+            "/admin/applications",
+            post(api::create_application::<S>).get(api::list_applications::<S>),
+        )
+        .route(
+            "/admin/applications/{app}",
+            get(api::get_application::<S>)
+                .patch(api::update_application::<S>)
+                .delete(api::remove_application::<S>),
+        )
+        .route(
             "/admin/users",
             post(api::create_user::<S>).get(api::list_users::<S>),
         )
         .route("/admin/users/{username}", patch(api::update_user::<S>));
     let routes = v1_routes::<S>()
         .merge(admin)
-        .layer(Extension(Caller(Actor::cli())));
+        .layer(Extension(Caller(Principal::operator())));
     finish(routes.merge(ops_routes::<S>()), state)
 }
 
@@ -209,14 +220,14 @@ async fn healthz() -> Json<StatusView> {
     Json(StatusView { status: "ok" })
 }
 
-async fn readyz<S: SessionStore>(State(state): State<AppState<S>>) -> Response {
+async fn readyz<S: Store>(State(state): State<AppState<S>>) -> Response {
     match state.engine.store().ping().await {
         Ok(()) => Json(StatusView { status: "ready" }).into_response(),
         Err(err) => ApiError::from(portcullis_core::EngineError::from(err)).into_response(),
     }
 }
 
-async fn metrics_text<S: SessionStore>(State(state): State<AppState<S>>) -> Response {
+async fn metrics_text<S: Store>(State(state): State<AppState<S>>) -> Response {
     let text = state
         .metrics
         .as_ref()

@@ -89,6 +89,9 @@ pub struct CreateSessionBody {
     pub reconstitute: bool,
     /// Id of the parent SSO session.
     pub parent: Option<String>,
+    /// The owning application: only the operator names it (on the admin socket); an API key
+    /// creates sessions of its own application.
+    pub application: Option<String>,
 }
 
 impl From<CreateSessionBody> for NewSession {
@@ -105,6 +108,7 @@ impl From<CreateSessionBody> for NewSession {
             data: b.data,
             reconstitute: b.reconstitute,
             parent: b.parent.map(portcullis_core::PublicId::from_string),
+            application: b.application.map(portcullis_core::PublicId::from_string),
         }
     }
 }
@@ -281,6 +285,8 @@ pub struct SessionView<'a> {
     pub id: &'a str,
     /// Subject.
     pub subject: &'a str,
+    /// The owning application (`app_…`, or `portcullis` for the SSO session).
+    pub application: &'a str,
     /// Policy name.
     pub policy: &'a str,
     /// When it was created.
@@ -317,6 +323,7 @@ impl<'a> SessionView<'a> {
         Self {
             id: s.id.as_str(),
             subject: &s.subject,
+            application: s.application.as_str(),
             policy: &s.policy,
             created_at: Rfc3339(s.created_at),
             last_seen_at: Rfc3339(s.last_seen_at),
@@ -353,6 +360,8 @@ impl WriteJson for SessionView<'_> {
         json::string(out, self.id);
         out.extend_from_slice(b",\"subject\":");
         json::string(out, self.subject);
+        out.extend_from_slice(b",\"application\":");
+        json::string(out, self.application);
         out.extend_from_slice(b",\"policy\":");
         json::string(out, self.policy);
         out.extend_from_slice(b",\"created_at\":");
@@ -519,6 +528,27 @@ pub struct EndSubjectQuery {
     pub except: Option<String>,
     /// Ending reason (default `revoked_admin`; e.g. `password_changed`, `security_action`).
     pub reason: Option<String>,
+    /// `application` (default): the caller's own application's sessions; `all`: every
+    /// application's and the SSO session (grant `end_everywhere`).
+    pub scope: Option<Scope>,
+}
+
+/// How far a subject-wide call reaches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Scope {
+    /// The caller's own application.
+    Application,
+    /// Every application (needs the grant the call names).
+    All,
+}
+
+/// `GET /v1/subjects/{subject}/sessions` query.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct ListSubjectQuery {
+    /// `application` (default) or `all` (grant `list_all_sessions`).
+    pub scope: Option<Scope>,
 }
 
 /// `GET /v1/events` query.
@@ -533,6 +563,9 @@ pub struct EventsQuery {
     pub after: Option<u64>,
     /// Page size, 1–1000 (default 100).
     pub limit: Option<usize>,
+    /// `application` (default): the caller's own application's events; `all`: everyone's
+    /// (grant `read_all_events`).
+    pub scope: Option<Scope>,
 }
 
 /// One audit event.
@@ -544,8 +577,10 @@ pub struct EventView {
     pub at: String,
     /// `session.created`, `session.ended`, …
     pub kind: String,
-    /// Who caused it (`api_key:key_…`, `cli`, `system`).
+    /// Who caused it (`app:app_…/api_key:key_…`, `user:usr_…`, `cli`, `system`).
     pub actor: String,
+    /// The application it concerns (`portcullis` for the SSO session's).
+    pub application: Option<String>,
     /// Session id.
     pub session_id: Option<String>,
     /// Subject.
@@ -565,6 +600,7 @@ impl From<&AuditEvent> for EventView {
             at: rfc3339(e.at),
             kind: e.kind.as_str().to_owned(),
             actor: e.actor.0.clone(),
+            application: e.application.as_ref().map(ToString::to_string),
             session_id: e.session_id.as_ref().map(ToString::to_string),
             subject: e.subject.clone(),
             policy: e.policy.clone(),
@@ -589,6 +625,8 @@ pub struct EventsView {
 pub struct CreateApiKeyBody {
     /// What the key is for.
     pub name: String,
+    /// The application it belongs to (id or name).
+    pub application: String,
 }
 
 /// An API key (never its secret, except once at creation).
@@ -598,6 +636,8 @@ pub struct ApiKeyView {
     pub id: String,
     /// Name.
     pub name: String,
+    /// The application it belongs to.
+    pub application: String,
     /// RFC 3339.
     pub created_at: String,
     /// RFC 3339, once revoked.
@@ -612,6 +652,7 @@ impl From<&ApiKey> for ApiKeyView {
         Self {
             id: k.id.to_string(),
             name: k.name.clone(),
+            application: k.application.to_string(),
             created_at: rfc3339(k.created_at),
             revoked_at: k.revoked_at.map(rfc3339),
             key: None,
@@ -695,4 +736,68 @@ impl From<&portcullis_core::User> for UserView {
 pub struct UserListView {
     /// The accounts, by username.
     pub users: Vec<UserView>,
+}
+
+/// `POST /admin/applications` and `PATCH /admin/applications/{app}`: what to set (on creation,
+/// `name` is required; policies default to `["default"]`, grants to none).
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ApplicationBody {
+    /// Unique name.
+    pub name: Option<String>,
+    /// Policies its sessions may follow (`*` for every policy outside Portcullis's own).
+    pub policies: Option<Vec<String>>,
+    /// The policy of a session created without naming one.
+    pub default_policy: Option<String>,
+    /// Grants: `end_everywhere`, `read_all_events`, `list_all_sessions`.
+    pub grants: Option<Vec<String>>,
+}
+
+/// A registered application.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ApplicationView {
+    /// Public id.
+    pub id: String,
+    /// Unique name.
+    pub name: String,
+    /// Policies its sessions may follow.
+    pub policies: Vec<String>,
+    /// The policy of a session created without naming one.
+    pub default_policy: String,
+    /// What it may do beyond its own sessions.
+    pub grants: Vec<String>,
+    /// RFC 3339.
+    pub created_at: String,
+    /// Its live API keys (in lists and answers that count them).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub api_keys: Option<usize>,
+    /// What a removal revoked and ended.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub api_keys_revoked: Option<usize>,
+    /// Sessions a removal ended (`app_removed`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sessions_ended: Option<usize>,
+}
+
+impl From<&portcullis_core::Application> for ApplicationView {
+    fn from(a: &portcullis_core::Application) -> Self {
+        Self {
+            id: a.id.to_string(),
+            name: a.name.clone(),
+            policies: a.policies.clone(),
+            default_policy: a.default_policy.clone(),
+            grants: a.grants.iter().map(|g| g.as_str().to_owned()).collect(),
+            created_at: rfc3339(a.created_at),
+            api_keys: None,
+            api_keys_revoked: None,
+            sessions_ended: None,
+        }
+    }
+}
+
+/// Every application.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ApplicationListView {
+    /// Oldest first.
+    pub applications: Vec<ApplicationView>,
 }

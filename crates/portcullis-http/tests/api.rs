@@ -424,7 +424,7 @@ async fn api_keys_are_required_and_checked() {
     // A revoked key stops working at once.
     let (secret, key) = s
         .engine
-        .create_api_key("temp", &portcullis_core::Actor::cli())
+        .create_api_key("temp", "test", &portcullis_core::Actor::cli())
         .await
         .unwrap();
     let ok = s
@@ -467,8 +467,16 @@ async fn a_connection_trusts_a_checked_api_key_until_a_revocation_or_key_memory(
     use portcullis_http::peer::KEY_MEMORY;
 
     let s = TestServer::start().await;
-    let (a, key_a) = s.engine.create_api_key("a", &Actor::cli()).await.unwrap();
-    let (b, key_b) = s.engine.create_api_key("b", &Actor::cli()).await.unwrap();
+    let (a, key_a) = s
+        .engine
+        .create_api_key("a", "test", &Actor::cli())
+        .await
+        .unwrap();
+    let (b, key_b) = s
+        .engine
+        .create_api_key("b", "test", &Actor::cli())
+        .await
+        .unwrap();
     // One client, so one kept-alive connection; `fresh` opens its own.
     let kept = reqwest::Client::new();
     let status = |client: &reqwest::Client, secret: &str| {
@@ -489,6 +497,7 @@ async fn a_connection_trusts_a_checked_api_key_until_a_revocation_or_key_memory(
         session_id: None,
         subject: None,
         policy: None,
+        application: Some(key_a.application.clone()),
         reason: None,
         detail: json!({}),
     };
@@ -530,16 +539,22 @@ async fn a_connection_trusts_a_checked_api_key_until_a_revocation_or_key_memory(
     assert_eq!(created.status(), 201);
     let events = s
         .engine
-        .events(&EventQuery {
-            subject: Some("memo".into()),
-            session_id: None,
-            after: 0,
-            limit: 10,
-        })
+        .events(
+            &EventQuery {
+                subject: Some("memo".into()),
+                limit: 10,
+                ..EventQuery::default()
+            },
+            false,
+            &portcullis_core::Principal::operator(),
+        )
         .await
         .unwrap();
     assert_eq!(events.len(), 1);
-    assert_eq!(events[0].actor, Actor::api_key(&key_b.id));
+    assert_eq!(
+        events[0].actor,
+        Actor::api_key(&key_b.application, &key_b.id)
+    );
 
     // A revocation through the engine ends the trust at once, with no clock movement.
     s.engine

@@ -5,7 +5,8 @@
 //! cache to invalidate. Per-subject changes (limits, "end all but one") are serialised by a
 //! transaction-scoped advisory lock on the subject; events are appended under one more
 //! advisory lock so their positions are in commit order and paging by `after` never skips.
-//! API keys are cached for [`API_KEY_CACHE`] per node.
+//! API keys are cached for [`API_KEY_CACHE`] per node; applications are not, so a removed
+//! application's keys stop working on every node at once.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
@@ -14,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use portcullis_core::{
-    ApiKey, ApiKeyCache, AuditEvent, EndReason, EndedSessions, Ending, EventQuery, Insert,
+    ApiKey, ApiKeyCache, AppId, AuditEvent, EndReason, EndedSessions, Ending, EventQuery, Insert,
     Inserted, PublicId, Session, SessionId, SessionStore, StoreError, Timestamp, TokenHash, plan,
 };
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
@@ -26,6 +27,7 @@ pub const API_KEY_CACHE: Duration = Duration::from_secs(1);
 /// Lock id under which events are appended (so `seq` follows commit order).
 const EVENT_LOCK: i64 = 0x5043_4556; // "PCEV"
 
+mod applications;
 mod gather;
 mod users;
 
@@ -172,12 +174,13 @@ async fn write_session(conn: &mut PgConnection, s: &Session) -> Result<(), Store
         .map(millis);
     sqlx::query(
         "INSERT INTO pc_sessions (id, token_hash, subject, policy, parent, live, created_at,
-            last_seen_at, idle_at, next_deadline, tomb_until, purge_at, body)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
+            last_seen_at, idle_at, next_deadline, tomb_until, purge_at, body, application)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
          ON CONFLICT (id) DO UPDATE SET token_hash = EXCLUDED.token_hash, live = EXCLUDED.live,
             last_seen_at = EXCLUDED.last_seen_at, idle_at = EXCLUDED.idle_at,
             next_deadline = EXCLUDED.next_deadline, tomb_until = EXCLUDED.tomb_until,
-            purge_at = EXCLUDED.purge_at, body = EXCLUDED.body",
+            purge_at = EXCLUDED.purge_at, body = EXCLUDED.body,
+            application = EXCLUDED.application",
     )
     .bind(s.id.as_str())
     .bind(&s.token_hash.0[..])
@@ -192,6 +195,7 @@ async fn write_session(conn: &mut PgConnection, s: &Session) -> Result<(), Store
     .bind(tomb_until)
     .bind(s.ended.as_ref().map(|e| millis(e.purge_at)))
     .bind(body)
+    .bind(s.application.as_str())
     .execute(&mut *conn)
     .await
     .map_err(unavailable)?;
@@ -221,14 +225,15 @@ async fn append_events(
         event.seq = u64::try_from(seq).unwrap_or(0);
         let body = serde_json::to_string(&event).map_err(corrupt)?;
         sqlx::query(
-            "INSERT INTO pc_events (seq, at, kind, subject, session_id, body)
-             VALUES ($1, $2, $3, $4, $5, $6)",
+            "INSERT INTO pc_events (seq, at, kind, subject, session_id, application, body)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
         )
         .bind(seq)
         .bind(millis(event.at))
         .bind(event.kind.as_str())
         .bind(event.subject.as_deref())
         .bind(event.session_id.as_ref().map(|id| id.as_str()))
+        .bind(event.application.as_ref().map(|id| id.as_str()))
         .bind(body)
         .execute(&mut *conn)
         .await
@@ -236,6 +241,26 @@ async fn append_events(
         stored.push(event);
     }
     Ok(stored)
+}
+
+/// The query for `query`'s events: only the filters it sets, so PostgreSQL reads the index of
+/// the one that narrows (`pc_events_application` for one application's) in position order,
+/// with LIMIT applied after every filter.
+fn events_sql(query: &EventQuery) -> String {
+    let mut sql = String::from("SELECT body, application FROM pc_events WHERE seq > $1");
+    let mut n = 1;
+    for (set, column) in [
+        (query.subject.is_some(), "subject"),
+        (query.session_id.is_some(), "session_id"),
+        (query.application.is_some(), "application"),
+    ] {
+        if set {
+            n += 1;
+            sql.push_str(&format!(" AND {column} = ${n}"));
+        }
+    }
+    sql.push_str(&format!(" ORDER BY seq LIMIT ${}", n + 1));
+    sql
 }
 
 async fn lock_subject(conn: &mut PgConnection, subject: &str) -> Result<(), StoreError> {
@@ -450,18 +475,27 @@ impl SessionStore for PostgresStore {
     async fn end_subject(
         &self,
         subject: &str,
+        application: Option<&AppId>,
         except: Option<&SessionId>,
         ending: Ending,
     ) -> Result<EndedSessions, StoreError> {
         let mut tx = self.begin().await?;
         lock_subject(&mut tx, subject).await?;
-        let live = fetch_sessions(
-            &mut tx,
-            "SELECT body, last_seen_at, idle_at FROM pc_sessions WHERE subject = $1 AND live
+        // Children of these end with them in `end_tree`, whatever their application.
+        let rows = sqlx::query(
+            "SELECT body, last_seen_at, idle_at FROM pc_sessions
+             WHERE subject = $1 AND live AND ($2::text IS NULL OR application = $2)
              ORDER BY created_at, id",
-            subject,
         )
-        .await?;
+        .bind(subject)
+        .bind(application.map(|a| a.as_str()))
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(unavailable)?;
+        let live = rows
+            .iter()
+            .map(|r| decode(r).map(Arc::new))
+            .collect::<Result<Vec<_>, _>>()?;
         let (mut all, mut events, mut direct) = (Vec::new(), Vec::new(), Vec::new());
         for session in live.iter().filter(|s| Some(&s.id) != except) {
             if let Some(first) = end_tree(
@@ -483,6 +517,23 @@ impl SessionStore for PostgresStore {
             sessions: direct,
             events,
         })
+    }
+
+    async fn application_sessions(
+        &self,
+        application: &AppId,
+        limit: usize,
+    ) -> Result<Vec<Arc<Session>>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT body, last_seen_at, idle_at FROM pc_sessions
+             WHERE application = $1 AND live LIMIT $2",
+        )
+        .bind(application.as_str())
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        rows.iter().map(|r| decode(r).map(Arc::new)).collect()
     }
 
     async fn due(&self, now: Timestamp, limit: usize) -> Result<Vec<Arc<Session>>, StoreError> {
@@ -508,21 +559,32 @@ impl SessionStore for PostgresStore {
     }
 
     async fn events(&self, query: &EventQuery) -> Result<Vec<AuditEvent>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT body FROM pc_events
-             WHERE seq > $1 AND ($2::text IS NULL OR subject = $2)
-               AND ($3::text IS NULL OR session_id = $3)
-             ORDER BY seq LIMIT $4",
-        )
-        .bind(i64::try_from(query.after).unwrap_or(i64::MAX))
-        .bind(query.subject.as_deref())
-        .bind(query.session_id.as_ref().map(|id| id.as_str()))
-        .bind(i64::try_from(query.limit).unwrap_or(i64::MAX))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(unavailable)?;
+        let sql = events_sql(query);
+        let mut select = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(i64::try_from(query.after).unwrap_or(i64::MAX));
+        if let Some(subject) = &query.subject {
+            select = select.bind(subject.as_str());
+        }
+        if let Some(id) = &query.session_id {
+            select = select.bind(id.as_str());
+        }
+        if let Some(app) = &query.application {
+            select = select.bind(app.as_str());
+        }
+        let rows = select
+            .bind(i64::try_from(query.limit).unwrap_or(i64::MAX))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(unavailable)?;
         rows.iter()
-            .map(|r| serde_json::from_str(r.get::<&str, _>(0)).map_err(corrupt))
+            .map(|r| {
+                let mut event: AuditEvent =
+                    serde_json::from_str(r.get::<&str, _>(0)).map_err(corrupt)?;
+                // The column is the record: an event of no application is NULL there (its body
+                // omits the field, which would read back as the previous release's).
+                event.application = r.get::<Option<String>, _>(1).map(PublicId::from_string);
+                Ok(event)
+            })
             .collect()
     }
 

@@ -32,11 +32,11 @@
 #![deny(missing_docs)]
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::{Arc, LazyLock};
+use std::sync::{Arc, LazyLock, Mutex, PoisonError};
 use std::time::Duration;
 
 use portcullis_core::{
-    ApiKey, ApiKeyCache, AuditEvent, EndReason, EndedSessions, Ending, EventQuery, Insert,
+    ApiKey, ApiKeyCache, AppId, AuditEvent, EndReason, EndedSessions, Ending, EventQuery, Insert,
     Inserted, PublicId, Session, SessionId, SessionStore, StoreError, Timestamp, TokenHash, plan,
     subject_route,
 };
@@ -53,6 +53,16 @@ const ATTEMPTS: usize = 200;
 /// The event-stream index of the API-key tag (session tags are 0–255).
 const KEY_TAG_INDEX: u64 = 256;
 
+/// The event-stream index of the applications' tag.
+const APP_TAG_INDEX: u64 = 257;
+
+/// Subject hashes in all: 64 in each of the 256 tags.
+const SUBJECT_HASHES: usize = 256 * 64;
+
+/// Records read by one `MGET` of a walk over every session.
+const WALK_BATCH: usize = 256;
+
+mod applications;
 mod gather;
 mod record;
 mod users;
@@ -89,6 +99,10 @@ pub struct RedisStore {
     gatherer: Option<gather::Gatherer>,
     prefix: Arc<str>,
     api_keys: Arc<ApiKeyCache>,
+    /// Where [`SessionStore::application_sessions`] stopped last for an application (a subject
+    /// hash, `route * 64 + bucket`), so the next call goes on from there: only a hint where to
+    /// start, as every call walks on round the ring until it has its sessions or has seen all.
+    walks: Arc<Mutex<HashMap<AppId, usize>>>,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -287,6 +301,18 @@ fn tag_of(route: u8) -> String {
     format!("{route:02x}")
 }
 
+/// An event as its stream keeps it: JSON, with `"application": null` written out when it has
+/// none, as serde leaves that out and a missing application reads as the legacy one's (events
+/// of the release before applications).
+fn event_json(event: &AuditEvent) -> Result<String, StoreError> {
+    let mut json = serde_json::to_string(event).map_err(corrupt)?;
+    if event.application.is_none() && json.ends_with('}') {
+        json.pop();
+        json.push_str(r#","application":null}"#);
+    }
+    Ok(json)
+}
+
 fn stream_seq(id: &str, tag_index: u64) -> u64 {
     let (ms, n) = id.split_once('-').unwrap_or((id, "0"));
     let ms: u64 = ms.parse().unwrap_or(0);
@@ -340,6 +366,7 @@ impl RedisStore {
             gatherer,
             prefix: prefix.into(),
             api_keys: Arc::new(ApiKeyCache::new(API_KEY_CACHE)),
+            walks: Arc::default(),
         })
     }
 
@@ -352,6 +379,15 @@ impl RedisStore {
         match &self.conn {
             Conn::Single(c) => cmd.query_async(&mut c.clone()).await,
             Conn::Cluster(c) => cmd.query_async(&mut c.clone()).await,
+        }
+        .map_err(unavailable)
+    }
+
+    /// Commands sent together (not atomically); in a Cluster their keys must share a slot.
+    async fn pipeline<T: FromRedisValue>(&self, pipe: &redis::Pipeline) -> Result<T, StoreError> {
+        match &self.conn {
+            Conn::Single(c) => pipe.query_async(&mut c.clone()).await,
+            Conn::Cluster(c) => pipe.query_async(&mut c.clone()).await,
         }
         .map_err(unavailable)
     }
@@ -416,11 +452,12 @@ impl RedisStore {
     /// The hash that holds the subject's entry ([`SubjectEntry`]): one of 64 per tag, by a
     /// hash of the subject, so subjects share keys instead of paying for one each.
     fn subject_key(&self, subject: &str) -> String {
-        self.key(
-            &tag_of(subject_route(subject)),
-            "ub",
-            &format!("{:02x}", subject_bucket(subject)),
-        )
+        self.subject_hash_key(subject_route(subject), subject_bucket(subject))
+    }
+
+    /// Subject hash `bucket` (0–63) of tag `route`.
+    fn subject_hash_key(&self, route: u8, bucket: u8) -> String {
+        self.key(&tag_of(route), "ub", &format!("{bucket:02x}"))
     }
 
     fn tombs_key(&self, subject: &str) -> String {
@@ -653,7 +690,7 @@ impl RedisStore {
             Some(r) => (tag_of(r), u64::from(r)),
             None => ("k".to_owned(), KEY_TAG_INDEX),
         };
-        let body = serde_json::to_string(&event).map_err(corrupt)?;
+        let body = event_json(&event)?;
         plan.op(&[
             b"XADD",
             self.tag_key(&tag, "e").as_bytes(),
@@ -924,6 +961,7 @@ impl SessionStore for RedisStore {
     async fn end_subject(
         &self,
         subject: &str,
+        application: Option<&AppId>,
         except: Option<&SessionId>,
         ending: Ending,
     ) -> Result<EndedSessions, StoreError> {
@@ -933,6 +971,7 @@ impl SessionStore for RedisStore {
             let mut direct = Vec::new();
             for session in self.list_subject(subject).await? {
                 if Some(&session.id) != except
+                    && application.is_none_or(|app| &session.application == app)
                     && !plan.keys.contains(&self.session_key(&session.token_hash))
                 {
                     direct.push(
@@ -955,6 +994,77 @@ impl SessionStore for RedisStore {
         Err(StoreError::Unavailable(
             "too much contention on one subject; retry".into(),
         ))
+    }
+
+    /// There is no index of sessions by application (it would cost memory on every session for
+    /// an operation as rare as removing an application), so this walks every live session: the
+    /// 64 subject hashes of each of the 256 tags (one pipeline of `HVALS` per tag, whose keys
+    /// share its slot), then the records they name (`MGET`s of up to 256 records of one tag,
+    /// one slot too), keeping the live sessions of `application`. One call costs O(all live
+    /// sessions) reads when the application has fewer than `limit` of them: about 256 round
+    /// trips on an empty store, and all live records once. No key outside a known slot is
+    /// read and no command spans slots, so it works the same on a Cluster (no `SCAN`).
+    ///
+    /// The engine calls this again after ending each batch until it answers nothing; so that
+    /// removing an application with many sessions costs O(all sessions), not O(all sessions)
+    /// per batch, each call starts at the subject hash where the previous call for the same
+    /// application filled its batch (`RedisStore::walks`), and a call answers nothing only
+    /// after a whole round.
+    async fn application_sessions(
+        &self,
+        application: &AppId,
+        limit: usize,
+    ) -> Result<Vec<Arc<Session>>, StoreError> {
+        let mut found = Vec::new();
+        if limit == 0 {
+            return Ok(found);
+        }
+        let walks = || self.walks.lock().unwrap_or_else(PoisonError::into_inner);
+        let start = walks().get(application).copied().unwrap_or(0) % SUBJECT_HASHES;
+        let mut walked = 0;
+        while walked < SUBJECT_HASHES {
+            // One tag's subject hashes from `at` on (the first and last tag of a round that
+            // started mid-tag are each part of that tag).
+            let at = (start + walked) % SUBJECT_HASHES;
+            let route = (at / 64) as u8;
+            let first = at % 64;
+            let count = (64 - first).min(SUBJECT_HASHES - walked);
+            walked += count;
+            let mut pipe = redis::pipe();
+            for bucket in first..first + count {
+                pipe.cmd("HVALS")
+                    .arg(self.subject_hash_key(route, bucket as u8));
+            }
+            let hashes: Vec<Vec<Vec<u8>>> = self.pipeline(&pipe).await?;
+            let mut members = Vec::new();
+            for (bucket, entries) in (first..).zip(hashes) {
+                for entry in entries {
+                    let entry = SubjectEntry::decode(&entry)?;
+                    members.extend(entry.members.into_iter().map(|hash| (bucket, hash)));
+                }
+            }
+            for batch in members.chunks(WALK_BATCH) {
+                let mut mget = redis::cmd("MGET");
+                for (_, hash) in batch {
+                    mget.arg(self.session_key(hash));
+                }
+                let records: Vec<Option<Vec<u8>>> = self.query(&mget).await?;
+                for ((bucket, hash), record) in batch.iter().zip(records) {
+                    // A record deleted behind the store's back: `list_subject` drops its entry.
+                    let Some(bytes) = record else { continue };
+                    let session = record::decode(*hash, &bytes)?;
+                    if session.is_live() && &session.application == application {
+                        found.push(Arc::new(session));
+                        if found.len() == limit {
+                            walks().insert(application.clone(), usize::from(route) * 64 + bucket);
+                            return Ok(found);
+                        }
+                    }
+                }
+            }
+        }
+        walks().remove(application);
+        Ok(found)
     }
 
     async fn due(&self, now: Timestamp, limit: usize) -> Result<Vec<Arc<Session>>, StoreError> {
@@ -1101,7 +1211,10 @@ impl SessionStore for RedisStore {
             },
             (None, None) => (0..=255u8)
                 .map(|r| (tag_of(r), u64::from(r)))
-                .chain([("k".to_owned(), KEY_TAG_INDEX)])
+                .chain([
+                    ("k".to_owned(), KEY_TAG_INDEX),
+                    (applications::TAG.to_owned(), APP_TAG_INDEX),
+                ])
                 .collect(),
         };
         let mut found = Vec::new();
@@ -1264,6 +1377,36 @@ mod tests {
         for cut in [0, 7, 9, bytes.len() - 1] {
             assert!(SubjectEntry::decode(&bytes[..cut]).is_err(), "cut at {cut}");
         }
+    }
+
+    #[test]
+    fn an_event_keeps_its_application_or_its_lack_of_one() {
+        let mut event = AuditEvent {
+            seq: 0,
+            at: Timestamp::from_millis(1),
+            kind: portcullis_core::EventKind::ApiKeyCreated,
+            actor: portcullis_core::Actor::cli(),
+            session_id: None,
+            subject: None,
+            policy: None,
+            application: None,
+            reason: None,
+            detail: serde_json::json!({"x": "}"}),
+        };
+        let read = |e: &AuditEvent| -> AuditEvent {
+            serde_json::from_str(&event_json(e).unwrap()).unwrap()
+        };
+        assert_eq!(read(&event), event);
+        event.application = Some(PublicId::from_string("app_shop".into()));
+        assert_eq!(read(&event), event);
+        // Events of the release before applications have no such field at all.
+        let old = serde_json::to_string(&AuditEvent {
+            application: None,
+            ..event.clone()
+        })
+        .unwrap();
+        let old: AuditEvent = serde_json::from_str(&old).unwrap();
+        assert_eq!(old.application, Some(portcullis_core::legacy_app()));
     }
 
     #[test]

@@ -295,3 +295,164 @@ async fn the_deadline_summary_follows_activity_and_endings() {
         .unwrap();
     assert_eq!(score(&mut conn).await, None);
 }
+
+/// Applications live under a hash tag of their own (`{apps}`: the applications, their names and
+/// their events), so each change is one script on one slot; the name index follows a rename and
+/// goes with the application.
+#[tokio::test]
+async fn applications_keep_every_key_under_their_own_tag() {
+    use portcullis_core::{Actor, ApplicationStore, AuditEvent, EventKind};
+    use portcullis_store_tests::{application, t0};
+
+    let (store, prefix, mut conn) = store_and_keys("apps").await;
+    let keys = |conn: &mut redis::aio::MultiplexedConnection| {
+        let mut conn = conn.clone();
+        let pattern = format!("{prefix}:*");
+        async move {
+            let mut keys: Vec<String> = redis::cmd("KEYS")
+                .arg(pattern)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            keys.sort();
+            keys
+        }
+    };
+    let name_of = |conn: &mut redis::aio::MultiplexedConnection, name: &str| {
+        let mut conn = conn.clone();
+        let mut cmd = redis::cmd("HGET");
+        cmd.arg(format!("{prefix}:{{apps}}:n")).arg(name);
+        async move { cmd.query_async::<Option<String>>(&mut conn).await.unwrap() }
+    };
+    let event = |kind| AuditEvent {
+        seq: 0,
+        at: t0(),
+        kind,
+        actor: Actor::cli(),
+        session_id: None,
+        subject: None,
+        policy: None,
+        application: None,
+        reason: None,
+        detail: serde_json::Value::Null,
+    };
+    let shop = application("shop");
+    store
+        .add_application(shop.clone(), event(EventKind::ApplicationCreated))
+        .await
+        .unwrap();
+    let under_tag = |names: &[&str]| -> Vec<String> {
+        names
+            .iter()
+            .map(|n| format!("{prefix}:{{apps}}:{n}"))
+            .collect()
+    };
+    assert_eq!(keys(&mut conn).await, under_tag(&["a", "e", "n"]));
+    assert_eq!(
+        name_of(&mut conn, "shop").await.as_deref(),
+        Some(shop.id.as_str())
+    );
+
+    let mut renamed = shop.clone();
+    renamed.name = "store".into();
+    renamed.version += 1;
+    store
+        .update_application(1, renamed.clone(), event(EventKind::ApplicationUpdated))
+        .await
+        .unwrap()
+        .expect("updated at the version read");
+    assert_eq!(
+        name_of(&mut conn, "shop").await,
+        None,
+        "the old name is free"
+    );
+    assert_eq!(
+        name_of(&mut conn, "store").await.as_deref(),
+        Some(shop.id.as_str())
+    );
+    let mut again = application("shop");
+    again.id = portcullis_core::PublicId::from_string("app_other".into());
+    store
+        .add_application(again, event(EventKind::ApplicationCreated))
+        .await
+        .expect("the old name can be taken again");
+
+    store
+        .remove_application(&shop.id, event(EventKind::ApplicationRemoved))
+        .await
+        .unwrap()
+        .expect("removed");
+    assert_eq!(name_of(&mut conn, "store").await, None);
+    assert_eq!(keys(&mut conn).await, under_tag(&["a", "e", "n"]));
+    let events: i64 = redis::cmd("XLEN")
+        .arg(format!("{prefix}:{{apps}}:e"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(events, 4, "one event per change, in the same script");
+}
+
+/// `application_sessions` walks every live session; a call that fills its batch leaves a mark
+/// where it stopped and the next goes on from there, and only a whole round with nothing found
+/// answers empty, so sessions added anywhere meanwhile are still found.
+#[tokio::test]
+async fn application_sessions_goes_on_where_it_stopped_until_a_whole_round_is_empty() {
+    use portcullis_core::{EndReason, PublicId, SessionStore};
+    use portcullis_store_tests::{ending, plain_insert, random, session_of, t0};
+    use std::collections::BTreeSet;
+
+    let store = fresh().await;
+    let random = random();
+    let shop = PublicId::from_string("app_shop".into());
+    let other = PublicId::from_string("app_other".into());
+    let mut expected = BTreeSet::new();
+    for i in 0..40 {
+        let app = if i % 4 == 3 { &other } else { &shop };
+        let (_, session) = session_of(&format!("walker{i}"), app, t0(), &random);
+        if app == &shop {
+            expected.insert(session.id.clone());
+        }
+        store.insert(plain_insert(session)).await.unwrap();
+    }
+    let mut found = BTreeSet::new();
+    let mut calls = 0;
+    loop {
+        let batch = store.application_sessions(&shop, 4).await.unwrap();
+        assert!(batch.len() <= 4);
+        if batch.is_empty() {
+            break;
+        }
+        calls += 1;
+        for session in batch {
+            assert_eq!(session.application, shop);
+            assert!(session.is_live());
+            assert!(found.insert(session.id.clone()), "answered once");
+            store
+                .end(&session.id, ending(EndReason::AppRemoved, t0()))
+                .await
+                .unwrap();
+        }
+        if calls == 2 {
+            // Sessions added mid-way, on both sides of where the walk stands.
+            for i in 0..20 {
+                let (_, session) = session_of(&format!("late{i}"), &shop, t0(), &random);
+                expected.insert(session.id.clone());
+                store.insert(plain_insert(session)).await.unwrap();
+            }
+        }
+    }
+    assert_eq!(found, expected);
+    assert!(calls >= 50 / 4);
+    assert!(
+        store
+            .application_sessions(&shop, 4)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        store.application_sessions(&other, 100).await.unwrap().len(),
+        10,
+        "the other application's sessions are untouched"
+    );
+}

@@ -9,16 +9,19 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+mod applications;
 mod users;
 
 pub use users::SqliteUserStore;
+
+use applications::ApplicationRow;
 
 use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
 
 use portcullis_core::{
-    AuditEvent, CachedStore, Change, EventQuery, Journal, Snapshot, StoreError, Touch,
+    AuditEvent, CachedStore, Change, EventQuery, Journal, PublicId, Snapshot, StoreError, Touch,
 };
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, SqlitePool};
@@ -89,11 +92,13 @@ pub async fn open(path: &Path) -> Result<SqliteStore, OpenError> {
 }
 
 impl SqliteJournal {
-    /// Reads back every retained session, every API key and the last event position.
+    /// Reads back every retained session, every API key, every application and the last event
+    /// position.
     async fn load(&self) -> Result<Snapshot, StoreError> {
         let mut snapshot = Snapshot {
             sessions: self.read_bodies("SELECT body FROM sessions").await?,
             api_keys: self.read_bodies("SELECT body FROM api_keys").await?,
+            applications: self.read_applications().await?,
             ..Snapshot::default()
         };
         let last: Option<i64> = sqlx::query("SELECT MAX(seq) FROM events")
@@ -119,6 +124,25 @@ impl SqliteJournal {
             .collect()
     }
 
+    /// Every application, oldest first.
+    async fn read_applications(&self) -> Result<Vec<portcullis_core::Application>, StoreError> {
+        let sql = format!(
+            "SELECT {} FROM applications ORDER BY created_at, id",
+            applications::COLUMNS
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        rows.iter()
+            .map(|row| {
+                ApplicationRow::read(row)
+                    .map_err(unavailable)?
+                    .into_application()
+            })
+            .collect()
+    }
+
     /// The accounts kept in the same database file.
     pub fn users(&self) -> SqliteUserStore {
         SqliteUserStore::new(self.pool.clone())
@@ -132,6 +156,32 @@ impl SqliteJournal {
 
 fn seq_param(seq: u64) -> i64 {
     i64::try_from(seq).unwrap_or(i64::MAX)
+}
+
+/// A unique violation on an application's row means its name (or id) is taken.
+fn application_error(err: sqlx::Error, name: &str) -> StoreError {
+    match err.as_database_error() {
+        Some(db) if db.is_unique_violation() => StoreError::NameTaken(name.to_owned()),
+        _ => unavailable(err),
+    }
+}
+
+/// The query for `query`'s events: only the filters it sets, so SQLite can read the index of
+/// the one that narrows (`events_by_application` for one application's) in position order,
+/// with LIMIT applied after every filter.
+fn events_sql(query: &EventQuery) -> String {
+    let mut sql = String::from("SELECT body, application FROM events WHERE seq > ?");
+    if query.subject.is_some() {
+        sql.push_str(" AND subject = ?");
+    }
+    if query.session_id.is_some() {
+        sql.push_str(" AND session_id = ?");
+    }
+    if query.application.is_some() {
+        sql.push_str(" AND application = ?");
+    }
+    sql.push_str(" ORDER BY seq LIMIT ?");
+    sql
 }
 
 impl Journal for SqliteJournal {
@@ -167,14 +217,15 @@ impl Journal for SqliteJournal {
         for event in &change.events {
             let body = serde_json::to_string(event).map_err(corrupt)?;
             sqlx::query(
-                "INSERT INTO events (seq, at, kind, subject, session_id, body)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                "INSERT INTO events (seq, at, kind, subject, session_id, application, body)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             )
             .bind(seq_param(event.seq))
             .bind(event.at.as_millis())
             .bind(event.kind.as_str())
             .bind(event.subject.as_deref())
             .bind(event.session_id.as_ref().map(|id| id.as_str()))
+            .bind(event.application.as_ref().map(|id| id.as_str()))
             .bind(body)
             .execute(&mut *tx)
             .await
@@ -192,6 +243,34 @@ impl Journal for SqliteJournal {
             .execute(&mut *tx)
             .await
             .map_err(unavailable)?;
+        }
+        for id in &change.removed_applications {
+            sqlx::query("DELETE FROM applications WHERE id = ?1")
+                .bind(id.as_str())
+                .execute(&mut *tx)
+                .await
+                .map_err(unavailable)?;
+        }
+        for app in &change.applications {
+            let row = ApplicationRow::of(app)?;
+            sqlx::query(
+                "INSERT INTO applications
+                   (id, name, policies, default_policy, grants, created_at, version)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                 ON CONFLICT (id) DO UPDATE SET name = excluded.name,
+                   policies = excluded.policies, default_policy = excluded.default_policy,
+                   grants = excluded.grants, version = excluded.version",
+            )
+            .bind(&row.id)
+            .bind(&row.name)
+            .bind(&row.policies)
+            .bind(&row.default_policy)
+            .bind(&row.grants)
+            .bind(row.created_at)
+            .bind(row.version)
+            .execute(&mut *tx)
+            .await
+            .map_err(|err| application_error(err, &app.name))?;
         }
         tx.commit().await.map_err(unavailable)
     }
@@ -218,20 +297,33 @@ impl Journal for SqliteJournal {
     }
 
     async fn events(&self, query: &EventQuery) -> Result<Vec<AuditEvent>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT body FROM events
-             WHERE seq > ?1 AND (?2 IS NULL OR subject = ?2) AND (?3 IS NULL OR session_id = ?3)
-             ORDER BY seq LIMIT ?4",
-        )
-        .bind(seq_param(query.after))
-        .bind(query.subject.as_deref())
-        .bind(query.session_id.as_ref().map(|id| id.as_str()))
-        .bind(i64::try_from(query.limit).unwrap_or(i64::MAX))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(unavailable)?;
+        let sql = events_sql(query);
+        let mut select = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(seq_param(query.after));
+        if let Some(subject) = &query.subject {
+            select = select.bind(subject.as_str());
+        }
+        if let Some(id) = &query.session_id {
+            select = select.bind(id.as_str());
+        }
+        if let Some(app) = &query.application {
+            select = select.bind(app.as_str());
+        }
+        let rows = select
+            .bind(i64::try_from(query.limit).unwrap_or(i64::MAX))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(unavailable)?;
         rows.into_iter()
-            .map(|row| serde_json::from_str(row.get::<&str, _>(0)).map_err(corrupt))
+            .map(|row| {
+                let mut event: AuditEvent =
+                    serde_json::from_str(row.get::<&str, _>(0)).map_err(corrupt)?;
+                // The column is the record: an event of no application is NULL there (its body
+                // omits the field, which would read back as the previous release's).
+                event.application = row
+                    .get::<Option<String>, _>(1)
+                    .map(PublicId::from_string);
+                Ok(event)
+            })
             .collect()
     }
 

@@ -4,10 +4,12 @@
 //!
 //! Two layers are checked: the store contract itself ([`store`]) and the whole session
 //! lifecycle run by the [`portcullis_core::Engine`] on top of the store ([`lifecycle`]), with a
-//! manual clock so no case sleeps.
+//! manual clock so no case sleeps; [`applications`] checks both for applications as principals
+//! (their records, what each session, key and event belongs to, and who reaches what).
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod applications;
 pub mod lifecycle;
 pub mod model;
 pub mod store;
@@ -17,9 +19,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use portcullis_core::{
-    Actor, AuditEvent, AuthContext, Deadline, Device, EndReason, Ending, EventKind, Insert,
-    ManualClock, PublicId, SeededRandom, Session, SessionLimit, Timestamp, Token, TokenKind,
-    subject_route,
+    ANY_POLICY, Actor, AppId, Application, AuditEvent, AuthContext, Deadline, Device, EndReason,
+    Ending, EventKind, Insert, ManualClock, Principal, PublicId, SeededRandom, Session,
+    SessionLimit, Timestamp, Token, TokenKind, subject_route,
 };
 
 /// A fixed starting time for every case.
@@ -28,12 +30,48 @@ pub fn t0() -> Timestamp {
     ManualClock::default().now()
 }
 
+/// The application the store cases' sessions belong to unless a case says otherwise.
+pub fn test_app() -> AppId {
+    PublicId::from_string("app_test".into())
+}
+
+/// An application called `name` (id `app_<name>`) that may use every unreserved policy
+/// (default `default`) and holds no grant.
+pub fn application(name: &str) -> Application {
+    Application {
+        id: PublicId::from_string(format!("app_{name}")),
+        name: name.to_owned(),
+        policies: vec![ANY_POLICY.to_owned()],
+        default_policy: "default".into(),
+        grants: Default::default(),
+        created_at: t0(),
+        version: 1,
+    }
+}
+
+/// The principal of `app` calling with an API key (`key_<name>`); the engine does not look the
+/// application up for session calls, so it need not be stored.
+pub fn app_principal(app: Application) -> Principal {
+    let key = PublicId::from_string(format!("key_{}", app.name));
+    Principal::application(Arc::new(app), &key)
+}
+
 /// A session for `subject` created at `at` with a 15 min idle and 12 h absolute deadline,
-/// and the token that opens it.
+/// and the token that opens it; it belongs to [`test_app`].
 ///
 /// Tokens and ids carry the subject's route, as the engine issues them for stores that shard
 /// by subject; other stores ignore it.
 pub fn session_at(subject: &str, at: Timestamp, random: &SeededRandom) -> (Token, Session) {
+    session_of(subject, &test_app(), at, random)
+}
+
+/// [`session_at`] for a session of `application`.
+pub fn session_of(
+    subject: &str,
+    application: &AppId,
+    at: Timestamp,
+    random: &SeededRandom,
+) -> (Token, Session) {
     let route = subject_route(subject);
     let token = Token::generate_routed(TokenKind::Session, random, route);
     let session = Session {
@@ -41,6 +79,7 @@ pub fn session_at(subject: &str, at: Timestamp, random: &SeededRandom) -> (Token
         token_hash: token.hash(),
         version: 1,
         subject: subject.to_owned(),
+        application: application.clone(),
         policy: "default".into(),
         created_at: at,
         last_seen_at: at,
@@ -143,6 +182,13 @@ macro_rules! store_conformance {
             store::events_are_ordered_filtered_and_paged,
             store::api_keys_add_find_list_revoke,
             store::ping_answers,
+            applications::applications_add_find_list_update_remove,
+            applications::api_keys_carry_their_application,
+            applications::sessions_carry_their_application_through_insert_replace_and_end,
+            applications::end_subject_of_an_application_ends_its_sessions_and_their_children_only,
+            applications::application_sessions_are_exactly_its_live_sessions,
+            applications::events_carry_their_application_and_filter_before_the_limit,
+            applications::an_event_without_an_application_reads_back_without_one,
             lifecycle::asvs5_7_3_1_idle_timeout_and_activity,
             lifecycle::asvs5_7_3_2_absolute_timeout_despite_activity,
             lifecycle::nist4_3_warning_inside_lead_time,
@@ -160,6 +206,11 @@ macro_rules! store_conformance {
             lifecycle::parent_end_ends_children,
             lifecycle::data_replace_is_size_limited,
             lifecycle::asvs4_7_1_1_events_never_hold_a_token,
+            applications::another_applications_session_answers_like_an_unknown_one,
+            applications::an_application_creates_only_its_own_sessions_with_its_policies,
+            applications::grants_allow_exactly_what_they_name,
+            applications::asvs5_7_4_5_remove_application_ends_its_sessions_and_stops_its_keys,
+            applications::adopt_legacy_keys_creates_the_legacy_application_once,
             model::random_operations_match_the_model_seed_1,
             model::random_operations_match_the_model_seed_2,
             model::random_operations_match_the_model_seed_3,

@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use portcullis_core::{
     Actor, AuthContext, Binding, Device, Elevate, EndReason, Engine, EngineError, EventKind,
-    EventQuery, ManualClock, NewSession, OnLimit, Policy, PolicyOverrides, PolicySet, Rejection,
-    SeededRandom, SessionStore,
+    EventQuery, ManualClock, NewSession, OnLimit, Policy, PolicyOverrides, PolicySet, Principal,
+    Rejection, SeededRandom, Store,
 };
 use recorder::Recorder;
 
@@ -32,6 +32,8 @@ struct Harness<S> {
     engine: Engine<S>,
     clock: Arc<ManualClock>,
     sink: Arc<Recorder>,
+    /// The application every case acts as (every unreserved policy, no grant).
+    app: Principal,
 }
 
 fn policies() -> PolicySet {
@@ -60,7 +62,7 @@ fn policies() -> PolicySet {
     ])
 }
 
-fn harness<S: SessionStore>(store: S) -> Harness<S> {
+fn harness<S: Store>(store: S) -> Harness<S> {
     let clock = Arc::new(ManualClock::default());
     let sink = Arc::new(Recorder::default());
     let engine = Engine::new(
@@ -74,6 +76,7 @@ fn harness<S: SessionStore>(store: S) -> Harness<S> {
         engine,
         clock,
         sink,
+        app: crate::app_principal(crate::application("shop")),
     }
 }
 
@@ -94,10 +97,6 @@ fn new_session(subject: &str, policy: &str) -> NewSession {
     }
 }
 
-fn app() -> Actor {
-    Actor("api_key:test".into())
-}
-
 fn rejection<T: std::fmt::Debug>(result: Result<T, EngineError>) -> Rejection {
     match result {
         Err(EngineError::Rejected(r)) => r,
@@ -106,85 +105,85 @@ fn rejection<T: std::fmt::Debug>(result: Result<T, EngineError>) -> Rejection {
 }
 
 /// Idle limit + 1 s without activity ends the session; activity before the limit extends it.
-pub async fn asvs5_7_3_1_idle_timeout_and_activity<S: SessionStore>(store: S) {
+pub async fn asvs5_7_3_1_idle_timeout_and_activity<S: Store>(store: S) {
     let h = harness(store);
     let issued = h
         .engine
-        .create(new_session("alice", "short"), &app())
+        .create(new_session("alice", "short"), &h.app)
         .await
         .unwrap();
     let token = issued.token.expose();
     h.clock.advance(MIN * 4);
     let v = h
         .engine
-        .validate(token, true, &Device::default())
+        .validate(token, true, &Device::default(), &h.app)
         .await
         .unwrap();
     assert_eq!(v.expires_in, MIN * 5);
     h.clock.advance(MIN * 4);
     h.engine
-        .validate(token, true, &Device::default())
+        .validate(token, true, &Device::default(), &h.app)
         .await
         .unwrap();
     h.clock.advance(MIN * 5 + SEC);
     assert_eq!(
-        rejection(h.engine.validate(token, true, &Device::default()).await),
+        rejection(h.engine.validate(token, true, &Device::default(), &h.app).await),
         Rejection::ExpiredIdle
     );
     // It stays ended, with the deadline as the time it ended.
     assert_eq!(
-        rejection(h.engine.validate(token, true, &Device::default()).await),
+        rejection(h.engine.validate(token, true, &Device::default(), &h.app).await),
         Rejection::ExpiredIdle
     );
-    let ended = h.engine.get(&issued.session.id).await.unwrap();
+    let ended = h.engine.get(&issued.session.id, &h.app).await.unwrap();
     let ended = ended.ended.as_ref().unwrap();
     assert_eq!(ended.reason, EndReason::ExpiredIdle);
     assert_eq!(ended.at, issued.session.created_at.plus(MIN * 13));
 }
 
 /// Activity every minute never carries a session past its absolute lifetime.
-pub async fn asvs5_7_3_2_absolute_timeout_despite_activity<S: SessionStore>(store: S) {
+pub async fn asvs5_7_3_2_absolute_timeout_despite_activity<S: Store>(store: S) {
     let h = harness(store);
     let issued = h
         .engine
-        .create(new_session("alice", "short"), &app())
+        .create(new_session("alice", "short"), &h.app)
         .await
         .unwrap();
     let token = issued.token.expose();
     for _ in 0..59 {
         h.clock.advance(MIN);
         h.engine
-            .validate(token, true, &Device::default())
+            .validate(token, true, &Device::default(), &h.app)
             .await
             .unwrap();
     }
     h.clock.advance(MIN);
     assert_eq!(
-        rejection(h.engine.validate(token, true, &Device::default()).await),
+        rejection(h.engine.validate(token, true, &Device::default(), &h.app).await),
         Rejection::ExpiredAbsolute
     );
 }
 
 /// Validation says `warning: true` only inside the lead time before the nearest deadline.
-pub async fn nist4_3_warning_inside_lead_time<S: SessionStore>(store: S) {
+pub async fn nist4_3_warning_inside_lead_time<S: Store>(store: S) {
     let h = harness(store);
     let issued = h
         .engine
-        .create(new_session("alice", "short"), &app())
+        .create(new_session("alice", "short"), &h.app)
         .await
         .unwrap();
     let token = issued.token.expose();
     h.clock.advance(MIN * 3 + SEC * 59);
     let v = h
         .engine
-        .validate(token, false, &Device::default())
+        .validate(token, false, &Device::default(), &h.app)
         .await
         .unwrap();
     assert!(!v.warning);
     h.clock.advance(SEC);
     let v = h
         .engine
-        .validate(token, false, &Device::default())
+        .validate(token, false, &Device::default(), &h.app)
         .await
         .unwrap();
     assert!(v.warning);
@@ -192,7 +191,7 @@ pub async fn nist4_3_warning_inside_lead_time<S: SessionStore>(store: S) {
     // "Stay signed in": activity moves the deadline and the warning goes away.
     let v = h
         .engine
-        .validate(token, true, &Device::default())
+        .validate(token, true, &Device::default(), &h.app)
         .await
         .unwrap();
     assert!(!v.warning);
@@ -200,36 +199,36 @@ pub async fn nist4_3_warning_inside_lead_time<S: SessionStore>(store: S) {
 }
 
 /// A background poll (`activity: false`) neither extends the session nor writes anything.
-pub async fn validation_without_activity_changes_nothing<S: SessionStore>(store: S) {
+pub async fn validation_without_activity_changes_nothing<S: Store>(store: S) {
     let h = harness(store);
     let issued = h
         .engine
-        .create(new_session("alice", "short"), &app())
+        .create(new_session("alice", "short"), &h.app)
         .await
         .unwrap();
     let token = issued.token.expose();
     for _ in 0..4 {
         h.clock.advance(MIN);
         h.engine
-            .validate(token, false, &Device::default())
+            .validate(token, false, &Device::default(), &h.app)
             .await
             .unwrap();
     }
-    let seen = h.engine.get(&issued.session.id).await.unwrap();
+    let seen = h.engine.get(&issued.session.id, &h.app).await.unwrap();
     assert_eq!(seen.last_seen_at, issued.session.created_at);
     h.clock.advance(MIN + SEC);
     assert_eq!(
-        rejection(h.engine.validate(token, false, &Device::default()).await),
+        rejection(h.engine.validate(token, false, &Device::default(), &h.app).await),
         Rejection::ExpiredIdle
     );
 }
 
 /// "Stay signed in" gets the remember-me lifetimes and its absolute cap still holds.
-pub async fn nist4_5_remember_me_keeps_its_absolute_cap<S: SessionStore>(store: S) {
+pub async fn nist4_5_remember_me_keeps_its_absolute_cap<S: Store>(store: S) {
     let h = harness(store);
     let mut request = new_session("alice", "short");
     request.remember_me = true;
-    let issued = h.engine.create(request, &app()).await.unwrap();
+    let issued = h.engine.create(request, &h.app).await.unwrap();
     let s = &issued.session;
     assert!(s.remember_me);
     assert_eq!(
@@ -240,7 +239,7 @@ pub async fn nist4_5_remember_me_keeps_its_absolute_cap<S: SessionStore>(store: 
     for _ in 0..7 {
         h.clock.advance(MIN * 15);
         h.engine
-            .validate(issued.token.expose(), true, &Device::default())
+            .validate(issued.token.expose(), true, &Device::default(), &h.app)
             .await
             .unwrap();
     }
@@ -248,7 +247,7 @@ pub async fn nist4_5_remember_me_keeps_its_absolute_cap<S: SessionStore>(store: 
     assert_eq!(
         rejection(
             h.engine
-                .validate(issued.token.expose(), true, &Device::default())
+                .validate(issued.token.expose(), true, &Device::default(), &h.app)
                 .await
         ),
         Rejection::ExpiredAbsolute
@@ -256,16 +255,16 @@ pub async fn nist4_5_remember_me_keeps_its_absolute_cap<S: SessionStore>(store: 
 }
 
 /// Rotation issues a new token; the old one is dead at once; the session keeps its id.
-pub async fn asvs5_7_2_4_rotation_kills_the_old_token<S: SessionStore>(store: S) {
+pub async fn asvs5_7_2_4_rotation_kills_the_old_token<S: Store>(store: S) {
     let h = harness(store);
     let issued = h
         .engine
-        .create(new_session("alice", "default"), &app())
+        .create(new_session("alice", "default"), &h.app)
         .await
         .unwrap();
     let rotated = h
         .engine
-        .rotate(issued.token.expose(), &app())
+        .rotate(issued.token.expose(), &h.app)
         .await
         .unwrap();
     assert_ne!(rotated.token, issued.token);
@@ -273,34 +272,34 @@ pub async fn asvs5_7_2_4_rotation_kills_the_old_token<S: SessionStore>(store: S)
     assert_eq!(
         rejection(
             h.engine
-                .validate(issued.token.expose(), true, &Device::default())
+                .validate(issued.token.expose(), true, &Device::default(), &h.app)
                 .await
         ),
         Rejection::Unknown
     );
     h.engine
-        .validate(rotated.token.expose(), true, &Device::default())
+        .validate(rotated.token.expose(), true, &Device::default(), &h.app)
         .await
         .unwrap();
     assert_eq!(
-        rejection(h.engine.rotate(issued.token.expose(), &app()).await),
+        rejection(h.engine.rotate(issued.token.expose(), &h.app).await),
         Rejection::Unknown
     );
 }
 
 /// Elevation rotates the token, records the elevation with its own lifetime, and restarts
 /// `authenticated_at` and both timers.
-pub async fn owasp_sm_11_elevation_rotates_and_restarts_timers<S: SessionStore>(store: S) {
+pub async fn owasp_sm_11_elevation_rotates_and_restarts_timers<S: Store>(store: S) {
     let h = harness(store);
     let issued = h
         .engine
-        .create(new_session("alice", "short"), &app())
+        .create(new_session("alice", "short"), &h.app)
         .await
         .unwrap();
     for _ in 0..12 {
         h.clock.advance(MIN * 4);
         h.engine
-            .validate(issued.token.expose(), true, &Device::default())
+            .validate(issued.token.expose(), true, &Device::default(), &h.app)
             .await
             .unwrap();
     }
@@ -311,7 +310,7 @@ pub async fn owasp_sm_11_elevation_rotates_and_restarts_timers<S: SessionStore>(
     };
     let elevated = h
         .engine
-        .elevate(issued.token.expose(), request.clone(), &app())
+        .elevate(issued.token.expose(), request.clone(), &h.app)
         .await
         .unwrap();
     let s = &elevated.session;
@@ -324,7 +323,7 @@ pub async fn owasp_sm_11_elevation_rotates_and_restarts_timers<S: SessionStore>(
     assert_eq!(
         rejection(
             h.engine
-                .validate(issued.token.expose(), true, &Device::default())
+                .validate(issued.token.expose(), true, &Device::default(), &h.app)
                 .await
         ),
         Rejection::Unknown
@@ -332,7 +331,7 @@ pub async fn owasp_sm_11_elevation_rotates_and_restarts_timers<S: SessionStore>(
     h.clock.advance(MIN * 11);
     let v = h
         .engine
-        .validate(elevated.token.expose(), true, &Device::default())
+        .validate(elevated.token.expose(), true, &Device::default(), &h.app)
         .await;
     // Idle is 5 min, so 11 min later the session itself has gone idle.
     assert_eq!(rejection(v), Rejection::ExpiredIdle);
@@ -343,38 +342,38 @@ pub async fn owasp_sm_11_elevation_rotates_and_restarts_timers<S: SessionStore>(
     };
     assert!(matches!(
         h.engine
-            .elevate(elevated.token.expose(), empty, &app())
+            .elevate(elevated.token.expose(), empty, &h.app)
             .await,
         Err(EngineError::Invalid(_))
     ));
 }
 
 /// After logout the token is refused with `logged_out`; logging out again is fine.
-pub async fn asvs4_3_3_1_logout_is_final_and_idempotent<S: SessionStore>(store: S) {
+pub async fn asvs4_3_3_1_logout_is_final_and_idempotent<S: Store>(store: S) {
     let h = harness(store);
     let issued = h
         .engine
-        .create(new_session("alice", "default"), &app())
+        .create(new_session("alice", "default"), &h.app)
         .await
         .unwrap();
     h.engine
-        .logout(issued.token.expose(), &app())
+        .logout(issued.token.expose(), &h.app)
         .await
         .unwrap();
     h.engine
-        .logout(issued.token.expose(), &app())
+        .logout(issued.token.expose(), &h.app)
         .await
         .unwrap();
     assert_eq!(
         rejection(
             h.engine
-                .validate(issued.token.expose(), true, &Device::default())
+                .validate(issued.token.expose(), true, &Device::default(), &h.app)
                 .await
         ),
         Rejection::LoggedOut
     );
     assert_eq!(
-        rejection(h.engine.rotate(issued.token.expose(), &app()).await),
+        rejection(h.engine.rotate(issued.token.expose(), &h.app).await),
         Rejection::LoggedOut
     );
     let ends = h
@@ -389,13 +388,13 @@ pub async fn asvs4_3_3_1_logout_is_final_and_idempotent<S: SessionStore>(store: 
 }
 
 /// Force logout after a password change ends every session but the current one.
-pub async fn asvs4_3_3_3_force_logout_all_but_current<S: SessionStore>(store: S) {
+pub async fn asvs4_3_3_3_force_logout_all_but_current<S: Store>(store: S) {
     let h = harness(store);
     let mut tokens = vec![];
     for _ in 0..3 {
         tokens.push(
             h.engine
-                .create(new_session("alice", "default"), &app())
+                .create(new_session("alice", "default"), &h.app)
                 .await
                 .unwrap(),
         );
@@ -407,7 +406,8 @@ pub async fn asvs4_3_3_3_force_logout_all_but_current<S: SessionStore>(store: S)
             "alice",
             Some(&current.session.id),
             EndReason::PasswordChanged,
-            &app(),
+            false,
+            &h.app,
         )
         .await
         .unwrap();
@@ -416,44 +416,44 @@ pub async fn asvs4_3_3_3_force_logout_all_but_current<S: SessionStore>(store: S)
         assert_eq!(
             rejection(
                 h.engine
-                    .validate(other.token.expose(), true, &Device::default())
+                    .validate(other.token.expose(), true, &Device::default(), &h.app)
                     .await
             ),
             Rejection::Revoked(EndReason::PasswordChanged)
         );
     }
     h.engine
-        .validate(current.token.expose(), true, &Device::default())
+        .validate(current.token.expose(), true, &Device::default(), &h.app)
         .await
         .unwrap();
     assert!(matches!(
         h.engine
-            .end_subject("alice", None, EndReason::ExpiredIdle, &app())
+            .end_subject("alice", None, EndReason::ExpiredIdle, false, &h.app)
             .await,
         Err(EngineError::Invalid(_))
     ));
 }
 
 /// An administrator ends one session; the effect is immediate and audited.
-pub async fn asvs5_7_4_5_admin_revoke<S: SessionStore>(store: S) {
+pub async fn asvs5_7_4_5_admin_revoke<S: Store>(store: S) {
     let h = harness(store);
     let issued = h
         .engine
-        .create(new_session("alice", "default"), &app())
+        .create(new_session("alice", "default"), &h.app)
         .await
         .unwrap();
     h.engine
-        .revoke(&issued.session.id, &Actor::cli())
+        .revoke(&issued.session.id, &Principal::operator())
         .await
         .unwrap();
     h.engine
-        .revoke(&issued.session.id, &Actor::cli())
+        .revoke(&issued.session.id, &Principal::operator())
         .await
         .unwrap();
     assert_eq!(
         rejection(
             h.engine
-                .validate(issued.token.expose(), true, &Device::default())
+                .validate(issued.token.expose(), true, &Device::default(), &h.app)
                 .await
         ),
         Rejection::Revoked(EndReason::RevokedAdmin)
@@ -464,7 +464,7 @@ pub async fn asvs5_7_4_5_admin_revoke<S: SessionStore>(store: S) {
             session_id: Some(issued.session.id.clone()),
             limit: 10,
             ..Default::default()
-        })
+        }, false, &h.app)
         .await
         .unwrap();
     let last = events.last().unwrap();
@@ -478,44 +478,44 @@ pub async fn asvs5_7_4_5_admin_revoke<S: SessionStore>(store: S) {
     );
     let missing = portcullis_core::PublicId::from_string("ses_missing".into());
     assert!(matches!(
-        h.engine.revoke(&missing, &Actor::cli()).await,
+        h.engine.revoke(&missing, &Principal::operator()).await,
         Err(EngineError::NotFound)
     ));
 }
 
 /// A limit of 1 with eviction: signing in on another device ends the other session.
-pub async fn asvs5_7_1_2_concurrent_limit_one_evicts_other_device<S: SessionStore>(store: S) {
+pub async fn asvs5_7_1_2_concurrent_limit_one_evicts_other_device<S: Store>(store: S) {
     let h = harness(store);
     let first = h
         .engine
-        .create(new_session("alice", "single"), &app())
+        .create(new_session("alice", "single"), &h.app)
         .await
         .unwrap();
     let second = h
         .engine
-        .create(new_session("alice", "single"), &app())
+        .create(new_session("alice", "single"), &h.app)
         .await
         .unwrap();
     assert_eq!(
         rejection(
             h.engine
-                .validate(first.token.expose(), true, &Device::default())
+                .validate(first.token.expose(), true, &Device::default(), &h.app)
                 .await
         ),
         Rejection::Revoked(EndReason::NewDevice)
     );
     h.engine
-        .validate(second.token.expose(), true, &Device::default())
+        .validate(second.token.expose(), true, &Device::default(), &h.app)
         .await
         .unwrap();
 }
 
 /// A session bound to its user agent ends when presented by another one.
-pub async fn owasp_sm_20_binding_mismatch_ends_session<S: SessionStore>(store: S) {
+pub async fn owasp_sm_20_binding_mismatch_ends_session<S: Store>(store: S) {
     let h = harness(store);
     let issued = h
         .engine
-        .create(new_session("alice", "bound"), &app())
+        .create(new_session("alice", "bound"), &h.app)
         .await
         .unwrap();
     let same = Device {
@@ -523,7 +523,7 @@ pub async fn owasp_sm_20_binding_mismatch_ends_session<S: SessionStore>(store: S
         ip: Some("198.51.100.7".into()),
     };
     h.engine
-        .validate(issued.token.expose(), true, &same)
+        .validate(issued.token.expose(), true, &same, &h.app)
         .await
         .unwrap();
     let other = Device {
@@ -531,21 +531,21 @@ pub async fn owasp_sm_20_binding_mismatch_ends_session<S: SessionStore>(store: S
         ip: None,
     };
     assert_eq!(
-        rejection(h.engine.validate(issued.token.expose(), true, &other).await),
+        rejection(h.engine.validate(issued.token.expose(), true, &other, &h.app).await),
         Rejection::BindingMismatch
     );
     assert_eq!(
-        rejection(h.engine.validate(issued.token.expose(), true, &same).await),
+        rejection(h.engine.validate(issued.token.expose(), true, &same, &h.app).await),
         Rejection::BindingMismatch
     );
 }
 
 /// Data comes back after a timeout (new token, fresh deadlines, no elevation), never after logout.
-pub async fn reconstitution_after_timeout_not_after_logout<S: SessionStore>(store: S) {
+pub async fn reconstitution_after_timeout_not_after_logout<S: Store>(store: S) {
     let h = harness(store);
     let mut request = new_session("alice", "short");
     request.data = serde_json::json!({"draft": "half-written letter"});
-    let first = h.engine.create(request, &app()).await.unwrap();
+    let first = h.engine.create(request, &h.app).await.unwrap();
     let elevate = Elevate {
         methods: vec!["pwd".into()],
         level: 1,
@@ -553,7 +553,7 @@ pub async fn reconstitution_after_timeout_not_after_logout<S: SessionStore>(stor
     };
     let first = h
         .engine
-        .elevate(first.token.expose(), elevate, &app())
+        .elevate(first.token.expose(), elevate, &h.app)
         .await
         .unwrap();
     h.clock.advance(MIN * 6);
@@ -562,7 +562,7 @@ pub async fn reconstitution_after_timeout_not_after_logout<S: SessionStore>(stor
     let mut again = new_session("alice", "short");
     again.data = serde_json::Value::Null;
     again.reconstitute = true;
-    let back = h.engine.create(again, &app()).await.unwrap();
+    let back = h.engine.create(again, &h.app).await.unwrap();
     assert_eq!(
         back.session.data,
         serde_json::json!({"draft": "half-written letter"})
@@ -575,24 +575,24 @@ pub async fn reconstitution_after_timeout_not_after_logout<S: SessionStore>(stor
     assert_ne!(back.token, first.token);
     assert_eq!(back.session.created_at, h.engine.now());
 
-    h.engine.logout(back.token.expose(), &app()).await.unwrap();
+    h.engine.logout(back.token.expose(), &h.app).await.unwrap();
     let mut third = new_session("alice", "short");
     third.data = serde_json::Value::Null;
     third.reconstitute = true;
-    let fresh = h.engine.create(third, &app()).await.unwrap();
+    let fresh = h.engine.create(third, &h.app).await.unwrap();
     assert_eq!(fresh.session.data, serde_json::Value::Null);
     assert!(fresh.session.reconstituted_from.is_none());
 }
 
 /// The sweep ends every expired session exactly once, even when validation noticed first,
 /// and leaves live ones alone.
-pub async fn sweep_expires_each_session_once<S: SessionStore>(store: S) {
+pub async fn sweep_expires_each_session_once<S: Store>(store: S) {
     let h = harness(store);
     let mut expiring = vec![];
     for i in 0..20 {
         expiring.push(
             h.engine
-                .create(new_session(&format!("user{i}"), "short"), &app())
+                .create(new_session(&format!("user{i}"), "short"), &h.app)
                 .await
                 .unwrap(),
         );
@@ -600,13 +600,13 @@ pub async fn sweep_expires_each_session_once<S: SessionStore>(store: S) {
     h.clock.advance(MIN * 4);
     let survivor = h
         .engine
-        .create(new_session("survivor", "short"), &app())
+        .create(new_session("survivor", "short"), &h.app)
         .await
         .unwrap();
     h.clock.advance(MIN * 2);
     let _ = h
         .engine
-        .validate(expiring[0].token.expose(), true, &Device::default())
+        .validate(expiring[0].token.expose(), true, &Device::default(), &h.app)
         .await;
     let report = h.engine.sweep().await.unwrap();
     assert_eq!(report.expired, 19);
@@ -626,7 +626,7 @@ pub async fn sweep_expires_each_session_once<S: SessionStore>(store: S) {
             .all(|e| e.reason == Some(EndReason::ExpiredIdle))
     );
     h.engine
-        .validate(survivor.token.expose(), true, &Device::default())
+        .validate(survivor.token.expose(), true, &Device::default(), &h.app)
         .await
         .unwrap();
     // What was published is exactly what the store recorded. (Sharded stores order events of
@@ -638,28 +638,28 @@ pub async fn sweep_expires_each_session_once<S: SessionStore>(store: S) {
         .events(&EventQuery {
             limit: 1000,
             ..Default::default()
-        })
+        }, false, &Principal::operator())
         .await
         .unwrap();
     assert_eq!(stored, published);
 }
 
 /// Ending an SSO session ends the application sessions that name it as parent.
-pub async fn parent_end_ends_children<S: SessionStore>(store: S) {
+pub async fn parent_end_ends_children<S: Store>(store: S) {
     let h = harness(store);
     let sso = h
         .engine
-        .create(new_session("alice", "default"), &app())
+        .create(new_session("alice", "default"), &h.app)
         .await
         .unwrap();
     let mut child = new_session("alice", "default");
     child.parent = Some(sso.session.id.clone());
-    let child = h.engine.create(child, &app()).await.unwrap();
-    h.engine.logout(sso.token.expose(), &app()).await.unwrap();
+    let child = h.engine.create(child, &h.app).await.unwrap();
+    h.engine.logout(sso.token.expose(), &h.app).await.unwrap();
     assert_eq!(
         rejection(
             h.engine
-                .validate(child.token.expose(), true, &Device::default())
+                .validate(child.token.expose(), true, &Device::default(), &h.app)
                 .await
         ),
         Rejection::Revoked(EndReason::ParentEnded)
@@ -667,61 +667,61 @@ pub async fn parent_end_ends_children<S: SessionStore>(store: S) {
     let mut orphan = new_session("alice", "default");
     orphan.parent = Some(sso.session.id.clone());
     assert!(matches!(
-        h.engine.create(orphan, &app()).await,
+        h.engine.create(orphan, &h.app).await,
         Err(EngineError::Invalid(_))
     ));
 }
 
 /// Data is replaced whole, and data over the limit is refused without changing anything.
-pub async fn data_replace_is_size_limited<S: SessionStore>(store: S) {
+pub async fn data_replace_is_size_limited<S: Store>(store: S) {
     let h = harness(store);
     let issued = h
         .engine
-        .create(new_session("alice", "default"), &app())
+        .create(new_session("alice", "default"), &h.app)
         .await
         .unwrap();
     let updated = h
         .engine
-        .replace_data(&issued.session.id, serde_json::json!({"cart": [3]}), &app())
+        .replace_data(&issued.session.id, serde_json::json!({"cart": [3]}), &h.app)
         .await
         .unwrap();
     assert_eq!(updated.data, serde_json::json!({"cart": [3]}));
     let big = serde_json::json!({"blob": "x".repeat(20_000)});
     assert!(matches!(
         h.engine
-            .replace_data(&issued.session.id, big.clone(), &app())
+            .replace_data(&issued.session.id, big.clone(), &h.app)
             .await,
         Err(EngineError::DataTooLarge { .. })
     ));
     assert_eq!(
-        h.engine.get(&issued.session.id).await.unwrap().data,
+        h.engine.get(&issued.session.id, &h.app).await.unwrap().data,
         serde_json::json!({"cart": [3]})
     );
     let mut request = new_session("bob", "default");
     request.data = big;
     assert!(matches!(
-        h.engine.create(request, &app()).await,
+        h.engine.create(request, &h.app).await,
         Err(EngineError::DataTooLarge { .. })
     ));
     let mut unknown = new_session("bob", "default");
     unknown.policy = Some("nope".into());
     assert!(matches!(
-        h.engine.create(unknown, &app()).await,
+        h.engine.create(unknown, &h.app).await,
         Err(EngineError::UnknownPolicy(_))
     ));
 }
 
 /// No event, stored or published, contains a token that was issued.
-pub async fn asvs4_7_1_1_events_never_hold_a_token<S: SessionStore>(store: S) {
+pub async fn asvs4_7_1_1_events_never_hold_a_token<S: Store>(store: S) {
     let h = harness(store);
     let issued = h
         .engine
-        .create(new_session("alice", "default"), &app())
+        .create(new_session("alice", "default"), &h.app)
         .await
         .unwrap();
     let rotated = h
         .engine
-        .rotate(issued.token.expose(), &app())
+        .rotate(issued.token.expose(), &h.app)
         .await
         .unwrap();
     let elevate = Elevate {
@@ -731,11 +731,11 @@ pub async fn asvs4_7_1_1_events_never_hold_a_token<S: SessionStore>(store: S) {
     };
     let elevated = h
         .engine
-        .elevate(rotated.token.expose(), elevate, &app())
+        .elevate(rotated.token.expose(), elevate, &h.app)
         .await
         .unwrap();
     h.engine
-        .logout(elevated.token.expose(), &app())
+        .logout(elevated.token.expose(), &h.app)
         .await
         .unwrap();
     let stored = h
@@ -743,7 +743,7 @@ pub async fn asvs4_7_1_1_events_never_hold_a_token<S: SessionStore>(store: S) {
         .events(&EventQuery {
             limit: 100,
             ..Default::default()
-        })
+        }, false, &h.app)
         .await
         .unwrap();
     assert_eq!(stored.len(), 4);

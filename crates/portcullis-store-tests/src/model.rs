@@ -1,14 +1,18 @@
 //! Model check: random sequences of operations run against the store under test and against
 //! the in-memory store (the model), through the engine, must give the same observable results.
+//! Each operation is made by one of two applications or by the operator, so what one
+//! application reaches of another's sessions is compared as well.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use portcullis_core::{
-    Actor, AuthContext, Clock, Device, Elevate, EndReason, Engine, EngineError, ManualClock,
-    MemoryStore, NewSession, OnLimit, Policy, PolicyOverrides, PolicySet, RandomSource,
-    SeededRandom, SessionStore, Token,
+    AuthContext, Clock, Device, Elevate, EndReason, Engine, EngineError, ManualClock, MemoryStore,
+    NewSession, OnLimit, Policy, PolicyOverrides, PolicySet, Principal, RandomSource,
+    SeededRandom, Store, Token,
 };
+
+use crate::{app_principal, application};
 
 const SUBJECTS: [&str; 3] = ["ann", "ben", "cat"];
 
@@ -81,6 +85,32 @@ fn policies() -> PolicySet {
 
 const POLICIES: [&str; 3] = ["short", "two", "deny"];
 
+/// Who makes an operation: application `one` (half of them), application `two`, or the
+/// operator (who creates sessions of `one`).
+#[derive(Debug, Clone, Copy)]
+enum Caller {
+    One,
+    Two,
+    Operator,
+}
+
+/// The callers of `count` operations, from their own random stream so the operations of a seed
+/// are the same as before callers were drawn.
+fn random_callers(seed: u64, count: usize) -> Vec<Caller> {
+    let random = SeededRandom::new(seed ^ 0xA11C_E5);
+    (0..count)
+        .map(|_| {
+            let mut b = [0u8; 1];
+            random.fill(&mut b);
+            match b[0] % 4 {
+                0 | 1 => Caller::One,
+                2 => Caller::Two,
+                _ => Caller::Operator,
+            }
+        })
+        .collect()
+}
+
 fn random_ops(seed: u64, count: usize) -> Vec<Op> {
     let random = SeededRandom::new(seed);
     let next = |n: u64| {
@@ -129,6 +159,9 @@ struct Side<S> {
     clock: Arc<ManualClock>,
     tokens: Vec<Token>,
     ids: Vec<portcullis_core::SessionId>,
+    one: Principal,
+    two: Principal,
+    operator: Principal,
 }
 
 fn outcome<T>(r: &Result<T, EngineError>) -> String {
@@ -142,7 +175,7 @@ fn outcome<T>(r: &Result<T, EngineError>) -> String {
     }
 }
 
-impl<S: SessionStore> Side<S> {
+impl<S: Store> Side<S> {
     fn new(store: S) -> Self {
         let clock = Arc::new(ManualClock::default());
         let engine = Engine::new(
@@ -156,6 +189,9 @@ impl<S: SessionStore> Side<S> {
             clock,
             tokens: Vec::new(),
             ids: Vec::new(),
+            one: app_principal(application("one")),
+            two: app_principal(application("two")),
+            operator: Principal::operator(),
         }
     }
 
@@ -163,8 +199,14 @@ impl<S: SessionStore> Side<S> {
         self.ids.iter().position(|x| x == id).unwrap_or(usize::MAX)
     }
 
-    async fn apply(&mut self, op: Op) -> String {
-        let actor = Actor("model".into());
+    async fn apply(&mut self, op: Op, caller: Caller) -> String {
+        let principal = match caller {
+            Caller::One => self.one.clone(),
+            Caller::Two => self.two.clone(),
+            Caller::Operator => self.operator.clone(),
+        };
+        let principal = &principal;
+        let operator_names = matches!(caller, Caller::Operator).then(|| application("one").id);
         let token = |i: usize| {
             self.tokens
                 .get(i)
@@ -191,9 +233,10 @@ impl<S: SessionStore> Side<S> {
                             },
                             data: serde_json::json!({"n": self.tokens.len()}),
                             reconstitute,
+                            application: operator_names,
                             ..Default::default()
                         },
-                        &actor,
+                        principal,
                     )
                     .await;
                 let o = outcome(&r);
@@ -212,7 +255,7 @@ impl<S: SessionStore> Side<S> {
             Op::Validate { token: i, activity } => {
                 let r = self
                     .engine
-                    .validate(&token(i), activity, &Device::default())
+                    .validate(&token(i), activity, &Device::default(), principal)
                     .await;
                 match &r {
                     Ok(v) => format!(
@@ -223,7 +266,7 @@ impl<S: SessionStore> Side<S> {
                 }
             }
             Op::Rotate { token: i } => {
-                let r = self.engine.rotate(&token(i), &actor).await;
+                let r = self.engine.rotate(&token(i), principal).await;
                 let o = outcome(&r);
                 if let (Ok(issued), Some(slot)) = (r, self.tokens.get_mut(i)) {
                     *slot = issued.token;
@@ -236,16 +279,16 @@ impl<S: SessionStore> Side<S> {
                     level: 2,
                     scope: "pay".into(),
                 };
-                let r = self.engine.elevate(&token(i), request, &actor).await;
+                let r = self.engine.elevate(&token(i), request, principal).await;
                 let o = outcome(&r);
                 if let (Ok(issued), Some(slot)) = (r, self.tokens.get_mut(i)) {
                     *slot = issued.token;
                 }
                 o
             }
-            Op::Logout { token: i } => outcome(&self.engine.logout(&token(i), &actor).await),
+            Op::Logout { token: i } => outcome(&self.engine.logout(&token(i), principal).await),
             Op::Revoke { token: i } => match self.ids.get(i).cloned() {
-                Some(id) => outcome(&self.engine.revoke(&id, &actor).await),
+                Some(id) => outcome(&self.engine.revoke(&id, principal).await),
                 None => "no such session".into(),
             },
             Op::EndSubject { subject, except } => {
@@ -256,7 +299,8 @@ impl<S: SessionStore> Side<S> {
                         SUBJECTS[subject],
                         except.as_ref(),
                         EndReason::PasswordChanged,
-                        &actor,
+                        false,
+                        principal,
                     )
                     .await;
                 match r {
@@ -268,12 +312,16 @@ impl<S: SessionStore> Side<S> {
                 Some(id) => outcome(
                     &self
                         .engine
-                        .replace_data(&id, serde_json::json!(value), &actor)
+                        .replace_data(&id, serde_json::json!(value), principal)
                         .await,
                 ),
                 None => "no such session".into(),
             },
-            Op::List { subject } => match self.engine.list_subject(SUBJECTS[subject]).await {
+            Op::List { subject } => match self
+                .engine
+                .list_subject(SUBJECTS[subject], false, principal)
+                .await
+            {
                 Ok(list) => {
                     let mut idx: Vec<usize> = list.iter().map(|s| self.index_of(&s.id)).collect();
                     idx.sort_unstable();
@@ -293,18 +341,19 @@ impl<S: SessionStore> Side<S> {
     }
 }
 
-async fn compare<S: SessionStore>(store: S, seed: u64) {
+async fn compare<S: Store>(store: S, seed: u64) {
     let mut tested = Side::new(store);
     let mut model = Side::new(MemoryStore::new());
     let mut results = Vec::new();
-    for (step, op) in random_ops(seed, 300).into_iter().enumerate() {
+    let callers = random_callers(seed, 300);
+    for (step, (op, caller)) in random_ops(seed, 300).into_iter().zip(callers).enumerate() {
         // Every operation happens at its own second, so no two sessions tie on a timestamp
         // and eviction order is the same whatever ids the stores were given.
         tested.clock.advance(Duration::from_secs(1));
         model.clock.advance(Duration::from_secs(1));
-        let expected = model.apply(op).await;
-        let actual = tested.apply(op).await;
-        assert_eq!(actual, expected, "seed {seed}, step {step}: {op:?}");
+        let expected = model.apply(op, caller).await;
+        let actual = tested.apply(op, caller).await;
+        assert_eq!(actual, expected, "seed {seed}, step {step}: {op:?} by {caller:?}");
         results.push(actual);
     }
     // The sequence must exercise the store, not only bounce off unknown tokens.
@@ -323,16 +372,16 @@ async fn compare<S: SessionStore>(store: S, seed: u64) {
 }
 
 /// 300 random operations (seed 1) give the same results on the store as on the model.
-pub async fn random_operations_match_the_model_seed_1<S: SessionStore>(store: S) {
+pub async fn random_operations_match_the_model_seed_1<S: Store>(store: S) {
     compare(store, 1).await;
 }
 
 /// 300 random operations (seed 2) give the same results on the store as on the model.
-pub async fn random_operations_match_the_model_seed_2<S: SessionStore>(store: S) {
+pub async fn random_operations_match_the_model_seed_2<S: Store>(store: S) {
     compare(store, 2).await;
 }
 
 /// 300 random operations (seed 3) give the same results on the store as on the model.
-pub async fn random_operations_match_the_model_seed_3<S: SessionStore>(store: S) {
+pub async fn random_operations_match_the_model_seed_3<S: Store>(store: S) {
     compare(store, 3).await;
 }

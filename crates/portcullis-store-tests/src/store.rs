@@ -383,6 +383,7 @@ pub async fn end_subject_spares_the_exception<S: SessionStore>(store: S) {
     let ended = store
         .end_subject(
             "alice",
+            None,
             Some(&ids[1]),
             ending(EndReason::PasswordChanged, t0()),
         )
@@ -727,6 +728,7 @@ pub async fn api_keys_add_find_list_revoke<S: SessionStore>(store: S) {
     let key = ApiKey {
         id: PublicId::generate("key_", r.as_ref()),
         name: "shop".into(),
+        application: crate::test_app(),
         key_hash: token.hash(),
         created_at: t0(),
         revoked_at: None,
@@ -739,6 +741,7 @@ pub async fn api_keys_add_find_list_revoke<S: SessionStore>(store: S) {
         session_id: None,
         subject: None,
         policy: None,
+        application: Some(key.application.clone()),
         reason: None,
         detail: serde_json::json!({"api_key": key.id.as_str()}),
     };

@@ -265,6 +265,12 @@ impl Config {
     pub fn policies(&self) -> Result<PolicySet, ConfigError> {
         let mut resolved = Vec::new();
         for (name, p) in &self.policies {
+            if portcullis_core::is_reserved_policy(name) {
+                return Err(ConfigError::Invalid(format!(
+                    "policies.{name}: names starting with \"{}\" are Portcullis's own (the SSO session follows sso_policy)",
+                    portcullis_core::RESERVED_POLICY_PREFIX
+                )));
+            }
             let d = |v: Option<ConfigDuration>| v.map(|c| c.0);
             let overrides = PolicyOverrides {
                 preset: p.preset,
@@ -285,7 +291,7 @@ impl Config {
                     .map_err(|e| ConfigError::Invalid(e.to_string()))?,
             );
         }
-        Ok(PolicySet::new(resolved))
+        Ok(PolicySet::new(resolved).with_sso_from(&self.sso_policy))
     }
 
     /// The engine settings.

@@ -13,7 +13,7 @@ use http_body_util::BodyExt;
 use hyper::{Method, StatusCode};
 use portcullis_core::{
     Accounts, AuditSink, Engine, MemoryStore, MemoryUserStore, NoAuditSink, OsRandom, SessionStore,
-    SystemClock, UserStore,
+    Store, SystemClock, UserStore,
 };
 use portcullis_http::ui::web::{Ui, UiSettings};
 use portcullis_http::{AppState, Services, admin_router, api_router};
@@ -72,6 +72,9 @@ enum Command {
     /// Manage sessions.
     #[command(subcommand)]
     Sessions(SessionsCommand),
+    /// Manage the applications that call Portcullis (each API key belongs to one).
+    #[command(subcommand)]
+    Apps(AppsCommand),
     /// Manage API keys for backend callers.
     #[command(subcommand, name = "api-keys")]
     ApiKeys(ApiKeysCommand),
@@ -133,12 +136,66 @@ enum UsersCommand {
 }
 
 #[derive(Debug, Subcommand)]
-enum ApiKeysCommand {
-    /// Create a key; its secret is printed once.
-    Create {
-        /// What the key is for.
-        #[arg(long)]
+enum AppsCommand {
+    /// Register an application.
+    Add {
+        /// Its unique name (`shop`).
         name: String,
+        /// A policy its sessions may follow (repeat; default `default`; `*` for every policy).
+        #[arg(long = "policy")]
+        policies: Vec<String>,
+        /// The policy of sessions created without one (default: the first `--policy`).
+        #[arg(long)]
+        default_policy: Option<String>,
+        /// A grant beyond its own sessions (repeat): `end_everywhere`, `read_all_events`,
+        /// `list_all_sessions`.
+        #[arg(long = "grant")]
+        grants: Vec<String>,
+    },
+    /// List applications with their policies, grants and live keys.
+    List,
+    /// Show one application (by name or id).
+    Show {
+        /// Name or id.
+        app: String,
+    },
+    /// Change an application; each option given replaces what there was.
+    Update {
+        /// Name or id.
+        app: String,
+        /// A new name.
+        #[arg(long)]
+        name: Option<String>,
+        /// The policies it may use (repeat; replaces the list).
+        #[arg(long = "policy")]
+        policies: Vec<String>,
+        /// The policy of sessions created without one.
+        #[arg(long)]
+        default_policy: Option<String>,
+        /// Its grants (repeat; replaces the list).
+        #[arg(long = "grant")]
+        grants: Vec<String>,
+        /// Take every grant away.
+        #[arg(long, conflicts_with = "grants")]
+        no_grants: bool,
+    },
+    /// Remove an application: revoke its keys and end its sessions (`app_removed`).
+    Remove {
+        /// Name or id.
+        app: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ApiKeysCommand {
+    /// Create a key for an application; its secret is printed once.
+    Create {
+        /// The application it belongs to (name or id).
+        #[arg(long)]
+        app: String,
+        /// What the key is for (default: the application's name).
+        #[arg(long)]
+        name: Option<String>,
     },
     /// List keys (never their secrets).
     List,
@@ -234,16 +291,19 @@ async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Users(cmd) => users_command(&config, cmd).await,
+        Command::Apps(cmd) => apps_command(&config, cmd).await,
         Command::ApiKeys(cmd) => {
             match cmd {
-                ApiKeysCommand::Create { name } => {
-                    let body = serde_json::json!({ "name": name });
+                ApiKeysCommand::Create { app, name } => {
+                    let name = name.unwrap_or_else(|| app.clone());
+                    let body = serde_json::json!({ "name": name, "application": app });
                     let (_, key) =
                         admin_call(&config, Method::POST, "/admin/api-keys", Some(body)).await?;
                     eprintln!(
-                        "Created API key {} ({}). Keep this secret now; it is not shown again:",
+                        "Created API key {} ({}) for application {}. Keep this secret now; it is not shown again:",
                         key["id"].as_str().unwrap_or("?"),
                         key["name"].as_str().unwrap_or("?"),
+                        key["application"].as_str().unwrap_or("?"),
                     );
                     println!("{}", key["key"].as_str().unwrap_or_default());
                 }
@@ -266,6 +326,75 @@ async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
     }
+}
+
+async fn apps_command(config: &Config, cmd: AppsCommand) -> Result<()> {
+    let path = |app: &str| format!("/admin/applications/{}", encode(app));
+    let non_empty = |list: Vec<String>| (!list.is_empty()).then_some(list);
+    match cmd {
+        AppsCommand::Add {
+            name,
+            policies,
+            default_policy,
+            grants,
+        } => {
+            let body = serde_json::json!({
+                "name": name,
+                "policies": non_empty(policies),
+                "default_policy": default_policy,
+                "grants": grants,
+            });
+            let (_, app) =
+                admin_call(config, Method::POST, "/admin/applications", Some(body)).await?;
+            eprintln!(
+                "Registered application {} ({}). Create its key with: portcullis api-keys create --app {}",
+                app["name"].as_str().unwrap_or("?"),
+                app["id"].as_str().unwrap_or("?"),
+                app["name"].as_str().unwrap_or("?"),
+            );
+            print_json(&app);
+        }
+        AppsCommand::List => {
+            let (_, apps) = admin_call(config, Method::GET, "/admin/applications", None).await?;
+            print_json(&apps);
+        }
+        AppsCommand::Show { app } => {
+            let (_, app) = admin_call(config, Method::GET, &path(&app), None).await?;
+            print_json(&app);
+        }
+        AppsCommand::Update {
+            app,
+            name,
+            policies,
+            default_policy,
+            grants,
+            no_grants,
+        } => {
+            let grants = if no_grants {
+                Some(Vec::new())
+            } else {
+                non_empty(grants)
+            };
+            let body = serde_json::json!({
+                "name": name,
+                "policies": non_empty(policies),
+                "default_policy": default_policy,
+                "grants": grants,
+            });
+            let (_, app) = admin_call(config, Method::PATCH, &path(&app), Some(body)).await?;
+            print_json(&app);
+        }
+        AppsCommand::Remove { app } => {
+            let (_, removed) = admin_call(config, Method::DELETE, &path(&app), None).await?;
+            eprintln!(
+                "Removed application {}: {} API key(s) revoked, {} session(s) ended.",
+                removed["name"].as_str().unwrap_or("?"),
+                removed["api_keys_revoked"].as_u64().unwrap_or(0),
+                removed["sessions_ended"].as_u64().unwrap_or(0),
+            );
+        }
+    }
+    Ok(())
 }
 
 async fn users_command(config: &Config, cmd: UsersCommand) -> Result<()> {
@@ -378,8 +507,9 @@ fn config_check(config: &Config) -> Result<()> {
     Ok(())
 }
 
-/// Everything a router needs, over an opened store.
-fn app_state<S: SessionStore>(
+/// Everything a router needs, over an opened store. Data of the previous release is adopted
+/// here: its API keys move to the `legacy` application, so they keep working.
+async fn app_state<S: Store>(
     store: S,
     users: Arc<dyn UserStore>,
     config: &Config,
@@ -390,11 +520,17 @@ fn app_state<S: SessionStore>(
     let engine = Engine::new(store, config.policies()?, clock.clone(), random.clone())
         .with_settings(config.engine_settings())
         .with_sink(Arc::clone(&sink));
+    if let Some(app) = engine
+        .adopt_legacy_keys()
+        .await
+        .context("cannot move the previous release's API keys to an application")?
+    {
+        tracing::info!(application = %app.id, name = %app.name, "API keys of the previous release now belong to this application; tighten its grants with `portcullis apps update`");
+    }
     Ok(Services {
         engine: Arc::new(engine),
         accounts: Arc::new(Accounts::new(users, clock, random, sink)),
         ui: Arc::new(Ui::new(UiSettings {
-            sso_policy: config.sso_policy.clone(),
             tls: config.tls_cert.is_some(),
             theme_dir: config.ui_dir.clone(),
             ..UiSettings::default()
@@ -422,16 +558,16 @@ async fn admin_call(
             let (opened, users) = open_store(config).await?;
             let router = match opened {
                 Opened::Sqlite(store) => {
-                    admin_router(AppState::new(app_state(store, users, config, sink)?))
+                    admin_router(AppState::new(app_state(store, users, config, sink).await?))
                 }
                 Opened::Memory(store) => {
-                    admin_router(AppState::new(app_state(store, users, config, sink)?))
+                    admin_router(AppState::new(app_state(store, users, config, sink).await?))
                 }
                 Opened::Postgres(store) => {
-                    admin_router(AppState::new(app_state(store, users, config, sink)?))
+                    admin_router(AppState::new(app_state(store, users, config, sink).await?))
                 }
                 Opened::Redis(store) => {
-                    admin_router(AppState::new(app_state(store, users, config, sink)?))
+                    admin_router(AppState::new(app_state(store, users, config, sink).await?))
                 }
             };
             let request = hyper::Request::builder()
@@ -526,16 +662,16 @@ async fn serve(config: Config) -> Result<()> {
         Arc::new(JsonLinesSink::open(&config.audit_log).context("cannot open the audit log")?);
     let (opened, users) = open_store(&config).await?;
     match opened {
-        Opened::Sqlite(store) => run_server(app_state(store, users, &config, sink)?, &config).await,
-        Opened::Memory(store) => run_server(app_state(store, users, &config, sink)?, &config).await,
+        Opened::Sqlite(store) => run_server(app_state(store, users, &config, sink).await?, &config).await,
+        Opened::Memory(store) => run_server(app_state(store, users, &config, sink).await?, &config).await,
         Opened::Postgres(store) => {
-            run_server(app_state(store, users, &config, sink)?, &config).await
+            run_server(app_state(store, users, &config, sink).await?, &config).await
         }
-        Opened::Redis(store) => run_server(app_state(store, users, &config, sink)?, &config).await,
+        Opened::Redis(store) => run_server(app_state(store, users, &config, sink).await?, &config).await,
     }
 }
 
-async fn run_server<S: SessionStore>(mut services: Services<S>, config: &Config) -> Result<()> {
+async fn run_server<S: Store>(mut services: Services<S>, config: &Config) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
     let recorder = metrics_exporter_prometheus::PrometheusBuilder::new()
         .install_recorder()

@@ -19,7 +19,8 @@ use axum::{Json, Router};
 use minijinja::context;
 use portcullis_core::{
     Actor, AuthContext, Elevate, EndReason, EngineError, Issued, NewSession, Rejection,
-    SIGN_IN_POLICY, Session, SessionId, SessionStore, SignInError, User, Validated,
+    PORTCULLIS_APP, Principal, SIGN_IN_POLICY, SSO_POLICY, Session, SessionId, SignInError, Store,
+    User, Validated,
 };
 use serde::Deserialize;
 
@@ -35,7 +36,7 @@ pub const ACCOUNT_SCOPE: &str = "account";
 type PageResult = Result<Response, PageError>;
 
 /// The pages, with their security headers, same-origin check and error pages.
-pub fn routes<S: SessionStore>(state: &AppState<S>) -> Router<AppState<S>> {
+pub fn routes<S: Store>(state: &AppState<S>) -> Router<AppState<S>> {
     Router::new()
         .route("/", get(|| async { Redirect::to("/account") }))
         .route("/login", get(login_page::<S>).post(login_submit::<S>))
@@ -70,7 +71,7 @@ pub fn routes<S: SessionStore>(state: &AppState<S>) -> Router<AppState<S>> {
         ))
 }
 
-async fn render_error_pages<S: SessionStore>(
+async fn render_error_pages<S: Store>(
     State(state): State<AppState<S>>,
     request: Request,
     next: Next,
@@ -139,7 +140,12 @@ enum NotSignedIn {
     Ended,
 }
 
-async fn current<S: SessionStore>(
+/// Who handles the SSO and sign-in cookies: Portcullis, reaching only its own sessions.
+fn cookie_principal() -> Principal {
+    Principal::portcullis(Actor::system())
+}
+
+async fn current<S: Store>(
     state: &AppState<S>,
     browser: &Browser,
     activity: bool,
@@ -149,10 +155,15 @@ async fn current<S: SessionStore>(
     };
     match state
         .engine
-        .validate(token, activity, &browser.device())
+        .validate(token, activity, &browser.device(), &cookie_principal())
         .await
     {
-        Ok(validated) if validated.session.policy == state.ui.settings.sso_policy => {
+        // Only an SSO session Portcullis issued opens the pages: never a sign-in in progress,
+        // never an application's session.
+        Ok(validated)
+            if validated.session.policy == SSO_POLICY
+                && validated.session.application.as_str() == PORTCULLIS_APP =>
+        {
             Ok(Ok(SignedIn {
                 token: token.to_owned(),
                 validated,
@@ -173,7 +184,7 @@ async fn current<S: SessionStore>(
 }
 
 /// The signed-in session, or a redirect to sign in that comes back to `here`.
-async fn require_signed_in<S: SessionStore>(
+async fn require_signed_in<S: Store>(
     state: &AppState<S>,
     browser: &Browser,
     here: &str,
@@ -200,7 +211,7 @@ async fn require_signed_in<S: SessionStore>(
 
 /// The `Set-Cookie` of an SSO session: persistent until its absolute deadline only when the
 /// person chose "Stay signed in" (OWASP-SM-8).
-fn session_cookie<S: SessionStore>(state: &AppState<S>, issued: &Issued) -> HeaderValue {
+fn session_cookie<S: Store>(state: &AppState<S>, issued: &Issued) -> HeaderValue {
     let max_age = issued
         .session
         .remember_me
@@ -208,7 +219,7 @@ fn session_cookie<S: SessionStore>(state: &AppState<S>, issued: &Issued) -> Head
     set_cookie(SESSION_COOKIE, issued.token.expose(), "Lax", max_age)
 }
 
-fn base_context<S: SessionStore>(
+fn base_context<S: Store>(
     state: &AppState<S>,
     signed_in: Option<&SignedIn>,
 ) -> minijinja::Value {
@@ -220,7 +231,7 @@ fn base_context<S: SessionStore>(
     }
 }
 
-fn page<S: SessionStore>(
+fn page<S: Store>(
     state: &AppState<S>,
     status: StatusCode,
     name: &str,
@@ -254,7 +265,7 @@ struct LoginQuery {
     expired: Option<String>,
 }
 
-async fn login_page<S: SessionStore>(
+async fn login_page<S: Store>(
     State(state): State<AppState<S>>,
     browser: Browser,
     Query(query): Query<LoginQuery>,
@@ -278,7 +289,7 @@ async fn login_page<S: SessionStore>(
     ))
 }
 
-fn login_form<S: SessionStore>(
+fn login_form<S: Store>(
     state: &AppState<S>,
     browser: &Browser,
     return_to: &str,
@@ -331,7 +342,7 @@ struct LoginForm {
     password: String,
 }
 
-async fn login_submit<S: SessionStore>(
+async fn login_submit<S: Store>(
     State(state): State<AppState<S>>,
     browser: Browser,
     Form(form): Form<LoginForm>,
@@ -421,7 +432,7 @@ struct PendingSignIn {
 }
 
 /// Moves a sign-in to its next step: the code, the "Stay signed in?" question, or done.
-async fn advance<S: SessionStore>(
+async fn advance<S: Store>(
     state: &AppState<S>,
     browser: &Browser,
     previous: Option<&str>,
@@ -430,14 +441,14 @@ async fn advance<S: SessionStore>(
     let policy = state
         .engine
         .policies()
-        .get(&state.ui.settings.sso_policy)
+        .get(SSO_POLICY)
         .cloned()
         .ok_or(PageError::Internal)?;
     if pending.stage == Stage::Stay && !policy.stay_signed_in.value {
         return complete(state, browser, previous, &pending, false).await;
     }
     if let Some(token) = previous {
-        state.engine.logout(token, &Actor::system()).await?;
+        state.engine.logout(token, &cookie_principal()).await?;
     }
     let issued = state
         .engine
@@ -454,7 +465,7 @@ async fn advance<S: SessionStore>(
                 data: serde_json::to_value(&pending).map_err(|_| PageError::Internal)?,
                 ..NewSession::default()
             },
-            &Actor::user(&pending.user_id),
+            &Principal::portcullis(Actor::user(&pending.user_id)),
         )
         .await?;
     let next = match pending.stage {
@@ -471,7 +482,7 @@ async fn advance<S: SessionStore>(
 
 /// Creates the SSO session with a new token (ASVS4-3.2.1: whatever cookie the browser had is
 /// never adopted) and sends the person back where they were.
-async fn complete<S: SessionStore>(
+async fn complete<S: Store>(
     state: &AppState<S>,
     browser: &Browser,
     pending_token: Option<&str>,
@@ -479,7 +490,7 @@ async fn complete<S: SessionStore>(
     remember_me: bool,
 ) -> PageResult {
     if let Some(token) = pending_token {
-        state.engine.logout(token, &Actor::system()).await?;
+        state.engine.logout(token, &cookie_principal()).await?;
     }
     let level = if pending.methods.iter().any(|m| m == "otp") {
         2
@@ -491,7 +502,7 @@ async fn complete<S: SessionStore>(
         .create(
             NewSession {
                 subject: pending.user_id.clone(),
-                policy: Some(state.ui.settings.sso_policy.clone()),
+                policy: Some(SSO_POLICY.to_owned()),
                 remember_me,
                 auth: AuthContext {
                     methods: pending.methods.clone(),
@@ -501,8 +512,9 @@ async fn complete<S: SessionStore>(
                 data: serde_json::json!({ "username": pending.username }),
                 reconstitute: true,
                 parent: None,
+                application: None,
             },
-            &Actor::user(&pending.user_id),
+            &Principal::portcullis(Actor::user(&pending.user_id)),
         )
         .await;
     let issued = match created {
@@ -531,7 +543,7 @@ async fn complete<S: SessionStore>(
 }
 
 /// The sign-in in progress at `stage`, with its token; `None` sends the person back to the start.
-async fn pending_at<S: SessionStore>(
+async fn pending_at<S: Store>(
     state: &AppState<S>,
     browser: &Browser,
     stage: Stage,
@@ -539,8 +551,17 @@ async fn pending_at<S: SessionStore>(
     let Some(token) = browser.cookie(SIGN_IN_COOKIE) else {
         return Ok(None);
     };
-    let validated = match state.engine.validate(token, true, &browser.device()).await {
-        Ok(v) if v.session.policy == SIGN_IN_POLICY => v,
+    let validated = match state
+        .engine
+        .validate(token, true, &browser.device(), &cookie_principal())
+        .await
+    {
+        Ok(v)
+            if v.session.policy == SIGN_IN_POLICY
+                && v.session.application.as_str() == PORTCULLIS_APP =>
+        {
+            v
+        }
         Ok(_) | Err(EngineError::Rejected(_)) => return Ok(None),
         Err(err) => return Err(err.into()),
     };
@@ -557,7 +578,7 @@ fn restart_sign_in() -> Response {
     response
 }
 
-async fn otp_page<S: SessionStore>(
+async fn otp_page<S: Store>(
     State(state): State<AppState<S>>,
     browser: Browser,
 ) -> PageResult {
@@ -581,7 +602,7 @@ struct CodeForm {
     code: String,
 }
 
-async fn otp_submit<S: SessionStore>(
+async fn otp_submit<S: Store>(
     State(state): State<AppState<S>>,
     browser: Browser,
     Form(form): Form<CodeForm>,
@@ -621,7 +642,7 @@ async fn otp_submit<S: SessionStore>(
     ))
 }
 
-async fn stay_page<S: SessionStore>(
+async fn stay_page<S: Store>(
     State(state): State<AppState<S>>,
     browser: Browser,
 ) -> PageResult {
@@ -631,7 +652,7 @@ async fn stay_page<S: SessionStore>(
     let remember_for = state
         .engine
         .policies()
-        .get(&state.ui.settings.sso_policy)
+        .get(SSO_POLICY)
         .map(|p| portcullis_core::format_duration(p.remember_me_absolute.value))
         .unwrap_or_default();
     Ok(page(
@@ -651,7 +672,7 @@ struct StayForm {
     stay: String,
 }
 
-async fn stay_submit<S: SessionStore>(
+async fn stay_submit<S: Store>(
     State(state): State<AppState<S>>,
     browser: Browser,
     Form(form): Form<StayForm>,
@@ -668,7 +689,7 @@ async fn stay_submit<S: SessionStore>(
 // ---------------------------------------------------------------------------------------------
 // Sign out
 
-async fn logout_page<S: SessionStore>(
+async fn logout_page<S: Store>(
     State(state): State<AppState<S>>,
     browser: Browser,
 ) -> PageResult {
@@ -690,7 +711,7 @@ struct CsrfForm {
     csrf: String,
 }
 
-async fn logout_submit<S: SessionStore>(
+async fn logout_submit<S: Store>(
     State(state): State<AppState<S>>,
     browser: Browser,
     Form(form): Form<CsrfForm>,
@@ -702,7 +723,10 @@ async fn logout_submit<S: SessionStore>(
         // Ends the SSO session and, through `parent`, every application session under it.
         state
             .engine
-            .logout(&signed_in.token, &Actor::user(&signed_in.session().subject))
+            .logout(
+                &signed_in.token,
+                &Principal::portcullis(Actor::user(&signed_in.session().subject)),
+            )
             .await?;
     }
     let mut response = page(&state, StatusCode::OK, "signed_out.html", None, context! {});
@@ -720,7 +744,7 @@ async fn logout_submit<S: SessionStore>(
 // Account
 
 /// The account behind a signed-in session; a deleted or disabled account ends the session.
-async fn account_of<S: SessionStore>(
+async fn account_of<S: Store>(
     state: &AppState<S>,
     signed_in: &SignedIn,
 ) -> Result<Option<User>, PageError> {
@@ -733,8 +757,8 @@ async fn account_of<S: SessionStore>(
         .engine
         .end(
             &signed_in.session().id,
-            EndReason::RevokedAdmin,
-            &Actor::system(),
+            EndReason::AccountDisabled,
+            &cookie_principal(),
         )
         .await?;
     Ok(None)
@@ -753,7 +777,7 @@ struct AccountQuery {
     done: Option<String>,
 }
 
-async fn account_page<S: SessionStore>(
+async fn account_page<S: Store>(
     State(state): State<AppState<S>>,
     browser: Browser,
     Query(query): Query<AccountQuery>,
@@ -765,7 +789,19 @@ async fn account_page<S: SessionStore>(
     let Some(user) = account_of(&state, &signed_in).await? else {
         return Ok(signed_out_redirect());
     };
-    let sessions = state.engine.list_subject(&user.id).await?;
+    let sessions = state
+        .engine
+        .list_subject(&user.id, true, &Principal::person(&user.id))
+        .await?;
+    let applications = state.engine.list_applications().await?;
+    let app_name = |s: &Session| {
+        (s.application.as_str() != PORTCULLIS_APP).then(|| {
+            applications
+                .iter()
+                .find(|a| a.id == s.application)
+                .map_or_else(|| s.application.to_string(), |a| a.name.clone())
+        })
+    };
     let rows: Vec<minijinja::Value> = sessions
         .iter()
         .rev()
@@ -773,7 +809,7 @@ async fn account_page<S: SessionStore>(
             context! {
                 id => s.id.as_str(),
                 device => device::describe(s.device.user_agent.as_deref()),
-                app => (s.policy != state.ui.settings.sso_policy).then(|| s.policy.clone()),
+                app => app_name(s),
                 ip => s.device.ip.clone().unwrap_or_else(|| "unknown".to_owned()),
                 created => human_time(s.created_at),
                 last_seen => human_time(s.last_seen_at),
@@ -804,7 +840,7 @@ fn check_csrf(signed_in: &SignedIn, presented: &str) -> Result<(), PageError> {
     }
 }
 
-async fn end_one_session<S: SessionStore>(
+async fn end_one_session<S: Store>(
     State(state): State<AppState<S>>,
     browser: Browser,
     Path(id): Path<String>,
@@ -816,17 +852,13 @@ async fn end_one_session<S: SessionStore>(
     };
     check_csrf(&signed_in, &form.csrf)?;
     let id = SessionId::from_string(id);
-    let target = state.engine.get(&id).await?;
-    // Only one's own sessions; a foreign id is answered as if it did not exist.
-    if target.subject != signed_in.session().subject {
-        return Err(PageError::NotFound);
-    }
-    let actor = Actor::user(&signed_in.session().subject);
-    state.engine.end(&id, EndReason::Logout, &actor).await?;
+    // Only one's own sessions: a foreign id is answered as if it did not exist.
+    let person = Principal::person(&signed_in.session().subject);
+    state.engine.end(&id, EndReason::Logout, &person).await?;
     Ok(see_other("/account?done=signed_out_one"))
 }
 
-async fn end_other_sessions<S: SessionStore>(
+async fn end_other_sessions<S: Store>(
     State(state): State<AppState<S>>,
     browser: Browser,
     Form(form): Form<CsrfForm>,
@@ -843,7 +875,8 @@ async fn end_other_sessions<S: SessionStore>(
             &session.subject,
             Some(&session.id),
             EndReason::Logout,
-            &Actor::user(&session.subject),
+            true,
+            &Principal::person(&session.subject),
         )
         .await?;
     Ok(see_other("/account?done=signed_out_others"))
@@ -851,7 +884,7 @@ async fn end_other_sessions<S: SessionStore>(
 
 /// Whether the session re-authenticated (or signed in) recently enough for account changes:
 /// an `account` elevation in force, or a sign-in younger than the policy's elevation lifetime.
-fn recently_authenticated<S: SessionStore>(state: &AppState<S>, session: &Session) -> bool {
+fn recently_authenticated<S: Store>(state: &AppState<S>, session: &Session) -> bool {
     let now = state.engine.now();
     let lifetime = state
         .engine
@@ -866,7 +899,7 @@ fn recently_authenticated<S: SessionStore>(state: &AppState<S>, session: &Sessio
 
 /// The signed-in session if it may make account changes; otherwise the redirect to sign in
 /// or to re-authenticate (returning to `here`).
-async fn require_recent<S: SessionStore>(
+async fn require_recent<S: Store>(
     state: &AppState<S>,
     browser: &Browser,
     here: &str,
@@ -888,22 +921,28 @@ async fn require_recent<S: SessionStore>(
 }
 
 /// After a security change: the other sessions end (if asked) and this one gets a new token.
-async fn after_security_change<S: SessionStore>(
+async fn after_security_change<S: Store>(
     state: &AppState<S>,
     signed_in: &SignedIn,
     end_others: Option<EndReason>,
     done: &str,
 ) -> PageResult {
     let session = signed_in.session();
-    let actor = Actor::user(&session.subject);
+    let person = Principal::person(&session.subject);
     if let Some(reason) = end_others {
         state
             .engine
-            .end_subject(&session.subject, Some(&session.id), reason, &actor)
+            .end_subject(&session.subject, Some(&session.id), reason, true, &person)
             .await?;
     }
     // OWASP-SM-11: a new session token after any privilege or credential change.
-    let issued = state.engine.rotate(&signed_in.token, &actor).await?;
+    let issued = state
+        .engine
+        .rotate(
+            &signed_in.token,
+            &Principal::portcullis(Actor::user(&session.subject)),
+        )
+        .await?;
     let mut response = see_other(&format!("/account?done={done}"));
     response
         .headers_mut()
@@ -911,7 +950,7 @@ async fn after_security_change<S: SessionStore>(
     Ok(response)
 }
 
-async fn password_page<S: SessionStore>(
+async fn password_page<S: Store>(
     State(state): State<AppState<S>>,
     browser: Browser,
 ) -> PageResult {
@@ -939,7 +978,7 @@ struct PasswordForm {
     sign_out_others: Option<String>,
 }
 
-async fn password_submit<S: SessionStore>(
+async fn password_submit<S: Store>(
     State(state): State<AppState<S>>,
     browser: Browser,
     Form(form): Form<PasswordForm>,
@@ -979,7 +1018,7 @@ async fn password_submit<S: SessionStore>(
     after_security_change(&state, &signed_in, end_others, done).await
 }
 
-async fn two_factor_page<S: SessionStore>(
+async fn two_factor_page<S: Store>(
     State(state): State<AppState<S>>,
     browser: Browser,
 ) -> PageResult {
@@ -990,7 +1029,7 @@ async fn two_factor_page<S: SessionStore>(
     Ok(two_factor_form(&state, &signed_in, &user, None, None))
 }
 
-fn two_factor_form<S: SessionStore>(
+fn two_factor_form<S: Store>(
     state: &AppState<S>,
     signed_in: &SignedIn,
     user: &User,
@@ -1029,7 +1068,7 @@ struct EnrolForm {
     code: String,
 }
 
-async fn totp_enrol<S: SessionStore>(
+async fn totp_enrol<S: Store>(
     State(state): State<AppState<S>>,
     browser: Browser,
     Form(form): Form<EnrolForm>,
@@ -1067,7 +1106,7 @@ async fn totp_enrol<S: SessionStore>(
     }
 }
 
-async fn totp_remove<S: SessionStore>(
+async fn totp_remove<S: Store>(
     State(state): State<AppState<S>>,
     browser: Browser,
     Form(form): Form<CsrfForm>,
@@ -1098,7 +1137,7 @@ struct ReauthQuery {
     return_to: Option<String>,
 }
 
-async fn reauth_page<S: SessionStore>(
+async fn reauth_page<S: Store>(
     State(state): State<AppState<S>>,
     browser: Browser,
     Query(query): Query<ReauthQuery>,
@@ -1122,7 +1161,7 @@ async fn reauth_page<S: SessionStore>(
     ))
 }
 
-fn reauth_form<S: SessionStore>(
+fn reauth_form<S: Store>(
     state: &AppState<S>,
     signed_in: &SignedIn,
     user: &User,
@@ -1155,7 +1194,7 @@ struct ReauthForm {
     code: String,
 }
 
-async fn reauth_submit<S: SessionStore>(
+async fn reauth_submit<S: Store>(
     State(state): State<AppState<S>>,
     browser: Browser,
     Form(form): Form<ReauthForm>,
@@ -1210,7 +1249,7 @@ async fn reauth_submit<S: SessionStore>(
                 level,
                 scope: ACCOUNT_SCOPE.to_owned(),
             },
-            &Actor::user(&user.id),
+            &Principal::portcullis(Actor::user(&user.id)),
         )
         .await?;
     let mut response = see_other(&return_to);
@@ -1231,7 +1270,7 @@ struct StatusBody {
     warning: bool,
 }
 
-fn status_body<S: SessionStore>(state: &AppState<S>, validated: &Validated) -> Response {
+fn status_body<S: Store>(state: &AppState<S>, validated: &Validated) -> Response {
     let session = &validated.session;
     let warn_before = state
         .engine
@@ -1257,7 +1296,7 @@ fn signed_out_json() -> Response {
 }
 
 /// The session's remaining time, without counting as activity (a background poll).
-async fn session_status<S: SessionStore>(
+async fn session_status<S: Store>(
     State(state): State<AppState<S>>,
     browser: Browser,
 ) -> Result<Response, PageError> {
@@ -1269,7 +1308,7 @@ async fn session_status<S: SessionStore>(
 
 /// "Stay signed in" from the expiry warning: counts as activity (never past the absolute
 /// deadline). CSRF: the session's token in `X-CSRF-Token`.
-async fn session_extend<S: SessionStore>(
+async fn session_extend<S: Store>(
     State(state): State<AppState<S>>,
     browser: Browser,
 ) -> Result<Response, PageError> {
@@ -1287,12 +1326,12 @@ async fn session_extend<S: SessionStore>(
     }
     let validated = state
         .engine
-        .validate(&signed_in.token, true, &browser.device())
+        .validate(&signed_in.token, true, &browser.device(), &cookie_principal())
         .await?;
     Ok(status_body(&state, &validated))
 }
 
-async fn asset<S: SessionStore>(
+async fn asset<S: Store>(
     State(state): State<AppState<S>>,
     Path(name): Path<String>,
 ) -> Result<Response, PageError> {

@@ -163,8 +163,6 @@ impl<S: Send + Sync> FromRequestParts<S> for Browser {
 /// How the pages are served.
 #[derive(Debug, Clone)]
 pub struct UiSettings {
-    /// The policy of SSO sessions.
-    pub sso_policy: String,
     /// Served over TLS (adds HSTS).
     pub tls: bool,
     /// An operator's directory whose `templates/` and `assets/` replace the built-in files of
@@ -177,7 +175,6 @@ pub struct UiSettings {
 impl Default for UiSettings {
     fn default() -> Self {
         Self {
-            sso_policy: "default".to_owned(),
             tls: false,
             theme_dir: None,
             product: "Portcullis".to_owned(),

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use portcullis_core::{
-    Actor, AuditEvent, CachedStore, Change, Engine, EventQuery, Journal, ManualClock,
+    Actor, ApplicationChange, AuditEvent, CachedStore, Grant, Change, Engine, EventQuery, Journal, ManualClock,
     MemoryJournal, OnLimit, OsRandom, Policy, PolicyOverrides, PolicySet, Snapshot, StoreError,
     Touch,
 };
@@ -56,6 +56,7 @@ pub struct TestServer {
     pub key: String,
     pub clock: Arc<ManualClock>,
     pub engine: Arc<Engine<TestStore>>,
+    pub accounts: Arc<portcullis_core::Accounts>,
 }
 
 pub fn policies() -> PolicySet {
@@ -85,16 +86,30 @@ impl TestServer {
             clock.clone(),
             Arc::new(OsRandom),
         ));
-        let (secret, _) = engine.create_api_key("test", &Actor::cli()).await.unwrap();
-        let accounts = portcullis_core::Accounts::new(
+        engine
+            .add_application(
+                ApplicationChange {
+                    name: Some("test".into()),
+                    policies: Some(vec!["*".into()]),
+                    ..ApplicationChange::default()
+                },
+                &Actor::cli(),
+            )
+            .await
+            .unwrap();
+        let (secret, _) = engine
+            .create_api_key("test", "test", &Actor::cli())
+            .await
+            .unwrap();
+        let accounts = Arc::new(portcullis_core::Accounts::new(
             Arc::new(portcullis_core::MemoryUserStore::new()),
             clock.clone(),
             Arc::new(OsRandom),
             Arc::new(portcullis_core::NoAuditSink),
-        );
+        ));
         let state = AppState::new(Services {
             engine: Arc::clone(&engine),
-            accounts: Arc::new(accounts),
+            accounts: Arc::clone(&accounts),
             ui: Arc::new(portcullis_http::ui::web::Ui::new(Default::default())),
             metrics: None,
         });
@@ -108,6 +123,7 @@ impl TestServer {
             key: secret.expose().to_owned(),
             clock,
             engine,
+            accounts,
         }
     }
 
@@ -123,16 +139,47 @@ impl TestServer {
         format!("{}{path}", self.base)
     }
 
+    /// Registers another application (every unreserved policy, the given grants) and returns
+    /// the secret of a new key of it.
+    pub async fn add_app(&self, name: &str, grants: &[Grant]) -> String {
+        self.engine
+            .add_application(
+                ApplicationChange {
+                    name: Some(name.into()),
+                    policies: Some(vec!["*".into()]),
+                    grants: Some(grants.to_vec()),
+                    ..ApplicationChange::default()
+                },
+                &Actor::cli(),
+            )
+            .await
+            .unwrap();
+        let (secret, _) = self
+            .engine
+            .create_api_key(name, name, &Actor::cli())
+            .await
+            .unwrap();
+        secret.expose().to_owned()
+    }
+
     pub async fn send(
         &self,
         method: reqwest::Method,
         path: &str,
         body: Option<Value>,
     ) -> (u16, Value) {
-        let mut request = self
-            .http
-            .request(method, self.url(path))
-            .bearer_auth(&self.key);
+        self.send_as(&self.key, method, path, body).await
+    }
+
+    /// Calls with another application's key.
+    pub async fn send_as(
+        &self,
+        key: &str,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let mut request = self.http.request(method, self.url(path)).bearer_auth(key);
         if let Some(body) = body {
             request = request.json(&body);
         }

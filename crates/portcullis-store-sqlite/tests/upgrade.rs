@@ -1,0 +1,168 @@
+//! A database written by the previous release (before applications existed) opens, and what it
+//! holds belongs to the previous release's application, `app_legacy`.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use portcullis_core::{
+    Actor, ApiKey, AuditEvent, Device, Engine, EventKind, EventQuery, ManualClock, PolicySet,
+    PublicId, SeededRandom, SessionStore, Token, TokenKind, legacy_app,
+};
+use portcullis_store_tests::{session_at, t0};
+use sqlx::sqlite::SqliteConnectOptions;
+
+/// The migrations of the previous release, exactly as it shipped them.
+const OLD_MIGRATIONS: [&str; 2] = ["20261122000001_sessions.sql", "20261122000002_users.sql"];
+
+/// `value`'s JSON with the `application` field removed, as the previous release wrote it.
+fn without_application(value: &impl serde::Serialize) -> String {
+    let mut json = serde_json::to_value(value).unwrap();
+    json.as_object_mut().unwrap().remove("application");
+    json.to_string()
+}
+
+/// Creates the previous release's schema at `path` and writes one session (and its event) and
+/// one API key the way it wrote them.
+async fn write_previous_release(path: &Path, session_body: &str, event_body: &str, key: &ApiKey) {
+    let old = tempfile::tempdir().unwrap();
+    let here = Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations");
+    for name in OLD_MIGRATIONS {
+        std::fs::copy(here.join(name), old.path().join(name)).unwrap();
+    }
+    let pool = sqlx::SqlitePool::connect_with(
+        SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true),
+    )
+    .await
+    .unwrap();
+    sqlx::migrate::Migrator::new(old.path())
+        .await
+        .unwrap()
+        .run(&pool)
+        .await
+        .unwrap();
+    let session: serde_json::Value = serde_json::from_str(session_body).unwrap();
+    sqlx::query(
+        "INSERT INTO sessions (id, token_hash, subject, live, next_deadline, purge_at, body)
+         VALUES (?1, ?2, ?3, 1, ?4, NULL, ?5)",
+    )
+    .bind(session["id"].as_str().unwrap())
+    .bind(session["token_hash"].as_str().unwrap())
+    .bind(session["subject"].as_str().unwrap())
+    .bind(session["absolute"]["at"].as_i64().unwrap())
+    .bind(session_body)
+    .execute(&pool)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO events (seq, at, kind, subject, session_id, body)
+         VALUES (1, ?1, 'session.created', ?2, ?3, ?4)",
+    )
+    .bind(t0().as_millis())
+    .bind(session["subject"].as_str().unwrap())
+    .bind(session["id"].as_str().unwrap())
+    .bind(event_body)
+    .execute(&pool)
+    .await
+    .unwrap();
+    sqlx::query("INSERT INTO api_keys (id, key_hash, body) VALUES (?1, ?2, ?3)")
+        .bind(key.id.as_str())
+        .bind(key.key_hash.to_hex())
+        .bind(without_application(key))
+        .execute(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+}
+
+#[tokio::test]
+async fn a_previous_release_database_opens_and_its_data_is_the_legacy_applications() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("portcullis.db");
+    let random = SeededRandom::new(3);
+    let (token, session) = session_at("alice", t0(), &random);
+    let event = AuditEvent::for_session(EventKind::SessionCreated, &session, t0(), &Actor::cli());
+    let key_secret = Token::generate(TokenKind::ApiKey, &random);
+    let key = ApiKey {
+        id: PublicId::from_string("key_old".into()),
+        name: "old".into(),
+        application: legacy_app(),
+        key_hash: key_secret.hash(),
+        created_at: t0(),
+        revoked_at: None,
+    };
+    let session_body = without_application(&session);
+    assert!(!session_body.contains("application"));
+    write_previous_release(&path, &session_body, &without_application(&event), &key).await;
+
+    let store = portcullis_store_sqlite::open(&path).await.unwrap();
+    // The records read back as the legacy application's, through the serde defaults.
+    let found = store.find_by_token(&token.hash()).await.unwrap().unwrap();
+    assert_eq!(found.application, legacy_app());
+    let mut expected = session.clone();
+    expected.application = legacy_app();
+    assert_eq!(*found, expected);
+    assert_eq!(store.list_api_keys().await.unwrap(), vec![key.clone()]);
+    // The old event was backfilled: found by the legacy application's filter.
+    let old_events = store
+        .events(&EventQuery {
+            application: Some(legacy_app()),
+            limit: 1,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(old_events.len(), 1);
+    assert_eq!(old_events[0].application, Some(legacy_app()));
+    assert_eq!(old_events[0].session_id, Some(session.id.clone()));
+
+    // The upgrade adopts the old keys; the old key then reaches the old session.
+    let engine = Engine::new(
+        store,
+        PolicySet::default(),
+        Arc::new(ManualClock::default()),
+        Arc::new(SeededRandom::new(4)),
+    );
+    let adopted = engine.adopt_legacy_keys().await.unwrap().unwrap();
+    assert_eq!(adopted.id, legacy_app());
+    let principal = engine
+        .authenticate_api_key(key_secret.expose())
+        .await
+        .unwrap()
+        .unwrap();
+    engine
+        .validate(token.expose(), true, &Device::default(), &principal)
+        .await
+        .unwrap();
+    let seen = engine
+        .events(
+            &EventQuery {
+                limit: 10,
+                ..Default::default()
+            },
+            false,
+            &principal,
+        )
+        .await
+        .unwrap();
+    let kinds: Vec<EventKind> = seen.iter().map(|e| e.kind).collect();
+    assert_eq!(
+        kinds,
+        [EventKind::SessionCreated, EventKind::ApplicationCreated]
+    );
+    assert_eq!(seen[1].seq, 2, "positions continue after the old ones");
+
+    // And all of it is still there after reopening.
+    engine.store().journal().close().await;
+    drop(engine);
+    let store = portcullis_store_sqlite::open(&path).await.unwrap();
+    let engine = Engine::new(
+        store,
+        PolicySet::default(),
+        Arc::new(ManualClock::default()),
+        Arc::new(SeededRandom::new(5)),
+    );
+    assert_eq!(engine.list_applications().await.unwrap(), vec![adopted]);
+    assert!(engine.adopt_legacy_keys().await.unwrap().is_none());
+}
