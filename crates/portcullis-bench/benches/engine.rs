@@ -1,7 +1,7 @@
 //! In-process cost of the engine's hot paths on the memory and SQLite stores, and of tokens.
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use portcullis_bench::{engine, new_session};
+use portcullis_bench::{engine, new_session, principal, register};
 use portcullis_core::{Actor, Device, MemoryStore, OsRandom, Token, TokenKind};
 use portcullis_http::json::WriteJson;
 
@@ -20,14 +20,14 @@ fn tokens(c: &mut Criterion) {
     group.finish();
 }
 
-fn on_store<S: portcullis_core::SessionStore>(
+fn on_store<S: portcullis_core::Store>(
     c: &mut Criterion,
     name: &str,
     store: S,
     runtime: &tokio::runtime::Runtime,
 ) {
     let (engine, _clock) = engine(store);
-    let actor = Actor("bench".into());
+    let actor = principal();
     let mut group = c.benchmark_group(format!("engine_{name}"));
     let issued = runtime
         .block_on(engine.create(new_session("alice"), &actor))
@@ -36,7 +36,7 @@ fn on_store<S: portcullis_core::SessionStore>(
     group.bench_function("validate", |b| {
         b.iter(|| {
             runtime
-                .block_on(engine.validate(&token, true, &Device::default()))
+                .block_on(engine.validate(&token, true, &Device::default(), &actor))
                 .unwrap()
         })
     });
@@ -92,12 +92,12 @@ fn wire(c: &mut Criterion) {
         .build()
         .unwrap();
     let (engine, _clock) = engine(MemoryStore::new());
-    let actor = Actor("bench".into());
+    let actor = principal();
     let mut request = new_session("alice");
     request.data = serde_json::json!({"cart": [1, 2, 3]});
     let issued = runtime.block_on(engine.create(request, &actor)).unwrap();
     let validated = runtime
-        .block_on(engine.validate(issued.token.expose(), false, &Device::default()))
+        .block_on(engine.validate(issued.token.expose(), false, &Device::default(), &actor))
         .unwrap();
     let now = engine.now();
     c.bench_function("wire/validated_view_json", |b| {
@@ -125,9 +125,12 @@ fn router(c: &mut Criterion) {
         .unwrap();
     let (engine, clock) = engine(MemoryStore::new());
     let engine = std::sync::Arc::new(engine);
-    let actor = Actor("bench".into());
+    let actor = principal();
     let (key, _) = runtime
-        .block_on(engine.create_api_key("bench", &actor))
+        .block_on(async {
+            register(&engine).await;
+            engine.create_api_key("bench", "bench", &Actor::cli()).await
+        })
         .unwrap();
     let mut request = new_session("alice");
     request.data = serde_json::json!({"cart": [1, 2, 3]});

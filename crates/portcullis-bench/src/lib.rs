@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use portcullis_core::{
-    AuthContext, Engine, ManualClock, NewSession, OsRandom, Policy, PolicyOverrides, PolicySet,
-    SessionStore,
+    ANY_POLICY, Actor, AppId, Application, AuthContext, Engine, ManualClock, NewSession, OsRandom,
+    Policy, PolicyOverrides, PolicySet, Principal, PublicId, Store, Timestamp,
 };
 
 /// The policies benchmarks use: `default`, and `noidle` (absolute only, so sessions stay live
@@ -21,10 +21,55 @@ pub fn policies() -> PolicySet {
 }
 
 /// An engine over `store` with a manual clock.
-pub fn engine<S: SessionStore>(store: S) -> (Engine<S>, Arc<ManualClock>) {
+pub fn engine<S: Store>(store: S) -> (Engine<S>, Arc<ManualClock>) {
     let clock = Arc::new(ManualClock::default());
     let engine = Engine::new(store, policies(), clock.clone(), Arc::new(OsRandom));
     (engine, clock)
+}
+
+/// The application the benchmarks act as (every unreserved policy).
+pub fn application() -> Application {
+    Application {
+        id: PublicId::from_string("app_bench".into()),
+        name: "bench".into(),
+        policies: vec![ANY_POLICY.into()],
+        default_policy: "default".into(),
+        grants: Default::default(),
+        created_at: Timestamp::from_millis(0),
+        version: 1,
+    }
+}
+
+/// The id of [`application`].
+pub fn application_id() -> AppId {
+    application().id
+}
+
+/// The benchmark application's principal, as one of its API keys would be.
+pub fn principal() -> Principal {
+    Principal::application(
+        Arc::new(application()),
+        &PublicId::from_string("key_bench".into()),
+    )
+}
+
+/// Registers [`application`] in the engine's store (needed before creating its API keys).
+pub async fn register<S: Store>(engine: &Engine<S>) {
+    let event = portcullis_core::AuditEvent {
+        seq: 0,
+        at: engine.now(),
+        kind: portcullis_core::EventKind::ApplicationCreated,
+        actor: Actor::cli(),
+        session_id: None,
+        subject: None,
+        policy: None,
+        application: Some(application_id()),
+        reason: None,
+        detail: serde_json::Value::Null,
+    };
+    portcullis_core::ApplicationStore::add_application(engine.store(), application(), event)
+        .await
+        .expect("registering the benchmark application");
 }
 
 /// A create request for `subject`.

@@ -108,11 +108,7 @@ pub struct Application {
 impl Application {
     /// Whether sessions of this application may follow `policy`.
     pub fn may_use(&self, policy: &str) -> bool {
-        !is_reserved_policy(policy)
-            && self
-                .policies
-                .iter()
-                .any(|p| p == policy || p == ANY_POLICY)
+        !is_reserved_policy(policy) && self.policies.iter().any(|p| p == policy || p == ANY_POLICY)
     }
 }
 

@@ -548,10 +548,8 @@ impl<J: Journal> SessionStore for CachedStore<J> {
         let mut sessions = Vec::new();
         let in_scope = |id: &SessionId| {
             Some(id) != except
-                && application.is_none_or(|app| {
-                    self.get_by_id(id)
-                        .is_some_and(|s| &s.application == app)
-                })
+                && application
+                    .is_none_or(|app| self.get_by_id(id).is_some_and(|s| &s.application == app))
         };
         for id in ids.iter().filter(|id| in_scope(id)) {
             if let Some(ended) = self.plan_end(&state, id, &ending, ending.reason, &mut change) {
@@ -755,7 +753,10 @@ impl<J: Journal> ApplicationStore for CachedStore<J> {
             if !apps.get(&next.id).is_some_and(|a| a.version == version) {
                 return Ok(None);
             }
-            if apps.values().any(|a| a.name == next.name && a.id != next.id) {
+            if apps
+                .values()
+                .any(|a| a.name == next.name && a.id != next.id)
+            {
                 return Err(StoreError::NameTaken(next.name));
             }
         }

@@ -427,13 +427,9 @@ impl<S: Store> Engine<S> {
             // A parent SSO session belongs to the same person; keeping them together also lets
             // sharded stores end a family atomically. A parent out of the caller's reach is
             // answered like one that does not exist.
-            let valid = self
-                .store
-                .find_by_id(parent)
-                .await?
-                .is_some_and(|p| {
-                    p.is_live() && p.subject == request.subject && principal.reaches(&p)
-                });
+            let valid = self.store.find_by_id(parent).await?.is_some_and(|p| {
+                p.is_live() && p.subject == request.subject && principal.reaches(&p)
+            });
             if !valid {
                 return Err(EngineError::Invalid(format!(
                     "parent session {parent} is not a live session of this subject"
@@ -1265,7 +1261,12 @@ impl<S: Store> Engine<S> {
 }
 
 /// The event of an application change.
-fn application_event(kind: EventKind, app: &Application, at: Timestamp, actor: &Actor) -> AuditEvent {
+fn application_event(
+    kind: EventKind,
+    app: &Application,
+    at: Timestamp,
+    actor: &Actor,
+) -> AuditEvent {
     let grants: Vec<&str> = app.grants.iter().map(|g| g.as_str()).collect();
     AuditEvent {
         seq: 0,

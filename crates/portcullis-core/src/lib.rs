@@ -27,14 +27,13 @@ pub use account::{
 };
 pub use api_key_cache::ApiKeyCache;
 pub use application::{
-    ANY_POLICY, AppId, Application, ApplicationStore, Grant, LEGACY_APP, PORTCULLIS_APP,
-    Principal, RESERVED_POLICY_PREFIX, Reach, SSO_POLICY, is_reserved_policy, legacy_app,
-    portcullis_app,
+    ANY_POLICY, AppId, Application, ApplicationStore, Grant, LEGACY_APP, PORTCULLIS_APP, Principal,
+    RESERVED_POLICY_PREFIX, Reach, SSO_POLICY, is_reserved_policy, legacy_app, portcullis_app,
 };
 pub use cache::{CachedStore, Change, Journal, MemoryJournal, MemoryStore, Snapshot, Touch};
 pub use engine::{
-    ApplicationChange, Elevate, Engine, EngineError, EngineSettings, Issued, NewSession, Rejection, RemovedApplication, SweepReport,
-    Validated,
+    ApplicationChange, Elevate, Engine, EngineError, EngineSettings, Issued, NewSession, Rejection,
+    RemovedApplication, SweepReport, Validated,
 };
 pub use event::{Actor, AuditEvent, AuditSink, EventKind, EventQuery, NoAuditSink};
 pub use policy::{

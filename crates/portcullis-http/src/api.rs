@@ -272,10 +272,7 @@ pub async fn list_subject<S: Store>(
 ) -> ApiResult<Response> {
     let Query(query) = query?;
     let all = query.scope == Some(Scope::All);
-    let sessions = state
-        .engine
-        .list_subject(&subject, all, &caller.0)
-        .await?;
+    let sessions = state.engine.list_subject(&subject, all, &caller.0).await?;
     Ok(Answer(SessionListView::of(&sessions, state.engine.now())).into_response())
 }
 

@@ -64,7 +64,9 @@ pub enum ApiError {
     #[error(transparent)]
     Account(#[from] portcullis_core::AccountError),
     /// A grant name that does not exist.
-    #[error("there is no grant \"{0}\" (grants: end_everywhere, read_all_events, list_all_sessions)")]
+    #[error(
+        "there is no grant \"{0}\" (grants: end_everywhere, read_all_events, list_all_sessions)"
+    )]
     UnknownGrant(String),
     /// A bug: the request panicked.
     #[error("internal error")]

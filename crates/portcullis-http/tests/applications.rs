@@ -90,7 +90,10 @@ async fn another_applications_token_answers_exactly_like_an_unknown_one() {
     let (status, list) = s
         .send_as(&blog, Method::GET, "/v1/subjects/u-1/sessions", None)
         .await;
-    assert_eq!((status, list["sessions"].as_array().unwrap().len()), (200, 0));
+    assert_eq!(
+        (status, list["sessions"].as_array().unwrap().len()),
+        (200, 0)
+    );
     let (status, ended) = s
         .send_as(&blog, Method::DELETE, "/v1/subjects/u-1/sessions", None)
         .await;
@@ -315,7 +318,10 @@ async fn an_application_uses_only_its_own_policies_and_never_portcullis_s() {
             Some(json!({"subject": "u-1", "application": "portcullis", "auth": auth()})),
         )
         .await;
-    assert_eq!((status, body["reason"].as_str()), (400, Some("invalid_request")));
+    assert_eq!(
+        (status, body["reason"].as_str()),
+        (400, Some("invalid_request"))
+    );
 }
 
 #[tokio::test]
@@ -495,7 +501,10 @@ async fn removing_an_application_revokes_its_keys_and_ends_its_sessions() {
             Some(json!({"token": mine})),
         )
         .await;
-    assert_eq!((status, body["reason"].as_str()), (401, Some("invalid_api_key")));
+    assert_eq!(
+        (status, body["reason"].as_str()),
+        (401, Some("invalid_api_key"))
+    );
     for id in &tokens {
         let session = s
             .engine

@@ -20,6 +20,12 @@
 //! (session versions and the subject's version); otherwise the plan is redone. Audit events are
 //! appended to the tag's stream in the same script.
 //!
+//! **Applications** share one hash tag of their own, `{apps}` (`applications.rs`): their
+//! records, a name index that refuses a taken name in the same script as the change, and their
+//! events' stream. A session's application is in its record only (no index by application: it
+//! would cost memory on every session), so finding an application's sessions when it is
+//! removed walks every live session (`application_sessions`).
+//!
 //! **Expiry.** Deadlines of session ids are indexed in 64 sorted sets per tag (`pc:{a3}:db:<c>`)
 //! summarised per tag in `pc:{a3}:dd` (each bucket scored at or before its earliest deadline),
 //! purge times in `pc:{a3}:p`; the sweeper reads 256 summaries, then the due buckets

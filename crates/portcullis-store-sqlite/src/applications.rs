@@ -24,8 +24,7 @@ pub(crate) struct ApplicationRow {
 }
 
 /// The columns [`ApplicationRow::read`] expects, in order.
-pub(crate) const COLUMNS: &str =
-    "id, name, policies, default_policy, grants, created_at, version";
+pub(crate) const COLUMNS: &str = "id, name, policies, default_policy, grants, created_at, version";
 
 fn corrupt(what: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt(format!("application row: {what}"))

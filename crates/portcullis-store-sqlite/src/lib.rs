@@ -319,9 +319,7 @@ impl Journal for SqliteJournal {
                     serde_json::from_str(row.get::<&str, _>(0)).map_err(corrupt)?;
                 // The column is the record: an event of no application is NULL there (its body
                 // omits the field, which would read back as the previous release's).
-                event.application = row
-                    .get::<Option<String>, _>(1)
-                    .map(PublicId::from_string);
+                event.application = row.get::<Option<String>, _>(1).map(PublicId::from_string);
                 Ok(event)
             })
             .collect()

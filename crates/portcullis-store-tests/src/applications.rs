@@ -8,11 +8,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use portcullis_core::{
-    Actor, ApiKey, AppId, Application, ApplicationChange, AuditEvent,
-    AuthContext, Device, Elevate, EndReason, Engine, EngineError, EventKind, EventQuery, Grant,
-    ManualClock, NewSession, Policy, PolicyOverrides, PolicySet, Principal, PublicId, Rejection,
-    SeededRandom, SessionId, SessionStore, Store, StoreError, Token, TokenKind, legacy_app,
-    portcullis_app,
+    Actor, ApiKey, AppId, Application, ApplicationChange, AuditEvent, AuthContext, Device, Elevate,
+    EndReason, Engine, EngineError, EventKind, EventQuery, Grant, ManualClock, NewSession, Policy,
+    PolicyOverrides, PolicySet, Principal, PublicId, Rejection, SeededRandom, SessionId,
+    SessionStore, Store, StoreError, Token, TokenKind, legacy_app, portcullis_app,
 };
 
 use crate::{application, ending, plain_insert, random, rotated, session_of, t0};
@@ -90,13 +89,19 @@ pub async fn applications_add_find_list_update_remove<S: Store>(store: S) {
     blog.default_policy = "short".into();
     blog.grants = [Grant::ReadAllEvents, Grant::EndEverywhere].into();
     let created = store
-        .add_application(shop.clone(), app_event(EventKind::ApplicationCreated, &shop))
+        .add_application(
+            shop.clone(),
+            app_event(EventKind::ApplicationCreated, &shop),
+        )
         .await
         .unwrap();
     assert!(created.seq > 0);
     assert_eq!(created.application, Some(shop.id.clone()));
     store
-        .add_application(blog.clone(), app_event(EventKind::ApplicationCreated, &blog))
+        .add_application(
+            blog.clone(),
+            app_event(EventKind::ApplicationCreated, &blog),
+        )
         .await
         .unwrap();
     assert_eq!(
@@ -349,9 +354,7 @@ pub async fn api_keys_carry_their_application<S: Store>(store: S) {
 /// A session records its application, and it reads back equal after being inserted, rotated,
 /// touched and ended; its events carry it too. Sessions of several applications (and of the
 /// previous release's) share a subject without mixing.
-pub async fn sessions_carry_their_application_through_insert_replace_and_end<S: Store>(
-    store: S,
-) {
+pub async fn sessions_carry_their_application_through_insert_replace_and_end<S: Store>(store: S) {
     let r = random();
     let shop = application("shop").id;
     let blog = application("blog").id;
@@ -443,9 +446,7 @@ pub async fn sessions_carry_their_application_through_insert_replace_and_end<S: 
 /// Ending a subject's sessions of one application ends exactly those (and, as ever, their
 /// children, whatever application those belong to), spares the exception, and leaves the
 /// subject's other applications' sessions, Portcullis's own and other subjects' alone.
-pub async fn end_subject_of_an_application_ends_its_sessions_and_their_children_only<
-    S: Store,
->(
+pub async fn end_subject_of_an_application_ends_its_sessions_and_their_children_only<S: Store>(
     store: S,
 ) {
     let r = random();
@@ -492,9 +493,21 @@ pub async fn end_subject_of_an_application_ends_its_sessions_and_their_children_
         .collect();
     by_event.sort();
     let mut expected = vec![
-        (shop1.id.clone(), Some("password_changed"), Some(shop.clone())),
-        (shop2.id.clone(), Some("password_changed"), Some(shop.clone())),
-        (blog_child.id.clone(), Some("parent_ended"), Some(blog.clone())),
+        (
+            shop1.id.clone(),
+            Some("password_changed"),
+            Some(shop.clone()),
+        ),
+        (
+            shop2.id.clone(),
+            Some("password_changed"),
+            Some(shop.clone()),
+        ),
+        (
+            blog_child.id.clone(),
+            Some("parent_ended"),
+            Some(blog.clone()),
+        ),
     ];
     expected.sort();
     assert_eq!(by_event, expected);
@@ -510,12 +523,7 @@ pub async fn end_subject_of_an_application_ends_its_sessions_and_their_children_
         vec![sso.id.clone(), blog1.id.clone(), shop3.id.clone()]
     );
     assert!(
-        store
-            .find_by_id(&sso.id)
-            .await
-            .unwrap()
-            .unwrap()
-            .is_live(),
+        store.find_by_id(&sso.id).await.unwrap().unwrap().is_live(),
         "the parent of an ended session is not its child"
     );
     assert_eq!(store.list_subject("bob").await.unwrap().len(), 1);
@@ -861,7 +869,10 @@ fn not_found<T: std::fmt::Debug>(result: Result<T, EngineError>) {
 fn grant_required<T: std::fmt::Debug>(result: Result<T, EngineError>, grant: Grant) {
     match result {
         Err(EngineError::GrantRequired(g)) => assert_eq!(g, grant),
-        other => panic!("expected grant {} to be required, got {other:?}", grant.as_str()),
+        other => panic!(
+            "expected grant {} to be required, got {other:?}",
+            grant.as_str()
+        ),
     }
 }
 
@@ -1038,7 +1049,9 @@ pub async fn an_application_creates_only_its_own_sessions_with_its_policies<S: S
         Err(EngineError::Invalid(_))
     ));
     assert!(matches!(
-        engine.create(request("alice"), &Principal::operator()).await,
+        engine
+            .create(request("alice"), &Principal::operator())
+            .await,
         Err(EngineError::Invalid(_))
     ));
     let by_operator = engine
@@ -1338,10 +1351,7 @@ pub async fn asvs5_7_4_5_remove_application_ends_its_sessions_and_stops_its_keys
     let (temp, temp_secret, _) = register(&engine, "temp", &[]).await;
     engine
         .store()
-        .remove_application(
-            &temp.id,
-            app_event(EventKind::ApplicationRemoved, &temp),
-        )
+        .remove_application(&temp.id, app_event(EventKind::ApplicationRemoved, &temp))
         .await
         .unwrap()
         .unwrap();

@@ -127,12 +127,20 @@ pub async fn asvs5_7_3_1_idle_timeout_and_activity<S: Store>(store: S) {
         .unwrap();
     h.clock.advance(MIN * 5 + SEC);
     assert_eq!(
-        rejection(h.engine.validate(token, true, &Device::default(), &h.app).await),
+        rejection(
+            h.engine
+                .validate(token, true, &Device::default(), &h.app)
+                .await
+        ),
         Rejection::ExpiredIdle
     );
     // It stays ended, with the deadline as the time it ended.
     assert_eq!(
-        rejection(h.engine.validate(token, true, &Device::default(), &h.app).await),
+        rejection(
+            h.engine
+                .validate(token, true, &Device::default(), &h.app)
+                .await
+        ),
         Rejection::ExpiredIdle
     );
     let ended = h.engine.get(&issued.session.id, &h.app).await.unwrap();
@@ -159,7 +167,11 @@ pub async fn asvs5_7_3_2_absolute_timeout_despite_activity<S: Store>(store: S) {
     }
     h.clock.advance(MIN);
     assert_eq!(
-        rejection(h.engine.validate(token, true, &Device::default(), &h.app).await),
+        rejection(
+            h.engine
+                .validate(token, true, &Device::default(), &h.app)
+                .await
+        ),
         Rejection::ExpiredAbsolute
     );
 }
@@ -218,7 +230,11 @@ pub async fn validation_without_activity_changes_nothing<S: Store>(store: S) {
     assert_eq!(seen.last_seen_at, issued.session.created_at);
     h.clock.advance(MIN + SEC);
     assert_eq!(
-        rejection(h.engine.validate(token, false, &Device::default(), &h.app).await),
+        rejection(
+            h.engine
+                .validate(token, false, &Device::default(), &h.app)
+                .await
+        ),
         Rejection::ExpiredIdle
     );
 }
@@ -460,11 +476,15 @@ pub async fn asvs5_7_4_5_admin_revoke<S: Store>(store: S) {
     );
     let events = h
         .engine
-        .events(&EventQuery {
-            session_id: Some(issued.session.id.clone()),
-            limit: 10,
-            ..Default::default()
-        }, false, &h.app)
+        .events(
+            &EventQuery {
+                session_id: Some(issued.session.id.clone()),
+                limit: 10,
+                ..Default::default()
+            },
+            false,
+            &h.app,
+        )
         .await
         .unwrap();
     let last = events.last().unwrap();
@@ -531,11 +551,19 @@ pub async fn owasp_sm_20_binding_mismatch_ends_session<S: Store>(store: S) {
         ip: None,
     };
     assert_eq!(
-        rejection(h.engine.validate(issued.token.expose(), true, &other, &h.app).await),
+        rejection(
+            h.engine
+                .validate(issued.token.expose(), true, &other, &h.app)
+                .await
+        ),
         Rejection::BindingMismatch
     );
     assert_eq!(
-        rejection(h.engine.validate(issued.token.expose(), true, &same, &h.app).await),
+        rejection(
+            h.engine
+                .validate(issued.token.expose(), true, &same, &h.app)
+                .await
+        ),
         Rejection::BindingMismatch
     );
 }
@@ -635,10 +663,14 @@ pub async fn sweep_expires_each_session_once<S: Store>(store: S) {
     published.sort_by_key(|e| e.seq);
     let stored = h
         .engine
-        .events(&EventQuery {
-            limit: 1000,
-            ..Default::default()
-        }, false, &Principal::operator())
+        .events(
+            &EventQuery {
+                limit: 1000,
+                ..Default::default()
+            },
+            false,
+            &Principal::operator(),
+        )
         .await
         .unwrap();
     assert_eq!(stored, published);
@@ -740,10 +772,14 @@ pub async fn asvs4_7_1_1_events_never_hold_a_token<S: Store>(store: S) {
         .unwrap();
     let stored = h
         .engine
-        .events(&EventQuery {
-            limit: 100,
-            ..Default::default()
-        }, false, &h.app)
+        .events(
+            &EventQuery {
+                limit: 100,
+                ..Default::default()
+            },
+            false,
+            &h.app,
+        )
         .await
         .unwrap();
     assert_eq!(stored.len(), 4);

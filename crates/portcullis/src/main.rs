@@ -12,8 +12,8 @@ use clap::{Parser, Subcommand};
 use http_body_util::BodyExt;
 use hyper::{Method, StatusCode};
 use portcullis_core::{
-    Accounts, AuditSink, Engine, MemoryStore, MemoryUserStore, NoAuditSink, OsRandom, SessionStore,
-    Store, SystemClock, UserStore,
+    Accounts, AuditSink, Engine, MemoryStore, MemoryUserStore, NoAuditSink, OsRandom, Store,
+    SystemClock, UserStore,
 };
 use portcullis_http::ui::web::{Ui, UiSettings};
 use portcullis_http::{AppState, Services, admin_router, api_router};
@@ -662,12 +662,18 @@ async fn serve(config: Config) -> Result<()> {
         Arc::new(JsonLinesSink::open(&config.audit_log).context("cannot open the audit log")?);
     let (opened, users) = open_store(&config).await?;
     match opened {
-        Opened::Sqlite(store) => run_server(app_state(store, users, &config, sink).await?, &config).await,
-        Opened::Memory(store) => run_server(app_state(store, users, &config, sink).await?, &config).await,
+        Opened::Sqlite(store) => {
+            run_server(app_state(store, users, &config, sink).await?, &config).await
+        }
+        Opened::Memory(store) => {
+            run_server(app_state(store, users, &config, sink).await?, &config).await
+        }
         Opened::Postgres(store) => {
             run_server(app_state(store, users, &config, sink).await?, &config).await
         }
-        Opened::Redis(store) => run_server(app_state(store, users, &config, sink).await?, &config).await,
+        Opened::Redis(store) => {
+            run_server(app_state(store, users, &config, sink).await?, &config).await
+        }
     }
 }
 

@@ -15,8 +15,9 @@ use axum::extract::{Query, State};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use portcullis_core::{
-    Accounts, Actor, Clock, Engine, EventKind, EventQuery, ManualClock, NoAuditSink, OsRandom,
-    Policy, PolicyOverrides, PolicySet, Timestamp, UserStore,
+    Accounts, Actor, ApplicationChange, AuthContext, Clock, Device, Engine, EventKind, EventQuery,
+    ManualClock, NewSession, NoAuditSink, OsRandom, Policy, PolicyOverrides, PolicySet, Principal,
+    Timestamp, UserStore,
 };
 use portcullis_http::ui::web::{Ui, UiSettings};
 use portcullis_http::{AppState, Services, api_router};
@@ -83,14 +84,23 @@ fn control_router(control: Control) -> Router {
             "/sessions",
             get(|State(c): State<Control>, Query(u): Query<Username>| async move {
                 let user = c.accounts.by_name(&u.username).await.expect("a test user");
-                let live = c.engine.list_subject(&user.id).await.expect("listing");
+                let operator = Principal::operator();
+                let live = c
+                    .engine
+                    .list_subject(&user.id, true, &operator)
+                    .await
+                    .expect("listing");
                 let events = c
                     .engine
-                    .events(&EventQuery {
-                        subject: Some(user.id.clone()),
-                        limit: 1000,
-                        ..EventQuery::default()
-                    })
+                    .events(
+                        &EventQuery {
+                            subject: Some(user.id.clone()),
+                            limit: 1000,
+                            ..EventQuery::default()
+                        },
+                        false,
+                        &operator,
+                    )
                     .await
                     .expect("events");
                 let ended: Vec<&str> = events
@@ -108,6 +118,54 @@ fn control_router(control: Control) -> Router {
                     })).collect::<Vec<_>>(),
                     "ended_reasons": ended,
                 }))
+            }),
+        )
+        .route(
+            "/app-session",
+            post(|State(c): State<Control>, Query(u): Query<Username>| async move {
+                // What an application does after it authenticated the person: a session of
+                // its own for the person's account id, on its own device.
+                let user = c.accounts.by_name(&u.username).await.expect("a test user");
+                let shop = match c.engine.application("Shop").await {
+                    Ok(app) => app,
+                    Err(_) => c
+                        .engine
+                        .add_application(
+                            ApplicationChange {
+                                name: Some("Shop".into()),
+                                ..ApplicationChange::default()
+                            },
+                            &Actor::cli(),
+                        )
+                        .await
+                        .expect("registering Shop"),
+                };
+                let issued = c
+                    .engine
+                    .create(
+                        NewSession {
+                            subject: user.id.clone(),
+                            auth: AuthContext {
+                                methods: vec!["pwd".into()],
+                                level: 1,
+                            },
+                            device: Device {
+                                user_agent: Some(
+                                    "Mozilla/5.0 (X11; Linux x86_64; rv:133.0) Gecko/20100101 Firefox/133.0"
+                                        .into(),
+                                ),
+                                ip: Some("192.0.2.7".into()),
+                            },
+                            ..NewSession::default()
+                        },
+                        &Principal::application(
+                            Arc::new(shop),
+                            &portcullis_core::PublicId::from_string("key_control".into()),
+                        ),
+                    )
+                    .await
+                    .expect("an application session");
+                Json(json!({ "id": issued.session.id.as_str() }))
             }),
         )
         .with_state(control)

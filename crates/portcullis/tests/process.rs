@@ -265,7 +265,7 @@ async fn asvs5_7_4_2_users_cli_and_disabling_ends_every_session_at_once() {
         let (status, problem) = server.validate(&key, token).await;
         assert_eq!(
             (status, problem["ended_reason"].as_str()),
-            (401, Some("revoked_admin"))
+            (401, Some("account_disabled"))
         );
     }
     assert!(cli(&dir, &["users", "enable", "alice"]).status.success());
@@ -349,4 +349,80 @@ async fn owasp_sm_5_serve_speaks_https_with_a_certificate() {
     assert!(!String::from_utf8_lossy(&plain.stdout).contains("200 OK"));
     child.kill().unwrap();
     child.wait().unwrap();
+}
+
+/// `portcullis apps …` end to end, through the running server's admin socket: bad input is a
+/// clear message that changes nothing, and removing an application revokes its keys and ends
+/// its sessions at once.
+#[tokio::test]
+async fn apps_cli_registers_refuses_bad_input_and_removes() {
+    let dir = data_dir();
+    let server = Server::start(&dir).await;
+    let refused = |args: &[&str], needle: &str| {
+        let out = cli(&dir, args);
+        assert!(!out.status.success(), "{args:?} should fail");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(needle), "{args:?}: {stderr}");
+    };
+    let out = cli(&dir, &["apps", "add", "shop", "--grant", "read_all_events"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    refused(&["apps", "add", "shop"], "name_taken");
+    refused(
+        &["apps", "add", "blog", "--grant", "everything"],
+        "unknown_grant",
+    );
+    refused(
+        &["apps", "add", "blog", "--policy", "nope"],
+        "unknown_policy",
+    );
+    refused(
+        &["apps", "add", "blog", "--policy", "portcullis.sso"],
+        "policy_not_allowed",
+    );
+    refused(
+        &["api-keys", "create", "--app", "nope"],
+        "unknown_application",
+    );
+    refused(
+        &["apps", "update", "nope", "--no-grants"],
+        "unknown_application",
+    );
+    refused(
+        &["apps", "update", "shop", "--grant", "all"],
+        "unknown_grant",
+    );
+    let listed: Value = serde_json::from_slice(&cli(&dir, &["apps", "list"]).stdout).unwrap();
+    let apps = listed["applications"].as_array().unwrap();
+    assert_eq!(apps.len(), 1, "nothing changed: {listed}");
+    assert_eq!(apps[0]["grants"], json!(["read_all_events"]));
+
+    let key = create_key(&dir, "shop");
+    let (token, _) = server.create(&key, "u-1").await;
+    let out = cli(&dir, &["apps", "remove", "shop"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("1 API key(s) revoked, 1 session(s) ended"),
+        "{said}"
+    );
+    let (status, problem) = server.validate(&key, &token).await;
+    assert_eq!(
+        (status, problem["reason"].as_str()),
+        (401, Some("invalid_api_key"))
+    );
+    refused(
+        &["api-keys", "create", "--app", "shop"],
+        "unknown_application",
+    );
+    let keys: Value = serde_json::from_slice(&cli(&dir, &["api-keys", "list"]).stdout).unwrap();
+    assert!(keys["api_keys"][0]["revoked_at"].is_string(), "{keys}");
+    server.stop();
 }

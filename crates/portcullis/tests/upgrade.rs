@@ -37,6 +37,7 @@ fn restore_postgres() -> (String, String) {
     let base = postgres_base();
     let run = |sql: &str| {
         let mut child = std::process::Command::new("psql")
+            .env("PGOPTIONS", "--client-min-messages=warning")
             .args([&base, "-q", "-v", "ON_ERROR_STOP=1", "-f", "-"])
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::null())
@@ -58,6 +59,7 @@ fn restore_postgres() -> (String, String) {
 
 fn drop_postgres(schema: &str) {
     let _ = std::process::Command::new("psql")
+        .env("PGOPTIONS", "--client-min-messages=warning")
         .args([
             &postgres_base(),
             "-q",
@@ -76,7 +78,11 @@ async fn restore_redis() -> (String, String) {
         serde_json::from_str(&std::fs::read_to_string(fixtures().join("redis.json")).unwrap())
             .unwrap();
     // The dump names the prefix with the separator the store adds itself.
-    let old = dump["prefix"].as_str().unwrap().trim_end_matches(':').as_bytes();
+    let old = dump["prefix"]
+        .as_str()
+        .unwrap()
+        .trim_end_matches(':')
+        .as_bytes();
     let client = redis::Client::open(base.as_str()).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
     clear_redis(&base, &prefix).await;
@@ -161,14 +167,21 @@ async fn upgrade_keeps_data(store_name: &str, dir: &Path, store: Option<&str>) {
         for dead in session["dead_tokens"].as_array().into_iter().flatten() {
             let token = dead["token"].as_str().unwrap_or_default();
             let (status, _) = server.validate(&keys[0].1, token).await;
-            assert_eq!(status, 401, "a token replaced before the upgrade stays dead");
+            assert_eq!(
+                status, 401,
+                "a token replaced before the upgrade stays dead"
+            );
         }
     }
     assert!(live >= 5, "{store_name}: the fixture holds live sessions");
 
     // The keys now belong to the `legacy` application, which can do what they could.
     let listed = cli_with_store_config(dir, store, &config, &["apps", "show", "legacy"]);
-    assert!(listed.status.success(), "{}", String::from_utf8_lossy(&listed.stderr));
+    assert!(
+        listed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&listed.stderr)
+    );
     let app: Value = serde_json::from_slice(&listed.stdout).unwrap();
     assert_eq!(app["id"], "app_legacy");
     assert_eq!(app["api_keys"], 2);
@@ -211,9 +224,22 @@ async fn upgrade_keeps_data(store_name: &str, dir: &Path, store: Option<&str>) {
     // Tightening, as the README says: a new application with its own key, the legacy one
     // without grants. New sessions are the new application's; the legacy key still works.
     let added = cli_with_store_config(dir, store, &config, &["apps", "add", "shop"]);
-    assert!(added.status.success(), "{}", String::from_utf8_lossy(&added.stderr));
-    let created = cli_with_store_config(dir, store, &config, &["api-keys", "create", "--app", "shop"]);
-    assert!(created.status.success(), "{}", String::from_utf8_lossy(&created.stderr));
+    assert!(
+        added.status.success(),
+        "{}",
+        String::from_utf8_lossy(&added.stderr)
+    );
+    let created = cli_with_store_config(
+        dir,
+        store,
+        &config,
+        &["api-keys", "create", "--app", "shop"],
+    );
+    assert!(
+        created.status.success(),
+        "{}",
+        String::from_utf8_lossy(&created.stderr)
+    );
     let shop = String::from_utf8(created.stdout).unwrap().trim().to_owned();
     let tightened = cli_with_store_config(
         dir,
@@ -221,10 +247,17 @@ async fn upgrade_keeps_data(store_name: &str, dir: &Path, store: Option<&str>) {
         &config,
         &["apps", "update", "legacy", "--no-grants"],
     );
-    assert!(tightened.status.success(), "{}", String::from_utf8_lossy(&tightened.stderr));
+    assert!(
+        tightened.status.success(),
+        "{}",
+        String::from_utf8_lossy(&tightened.stderr)
+    );
     let old_token = fixture["sessions"][0]["token"].as_str().unwrap();
     let (status, _) = server.validate(&shop, old_token).await;
-    assert_eq!(status, 401, "the new application does not reach legacy sessions");
+    assert_eq!(
+        status, 401,
+        "the new application does not reach legacy sessions"
+    );
     // The change reaches this node at once or within the key cache's second.
     let mut refused = 0;
     for _ in 0..40 {

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use portcullis_bench::{engine, rss_bytes};
 use portcullis_core::{
     AuthContext, Change, Clock, Deadline, Device, Journal, ManualClock, PublicId, SeededRandom,
-    Session, SessionStore, Token, TokenKind, subject_route,
+    Session, SessionStore, Store, Token, TokenKind, subject_route,
 };
 
 struct Args {
@@ -63,6 +63,7 @@ fn session(i: usize, at: portcullis_core::Timestamp, random: &SeededRandom) -> (
         token_hash: token.hash(),
         version: 1,
         subject,
+        application: portcullis_bench::application_id(),
         policy: "noidle".into(),
         created_at: at,
         last_seen_at: at,
@@ -90,21 +91,16 @@ fn percentile(samples: &mut [Duration], p: f64) -> f64 {
     samples[index].as_secs_f64() * 1e6
 }
 
-async fn measure<S: SessionStore>(
-    label: &str,
-    n: usize,
-    store: S,
-    tokens: &[Token],
-    extra: String,
-) {
+async fn measure<S: Store>(label: &str, n: usize, store: S, tokens: &[Token], extra: String) {
     let (engine, clock) = engine(store);
+    let principal = portcullis_bench::principal();
     clock.set(ManualClock::default().now());
     let mut samples = Vec::with_capacity(20_000);
     for i in 0..20_000usize {
         let token = &tokens[(i * 7919 + 1) % tokens.len()];
         let started = Instant::now();
         let _ = engine
-            .validate(token.expose(), false, &Device::default())
+            .validate(token.expose(), false, &Device::default(), &principal)
             .await;
         samples.push(started.elapsed());
     }

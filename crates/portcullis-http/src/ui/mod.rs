@@ -18,9 +18,9 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use minijinja::context;
 use portcullis_core::{
-    Actor, AuthContext, Elevate, EndReason, EngineError, Issued, NewSession, Rejection,
-    PORTCULLIS_APP, Principal, SIGN_IN_POLICY, SSO_POLICY, Session, SessionId, SignInError, Store,
-    User, Validated,
+    Actor, AuthContext, Elevate, EndReason, EngineError, Issued, NewSession, PORTCULLIS_APP,
+    Principal, Rejection, SIGN_IN_POLICY, SSO_POLICY, Session, SessionId, SignInError, Store, User,
+    Validated,
 };
 use serde::Deserialize;
 
@@ -219,10 +219,7 @@ fn session_cookie<S: Store>(state: &AppState<S>, issued: &Issued) -> HeaderValue
     set_cookie(SESSION_COOKIE, issued.token.expose(), "Lax", max_age)
 }
 
-fn base_context<S: Store>(
-    state: &AppState<S>,
-    signed_in: Option<&SignedIn>,
-) -> minijinja::Value {
+fn base_context<S: Store>(state: &AppState<S>, signed_in: Option<&SignedIn>) -> minijinja::Value {
     context! {
         product => &state.ui.settings.product,
         signed_in => signed_in.is_some(),
@@ -578,10 +575,7 @@ fn restart_sign_in() -> Response {
     response
 }
 
-async fn otp_page<S: Store>(
-    State(state): State<AppState<S>>,
-    browser: Browser,
-) -> PageResult {
+async fn otp_page<S: Store>(State(state): State<AppState<S>>, browser: Browser) -> PageResult {
     let Some((token, _)) = pending_at(&state, &browser, Stage::Otp).await? else {
         return Ok(restart_sign_in());
     };
@@ -642,10 +636,7 @@ async fn otp_submit<S: Store>(
     ))
 }
 
-async fn stay_page<S: Store>(
-    State(state): State<AppState<S>>,
-    browser: Browser,
-) -> PageResult {
+async fn stay_page<S: Store>(State(state): State<AppState<S>>, browser: Browser) -> PageResult {
     let Some((token, _)) = pending_at(&state, &browser, Stage::Stay).await? else {
         return Ok(restart_sign_in());
     };
@@ -689,10 +680,7 @@ async fn stay_submit<S: Store>(
 // ---------------------------------------------------------------------------------------------
 // Sign out
 
-async fn logout_page<S: Store>(
-    State(state): State<AppState<S>>,
-    browser: Browser,
-) -> PageResult {
+async fn logout_page<S: Store>(State(state): State<AppState<S>>, browser: Browser) -> PageResult {
     match current(&state, &browser, false).await? {
         Ok(signed_in) => Ok(page(
             &state,
@@ -950,10 +938,7 @@ async fn after_security_change<S: Store>(
     Ok(response)
 }
 
-async fn password_page<S: Store>(
-    State(state): State<AppState<S>>,
-    browser: Browser,
-) -> PageResult {
+async fn password_page<S: Store>(State(state): State<AppState<S>>, browser: Browser) -> PageResult {
     let (signed_in, _) = match require_recent(&state, &browser, "/account/password").await? {
         Ok(ok) => ok,
         Err(redirect) => return Ok(redirect),
@@ -1326,7 +1311,12 @@ async fn session_extend<S: Store>(
     }
     let validated = state
         .engine
-        .validate(&signed_in.token, true, &browser.device(), &cookie_principal())
+        .validate(
+            &signed_in.token,
+            true,
+            &browser.device(),
+            &cookie_principal(),
+        )
         .await?;
     Ok(status_body(&state, &validated))
 }

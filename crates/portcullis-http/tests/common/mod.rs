@@ -5,9 +5,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use portcullis_core::{
-    Actor, ApplicationChange, AuditEvent, CachedStore, Grant, Change, Engine, EventQuery, Journal, ManualClock,
-    MemoryJournal, OnLimit, OsRandom, Policy, PolicyOverrides, PolicySet, Snapshot, StoreError,
-    Touch,
+    Actor, ApplicationChange, AuditEvent, CachedStore, Change, Engine, EventQuery, Grant, Journal,
+    ManualClock, MemoryJournal, OnLimit, OsRandom, Policy, PolicyOverrides, PolicySet, Snapshot,
+    StoreError, Touch,
 };
 use portcullis_http::peer::Peer;
 use portcullis_http::{AppState, Services, api_router};

@@ -225,6 +225,27 @@ scenario("asvs4_3_3_4_two_devices_listed_and_signing_out_the_other_ends_it", asy
   await phone.close();
 });
 
+scenario("asvs4_3_3_4_account_lists_application_sessions_by_application_name", async () => {
+  await addUser("dora");
+  const context = await newContext();
+  const page = await context.newPage();
+  await signIn(page, "dora");
+  const { id } = await control("POST", "/app-session?username=dora");
+  await page.goto(`${BASE}/account`);
+  const row = page.locator(`#sessions tr[data-session="${id}"]`);
+  assert.match(await row.innerText(), /Shop, Firefox on Linux/);
+  assert.match(await row.innerText(), /192\.0\.2\.7/);
+  const mine = page.locator("#sessions tr.current");
+  assert.doesNotMatch(await mine.innerText(), /Shop/, "the SSO session names no application");
+  await shot(page, "05b-account-application-session");
+  await row.getByRole("button", { name: /Sign out/ }).click();
+  await page.waitForURL(/done=signed_out_one/);
+  assert.equal(await page.locator(`#sessions tr[data-session="${id}"]`).count(), 0);
+  const { live } = await sessionsOf("dora");
+  assert.equal(live.length, 1, "the application session ended; the SSO session goes on");
+  await context.close();
+});
+
 scenario("asvs4_3_3_3_password_change_ends_the_other_sessions", async () => {
   await addUser("carol");
   const one = await newContext();

@@ -162,9 +162,19 @@ pub fn cli(dir: &Path, args: &[&str]) -> Output {
         .unwrap()
 }
 
-/// Creates an API key with the CLI working on `store` directly (no server on `dir`).
-pub fn create_key_in(dir: &Path, store: &str) -> String {
-    let out = cli_with_store(dir, store, &["api-keys", "create", "--name", "tests"]);
+/// Registers application `app` (every unreserved policy) unless it exists, and creates a key of
+/// it, through `run` (the CLI on some store).
+fn create_app_key(run: impl Fn(&[&str]) -> Output, app: &str) -> String {
+    let shown = run(&["apps", "show", app]);
+    if !shown.status.success() {
+        let added = run(&["apps", "add", app, "--policy", "*"]);
+        assert!(
+            added.status.success(),
+            "{}",
+            String::from_utf8_lossy(&added.stderr)
+        );
+    }
+    let out = run(&["api-keys", "create", "--app", app]);
     assert!(
         out.status.success(),
         "{}",
@@ -175,16 +185,15 @@ pub fn create_key_in(dir: &Path, store: &str) -> String {
     key
 }
 
-pub fn create_key(dir: &Path, name: &str) -> String {
-    let out = cli(dir, &["api-keys", "create", "--name", name]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let key = String::from_utf8(out.stdout).unwrap().trim().to_owned();
-    assert!(key.starts_with("pck_"), "{key}");
-    key
+/// Creates a key of application `tests` with the CLI working on `store` directly (no server on
+/// `dir`).
+pub fn create_key_in(dir: &Path, store: &str) -> String {
+    create_app_key(|args| cli_with_store(dir, store, args), "tests")
+}
+
+/// Creates a key of application `app` (registered on first use).
+pub fn create_key(dir: &Path, app: &str) -> String {
+    create_app_key(|args| cli(dir, args), app)
 }
 
 pub fn data_dir() -> PathBuf {
