@@ -29,7 +29,12 @@ one() {
   local bin=$1 dir args=()
   dir=$(mktemp -d "$WORK/pc.XXXX")
   [ "$STORE" = redis ] && args=(--store "redis://127.0.0.1:$REDIS_PORT?prefix=ab${RANDOM}")
-  KEY=$("$bin" "${args[@]}" --data-dir "$dir" api-keys create --name ab 2>/dev/null)
+  # Builds from before applications have no `apps` and no `--app`.
+  if "$bin" "${args[@]}" --data-dir "$dir" apps add ab >/dev/null 2>&1; then
+    KEY=$("$bin" "${args[@]}" --data-dir "$dir" api-keys create --app ab 2>/dev/null)
+  else
+    KEY=$("$bin" "${args[@]}" --data-dir "$dir" api-keys create --name ab 2>/dev/null)
+  fi
   "$bin" "${args[@]}" --data-dir "$dir" serve --listen 127.0.0.1:$PORT --audit-log off 2>"$dir/log" &
   local pid=$!
   for _ in $(seq 200); do curl -fs http://127.0.0.1:$PORT/healthz >/dev/null 2>&1 && break; sleep 0.05; done

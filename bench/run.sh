@@ -180,7 +180,8 @@ start_pc() { # STORE-NAME -> sets PC_PID, PC_BASE, KEY, TOKEN, PC_IDLE_KB
   local store_args=()
   [ -n "$url" ] && store_args=(--store "$url")
   mkdir -p "$dir"
-  KEY=$("$PC" "${store_args[@]}" --data-dir "$dir" api-keys create --name bench 2>/dev/null)
+  "$PC" "${store_args[@]}" --data-dir "$dir" apps add bench >/dev/null 2>&1
+  KEY=$("$PC" "${store_args[@]}" --data-dir "$dir" api-keys create --app bench 2>/dev/null)
   "$PC" "${store_args[@]}" --data-dir "$dir" serve --listen 127.0.0.1:$port --audit-log off 2>"$dir/server.log" &
   PC_PID=$!
   PIDS+=("$PC_PID")

@@ -16,6 +16,7 @@ pub mod event;
 pub mod plan;
 pub mod policy;
 pub mod random;
+pub mod rules;
 pub mod session;
 pub mod store;
 pub mod time;
@@ -40,6 +41,7 @@ pub use policy::{
     Binding, OnLimit, Policy, PolicyError, PolicyOverrides, PolicySet, Preset, SIGN_IN_POLICY,
 };
 pub use random::{OsRandom, RandomSource, SeededRandom};
+pub use rules::{ACCOUNT_SCOPE, AccountRules, RuleError, assurance_level};
 pub use session::{AuthContext, Deadline, Device, Elevation, EndReason, Ended, Session};
 pub use store::{
     ApiKey, EndedSessions, Ending, Insert, Inserted, SessionLimit, SessionStore, Store, StoreError,

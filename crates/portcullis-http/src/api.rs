@@ -421,27 +421,22 @@ pub async fn update_user<S: Store>(
 ) -> ApiResult<Answer<UserView>> {
     let mut user = state.accounts.by_name(&username).await?;
     let mut ended = None;
+    let actor = &caller.0.actor;
     if let Some(password) = &body.password {
-        user = state
-            .accounts
-            .set_password(&user.id, password, &caller.0.actor)
+        let (changed, n) = state
+            .rules()
+            .change_password(&user.id, password, true, None, actor)
             .await?;
-        let n = state
-            .engine
-            .end_subject(&user.id, None, EndReason::PasswordChanged, true, &caller.0)
-            .await?;
+        user = changed;
         ended = Some(ended.unwrap_or(0) + n);
     }
     if let Some(disabled) = body.disabled {
-        user = state
-            .accounts
-            .set_disabled(&user.id, disabled, &caller.0.actor)
+        let (changed, n) = state
+            .rules()
+            .set_disabled(&user.id, disabled, actor)
             .await?;
+        user = changed;
         if disabled {
-            let n = state
-                .engine
-                .end_subject(&user.id, None, EndReason::AccountDisabled, true, &caller.0)
-                .await?;
             ended = Some(ended.unwrap_or(0) + n);
         }
     }

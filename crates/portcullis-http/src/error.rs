@@ -187,6 +187,15 @@ impl IntoResponse for ApiError {
     }
 }
 
+impl From<portcullis_core::RuleError> for ApiError {
+    fn from(err: portcullis_core::RuleError) -> Self {
+        match err {
+            portcullis_core::RuleError::Account(err) => Self::Account(err),
+            portcullis_core::RuleError::Engine(err) => Self::Engine(err),
+        }
+    }
+}
+
 impl From<JsonRejection> for ApiError {
     fn from(rejection: JsonRejection) -> Self {
         match rejection {

@@ -56,6 +56,14 @@ impl<S> AppState<S> {
     }
 }
 
+impl<S: Store> Services<S> {
+    /// The rules that join accounts and sessions (password changes, disabling, recent
+    /// authentication), shared by the admin API and the pages.
+    pub fn rules(&self) -> portcullis_core::AccountRules<'_, S> {
+        portcullis_core::AccountRules::new(&self.engine, &self.accounts)
+    }
+}
+
 impl<S> std::ops::Deref for AppState<S> {
     type Target = Services<S>;
 

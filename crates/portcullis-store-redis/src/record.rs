@@ -9,12 +9,14 @@
 //! was 20 % larger than this format 2, and is still read.
 //!
 //! Format 2 grew by flags, so every record written before a flag existed still reads: the
-//! application (absent: the legacy application, as every record of the release before
-//! applications), rule texts without their `policy <name>: ` opening (the policy is in the
-//! record), the creation time and absolute lifetime as small differences from the absolute
-//! deadline instead of 8 bytes and a 4-byte varint. A plain session must stay within 124 bytes,
-//! so that Redis keeps it in a 128-byte allocation (sds header and terminator: 4 bytes): one
-//! byte more costs 32 (the next jemalloc size is 160).
+//! application, last (an engine's `app_` id as a marker and its 16 random bytes, any other id
+//! as a marker and its text; no flag: the legacy application, as every record of the release
+//! before applications), rule texts without their `policy <name>: ` opening (the policy is in
+//! the record), the creation time and absolute lifetime as small differences from the absolute
+//! deadline instead of 8 bytes and a 4-byte varint. A plain session of an application (as the
+//! scale benchmark writes them) must stay within 124 bytes, so that Redis keeps it in a
+//! 128-byte allocation (sds header and terminator: 4 bytes): one byte more costs 32 (the next
+//! jemalloc size is 160).
 //!
 //! Header (big-endian), mirrored by `touch.lua` and `commit.lua`:
 //!

@@ -30,9 +30,6 @@ use self::web::{
 };
 use crate::AppState;
 
-/// The elevation scope that account changes (password, second factor) require.
-pub const ACCOUNT_SCOPE: &str = "account";
-
 type PageResult = Result<Response, PageError>;
 
 /// The pages, with their security headers, same-origin check and error pages.
@@ -489,11 +486,7 @@ async fn complete<S: Store>(
     if let Some(token) = pending_token {
         state.engine.logout(token, &cookie_principal()).await?;
     }
-    let level = if pending.methods.iter().any(|m| m == "otp") {
-        2
-    } else {
-        1
-    };
+    let level = portcullis_core::assurance_level(&pending.methods);
     let created = state
         .engine
         .create(
@@ -870,21 +863,6 @@ async fn end_other_sessions<S: Store>(
     Ok(see_other("/account?done=signed_out_others"))
 }
 
-/// Whether the session re-authenticated (or signed in) recently enough for account changes:
-/// an `account` elevation in force, or a sign-in younger than the policy's elevation lifetime.
-fn recently_authenticated<S: Store>(state: &AppState<S>, session: &Session) -> bool {
-    let now = state.engine.now();
-    let lifetime = state
-        .engine
-        .policies()
-        .get(&session.policy)
-        .map_or(std::time::Duration::ZERO, |p| p.elevation.value);
-    session
-        .active_elevations(now)
-        .any(|e| e.scope == ACCOUNT_SCOPE)
-        || now < session.authenticated_at.plus(lifetime)
-}
-
 /// The signed-in session if it may make account changes; otherwise the redirect to sign in
 /// or to re-authenticate (returning to `here`).
 async fn require_recent<S: Store>(
@@ -899,7 +877,7 @@ async fn require_recent<S: Store>(
     let Some(user) = account_of(state, &signed_in).await? else {
         return Ok(Err(signed_out_redirect()));
     };
-    if !recently_authenticated(state, signed_in.session()) {
+    if !state.rules().recently_authenticated(signed_in.session()) {
         return Ok(Err(see_other(&format!(
             "/reauth?return_to={}",
             encode_query(here)
@@ -908,27 +886,18 @@ async fn require_recent<S: Store>(
     Ok(Ok((signed_in, user)))
 }
 
-/// After a security change: the other sessions end (if asked) and this one gets a new token.
+/// After a security change (whose rule has ended the other sessions when it should), this
+/// session gets a new token (OWASP-SM-11) and the person sees `done`.
 async fn after_security_change<S: Store>(
     state: &AppState<S>,
     signed_in: &SignedIn,
-    end_others: Option<EndReason>,
     done: &str,
 ) -> PageResult {
-    let session = signed_in.session();
-    let person = Principal::person(&session.subject);
-    if let Some(reason) = end_others {
-        state
-            .engine
-            .end_subject(&session.subject, Some(&session.id), reason, true, &person)
-            .await?;
-    }
-    // OWASP-SM-11: a new session token after any privilege or credential change.
     let issued = state
         .engine
         .rotate(
             &signed_in.token,
-            &Principal::portcullis(Actor::user(&session.subject)),
+            &Principal::portcullis(Actor::user(&signed_in.session().subject)),
         )
         .await?;
     let mut response = see_other(&format!("/account?done={done}"));
@@ -973,16 +942,25 @@ async fn password_submit<S: Store>(
         Err(redirect) => return Ok(redirect),
     };
     check_csrf(&signed_in, &form.csrf)?;
+    let end_others = form.sign_out_others.is_some();
     let problem = if form.password != form.confirm {
         Some("The two passwords are not the same.".to_owned())
     } else {
         match state
-            .accounts
-            .set_password(&user.id, &form.password, &Actor::user(&user.id))
+            .rules()
+            .change_password(
+                &user.id,
+                &form.password,
+                end_others,
+                Some(&signed_in.session().id),
+                &Actor::user(&user.id),
+            )
             .await
         {
             Ok(_) => None,
-            Err(portcullis_core::AccountError::WeakPassword(problem)) => Some(problem),
+            Err(portcullis_core::RuleError::Account(
+                portcullis_core::AccountError::WeakPassword(problem),
+            )) => Some(problem),
             Err(err) => return Err(err.into()),
         }
     };
@@ -995,12 +973,12 @@ async fn password_submit<S: Store>(
             context! { error => problem },
         ));
     }
-    let (end_others, done) = if form.sign_out_others.is_some() {
-        (Some(EndReason::PasswordChanged), "password_others")
+    let done = if end_others {
+        "password_others"
     } else {
-        (None, "password")
+        "password"
     };
-    after_security_change(&state, &signed_in, end_others, done).await
+    after_security_change(&state, &signed_in, done).await
 }
 
 async fn two_factor_page<S: Store>(
@@ -1072,13 +1050,11 @@ async fn totp_enrol<S: Store>(
         .await
     {
         Ok(_) => {
-            after_security_change(
-                &state,
-                &signed_in,
-                Some(EndReason::SecurityAction),
-                "totp_on",
-            )
-            .await
+            state
+                .rules()
+                .after_security_action(&user.id, &signed_in.session().id, &Actor::user(&user.id))
+                .await?;
+            after_security_change(&state, &signed_in, "totp_on").await
         }
         Err(portcullis_core::AccountError::WrongCode) => Ok(two_factor_form(
             &state,
@@ -1105,13 +1081,11 @@ async fn totp_remove<S: Store>(
         .accounts
         .remove_totp(&user.id, &Actor::user(&user.id))
         .await?;
-    after_security_change(
-        &state,
-        &signed_in,
-        Some(EndReason::SecurityAction),
-        "totp_off",
-    )
-    .await
+    state
+        .rules()
+        .after_security_action(&user.id, &signed_in.session().id, &Actor::user(&user.id))
+        .await?;
+    after_security_change(&state, &signed_in, "totp_off").await
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1223,7 +1197,7 @@ async fn reauth_submit<S: Store>(
             status,
         ));
     }
-    let level = if methods.len() > 1 { 2 } else { 1 };
+    let level = portcullis_core::assurance_level(&methods);
     // Re-authentication rotates the token (ASVS5-7.2.4) and restarts both timers.
     let issued = state
         .engine
@@ -1232,7 +1206,7 @@ async fn reauth_submit<S: Store>(
             Elevate {
                 methods,
                 level,
-                scope: ACCOUNT_SCOPE.to_owned(),
+                scope: portcullis_core::ACCOUNT_SCOPE.to_owned(),
             },
             &Principal::portcullis(Actor::user(&user.id)),
         )

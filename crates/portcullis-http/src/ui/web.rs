@@ -429,6 +429,15 @@ impl From<portcullis_core::AccountError> for PageError {
     }
 }
 
+impl From<portcullis_core::RuleError> for PageError {
+    fn from(err: portcullis_core::RuleError) -> Self {
+        match err {
+            portcullis_core::RuleError::Account(err) => err.into(),
+            portcullis_core::RuleError::Engine(err) => err.into(),
+        }
+    }
+}
+
 /// Marks a response whose body the error-page layer renders.
 #[derive(Debug, Clone, Copy)]
 pub struct ErrorPage {
