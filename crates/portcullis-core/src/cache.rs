@@ -750,7 +750,7 @@ impl<J: Journal> ApplicationStore for CachedStore<J> {
         let mut state = self.writer.lock().await;
         {
             let apps = self.applications.read();
-            if !apps.get(&next.id).is_some_and(|a| a.version == version) {
+            if apps.get(&next.id).is_none_or(|a| a.version != version) {
                 return Ok(None);
             }
             if apps

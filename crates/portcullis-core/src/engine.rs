@@ -1149,9 +1149,8 @@ impl<S: Store> Engine<S> {
         Err(EngineError::Conflict)
     }
 
-    /// Removes an application: its keys stop working at once, are revoked, and its sessions
-    /// end with `app_removed`. Running it again for an application already gone finishes what
-    /// an interrupted removal left (keys and sessions of a missing application).
+    /// Removes an application: its keys stop working at once (a key is accepted only while its
+    /// application exists), then they are revoked and its sessions end with `app_removed`.
     pub async fn remove_application(
         &self,
         id_or_name: &str,

@@ -83,10 +83,7 @@ pub fn routes<S: Store>(state: &AppState<S>) -> Router<AppState<S>> {
             "/account/password",
             get(password::password_page::<S>).post(password::password_submit::<S>),
         )
-        .route(
-            "/account/two-factor",
-            get(two_factor::two_factor_page::<S>),
-        )
+        .route("/account/two-factor", get(two_factor::two_factor_page::<S>))
         .route(
             "/account/two-factor/enrol",
             post(two_factor::totp_enrol::<S>),

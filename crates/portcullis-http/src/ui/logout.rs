@@ -1,0 +1,162 @@
+//! Signing out (`/logout`): a confirmation page, and the POST that ends the SSO session (and,
+//! through `parent`, every application session under it), clears the cookie and asks the
+//! browser to clear what it kept of the site.
+
+use axum::extract::{Form, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use minijinja::context;
+use portcullis_core::{Actor, Principal, Store};
+
+use super::session::current;
+use super::web::{Browser, PageError, SESSION_COOKIE, clear_cookie, csrf_matches};
+use super::{CsrfForm, PageResult, page, see_other};
+use crate::AppState;
+
+/// "Sign out?" for someone signed in; anyone else goes to sign in.
+pub(super) async fn logout_page<S: Store>(
+    State(state): State<AppState<S>>,
+    browser: Browser,
+) -> PageResult {
+    match current(&state, &browser, false).await? {
+        Ok(signed_in) => Ok(page(
+            &state,
+            StatusCode::OK,
+            "logout.html",
+            Some(&signed_in),
+            context! {},
+        )),
+        Err(_) => Ok(see_other("/login")),
+    }
+}
+
+/// Ends the session (when there is one and the CSRF token is its own) and clears the cookie.
+pub(super) async fn logout_submit<S: Store>(
+    State(state): State<AppState<S>>,
+    browser: Browser,
+    Form(form): Form<CsrfForm>,
+) -> PageResult {
+    if let Ok(signed_in) = current(&state, &browser, false).await? {
+        if !csrf_matches(&form.csrf, &signed_in.csrf()) {
+            return Err(PageError::StaleForm);
+        }
+        // Ends the SSO session and, through `parent`, every application session under it.
+        state
+            .engine
+            .logout(
+                &signed_in.token,
+                &Principal::portcullis(Actor::user(&signed_in.session().subject)),
+            )
+            .await?;
+    }
+    let mut response = page(&state, StatusCode::OK, "signed_out.html", None, context! {});
+    let headers = response.headers_mut();
+    headers.append(header::SET_COOKIE, clear_cookie(SESSION_COOKIE, "Lax"));
+    // ASVS5-14.3.1 / OWASP-SM-18.
+    headers.insert(
+        "clear-site-data",
+        HeaderValue::from_static("\"cache\", \"cookies\", \"storage\""),
+    );
+    Ok(response)
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::body::Body;
+    use axum::http::{Method, StatusCode, header};
+
+    use crate::ui::tests::{Harness, max_age, request, sso, urlencoded};
+    use crate::ui::web::{SESSION_COOKIE, csrf_token};
+
+    #[tokio::test]
+    async fn the_logout_page_asks_someone_signed_in_and_sends_anyone_else_to_sign_in() {
+        let h = Harness::new();
+        let alice = h.user("alice").await;
+        let token = h.sso_session(&alice).await;
+        let page = h.get("/logout", &sso(&token)).await;
+        assert_eq!(page.status, StatusCode::OK);
+        assert_eq!(page.hidden("csrf"), csrf_token(&token));
+        let nobody = h.get("/logout", "").await;
+        assert_eq!(
+            (nobody.status, nobody.location()),
+            (StatusCode::SEE_OTHER, "/login")
+        );
+        assert!(h.session(&token).await.is_some(), "GET changes nothing");
+    }
+
+    #[tokio::test]
+    async fn logout_without_the_csrf_token_is_refused() {
+        let h = Harness::new();
+        let alice = h.user("alice").await;
+        let token = h.sso_session(&alice).await;
+        let answer = h.post("/logout", &sso(&token), &[]).await;
+        assert_eq!(answer.status, StatusCode::FORBIDDEN);
+        assert!(answer.body.contains("This form has expired"));
+        assert!(!answer.headers.contains_key("clear-site-data"));
+        assert!(answer.set_cookie(SESSION_COOKIE).is_none());
+        assert!(h.session(&token).await.is_some());
+    }
+
+    #[tokio::test]
+    async fn a_cross_site_logout_is_refused() {
+        let h = Harness::new();
+        let alice = h.user("alice").await;
+        let token = h.sso_session(&alice).await;
+        let form = urlencoded(&[("csrf", &csrf_token(&token))]);
+        let post = |site: Option<&str>, origin: Option<&str>| {
+            let mut builder = request(Method::POST, "/logout", &sso(&token))
+                .header(header::HOST, "portcullis.example")
+                .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded");
+            if let Some(site) = site {
+                builder = builder.header("sec-fetch-site", site);
+            }
+            if let Some(origin) = origin {
+                builder = builder.header(header::ORIGIN, origin);
+            }
+            builder.body(Body::from(form.clone())).unwrap()
+        };
+        for refused in [
+            post(Some("cross-site"), None),
+            post(Some("same-site"), Some("https://portcullis.example")),
+            post(None, Some("https://evil.example")),
+        ] {
+            let answer = h.send(refused).await;
+            assert_eq!(answer.status, StatusCode::FORBIDDEN);
+            assert!(answer.set_cookie(SESSION_COOKIE).is_none());
+            assert!(h.session(&token).await.is_some());
+        }
+        // A matching Origin is enough when the browser sends no Sec-Fetch-Site.
+        let answer = h.send(post(None, Some("https://portcullis.example"))).await;
+        assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+        assert!(h.session(&token).await.is_none());
+    }
+
+    #[tokio::test]
+    async fn logout_ends_the_session_clears_the_cookie_and_the_site_data() {
+        let h = Harness::new();
+        let alice = h.user("alice").await;
+        let token = h.sso_session(&alice).await;
+        let answer = h
+            .post("/logout", &sso(&token), &[("csrf", &csrf_token(&token))])
+            .await;
+        assert_eq!(answer.status, StatusCode::OK);
+        assert!(answer.body.contains("You are signed out"));
+        let line = answer.set_cookie(SESSION_COOKIE).unwrap();
+        assert_eq!(
+            line,
+            "__Host-portcullis=; Path=/; Secure; HttpOnly; SameSite=Lax; Max-Age=0"
+        );
+        assert_eq!(max_age(line), Some(0));
+        assert_eq!(
+            answer.headers["clear-site-data"],
+            "\"cache\", \"cookies\", \"storage\""
+        );
+        assert!(h.session(&token).await.is_none());
+        let account = h.get("/account", &sso(&token)).await;
+        assert!(account.location().starts_with("/login"));
+
+        // Signing out again (another tab) still clears the cookie.
+        let again = h.post("/logout", &sso(&token), &[]).await;
+        assert_eq!(again.status, StatusCode::OK);
+        assert!(again.set_cookie(SESSION_COOKIE).is_some());
+    }
+}

@@ -1,0 +1,260 @@
+//! Changing the password (`/account/password`): only after a recent authentication, optionally
+//! signing out everywhere else; the session then gets a new token.
+
+use axum::extract::{Form, State};
+use axum::http::StatusCode;
+use minijinja::context;
+use portcullis_core::{Actor, Store};
+use serde::Deserialize;
+
+use super::session::{after_security_change, check_csrf, require_recent};
+use super::web::Browser;
+use super::{PageResult, page};
+use crate::AppState;
+
+/// The form (or the redirect to re-authenticate first).
+pub(super) async fn password_page<S: Store>(
+    State(state): State<AppState<S>>,
+    browser: Browser,
+) -> PageResult {
+    let (signed_in, _) = match require_recent(&state, &browser, "/account/password").await? {
+        Ok(ok) => ok,
+        Err(redirect) => return Ok(redirect),
+    };
+    Ok(page(
+        &state,
+        StatusCode::OK,
+        "password.html",
+        Some(&signed_in),
+        context! {},
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+pub(super) struct PasswordForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    password: String,
+    #[serde(default)]
+    confirm: String,
+    sign_out_others: Option<String>,
+}
+
+/// Changes the password: the form again with the problem when the two differ or the password
+/// is too weak.
+pub(super) async fn password_submit<S: Store>(
+    State(state): State<AppState<S>>,
+    browser: Browser,
+    Form(form): Form<PasswordForm>,
+) -> PageResult {
+    let (signed_in, user) = match require_recent(&state, &browser, "/account/password").await? {
+        Ok(ok) => ok,
+        Err(redirect) => return Ok(redirect),
+    };
+    check_csrf(&signed_in, &form.csrf)?;
+    let end_others = form.sign_out_others.is_some();
+    let problem = if form.password != form.confirm {
+        Some("The two passwords are not the same.".to_owned())
+    } else {
+        match state
+            .rules()
+            .change_password(
+                &user.id,
+                &form.password,
+                end_others,
+                Some(&signed_in.session().id),
+                &Actor::user(&user.id),
+            )
+            .await
+        {
+            Ok(_) => None,
+            Err(portcullis_core::RuleError::Account(
+                portcullis_core::AccountError::WeakPassword(problem),
+            )) => Some(problem),
+            Err(err) => return Err(err.into()),
+        }
+    };
+    if let Some(problem) = problem {
+        return Ok(page(
+            &state,
+            StatusCode::BAD_REQUEST,
+            "password.html",
+            Some(&signed_in),
+            context! { error => problem },
+        ));
+    }
+    let done = if end_others {
+        "password_others"
+    } else {
+        "password"
+    };
+    after_security_change(&state, &signed_in, done).await
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use axum::http::StatusCode;
+
+    use crate::ui::tests::{Harness, PASSWORD, password_is, sso};
+    use crate::ui::web::{SESSION_COOKIE, csrf_token};
+
+    const NEW: &str = "a different long passphrase";
+
+    #[tokio::test]
+    async fn an_old_sign_in_must_reauthenticate_first() {
+        let h = Harness::new();
+        let alice = h.user("alice").await;
+        let token = h.sso_session(&alice).await;
+        let fresh = h.get("/account/password", &sso(&token)).await;
+        assert_eq!(fresh.status, StatusCode::OK);
+        assert_eq!(fresh.hidden("csrf"), csrf_token(&token));
+
+        h.advance(Duration::from_secs(11 * 60));
+        let page = h.get("/account/password", &sso(&token)).await;
+        assert_eq!(page.status, StatusCode::SEE_OTHER);
+        assert_eq!(page.location(), "/reauth?return_to=/account/password");
+        let change = h
+            .post(
+                "/account/password",
+                &sso(&token),
+                &[
+                    ("csrf", &csrf_token(&token)),
+                    ("password", NEW),
+                    ("confirm", NEW),
+                ],
+            )
+            .await;
+        assert_eq!(change.location(), "/reauth?return_to=/account/password");
+        assert!(password_is(&h.accounts, "alice", PASSWORD).await);
+    }
+
+    #[tokio::test]
+    async fn a_wrong_confirmation_shows_the_form_with_the_message() {
+        let h = Harness::new();
+        let alice = h.user("alice").await;
+        let token = h.sso_session(&alice).await;
+        let answer = h
+            .post(
+                "/account/password",
+                &sso(&token),
+                &[
+                    ("csrf", &csrf_token(&token)),
+                    ("password", NEW),
+                    ("confirm", "a different long passphrasf"),
+                ],
+            )
+            .await;
+        assert_eq!(answer.status, StatusCode::BAD_REQUEST);
+        assert!(answer.body.contains("The two passwords are not the same."));
+        assert!(answer.body.contains("Change password"));
+        assert!(answer.set_cookie(SESSION_COOKIE).is_none());
+        assert!(password_is(&h.accounts, "alice", PASSWORD).await);
+    }
+
+    #[tokio::test]
+    async fn a_weak_password_shows_why() {
+        let h = Harness::new();
+        let alice = h.user("alice").await;
+        let token = h.sso_session(&alice).await;
+        let answer = h
+            .post(
+                "/account/password",
+                &sso(&token),
+                &[
+                    ("csrf", &csrf_token(&token)),
+                    ("password", "short"),
+                    ("confirm", "short"),
+                ],
+            )
+            .await;
+        assert_eq!(answer.status, StatusCode::BAD_REQUEST);
+        assert!(
+            answer.body.contains("Use at least 8 characters."),
+            "{}",
+            answer.body
+        );
+    }
+
+    #[tokio::test]
+    async fn a_stale_csrf_token_changes_nothing() {
+        let h = Harness::new();
+        let alice = h.user("alice").await;
+        let token = h.sso_session(&alice).await;
+        let answer = h
+            .post(
+                "/account/password",
+                &sso(&token),
+                &[
+                    ("csrf", &csrf_token("pcs_old")),
+                    ("password", NEW),
+                    ("confirm", NEW),
+                ],
+            )
+            .await;
+        assert_eq!(answer.status, StatusCode::FORBIDDEN);
+        assert!(password_is(&h.accounts, "alice", PASSWORD).await);
+    }
+
+    #[tokio::test]
+    async fn a_change_rotates_the_cookie_and_signs_out_elsewhere_when_asked() {
+        let h = Harness::new();
+        let alice = h.user("alice").await;
+        let token = h.sso_session(&alice).await;
+        let elsewhere = h.sso_session(&alice).await;
+        let answer = h
+            .post(
+                "/account/password",
+                &sso(&token),
+                &[
+                    ("csrf", &csrf_token(&token)),
+                    ("password", NEW),
+                    ("confirm", NEW),
+                    ("sign_out_others", "yes"),
+                ],
+            )
+            .await;
+        assert_eq!(answer.status, StatusCode::SEE_OTHER, "{}", answer.body);
+        assert_eq!(answer.location(), "/account?done=password_others");
+        let rotated = answer.cookie(SESSION_COOKIE).unwrap();
+        assert_ne!(rotated, token);
+        assert!(h.session(&token).await.is_none(), "the old token is gone");
+        assert!(h.session(&rotated).await.is_some());
+        assert!(
+            h.session(&elsewhere).await.is_none(),
+            "signed out elsewhere"
+        );
+        assert!(password_is(&h.accounts, "alice", NEW).await);
+        assert!(!password_is(&h.accounts, "alice", PASSWORD).await);
+        let page = h.get(answer.location(), &sso(&rotated)).await;
+        assert!(
+            page.body
+                .contains("you have been signed out everywhere else")
+        );
+    }
+
+    #[tokio::test]
+    async fn a_change_can_keep_the_other_sessions() {
+        let h = Harness::new();
+        let alice = h.user("alice").await;
+        let token = h.sso_session(&alice).await;
+        let elsewhere = h.sso_session(&alice).await;
+        let answer = h
+            .post(
+                "/account/password",
+                &sso(&token),
+                &[
+                    ("csrf", &csrf_token(&token)),
+                    ("password", NEW),
+                    ("confirm", NEW),
+                ],
+            )
+            .await;
+        assert_eq!(answer.location(), "/account?done=password");
+        assert!(answer.cookie(SESSION_COOKIE).is_some());
+        assert!(h.session(&elsewhere).await.is_some());
+        assert!(password_is(&h.accounts, "alice", NEW).await);
+    }
+}
