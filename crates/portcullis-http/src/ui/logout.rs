@@ -121,6 +121,11 @@ mod tests {
         ] {
             let answer = h.send(refused).await;
             assert_eq!(answer.status, StatusCode::FORBIDDEN);
+            assert!(
+                answer.body.contains("Request refused"),
+                "a person sees why: {}",
+                answer.body
+            );
             assert!(answer.set_cookie(SESSION_COOKIE).is_none());
             assert!(h.session(&token).await.is_some());
         }

@@ -95,11 +95,12 @@ pub fn routes<S: Store>(state: &AppState<S>) -> Router<AppState<S>> {
         .route("/session/status", get(status::session_status::<S>))
         .route("/session/extend", post(status::session_extend::<S>))
         .route("/assets/{name}", get(asset::<S>))
+        // Inside the error-page layer, so a refused cross-site post gets the friendly page too.
+        .layer(middleware::from_fn(web::same_origin_only))
         .layer(middleware::from_fn_with_state(
             state.clone(),
             render_error_pages::<S>,
         ))
-        .layer(middleware::from_fn(web::same_origin_only))
         .layer(middleware::from_fn_with_state(
             state.ui.settings.tls,
             web::security_headers,
