@@ -13,11 +13,12 @@ use std::sync::Arc;
 
 use parking_lot::{Mutex, RwLock};
 
+use crate::api_key::{ApiKey, ApiKeyStore};
 use crate::application::{AppId, Application, ApplicationStore};
 use crate::event::{AuditEvent, EventQuery};
 use crate::plan;
 use crate::session::{EndReason, Session};
-use crate::store::{ApiKey, EndedSessions, Ending, Insert, Inserted, SessionStore, StoreError};
+use crate::store::{EndedSessions, Ending, Insert, Inserted, SessionStore, StoreError};
 use crate::time::Timestamp;
 use crate::token::{GeneratedTokens, PublicId, SessionId, TokenHash};
 
@@ -634,53 +635,6 @@ impl<J: Journal> SessionStore for CachedStore<J> {
         self.journal.events(query).await
     }
 
-    async fn add_api_key(&self, key: ApiKey, event: AuditEvent) -> Result<AuditEvent, StoreError> {
-        let mut state = self.writer.lock().await;
-        let change = Change {
-            api_keys: vec![key],
-            events: vec![event],
-            ..Change::default()
-        };
-        let mut events = self.commit(&mut state, change).await?;
-        Ok(events.remove(0))
-    }
-
-    async fn find_api_key(&self, hash: &TokenHash) -> Result<Option<ApiKey>, StoreError> {
-        Ok(self.api_keys.read().get(hash).cloned())
-    }
-
-    async fn list_api_keys(&self) -> Result<Vec<ApiKey>, StoreError> {
-        let mut keys: Vec<ApiKey> = self.api_keys.read().values().cloned().collect();
-        keys.sort_by_key(|k| (k.created_at, k.id.clone()));
-        Ok(keys)
-    }
-
-    async fn revoke_api_key(
-        &self,
-        id: &PublicId,
-        at: Timestamp,
-        event: AuditEvent,
-    ) -> Result<Option<(ApiKey, AuditEvent)>, StoreError> {
-        let mut state = self.writer.lock().await;
-        let Some(mut key) = self
-            .api_keys
-            .read()
-            .values()
-            .find(|k| &k.id == id && k.revoked_at.is_none())
-            .cloned()
-        else {
-            return Ok(None);
-        };
-        key.revoked_at = Some(at);
-        let change = Change {
-            api_keys: vec![key.clone()],
-            events: vec![event],
-            ..Change::default()
-        };
-        let mut events = self.commit(&mut state, change).await?;
-        Ok(Some((key, events.remove(0))))
-    }
-
     async fn ping(&self) -> Result<(), StoreError> {
         self.journal.ping().await
     }
@@ -785,5 +739,54 @@ impl<J: Journal> ApplicationStore for CachedStore<J> {
         };
         let mut events = self.commit(&mut state, change).await?;
         Ok(Some(events.remove(0)))
+    }
+}
+
+impl<J: Journal> ApiKeyStore for CachedStore<J> {
+    async fn add_api_key(&self, key: ApiKey, event: AuditEvent) -> Result<AuditEvent, StoreError> {
+        let mut state = self.writer.lock().await;
+        let change = Change {
+            api_keys: vec![key],
+            events: vec![event],
+            ..Change::default()
+        };
+        let mut events = self.commit(&mut state, change).await?;
+        Ok(events.remove(0))
+    }
+
+    async fn find_api_key(&self, hash: &TokenHash) -> Result<Option<ApiKey>, StoreError> {
+        Ok(self.api_keys.read().get(hash).cloned())
+    }
+
+    async fn list_api_keys(&self) -> Result<Vec<ApiKey>, StoreError> {
+        let mut keys: Vec<ApiKey> = self.api_keys.read().values().cloned().collect();
+        keys.sort_by_key(|k| (k.created_at, k.id.clone()));
+        Ok(keys)
+    }
+
+    async fn revoke_api_key(
+        &self,
+        id: &PublicId,
+        at: Timestamp,
+        event: AuditEvent,
+    ) -> Result<Option<(ApiKey, AuditEvent)>, StoreError> {
+        let mut state = self.writer.lock().await;
+        let Some(mut key) = self
+            .api_keys
+            .read()
+            .values()
+            .find(|k| &k.id == id && k.revoked_at.is_none())
+            .cloned()
+        else {
+            return Ok(None);
+        };
+        key.revoked_at = Some(at);
+        let change = Change {
+            api_keys: vec![key.clone()],
+            events: vec![event],
+            ..Change::default()
+        };
+        let mut events = self.commit(&mut state, change).await?;
+        Ok(Some((key, events.remove(0))))
     }
 }

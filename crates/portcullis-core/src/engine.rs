@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use crate::api_key::ApiKey;
 use crate::application::{
     ANY_POLICY, AppId, Application, Grant, LEGACY_APP, PORTCULLIS_APP, Principal, Reach,
     is_reserved_policy, legacy_app,
@@ -12,7 +13,7 @@ use crate::event::{Actor, AuditEvent, AuditSink, EventKind, EventQuery, NoAuditS
 use crate::policy::{Binding, Policy, PolicySet};
 use crate::random::RandomSource;
 use crate::session::{AuthContext, Deadline, Device, Elevation, EndReason, Session};
-use crate::store::{ApiKey, Ending, Insert, SessionLimit, Store, StoreError};
+use crate::store::{Ending, Insert, SessionLimit, Store, StoreError};
 use crate::time::{Clock, Timestamp};
 use crate::token::{PublicId, SessionId, Token, TokenKind, subject_route};
 

@@ -8,7 +8,7 @@
 #![deny(missing_docs)]
 
 pub mod account;
-pub mod api_key_cache;
+pub mod api_key;
 pub mod application;
 pub mod cache;
 pub mod engine;
@@ -26,7 +26,7 @@ pub use account::{
     AccountError, Accounts, LoginThrottle, MemoryUserStore, SignInError, ThrottleRules, TotpFactor,
     User, UserFuture, UserStore, UserStoreError,
 };
-pub use api_key_cache::ApiKeyCache;
+pub use api_key::{ApiKey, ApiKeyCache, ApiKeyStore};
 pub use application::{
     ANY_POLICY, AppId, Application, ApplicationStore, Grant, LEGACY_APP, PORTCULLIS_APP, Principal,
     RESERVED_POLICY_PREFIX, Reach, SSO_POLICY, is_reserved_policy, legacy_app, portcullis_app,
@@ -44,7 +44,7 @@ pub use random::{OsRandom, RandomSource, SeededRandom};
 pub use rules::{ACCOUNT_SCOPE, AccountRules, RuleError, assurance_level};
 pub use session::{AuthContext, Deadline, Device, Elevation, EndReason, Ended, Session};
 pub use store::{
-    ApiKey, EndedSessions, Ending, Insert, Inserted, SessionLimit, SessionStore, Store, StoreError,
+    EndedSessions, Ending, Insert, Inserted, SessionLimit, SessionStore, Store, StoreError,
 };
 pub use time::{Clock, ManualClock, SystemClock, Timestamp, format_duration, parse_duration};
 pub use token::{

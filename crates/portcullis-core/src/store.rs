@@ -9,14 +9,13 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
-
+use crate::api_key::ApiKeyStore;
 use crate::application::{AppId, ApplicationStore};
 use crate::event::{Actor, AuditEvent, EventQuery};
 use crate::policy::OnLimit;
 use crate::session::{EndReason, Session};
 use crate::time::Timestamp;
-use crate::token::{PublicId, SessionId, TokenHash};
+use crate::token::{SessionId, TokenHash};
 
 /// What a store can fail with.
 #[derive(Debug, thiserror::Error)]
@@ -96,30 +95,11 @@ pub struct EndedSessions {
     pub events: Vec<AuditEvent>,
 }
 
-/// An API key for backend callers; only its hash is stored.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ApiKey {
-    /// Public id (`key_…`).
-    pub id: PublicId,
-    /// What it is for (`shop`).
-    pub name: String,
-    /// The application it belongs to; keys of the previous release read back as the legacy
-    /// application's.
-    #[serde(default = "crate::application::legacy_app")]
-    pub application: AppId,
-    /// SHA-256 of the key.
-    pub key_hash: TokenHash,
-    /// When it was created.
-    pub created_at: Timestamp,
-    /// When it was revoked.
-    pub revoked_at: Option<Timestamp>,
-}
-
 /// Everything the engine keeps: one store type bundles one store trait per entity, so the HTTP
 /// layer and the binary carry one type parameter.
-pub trait Store: SessionStore + ApplicationStore {}
+pub trait Store: SessionStore + ApplicationStore + ApiKeyStore {}
 
-impl<T: SessionStore + ApplicationStore> Store for T {}
+impl<T: SessionStore + ApplicationStore + ApiKeyStore> Store for T {}
 
 /// A session store. See the module docs for the rules; `portcullis-store-tests` checks them.
 pub trait SessionStore: Send + Sync + 'static {
@@ -211,30 +191,6 @@ pub trait SessionStore: Send + Sync + 'static {
         &self,
         query: &EventQuery,
     ) -> impl Future<Output = Result<Vec<AuditEvent>, StoreError>> + Send;
-
-    /// Stores an API key and its `api_key.created` event.
-    fn add_api_key(
-        &self,
-        key: ApiKey,
-        event: AuditEvent,
-    ) -> impl Future<Output = Result<AuditEvent, StoreError>> + Send;
-
-    /// The API key whose secret hashes to `hash` (revoked ones too).
-    fn find_api_key(
-        &self,
-        hash: &TokenHash,
-    ) -> impl Future<Output = Result<Option<ApiKey>, StoreError>> + Send;
-
-    /// Every API key.
-    fn list_api_keys(&self) -> impl Future<Output = Result<Vec<ApiKey>, StoreError>> + Send;
-
-    /// Revokes an API key; `Ok(None)` when there is no such live key.
-    fn revoke_api_key(
-        &self,
-        id: &PublicId,
-        at: Timestamp,
-        event: AuditEvent,
-    ) -> impl Future<Output = Result<Option<(ApiKey, AuditEvent)>, StoreError>> + Send;
 
     /// Whether the backend answers (readiness).
     fn ping(&self) -> impl Future<Output = Result<(), StoreError>> + Send;

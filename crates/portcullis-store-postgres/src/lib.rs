@@ -15,8 +15,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use portcullis_core::{
-    ApiKey, ApiKeyCache, AppId, AuditEvent, EndReason, EndedSessions, Ending, EventQuery, Insert,
-    Inserted, PublicId, Session, SessionId, SessionStore, StoreError, Timestamp, TokenHash, plan,
+    ApiKeyCache, AppId, AuditEvent, EndReason, EndedSessions, Ending, EventQuery, Insert, Inserted,
+    PublicId, Session, SessionId, SessionStore, StoreError, Timestamp, TokenHash, plan,
 };
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
 use sqlx::{PgConnection, PgPool, Postgres, Row, Transaction};
@@ -27,6 +27,7 @@ pub const API_KEY_CACHE: Duration = Duration::from_secs(1);
 /// Lock id under which events are appended (so `seq` follows commit order).
 const EVENT_LOCK: i64 = 0x5043_4556; // "PCEV"
 
+mod api_keys;
 mod applications;
 mod gather;
 mod users;
@@ -586,82 +587,6 @@ impl SessionStore for PostgresStore {
                 Ok(event)
             })
             .collect()
-    }
-
-    async fn add_api_key(&self, key: ApiKey, event: AuditEvent) -> Result<AuditEvent, StoreError> {
-        let mut tx = self.begin().await?;
-        sqlx::query("INSERT INTO pc_api_keys (id, key_hash, body) VALUES ($1, $2, $3)")
-            .bind(key.id.as_str())
-            .bind(&key.key_hash.0[..])
-            .bind(serde_json::to_string(&key).map_err(corrupt)?)
-            .execute(&mut *tx)
-            .await
-            .map_err(unavailable)?;
-        let mut events = append_events(&mut tx, vec![event]).await?;
-        tx.commit().await.map_err(unavailable)?;
-        self.api_keys.forget(&key.key_hash);
-        Ok(events.remove(0))
-    }
-
-    async fn find_api_key(&self, hash: &TokenHash) -> Result<Option<ApiKey>, StoreError> {
-        if let Some(key) = self.api_keys.get(hash) {
-            return Ok(Some(key));
-        }
-        let row = sqlx::query("SELECT body FROM pc_api_keys WHERE key_hash = $1")
-            .bind(&hash.0[..])
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(unavailable)?;
-        let key: Option<ApiKey> = row
-            .map(|r| serde_json::from_str(r.get::<&str, _>(0)).map_err(corrupt))
-            .transpose()?;
-        if let Some(key) = &key {
-            self.api_keys.put(key);
-        }
-        Ok(key)
-    }
-
-    async fn list_api_keys(&self) -> Result<Vec<ApiKey>, StoreError> {
-        let rows = sqlx::query("SELECT body FROM pc_api_keys")
-            .fetch_all(&self.pool)
-            .await
-            .map_err(unavailable)?;
-        let mut keys = rows
-            .iter()
-            .map(|r| serde_json::from_str::<ApiKey>(r.get::<&str, _>(0)).map_err(corrupt))
-            .collect::<Result<Vec<_>, _>>()?;
-        keys.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
-        Ok(keys)
-    }
-
-    async fn revoke_api_key(
-        &self,
-        id: &PublicId,
-        at: Timestamp,
-        event: AuditEvent,
-    ) -> Result<Option<(ApiKey, AuditEvent)>, StoreError> {
-        let mut tx = self.begin().await?;
-        let row = sqlx::query("SELECT body FROM pc_api_keys WHERE id = $1 FOR UPDATE")
-            .bind(id.as_str())
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(unavailable)?;
-        let Some(row) = row else { return Ok(None) };
-        let mut key: ApiKey = serde_json::from_str(row.get::<&str, _>(0)).map_err(corrupt)?;
-        if key.revoked_at.is_some() {
-            return Ok(None);
-        }
-        key.revoked_at = Some(at);
-        sqlx::query("UPDATE pc_api_keys SET body = $2 WHERE id = $1")
-            .bind(id.as_str())
-            .bind(serde_json::to_string(&key).map_err(corrupt)?)
-            .execute(&mut *tx)
-            .await
-            .map_err(unavailable)?;
-        let mut events = append_events(&mut tx, vec![event]).await?;
-        tx.commit().await.map_err(unavailable)?;
-        self.api_keys.forget(&key.key_hash);
-        Ok(Some((key, events.remove(0))))
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -6,8 +6,9 @@ use std::str::FromStr;
 use std::sync::Arc;
 
 use portcullis_core::{
-    Actor, ApiKey, ApplicationStore, AuditEvent, Device, Engine, EventKind, EventQuery,
-    ManualClock, PolicySet, PublicId, SeededRandom, SessionStore, Token, TokenKind, legacy_app,
+    Actor, ApiKey, ApiKeyStore, ApplicationStore, AuditEvent, Device, Engine, EventKind,
+    EventQuery, ManualClock, PolicySet, PublicId, SeededRandom, SessionStore, Token, TokenKind,
+    legacy_app,
 };
 use portcullis_store_postgres::PostgresStore;
 use portcullis_store_tests::{session_at, t0};

@@ -24,7 +24,8 @@
 //! records, a name index that refuses a taken name in the same script as the change, and their
 //! events' stream. A session's application is in its record only (no index by application: it
 //! would cost memory on every session), so finding an application's sessions when it is
-//! removed walks every live session (`application_sessions`).
+//! removed walks every live session (`application_sessions`). **API keys** have a hash tag of
+//! their own as well, `{k}` (`api_keys.rs`), with their events' stream.
 //!
 //! **Expiry.** Deadlines of session ids are indexed in 64 sorted sets per tag (`pc:{a3}:db:<c>`)
 //! summarised per tag in `pc:{a3}:dd` (each bucket scored at or before its earliest deadline),
@@ -42,9 +43,8 @@ use std::sync::{Arc, LazyLock, Mutex, PoisonError};
 use std::time::Duration;
 
 use portcullis_core::{
-    ApiKey, ApiKeyCache, AppId, AuditEvent, EndReason, EndedSessions, Ending, EventQuery, Insert,
-    Inserted, PublicId, Session, SessionId, SessionStore, StoreError, Timestamp, TokenHash, plan,
-    subject_route,
+    ApiKeyCache, AppId, AuditEvent, EndReason, EndedSessions, Ending, EventQuery, Insert, Inserted,
+    Session, SessionId, SessionStore, StoreError, Timestamp, TokenHash, plan, subject_route,
 };
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::cluster_async::ClusterConnection;
@@ -68,6 +68,7 @@ const SUBJECT_HASHES: usize = 256 * 64;
 /// Records read by one `MGET` of a walk over every session.
 const WALK_BATCH: usize = 256;
 
+mod api_keys;
 mod applications;
 mod gather;
 mod record;
@@ -694,7 +695,7 @@ impl RedisStore {
     ) -> Result<(), StoreError> {
         let (tag, index) = match route {
             Some(r) => (tag_of(r), u64::from(r)),
-            None => ("k".to_owned(), KEY_TAG_INDEX),
+            None => (api_keys::TAG.to_owned(), KEY_TAG_INDEX),
         };
         let body = event_json(&event)?;
         plan.op(&[
@@ -1218,7 +1219,7 @@ impl SessionStore for RedisStore {
             (None, None) => (0..=255u8)
                 .map(|r| (tag_of(r), u64::from(r)))
                 .chain([
-                    ("k".to_owned(), KEY_TAG_INDEX),
+                    (api_keys::TAG.to_owned(), KEY_TAG_INDEX),
                     (applications::TAG.to_owned(), APP_TAG_INDEX),
                 ])
                 .collect(),
@@ -1268,87 +1269,6 @@ impl SessionStore for RedisStore {
         Ok(found)
     }
 
-    async fn add_api_key(&self, key: ApiKey, event: AuditEvent) -> Result<AuditEvent, StoreError> {
-        let mut plan = Plan::default();
-        let hex = key.key_hash.to_hex();
-        let record = self.key("k", "a", &hex);
-        plan.check_value(record.as_bytes(), b"");
-        let body = serde_json::to_string(&key).map_err(corrupt)?;
-        plan.op(&[b"SET", record.as_bytes(), body.as_bytes()]);
-        plan.op(&[b"SADD", self.tag_key("k", "ak").as_bytes(), hex.as_bytes()]);
-        let id_key = self.key("k", "ai", key.id.as_str());
-        plan.op(&[b"SET", id_key.as_bytes(), hex.as_bytes()]);
-        self.event(&mut plan, None, event)?;
-        let mut events = self
-            .commit(plan)
-            .await?
-            .ok_or_else(|| corrupt("an API key with this secret already exists"))?;
-        Ok(events.remove(0))
-    }
-
-    async fn find_api_key(&self, hash: &TokenHash) -> Result<Option<ApiKey>, StoreError> {
-        if let Some(key) = self.api_keys.get(hash) {
-            return Ok(Some(key));
-        }
-        let body: Option<String> = self
-            .query(redis::cmd("GET").arg(self.key("k", "a", &hash.to_hex())))
-            .await?;
-        let key: Option<ApiKey> = body
-            .map(|b| serde_json::from_str(&b).map_err(corrupt))
-            .transpose()?;
-        if let Some(key) = &key {
-            self.api_keys.put(key);
-        }
-        Ok(key)
-    }
-
-    async fn list_api_keys(&self) -> Result<Vec<ApiKey>, StoreError> {
-        let hashes: Vec<String> = self
-            .query(redis::cmd("SMEMBERS").arg(self.tag_key("k", "ak")))
-            .await?;
-        let mut keys = Vec::new();
-        for hex in hashes {
-            let body: Option<String> = self
-                .query(redis::cmd("GET").arg(self.key("k", "a", &hex)))
-                .await?;
-            if let Some(body) = body {
-                keys.push(serde_json::from_str::<ApiKey>(&body).map_err(corrupt)?);
-            }
-        }
-        keys.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
-        Ok(keys)
-    }
-
-    async fn revoke_api_key(
-        &self,
-        id: &PublicId,
-        at: Timestamp,
-        event: AuditEvent,
-    ) -> Result<Option<(ApiKey, AuditEvent)>, StoreError> {
-        let hex: Option<String> = self
-            .query(redis::cmd("GET").arg(self.key("k", "ai", id.as_str())))
-            .await?;
-        let Some(hex) = hex else { return Ok(None) };
-        let record = self.key("k", "a", &hex);
-        let body: Option<String> = self.query(redis::cmd("GET").arg(&record)).await?;
-        let Some(body) = body else { return Ok(None) };
-        let mut key: ApiKey = serde_json::from_str(&body).map_err(corrupt)?;
-        if key.revoked_at.is_some() {
-            return Ok(None);
-        }
-        key.revoked_at = Some(at);
-        let mut plan = Plan::default();
-        plan.check_value(record.as_bytes(), body.as_bytes());
-        let body = serde_json::to_string(&key).map_err(corrupt)?;
-        plan.op(&[b"SET", record.as_bytes(), body.as_bytes()]);
-        self.event(&mut plan, None, event)?;
-        let Some(mut events) = self.commit(plan).await? else {
-            return Ok(None);
-        };
-        self.api_keys.forget(&key.key_hash);
-        Ok(Some((key, events.remove(0))))
-    }
-
     async fn ping(&self) -> Result<(), StoreError> {
         let _: String = self.query(&redis::cmd("PING")).await?;
         Ok(())
@@ -1361,6 +1281,8 @@ impl SessionStore for RedisStore {
 
 #[cfg(test)]
 mod tests {
+    use portcullis_core::PublicId;
+
     use super::*;
 
     #[test]

@@ -5,8 +5,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use portcullis_core::{
-    Actor, ApiKey, AuditEvent, Device, Engine, EventKind, EventQuery, ManualClock, PolicySet,
-    PublicId, SeededRandom, SessionStore, Token, TokenKind, legacy_app,
+    Actor, ApiKey, ApiKeyStore, AuditEvent, Device, Engine, EventKind, EventQuery, ManualClock,
+    PolicySet, PublicId, SeededRandom, SessionStore, Token, TokenKind, legacy_app,
 };
 use portcullis_store_tests::{session_at, t0};
 use sqlx::sqlite::SqliteConnectOptions;

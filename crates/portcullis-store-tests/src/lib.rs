@@ -2,13 +2,15 @@
 //! `route_tests!` pattern of tower-sessions: each case is an `async fn` over a fresh store, and
 //! [`store_conformance!`] instantiates all of them as tests for one backend.
 //!
-//! Two layers are checked: the store contract itself ([`store`]) and the whole session
-//! lifecycle run by the [`portcullis_core::Engine`] on top of the store ([`lifecycle`]), with a
-//! manual clock so no case sleeps; [`applications`] checks both for applications as principals
-//! (their records, what each session, key and event belongs to, and who reaches what).
+//! Two layers are checked: the store contract itself, one case list per stored entity
+//! ([`store`] for sessions and events, [`api_keys`]), and the whole session lifecycle run by the
+//! [`portcullis_core::Engine`] on top of the store ([`lifecycle`]), with a manual clock so no
+//! case sleeps; [`applications`] checks both for applications as principals (their records,
+//! what each session, key and event belongs to, and who reaches what).
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod api_keys;
 pub mod applications;
 pub mod lifecycle;
 pub mod model;
@@ -180,8 +182,8 @@ macro_rules! store_conformance {
             store::tombstone_reconstitutes_once,
             store::purge_forgets_after_retention,
             store::events_are_ordered_filtered_and_paged,
-            store::api_keys_add_find_list_revoke,
             store::ping_answers,
+            api_keys::api_keys_add_find_list_revoke,
             applications::applications_add_find_list_update_remove,
             applications::api_keys_carry_their_application,
             applications::sessions_carry_their_application_through_insert_replace_and_end,

@@ -1,11 +1,11 @@
-//! Cases for the store contract itself.
+//! Cases for the session store contract itself: sessions, their events and the readiness ping.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use portcullis_core::{
-    Actor, ApiKey, AuditEvent, EndReason, EventKind, EventQuery, OnLimit, PublicId, SessionLimit,
-    SessionStore, StoreError, Token, TokenKind, subject_route,
+    EndReason, EventKind, EventQuery, OnLimit, PublicId, SessionLimit, SessionStore, StoreError,
+    Token, TokenKind, subject_route,
 };
 
 use crate::{ending, limited_insert, plain_insert, random, rotated, session_at, t0};
@@ -78,7 +78,6 @@ pub async fn unknown_lookups_are_none<S: SessionStore>(store: S) {
             .is_none()
     );
     assert!(store.list_subject("nobody").await.unwrap().is_empty());
-    assert!(store.find_api_key(&token.hash()).await.unwrap().is_none());
 }
 
 /// Listing a subject gives its live sessions, oldest first, and nobody else's.
@@ -719,63 +718,6 @@ pub async fn events_are_ordered_filtered_and_paged<S: SessionStore>(store: S) {
         .await
         .unwrap();
     assert_eq!(page, vec![all[1].clone()]);
-}
-
-/// API keys are stored by hash, listed, and revoked once.
-pub async fn api_keys_add_find_list_revoke<S: SessionStore>(store: S) {
-    let r = random();
-    let token = Token::generate(TokenKind::ApiKey, r.as_ref());
-    let key = ApiKey {
-        id: PublicId::generate("key_", r.as_ref()),
-        name: "shop".into(),
-        application: crate::test_app(),
-        key_hash: token.hash(),
-        created_at: t0(),
-        revoked_at: None,
-    };
-    let event = AuditEvent {
-        seq: 0,
-        at: t0(),
-        kind: EventKind::ApiKeyCreated,
-        actor: Actor::cli(),
-        session_id: None,
-        subject: None,
-        policy: None,
-        application: Some(key.application.clone()),
-        reason: None,
-        detail: serde_json::json!({"api_key": key.id.as_str()}),
-    };
-    let stored = store.add_api_key(key.clone(), event.clone()).await.unwrap();
-    assert!(stored.seq > 0);
-    assert_eq!(
-        store.find_api_key(&token.hash()).await.unwrap(),
-        Some(key.clone())
-    );
-    assert_eq!(store.list_api_keys().await.unwrap(), vec![key.clone()]);
-    let mut revoke_event = event.clone();
-    revoke_event.kind = EventKind::ApiKeyRevoked;
-    let (revoked, _) = store
-        .revoke_api_key(&key.id, t0().plus(SEC), revoke_event.clone())
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(revoked.revoked_at, Some(t0().plus(SEC)));
-    assert!(
-        store
-            .revoke_api_key(&key.id, t0().plus(SEC), revoke_event)
-            .await
-            .unwrap()
-            .is_none()
-    );
-    assert_eq!(
-        store
-            .find_api_key(&token.hash())
-            .await
-            .unwrap()
-            .unwrap()
-            .revoked_at,
-        Some(t0().plus(SEC))
-    );
 }
 
 /// A healthy store answers its readiness ping.
