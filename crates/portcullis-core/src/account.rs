@@ -78,7 +78,7 @@ pub enum UserStoreError {
     Exists,
     /// The backend cannot answer: fail closed.
     #[error("the user store is unavailable: {0}")]
-    Unavailable(String),
+    Unavailable(#[source] crate::store::BackendError),
     /// A stored record cannot be read.
     #[error("a stored user record is corrupt: {0}")]
     Corrupt(String),

@@ -44,7 +44,8 @@ pub use random::{OsRandom, RandomSource, SeededRandom};
 pub use rules::{ACCOUNT_SCOPE, AccountRules, RuleError, assurance_level};
 pub use session::{AuthContext, Deadline, Device, Elevation, EndReason, Ended, Session};
 pub use store::{
-    EndedSessions, Ending, Insert, Inserted, SessionLimit, SessionStore, Store, StoreError,
+    BackendError, EndedSessions, Ending, Insert, Inserted, SessionLimit, SessionStore, Store,
+    StoreError,
 };
 pub use time::{Clock, ManualClock, SystemClock, Timestamp, format_duration, parse_duration};
 pub use token::{

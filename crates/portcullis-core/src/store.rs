@@ -22,7 +22,7 @@ use crate::token::{SessionId, TokenHash};
 pub enum StoreError {
     /// The backend cannot answer; callers fail closed (nobody is let in).
     #[error("the session store is unavailable: {0}")]
-    Unavailable(String),
+    Unavailable(#[source] BackendError),
     /// The subject has reached its session limit and the policy says `deny`.
     #[error("the subject has reached its session limit")]
     LimitReached,
@@ -36,6 +36,53 @@ pub enum StoreError {
     /// Another entity already has this unique name.
     #[error("the name \"{0}\" is taken")]
     NameTaken(String),
+}
+
+/// Why a backend could not answer: its own error, kept (cheaply shared, as one failed batch
+/// answers many waiters), or a message where there is no error value.
+#[derive(Debug, Clone)]
+pub struct BackendError(Arc<dyn std::error::Error + Send + Sync>);
+
+#[derive(Debug)]
+struct Message(String);
+
+impl std::fmt::Display for Message {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Message {}
+
+impl BackendError {
+    /// Keeps `err` as the source.
+    pub fn new(err: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Self(Arc::new(err))
+    }
+}
+
+impl From<String> for BackendError {
+    fn from(message: String) -> Self {
+        Self(Arc::new(Message(message)))
+    }
+}
+
+impl From<&str> for BackendError {
+    fn from(message: &str) -> Self {
+        Self::from(message.to_owned())
+    }
+}
+
+impl std::fmt::Display for BackendError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for BackendError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0.source()
+    }
 }
 
 /// A per-subject cap on live sessions.
@@ -197,4 +244,34 @@ pub trait SessionStore: Send + Sync + 'static {
 
     /// Writes what the store has coalesced (touches).
     fn flush(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
+}
+
+#[cfg(test)]
+mod tests {
+    use std::error::Error as _;
+
+    use super::{BackendError, StoreError};
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("pool closed")]
+    struct Inner(#[source] std::io::Error);
+
+    #[test]
+    fn an_unavailable_store_keeps_the_backends_error_and_its_chain() {
+        let inner = Inner(std::io::Error::other("connection refused"));
+        let err = StoreError::Unavailable(BackendError::new(inner));
+        assert_eq!(
+            err.to_string(),
+            "the session store is unavailable: pool closed"
+        );
+        let kept = err.source().expect("the backend's error is the source");
+        assert_eq!(kept.to_string(), "pool closed");
+        assert_eq!(
+            kept.source().map(ToString::to_string).as_deref(),
+            Some("connection refused"),
+            "and its own source after it"
+        );
+        let shared = BackendError::from("the reader has stopped");
+        assert_eq!(shared.clone().to_string(), "the reader has stopped");
+    }
 }

@@ -63,9 +63,9 @@ async fn run(
             }
             // Fail closed: every lookup of the batch gets the error.
             Err(err) => {
-                let message = err.to_string();
+                let err = portcullis_core::BackendError::new(err);
                 for (_, reply) in batch.drain(..) {
-                    let _ = reply.send(Err(StoreError::Unavailable(message.clone())));
+                    let _ = reply.send(Err(StoreError::Unavailable(err.clone())));
                 }
             }
         }

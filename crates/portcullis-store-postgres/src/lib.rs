@@ -15,8 +15,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use portcullis_core::{
-    ApiKeyCache, AppId, AuditEvent, EndReason, EndedSessions, Ending, EventQuery, Insert, Inserted,
-    PublicId, Session, SessionId, SessionStore, StoreError, Timestamp, TokenHash, plan,
+    ApiKeyCache, AppId, AuditEvent, BackendError, EndReason, EndedSessions, Ending, EventQuery,
+    Insert, Inserted, PublicId, Session, SessionId, SessionStore, StoreError, Timestamp, TokenHash,
+    plan,
 };
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
 use sqlx::{PgConnection, PgPool, Postgres, Row, Transaction};
@@ -57,7 +58,7 @@ pub struct PostgresStore {
 }
 
 fn unavailable(err: sqlx::Error) -> StoreError {
-    StoreError::Unavailable(err.to_string())
+    StoreError::Unavailable(BackendError::new(err))
 }
 
 fn corrupt(err: serde_json::Error) -> StoreError {

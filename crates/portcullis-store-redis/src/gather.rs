@@ -91,8 +91,9 @@ async fn run(
             }
             // Fail closed: every read of the batch gets the error.
             Err(err) => {
+                let err = portcullis_core::BackendError::new(err);
                 for (_, reply) in batch.drain(..) {
-                    let _ = reply.send(Err(StoreError::Unavailable(err.to_string())));
+                    let _ = reply.send(Err(StoreError::Unavailable(err.clone())));
                 }
             }
         }

@@ -43,8 +43,9 @@ use std::sync::{Arc, LazyLock, Mutex, PoisonError};
 use std::time::Duration;
 
 use portcullis_core::{
-    ApiKeyCache, AppId, AuditEvent, EndReason, EndedSessions, Ending, EventQuery, Insert, Inserted,
-    Session, SessionId, SessionStore, StoreError, Timestamp, TokenHash, plan, subject_route,
+    ApiKeyCache, AppId, AuditEvent, BackendError, EndReason, EndedSessions, Ending, EventQuery,
+    Insert, Inserted, Session, SessionId, SessionStore, StoreError, Timestamp, TokenHash, plan,
+    subject_route,
 };
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::cluster_async::ClusterConnection;
@@ -128,7 +129,7 @@ fn tcp_settings() -> redis::io::tcp::TcpSettings {
 }
 
 fn unavailable(err: redis::RedisError) -> StoreError {
-    StoreError::Unavailable(err.to_string())
+    StoreError::Unavailable(BackendError::new(err))
 }
 
 fn corrupt(err: impl std::fmt::Display) -> StoreError {

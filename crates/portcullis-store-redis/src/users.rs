@@ -57,7 +57,7 @@ impl RedisUserStore {
 fn from_store(err: StoreError) -> UserStoreError {
     match err {
         StoreError::Corrupt(text) => UserStoreError::Corrupt(text),
-        other => UserStoreError::Unavailable(other.to_string()),
+        other => UserStoreError::Unavailable(portcullis_core::BackendError::new(other)),
     }
 }
 

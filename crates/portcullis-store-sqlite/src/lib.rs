@@ -21,7 +21,8 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use portcullis_core::{
-    AuditEvent, CachedStore, Change, EventQuery, Journal, PublicId, Snapshot, StoreError, Touch,
+    AuditEvent, BackendError, CachedStore, Change, EventQuery, Journal, PublicId, Snapshot,
+    StoreError, Touch,
 };
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, SqlitePool};
@@ -57,7 +58,7 @@ pub struct SqliteJournal {
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 fn unavailable(err: sqlx::Error) -> StoreError {
-    StoreError::Unavailable(err.to_string())
+    StoreError::Unavailable(BackendError::new(err))
 }
 
 fn corrupt(err: serde_json::Error) -> StoreError {

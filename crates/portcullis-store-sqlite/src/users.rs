@@ -16,7 +16,7 @@ impl SqliteUserStore {
 }
 
 fn unavailable(err: sqlx::Error) -> UserStoreError {
-    UserStoreError::Unavailable(err.to_string())
+    UserStoreError::Unavailable(portcullis_core::BackendError::new(err))
 }
 
 fn decode(body: &str) -> Result<User, UserStoreError> {
