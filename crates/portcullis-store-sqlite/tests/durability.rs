@@ -41,7 +41,9 @@ async fn sessions_endings_touches_keys_applications_and_events_survive_reopen() 
             clock.clone(),
             Arc::new(OsRandom),
         );
+        // Listed oldest first: a millisecond apart, so the order does not fall to the random ids.
         engine.add_application(named("shop"), &cli).await.unwrap();
+        clock.advance(Duration::from_millis(1));
         engine.add_application(named("blog"), &cli).await.unwrap();
         engine.add_application(named("gone"), &cli).await.unwrap();
         engine
