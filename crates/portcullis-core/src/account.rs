@@ -23,7 +23,8 @@ use crate::token::PublicId;
 
 /// A local account.
 ///
-/// Its serde form is the storage encoding of the user stores.
+/// User stores keep it as [`crate::stored::StoredUser`], whose field names are the storage
+/// contract, so this type may change freely.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct User {
     /// Stable public id (`usr_…`); the subject of the person's sessions.

@@ -19,6 +19,9 @@ use crate::time::Timestamp;
 use crate::token::{PublicId, TokenHash};
 
 /// An API key for backend callers; only its hash is stored.
+///
+/// Stores keep it as [`crate::stored::StoredApiKey`], whose field names are the storage
+/// contract, so this type may change freely.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ApiKey {
     /// Public id (`key_…`).

@@ -19,6 +19,7 @@ pub mod random;
 pub mod rules;
 pub mod session;
 pub mod store;
+pub mod stored;
 pub mod time;
 pub mod token;
 
@@ -46,6 +47,10 @@ pub use session::{AuthContext, Deadline, Device, Elevation, EndReason, Ended, Se
 pub use store::{
     BackendError, EndedSessions, Ending, Insert, Inserted, SessionLimit, SessionStore, Store,
     StoreError,
+};
+pub use stored::{
+    StoredApiKey, StoredAuth, StoredDeadline, StoredDevice, StoredElevation, StoredEndReason,
+    StoredEnded, StoredSession, StoredTotp, StoredUser,
 };
 pub use time::{Clock, ManualClock, SystemClock, Timestamp, format_duration, parse_duration};
 pub use token::{

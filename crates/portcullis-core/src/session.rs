@@ -171,8 +171,8 @@ pub struct Ended {
 
 /// A session: the store's record. Stores key it by `token_hash` and by `id`.
 ///
-/// Its serde form is the storage encoding of the SQL and Redis stores (the API has its own
-/// views); empty fields are left out to keep records small, and read back as empty.
+/// Stores keep it as [`crate::stored::StoredSession`], whose field names are the storage
+/// contract, so this type may change freely (the API has its own views too).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Session {
     /// Public, non-secret id (also the OIDC `sid`).

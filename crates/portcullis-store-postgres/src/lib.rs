@@ -16,8 +16,8 @@ use std::time::Duration;
 
 use portcullis_core::{
     ApiKeyCache, AppId, AuditEvent, BackendError, EndReason, EndedSessions, Ending, EventQuery,
-    Insert, Inserted, PublicId, Session, SessionId, SessionStore, StoreError, Timestamp, TokenHash,
-    plan,
+    Insert, Inserted, PublicId, Session, SessionId, SessionStore, StoreError, StoredSession,
+    Timestamp, TokenHash, plan,
 };
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
 use sqlx::{PgConnection, PgPool, Postgres, Row, Transaction};
@@ -143,7 +143,8 @@ impl PostgresStore {
 
 fn decode(row: &PgRow) -> Result<Session, StoreError> {
     let body: &str = row.try_get(0).map_err(unavailable)?;
-    let mut session: Session = serde_json::from_str(body).map_err(corrupt)?;
+    let stored: StoredSession = serde_json::from_str(body).map_err(corrupt)?;
+    let mut session = Session::try_from(stored)?;
     let last_seen: i64 = row.try_get(1).map_err(unavailable)?;
     let idle_at: Option<i64> = row.try_get(2).map_err(unavailable)?;
     session.last_seen_at = Timestamp::from_millis(last_seen);
@@ -167,7 +168,7 @@ async fn fetch_sessions(
 }
 
 async fn write_session(conn: &mut PgConnection, s: &Session) -> Result<(), StoreError> {
-    let body = serde_json::to_string(s).map_err(corrupt)?;
+    let body = serde_json::to_string(&StoredSession::from(s)).map_err(corrupt)?;
     let tomb_until = s
         .ended
         .as_ref()

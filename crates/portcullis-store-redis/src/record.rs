@@ -4,9 +4,10 @@
 //! last activity and the deadlines); the rest is fields in a fixed order: a byte of flags for
 //! what is present, session ids as their 16 random bytes, times after the creation as varint
 //! deltas, strings length-prefixed. The token hash is not stored: it is the key. Rare, nested
-//! parts (elevations, data, the ending) are JSON inside the record. JSON for the whole record
-//! was 3–4× larger and slower to read; format 1 (fixed-width times, a byte per optional part)
-//! was 20 % larger than this format 2, and is still read.
+//! parts (elevations, data, the ending) are JSON inside the record (elevations and the ending in
+//! their stored form, `portcullis_core::stored`). JSON for the whole record was 3–4× larger and
+//! slower to read; format 1 (fixed-width times, a byte per optional part) was 20 % larger than
+//! this format 2, and is still read.
 //!
 //! Format 2 grew by flags, so every record written before a flag existed still reads: the
 //! application, last (an engine's `app_` id as a marker and its 16 random bytes, any other id
@@ -33,8 +34,8 @@
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use portcullis_core::{
-    AppId, AuthContext, Deadline, Device, LEGACY_APP, PublicId, Session, StoreError, Timestamp,
-    TokenHash, legacy_app,
+    AppId, AuthContext, Deadline, Device, Elevation, Ended, LEGACY_APP, PublicId, Session,
+    StoreError, StoredElevation, StoredEnded, Timestamp, TokenHash, legacy_app,
 };
 
 /// Length of the fixed header.
@@ -140,6 +141,21 @@ impl Writer {
                 self.str(id.as_str());
             }
         }
+    }
+
+    /// The elevations, as stored.
+    fn elevations(&mut self, elevations: &[Elevation]) -> Result<(), StoreError> {
+        self.json(
+            &elevations
+                .iter()
+                .map(StoredElevation::from)
+                .collect::<Vec<_>>(),
+        )
+    }
+
+    /// The ending, as stored.
+    fn ended(&mut self, ended: &Ended) -> Result<(), StoreError> {
+        self.json(&StoredEnded::from(ended))
     }
 
     fn json<T: serde::Serialize>(&mut self, value: &T) -> Result<(), StoreError> {
@@ -421,13 +437,14 @@ pub(crate) fn encode(session: &Session) -> Result<Vec<u8>, StoreError> {
         w.id(from);
     }
     if !session.elevations.is_empty() {
-        w.json(&session.elevations)?;
+        w.elevations(&session.elevations)?;
     }
     if !session.data.is_null() {
+        // The application's own JSON, stored as it is.
         w.json(&session.data)?;
     }
     if let Some(ended) = &session.ended {
-        w.json(ended)?;
+        w.ended(ended)?;
     }
     if session.application.as_str() != LEGACY_APP {
         w.app(&session.application);
@@ -504,9 +521,14 @@ struct Body {
     device: Device,
     parent: Option<PublicId>,
     reconstituted_from: Option<PublicId>,
-    elevations: Vec<portcullis_core::Elevation>,
+    elevations: Vec<Elevation>,
     data: serde_json::Value,
-    ended: Option<portcullis_core::Ended>,
+    ended: Option<Ended>,
+}
+
+/// Elevations read as stored.
+fn elevations(stored: Vec<StoredElevation>) -> Vec<Elevation> {
+    stored.into_iter().map(Elevation::from).collect()
 }
 
 /// Format 2's body; `absolute_at` is the absolute deadline from the header.
@@ -552,12 +574,16 @@ fn body(r: &mut Reader<'_>, absolute_at: i64) -> Result<Body, StoreError> {
     let elevations = has(ELEVATIONS)
         .then(|| r.json())
         .transpose()?
+        .map(elevations)
         .unwrap_or_default();
     let data = has(DATA)
         .then(|| r.json())
         .transpose()?
         .unwrap_or(serde_json::Value::Null);
-    let ended = has(ENDED).then(|| r.json()).transpose()?;
+    let ended = has(ENDED)
+        .then(|| r.json::<StoredEnded>())
+        .transpose()?
+        .map(Ended::from);
     let application = if has(APPLICATION) {
         r.app()?
     } else {
@@ -608,9 +634,9 @@ fn body_v1(r: &mut Reader<'_>) -> Result<Body, StoreError> {
     };
     let parent = r.opt_string()?.map(PublicId::from_string);
     let reconstituted_from = r.opt_string()?.map(PublicId::from_string);
-    let elevations = r.opt_json()?.unwrap_or_default();
+    let elevations = r.opt_json()?.map(elevations).unwrap_or_default();
     let data = r.opt_json()?.unwrap_or(serde_json::Value::Null);
-    let ended = r.opt_json()?;
+    let ended = r.opt_json::<StoredEnded>()?.map(Ended::from);
     Ok(Body {
         id,
         subject,
@@ -635,7 +661,7 @@ fn body_v1(r: &mut Reader<'_>) -> Result<Body, StoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use portcullis_core::{Elevation, EndReason, Ended, portcullis_app};
+    use portcullis_core::{EndReason, portcullis_app};
 
     fn session() -> Session {
         let t = Timestamp::from_millis(1_764_000_000_123);
@@ -694,9 +720,10 @@ mod tests {
         w.opt_str(session.device.ip.as_deref());
         w.opt_str(session.parent.as_ref().map(PublicId::as_str));
         w.opt_str(session.reconstituted_from.as_ref().map(PublicId::as_str));
-        w.opt_json((!session.elevations.is_empty()).then_some(&session.elevations))?;
+        let elevations: Vec<StoredElevation> = session.elevations.iter().map(Into::into).collect();
+        w.opt_json((!elevations.is_empty()).then_some(&elevations))?;
         w.opt_json((!session.data.is_null()).then_some(&session.data))?;
-        w.opt_json(session.ended.as_ref())?;
+        w.opt_json(session.ended.as_ref().map(StoredEnded::from).as_ref())?;
         Ok(w.0)
     }
 
@@ -748,13 +775,14 @@ mod tests {
             w.id(from);
         }
         if !session.elevations.is_empty() {
-            w.json(&session.elevations)?;
+            w.elevations(&session.elevations)?;
         }
         if !session.data.is_null() {
+            // The application's own JSON, stored as it is.
             w.json(&session.data)?;
         }
         if let Some(ended) = &session.ended {
-            w.json(ended)?;
+            w.ended(ended)?;
         }
         Ok(w.0)
     }

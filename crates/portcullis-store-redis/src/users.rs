@@ -3,7 +3,7 @@
 
 use std::sync::LazyLock;
 
-use portcullis_core::{StoreError, User, UserFuture, UserStore, UserStoreError};
+use portcullis_core::{StoreError, StoredUser, User, UserFuture, UserStore, UserStoreError};
 use redis::Script;
 
 use crate::RedisStore;
@@ -62,11 +62,14 @@ fn from_store(err: StoreError) -> UserStoreError {
 }
 
 fn decode(body: &str) -> Result<User, UserStoreError> {
-    serde_json::from_str(body).map_err(|e| UserStoreError::Corrupt(e.to_string()))
+    serde_json::from_str::<StoredUser>(body)
+        .map(User::from)
+        .map_err(|e| UserStoreError::Corrupt(e.to_string()))
 }
 
 fn encode(user: &User) -> Result<String, UserStoreError> {
-    serde_json::to_string(user).map_err(|e| UserStoreError::Corrupt(e.to_string()))
+    serde_json::to_string(&StoredUser::from(user))
+        .map_err(|e| UserStoreError::Corrupt(e.to_string()))
 }
 
 impl UserStore for RedisUserStore {

@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use portcullis_core::{
     AuditEvent, BackendError, CachedStore, Change, EventQuery, Journal, PublicId, Snapshot,
-    StoreError, Touch,
+    StoreError, StoredApiKey, StoredSession, Touch,
 };
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, SqlitePool};
@@ -97,8 +97,12 @@ impl SqliteJournal {
     /// position.
     async fn load(&self) -> Result<Snapshot, StoreError> {
         let mut snapshot = Snapshot {
-            sessions: self.read_bodies("SELECT body FROM sessions").await?,
-            api_keys: self.read_bodies("SELECT body FROM api_keys").await?,
+            sessions: self
+                .read_bodies::<StoredSession, _>("SELECT body FROM sessions")
+                .await?,
+            api_keys: self
+                .read_bodies::<StoredApiKey, _>("SELECT body FROM api_keys")
+                .await?,
             applications: self.read_applications().await?,
             ..Snapshot::default()
         };
@@ -111,17 +115,22 @@ impl SqliteJournal {
         Ok(snapshot)
     }
 
-    /// Every row of a one-column `body` query, decoded.
-    async fn read_bodies<T: serde::de::DeserializeOwned>(
-        &self,
-        sql: &'static str,
-    ) -> Result<Vec<T>, StoreError> {
+    /// Every row of a one-column `body` query, read as its stored form `S` and converted to
+    /// the domain type `T`.
+    async fn read_bodies<S, T>(&self, sql: &'static str) -> Result<Vec<T>, StoreError>
+    where
+        S: serde::de::DeserializeOwned,
+        T: TryFrom<S, Error = StoreError>,
+    {
         let rows = sqlx::query(sql)
             .fetch_all(&self.pool)
             .await
             .map_err(unavailable)?;
         rows.iter()
-            .map(|row| serde_json::from_str(row.get::<&str, _>(0)).map_err(corrupt))
+            .map(|row| {
+                let stored: S = serde_json::from_str(row.get::<&str, _>(0)).map_err(corrupt)?;
+                T::try_from(stored)
+            })
             .collect()
     }
 
@@ -196,7 +205,8 @@ impl Journal for SqliteJournal {
                 .map_err(unavailable)?;
         }
         for session in &change.sessions {
-            let body = serde_json::to_string(session.as_ref()).map_err(corrupt)?;
+            let body =
+                serde_json::to_string(&StoredSession::from(session.as_ref())).map_err(corrupt)?;
             sqlx::query(
                 "INSERT INTO sessions (id, token_hash, subject, live, next_deadline, purge_at, body)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
@@ -233,7 +243,7 @@ impl Journal for SqliteJournal {
             .map_err(unavailable)?;
         }
         for key in &change.api_keys {
-            let body = serde_json::to_string(key).map_err(corrupt)?;
+            let body = serde_json::to_string(&StoredApiKey::from(key)).map_err(corrupt)?;
             sqlx::query(
                 "INSERT INTO api_keys (id, key_hash, body) VALUES (?1, ?2, ?3)
                  ON CONFLICT (id) DO UPDATE SET body = excluded.body",

@@ -1,6 +1,6 @@
 //! Local accounts in the same SQLite file as the sessions.
 
-use portcullis_core::{User, UserFuture, UserStore, UserStoreError};
+use portcullis_core::{StoredUser, User, UserFuture, UserStore, UserStoreError};
 use sqlx::{Row, SqlitePool};
 
 /// The accounts table of the embedded store (see [`crate::SqliteJournal::users`]).
@@ -20,11 +20,14 @@ fn unavailable(err: sqlx::Error) -> UserStoreError {
 }
 
 fn decode(body: &str) -> Result<User, UserStoreError> {
-    serde_json::from_str(body).map_err(|e| UserStoreError::Corrupt(e.to_string()))
+    serde_json::from_str::<StoredUser>(body)
+        .map(User::from)
+        .map_err(|e| UserStoreError::Corrupt(e.to_string()))
 }
 
 fn encode(user: &User) -> Result<String, UserStoreError> {
-    serde_json::to_string(user).map_err(|e| UserStoreError::Corrupt(e.to_string()))
+    serde_json::to_string(&StoredUser::from(user))
+        .map_err(|e| UserStoreError::Corrupt(e.to_string()))
 }
 
 fn version(user: &User) -> i64 {
