@@ -55,18 +55,13 @@ pub fn principal() -> Principal {
 
 /// Registers [`application`] in the engine's store (needed before creating its API keys).
 pub async fn register<S: Store>(engine: &Engine<S>) {
-    let event = portcullis_core::AuditEvent {
-        seq: 0,
-        at: engine.now(),
-        kind: portcullis_core::EventKind::ApplicationCreated,
-        actor: Actor::cli(),
-        session_id: None,
-        subject: None,
-        policy: None,
-        application: Some(application_id()),
-        reason: None,
-        detail: serde_json::Value::Null,
-    };
+    let event = portcullis_core::AuditEvent::for_application(
+        portcullis_core::EventKind::ApplicationCreated,
+        &application_id(),
+        engine.now(),
+        &Actor::cli(),
+        serde_json::Value::Null,
+    );
     portcullis_core::ApplicationStore::add_application(engine.store(), application(), event)
         .await
         .expect("registering the benchmark application");

@@ -1268,35 +1268,25 @@ fn application_event(
     actor: &Actor,
 ) -> AuditEvent {
     let grants: Vec<&str> = app.grants.iter().map(|g| g.as_str()).collect();
-    AuditEvent {
-        seq: 0,
-        at,
+    AuditEvent::for_application(
         kind,
-        actor: actor.clone(),
-        session_id: None,
-        subject: None,
-        policy: None,
-        application: Some(app.id.clone()),
-        reason: None,
-        detail: serde_json::json!({
+        &app.id,
+        at,
+        actor,
+        serde_json::json!({
             "application": app.id.as_str(), "name": app.name, "policies": app.policies,
             "default_policy": app.default_policy, "grants": grants,
         }),
-    }
+    )
 }
 
 /// The event of an API-key change.
 fn api_key_event(kind: EventKind, key: &ApiKey, at: Timestamp, actor: &Actor) -> AuditEvent {
-    AuditEvent {
-        seq: 0,
-        at,
+    AuditEvent::for_application(
         kind,
-        actor: actor.clone(),
-        session_id: None,
-        subject: None,
-        policy: None,
-        application: Some(key.application.clone()),
-        reason: None,
-        detail: serde_json::json!({ "api_key": key.id.as_str(), "name": key.name }),
-    }
+        &key.application,
+        at,
+        actor,
+        serde_json::json!({ "api_key": key.id.as_str(), "name": key.name }),
+    )
 }

@@ -189,6 +189,28 @@ impl AuditEvent {
         }
     }
 
+    /// An event about an application or one of its API keys; `seq` is filled in by the store.
+    pub fn for_application(
+        kind: EventKind,
+        application: &AppId,
+        at: Timestamp,
+        actor: &Actor,
+        detail: serde_json::Value,
+    ) -> Self {
+        Self {
+            seq: 0,
+            at,
+            kind,
+            actor: actor.clone(),
+            session_id: None,
+            subject: None,
+            policy: None,
+            application: Some(application.clone()),
+            reason: None,
+            detail,
+        }
+    }
+
     /// The `session.ended` event for a session that has just ended.
     pub fn ended(session: &Session, actor: &Actor) -> Self {
         let ended = session.ended.as_ref();

@@ -511,6 +511,20 @@ impl From<&ApiKey> for StoredApiKey {
     }
 }
 
+impl StoredApiKey {
+    /// The JSON a store keeps for `key` (the stores that keep API keys as JSON share it).
+    pub fn encode(key: &ApiKey) -> Result<String, StoreError> {
+        serde_json::to_string(&Self::from(key)).map_err(|e| StoreError::Corrupt(e.to_string()))
+    }
+
+    /// The key a store's JSON holds.
+    pub fn decode(json: &str) -> Result<ApiKey, StoreError> {
+        let stored: Self =
+            serde_json::from_str(json).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        ApiKey::try_from(stored)
+    }
+}
+
 impl TryFrom<StoredApiKey> for ApiKey {
     type Error = StoreError;
 

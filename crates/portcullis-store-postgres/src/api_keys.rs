@@ -9,18 +9,7 @@ use portcullis_core::{
 };
 use sqlx::Row;
 
-use crate::{PostgresStore, append_events, corrupt, unavailable};
-
-/// The key stored as `body`.
-fn decode(body: &str) -> Result<ApiKey, StoreError> {
-    let stored: StoredApiKey = serde_json::from_str(body).map_err(corrupt)?;
-    ApiKey::try_from(stored)
-}
-
-/// The `body` of `key`.
-fn encode(key: &ApiKey) -> Result<String, StoreError> {
-    serde_json::to_string(&StoredApiKey::from(key)).map_err(corrupt)
-}
+use crate::{PostgresStore, append_events, unavailable};
 
 impl ApiKeyStore for PostgresStore {
     async fn add_api_key(&self, key: ApiKey, event: AuditEvent) -> Result<AuditEvent, StoreError> {
@@ -28,7 +17,7 @@ impl ApiKeyStore for PostgresStore {
         sqlx::query("INSERT INTO pc_api_keys (id, key_hash, body) VALUES ($1, $2, $3)")
             .bind(key.id.as_str())
             .bind(&key.key_hash.0[..])
-            .bind(encode(&key)?)
+            .bind(StoredApiKey::encode(&key)?)
             .execute(&mut *tx)
             .await
             .map_err(unavailable)?;
@@ -47,7 +36,9 @@ impl ApiKeyStore for PostgresStore {
             .fetch_optional(&self.pool)
             .await
             .map_err(unavailable)?;
-        let key: Option<ApiKey> = row.map(|r| decode(r.get::<&str, _>(0))).transpose()?;
+        let key: Option<ApiKey> = row
+            .map(|r| StoredApiKey::decode(r.get::<&str, _>(0)))
+            .transpose()?;
         if let Some(key) = &key {
             self.api_keys.put(key);
         }
@@ -61,7 +52,7 @@ impl ApiKeyStore for PostgresStore {
             .map_err(unavailable)?;
         let mut keys = rows
             .iter()
-            .map(|r| decode(r.get::<&str, _>(0)))
+            .map(|r| StoredApiKey::decode(r.get::<&str, _>(0)))
             .collect::<Result<Vec<_>, _>>()?;
         keys.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
         Ok(keys)
@@ -80,14 +71,14 @@ impl ApiKeyStore for PostgresStore {
             .await
             .map_err(unavailable)?;
         let Some(row) = row else { return Ok(None) };
-        let mut key = decode(row.get::<&str, _>(0))?;
+        let mut key = StoredApiKey::decode(row.get::<&str, _>(0))?;
         if key.revoked_at.is_some() {
             return Ok(None);
         }
         key.revoked_at = Some(at);
         sqlx::query("UPDATE pc_api_keys SET body = $2 WHERE id = $1")
             .bind(id.as_str())
-            .bind(encode(&key)?)
+            .bind(StoredApiKey::encode(&key)?)
             .execute(&mut *tx)
             .await
             .map_err(unavailable)?;

@@ -15,17 +15,6 @@ use portcullis_core::{
 
 use crate::{Plan, RedisStore, corrupt};
 
-/// The key stored as `body`.
-fn decode(body: &str) -> Result<ApiKey, StoreError> {
-    let stored: StoredApiKey = serde_json::from_str(body).map_err(corrupt)?;
-    ApiKey::try_from(stored)
-}
-
-/// The stored value of `key`.
-fn encode(key: &ApiKey) -> Result<String, StoreError> {
-    serde_json::to_string(&StoredApiKey::from(key)).map_err(corrupt)
-}
-
 /// The hash tag of every API-key key (and of the stream of API-key events).
 pub(crate) const TAG: &str = "k";
 
@@ -35,7 +24,7 @@ impl ApiKeyStore for RedisStore {
         let hex = key.key_hash.to_hex();
         let record = self.key(TAG, "a", &hex);
         plan.check_value(record.as_bytes(), b"");
-        let body = encode(&key)?;
+        let body = StoredApiKey::encode(&key)?;
         plan.op(&[b"SET", record.as_bytes(), body.as_bytes()]);
         plan.op(&[b"SADD", self.tag_key(TAG, "ak").as_bytes(), hex.as_bytes()]);
         let id_key = self.key(TAG, "ai", key.id.as_str());
@@ -55,7 +44,7 @@ impl ApiKeyStore for RedisStore {
         let body: Option<String> = self
             .query(redis::cmd("GET").arg(self.key(TAG, "a", &hash.to_hex())))
             .await?;
-        let key: Option<ApiKey> = body.map(|b| decode(&b)).transpose()?;
+        let key: Option<ApiKey> = body.map(|b| StoredApiKey::decode(&b)).transpose()?;
         if let Some(key) = &key {
             self.api_keys.put(key);
         }
@@ -72,7 +61,7 @@ impl ApiKeyStore for RedisStore {
                 .query(redis::cmd("GET").arg(self.key(TAG, "a", &hex)))
                 .await?;
             if let Some(body) = body {
-                keys.push(decode(&body)?);
+                keys.push(StoredApiKey::decode(&body)?);
             }
         }
         keys.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
@@ -92,14 +81,14 @@ impl ApiKeyStore for RedisStore {
         let record = self.key(TAG, "a", &hex);
         let body: Option<String> = self.query(redis::cmd("GET").arg(&record)).await?;
         let Some(body) = body else { return Ok(None) };
-        let mut key = decode(&body)?;
+        let mut key = StoredApiKey::decode(&body)?;
         if key.revoked_at.is_some() {
             return Ok(None);
         }
         key.revoked_at = Some(at);
         let mut plan = Plan::default();
         plan.check_value(record.as_bytes(), body.as_bytes());
-        let body = encode(&key)?;
+        let body = StoredApiKey::encode(&key)?;
         plan.op(&[b"SET", record.as_bytes(), body.as_bytes()]);
         self.event(&mut plan, None, event)?;
         let Some(mut events) = self.commit(plan).await? else {

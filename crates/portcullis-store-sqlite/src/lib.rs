@@ -243,7 +243,7 @@ impl Journal for SqliteJournal {
             .map_err(unavailable)?;
         }
         for key in &change.api_keys {
-            let body = serde_json::to_string(&StoredApiKey::from(key)).map_err(corrupt)?;
+            let body = StoredApiKey::encode(key)?;
             sqlx::query(
                 "INSERT INTO api_keys (id, key_hash, body) VALUES (?1, ?2, ?3)
                  ON CONFLICT (id) DO UPDATE SET body = excluded.body",

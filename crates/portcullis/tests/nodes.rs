@@ -426,6 +426,37 @@ async fn redis_cluster_primary_failover() {
     for i in 0..24 {
         tokens.push(node.create(&key, &format!("user{i}")).await.0);
     }
+    // Redis replicates asynchronously: a write acknowledged by a primary that dies before its
+    // replica has it is lost (Redis's own guarantee, not ours). Wait until the replica has
+    // everything, so the test measures failover and not that window.
+    let replicated = || {
+        let out = std::process::Command::new("redis-cli")
+            .args(["-p", &base.to_string(), "INFO", "replication"])
+            .output()
+            .unwrap();
+        let info = String::from_utf8_lossy(&out.stdout).into_owned();
+        let field = |line: &str, key: &str| {
+            line.split([',', ':'])
+                .find_map(|part| part.strip_prefix(&format!("{key}=")).map(str::to_owned))
+        };
+        let primary = info
+            .lines()
+            .find_map(|l| l.strip_prefix("master_repl_offset:"))
+            .map(|v| v.trim().to_owned());
+        let replica = info
+            .lines()
+            .find(|l| l.starts_with("slave0:"))
+            .and_then(|l| field(l, "offset"));
+        primary.is_some() && primary == replica
+    };
+    let waiting = Instant::now();
+    while !replicated() {
+        assert!(
+            waiting.elapsed() < Duration::from_secs(10),
+            "the replica did not catch up"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     // Kill the primary on the first port (it holds a third of the slots and has a replica).
     let pid = std::fs::read_to_string(format!(
         "/tmp/portcullis-redis-cluster-{base}/{base}/redis.pid"
