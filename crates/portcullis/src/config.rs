@@ -179,6 +179,54 @@ pub enum StoreUrl {
     Redis(String),
 }
 
+/// Shown as the URL with its password replaced by `***` (in the user info or a `password=`
+/// parameter): the start-up line and `config check` print it, and logs must not carry secrets.
+impl std::fmt::Display for StoreUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Sqlite(path) => write!(f, "sqlite://{}", path.display()),
+            Self::Memory => f.write_str("memory://"),
+            Self::Postgres(url) | Self::Redis(url) => f.write_str(&redact(url)),
+        }
+    }
+}
+
+/// `url` with every password replaced by `***`.
+pub fn redact(url: &str) -> String {
+    let (before_query, query) = match url.split_once('?') {
+        Some((head, query)) => (head, Some(query)),
+        None => (url, None),
+    };
+    let mut out = match before_query.split_once("://") {
+        Some((scheme, rest)) => {
+            // The user info ends at the last '@' before the path.
+            let authority_end = rest.find('/').unwrap_or(rest.len());
+            let (authority, path) = rest.split_at(authority_end);
+            match authority.rsplit_once('@') {
+                Some((userinfo, hosts)) => {
+                    let user = userinfo.split_once(':').map_or(userinfo, |(user, _)| user);
+                    let hidden = if userinfo.contains(':') { ":***" } else { "" };
+                    format!("{scheme}://{user}{hidden}@{hosts}{path}")
+                }
+                None => before_query.to_owned(),
+            }
+        }
+        None => before_query.to_owned(),
+    };
+    if let Some(query) = query {
+        let params: Vec<String> = query
+            .split('&')
+            .map(|param| match param.split_once('=') {
+                Some((name, _)) if name.eq_ignore_ascii_case("password") => format!("{name}=***"),
+                _ => param.to_owned(),
+            })
+            .collect();
+        out.push('?');
+        out.push_str(&params.join("&"));
+    }
+    out
+}
+
 impl Config {
     /// Loads file (if `path`), environment, then `overrides`, and validates.
     pub fn load(path: Option<&Path>, overrides: &Overrides) -> Result<Self, ConfigError> {
@@ -255,7 +303,8 @@ impl Config {
             Some(url) => match url.strip_prefix("sqlite://") {
                 Some(path) if !path.is_empty() => Ok(StoreUrl::Sqlite(PathBuf::from(path))),
                 _ => Err(ConfigError::Invalid(format!(
-                    "store: \"{url}\" is not supported by this build (use sqlite://PATH, postgres://…, redis://…, redis+cluster://… or memory://)"
+                    "store: \"{}\" is not supported by this build (use sqlite://PATH, postgres://…, redis://…, redis+cluster://… or memory://)",
+                    redact(url)
                 ))),
             },
         }
@@ -332,6 +381,46 @@ fn describe(e: &figment::Error) -> String {
 mod tests {
     use super::*;
     use figment::Jail;
+
+    #[test]
+    fn store_urls_are_shown_without_their_passwords() {
+        let cases = [
+            (
+                "postgres://portcullis:s3cret@db.internal/portcullis?schema=pc",
+                "postgres://portcullis:***@db.internal/portcullis?schema=pc",
+            ),
+            (
+                "postgres://db.internal/portcullis?user=pc&password=s3cret&sslmode=require",
+                "postgres://db.internal/portcullis?user=pc&password=***&sslmode=require",
+            ),
+            (
+                "redis://:s3cret@127.0.0.1:6379/?prefix=pc",
+                "redis://:***@127.0.0.1:6379/?prefix=pc",
+            ),
+            (
+                "redis+cluster://app:p@ss:w0rd@10.0.0.1:6379,10.0.0.2:6379?prefix=pc",
+                "redis+cluster://app:***@10.0.0.1:6379,10.0.0.2:6379?prefix=pc",
+            ),
+            ("redis://127.0.0.1:6379", "redis://127.0.0.1:6379"),
+            ("postgres://pc@db/portcullis", "postgres://pc@db/portcullis"),
+        ];
+        for (url, shown) in cases {
+            let redacted = redact(url);
+            assert_eq!(redacted, shown);
+            assert!(!redacted.contains("s3cret") && !redacted.contains("w0rd"));
+        }
+        let store = StoreUrl::Postgres(cases[0].0.to_owned());
+        assert_eq!(store.to_string(), cases[0].1);
+        let overrides = Overrides {
+            store: Some("mysql://root:s3cret@db/x".into()),
+            ..Overrides::default()
+        };
+        let err = Config::load(None, &overrides).unwrap_err().to_string();
+        assert!(
+            err.contains("mysql://root:***@db/x") && !err.contains("s3cret"),
+            "{err}"
+        );
+    }
 
     #[test]
     fn defaults_need_no_file() {

@@ -485,7 +485,7 @@ fn config_check(config: &Config) -> Result<()> {
     println!("configuration is valid");
     println!("listen: {}", config.listen);
     println!("data_dir: {}", config.data_dir.display());
-    println!("store: {:?}", config.store_url()?);
+    println!("store: {}", config.store_url()?);
     println!("audit_log: {}", config.audit_log);
     for policy in config.policies()?.iter() {
         println!("policy {}:", policy.name);
@@ -757,7 +757,7 @@ async fn run_server<S: Store>(mut services: Services<S>, config: &Config) -> Res
         "http"
     };
     eprintln!(
-        "portcullis listening on {scheme}://{} (store: {:?}, admin socket: {})",
+        "portcullis listening on {scheme}://{} (store: {}, admin socket: {})",
         config.listen,
         config.store_url()?,
         socket.display()
