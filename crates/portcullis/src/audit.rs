@@ -2,6 +2,7 @@
 
 use std::fs::OpenOptions;
 use std::io::{self, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use portcullis_core::{AuditEvent, AuditSink, EventKind};
@@ -19,10 +20,13 @@ impl JsonLinesSink {
         let out: Option<Box<dyn Write + Send>> = match target {
             "off" => None,
             "stdout" => Some(Box::new(io::stdout())),
+            // Created readable by the owner only: the trail names people and their devices. A
+            // file that exists keeps the permissions its operator gave it (a SIEM's group, say).
             path => Some(Box::new(
                 OpenOptions::new()
                     .create(true)
                     .append(true)
+                    .mode(0o600)
                     .open(Path::new(path))?,
             )),
         };
@@ -45,10 +49,35 @@ impl AuditSink for JsonLinesSink {
         line.push(b'\n');
         let mut out = out.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         if out.write_all(&line).and_then(|()| out.flush()).is_err() {
+            metrics::counter!("portcullis_audit_write_failures_total").increment(1);
             tracing::error!(
                 seq = event.seq,
                 "could not write an audit event to the audit log"
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::JsonLinesSink;
+
+    #[test]
+    fn the_audit_log_is_created_readable_by_its_owner_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.log");
+        JsonLinesSink::open(path.to_str().unwrap()).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "created {mode:o}");
+
+        // An existing file keeps what its operator set.
+        let shared = dir.path().join("shared.log");
+        std::fs::write(&shared, b"").unwrap();
+        std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o640)).unwrap();
+        JsonLinesSink::open(shared.to_str().unwrap()).unwrap();
+        let mode = std::fs::metadata(&shared).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o640);
     }
 }
