@@ -1,11 +1,15 @@
 //! Handlers of the session API v1 and the local admin API.
 
 use axum::body::Bytes;
+use axum::extract::rejection::PathRejection;
 use axum::extract::{FromRequest, Path, Query, Request, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
-use portcullis_core::{ApplicationChange, Elevate, EndReason, EventQuery, Grant, PublicId, Store};
+use portcullis_core::{
+    ApplicationChange, Elevate, EndReason, EngineError, EventQuery, Grant, PublicId, Reach,
+    Session, Store, Timestamp,
+};
 use serde::de::DeserializeOwned;
 use std::sync::OnceLock;
 
@@ -47,6 +51,40 @@ impl<T: DeserializeOwned, St: Send + Sync> FromRequest<St> for ApiJson<T> {
 
 type ApiResult<T> = Result<T, ApiError>;
 
+/// A path parameter whose rejection (bad percent-encoding, invalid UTF-8) is a problem document.
+type ApiPath = Result<Path<String>, PathRejection>;
+
+/// The answer for a session asked for by id after it ended: 410 Gone, a problem document
+/// (`session_ended`, `ended_reason`) that carries the session as it ended under `session`.
+/// An ended session stays readable so until it is purged (`ended_retention`); then 404.
+pub fn session_gone(session: &Session, now: Timestamp) -> Response {
+    let Some(ended) = &session.ended else {
+        return ApiError::Internal.into_response();
+    };
+    let problem = ApiError::SessionEnded(ended.reason).problem();
+    let mut body = Vec::with_capacity(1280);
+    let written = serde_json::to_writer(&mut body, &problem)
+        .and_then(|()| {
+            // The problem's closing brace makes way for one more member.
+            body.pop();
+            body.extend_from_slice(b",\"session\":");
+            SessionView::of(session, now).write_json(&mut body)
+        })
+        .map(|()| body.push(b'}'));
+    match written {
+        Ok(()) => (
+            StatusCode::GONE,
+            [(
+                axum::http::header::CONTENT_TYPE,
+                axum::http::HeaderValue::from_static("application/problem+json"),
+            )],
+            body,
+        )
+            .into_response(),
+        Err(_) => ApiError::Internal.into_response(),
+    }
+}
+
 /// A JSON answer written in one go into a buffer sized for a session view (axum's `Json`
 /// starts at 128 bytes and grows, copying, on every answer of the hot path).
 #[derive(Debug)]
@@ -87,16 +125,42 @@ fn record_validation(result: &'static str) {
     security(("api_key" = [])),
     responses(
         (status = 201, description = "Created; the token is shown only here", body = IssuedView),
-        (status = 400, description = "Unknown policy or invalid request", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "`session_limit`: the policy denies more sessions", body = Problem, content_type = "application/problem+json"),
-        (status = 413, description = "`data_too_large`", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "`malformed_json`; `unknown_policy`; `invalid_request` (a subject of more than 256 bytes of UTF-8)", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "`policy_not_allowed`: the application may not use the policy; `application_not_allowed`: `application` names another application", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`session_limit`: the policy denies more sessions; `parent_not_live`: `parent` is not a live session of this subject", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "`data_too_large` (over `max_data_bytes`) or `body_too_large`", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "`store_unavailable`", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn create_session<S: Store>(
     State(state): State<AppState<S>>,
     caller: Caller,
-    ApiJson(body): ApiJson<CreateSessionBody>,
+    ApiJson(Obj(body)): ApiJson<Obj<CreateSessionBody>>,
 ) -> ApiResult<Response> {
+    body.check()?;
+    if let Reach::Application(app) = &caller.0.reach
+        && body
+            .application
+            .as_deref()
+            .is_some_and(|named| named != app.id.as_str())
+    {
+        return Err(ApiError::ApplicationNotAllowed);
+    }
+    if let Some(parent) = &body.parent {
+        // The engine checks it again when it inserts; this answers a parent that is gone, of
+        // another subject or out of reach (all alike) as a conflict with the parent's state.
+        let live = match state
+            .engine
+            .get(&PublicId::from_string(parent.clone()), &caller.0)
+            .await
+        {
+            Ok(p) => p.is_live() && p.subject == body.subject,
+            Err(EngineError::NotFound) => false,
+            Err(err) => return Err(err.into()),
+        };
+        if !live {
+            return Err(ApiError::ParentNotLive);
+        }
+    }
     let issued = state.engine.create(body.into(), &caller.0).await?;
     metrics::counter!("portcullis_sessions_created_total").increment(1);
     let view = IssuedView::of(&issued, state.engine.now());
@@ -114,8 +178,9 @@ pub async fn create_session<S: Store>(
 pub async fn validate_session<S: Store>(
     State(state): State<AppState<S>>,
     caller: Caller,
-    ApiJson(body): ApiJson<ValidateBody>,
+    ApiJson(Obj(body)): ApiJson<Obj<ValidateBody>>,
 ) -> ApiResult<Response> {
+    body.check()?;
     let device = body.device.into();
     match state
         .engine
@@ -144,7 +209,7 @@ pub async fn validate_session<S: Store>(
 pub async fn rotate_session<S: Store>(
     State(state): State<AppState<S>>,
     caller: Caller,
-    ApiJson(body): ApiJson<TokenBody>,
+    ApiJson(Obj(body)): ApiJson<Obj<TokenBody>>,
 ) -> ApiResult<Response> {
     let issued = state.engine.rotate(&body.token, &caller.0).await?;
     Ok(Answer(IssuedView::of(&issued, state.engine.now())).into_response())
@@ -155,14 +220,15 @@ pub async fn rotate_session<S: Store>(
     security(("api_key" = [])),
     responses(
         (status = 200, description = "Elevated; the new token", body = IssuedView),
-        (status = 400, description = "Invalid request", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Rejected token", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "`malformed_json`; `invalid_request`", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Rejected token (as for validation)", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn elevate_session<S: Store>(
     State(state): State<AppState<S>>,
     caller: Caller,
-    ApiJson(body): ApiJson<ElevateBody>,
+    ApiJson(Obj(body)): ApiJson<Obj<ElevateBody>>,
 ) -> ApiResult<Response> {
+    body.check()?;
     let request = Elevate {
         methods: body.methods,
         level: body.level,
@@ -185,33 +251,42 @@ pub async fn elevate_session<S: Store>(
 pub async fn logout_session<S: Store>(
     State(state): State<AppState<S>>,
     caller: Caller,
-    ApiJson(body): ApiJson<TokenBody>,
+    ApiJson(Obj(body)): ApiJson<Obj<TokenBody>>,
 ) -> ApiResult<StatusCode> {
     state.engine.logout(&body.token, &caller.0).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// Read one session (live or recently ended).
+/// Read one session. A live session answers 200; an ended one 410 Gone with its ending and
+/// the session as it ended (`session`), until it is purged (`ended_retention`); then, like
+/// one that never existed or belongs to another application, 404.
 #[utoipa::path(get, path = "/v1/sessions/{id}", tag = "sessions",
     params(("id" = String, Path, description = "Session id")),
     security(("api_key" = [])),
     responses(
-        (status = 200, description = "The session", body = SessionView),
+        (status = 200, description = "The live session", body = SessionView),
         (status = 404, description = "`not_found`", body = Problem, content_type = "application/problem+json"),
+        (status = 410, description = "`session_ended`: the session has ended (`ended_reason`); `session` is the session as it ended", body = SessionGoneProblem, content_type = "application/problem+json"),
     ))]
 pub async fn get_session<S: Store>(
     State(state): State<AppState<S>>,
     caller: Caller,
-    Path(id): Path<String>,
+    id: ApiPath,
 ) -> ApiResult<Response> {
+    let Path(id) = id?;
     let session = state
         .engine
         .get(&PublicId::from_string(id), &caller.0)
         .await?;
-    Ok(Answer(SessionView::of(&session, state.engine.now())).into_response())
+    let now = state.engine.now();
+    if session.ended.is_some() {
+        return Ok(session_gone(&session, now));
+    }
+    Ok(Answer(SessionView::of(&session, now)).into_response())
 }
 
-/// End one session as an administrator (`revoked_admin`).
+/// End one session as an administrator (`revoked_admin`). Idempotent while the ended session
+/// is retained; a `GET` of it then answers 410.
 #[utoipa::path(delete, path = "/v1/sessions/{id}", tag = "sessions",
     params(("id" = String, Path, description = "Session id")),
     security(("api_key" = [])),
@@ -222,8 +297,9 @@ pub async fn get_session<S: Store>(
 pub async fn revoke_session<S: Store>(
     State(state): State<AppState<S>>,
     caller: Caller,
-    Path(id): Path<String>,
+    id: ApiPath,
 ) -> ApiResult<StatusCode> {
+    let Path(id) = id?;
     state
         .engine
         .revoke(&PublicId::from_string(id), &caller.0)
@@ -238,21 +314,30 @@ pub async fn revoke_session<S: Store>(
     security(("api_key" = [])),
     responses(
         (status = 200, description = "The session with its new data", body = SessionView),
-        (status = 401, description = "The session has ended", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "`not_found`", body = Problem, content_type = "application/problem+json"),
-        (status = 413, description = "`data_too_large`", body = Problem, content_type = "application/problem+json"),
+        (status = 410, description = "`session_ended`: the session has ended; its data is kept as it was", body = SessionGoneProblem, content_type = "application/problem+json"),
+        (status = 413, description = "`data_too_large` (over `max_data_bytes`) or `body_too_large`", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn replace_data<S: Store>(
     State(state): State<AppState<S>>,
     caller: Caller,
-    Path(id): Path<String>,
+    id: ApiPath,
     ApiJson(data): ApiJson<serde_json::Value>,
 ) -> ApiResult<Response> {
-    let session = state
-        .engine
-        .replace_data(&PublicId::from_string(id), data, &caller.0)
-        .await?;
-    Ok(Answer(SessionView::of(&session, state.engine.now())).into_response())
+    let Path(id) = id?;
+    let id = PublicId::from_string(id);
+    match state.engine.replace_data(&id, data, &caller.0).await {
+        Ok(session) => Ok(Answer(SessionView::of(&session, state.engine.now())).into_response()),
+        // The engine refuses an ended session as it refuses its token; by id, it is gone.
+        Err(EngineError::Rejected(_)) => {
+            let session = state.engine.get(&id, &caller.0).await?;
+            if session.ended.is_none() {
+                return Err(EngineError::Conflict.into());
+            }
+            Ok(session_gone(&session, state.engine.now()))
+        }
+        Err(err) => Err(err.into()),
+    }
 }
 
 /// A subject's live sessions: the caller's application's, or every application's and the
@@ -262,14 +347,16 @@ pub async fn replace_data<S: Store>(
     security(("api_key" = [])),
     responses(
         (status = 200, description = "Live sessions, oldest first", body = SessionListView),
+        (status = 400, description = "`invalid_parameter`", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "`grant_required`: `scope=all` without the grant", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn list_subject<S: Store>(
     State(state): State<AppState<S>>,
     caller: Caller,
-    Path(subject): Path<String>,
+    subject: ApiPath,
     query: Result<Query<ListSubjectQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Response> {
+    let Path(subject) = subject?;
     let Query(query) = query?;
     let all = query.scope == Some(Scope::All);
     let sessions = state.engine.list_subject(&subject, all, &caller.0).await?;
@@ -284,15 +371,16 @@ pub async fn list_subject<S: Store>(
     security(("api_key" = [])),
     responses(
         (status = 200, description = "How many ended", body = EndedCountView),
-        (status = 400, description = "`invalid_parameter`: unknown reason", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "`invalid_parameter`: unknown reason; `invalid_request`: a reason only the engine records", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "`grant_required`: `scope=all` without the grant", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn end_subject<S: Store>(
     State(state): State<AppState<S>>,
     caller: Caller,
-    Path(subject): Path<String>,
+    subject: ApiPath,
     query: Result<Query<EndSubjectQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Answer<EndedCountView>> {
+    let Path(subject) = subject?;
     let Query(query) = query?;
     let reason = match query.reason.as_deref() {
         None => EndReason::RevokedAdmin,
@@ -328,6 +416,14 @@ pub async fn list_events<S: Store>(
     if !(1..=1000).contains(&limit) {
         return Err(ApiError::InvalidParameter("limit must be 1 to 1000".into()));
     }
+    if query
+        .after
+        .is_some_and(|after| i64::try_from(after).is_err())
+    {
+        return Err(ApiError::InvalidParameter(
+            "after must be 0 to 9223372036854775807".into(),
+        ));
+    }
     let events = state
         .engine
         .events(
@@ -353,7 +449,7 @@ pub async fn list_events<S: Store>(
 pub async fn create_api_key<S: Store>(
     State(state): State<AppState<S>>,
     Extension(caller): Extension<Caller>,
-    ApiJson(body): ApiJson<CreateApiKeyBody>,
+    ApiJson(Obj(body)): ApiJson<Obj<CreateApiKeyBody>>,
 ) -> ApiResult<Response> {
     let (secret, key) = state
         .engine
@@ -378,8 +474,9 @@ pub async fn list_api_keys<S: Store>(
 pub async fn revoke_api_key<S: Store>(
     State(state): State<AppState<S>>,
     Extension(caller): Extension<Caller>,
-    Path(id): Path<String>,
+    id: ApiPath,
 ) -> ApiResult<StatusCode> {
+    let Path(id) = id?;
     state
         .engine
         .revoke_api_key(&PublicId::from_string(id), &caller.0.actor)
@@ -391,7 +488,7 @@ pub async fn revoke_api_key<S: Store>(
 pub async fn create_user<S: Store>(
     State(state): State<AppState<S>>,
     Extension(caller): Extension<Caller>,
-    ApiJson(body): ApiJson<CreateUserBody>,
+    ApiJson(Obj(body)): ApiJson<Obj<CreateUserBody>>,
 ) -> ApiResult<Response> {
     let user = state
         .accounts
@@ -416,9 +513,10 @@ pub async fn list_users<S: Store>(
 pub async fn update_user<S: Store>(
     State(state): State<AppState<S>>,
     Extension(caller): Extension<Caller>,
-    Path(username): Path<String>,
-    ApiJson(body): ApiJson<UpdateUserBody>,
+    username: ApiPath,
+    ApiJson(Obj(body)): ApiJson<Obj<UpdateUserBody>>,
 ) -> ApiResult<Answer<UserView>> {
+    let Path(username) = username?;
     let mut user = state.accounts.by_name(&username).await?;
     let mut ended = None;
     let actor = &caller.0.actor;
@@ -467,7 +565,7 @@ fn application_change(body: ApplicationBody) -> ApiResult<ApplicationChange> {
 pub async fn create_application<S: Store>(
     State(state): State<AppState<S>>,
     Extension(caller): Extension<Caller>,
-    ApiJson(body): ApiJson<ApplicationBody>,
+    ApiJson(Obj(body)): ApiJson<Obj<ApplicationBody>>,
 ) -> ApiResult<Response> {
     if body.name.is_none() {
         return Err(ApiError::InvalidParameter(
@@ -505,8 +603,9 @@ pub async fn list_applications<S: Store>(
 /// One application by id or name (local admin socket only).
 pub async fn get_application<S: Store>(
     State(state): State<AppState<S>>,
-    Path(app): Path<String>,
+    app: ApiPath,
 ) -> ApiResult<Json<ApplicationView>> {
+    let Path(app) = app?;
     let app = state.engine.application(&app).await?;
     let keys = state.engine.list_api_keys().await?;
     let mut view = ApplicationView::from(&app);
@@ -522,9 +621,10 @@ pub async fn get_application<S: Store>(
 pub async fn update_application<S: Store>(
     State(state): State<AppState<S>>,
     Extension(caller): Extension<Caller>,
-    Path(app): Path<String>,
-    ApiJson(body): ApiJson<ApplicationBody>,
+    app: ApiPath,
+    ApiJson(Obj(body)): ApiJson<Obj<ApplicationBody>>,
 ) -> ApiResult<Json<ApplicationView>> {
+    let Path(app) = app?;
     let app = state
         .engine
         .update_application(&app, application_change(body)?, &caller.0.actor)
@@ -537,8 +637,9 @@ pub async fn update_application<S: Store>(
 pub async fn remove_application<S: Store>(
     State(state): State<AppState<S>>,
     Extension(caller): Extension<Caller>,
-    Path(app): Path<String>,
+    app: ApiPath,
 ) -> ApiResult<Json<ApplicationView>> {
+    let Path(app) = app?;
     let removed = state
         .engine
         .remove_application(&app, &caller.0.actor)

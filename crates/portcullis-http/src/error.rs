@@ -17,12 +17,14 @@ pub struct Problem {
     /// Short human-readable summary.
     pub title: String,
     /// The HTTP status.
+    #[schema(minimum = 400, maximum = 599)]
     pub status: u16,
     /// What happened in this case.
     pub detail: String,
     /// Stable machine-readable reason (`unknown`, `expired_idle`, `session_limit`, …).
     pub reason: String,
-    /// For `reason: revoked`: the ending reason (`password_changed`, `revoked_admin`, …).
+    /// For `reason: revoked` and `session_ended`: the ending reason (`logout`,
+    /// `password_changed`, `revoked_admin`, …).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ended_reason: Option<String>,
 }
@@ -68,6 +70,17 @@ pub enum ApiError {
         "there is no grant \"{0}\" (grants: end_everywhere, read_all_events, list_all_sessions)"
     )]
     UnknownGrant(String),
+    /// A session read or changed by id has ended (410 Gone): it stays readable, with its
+    /// ending, until it is purged (then 404).
+    #[error("the session has ended ({})", .0.as_str())]
+    SessionEnded(portcullis_core::EndReason),
+    /// A new session's `parent` is not a live session of the same subject that the caller
+    /// reaches.
+    #[error("the parent session is not a live session of this subject")]
+    ParentNotLive,
+    /// An API key naming another application than its own for a new session.
+    #[error("an application creates sessions of its own only")]
+    ApplicationNotAllowed,
     /// A bug: the request panicked.
     #[error("internal error")]
     Internal,
@@ -142,6 +155,11 @@ impl ApiError {
                     A::Store(_) => (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", None),
                 }
             }
+            Self::SessionEnded(reason) => {
+                (StatusCode::GONE, "session_ended", Some(reason.as_str()))
+            }
+            Self::ParentNotLive => (StatusCode::CONFLICT, "parent_not_live", None),
+            Self::ApplicationNotAllowed => (StatusCode::FORBIDDEN, "application_not_allowed", None),
             Self::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal", None),
         }
     }

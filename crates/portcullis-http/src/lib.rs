@@ -158,7 +158,7 @@ fn ops_routes<S: Store>() -> Router<AppState<S>> {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz::<S>))
         .route("/metrics", get(metrics_text::<S>))
-        .route("/openapi.json", get(openapi_json))
+        .route("/openapi.json", get(openapi_json::<S>))
 }
 
 /// The layers every answer passes, applied once around the whole router (a layer on a
@@ -249,12 +249,29 @@ async fn metrics_text<S: Store>(State(state): State<AppState<S>>) -> Response {
         .into_response()
 }
 
-async fn openapi_json() -> Response {
+async fn openapi_json<S: Store>(State(state): State<AppState<S>>) -> Response {
     (
         [(header::CONTENT_TYPE, "application/json")],
-        ApiDoc::openapi().to_json().unwrap_or_default(),
+        served_openapi(state.engine.policies()).to_string(),
     )
         .into_response()
+}
+
+/// The OpenAPI document as this server serves it: [`ApiDoc`], with the names of its
+/// configured policies as the values `policy` may take (a policy the caller's application may
+/// not use is still refused, 403).
+pub fn served_openapi(policies: &portcullis_core::PolicySet) -> serde_json::Value {
+    let mut doc = serde_json::to_value(ApiDoc::openapi()).unwrap_or_default();
+    let names: Vec<serde_json::Value> = policies
+        .iter()
+        .map(|p| serde_json::Value::from(p.name.clone()))
+        .chain([serde_json::Value::Null])
+        .collect();
+    if let Some(policy) = doc.pointer_mut("/components/schemas/CreateSessionBody/properties/policy")
+    {
+        policy["enum"] = serde_json::Value::Array(names);
+    }
+    doc
 }
 
 /// The OpenAPI description of API v1.
@@ -267,12 +284,72 @@ async fn openapi_json() -> Response {
         api::logout_session, api::get_session, api::revoke_session, api::replace_data,
         api::list_subject, api::end_subject, api::list_events,
     ),
-    modifiers(&BearerAuth),
+    modifiers(&BearerAuth, &CommonProblems),
     tags((name = "sessions"), (name = "subjects"), (name = "events")),
 )]
 pub struct ApiDoc;
 
 struct BearerAuth;
+
+/// The problems any v1 operation can answer, added to each operation that does not describe
+/// them itself: 401 (API key), 503 (fail closed), and for a body 400, 413, 415 and 422, for
+/// parameters 400.
+struct CommonProblems;
+
+impl utoipa::Modify for CommonProblems {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+        let problem = |description: &str| {
+            ResponseBuilder::new()
+                .description(description)
+                .content(
+                    "application/problem+json",
+                    ContentBuilder::new()
+                        .schema(Some(Ref::from_schema_name("Problem")))
+                        .build(),
+                )
+                .build()
+        };
+        for item in openapi.paths.paths.values_mut() {
+            for operation in [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+                &mut item.patch,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                let mut common = vec![
+                    ("401", "`missing_api_key` or `invalid_api_key`"),
+                    (
+                        "503",
+                        "`store_unavailable`: the store cannot answer (fail closed)",
+                    ),
+                ];
+                if operation.request_body.is_some() {
+                    common.extend([
+                        ("400", "`malformed_json`: the body is not JSON"),
+                        ("413", "`body_too_large`"),
+                        ("415", "`unsupported_media_type`: send `Content-Type: application/json`"),
+                        ("422", "`invalid_body`: the body does not match its schema (unknown field, wrong type, missing field, out of bounds)"),
+                    ]);
+                }
+                if operation.parameters.as_ref().is_some_and(|p| !p.is_empty()) {
+                    common.push(("400", "`invalid_parameter`: a path or query parameter that does not match its schema"));
+                }
+                for (status, description) in common {
+                    operation
+                        .responses
+                        .responses
+                        .entry(status.to_owned())
+                        .or_insert_with(|| problem(description).into());
+                }
+            }
+        }
+    }
+}
 
 impl utoipa::Modify for BearerAuth {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {

@@ -10,7 +10,138 @@ use portcullis_core::{
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
+use crate::error::ApiError;
 use crate::json::{self, WriteJson};
+
+/// Longest subject, in characters (the engine also refuses more than 256 bytes of UTF-8).
+pub const MAX_SUBJECT_CHARS: usize = 256;
+/// Longest authentication method name or elevation scope.
+pub const MAX_LABEL_CHARS: usize = 64;
+/// Most authentication methods in one request.
+pub const MAX_METHODS: usize = 16;
+/// Longest user agent a request may carry.
+pub const MAX_USER_AGENT_CHARS: usize = 1024;
+/// Longest client address a request may carry.
+pub const MAX_IP_CHARS: usize = 128;
+/// The pattern of method names and scopes: printable ASCII without spaces (what the
+/// OpenAPI document says and [`check_label`] enforces).
+pub const LABEL_PATTERN: &str = "^[!-~]+$";
+
+/// Whether `text` is at most `max` characters (cheap for ASCII-sized text).
+fn within(text: &str, max: usize) -> bool {
+    text.len() <= max || text.chars().count() <= max
+}
+
+/// A method name or scope: 1 to 64 printable ASCII characters without spaces.
+fn check_label(what: &str, text: &str) -> Result<(), ApiError> {
+    let ok =
+        (1..=MAX_LABEL_CHARS).contains(&text.len()) && text.bytes().all(|b| b.is_ascii_graphic());
+    ok.then_some(()).ok_or_else(|| {
+        ApiError::InvalidBody(format!(
+            "{what} must be 1 to {MAX_LABEL_CHARS} printable ASCII characters without spaces"
+        ))
+    })
+}
+
+fn check_methods(at: &str, methods: &[String]) -> Result<(), ApiError> {
+    if methods.len() > MAX_METHODS {
+        return Err(ApiError::InvalidBody(format!(
+            "{at} has more than {MAX_METHODS} methods"
+        )));
+    }
+    methods.iter().try_for_each(|m| check_label(at, m))
+}
+
+/// Deserializes a `T` only from a JSON object. Serde's derived structs also take an array of
+/// their fields in order (`"device": [null, null]`), which no schema allows; bodies and their
+/// nested objects go through this instead.
+pub fn object<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    struct OnlyMap<T>(std::marker::PhantomData<T>);
+
+    impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for OnlyMap<T> {
+        type Value = T;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("an object")
+        }
+
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
+            T::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+        }
+    }
+
+    deserializer.deserialize_map(OnlyMap(std::marker::PhantomData))
+}
+
+/// A request body that must be a JSON object (see [`object`]).
+#[derive(Debug)]
+pub struct Obj<T>(pub T);
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Obj<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        object(deserializer).map(Obj)
+    }
+}
+
+/// An assurance level: a JSON integer, which JSON Schema also writes as `2.0`; anything that is
+/// not a whole number from 0 to 255 is refused here (422), and the engine takes only 1 to 3
+/// (400).
+fn level<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<u8, D::Error> {
+    struct Level;
+
+    impl serde::de::Visitor<'_> for Level {
+        type Value = u8;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("an assurance level (1, 2 or 3)")
+        }
+
+        fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<u8, E> {
+            u8::try_from(n).map_err(|_| E::custom(format!("{n} is not an assurance level")))
+        }
+
+        fn visit_i64<E: serde::de::Error>(self, n: i64) -> Result<u8, E> {
+            u8::try_from(n).map_err(|_| E::custom(format!("{n} is not an assurance level")))
+        }
+
+        fn visit_f64<E: serde::de::Error>(self, n: f64) -> Result<u8, E> {
+            if n.fract() == 0.0 && (0.0..=255.0).contains(&n) {
+                // Whole and in range, so exact.
+                Ok(n as u8)
+            } else {
+                Err(E::custom(format!("{n} is not an assurance level")))
+            }
+        }
+    }
+
+    deserializer.deserialize_any(Level)
+}
+
+/// An authentication method name (RFC 8176 `amr` value such as `pwd`, `otp`, `hwk`) in the
+/// OpenAPI document: 1 to 64 printable ASCII characters without spaces.
+#[derive(Debug)]
+pub struct MethodName;
+
+impl utoipa::PartialSchema for MethodName {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ObjectBuilder, Type};
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .description(Some(
+                "An RFC 8176 method name (`pwd`, `otp`, `hwk`…): printable ASCII, no spaces.",
+            ))
+            .min_length(Some(1))
+            .max_length(Some(MAX_LABEL_CHARS))
+            .pattern(Some(LABEL_PATTERN))
+            .into()
+    }
+}
+
+impl ToSchema for MethodName {}
 
 /// Renders a timestamp as RFC 3339 UTC (see [`json::rfc3339`]).
 pub fn rfc3339(t: Timestamp) -> String {
@@ -24,11 +155,13 @@ pub fn rfc3339(t: Timestamp) -> String {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AuthBody {
-    /// RFC 8176 method names (`pwd`, `otp`, `hwk`…).
+    /// RFC 8176 method names (`pwd`, `otp`, `hwk`…), at most 16.
     #[serde(default)]
+    #[schema(value_type = Vec<MethodName>, max_items = 16)]
     pub methods: Vec<String>,
     /// Authenticator assurance level 1–3 (default 1).
-    #[serde(default = "level_one")]
+    #[serde(default = "level_one", deserialize_with = "level")]
+    #[schema(minimum = 1, maximum = 3)]
     pub level: u8,
 }
 
@@ -49,10 +182,36 @@ impl Default for AuthBody {
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DeviceBody {
-    /// The browser's user agent.
+    /// The browser's user agent (at most 1024 characters).
+    #[schema(max_length = 1024)]
     pub user_agent: Option<String>,
-    /// The client's IP address.
+    /// The client's IP address (at most 128 characters).
+    #[schema(max_length = 128)]
     pub ip: Option<String>,
+}
+
+impl DeviceBody {
+    fn check(&self, at: &str) -> Result<(), ApiError> {
+        if self
+            .user_agent
+            .as_deref()
+            .is_some_and(|ua| !within(ua, MAX_USER_AGENT_CHARS))
+        {
+            return Err(ApiError::InvalidBody(format!(
+                "{at}.user_agent is longer than {MAX_USER_AGENT_CHARS} characters"
+            )));
+        }
+        if self
+            .ip
+            .as_deref()
+            .is_some_and(|ip| !within(ip, MAX_IP_CHARS))
+        {
+            return Err(ApiError::InvalidBody(format!(
+                "{at}.ip is longer than {MAX_IP_CHARS} characters"
+            )));
+        }
+        Ok(())
+    }
 }
 
 impl From<DeviceBody> for Device {
@@ -68,18 +227,22 @@ impl From<DeviceBody> for Device {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateSessionBody {
-    /// Who signed in (the application's user id).
+    /// Who signed in (the application's user id): 1 to 256 characters, and at most 256 bytes
+    /// of UTF-8 (a longer one is refused with 400 `invalid_request`).
+    #[schema(min_length = 1, max_length = 256)]
     pub subject: String,
     /// The person answered "Stay signed in?" with yes.
     #[serde(default)]
     pub remember_me: bool,
-    /// Policy name (default `default`).
+    /// Policy name (default: the application's default policy). The served document lists
+    /// this server's policies; one the application may not use is refused with 403
+    /// `policy_not_allowed`.
     pub policy: Option<String>,
     /// How they authenticated.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "object")]
     pub auth: AuthBody,
     /// Their device.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "object")]
     pub device: DeviceBody,
     /// Application data (size-limited).
     #[serde(default)]
@@ -87,11 +250,26 @@ pub struct CreateSessionBody {
     /// Take back the data of the subject's last timed-out session.
     #[serde(default)]
     pub reconstitute: bool,
-    /// Id of the parent SSO session.
+    /// Id of the parent SSO session: a live session of the same subject (otherwise 409
+    /// `parent_not_live`).
     pub parent: Option<String>,
-    /// The owning application: only the operator names it (on the admin socket); an API key
-    /// creates sessions of its own application.
+    /// The owning application: only the operator names another (on the admin socket); an API
+    /// key creates sessions of its own application (another is refused with 403
+    /// `application_not_allowed`).
     pub application: Option<String>,
+}
+
+impl CreateSessionBody {
+    /// What the schema says and serde cannot: lengths and patterns (422 `invalid_body`).
+    pub fn check(&self) -> Result<(), ApiError> {
+        if self.subject.is_empty() || !within(&self.subject, MAX_SUBJECT_CHARS) {
+            return Err(ApiError::InvalidBody(format!(
+                "subject must be 1 to {MAX_SUBJECT_CHARS} characters"
+            )));
+        }
+        check_methods("auth.methods", &self.auth.methods)?;
+        self.device.check("device")
+    }
 }
 
 impl From<CreateSessionBody> for NewSession {
@@ -123,8 +301,15 @@ pub struct ValidateBody {
     #[serde(default = "yes")]
     pub activity: bool,
     /// The device presenting the token (checked when the policy binds sessions).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "object")]
     pub device: DeviceBody,
+}
+
+impl ValidateBody {
+    /// What the schema says and serde cannot (422 `invalid_body`).
+    pub fn check(&self) -> Result<(), ApiError> {
+        self.device.check("device")
+    }
 }
 
 fn yes() -> bool {
@@ -145,14 +330,25 @@ pub struct TokenBody {
 pub struct ElevateBody {
     /// The session token.
     pub token: String,
-    /// How the person re-authenticated.
+    /// How the person re-authenticated: 1 to 16 RFC 8176 method names.
+    #[schema(value_type = Vec<MethodName>, min_items = 1, max_items = 16)]
     pub methods: Vec<String>,
     /// Assurance level of the re-authentication (default 1).
-    #[serde(default = "level_one")]
+    #[serde(default = "level_one", deserialize_with = "level")]
+    #[schema(minimum = 1, maximum = 3)]
     pub level: u8,
     /// What the elevation allows (default `sensitive`).
     #[serde(default = "sensitive")]
+    #[schema(min_length = 1, max_length = 64, pattern = "^[!-~]+$")]
     pub scope: String,
+}
+
+impl ElevateBody {
+    /// What the schema says and serde cannot (422 `invalid_body`).
+    pub fn check(&self) -> Result<(), ApiError> {
+        check_methods("methods", &self.methods)?;
+        check_label("scope", &self.scope)
+    }
 }
 
 fn sensitive() -> String {
@@ -522,15 +718,47 @@ pub struct EndedCountView {
 
 /// `DELETE /v1/subjects/{subject}/sessions` query.
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct EndSubjectQuery {
     /// The session to keep (the one that changed the password).
     pub except: Option<String>,
     /// Ending reason (default `revoked_admin`; e.g. `password_changed`, `security_action`).
+    /// Timeouts and `parent_ended` are the engine's own and cannot be named.
+    #[param(value_type = Option<CallerEndReason>, inline)]
     pub reason: Option<String>,
     /// `application` (default): the caller's own application's sessions; `all`: every
     /// application's and the SSO session (grant `end_everywhere`).
+    #[param(inline)]
     pub scope: Option<Scope>,
+}
+
+/// The ending reasons a caller may give (every `EndReason` but the timeouts and
+/// `parent_ended`, which only the engine records). Documentation only: the query keeps the
+/// text, and the engine decides.
+#[derive(Debug, Clone, Copy, ToSchema)]
+#[schema(rename_all = "snake_case")]
+pub enum CallerEndReason {
+    /// `logout`.
+    Logout,
+    /// `revoked_admin`.
+    RevokedAdmin,
+    /// `password_changed`.
+    PasswordChanged,
+    /// `security_action`.
+    SecurityAction,
+    /// `new_device`.
+    NewDevice,
+    /// `upstream_logout`.
+    UpstreamLogout,
+    /// `token_reuse`.
+    TokenReuse,
+    /// `binding_mismatch`.
+    BindingMismatch,
+    /// `app_removed`.
+    AppRemoved,
+    /// `account_disabled`.
+    AccountDisabled,
 }
 
 /// How far a subject-wide call reaches.
@@ -545,14 +773,17 @@ pub enum Scope {
 
 /// `GET /v1/subjects/{subject}/sessions` query.
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListSubjectQuery {
     /// `application` (default) or `all` (grant `list_all_sessions`).
+    #[param(inline)]
     pub scope: Option<Scope>,
 }
 
 /// `GET /v1/events` query.
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct EventsQuery {
     /// Only this subject's events.
@@ -560,11 +791,14 @@ pub struct EventsQuery {
     /// Only this session's events.
     pub session: Option<String>,
     /// Only events after this position (the `next` of the previous page).
+    #[param(minimum = 0, maximum = 9_223_372_036_854_775_807_i64)]
     pub after: Option<u64>,
     /// Page size, 1–1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<usize>,
     /// `application` (default): the caller's own application's events; `all`: everyone's
     /// (grant `read_all_events`).
+    #[param(inline)]
     pub scope: Option<Scope>,
 }
 
@@ -800,4 +1034,68 @@ impl From<&portcullis_core::Application> for ApplicationView {
 pub struct ApplicationListView {
     /// Oldest first.
     pub applications: Vec<ApplicationView>,
+}
+
+/// 410 Gone for a session asked for by id after it ended: a problem document
+/// (`reason: session_ended`) with the ending reason and the session as it ended. Written by
+/// `api::session_gone`; this type only describes it.
+#[derive(Debug, ToSchema)]
+pub struct SessionGoneProblem<'a> {
+    /// `urn:portcullis:problem:session_ended`.
+    #[schema(rename = "type")]
+    pub kind: String,
+    /// `Gone`.
+    pub title: String,
+    /// 410.
+    #[schema(minimum = 410, maximum = 410)]
+    pub status: u16,
+    /// What happened.
+    pub detail: String,
+    /// `session_ended`.
+    pub reason: String,
+    /// How it ended (`logout`, `expired_idle`, `revoked_admin`, …).
+    pub ended_reason: String,
+    /// The session as it ended (its `ended` says why and when).
+    pub session: SessionView<'a>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use portcullis_core::EndReason;
+
+    #[test]
+    fn the_documented_caller_reasons_are_those_the_engine_takes() {
+        let schema =
+            serde_json::to_value(<CallerEndReason as utoipa::PartialSchema>::schema()).unwrap();
+        let documented: Vec<&str> = schema["enum"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap())
+            .collect();
+        let taken: Vec<&str> = EndReason::ALL
+            .into_iter()
+            .filter(|r| !r.is_timeout() && *r != EndReason::ParentEnded)
+            .map(EndReason::as_str)
+            .collect();
+        assert_eq!(documented, taken);
+    }
+
+    #[test]
+    fn levels_are_whole_numbers_written_either_way() {
+        let level = |text: &str| {
+            serde_json::from_str::<Obj<AuthBody>>(&format!(r#"{{"level":{text}}}"#))
+                .map(|Obj(b)| b.level)
+                .ok()
+        };
+        assert_eq!(level("2"), Some(2));
+        assert_eq!(level("2.0"), Some(2));
+        assert_eq!(level("2e0"), Some(2));
+        assert_eq!(level("255"), Some(255));
+        for bad in ["256", "-1", "1.5", "\"2\"", "null", "1e300"] {
+            assert_eq!(level(bad), None, "{bad}");
+        }
+        assert!(serde_json::from_str::<Obj<AuthBody>>(r#"[["pwd"], 1]"#).is_err());
+    }
 }

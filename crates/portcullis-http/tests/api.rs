@@ -130,10 +130,21 @@ async fn every_v1_call_end_to_end() {
         (status, problem["ended_reason"].as_str()),
         (401, Some("revoked_admin"))
     );
-    let (status, view) = s.get(&format!("/v1/sessions/{id}")).await;
+    // Ended, it is gone (410) and says how, with the session as it ended.
+    let (status, gone) = s.get(&format!("/v1/sessions/{id}")).await;
     assert_eq!(
-        (status, view["ended"]["reason"].as_str()),
-        (200, Some("revoked_admin"))
+        (
+            status,
+            gone["reason"].as_str(),
+            gone["ended_reason"].as_str(),
+            gone["session"]["ended"]["reason"].as_str()
+        ),
+        (
+            410,
+            Some("session_ended"),
+            Some("revoked_admin"),
+            Some("revoked_admin")
+        )
     );
     let (t, _) = s.create("bob", "default").await;
     assert_eq!(
@@ -300,6 +311,16 @@ async fn bad_input_gets_a_problem_with_the_right_status_and_reason() {
             "/v1/sessions",
             "application/json",
             br#"{"subject":""}"#.to_vec()
+        )
+        .await,
+        (422, "invalid_body".into())
+    );
+    // 256 characters are within the schema, but over the engine's 256 bytes of UTF-8.
+    assert_eq!(
+        post_raw(
+            "/v1/sessions",
+            "application/json",
+            json!({"subject": "é".repeat(256)}).to_string().into_bytes()
         )
         .await,
         (400, "invalid_request".into())
@@ -796,8 +817,489 @@ async fn session_views_write_what_openapi_describes() {
     assert_eq!(list["sessions"].as_array().map(Vec::len), Some(1));
     assert_matches_schema(&doc, &schema("SessionListView"), &list, "list");
     assert_eq!(s.delete(&format!("/v1/sessions/{id}")).await.0, 204);
-    let (status, ended) = s.get(&format!("/v1/sessions/{id}")).await;
-    assert_eq!(status, 200);
-    assert_eq!(ended["ended"]["reason"], "revoked_admin");
-    assert_matches_schema(&doc, &schema("SessionView"), &ended, "ended");
+    let (status, gone) = s.get(&format!("/v1/sessions/{id}")).await;
+    assert_eq!(status, 410);
+    assert_eq!(gone["session"]["ended"]["reason"], "revoked_admin");
+    assert_matches_schema(&doc, &schema("SessionGoneProblem"), &gone, "gone");
+    let (status, problem) = s.get("/v1/sessions/ses_nope").await;
+    assert_eq!(status, 404);
+    assert_matches_schema(&doc, &schema("Problem"), &problem, "problem");
+}
+
+// What Schemathesis (`crates/portcullis/tests/contract.rs`) found on the document as it was, one
+// test per kind of finding: statuses documented on no operation, integers and strings without
+// the bounds the server applies, schema-violating bodies accepted, and an ended session
+// answering 200 by id after its `DELETE`.
+
+/// A raw request with the test key; the status, and the problem's `reason` when there is one.
+async fn raw(
+    s: &TestServer,
+    method: Method,
+    path: &str,
+    content_type: Option<&str>,
+    body: &[u8],
+) -> (u16, Option<String>) {
+    let mut request = s
+        .http
+        .request(method, s.url(path))
+        .bearer_auth(&s.key)
+        .body(body.to_vec());
+    if let Some(content_type) = content_type {
+        request = request.header("content-type", content_type);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    let problem = response.headers().get("content-type").map(|v| v.as_bytes())
+        == Some(b"application/problem+json".as_slice());
+    let text = response.text().await.unwrap();
+    if status >= 400 {
+        assert!(
+            problem,
+            "{path}: {status} is not a problem document: {text}"
+        );
+    }
+    let reason = serde_json::from_str::<Value>(&text)
+        .ok()
+        .and_then(|v| v["reason"].as_str().map(str::to_owned));
+    (status, reason)
+}
+
+#[tokio::test]
+async fn openapi_documents_every_status_an_operation_answers() {
+    let s = TestServer::start().await;
+    let (_, doc) = s.get("/openapi.json").await;
+    let (_, id) = s.create("alice", "default").await;
+    let mut provoked = 0;
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        let concrete = path.replace("{id}", &id).replace("{subject}", "alice");
+        for (method, operation) in item.as_object().unwrap() {
+            let responses = operation["responses"].as_object().unwrap();
+            for (status, response) in responses {
+                if status.as_str() >= "400" {
+                    assert!(
+                        response["content"]["application/problem+json"]["schema"]["$ref"]
+                            .is_string(),
+                        "{method} {path}: {status} is not documented as a problem"
+                    );
+                }
+            }
+            let method = Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
+            let with_body = operation.get("requestBody").is_some();
+            // Answers every operation can give: no key, and for a body every way it can be
+            // wrong; each must be documented on the operation.
+            let mut answers = vec![{
+                let response = s
+                    .http
+                    .request(method.clone(), s.url(&concrete))
+                    .send()
+                    .await
+                    .unwrap();
+                response.status().as_u16()
+            }];
+            if with_body {
+                for (content_type, body) in [
+                    (None, b"{}".as_slice()),
+                    (Some("text/plain"), b"{}".as_slice()),
+                    (Some("application/json"), b"{not json".as_slice()),
+                    (Some("application/json"), &[b'"'; 40_000]),
+                ] {
+                    answers.push(
+                        raw(&s, method.clone(), &concrete, content_type, body)
+                            .await
+                            .0,
+                    );
+                }
+                if path != "/v1/sessions/{id}/data" {
+                    for body in [b"{\"unknown\":1}".as_slice(), b"[]".as_slice()] {
+                        let (status, _) = raw(
+                            &s,
+                            method.clone(),
+                            &concrete,
+                            Some("application/json"),
+                            body,
+                        )
+                        .await;
+                        assert_eq!(status, 422, "{method} {path}");
+                        answers.push(status);
+                    }
+                }
+            }
+            if operation["parameters"]
+                .as_array()
+                .is_some_and(|p| !p.is_empty())
+            {
+                let bad = if path.contains('{') {
+                    path.replace("{id}", "%FF").replace("{subject}", "%FF")
+                } else {
+                    format!("{concrete}?unknown=1")
+                };
+                let (content_type, body) = if with_body {
+                    (Some("application/json"), b"{}".as_slice())
+                } else {
+                    (None, b"".as_slice())
+                };
+                let (status, reason) = raw(&s, method.clone(), &bad, content_type, body).await;
+                assert_eq!(
+                    (status, reason.as_deref()),
+                    (400, Some("invalid_parameter")),
+                    "{method} {bad}"
+                );
+                answers.push(status);
+            }
+            for status in answers {
+                assert!(
+                    responses.contains_key(&status.to_string()),
+                    "{method} {path} answered {status}, which its description does not list"
+                );
+                provoked += 1;
+            }
+            for status in ["401", "503"] {
+                assert!(responses.contains_key(status), "{method} {path}: {status}");
+            }
+        }
+    }
+    assert!(provoked > 40, "{provoked}");
+    // Every reference resolves (a dangling one kept Schemathesis from testing three operations).
+    fn references(value: &Value, found: &mut Vec<String>) {
+        match value {
+            Value::Object(map) => {
+                if let Some(Value::String(r)) = map.get("$ref") {
+                    found.push(r.clone());
+                }
+                map.values().for_each(|v| references(v, found));
+            }
+            Value::Array(items) => items.iter().for_each(|v| references(v, found)),
+            _ => {}
+        }
+    }
+    let mut found = Vec::new();
+    references(&doc, &mut found);
+    assert!(!found.is_empty());
+    for r in found {
+        let name = r.strip_prefix("#/components/schemas/").unwrap();
+        assert!(doc["components"]["schemas"][name].is_object(), "{r}");
+    }
+    // Query parameters are documented as such (they were "path" parameters, all required).
+    for path in ["/v1/events", "/v1/subjects/{subject}/sessions"] {
+        for (method, operation) in doc["paths"][path].as_object().unwrap() {
+            for param in operation["parameters"].as_array().unwrap() {
+                let expected = if param["name"] == "subject" && path.contains("{subject}") {
+                    "path"
+                } else {
+                    "query"
+                };
+                assert_eq!(param["in"], expected, "{method} {path} {param}");
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn openapi_bounds_what_the_server_bounds_and_the_server_agrees() {
+    let s = TestServer::start().await;
+    let (_, doc) = s.get("/openapi.json").await;
+    let schemas = &doc["components"]["schemas"];
+    // Every integer a caller sends has both bounds; every object they send refuses unknown
+    // fields, as the server does.
+    for name in [
+        "CreateSessionBody",
+        "AuthBody",
+        "DeviceBody",
+        "ValidateBody",
+        "TokenBody",
+        "ElevateBody",
+    ] {
+        let schema = &schemas[name];
+        assert_eq!(schema["additionalProperties"], false, "{name}");
+        for (field, property) in schema["properties"].as_object().unwrap() {
+            if property["type"] == "integer" {
+                assert!(
+                    property["minimum"].is_number() && property["maximum"].is_number(),
+                    "{name}.{field} is an integer without bounds"
+                );
+            }
+        }
+    }
+    for operation in [&doc["paths"]["/v1/events"]["get"]] {
+        for param in operation["parameters"].as_array().unwrap() {
+            let schema = &param["schema"];
+            if schema["type"].to_string().contains("integer") {
+                assert!(
+                    schema["minimum"].is_number() && schema["maximum"].is_number(),
+                    "{param}"
+                );
+            }
+        }
+    }
+    assert_eq!(
+        (
+            &schemas["AuthBody"]["properties"]["level"]["minimum"],
+            &schemas["AuthBody"]["properties"]["level"]["maximum"]
+        ),
+        (&json!(1), &json!(3))
+    );
+    assert_eq!(
+        schemas["CreateSessionBody"]["properties"]["subject"]["maxLength"],
+        256
+    );
+    assert_eq!(schemas["MethodName"]["pattern"], "^[!-~]+$");
+    let policies = &schemas["CreateSessionBody"]["properties"]["policy"]["enum"];
+    for name in ["default", "short", "single"] {
+        assert!(
+            policies.as_array().unwrap().contains(&json!(name)),
+            "{policies}"
+        );
+    }
+
+    // The server takes what the schema allows, up to each bound, and refuses one past it.
+    let create = |body: Value| s.post("/v1/sessions", body);
+    for (body, expected) in [
+        (json!({"subject": "a", "auth": {"level": 3}}), 201),
+        (json!({"subject": "a", "auth": {"level": 2.0}}), 201),
+        (json!({"subject": "a", "auth": {"level": 4}}), 400),
+        (json!({"subject": "a", "auth": {"level": 823}}), 422),
+        (json!({"subject": "a", "auth": {"level": 1.5}}), 422),
+        (json!({"subject": "a".repeat(256)}), 201),
+        (json!({"subject": "a".repeat(257)}), 422),
+        (
+            json!({"subject": "a", "auth": {"methods": ["x".repeat(64)]}}),
+            201,
+        ),
+        (
+            json!({"subject": "a", "auth": {"methods": ["x".repeat(65)]}}),
+            422,
+        ),
+        (
+            json!({"subject": "a", "auth": {"methods": ["two words"]}}),
+            422,
+        ),
+        (json!({"subject": "a", "auth": {"methods": ["ü"]}}), 422),
+        (
+            json!({"subject": "a", "auth": {"methods": vec!["pwd"; 17]}}),
+            422,
+        ),
+        (
+            json!({"subject": "a", "device": {"user_agent": "u".repeat(1024)}}),
+            201,
+        ),
+        (
+            json!({"subject": "a", "device": {"user_agent": "u".repeat(1025)}}),
+            422,
+        ),
+        (
+            json!({"subject": "a", "device": {"ip": "1".repeat(129)}}),
+            422,
+        ),
+        (json!({"subject": "a", "policy": "nope"}), 400),
+    ] {
+        let (status, problem) = create(body.clone()).await;
+        assert_eq!(status, expected, "{body} → {problem}");
+    }
+    let (token, _) = s.create("alice", "default").await;
+    for (body, expected) in [
+        (
+            json!({"token": token, "methods": ["pwd"], "scope": "two words"}),
+            422,
+        ),
+        (
+            json!({"token": token, "methods": ["pwd"], "scope": "s".repeat(65)}),
+            422,
+        ),
+        (json!({"token": token, "methods": ["pwd"], "level": 4}), 400),
+        (json!({"token": token, "methods": []}), 400),
+        (
+            json!({"token": token, "methods": ["pwd"], "level": 2.0, "scope": "pay-ments"}),
+            200,
+        ),
+    ] {
+        let (status, problem) = s.post("/v1/sessions/elevate", body.clone()).await;
+        assert_eq!(status, expected, "{body} → {problem}");
+    }
+    for (query, expected) in [
+        ("limit=1000", 200),
+        ("limit=1001", 400),
+        ("after=9223372036854775807", 200),
+        ("after=9223372036854775808", 400),
+        ("scope=everything", 400),
+    ] {
+        let (status, _) = s.get(&format!("/v1/events?{query}")).await;
+        assert_eq!(status, expected, "{query}");
+    }
+    for (reason, expected) in [("password_changed", 200), ("expired_idle", 400)] {
+        let (status, _) = s
+            .delete(&format!("/v1/subjects/nobody/sessions?reason={reason}"))
+            .await;
+        assert_eq!(status, expected, "{reason}");
+    }
+}
+
+#[tokio::test]
+async fn schema_violating_bodies_are_refused() {
+    let s = TestServer::start().await;
+    let (token, _) = s.create("alice", "default").await;
+    // Serde takes an array of a struct's fields in order; no schema does.
+    for (path, body) in [
+        (
+            "/v1/sessions",
+            json!({"subject": "a", "device": [null, null]}),
+        ),
+        (
+            "/v1/sessions",
+            json!({"subject": "a", "auth": [["pwd"], 1]}),
+        ),
+        ("/v1/sessions", json!(["a", false])),
+        ("/v1/sessions/validate", json!([token])),
+        (
+            "/v1/sessions/validate",
+            json!({"token": token, "device": ["ua", "ip"]}),
+        ),
+        ("/v1/sessions/rotate", json!([token])),
+        ("/v1/sessions/logout", json!([token])),
+        ("/v1/sessions/elevate", json!([token, ["pwd"], 1, "s"])),
+    ] {
+        let (status, problem) = s.post(path, body.clone()).await;
+        assert_eq!(
+            (status, problem["reason"].as_str()),
+            (422, Some("invalid_body")),
+            "{path} {body}"
+        );
+    }
+    // The token was never touched by any of them.
+    assert_eq!(s.validate(&token).await.0, 200);
+    // Bad percent-encoding in a path parameter is a problem document too.
+    let (status, reason) = raw(&s, Method::GET, "/v1/sessions/%FF%FE", None, b"").await;
+    assert_eq!(
+        (status, reason.as_deref()),
+        (400, Some("invalid_parameter"))
+    );
+}
+
+#[tokio::test]
+async fn an_ended_session_is_gone_by_id_with_its_ending_until_it_is_purged() {
+    let s = TestServer::start().await;
+    let (_, id) = s.create("alice", "default").await;
+    let path = format!("/v1/sessions/{id}");
+    assert_eq!(s.get(&path).await.0, 200);
+    assert_eq!(s.delete(&path).await.0, 204);
+    let (status, gone) = s.get(&path).await;
+    assert_eq!(status, 410);
+    assert_eq!(
+        (
+            gone["type"].as_str(),
+            gone["status"].as_u64(),
+            gone["reason"].as_str(),
+            gone["ended_reason"].as_str(),
+            gone["session"]["id"].as_str(),
+            gone["session"]["ended"]["reason"].as_str(),
+        ),
+        (
+            Some("urn:portcullis:problem:session_ended"),
+            Some(410),
+            Some("session_ended"),
+            Some("revoked_admin"),
+            Some(id.as_str()),
+            Some("revoked_admin"),
+        )
+    );
+    // Its data cannot change, and is kept as it was.
+    let (status, gone) = s
+        .send(Method::PUT, &format!("{path}/data"), Some(json!({"x": 1})))
+        .await;
+    assert_eq!(
+        (status, gone["session"]["data"].clone()),
+        (410, Value::Null)
+    );
+    // Ending it again is idempotent.
+    assert_eq!(s.delete(&path).await.0, 204);
+    // A logout reads the same way.
+    let (token, other) = s.create("bob", "default").await;
+    s.post("/v1/sessions/logout", json!({"token": token})).await;
+    let (status, gone) = s.get(&format!("/v1/sessions/{other}")).await;
+    assert_eq!(
+        (status, gone["ended_reason"].as_str()),
+        (410, Some("logout"))
+    );
+    // Once purged (after `ended_retention`), it is not found, as one that never existed.
+    s.clock.advance(Duration::from_secs(2 * 3600));
+    s.engine.sweep().await.unwrap();
+    let (status, problem) = s.get(&path).await;
+    assert_eq!(
+        (status, problem["reason"].as_str()),
+        (404, Some("not_found"))
+    );
+    assert_eq!(s.delete(&path).await.0, 404);
+}
+
+#[tokio::test]
+async fn a_parent_or_application_that_cannot_be_is_a_conflict_or_forbidden_not_a_bad_request() {
+    let s = TestServer::start().await;
+    let (token, parent) = s.create("alice", "default").await;
+    let (status, _) = s
+        .post(
+            "/v1/sessions",
+            json!({"subject": "alice", "parent": parent}),
+        )
+        .await;
+    assert_eq!(status, 201);
+    for (subject, parent) in [("bob", parent.as_str()), ("alice", "ses_nope")] {
+        let (status, problem) = s
+            .post(
+                "/v1/sessions",
+                json!({"subject": subject, "parent": parent}),
+            )
+            .await;
+        assert_eq!(
+            (status, problem["reason"].as_str()),
+            (409, Some("parent_not_live")),
+            "{subject} {parent}"
+        );
+    }
+    s.post("/v1/sessions/logout", json!({"token": token})).await;
+    let (status, _) = s
+        .post(
+            "/v1/sessions",
+            json!({"subject": "alice", "parent": parent}),
+        )
+        .await;
+    assert_eq!(status, 409);
+    // Another application's session is out of reach: answered as one that does not exist.
+    let other = s.add_app("other", &[]).await;
+    let (status, created) = s
+        .send_as(
+            &other,
+            Method::POST,
+            "/v1/sessions",
+            Some(json!({"subject": "carol"})),
+        )
+        .await;
+    assert_eq!(status, 201);
+    let theirs = created["session"]["id"].as_str().unwrap();
+    let (status, _) = s
+        .post(
+            "/v1/sessions",
+            json!({"subject": "carol", "parent": theirs}),
+        )
+        .await;
+    assert_eq!(status, 409);
+    let other_app = created["session"]["application"].as_str().unwrap();
+    let (status, problem) = s
+        .post(
+            "/v1/sessions",
+            json!({"subject": "carol", "application": other_app}),
+        )
+        .await;
+    assert_eq!(
+        (status, problem["reason"].as_str()),
+        (403, Some("application_not_allowed"))
+    );
+    let (_, mine) = s.create("dave", "default").await;
+    let (_, view) = s.get(&format!("/v1/sessions/{mine}")).await;
+    let own = view["application"].as_str().unwrap();
+    let (status, _) = s
+        .post(
+            "/v1/sessions",
+            json!({"subject": "dave", "application": own}),
+        )
+        .await;
+    assert_eq!(status, 201);
 }

@@ -320,7 +320,7 @@ async fn an_application_uses_only_its_own_policies_and_never_portcullis_s() {
         .await;
     assert_eq!(
         (status, body["reason"].as_str()),
-        (400, Some("invalid_request"))
+        (403, Some("application_not_allowed"))
     );
 }
 
