@@ -179,7 +179,7 @@ start_pc() { # STORE-NAME -> sets PC_PID, PC_BASE, KEY, TOKEN, PC_IDLE_KB
   local url=${STORES[$1]} dir=$OUT/pc-$1 port=18180
   local store_args=()
   [ -n "$url" ] && store_args=(--store "$url")
-  mkdir -p "$dir"
+  mkdir -p "$dir" && chmod 700 "$dir"   # the server refuses a data directory others can enter
   "$PC" "${store_args[@]}" --data-dir "$dir" apps add bench >/dev/null 2>&1
   KEY=$("$PC" "${store_args[@]}" --data-dir "$dir" api-keys create --app bench 2>/dev/null)
   "$PC" "${store_args[@]}" --data-dir "$dir" serve --listen 127.0.0.1:$port --audit-log off 2>"$dir/server.log" &

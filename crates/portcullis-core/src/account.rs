@@ -1,6 +1,6 @@
 //! People who sign in at Portcullis: local accounts, their credentials (an Argon2id password
 //! and an optional TOTP second factor), the [`UserStore`] contract and the [`Accounts`]
-//! service that checks credentials under a [`LoginThrottle`].
+//! service that checks credentials under the shared [`ThrottleStore`].
 //!
 //! The SSO session of a person is an ordinary [`crate::Session`] whose subject is the
 //! account's `id` (`usr_…`), never the username: usernames are what people type, ids are what
@@ -18,6 +18,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::event::{Actor, AuditEvent, AuditSink, EventKind};
 use crate::random::RandomSource;
+use crate::sealed::{Keyring, SealError, sealed_key_id};
+use crate::throttle::{
+    MemoryThrottleStore, ThrottleRules, ThrottleStore, Verdict, account_key, address_key,
+    pending_key, second_factor_key,
+};
 use crate::time::{Clock, Timestamp};
 use crate::token::PublicId;
 
@@ -45,6 +50,11 @@ pub struct User {
     pub created_at: Timestamp,
     /// When the password was last set.
     pub password_changed_at: Timestamp,
+    /// The password is shorter than a password alone may be ([`MIN_PASSWORD_ALONE`]): set
+    /// while a second factor was enrolled, so that factor cannot be removed before a longer
+    /// password is set.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub short_password: bool,
 }
 
 impl std::fmt::Debug for User {
@@ -63,7 +73,8 @@ impl std::fmt::Debug for User {
 /// An enrolled TOTP authenticator (RFC 6238: SHA-1, 6 digits, 30 s steps, ±1 step).
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TotpFactor {
-    /// The shared secret, base32.
+    /// The shared secret (base32), sealed with the [`Keyring`] for the account's id
+    /// (`sealed:v1:…`); an earlier release stored it in clear, and it is sealed at its next use.
     pub secret: String,
     /// The last time step accepted; a code is accepted once (RFC 6238 §5.2).
     pub last_step: u64,
@@ -176,41 +187,44 @@ pub fn normalize_username(text: &str) -> Option<String> {
     ok.then_some(name)
 }
 
-/// Passwords people pick first; refused outright (SP 800-63B §3.1.1.2 blocklist).
-const COMMON_PASSWORDS: &[&str] = &[
-    "password",
-    "password1",
-    "password123",
-    "12345678",
-    "123456789",
-    "1234567890",
-    "qwertyuiop",
-    "qwerty123",
-    "iloveyou",
-    "letmein1",
-    "11111111",
-    "00000000",
-    "abc12345",
-    "sunshine",
-    "princess",
-    "football",
-    "baseball",
-    "welcome1",
-    "portcullis",
-];
+/// The shortest password accepted when it is the only factor (SP 800-63B-4 §3.1.1.2).
+pub const MIN_PASSWORD_ALONE: usize = 15;
+/// The shortest password accepted beside a second factor.
+pub const MIN_PASSWORD_WITH_SECOND_FACTOR: usize = 8;
+/// The longest password accepted (SP 800-63B-4 asks for at least 64).
+pub const MAX_PASSWORD: usize = 256;
 
-/// Why a new password is refused (SP 800-63B: length and a blocklist, no composition rules).
-pub fn password_problem(username: &str, password: &str) -> Option<String> {
+/// Why a new password is refused (SP 800-63B-4: length, and no password found in a list of
+/// common and compromised ones or built from the account's own name; no composition rules).
+///
+/// The list is zxcvbn's: the 30,000 most frequent passwords of public breaches with English
+/// words and names, matched through common substitutions, reversals, repeats and keyboard
+/// patterns; a password that it estimates under 10^8 guesses is refused.
+pub fn password_problem(username: &str, password: &str, second_factor: bool) -> Option<String> {
     let length = password.chars().count();
-    if length < 8 {
-        return Some("Use at least 8 characters.".into());
+    let min = if second_factor {
+        MIN_PASSWORD_WITH_SECOND_FACTOR
+    } else {
+        MIN_PASSWORD_ALONE
+    };
+    if length < min {
+        return Some(if second_factor {
+            format!("Use at least {min} characters.")
+        } else {
+            format!(
+                "Use at least {min} characters (or {MIN_PASSWORD_WITH_SECOND_FACTOR} once a second factor is set up)."
+            )
+        });
     }
-    if length > 256 {
-        return Some("Use at most 256 characters.".into());
+    if length > MAX_PASSWORD {
+        return Some(format!("Use at most {MAX_PASSWORD} characters."));
     }
-    let lower = password.to_lowercase();
-    if lower == username || COMMON_PASSWORDS.contains(&lower.as_str()) {
-        return Some("That password is too easy to guess; choose another.".into());
+    let estimate = zxcvbn::zxcvbn(password, &[username, "portcullis"]);
+    if estimate.score() < zxcvbn::Score::Three {
+        return Some(
+            "That password is common or too easy to guess; choose another, such as a few unrelated words."
+                .into(),
+        );
     }
     None
 }
@@ -286,129 +300,6 @@ pub fn totp_code(secret: &str, now: Timestamp) -> Option<String> {
     )
 }
 
-/// How failures slow down further attempts for one key (an account or an address).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ThrottleRules {
-    /// Failures allowed before any delay.
-    pub free_failures: u32,
-    /// The first delay; each further failure doubles it.
-    pub first_delay: Duration,
-    /// The longest delay.
-    pub max_delay: Duration,
-    /// Failures older than this are forgotten.
-    pub forget_after: Duration,
-}
-
-impl ThrottleRules {
-    /// Per account: 5 free failures, then 30 s doubling up to 15 min.
-    pub const ACCOUNT: Self = Self {
-        free_failures: 5,
-        first_delay: Duration::from_secs(30),
-        max_delay: Duration::from_secs(15 * 60),
-        forget_after: Duration::from_secs(3600),
-    };
-    /// Per client address: 20 free failures, then 30 s doubling up to 15 min.
-    pub const ADDRESS: Self = Self {
-        free_failures: 20,
-        first_delay: Duration::from_secs(30),
-        max_delay: Duration::from_secs(15 * 60),
-        forget_after: Duration::from_secs(3600),
-    };
-
-    fn delay_after(&self, failures: u32) -> Option<Duration> {
-        let over = failures.checked_sub(self.free_failures)?.checked_sub(1)?;
-        let delay = self.first_delay.saturating_mul(1u32 << over.min(20));
-        Some(delay.min(self.max_delay))
-    }
-}
-
-#[derive(Debug, Clone, Copy)]
-struct Strikes {
-    failures: u32,
-    last_failure: Timestamp,
-    blocked_until: Timestamp,
-}
-
-/// Exponential back-off on failed sign-ins, per account name (known or not, so both look the
-/// same) and per client address. Held in memory by each server process.
-#[derive(Debug)]
-pub struct LoginThrottle {
-    account: ThrottleRules,
-    address: ThrottleRules,
-    accounts: Mutex<HashMap<String, Strikes>>,
-    addresses: Mutex<HashMap<String, Strikes>>,
-}
-
-/// Past this many keys, forgotten entries are dropped on the next failure.
-const THROTTLE_PRUNE_AT: usize = 100_000;
-
-impl LoginThrottle {
-    /// A throttle with these rules.
-    pub fn new(account: ThrottleRules, address: ThrottleRules) -> Self {
-        Self {
-            account,
-            address,
-            accounts: Mutex::default(),
-            addresses: Mutex::default(),
-        }
-    }
-
-    /// How long the caller must wait before trying `username` from `address` again.
-    pub fn wait(&self, username: &str, address: Option<&str>, now: Timestamp) -> Option<Duration> {
-        let blocked = |map: &Mutex<HashMap<String, Strikes>>, key: &str| {
-            map.lock()
-                .get(key)
-                .filter(|s| s.blocked_until > now)
-                .map(|s| now.until(s.blocked_until))
-        };
-        let by_account = blocked(&self.accounts, username);
-        let by_address = address.and_then(|a| blocked(&self.addresses, a));
-        by_account.max(by_address)
-    }
-
-    /// Records a failure; returns the wait it imposes, if any.
-    pub fn failed(
-        &self,
-        username: &str,
-        address: Option<&str>,
-        now: Timestamp,
-    ) -> Option<Duration> {
-        let strike = |map: &Mutex<HashMap<String, Strikes>>, key: &str, rules: &ThrottleRules| {
-            let mut map = map.lock();
-            if map.len() >= THROTTLE_PRUNE_AT {
-                map.retain(|_, s| s.last_failure.plus(rules.forget_after) > now);
-            }
-            let entry = map.entry(key.to_owned()).or_insert(Strikes {
-                failures: 0,
-                last_failure: now,
-                blocked_until: now,
-            });
-            if entry.last_failure.plus(rules.forget_after) <= now {
-                entry.failures = 0;
-            }
-            entry.failures += 1;
-            entry.last_failure = now;
-            let delay = rules.delay_after(entry.failures)?;
-            entry.blocked_until = now.plus(delay);
-            Some(delay)
-        };
-        let by_account = strike(&self.accounts, username, &self.account);
-        let by_address = address.and_then(|a| strike(&self.addresses, a, &self.address));
-        by_account.max(by_address)
-    }
-
-    /// Forgets the account's failures after a successful sign-in.
-    pub fn succeeded(&self, username: &str) {
-        self.accounts.lock().remove(username);
-    }
-}
-
-impl Default for LoginThrottle {
-    fn default() -> Self {
-        Self::new(ThrottleRules::ACCOUNT, ThrottleRules::ADDRESS)
-    }
-}
-
 /// Why a sign-in step failed.
 #[derive(Debug, thiserror::Error)]
 pub enum SignInError {
@@ -418,9 +309,12 @@ pub enum SignInError {
     /// Too many failures: wait this long.
     #[error("too many failed attempts; try again in {} s", .0.as_secs().max(1))]
     Throttled(Duration),
-    /// The credentials are right but the account is disabled.
-    #[error("the account is disabled")]
-    Disabled,
+    /// Too many wrong codes in this sign-in in progress: it must start again.
+    #[error("too many wrong codes; sign in again")]
+    SignInSpent,
+    /// Too many credential checks are waiting: try again after this long.
+    #[error("the server is busy checking credentials; try again in {} s", .0.as_secs().max(1))]
+    Busy(Duration),
     /// The user store cannot answer: fail closed.
     #[error(transparent)]
     Store(#[from] UserStoreError),
@@ -447,6 +341,22 @@ pub enum AccountError {
     /// The account changed concurrently; the caller may retry.
     #[error("the account changed concurrently; retry")]
     Conflict,
+    /// Too many credential checks are waiting: try again after this long.
+    #[error("the server is busy checking credentials; try again in {} s", .0.as_secs().max(1))]
+    Busy(Duration),
+    /// Second factors are kept encrypted and no encryption key is configured.
+    #[error(
+        "second factors need an encryption key: set `encryption_keys` (or PORTCULLIS_ENCRYPTION_KEYS)"
+    )]
+    NoEncryptionKey,
+    /// A stored second factor cannot be opened with the configured keys.
+    #[error(transparent)]
+    Sealed(#[from] SealError),
+    /// The second factor cannot be removed while the password is too short to stand alone.
+    #[error(
+        "set a password of at least {MIN_PASSWORD_ALONE} characters before removing the second factor"
+    )]
+    PasswordTooShortAlone,
     /// The user store cannot answer.
     #[error(transparent)]
     Store(UserStoreError),
@@ -468,14 +378,70 @@ pub struct Accounts {
     clock: Arc<dyn Clock>,
     random: Arc<dyn RandomSource>,
     sink: Arc<dyn AuditSink>,
-    throttle: LoginThrottle,
+    throttle: Arc<dyn ThrottleStore>,
+    hashing: HashGate,
+    keyring: Option<Keyring>,
 }
 
-/// Runs CPU-heavy credential work (Argon2id) on the blocking pool, off the async threads.
-async fn off_thread<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> T {
-    match tokio::task::spawn_blocking(work).await {
-        Ok(value) => value,
-        Err(err) => std::panic::resume_unwind(err.into_panic()),
+/// Where a credential attempt comes from.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Origin<'a> {
+    /// The client address (the HTTP layer resolves proxies).
+    pub address: Option<&'a str>,
+}
+
+/// The longest username or password read from a sign-in form: longer input is refused before
+/// any hashing or store lookup (usernames are at most 64 characters, passwords 256).
+const MAX_TYPED_BYTES: usize = 1024;
+
+/// How long a caller turned away by a full [`HashGate`] is asked to wait.
+const BUSY_RETRY: Duration = Duration::from_secs(1);
+
+/// Bounds Argon2id work (19 MiB and ~50 ms of a core each): at most one hash per core runs,
+/// and at most [`HashGate::QUEUE_PER_PERMIT`] per core wait; beyond that the caller is told
+/// to come back, so unauthenticated load cannot exhaust memory or threads.
+struct HashGate {
+    permits: Arc<tokio::sync::Semaphore>,
+    waiting: std::sync::atomic::AtomicUsize,
+    max_waiting: usize,
+}
+
+impl HashGate {
+    const QUEUE_PER_PERMIT: usize = 8;
+
+    fn new(permits: usize) -> Self {
+        Self {
+            permits: Arc::new(tokio::sync::Semaphore::new(permits)),
+            waiting: std::sync::atomic::AtomicUsize::new(0),
+            max_waiting: permits * Self::QUEUE_PER_PERMIT,
+        }
+    }
+
+    fn for_this_machine() -> Self {
+        Self::new(std::thread::available_parallelism().map_or(2, usize::from))
+    }
+
+    /// Runs `work` on the blocking pool once a permit is free; `None` when the queue is full.
+    async fn run<T: Send + 'static>(&self, work: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+        use std::sync::atomic::Ordering;
+        if self.waiting.fetch_add(1, Ordering::AcqRel) >= self.max_waiting {
+            self.waiting.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        let permit = Arc::clone(&self.permits).acquire_owned().await;
+        self.waiting.fetch_sub(1, Ordering::AcqRel);
+        // The semaphore is never closed.
+        let permit = permit.ok()?;
+        let done = tokio::task::spawn_blocking(move || {
+            let value = work();
+            drop(permit);
+            value
+        })
+        .await;
+        match done {
+            Ok(value) => Some(value),
+            Err(err) => std::panic::resume_unwind(err.into_panic()),
+        }
     }
 }
 
@@ -492,14 +458,60 @@ impl Accounts {
             clock,
             random,
             sink,
-            throttle: LoginThrottle::default(),
+            throttle: Arc::new(MemoryThrottleStore::new()),
+            hashing: HashGate::for_this_machine(),
+            keyring: None,
         }
     }
 
-    /// Replaces the throttle (tests use tighter rules).
-    pub fn with_throttle(mut self, throttle: LoginThrottle) -> Self {
+    /// Seals second factors with `keyring` (without one, enrolling a factor is refused).
+    pub fn with_keyring(mut self, keyring: Keyring) -> Self {
+        self.keyring = Some(keyring);
+        self
+    }
+
+    /// The usernames of accounts whose second factor the configured keys cannot open (all
+    /// of them when no key is configured): `config check` refuses to pass while any exist.
+    pub async fn unreadable_second_factors(&self) -> Result<Vec<String>, AccountError> {
+        let users = self.users.list_users().await?;
+        Ok(users
+            .into_iter()
+            .filter(|u| {
+                u.totp.as_ref().is_some_and(|f| match &self.keyring {
+                    None => true,
+                    Some(ring) => {
+                        sealed_key_id(&f.secret).is_some() && ring.open(&f.secret, &u.id).is_err()
+                    }
+                })
+            })
+            .map(|u| u.username)
+            .collect())
+    }
+
+    /// Keeps failure counts in `throttle` (the shared store's; memory by default).
+    pub fn with_throttle(mut self, throttle: Arc<dyn ThrottleStore>) -> Self {
         self.throttle = throttle;
         self
+    }
+
+    /// Runs at most `permits` password hashes at once (tests use 1).
+    pub fn with_hash_permits(mut self, permits: usize) -> Self {
+        self.hashing = HashGate::new(permits.max(1));
+        self
+    }
+
+    /// The failure counts.
+    pub fn throttle(&self) -> &Arc<dyn ThrottleStore> {
+        &self.throttle
+    }
+
+    async fn hash(&self, password: &str) -> Result<String, AccountError> {
+        let random = Arc::clone(&self.random);
+        let password = password.to_owned();
+        self.hashing
+            .run(move || hash_password(&password, random.as_ref()))
+            .await
+            .ok_or(AccountError::Busy(BUSY_RETRY))
     }
 
     /// The store.
@@ -525,12 +537,10 @@ impl Accounts {
         actor: &Actor,
     ) -> Result<User, AccountError> {
         let username = normalize_username(username).ok_or(AccountError::InvalidUsername)?;
-        if let Some(problem) = password_problem(&username, password) {
+        if let Some(problem) = password_problem(&username, password, false) {
             return Err(AccountError::WeakPassword(problem));
         }
-        let random = Arc::clone(&self.random);
-        let password = password.to_owned();
-        let password_hash = off_thread(move || hash_password(&password, random.as_ref())).await;
+        let password_hash = self.hash(password).await?;
         let now = self.clock.now();
         let user = User {
             id: PublicId::generate("usr_", self.random.as_ref())
@@ -543,6 +553,7 @@ impl Accounts {
             totp: None,
             created_at: now,
             password_changed_at: now,
+            short_password: false,
         };
         self.users.add_user(&user).await?;
         self.publish(EventKind::UserCreated, &user, actor);
@@ -618,17 +629,17 @@ impl Accounts {
         actor: &Actor,
     ) -> Result<User, AccountError> {
         let current = self.by_id(id).await?;
-        if let Some(problem) = password_problem(&current.username, password) {
+        if let Some(problem) = password_problem(&current.username, password, current.totp.is_some())
+        {
             return Err(AccountError::WeakPassword(problem));
         }
-        let random = Arc::clone(&self.random);
-        let owned = password.to_owned();
-        let hash = off_thread(move || hash_password(&owned, random.as_ref())).await;
+        let hash = self.hash(password).await?;
         let now = self.clock.now();
         let user = self
             .update(id, |user| {
                 user.password_hash.clone_from(&hash);
                 user.password_changed_at = now;
+                user.short_password = password.chars().count() < MIN_PASSWORD_ALONE;
                 Ok(())
             })
             .await?;
@@ -636,89 +647,210 @@ impl Accounts {
         Ok(user)
     }
 
-    /// Checks a username and password from `address`, under the throttle. An unknown username
-    /// costs the same Argon2id work and gets the same answer as a wrong password.
+    /// Counts one attempt against `key`; `Err` when it is blocked.
+    async fn count(
+        &self,
+        key: &str,
+        rules: &ThrottleRules,
+        now: Timestamp,
+    ) -> Result<Option<Duration>, SignInError> {
+        match self.throttle.attempt(key, rules, now).await? {
+            Verdict::Blocked(wait) => Err(SignInError::Throttled(wait)),
+            Verdict::Allowed { then_wait, .. } => Ok(then_wait),
+        }
+    }
+
+    /// Checks a username and password, under the throttle. The attempt is counted against the
+    /// client address and the typed name *before* the hash is checked, in the shared store, so
+    /// parallel guesses and many nodes get no more tries than one. An unknown username, a
+    /// wrong password and a disabled account all cost the same Argon2id work and get the same
+    /// answer; only a right password on an enabled account clears the name's count.
     pub async fn check_password(
         &self,
         username: &str,
         password: &str,
-        address: Option<&str>,
+        origin: Origin<'_>,
     ) -> Result<User, SignInError> {
-        let key = normalize_username(username).unwrap_or_else(|| username.to_owned());
         let now = self.clock.now();
-        if let Some(wait) = self.throttle.wait(&key, address, now) {
-            self.publish_failure(EventKind::LoginThrottled, &key, None);
-            return Err(SignInError::Throttled(wait));
+        let address = origin.address.map(address_key);
+        let mut waits = Vec::with_capacity(2);
+        if let Some(key) = &address {
+            match self.count(key, &ThrottleRules::ADDRESS, now).await {
+                Ok(wait) => waits.push(wait),
+                Err(err) => {
+                    self.publish_failure(EventKind::LoginThrottled, None, "address");
+                    return Err(err);
+                }
+            }
         }
-        let user = match normalize_username(username) {
-            Some(name) => self.users.user_by_name(&name).await?,
-            None => None,
+        let typed = (username.len() <= MAX_TYPED_BYTES && password.len() <= MAX_TYPED_BYTES)
+            .then(|| normalize_username(username))
+            .flatten();
+        let Some(name) = typed else {
+            // Nothing anyone could sign in with: no hash, no lookup, counted by address only.
+            self.publish_failure(EventKind::LoginFailed, None, "username");
+            return Err(Self::failure(&waits));
         };
+        let name_key = account_key(&name);
+        match self.count(&name_key, &ThrottleRules::ACCOUNT, now).await {
+            Ok(wait) => waits.push(wait),
+            Err(err) => {
+                self.publish_failure(EventKind::LoginThrottled, None, "password");
+                return Err(err);
+            }
+        }
+        let user = self.users.user_by_name(&name).await?;
         let hash = user
             .as_ref()
             .map_or_else(|| DECOY_HASH.clone(), |u| u.password_hash.clone());
-        let password = password.to_owned();
-        let matches = off_thread(move || verify_password(&hash, &password)).await;
+        let owned = password.to_owned();
+        let Some(matches) = self
+            .hashing
+            .run(move || verify_password(&hash, &owned))
+            .await
+        else {
+            // Not checked, so not counted either.
+            if let Some(key) = &address {
+                self.throttle.refund(key).await?;
+            }
+            self.throttle.refund(&name_key).await?;
+            return Err(SignInError::Busy(BUSY_RETRY));
+        };
         match user {
-            Some(user) if matches => {
-                self.throttle.succeeded(&key);
-                if user.disabled {
-                    return Err(SignInError::Disabled);
+            Some(user) if matches && !user.disabled => {
+                self.throttle.clear(&name_key).await?;
+                if let Some(key) = &address {
+                    self.throttle.refund(key).await?;
                 }
                 Ok(user)
             }
             user => {
-                self.publish_failure(EventKind::LoginFailed, &key, user.as_ref());
-                match self.throttle.failed(&key, address, self.clock.now()) {
-                    Some(wait) => Err(SignInError::Throttled(wait)),
-                    None => Err(SignInError::Invalid),
-                }
+                let factor = match &user {
+                    Some(u) if matches && u.disabled => "account_disabled",
+                    Some(_) => "password",
+                    None => "username",
+                };
+                self.publish_failure(EventKind::LoginFailed, user.as_ref(), factor);
+                Err(Self::failure(&waits))
             }
         }
     }
 
-    fn publish_failure(&self, kind: EventKind, username: &str, user: Option<&User>) {
-        let id = user.map_or("", |u| u.id.as_str());
-        self.sink.publish(&AuditEvent::for_account(
-            kind,
-            id,
-            username,
-            self.clock.now(),
-            &Actor::system(),
-        ));
+    /// The answer to a failed attempt: the longest wait it set off, if any.
+    fn failure(waits: &[Option<Duration>]) -> SignInError {
+        match waits.iter().flatten().max() {
+            Some(wait) => SignInError::Throttled(*wait),
+            None => SignInError::Invalid,
+        }
     }
 
-    /// Checks the second factor of `user` (after its password) and uses the code up.
-    pub async fn check_totp(&self, user_id: &str, code: &str) -> Result<User, SignInError> {
+    fn publish_failure(&self, kind: EventKind, user: Option<&User>, failed: &str) {
+        let mut event = AuditEvent::for_account(
+            kind,
+            user.map_or("", |u| u.id.as_str()),
+            user.map_or("", |u| u.username.as_str()),
+            self.clock.now(),
+            &Actor::system(),
+        );
+        event.detail = match user {
+            Some(u) => serde_json::json!({ "username": u.username, "failed": failed }),
+            None => serde_json::json!({ "failed": failed }),
+        };
+        self.sink.publish(&event);
+    }
+
+    /// Checks the second factor of `user` (after its password) and uses the code up. Wrong
+    /// codes are counted on their own, never reset by a right password: per account (NIST
+    /// SP 800-63B §5.2.2), per client address, and per sign-in in progress (`pending`, its
+    /// session id), whose fifth wrong code spends it ([`SignInError::SignInSpent`]).
+    pub async fn check_totp(
+        &self,
+        user_id: &str,
+        code: &str,
+        origin: Origin<'_>,
+        pending: Option<&str>,
+    ) -> Result<User, SignInError> {
         let user = self.by_id(user_id).await.map_err(|err| match err {
             AccountError::Store(err) => SignInError::Store(err),
             _ => SignInError::Invalid,
         })?;
         let now = self.clock.now();
-        if let Some(wait) = self.throttle.wait(&user.username, None, now) {
-            return Err(SignInError::Throttled(wait));
+        let mut waits = Vec::with_capacity(3);
+        if let Some(address) = origin.address {
+            waits.push(
+                self.count(&address_key(address), &ThrottleRules::ADDRESS, now)
+                    .await?,
+            );
+        }
+        let factor_key = second_factor_key(&user.id);
+        waits.push(
+            self.count(&factor_key, &ThrottleRules::SECOND_FACTOR, now)
+                .await?,
+        );
+        let pending_key = pending.map(pending_key);
+        let mut pending_tries = 0;
+        if let Some(key) = &pending_key {
+            match self
+                .throttle
+                .attempt(key, &ThrottleRules::PENDING_SIGN_IN, now)
+                .await?
+            {
+                Verdict::Blocked(_) => return Err(SignInError::SignInSpent),
+                Verdict::Allowed { failures, .. } => pending_tries = failures,
+            }
         }
         let accepted = self
             .update(user_id, |u| {
+                if u.disabled {
+                    return Err(AccountError::WrongCode);
+                }
+                let id = u.id.clone();
                 let factor = u.totp.as_mut().ok_or(AccountError::WrongCode)?;
-                let step = totp_step(&factor.secret, code, now, factor.last_step)
+                let secret = match (&self.keyring, sealed_key_id(&factor.secret)) {
+                    (Some(ring), _) => match ring.open(&factor.secret, &id) {
+                        Ok(secret) => secret,
+                        // Stored in clear by an earlier release: sealed below.
+                        Err(_) if sealed_key_id(&factor.secret).is_none() => factor.secret.clone(),
+                        Err(err) => return Err(err.into()),
+                    },
+                    (None, None) => factor.secret.clone(),
+                    (None, Some(_)) => return Err(AccountError::NoEncryptionKey),
+                };
+                let step = totp_step(&secret, code, now, factor.last_step)
                     .ok_or(AccountError::WrongCode)?;
                 factor.last_step = step;
+                if let Some(ring) = self
+                    .keyring
+                    .as_ref()
+                    .filter(|r| r.needs_resealing(&factor.secret))
+                {
+                    factor.secret = ring.seal(&secret, &id, self.random.as_ref());
+                }
                 Ok(())
             })
             .await;
         match accepted {
             Ok(user) => {
-                self.throttle.succeeded(&user.username);
+                self.throttle.clear(&factor_key).await?;
+                if let Some(address) = origin.address {
+                    self.throttle.refund(&address_key(address)).await?;
+                }
                 Ok(user)
             }
             Err(AccountError::Store(err)) => Err(SignInError::Store(err)),
+            Err(err @ (AccountError::Sealed(_) | AccountError::NoEncryptionKey)) => {
+                // Fail closed, and say why where an operator looks.
+                Err(SignInError::Store(UserStoreError::Corrupt(err.to_string())))
+            }
             Err(_) => {
-                self.publish_failure(EventKind::LoginFailed, &user.username, Some(&user));
-                match self.throttle.failed(&user.username, None, now) {
-                    Some(wait) => Err(SignInError::Throttled(wait)),
-                    None => Err(SignInError::Invalid),
+                self.publish_failure(EventKind::LoginFailed, Some(&user), "otp");
+                let spent = ThrottleRules::PENDING_SIGN_IN
+                    .lock_after
+                    .is_some_and(|limit| pending_tries >= limit);
+                if spent {
+                    return Err(SignInError::SignInSpent);
                 }
+                Err(Self::failure(&waits))
             }
         }
     }
@@ -736,12 +868,13 @@ impl Accounts {
         code: &str,
         actor: &Actor,
     ) -> Result<User, AccountError> {
+        let ring = self.keyring.as_ref().ok_or(AccountError::NoEncryptionKey)?;
         let now = self.clock.now();
         let step = totp_step(secret, code, now, 0).ok_or(AccountError::WrongCode)?;
         let user = self
             .update(user_id, |user| {
                 user.totp = Some(TotpFactor {
-                    secret: secret.to_owned(),
+                    secret: ring.seal(secret, &user.id, self.random.as_ref()),
                     last_step: step,
                     enrolled_at: now,
                 });
@@ -756,6 +889,9 @@ impl Accounts {
     pub async fn remove_totp(&self, user_id: &str, actor: &Actor) -> Result<User, AccountError> {
         let user = self
             .update(user_id, |user| {
+                if user.short_password {
+                    return Err(AccountError::PasswordTooShortAlone);
+                }
                 user.totp = None;
                 Ok(())
             })
@@ -770,34 +906,6 @@ mod tests {
     use super::*;
     use crate::random::SeededRandom;
     use crate::time::ManualClock;
-
-    #[test]
-    fn nist4_throttle_backs_off_exponentially_and_forgets() {
-        let throttle = LoginThrottle::default();
-        let mut now = Timestamp::from_millis(1_000_000);
-        for _ in 0..5 {
-            assert_eq!(throttle.failed("alice", Some("10.0.0.1"), now), None);
-        }
-        assert_eq!(throttle.wait("alice", None, now), None);
-        assert_eq!(
-            throttle.failed("alice", None, now),
-            Some(Duration::from_secs(30))
-        );
-        assert_eq!(
-            throttle.wait("alice", Some("10.0.0.9"), now),
-            Some(Duration::from_secs(30))
-        );
-        assert_eq!(
-            throttle.failed("alice", None, now),
-            Some(Duration::from_secs(60))
-        );
-        // Another account is not slowed by alice's failures (nor is this address yet).
-        assert_eq!(throttle.wait("bob", Some("10.0.0.1"), now), None);
-        now = now.plus(Duration::from_secs(61));
-        assert_eq!(throttle.wait("alice", None, now), None);
-        now = now.plus(Duration::from_secs(3600));
-        assert_eq!(throttle.failed("alice", None, now), None, "forgotten");
-    }
 
     #[test]
     fn totp_codes_are_accepted_once_within_one_step() {
@@ -816,37 +924,82 @@ mod tests {
         assert!(totp_uri(&secret, "Portcullis", "alice").contains(&secret));
     }
 
-    #[tokio::test]
-    async fn asvs4_2_2_unknown_user_and_wrong_password_answer_alike() {
-        let clock = Arc::new(ManualClock::new(Timestamp::from_millis(1_800_000_000_000)));
-        let accounts = Accounts::new(
+    const T0: Timestamp = Timestamp::from_millis(1_800_000_000_000);
+    const PASSWORD: &str = "correct horse battery staple";
+
+    fn keyring() -> Keyring {
+        Keyring::parse(&[Keyring::generate_entry("k1", &SeededRandom::new(9))]).unwrap()
+    }
+
+    fn accounts_at(clock: &Arc<ManualClock>) -> Accounts {
+        Accounts::new(
             Arc::new(MemoryUserStore::new()),
-            clock,
+            clock.clone(),
             Arc::new(SeededRandom::new(1)),
             Arc::new(crate::event::NoAuditSink),
-        );
+        )
+        .with_keyring(keyring())
+    }
+
+    fn from(address: &str) -> Origin<'_> {
+        Origin {
+            address: Some(address),
+        }
+    }
+
+    /// Alice with a second factor enrolled; returns her and the factor's secret.
+    async fn alice_with_totp(accounts: &Accounts, clock: &ManualClock) -> (User, String) {
         let alice = accounts
-            .add_user("Alice", "correct horse", &Actor::cli())
+            .add_user("alice", PASSWORD, &Actor::cli())
+            .await
+            .unwrap();
+        let secret = accounts.new_totp_secret();
+        let code = totp_code(&secret, clock.now()).unwrap();
+        let alice = accounts
+            .enrol_totp(&alice.id, &secret, &code, &Actor::cli())
+            .await
+            .unwrap();
+        clock.advance(Duration::from_secs(30));
+        (alice, secret)
+    }
+
+    fn wrong_code(secret: &str, now: Timestamp) -> String {
+        let right = totp_code(secret, now).unwrap();
+        let near = [
+            right.clone(),
+            totp_code(secret, now.plus(Duration::from_secs(30))).unwrap(),
+            totp_code(secret, Timestamp::from_millis(now.as_millis() - 30_000)).unwrap(),
+        ];
+        (0..1_000_000)
+            .map(|n| format!("{n:06}"))
+            .find(|c| !near.contains(c))
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn asvs4_2_2_unknown_user_wrong_password_and_disabled_account_answer_alike() {
+        let clock = Arc::new(ManualClock::new(T0));
+        let accounts = accounts_at(&clock);
+        let alice = accounts
+            .add_user("Alice", PASSWORD, &Actor::cli())
             .await
             .unwrap();
         assert_eq!(alice.username, "alice");
         assert!(matches!(
-            accounts
-                .add_user("alice", "another one", &Actor::cli())
-                .await,
+            accounts.add_user("alice", PASSWORD, &Actor::cli()).await,
             Err(AccountError::Exists)
         ));
-        assert!(matches!(
-            accounts.add_user("bob", "password", &Actor::cli()).await,
-            Err(AccountError::WeakPassword(_))
-        ));
         let ok = accounts
-            .check_password(" ALICE ", "correct horse", None)
+            .check_password(" ALICE ", PASSWORD, Origin::default())
             .await
             .unwrap();
         assert_eq!(ok.id, alice.id);
-        let wrong = accounts.check_password("alice", "wrong", None).await;
-        let unknown = accounts.check_password("mallory", "wrong", None).await;
+        let wrong = accounts
+            .check_password("alice", "wrong", Origin::default())
+            .await;
+        let unknown = accounts
+            .check_password("mallory", "wrong", Origin::default())
+            .await;
         assert_eq!(
             wrong.unwrap_err().to_string(),
             unknown.unwrap_err().to_string()
@@ -855,11 +1008,313 @@ mod tests {
             .set_disabled(&alice.id, true, &Actor::cli())
             .await
             .unwrap();
+        // The right password on a disabled account is no oracle: the same answer as a wrong
+        // one, and it does not clear the failures a guesser built up.
+        for _ in 0..4 {
+            let right = accounts
+                .check_password("alice", PASSWORD, Origin::default())
+                .await;
+            assert!(matches!(right, Err(SignInError::Invalid)), "{right:?}");
+        }
+        let throttled = accounts
+            .check_password("alice", PASSWORD, Origin::default())
+            .await;
+        assert!(
+            matches!(throttled, Err(SignInError::Throttled(_))),
+            "the sixth failure in a row is throttled, right password or not: {throttled:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn nist5_2_2_parallel_guesses_get_no_more_tries_than_serial_ones() {
+        let clock = Arc::new(ManualClock::new(T0));
+        let accounts = Arc::new(accounts_at(&clock).with_hash_permits(64));
+        accounts
+            .add_user("alice", PASSWORD, &Actor::cli())
+            .await
+            .unwrap();
+        let guesses = (0..20).map(|n| {
+            let accounts = Arc::clone(&accounts);
+            tokio::spawn(async move {
+                accounts
+                    .check_password("alice", &format!("guess number {n}"), Origin::default())
+                    .await
+            })
+        });
+        let mut checked = 0;
+        for guess in guesses {
+            match guess.await.unwrap() {
+                Err(SignInError::Invalid) => checked += 1,
+                Err(SignInError::Throttled(_)) => {}
+                other => panic!("{other:?}"),
+            }
+        }
+        assert!(
+            checked <= 5,
+            "only the free attempts are checked ({checked} were)"
+        );
+    }
+
+    #[tokio::test]
+    async fn nist5_2_2_wrong_codes_are_counted_apart_from_the_password_and_per_sign_in() {
+        let clock = Arc::new(ManualClock::new(T0));
+        let accounts = accounts_at(&clock);
+        let (alice, secret) = alice_with_totp(&accounts, &clock).await;
+        let wrong = wrong_code(&secret, clock.now());
+        // Four wrong codes in one sign-in in progress are answered one by one…
+        for _ in 0..4 {
+            let answer = accounts
+                .check_totp(&alice.id, &wrong, from("10.0.0.1"), Some("ses_one"))
+                .await;
+            assert!(matches!(answer, Err(SignInError::Invalid)), "{answer:?}");
+        }
+        // …the fifth spends it: the person must start again with the password.
+        let fifth = accounts
+            .check_totp(&alice.id, &wrong, from("10.0.0.1"), Some("ses_one"))
+            .await;
+        assert!(matches!(fifth, Err(SignInError::SignInSpent)), "{fifth:?}");
+        let again = accounts
+            .check_totp(&alice.id, &wrong, from("10.0.0.1"), Some("ses_one"))
+            .await;
+        assert!(matches!(again, Err(SignInError::SignInSpent)), "{again:?}");
+        // A right password does not reset the code failures: the account's count goes on in
+        // a new sign-in, and the next wrong code is throttled.
+        accounts
+            .check_password("alice", PASSWORD, from("10.0.0.1"))
+            .await
+            .unwrap();
+        let next = accounts
+            .check_totp(&alice.id, &wrong, from("10.0.0.1"), Some("ses_two"))
+            .await;
+        assert!(matches!(next, Err(SignInError::Throttled(_))), "{next:?}");
+        let blocked = accounts
+            .check_totp(
+                &alice.id,
+                &totp_code(&secret, clock.now()).unwrap(),
+                from("10.0.0.1"),
+                Some("ses_two"),
+            )
+            .await;
+        assert!(
+            matches!(blocked, Err(SignInError::Throttled(_))),
+            "even the right code waits: {blocked:?}"
+        );
+        clock.advance(Duration::from_secs(31));
+        accounts
+            .check_totp(
+                &alice.id,
+                &totp_code(&secret, clock.now()).unwrap(),
+                from("10.0.0.1"),
+                Some("ses_three"),
+            )
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn credential_checks_beyond_the_queue_are_turned_away_not_queued_without_bound() {
+        let clock = Arc::new(ManualClock::new(T0));
+        let accounts = Arc::new(accounts_at(&clock).with_hash_permits(1));
+        let attempts = (0..30).map(|n| {
+            let accounts = Arc::clone(&accounts);
+            async move {
+                accounts
+                    .check_password(&format!("user{n}"), "some password", Origin::default())
+                    .await
+            }
+        });
+        let answers = futures_join_all(attempts).await;
+        let busy = answers
+            .iter()
+            .filter(|a| matches!(a, Err(SignInError::Busy(_))))
+            .count();
+        let checked = answers
+            .iter()
+            .filter(|a| matches!(a, Err(SignInError::Invalid)))
+            .count();
+        assert_eq!(
+            checked,
+            1 + HashGate::QUEUE_PER_PERMIT,
+            "one running, a queue of 8"
+        );
+        assert_eq!(busy, 30 - checked);
+        // A turned-away attempt was not counted against the name.
+        for _ in 0..5 {
+            let answer = accounts
+                .check_password("user29", "some password", Origin::default())
+                .await;
+            assert!(matches!(answer, Err(SignInError::Invalid)), "{answer:?}");
+        }
+    }
+
+    /// Polls every future in turn on this task (as a burst of requests arrives together).
+    async fn futures_join_all<F: Future>(futures: impl Iterator<Item = F>) -> Vec<F::Output> {
+        let mut pending: Vec<Pin<Box<F>>> = futures.map(Box::pin).collect();
+        let mut done: Vec<Option<F::Output>> = pending.iter().map(|_| None).collect();
+        std::future::poll_fn(|cx| {
+            let mut all = true;
+            for (slot, future) in done.iter_mut().zip(pending.iter_mut()) {
+                if slot.is_none() {
+                    match future.as_mut().poll(cx) {
+                        std::task::Poll::Ready(value) => *slot = Some(value),
+                        std::task::Poll::Pending => all = false,
+                    }
+                }
+            }
+            if all {
+                std::task::Poll::Ready(())
+            } else {
+                std::task::Poll::Pending
+            }
+        })
+        .await;
+        done.into_iter().map(Option::unwrap).collect()
+    }
+
+    #[tokio::test]
+    async fn a_username_longer_than_any_account_is_refused_without_hashing_or_keeping_it() {
+        let clock = Arc::new(ManualClock::new(T0));
+        let throttle = Arc::new(MemoryThrottleStore::new());
+        let accounts = accounts_at(&clock).with_throttle(throttle.clone());
+        let huge = "x".repeat(100_000);
+        let answer = accounts
+            .check_password(&huge, "password", from("10.0.0.7"))
+            .await;
+        assert!(matches!(answer, Err(SignInError::Invalid)));
+        assert_eq!(throttle.len(), 1, "only the address was counted");
+    }
+
+    #[test]
+    fn nist4_3_1_1_2_passwords_need_15_characters_alone_8_with_a_second_factor_and_no_common_ones()
+    {
+        assert!(password_problem("alice", "fourteen chars", false).is_some());
+        assert!(password_problem("alice", "correct horse battery", false).is_none());
+        assert!(password_problem("alice", "Tr0ub4dor&3", true).is_none());
+        assert!(password_problem("alice", "Tr0ub4d", true).is_some());
+        for common in [
+            "password1234567890",
+            "qwertyuiopasdfghjkl",
+            "iloveyouiloveyou",
+            "1qaz2wsx3edc4rfv",
+            "alicealicealice1",
+            "portcullisportcullis",
+        ] {
+            assert!(
+                password_problem("alice", common, false).is_some(),
+                "{common} is refused"
+            );
+        }
+        assert!(password_problem("alice", &"ab1!".repeat(65), false).is_some());
+    }
+
+    #[tokio::test]
+    async fn a_short_password_keeps_the_second_factor_it_was_allowed_beside() {
+        let clock = Arc::new(ManualClock::new(T0));
+        let accounts = accounts_at(&clock);
+        let (alice, _) = alice_with_totp(&accounts, &clock).await;
+        let alice = accounts
+            .set_password(&alice.id, "Tr0ub4dor&3", &Actor::cli())
+            .await
+            .unwrap();
+        assert!(alice.short_password);
+        assert!(matches!(
+            accounts.remove_totp(&alice.id, &Actor::cli()).await,
+            Err(AccountError::PasswordTooShortAlone)
+        ));
+        accounts
+            .set_password(&alice.id, PASSWORD, &Actor::cli())
+            .await
+            .unwrap();
+        accounts
+            .remove_totp(&alice.id, &Actor::cli())
+            .await
+            .unwrap();
         assert!(matches!(
             accounts
-                .check_password("alice", "correct horse", None)
+                .set_password(&alice.id, "Tr0ub4dor&3", &Actor::cli())
                 .await,
-            Err(SignInError::Disabled)
+            Err(AccountError::WeakPassword(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn totp_secrets_are_sealed_at_rest_and_clear_ones_are_sealed_at_their_next_use() {
+        let clock = Arc::new(ManualClock::new(T0));
+        let users = Arc::new(MemoryUserStore::new());
+        let accounts = Accounts::new(
+            users.clone(),
+            clock.clone(),
+            Arc::new(SeededRandom::new(1)),
+            Arc::new(crate::event::NoAuditSink),
+        )
+        .with_keyring(keyring());
+        let (alice, secret) = alice_with_totp(&accounts, &clock).await;
+        let stored = users.user_by_id(&alice.id).await.unwrap().unwrap();
+        let sealed = &stored.totp.as_ref().unwrap().secret;
+        assert!(sealed.starts_with("sealed:v1:k1:"), "{sealed}");
+        assert!(
+            !serde_json::to_string(&crate::stored::StoredUser::from(&stored))
+                .unwrap()
+                .contains(&secret)
+        );
+
+        // A secret an earlier release stored in clear still works, and is sealed on use.
+        let mut legacy = stored.clone();
+        legacy.totp.as_mut().unwrap().secret = secret.clone();
+        legacy.version += 1;
+        assert!(users.replace_user(&legacy).await.unwrap());
+        accounts
+            .check_totp(
+                &alice.id,
+                &totp_code(&secret, clock.now()).unwrap(),
+                Origin::default(),
+                None,
+            )
+            .await
+            .unwrap();
+        let resealed = users.user_by_id(&alice.id).await.unwrap().unwrap();
+        assert!(
+            resealed.totp.unwrap().secret.starts_with("sealed:v1:k1:"),
+            "sealed at its next use"
+        );
+
+        // Without a key nothing can be enrolled, and a sealed factor fails closed.
+        let keyless = Accounts::new(
+            users.clone(),
+            clock.clone(),
+            Arc::new(SeededRandom::new(2)),
+            Arc::new(crate::event::NoAuditSink),
+        );
+        assert_eq!(
+            keyless.unreadable_second_factors().await.unwrap(),
+            ["alice"]
+        );
+        assert!(
+            accounts
+                .unreadable_second_factors()
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        clock.advance(Duration::from_secs(30));
+        let code = totp_code(&secret, clock.now()).unwrap();
+        assert!(matches!(
+            keyless
+                .check_totp(&alice.id, &code, Origin::default(), None)
+                .await,
+            Err(SignInError::Store(_))
+        ));
+        let bob = keyless
+            .add_user("bob", PASSWORD, &Actor::cli())
+            .await
+            .unwrap();
+        let bob_secret = keyless.new_totp_secret();
+        let code = totp_code(&bob_secret, clock.now()).unwrap();
+        assert!(matches!(
+            keyless
+                .enrol_totp(&bob.id, &bob_secret, &code, &Actor::cli())
+                .await,
+            Err(AccountError::NoEncryptionKey)
         ));
     }
 }

@@ -703,13 +703,18 @@ impl<S: Store> Engine<S> {
             return Err(EngineError::Invalid("scope must be 1 to 64 bytes".into()));
         }
         let elevation_id = PublicId::generate("elv_", self.random.as_ref());
+        // Portcullis's own pages checked the credentials themselves; an application only
+        // claims it did, which restarts the absolute deadline only where the policy says so.
+        let checked_here = matches!(principal.reach, Reach::Portcullis);
         self.reissue(
             token,
             EventKind::SessionElevated,
             |session, now| {
                 let policy = self.policy_of(session);
                 session.authenticated_at = now;
-                session.absolute.at = now.plus(session.absolute.lifetime());
+                if checked_here || policy.elevation_restarts_absolute.value {
+                    session.absolute.at = now.plus(session.absolute.lifetime());
+                }
                 session.elevations.push(Elevation {
                     id: elevation_id.clone(),
                     scope: request.scope.clone(),

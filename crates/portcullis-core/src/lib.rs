@@ -17,15 +17,17 @@ pub mod plan;
 pub mod policy;
 pub mod random;
 pub mod rules;
+pub mod sealed;
 pub mod session;
 pub mod store;
 pub mod stored;
+pub mod throttle;
 pub mod time;
 pub mod token;
 
 pub use account::{
-    AccountError, Accounts, LoginThrottle, MemoryUserStore, SignInError, ThrottleRules, TotpFactor,
-    User, UserFuture, UserStore, UserStoreError,
+    AccountError, Accounts, MemoryUserStore, Origin, SignInError, TotpFactor, User, UserFuture,
+    UserStore, UserStoreError,
 };
 pub use api_key::{ApiKey, ApiKeyCache, ApiKeyStore};
 pub use application::{
@@ -42,7 +44,8 @@ pub use policy::{
     Binding, OnLimit, Policy, PolicyError, PolicyOverrides, PolicySet, Preset, SIGN_IN_POLICY,
 };
 pub use random::{OsRandom, RandomSource, SeededRandom};
-pub use rules::{ACCOUNT_SCOPE, AccountRules, RuleError, assurance_level};
+pub use rules::{ACCOUNT_SCOPE, AccountRules, RuleError, assurance_level, sign_in_subject};
+pub use sealed::{Keyring, KeyringError, SealError};
 pub use session::{AuthContext, Deadline, Device, Elevation, EndReason, Ended, Session};
 pub use store::{
     BackendError, EndedSessions, Ending, Insert, Inserted, SessionLimit, SessionStore, Store,
@@ -52,7 +55,12 @@ pub use stored::{
     StoredApiKey, StoredAuth, StoredDeadline, StoredDevice, StoredElevation, StoredEndReason,
     StoredEnded, StoredSession, StoredTotp, StoredUser,
 };
-pub use time::{Clock, ManualClock, SystemClock, Timestamp, format_duration, parse_duration};
+pub use throttle::{
+    MemoryThrottleStore, Strikes, ThrottleFuture, ThrottleRules, ThrottleStore, Verdict,
+};
+pub use time::{
+    Clock, ManualClock, NO_LIMIT, SystemClock, Timestamp, format_duration, parse_duration,
+};
 pub use token::{
     GeneratedTokens, MalformedToken, PublicId, SessionId, Token, TokenHash, TokenKind, same_secret,
     subject_route,

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::time::format_duration;
+use crate::time::{NO_LIMIT, format_duration};
 
 /// What happens when a subject already has `max_sessions` live sessions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -121,6 +121,11 @@ pub struct Policy {
     /// Whether the sign-in page asks "Stay signed in?"; when off, every sign-in gets a
     /// browser-session cookie.
     pub stay_signed_in: Sourced<bool>,
+    /// Whether an application's `elevate` call restarts the absolute deadline. Off by default:
+    /// the methods are only what the application claims, and a claim must not keep a session
+    /// alive for ever. Portcullis's own re-authentication page, which checks the credentials
+    /// itself, always restarts it.
+    pub elevation_restarts_absolute: Sourced<bool>,
 }
 
 /// The overrides a configured policy may write; every field is optional.
@@ -150,6 +155,8 @@ pub struct PolicyOverrides {
     pub elevation: Option<Duration>,
     /// See [`Policy::stay_signed_in`].
     pub stay_signed_in: Option<bool>,
+    /// See [`Policy::elevation_restarts_absolute`].
+    pub elevation_restarts_absolute: Option<bool>,
 }
 
 /// A policy that cannot work as written; `field` names the offending key.
@@ -205,6 +212,10 @@ impl Policy {
             elevation: b(mins(10)),
             stay_signed_in: Sourced {
                 value: true,
+                source: Source::BuiltIn,
+            },
+            elevation_restarts_absolute: Sourced {
+                value: false,
                 source: Source::BuiltIn,
             },
         }
@@ -271,7 +282,27 @@ impl Policy {
         set(&mut policy.bind, o.bind);
         set(&mut policy.elevation, o.elevation);
         set(&mut policy.stay_signed_in, o.stay_signed_in);
+        set(
+            &mut policy.elevation_restarts_absolute,
+            o.elevation_restarts_absolute,
+        );
         policy.check()?;
+        if let Some(preset) = o.preset {
+            for (field, value) in [
+                ("absolute", policy.absolute.value),
+                ("remember_me_absolute", policy.remember_me_absolute.value),
+            ] {
+                if value == NO_LIMIT {
+                    return Err(PolicyError {
+                        policy: policy.name.clone(),
+                        field,
+                        message: format!(
+                            "\"none\" is not allowed under preset {preset:?}: SP 800-63B sets an overall limit at every assurance level"
+                        ),
+                    });
+                }
+            }
+        }
         Ok(policy)
     }
 
@@ -310,8 +341,25 @@ impl Policy {
                 ),
             ));
         }
-        if self.elevation.value.is_zero() {
-            return Err(err("elevation", "must be greater than 0s".into()));
+        if self.elevation.value.is_zero() || self.elevation.value == NO_LIMIT {
+            return Err(err("elevation", "must be a finite time above 0s".into()));
+        }
+        // With no absolute limit, inactivity is what ends a session: it must have a limit.
+        for (absolute, idle, field) in [
+            (self.absolute.value, self.idle.value, "idle"),
+            (
+                self.remember_me_absolute.value,
+                self.remember_me_idle.value,
+                "remember_me_idle",
+            ),
+        ] {
+            if absolute == NO_LIMIT && (idle.is_zero() || idle == NO_LIMIT) {
+                return Err(err(
+                    field,
+                    "must be set (above 0s, not \"none\") when the absolute lifetime is \"none\""
+                        .into(),
+                ));
+            }
         }
         Ok(())
     }
@@ -466,5 +514,34 @@ mod tests {
             err.to_string()
                 .starts_with("policies.shop.idle: 2d is longer than absolute 12h")
         );
+    }
+
+    #[test]
+    fn an_absolute_lifetime_of_none_needs_an_idle_limit_and_no_nist_preset() {
+        let none = crate::time::parse_duration("none").unwrap();
+        let unlimited = PolicyOverrides {
+            absolute: Some(none),
+            idle: Some(Duration::from_secs(1800)),
+            ..Default::default()
+        };
+        let policy = Policy::resolve("kiosk", &unlimited).unwrap();
+        assert_eq!(format_duration(policy.absolute.value), "none");
+        let no_idle = PolicyOverrides {
+            idle: Some(Duration::ZERO),
+            ..unlimited
+        };
+        let err = Policy::resolve("kiosk", &no_idle).unwrap_err();
+        assert_eq!(err.field, "idle", "{err}");
+        let under_preset = PolicyOverrides {
+            preset: Some(Preset::Aal2),
+            ..unlimited
+        };
+        let err = Policy::resolve("kiosk", &under_preset).unwrap_err();
+        assert_eq!(err.field, "absolute", "{err}");
+        let endless_elevation = PolicyOverrides {
+            elevation: Some(none),
+            ..unlimited
+        };
+        assert!(Policy::resolve("kiosk", &endless_elevation).is_err());
     }
 }

@@ -14,6 +14,12 @@ use crate::token::SessionId;
 /// The elevation scope that account changes (password, second factor) accept.
 pub const ACCOUNT_SCOPE: &str = "account";
 
+/// The subject of a person's sign-ins in progress (sessions of [`crate::SIGN_IN_POLICY`]):
+/// apart from their sessions, so that a half-finished sign-in reaches nothing.
+pub fn sign_in_subject(user_id: &str) -> String {
+    format!("sign-in:{user_id}")
+}
+
 /// What an account rule can fail with; each keeps its source.
 #[derive(Debug, thiserror::Error)]
 pub enum RuleError {
@@ -106,9 +112,22 @@ impl<'a, S: Store> AccountRules<'a, S> {
             actor: actor.clone(),
             ..Principal::person(user_id)
         };
-        self.engine
+        let ended = self
+            .engine
             .end_subject(user_id, keep, reason, true, &person)
-            .await
+            .await?;
+        // A sign-in in progress would otherwise finish after the account changed under it.
+        let in_progress = self
+            .engine
+            .end_subject(
+                &sign_in_subject(user_id),
+                None,
+                reason,
+                false,
+                &Principal::portcullis(actor.clone()),
+            )
+            .await?;
+        Ok(ended + in_progress)
     }
 
     /// Whether `session` authenticated recently enough for an account change: an

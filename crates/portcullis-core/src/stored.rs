@@ -418,6 +418,9 @@ pub struct StoredUser {
     pub created_at: i64,
     /// Password last set (ms).
     pub password_changed_at: i64,
+    /// Left out unless the password is too short to stand without the second factor.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub short_password: bool,
 }
 
 impl std::fmt::Debug for StoredUser {
@@ -434,7 +437,8 @@ impl std::fmt::Debug for StoredUser {
 /// An enrolled TOTP factor, as stored.
 #[derive(Clone, Serialize, Deserialize)]
 pub struct StoredTotp {
-    /// The shared secret, base32.
+    /// The shared secret: `sealed:v1:<key id>:…` (see `crate::sealed`), or base32 in clear
+    /// as an earlier release stored it.
     pub secret: String,
     /// The last time step accepted.
     pub last_step: u64,
@@ -457,6 +461,7 @@ impl From<&User> for StoredUser {
             }),
             created_at: user.created_at.as_millis(),
             password_changed_at: user.password_changed_at.as_millis(),
+            short_password: user.short_password,
         }
     }
 }
@@ -476,6 +481,7 @@ impl From<StoredUser> for User {
             }),
             created_at: at(user.created_at),
             password_changed_at: at(user.password_changed_at),
+            short_password: user.short_password,
         }
     }
 }
@@ -646,6 +652,7 @@ mod tests {
             }),
             created_at: t(0),
             password_changed_at: t(1),
+            short_password: false,
         }
     }
 
@@ -751,6 +758,14 @@ mod tests {
             assert_eq!(user_json(&user), json);
             assert_eq!(read_user(json), user);
         }
+        // Added after 10c603b: written only when set.
+        let short = User {
+            short_password: true,
+            ..user(true)
+        };
+        let json = user_json(&short);
+        assert!(json.ends_with(r#","short_password":true}"#), "{json}");
+        assert_eq!(read_user(&json), short);
     }
 
     #[test]

@@ -92,7 +92,12 @@ impl Clock for ManualClock {
     }
 }
 
-/// Parses a duration written as `<integer><unit>` with unit `ms`, `s`, `m`, `h` or `d`.
+/// A lifetime written `"none"`: no limit. Held as a hundred years rather than as a special
+/// case, so that every store orders and stores such deadlines like any other.
+pub const NO_LIMIT: Duration = Duration::from_secs(100 * 365 * 86_400);
+
+/// Parses a duration written as `<integer><unit>` with unit `ms`, `s`, `m`, `h` or `d`, or
+/// `none` ([`NO_LIMIT`]).
 ///
 /// ```
 /// use std::time::Duration;
@@ -101,6 +106,9 @@ impl Clock for ManualClock {
 /// ```
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
+    if text == "none" {
+        return Ok(NO_LIMIT);
+    }
     let split = text
         .find(|c: char| !c.is_ascii_digit())
         .ok_or_else(|| format!("\"{text}\" has no unit (use ms, s, m, h or d, e.g. \"15m\")"))?;
@@ -127,6 +135,9 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 
 /// Writes a duration in the largest unit that divides it exactly (`900s` → `15m`).
 pub fn format_duration(d: Duration) -> String {
+    if d == NO_LIMIT {
+        return "none".to_owned();
+    }
     let ms = d.as_millis();
     if ms == 0 {
         return "0s".to_owned();

@@ -11,3 +11,12 @@ async fn user_store_contract() {
     ))
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn throttle_store_contract() {
+    portcullis_store_tests::throttle::throttle_store_contract(
+        std::sync::Arc::new(portcullis_core::MemoryThrottleStore::new()),
+        portcullis_store_tests::throttle::Expiry::Swept,
+    )
+    .await;
+}

@@ -149,6 +149,10 @@ impl ApiError {
                     A::WeakPassword(_) => (StatusCode::BAD_REQUEST, "weak_password", None),
                     A::WrongCode => (StatusCode::BAD_REQUEST, "wrong_code", None),
                     A::Conflict => (StatusCode::CONFLICT, "conflict", None),
+                    A::Busy(_) => (StatusCode::SERVICE_UNAVAILABLE, "busy", None),
+                    A::NoEncryptionKey => (StatusCode::CONFLICT, "encryption_key_missing", None),
+                    A::Sealed(_) => (StatusCode::INTERNAL_SERVER_ERROR, "sealed_secret", None),
+                    A::PasswordTooShortAlone => (StatusCode::CONFLICT, "password_too_short", None),
                     A::Store(portcullis_core::UserStoreError::Corrupt(_)) => {
                         (StatusCode::INTERNAL_SERVER_ERROR, "store_corrupt", None)
                     }

@@ -15,6 +15,7 @@ pub mod ui;
 pub mod wire;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequestParts, State};
 use axum::http::request::Parts;
@@ -35,7 +36,47 @@ use crate::wire::StatusView;
 pub type MetricsRenderer = Arc<dyn Fn() -> String + Send + Sync>;
 
 /// What every handler shares: one pointer, so handing it to a handler costs one atomic add.
-pub struct AppState<S>(Arc<Services<S>>);
+pub struct AppState<S>(Arc<Shared<S>>);
+
+struct Shared<S> {
+    services: Services<S>,
+    edge: Edge,
+}
+
+/// What the server knows beyond its services: the network in front of it and the health of
+/// the audit log it writes.
+#[derive(Debug, Clone, Default)]
+pub struct Edge {
+    /// The proxies whose `Forwarded` / `X-Forwarded-For` name the client
+    /// ([`peer::resolve_client`]); empty: the TCP peer is the client.
+    pub trusted_proxies: peer::TrustedProxies,
+    /// The audit log's writes: `/readyz` answers 503 while the last one failed.
+    pub audit: AuditHealth,
+}
+
+/// Whether audit events are reaching the audit log: the writer reports each write, `/readyz`
+/// reads it. A clone shares the same state.
+#[derive(Debug, Clone, Default)]
+pub struct AuditHealth(Arc<AtomicU64>);
+
+impl AuditHealth {
+    /// A write failed.
+    pub fn write_failed(&self) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A write succeeded: earlier failures no longer make the server unready.
+    pub fn write_succeeded(&self) {
+        if self.0.load(Ordering::Relaxed) != 0 {
+            self.0.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// Writes that failed since the last one that succeeded.
+    pub fn failures_since_success(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
 
 /// The services behind [`AppState`].
 pub struct Services<S> {
@@ -50,9 +91,19 @@ pub struct Services<S> {
 }
 
 impl<S> AppState<S> {
-    /// Shares `services` with every handler.
+    /// Shares `services` with every handler (no trusted proxies, no audit log watched).
     pub fn new(services: Services<S>) -> Self {
-        Self(Arc::new(services))
+        Self::with_edge(services, Edge::default())
+    }
+
+    /// Shares `services` with every handler, with what the server knows of its `edge`.
+    pub fn with_edge(services: Services<S>, edge: Edge) -> Self {
+        Self(Arc::new(Shared { services, edge }))
+    }
+
+    /// The trusted proxies and the audit log's health.
+    pub fn edge(&self) -> &Edge {
+        &self.0.edge
     }
 }
 
@@ -68,7 +119,7 @@ impl<S> std::ops::Deref for AppState<S> {
     type Target = Services<S>;
 
     fn deref(&self) -> &Services<S> {
-        &self.0
+        &self.0.services
     }
 }
 
@@ -228,11 +279,33 @@ async fn healthz() -> Json<StatusView> {
     Json(StatusView { status: "ok" })
 }
 
+/// Ready when the store answers and the audit log takes events: a server that cannot write its
+/// audit trail is taken out of rotation rather than acting unrecorded (503 `audit_unavailable`
+/// from the first failed write until the next write succeeds).
 async fn readyz<S: Store>(State(state): State<AppState<S>>) -> Response {
-    match state.engine.store().ping().await {
-        Ok(()) => Json(StatusView { status: "ready" }).into_response(),
-        Err(err) => ApiError::from(portcullis_core::EngineError::from(err)).into_response(),
+    if let Err(err) = state.engine.store().ping().await {
+        return ApiError::from(portcullis_core::EngineError::from(err)).into_response();
     }
+    let failures = state.edge().audit.failures_since_success();
+    if failures > 0 {
+        let problem = error::Problem {
+            kind: "urn:portcullis:problem:audit_unavailable".to_owned(),
+            title: "The audit log is not being written".to_owned(),
+            status: StatusCode::SERVICE_UNAVAILABLE.as_u16(),
+            detail: format!(
+                "{failures} audit event(s) could not be written to the audit log since the last successful write (see portcullis_audit_write_failures_total)"
+            ),
+            reason: "audit_unavailable".to_owned(),
+            ended_reason: None,
+        };
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(header::CONTENT_TYPE, "application/problem+json")],
+            Json(problem),
+        )
+            .into_response();
+    }
+    Json(StatusView { status: "ready" }).into_response()
 }
 
 async fn metrics_text<S: Store>(State(state): State<AppState<S>>) -> Response {

@@ -463,7 +463,7 @@ async fn an_api_key_session_never_opens_an_account_page_nor_changes_a_password()
     assert_ne!(change.status(), 200);
     assert!(
         s.accounts
-            .check_password("alice", "correct horse battery staple", None)
+            .check_password("alice", "correct horse battery staple", Default::default())
             .await
             .is_ok(),
         "the password is unchanged"

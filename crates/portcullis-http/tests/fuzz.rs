@@ -1,5 +1,7 @@
-//! A fuzzing-style test: random bodies at every endpoint never crash the server or get a
-//! non-problem error; the server keeps answering.
+//! Fuzzing-style property tests over real HTTP: random JSON and byte bodies at every API
+//! endpoint never crash the server, and every refusal is a 4xx problem document; random form
+//! bodies and cookies at every page that takes a form never get a server error; the server
+//! keeps answering. CI runs 256 cases each; `PROPTEST_CASES` raises it (`bench/fuzz.sh`).
 
 mod common;
 
@@ -59,7 +61,14 @@ fn body() -> impl Strategy<Value = Body> {
     ]
 }
 
-const ENDPOINTS: [(&str, &str); 8] = [
+fn cases() -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(256)
+}
+
+const ENDPOINTS: [(&str, &str); 10] = [
     ("POST", "/v1/sessions"),
     ("POST", "/v1/sessions/validate"),
     ("POST", "/v1/sessions/rotate"),
@@ -68,16 +77,15 @@ const ENDPOINTS: [(&str, &str); 8] = [
     ("PUT", "/v1/sessions/ses_x/data"),
     ("DELETE", "/v1/subjects/a%2Fb/sessions?except=%00"),
     ("GET", "/v1/events?subject=%FF"),
+    ("GET", "/v1/sessions/%C0%AF"),
+    ("DELETE", "/v1/sessions/ses_%00"),
 ];
 
 #[test]
 fn random_bodies_never_crash_the_api() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let server = runtime.block_on(TestServer::start());
-    let mut runner = TestRunner::new(Config {
-        cases: 400,
-        ..Config::default()
-    });
+    let mut runner = TestRunner::new(Config::with_cases(cases()));
     runner
         .run(&(0..ENDPOINTS.len(), body()), |(endpoint, body)| {
             let (method, path) = ENDPOINTS[endpoint];
@@ -104,10 +112,124 @@ fn random_bodies_never_crash_the_api() {
                     assert_eq!(content_type.as_deref(), Some("application/problem+json"));
                     let problem: serde_json::Value = serde_json::from_str(&text).unwrap();
                     assert!(problem["reason"].is_string());
+                    assert_eq!(problem["status"].as_u64(), Some(u64::from(status)));
                 }
                 status
             });
             prop_assert!(status < 500, "{path} answered {status} for {body:?}");
+            Ok(())
+        })
+        .unwrap();
+    let health = runtime.block_on(async {
+        server
+            .http
+            .get(server.url("/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status()
+    });
+    assert_eq!(health, 200);
+}
+
+/// Every page route that takes a form.
+const FORMS: [&str; 12] = [
+    "/login",
+    "/login/otp",
+    "/login/stay",
+    "/logout",
+    "/reauth",
+    "/account/password",
+    "/account/sessions/end-others",
+    "/account/sessions/ses_x/end",
+    "/account/two-factor/enrol",
+    "/account/two-factor/remove",
+    "/session/extend",
+    "/account",
+];
+
+#[derive(Debug, Clone)]
+struct FormRequest {
+    path: usize,
+    body: Vec<u8>,
+    content_type: Option<&'static str>,
+    cookie: Option<String>,
+    same_origin: bool,
+}
+
+fn form_body() -> impl Strategy<Value = Vec<u8>> {
+    let field = (
+        prop_oneof![
+            Just("csrf"),
+            Just("username"),
+            Just("password"),
+            Just("code"),
+            Just("stay"),
+            Just("return_to"),
+            Just("current"),
+            Just("new"),
+            Just("others"),
+            "[a-z%=&]{0,6}",
+        ],
+        prop_oneof![".{0,40}", "%[0-9A-Fa-f]{0,2}", "[=&+%]{0,5}"],
+    )
+        .prop_map(|(k, v)| format!("{k}={v}"));
+    prop_oneof![
+        3 => prop::collection::vec(field, 0..6).prop_map(|f| f.join("&").into_bytes()),
+        1 => prop::collection::vec(any::<u8>(), 0..300),
+    ]
+}
+
+fn form_request() -> impl Strategy<Value = FormRequest> {
+    (
+        0..FORMS.len(),
+        form_body(),
+        prop_oneof![
+            Just(Some("application/x-www-form-urlencoded")),
+            Just(Some("application/json")),
+            Just(Some("multipart/form-data; boundary=x")),
+            Just(None),
+        ],
+        prop::option::of(prop_oneof![
+            "__Host-portcullis(-csrf|-sign-in)?=[A-Za-z0-9_\\x21-\\x7e-]{0,50}",
+            "__Host-portcullis=pcs_[A-Za-z0-9_-]{43}; __Host-portcullis-csrf=[a-z]{0,5}",
+        ]),
+        any::<bool>(),
+    )
+        .prop_map(|(path, body, content_type, cookie, same_origin)| FormRequest {
+            path,
+            body,
+            content_type,
+            cookie,
+            same_origin,
+        })
+}
+
+#[test]
+fn random_forms_and_cookies_never_crash_the_pages() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let server = runtime.block_on(TestServer::start());
+    let mut runner = TestRunner::new(Config::with_cases(cases()));
+    runner
+        .run(&form_request(), |request| {
+            let path = FORMS[request.path];
+            let status = runtime.block_on(async {
+                let mut call = server.http.post(server.url(path)).body(request.body.clone());
+                if let Some(content_type) = request.content_type {
+                    call = call.header("content-type", content_type);
+                }
+                if let Some(cookie) = &request.cookie {
+                    call = call.header("cookie", cookie.as_str());
+                }
+                if request.same_origin {
+                    call = call.header("sec-fetch-site", "same-origin");
+                }
+                let response = call.send().await.unwrap();
+                let status = response.status().as_u16();
+                let _ = response.bytes().await.unwrap();
+                status
+            });
+            prop_assert!(status < 500, "{path} answered {status} for {request:?}");
             Ok(())
         })
         .unwrap();

@@ -31,8 +31,10 @@ const EVENT_LOCK: i64 = 0x5043_4556; // "PCEV"
 mod api_keys;
 mod applications;
 mod gather;
+mod throttle;
 mod users;
 
+pub use throttle::PostgresThrottleStore;
 pub use users::PostgresUserStore;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -105,6 +107,12 @@ impl PostgresStore {
     /// The accounts kept in the same database (and schema).
     pub fn users(&self) -> PostgresUserStore {
         PostgresUserStore::new(self.pool.clone())
+    }
+
+    /// The failure counts of sign-in kept in the same database (and schema), shared by every
+    /// node.
+    pub fn throttle(&self) -> PostgresThrottleStore {
+        PostgresThrottleStore::new(self.pool.clone())
     }
 
     /// Connects to a store URL: `postgres://…` with an optional `schema=NAME` parameter (the

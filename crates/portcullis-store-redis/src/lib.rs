@@ -71,25 +71,81 @@ const WALK_BATCH: usize = 256;
 
 mod api_keys;
 mod applications;
+mod durable;
 mod gather;
+mod options;
 mod record;
+mod throttle;
 mod users;
 
+pub use throttle::RedisThrottleStore;
 pub use users::RedisUserStore;
 
 static COMMIT: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("commit.lua")));
 static TOUCH: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("touch.lua")));
 static UNLINK: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("unlink.lua")));
 
+/// Marks again (a write, so that a `WAIT` after it covers the record) a record whose ending is
+/// not yet confirmed on the replicas; 0 when it is no longer so marked. KEYS[1]: the record.
+static MARK: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+if redis.call('GETRANGE', KEYS[1], 1, 1) ~= '\2' then return 0 end
+redis.call('SETRANGE', KEYS[1], 1, '\2')
+return 1
+",
+    )
+});
+
+/// Records whose endings the replicas confirmed lose their mark. KEYS: the records.
+static CONFIRMED: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+for _, key in ipairs(KEYS) do
+  if redis.call('GETRANGE', key, 1, 1) == '\2' then redis.call('SETRANGE', key, 1, '\0') end
+end
+return 0
+",
+    )
+});
+
+/// Writes a subject's entry again as it is (so that a `WAIT` after it covers every earlier write
+/// of the subject's slot); 0 when there is no entry. KEYS[1]: the subject hash; ARGV[1]: the
+/// subject.
+static REWRITE_SUBJECT: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local entry = redis.call('HGET', KEYS[1], ARGV[1])
+if not entry then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], entry)
+return 1
+",
+    )
+});
+
 /// What connecting can fail with.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
-    /// Bad URL or no server.
+    /// Bad URL, no server, or TLS refused (the server's certificate, its name, the CA).
     #[error("cannot connect to Redis: {0}")]
     Redis(#[from] redis::RedisError),
     /// Bad prefix.
     #[error("invalid key prefix \"{0}\": use letters, digits, '-', '_' or ':'")]
     Prefix(String),
+    /// A store URL option that cannot work.
+    #[error("Redis store URL: {0}")]
+    Option(String),
+    /// A certificate or key file named in the URL cannot be read.
+    #[error("Redis store URL: cannot read {}: {err}", path.display())]
+    File {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        err: std::io::Error,
+    },
+    /// The server cannot confirm endings the way the URL asks (too few replicas, no `WAITAOF`).
+    #[error("Redis: {0}")]
+    Replicas(String),
 }
 
 #[derive(Clone)]
@@ -106,6 +162,9 @@ pub struct RedisStore {
     /// `MGET` would have to share a slot).
     gatherer: Option<gather::Gatherer>,
     prefix: Arc<str>,
+    /// Where changes that must reach replicas before they are acknowledged go (`durable.rs`);
+    /// `None` when the URL asks for no replica (`wait_replicas=0`).
+    durable: Option<Arc<durable::Durable>>,
     api_keys: Arc<ApiKeyCache>,
     /// Where [`SessionStore::application_sessions`] stopped last for an application (a subject
     /// hash, `route * 64 + bucket`), so the next call goes on from there: only a hint where to
@@ -146,6 +205,11 @@ struct Plan {
     events: Vec<(u64, AuditEvent)>,
     /// The subjects the change guards, by name: their entry as it will be written.
     subjects: BTreeMap<String, GuardedSubject>,
+    /// The change takes access away (it ends a session or retires a token): it is acknowledged
+    /// only once the replicas have it.
+    durable: bool,
+    /// Records the change ends, written marked as not yet confirmed on the replicas.
+    unconfirmed: Vec<Vec<u8>>,
 }
 
 /// A subject a plan changes: where its entry lives and what the entry becomes.
@@ -328,59 +392,162 @@ fn stream_seq(id: &str, tag_index: u64) -> u64 {
     (ms << 20) | (n.min(2047) << 9) | tag_index
 }
 
+/// The slot-owning primary with the fewest replicas in `CLUSTER NODES` output (failing
+/// replicas count: they are expected back), as its address and count.
+fn fewest_replicas(nodes: &str) -> Option<(String, u32)> {
+    let lines: Vec<Vec<&str>> = nodes
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    lines
+        .iter()
+        .filter(|f| f.len() > 8 && f[2].split(',').any(|flag| flag == "master"))
+        .map(|primary| {
+            let count = lines
+                .iter()
+                .filter(|f| f.len() > 3 && f[3] == primary[0])
+                .count();
+            let address = primary[1].split('@').next().unwrap_or(primary[1]);
+            (address.to_owned(), u32::try_from(count).unwrap_or(u32::MAX))
+        })
+        .min_by_key(|(_, count)| *count)
+}
+
 impl RedisStore {
-    /// Connects to `redis://host:port[/db][?prefix=P]` or `redis+cluster://h1:p1,h2:p2[?prefix=P]`.
-    /// Every key starts with the prefix (default `pc`), so stores can share a server.
+    /// Connects to a store URL: `redis://host:port[/db]`, `rediss://…` (TLS),
+    /// `redis+cluster://h1:p1,h2:p2` or `rediss+cluster://…`, with options after `?`:
+    /// `prefix=P` (default `pc`; every key starts with it, so stores can share a server),
+    /// `wait_replicas=N`, `wait_timeout=500ms`, `wait_aof=true` (how endings reach replicas
+    /// before they are acknowledged, see `durable.rs`), `ca_file=PATH`,
+    /// `cert_file=PATH&key_file=PATH` (TLS). Every form and default: `options.rs`.
     pub async fn connect(url: &str) -> Result<Self, ConnectError> {
-        let (url, prefix) = match url.split_once("?prefix=") {
-            Some((url, prefix)) => (url, prefix.to_owned()),
-            None => (url, "pc".to_owned()),
-        };
-        if prefix.is_empty()
-            || !prefix
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | ':'))
-        {
-            return Err(ConnectError::Prefix(prefix));
-        }
-        let conn = if let Some(nodes) = url.strip_prefix("redis+cluster://") {
-            let nodes: Vec<String> = nodes
-                .trim_end_matches('/')
-                .split(',')
-                .map(|n| format!("redis://{n}"))
-                .collect();
-            let client = redis::cluster::ClusterClientBuilder::new(nodes)
-                .tcp_settings(tcp_settings())
-                .connection_timeout(Duration::from_secs(1))
-                .response_timeout(Duration::from_secs(1))
-                .retries(3)
-                .build()?;
-            Conn::Cluster(client.get_async_connection().await?)
+        let options = options::Options::parse(url)?;
+        let certificates = options.certificates()?;
+        let wait = options.wait;
+        let (conn, opener) = if options.cluster {
+            let client = |response_timeout| {
+                let mut builder = redis::cluster::ClusterClientBuilder::new(options.urls.clone())
+                    .tcp_settings(tcp_settings())
+                    .connection_timeout(Duration::from_secs(1))
+                    .response_timeout(response_timeout)
+                    .retries(3);
+                if let Some(certificates) = &certificates {
+                    builder = builder.certs(certificates.clone());
+                }
+                builder.build()
+            };
+            let conn = client(Duration::from_secs(1))?
+                .get_async_connection()
+                .await?;
+            let opener =
+                durable::Opener::Cluster(client(durable::Durable::response_timeout(&wait))?);
+            (Conn::Cluster(conn), opener)
         } else {
-            let info = url.into_connection_info()?.set_tcp_settings(tcp_settings());
-            let client = redis::Client::open(info)?;
+            let info = options.urls[0]
+                .as_str()
+                .into_connection_info()?
+                .set_tcp_settings(tcp_settings());
+            let client = match &certificates {
+                Some(certificates) => redis::Client::build_with_tls(info, certificates.clone())?,
+                None => redis::Client::open(info)?,
+            };
             let config = ConnectionManagerConfig::new()
                 .set_connection_timeout(Some(Duration::from_secs(1)))
                 .set_response_timeout(Some(Duration::from_secs(1)))
                 .set_number_of_retries(1);
-            Conn::Single(client.get_connection_manager_with_config(config).await?)
+            let conn = Conn::Single(client.get_connection_manager_with_config(config).await?);
+            let waiting = redis::AsyncConnectionConfig::new()
+                .set_connection_timeout(Some(Duration::from_secs(1)))
+                .set_response_timeout(Some(durable::Durable::response_timeout(&wait)));
+            (conn, durable::Opener::Single(client, waiting))
         };
         let gatherer = match &conn {
             Conn::Single(c) => Some(gather::Gatherer::start(c.clone())),
             Conn::Cluster(_) => None,
         };
-        Ok(Self {
+        let mut store = Self {
             conn,
             gatherer,
-            prefix: prefix.into(),
+            prefix: options.prefix.into(),
+            durable: None,
             api_keys: Arc::new(ApiKeyCache::new(API_KEY_CACHE)),
             walks: Arc::default(),
-        })
+        };
+        if wait.replicas > 0 {
+            store.check_replicas(&wait).await?;
+            store.durable = Some(Arc::new(durable::Durable::new(wait, opener)));
+        }
+        Ok(store)
+    }
+
+    /// Refuses to start when the server cannot confirm endings as `wait` asks: a primary with
+    /// fewer replicas than it (every ending there would be answered 503), or `wait_aof` on a
+    /// server without `WAITAOF` (Redis before 7.2).
+    async fn check_replicas(&self, wait: &options::Wait) -> Result<(), ConnectError> {
+        let failed =
+            |err: StoreError| ConnectError::Replicas(format!("cannot check the replicas: {err}"));
+        if wait.aof {
+            let known: Vec<Option<redis::Value>> = self
+                .query(redis::cmd("COMMAND").arg("INFO").arg("WAITAOF"))
+                .await
+                .map_err(failed)?;
+            if known.first().is_none_or(Option::is_none) {
+                return Err(ConnectError::Replicas(
+                    "wait_aof=true needs the WAITAOF command (Redis 7.2 and later), which this server does not have; \
+                     leave wait_aof out to wait with WAIT (the replicas received the change)"
+                        .into(),
+                ));
+            }
+        }
+        let advice = "add replicas, or set wait_replicas=0 in the store URL to acknowledge \
+                      endings without them (a failover may then lose the last ones)";
+        match &self.conn {
+            Conn::Cluster(_) => {
+                let nodes: String = self
+                    .query(redis::cmd("CLUSTER").arg("NODES"))
+                    .await
+                    .map_err(failed)?;
+                if let Some((primary, count)) = fewest_replicas(&nodes)
+                    && count < wait.replicas
+                {
+                    return Err(ConnectError::Replicas(format!(
+                        "the Cluster primary {primary} has {count} replica(s), fewer than \
+                         wait_replicas={}: every ending in its slots would be answered 503; {advice}",
+                        wait.replicas
+                    )));
+                }
+            }
+            Conn::Single(_) => {
+                let info: String = self
+                    .query(redis::cmd("INFO").arg("replication"))
+                    .await
+                    .map_err(failed)?;
+                let count = info
+                    .lines()
+                    .find_map(|l| l.strip_prefix("connected_slaves:"))
+                    .and_then(|n| n.trim().parse::<u32>().ok())
+                    .unwrap_or(0);
+                if count < wait.replicas {
+                    return Err(ConnectError::Replicas(format!(
+                        "this Redis server has {count} connected replica(s), fewer than \
+                         wait_replicas={}: every ending would be answered 503; {advice}",
+                        wait.replicas
+                    )));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The accounts kept beside the sessions (under the same prefix).
     pub fn users(&self) -> RedisUserStore {
         RedisUserStore::new(self.clone())
+    }
+
+    /// The failure counts of sign-in kept beside the sessions (under the same prefix), shared
+    /// by every node.
+    pub fn throttle(&self) -> RedisThrottleStore {
+        RedisThrottleStore::new(self.clone())
     }
 
     async fn query<T: FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, StoreError> {
@@ -406,6 +573,15 @@ impl RedisStore {
         keys: &[K],
         args: &[A],
     ) -> Result<T, StoreError> {
+        if let Some(durable) = self.durable.as_deref() {
+            let keys: Vec<Vec<u8>> = keys.iter().flat_map(|k| k.to_redis_args()).collect();
+            if keys.first().is_some_and(|k| self.takes_access_away(k)) {
+                let args: Vec<Vec<u8>> = args.iter().flat_map(|a| a.to_redis_args()).collect();
+                let (reply, confirmed) = durable.eval(script, &keys, &args).await?;
+                durable.check(confirmed)?;
+                return T::from_redis_value(reply).map_err(corrupt);
+            }
+        }
         let mut invocation = script.prepare_invoke();
         for key in keys {
             invocation.key(key);
@@ -422,6 +598,21 @@ impl RedisStore {
 
     fn key(&self, tag: &str, kind: &str, rest: &str) -> String {
         format!("{}:{{{tag}}}:{kind}:{rest}", self.prefix)
+    }
+
+    /// Whether `key` is an API key's, an application's or an account's: every change there
+    /// may take access away (a revoked key, a removed application, a disabled account, a
+    /// changed password), so each waits for the replicas when the store waits at all.
+    fn takes_access_away(&self, key: &[u8]) -> bool {
+        let Some(rest) = key
+            .strip_prefix(self.prefix.as_bytes())
+            .and_then(|r| r.strip_prefix(b":"))
+        else {
+            return false;
+        };
+        [api_keys::TAG, applications::TAG, "users"]
+            .iter()
+            .any(|tag| rest.starts_with(format!("{{{tag}}}:").as_bytes()))
     }
 
     fn tag_key(&self, tag: &str, kind: &str) -> String {
@@ -538,9 +729,56 @@ impl RedisStore {
                     .await?
             }
         };
+        if record
+            .as_ref()
+            .is_some_and(|bytes| bytes.get(1) == Some(&record::UNCONFIRMED))
+        {
+            self.confirm(hash).await?;
+        }
         record
             .map(|bytes| record::decode(*hash, &bytes))
             .transpose()
+    }
+
+    /// The record under `hash` is ended but marked as not yet confirmed on the replicas (its
+    /// ending was answered 503, or is being made now): waits for the replicas to have it before
+    /// anyone reads it, so that a retried logout, which finds the session already ended, is
+    /// acknowledged only once the ending would survive a failover.
+    async fn confirm(&self, hash: &TokenHash) -> Result<(), StoreError> {
+        let Some(durable) = self.durable.as_deref() else {
+            return Ok(());
+        };
+        let key = self.session_key(hash);
+        let (marked, confirmed) = durable.eval(&MARK, std::slice::from_ref(&key), &[]).await?;
+        if marked == redis::Value::Int(1) {
+            durable.check(confirmed)?;
+            self.confirmed(vec![key]).await;
+        }
+        Ok(())
+    }
+
+    /// The subject's slot has every earlier change on the replicas (a retried force logout
+    /// that finds nothing left to end is acknowledged only then).
+    async fn confirm_subject(&self, subject: &str) -> Result<(), StoreError> {
+        let Some(durable) = self.durable.as_deref() else {
+            return Ok(());
+        };
+        let keys = [self.subject_key(subject).into_bytes()];
+        let (rewritten, confirmed) = durable
+            .eval(&REWRITE_SUBJECT, &keys, &[subject.as_bytes().to_vec()])
+            .await?;
+        if rewritten == redis::Value::Int(1) {
+            durable.check(confirmed)?;
+        }
+        Ok(())
+    }
+
+    /// Takes the mark off records whose endings the replicas confirmed. Best effort: a record
+    /// left marked costs its next reader one more wait, nothing else.
+    async fn confirmed(&self, records: Vec<Vec<u8>>) {
+        if !records.is_empty() {
+            let _: Result<i64, _> = self.script(&CONFIRMED, &records, &[] as &[&[u8]]).await;
+        }
     }
 
     /// The sessions whose token hashes are the members of set `set_key` (a parent's children,
@@ -646,7 +884,21 @@ impl RedisStore {
                 plan.op(&[b"SREM", children, old]);
             }
         }
-        plan.op(&[b"SET", &key, &record::encode(next)?]);
+        let mut record = record::encode(next)?;
+        if self.durable.is_some() {
+            if next.ended.is_some() && prev.is_some_and(Session::is_live) {
+                // Acknowledged only once the replicas have it (`commit`); until then readers
+                // wait for them too (`confirm`).
+                record[1] = record::UNCONFIRMED;
+                plan.unconfirmed.push(key.clone());
+                plan.durable = true;
+            }
+            if prev.is_some_and(|p| p.token_hash != next.token_hash) {
+                // A rotation: the old token must stay dead after a failover.
+                plan.durable = true;
+            }
+        }
+        plan.op(&[b"SET", &key, &record]);
         plan.op(&[
             b"HSET",
             self.ids_key(route, &next.id).as_bytes(),
@@ -714,7 +966,18 @@ impl RedisStore {
     async fn commit(&self, mut plan: Plan) -> Result<Option<Vec<AuditEvent>>, StoreError> {
         plan.seal_subjects();
         let keys: Vec<Vec<u8>> = plan.keys.iter().cloned().collect();
-        let reply: redis::Value = self.script(&COMMIT, &keys, &plan.args()).await?;
+        let args = plan.args();
+        let reply: redis::Value = match self.durable.as_deref().filter(|_| plan.durable) {
+            Some(durable) => {
+                let (reply, confirmed) = durable.eval(&COMMIT, &keys, &args).await?;
+                if reply != redis::Value::Int(0) {
+                    durable.check(confirmed)?;
+                    self.confirmed(std::mem::take(&mut plan.unconfirmed)).await;
+                }
+                reply
+            }
+            None => self.script(&COMMIT, &keys, &args).await?,
+        };
         let ids: Vec<String> = match reply {
             redis::Value::Int(0) => return Ok(None),
             other => Vec::<String>::from_redis_value(other).map_err(corrupt)?,
@@ -989,6 +1252,7 @@ impl SessionStore for RedisStore {
                 }
             }
             if direct.is_empty() {
+                self.confirm_subject(subject).await?;
                 return Ok(EndedSessions::default());
             }
             if let Some(events) = self.commit(plan).await? {

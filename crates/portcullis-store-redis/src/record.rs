@@ -24,7 +24,7 @@
 //! | offset | size | field |
 //! |---:|---:|---|
 //! | 0 | 1 | format (1) |
-//! | 1 | 1 | live (1) or ended (0) |
+//! | 1 | 1 | live (1), ended (0), or ended but not yet confirmed on the replicas ([`UNCONFIRMED`]) |
 //! | 2 | 8 | version |
 //! | 10 | 8 | last seen (ms) |
 //! | 18 | 8 | idle deadline (ms; 0 without an idle timeout) |
@@ -40,6 +40,11 @@ use portcullis_core::{
 
 /// Length of the fixed header.
 pub(crate) const HEADER: usize = 42;
+/// Byte 1 of a record whose ending the replicas have not confirmed yet (see `durable.rs`): the
+/// scripts read it as not live, as they read 0, and a reader waits for the replicas before it
+/// answers (`RedisStore::confirm`), then sets it to 0. Decoding does not look at byte 1 (the
+/// ending is in the record), so a release that never writes this value reads it as ended too.
+pub(crate) const UNCONFIRMED: u8 = 2;
 const FORMAT: u8 = 2;
 /// Records written before format 2, still read.
 const FORMAT_1: u8 = 1;

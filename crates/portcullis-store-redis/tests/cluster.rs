@@ -28,3 +28,13 @@ async fn user_store_contract_on_cluster() {
     let store = fresh().await;
     portcullis_store_tests::users::user_store_contract(std::sync::Arc::new(store.users())).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn throttle_store_contract_on_cluster() {
+    let store = fresh().await;
+    portcullis_store_tests::throttle::throttle_store_contract(
+        std::sync::Arc::new(store.throttle()),
+        portcullis_store_tests::throttle::Expiry::ByBackend,
+    )
+    .await;
+}

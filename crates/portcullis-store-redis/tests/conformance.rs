@@ -456,3 +456,71 @@ async fn application_sessions_goes_on_where_it_stopped_until_a_whole_round_is_em
         "the other application's sessions are untouched"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn throttle_store_contract() {
+    let store = fresh().await;
+    portcullis_store_tests::throttle::throttle_store_contract(
+        std::sync::Arc::new(store.throttle()),
+        portcullis_store_tests::throttle::Expiry::ByBackend,
+    )
+    .await;
+}
+
+/// A throttle record is one key under the store's prefix whose TTL is what is left until the
+/// record expires (`Strikes::expires_at`, from the caller's `now`), so Redis drops it by itself;
+/// a refund keeps the TTL and a clear deletes the key.
+#[tokio::test]
+async fn throttle_records_expire_by_themselves() {
+    use portcullis_core::{ThrottleRules, ThrottleStore};
+    use portcullis_store_tests::t0;
+    use std::time::Duration;
+
+    let (store, prefix, mut conn) = store_and_keys("throttle-ttl").await;
+    let key = format!("{prefix}:th:acct:1");
+    let _: i64 = redis::cmd("DEL")
+        .arg(&key)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let throttle = store.throttle();
+    let rules = ThrottleRules::ACCOUNT;
+    let day = 86_400_000;
+    let about_a_day = |ttl: i64| day - 60_000 < ttl && ttl <= day;
+
+    throttle.attempt("acct:1", &rules, t0()).await.unwrap();
+    let ttl = pttl(&mut conn, &key).await;
+    assert!(about_a_day(ttl), "ttl {ttl}");
+    // Later attempts move the expiry on from their own time (the sixth blocks the seventh).
+    for _ in 0..7 {
+        throttle
+            .attempt("acct:1", &rules, t0().plus(Duration::from_secs(3600)))
+            .await
+            .unwrap();
+    }
+    let ttl = pttl(&mut conn, &key).await;
+    assert!(about_a_day(ttl), "ttl {ttl}");
+    throttle.refund("acct:1").await.unwrap();
+    let ttl = pttl(&mut conn, &key).await;
+    assert!(about_a_day(ttl), "a refund keeps the ttl: {ttl}");
+    throttle.clear("acct:1").await.unwrap();
+    assert_eq!(pttl(&mut conn, &key).await, -2, "a clear deletes the key");
+    assert_eq!(throttle.forget_expired(t0()).await.unwrap(), 0);
+
+    // A block longer than forget_after keeps the record until the block ends.
+    let rules = ThrottleRules {
+        free_failures: 0,
+        first_delay: Duration::from_secs(2 * 86_400),
+        max_delay: Duration::from_secs(2 * 86_400),
+        forget_after: Duration::from_secs(60),
+        lock_after: None,
+    };
+    throttle.attempt("acct:1", &rules, t0()).await.unwrap();
+    let ttl = pttl(&mut conn, &key).await;
+    assert!(about_a_day(ttl - day), "ttl {ttl}");
+}
+
+/// The `PTTL` of `key`: -2 when it does not exist.
+async fn pttl(conn: &mut redis::aio::MultiplexedConnection, key: &str) -> i64 {
+    redis::cmd("PTTL").arg(key).query_async(conn).await.unwrap()
+}

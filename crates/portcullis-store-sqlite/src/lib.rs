@@ -10,8 +10,10 @@
 #![deny(missing_docs)]
 
 mod applications;
+mod throttle;
 mod users;
 
+pub use throttle::SqliteThrottleStore;
 pub use users::SqliteUserStore;
 
 use applications::ApplicationRow;
@@ -156,6 +158,12 @@ impl SqliteJournal {
     /// The accounts kept in the same database file.
     pub fn users(&self) -> SqliteUserStore {
         SqliteUserStore::new(self.pool.clone())
+    }
+
+    /// The failure counts of sign-in kept in the same database file, shared by every process
+    /// that opens it.
+    pub fn throttle(&self) -> SqliteThrottleStore {
+        SqliteThrottleStore::new(self.pool.clone())
     }
 
     /// Closes the connections (tests reopen the same file).

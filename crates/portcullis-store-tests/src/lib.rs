@@ -15,6 +15,7 @@ pub mod applications;
 pub mod lifecycle;
 pub mod model;
 pub mod store;
+pub mod throttle;
 pub mod users;
 
 use std::sync::Arc;

@@ -55,8 +55,13 @@ fn policies() -> PolicySet {
         bind: Some(Binding::UserAgent),
         ..Default::default()
     };
+    let restarting = PolicyOverrides {
+        elevation_restarts_absolute: Some(true),
+        ..short.clone()
+    };
     PolicySet::new([
         Policy::resolve("short", &short).unwrap(),
+        Policy::resolve("restarting", &restarting).unwrap(),
         Policy::resolve("single", &single).unwrap(),
         Policy::resolve("bound", &bound).unwrap(),
     ])
@@ -332,7 +337,10 @@ pub async fn owasp_sm_11_elevation_rotates_and_restarts_timers<S: Store>(store: 
     let s = &elevated.session;
     let now = h.engine.now();
     assert_eq!(s.authenticated_at, now);
-    assert_eq!(s.absolute.at, now.plus(MIN * 60));
+    assert_eq!(
+        s.absolute.at, issued.session.absolute.at,
+        "an application's claim does not restart the absolute deadline unless its policy says so"
+    );
     assert_eq!(s.elevations.len(), 1);
     assert_eq!(s.elevations[0].scope, "payments");
     assert_eq!(s.elevations[0].expires_at, now.plus(MIN * 10));
@@ -362,6 +370,20 @@ pub async fn owasp_sm_11_elevation_rotates_and_restarts_timers<S: Store>(store: 
             .await,
         Err(EngineError::Invalid(_))
     ));
+
+    // A policy with `elevation_restarts_absolute` restarts it.
+    let issued = h
+        .engine
+        .create(new_session("alice", "restarting"), &h.app)
+        .await
+        .unwrap();
+    h.clock.advance(MIN * 4);
+    let elevated = h
+        .engine
+        .elevate(issued.token.expose(), request, &h.app)
+        .await
+        .unwrap();
+    assert_eq!(elevated.session.absolute.at, h.engine.now().plus(MIN * 60));
 }
 
 /// After logout the token is refused with `logged_out`; logging out again is fine.

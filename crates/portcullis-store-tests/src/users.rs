@@ -15,6 +15,7 @@ fn user(id: &str, username: &str) -> User {
         totp: None,
         created_at: Timestamp::from_millis(1_800_000_000_000),
         password_changed_at: Timestamp::from_millis(1_800_000_000_000),
+        short_password: false,
     }
 }
 

@@ -6,12 +6,14 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use portcullis_core::{AuditEvent, AuditSink, EventKind};
+use portcullis_http::AuditHealth;
 use portcullis_http::wire::EventView;
 use std::sync::Mutex;
 
 /// Writes each event as one JSON line (the same shape as `GET /v1/events`) and counts it.
 pub struct JsonLinesSink {
     out: Option<Mutex<Box<dyn Write + Send>>>,
+    health: AuditHealth,
 }
 
 impl JsonLinesSink {
@@ -30,9 +32,21 @@ impl JsonLinesSink {
                     .open(Path::new(path))?,
             )),
         };
-        Ok(Self {
+        Ok(Self::to_writer(out))
+    }
+
+    /// Writes to `out` (`None`: nowhere).
+    pub fn to_writer(out: Option<Box<dyn Write + Send>>) -> Self {
+        Self {
             out: out.map(Mutex::new),
-        })
+            health: AuditHealth::default(),
+        }
+    }
+
+    /// Reports every write's outcome to `health` (what `/readyz` reads).
+    pub fn reporting_to(mut self, health: AuditHealth) -> Self {
+        self.health = health;
+        self
     }
 }
 
@@ -48,7 +62,10 @@ impl AuditSink for JsonLinesSink {
         };
         line.push(b'\n');
         let mut out = out.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        if out.write_all(&line).and_then(|()| out.flush()).is_err() {
+        if out.write_all(&line).and_then(|()| out.flush()).is_ok() {
+            self.health.write_succeeded();
+        } else {
+            self.health.write_failed();
             metrics::counter!("portcullis_audit_write_failures_total").increment(1);
             tracing::error!(
                 seq = event.seq,
@@ -60,7 +77,19 @@ impl AuditSink for JsonLinesSink {
 
 #[cfg(test)]
 mod tests {
+    use std::io::{self, Write};
     use std::os::unix::fs::PermissionsExt;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use http_body_util::BodyExt;
+    use portcullis_core::{
+        Accounts, Actor, ApplicationChange, AuditSink, Engine, MemoryStore, MemoryUserStore,
+        OsRandom, PolicySet, SystemClock,
+    };
+    use portcullis_http::ui::web::{Ui, UiSettings};
+    use portcullis_http::{AppState, AuditHealth, Edge, Services};
+    use tower::ServiceExt;
 
     use super::JsonLinesSink;
 
@@ -79,5 +108,103 @@ mod tests {
         JsonLinesSink::open(shared.to_str().unwrap()).unwrap();
         let mode = std::fs::metadata(&shared).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o640);
+    }
+
+    /// A log whose writes fail while `failing` is set (a full disk that is then cleaned up).
+    struct Flaky(Arc<AtomicBool>);
+
+    impl Write for Flaky {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            if self.0.load(Ordering::SeqCst) {
+                Err(io::Error::other("no space left on device"))
+            } else {
+                Ok(buf.len())
+            }
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    async fn ready(router: &axum::Router) -> (u16, serde_json::Value) {
+        let response = router
+            .clone()
+            .oneshot(
+                axum::http::Request::get("/readyz")
+                    .body(axum::body::Body::empty())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        (status, serde_json::from_slice(&body).unwrap())
+    }
+
+    #[tokio::test]
+    async fn readyz_is_503_while_audit_writes_fail_and_200_once_one_succeeds() {
+        let failing = Arc::new(AtomicBool::new(false));
+        let health = AuditHealth::default();
+        let sink: Arc<dyn AuditSink> = Arc::new(
+            JsonLinesSink::to_writer(Some(Box::new(Flaky(Arc::clone(&failing)))))
+                .reporting_to(health.clone()),
+        );
+        let clock = Arc::new(SystemClock);
+        let engine = Engine::new(
+            MemoryStore::new(),
+            PolicySet::default(),
+            clock.clone(),
+            Arc::new(OsRandom),
+        )
+        .with_sink(Arc::clone(&sink));
+        let accounts = Accounts::new(
+            Arc::new(MemoryUserStore::new()),
+            clock,
+            Arc::new(OsRandom),
+            sink,
+        );
+        let engine = Arc::new(engine);
+        let router = portcullis_http::api_router(AppState::with_edge(
+            Services {
+                engine: Arc::clone(&engine),
+                accounts: Arc::new(accounts),
+                ui: Arc::new(Ui::new(UiSettings::default())),
+                metrics: None,
+            },
+            Edge {
+                audit: health,
+                ..Edge::default()
+            },
+        ));
+        let add = |name: &str| ApplicationChange {
+            name: Some(name.to_owned()),
+            ..ApplicationChange::default()
+        };
+
+        engine
+            .add_application(add("first"), &Actor::cli())
+            .await
+            .unwrap();
+        assert_eq!(ready(&router).await.0, 200);
+
+        failing.store(true, Ordering::SeqCst);
+        engine
+            .add_application(add("second"), &Actor::cli())
+            .await
+            .unwrap();
+        let (status, problem) = ready(&router).await;
+        assert_eq!(status, 503, "{problem}");
+        assert_eq!(problem["reason"], "audit_unavailable");
+
+        failing.store(false, Ordering::SeqCst);
+        engine
+            .add_application(add("third"), &Actor::cli())
+            .await
+            .unwrap();
+        assert_eq!(
+            ready(&router).await,
+            (200, serde_json::json!({"status": "ready"}))
+        );
     }
 }

@@ -10,6 +10,8 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use portcullis_core::{
     Binding, EngineSettings, OnLimit, Policy, PolicyOverrides, PolicySet, Preset, parse_duration,
 };
+use portcullis_http::peer::TrustedProxies;
+use portcullis_http::ui::web::Hsts;
 use serde::{Deserialize, Deserializer, Serialize};
 
 /// A duration written as text (`"15m"`); a bad one names its key through figment.
@@ -58,6 +60,8 @@ pub struct PolicyConfig {
     pub elevation: Option<ConfigDuration>,
     /// Whether the sign-in page asks "Stay signed in?" (default true).
     pub stay_signed_in: Option<bool>,
+    /// Whether an application's `elevate` restarts the absolute deadline (default false).
+    pub elevation_restarts_absolute: Option<bool>,
 }
 
 /// The whole configuration.
@@ -104,6 +108,56 @@ pub struct Config {
     /// TLS private key (PEM).
     #[serde(default)]
     pub tls_key: Option<PathBuf>,
+    /// Proxies (CIDRs or addresses) whose `Forwarded` / `X-Forwarded-For` headers name the
+    /// client; empty: the TCP peer is the client and those headers are ignored.
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
+    /// HSTS `max-age` on the pages (sent over TLS, or behind a trusted proxy that ends TLS).
+    #[serde(default = "default_hsts_max_age")]
+    pub hsts_max_age: ConfigDuration,
+    /// HSTS `includeSubDomains`.
+    #[serde(default)]
+    pub hsts_include_subdomains: bool,
+    /// Keys that seal second-factor secrets at rest: `<id>:<base64 of 32 bytes>`, comma
+    /// separated, the current one first (older ones still open what they sealed). Best given
+    /// as `PORTCULLIS_ENCRYPTION_KEYS`; never printed. Without one, second factors cannot be
+    /// enrolled.
+    #[serde(default, skip_serializing)]
+    pub encryption_keys: Option<SecretText>,
+}
+
+/// Configuration text that is a secret: read like a string, never shown (`Debug` prints
+/// `***`).
+#[derive(Clone, Deserialize)]
+#[serde(transparent)]
+pub struct SecretText(pub String);
+
+impl std::fmt::Debug for SecretText {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("***")
+    }
+}
+
+impl Config {
+    /// The keyring of `encryption_keys`; `None` when none is configured.
+    pub fn keyring(&self) -> Result<Option<portcullis_core::Keyring>, ConfigError> {
+        let Some(text) = self
+            .encryption_keys
+            .as_ref()
+            .map(|t| t.0.as_str())
+            .filter(|t| !t.trim().is_empty())
+        else {
+            return Ok(None);
+        };
+        let entries: Vec<&str> = text.split(',').filter(|e| !e.trim().is_empty()).collect();
+        portcullis_core::Keyring::parse(&entries)
+            .map(Some)
+            .map_err(|e| ConfigError::Invalid(format!("encryption_keys: {e}")))
+    }
+}
+
+fn default_hsts_max_age() -> ConfigDuration {
+    ConfigDuration(Duration::from_secs(31_536_000))
 }
 
 fn default_sso_policy() -> String {
@@ -286,6 +340,8 @@ impl Config {
                 "sweep_interval: must be greater than 0s".into(),
             ));
         }
+        TrustedProxies::parse(self.trusted_proxies.iter().map(String::as_str))
+            .map_err(|e| ConfigError::Invalid(format!("trusted_proxies: {e}")))?;
         Ok(())
     }
 
@@ -334,6 +390,7 @@ impl Config {
                 bind: p.bind,
                 elevation: d(p.elevation),
                 stay_signed_in: p.stay_signed_in,
+                elevation_restarts_absolute: p.elevation_restarts_absolute,
             };
             resolved.push(
                 Policy::resolve(name, &overrides)
@@ -355,6 +412,32 @@ impl Config {
     /// The admin socket of this data directory.
     pub fn admin_socket(&self) -> PathBuf {
         self.data_dir.join("portcullis.sock")
+    }
+
+    /// The proxies whose forwarding headers are believed (checked by [`Config::load`]).
+    pub fn trusted_proxies(&self) -> TrustedProxies {
+        TrustedProxies::parse(self.trusted_proxies.iter().map(String::as_str)).unwrap_or_default()
+    }
+
+    /// The pages' `Strict-Transport-Security`.
+    pub fn hsts(&self) -> Hsts {
+        Hsts {
+            max_age: self.hsts_max_age.0,
+            include_subdomains: self.hsts_include_subdomains,
+        }
+    }
+
+    /// The embedded store's single-writer lock file (`<database>.lock`, beside the database),
+    /// or `None` for stores that take many writers.
+    pub fn store_lock(&self) -> Result<Option<PathBuf>, ConfigError> {
+        Ok(match self.store_url()? {
+            StoreUrl::Sqlite(path) => {
+                let mut lock = path.into_os_string();
+                lock.push(".lock");
+                Some(PathBuf::from(lock))
+            }
+            StoreUrl::Memory | StoreUrl::Postgres(_) | StoreUrl::Redis(_) => None,
+        })
     }
 }
 
@@ -419,6 +502,58 @@ mod tests {
         assert!(
             err.contains("mysql://root:***@db/x") && !err.contains("s3cret"),
             "{err}"
+        );
+    }
+
+    #[test]
+    fn trusted_proxies_and_hsts_are_read_and_checked() {
+        Jail::expect_with(|jail| {
+            let c = Config::load(None, &Overrides::default()).unwrap();
+            assert!(c.trusted_proxies().is_empty());
+            assert_eq!(c.hsts(), Hsts::default());
+            jail.create_file(
+                "proxy.toml",
+                r#"
+                trusted_proxies = ["10.0.0.0/8", "2001:db8::/32", "192.0.2.1"]
+                hsts_max_age = "730d"
+                hsts_include_subdomains = true
+                "#,
+            )?;
+            let c = Config::load(Some(Path::new("proxy.toml")), &Overrides::default()).unwrap();
+            let proxies = c.trusted_proxies();
+            assert!(proxies.contains("10.1.2.3".parse().unwrap()));
+            assert!(proxies.contains("2001:db8:5::1".parse().unwrap()));
+            assert!(proxies.contains("192.0.2.1".parse().unwrap()));
+            assert!(!proxies.contains("192.0.2.2".parse().unwrap()));
+            assert_eq!(
+                c.hsts().header_value(),
+                "max-age=63072000; includeSubDomains"
+            );
+            jail.set_env("PORTCULLIS_TRUSTED_PROXIES", "[\"10.0.0.0/33\"]");
+            let err = Config::load(None, &Overrides::default()).unwrap_err();
+            assert!(
+                err.to_string()
+                    .starts_with("trusted_proxies: \"10.0.0.0/33\""),
+                "{err}"
+            );
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn the_embedded_store_has_a_lock_beside_it() {
+        let c = Config::load(None, &Overrides::default()).unwrap();
+        assert_eq!(
+            c.store_lock().unwrap(),
+            Some(PathBuf::from("./portcullis-data/portcullis.db.lock"))
+        );
+        let shared = Overrides {
+            store: Some("postgres://db/portcullis".into()),
+            ..Overrides::default()
+        };
+        assert_eq!(
+            Config::load(None, &shared).unwrap().store_lock().unwrap(),
+            None
         );
     }
 

@@ -12,11 +12,11 @@ use clap::{Parser, Subcommand};
 use http_body_util::BodyExt;
 use hyper::{Method, StatusCode};
 use portcullis_core::{
-    Accounts, AuditSink, Engine, MemoryStore, MemoryUserStore, NoAuditSink, OsRandom, Store,
-    SystemClock, UserStore,
+    Accounts, AuditSink, Engine, MemoryStore, MemoryThrottleStore, MemoryUserStore, NoAuditSink,
+    OsRandom, Store, SystemClock, ThrottleStore, UserStore,
 };
 use portcullis_http::ui::web::{Ui, UiSettings};
-use portcullis_http::{AppState, Services, admin_router, api_router};
+use portcullis_http::{AppState, AuditHealth, Edge, Services, admin_router, api_router};
 use tower::ServiceExt;
 
 use crate::admin_client::AdminClient;
@@ -487,8 +487,26 @@ fn config_check(config: &Config) -> Result<()> {
     println!("data_dir: {}", config.data_dir.display());
     println!("store: {}", config.store_url()?);
     println!("audit_log: {}", config.audit_log);
+    let proxies = config.trusted_proxies();
+    if proxies.is_empty() {
+        println!("trusted_proxies: none (the TCP peer is the client)");
+    } else {
+        let nets: Vec<String> = proxies.networks().iter().map(|n| n.to_string()).collect();
+        println!("trusted_proxies: {}", nets.join(", "));
+    }
+    println!(
+        "hsts: {}",
+        config.hsts().header_value().to_str().unwrap_or_default()
+    );
     for policy in config.policies()?.iter() {
         println!("policy {}:", policy.name);
+        if policy.absolute.value == portcullis_core::NO_LIMIT
+            || policy.remember_me_absolute.value == portcullis_core::NO_LIMIT
+        {
+            println!(
+                "  warning: no absolute lifetime: a session that keeps being used never has to sign in again (OWASP and SP 800-63B advise a limit)"
+            );
+        }
         for remember in [false, true] {
             let (idle, absolute) = policy.lifetimes(remember);
             println!("  {}", idle.text);
@@ -511,12 +529,28 @@ fn config_check(config: &Config) -> Result<()> {
 /// here: its API keys move to the `legacy` application, so they keep working.
 async fn app_state<S: Store>(
     store: S,
-    users: Arc<dyn UserStore>,
+    backing: AccountBacking,
     config: &Config,
     sink: Arc<dyn AuditSink>,
 ) -> Result<Services<S>> {
     let clock = Arc::new(SystemClock);
     let random = Arc::new(OsRandom);
+    let mut accounts = Accounts::new(backing.users, clock.clone(), random.clone(), sink.clone())
+        .with_throttle(backing.throttle);
+    if let Some(keyring) = config.keyring()? {
+        accounts = accounts.with_keyring(keyring);
+    }
+    let unreadable = accounts
+        .unreadable_second_factors()
+        .await
+        .context("cannot read the accounts")?;
+    if !unreadable.is_empty() {
+        bail!(
+            "{} account(s) have a second factor that the configured encryption_keys cannot open (e.g. {}); set encryption_keys (or PORTCULLIS_ENCRYPTION_KEYS) to the key(s) they were sealed with",
+            unreadable.len(),
+            unreadable[0]
+        );
+    }
     let engine = Engine::new(store, config.policies()?, clock.clone(), random.clone())
         .with_settings(config.engine_settings())
         .with_sink(Arc::clone(&sink));
@@ -529,9 +563,10 @@ async fn app_state<S: Store>(
     }
     Ok(Services {
         engine: Arc::new(engine),
-        accounts: Arc::new(Accounts::new(users, clock, random, sink)),
+        accounts: Arc::new(accounts),
         ui: Arc::new(Ui::new(UiSettings {
             tls: config.tls_cert.is_some(),
+            hsts: config.hsts(),
             theme_dir: config.ui_dir.clone(),
             ..UiSettings::default()
         })),
@@ -541,52 +576,38 @@ async fn app_state<S: Store>(
 
 /// Calls the admin API: through the running server's socket when one answers, otherwise
 /// in-process on the store opened directly. Either way one code path does the work.
+///
+/// The embedded store has one writer: opening it directly needs its lock
+/// ([`StoreLock`]), held until the call is done. When a server holds it but its socket does
+/// not answer (a lost socket, another `--data-dir` over the same database), the call is
+/// refused and nothing changes.
 async fn admin_call(
     config: &Config,
     method: Method,
     path: &str,
     body: Option<serde_json::Value>,
 ) -> Result<(StatusCode, serde_json::Value)> {
-    let (status, value) =
-        if let Some(mut client) = AdminClient::connect(&config.admin_socket()).await {
-            client.call(method, path, body).await?
-        } else {
-            let sink: Arc<dyn AuditSink> = match config.audit_log.as_str() {
-                "stdout" => Arc::new(NoAuditSink),
-                other => Arc::new(JsonLinesSink::open(other).context("cannot open the audit log")?),
-            };
-            let (opened, users) = open_store(config).await?;
-            let router = match opened {
-                Opened::Sqlite(store) => {
-                    admin_router(AppState::new(app_state(store, users, config, sink).await?))
-                }
-                Opened::Memory(store) => {
-                    admin_router(AppState::new(app_state(store, users, config, sink).await?))
-                }
-                Opened::Postgres(store) => {
-                    admin_router(AppState::new(app_state(store, users, config, sink).await?))
-                }
-                Opened::Redis(store) => {
-                    admin_router(AppState::new(app_state(store, users, config, sink).await?))
-                }
-            };
-            let request = hyper::Request::builder()
-                .method(method)
-                .uri(path)
-                .header("content-type", "application/json")
-                .body(axum::body::Body::from(
-                    body.map(|b| b.to_string()).unwrap_or_default(),
-                ))?;
-            let response = router.oneshot(request).await?;
-            let status = response.status();
-            let bytes = response.into_body().collect().await?.to_bytes();
-            let value = if bytes.is_empty() {
-                serde_json::Value::Null
-            } else {
-                serde_json::from_slice(&bytes)?
-            };
-            (status, value)
-        };
+    let socket = config.admin_socket();
+    let (status, value) = match AdminClient::connect(&socket).await? {
+        Some(mut client) => client.call(method, path, body).await?,
+        None => match StoreLock::try_take(config)? {
+            Locking::Busy(lock) => match AdminClient::connect(&socket).await? {
+                // A server that was starting a moment ago.
+                Some(mut client) => client.call(method, path, body).await?,
+                None => bail!(
+                    "the embedded store is in use by a running portcullis server (it holds {}), but nothing answers on the admin socket {}; nothing was changed. Run the command with that server's --data-dir, or stop the server first",
+                    lock.display(),
+                    socket.display()
+                ),
+            },
+            Locking::Held(lock) => {
+                let answer = in_process_call(config, method, path, body).await;
+                drop(lock);
+                answer?
+            }
+            Locking::NotNeeded => in_process_call(config, method, path, body).await?,
+        },
+    };
     if !status.is_success() {
         bail!(
             "{} ({})",
@@ -597,6 +618,93 @@ async fn admin_call(
     Ok((status, value))
 }
 
+/// The admin API in this process, on the store opened directly.
+async fn in_process_call(
+    config: &Config,
+    method: Method,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> Result<(StatusCode, serde_json::Value)> {
+    let sink: Arc<dyn AuditSink> = match config.audit_log.as_str() {
+        "stdout" => Arc::new(NoAuditSink),
+        other => Arc::new(JsonLinesSink::open(other).context("cannot open the audit log")?),
+    };
+    let (opened, users) = open_store(config).await?;
+    let router = match opened {
+        Opened::Sqlite(store) => {
+            admin_router(AppState::new(app_state(store, users, config, sink).await?))
+        }
+        Opened::Memory(store) => {
+            admin_router(AppState::new(app_state(store, users, config, sink).await?))
+        }
+        Opened::Postgres(store) => {
+            admin_router(AppState::new(app_state(store, users, config, sink).await?))
+        }
+        Opened::Redis(store) => {
+            admin_router(AppState::new(app_state(store, users, config, sink).await?))
+        }
+    };
+    let request = hyper::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("content-type", "application/json")
+        .body(axum::body::Body::from(
+            body.map(|b| b.to_string()).unwrap_or_default(),
+        ))?;
+    let response = router.oneshot(request).await?;
+    let status = response.status();
+    let bytes = response.into_body().collect().await?.to_bytes();
+    let value = if bytes.is_empty() {
+        serde_json::Value::Null
+    } else {
+        serde_json::from_slice(&bytes)?
+    };
+    Ok((status, value))
+}
+
+/// The embedded store's single-writer lock: an exclusive `flock` on `<database>.lock`, held by
+/// the server for its whole life and by a CLI that opens the store directly while it writes.
+/// The kernel lets go of it when its holder exits, even on `kill -9`.
+struct StoreLock {
+    _file: std::fs::File,
+}
+
+enum Locking {
+    /// This process holds it now.
+    Held(StoreLock),
+    /// Another process holds the lock file named.
+    Busy(PathBuf),
+    /// A shared store (many writers) or memory: nothing to lock.
+    NotNeeded,
+}
+
+impl StoreLock {
+    /// Takes the lock of the configured store if it has one and nobody holds it.
+    fn try_take(config: &Config) -> Result<Locking> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let Some(path) = config.store_lock()? else {
+            return Ok(Locking::NotNeeded);
+        };
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            create_private_dir(dir)?;
+        }
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(&path)
+            .with_context(|| format!("cannot open the store's lock file {}", path.display()))?;
+        match file.try_lock() {
+            Ok(()) => Ok(Locking::Held(Self { _file: file })),
+            Err(std::fs::TryLockError::WouldBlock) => Ok(Locking::Busy(path)),
+            Err(std::fs::TryLockError::Error(err)) => {
+                Err(err).with_context(|| format!("cannot lock {}", path.display()))
+            }
+        }
+    }
+}
+
 enum Opened {
     Sqlite(portcullis_store_sqlite::SqliteStore),
     Memory(MemoryStore),
@@ -604,31 +712,47 @@ enum Opened {
     Redis(portcullis_store_redis::RedisStore),
 }
 
-/// Opens the session store and, in the same backend, the accounts: one place holds both, so
-/// every node behind a shared store sees the same people.
-async fn open_store(config: &Config) -> Result<(Opened, Arc<dyn UserStore>)> {
+/// The accounts and their failure counts, in the same backend as the sessions.
+struct AccountBacking {
+    users: Arc<dyn UserStore>,
+    throttle: Arc<dyn ThrottleStore>,
+}
+
+impl AccountBacking {
+    fn new(users: impl UserStore, throttle: impl ThrottleStore) -> Self {
+        Self {
+            users: Arc::new(users),
+            throttle: Arc::new(throttle),
+        }
+    }
+}
+
+/// Opens the session store and, in the same backend, the accounts and the sign-in throttle:
+/// one place holds them all, so every node behind a shared store sees the same people and
+/// counts the same failures.
+async fn open_store(config: &Config) -> Result<(Opened, AccountBacking)> {
     Ok(match config.store_url()? {
         StoreUrl::Sqlite(path) => {
             if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
                 create_private_dir(dir)?;
             }
             let store = portcullis_store_sqlite::open(&path).await?;
-            let users = Arc::new(store.journal().users());
-            (Opened::Sqlite(store), users)
+            let backing = AccountBacking::new(store.journal().users(), store.journal().throttle());
+            (Opened::Sqlite(store), backing)
         }
         StoreUrl::Memory => (
             Opened::Memory(MemoryStore::new()),
-            Arc::new(MemoryUserStore::new()),
+            AccountBacking::new(MemoryUserStore::new(), MemoryThrottleStore::new()),
         ),
         StoreUrl::Postgres(url) => {
             let store = portcullis_store_postgres::PostgresStore::connect_url(&url).await?;
-            let users = Arc::new(store.users());
-            (Opened::Postgres(store), users)
+            let backing = AccountBacking::new(store.users(), store.throttle());
+            (Opened::Postgres(store), backing)
         }
         StoreUrl::Redis(url) => {
             let store = portcullis_store_redis::RedisStore::connect(&url).await?;
-            let users = Arc::new(store.users());
-            (Opened::Redis(store), users)
+            let backing = AccountBacking::new(store.users(), store.throttle());
+            (Opened::Redis(store), backing)
         }
     })
 }
@@ -651,47 +775,124 @@ async fn serve(config: Config) -> Result<()> {
         )
         .init();
     create_private_dir(&config.data_dir)?;
+    check_private_dir(&config.data_dir)?;
     let socket = config.admin_socket();
-    if AdminClient::connect(&socket).await.is_some() {
-        bail!(
+    let running = || {
+        anyhow::anyhow!(
             "another portcullis server is running with data directory {}",
             config.data_dir.display()
-        );
+        )
+    };
+    if server_answers(&socket).await {
+        return Err(running());
     }
-    let sink: Arc<dyn AuditSink> =
-        Arc::new(JsonLinesSink::open(&config.audit_log).context("cannot open the audit log")?);
+    // Held until the server has stopped: the embedded store's one writer.
+    let started = std::time::Instant::now();
+    let _lock = loop {
+        match StoreLock::try_take(&config)? {
+            Locking::Held(lock) => break Some(lock),
+            Locking::NotNeeded => break None,
+            // A CLI writes for a moment; another server holds it for good.
+            Locking::Busy(_) if server_answers(&socket).await => return Err(running()),
+            Locking::Busy(path) if started.elapsed() > std::time::Duration::from_secs(5) => bail!(
+                "the embedded store is in use by another portcullis process (it holds {}); stop it first",
+                path.display()
+            ),
+            Locking::Busy(_) => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
+        }
+    };
+    let audit = AuditHealth::default();
+    let sink: Arc<dyn AuditSink> = Arc::new(
+        JsonLinesSink::open(&config.audit_log)
+            .context("cannot open the audit log")?
+            .reporting_to(audit.clone()),
+    );
+    let edge = Edge {
+        trusted_proxies: config.trusted_proxies(),
+        audit,
+    };
     let (opened, users) = open_store(&config).await?;
     match opened {
         Opened::Sqlite(store) => {
-            run_server(app_state(store, users, &config, sink).await?, &config).await
+            run_server(app_state(store, users, &config, sink).await?, &config, edge).await
         }
         Opened::Memory(store) => {
-            run_server(app_state(store, users, &config, sink).await?, &config).await
+            run_server(app_state(store, users, &config, sink).await?, &config, edge).await
         }
         Opened::Postgres(store) => {
-            run_server(app_state(store, users, &config, sink).await?, &config).await
+            run_server(app_state(store, users, &config, sink).await?, &config, edge).await
         }
         Opened::Redis(store) => {
-            run_server(app_state(store, users, &config, sink).await?, &config).await
+            run_server(app_state(store, users, &config, sink).await?, &config, edge).await
         }
     }
 }
 
-async fn run_server<S: Store>(mut services: Services<S>, config: &Config) -> Result<()> {
+/// Whether a server of ours answers on `socket`.
+async fn server_answers(socket: &Path) -> bool {
+    matches!(AdminClient::connect(socket).await, Ok(Some(_)))
+}
+
+/// The data directory holds the store and the admin socket, whose permissions are the admin
+/// API's only credential: the server refuses to run when group or others may enter it.
+fn check_private_dir(dir: &Path) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(dir)
+        .with_context(|| format!("cannot read data directory {}", dir.display()))?
+        .permissions()
+        .mode()
+        & 0o777;
+    if mode & 0o077 != 0 {
+        bail!(
+            "the data directory {dir} is open to group or others (mode {mode:03o}); it holds the store and the admin socket, so it must be private: run `chmod 700 {dir}`",
+            dir = dir.display()
+        );
+    }
+    Ok(())
+}
+
+/// Binds the admin socket with its final permissions before anyone can reach it: bound inside a
+/// fresh directory only this user can enter, made 0600 there, then renamed into place (which
+/// also replaces a stale socket in one step).
+fn bind_admin_socket(socket: &Path) -> Result<tokio::net::UnixListener> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let dir = socket
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    // Short, so the path fits a socket address wherever `portcullis.sock` does.
+    let staging = dir.join(format!(".s{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&staging);
+    let bound = std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&staging)
+        .map_err(anyhow::Error::from)
+        .and_then(|()| {
+            let inside = staging.join("s");
+            let listener = tokio::net::UnixListener::bind(&inside)?;
+            std::fs::set_permissions(&inside, std::fs::Permissions::from_mode(0o600))?;
+            std::fs::rename(&inside, socket)?;
+            Ok(listener)
+        });
+    let _ = std::fs::remove_dir_all(&staging);
+    bound.with_context(|| format!("cannot create the admin socket {}", socket.display()))
+}
+
+async fn run_server<S: Store>(
+    mut services: Services<S>,
+    config: &Config,
+    edge: Edge,
+) -> Result<()> {
     let recorder = metrics_exporter_prometheus::PrometheusBuilder::new()
         .install_recorder()
         .context("cannot install the metrics recorder")?;
     services.metrics = Some(Arc::new(move || recorder.render()));
-    let state = AppState::new(services);
+    let state = AppState::with_edge(services, edge);
     let listener = tokio::net::TcpListener::bind(&config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let socket = config.admin_socket();
-    let _ = std::fs::remove_file(&socket);
-    let admin = tokio::net::UnixListener::bind(&socket)
-        .with_context(|| format!("cannot create the admin socket {}", socket.display()))?;
-    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600))?;
+    let admin = bind_admin_socket(&socket)?;
 
     let sweeper = {
         let engine = Arc::clone(&state.engine);
@@ -784,5 +985,44 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = ctrl_c => {},
         _ = term.recv() => {},
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+
+    use super::{bind_admin_socket, check_private_dir};
+
+    #[tokio::test]
+    async fn the_admin_socket_is_bound_with_its_final_permissions_and_replaces_a_stale_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("portcullis.sock");
+        std::fs::write(&socket, b"stale").unwrap();
+        let _listener = bind_admin_socket(&socket).unwrap();
+        let meta = std::fs::metadata(&socket).unwrap();
+        assert!(meta.file_type().is_socket());
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+        let left: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(left, ["portcullis.sock"], "no staging directory is left");
+        tokio::net::UnixStream::connect(&socket).await.unwrap();
+    }
+
+    #[test]
+    fn a_data_directory_open_to_others_is_refused_with_the_fix() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+        check_private_dir(dir.path()).unwrap();
+        for mode in [0o750, 0o705, 0o755, 0o777] {
+            std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(mode)).unwrap();
+            let err = check_private_dir(dir.path()).unwrap_err().to_string();
+            assert!(
+                err.contains(&format!("chmod 700 {}", dir.path().display())),
+                "{err}"
+            );
+        }
     }
 }

@@ -236,12 +236,20 @@ async fn pages_in_chromium() {
         clock.clone(),
         Arc::new(OsRandom),
     ));
-    let accounts = Arc::new(Accounts::new(
-        users,
-        clock.clone(),
-        Arc::new(OsRandom),
-        Arc::new(NoAuditSink),
-    ));
+    let accounts = Arc::new(
+        Accounts::new(
+            users,
+            clock.clone(),
+            Arc::new(OsRandom),
+            Arc::new(NoAuditSink),
+        )
+        .with_keyring(
+            portcullis_core::Keyring::parse(&[portcullis_core::Keyring::generate_entry(
+                "test", &OsRandom,
+            )])
+            .unwrap(),
+        ),
+    );
     let state = AppState::new(Services {
         engine: Arc::clone(&engine),
         accounts: Arc::clone(&accounts),

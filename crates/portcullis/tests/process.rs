@@ -426,3 +426,102 @@ async fn apps_cli_registers_refuses_bad_input_and_removes() {
     assert!(keys["api_keys"][0]["revoked_at"].is_string(), "{keys}");
     server.stop();
 }
+
+/// The embedded store has one writer. With the server's admin socket lost, a CLI can neither
+/// reach the server nor take the store's lock: it says so and changes nothing, so nothing it
+/// would have revoked stays valid on the server and the server's event numbers stay its own.
+/// Once the server has stopped, the CLI writes to the store directly.
+#[tokio::test]
+async fn a_cli_that_cannot_reach_the_running_server_changes_nothing() {
+    let dir = data_dir();
+    let server = Server::start(&dir).await;
+    let key = create_key(&dir, "shop");
+    let (token, session) = server.create(&key, "alice").await;
+    let keys: Value = serde_json::from_slice(&cli(&dir, &["api-keys", "list"]).stdout).unwrap();
+    let key_id = keys["api_keys"][0]["id"].as_str().unwrap().to_owned();
+
+    std::fs::rename(dir.join("portcullis.sock"), dir.join("lost.sock")).unwrap();
+    let refused = |out: std::process::Output, what: &str| {
+        assert!(!out.status.success(), "{what} should be refused");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("in use by a running portcullis server")
+                && stderr.contains("nothing was changed"),
+            "{what}: {stderr}"
+        );
+    };
+    refused(
+        cli(&dir, &["api-keys", "revoke", &key_id]),
+        "api-keys revoke",
+    );
+    refused(
+        cli(&dir, &["sessions", "revoke", &session]),
+        "sessions revoke",
+    );
+    refused(cli(&dir, &["apps", "add", "blog"]), "apps add");
+    refused(
+        cli_with_input(&dir, &["users", "add", "bob"], "a long enough passphrase\n"),
+        "users add",
+    );
+
+    // The running server still honours the key and the session, and writes on.
+    assert_eq!(server.validate(&key, &token).await.0, 200);
+    let (later, _) = server.create(&key, "bob").await;
+    server.stop();
+
+    // Nothing reached the store while the server ran; now the CLI may write to it.
+    let users: Value = serde_json::from_slice(&cli(&dir, &["users", "list"]).stdout).unwrap();
+    assert_eq!(users["users"], json!([]));
+    let apps: Value = serde_json::from_slice(&cli(&dir, &["apps", "list"]).stdout).unwrap();
+    assert_eq!(apps["applications"].as_array().unwrap().len(), 1, "{apps}");
+    let out = cli(&dir, &["api-keys", "revoke", &key_id]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let server = Server::start(&dir).await;
+    let (status, problem) = server.validate(&key, &later).await;
+    assert_eq!(
+        (status, problem["reason"].as_str()),
+        (401, Some("invalid_api_key"))
+    );
+    server.stop();
+}
+
+/// The data directory holds the store and the admin socket: a server refuses to run in one
+/// that group or others can enter, and names the fix; in a private one its socket is 0600.
+#[tokio::test]
+async fn serve_refuses_a_data_directory_open_to_others() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = data_dir();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let out = Command::new(BIN)
+        .args(["serve", "--listen", &format!("127.0.0.1:{}", free_port())])
+        .arg("--data-dir")
+        .arg(&dir)
+        .args(["--audit-log", "off"])
+        .env_remove("PORTCULLIS_CONFIG")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("chmod 700 {}", dir.display())),
+        "{stderr}"
+    );
+    assert!(!dir.join("portcullis.sock").exists());
+    assert!(
+        !dir.join("portcullis.db").exists(),
+        "the store is not opened"
+    );
+
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let server = Server::start(&dir).await;
+    let mode = std::fs::metadata(dir.join("portcullis.sock"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    server.stop();
+}

@@ -10,7 +10,7 @@ use portcullis_core::{EndReason, PORTCULLIS_APP, Principal, Session, SessionId, 
 use serde::Deserialize;
 
 use super::device;
-use super::session::{SignedIn, check_csrf, cookie_principal, require_signed_in};
+use super::session::{SignedIn, check_csrf, cookie_principal, require_recent, require_signed_in};
 use super::web::{Browser, PageError, SESSION_COOKIE, clear_cookie, human_time};
 use super::{CsrfForm, PageResult, page, see_other};
 use crate::AppState;
@@ -139,14 +139,15 @@ pub(super) async fn end_one_session<S: Store>(
     Ok(see_other("/account?done=signed_out_one"))
 }
 
-/// Signs out every session of the person but this one.
+/// Signs out every session of the person but this one: only after a recent authentication
+/// (ASVS 5.0 7.5.2), so a borrowed or stolen session cannot lock its owner's devices out.
 pub(super) async fn end_other_sessions<S: Store>(
     State(state): State<AppState<S>>,
     browser: Browser,
     Form(form): Form<CsrfForm>,
 ) -> PageResult {
-    let signed_in = match require_signed_in(&state, &browser, "/account").await? {
-        Ok(s) => s,
+    let (signed_in, _) = match require_recent(&state, &browser, "/account").await? {
+        Ok(ok) => ok,
         Err(redirect) => return Ok(redirect),
     };
     check_csrf(&signed_in, &form.csrf)?;
@@ -345,5 +346,23 @@ mod tests {
         assert!(h.session(&here).await.is_some(), "this one stays");
         assert!(h.session(&theirs).await.is_some(), "bob is untouched");
         assert_eq!(live_sessions(&h, &alice).await.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn asvs5_7_5_2_signing_out_everywhere_else_needs_a_recent_authentication() {
+        let h = Harness::new();
+        let alice = h.user("alice").await;
+        let here = h.sso_session(&alice).await;
+        let other = h.sso_session(&alice).await;
+        h.advance(Duration::from_secs(11 * 60));
+        let answer = h
+            .post(
+                "/account/sessions/end-others",
+                &sso(&here),
+                &[("csrf", &csrf_token(&here))],
+            )
+            .await;
+        assert_eq!(answer.location(), "/reauth?return_to=/account");
+        assert!(h.session(&other).await.is_some(), "nothing ended");
     }
 }

@@ -102,8 +102,8 @@ pub fn routes<S: Store>(state: &AppState<S>) -> Router<AppState<S>> {
             render_error_pages::<S>,
         ))
         .layer(middleware::from_fn_with_state(
-            state.ui.settings.tls,
-            web::security_headers,
+            state.clone(),
+            web::security_headers::<S>,
         ))
 }
 

@@ -1,13 +1,15 @@
-//! Changing the password (`/account/password`): only after a recent authentication, optionally
-//! signing out everywhere else; the session then gets a new token.
+//! Changing the password (`/account/password`): only after a recent authentication and with
+//! the current password (ASVS 5.0 6.2.3), optionally signing out everywhere else; the session
+//! then gets a new token.
 
 use axum::extract::{Form, State};
 use axum::http::StatusCode;
 use minijinja::context;
-use portcullis_core::{Actor, Store};
+use portcullis_core::{Actor, SignInError, Store};
 use serde::Deserialize;
 
 use super::session::{after_security_change, check_csrf, require_recent};
+use super::sign_in::throttled_message;
 use super::web::Browser;
 use super::{PageResult, page};
 use crate::AppState;
@@ -17,7 +19,7 @@ pub(super) async fn password_page<S: Store>(
     State(state): State<AppState<S>>,
     browser: Browser,
 ) -> PageResult {
-    let (signed_in, _) = match require_recent(&state, &browser, "/account/password").await? {
+    let (signed_in, user) = match require_recent(&state, &browser, "/account/password").await? {
         Ok(ok) => ok,
         Err(redirect) => return Ok(redirect),
     };
@@ -26,14 +28,25 @@ pub(super) async fn password_page<S: Store>(
         StatusCode::OK,
         "password.html",
         Some(&signed_in),
-        context! {},
+        context! { min_length => min_length(&user) },
     ))
+}
+
+/// The shortest new password the account may have (longer without a second factor).
+fn min_length(user: &portcullis_core::User) -> usize {
+    if user.totp.is_some() {
+        portcullis_core::account::MIN_PASSWORD_WITH_SECOND_FACTOR
+    } else {
+        portcullis_core::account::MIN_PASSWORD_ALONE
+    }
 }
 
 #[derive(Debug, Deserialize)]
 pub(super) struct PasswordForm {
     #[serde(default)]
     csrf: String,
+    #[serde(default)]
+    current: String,
     #[serde(default)]
     password: String,
     #[serde(default)]
@@ -54,6 +67,30 @@ pub(super) async fn password_submit<S: Store>(
     };
     check_csrf(&signed_in, &form.csrf)?;
     let end_others = form.sign_out_others.is_some();
+    let current = state
+        .accounts
+        .check_password(&user.username, &form.current, browser.origin())
+        .await;
+    let refused = match current {
+        Ok(_) => None,
+        Err(SignInError::Throttled(wait)) => {
+            Some((StatusCode::TOO_MANY_REQUESTS, throttled_message(wait)))
+        }
+        Err(SignInError::Invalid | SignInError::SignInSpent) => Some((
+            StatusCode::UNAUTHORIZED,
+            "The current password is wrong.".to_owned(),
+        )),
+        Err(err) => return Err(err.into()),
+    };
+    if let Some((status, problem)) = refused {
+        return Ok(page(
+            &state,
+            status,
+            "password.html",
+            Some(&signed_in),
+            context! { error => problem, min_length => min_length(&user) },
+        ));
+    }
     let problem = if form.password != form.confirm {
         Some("The two passwords are not the same.".to_owned())
     } else {
@@ -81,7 +118,7 @@ pub(super) async fn password_submit<S: Store>(
             StatusCode::BAD_REQUEST,
             "password.html",
             Some(&signed_in),
-            context! { error => problem },
+            context! { error => problem, min_length => min_length(&user) },
         ));
     }
     let done = if end_others {
@@ -122,6 +159,7 @@ mod tests {
                 &sso(&token),
                 &[
                     ("csrf", &csrf_token(&token)),
+                    ("current", PASSWORD),
                     ("password", NEW),
                     ("confirm", NEW),
                 ],
@@ -142,6 +180,7 @@ mod tests {
                 &sso(&token),
                 &[
                     ("csrf", &csrf_token(&token)),
+                    ("current", PASSWORD),
                     ("password", NEW),
                     ("confirm", "a different long passphrasf"),
                 ],
@@ -165,6 +204,7 @@ mod tests {
                 &sso(&token),
                 &[
                     ("csrf", &csrf_token(&token)),
+                    ("current", PASSWORD),
                     ("password", "short"),
                     ("confirm", "short"),
                 ],
@@ -172,7 +212,7 @@ mod tests {
             .await;
         assert_eq!(answer.status, StatusCode::BAD_REQUEST);
         assert!(
-            answer.body.contains("Use at least 8 characters."),
+            answer.body.contains("Use at least 15 characters"),
             "{}",
             answer.body
         );
@@ -210,6 +250,7 @@ mod tests {
                 &sso(&token),
                 &[
                     ("csrf", &csrf_token(&token)),
+                    ("current", PASSWORD),
                     ("password", NEW),
                     ("confirm", NEW),
                     ("sign_out_others", "yes"),
@@ -247,6 +288,7 @@ mod tests {
                 &sso(&token),
                 &[
                     ("csrf", &csrf_token(&token)),
+                    ("current", PASSWORD),
                     ("password", NEW),
                     ("confirm", NEW),
                 ],
@@ -256,5 +298,30 @@ mod tests {
         assert!(answer.cookie(SESSION_COOKIE).is_some());
         assert!(h.session(&elsewhere).await.is_some());
         assert!(password_is(&h.accounts, "alice", NEW).await);
+    }
+
+    #[tokio::test]
+    async fn asvs5_6_2_3_a_change_needs_the_current_password() {
+        let h = Harness::new();
+        let alice = h.user("alice").await;
+        let token = h.sso_session(&alice).await;
+        let elsewhere = h.sso_session(&alice).await;
+        let answer = h
+            .post(
+                "/account/password",
+                &sso(&token),
+                &[
+                    ("csrf", &csrf_token(&token)),
+                    ("current", "not the password"),
+                    ("password", NEW),
+                    ("confirm", NEW),
+                    ("sign_out_others", "yes"),
+                ],
+            )
+            .await;
+        assert_eq!(answer.status, StatusCode::UNAUTHORIZED);
+        assert!(answer.body.contains("The current password is wrong."));
+        assert!(password_is(&h.accounts, "alice", PASSWORD).await);
+        assert!(h.session(&elsewhere).await.is_some(), "nothing ended");
     }
 }

@@ -98,10 +98,13 @@ pub(super) async fn reauth_submit<S: Store>(
     let mut methods = vec!["pwd".to_owned()];
     let mut checked = state
         .accounts
-        .check_password(&user.username, &form.password, browser.ip.as_deref())
+        .check_password(&user.username, &form.password, browser.origin())
         .await;
     if checked.is_ok() && user.totp.is_some() {
-        checked = state.accounts.check_totp(&user.id, &form.code).await;
+        checked = state
+            .accounts
+            .check_totp(&user.id, &form.code, browser.origin(), None)
+            .await;
         methods.push("otp".to_owned());
     }
     let error = match checked {
@@ -109,7 +112,7 @@ pub(super) async fn reauth_submit<S: Store>(
         Err(SignInError::Throttled(wait)) => {
             Some((StatusCode::TOO_MANY_REQUESTS, throttled_message(wait)))
         }
-        Err(SignInError::Invalid | SignInError::Disabled) => Some((
+        Err(SignInError::Invalid | SignInError::SignInSpent) => Some((
             StatusCode::UNAUTHORIZED,
             "That did not match. Try again.".to_owned(),
         )),

@@ -13,14 +13,14 @@ use axum::response::Response;
 use minijinja::context;
 use portcullis_core::{
     Actor, AuthContext, EngineError, NewSession, PORTCULLIS_APP, Principal, SIGN_IN_POLICY,
-    SSO_POLICY, SignInError, Store,
+    SSO_POLICY, SignInError, Store, sign_in_subject,
 };
 use serde::Deserialize;
 
 use super::session::{cookie_principal, current, session_cookie};
 use super::web::{
-    Browser, LOGIN_CSRF_COOKIE, PageError, SIGN_IN_COOKIE, clear_cookie, csrf_matches, csrf_token,
-    safe_return_to, set_cookie,
+    Browser, LOGIN_CSRF_COOKIE, PageError, SESSION_COOKIE, SIGN_IN_COOKIE, clear_cookie,
+    csrf_matches, csrf_token, safe_return_to, set_cookie,
 };
 use super::{PageResult, page, see_other};
 use crate::AppState;
@@ -29,6 +29,7 @@ use crate::AppState;
 pub(super) struct LoginQuery {
     return_to: Option<String>,
     expired: Option<String>,
+    restarted: Option<String>,
 }
 
 /// The sign-in form; someone already signed in goes straight to `return_to`.
@@ -41,10 +42,14 @@ pub(super) async fn login_page<S: Store>(
     if current(&state, &browser, false).await?.is_ok() {
         return Ok(see_other(&return_to));
     }
-    let notice = query
-        .expired
-        .is_some()
-        .then_some("Your session has ended. Sign in again to continue.");
+    let notice = if query.restarted.is_some() {
+        Some("That sign-in was stopped after too many wrong codes. Sign in again.")
+    } else {
+        query
+            .expired
+            .is_some()
+            .then_some("Your session has ended. Sign in again to continue.")
+    };
     Ok(login_form(
         &state,
         &browser,
@@ -136,7 +141,7 @@ pub(super) async fn login_submit<S: Store>(
     };
     let user = match state
         .accounts
-        .check_password(&form.username, &form.password, browser.ip.as_deref())
+        .check_password(&form.username, &form.password, browser.origin())
         .await
     {
         Ok(user) => user,
@@ -153,12 +158,6 @@ pub(super) async fn login_submit<S: Store>(
                 HeaderValue::from(wait.as_secs().max(1)),
             );
             return Ok(response);
-        }
-        Err(SignInError::Disabled) => {
-            return failed(
-                StatusCode::FORBIDDEN,
-                "This account is disabled. Contact your administrator.",
-            );
         }
         Err(err) => return Err(err.into()),
     };
@@ -226,7 +225,7 @@ async fn advance<S: Store>(
         .engine
         .create(
             NewSession {
-                subject: format!("sign-in:{}", pending.user_id),
+                subject: sign_in_subject(&pending.user_id),
                 policy: Some(SIGN_IN_POLICY.to_owned()),
                 // A sign-in in progress claims only what has been checked so far.
                 auth: AuthContext {
@@ -263,6 +262,20 @@ async fn complete<S: Store>(
 ) -> PageResult {
     if let Some(token) = pending_token {
         state.engine.logout(token, &cookie_principal()).await?;
+    }
+    // The account may have been disabled while the sign-in was in progress.
+    let account = state.accounts.by_id(&pending.user_id).await;
+    match account {
+        Ok(user) if !user.disabled => {}
+        Ok(_) | Err(portcullis_core::AccountError::NotFound) => return Ok(restart_sign_in()),
+        Err(err) => return Err(err.into()),
+    }
+    // One SSO session per browser: a second sign-in replaces the one the browser holds.
+    if let Some(previous) = browser.cookie(SESSION_COOKIE) {
+        match state.engine.logout(previous, &cookie_principal()).await {
+            Ok(_) | Err(EngineError::Rejected(_) | EngineError::NotFound) => {}
+            Err(err) => return Err(err.into()),
+        }
     }
     let level = portcullis_core::assurance_level(&pending.methods);
     let created = state
@@ -310,12 +323,20 @@ async fn complete<S: Store>(
     Ok(response)
 }
 
-/// The sign-in in progress at `stage`, with its token; `None` sends the person back to the start.
+/// A sign-in in progress as the browser presents it.
+struct InProgress {
+    token: String,
+    /// Its session's public id: what wrong codes are counted under.
+    id: String,
+    pending: PendingSignIn,
+}
+
+/// The sign-in in progress at `stage`; `None` sends the person back to the start.
 async fn pending_at<S: Store>(
     state: &AppState<S>,
     browser: &Browser,
     stage: Stage,
-) -> Result<Option<(String, PendingSignIn)>, PageError> {
+) -> Result<Option<InProgress>, PageError> {
     let Some(token) = browser.cookie(SIGN_IN_COOKIE) else {
         return Ok(None);
     };
@@ -335,7 +356,11 @@ async fn pending_at<S: Store>(
     };
     let pending: PendingSignIn =
         serde_json::from_value(validated.session.data.clone()).map_err(|_| PageError::Internal)?;
-    Ok((pending.stage == stage).then(|| (token.to_owned(), pending)))
+    Ok((pending.stage == stage).then(|| InProgress {
+        token: token.to_owned(),
+        id: validated.session.id.as_str().to_owned(),
+        pending,
+    }))
 }
 
 /// Back to the password form, forgetting the sign-in in progress.
@@ -352,7 +377,7 @@ pub(super) async fn otp_page<S: Store>(
     State(state): State<AppState<S>>,
     browser: Browser,
 ) -> PageResult {
-    let Some((token, _)) = pending_at(&state, &browser, Stage::Otp).await? else {
+    let Some(InProgress { token, .. }) = pending_at(&state, &browser, Stage::Otp).await? else {
         return Ok(restart_sign_in());
     };
     Ok(page(
@@ -378,7 +403,12 @@ pub(super) async fn otp_submit<S: Store>(
     browser: Browser,
     Form(form): Form<CodeForm>,
 ) -> PageResult {
-    let Some((token, mut pending)) = pending_at(&state, &browser, Stage::Otp).await? else {
+    let Some(InProgress {
+        token,
+        id,
+        mut pending,
+    }) = pending_at(&state, &browser, Stage::Otp).await?
+    else {
         return Ok(restart_sign_in());
     };
     if !csrf_matches(&form.csrf, &csrf_token(&token)) {
@@ -386,7 +416,7 @@ pub(super) async fn otp_submit<S: Store>(
     }
     let error = match state
         .accounts
-        .check_totp(&pending.user_id, &form.code)
+        .check_totp(&pending.user_id, &form.code, browser.origin(), Some(&id))
         .await
     {
         Ok(_) => {
@@ -397,7 +427,16 @@ pub(super) async fn otp_submit<S: Store>(
         Err(SignInError::Throttled(wait)) => {
             (StatusCode::TOO_MANY_REQUESTS, throttled_message(wait))
         }
-        Err(SignInError::Invalid | SignInError::Disabled) => (
+        Err(SignInError::SignInSpent) => {
+            state.engine.logout(&token, &cookie_principal()).await?;
+            let mut response = restart_sign_in();
+            response.headers_mut().insert(
+                header::LOCATION,
+                HeaderValue::from_static("/login?restarted=1"),
+            );
+            return Ok(response);
+        }
+        Err(SignInError::Invalid) => (
             StatusCode::UNAUTHORIZED,
             "That code is wrong or was already used. Wait for the next code and try again."
                 .to_owned(),
@@ -418,7 +457,7 @@ pub(super) async fn stay_page<S: Store>(
     State(state): State<AppState<S>>,
     browser: Browser,
 ) -> PageResult {
-    let Some((token, _)) = pending_at(&state, &browser, Stage::Stay).await? else {
+    let Some(InProgress { token, .. }) = pending_at(&state, &browser, Stage::Stay).await? else {
         return Ok(restart_sign_in());
     };
     let remember_for = state
@@ -450,7 +489,8 @@ pub(super) async fn stay_submit<S: Store>(
     browser: Browser,
     Form(form): Form<StayForm>,
 ) -> PageResult {
-    let Some((token, pending)) = pending_at(&state, &browser, Stage::Stay).await? else {
+    let Some(InProgress { token, pending, .. }) = pending_at(&state, &browser, Stage::Stay).await?
+    else {
         return Ok(restart_sign_in());
     };
     if !csrf_matches(&form.csrf, &csrf_token(&token)) {
@@ -559,7 +599,7 @@ mod tests {
         let pending = h
             .engine
             .list_subject(
-                &format!("sign-in:{}", alice.id),
+                &portcullis_core::sign_in_subject(&alice.id),
                 true,
                 &Principal::operator(),
             )
@@ -659,7 +699,7 @@ mod tests {
         );
         let pending = answer.cookie(SIGN_IN_COOKIE).unwrap();
         let session = h.session(&pending).await.unwrap();
-        assert_eq!(session.subject, format!("sign-in:{}", alice.id));
+        assert_eq!(session.subject, portcullis_core::sign_in_subject(&alice.id));
         assert_eq!(session.policy, portcullis_core::SIGN_IN_POLICY);
         assert!(live_sessions(&h, &alice).await.is_empty());
 
@@ -881,5 +921,121 @@ mod tests {
         let token = done.cookie(SESSION_COOKIE).unwrap();
         let session = h.session(&token).await.unwrap();
         assert_eq!(session.auth.level, 2, "two factors reach AAL2");
+    }
+
+    #[tokio::test]
+    async fn a_second_sign_in_replaces_the_browsers_sso_session() {
+        let h = Harness::new();
+        let alice = h.user("alice").await;
+        let first = h.sso_session(&alice).await;
+        let pending = up_to_stay(&h, "/account").await;
+        let done = h
+            .post(
+                "/login/stay",
+                &format!("{}; {}", cookie(SIGN_IN_COOKIE, &pending), sso(&first)),
+                &[("csrf", &csrf_token(&pending)), ("stay", "no")],
+            )
+            .await;
+        let second = done.cookie(SESSION_COOKIE).unwrap();
+        assert!(h.session(&first).await.is_none(), "the first one ended");
+        assert!(h.session(&second).await.is_some());
+        assert_eq!(live_sessions(&h, &alice).await.len(), 1, "never two");
+    }
+
+    #[tokio::test]
+    async fn disabling_the_account_ends_its_sign_in_in_progress() {
+        let h = Harness::new();
+        let alice = h.user("alice").await;
+        let pending = up_to_stay(&h, "/account").await;
+        portcullis_core::AccountRules::new(&h.engine, &h.accounts)
+            .set_disabled(&alice.id, true, &Actor::cli())
+            .await
+            .unwrap();
+        assert!(
+            h.session(&pending).await.is_none(),
+            "ended with the account"
+        );
+        let done = h
+            .post(
+                "/login/stay",
+                &cookie(SIGN_IN_COOKIE, &pending),
+                &[("csrf", &csrf_token(&pending)), ("stay", "yes")],
+            )
+            .await;
+        assert_eq!(done.location(), "/login");
+        assert!(done.set_cookie(SESSION_COOKIE).is_none());
+        assert!(live_sessions(&h, &alice).await.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_password_reset_ends_the_sign_in_in_progress_too() {
+        let h = Harness::new();
+        let alice = h.user("alice").await;
+        let pending = up_to_stay(&h, "/account").await;
+        portcullis_core::AccountRules::new(&h.engine, &h.accounts)
+            .change_password(
+                &alice.id,
+                "a brand new long passphrase",
+                true,
+                None,
+                &Actor::cli(),
+            )
+            .await
+            .unwrap();
+        assert!(h.session(&pending).await.is_none());
+    }
+
+    #[tokio::test]
+    async fn nist5_2_2_the_fifth_wrong_code_ends_the_sign_in_in_progress() {
+        let h = Harness::new();
+        let alice = h.user("alice").await;
+        let secret = h.accounts.new_totp_secret();
+        let code = portcullis_core::account::totp_code(&secret, h.now()).unwrap();
+        h.accounts
+            .enrol_totp(&alice.id, &secret, &code, &Actor::cli())
+            .await
+            .unwrap();
+        h.advance(Duration::from_secs(30));
+        let csrf = login_csrf(&h).await;
+        let password = h
+            .post(
+                "/login",
+                &cookie(LOGIN_CSRF_COOKIE, &csrf),
+                &[
+                    ("csrf", &csrf),
+                    ("username", "alice"),
+                    ("password", PASSWORD),
+                ],
+            )
+            .await;
+        let pending = password.cookie(SIGN_IN_COOKIE).unwrap();
+        let jar = cookie(SIGN_IN_COOKIE, &pending);
+        let wrong = wrong_code(&secret, h.now());
+        for _ in 0..4 {
+            let refused = h
+                .post(
+                    "/login/otp",
+                    &jar,
+                    &[("csrf", &csrf_token(&pending)), ("code", &wrong)],
+                )
+                .await;
+            assert_eq!(refused.status, StatusCode::UNAUTHORIZED);
+        }
+        let spent = h
+            .post(
+                "/login/otp",
+                &jar,
+                &[("csrf", &csrf_token(&pending)), ("code", &wrong)],
+            )
+            .await;
+        assert_eq!(spent.location(), "/login?restarted=1");
+        assert_eq!(max_age(spent.set_cookie(SIGN_IN_COOKIE).unwrap()), Some(0));
+        assert!(h.session(&pending).await.is_none(), "the sign-in ended");
+        let notice = h.get("/login?restarted=1", "").await;
+        assert!(
+            notice.body.contains("too many wrong codes"),
+            "{}",
+            notice.body
+        );
     }
 }

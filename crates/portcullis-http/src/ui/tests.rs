@@ -90,12 +90,20 @@ impl Harness {
             clock.clone(),
             Arc::new(OsRandom),
         ));
-        let accounts = Arc::new(Accounts::new(
-            Arc::new(MemoryUserStore::new()),
-            clock.clone(),
-            Arc::new(OsRandom),
-            Arc::new(NoAuditSink),
-        ));
+        let accounts = Arc::new(
+            Accounts::new(
+                Arc::new(MemoryUserStore::new()),
+                clock.clone(),
+                Arc::new(OsRandom),
+                Arc::new(NoAuditSink),
+            )
+            .with_keyring(
+                portcullis_core::Keyring::parse(&[portcullis_core::Keyring::generate_entry(
+                    "test", &OsRandom,
+                )])
+                .unwrap(),
+            ),
+        );
         let router = api_router(AppState::new(Services {
             engine: Arc::clone(&engine),
             accounts: Arc::clone(&accounts),
@@ -335,7 +343,7 @@ pub(super) fn max_age(set_cookie: &str) -> Option<u64> {
 /// The account's password is `password`.
 pub(super) async fn password_is(accounts: &Accounts, username: &str, password: &str) -> bool {
     accounts
-        .check_password(username, password, None)
+        .check_password(username, password, portcullis_core::Origin::default())
         .await
         .is_ok()
 }

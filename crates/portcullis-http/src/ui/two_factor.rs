@@ -221,7 +221,11 @@ mod tests {
             "signed out elsewhere"
         );
         let user = h.accounts.by_id(&alice.id).await.unwrap();
-        assert_eq!(user.totp.map(|t| t.secret), Some(secret));
+        let kept = user.totp.map(|t| t.secret).unwrap();
+        assert!(
+            kept.starts_with("sealed:v1:test:") && !kept.contains(&secret),
+            "sealed at rest: {kept}"
+        );
 
         let page = h.get("/account/two-factor", &sso(&rotated)).await;
         assert!(

@@ -4,17 +4,18 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use axum::extract::{ConnectInfo, FromRequestParts, Request, State};
+use axum::extract::{FromRequestParts, Request, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use portcullis_core::{Device, EngineError, SignInError, Timestamp, same_secret};
+use portcullis_core::{Device, EngineError, SignInError, Store, Timestamp, same_secret};
 use sha2::{Digest, Sha256};
 
-use crate::peer::Peer;
+use crate::AppState;
+use crate::peer::client_of;
 
 /// The SSO session cookie (ASVS4-3.4.4, COOKIE-1): `__Host-`, `Secure`, `HttpOnly`,
 /// `SameSite=Lax` (D4: it must survive an application's top-level redirect to us), `Path=/`.
@@ -116,7 +117,8 @@ pub fn human_time(at: Timestamp) -> String {
 /// The browser behind a request: where it connects from, what it says it is, its cookies.
 #[derive(Debug, Clone)]
 pub struct Browser {
-    /// The peer address (no proxy headers are trusted).
+    /// The client's address: the TCP peer, or what a trusted proxy reports
+    /// ([`crate::peer::resolve_client`]).
     pub ip: Option<String>,
     /// The `User-Agent` header.
     pub user_agent: Option<String>,
@@ -125,6 +127,13 @@ pub struct Browser {
 }
 
 impl Browser {
+    /// Where a credential attempt from this browser comes from.
+    pub fn origin(&self) -> portcullis_core::Origin<'_> {
+        portcullis_core::Origin {
+            address: self.ip.as_deref(),
+        }
+    }
+
     /// The device as sessions record it.
     pub fn device(&self) -> Device {
         Device {
@@ -139,14 +148,19 @@ impl Browser {
     }
 }
 
-impl<S: Send + Sync> FromRequestParts<S> for Browser {
+impl<S: Store> FromRequestParts<AppState<S>> for Browser {
     type Rejection = std::convert::Infallible;
 
-    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        let ip = parts
-            .extensions
-            .get::<ConnectInfo<Peer>>()
-            .map(|ConnectInfo(peer)| peer.addr().ip().to_string());
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState<S>,
+    ) -> Result<Self, Self::Rejection> {
+        let ip = client_of(
+            &parts.extensions,
+            &parts.headers,
+            &state.edge().trusted_proxies,
+        )
+        .map(|client| client.ip.to_string());
         let user_agent = parts
             .headers
             .get(header::USER_AGENT)
@@ -160,11 +174,45 @@ impl<S: Send + Sync> FromRequestParts<S> for Browser {
     }
 }
 
+/// `Strict-Transport-Security` on the pages (ASVS5-3.4.1), sent when they are served over
+/// TLS: by Portcullis itself, or by a trusted proxy that says so.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Hsts {
+    /// `max-age` (default one year, the ASVS minimum).
+    pub max_age: Duration,
+    /// `includeSubDomains`: every subdomain must be HTTPS too (ASVS L2); off unless configured,
+    /// because it breaks any plain-HTTP site under the same domain.
+    pub include_subdomains: bool,
+}
+
+impl Default for Hsts {
+    fn default() -> Self {
+        Self {
+            max_age: Duration::from_secs(31_536_000),
+            include_subdomains: false,
+        }
+    }
+}
+
+impl Hsts {
+    /// The header's value.
+    pub fn header_value(&self) -> HeaderValue {
+        let mut text = format!("max-age={}", self.max_age.as_secs());
+        if self.include_subdomains {
+            text.push_str("; includeSubDomains");
+        }
+        HeaderValue::from_str(&text)
+            .unwrap_or_else(|_| HeaderValue::from_static("max-age=31536000"))
+    }
+}
+
 /// How the pages are served.
 #[derive(Debug, Clone)]
 pub struct UiSettings {
-    /// Served over TLS (adds HSTS).
+    /// Served over TLS by Portcullis itself (adds HSTS).
     pub tls: bool,
+    /// The HSTS header sent over TLS.
+    pub hsts: Hsts,
     /// An operator's directory whose `templates/` and `assets/` replace the built-in files of
     /// the same name.
     pub theme_dir: Option<PathBuf>,
@@ -176,6 +224,7 @@ impl Default for UiSettings {
     fn default() -> Self {
         Self {
             tls: false,
+            hsts: Hsts::default(),
             theme_dir: None,
             product: "Portcullis".to_owned(),
         }
@@ -310,8 +359,21 @@ impl Ui {
 }
 
 /// Adds the pages' security headers: CSP without inline script, no framing, no referrer,
-/// no sniffing, HSTS on TLS.
-pub async fn security_headers(State(tls): State<bool>, request: Request, next: Next) -> Response {
+/// no sniffing, HSTS on TLS — whether Portcullis serves TLS itself or a trusted proxy ends it
+/// and says so (`Forwarded: proto=https`, `X-Forwarded-Proto: https`).
+pub async fn security_headers<S: Store>(
+    State(state): State<AppState<S>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let settings = &state.ui.settings;
+    let https = settings.tls
+        || client_of(
+            request.extensions(),
+            request.headers(),
+            &state.edge().trusted_proxies,
+        )
+        .is_some_and(|client| client.forwarded_https);
     let mut response = next.run(request).await;
     let headers = response.headers_mut();
     headers.insert(
@@ -334,10 +396,10 @@ pub async fn security_headers(State(tls): State<bool>, request: Request, next: N
         HeaderName::from_static("cross-origin-opener-policy"),
         HeaderValue::from_static("same-origin"),
     );
-    if tls {
+    if https {
         headers.insert(
             header::STRICT_TRANSPORT_SECURITY,
-            HeaderValue::from_static("max-age=31536000"),
+            settings.hsts.header_value(),
         );
     }
     response
@@ -378,6 +440,9 @@ pub enum PageError {
     /// The store or user store cannot answer: fail closed.
     #[error("sign-in is unavailable right now")]
     Unavailable,
+    /// Too many credential checks are queued: come back shortly (503 with `Retry-After`).
+    #[error("too busy to check credentials")]
+    Busy,
     /// A cross-site request for a state change.
     #[error("cross-site request refused")]
     CrossSite,
@@ -413,6 +478,7 @@ impl From<SignInError> for PageError {
     fn from(err: SignInError) -> Self {
         match err {
             SignInError::Store(_) => Self::Unavailable,
+            SignInError::Busy(_) => Self::Busy,
             _ => Self::Internal,
         }
     }
@@ -423,6 +489,7 @@ impl From<portcullis_core::AccountError> for PageError {
         use portcullis_core::AccountError as E;
         match err {
             E::Store(_) => Self::Unavailable,
+            E::Busy(_) => Self::Busy,
             E::NotFound => Self::NotFound,
             other => Self::BadRequest(other.to_string()),
         }
@@ -456,6 +523,13 @@ impl PageError {
                 page(
                     "Sign-in is unavailable",
                     "We cannot check sessions right now, so nobody is let in. Please try again in a minute.",
+                ),
+            ),
+            Self::Busy => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                page(
+                    "Too many sign-ins at once",
+                    "We are checking many sign-ins right now. Wait a moment, then try again.",
                 ),
             ),
             Self::CrossSite => (
@@ -495,7 +569,199 @@ impl IntoResponse for PageError {
     fn into_response(self) -> Response {
         let (status, page) = self.page();
         let mut response = status.into_response();
+        if matches!(self, Self::Busy) {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
         response.extensions_mut().insert(page);
         response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use axum::Router;
+    use axum::body::Body;
+    use axum::extract::ConnectInfo;
+    use axum::http::{Request, header};
+    use axum::routing::get;
+    use portcullis_core::{
+        Accounts, Engine, MemoryStore, MemoryUserStore, NoAuditSink, OsRandom, PolicySet,
+        SystemClock,
+    };
+    use tower::ServiceExt;
+
+    use super::{Browser, Hsts, Ui, UiSettings};
+    use crate::peer::{ClientAddr, Peer, TrustedProxies};
+    use crate::{AppState, Edge, Services, api_router};
+
+    fn state(settings: UiSettings, trusted: &[&str]) -> AppState<MemoryStore> {
+        let clock = Arc::new(SystemClock);
+        let services = Services {
+            engine: Arc::new(Engine::new(
+                MemoryStore::new(),
+                PolicySet::default(),
+                clock.clone(),
+                Arc::new(OsRandom),
+            )),
+            accounts: Arc::new(Accounts::new(
+                Arc::new(MemoryUserStore::new()),
+                clock,
+                Arc::new(OsRandom),
+                Arc::new(NoAuditSink),
+            )),
+            ui: Arc::new(Ui::new(settings)),
+            metrics: None,
+        };
+        let edge = Edge {
+            trusted_proxies: TrustedProxies::parse(trusted.iter().copied()).unwrap(),
+            ..Edge::default()
+        };
+        AppState::with_edge(services, edge)
+    }
+
+    /// A page answering the client address the pages' extractor and the API's see, behind
+    /// the pages' header layer.
+    fn whoami(state: AppState<MemoryStore>) -> Router {
+        Router::new()
+            .route(
+                "/whoami",
+                get(|browser: Browser, ClientAddr(api): ClientAddr| async move {
+                    let api = api.map(|ip| ip.to_string()).unwrap_or_default();
+                    format!("{} {api}", browser.ip.unwrap_or_default())
+                }),
+            )
+            .layer(axum::middleware::from_fn_with_state(
+                state.clone(),
+                super::security_headers::<MemoryStore>,
+            ))
+            .with_state(state)
+    }
+
+    async fn call(
+        router: &Router,
+        path: &str,
+        peer: &str,
+        pairs: &[(&str, &str)],
+    ) -> axum::response::Response {
+        let mut request = Request::get(path);
+        for (name, value) in pairs {
+            request = request.header(*name, *value);
+        }
+        let mut request = request.body(Body::empty()).unwrap();
+        let peer: SocketAddr = peer.parse().unwrap();
+        request
+            .extensions_mut()
+            .insert(ConnectInfo(Peer::new(peer)));
+        router.clone().oneshot(request).await.unwrap()
+    }
+
+    async fn text(response: axum::response::Response) -> String {
+        let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        String::from_utf8(bytes.to_vec()).unwrap()
+    }
+
+    fn hsts(response: &axum::response::Response) -> Option<&str> {
+        response
+            .headers()
+            .get(header::STRICT_TRANSPORT_SECURITY)
+            .and_then(|v| v.to_str().ok())
+    }
+
+    const SPOOFED: [(&str, &str); 3] = [
+        ("x-forwarded-for", "198.51.100.66"),
+        ("forwarded", "for=198.51.100.67;proto=https"),
+        ("x-forwarded-proto", "https"),
+    ];
+
+    #[tokio::test]
+    async fn a_spoofed_forwarded_header_from_an_untrusted_peer_is_ignored() {
+        // The default: no proxy is trusted.
+        let router = whoami(state(UiSettings::default(), &[]));
+        let answer = call(&router, "/whoami", "203.0.113.5:4000", &SPOOFED).await;
+        assert_eq!(
+            hsts(&answer),
+            None,
+            "a client cannot ask for HSTS over http"
+        );
+        assert_eq!(text(answer).await, "203.0.113.5 203.0.113.5");
+
+        // Proxies are trusted, but this peer is not one of them.
+        let router = whoami(state(UiSettings::default(), &["10.0.0.0/8"]));
+        let answer = call(&router, "/whoami", "203.0.113.5:4000", &SPOOFED).await;
+        assert_eq!(text(answer).await, "203.0.113.5 203.0.113.5");
+
+        // The same headers through a trusted proxy name the client.
+        let answer = call(
+            &router,
+            "/whoami",
+            "10.0.0.2:4000",
+            &[("x-forwarded-for", "198.51.100.66, 10.0.0.9")],
+        )
+        .await;
+        assert_eq!(text(answer).await, "198.51.100.66 198.51.100.66");
+        let answer = call(&router, "/whoami", "[::ffff:10.0.0.2]:4000", &SPOOFED).await;
+        assert_eq!(text(answer).await, "198.51.100.67 198.51.100.67");
+    }
+
+    #[tokio::test]
+    async fn asvs5_3_4_1_hsts_when_tls_ends_here_or_at_a_trusted_proxy() {
+        let include = UiSettings {
+            hsts: Hsts {
+                max_age: Duration::from_secs(63_072_000),
+                include_subdomains: true,
+            },
+            ..UiSettings::default()
+        };
+        let router = api_router(state(include.clone(), &["10.0.0.0/8"]));
+        let proxied_https = [("x-forwarded-proto", "https")];
+        let answer = call(&router, "/login", "10.0.0.2:4000", &proxied_https).await;
+        assert_eq!(hsts(&answer), Some("max-age=63072000; includeSubDomains"));
+        let answer = call(
+            &router,
+            "/login",
+            "10.0.0.2:4000",
+            &[("forwarded", "for=198.51.100.7;proto=https")],
+        )
+        .await;
+        assert_eq!(hsts(&answer), Some("max-age=63072000; includeSubDomains"));
+        // Plain HTTP through the proxy, or anyone else claiming HTTPS: none.
+        let answer = call(&router, "/login", "10.0.0.2:4000", &[]).await;
+        assert_eq!(hsts(&answer), None);
+        let answer = call(&router, "/login", "203.0.113.5:4000", &proxied_https).await;
+        assert_eq!(hsts(&answer), None);
+
+        // Served over TLS here: always, one year by default, subdomains only when configured.
+        let tls = UiSettings {
+            tls: true,
+            ..UiSettings::default()
+        };
+        let answer = call(
+            &api_router(state(tls, &[])),
+            "/login",
+            "203.0.113.5:4000",
+            &[],
+        )
+        .await;
+        assert_eq!(hsts(&answer), Some("max-age=31536000"));
+        let tls = UiSettings {
+            tls: true,
+            ..include
+        };
+        let answer = call(
+            &api_router(state(tls, &[])),
+            "/login",
+            "203.0.113.5:4000",
+            &[],
+        )
+        .await;
+        assert_eq!(hsts(&answer), Some("max-age=63072000; includeSubDomains"));
     }
 }

@@ -101,12 +101,20 @@ impl TestServer {
             .create_api_key("test", "test", &Actor::cli())
             .await
             .unwrap();
-        let accounts = Arc::new(portcullis_core::Accounts::new(
-            Arc::new(portcullis_core::MemoryUserStore::new()),
-            clock.clone(),
-            Arc::new(OsRandom),
-            Arc::new(portcullis_core::NoAuditSink),
-        ));
+        let accounts = Arc::new(
+            portcullis_core::Accounts::new(
+                Arc::new(portcullis_core::MemoryUserStore::new()),
+                clock.clone(),
+                Arc::new(OsRandom),
+                Arc::new(portcullis_core::NoAuditSink),
+            )
+            .with_keyring(
+                portcullis_core::Keyring::parse(&[portcullis_core::Keyring::generate_entry(
+                    "test", &OsRandom,
+                )])
+                .unwrap(),
+            ),
+        );
         let state = AppState::new(Services {
             engine: Arc::clone(&engine),
             accounts: Arc::clone(&accounts),

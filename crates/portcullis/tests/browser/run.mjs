@@ -259,6 +259,7 @@ scenario("asvs4_3_3_3_password_change_ends_the_other_sessions", async () => {
   await page.click("#change-password");
   await page.waitForURL(/\/account\/password$/);
   assert.ok(await page.isChecked("#sign-out-others"), "sign out everywhere else is checked by default");
+  await page.fill("#current-password", PASSWORD);
   await page.fill("#new-password", "a much better passphrase");
   await page.fill("#confirm-password", "a much better passphrase");
   await shot(page, "06-change-password");

@@ -196,6 +196,10 @@ pub fn create_key(dir: &Path, app: &str) -> String {
     create_app_key(|args| cli(dir, args), app)
 }
 
+/// A fresh data directory, private to this user as the server requires.
 pub fn data_dir() -> PathBuf {
-    tempfile::tempdir().unwrap().keep()
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap().keep();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+    dir
 }

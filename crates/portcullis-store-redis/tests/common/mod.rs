@@ -1,0 +1,149 @@
+//! Private Redis servers for the tests that stop, pause or kill them: each on a free loopback
+//! port, in its own directory, ended with the test (also when it fails).
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A port nothing listens on now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Whether something accepts connections on `port`.
+pub fn listening(port: u16) -> bool {
+    std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+}
+
+/// Sends `signal` (`STOP`, `CONT`, `KILL`) to process `pid`.
+pub fn signal(pid: u32, signal: &str) {
+    let ok = Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(pid.to_string())
+        .status()
+        .unwrap();
+    assert!(ok.success(), "kill -{signal} {pid}");
+}
+
+/// Polls `done` every 20 ms until it holds; fails the test after `limit`.
+pub async fn until(limit: Duration, what: &str, mut done: impl AsyncFnMut() -> bool) {
+    let started = Instant::now();
+    while !done().await {
+        assert!(started.elapsed() < limit, "{what}: not within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A `redis-server` child process (no persistence), killed when dropped.
+pub struct RedisProcess {
+    /// The port it answers on (its TLS port when it has one).
+    pub port: u16,
+    /// Its directory (log, files).
+    pub dir: PathBuf,
+    child: Child,
+}
+
+impl RedisProcess {
+    /// Starts `redis-server` on a free port with `args` after the defaults (`--port` among the
+    /// args replaces the default one; `port` is then the port to wait for).
+    pub fn start(root: &Path, name: &str, port: u16, args: &[&str]) -> Self {
+        let dir = root.join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut command = Command::new("redis-server");
+        if !args.contains(&"--port") {
+            command.args(["--port", &port.to_string()]);
+        }
+        command
+            .args([
+                "--bind",
+                "127.0.0.1",
+                "-::1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .arg("--dir")
+            .arg(&dir)
+            .arg("--logfile")
+            .arg(dir.join("redis.log"))
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let child = command.spawn().expect("redis-server must be installed");
+        let mut server = Self { port, dir, child };
+        let started = Instant::now();
+        while !listening(port) {
+            if let Ok(Some(status)) = server.child.try_wait() {
+                panic!("redis-server {name} exited ({status}): {}", server.log());
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "redis-server {name} did not start: {}",
+                server.log()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        server
+    }
+
+    /// Its log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("redis.log")).unwrap_or_default()
+    }
+
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Freezes it (`SIGSTOP`): it takes no command and, as a replica, confirms nothing.
+    pub fn pause(&self) {
+        signal(self.pid(), "STOP");
+    }
+
+    /// Lets it run again.
+    pub fn resume(&self) {
+        signal(self.pid(), "CONT");
+    }
+}
+
+impl Drop for RedisProcess {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-CONT", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A plain connection to the server on `port` (for looking at keys).
+pub async fn connection(port: u16) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(format!("redis://127.0.0.1:{port}"))
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap()
+}
+
+/// `INFO replication` of the server behind `conn`, field `name`.
+pub async fn replication_field(
+    conn: &mut redis::aio::MultiplexedConnection,
+    name: &str,
+) -> Option<String> {
+    let info: String = redis::cmd("INFO")
+        .arg("replication")
+        .query_async(conn)
+        .await
+        .ok()?;
+    info.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name}:")))
+        .map(|v| v.trim().to_owned())
+}

@@ -1,0 +1,238 @@
+//! Endings acknowledged only once a replica has them, on a private Redis primary with one
+//! replica (`wait_replicas=1`): the replica frozen (`SIGSTOP`) confirms nothing, so an ending
+//! answers `StoreError::Unavailable` (503) after `wait_timeout` with the change left on the
+//! primary, marked; anyone who then reads it (a retried logout, a revocation) waits for the
+//! replica too, and once the replica is back the retry is acknowledged. Validations never
+//! queue behind a waiting ending.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{RedisProcess, connection, free_port, replication_field, until};
+use portcullis_core::{EndReason, SessionStore, StoreError, TokenHash};
+use portcullis_store_redis::RedisStore;
+use portcullis_store_tests::{ending, plain_insert, random, rotated, session_at, t0};
+
+/// A primary and its replica, in sync.
+struct Pair {
+    primary: RedisProcess,
+    replica: RedisProcess,
+    _root: tempfile::TempDir,
+}
+
+async fn pair() -> Pair {
+    let root = tempfile::tempdir().unwrap();
+    // Diskless sync without its default 5 s delay (waiting for more replicas to join).
+    let primary = RedisProcess::start(
+        root.path(),
+        "primary",
+        free_port(),
+        &["--repl-diskless-sync-delay", "0"],
+    );
+    let replica = RedisProcess::start(
+        root.path(),
+        "replica",
+        free_port(),
+        &["--replicaof", "127.0.0.1", &primary.port.to_string()],
+    );
+    let mut conn = connection(replica.port).await;
+    until(Duration::from_secs(10), "the replica syncs", async || {
+        replication_field(&mut conn, "master_link_status")
+            .await
+            .as_deref()
+            == Some("up")
+    })
+    .await;
+    let mut conn = connection(primary.port).await;
+    until(
+        Duration::from_secs(10),
+        "the primary sees its replica",
+        async || {
+            replication_field(&mut conn, "connected_slaves")
+                .await
+                .as_deref()
+                == Some("1")
+        },
+    )
+    .await;
+    Pair {
+        primary,
+        replica,
+        _root: root,
+    }
+}
+
+/// The raw record of `hash` under `prefix` on the server behind `conn`.
+async fn raw(
+    conn: &mut redis::aio::MultiplexedConnection,
+    prefix: &str,
+    hash: &TokenHash,
+) -> Vec<u8> {
+    let mut key = format!("{prefix}:{{{:02x}}}:s:", hash.0[0]).into_bytes();
+    key.extend_from_slice(&hash.0);
+    redis::cmd("GET").arg(key).query_async(conn).await.unwrap()
+}
+
+fn unavailable(result: Result<impl std::fmt::Debug, StoreError>, what: &str) -> String {
+    match result {
+        Err(err @ StoreError::Unavailable(_)) => err.to_string(),
+        other => panic!("{what}: expected 503 store_unavailable, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn an_ending_waits_for_the_replica_and_a_lagging_replica_gets_a_503_that_is_safe_to_retry() {
+    let pair = pair().await;
+    let timeout = Duration::from_millis(300);
+    let store = RedisStore::connect(&format!(
+        "redis://127.0.0.1:{}?prefix=w&wait_replicas=1&wait_timeout=300ms",
+        pair.primary.port
+    ))
+    .await
+    .unwrap();
+    let mut primary = connection(pair.primary.port).await;
+    let random = random();
+
+    // The replica answers: an ending is acknowledged, confirmed, and carries no mark.
+    let (_, ann) = session_at("ann", t0(), &random);
+    store.insert(plain_insert(ann.clone())).await.unwrap();
+    let ended = store
+        .end(&ann.id, ending(EndReason::Logout, t0()))
+        .await
+        .unwrap();
+    assert_eq!(ended.sessions.len(), 1);
+    assert_eq!(raw(&mut primary, "w", &ann.token_hash).await[1], 0);
+    // The replica has it as soon as the ending is acknowledged.
+    let on_replica =
+        RedisStore::connect(&format!("redis://127.0.0.1:{}?prefix=w", pair.replica.port))
+            .await
+            .unwrap();
+    let seen = on_replica.find_by_id(&ann.id).await.unwrap().unwrap();
+    assert!(!seen.is_live(), "the replica has the ending");
+
+    // The replica stops confirming.
+    pair.replica.pause();
+    let (bob_token, bob) = session_at("bob", t0(), &random);
+    let (_, cy) = session_at("cy", t0(), &random);
+    let created = Instant::now();
+    store.insert(plain_insert(bob.clone())).await.unwrap();
+    store.insert(plain_insert(cy.clone())).await.unwrap();
+    assert!(
+        created.elapsed() < timeout,
+        "creations do not wait for replicas"
+    );
+
+    // Validations go on while an ending waits (it has a connection of its own).
+    let started = Instant::now();
+    let waiting = {
+        let store = store.clone();
+        let id = bob.id.clone();
+        tokio::spawn(async move { store.end(&id, ending(EndReason::Logout, t0())).await })
+    };
+    let mut validations = 0;
+    while !waiting.is_finished() {
+        let asked = Instant::now();
+        let found = store.find_by_token(&cy.token_hash).await.unwrap();
+        assert!(found.is_some_and(|s| s.is_live()));
+        assert!(
+            asked.elapsed() < Duration::from_millis(150),
+            "a validation waited {:?} behind an ending",
+            asked.elapsed()
+        );
+        validations += 1;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(validations > 3, "validations ran while the ending waited");
+    let refused = unavailable(
+        waiting.await.unwrap(),
+        "a logout the replica did not confirm",
+    );
+    assert!(started.elapsed() >= timeout, "it waited wait_timeout");
+    assert!(
+        refused.contains("0 of the 1 replica(s)") && refused.contains("retrying is safe"),
+        "{refused}"
+    );
+    // The primary made it, marked as not confirmed.
+    let record = raw(&mut primary, "w", &bob.token_hash).await;
+    assert_eq!(record[1], 2, "marked as not confirmed on the replicas");
+
+    // Whoever reads it now waits for the replica as well: a retried logout (the engine finds
+    // the session by its token), a revocation by id, a force logout with nothing left to end.
+    unavailable(
+        store.find_by_token(&bob_token.hash()).await,
+        "reading an unconfirmed ending",
+    );
+    unavailable(
+        store.end(&bob.id, ending(EndReason::Logout, t0())).await,
+        "a retried ending",
+    );
+    unavailable(
+        store
+            .end_subject("bob", None, None, ending(EndReason::PasswordChanged, t0()))
+            .await,
+        "a force logout with nothing left to end",
+    );
+    // A rotation waits as well (the old token must stay dead).
+    let (_, next, event) = rotated(&cy, &random);
+    unavailable(store.replace(cy.version, next, event).await, "a rotation");
+
+    // The replica is back: the retry is acknowledged, and the mark is gone.
+    pair.replica.resume();
+    let retried = store
+        .end(&bob.id, ending(EndReason::Logout, t0()))
+        .await
+        .unwrap();
+    assert!(retried.sessions.is_empty(), "it was ended already");
+    assert_eq!(raw(&mut primary, "w", &bob.token_hash).await[1], 0);
+    let found = store.find_by_token(&bob_token.hash()).await.unwrap();
+    assert!(found.is_some_and(|s| !s.is_live()));
+    let forced = store
+        .end_subject("bob", None, None, ending(EndReason::PasswordChanged, t0()))
+        .await
+        .unwrap();
+    assert!(forced.sessions.is_empty());
+    let seen = on_replica.find_by_id(&bob.id).await.unwrap().unwrap();
+    assert!(!seen.is_live(), "the replica has the ending");
+}
+
+#[tokio::test]
+async fn a_server_that_cannot_confirm_as_asked_is_refused_at_start() {
+    let pair = pair().await;
+    let url = |options: &str| format!("redis://127.0.0.1:{}?{options}", pair.primary.port);
+
+    let err = RedisStore::connect(&url("wait_replicas=2"))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("1 connected replica(s), fewer than wait_replicas=2"),
+        "{err}"
+    );
+    // Redis 7.0 has no WAITAOF (7.2 added it).
+    let version: String = redis::cmd("INFO")
+        .arg("server")
+        .query_async(&mut connection(pair.primary.port).await)
+        .await
+        .unwrap();
+    if version.contains("redis_version:7.0.") {
+        let err = RedisStore::connect(&url("wait_replicas=1&wait_aof=true"))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("WAITAOF"), "{err}");
+    }
+
+    // One server waits for no replica unless asked: an ending is acknowledged at once even
+    // while its replica is frozen.
+    let store = RedisStore::connect(&url("prefix=d")).await.unwrap();
+    pair.replica.pause();
+    let (_, dee) = session_at("dee", t0(), &random());
+    store.insert(plain_insert(dee.clone())).await.unwrap();
+    let ended = store
+        .end(&dee.id, ending(EndReason::Logout, t0()))
+        .await
+        .unwrap();
+    assert_eq!(ended.sessions.len(), 1);
+    pair.replica.resume();
+}
