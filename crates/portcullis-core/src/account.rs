@@ -17,11 +17,11 @@ use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
 use crate::event::{Actor, AuditEvent, AuditSink, EventKind};
-use crate::random::RandomSource;
+use crate::random::{OsRandom, RandomSource};
 use crate::sealed::{Keyring, SealError, sealed_key_id};
 use crate::throttle::{
     MemoryThrottleStore, ThrottleRules, ThrottleStore, Verdict, account_key, address_key,
-    pending_key, second_factor_key,
+    device_key, pending_key, second_factor_key,
 };
 use crate::time::{Clock, Timestamp};
 use crate::token::PublicId;
@@ -381,6 +381,9 @@ pub struct Accounts {
     throttle: Arc<dyn ThrottleStore>,
     hashing: HashGate,
     keyring: Option<Keyring>,
+    /// Seals device cookies: the configured keys, or a key of this process when none is
+    /// configured (its cookies then last until a restart).
+    device_ring: Keyring,
 }
 
 /// Where a credential attempt comes from.
@@ -388,6 +391,12 @@ pub struct Accounts {
 pub struct Origin<'a> {
     /// The client address (the HTTP layer resolves proxies).
     pub address: Option<&'a str>,
+    /// The device cookie the browser presents ([`Accounts::device_cookie`]), if any.
+    pub device: Option<&'a str>,
+}
+
+fn device_cookie_context(user_id: &str) -> String {
+    format!("device-cookie:{user_id}")
 }
 
 /// The longest username or password read from a sign-in form: longer input is refused before
@@ -461,13 +470,42 @@ impl Accounts {
             throttle: Arc::new(MemoryThrottleStore::new()),
             hashing: HashGate::for_this_machine(),
             keyring: None,
+            device_ring: Keyring::parse(&[Keyring::generate_entry("process", &OsRandom)])
+                .expect("a generated key parses"),
         }
     }
 
-    /// Seals second factors with `keyring` (without one, enrolling a factor is refused).
+    /// Seals second factors and device cookies with `keyring` (without one, enrolling a
+    /// factor is refused).
     pub fn with_keyring(mut self, keyring: Keyring) -> Self {
+        self.device_ring = keyring.clone();
         self.keyring = Some(keyring);
         self
+    }
+
+    /// A device cookie for a browser `user_id` just signed in on (OWASP's "device cookies"):
+    /// its password attempts are then counted apart from the name's, so strangers' failures
+    /// cannot lock the person out on a device they used before.
+    pub fn device_cookie(&self, user_id: &str) -> String {
+        let device = PublicId::generate("dev_", self.random.as_ref());
+        let sealed = self.device_ring.seal(
+            device.as_str(),
+            &device_cookie_context(user_id),
+            self.random.as_ref(),
+        );
+        format!("{user_id}~{sealed}")
+    }
+
+    /// The device id a device cookie proves for `user_id`; `None` for a cookie of another
+    /// account, a forged or tampered one, or one sealed with a key no longer configured.
+    fn device_of(&self, cookie: &str, user_id: &str) -> Option<String> {
+        let (owner, sealed) = cookie.split_once('~')?;
+        if owner != user_id {
+            return None;
+        }
+        self.device_ring
+            .open(sealed, &device_cookie_context(user_id))
+            .ok()
     }
 
     /// The usernames of accounts whose second factor the configured keys cannot open (all
@@ -691,15 +729,23 @@ impl Accounts {
             self.publish_failure(EventKind::LoginFailed, None, "username");
             return Err(Self::failure(&waits));
         };
-        let name_key = account_key(&name);
+        let user = self.users.user_by_name(&name).await?;
+        // A device this account signed in on before is counted on its own.
+        let known_device = user
+            .as_ref()
+            .zip(origin.device)
+            .and_then(|(u, cookie)| self.device_of(cookie, &u.id));
+        let name_key = match &known_device {
+            Some(device) => device_key(device),
+            None => account_key(&name),
+        };
         match self.count(&name_key, &ThrottleRules::ACCOUNT, now).await {
             Ok(wait) => waits.push(wait),
             Err(err) => {
-                self.publish_failure(EventKind::LoginThrottled, None, "password");
+                self.publish_failure(EventKind::LoginThrottled, user.as_ref(), "password");
                 return Err(err);
             }
         }
-        let user = self.users.user_by_name(&name).await?;
         let hash = user
             .as_ref()
             .map_or_else(|| DECOY_HASH.clone(), |u| u.password_hash.clone());
@@ -944,6 +990,7 @@ mod tests {
     fn from(address: &str) -> Origin<'_> {
         Origin {
             address: Some(address),
+            device: None,
         }
     }
 
@@ -1316,5 +1363,56 @@ mod tests {
                 .await,
             Err(AccountError::NoEncryptionKey)
         ));
+    }
+
+    #[tokio::test]
+    async fn owasp_device_cookies_keep_strangers_failures_from_locking_the_owner_out() {
+        let clock = Arc::new(ManualClock::new(T0));
+        let accounts = accounts_at(&clock);
+        let alice = accounts
+            .add_user("alice", PASSWORD, &Actor::cli())
+            .await
+            .unwrap();
+        let cookie = accounts.device_cookie(&alice.id);
+        let bob = accounts
+            .add_user("bob", PASSWORD, &Actor::cli())
+            .await
+            .unwrap();
+        for _ in 0..6 {
+            let _ = accounts
+                .check_password("alice", "a stranger's guess", from("203.0.113.9"))
+                .await;
+        }
+        let stranger = accounts
+            .check_password("alice", PASSWORD, Origin::default())
+            .await;
+        assert!(matches!(stranger, Err(SignInError::Throttled(_))));
+        let owner = Origin {
+            address: Some("198.51.100.4"),
+            device: Some(&cookie),
+        };
+        accounts
+            .check_password("alice", PASSWORD, owner)
+            .await
+            .unwrap();
+        // The cookie is alice's only, and a tampered one is no cookie at all.
+        let borrowed = Origin {
+            device: Some(&cookie),
+            ..Origin::default()
+        };
+        for _ in 0..6 {
+            let _ = accounts
+                .check_password("bob", "guess", Origin::default())
+                .await;
+        }
+        assert!(matches!(
+            accounts.check_password("bob", PASSWORD, borrowed).await,
+            Err(SignInError::Throttled(_))
+        ));
+        let forged = cookie.replacen(&alice.id, &bob.id, 1);
+        assert!(accounts.device_of(&forged, &bob.id).is_none());
+        let mut tampered = cookie.clone();
+        tampered.pop();
+        assert!(accounts.device_of(&tampered, &alice.id).is_none());
     }
 }

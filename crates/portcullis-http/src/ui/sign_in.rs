@@ -19,8 +19,8 @@ use serde::Deserialize;
 
 use super::session::{cookie_principal, current, session_cookie};
 use super::web::{
-    Browser, LOGIN_CSRF_COOKIE, PageError, SESSION_COOKIE, SIGN_IN_COOKIE, clear_cookie,
-    csrf_matches, csrf_token, safe_return_to, set_cookie,
+    Browser, DEVICE_COOKIE, DEVICE_COOKIE_AGE, LOGIN_CSRF_COOKIE, PageError, SESSION_COOKIE,
+    SIGN_IN_COOKIE, clear_cookie, csrf_matches, csrf_token, safe_return_to, set_cookie,
 };
 use super::{PageResult, page, see_other};
 use crate::AppState;
@@ -320,6 +320,15 @@ async fn complete<S: Store>(
     let headers = response.headers_mut();
     headers.append(header::SET_COOKIE, session_cookie(state, &issued));
     headers.append(header::SET_COOKIE, clear_cookie(SIGN_IN_COOKIE, "Strict"));
+    headers.append(
+        header::SET_COOKIE,
+        set_cookie(
+            DEVICE_COOKIE,
+            &state.accounts.device_cookie(&pending.user_id),
+            "Strict",
+            Some(DEVICE_COOKIE_AGE),
+        ),
+    );
     Ok(response)
 }
 
@@ -507,7 +516,9 @@ mod tests {
     use portcullis_core::{Actor, Principal};
 
     use crate::ui::tests::{Harness, PASSWORD, cookie, live_sessions, max_age, sso, wrong_code};
-    use crate::ui::web::{LOGIN_CSRF_COOKIE, SESSION_COOKIE, SIGN_IN_COOKIE, csrf_token};
+    use crate::ui::web::{
+        DEVICE_COOKIE, LOGIN_CSRF_COOKIE, SESSION_COOKIE, SIGN_IN_COOKIE, csrf_token,
+    };
 
     /// The double-submit value: from the login page's cookie, as a browser would send it back.
     async fn login_csrf(h: &Harness) -> String {
@@ -1037,5 +1048,62 @@ mod tests {
             "{}",
             notice.body
         );
+    }
+
+    #[tokio::test]
+    async fn owasp_a_device_signed_in_on_before_is_not_locked_out_by_strangers() {
+        let h = Harness::new();
+        h.user("alice").await;
+        let pending = up_to_stay(&h, "/account").await;
+        let done = h
+            .post(
+                "/login/stay",
+                &cookie(SIGN_IN_COOKIE, &pending),
+                &[("csrf", &csrf_token(&pending)), ("stay", "no")],
+            )
+            .await;
+        let line = done.set_cookie(DEVICE_COOKIE).unwrap().to_owned();
+        assert!(
+            line.contains("; Secure; HttpOnly; SameSite=Strict"),
+            "{line}"
+        );
+        assert_eq!(max_age(&line), Some(180 * 86_400));
+        let device = done.cookie(DEVICE_COOKIE).unwrap();
+
+        // A stranger fails until the name is blocked…
+        let csrf = login_csrf(&h).await;
+        let jar = cookie(LOGIN_CSRF_COOKIE, &csrf);
+        let mut blocked = false;
+        for _ in 0..10 {
+            let answer = h
+                .post(
+                    "/login",
+                    &jar,
+                    &[
+                        ("csrf", &csrf),
+                        ("username", "alice"),
+                        ("password", "guess guess"),
+                    ],
+                )
+                .await;
+            if answer.status == StatusCode::TOO_MANY_REQUESTS {
+                blocked = true;
+                break;
+            }
+        }
+        assert!(blocked);
+        let right = [
+            ("csrf", csrf.as_str()),
+            ("username", "alice"),
+            ("password", PASSWORD),
+        ];
+        assert_eq!(
+            h.post("/login", &jar, &right).await.status,
+            StatusCode::TOO_MANY_REQUESTS
+        );
+        // …but alice, on her device, still gets in.
+        let with_device = format!("{jar}; {}", cookie(DEVICE_COOKIE, &device));
+        let answer = h.post("/login", &with_device, &right).await;
+        assert_eq!(answer.location(), "/login/stay", "{}", answer.body);
     }
 }

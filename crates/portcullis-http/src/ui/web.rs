@@ -24,6 +24,12 @@ pub const SESSION_COOKIE: &str = "__Host-portcullis";
 pub const SIGN_IN_COOKIE: &str = "__Host-portcullis-sign-in";
 /// The double-submit value that protects the sign-in form before any session exists.
 pub const LOGIN_CSRF_COOKIE: &str = "__Host-portcullis-csrf";
+/// A browser someone signed in on before ([`portcullis_core::Accounts::device_cookie`]):
+/// their password attempts from it are not blocked by strangers' failures. Strict, 180 days;
+/// signing out clears it with the rest of the site's data.
+pub const DEVICE_COOKIE: &str = "__Host-portcullis-device";
+/// How long a device cookie lasts.
+pub const DEVICE_COOKIE_AGE: Duration = Duration::from_secs(180 * 86_400);
 
 /// Browsers keep persistent cookies at most 400 days (COOKIE-8); the server's deadline rules.
 const MAX_COOKIE_AGE: Duration = Duration::from_secs(400 * 86_400);
@@ -131,6 +137,7 @@ impl Browser {
     pub fn origin(&self) -> portcullis_core::Origin<'_> {
         portcullis_core::Origin {
             address: self.ip.as_deref(),
+            device: self.cookie(DEVICE_COOKIE),
         }
     }
 
