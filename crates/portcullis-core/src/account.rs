@@ -483,6 +483,11 @@ impl Accounts {
         self
     }
 
+    /// Whether second factors can be enrolled (an encryption key is configured).
+    pub fn can_seal_second_factors(&self) -> bool {
+        self.keyring.is_some()
+    }
+
     /// A device cookie for a browser `user_id` just signed in on (OWASP's "device cookies"):
     /// its password attempts are then counted apart from the name's, so strangers' failures
     /// cannot lock the person out on a device they used before.

@@ -49,6 +49,7 @@ fn two_factor_form<S: Store>(
         Some(signed_in),
         context! {
             enrolled => user.totp.is_some(),
+            available => state.accounts.can_seal_second_factors(),
             secret => secret,
             uri => uri,
             error => error,
@@ -114,10 +115,26 @@ pub(super) async fn totp_remove<S: Store>(
         Err(redirect) => return Ok(redirect),
     };
     check_csrf(&signed_in, &form.csrf)?;
-    state
+    match state
         .accounts
         .remove_totp(&user.id, &Actor::user(&user.id))
-        .await?;
+        .await
+    {
+        Ok(_) => {}
+        Err(portcullis_core::AccountError::PasswordTooShortAlone) => {
+            return Ok(two_factor_form(
+                &state,
+                &signed_in,
+                &user,
+                None,
+                Some(&format!(
+                    "Your password is too short to be used alone. Set a password of at least {} characters first, then turn two-factor off.",
+                    portcullis_core::account::MIN_PASSWORD_ALONE
+                )),
+            ));
+        }
+        Err(err) => return Err(err.into()),
+    }
     state
         .rules()
         .after_security_action(&user.id, &signed_in.session().id, &Actor::user(&user.id))
@@ -266,6 +283,37 @@ mod tests {
             )
             .await;
         assert_eq!(remove.location(), "/reauth?return_to=/account/two-factor");
+        assert!(h.accounts.by_id(&alice.id).await.unwrap().totp.is_some());
+    }
+
+    #[tokio::test]
+    async fn a_password_too_short_to_stand_alone_keeps_the_second_factor() {
+        let h = Harness::new();
+        let alice = h.user("alice").await;
+        let secret = h.accounts.new_totp_secret();
+        let code = portcullis_core::account::totp_code(&secret, h.now()).unwrap();
+        h.accounts
+            .enrol_totp(&alice.id, &secret, &code, &Actor::cli())
+            .await
+            .unwrap();
+        h.accounts
+            .set_password(&alice.id, "Tr0ub4dor&3", &Actor::cli())
+            .await
+            .unwrap();
+        let token = h.sso_session(&alice).await;
+        let answer = h
+            .post(
+                "/account/two-factor/remove",
+                &sso(&token),
+                &[("csrf", &crate::ui::web::csrf_token(&token))],
+            )
+            .await;
+        assert_eq!(answer.status, StatusCode::BAD_REQUEST);
+        assert!(
+            answer.body.contains("too short to be used alone"),
+            "{}",
+            answer.body
+        );
         assert!(h.accounts.by_id(&alice.id).await.unwrap().totp.is_some());
     }
 }
