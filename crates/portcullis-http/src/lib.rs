@@ -216,6 +216,8 @@ fn ops_routes<S: Store>() -> Router<AppState<S>> {
 /// `Router` would wrap each route separately, at a cost on every request).
 fn finish<S: Store>(router: Router<AppState<S>>, state: AppState<S>) -> Router {
     let limit = body_limit(&state);
+    let settings = &state.ui.settings;
+    let hsts = settings.tls.then(|| settings.hsts.header_value());
     let routes = router
         .fallback(|| async { ApiError::NoRoute })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
@@ -230,6 +232,11 @@ fn finish<S: Store>(router: Router<AppState<S>>, state: AppState<S>) -> Router {
             HeaderValue::from_static("no-store"),
         ))
         .layer(DefaultBodyLimit::max(limit))
+        // ASVS5-3.4.1: over TLS every answer carries HSTS, not only the pages (which also send
+        // it when a trusted proxy ended TLS).
+        .option_layer(hsts.map(|value| {
+            SetResponseHeaderLayer::if_not_present(header::STRICT_TRANSPORT_SECURITY, value)
+        }))
         .service(routes);
     Router::new().fallback_service(layered)
 }

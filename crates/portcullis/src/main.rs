@@ -896,12 +896,21 @@ async fn run_server<S: Store>(
 
     let sweeper = {
         let engine = Arc::clone(&state.engine);
+        let accounts = Arc::clone(&state.accounts);
         let every = config.sweep_interval.0;
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(every);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut ticks: u64 = 0;
             loop {
                 tick.tick().await;
+                ticks += 1;
+                // Forgotten failure counts go about once a minute (Redis drops its own).
+                if ticks.is_multiple_of((60_000 / every.as_millis().max(1)).max(1) as u64) {
+                    if let Err(err) = accounts.throttle().forget_expired(engine.now()).await {
+                        tracing::warn!(error = %err, "dropping forgotten sign-in failures failed; will retry");
+                    }
+                }
                 match engine.sweep().await {
                     Ok(report) if report.expired > 0 || report.purged > 0 => {
                         tracing::debug!(expired = report.expired, purged = report.purged, "swept");

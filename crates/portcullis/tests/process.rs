@@ -345,6 +345,15 @@ async fn owasp_sm_5_serve_speaks_https_with_a_certificate() {
             .to_lowercase()
             .contains("strict-transport-security: max-age=")
     );
+    // ASVS5-3.4.1: every answer over TLS carries HSTS, the API's and the ops endpoints' too.
+    let ops = curl(format!("https://localhost:{port}/healthz"));
+    assert!(
+        String::from_utf8_lossy(&ops.stdout)
+            .to_lowercase()
+            .contains("strict-transport-security: max-age="),
+        "{}",
+        String::from_utf8_lossy(&ops.stdout)
+    );
     let plain = curl(format!("http://localhost:{port}/healthz"));
     assert!(!String::from_utf8_lossy(&plain.stdout).contains("200 OK"));
     child.kill().unwrap();
