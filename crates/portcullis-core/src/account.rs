@@ -393,6 +393,8 @@ pub struct Origin<'a> {
     pub address: Option<&'a str>,
     /// The device cookie the browser presents ([`Accounts::device_cookie`]), if any.
     pub device: Option<&'a str>,
+    /// The client's user agent, for the audit trail.
+    pub user_agent: Option<&'a str>,
 }
 
 fn device_cookie_context(user_id: &str) -> String {
@@ -721,7 +723,7 @@ impl Accounts {
             match self.count(key, &ThrottleRules::ADDRESS, now).await {
                 Ok(wait) => waits.push(wait),
                 Err(err) => {
-                    self.publish_failure(EventKind::LoginThrottled, None, "address");
+                    self.publish_failure(EventKind::LoginThrottled, None, "address", origin, None);
                     return Err(err);
                 }
             }
@@ -731,7 +733,7 @@ impl Accounts {
             .flatten();
         let Some(name) = typed else {
             // Nothing anyone could sign in with: no hash, no lookup, counted by address only.
-            self.publish_failure(EventKind::LoginFailed, None, "username");
+            self.publish_failure(EventKind::LoginFailed, None, "username", origin, None);
             return Err(Self::failure(&waits));
         };
         let user = self.users.user_by_name(&name).await?;
@@ -747,7 +749,13 @@ impl Accounts {
         match self.count(&name_key, &ThrottleRules::ACCOUNT, now).await {
             Ok(wait) => waits.push(wait),
             Err(err) => {
-                self.publish_failure(EventKind::LoginThrottled, user.as_ref(), "password");
+                self.publish_failure(
+                    EventKind::LoginThrottled,
+                    user.as_ref(),
+                    "password",
+                    origin,
+                    Some(&name),
+                );
                 return Err(err);
             }
         }
@@ -781,7 +789,13 @@ impl Accounts {
                     Some(_) => "password",
                     None => "username",
                 };
-                self.publish_failure(EventKind::LoginFailed, user.as_ref(), factor);
+                self.publish_failure(
+                    EventKind::LoginFailed,
+                    user.as_ref(),
+                    factor,
+                    origin,
+                    Some(&name),
+                );
                 Err(Self::failure(&waits))
             }
         }
@@ -795,7 +809,17 @@ impl Accounts {
         }
     }
 
-    fn publish_failure(&self, kind: EventKind, user: Option<&User>, failed: &str) {
+    /// Publishes a failed or throttled attempt: who (a real account's username only, never a
+    /// typed one), from where (`origin`), which factor `failed`. `typed` (the normalized name
+    /// tried) reaches the sink only as a keyed digest the stuffing detector counts and strips.
+    fn publish_failure(
+        &self,
+        kind: EventKind,
+        user: Option<&User>,
+        failed: &str,
+        origin: Origin<'_>,
+        typed: Option<&str>,
+    ) {
         let mut event = AuditEvent::for_account(
             kind,
             user.map_or("", |u| u.id.as_str()),
@@ -807,6 +831,12 @@ impl Accounts {
             Some(u) => serde_json::json!({ "username": u.username, "failed": failed }),
             None => serde_json::json!({ "failed": failed }),
         };
+        event = event.with_client(origin.address, origin.user_agent);
+        if let Some(name) = typed.or(user.map(|u| u.username.as_str())) {
+            event = event.with_detail(serde_json::json!({
+                crate::event::context::ATTEMPT_KEY: crate::event::attempt_key(name),
+            }));
+        }
         self.sink.publish(&event);
     }
 
@@ -894,7 +924,7 @@ impl Accounts {
                 Err(SignInError::Store(UserStoreError::Corrupt(err.to_string())))
             }
             Err(_) => {
-                self.publish_failure(EventKind::LoginFailed, Some(&user), "otp");
+                self.publish_failure(EventKind::LoginFailed, Some(&user), "otp", origin, None);
                 let spent = ThrottleRules::PENDING_SIGN_IN
                     .lock_after
                     .is_some_and(|limit| pending_tries >= limit);
@@ -995,7 +1025,7 @@ mod tests {
     fn from(address: &str) -> Origin<'_> {
         Origin {
             address: Some(address),
-            device: None,
+            ..Origin::default()
         }
     }
 
@@ -1395,6 +1425,7 @@ mod tests {
         let owner = Origin {
             address: Some("198.51.100.4"),
             device: Some(&cookie),
+            ..Origin::default()
         };
         accounts
             .check_password("alice", PASSWORD, owner)

@@ -238,6 +238,8 @@ pub struct Engine<S> {
     sink: Arc<dyn AuditSink>,
     settings: EngineSettings,
     api_key_revocations: AtomicU64,
+    /// Anomalies: the (address, user agent) pairs sessions were seen from (bounded).
+    devices: crate::event::DeviceMemory,
 }
 
 impl<S> std::fmt::Debug for Engine<S> {
@@ -269,6 +271,7 @@ impl<S: Store> Engine<S> {
             sink: Arc::new(NoAuditSink),
             settings: EngineSettings::default(),
             api_key_revocations: AtomicU64::new(0),
+            devices: crate::event::DeviceMemory::default(),
         }
     }
 
@@ -619,6 +622,11 @@ impl<S: Store> Engine<S> {
     ) -> Result<Validated, EngineError> {
         let mut session = self.live_session(token, Some(device), principal).await?;
         let now = self.clock.now();
+        // Anomaly: presented from elsewhere than issued to, where the policy binds nothing
+        // (a bound difference has just ended the session). To the audit log, not the trail.
+        if let Some(changed) = self.devices.check(&session, device, now) {
+            self.publish(std::slice::from_ref(&changed));
+        }
         if activity && now >= session.last_seen_at.plus(self.touch_interval(&session)) {
             self.store.touch(&session.id, now).await?;
             if let Some(touched) = self.store.find_by_token(&session.token_hash).await? {

@@ -825,10 +825,40 @@ pub struct EventView {
     pub reason: Option<String>,
     /// Extra detail.
     pub detail: serde_json::Value,
+    /// The client address, where known (the session's device, or the sign-in request's).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_ip: Option<String>,
+    /// The client's user agent, where known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user_agent: Option<String>,
+    /// The session's authentication methods (RFC 8176 `amr` values), for session events.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub auth_methods: Option<Vec<String>>,
+    /// For `login.failed` and `login.throttled`: which factor failed (`username`,
+    /// `password`, `otp`, `account_disabled`, `address`); also in `detail.failed`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failed: Option<String>,
 }
 
 impl From<&AuditEvent> for EventView {
     fn from(e: &AuditEvent) -> Self {
+        use portcullis_core::event::context;
+        let mut detail = e.detail.clone();
+        let mut take = |key: &str| {
+            detail
+                .as_object_mut()
+                .and_then(|d| d.remove(key))
+                .filter(|v| !v.is_null())
+        };
+        let client_ip = take(context::CLIENT_IP).and_then(|v| v.as_str().map(str::to_owned));
+        let user_agent = take(context::USER_AGENT).and_then(|v| v.as_str().map(str::to_owned));
+        let auth_methods = take(context::AUTH_METHODS).and_then(|v| serde_json::from_value(v).ok());
+        // Never written out: a digest only the anomaly detector reads.
+        take(context::ATTEMPT_KEY);
+        if detail.as_object().is_some_and(serde_json::Map::is_empty) {
+            detail = serde_json::Value::Null;
+        }
+        let failed = e.detail_str(context::FAILED).map(str::to_owned);
         Self {
             seq: e.seq,
             at: rfc3339(e.at),
@@ -839,7 +869,11 @@ impl From<&AuditEvent> for EventView {
             subject: e.subject.clone(),
             policy: e.policy.clone(),
             reason: e.reason.map(|r| r.as_str().to_owned()),
-            detail: e.detail.clone(),
+            detail,
+            client_ip,
+            user_agent,
+            auth_methods,
+            failed,
         }
     }
 }

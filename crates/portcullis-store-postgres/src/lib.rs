@@ -19,7 +19,7 @@ use portcullis_core::{
     Insert, Inserted, PublicId, Session, SessionId, SessionStore, StoreError, StoredSession,
     Timestamp, TokenHash, plan,
 };
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow, PgSslMode};
 use sqlx::{PgConnection, PgPool, Postgres, Row, Transaction};
 
 /// How long a node trusts an API key it looked up (revocation reaches other nodes within this).
@@ -48,6 +48,22 @@ pub enum ConnectError {
     /// A migration failed.
     #[error("cannot migrate the PostgreSQL schema: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    /// A store URL option that cannot work.
+    #[error("PostgreSQL store URL: {0}")]
+    Option(String),
+}
+
+/// The values of `synchronous_commit` a store URL may ask for: each makes a commit durable
+/// before it is acknowledged (`off` would not, and is refused).
+const SYNCHRONOUS_COMMIT: [&str; 4] = ["local", "remote_write", "on", "remote_apply"];
+
+/// Whether the query of `url` names an `sslmode`.
+fn names_ssl_mode(url: &str) -> bool {
+    url.split_once('?').is_some_and(|(_, query)| {
+        query
+            .split('&')
+            .any(|p| matches!(p.split('=').next(), Some("sslmode" | "ssl-mode")))
+    })
 }
 
 /// The PostgreSQL store.
@@ -74,8 +90,16 @@ fn millis(t: Timestamp) -> i64 {
 impl PostgresStore {
     /// Connects to `url` (`postgres://…`), optionally inside `schema` (created if missing),
     /// and migrates.
+    ///
+    /// TLS is what the URL's `sslmode` says (`verify-full` with `sslrootcert=PATH` checks the
+    /// server's certificate and name; rustls with ring). Without `sslmode` (and without
+    /// `PGSSLMODE`), the connection is plain, as before this build spoke TLS: libpq's default,
+    /// `prefer`, would encrypt without checking who answers.
     pub async fn connect(url: &str, schema: Option<&str>) -> Result<Self, ConnectError> {
         let mut options = PgConnectOptions::from_str(url)?;
+        if !names_ssl_mode(url) && std::env::var_os("PGSSLMODE").is_none() {
+            options = options.ssl_mode(PgSslMode::Disable);
+        }
         if let Some(schema) = schema {
             let admin = PgPoolOptions::new()
                 .max_connections(1)
@@ -115,28 +139,43 @@ impl PostgresStore {
         PostgresThrottleStore::new(self.pool.clone())
     }
 
-    /// Connects to a store URL: `postgres://…` with an optional `schema=NAME` parameter (the
-    /// schema is created if missing and holds every Portcullis table).
+    /// Connects to a store URL: `postgres://…` with optional parameters `schema=NAME` (the
+    /// schema is created if missing and holds every Portcullis table) and
+    /// `synchronous_commit=VALUE` (`local`, `remote_write`, `on` or `remote_apply`: the setting
+    /// of every session of the store, so a commit, and with it an acknowledged ending, waits
+    /// for the synchronous standbys the server names in `synchronous_standby_names`); the rest
+    /// (`sslmode`, `sslrootcert`, …) as PostgreSQL's own URLs have them.
     pub async fn connect_url(url: &str) -> Result<Self, ConnectError> {
+        let (url, schema) = Self::client_url(url)?;
+        Self::connect(&url, schema.as_deref()).await
+    }
+
+    /// The URL for the client (`synchronous_commit` as a session option) and the schema.
+    fn client_url(url: &str) -> Result<(String, Option<String>), ConnectError> {
         let (base, query) = url.split_once('?').unwrap_or((url, ""));
         let mut schema = None;
-        let rest: Vec<&str> = query
-            .split('&')
-            .filter(|p| !p.is_empty())
-            .filter(|p| match p.strip_prefix("schema=") {
-                Some(name) => {
-                    schema = Some(name.to_owned());
-                    false
+        let mut rest = Vec::new();
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            if let Some(name) = pair.strip_prefix("schema=") {
+                schema = Some(name.to_owned());
+            } else if let Some(value) = pair.strip_prefix("synchronous_commit=") {
+                if !SYNCHRONOUS_COMMIT.contains(&value) {
+                    return Err(ConnectError::Option(format!(
+                        "synchronous_commit={value}: use local, remote_write, on or remote_apply \
+                         (Portcullis acknowledges a change only once it is committed)"
+                    )));
                 }
-                None => true,
-            })
-            .collect();
+                rest.push(format!("options[synchronous_commit]={value}"));
+            } else {
+                rest.push(pair.to_owned());
+            }
+        }
         let url = if rest.is_empty() {
             base.to_owned()
         } else {
             format!("{base}?{}", rest.join("&"))
         };
-        Self::connect(&url, schema.as_deref()).await
+        Ok((url, schema))
     }
 
     /// Closes the pool.
@@ -609,5 +648,33 @@ impl SessionStore for PostgresStore {
 
     async fn flush(&self) -> Result<(), StoreError> {
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod url_tests {
+    use super::*;
+
+    #[test]
+    fn store_url_options_become_client_settings() {
+        let (url, schema) = PostgresStore::client_url(
+            "postgres://pc@db/portcullis?schema=pc&synchronous_commit=remote_apply&sslmode=verify-full&sslrootcert=/etc/ca.pem",
+        )
+        .unwrap();
+        assert_eq!(schema.as_deref(), Some("pc"));
+        let options = PgConnectOptions::from_str(&url).unwrap();
+        assert!(
+            options
+                .get_options()
+                .is_some_and(|o| o.contains("synchronous_commit=remote_apply")),
+            "{url}"
+        );
+        assert!(matches!(options.get_ssl_mode(), PgSslMode::VerifyFull));
+        let err = PostgresStore::client_url("postgres://db/p?synchronous_commit=off")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("synchronous_commit=off: use local"), "{err}");
+        assert!(names_ssl_mode("postgres://db/p?schema=x&sslmode=require"));
+        assert!(!names_ssl_mode("postgres://db/p?schema=sslmode"));
     }
 }

@@ -422,6 +422,11 @@ impl RedisStore {
     /// `cert_file=PATH&key_file=PATH` (TLS). Every form and default: `options.rs`.
     pub async fn connect(url: &str) -> Result<Self, ConnectError> {
         let options = options::Options::parse(url)?;
+        if options.tls {
+            // rustls needs a process-wide crypto provider; the binary installs ring at start,
+            // and this does the same for any other user of the store (a no-op after the first).
+            let _ = rustls::crypto::ring::default_provider().install_default();
+        }
         let certificates = options.certificates()?;
         let wait = options.wait;
         let (conn, opener) = if options.cluster {

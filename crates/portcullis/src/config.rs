@@ -229,7 +229,8 @@ pub enum StoreUrl {
     Memory,
     /// A shared PostgreSQL database (`postgres://…` or `postgresql://…`).
     Postgres(String),
-    /// A shared Redis server or Redis Cluster (`redis://…`, `redis+cluster://h1:p1,h2:p2`).
+    /// A shared Redis server or Redis Cluster (`redis://…`, `redis+cluster://h1:p1,h2:p2`;
+    /// `rediss://…`, `rediss+cluster://…` over TLS).
     Redis(String),
 }
 
@@ -279,6 +280,15 @@ pub fn redact(url: &str) -> String {
         out.push_str(&params.join("&"));
     }
     out
+}
+
+/// Whether `url` names a Redis server or Cluster, over TLS or not.
+fn is_redis_url(url: &str) -> bool {
+    let tls = url
+        .strip_prefix("rediss")
+        .map(|rest| format!("redis{rest}"));
+    let url = tls.as_deref().unwrap_or(url);
+    url.starts_with("redis://") || url.starts_with("redis+cluster://")
 }
 
 impl Config {
@@ -353,13 +363,11 @@ impl Config {
             Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
                 Ok(StoreUrl::Postgres(url.to_owned()))
             }
-            Some(url) if url.starts_with("redis://") || url.starts_with("redis+cluster://") => {
-                Ok(StoreUrl::Redis(url.to_owned()))
-            }
+            Some(url) if is_redis_url(url) => Ok(StoreUrl::Redis(url.to_owned())),
             Some(url) => match url.strip_prefix("sqlite://") {
                 Some(path) if !path.is_empty() => Ok(StoreUrl::Sqlite(PathBuf::from(path))),
                 _ => Err(ConfigError::Invalid(format!(
-                    "store: \"{}\" is not supported by this build (use sqlite://PATH, postgres://…, redis://…, redis+cluster://… or memory://)",
+                    "store: \"{}\" is not supported by this build (use sqlite://PATH, postgres://…, redis://…, rediss://…, redis+cluster://…, rediss+cluster://… or memory://)",
                     redact(url)
                 ))),
             },
@@ -555,6 +563,23 @@ mod tests {
             Config::load(None, &shared).unwrap().store_lock().unwrap(),
             None
         );
+    }
+
+    #[test]
+    fn redis_store_urls_over_tls_are_accepted() {
+        for url in [
+            "rediss://localhost:6380?ca_file=/etc/portcullis/ca.pem",
+            "rediss+cluster://10.0.0.1:6380,10.0.0.2:6380?wait_replicas=1",
+        ] {
+            let over_tls = Overrides {
+                store: Some(url.into()),
+                ..Overrides::default()
+            };
+            assert_eq!(
+                Config::load(None, &over_tls).unwrap().store_url().unwrap(),
+                StoreUrl::Redis(url.into())
+            );
+        }
     }
 
     #[test]

@@ -138,6 +138,7 @@ impl Browser {
         portcullis_core::Origin {
             address: self.ip.as_deref(),
             device: self.cookie(DEVICE_COOKIE),
+            user_agent: self.user_agent.as_deref(),
         }
     }
 
