@@ -138,6 +138,10 @@ proptest! {
 #[test]
 fn durations_too_large_for_milliseconds_are_refused() {
     let too_large = format!("{}d", u64::MAX / 86_400_000 + 1);
-    assert!(parse_duration(&too_large).unwrap_err().contains("too large"));
+    assert!(
+        parse_duration(&too_large)
+            .unwrap_err()
+            .contains("too large")
+    );
     assert!(parse_duration(&format!("{}0s", u64::MAX)).is_err());
 }

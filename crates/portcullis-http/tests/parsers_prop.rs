@@ -12,6 +12,7 @@ use portcullis_http::error::ApiError;
 use portcullis_http::ui::device::describe;
 use portcullis_http::ui::web::{csrf_matches, csrf_token, read_cookie, safe_return_to};
 use proptest::prelude::*;
+use proptest::strategy::LazyJust;
 
 /// A `Cookie` header as a browser, a proxy or an attacker might send it.
 fn cookie_line() -> impl Strategy<Value = Vec<u8>> {
@@ -137,7 +138,9 @@ fn api_error() -> impl Strategy<Value = ApiError> {
     let text = || any::<String>();
     let reason = (0..EndReason::ALL.len()).prop_map(|i| EndReason::ALL[i]);
     prop_oneof![
-        reason.clone().prop_map(|r| ApiError::Engine(EngineError::Rejected(Rejection::for_ending(r)))),
+        reason
+            .clone()
+            .prop_map(|r| ApiError::Engine(EngineError::Rejected(Rejection::for_ending(r)))),
         prop_oneof![Just(Rejection::Malformed), Just(Rejection::Unknown)]
             .prop_map(|r| ApiError::Engine(EngineError::Rejected(r))),
         text().prop_map(|t| ApiError::Engine(EngineError::UnknownPolicy(t))),
@@ -147,25 +150,26 @@ fn api_error() -> impl Strategy<Value = ApiError> {
         text().prop_map(|t| ApiError::Engine(EngineError::NameTaken(t))),
         (any::<usize>(), any::<usize>())
             .prop_map(|(size, limit)| ApiError::Engine(EngineError::DataTooLarge { size, limit })),
-        Just(ApiError::Engine(EngineError::NotFound)),
-        Just(ApiError::Engine(EngineError::Conflict)),
-        Just(ApiError::Engine(EngineError::LimitReached)),
-        Just(ApiError::Engine(EngineError::GrantRequired(Grant::EndEverywhere))),
+        LazyJust::new(|| ApiError::Engine(EngineError::NotFound)),
+        LazyJust::new(|| ApiError::Engine(EngineError::Conflict)),
+        LazyJust::new(|| ApiError::Engine(EngineError::LimitReached)),
+        LazyJust::new(|| ApiError::Engine(EngineError::GrantRequired(Grant::EndEverywhere))),
         text().prop_map(|t| ApiError::Engine(EngineError::Store(StoreError::Corrupt(t)))),
-        text().prop_map(|t| ApiError::Engine(EngineError::Store(StoreError::Unavailable(t.into())))),
+        text()
+            .prop_map(|t| ApiError::Engine(EngineError::Store(StoreError::Unavailable(t.into())))),
         text().prop_map(ApiError::MalformedJson),
         text().prop_map(ApiError::InvalidBody),
         text().prop_map(ApiError::InvalidParameter),
         text().prop_map(ApiError::UnknownGrant),
         reason.prop_map(ApiError::SessionEnded),
-        Just(ApiError::MissingApiKey),
-        Just(ApiError::InvalidApiKey),
-        Just(ApiError::UnsupportedMediaType),
-        Just(ApiError::BodyTooLarge),
-        Just(ApiError::NoRoute),
-        Just(ApiError::MethodNotAllowed),
-        Just(ApiError::ParentNotLive),
-        Just(ApiError::ApplicationNotAllowed),
-        Just(ApiError::Internal),
+        LazyJust::new(|| ApiError::MissingApiKey),
+        LazyJust::new(|| ApiError::InvalidApiKey),
+        LazyJust::new(|| ApiError::UnsupportedMediaType),
+        LazyJust::new(|| ApiError::BodyTooLarge),
+        LazyJust::new(|| ApiError::NoRoute),
+        LazyJust::new(|| ApiError::MethodNotAllowed),
+        LazyJust::new(|| ApiError::ParentNotLive),
+        LazyJust::new(|| ApiError::ApplicationNotAllowed),
+        LazyJust::new(|| ApiError::Internal),
     ]
 }

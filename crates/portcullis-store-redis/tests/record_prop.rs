@@ -110,7 +110,10 @@ impl Fixture {
 
     /// A read of whatever is at `hash`'s record: a session, nothing, or a corrupt record.
     fn read(&self, hash: &TokenHash) -> Result<Option<Arc<Session>>, TestCaseError> {
-        match self.runtime.block_on(self.engine.store().find_by_token(hash)) {
+        match self
+            .runtime
+            .block_on(self.engine.store().find_by_token(hash))
+        {
             Ok(found) => Ok(found),
             Err(StoreError::Corrupt(_)) => Ok(None),
             Err(other) => Err(TestCaseError::fail(format!(
@@ -269,7 +272,7 @@ fn any_session_reads_back_from_redis_exactly_as_written() {
                 .block_on(f.engine.store().find_by_token(&written.token_hash))
                 .map_err(|e| TestCaseError::fail(format!("read: {e}")))?
                 .ok_or_else(|| TestCaseError::fail("the record is gone"))?;
-            prop_assert_eq!(&*read, &written);
+            prop_assert_eq!(&*read, &*written);
             // Ended in one of the ways a session ends, it reads back ended, the same.
             if shape.end > 0 {
                 let ended = match shape.end {
@@ -279,7 +282,12 @@ fn any_session_reads_back_from_redis_exactly_as_written() {
                         // Past every deadline, "Stay signed in" ones too.
                         f.clock.advance(Duration::from_secs(31 * 86_400));
                         f.runtime
-                            .block_on(f.engine.validate(&token, true, &Device::default(), &operator))
+                            .block_on(f.engine.validate(
+                                &token,
+                                true,
+                                &Device::default(),
+                                &operator,
+                            ))
                             .map(|_| ())
                             .or(Ok(()))
                     }
@@ -386,7 +394,7 @@ fn any_bytes_where_a_record_should_be_read_as_corrupt_or_a_session_never_a_panic
             // The real record reads again once it is back.
             f.set(&key, &original);
             let back = f.read(&hash)?;
-            prop_assert_eq!(back.as_deref(), Some(&issued.session));
+            prop_assert_eq!(back.as_deref(), Some(&*issued.session));
             Ok(())
         })
         .unwrap();
