@@ -52,6 +52,62 @@ pub struct Edge {
     pub trusted_proxies: peer::TrustedProxies,
     /// The audit log's writes: `/readyz` answers 503 while the last one failed.
     pub audit: AuditHealth,
+    /// Who may read `/metrics`.
+    pub metrics: MetricsAccess,
+}
+
+/// Who may read `/metrics` over TCP: a client (as [`peer::resolve_client`] finds it) in
+/// `allow`, or anyone presenting `token` as a bearer token. Default: loopback only, no token.
+/// Requests that came over no TCP connection (the admin socket, in-process tests) always may.
+#[derive(Clone)]
+pub struct MetricsAccess {
+    /// Clients allowed without a token.
+    pub allow: peer::TrustedProxies,
+    /// A bearer token that is also accepted.
+    pub token: Option<Arc<str>>,
+}
+
+impl std::fmt::Debug for MetricsAccess {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MetricsAccess")
+            .field("allow", &self.allow)
+            .field("token", &self.token.as_ref().map(|_| "***"))
+            .finish()
+    }
+}
+
+impl Default for MetricsAccess {
+    fn default() -> Self {
+        Self {
+            allow: peer::TrustedProxies::parse(["127.0.0.0/8", "::1"]).unwrap_or_default(),
+            token: None,
+        }
+    }
+}
+
+impl MetricsAccess {
+    /// Whether a request from `client` (`None`: not over TCP) with `headers` may read.
+    pub fn allows(
+        &self,
+        client: Option<std::net::IpAddr>,
+        headers: &axum::http::HeaderMap,
+    ) -> bool {
+        let Some(ip) = client else { return true };
+        if self.allow.contains(ip) {
+            return true;
+        }
+        let Some(token) = &self.token else {
+            return false;
+        };
+        let presented = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        use sha2::Digest;
+        // Equal-length digests, so the comparison's time says nothing about the token.
+        sha2::Sha256::digest(presented.as_bytes()) == sha2::Sha256::digest(token.as_bytes())
+    }
 }
 
 /// Whether audit events are reaching the audit log: the writer reports each write, `/readyz`
@@ -219,6 +275,8 @@ fn finish<S: Store>(router: Router<AppState<S>>, state: AppState<S>) -> Router {
     let settings = &state.ui.settings;
     let hsts = settings.tls.then(|| settings.hsts.header_value());
     let routes = router
+        // Per matched route: the template is only known inside the routes.
+        .route_layer(axum::middleware::from_fn(track_request))
         .fallback(|| async { ApiError::NoRoute })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .with_state(state);
@@ -282,6 +340,49 @@ pub fn admin_router<S: Store>(state: AppState<S>) -> Router {
     finish(routes.merge(ops_routes::<S>()), state)
 }
 
+/// The route template of a path that matched a route (the routes with parameters are few).
+pub fn route_template(path: &str) -> String {
+    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let template = match segments.as_slice() {
+        ["v1", "sessions", verb] if ["validate", "rotate", "elevate", "logout"].contains(verb) => {
+            return path.to_owned();
+        }
+        ["v1", "sessions", _] => "/v1/sessions/{id}",
+        ["v1", "sessions", _, "data"] => "/v1/sessions/{id}/data",
+        ["v1", "subjects", _, "sessions"] => "/v1/subjects/{subject}/sessions",
+        ["admin", "api-keys", _] => "/admin/api-keys/{id}",
+        ["admin", "applications", _] => "/admin/applications/{app}",
+        ["admin", "users", _] => "/admin/users/{username}",
+        ["assets", _] => "/assets/{name}",
+        _ => return path.to_owned(),
+    };
+    template.to_owned()
+}
+
+/// `portcullis_http_request_duration_seconds{route, method, status}`: the route template
+/// (`/v1/sessions/{id}`), never the path a client typed, so the label set stays bounded.
+async fn track_request(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let started = std::time::Instant::now();
+    let route = route_template(request.uri().path());
+    let method = request.method().as_str().to_owned();
+    let response = next.run(request).await;
+    let status = match response.status().as_u16() {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    };
+    metrics::histogram!(
+        "portcullis_http_request_duration_seconds",
+        "route" => route,
+        "method" => method,
+        "status" => status,
+    )
+    .record(started.elapsed().as_secs_f64());
+    response
+}
+
 async fn healthz() -> Json<StatusView> {
     Json(StatusView { status: "ok" })
 }
@@ -315,7 +416,19 @@ async fn readyz<S: Store>(State(state): State<AppState<S>>) -> Response {
     Json(StatusView { status: "ready" }).into_response()
 }
 
-async fn metrics_text<S: Store>(State(state): State<AppState<S>>) -> Response {
+async fn metrics_text<S: Store>(
+    State(state): State<AppState<S>>,
+    peer::ClientAddr(client): peer::ClientAddr,
+    headers: axum::http::HeaderMap,
+) -> Response {
+    if !state.edge().metrics.allows(client, &headers) {
+        return (
+            StatusCode::FORBIDDEN,
+            [(header::CONTENT_TYPE, "text/plain")],
+            "metrics are not served to this client (see metrics_allow and metrics_token)\n",
+        )
+            .into_response();
+    }
     let text = state
         .metrics
         .as_ref()

@@ -1,4 +1,5 @@
-//! The JSON-lines audit log a SIEM ingests: one line per committed event, to stdout or a file.
+//! The JSON-lines audit log a SIEM ingests: one line per committed event, to stdout or a file,
+//! as Portcullis's own JSON (`audit_format = "json"`) or OCSF (`"ocsf"`, [`crate::ocsf`]).
 
 use std::fs::OpenOptions;
 use std::io::{self, Write};
@@ -10,10 +11,23 @@ use portcullis_http::AuditHealth;
 use portcullis_http::wire::EventView;
 use std::sync::Mutex;
 
-/// Writes each event as one JSON line (the same shape as `GET /v1/events`) and counts it.
+/// The shape of each line of the audit log.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuditFormat {
+    /// The shape of `GET /v1/events` (the default).
+    #[default]
+    Json,
+    /// An OCSF 1.1 event ([`crate::ocsf`]).
+    Ocsf,
+}
+
+/// Writes each event as one JSON line (the same shape as `GET /v1/events`, or OCSF) and
+/// counts it.
 pub struct JsonLinesSink {
     out: Option<Mutex<Box<dyn Write + Send>>>,
     health: AuditHealth,
+    format: AuditFormat,
 }
 
 impl JsonLinesSink {
@@ -40,7 +54,14 @@ impl JsonLinesSink {
         Self {
             out: out.map(Mutex::new),
             health: AuditHealth::default(),
+            format: AuditFormat::Json,
         }
+    }
+
+    /// Writes lines in `format`.
+    pub fn with_format(mut self, format: AuditFormat) -> Self {
+        self.format = format;
+        self
     }
 
     /// Reports every write's outcome to `health` (what `/readyz` reads).
@@ -50,14 +71,44 @@ impl JsonLinesSink {
     }
 }
 
-impl AuditSink for JsonLinesSink {
-    fn publish(&self, event: &AuditEvent) {
-        if event.kind == EventKind::SessionEnded {
+/// Counts what operators watch from the events: endings by reason, sign-ins by outcome.
+fn count(event: &AuditEvent) {
+    match event.kind {
+        EventKind::SessionEnded => {
             let reason = event.reason.map_or("unknown", |r| r.as_str());
             metrics::counter!("portcullis_sessions_ended_total", "reason" => reason).increment(1);
         }
+        // A sign-in is complete when its SSO session is created.
+        EventKind::SessionCreated
+            if event.policy.as_deref() == Some(portcullis_core::application::SSO_POLICY) =>
+        {
+            metrics::counter!("portcullis_sign_ins_total", "outcome" => "success").increment(1);
+        }
+        EventKind::LoginFailed => {
+            metrics::counter!("portcullis_sign_ins_total", "outcome" => "failure").increment(1);
+        }
+        EventKind::LoginThrottled => {
+            metrics::counter!("portcullis_sign_ins_total", "outcome" => "throttled").increment(1);
+        }
+        EventKind::SessionDeviceChanged
+        | EventKind::SessionBurst
+        | EventKind::LoginStuffingSuspected => {
+            metrics::counter!("portcullis_anomalies_total", "kind" => event.kind.as_str())
+                .increment(1);
+        }
+        _ => {}
+    }
+}
+
+impl AuditSink for JsonLinesSink {
+    fn publish(&self, event: &AuditEvent) {
+        count(event);
         let Some(out) = &self.out else { return };
-        let Ok(mut line) = serde_json::to_vec(&EventView::from(event)) else {
+        let written = match self.format {
+            AuditFormat::Json => serde_json::to_vec(&EventView::from(event)),
+            AuditFormat::Ocsf => serde_json::to_vec(&crate::ocsf::to_ocsf(event)),
+        };
+        let Ok(mut line) = written else {
             return;
         };
         line.push(b'\n');

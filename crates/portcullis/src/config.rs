@@ -81,6 +81,17 @@ pub struct Config {
     /// `stdout`, `off`, or a file path for the JSON-lines audit log.
     #[serde(default = "default_audit_log")]
     pub audit_log: String,
+    /// The shape of each audit line: `json` (the `/v1/events` shape) or `ocsf` (OCSF 1.1).
+    #[serde(default)]
+    pub audit_format: crate::audit::AuditFormat,
+    /// Clients (CIDRs or addresses, after `trusted_proxies`) that may read `/metrics` without
+    /// a token; default loopback only. The admin socket always may.
+    #[serde(default = "default_metrics_allow")]
+    pub metrics_allow: Vec<String>,
+    /// A bearer token that also opens `/metrics` (`Authorization: Bearer …`), from any
+    /// address. Best given as `PORTCULLIS_METRICS_TOKEN`; never printed.
+    #[serde(default, skip_serializing)]
+    pub metrics_token: Option<SecretText>,
     /// Largest session data in bytes (serialised JSON).
     #[serde(default = "default_max_data")]
     pub max_data_bytes: usize,
@@ -172,6 +183,9 @@ fn default_data_dir() -> PathBuf {
 }
 fn default_audit_log() -> String {
     "stdout".into()
+}
+fn default_metrics_allow() -> Vec<String> {
+    vec!["127.0.0.0/8".into(), "::1".into()]
 }
 fn default_max_data() -> usize {
     16 * 1024
@@ -352,6 +366,13 @@ impl Config {
         }
         TrustedProxies::parse(self.trusted_proxies.iter().map(String::as_str))
             .map_err(|e| ConfigError::Invalid(format!("trusted_proxies: {e}")))?;
+        TrustedProxies::parse(self.metrics_allow.iter().map(String::as_str))
+            .map_err(|e| ConfigError::Invalid(format!("metrics_allow: {e}")))?;
+        if self.metrics_token.as_ref().is_some_and(|t| t.0.len() < 16) {
+            return Err(ConfigError::Invalid(
+                "metrics_token: must be at least 16 characters".into(),
+            ));
+        }
         Ok(())
     }
 

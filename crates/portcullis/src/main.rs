@@ -3,6 +3,7 @@
 mod admin_client;
 mod audit;
 mod config;
+mod ocsf;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -487,6 +488,20 @@ fn config_check(config: &Config) -> Result<()> {
     println!("data_dir: {}", config.data_dir.display());
     println!("store: {}", config.store_url()?);
     println!("audit_log: {}", config.audit_log);
+    println!("audit_format: {:?}", config.audit_format);
+    println!(
+        "metrics: from {}{}",
+        if config.metrics_allow.is_empty() {
+            "no address".to_owned()
+        } else {
+            config.metrics_allow.join(", ")
+        },
+        if config.metrics_token.is_some() {
+            ", or with the metrics token"
+        } else {
+            ""
+        }
+    );
     let proxies = config.trusted_proxies();
     if proxies.is_empty() {
         println!("trusted_proxies: none (the TCP peer is the client)");
@@ -627,7 +642,11 @@ async fn in_process_call(
 ) -> Result<(StatusCode, serde_json::Value)> {
     let sink: Arc<dyn AuditSink> = match config.audit_log.as_str() {
         "stdout" => Arc::new(NoAuditSink),
-        other => Arc::new(JsonLinesSink::open(other).context("cannot open the audit log")?),
+        other => Arc::new(
+            JsonLinesSink::open(other)
+                .context("cannot open the audit log")?
+                .with_format(config.audit_format),
+        ),
     };
     let (opened, users) = open_store(config).await?;
     let router = match opened {
@@ -802,14 +821,27 @@ async fn serve(config: Config) -> Result<()> {
         }
     };
     let audit = AuditHealth::default();
-    let sink: Arc<dyn AuditSink> = Arc::new(
+    let log: Arc<dyn AuditSink> = Arc::new(
         JsonLinesSink::open(&config.audit_log)
             .context("cannot open the audit log")?
+            .with_format(config.audit_format)
             .reporting_to(audit.clone()),
     );
+    // Credential stuffing and session bursts are watched on the way to the log.
+    let sink: Arc<dyn AuditSink> = Arc::new(portcullis_core::event::AnomalySink::new(log));
     let edge = Edge {
         trusted_proxies: config.trusted_proxies(),
         audit,
+        metrics: portcullis_http::MetricsAccess {
+            allow: portcullis_http::peer::TrustedProxies::parse(
+                config.metrics_allow.iter().map(String::as_str),
+            )
+            .unwrap_or_default(),
+            token: config
+                .metrics_token
+                .as_ref()
+                .map(|t| Arc::from(t.0.as_str())),
+        },
     };
     let (opened, users) = open_store(&config).await?;
     match opened {
@@ -884,6 +916,14 @@ async fn run_server<S: Store>(
     edge: Edge,
 ) -> Result<()> {
     let recorder = metrics_exporter_prometheus::PrometheusBuilder::new()
+        // Latencies as histograms (Prometheus can aggregate them across nodes).
+        .set_buckets_for_metric(
+            metrics_exporter_prometheus::Matcher::Suffix("_seconds".into()),
+            &[
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+            ],
+        )
+        .context("cannot configure the metrics recorder")?
         .install_recorder()
         .context("cannot install the metrics recorder")?;
     services.metrics = Some(Arc::new(move || recorder.render()));
@@ -903,7 +943,9 @@ async fn run_server<S: Store>(
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             let mut ticks: u64 = 0;
             loop {
-                tick.tick().await;
+                let due = tick.tick().await;
+                // How late the sweep starts: a busy runtime or a slow last sweep.
+                metrics::gauge!("portcullis_sweep_lag_seconds").set(due.elapsed().as_secs_f64());
                 ticks += 1;
                 // Forgotten failure counts go about once a minute (Redis drops its own).
                 if ticks.is_multiple_of((60_000 / every.as_millis().max(1)).max(1) as u64) {
@@ -911,7 +953,15 @@ async fn run_server<S: Store>(
                         tracing::warn!(error = %err, "dropping forgotten sign-in failures failed; will retry");
                     }
                 }
-                match engine.sweep().await {
+                let started = std::time::Instant::now();
+                let swept = engine.sweep().await;
+                metrics::histogram!("portcullis_sweep_duration_seconds")
+                    .record(started.elapsed().as_secs_f64());
+                if swept.is_err() {
+                    metrics::counter!("portcullis_store_errors_total", "op" => "sweep")
+                        .increment(1);
+                }
+                match swept {
                     Ok(report) if report.expired > 0 || report.purged > 0 => {
                         tracing::debug!(expired = report.expired, purged = report.purged, "swept");
                     }
