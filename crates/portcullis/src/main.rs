@@ -948,10 +948,11 @@ async fn run_server<S: Store>(
                 metrics::gauge!("portcullis_sweep_lag_seconds").set(due.elapsed().as_secs_f64());
                 ticks += 1;
                 // Forgotten failure counts go about once a minute (Redis drops its own).
-                if ticks.is_multiple_of((60_000 / every.as_millis().max(1)).max(1) as u64) {
-                    if let Err(err) = accounts.throttle().forget_expired(engine.now()).await {
-                        tracing::warn!(error = %err, "dropping forgotten sign-in failures failed; will retry");
-                    }
+                let minute = (60_000 / every.as_millis().max(1)).max(1) as u64;
+                if ticks.is_multiple_of(minute)
+                    && let Err(err) = accounts.throttle().forget_expired(engine.now()).await
+                {
+                    tracing::warn!(error = %err, "dropping forgotten sign-in failures failed; will retry");
                 }
                 let started = std::time::Instant::now();
                 let swept = engine.sweep().await;
