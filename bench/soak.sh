@@ -17,7 +17,8 @@
 # Traffic goes to 127.0.0.1 only; each wrk run is bounded in time. Redis: a private redis-server
 # on 6391 started and stopped here; PostgreSQL: a schema of its own on 127.0.0.1:5432, dropped at
 # the end (the services of .ci/run). Results: bench/results/soak-<time>/soak.md.
-# Env: CONNS (4: wrk threads, one connection each), POOL (50), SIGNIN_EVERY (400).
+# Env: CONNS (4: wrk threads, one connection each), POOL (50), SIGNIN_EVERY (400), SOAK_BIN
+#      (a release binary to use instead of building one).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -49,10 +50,14 @@ command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk;
 wait_http() { for _ in $(seq 200); do curl -fs "$1" >/dev/null 2>&1 && return 0; sleep 0.05; done; echo "no answer from $1" >&2; return 1; }
 rss_mib() { awk '/VmRSS/{printf "%.1f", $2 / 1024}' "/proc/$1/status"; }
 
-echo "== building Portcullis (release)"
-cargo build -q --release -p portcullis
-TARGET=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys;print(json.load(sys.stdin)["target_directory"])')
-PC=$TARGET/release/portcullis
+if [ -n "${SOAK_BIN:-}" ]; then
+  PC=$SOAK_BIN
+else
+  echo "== building Portcullis (release)"
+  cargo build -q --release -p portcullis
+  TARGET=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys;print(json.load(sys.stdin)["target_directory"])')
+  PC=$TARGET/release/portcullis
+fi
 
 redis-server --port $REDIS_PORT --bind 127.0.0.1 --save '' --appendonly no --daemonize yes \
   --pidfile "$OUT/redis.pid" --logfile "$OUT/redis.log" --dir "$OUT"
@@ -66,10 +71,15 @@ declare -A URLS=(
 {
   echo "# Soak: $MINUTES min of mixed load per store"
   echo
-  echo "- date: $(date -u '+%Y-%m-%d %H:%M:%S UTC'); commit $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- crates || echo ' + uncommitted changes')"
+  if [ -n "${SOAK_BIN:-}" ]; then
+    echo "- date: $(date -u '+%Y-%m-%d %H:%M:%S UTC'); binary: $SOAK_BIN (given, not built here)"
+  else
+    echo "- date: $(date -u '+%Y-%m-%d %H:%M:%S UTC'); commit $(git rev-parse --short HEAD 2>/dev/null || echo '(not a git checkout)')$(git diff --quiet HEAD -- crates 2>/dev/null || echo ' + uncommitted changes')"
+  fi
   echo "- host: $(nproc) cores, $(awk '/MemTotal/{printf "%.1f GiB", $2/1048576}' /proc/meminfo); redis $(redis-server --version | awk '{print $3}'); postgres $(psql --version | awk '{print $3}')"
-  echo "- load: wrk -t$CONNS -c$CONNS --latency -s bench/lua/mixed.lua, one 60 s run per minute; per connection a pool of $POOL sessions (validate 80 %, rotate 10 %, logout 10 %, creates refill it), a page sign-in and sign-out (5 requests, one Argon2id) every $SIGNIN_EVERY requests"
-  echo "- server: \`ended_retention = \"1m\"\`, \`sweep_interval = \"5s\"\`, audit log off; RSS of the server process at the end of each minute"
+  echo "- load: wrk -t$CONNS -c$CONNS --latency -s bench/lua/mixed.lua, per minute a 57 s run and a 3 s pause; per connection a pool of $POOL sessions (validate 80 %, rotate 10 %, logout 10 %, creates refill it), a page sign-in and sign-out (5 requests, one Argon2id) every $SIGNIN_EVERY requests"
+  echo "- server: \`ended_retention = \"1m\"\`, \`sweep_interval = \"5s\"\`, audit log off; RSS of the server process at the end of each minute under load, and settled (3 s after the load stopped: a sign-in's Argon2id takes 19 MiB while it runs)"
+  echo "- refused: the 4xx/5xx answers of the minute by request kind (signinN: step N of a page sign-in)"
   echo
 } >"$REPORT"
 
@@ -99,17 +109,20 @@ for store in $STORE_LIST; do
     echo "Idle RSS after start: $idle MiB."
     echo
     if [ "$store" = redis ]; then
-      echo "| minute | req/s | p50 ms | p99 ms | non-2xx/3xx | RSS MiB | Redis used MiB |"
-      echo "|---:|---:|---:|---:|---:|---:|---:|"
+      echo "| minute | req/s | p50 ms | p99 ms | refused | RSS MiB (load) | RSS MiB (settled) | Redis used MiB |"
+      echo "|---:|---:|---:|---:|---|---:|---:|---:|"
     else
-      echo "| minute | req/s | p50 ms | p99 ms | non-2xx/3xx | RSS MiB |"
-      echo "|---:|---:|---:|---:|---:|---:|"
+      echo "| minute | req/s | p50 ms | p99 ms | refused | RSS MiB (load) | RSS MiB (settled) |"
+      echo "|---:|---:|---:|---:|---|---:|---:|"
     fi
   } >>"$REPORT"
   rss_series=()
   for minute in $(seq "$MINUTES"); do
-    out=$(wrk -t"$CONNS" -c"$CONNS" -d60s --timeout 10s --latency -s bench/lua/mixed.lua "http://127.0.0.1:$port/")
+    out=$(wrk -t"$CONNS" -c"$CONNS" -d57s --timeout 10s --latency -s bench/lua/mixed.lua "http://127.0.0.1:$port/")
+    loaded=$(rss_mib "$pid")
+    sleep 3
     echo "$out" >"$OUT/$store.minute$minute.txt"
+    refused=$(awk -F': ' '/^refused:/ { print ($2 == "" ? "0" : $2) }' <<<"$out")
     read -r rps p50 p99 bad <<<"$(awk '
       function ms(v) { if (v ~ /us$/) { sub(/us$/, "", v); return v / 1000 } if (v ~ /ms$/) { sub(/ms$/, "", v); return v } if (v ~ /s$/) { sub(/s$/, "", v); return v * 1000 } return v }
       /Requests\/sec/ { r = $2 }
@@ -119,7 +132,7 @@ for store in $STORE_LIST; do
       END { printf "%.0f %.2f %.2f %d\n", r, p50, p99, n }' <<<"$out")"
     rss=$(rss_mib "$pid")
     rss_series+=("$rss")
-    row="| $minute | $rps | $p50 | $p99 | $bad | $rss |"
+    row="| $minute | $rps | $p50 | $p99 | ${refused:-$bad} | $loaded | $rss |"
     if [ "$store" = redis ]; then
       used=$(redis-cli -p $REDIS_PORT info memory | awk -F: '/^used_memory:/{printf "%.1f", $2 / 1048576}')
       row="$row $used |"

@@ -22,6 +22,12 @@ local counter = 0
 local pending = nil   -- what the last request was: "create", "rotate" (with slot), or a sign-in step
 local slot = nil
 local signin = nil    -- {stage, cookie, csrf}
+refused = {}          -- "what status" -> count, for the summary (read by done() per thread)
+local threads = {}
+
+setup = function(thread)
+  table.insert(threads, thread)
+end
 
 local function form(fields)
   local parts = {}
@@ -120,6 +126,12 @@ request = function()
 end
 
 response = function(status, headers, body)
+  if status >= 400 then
+    local what = pending
+    if pending == "signin" then what = "signin" .. signin.stage end
+    local k = what .. " " .. status
+    refused[k] = (refused[k] or 0) + 1
+  end
   if pending == "signin" then
     sign_in_response(status, headers, body)
   elseif pending == "create" then
@@ -142,4 +154,12 @@ end
 
 done = function(summary, latency, requests)
   io.write(string.format("non2xx=%d\n", summary.errors.status))
+  local all = {}
+  for _, thread in ipairs(threads) do
+    for k, n in pairs(thread:get("refused") or {}) do all[k] = (all[k] or 0) + n end
+  end
+  local parts = {}
+  for k, n in pairs(all) do table.insert(parts, k .. "=" .. n) end
+  table.sort(parts)
+  io.write("refused: " .. table.concat(parts, ", ") .. "\n")
 end
