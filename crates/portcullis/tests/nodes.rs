@@ -327,8 +327,14 @@ impl PrivatePostgres {
             .map(|e| e.unwrap().path().join("bin"))
             .max()
             .unwrap();
-        let dir = root.join("pg");
-        std::fs::create_dir_all(&dir).unwrap();
+        // Not under `root`: the server's data directory is private (0700), and the postgres
+        // user must be able to reach its own directory.
+        let _ = root;
+        let dir = tempfile::tempdir().unwrap().keep();
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
         if is_root() {
             std::process::Command::new("chown")
                 .args(["-R", "postgres"])
