@@ -41,9 +41,21 @@ SUITES=(
 )
 
 echo "== building the property tests ${PROFILE[*]:-(debug)}"
+# Rounds run the test executables themselves (as cargo would, from the crate's directory), so a
+# round never waits for cargo's lock on a build directory another build is using.
+declare -A EXE
 for suite in "${SUITES[@]}"; do
-  read -r _ package test <<<"$suite"
-  cargo test -q "${PROFILE[@]}" -p "$package" --test "$test" --no-run
+  read -r name package test <<<"$suite"
+  EXE[$name]=$(cargo test -q "${PROFILE[@]}" -p "$package" --test "$test" --no-run --message-format=json |
+    python3 -c 'import json, sys
+for line in sys.stdin:
+    try:
+        m = json.loads(line)
+    except ValueError:
+        continue
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["kind"] == ["test"]:
+        print(m["executable"])' | tail -n 1)
+  [ -x "${EXE[$name]}" ] || { echo "no test executable for $name" >&2; exit 1; }
 done
 
 declare -A ROUNDS PROPS CASES_RUN SECS FAILED
@@ -61,7 +73,7 @@ while [ $SECONDS -lt $deadline ]; do
     read -r name package test <<<"$suite"
     started=$SECONDS
     log=$OUT/$name.round$round.log
-    if PROPTEST_CASES=$CASES cargo test -q "${PROFILE[@]}" -p "$package" --test "$test" >"$log" 2>&1; then
+    if (cd "crates/$package" && PROPTEST_CASES=$CASES "${EXE[$name]}" -q) >"$log" 2>&1; then
       status=ok
       rm -f "$log"
     else
@@ -69,7 +81,7 @@ while [ $SECONDS -lt $deadline ]; do
       FAILED[$name]=$((FAILED[$name] + 1))
     fi
     props=$(awk '/^test result:/ { for (i = 1; i <= NF; i++) if ($(i) ~ /^passed;?$/) p += $(i-1) } END { print p + 0 }' "$log" 2>/dev/null || echo 0)
-    [ "$status" = ok ] && props=$(PROPTEST_CASES=1 cargo test -q "${PROFILE[@]}" -p "$package" --test "$test" -- --list 2>/dev/null | grep -c ': test$' || true)
+    [ "$status" = ok ] && props=$("${EXE[$name]}" --list 2>/dev/null | grep -c ': test$' || true)
     ROUNDS[$name]=$((ROUNDS[$name] + 1))
     PROPS[$name]=$props
     CASES_RUN[$name]=$((CASES_RUN[$name] + props * CASES))
@@ -81,7 +93,7 @@ done
 {
   echo "# Property tests, $MINUTES min: $CASES cases a property per round"
   echo
-  echo "- build: ${PROFILE[*]:-debug}; date: $(date -u '+%Y-%m-%d %H:%M:%S UTC'); commit $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- crates || echo ' + uncommitted changes'); $(nproc) cores"
+  echo "- build: ${PROFILE[*]:-debug}; date: $(date -u '+%Y-%m-%d %H:%M:%S UTC'); commit $(git rev-parse --short HEAD 2>/dev/null || echo '(not a git checkout)')$(git diff --quiet HEAD -- crates 2>/dev/null || echo ' + uncommitted changes'); $(nproc) cores"
   echo
   echo "| suite | tests | rounds | cases run (tests × cases × rounds) | seconds | failed rounds |"
   echo "|---|---:|---:|---:|---:|---:|"
