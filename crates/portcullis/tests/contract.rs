@@ -67,8 +67,9 @@ async fn openapi_contract_holds_under_schemathesis_with_every_check() {
     let server = Server::start(&dir).await;
     let repository = repository();
     let reports = tempfile::tempdir().unwrap();
+    // Run from a directory of its own: Schemathesis keeps a cache (`.schemathesis/`) where it runs.
     let mut child = schemathesis()
-        .current_dir(&repository)
+        .current_dir(reports.path())
         .arg("--config-file")
         .arg(repository.join("schemathesis.toml"))
         .arg("run")
