@@ -114,8 +114,14 @@ async fn cluster_ok(port: u16) -> bool {
     info.is_ok_and(|i| i.contains("cluster_state:ok"))
 }
 
-/// Ends each session concurrently; answers the ones acknowledged and the ones refused.
-async fn end_all(store: &RedisStore, sessions: &[Session]) -> (Vec<Session>, Vec<Session>) {
+/// Ends each session concurrently; answers the ones acknowledged and the ones refused. A retry
+/// may find its session ended already (by an attempt answered 503 that the replicas confirmed
+/// later), which is as good.
+async fn end_all(
+    store: &RedisStore,
+    sessions: &[Session],
+    retry: bool,
+) -> (Vec<Session>, Vec<Session>) {
     let mut tasks = JoinSet::new();
     for session in sessions {
         let store = store.clone();
@@ -131,7 +137,7 @@ async fn end_all(store: &RedisStore, sessions: &[Session]) -> (Vec<Session>, Vec
     while let Some(joined) = tasks.join_next().await {
         match joined.unwrap() {
             (session, Ok(ended)) => {
-                assert_eq!(ended.sessions.len(), 1);
+                assert!(ended.sessions.len() == 1 || retry && ended.sessions.is_empty());
                 acknowledged.push(session);
             }
             (session, Err(StoreError::Unavailable(_))) => refused.push(session),
@@ -170,8 +176,9 @@ async fn acknowledged_endings_survive_a_killed_primary_and_a_failover() {
         .unwrap();
     assert!(
         created.status.success(),
-        "{}",
-        String::from_utf8_lossy(&created.stdout)
+        "redis-cli --cluster create: {}{}",
+        String::from_utf8_lossy(&created.stdout),
+        String::from_utf8_lossy(&created.stderr)
     );
     for node in &nodes {
         let port = node.port;
@@ -180,19 +187,23 @@ async fn acknowledged_endings_survive_a_killed_primary_and_a_failover() {
         })
         .await;
     }
+    // Every node knows every primary's replica (the store asks any node at start).
+    for node in &nodes {
+        let port = node.port;
+        until(
+            Duration::from_secs(20),
+            "every primary has its replica",
+            async || {
+                let entries = topology(port).await;
+                entries
+                    .iter()
+                    .filter(|e| e.primary_of.is_none())
+                    .all(|p| entries.iter().any(|e| e.primary_of.as_ref() == Some(&p.id)))
+            },
+        )
+        .await;
+    }
     let first = nodes[0].port;
-    until(
-        Duration::from_secs(20),
-        "every primary has its replica",
-        async || {
-            let entries = topology(first).await;
-            entries
-                .iter()
-                .filter(|e| e.primary_of.is_none())
-                .all(|p| entries.iter().any(|e| e.primary_of.as_ref() == Some(&p.id)))
-        },
-    )
-    .await;
     let entries = topology(first).await;
     let primary = entries
         .iter()
@@ -233,7 +244,8 @@ async fn acknowledged_endings_survive_a_killed_primary_and_a_failover() {
     let doomed_tag = format!("{:02x}", on_primary.first().unwrap());
 
     let store = RedisStore::connect(&format!(
-        "redis+cluster://{}?prefix=fo&wait_timeout=300ms",
+        // Long enough that a healthy replica on a loaded machine always confirms in time.
+        "redis+cluster://{}?prefix=fo&wait_timeout=2s",
         addresses[..3].join(",")
     ))
     .await
@@ -258,9 +270,9 @@ async fn acknowledged_endings_survive_a_killed_primary_and_a_failover() {
     }
 
     // The replica confirms: endings are acknowledged.
-    let (mut acknowledged, refused) = end_all(&store, &there[..30]).await;
+    let (mut acknowledged, refused) = end_all(&store, &there[..30], false).await;
     assert!(refused.is_empty(), "refused while the replica answers");
-    let (others, refused) = end_all(&store, &elsewhere[..10]).await;
+    let (others, refused) = end_all(&store, &elsewhere[..10], false).await;
     assert!(refused.is_empty());
     acknowledged.extend(others);
 
@@ -277,11 +289,11 @@ async fn acknowledged_endings_survive_a_killed_primary_and_a_failover() {
             .unwrap();
     }
     // Endings elsewhere are still acknowledged; those on the primary are refused.
-    let (others, refused) = end_all(&store, &elsewhere[10..]).await;
+    let (others, refused) = end_all(&store, &elsewhere[10..], false).await;
     assert!(refused.is_empty(), "other primaries' replicas confirm");
     acknowledged.extend(others);
     let lagging = Instant::now();
-    let (confirmed, refused) = end_all(&store, &there[30..]).await;
+    let (confirmed, refused) = end_all(&store, &there[30..], false).await;
     assert!(
         confirmed.is_empty(),
         "an ending the replica never confirmed was acknowledged"
@@ -390,7 +402,7 @@ async fn acknowledged_endings_survive_a_killed_primary_and_a_failover() {
             "{} retried endings still refused",
             pending.len()
         );
-        pending = end_all(&store, &pending).await.1;
+        pending = end_all(&store, &pending, true).await.1;
     }
     for session in &there[30..] {
         let found = store.find_by_id(&session.id).await.unwrap().unwrap();

@@ -2,18 +2,26 @@
 //! port, in its own directory, ended with the test (also when it fails).
 #![allow(dead_code)]
 
+use std::collections::BTreeSet;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-/// A port nothing listens on now.
+/// A port nothing listens on now, and never handed out before in this process.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static GIVEN: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        if GIVEN.lock().unwrap().insert(port) {
+            return port;
+        }
+    }
 }
 
 /// Whether something accepts connections on `port`.
@@ -55,6 +63,8 @@ impl RedisProcess {
     pub fn start(root: &Path, name: &str, port: u16, args: &[&str]) -> Self {
         let dir = root.join(name);
         std::fs::create_dir_all(&dir).unwrap();
+        // A restart in the same directory must not read the last run's log as its own.
+        let _ = std::fs::remove_file(dir.join("redis.log"));
         let mut command = Command::new("redis-server");
         if !args.contains(&"--port") {
             command.args(["--port", &port.to_string()]);
@@ -79,7 +89,8 @@ impl RedisProcess {
         let child = command.spawn().expect("redis-server must be installed");
         let mut server = Self { port, dir, child };
         let started = Instant::now();
-        while !listening(port) {
+        // Ready when this process says so (something else may listen on the port).
+        while !server.log().contains("Ready to accept connections") {
             if let Ok(Some(status)) = server.child.try_wait() {
                 panic!("redis-server {name} exited ({status}): {}", server.log());
             }
