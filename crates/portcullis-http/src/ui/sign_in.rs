@@ -854,9 +854,9 @@ mod tests {
         );
     }
 
-    #[tokio::test]
-    async fn with_two_factor_the_code_comes_between_the_password_and_stay_signed_in() {
-        let h = Harness::new();
+    /// Alice with a second factor enrolled, after the right password: the factor's secret and
+    /// the password step's answer.
+    async fn password_with_two_factor(h: &Harness) -> (String, crate::ui::tests::Answer) {
         let alice = h.user("alice").await;
         let secret = h.accounts.new_totp_secret();
         let code = portcullis_core::account::totp_code(&secret, h.now()).unwrap();
@@ -866,8 +866,7 @@ mod tests {
             .unwrap();
         // The enrolment used this time step's code up.
         h.advance(Duration::from_secs(30));
-
-        let csrf = login_csrf(&h).await;
+        let csrf = login_csrf(h).await;
         let password = h
             .post(
                 "/login",
@@ -879,6 +878,13 @@ mod tests {
                 ],
             )
             .await;
+        (secret, password)
+    }
+
+    #[tokio::test]
+    async fn with_two_factor_the_code_comes_between_the_password_and_stay_signed_in() {
+        let h = Harness::new();
+        let (secret, password) = password_with_two_factor(&h).await;
         assert_eq!(password.location(), "/login/otp");
         let pending = password.cookie(SIGN_IN_COOKIE).unwrap();
         let jar = cookie(SIGN_IN_COOKIE, &pending);
@@ -999,26 +1005,7 @@ mod tests {
     #[tokio::test]
     async fn nist5_2_2_the_fifth_wrong_code_ends_the_sign_in_in_progress() {
         let h = Harness::new();
-        let alice = h.user("alice").await;
-        let secret = h.accounts.new_totp_secret();
-        let code = portcullis_core::account::totp_code(&secret, h.now()).unwrap();
-        h.accounts
-            .enrol_totp(&alice.id, &secret, &code, &Actor::cli())
-            .await
-            .unwrap();
-        h.advance(Duration::from_secs(30));
-        let csrf = login_csrf(&h).await;
-        let password = h
-            .post(
-                "/login",
-                &cookie(LOGIN_CSRF_COOKIE, &csrf),
-                &[
-                    ("csrf", &csrf),
-                    ("username", "alice"),
-                    ("password", PASSWORD),
-                ],
-            )
-            .await;
+        let (secret, password) = password_with_two_factor(&h).await;
         let pending = password.cookie(SIGN_IN_COOKIE).unwrap();
         let jar = cookie(SIGN_IN_COOKIE, &pending);
         let wrong = wrong_code(&secret, h.now());
