@@ -113,15 +113,20 @@ impl Strikes {
     /// before (`None` when there is none). The one rule every backend applies, atomically.
     pub fn count(before: Option<Self>, rules: &ThrottleRules, now: Timestamp) -> (Self, Verdict) {
         let current = before.filter(|s| s.expires_at(rules) > now);
-        if let Some(s) = current.filter(|s| s.blocked_until > now) {
+        // An attempt stamped before the last one counted (a task that read the clock before
+        // another counted, or a node whose clock is behind) counts as at the same instant:
+        // otherwise "no block" (blocked until the last attempt) would read as a block of a
+        // few milliseconds, and concurrent right passwords would be refused.
+        let at = current.map_or(now, |s| now.max(s.last_failure));
+        if let Some(s) = current.filter(|s| s.blocked_until > at) {
             return (s, Verdict::Blocked(now.until(s.blocked_until)));
         }
         let failures = current.map_or(0, |s| s.failures).saturating_add(1);
         let then_wait = rules.delay_after(failures);
         let next = Self {
             failures,
-            last_failure: now,
-            blocked_until: then_wait.map_or(now, |wait| now.plus(wait)),
+            last_failure: at,
+            blocked_until: then_wait.map_or(at, |wait| at.plus(wait)),
         };
         (
             next,

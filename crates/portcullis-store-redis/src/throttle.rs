@@ -39,6 +39,8 @@ if r[1] then
   local l, b = tonumber(r[2]), tonumber(r[3])
   -- Strikes::expires_at: a record is current until then.
   if math.max(l + forget, b) > now then
+    -- Strikes::count: an earlier stamp counts as at the last attempt.
+    now = math.max(now, l)
     if b > now then return {0, b} end
     failures = tonumber(r[1])
   end

@@ -41,6 +41,7 @@ pub async fn throttle_store_contract(store: Arc<dyn ThrottleStore>, expiry: Expi
     nist5_2_2_failures_back_off_exponentially_and_blocked_attempts_are_not_counted(&*store).await;
     a_refund_takes_back_one_attempt_and_lifts_the_block(&*store).await;
     a_clear_forgets_the_key(&*store).await;
+    an_attempt_stamped_before_the_last_one_counted_is_not_blocked_by_it(&*store).await;
     failures_are_forgotten_forget_after_the_last_one(&*store).await;
     nist5_2_2_lock_after_locks_the_key_until_its_failures_are_forgotten(&*store).await;
     keys_are_counted_apart_whatever_their_text(&*store).await;
@@ -176,6 +177,43 @@ pub async fn a_refund_takes_back_one_attempt_and_lifts_the_block(store: &dyn Thr
         allowed(1, None),
         "refunding a key with no record leaves it without one"
     );
+}
+
+/// Attempts reach the store out of clock order (a task reads the clock, another counts first;
+/// nodes' clocks differ by milliseconds): an attempt stamped before the last one counted counts
+/// as at the same instant, so the absence of a block never reads as a short one, and a real
+/// block still holds.
+pub async fn an_attempt_stamped_before_the_last_one_counted_is_not_blocked_by_it(
+    store: &dyn ThrottleStore,
+) {
+    let rules = ThrottleRules::ACCOUNT;
+    let key = "out-of-order";
+    let later = t0().plus(Duration::from_millis(40));
+    assert_eq!(
+        store.attempt(key, &rules, later).await.unwrap(),
+        allowed(1, None)
+    );
+    assert_eq!(
+        store.attempt(key, &rules, t0()).await.unwrap(),
+        allowed(2, None),
+        "an earlier stamp is not blocked by a record without a block"
+    );
+    store.refund(key).await.unwrap();
+    assert_eq!(
+        store.attempt(key, &rules, t0()).await.unwrap(),
+        allowed(2, None),
+        "nor by a refunded one"
+    );
+    assert_eq!(
+        attempts(store, key, &rules, t0(), 4).await,
+        allowed(6, Some(30 * SEC))
+    );
+    assert_eq!(
+        store.attempt(key, &rules, t0()).await.unwrap(),
+        Verdict::Blocked(30 * SEC + Duration::from_millis(40)),
+        "a real block holds for an earlier stamp, until its end"
+    );
+    store.clear(key).await.unwrap();
 }
 
 /// A clear forgets the key at once, block and all; clearing a key with no record is no error.
