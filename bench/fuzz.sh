@@ -10,7 +10,8 @@
 # Suites (each a test binary; every property in it runs with the round's case count):
 #   core-parsers   tokens and API keys, public ids, token hashes, durations in the configuration
 #                  (crates/portcullis-core/tests/parsers_prop.rs)
-#   http-parsers   cookie headers, user agents, return_to, CSRF values, problem documents
+#   http-parsers   cookie headers, user agents, return_to, CSRF values, Forwarded and
+#                  X-Forwarded-For chains, problem documents
 #                  (crates/portcullis-http/tests/parsers_prop.rs)
 #   http-bodies    random JSON and bytes at every API endpoint, random forms and cookies at every
 #                  page, over real HTTP (crates/portcullis-http/tests/fuzz.rs)

@@ -1,5 +1,6 @@
 //! Property tests of the HTTP layer's parsers of untrusted input and of its problem answers:
-//! cookie headers, user agents, `return_to`, CSRF values, and every error as a problem
+//! cookie headers, user agents, `return_to`, CSRF values, `Forwarded` and `X-Forwarded-For`
+//! chains, and every error as a problem
 //! document. Whatever a client sends, a parser answers (never panics) within its contract.
 //!
 //! CI runs each property with proptest's default 256 cases; `PROPTEST_CASES` raises it
@@ -172,4 +173,144 @@ fn api_error() -> impl Strategy<Value = ApiError> {
         LazyJust::new(|| ApiError::ApplicationNotAllowed),
         LazyJust::new(|| ApiError::Internal),
     ]
+}
+
+/// An address a hop may report: IPv4, IPv6, or IPv4-mapped IPv6 (which names the IPv4 client).
+fn hop_address() -> impl Strategy<Value = std::net::IpAddr> {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+    prop_oneof![
+        any::<[u8; 4]>().prop_map(|o| IpAddr::V4(Ipv4Addr::from(o))),
+        any::<[u8; 16]>().prop_map(|o| IpAddr::V6(Ipv6Addr::from(o))),
+        any::<[u8; 4]>().prop_map(|o| IpAddr::V6(Ipv4Addr::from(o).to_ipv6_mapped())),
+    ]
+}
+
+/// `ip` as an `X-Forwarded-For` entry, with or without a port.
+fn xff_entry(ip: std::net::IpAddr, port: Option<u16>) -> String {
+    match (ip, port) {
+        (std::net::IpAddr::V4(v4), Some(port)) => format!("{v4}:{port}"),
+        (std::net::IpAddr::V6(v6), Some(port)) => format!("[{v6}]:{port}"),
+        (ip, None) => ip.to_string(),
+    }
+}
+
+/// `ip` as a `Forwarded` element (RFC 7239 §6: IPv6 quoted and bracketed).
+fn forwarded_element(ip: std::net::IpAddr, port: Option<u16>, https: bool) -> String {
+    let node = match (ip, port) {
+        (std::net::IpAddr::V4(v4), None) => v4.to_string(),
+        (std::net::IpAddr::V4(v4), Some(port)) => format!("\"{v4}:{port}\""),
+        (std::net::IpAddr::V6(v6), None) => format!("\"[{v6}]\""),
+        (std::net::IpAddr::V6(v6), Some(port)) => format!("\"[{v6}]:{port}\""),
+    };
+    let proto = if https { "https" } else { "http" };
+    format!("for={node};proto={proto};by=_proxy")
+}
+
+/// The client a chain names, the plain way: the nearest hop that is not a trusted proxy, or the
+/// farthest one when every hop is.
+fn expected_client(
+    hops: &[std::net::IpAddr],
+    trusted: &portcullis_http::peer::TrustedProxies,
+) -> std::net::IpAddr {
+    let hops: Vec<_> = hops.iter().map(|ip| ip.to_canonical()).collect();
+    hops.iter()
+        .rev()
+        .find(|ip| !trusted.contains(**ip))
+        .or_else(|| hops.first())
+        .copied()
+        .expect("a chain has a hop")
+}
+
+proptest! {
+    /// Throttling counts the right address: whatever `Forwarded` and `X-Forwarded-For` headers a
+    /// client sends straight to us (no trusted proxy in between), they are never read: the
+    /// client is the TCP peer.
+    #[test]
+    fn forwarding_headers_from_an_untrusted_peer_are_never_read(
+        peer in hop_address(),
+        forwarded in prop::collection::vec(any::<u8>(), 0..80),
+        xff in prop::collection::vec(any::<u8>(), 0..80),
+        proxies in prop::collection::vec(hop_address(), 0..3),
+    ) {
+        use portcullis_http::peer::{TrustedProxies, resolve_client};
+        let nets: Vec<String> = proxies.iter().map(|ip| ip.to_canonical().to_string()).collect();
+        let trusted = TrustedProxies::parse(nets.iter().map(String::as_str)).unwrap();
+        prop_assume!(!trusted.contains(peer.to_canonical()));
+        let mut headers = HeaderMap::new();
+        if let Ok(value) = HeaderValue::from_bytes(&forwarded) {
+            headers.insert("forwarded", value);
+        }
+        if let Ok(value) = HeaderValue::from_bytes(&xff) {
+            headers.insert("x-forwarded-for", value);
+        }
+        headers.insert("x-forwarded-proto", HeaderValue::from_static("https"));
+        let client = resolve_client(peer, &headers, &trusted);
+        prop_assert_eq!(client.ip, peer.to_canonical());
+        prop_assert!(!client.forwarded_https);
+    }
+
+    /// From a trusted proxy, a well-formed chain names the same client in either header: the
+    /// nearest hop that is not itself a trusted proxy, ports, quoting and IPv4-mapped forms
+    /// aside. Entries a client prepends cannot move it, and any bytes at all answer without a
+    /// panic, naming the peer or an address the headers carry.
+    #[test]
+    fn a_trusted_proxys_chain_names_the_nearest_untrusted_hop(
+        chain in prop::collection::vec((hop_address(), any::<Option<u16>>(), any::<bool>()), 1..6),
+        trusted_hops in prop::collection::vec(any::<bool>(), 6),
+        spoofed in prop::collection::vec(hop_address(), 0..3),
+        garbage in prop::collection::vec(any::<u8>(), 0..60),
+    ) {
+        use portcullis_http::peer::{TrustedProxies, resolve_client};
+        let peer: std::net::IpAddr = "10.9.9.9".parse().unwrap();
+        let mut nets = vec!["10.9.9.9/32".to_owned()];
+        for ((ip, _, _), trusted) in chain.iter().zip(&trusted_hops) {
+            if *trusted {
+                nets.push(ip.to_canonical().to_string());
+            }
+        }
+        let trusted = TrustedProxies::parse(nets.iter().map(String::as_str)).unwrap();
+        let ips: Vec<_> = chain.iter().map(|(ip, _, _)| *ip).collect();
+        let want = expected_client(&ips, &trusted);
+
+        let xff = chain.iter().map(|(ip, port, _)| xff_entry(*ip, *port)).collect::<Vec<_>>().join(", ");
+        let mut headers = HeaderMap::new();
+        headers.insert("x-forwarded-for", HeaderValue::from_str(&xff).unwrap());
+        prop_assert_eq!(resolve_client(peer, &headers, &trusted).ip, want, "X-Forwarded-For: {}", xff);
+
+        let forwarded = chain
+            .iter()
+            .map(|(ip, port, https)| forwarded_element(*ip, *port, *https))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let mut headers = HeaderMap::new();
+        headers.insert("forwarded", HeaderValue::from_str(&forwarded).unwrap());
+        let client = resolve_client(peer, &headers, &trusted);
+        prop_assert_eq!(client.ip, want, "Forwarded: {}", &forwarded);
+
+        // A client's own entries come first (leftmost): they can only matter when every hop
+        // after them is a trusted proxy.
+        let last_untrusted = ips.iter().any(|ip| !trusted.contains(ip.to_canonical()));
+        let spoof = spoofed.iter().map(|ip| xff_entry(*ip, None)).collect::<Vec<_>>();
+        let prefixed = spoof.iter().cloned().chain([xff.clone()]).collect::<Vec<_>>().join(", ");
+        let mut headers = HeaderMap::new();
+        headers.insert("x-forwarded-for", HeaderValue::from_str(&prefixed).unwrap());
+        if last_untrusted {
+            prop_assert_eq!(resolve_client(peer, &headers, &trusted).ip, want);
+        }
+
+        // Garbage before a chain: the answer is the peer or an address the header carries.
+        let mut headers = HeaderMap::new();
+        let mut line = garbage.clone();
+        line.extend_from_slice(b", ");
+        line.extend_from_slice(xff.as_bytes());
+        if let Ok(value) = HeaderValue::from_bytes(&line) {
+            headers.insert("x-forwarded-for", value.clone());
+            headers.insert("forwarded", value);
+            let got = resolve_client(peer, &headers, &trusted).ip;
+            let carried = got == peer
+                || ips.iter().any(|ip| ip.to_canonical() == got)
+                || String::from_utf8_lossy(&line).contains(&got.to_string());
+            prop_assert!(carried, "{} from {:?}", got, String::from_utf8_lossy(&line));
+        }
+    }
 }
