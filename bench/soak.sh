@@ -5,7 +5,7 @@
 #
 #   bench/soak.sh                      30 minutes on each of sqlite, redis, postgres
 #   bench/soak.sh --minutes 3          3 minutes each
-#   bench/soak.sh --stores "sqlite"    one store
+#   bench/soak.sh --stores "sqlite"    one store (runs of different stores can go side by side)
 #
 # The load is bench/lua/mixed.lua under wrk (the tools of bench/run.sh): sessions created,
 # validated (80 %), rotated (10 %) and logged out (10 %) from a bounded pool per connection, and
@@ -33,7 +33,7 @@ while [ $# -gt 0 ]; do
 done
 CONNS=${CONNS:-4}
 export POOL=${POOL:-50} SIGNIN_EVERY=${SIGNIN_EVERY:-400}
-OUT=$ROOT/bench/results/soak-$(date -u +%Y%m%dT%H%M%SZ)
+OUT=$ROOT/bench/results/soak-$(date -u +%Y%m%dT%H%M%SZ)-${STORE_LIST// /-}
 mkdir -p "$OUT"
 REPORT=$OUT/soak.md
 PIDS=()
@@ -41,7 +41,7 @@ ID=$$
 REDIS_PORT=6391
 cleanup() {
   for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-  redis-cli -p $REDIS_PORT shutdown nosave >/dev/null 2>&1 || true
+  case " $STORE_LIST " in *" redis "*) redis-cli -p $REDIS_PORT shutdown nosave >/dev/null 2>&1 || true ;; esac
   psql -q -h 127.0.0.1 -U postgres -d postgres -c "DROP SCHEMA IF EXISTS pc_soak_$ID CASCADE" >/dev/null 2>&1 || true
 }
 trap cleanup EXIT
@@ -59,9 +59,11 @@ else
   PC=$TARGET/release/portcullis
 fi
 
-redis-server --port $REDIS_PORT --bind 127.0.0.1 --save '' --appendonly no --daemonize yes \
-  --pidfile "$OUT/redis.pid" --logfile "$OUT/redis.log" --dir "$OUT"
-for _ in $(seq 100); do redis-cli -p $REDIS_PORT ping >/dev/null 2>&1 && break; sleep 0.05; done
+case " $STORE_LIST " in *" redis "*)
+  redis-server --port $REDIS_PORT --bind 127.0.0.1 --save '' --appendonly no --daemonize yes \
+    --pidfile "$OUT/redis.pid" --logfile "$OUT/redis.log" --dir "$OUT"
+  for _ in $(seq 100); do redis-cli -p $REDIS_PORT ping >/dev/null 2>&1 && break; sleep 0.05; done ;;
+esac
 declare -A URLS=(
   [sqlite]=""
   [redis]="redis://127.0.0.1:$REDIS_PORT?prefix=pcsoak:$ID"
@@ -87,7 +89,9 @@ PASSWORD="soak passphrase that is long enough $ID"
 export USERNAME=soak PASSWORD
 for store in $STORE_LIST; do
   url=${URLS[$store]}
-  dir=$OUT/pc-$store port=18190
+  # A port per store, so runs of different stores can go side by side.
+  case $store in sqlite) port=18190 ;; redis) port=18191 ;; *) port=18192 ;; esac
+  dir=$OUT/pc-$store
   store_args=()
   [ -n "$url" ] && store_args=(--store "$url")
   mkdir -p "$dir" && chmod 700 "$dir"
