@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use crate::event::{Actor, AuditEvent, AuditSink, EventKind};
 use crate::random::{OsRandom, RandomSource};
 use crate::sealed::{Keyring, SealError, sealed_key_id};
+use crate::store::EventTrail;
 use crate::throttle::{
     MemoryThrottleStore, ThrottleRules, ThrottleStore, Verdict, account_key, address_key,
     device_key, pending_key, second_factor_key,
@@ -378,12 +379,34 @@ pub struct Accounts {
     clock: Arc<dyn Clock>,
     random: Arc<dyn RandomSource>,
     sink: Arc<dyn AuditSink>,
+    /// Where account and sign-in events are stored with the session events (none in tests
+    /// that read only the log).
+    trail: Option<Arc<dyn EventTrail>>,
     throttle: Arc<dyn ThrottleStore>,
     hashing: HashGate,
     keyring: Option<Keyring>,
     /// Seals device cookies: the configured keys, or a key of this process when none is
     /// configured (its cookies then last until a restart).
     device_ring: Keyring,
+}
+
+/// Who changes an account, and from where: the audit trail records both. An [`Actor`] alone
+/// converts into one with no origin (the command line, the API).
+#[derive(Debug, Clone, Copy)]
+pub struct Acting<'a> {
+    /// Who.
+    pub actor: &'a Actor,
+    /// The request's client, when the change comes over HTTP.
+    pub origin: Origin<'a>,
+}
+
+impl<'a> From<&'a Actor> for Acting<'a> {
+    fn from(actor: &'a Actor) -> Self {
+        Self {
+            actor,
+            origin: Origin::default(),
+        }
+    }
 }
 
 /// Where a credential attempt comes from.
@@ -469,6 +492,7 @@ impl Accounts {
             clock,
             random,
             sink,
+            trail: None,
             throttle: Arc::new(MemoryThrottleStore::new()),
             hashing: HashGate::for_this_machine(),
             keyring: None,
@@ -533,6 +557,13 @@ impl Accounts {
             .collect())
     }
 
+    /// Stores account and sign-in events in `trail`, the store's audit trail, so they are
+    /// queried with the session events (`/v1/events`), besides publishing them to the sink.
+    pub fn with_trail(mut self, trail: Arc<dyn EventTrail>) -> Self {
+        self.trail = Some(trail);
+        self
+    }
+
     /// Keeps failure counts in `throttle` (the shared store's; memory by default).
     pub fn with_throttle(mut self, throttle: Arc<dyn ThrottleStore>) -> Self {
         self.throttle = throttle;
@@ -564,22 +595,36 @@ impl Accounts {
         &self.users
     }
 
-    fn publish(&self, kind: EventKind, user: &User, actor: &Actor) {
-        self.sink.publish(&AuditEvent::for_account(
-            kind,
-            &user.id,
-            &user.username,
-            self.clock.now(),
-            actor,
-        ));
+    async fn publish(&self, kind: EventKind, user: &User, by: Acting<'_>) {
+        let event =
+            AuditEvent::for_account(kind, &user.id, &user.username, self.clock.now(), by.actor)
+                .with_client(by.origin.address, by.origin.user_agent);
+        self.record(event).await;
+    }
+
+    /// Stores `event` in the trail, then publishes it with its position. The change it
+    /// records has happened: a trail that cannot take it is logged, and the event still
+    /// reaches the sink (whose log then holds it alone).
+    async fn record(&self, mut event: AuditEvent) {
+        if let Some(trail) = &self.trail {
+            match trail.append(event.clone().without_internal_detail()).await {
+                Ok(stored) => event.seq = stored.seq,
+                Err(err) => tracing::warn!(
+                    kind = event.kind.as_str(),
+                    error = %err,
+                    "an account event could not be stored in the audit trail"
+                ),
+            }
+        }
+        self.sink.publish(&event);
     }
 
     /// Creates an account.
-    pub async fn add_user(
+    pub async fn add_user<'a>(
         &self,
         username: &str,
         password: &str,
-        actor: &Actor,
+        by: impl Into<Acting<'a>>,
     ) -> Result<User, AccountError> {
         let username = normalize_username(username).ok_or(AccountError::InvalidUsername)?;
         if let Some(problem) = password_problem(&username, password, false) {
@@ -601,7 +646,7 @@ impl Accounts {
             short_password: false,
         };
         self.users.add_user(&user).await?;
-        self.publish(EventKind::UserCreated, &user, actor);
+        self.publish(EventKind::UserCreated, &user, by.into()).await;
         Ok(user)
     }
 
@@ -645,11 +690,11 @@ impl Accounts {
     }
 
     /// Disables or enables an account. The caller ends a disabled account's sessions.
-    pub async fn set_disabled(
+    pub async fn set_disabled<'a>(
         &self,
         id: &str,
         disabled: bool,
-        actor: &Actor,
+        by: impl Into<Acting<'a>>,
     ) -> Result<User, AccountError> {
         let user = self
             .update(id, |user| {
@@ -662,16 +707,16 @@ impl Accounts {
         } else {
             EventKind::UserEnabled
         };
-        self.publish(kind, &user, actor);
+        self.publish(kind, &user, by.into()).await;
         Ok(user)
     }
 
     /// Sets a new password.
-    pub async fn set_password(
+    pub async fn set_password<'a>(
         &self,
         id: &str,
         password: &str,
-        actor: &Actor,
+        by: impl Into<Acting<'a>>,
     ) -> Result<User, AccountError> {
         let current = self.by_id(id).await?;
         if let Some(problem) = password_problem(&current.username, password, current.totp.is_some())
@@ -688,7 +733,8 @@ impl Accounts {
                 Ok(())
             })
             .await?;
-        self.publish(EventKind::UserPasswordChanged, &user, actor);
+        self.publish(EventKind::UserPasswordChanged, &user, by.into())
+            .await;
         Ok(user)
     }
 
@@ -723,7 +769,8 @@ impl Accounts {
             match self.count(key, &ThrottleRules::ADDRESS, now).await {
                 Ok(wait) => waits.push(wait),
                 Err(err) => {
-                    self.publish_failure(EventKind::LoginThrottled, None, "address", origin, None);
+                    self.publish_failure(EventKind::LoginThrottled, None, "address", origin, None)
+                        .await;
                     return Err(err);
                 }
             }
@@ -733,7 +780,8 @@ impl Accounts {
             .flatten();
         let Some(name) = typed else {
             // Nothing anyone could sign in with: no hash, no lookup, counted by address only.
-            self.publish_failure(EventKind::LoginFailed, None, "username", origin, None);
+            self.publish_failure(EventKind::LoginFailed, None, "username", origin, None)
+                .await;
             return Err(Self::failure(&waits));
         };
         let user = self.users.user_by_name(&name).await?;
@@ -755,7 +803,8 @@ impl Accounts {
                     "password",
                     origin,
                     Some(&name),
-                );
+                )
+                .await;
                 return Err(err);
             }
         }
@@ -795,7 +844,8 @@ impl Accounts {
                     factor,
                     origin,
                     Some(&name),
-                );
+                )
+                .await;
                 Err(Self::failure(&waits))
             }
         }
@@ -812,7 +862,7 @@ impl Accounts {
     /// Publishes a failed or throttled attempt: who (a real account's username only, never a
     /// typed one), from where (`origin`), which factor `failed`. `typed` (the normalized name
     /// tried) reaches the sink only as a keyed digest the stuffing detector counts and strips.
-    fn publish_failure(
+    async fn publish_failure(
         &self,
         kind: EventKind,
         user: Option<&User>,
@@ -837,7 +887,7 @@ impl Accounts {
                 crate::event::context::ATTEMPT_KEY: crate::event::attempt_key(name),
             }));
         }
-        self.sink.publish(&event);
+        self.record(event).await;
     }
 
     /// Checks the second factor of `user` (after its password) and uses the code up. Wrong
@@ -924,7 +974,8 @@ impl Accounts {
                 Err(SignInError::Store(UserStoreError::Corrupt(err.to_string())))
             }
             Err(_) => {
-                self.publish_failure(EventKind::LoginFailed, Some(&user), "otp", origin, None);
+                self.publish_failure(EventKind::LoginFailed, Some(&user), "otp", origin, None)
+                    .await;
                 let spent = ThrottleRules::PENDING_SIGN_IN
                     .lock_after
                     .is_some_and(|limit| pending_tries >= limit);
@@ -942,12 +993,12 @@ impl Accounts {
     }
 
     /// Enrols `secret` once `code` proves the authenticator app holds it.
-    pub async fn enrol_totp(
+    pub async fn enrol_totp<'a>(
         &self,
         user_id: &str,
         secret: &str,
         code: &str,
-        actor: &Actor,
+        by: impl Into<Acting<'a>>,
     ) -> Result<User, AccountError> {
         let ring = self.keyring.as_ref().ok_or(AccountError::NoEncryptionKey)?;
         let now = self.clock.now();
@@ -962,12 +1013,17 @@ impl Accounts {
                 Ok(())
             })
             .await?;
-        self.publish(EventKind::UserTotpEnrolled, &user, actor);
+        self.publish(EventKind::UserTotpEnrolled, &user, by.into())
+            .await;
         Ok(user)
     }
 
     /// Removes the TOTP factor.
-    pub async fn remove_totp(&self, user_id: &str, actor: &Actor) -> Result<User, AccountError> {
+    pub async fn remove_totp<'a>(
+        &self,
+        user_id: &str,
+        by: impl Into<Acting<'a>>,
+    ) -> Result<User, AccountError> {
         let user = self
             .update(user_id, |user| {
                 if user.short_password {
@@ -977,7 +1033,8 @@ impl Accounts {
                 Ok(())
             })
             .await?;
-        self.publish(EventKind::UserTotpRemoved, &user, actor);
+        self.publish(EventKind::UserTotpRemoved, &user, by.into())
+            .await;
         Ok(user)
     }
 }

@@ -631,6 +631,16 @@ impl<J: Journal> SessionStore for CachedStore<J> {
         Ok(expired.len())
     }
 
+    async fn append_event(&self, event: AuditEvent) -> Result<AuditEvent, StoreError> {
+        let mut state = self.writer.lock().await;
+        let change = Change {
+            events: vec![event],
+            ..Change::default()
+        };
+        let mut events = self.commit(&mut state, change).await?;
+        Ok(events.remove(0))
+    }
+
     async fn events(&self, query: &EventQuery) -> Result<Vec<AuditEvent>, StoreError> {
         self.journal.events(query).await
     }

@@ -1303,3 +1303,9 @@ fn api_key_event(kind: EventKind, key: &ApiKey, at: Timestamp, actor: &Actor) ->
         serde_json::json!({ "api_key": key.id.as_str(), "name": key.name }),
     )
 }
+
+impl<S: Store> crate::store::EventTrail for Engine<S> {
+    fn append(&self, event: AuditEvent) -> crate::store::TrailFuture<'_> {
+        Box::pin(self.store.append_event(event))
+    }
+}

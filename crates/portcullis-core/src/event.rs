@@ -228,8 +228,9 @@ impl AuditEvent {
         .with_detail(serde_json::json!({ context::AUTH_METHODS: session.auth.methods }))
     }
 
-    /// An event about an account (published to the audit log; the session trail keeps only
-    /// session and API-key events). `user_id` is empty for an attempt on an unknown username.
+    /// An event about an account or a sign-in attempt, of Portcullis's own application
+    /// ([`crate::application::PORTCULLIS_APP`]). `user_id` is empty for an attempt on an
+    /// unknown username.
     pub fn for_account(
         kind: EventKind,
         user_id: &str,
@@ -245,7 +246,7 @@ impl AuditEvent {
             session_id: None,
             subject: (!user_id.is_empty()).then(|| user_id.to_owned()),
             policy: None,
-            application: None,
+            application: Some(crate::application::portcullis_app()),
             reason: None,
             detail: serde_json::json!({ "username": username }),
         }
@@ -312,6 +313,14 @@ impl AuditEvent {
             return self;
         }
         self.with_detail(serde_json::Value::Object(add))
+    }
+
+    /// The event without what is never written out ([`context::ATTEMPT_KEY`]).
+    pub fn without_internal_detail(mut self) -> Self {
+        if let Some(detail) = self.detail.as_object_mut() {
+            detail.remove(context::ATTEMPT_KEY);
+        }
+        self
     }
 
     /// A string the event's detail holds under `key`.
@@ -718,11 +727,7 @@ impl AuditSink for AnomalySink {
             _ => None,
         };
         if event.detail.get(context::ATTEMPT_KEY).is_some() {
-            let mut clean = event.clone();
-            if let Some(detail) = clean.detail.as_object_mut() {
-                detail.remove(context::ATTEMPT_KEY);
-            }
-            self.inner.publish(&clean);
+            self.inner.publish(&event.clone().without_internal_detail());
         } else {
             self.inner.publish(event);
         }

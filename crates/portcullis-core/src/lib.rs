@@ -26,8 +26,8 @@ pub mod time;
 pub mod token;
 
 pub use account::{
-    AccountError, Accounts, MemoryUserStore, Origin, SignInError, TotpFactor, User, UserFuture,
-    UserStore, UserStoreError,
+    AccountError, Accounts, Acting, MemoryUserStore, Origin, SignInError, TotpFactor, User,
+    UserFuture, UserStore, UserStoreError,
 };
 pub use api_key::{ApiKey, ApiKeyCache, ApiKeyStore};
 pub use application::{
@@ -48,8 +48,8 @@ pub use rules::{ACCOUNT_SCOPE, AccountRules, RuleError, assurance_level, sign_in
 pub use sealed::{Keyring, KeyringError, SealError};
 pub use session::{AuthContext, Deadline, Device, Elevation, EndReason, Ended, Session};
 pub use store::{
-    BackendError, EndedSessions, Ending, Insert, Inserted, SessionLimit, SessionStore, Store,
-    StoreError,
+    BackendError, EndedSessions, Ending, EventTrail, Insert, Inserted, SessionLimit, SessionStore,
+    Store, StoreError, TrailFuture,
 };
 pub use stored::{
     StoredApiKey, StoredAuth, StoredDeadline, StoredDevice, StoredElevation, StoredEndReason,

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::account::{AccountError, Accounts, User};
+use crate::account::{AccountError, Accounts, Acting, User};
 use crate::application::Principal;
 use crate::engine::{Engine, EngineError};
 use crate::event::Actor;
@@ -52,15 +52,17 @@ impl<'a, S: Store> AccountRules<'a, S> {
     /// Sets a new password. With `end_others`, every other session of the person ends with
     /// `password_changed`, in every application and the SSO session, except `keep` (the session
     /// that changed it). Returns the account and how many sessions ended.
-    pub async fn change_password(
+    pub async fn change_password<'b>(
         &self,
         user_id: &str,
         password: &str,
         end_others: bool,
         keep: Option<&SessionId>,
-        actor: &Actor,
+        by: impl Into<Acting<'b>>,
     ) -> Result<(User, usize), RuleError> {
-        let user = self.accounts.set_password(user_id, password, actor).await?;
+        let by = by.into();
+        let actor = by.actor;
+        let user = self.accounts.set_password(user_id, password, by).await?;
         let ended = if end_others {
             self.end_everywhere(&user.id, keep, EndReason::PasswordChanged, actor)
                 .await?
@@ -72,13 +74,15 @@ impl<'a, S: Store> AccountRules<'a, S> {
 
     /// Disables or enables an account; disabling ends every session of it at once
     /// (`account_disabled`, ASVS5-7.4.2).
-    pub async fn set_disabled(
+    pub async fn set_disabled<'b>(
         &self,
         user_id: &str,
         disabled: bool,
-        actor: &Actor,
+        by: impl Into<Acting<'b>>,
     ) -> Result<(User, usize), RuleError> {
-        let user = self.accounts.set_disabled(user_id, disabled, actor).await?;
+        let by = by.into();
+        let actor = by.actor;
+        let user = self.accounts.set_disabled(user_id, disabled, by).await?;
         let ended = if disabled {
             self.end_everywhere(&user.id, None, EndReason::AccountDisabled, actor)
                 .await?

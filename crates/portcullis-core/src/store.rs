@@ -6,6 +6,7 @@
 //! randomness come from the caller, never from the store.
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -148,6 +149,17 @@ pub trait Store: SessionStore + ApplicationStore + ApiKeyStore {}
 
 impl<T: SessionStore + ApplicationStore + ApiKeyStore> Store for T {}
 
+/// The future an [`EventTrail`] answers.
+pub type TrailFuture<'a> =
+    Pin<Box<dyn Future<Output = Result<AuditEvent, StoreError>> + Send + 'a>>;
+
+/// The audit trail as services other than the engine write to it (the accounts): the
+/// engine's store's [`SessionStore::append_event`] behind a pointer.
+pub trait EventTrail: Send + Sync + 'static {
+    /// Appends `event` and answers it with its position.
+    fn append(&self, event: AuditEvent) -> TrailFuture<'_>;
+}
+
 /// A session store. See the module docs for the rules; `portcullis-store-tests` checks them.
 pub trait SessionStore: Send + Sync + 'static {
     /// Whether this store shards by subject and needs tokens and ids to carry the subject's
@@ -232,6 +244,13 @@ pub trait SessionStore: Send + Sync + 'static {
 
     /// Forgets ended sessions whose retention is over; returns how many.
     fn purge(&self, now: Timestamp) -> impl Future<Output = Result<usize, StoreError>> + Send;
+
+    /// Appends an event that changes no session (an account change, a failed or throttled
+    /// sign-in) to the same trail as the session events, and answers it with its position.
+    fn append_event(
+        &self,
+        event: AuditEvent,
+    ) -> impl Future<Output = Result<AuditEvent, StoreError>> + Send;
 
     /// Audit events, oldest first.
     fn events(

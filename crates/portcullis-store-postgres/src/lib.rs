@@ -608,6 +608,13 @@ impl SessionStore for PostgresStore {
         Ok(usize::try_from(done.rows_affected()).unwrap_or(usize::MAX))
     }
 
+    async fn append_event(&self, event: AuditEvent) -> Result<AuditEvent, StoreError> {
+        let mut tx = self.begin().await?;
+        let mut events = append_events(&mut tx, vec![event]).await?;
+        tx.commit().await.map_err(unavailable)?;
+        Ok(events.remove(0))
+    }
+
     async fn events(&self, query: &EventQuery) -> Result<Vec<AuditEvent>, StoreError> {
         let sql = events_sql(query);
         let mut select = sqlx::query(sqlx::AssertSqlSafe(sql))

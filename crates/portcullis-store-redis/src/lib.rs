@@ -1476,6 +1476,19 @@ impl SessionStore for RedisStore {
         Ok(purged)
     }
 
+    async fn append_event(&self, event: AuditEvent) -> Result<AuditEvent, StoreError> {
+        // In the stream of the subject's tag, where a query by subject reads; an event of no
+        // subject (a failure for an unknown name) joins the stream of API-key events.
+        let route = event.subject.as_deref().map(subject_route);
+        let mut plan = Plan::default();
+        self.event(&mut plan, route, event)?;
+        let mut events = self
+            .commit(plan)
+            .await?
+            .ok_or_else(|| corrupt("an event-only commit was refused"))?;
+        Ok(events.remove(0))
+    }
+
     async fn events(&self, query: &EventQuery) -> Result<Vec<AuditEvent>, StoreError> {
         let tags: Vec<(String, u64)> = match (&query.subject, &query.session_id) {
             (Some(subject), _) => vec![(

@@ -4,8 +4,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use portcullis_core::{
-    EndReason, EventKind, EventQuery, OnLimit, PublicId, SessionLimit, SessionStore, StoreError,
-    Token, TokenKind, subject_route,
+    Actor, AuditEvent, EndReason, EventKind, EventQuery, OnLimit, PublicId, SessionLimit,
+    SessionStore, StoreError, Token, TokenKind, portcullis_app, subject_route,
 };
 
 use crate::{ending, limited_insert, plain_insert, random, rotated, session_at, t0};
@@ -718,6 +718,76 @@ pub async fn events_are_ordered_filtered_and_paged<S: SessionStore>(store: S) {
         .await
         .unwrap();
     assert_eq!(page, vec![all[1].clone()]);
+}
+
+/// Account and sign-in events (no session) join the same trail: positions keep increasing
+/// across both kinds, a query by subject finds a person's account events beside their session
+/// events, one by application finds Portcullis's own, and an event of no subject (a failure
+/// for an unknown name) is kept too, with its detail.
+pub async fn account_events_join_the_session_trail<S: SessionStore>(store: S) {
+    let r = random();
+    let (_, session) = session_at("usr_carol", t0(), &r);
+    store.insert(plain_insert(session)).await.unwrap();
+    let changed = store
+        .append_event(
+            AuditEvent::for_account(
+                EventKind::UserPasswordChanged,
+                "usr_carol",
+                "carol",
+                t0().plus(SEC),
+                &Actor::user("usr_carol"),
+            )
+            .with_client(Some("192.0.2.7"), Some("Firefox")),
+        )
+        .await
+        .unwrap();
+    let mut unknown = AuditEvent::for_account(
+        EventKind::LoginFailed,
+        "",
+        "",
+        t0().plus(SEC * 2),
+        &Actor::system(),
+    );
+    unknown.detail = serde_json::json!({ "failed": "username" });
+    let unknown = store.append_event(unknown).await.unwrap();
+    assert!(
+        changed.seq > 0 && unknown.seq > changed.seq,
+        "{changed:?} {unknown:?}"
+    );
+
+    let carol = store
+        .events(&EventQuery {
+            subject: Some("usr_carol".into()),
+            limit: 100,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        carol.iter().map(|e| e.kind).collect::<Vec<_>>(),
+        vec![EventKind::SessionCreated, EventKind::UserPasswordChanged]
+    );
+    assert_eq!(carol[1], changed, "read back as appended");
+    assert_eq!(carol[1].detail_str("client_ip"), Some("192.0.2.7"));
+
+    let ours = store
+        .events(&EventQuery {
+            application: Some(portcullis_app()),
+            limit: 100,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(ours, vec![changed.clone(), unknown.clone()]);
+    let after = store
+        .events(&EventQuery {
+            after: changed.seq,
+            limit: 100,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(after, vec![unknown]);
 }
 
 /// A healthy store answers its readiness ping.

@@ -566,9 +566,12 @@ async fn app_state<S: Store>(
             unreadable[0]
         );
     }
-    let engine = Engine::new(store, config.policies()?, clock.clone(), random.clone())
-        .with_settings(config.engine_settings())
-        .with_sink(Arc::clone(&sink));
+    let engine = Arc::new(
+        Engine::new(store, config.policies()?, clock.clone(), random.clone())
+            .with_settings(config.engine_settings())
+            .with_sink(Arc::clone(&sink)),
+    );
+    let accounts = accounts.with_trail(engine.clone());
     if let Some(app) = engine
         .adopt_legacy_keys()
         .await
@@ -577,7 +580,7 @@ async fn app_state<S: Store>(
         tracing::info!(application = %app.id, name = %app.name, "API keys of the previous release now belong to this application; tighten its grants with `portcullis apps update`");
     }
     Ok(Services {
-        engine: Arc::new(engine),
+        engine,
         accounts: Arc::new(accounts),
         ui: Arc::new(Ui::new(UiSettings {
             tls: config.tls_cert.is_some(),

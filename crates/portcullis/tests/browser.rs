@@ -248,7 +248,8 @@ async fn pages_in_chromium() {
                 "test", &OsRandom,
             )])
             .unwrap(),
-        ),
+        )
+        .with_trail(engine.clone()),
     );
     let state = AppState::new(Services {
         engine: Arc::clone(&engine),

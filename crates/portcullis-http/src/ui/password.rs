@@ -5,7 +5,7 @@
 use axum::extract::{Form, State};
 use axum::http::StatusCode;
 use minijinja::context;
-use portcullis_core::{Actor, SignInError, Store};
+use portcullis_core::{Acting, Actor, SignInError, Store};
 use serde::Deserialize;
 
 use super::session::{after_security_change, check_csrf, require_recent};
@@ -101,7 +101,10 @@ pub(super) async fn password_submit<S: Store>(
                 &form.password,
                 end_others,
                 Some(&signed_in.session().id),
-                &Actor::user(&user.id),
+                Acting {
+                    actor: &Actor::user(&user.id),
+                    origin: browser.origin(),
+                },
             )
             .await
         {
@@ -139,6 +142,83 @@ mod tests {
     use crate::ui::web::{SESSION_COOKIE, csrf_token};
 
     const NEW: &str = "a different long passphrase";
+
+    /// The audit trail keeps account events with the session events, saying who, from where
+    /// and how: a failed current password and a change made on the page are both there, under
+    /// Portcullis's application, with the browser's address and user agent, and the name
+    /// digest the anomaly detector reads is never stored.
+    #[tokio::test]
+    async fn account_events_are_stored_in_the_trail_with_who_and_from_where() {
+        use axum::extract::ConnectInfo;
+        use portcullis_core::{EventKind, EventQuery, SessionStore, portcullis_app};
+
+        use crate::peer::Peer;
+        use crate::ui::tests::form_post;
+
+        let h = Harness::new();
+        let alice = h.user("alice").await;
+        let token = h.sso_session(&alice).await;
+        let from_firefox = |current: &str| {
+            let mut request = form_post(
+                "/account/password",
+                &sso(&token),
+                &[
+                    ("csrf", &csrf_token(&token)),
+                    ("current", current),
+                    ("password", NEW),
+                    ("confirm", NEW),
+                ],
+            );
+            request.extensions_mut().insert(ConnectInfo(Peer::new(
+                "198.51.100.4:50000".parse().unwrap(),
+            )));
+            request.headers_mut().insert(
+                axum::http::header::USER_AGENT,
+                "Mozilla/5.0 Firefox/140.0".parse().unwrap(),
+            );
+            request
+        };
+        let wrong = h.send(from_firefox("not the password at all")).await;
+        assert_eq!(wrong.status, StatusCode::UNAUTHORIZED);
+        let changed = h.send(from_firefox(PASSWORD)).await;
+        assert_eq!(changed.status, StatusCode::SEE_OTHER, "{}", changed.body);
+
+        let trail = h
+            .engine
+            .store()
+            .events(&EventQuery {
+                application: Some(portcullis_app()),
+                limit: 100,
+                ..EventQuery::default()
+            })
+            .await
+            .unwrap();
+        let kinds: Vec<_> = trail.iter().map(|e| e.kind).collect();
+        assert_eq!(
+            kinds,
+            vec![
+                EventKind::UserCreated,
+                EventKind::SessionCreated,
+                EventKind::LoginFailed,
+                EventKind::UserPasswordChanged,
+                EventKind::SessionRotated,
+            ],
+            "{trail:#?}"
+        );
+        assert!(trail.windows(2).all(|w| w[0].seq < w[1].seq));
+        let failed = &trail[2];
+        assert_eq!(failed.subject.as_deref(), Some(alice.id.as_str()));
+        assert_eq!(failed.detail_str("failed"), Some("password"));
+        assert_eq!(failed.detail_str("client_ip"), Some("198.51.100.4"));
+        assert!(failed.detail.get("_attempt").is_none(), "{failed:?}");
+        let change = &trail[3];
+        assert_eq!(change.actor, portcullis_core::Actor::user(&alice.id));
+        assert_eq!(change.detail_str("client_ip"), Some("198.51.100.4"));
+        assert_eq!(
+            change.detail_str("user_agent"),
+            Some("Mozilla/5.0 Firefox/140.0")
+        );
+    }
 
     #[tokio::test]
     async fn an_old_sign_in_must_reauthenticate_first() {

@@ -102,7 +102,8 @@ impl Harness {
                     "test", &OsRandom,
                 )])
                 .unwrap(),
-            ),
+            )
+            .with_trail(engine.clone()),
         );
         let router = api_router(AppState::new(Services {
             engine: Arc::clone(&engine),

@@ -6,7 +6,7 @@ use axum::extract::{Form, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use minijinja::context;
-use portcullis_core::{Actor, Store, User};
+use portcullis_core::{Acting, Actor, Store, User};
 use serde::Deserialize;
 
 use super::session::{SignedIn, after_security_change, check_csrf, require_recent};
@@ -83,7 +83,15 @@ pub(super) async fn totp_enrol<S: Store>(
     }
     match state
         .accounts
-        .enrol_totp(&user.id, &form.secret, &form.code, &Actor::user(&user.id))
+        .enrol_totp(
+            &user.id,
+            &form.secret,
+            &form.code,
+            Acting {
+                actor: &Actor::user(&user.id),
+                origin: browser.origin(),
+            },
+        )
         .await
     {
         Ok(_) => {
@@ -117,7 +125,13 @@ pub(super) async fn totp_remove<S: Store>(
     check_csrf(&signed_in, &form.csrf)?;
     match state
         .accounts
-        .remove_totp(&user.id, &Actor::user(&user.id))
+        .remove_totp(
+            &user.id,
+            Acting {
+                actor: &Actor::user(&user.id),
+                origin: browser.origin(),
+            },
+        )
         .await
     {
         Ok(_) => {}

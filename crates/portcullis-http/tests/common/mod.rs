@@ -113,7 +113,8 @@ impl TestServer {
                     "test", &OsRandom,
                 )])
                 .unwrap(),
-            ),
+            )
+            .with_trail(engine.clone()),
         );
         let state = AppState::new(Services {
             engine: Arc::clone(&engine),
