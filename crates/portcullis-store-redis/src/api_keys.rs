@@ -83,6 +83,7 @@ impl ApiKeyStore for RedisStore {
         let Some(body) = body else { return Ok(None) };
         let mut key = StoredApiKey::decode(&body)?;
         if key.revoked_at.is_some() {
+            self.confirm_slot(TAG).await?;
             return Ok(None);
         }
         key.revoked_at = Some(at);

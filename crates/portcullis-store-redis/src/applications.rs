@@ -241,6 +241,7 @@ impl ApplicationStore for RedisStore {
         let event_body = event_json(&event)?;
         for attempt in 0..ATTEMPTS {
             let Some(read) = self.application_body(id).await? else {
+                self.confirm_slot(TAG).await?;
                 return Ok(None);
             };
             let current = decode(&read)?;

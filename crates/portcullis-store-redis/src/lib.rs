@@ -123,6 +123,16 @@ return 1
     )
 });
 
+/// A write to the slot of `KEYS[1]` that changes nothing anyone reads (a counter of its own), so
+/// the `WAIT` after it covers every earlier write to that slot.
+static TOUCH_SLOT: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+return redis.call('INCR', KEYS[1])
+",
+    )
+});
+
 /// What connecting can fail with.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
@@ -776,6 +786,19 @@ impl RedisStore {
             durable.check(confirmed)?;
         }
         Ok(())
+    }
+
+    /// The slot of hash tag `tag` has every earlier change on the replicas. A retried change
+    /// of an API key or an application that finds it made already (revoked, removed) is
+    /// answered only then: the first try may have been refused because the replicas did not
+    /// confirm it, and the change is still only on the primary.
+    pub(crate) async fn confirm_slot(&self, tag: &str) -> Result<(), StoreError> {
+        let Some(durable) = self.durable.as_deref() else {
+            return Ok(());
+        };
+        let keys = [self.tag_key(tag, "confirmations").into_bytes()];
+        let (_, confirmed) = durable.eval(&TOUCH_SLOT, &keys, &[]).await?;
+        durable.check(confirmed)
     }
 
     /// Takes the mark off records whose endings the replicas confirmed. Best effort: a record

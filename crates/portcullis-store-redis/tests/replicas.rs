@@ -10,9 +10,12 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{RedisProcess, connection, free_port, replication_field, until};
-use portcullis_core::{EndReason, SessionStore, StoreError, TokenHash};
+use portcullis_core::{
+    Actor, ApiKey, ApiKeyStore, ApplicationStore, AuditEvent, EndReason, EventKind, PublicId,
+    SessionStore, StoreError, Token, TokenHash, TokenKind,
+};
 use portcullis_store_redis::RedisStore;
-use portcullis_store_tests::{ending, plain_insert, random, rotated, session_at, t0};
+use portcullis_store_tests::{application, ending, plain_insert, random, rotated, session_at, t0};
 
 /// A primary and its replica, in sync.
 struct Pair {
@@ -237,4 +240,92 @@ async fn a_server_that_cannot_confirm_as_asked_is_refused_at_start() {
         .unwrap();
     assert_eq!(ended.sessions.len(), 1);
     pair.replica.resume();
+}
+
+/// An event about `key` of kind `kind` (the store fills in its position).
+fn key_event(kind: EventKind, key: &ApiKey) -> AuditEvent {
+    AuditEvent::for_application(
+        kind,
+        &key.application,
+        t0(),
+        &Actor::cli(),
+        serde_json::json!({ "api_key": key.id.as_str() }),
+    )
+}
+
+#[tokio::test]
+async fn a_retried_revocation_or_removal_found_done_waits_for_the_replica_too() {
+    let pair = pair().await;
+    let store = RedisStore::connect(&format!(
+        "redis://127.0.0.1:{}?prefix=a&wait_replicas=1&wait_timeout=2s",
+        pair.primary.port
+    ))
+    .await
+    .unwrap();
+    let random = random();
+    let app = application("shop");
+    let added = AuditEvent::for_application(
+        EventKind::ApplicationCreated,
+        &app.id,
+        t0(),
+        &Actor::cli(),
+        serde_json::Value::Null,
+    );
+    store.add_application(app.clone(), added).await.unwrap();
+    let key = ApiKey {
+        id: PublicId::generate("key_", random.as_ref()),
+        name: "shop".into(),
+        application: app.id.clone(),
+        key_hash: Token::generate(TokenKind::ApiKey, random.as_ref()).hash(),
+        created_at: t0(),
+        revoked_at: None,
+    };
+    store
+        .add_api_key(key.clone(), key_event(EventKind::ApiKeyCreated, &key))
+        .await
+        .unwrap();
+
+    // The replica stops confirming: the revocation and the removal are made on the primary
+    // and refused.
+    pair.replica.pause();
+    let revoke = || store.revoke_api_key(&key.id, t0(), key_event(EventKind::ApiKeyRevoked, &key));
+    unavailable(revoke().await, "a revocation the replica did not confirm");
+    let removed = || {
+        let event = AuditEvent::for_application(
+            EventKind::ApplicationRemoved,
+            &app.id,
+            t0(),
+            &Actor::cli(),
+            serde_json::Value::Null,
+        );
+        store.remove_application(&app.id, event)
+    };
+    unavailable(removed().await, "a removal the replica did not confirm");
+    // A retry finds them made, and still waits: until the replica has them, a failover could
+    // lose them, so "already done" is no acknowledgement either.
+    unavailable(revoke().await, "a retried revocation");
+    unavailable(removed().await, "a retried removal");
+
+    // The replica is back: the retries are acknowledged as done already.
+    pair.replica.resume();
+    assert!(revoke().await.unwrap().is_none(), "revoked already");
+    assert!(removed().await.unwrap().is_none(), "removed already");
+    let on_replica =
+        RedisStore::connect(&format!("redis://127.0.0.1:{}?prefix=a", pair.replica.port))
+            .await
+            .unwrap();
+    let seen = on_replica
+        .find_api_key(&key.key_hash)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(seen.revoked_at.is_some(), "the replica has the revocation");
+    assert!(
+        on_replica
+            .find_application(&app.id)
+            .await
+            .unwrap()
+            .is_none(),
+        "the replica has the removal"
+    );
 }
