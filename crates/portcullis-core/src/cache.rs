@@ -282,10 +282,18 @@ impl<J: Journal> CachedStore<J> {
             }
             let reconstitutable =
                 ended.reconstitute_until.is_some() && ended.reconstituted_into.is_none();
-            let list = state.tombstones.entry(session.subject.clone()).or_default();
-            let listed = list.contains(&id);
+            // No entry for a subject without tombstones: every ended session of a subject
+            // seen once would otherwise leave an empty list behind for good.
+            let listed = state
+                .tombstones
+                .get(&session.subject)
+                .is_some_and(|list| list.contains(&id));
             if reconstitutable && !listed {
-                list.push(id.clone());
+                state
+                    .tombstones
+                    .entry(session.subject.clone())
+                    .or_default()
+                    .push(id.clone());
             } else if !reconstitutable && listed {
                 remove_from(&mut state.tombstones, &session.subject, &id);
             }
@@ -798,5 +806,77 @@ impl<J: Journal> ApiKeyStore for CachedStore<J> {
         };
         let mut events = self.commit(&mut state, change).await?;
         Ok(Some((key, events.remove(0))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use crate::application::Principal;
+    use crate::engine::{Engine, NewSession};
+    use crate::policy::PolicySet;
+    use crate::random::SeededRandom;
+    use crate::session::EndReason;
+    use crate::time::{ManualClock, Timestamp};
+
+    use super::MemoryStore;
+
+    /// Nothing is kept for a session once it is purged, whatever ended it: a long run of
+    /// sessions of subjects seen once (the soak's load) must not grow any index.
+    #[tokio::test]
+    async fn a_purged_session_leaves_nothing_behind_in_any_index() {
+        let clock = Arc::new(ManualClock::new(Timestamp::from_millis(1_800_000_000_000)));
+        let engine = Engine::new(
+            MemoryStore::new(),
+            PolicySet::default(),
+            clock.clone(),
+            Arc::new(SeededRandom::new(5)),
+        );
+        let operator = Principal::operator();
+        for n in 0..60 {
+            let issued = engine
+                .create(
+                    NewSession {
+                        subject: format!("subject-{n}"),
+                        application: Some(crate::application::legacy_app()),
+                        auth: crate::session::AuthContext {
+                            methods: vec!["pwd".into()],
+                            level: 1,
+                        },
+                        ..NewSession::default()
+                    },
+                    &operator,
+                )
+                .await
+                .unwrap();
+            match n % 3 {
+                0 => engine
+                    .logout(issued.token.expose(), &operator)
+                    .await
+                    .unwrap(),
+                1 => engine
+                    .end(&issued.session.id, EndReason::RevokedAdmin, &operator)
+                    .await
+                    .unwrap(),
+                _ => {} // left to time out
+            }
+        }
+        // Past every lifetime, reconstitution window and retention.
+        clock.advance(Duration::from_secs(40 * 24 * 3600));
+        engine.sweep().await.unwrap();
+        clock.advance(Duration::from_secs(40 * 24 * 3600));
+        engine.sweep().await.unwrap();
+
+        let store = engine.store();
+        let state = store.writer.lock().await;
+        assert!(state.subjects.is_empty(), "{:?}", state.subjects.len());
+        assert!(state.tombstones.is_empty(), "{:?}", state.tombstones.len());
+        assert!(state.children.is_empty());
+        assert!(state.purges.is_empty());
+        assert!(store.by_id.read().is_empty());
+        assert!(store.deadlines.lock().is_empty());
+        assert!(store.by_hash.iter().all(|shard| shard.read().is_empty()));
     }
 }
