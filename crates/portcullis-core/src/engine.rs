@@ -325,6 +325,16 @@ impl<S: Store> Engine<S> {
         }
     }
 
+    /// `result` as it is, having published the events of a change the store made but could
+    /// not confirm ([`StoreError::Unconfirmed`]): they are in the trail, so they reach the
+    /// audit log too, though the caller is answered 503.
+    fn published<T>(&self, result: Result<T, StoreError>) -> Result<T, StoreError> {
+        if let Err(StoreError::Unconfirmed { events, .. }) = &result {
+            self.publish(events);
+        }
+        result
+    }
+
     fn policy_of(&self, session: &Session) -> Arc<Policy> {
         // A policy removed from the configuration keeps its sessions on the default's warning time.
         self.policies
@@ -487,15 +497,15 @@ impl<S: Store> Engine<S> {
                 actor: actor.clone(),
                 ended_retention: self.settings.ended_retention,
             })
-            .await
-            .map_err(|e| match e {
-                StoreError::LimitReached => EngineError::LimitReached,
-                StoreError::ParentNotLive => EngineError::Invalid(format!(
-                    "parent session {} is not a live session of this subject",
-                    request.parent.as_ref().map_or("", |p| p.as_str())
-                )),
-                other => EngineError::Store(other),
-            })?;
+            .await;
+        let inserted = self.published(inserted).map_err(|e| match e {
+            StoreError::LimitReached => EngineError::LimitReached,
+            StoreError::ParentNotLive => EngineError::Invalid(format!(
+                "parent session {} is not a live session of this subject",
+                request.parent.as_ref().map_or("", |p| p.as_str())
+            )),
+            other => EngineError::Store(other),
+        })?;
         self.publish(&inserted.events);
         Ok(Issued {
             token,
@@ -523,7 +533,8 @@ impl<S: Store> Engine<S> {
                     retention: self.settings.ended_retention,
                 },
             )
-            .await?;
+            .await;
+        let ended = self.published(ended)?;
         self.publish(&ended.events);
         Ok(())
     }
@@ -534,7 +545,7 @@ impl<S: Store> Engine<S> {
         reason: EndReason,
         actor: &Actor,
     ) -> Result<usize, EngineError> {
-        let ended = self.store.end(id, self.ending(reason, actor)).await?;
+        let ended = self.published(self.store.end(id, self.ending(reason, actor)).await)?;
         self.publish(&ended.events);
         Ok(ended.sessions.len())
     }
@@ -674,8 +685,8 @@ impl<S: Store> Engine<S> {
                     "elevation": e.id.as_str(), "scope": e.scope, "level": e.level, "methods": e.methods,
                 }));
             }
-            if let Some((session, event)) = self.store.replace(current.version, next, event).await?
-            {
+            let replaced = self.store.replace(current.version, next, event).await;
+            if let Some((session, event)) = self.published(replaced)? {
                 self.publish(std::slice::from_ref(&event));
                 return Ok(Issued {
                     token: new_token,
@@ -861,7 +872,8 @@ impl<S: Store> Engine<S> {
                 except,
                 self.ending(reason, &principal.actor),
             )
-            .await?;
+            .await;
+        let ended = self.published(ended)?;
         self.publish(&ended.events);
         Ok(ended.sessions.len())
     }
@@ -885,8 +897,8 @@ impl<S: Store> Engine<S> {
             next.data = data.clone();
             let event =
                 AuditEvent::for_session(EventKind::SessionDataReplaced, &next, self.now(), actor);
-            if let Some((session, event)) = self.store.replace(current.version, next, event).await?
-            {
+            let replaced = self.store.replace(current.version, next, event).await;
+            if let Some((session, event)) = self.published(replaced)? {
                 self.publish(std::slice::from_ref(&event));
                 return Ok(session);
             }
@@ -1020,11 +1032,12 @@ impl<S: Store> Engine<S> {
             .find(|k| &k.id == id)
             .ok_or(EngineError::NotFound)?;
         let event = api_key_event(EventKind::ApiKeyRevoked, &known, now, actor);
-        let (key, event) = self
-            .store
-            .revoke_api_key(id, now, event)
-            .await?
-            .ok_or(EngineError::NotFound)?;
+        let revoked = self.store.revoke_api_key(id, now, event).await;
+        if matches!(revoked, Err(StoreError::Unconfirmed { .. })) {
+            // Revoked on the primary: callers' keys are checked again from now on.
+            self.api_key_revocations.fetch_add(1, Ordering::AcqRel);
+        }
+        let (key, event) = self.published(revoked)?.ok_or(EngineError::NotFound)?;
         self.api_key_revocations.fetch_add(1, Ordering::AcqRel);
         self.publish(std::slice::from_ref(&event));
         Ok(key)

@@ -37,6 +37,18 @@ pub enum StoreError {
     /// Another entity already has this unique name.
     #[error("the name \"{0}\" is taken")]
     NameTaken(String),
+    /// The backend made the change but could not make it durable as configured (replicas did
+    /// not confirm it in time): answered like [`StoreError::Unavailable`], and a retry is
+    /// safe. The change's events are in the trail already, so the caller still publishes
+    /// them.
+    #[error("the session store is unavailable: {source}")]
+    Unconfirmed {
+        /// The committed events, with their positions.
+        events: Vec<AuditEvent>,
+        /// Why it is not confirmed.
+        #[source]
+        source: BackendError,
+    },
 }
 
 /// Why a backend could not answer: its own error, kept (cheaply shared, as one failed batch

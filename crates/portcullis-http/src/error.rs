@@ -90,7 +90,7 @@ impl ApiError {
     fn parts(&self) -> (StatusCode, &'static str, Option<&'static str>) {
         use EngineError as E;
         match self {
-            Self::Engine(E::Store(StoreError::Unavailable(_))) => {
+            Self::Engine(E::Store(StoreError::Unavailable(_) | StoreError::Unconfirmed { .. })) => {
                 (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", None)
             }
             Self::Engine(E::Store(StoreError::Corrupt(_))) => {

@@ -92,10 +92,14 @@ impl ApiKeyStore for RedisStore {
         let body = StoredApiKey::encode(&key)?;
         plan.op(&[b"SET", record.as_bytes(), body.as_bytes()]);
         self.event(&mut plan, None, event)?;
-        let Some(mut events) = self.commit(plan).await? else {
+        let committed = self.commit(plan).await;
+        if matches!(committed, Ok(Some(_)) | Err(StoreError::Unconfirmed { .. })) {
+            // Revoked on the primary, confirmed or not: this node stops trusting its copy.
+            self.api_keys.forget(&key.key_hash);
+        }
+        let Some(mut events) = committed? else {
             return Ok(None);
         };
-        self.api_keys.forget(&key.key_hash);
         Ok(Some((key, events.remove(0))))
     }
 }

@@ -995,31 +995,41 @@ impl RedisStore {
         plan.seal_subjects();
         let keys: Vec<Vec<u8>> = plan.keys.iter().cloned().collect();
         let args = plan.args();
-        let reply: redis::Value = match self.durable.as_deref().filter(|_| plan.durable) {
+        let waits = plan.durable || keys.first().is_some_and(|k| self.takes_access_away(k));
+        let (reply, unconfirmed) = match self.durable.as_deref().filter(|_| waits) {
             Some(durable) => {
                 let (reply, confirmed) = durable.eval(&COMMIT, &keys, &args).await?;
+                let mut unconfirmed = None;
                 if reply != redis::Value::Int(0) {
-                    durable.check(confirmed)?;
-                    self.confirmed(std::mem::take(&mut plan.unconfirmed)).await;
+                    match durable.check(confirmed) {
+                        Ok(()) => self.confirmed(std::mem::take(&mut plan.unconfirmed)).await,
+                        Err(StoreError::Unavailable(source)) => unconfirmed = Some(source),
+                        Err(other) => return Err(other),
+                    }
                 }
-                reply
+                (reply, unconfirmed)
             }
-            None => self.script(&COMMIT, &keys, &args).await?,
+            None => (self.script(&COMMIT, &keys, &args).await?, None),
         };
         let ids: Vec<String> = match reply {
             redis::Value::Int(0) => return Ok(None),
             other => Vec::<String>::from_redis_value(other).map_err(corrupt)?,
         };
-        Ok(Some(
-            plan.events
-                .into_iter()
-                .zip(ids)
-                .map(|((index, mut event), id)| {
-                    event.seq = stream_seq(&id, index);
-                    event
-                })
-                .collect(),
-        ))
+        let events = plan
+            .events
+            .into_iter()
+            .zip(ids)
+            .map(|((index, mut event), id)| {
+                event.seq = stream_seq(&id, index);
+                event
+            })
+            .collect();
+        match unconfirmed {
+            // Made on the primary, so its events are in the trail: the caller still publishes
+            // them (a retry finds the change made and records nothing again).
+            Some(source) => Err(StoreError::Unconfirmed { events, source }),
+            None => Ok(Some(events)),
+        }
     }
 
     /// Plans the ending of live session `session` and its live children.

@@ -140,7 +140,9 @@ async fn end_all(
                 assert!(ended.sessions.len() == 1 || retry && ended.sessions.is_empty());
                 acknowledged.push(session);
             }
-            (session, Err(StoreError::Unavailable(_))) => refused.push(session),
+            (session, Err(StoreError::Unavailable(_) | StoreError::Unconfirmed { .. })) => {
+                refused.push(session)
+            }
             (_, Err(other)) => panic!("an ending failed otherwise: {other}"),
         }
     }

@@ -1,6 +1,6 @@
 //! Endings acknowledged only once a replica has them, on a private Redis primary with one
 //! replica (`wait_replicas=1`): the replica frozen (`SIGSTOP`) confirms nothing, so an ending
-//! answers `StoreError::Unavailable` (503) after `wait_timeout` with the change left on the
+//! answers 503 (`StoreError::Unconfirmed`) after `wait_timeout` with the change left on the
 //! primary, marked; anyone who then reads it (a retried logout, a revocation) waits for the
 //! replica too, and once the replica is back the retry is acknowledged. Validations never
 //! queue behind a waiting ending.
@@ -79,7 +79,7 @@ async fn raw(
 
 fn unavailable(result: Result<impl std::fmt::Debug, StoreError>, what: &str) -> String {
     match result {
-        Err(err @ StoreError::Unavailable(_)) => err.to_string(),
+        Err(err @ (StoreError::Unavailable(_) | StoreError::Unconfirmed { .. })) => err.to_string(),
         other => panic!("{what}: expected 503 store_unavailable, got {other:?}"),
     }
 }
@@ -328,4 +328,90 @@ async fn a_retried_revocation_or_removal_found_done_waits_for_the_replica_too() 
             .is_none(),
         "the replica has the removal"
     );
+}
+
+/// What the engine publishes to the audit log.
+#[derive(Default)]
+struct Recorded(std::sync::Mutex<Vec<AuditEvent>>);
+
+impl portcullis_core::AuditSink for Recorded {
+    fn publish(&self, event: &AuditEvent) {
+        self.0.lock().unwrap().push(event.clone());
+    }
+}
+
+#[tokio::test]
+async fn an_ending_refused_unconfirmed_still_reaches_the_audit_log_once() {
+    use std::sync::Arc;
+
+    use portcullis_core::{
+        AuthContext, Engine, NewSession, OsRandom, PolicySet, Principal, SystemClock, legacy_app,
+    };
+
+    let pair = pair().await;
+    let store = RedisStore::connect(&format!(
+        "redis://127.0.0.1:{}?prefix=l&wait_replicas=1&wait_timeout=2s",
+        pair.primary.port
+    ))
+    .await
+    .unwrap();
+    let log = Arc::new(Recorded::default());
+    let engine = Engine::new(
+        store,
+        PolicySet::default(),
+        Arc::new(SystemClock),
+        Arc::new(OsRandom),
+    )
+    .with_sink(log.clone());
+    let operator = Principal::operator();
+    let issued = engine
+        .create(
+            NewSession {
+                subject: "eve".into(),
+                application: Some(legacy_app()),
+                auth: AuthContext {
+                    methods: vec!["pwd".into()],
+                    level: 1,
+                },
+                ..NewSession::default()
+            },
+            &operator,
+        )
+        .await
+        .unwrap();
+
+    pair.replica.pause();
+    let refused = engine
+        .end(&issued.session.id, EndReason::RevokedAdmin, &operator)
+        .await;
+    assert!(
+        matches!(
+            refused,
+            Err(portcullis_core::EngineError::Store(
+                StoreError::Unconfirmed { .. }
+            ))
+        ),
+        "{refused:?}"
+    );
+    let ended = |log: &Recorded| {
+        log.0
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|e| e.kind == EventKind::SessionEnded)
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    let logged = ended(&log);
+    assert_eq!(logged.len(), 1, "the ending made on the primary is logged");
+    assert!(logged[0].seq > 0, "with its position in the trail");
+    assert_eq!(logged[0].session_id.as_ref(), Some(&issued.session.id));
+
+    // The retry, once the replica is back, is acknowledged and logs nothing again.
+    pair.replica.resume();
+    engine
+        .end(&issued.session.id, EndReason::RevokedAdmin, &operator)
+        .await
+        .unwrap_or_else(|err| panic!("the retry: {err}"));
+    assert_eq!(ended(&log).len(), 1, "recorded exactly once");
 }
