@@ -2,28 +2,36 @@
 //! `redis-server`s on loopback, with a CA and certificates the test makes: a connection that
 //! verifies the server works end to end (a few conformance cases); a wrong CA, a name the
 //! certificate does not carry, no client certificate where the server asks for one, and plain
-//! `redis://` to the TLS port are each refused, with the reason.
+//! `redis://` to the TLS port are each refused, with the reason. A six-node Cluster, TLS on
+//! every link (clients, the cluster bus, replication), acknowledges an ending only once the
+//! replica of the primary that took it confirmed it, primary by primary.
 
 mod common;
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use common::{RedisProcess, free_port, until};
+use common::{RedisProcess, free_port, replication_field, until};
+use portcullis_core::{EndReason, SessionStore, StoreError, TokenHash, subject_route};
 use portcullis_store_redis::RedisStore;
-use portcullis_store_tests::{store, users};
+use portcullis_store_tests::{ending, plain_insert, random, session_at, store, t0, users};
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
     KeyPair, KeyUsagePurpose,
 };
 
 /// PEM files: the CA, another CA, a server certificate for `localhost` only, one for
-/// `localhost` and 127.0.0.1 (Cluster nodes announce addresses), and a client certificate.
+/// `localhost` and 127.0.0.1 (Cluster nodes announce addresses), one for the same names that is
+/// a client certificate as well (Cluster nodes present theirs to each other on the bus and on
+/// replication links, and refuse a peer whose certificate is not for clients), and a client
+/// certificate.
 struct Pki {
     ca: PathBuf,
     other_ca: PathBuf,
     localhost: (PathBuf, PathBuf),
     loopback: (PathBuf, PathBuf),
+    node: (PathBuf, PathBuf),
     client: (PathBuf, PathBuf),
 }
 
@@ -39,14 +47,14 @@ fn leaf(
     dir: &Path,
     name: &str,
     names: &[&str],
-    usage: ExtendedKeyUsagePurpose,
+    usages: &[ExtendedKeyUsagePurpose],
     ca: &CertifiedIssuer<'static, KeyPair>,
 ) -> (PathBuf, PathBuf) {
     let key = KeyPair::generate().unwrap();
     let mut params =
         CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap();
     params.distinguished_name.push(DnType::CommonName, name);
-    params.extended_key_usages = vec![usage];
+    params.extended_key_usages = usages.to_vec();
     let cert = params.signed_by(&key, ca).unwrap();
     let (cert_file, key_file) = (
         dir.join(format!("{name}.pem")),
@@ -65,24 +73,33 @@ fn pki(dir: &Path) -> Pki {
     let other_ca = dir.join("other-ca.pem");
     std::fs::write(&other_ca, ca("Portcullis test CA").pem()).unwrap();
     let server = ExtendedKeyUsagePurpose::ServerAuth;
+    let client = ExtendedKeyUsagePurpose::ClientAuth;
+    let loopback = ["localhost", "127.0.0.1"];
     Pki {
         ca: ca_file,
         other_ca,
-        localhost: leaf(dir, "localhost", &["localhost"], server.clone(), &authority),
+        localhost: leaf(
+            dir,
+            "localhost",
+            &["localhost"],
+            std::slice::from_ref(&server),
+            &authority,
+        ),
         loopback: leaf(
             dir,
             "loopback",
-            &["localhost", "127.0.0.1"],
-            server,
+            &loopback,
+            std::slice::from_ref(&server),
             &authority,
         ),
-        client: leaf(
+        node: leaf(
             dir,
-            "client",
-            &["portcullis"],
-            ExtendedKeyUsagePurpose::ClientAuth,
+            "node",
+            &loopback,
+            &[server, client.clone()],
             &authority,
         ),
+        client: leaf(dir, "client", &["portcullis"], &[client], &authority),
     }
 }
 
@@ -274,4 +291,354 @@ async fn rediss_cluster_verifies_every_node() {
     eprintln!("cluster, wrong CA: {wrong_ca}");
     let plain = refused(&format!("redis+cluster://127.0.0.1:{port}?wait_replicas=0")).await;
     eprintln!("cluster, plain redis+cluster:// to the TLS port: {plain}");
+}
+
+/// A TLS connection to the node on `port` (for setting up and looking at keys), trusting the
+/// test's CA.
+async fn tls_connection(pki: &Pki, port: u16) -> redis::aio::MultiplexedConnection {
+    let certificates = redis::TlsCertificates {
+        client_tls: None,
+        root_cert: Some(std::fs::read(&pki.ca).unwrap()),
+    };
+    redis::Client::build_with_tls(format!("rediss://127.0.0.1:{port}"), certificates)
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap()
+}
+
+/// One line of `CLUSTER NODES`: the node's id, its (TLS) port, the id of its primary when it is
+/// a replica, and the slot ranges it holds.
+#[derive(Debug)]
+struct Node {
+    id: String,
+    port: u16,
+    primary_of: Option<String>,
+    slots: Vec<(u16, u16)>,
+}
+
+/// The Cluster as the node behind `conn` sees it.
+async fn cluster_nodes(conn: &mut redis::aio::MultiplexedConnection) -> Vec<Node> {
+    let text: String = redis::cmd("CLUSTER")
+        .arg("NODES")
+        .query_async(conn)
+        .await
+        .unwrap();
+    text.lines()
+        .map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let port = f[1]
+                .split('@')
+                .next()
+                .and_then(|a| a.rsplit(':').next())
+                .unwrap()
+                .parse()
+                .unwrap();
+            let slots = f[8..]
+                .iter()
+                // `[slot->-id]`: a slot being migrated, not held.
+                .filter(|s| !s.starts_with('['))
+                .map(|s| match s.split_once('-') {
+                    Some((a, b)) => (a.parse().unwrap(), b.parse().unwrap()),
+                    None => (s.parse().unwrap(), s.parse().unwrap()),
+                })
+                .collect();
+            Node {
+                id: f[0].to_owned(),
+                port,
+                primary_of: (f[3] != "-").then(|| f[3].to_owned()),
+                slots,
+            }
+        })
+        .collect()
+}
+
+/// The raw record of `hash` under `prefix`, read from the node behind `conn` (a replica serves
+/// it after `READONLY`); `None` when there is none.
+async fn raw_record(
+    conn: &mut redis::aio::MultiplexedConnection,
+    prefix: &str,
+    hash: &TokenHash,
+) -> Option<Vec<u8>> {
+    let mut key = format!("{prefix}:{{{:02x}}}:s:", hash.0[0]).into_bytes();
+    key.extend_from_slice(&hash.0);
+    redis::cmd("GET").arg(key).query_async(conn).await.unwrap()
+}
+
+/// Byte 1 of a record: 1 live, 0 ended, 2 ended but not yet confirmed on the replicas.
+const LIVE: u8 = 1;
+const CONFIRMED: u8 = 0;
+const UNCONFIRMED: u8 = 2;
+
+#[tokio::test]
+async fn a_six_node_tls_cluster_waits_for_tls_replicas_per_primary() {
+    let began = Instant::now();
+    let root = tempfile::tempdir().unwrap();
+    let pki = pki(root.path());
+    let ca = path(&pki.ca);
+    // Six TLS-only nodes: clients, the cluster bus and replication all over TLS. On the bus and
+    // replication links each node presents its certificate and verifies the other's against the
+    // test's CA (so theirs is `node`, good for both ends); clients such as the store are not
+    // asked for one.
+    let servers: Vec<RedisProcess> = (0..6)
+        .map(|i| {
+            let name = format!("six{i}");
+            let bus = free_port().to_string();
+            let nodes = root.path().join(&name).join("nodes.conf");
+            tls_server(
+                root.path(),
+                &name,
+                &pki,
+                &pki.node,
+                false,
+                &[
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-port",
+                    &bus,
+                    "--cluster-config-file",
+                    path(&nodes),
+                    "--tls-cluster",
+                    "yes",
+                    "--tls-replication",
+                    "yes",
+                    // Full sync at once (not after the default 5 s wait for more replicas).
+                    "--repl-diskless-sync-delay",
+                    "0",
+                ],
+            )
+        })
+        .collect();
+    let addresses: Vec<String> = servers
+        .iter()
+        .map(|s| format!("127.0.0.1:{}", s.port))
+        .collect();
+    // Three primaries with a third of the slots each, one replica each (all on one host, which
+    // redis-cli warns about and accepts). redis-cli waits for the nodes to meet on the bus with
+    // no limit of its own (forever, should their TLS handshakes fail), so the test sets one.
+    let output = root.path().join("create.log");
+    let mut create = std::process::Command::new("redis-cli")
+        .args(["--tls", "--cacert", ca, "--cluster", "create"])
+        .args(&addresses)
+        .args(["--cluster-replicas", "1", "--cluster-yes"])
+        .stdout(std::fs::File::create(&output).unwrap())
+        .stderr(std::process::Stdio::from(
+            std::fs::File::options().append(true).open(&output).unwrap(),
+        ))
+        .spawn()
+        .unwrap();
+    let creating = Instant::now();
+    let created = loop {
+        if let Some(status) = create.try_wait().unwrap() {
+            break Some(status);
+        }
+        if creating.elapsed() > Duration::from_secs(60) {
+            let _ = create.kill();
+            let _ = create.wait();
+            break None;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(
+        created.is_some_and(|s| s.success()),
+        "redis-cli --cluster create ({created:?}): {}",
+        std::fs::read_to_string(&output).unwrap_or_default()
+    );
+    let mut conns = Vec::new();
+    for server in &servers {
+        conns.push(tls_connection(&pki, server.port).await);
+    }
+    for conn in &mut conns {
+        until(Duration::from_secs(30), "the cluster is ok", async || {
+            let info: String = redis::cmd("CLUSTER")
+                .arg("INFO")
+                .query_async(conn)
+                .await
+                .unwrap();
+            info.contains("cluster_state:ok")
+        })
+        .await;
+        // Every node knows every primary's replica (the store asks one node at start).
+        until(
+            Duration::from_secs(30),
+            "every node sees every primary's replica",
+            async || {
+                let nodes = cluster_nodes(conn).await;
+                let primaries: Vec<&Node> = nodes.iter().filter(|n| !n.slots.is_empty()).collect();
+                primaries.len() == 3
+                    && primaries.iter().all(|p| {
+                        nodes
+                            .iter()
+                            .any(|n| n.primary_of.as_deref() == Some(p.id.as_str()))
+                    })
+            },
+        )
+        .await;
+    }
+    let nodes = cluster_nodes(&mut conns[0]).await;
+    let primaries: Vec<&Node> = nodes.iter().filter(|n| !n.slots.is_empty()).collect();
+    assert_eq!(primaries.len(), 3, "{nodes:?}");
+    // Each primary's index among `servers`, and its replica's.
+    let index = |port: u16| servers.iter().position(|s| s.port == port).unwrap();
+    let pairs: Vec<(usize, usize)> = primaries
+        .iter()
+        .map(|p| {
+            let replica = nodes
+                .iter()
+                .find(|n| n.primary_of.as_deref() == Some(p.id.as_str()))
+                .unwrap();
+            (index(p.port), index(replica.port))
+        })
+        .collect();
+    for &(_, r) in &pairs {
+        let conn = &mut conns[r];
+        until(
+            Duration::from_secs(30),
+            "each replica's TLS link to its primary is up",
+            async || {
+                replication_field(conn, "master_link_status")
+                    .await
+                    .as_deref()
+                    == Some("up")
+            },
+        )
+        .await;
+        // Replicas serve reads of their primary's slots once asked to.
+        let _: () = redis::cmd("READONLY")
+            .query_async(&mut conns[r])
+            .await
+            .unwrap();
+    }
+    eprintln!(
+        "six-node TLS cluster up in {:?}: (primary, replica) ports {:?}",
+        began.elapsed(),
+        pairs
+            .iter()
+            .map(|&(p, r)| (servers[p].port, servers[r].port))
+            .collect::<Vec<_>>()
+    );
+
+    // Which primary (0–2) holds each route's hash tag (`{xx}`), and two subjects on each.
+    let mut primary_of_route = BTreeMap::new();
+    for route in 0..=255u8 {
+        let slot: u16 = redis::cmd("CLUSTER")
+            .arg("KEYSLOT")
+            .arg(format!("{{{route:02x}}}"))
+            .query_async(&mut conns[0])
+            .await
+            .unwrap();
+        let holder = primaries
+            .iter()
+            .position(|p| p.slots.iter().any(|(a, b)| (*a..=*b).contains(&slot)))
+            .unwrap();
+        primary_of_route.insert(route, holder);
+    }
+    let mut subjects: Vec<Vec<String>> = vec![Vec::new(); 3];
+    for i in 0.. {
+        let subject = format!("user{i}");
+        let list = &mut subjects[primary_of_route[&subject_route(&subject)]];
+        if list.len() < 2 {
+            list.push(subject);
+        }
+        if subjects.iter().all(|l| l.len() == 2) {
+            break;
+        }
+    }
+
+    // Long enough that a healthy replica on a loaded 2-core machine always confirms in time;
+    // each ending refused while a replica is frozen costs this much.
+    let timeout = Duration::from_secs(3);
+    let store = RedisStore::connect(&format!(
+        "rediss+cluster://127.0.0.1:{}?ca_file={ca}&wait_replicas=1&wait_timeout=3s&prefix=six",
+        servers[0].port
+    ))
+    .await
+    .unwrap();
+    let random = random();
+
+    // (a) On every primary: a session is created, validates, and its ending is acknowledged
+    // once that primary's TLS replica confirmed it (the replica has it as soon as it is).
+    for (i, &(p, r)) in pairs.iter().enumerate() {
+        let (token, session) = session_at(&subjects[i][0], t0(), &random);
+        store.insert(plain_insert(session.clone())).await.unwrap();
+        let found = store.find_by_token(&token.hash()).await.unwrap();
+        assert!(found.is_some_and(|s| s.is_live()), "validates");
+        let ended = store
+            .end(&session.id, ending(EndReason::Logout, t0()))
+            .await
+            .unwrap();
+        assert_eq!(ended.sessions.len(), 1);
+        let on_primary = raw_record(&mut conns[p], "six", &session.token_hash)
+            .await
+            .expect("the primary holds the record");
+        assert_eq!(on_primary[1], CONFIRMED, "confirmed by the replica");
+        let on_replica = raw_record(&mut conns[r], "six", &session.token_hash)
+            .await
+            .expect("the replica holds the record");
+        assert_ne!(on_replica[1], LIVE, "the replica has the ending");
+        let found = store.find_by_token(&token.hash()).await.unwrap();
+        assert!(found.is_some_and(|s| !s.is_live()));
+    }
+
+    // (b) The first primary's replica freezes: an ending there is made on the primary but not
+    // acknowledged, while an ending on the second primary, whose replica answers, is.
+    let (p, r) = pairs[0];
+    let (there_token, there) = session_at(&subjects[0][1], t0(), &random);
+    let (_, elsewhere) = session_at(&subjects[1][1], t0(), &random);
+    store.insert(plain_insert(there.clone())).await.unwrap();
+    store.insert(plain_insert(elsewhere.clone())).await.unwrap();
+    servers[r].pause();
+    let started = Instant::now();
+    let waiting = {
+        let store = store.clone();
+        let id = there.id.clone();
+        tokio::spawn(async move { store.end(&id, ending(EndReason::Logout, t0())).await })
+    };
+    let ended = store
+        .end(&elsewhere.id, ending(EndReason::Logout, t0()))
+        .await
+        .unwrap();
+    assert_eq!(ended.sessions.len(), 1);
+    let acknowledged_in = started.elapsed();
+    assert!(
+        !waiting.is_finished(),
+        "the other primary's ending was acknowledged while this one waited"
+    );
+    let refused = match waiting.await.unwrap() {
+        Err(err @ (StoreError::Unavailable(_) | StoreError::Unconfirmed { .. })) => err.to_string(),
+        other => panic!("an ending the frozen replica did not confirm: {other:?}"),
+    };
+    let refused_in = started.elapsed();
+    assert!(refused_in >= timeout, "it waited wait_timeout");
+    assert!(
+        refused.contains("0 of the 1 replica(s)") && refused.contains("retrying is safe"),
+        "{refused}"
+    );
+    eprintln!(
+        "replica frozen: the other primary's ending acknowledged in {acknowledged_in:?}, \
+         this one refused after {refused_in:?}: {refused}"
+    );
+    let on_primary = raw_record(&mut conns[p], "six", &there.token_hash)
+        .await
+        .unwrap();
+    assert_eq!(on_primary[1], UNCONFIRMED, "made on the primary, marked");
+
+    // The replica is back: the retry is acknowledged (ended already), and the replica has it.
+    servers[r].resume();
+    let retried = store
+        .end(&there.id, ending(EndReason::Logout, t0()))
+        .await
+        .unwrap();
+    assert!(retried.sessions.is_empty(), "it was ended already");
+    let on_primary = raw_record(&mut conns[p], "six", &there.token_hash)
+        .await
+        .unwrap();
+    assert_eq!(on_primary[1], CONFIRMED);
+    let on_replica = raw_record(&mut conns[r], "six", &there.token_hash)
+        .await
+        .unwrap();
+    assert_ne!(on_replica[1], LIVE, "the replica has the ending");
+    let found = store.find_by_token(&there_token.hash()).await.unwrap();
+    assert!(found.is_some_and(|s| !s.is_live()));
+    eprintln!("whole test {:?}", began.elapsed());
 }

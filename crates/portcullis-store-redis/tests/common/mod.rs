@@ -61,11 +61,17 @@ impl RedisProcess {
     /// Starts `redis-server` on a free port with `args` after the defaults (`--port` among the
     /// args replaces the default one; `port` is then the port to wait for).
     pub fn start(root: &Path, name: &str, port: u16, args: &[&str]) -> Self {
+        Self::start_binary(Path::new("redis-server"), root, name, port, args)
+    }
+
+    /// [`RedisProcess::start`] with another `redis-server` binary (a Redis built from source,
+    /// for a command the installed one lacks); a bare name is looked up in `PATH`.
+    pub fn start_binary(binary: &Path, root: &Path, name: &str, port: u16, args: &[&str]) -> Self {
         let dir = root.join(name);
         std::fs::create_dir_all(&dir).unwrap();
         // A restart in the same directory must not read the last run's log as its own.
         let _ = std::fs::remove_file(dir.join("redis.log"));
-        let mut command = Command::new("redis-server");
+        let mut command = Command::new(binary);
         if !args.contains(&"--port") {
             command.args(["--port", &port.to_string()]);
         }
@@ -86,7 +92,9 @@ impl RedisProcess {
             .args(args)
             .stdout(Stdio::null())
             .stderr(Stdio::null());
-        let child = command.spawn().expect("redis-server must be installed");
+        let child = command
+            .spawn()
+            .unwrap_or_else(|err| panic!("cannot run {}: {err}", binary.display()));
         let mut server = Self { port, dir, child };
         let started = Instant::now();
         // Ready when this process says so (something else may listen on the port).
