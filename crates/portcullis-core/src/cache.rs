@@ -18,7 +18,9 @@ use crate::application::{AppId, Application, ApplicationStore};
 use crate::event::{AuditEvent, EventQuery};
 use crate::plan;
 use crate::session::{EndReason, Session};
-use crate::store::{EndedSessions, Ending, Insert, Inserted, SessionStore, StoreError};
+use crate::store::{
+    EndedSessions, Ending, Insert, Inserted, LiveCount, LiveTally, SessionStore, StoreError,
+};
 use crate::time::Timestamp;
 use crate::token::{GeneratedTokens, PublicId, SessionId, TokenHash};
 
@@ -586,6 +588,19 @@ impl<J: Journal> SessionStore for CachedStore<J> {
             .filter(|s| &s.application == application)
             .take(limit)
             .collect())
+    }
+
+    /// Walks the token-hash shards one at a time, so validations of other shards go on and no
+    /// change waits for the whole walk (the writer lock is not taken); a change that lands
+    /// meanwhile may be counted or not, which a gauge sampled on an interval tolerates.
+    async fn live_counts(&self) -> Result<Vec<LiveCount>, StoreError> {
+        let mut tally = LiveTally::default();
+        for shard in &self.by_hash {
+            for session in shard.read().values() {
+                tally.add(session);
+            }
+        }
+        Ok(tally.into_counts())
     }
 
     async fn due(&self, now: Timestamp, limit: usize) -> Result<Vec<Arc<Session>>, StoreError> {

@@ -48,8 +48,8 @@ pub use rules::{ACCOUNT_SCOPE, AccountRules, RuleError, assurance_level, sign_in
 pub use sealed::{Keyring, KeyringError, SealError};
 pub use session::{AuthContext, Deadline, Device, Elevation, EndReason, Ended, Session};
 pub use store::{
-    BackendError, EndedSessions, Ending, EventTrail, Insert, Inserted, SessionLimit, SessionStore,
-    Store, StoreError, TrailFuture,
+    BackendError, EndedSessions, Ending, EventTrail, Insert, Inserted, LiveCount, LiveTally,
+    SessionLimit, SessionStore, Store, StoreError, TrailFuture,
 };
 pub use stored::{
     StoredApiKey, StoredAuth, StoredDeadline, StoredDevice, StoredElevation, StoredEndReason,

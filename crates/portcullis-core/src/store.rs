@@ -5,6 +5,7 @@
 //! its audit events in the same unit of work and returns them with their positions; time and
 //! randomness come from the caller, never from the store.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -155,6 +156,59 @@ pub struct EndedSessions {
     pub events: Vec<AuditEvent>,
 }
 
+/// How many live sessions one application holds under one policy: what an operator watches
+/// per application and policy ([`SessionStore::live_counts`]).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct LiveCount {
+    /// The application the sessions belong to.
+    pub application: AppId,
+    /// The policy they were created under.
+    pub policy: String,
+    /// Live sessions of that application and policy (children count as sessions of their own).
+    pub sessions: u64,
+}
+
+/// Counts live sessions by application and policy, for stores that walk their sessions to
+/// answer [`SessionStore::live_counts`]. A pair's names are copied once, when it is first seen,
+/// not per session.
+#[derive(Debug, Default)]
+pub struct LiveTally(HashMap<AppId, HashMap<String, u64>>);
+
+impl LiveTally {
+    /// Counts `session` if it is live.
+    pub fn add(&mut self, session: &Session) {
+        if !session.is_live() {
+            return;
+        }
+        let policies = match self.0.get_mut(&session.application) {
+            Some(policies) => policies,
+            None => self.0.entry(session.application.clone()).or_default(),
+        };
+        match policies.get_mut(session.policy.as_str()) {
+            Some(sessions) => *sessions += 1,
+            None => {
+                policies.insert(session.policy.clone(), 1);
+            }
+        }
+    }
+
+    /// One [`LiveCount`] per pair counted.
+    pub fn into_counts(self) -> Vec<LiveCount> {
+        self.0
+            .into_iter()
+            .flat_map(|(application, policies)| {
+                policies
+                    .into_iter()
+                    .map(move |(policy, sessions)| LiveCount {
+                        application: application.clone(),
+                        policy,
+                        sessions,
+                    })
+            })
+            .collect()
+    }
+}
+
 /// Everything the engine keeps: one store type bundles one store trait per entity, so the HTTP
 /// layer and the binary carry one type parameter.
 pub trait Store: SessionStore + ApplicationStore + ApiKeyStore {}
@@ -245,6 +299,13 @@ pub trait SessionStore: Send + Sync + 'static {
         application: &AppId,
         limit: usize,
     ) -> impl Future<Output = Result<Vec<Arc<Session>>, StoreError>> + Send;
+
+    /// How many live sessions each application holds under each policy, one entry per pair
+    /// that has at least one (in no particular order): a pair whose sessions all ended is
+    /// absent. Live means not ended, as in [`SessionStore::list_subject`]: a session past a
+    /// deadline the sweeper has not reached yet still counts. May cost a walk of every live
+    /// session; the server calls it on an interval, never per request.
+    fn live_counts(&self) -> impl Future<Output = Result<Vec<LiveCount>, StoreError>> + Send;
 
     /// Up to `limit` live sessions whose nearest deadline is at or before `now`, in deadline
     /// order. Costs O(returned), not O(live sessions).

@@ -16,8 +16,8 @@ use std::time::Duration;
 
 use portcullis_core::{
     ApiKeyCache, AppId, AuditEvent, BackendError, EndReason, EndedSessions, Ending, EventQuery,
-    Insert, Inserted, PublicId, Session, SessionId, SessionStore, StoreError, StoredSession,
-    Timestamp, TokenHash, plan,
+    Insert, Inserted, LiveCount, PublicId, Session, SessionId, SessionStore, StoreError,
+    StoredSession, Timestamp, TokenHash, plan,
 };
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow, PgSslMode};
 use sqlx::{PgConnection, PgPool, Postgres, Row, Transaction};
@@ -584,6 +584,28 @@ impl SessionStore for PostgresStore {
         .await
         .map_err(unavailable)?;
         rows.iter().map(|r| decode(r).map(Arc::new)).collect()
+    }
+
+    async fn live_counts(&self) -> Result<Vec<LiveCount>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT application, policy, count(*) FROM pc_sessions
+             WHERE live GROUP BY application, policy",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        rows.iter()
+            .map(|r| {
+                let application: String = r.try_get(0).map_err(unavailable)?;
+                let sessions: i64 = r.try_get(2).map_err(unavailable)?;
+                Ok(LiveCount {
+                    application: PublicId::from_string(application),
+                    policy: r.try_get(1).map_err(unavailable)?,
+                    sessions: u64::try_from(sessions)
+                        .map_err(|e| StoreError::Corrupt(e.to_string()))?,
+                })
+            })
+            .collect()
     }
 
     async fn due(&self, now: Timestamp, limit: usize) -> Result<Vec<Arc<Session>>, StoreError> {

@@ -73,6 +73,7 @@ mod api_keys;
 mod applications;
 mod durable;
 mod gather;
+mod live;
 mod options;
 mod record;
 mod throttle;
@@ -1375,6 +1376,10 @@ impl SessionStore for RedisStore {
         }
         walks().remove(application);
         Ok(found)
+    }
+
+    async fn live_counts(&self) -> Result<Vec<portcullis_core::LiveCount>, StoreError> {
+        self.count_live().await
     }
 
     async fn due(&self, now: Timestamp, limit: usize) -> Result<Vec<Arc<Session>>, StoreError> {

@@ -184,6 +184,7 @@ macro_rules! store_conformance {
             store::purge_forgets_after_retention,
             store::events_are_ordered_filtered_and_paged,
             store::account_events_join_the_session_trail,
+            store::live_counts_are_live_sessions_per_application_and_policy,
             store::ping_answers,
             api_keys::api_keys_add_find_list_revoke,
             applications::applications_add_find_list_update_remove,

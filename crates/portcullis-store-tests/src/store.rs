@@ -1,14 +1,15 @@
 //! Cases for the session store contract itself: sessions, their events and the readiness ping.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use portcullis_core::{
-    Actor, AuditEvent, EndReason, EventKind, EventQuery, OnLimit, PublicId, SessionLimit,
-    SessionStore, StoreError, Token, TokenKind, portcullis_app, subject_route,
+    Actor, AppId, AuditEvent, EndReason, EventKind, EventQuery, LiveCount, OnLimit, PublicId,
+    SessionLimit, SessionStore, StoreError, Token, TokenKind, portcullis_app, subject_route,
 };
 
-use crate::{ending, limited_insert, plain_insert, random, rotated, session_at, t0};
+use crate::{ending, limited_insert, plain_insert, random, rotated, session_at, session_of, t0};
 
 const SEC: Duration = Duration::from_secs(1);
 
@@ -793,4 +794,67 @@ pub async fn account_events_join_the_session_trail<S: SessionStore>(store: S) {
 /// A healthy store answers its readiness ping.
 pub async fn ping_answers<S: SessionStore>(store: S) {
     store.ping().await.unwrap();
+}
+
+/// Live sessions are counted per application and policy, exactly: an ended session is not
+/// counted, a child counts as a session of its own policy, a rotated session once, and a pair
+/// whose sessions have all ended is no longer listed.
+pub async fn live_counts_are_live_sessions_per_application_and_policy<S: SessionStore>(store: S) {
+    let r = random();
+    let shop = PublicId::from_string("app_shop".into());
+    let blog = PublicId::from_string("app_blog".into());
+    let under = |subject: &str, app: &AppId, policy: &str| {
+        let (_, mut s) = session_of(subject, app, t0(), &r);
+        s.policy = policy.into();
+        s
+    };
+    let alice = under("alice", &shop, "default");
+    let bob = under("bob", &shop, "default");
+    let carol = under("carol", &shop, "bank");
+    let dave = under("dave", &blog, "default");
+    let mut child = under("alice", &shop, "bank");
+    child.parent = Some(alice.id.clone());
+    for s in [&alice, &bob, &carol, &dave, &child] {
+        store.insert(plain_insert(s.clone())).await.unwrap();
+    }
+    store
+        .end(&bob.id, ending(EndReason::Logout, t0().plus(SEC)))
+        .await
+        .unwrap();
+    let (_, next, event) = rotated(&carol, &r);
+    store
+        .replace(carol.version, next, event)
+        .await
+        .unwrap()
+        .unwrap();
+
+    let counts = |counts: Vec<LiveCount>| -> BTreeMap<(String, String), u64> {
+        let mut seen = BTreeMap::new();
+        for c in counts {
+            let pair = (c.application.as_str().to_owned(), c.policy);
+            assert!(seen.insert(pair, c.sessions).is_none(), "each pair once");
+        }
+        seen
+    };
+    let pair = |app: &str, policy: &str| (app.to_owned(), policy.to_owned());
+    assert_eq!(
+        counts(store.live_counts().await.unwrap()),
+        BTreeMap::from([
+            (pair("app_blog", "default"), 1),
+            (pair("app_shop", "bank"), 2),
+            (pair("app_shop", "default"), 1),
+        ])
+    );
+
+    // Ending alice's session ends her child with it; dave's was blog's only one.
+    for s in [&alice, &dave] {
+        store
+            .end(&s.id, ending(EndReason::Logout, t0().plus(SEC * 2)))
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        counts(store.live_counts().await.unwrap()),
+        BTreeMap::from([(pair("app_shop", "bank"), 1)])
+    );
 }

@@ -32,6 +32,17 @@ impl<'de> Deserialize<'de> for ConfigDuration {
     }
 }
 
+/// A [`ConfigDuration`] that may also be `off`, read as `0s`.
+fn duration_or_off<'de, D: Deserializer<'de>>(d: D) -> Result<ConfigDuration, D::Error> {
+    let text = String::deserialize(d)?;
+    if text.trim() == "off" {
+        return Ok(ConfigDuration(Duration::ZERO));
+    }
+    parse_duration(&text)
+        .map(ConfigDuration)
+        .map_err(serde::de::Error::custom)
+}
+
 /// One `[policies.NAME]` table: names only what it changes.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -104,6 +115,14 @@ pub struct Config {
     /// How long an ended session is remembered so validation can say why.
     #[serde(default = "default_retention")]
     pub ended_retention: ConfigDuration,
+    /// How often live sessions are counted per application and policy for `/metrics`
+    /// (`portcullis_live_sessions`); a count may walk every live session, so it runs on this
+    /// interval, never per scrape. `"0s"` or `"off"`: never ([`Config::live_sessions_every`]).
+    #[serde(
+        default = "default_live_sessions",
+        deserialize_with = "duration_or_off"
+    )]
+    pub live_sessions_interval: ConfigDuration,
     /// Named policies.
     #[serde(default)]
     pub policies: BTreeMap<String, PolicyConfig>,
@@ -198,6 +217,9 @@ fn default_sweep() -> ConfigDuration {
 }
 fn default_retention() -> ConfigDuration {
     ConfigDuration(Duration::from_secs(3600))
+}
+fn default_live_sessions() -> ConfigDuration {
+    ConfigDuration(Duration::from_secs(60))
 }
 
 /// Settings given on the command line, which win over file and environment.
@@ -438,6 +460,13 @@ impl Config {
         }
     }
 
+    /// How often live sessions are counted for `/metrics`; `None` when counting is off
+    /// (`"0s"`, `"off"`, or `"none"`, which would be never as well).
+    pub fn live_sessions_every(&self) -> Option<Duration> {
+        Some(self.live_sessions_interval.0)
+            .filter(|every| !every.is_zero() && *every != portcullis_core::NO_LIMIT)
+    }
+
     /// The admin socket of this data directory.
     pub fn admin_socket(&self) -> PathBuf {
         self.data_dir.join("portcullis.sock")
@@ -601,6 +630,30 @@ mod tests {
                 StoreUrl::Redis(url.into())
             );
         }
+    }
+
+    #[test]
+    fn live_sessions_are_counted_every_minute_unless_told_otherwise_or_off() {
+        Jail::expect_with(|jail| {
+            let c = Config::load(None, &Overrides::default()).unwrap();
+            assert_eq!(c.live_sessions_every(), Some(Duration::from_secs(60)));
+            for (text, every) in [
+                ("30s", Some(Duration::from_secs(30))),
+                ("off", None),
+                ("0s", None),
+            ] {
+                jail.set_env("PORTCULLIS_LIVE_SESSIONS_INTERVAL", text);
+                let c = Config::load(None, &Overrides::default()).unwrap();
+                assert_eq!(c.live_sessions_every(), every, "{text}");
+            }
+            jail.set_env("PORTCULLIS_LIVE_SESSIONS_INTERVAL", "often");
+            let err = Config::load(None, &Overrides::default()).unwrap_err();
+            assert!(
+                err.to_string().starts_with("live_sessions_interval:"),
+                "{err}"
+            );
+            Ok(())
+        });
     }
 
     #[test]

@@ -4,6 +4,7 @@ mod admin_client;
 mod audit;
 mod config;
 mod ocsf;
+mod timed_store;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -14,7 +15,7 @@ use http_body_util::BodyExt;
 use hyper::{Method, StatusCode};
 use portcullis_core::{
     Accounts, AuditSink, Engine, MemoryStore, MemoryThrottleStore, MemoryUserStore, NoAuditSink,
-    OsRandom, Store, SystemClock, ThrottleStore, UserStore,
+    OsRandom, SessionStore, Store, SystemClock, ThrottleStore, UserStore,
 };
 use portcullis_http::ui::web::{Ui, UiSettings};
 use portcullis_http::{AppState, AuditHealth, Edge, Services, admin_router, api_router};
@@ -23,6 +24,7 @@ use tower::ServiceExt;
 use crate::admin_client::AdminClient;
 use crate::audit::JsonLinesSink;
 use crate::config::{Config, Overrides, StoreUrl};
+use crate::timed_store::TimedStore;
 
 /// Validation allocates a few short-lived buffers per request on one worker thread and often
 /// frees them on another; glibc's allocator spent about a fifth of the server's CPU on that
@@ -502,6 +504,13 @@ fn config_check(config: &Config) -> Result<()> {
             ""
         }
     );
+    match config.live_sessions_every() {
+        Some(every) => println!(
+            "live_sessions_interval: {} (live sessions per application and policy on /metrics)",
+            portcullis_core::format_duration(every)
+        ),
+        None => println!("live_sessions_interval: off"),
+    }
     let proxies = config.trusted_proxies();
     if proxies.is_empty() {
         println!("trusted_proxies: none (the TCP peer is the client)");
@@ -541,13 +550,14 @@ fn config_check(config: &Config) -> Result<()> {
 }
 
 /// Everything a router needs, over an opened store. Data of the previous release is adopted
-/// here: its API keys move to the `legacy` application, so they keep working.
+/// here: its API keys move to the `legacy` application, so they keep working. Every store
+/// call is timed ([`TimedStore`]).
 async fn app_state<S: Store>(
     store: S,
     backing: AccountBacking,
     config: &Config,
     sink: Arc<dyn AuditSink>,
-) -> Result<Services<S>> {
+) -> Result<Services<TimedStore<S>>> {
     let clock = Arc::new(SystemClock);
     let random = Arc::new(OsRandom);
     let mut accounts = Accounts::new(backing.users, clock.clone(), random.clone(), sink.clone())
@@ -567,9 +577,14 @@ async fn app_state<S: Store>(
         );
     }
     let engine = Arc::new(
-        Engine::new(store, config.policies()?, clock.clone(), random.clone())
-            .with_settings(config.engine_settings())
-            .with_sink(Arc::clone(&sink)),
+        Engine::new(
+            TimedStore::new(store),
+            config.policies()?,
+            clock.clone(),
+            random.clone(),
+        )
+        .with_settings(config.engine_settings())
+        .with_sink(Arc::clone(&sink)),
     );
     let accounts = accounts.with_trail(engine.clone());
     if let Some(app) = engine
@@ -846,21 +861,55 @@ async fn serve(config: Config) -> Result<()> {
                 .map(|t| Arc::from(t.0.as_str())),
         },
     };
+    // Before the store opens: the store's metric handles are looked up on their first call
+    // and kept (`TimedStore`), and a handle taken before the recorder is installed records
+    // nothing.
+    let recorder = install_metrics_recorder()?;
     let (opened, users) = open_store(&config).await?;
     match opened {
         Opened::Sqlite(store) => {
-            run_server(app_state(store, users, &config, sink).await?, &config, edge).await
+            let services = app_state(store, users, &config, sink).await?;
+            run_server(services, &config, edge, recorder).await
         }
         Opened::Memory(store) => {
-            run_server(app_state(store, users, &config, sink).await?, &config, edge).await
+            let services = app_state(store, users, &config, sink).await?;
+            run_server(services, &config, edge, recorder).await
         }
         Opened::Postgres(store) => {
-            run_server(app_state(store, users, &config, sink).await?, &config, edge).await
+            let services = app_state(store, users, &config, sink).await?;
+            run_server(services, &config, edge, recorder).await
         }
         Opened::Redis(store) => {
-            run_server(app_state(store, users, &config, sink).await?, &config, edge).await
+            let services = app_state(store, users, &config, sink).await?;
+            run_server(services, &config, edge, recorder).await
         }
     }
+}
+
+/// Installs the process's Prometheus recorder: latencies as histograms (Prometheus can
+/// aggregate them across nodes).
+fn install_metrics_recorder() -> Result<metrics_exporter_prometheus::PrometheusHandle> {
+    use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+    PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            Matcher::Suffix("_seconds".into()),
+            &[
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+            ],
+        )
+        .context("cannot configure the metrics recorder")?
+        // A store call can take microseconds (a validation's lookup in memory), so the
+        // store's buckets start lower.
+        .set_buckets_for_metric(
+            Matcher::Full(timed_store::CALL_SECONDS.into()),
+            &[
+                0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01,
+                0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+            ],
+        )
+        .context("cannot configure the metrics recorder")?
+        .install_recorder()
+        .context("cannot install the metrics recorder")
 }
 
 /// Whether a server of ours answers on `socket`.
@@ -914,21 +963,23 @@ fn bind_admin_socket(socket: &Path) -> Result<tokio::net::UnixListener> {
 }
 
 async fn run_server<S: Store>(
-    mut services: Services<S>,
+    mut services: Services<TimedStore<S>>,
     config: &Config,
     edge: Edge,
+    recorder: metrics_exporter_prometheus::PrometheusHandle,
 ) -> Result<()> {
-    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new()
-        // Latencies as histograms (Prometheus can aggregate them across nodes).
-        .set_buckets_for_metric(
-            metrics_exporter_prometheus::Matcher::Suffix("_seconds".into()),
-            &[
-                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-            ],
-        )
-        .context("cannot configure the metrics recorder")?
-        .install_recorder()
-        .context("cannot install the metrics recorder")?;
+    // Histogram samples wait in the recorder until they are folded into their buckets: on a
+    // scrape, or here, so a node nobody scrapes does not keep every store call's sample.
+    let upkeep = {
+        let recorder = recorder.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+            loop {
+                tick.tick().await;
+                recorder.run_upkeep();
+            }
+        })
+    };
     services.metrics = Some(Arc::new(move || recorder.render()));
     let state = AppState::with_edge(services, edge);
     let listener = tokio::net::TcpListener::bind(&config.listen)
@@ -975,6 +1026,10 @@ async fn run_server<S: Store>(
             }
         })
     };
+
+    let live_counter = config
+        .live_sessions_every()
+        .map(|every| tokio::spawn(count_live_sessions(Arc::clone(&state.engine), every)));
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let wait = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
@@ -1034,11 +1089,57 @@ async fn run_server<S: Store>(
     a?;
     b.context("the admin socket failed")?;
     sweeper.abort();
+    upkeep.abort();
+    if let Some(counter) = live_counter {
+        counter.abort();
+    }
     if let Err(err) = state.engine.store().flush().await {
         tracing::warn!(error = %err, "could not write the last activity updates");
     }
     let _ = std::fs::remove_file(&socket);
     Ok(())
+}
+
+/// Sets `portcullis_live_sessions{application,policy}` every `every` from the store's count
+/// (which may walk every live session, so never per scrape). A pair counted last time and not
+/// now is set to 0, not left at its old value. A failed count is counted by the store
+/// wrapper (`portcullis_store_errors_total{op="live_counts"}`) and leaves the gauges as they
+/// were until a count succeeds.
+async fn count_live_sessions<S: Store>(
+    engine: Arc<Engine<TimedStore<S>>>,
+    every: std::time::Duration,
+) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut reported: std::collections::HashSet<(portcullis_core::AppId, String)> =
+        std::collections::HashSet::new();
+    loop {
+        tick.tick().await;
+        let counts = match engine.store().live_counts().await {
+            Ok(counts) => counts,
+            Err(err) => {
+                tracing::warn!(error = %err, "counting live sessions failed; will retry");
+                continue;
+            }
+        };
+        let mut counted = std::collections::HashSet::with_capacity(counts.len());
+        for count in counts {
+            live_sessions_gauge(&count.application, &count.policy).set(count.sessions as f64);
+            counted.insert((count.application, count.policy));
+        }
+        for (application, policy) in reported.difference(&counted) {
+            live_sessions_gauge(application, policy).set(0.0);
+        }
+        reported = counted;
+    }
+}
+
+fn live_sessions_gauge(application: &portcullis_core::AppId, policy: &str) -> metrics::Gauge {
+    metrics::gauge!(
+        "portcullis_live_sessions",
+        "application" => application.as_str().to_owned(),
+        "policy" => policy.to_owned()
+    )
 }
 
 async fn shutdown_signal() {
