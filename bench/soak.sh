@@ -82,7 +82,7 @@ declare -A URLS=(
   fi
   echo "- host: $(nproc) cores, $(awk '/MemTotal/{printf "%.1f GiB", $2/1048576}' /proc/meminfo); redis $(redis-server --version | awk '{print $3}'); postgres $(psql --version | awk '{print $3}')"
   echo "- load: wrk -t$CONNS -c$CONNS --latency -s bench/lua/mixed.lua, per minute a 57 s run and a 3 s pause; per connection a pool of $POOL sessions (validate 80 %, rotate 10 %, logout 10 %, creates refill it), a page sign-in and sign-out (5 requests, one Argon2id) every $SIGNIN_EVERY requests"
-  echo "- server: \`ended_retention = \"1m\"\`, \`sweep_interval = \"5s\"\`, policy `default` with `idle = \"2m\"` and no re-constitution, audit log off; RSS of the server process at the end of each minute under load, and settled (3 s after the load stopped: a sign-in's Argon2id takes 19 MiB while it runs)"
+  echo "- server: \`ended_retention = \"1m\"\`, \`sweep_interval = \"5s\"\`, policy \`default\` with \`idle = \"2m\"\` and no re-constitution, audit log off; RSS of the server process at the end of each minute under load, and settled (3 s after the load stopped: a sign-in's Argon2id takes 19 MiB while it runs)"
   echo "- refused: the 4xx/5xx answers of the minute by request kind (signinN: step N of a page sign-in)"
   echo
 } >"$REPORT"
