@@ -15,7 +15,9 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{RedisProcess, connection, free_port, replication_field, until};
+use common::{
+    ClusterNode, RedisProcess, cluster_nodes, connection, free_port, replication_field, until,
+};
 use portcullis_core::{EndReason, Session, SessionStore, StoreError, subject_route};
 use portcullis_store_redis::RedisStore;
 use portcullis_store_tests::{ending, plain_insert, random, session_at, t0};
@@ -56,47 +58,9 @@ impl Node {
     }
 }
 
-/// One line of `CLUSTER NODES`.
-#[derive(Debug)]
-struct Entry {
-    id: String,
-    port: u16,
-    primary_of: Option<String>,
-    slots: Vec<(u16, u16)>,
-}
-
-async fn topology(port: u16) -> Vec<Entry> {
-    let text: String = redis::cmd("CLUSTER")
-        .arg("NODES")
-        .query_async(&mut connection(port).await)
-        .await
-        .unwrap();
-    text.lines()
-        .map(|line| {
-            let f: Vec<&str> = line.split_whitespace().collect();
-            let port = f[1]
-                .split('@')
-                .next()
-                .and_then(|a| a.rsplit(':').next())
-                .unwrap()
-                .parse()
-                .unwrap();
-            let slots = f[8..]
-                .iter()
-                .filter(|s| !s.starts_with('['))
-                .map(|s| match s.split_once('-') {
-                    Some((a, b)) => (a.parse().unwrap(), b.parse().unwrap()),
-                    None => (s.parse().unwrap(), s.parse().unwrap()),
-                })
-                .collect();
-            Entry {
-                id: f[0].to_owned(),
-                port,
-                primary_of: (f[3] != "-").then(|| f[3].to_owned()),
-                slots,
-            }
-        })
-        .collect()
+/// The Cluster as the node on `port` sees it.
+async fn topology(port: u16) -> Vec<ClusterNode> {
+    cluster_nodes(&mut connection(port).await).await
 }
 
 async fn cluster_ok(port: u16) -> bool {

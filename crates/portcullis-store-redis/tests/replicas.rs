@@ -9,7 +9,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{RedisProcess, connection, free_port, replication_field, until};
+use common::{RedisProcess, connection, free_port, info_field, replication_field, until};
 use portcullis_core::{
     Actor, ApiKey, ApiKeyStore, ApplicationStore, AuditEvent, EndReason, EventKind, PublicId,
     SessionStore, StoreError, Token, TokenHash, TokenKind,
@@ -418,22 +418,6 @@ async fn an_ending_refused_unconfirmed_still_reaches_the_audit_log_once() {
 
 /// The variable naming a `redis-server` of Redis 7.2 or later, for the `WAITAOF` test below.
 const WAITAOF_SERVER: &str = "PORTCULLIS_REDIS_WAITAOF_SERVER";
-
-/// Field `name` of `INFO <section>` of the server behind `conn`.
-async fn info_field(
-    conn: &mut redis::aio::MultiplexedConnection,
-    section: &str,
-    name: &str,
-) -> Option<String> {
-    let info: String = redis::cmd("INFO")
-        .arg(section)
-        .query_async(conn)
-        .await
-        .ok()?;
-    info.lines()
-        .find_map(|l| l.strip_prefix(&format!("{name}:")))
-        .map(|v| v.trim().to_owned())
-}
 
 /// `wait_aof=true`: an ending is acknowledged only once the replica has written it to its
 /// append-only file (`WAITAOF 0 1 <timeout>`), and refused (503) when the replica, frozen,

@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::{RedisProcess, free_port, replication_field, until};
+use common::{ClusterNode, RedisProcess, cluster_nodes, free_port, replication_field, until};
 use portcullis_core::{EndReason, SessionStore, StoreError, TokenHash, subject_route};
 use portcullis_store_redis::RedisStore;
 use portcullis_store_tests::{ending, plain_insert, random, session_at, store, t0, users};
@@ -307,52 +307,6 @@ async fn tls_connection(pki: &Pki, port: u16) -> redis::aio::MultiplexedConnecti
         .unwrap()
 }
 
-/// One line of `CLUSTER NODES`: the node's id, its (TLS) port, the id of its primary when it is
-/// a replica, and the slot ranges it holds.
-#[derive(Debug)]
-struct Node {
-    id: String,
-    port: u16,
-    primary_of: Option<String>,
-    slots: Vec<(u16, u16)>,
-}
-
-/// The Cluster as the node behind `conn` sees it.
-async fn cluster_nodes(conn: &mut redis::aio::MultiplexedConnection) -> Vec<Node> {
-    let text: String = redis::cmd("CLUSTER")
-        .arg("NODES")
-        .query_async(conn)
-        .await
-        .unwrap();
-    text.lines()
-        .map(|line| {
-            let f: Vec<&str> = line.split_whitespace().collect();
-            let port = f[1]
-                .split('@')
-                .next()
-                .and_then(|a| a.rsplit(':').next())
-                .unwrap()
-                .parse()
-                .unwrap();
-            let slots = f[8..]
-                .iter()
-                // `[slot->-id]`: a slot being migrated, not held.
-                .filter(|s| !s.starts_with('['))
-                .map(|s| match s.split_once('-') {
-                    Some((a, b)) => (a.parse().unwrap(), b.parse().unwrap()),
-                    None => (s.parse().unwrap(), s.parse().unwrap()),
-                })
-                .collect();
-            Node {
-                id: f[0].to_owned(),
-                port,
-                primary_of: (f[3] != "-").then(|| f[3].to_owned()),
-                slots,
-            }
-        })
-        .collect()
-}
-
 /// The raw record of `hash` under `prefix`, read from the node behind `conn` (a replica serves
 /// it after `READONLY`); `None` when there is none.
 async fn raw_record(
@@ -464,7 +418,8 @@ async fn a_six_node_tls_cluster_waits_for_tls_replicas_per_primary() {
             "every node sees every primary's replica",
             async || {
                 let nodes = cluster_nodes(conn).await;
-                let primaries: Vec<&Node> = nodes.iter().filter(|n| !n.slots.is_empty()).collect();
+                let primaries: Vec<&ClusterNode> =
+                    nodes.iter().filter(|n| !n.slots.is_empty()).collect();
                 primaries.len() == 3
                     && primaries.iter().all(|p| {
                         nodes
@@ -476,7 +431,7 @@ async fn a_six_node_tls_cluster_waits_for_tls_replicas_per_primary() {
         .await;
     }
     let nodes = cluster_nodes(&mut conns[0]).await;
-    let primaries: Vec<&Node> = nodes.iter().filter(|n| !n.slots.is_empty()).collect();
+    let primaries: Vec<&ClusterNode> = nodes.iter().filter(|n| !n.slots.is_empty()).collect();
     assert_eq!(primaries.len(), 3, "{nodes:?}");
     // Each primary's index among `servers`, and its replica's.
     let index = |port: u16| servers.iter().position(|s| s.port == port).unwrap();

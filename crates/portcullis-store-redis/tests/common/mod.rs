@@ -152,17 +152,72 @@ pub async fn connection(port: u16) -> redis::aio::MultiplexedConnection {
         .unwrap()
 }
 
-/// `INFO replication` of the server behind `conn`, field `name`.
-pub async fn replication_field(
+/// `INFO <section>` of the server behind `conn`, field `name`.
+pub async fn info_field(
     conn: &mut redis::aio::MultiplexedConnection,
+    section: &str,
     name: &str,
 ) -> Option<String> {
     let info: String = redis::cmd("INFO")
-        .arg("replication")
+        .arg(section)
         .query_async(conn)
         .await
         .ok()?;
     info.lines()
         .find_map(|l| l.strip_prefix(&format!("{name}:")))
         .map(|v| v.trim().to_owned())
+}
+
+/// `INFO replication` of the server behind `conn`, field `name`.
+pub async fn replication_field(
+    conn: &mut redis::aio::MultiplexedConnection,
+    name: &str,
+) -> Option<String> {
+    info_field(conn, "replication", name).await
+}
+
+/// One line of `CLUSTER NODES`: the node's id, its port, the id of its primary when it is a
+/// replica, and the slot ranges it holds.
+#[derive(Debug)]
+pub struct ClusterNode {
+    pub id: String,
+    pub port: u16,
+    pub primary_of: Option<String>,
+    pub slots: Vec<(u16, u16)>,
+}
+
+/// The Cluster as the node behind `conn` sees it.
+pub async fn cluster_nodes(conn: &mut redis::aio::MultiplexedConnection) -> Vec<ClusterNode> {
+    let text: String = redis::cmd("CLUSTER")
+        .arg("NODES")
+        .query_async(conn)
+        .await
+        .unwrap();
+    text.lines()
+        .map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let port = f[1]
+                .split('@')
+                .next()
+                .and_then(|a| a.rsplit(':').next())
+                .unwrap()
+                .parse()
+                .unwrap();
+            let slots = f[8..]
+                .iter()
+                // `[slot->-id]`: a slot being migrated, not held.
+                .filter(|s| !s.starts_with('['))
+                .map(|s| match s.split_once('-') {
+                    Some((a, b)) => (a.parse().unwrap(), b.parse().unwrap()),
+                    None => (s.parse().unwrap(), s.parse().unwrap()),
+                })
+                .collect();
+            ClusterNode {
+                id: f[0].to_owned(),
+                port,
+                primary_of: (f[3] != "-").then(|| f[3].to_owned()),
+                slots,
+            }
+        })
+        .collect()
 }
