@@ -12,7 +12,7 @@ use std::pin::Pin;
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
-use argon2::{Argon2, PasswordHasher, PasswordVerifier};
+use argon2::Argon2;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
@@ -230,29 +230,92 @@ pub fn password_problem(username: &str, password: &str, second_factor: bool) -> 
     None
 }
 
-/// Hashes a password with Argon2id (OWASP parameters: 19 MiB, 2 passes). CPU-heavy: call it
-/// off the async threads.
-pub fn hash_password(password: &str, random: &dyn RandomSource) -> String {
-    let mut salt = [0u8; 16];
-    random.fill(&mut salt);
-    Argon2::default()
-        .hash_password_with_salt(password.as_bytes(), &salt)
-        .map(|hash| hash.to_string())
-        // Default parameters and a 16-byte salt are always valid.
-        .expect("Argon2id with default parameters")
+/// Argon2id's working memory for one hash (19 MiB with the default parameters). Each hashing
+/// permit keeps one and reuses it, so password checks never hand the allocator 19 MiB blocks
+/// that it may keep mapped at whatever high-water mark a burst of sign-ins reached.
+pub struct HashMemory(Vec<argon2::Block>);
+
+impl HashMemory {
+    /// Memory for a hash with the parameters [`hash_password`] uses.
+    pub fn new() -> Self {
+        Self(vec![
+            argon2::Block::default();
+            argon2::Params::DEFAULT.block_count()
+        ])
+    }
 }
 
-/// Whether `password` matches the PHC string `hash` (constant-time inside argon2).
-pub fn verify_password(hash: &str, password: &str) -> bool {
-    Argon2::default()
-        .verify_password(password.as_bytes(), hash)
-        .is_ok()
+impl Default for HashMemory {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Hashes a password with Argon2id (OWASP parameters: 19 MiB, 2 passes) in `memory`.
+/// CPU-heavy: call it off the async threads.
+pub fn hash_password(password: &str, random: &dyn RandomSource, memory: &mut HashMemory) -> String {
+    let mut salt = [0u8; 16];
+    random.fill(&mut salt);
+    let argon2 = Argon2::default();
+    let mut output = [0u8; argon2::Params::DEFAULT_OUTPUT_LEN];
+    let phc = argon2
+        .hash_password_into_with_memory(password.as_bytes(), &salt, &mut output, &mut memory.0)
+        .map_err(argon2::password_hash::Error::from)
+        .and_then(|()| {
+            Ok(argon2::PasswordHash {
+                algorithm: argon2::Algorithm::Argon2id.ident(),
+                version: Some(argon2::Version::default().into()),
+                params: argon2::Params::DEFAULT.try_into()?,
+                salt: Some(argon2::password_hash::phc::Salt::new(&salt)?),
+                hash: Some(argon2::password_hash::phc::Output::new(&output)?),
+            })
+        });
+    // Default parameters, a 16-byte salt and memory sized for them are always valid.
+    phc.expect("Argon2id with default parameters").to_string()
+}
+
+/// Whether `password` matches the PHC string `hash`, computed in `memory` when it is large
+/// enough for the hash's parameters (a hash made with larger ones gets its own for this
+/// check). The outputs are compared in constant time.
+pub fn verify_password(hash: &str, password: &str, memory: &mut HashMemory) -> bool {
+    use subtle::ConstantTimeEq;
+    let Ok(phc) = argon2::PasswordHash::new(hash) else {
+        return false;
+    };
+    let (Some(salt), Some(expected)) = (&phc.salt, &phc.hash) else {
+        return false;
+    };
+    let Ok(algorithm) = argon2::Algorithm::try_from(phc.algorithm.as_str()) else {
+        return false;
+    };
+    let Ok(version) = phc
+        .version
+        .map_or(Ok(argon2::Version::default()), argon2::Version::try_from)
+    else {
+        return false;
+    };
+    let Ok(params) = argon2::Params::try_from(&phc) else {
+        return false;
+    };
+    let argon2 = Argon2::new(algorithm, version, params.clone());
+    let mut output = vec![0u8; expected.len()];
+    let computed = if params.block_count() <= memory.0.len() {
+        argon2.hash_password_into_with_memory(password.as_bytes(), salt, &mut output, &mut memory.0)
+    } else {
+        argon2.hash_password_into(password.as_bytes(), salt, &mut output)
+    };
+    computed.is_ok() && bool::from(output.as_slice().ct_eq(expected.as_bytes()))
 }
 
 /// A hash of a password nobody knows: an unknown username is checked against it so that it
 /// costs the same time as a wrong password.
-static DECOY_HASH: LazyLock<String> =
-    LazyLock::new(|| hash_password("no account has this password", &crate::random::OsRandom));
+static DECOY_HASH: LazyLock<String> = LazyLock::new(|| {
+    hash_password(
+        "no account has this password",
+        &crate::random::OsRandom,
+        &mut HashMemory::new(),
+    )
+});
 
 /// A new TOTP secret (160 bits), base32.
 pub fn new_totp_secret(random: &dyn RandomSource) -> String {
@@ -438,6 +501,9 @@ struct HashGate {
     permits: Arc<tokio::sync::Semaphore>,
     waiting: std::sync::atomic::AtomicUsize,
     max_waiting: usize,
+    /// Working memory of the permits that have hashed; never more than one per permit, since a
+    /// hash takes one only while it holds a permit.
+    memory: Arc<Mutex<Vec<HashMemory>>>,
 }
 
 impl HashGate {
@@ -448,6 +514,7 @@ impl HashGate {
             permits: Arc::new(tokio::sync::Semaphore::new(permits)),
             waiting: std::sync::atomic::AtomicUsize::new(0),
             max_waiting: permits * Self::QUEUE_PER_PERMIT,
+            memory: Arc::new(Mutex::new(Vec::with_capacity(permits))),
         }
     }
 
@@ -455,8 +522,12 @@ impl HashGate {
         Self::new(std::thread::available_parallelism().map_or(2, usize::from))
     }
 
-    /// Runs `work` on the blocking pool once a permit is free; `None` when the queue is full.
-    async fn run<T: Send + 'static>(&self, work: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+    /// Runs `work` on the blocking pool, in a permit's hashing memory, once a permit is free;
+    /// `None` when the queue is full.
+    async fn run<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&mut HashMemory) -> T + Send + 'static,
+    ) -> Option<T> {
         use std::sync::atomic::Ordering;
         if self.waiting.fetch_add(1, Ordering::AcqRel) >= self.max_waiting {
             self.waiting.fetch_sub(1, Ordering::AcqRel);
@@ -466,8 +537,11 @@ impl HashGate {
         self.waiting.fetch_sub(1, Ordering::AcqRel);
         // The semaphore is never closed.
         let permit = permit.ok()?;
+        let pool = Arc::clone(&self.memory);
         let done = tokio::task::spawn_blocking(move || {
-            let value = work();
+            let mut memory = pool.lock().pop().unwrap_or_default();
+            let value = work(&mut memory);
+            pool.lock().push(memory);
             drop(permit);
             value
         })
@@ -585,7 +659,7 @@ impl Accounts {
         let random = Arc::clone(&self.random);
         let password = password.to_owned();
         self.hashing
-            .run(move || hash_password(&password, random.as_ref()))
+            .run(move |memory| hash_password(&password, random.as_ref(), memory))
             .await
             .ok_or(AccountError::Busy(BUSY_RETRY))
     }
@@ -814,7 +888,7 @@ impl Accounts {
         let owned = password.to_owned();
         let Some(matches) = self
             .hashing
-            .run(move || verify_password(&hash, &owned))
+            .run(move |memory| verify_password(&hash, &owned, memory))
             .await
         else {
             // Not checked, so not counted either.
@@ -1283,6 +1357,92 @@ mod tests {
                 .check_password("user29", "some password", Origin::default())
                 .await;
             assert!(matches!(answer, Err(SignInError::Invalid)), "{answer:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn password_checks_reuse_one_hashing_memory_per_permit() {
+        let clock = Arc::new(ManualClock::new(T0));
+        let accounts = Arc::new(accounts_at(&clock).with_hash_permits(2));
+        for round in 0..3 {
+            let attempts = (0..6).map(|n| {
+                let accounts = Arc::clone(&accounts);
+                async move {
+                    accounts
+                        .check_password(
+                            &format!("user{round}-{n}"),
+                            "some password",
+                            Origin::default(),
+                        )
+                        .await
+                }
+            });
+            let answers = futures_join_all(attempts).await;
+            assert!(
+                answers
+                    .iter()
+                    .all(|a| matches!(a, Err(SignInError::Invalid)))
+            );
+            let kept = accounts.hashing.memory.lock().len();
+            assert!(
+                (1..=2).contains(&kept),
+                "round {round}: {kept} memories kept"
+            );
+        }
+    }
+
+    #[test]
+    fn password_hashes_are_standard_phc_strings_both_ways() {
+        use argon2::{PasswordHasher, PasswordVerifier};
+        let mut memory = HashMemory::new();
+        let ours = hash_password("correct horse battery", &SeededRandom::new(3), &mut memory);
+        assert!(
+            ours.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"),
+            "{ours}"
+        );
+        assert!(
+            Argon2::default()
+                .verify_password(b"correct horse battery", ours.as_str())
+                .is_ok(),
+            "the argon2 crate accepts our hash"
+        );
+        let theirs = Argon2::default()
+            .hash_password_with_salt(b"correct horse battery", b"sixteen byte slt")
+            .unwrap()
+            .to_string();
+        assert!(verify_password(
+            &theirs,
+            "correct horse battery",
+            &mut memory
+        ));
+        assert!(!verify_password(
+            &theirs,
+            "correct horse batterz",
+            &mut memory
+        ));
+        assert!(!verify_password(&ours, "", &mut memory));
+        assert!(!verify_password("$argon2id$v=19$garbage", "x", &mut memory));
+        assert!(!verify_password("", "", &mut memory));
+    }
+
+    #[test]
+    fn hashes_made_with_other_parameters_still_verify() {
+        use argon2::PasswordHasher;
+        let mut memory = HashMemory::new();
+        for (m_cost, t_cost) in [(8 * 1024, 3), (32 * 1024, 1)] {
+            let params = argon2::Params::new(m_cost, t_cost, 1, None).unwrap();
+            let hash = Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params)
+                .hash_password_with_salt(b"an older password", b"sixteen byte slt")
+                .unwrap()
+                .to_string();
+            assert!(
+                verify_password(&hash, "an older password", &mut memory),
+                "{hash}"
+            );
+            assert!(
+                !verify_password(&hash, "an older passwore", &mut memory),
+                "{hash}"
+            );
         }
     }
 
