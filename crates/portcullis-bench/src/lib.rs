@@ -35,6 +35,7 @@ pub fn application() -> Application {
         policies: vec![ANY_POLICY.into()],
         default_policy: "default".into(),
         grants: Default::default(),
+        client: None,
         created_at: Timestamp::from_millis(0),
         version: 1,
     }

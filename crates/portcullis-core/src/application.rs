@@ -99,6 +99,9 @@ pub struct Application {
     pub default_policy: String,
     /// What it may do beyond its own sessions.
     pub grants: BTreeSet<Grant>,
+    /// Its registration as an OpenID Connect client, when it signs people in through
+    /// Portcullis.
+    pub client: Option<crate::oidc::Client>,
     /// When it was registered.
     pub created_at: Timestamp,
     /// Bumped on every change; stores update an application only at the version read.

@@ -1122,6 +1122,7 @@ impl<S: Store> Engine<S> {
             policies,
             default_policy,
             grants: change.grants.unwrap_or_default().into_iter().collect(),
+            client: None,
             created_at: self.now(),
             version: 1,
         };
@@ -1262,6 +1263,7 @@ impl<S: Store> Engine<S> {
             policies: vec![ANY_POLICY.to_owned()],
             default_policy: "default".to_owned(),
             grants: Grant::ALL.into_iter().collect(),
+            client: None,
             created_at: self.now(),
             version: 1,
         };

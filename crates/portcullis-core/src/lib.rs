@@ -13,6 +13,7 @@ pub mod application;
 pub mod cache;
 pub mod engine;
 pub mod event;
+pub mod oidc;
 pub mod plan;
 pub mod policy;
 pub mod random;
@@ -52,8 +53,9 @@ pub use store::{
     SessionLimit, SessionStore, Store, StoreError, TrailFuture,
 };
 pub use stored::{
-    StoredApiKey, StoredAuth, StoredDeadline, StoredDevice, StoredElevation, StoredEndReason,
-    StoredEnded, StoredSession, StoredTotp, StoredUser,
+    StoredApiKey, StoredAuth, StoredClient, StoredCode, StoredDeadline, StoredDevice,
+    StoredElevation, StoredEndReason, StoredEnded, StoredSession, StoredSigningKey, StoredTotp,
+    StoredUser,
 };
 pub use throttle::{
     MemoryThrottleStore, Strikes, ThrottleFuture, ThrottleRules, ThrottleStore, Verdict,

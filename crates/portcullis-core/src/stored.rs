@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use crate::account::{TotpFactor, User};
 use crate::api_key::ApiKey;
 use crate::application::LEGACY_APP;
+use crate::oidc::{AuthorizationCode, Client, ClientAuth, GrantType, SigningAlg, SigningKey};
 use crate::session::{AuthContext, Deadline, Device, Elevation, EndReason, Ended, Session};
 use crate::store::StoreError;
 use crate::time::Timestamp;
@@ -543,6 +544,233 @@ impl TryFrom<StoredApiKey> for ApiKey {
             application: id(stored.application),
             created_at: at(stored.created_at),
             revoked_at: stored.revoked_at.map(at),
+        })
+    }
+}
+
+/// An application's OpenID Connect registration, as stored (the SQL stores' `client` column,
+/// the `client` field of a Redis application).
+#[derive(Clone, Serialize, Deserialize)]
+pub struct StoredClient {
+    /// `none`, `client_secret_basic` or `private_key_jwt`.
+    pub auth: String,
+    /// SHA-256 of the client secret, hex (`client_secret_basic`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_hash: Option<String>,
+    /// The client's JWK Set (`private_key_jwt`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwks: Option<String>,
+    /// Redirect URIs.
+    pub redirect_uris: Vec<String>,
+    /// Post-logout redirect URIs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub post_logout_redirect_uris: Vec<String>,
+    /// Back-channel logout URI.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backchannel_logout_uri: Option<String>,
+    /// Front-channel logout URI.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub frontchannel_logout_uri: Option<String>,
+    /// Scope names.
+    pub scopes: Vec<String>,
+    /// Grant type names.
+    pub grant_types: Vec<String>,
+    /// Whether consent is asked.
+    #[serde(default)]
+    pub require_consent: bool,
+}
+
+impl StoredClient {
+    /// The JSON a store keeps for `client`.
+    pub fn encode(client: &Client) -> Result<String, StoreError> {
+        let (secret_hash, jwks) = match &client.auth {
+            ClientAuth::None => (None, None),
+            ClientAuth::Secret(hash) => (Some(hash.to_hex()), None),
+            ClientAuth::PrivateKeyJwt { jwks } => (None, Some(jwks.clone())),
+        };
+        let stored = Self {
+            auth: client.auth.method().to_owned(),
+            secret_hash,
+            jwks,
+            redirect_uris: client.redirect_uris.clone(),
+            post_logout_redirect_uris: client.post_logout_redirect_uris.clone(),
+            backchannel_logout_uri: client.backchannel_logout_uri.clone(),
+            frontchannel_logout_uri: client.frontchannel_logout_uri.clone(),
+            scopes: client.scopes.iter().cloned().collect(),
+            grant_types: client
+                .grant_types
+                .iter()
+                .map(|g| g.as_str().to_owned())
+                .collect(),
+            require_consent: client.require_consent,
+        };
+        serde_json::to_string(&stored).map_err(|e| StoreError::Corrupt(e.to_string()))
+    }
+
+    /// The registration a store's JSON holds.
+    pub fn decode(json: &str) -> Result<Client, StoreError> {
+        let stored: Self =
+            serde_json::from_str(json).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let auth = match (stored.auth.as_str(), stored.secret_hash, stored.jwks) {
+            ("none", _, _) => ClientAuth::None,
+            ("client_secret_basic", Some(hash), _) => {
+                ClientAuth::Secret(self::hash("client secret", &hash)?)
+            }
+            ("private_key_jwt", _, Some(jwks)) => ClientAuth::PrivateKeyJwt { jwks },
+            (other, _, _) => {
+                return Err(StoreError::Corrupt(format!(
+                    "client authentication {other:?}"
+                )));
+            }
+        };
+        let grant_types = stored
+            .grant_types
+            .iter()
+            .map(|g| {
+                GrantType::parse(g).ok_or_else(|| StoreError::Corrupt(format!("grant type {g:?}")))
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Client {
+            auth,
+            redirect_uris: stored.redirect_uris,
+            post_logout_redirect_uris: stored.post_logout_redirect_uris,
+            backchannel_logout_uri: stored.backchannel_logout_uri,
+            frontchannel_logout_uri: stored.frontchannel_logout_uri,
+            scopes: stored.scopes.into_iter().collect(),
+            grant_types,
+            require_consent: stored.require_consent,
+        })
+    }
+}
+
+/// An authorization code, as stored (what is not a column of its own in the SQL stores).
+#[derive(Clone, Serialize, Deserialize)]
+pub struct StoredCode {
+    /// SHA-256 of the code, hex.
+    pub hash: String,
+    /// Client (application id).
+    pub client: String,
+    /// Account id.
+    pub subject: String,
+    /// SSO session id.
+    pub sso_session: String,
+    /// Redirect URI of the request.
+    pub redirect_uri: String,
+    /// Granted scopes.
+    pub scopes: Vec<String>,
+    /// Nonce.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nonce: Option<String>,
+    /// PKCE S256 challenge.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code_challenge: Option<String>,
+    /// Authentication time (ms).
+    pub auth_time: i64,
+    /// `acr`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acr: Option<String>,
+    /// `amr`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub amr: Vec<String>,
+    /// Issued (ms).
+    pub issued_at: i64,
+    /// Expires (ms).
+    pub expires_at: i64,
+    /// The session its redemption created.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redeemed_for: Option<String>,
+}
+
+impl StoredCode {
+    /// The JSON a store keeps for `code`.
+    pub fn encode(code: &AuthorizationCode) -> Result<String, StoreError> {
+        let stored = Self {
+            hash: code.hash.to_hex(),
+            client: code.client.as_str().to_owned(),
+            subject: code.subject.clone(),
+            sso_session: code.sso_session.as_str().to_owned(),
+            redirect_uri: code.redirect_uri.clone(),
+            scopes: code.scopes.clone(),
+            nonce: code.nonce.clone(),
+            code_challenge: code.code_challenge.clone(),
+            auth_time: code.auth_time.as_millis(),
+            acr: code.acr.clone(),
+            amr: code.amr.clone(),
+            issued_at: code.issued_at.as_millis(),
+            expires_at: code.expires_at.as_millis(),
+            redeemed_for: code.redeemed_for.as_ref().map(|s| s.as_str().to_owned()),
+        };
+        serde_json::to_string(&stored).map_err(|e| StoreError::Corrupt(e.to_string()))
+    }
+
+    /// The code a store's JSON holds.
+    pub fn decode(json: &str) -> Result<AuthorizationCode, StoreError> {
+        let stored: Self =
+            serde_json::from_str(json).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        Ok(AuthorizationCode {
+            hash: hash("authorization code", &stored.hash)?,
+            client: id(stored.client),
+            subject: stored.subject,
+            sso_session: id(stored.sso_session),
+            redirect_uri: stored.redirect_uri,
+            scopes: stored.scopes,
+            nonce: stored.nonce,
+            code_challenge: stored.code_challenge,
+            auth_time: at(stored.auth_time),
+            acr: stored.acr,
+            amr: stored.amr,
+            issued_at: at(stored.issued_at),
+            expires_at: at(stored.expires_at),
+            redeemed_for: opt_id(stored.redeemed_for),
+        })
+    }
+}
+
+/// A signing key, as stored.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct StoredSigningKey {
+    /// Key id.
+    pub kid: String,
+    /// JWS algorithm name.
+    pub alg: String,
+    /// Sealed PKCS#8 private key.
+    pub sealed_private: String,
+    /// Public JWK (JSON text).
+    pub public_jwk: String,
+    /// Created (ms).
+    pub created_at: i64,
+    /// Retired (ms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retired_at: Option<i64>,
+}
+
+impl StoredSigningKey {
+    /// The JSON a store keeps for `key`.
+    pub fn encode(key: &SigningKey) -> Result<String, StoreError> {
+        let stored = Self {
+            kid: key.kid.clone(),
+            alg: key.alg.as_str().to_owned(),
+            sealed_private: key.sealed_private.clone(),
+            public_jwk: key.public_jwk.clone(),
+            created_at: key.created_at.as_millis(),
+            retired_at: key.retired_at.map(Timestamp::as_millis),
+        };
+        serde_json::to_string(&stored).map_err(|e| StoreError::Corrupt(e.to_string()))
+    }
+
+    /// The key a store's JSON holds.
+    pub fn decode(json: &str) -> Result<SigningKey, StoreError> {
+        let stored: Self =
+            serde_json::from_str(json).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        Ok(SigningKey {
+            alg: SigningAlg::parse(&stored.alg).ok_or_else(|| {
+                StoreError::Corrupt(format!("signing algorithm {:?}", stored.alg))
+            })?,
+            kid: stored.kid,
+            sealed_private: stored.sealed_private,
+            public_jwk: stored.public_jwk,
+            created_at: at(stored.created_at),
+            retired_at: stored.retired_at.map(at),
         })
     }
 }

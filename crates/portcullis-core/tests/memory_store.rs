@@ -20,3 +20,20 @@ async fn throttle_store_contract() {
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn code_store_contract() {
+    portcullis_store_tests::provider::code_store_contract(
+        std::sync::Arc::new(portcullis_core::oidc::MemoryCodeStore::new()),
+        portcullis_store_tests::provider::CodeExpiry::Swept,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signing_key_store_contract() {
+    portcullis_store_tests::provider::signing_key_store_contract(std::sync::Arc::new(
+        portcullis_core::oidc::MemorySigningKeyStore::new(),
+    ))
+    .await;
+}

@@ -76,6 +76,7 @@ impl ApplicationRow {
             policies: self.policies,
             default_policy: self.default_policy,
             grants,
+            client: None,
             created_at: Timestamp::from_millis(self.created_at),
             version: u64::try_from(self.version).map_err(corrupt)?,
         })
@@ -218,6 +219,7 @@ mod tests {
             policies: vec!["default".into(), "aal2".into()],
             default_policy: "aal2".into(),
             grants: Grant::ALL.into_iter().collect(),
+            client: None,
             created_at: Timestamp::from_millis(1_800_000_000_123),
             version: 7,
         };
@@ -237,6 +239,7 @@ mod tests {
             policies: vec!["*".into()],
             default_policy: "default".into(),
             grants: BTreeSet::new(),
+            client: None,
             created_at: Timestamp::from_millis(0),
             version: 1,
         })

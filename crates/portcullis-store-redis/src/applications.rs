@@ -107,6 +107,7 @@ fn decode(body: &str) -> Result<Application, StoreError> {
         policies: stored.policies,
         default_policy: stored.default_policy,
         grants,
+        client: None,
         created_at: stored.created_at,
         version: stored.version,
     })
@@ -277,6 +278,7 @@ mod tests {
             policies: vec!["default".into(), "*".into()],
             default_policy: "default".into(),
             grants: Grant::ALL.into_iter().collect(),
+            client: None,
             created_at: Timestamp::from_millis(1_764_000_000_123),
             version: 3,
         };

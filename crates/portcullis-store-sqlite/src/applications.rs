@@ -74,6 +74,7 @@ impl ApplicationRow {
             policies,
             default_policy: self.default_policy,
             grants,
+            client: None,
             created_at: Timestamp::from_millis(self.created_at),
             version: u64::try_from(self.version).map_err(corrupt)?,
         })
@@ -92,6 +93,7 @@ mod tests {
             policies: vec!["default".into(), "aal2".into()],
             default_policy: "aal2".into(),
             grants: Grant::ALL.into_iter().collect(),
+            client: None,
             created_at: Timestamp::from_millis(1_800_000_000_123),
             version: 7,
         };
@@ -112,6 +114,7 @@ mod tests {
             policies: vec!["*".into()],
             default_policy: "default".into(),
             grants: BTreeSet::new(),
+            client: None,
             created_at: Timestamp::from_millis(0),
             version: 1,
         })

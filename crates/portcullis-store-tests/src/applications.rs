@@ -289,6 +289,103 @@ pub async fn applications_add_find_list_update_remove<S: Store>(store: S) {
     );
 }
 
+/// An application's OpenID Connect registration is stored whole, for each way a client
+/// authenticates, and an update can add, change or drop it.
+pub async fn an_applications_client_registration_reads_back_and_updates<S: Store>(store: S) {
+    use portcullis_core::TokenHash;
+    use portcullis_core::oidc::{Client, ClientAuth, GrantType};
+    let full = Client {
+        auth: ClientAuth::Secret(TokenHash([7; 32])),
+        redirect_uris: vec![
+            "https://rp.example/cb".into(),
+            "http://127.0.0.1:9/cb?x=é".into(),
+        ],
+        post_logout_redirect_uris: vec!["https://rp.example/bye".into()],
+        backchannel_logout_uri: Some("https://rp.example/backchannel".into()),
+        frontchannel_logout_uri: Some("https://rp.example/frontchannel".into()),
+        scopes: ["openid", "profile", "email", "offline_access"]
+            .map(String::from)
+            .into(),
+        grant_types: [GrantType::AuthorizationCode, GrantType::RefreshToken].into(),
+        require_consent: true,
+    };
+    let public = Client {
+        auth: ClientAuth::None,
+        redirect_uris: vec!["http://localhost:3000/cb".into()],
+        post_logout_redirect_uris: Vec::new(),
+        backchannel_logout_uri: None,
+        frontchannel_logout_uri: None,
+        scopes: ["openid".to_owned()].into(),
+        grant_types: [GrantType::AuthorizationCode].into(),
+        require_consent: false,
+    };
+    let keyed = Client {
+        auth: ClientAuth::PrivateKeyJwt {
+            jwks: r#"{"keys":[{"kty":"OKP","crv":"Ed25519","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}]}"#.into(),
+        },
+        ..public.clone()
+    };
+    let mut apps = Vec::new();
+    for (name, client) in [
+        ("rp-full", full.clone()),
+        ("rp-public", public),
+        ("rp-keyed", keyed),
+    ] {
+        let mut app = application(name);
+        app.client = Some(client);
+        store
+            .add_application(app.clone(), app_event(EventKind::ApplicationCreated, &app))
+            .await
+            .unwrap();
+        assert_eq!(
+            store.find_application(&app.id).await.unwrap(),
+            Some(app.clone())
+        );
+        apps.push(app);
+    }
+    let listed = store.list_applications().await.unwrap();
+    for app in &apps {
+        assert!(listed.contains(app), "{} is listed whole", app.name);
+    }
+
+    let mut changed = apps[0].clone();
+    changed.version += 1;
+    changed.client = Some(Client {
+        redirect_uris: vec!["https://rp.example/cb2".into()],
+        auth: ClientAuth::Secret(TokenHash([8; 32])),
+        ..full
+    });
+    store
+        .update_application(
+            apps[0].version,
+            changed.clone(),
+            app_event(EventKind::ApplicationUpdated, &changed),
+        )
+        .await
+        .unwrap()
+        .expect("updated");
+    assert_eq!(
+        store.find_application(&changed.id).await.unwrap(),
+        Some(changed.clone())
+    );
+    let mut dropped = changed.clone();
+    dropped.version += 1;
+    dropped.client = None;
+    store
+        .update_application(
+            changed.version,
+            dropped.clone(),
+            app_event(EventKind::ApplicationUpdated, &dropped),
+        )
+        .await
+        .unwrap()
+        .expect("updated");
+    assert_eq!(
+        store.find_application(&dropped.id).await.unwrap(),
+        Some(dropped)
+    );
+}
+
 /// An API key records its application, through adding, finding, listing and revoking; keys of
 /// the previous release's application read back as such.
 pub async fn api_keys_carry_their_application<S: Store>(store: S) {

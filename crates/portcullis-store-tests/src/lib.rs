@@ -14,6 +14,7 @@ pub mod api_keys;
 pub mod applications;
 pub mod lifecycle;
 pub mod model;
+pub mod provider;
 pub mod store;
 pub mod throttle;
 pub mod users;
@@ -47,6 +48,7 @@ pub fn application(name: &str) -> Application {
         policies: vec![ANY_POLICY.to_owned()],
         default_policy: "default".into(),
         grants: Default::default(),
+        client: None,
         created_at: t0(),
         version: 1,
     }

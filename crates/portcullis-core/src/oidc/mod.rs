@@ -1,0 +1,21 @@
+//! The OpenID Connect provider's entities: applications registered as clients
+//! ([`Client`]), authorization codes ([`AuthorizationCode`], kept by a [`CodeStore`]) and the
+//! provider's signing keys ([`SigningKey`], kept by a [`SigningKeyStore`]). The protocol
+//! itself (JOSE, claims, endpoints) lives in `portcullis-oidc` and `portcullis-http`.
+
+mod client;
+mod code;
+mod keys;
+
+pub use client::{Client, ClientAuth, ClientError, GrantType, SCOPES};
+pub use code::{
+    AuthorizationCode, CODE_LIFETIME, CODE_REMEMBERED, CodeStore, MemoryCodeStore, Redemption,
+};
+pub use keys::{MemorySigningKeyStore, SigningAlg, SigningKey, SigningKeyStore};
+
+use std::future::Future;
+use std::pin::Pin;
+
+/// The future the provider's object-safe store traits answer.
+pub type ProviderFuture<'a, T> =
+    Pin<Box<dyn Future<Output = Result<T, crate::store::StoreError>> + Send + 'a>>;
