@@ -278,7 +278,6 @@ pub fn hash_password(password: &str, random: &dyn RandomSource, memory: &mut Has
 /// enough for the hash's parameters (a hash made with larger ones gets its own for this
 /// check). The outputs are compared in constant time.
 pub fn verify_password(hash: &str, password: &str, memory: &mut HashMemory) -> bool {
-    use subtle::ConstantTimeEq;
     let Ok(phc) = argon2::PasswordHash::new(hash) else {
         return false;
     };
@@ -304,7 +303,7 @@ pub fn verify_password(hash: &str, password: &str, memory: &mut HashMemory) -> b
     } else {
         argon2.hash_password_into(password.as_bytes(), salt, &mut output)
     };
-    computed.is_ok() && bool::from(output.as_slice().ct_eq(expected.as_bytes()))
+    computed.is_ok() && crate::token::same_secret(&output, expected.as_bytes())
 }
 
 /// A hash of a password nobody knows: an unknown username is checked against it so that it

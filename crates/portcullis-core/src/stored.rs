@@ -40,6 +40,14 @@ fn at(millis: i64) -> Timestamp {
     Timestamp::from_millis(millis)
 }
 
+fn to_json<T: Serialize>(stored: &T) -> Result<String, StoreError> {
+    serde_json::to_string(stored).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+fn from_json<T: serde::de::DeserializeOwned>(json: &str) -> Result<T, StoreError> {
+    serde_json::from_str(json).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
 fn hash(what: &str, hex: &str) -> Result<TokenHash, StoreError> {
     TokenHash::from_hex(hex).ok_or_else(|| StoreError::Corrupt(format!("{what}: bad token hash")))
 }
@@ -521,13 +529,12 @@ impl From<&ApiKey> for StoredApiKey {
 impl StoredApiKey {
     /// The JSON a store keeps for `key` (the stores that keep API keys as JSON share it).
     pub fn encode(key: &ApiKey) -> Result<String, StoreError> {
-        serde_json::to_string(&Self::from(key)).map_err(|e| StoreError::Corrupt(e.to_string()))
+        to_json(&Self::from(key))
     }
 
     /// The key a store's JSON holds.
     pub fn decode(json: &str) -> Result<ApiKey, StoreError> {
-        let stored: Self =
-            serde_json::from_str(json).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let stored: Self = from_json(json)?;
         ApiKey::try_from(stored)
     }
 }
@@ -604,13 +611,12 @@ impl StoredClient {
                 .collect(),
             require_consent: client.require_consent,
         };
-        serde_json::to_string(&stored).map_err(|e| StoreError::Corrupt(e.to_string()))
+        to_json(&stored)
     }
 
     /// The registration a store's JSON holds.
     pub fn decode(json: &str) -> Result<Client, StoreError> {
-        let stored: Self =
-            serde_json::from_str(json).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let stored: Self = from_json(json)?;
         let auth = match (stored.auth.as_str(), stored.secret_hash, stored.jwks) {
             ("none", _, _) => ClientAuth::None,
             ("client_secret_basic", Some(hash), _) => {
@@ -700,13 +706,12 @@ impl StoredCode {
             expires_at: code.expires_at.as_millis(),
             redeemed_for: code.redeemed_for.as_ref().map(|s| s.as_str().to_owned()),
         };
-        serde_json::to_string(&stored).map_err(|e| StoreError::Corrupt(e.to_string()))
+        to_json(&stored)
     }
 
     /// The code a store's JSON holds.
     pub fn decode(json: &str) -> Result<AuthorizationCode, StoreError> {
-        let stored: Self =
-            serde_json::from_str(json).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let stored: Self = from_json(json)?;
         Ok(AuthorizationCode {
             hash: hash("authorization code", &stored.hash)?,
             client: id(stored.client),
@@ -755,13 +760,12 @@ impl StoredSigningKey {
             created_at: key.created_at.as_millis(),
             retired_at: key.retired_at.map(Timestamp::as_millis),
         };
-        serde_json::to_string(&stored).map_err(|e| StoreError::Corrupt(e.to_string()))
+        to_json(&stored)
     }
 
     /// The key a store's JSON holds.
     pub fn decode(json: &str) -> Result<SigningKey, StoreError> {
-        let stored: Self =
-            serde_json::from_str(json).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let stored: Self = from_json(json)?;
         Ok(SigningKey {
             alg: SigningAlg::parse(&stored.alg).ok_or_else(|| {
                 StoreError::Corrupt(format!("signing algorithm {:?}", stored.alg))
