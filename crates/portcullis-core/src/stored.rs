@@ -1008,6 +1008,73 @@ mod tests {
         }
     }
 
+    fn provider_records() -> (Client, AuthorizationCode, SigningKey) {
+        let client = Client {
+            auth: ClientAuth::Secret(TokenHash([0x5c; 32])),
+            redirect_uris: vec!["https://rp.example/cb".into()],
+            post_logout_redirect_uris: vec!["https://rp.example/bye".into()],
+            backchannel_logout_uri: Some("https://rp.example/bc".into()),
+            frontchannel_logout_uri: None,
+            scopes: ["openid", "profile"].map(String::from).into(),
+            grant_types: [GrantType::AuthorizationCode, GrantType::RefreshToken].into(),
+            require_consent: true,
+        };
+        let code = AuthorizationCode {
+            hash: TokenHash([0x3a; 32]),
+            client: id("app_rp".into()),
+            subject: "usr_1".into(),
+            sso_session: id("ses_sso".into()),
+            redirect_uri: "https://rp.example/cb".into(),
+            scopes: vec!["openid".into()],
+            nonce: Some("n".into()),
+            code_challenge: None,
+            auth_time: t(-1000),
+            acr: None,
+            amr: vec!["pwd".into()],
+            issued_at: t(0),
+            expires_at: t(60_000),
+            redeemed_for: Some(id("ses_app".into())),
+        };
+        let key = SigningKey {
+            kid: "k1".into(),
+            alg: SigningAlg::Es256,
+            sealed_private: "v1.main.xyz".into(),
+            public_jwk: r#"{"kty":"EC"}"#.into(),
+            created_at: t(0),
+            retired_at: Some(t(5)),
+        };
+        (client, code, key)
+    }
+
+    const CLIENT: &str = r#"{"auth":"client_secret_basic","secret_hash":"5c5c5c5c5c5c5c5c5c5c5c5c5c5c5c5c5c5c5c5c5c5c5c5c5c5c5c5c5c5c5c5c","redirect_uris":["https://rp.example/cb"],"post_logout_redirect_uris":["https://rp.example/bye"],"backchannel_logout_uri":"https://rp.example/bc","scopes":["openid","profile"],"grant_types":["authorization_code","refresh_token"],"require_consent":true}"#;
+    const CODE: &str = r#"{"hash":"3a3a3a3a3a3a3a3a3a3a3a3a3a3a3a3a3a3a3a3a3a3a3a3a3a3a3a3a3a3a3a3a","client":"app_rp","subject":"usr_1","sso_session":"ses_sso","redirect_uri":"https://rp.example/cb","scopes":["openid"],"nonce":"n","auth_time":1796197681469,"amr":["pwd"],"issued_at":1796197682469,"expires_at":1796197742469,"redeemed_for":"ses_app"}"#;
+    const SIGNING_KEY: &str = r#"{"kid":"k1","alg":"ES256","sealed_private":"v1.main.xyz","public_jwk":"{\"kty\":\"EC\"}","created_at":1796197682469,"retired_at":1796197682474}"#;
+
+    #[test]
+    fn provider_records_are_stored_as_ever_and_read_back() {
+        let (client, code, key) = provider_records();
+        assert_eq!(StoredClient::encode(&client).unwrap(), CLIENT);
+        assert_eq!(StoredClient::decode(CLIENT).unwrap(), client);
+        assert_eq!(StoredCode::encode(&code).unwrap(), CODE);
+        assert_eq!(StoredCode::decode(CODE).unwrap(), code);
+        assert_eq!(StoredSigningKey::encode(&key).unwrap(), SIGNING_KEY);
+        assert_eq!(StoredSigningKey::decode(SIGNING_KEY).unwrap(), key);
+        let public = StoredClient::encode(&Client {
+            auth: ClientAuth::None,
+            ..client.clone()
+        })
+        .unwrap();
+        assert_eq!(
+            StoredClient::decode(&public).unwrap().auth,
+            ClientAuth::None
+        );
+        assert!(
+            StoredClient::decode(&CLIENT.replace("client_secret_basic", "client_secret_jwt"))
+                .is_err()
+        );
+        assert!(StoredSigningKey::decode(&SIGNING_KEY.replace("ES256", "HS256")).is_err());
+    }
+
     /// A session and an API key as the release before applications wrote them
     /// (`crates/portcullis/tests/fixtures/v10c603b`): no `application`.
     #[test]
