@@ -519,6 +519,8 @@ fn describe(e: &figment::Error) -> String {
 
 #[cfg(test)]
 #[allow(clippy::result_large_err)] // figment's Jail returns its large error type; fine in tests
+// `Config::load` reads `PORTCULLIS_*` variables, which tests set inside a `Jail`; every load runs in
+// one, since only the Jail's lock keeps another test's variables out of the process environment.
 mod tests {
     use super::*;
     use figment::Jail;
@@ -556,11 +558,14 @@ mod tests {
             store: Some("mysql://root:s3cret@db/x".into()),
             ..Overrides::default()
         };
-        let err = Config::load(None, &overrides).unwrap_err().to_string();
-        assert!(
-            err.contains("mysql://root:***@db/x") && !err.contains("s3cret"),
-            "{err}"
-        );
+        Jail::expect_with(|_| {
+            let err = Config::load(None, &overrides).unwrap_err().to_string();
+            assert!(
+                err.contains("mysql://root:***@db/x") && !err.contains("s3cret"),
+                "{err}"
+            );
+            Ok(())
+        });
     }
 
     #[test]
@@ -600,19 +605,22 @@ mod tests {
 
     #[test]
     fn the_embedded_store_has_a_lock_beside_it() {
-        let c = Config::load(None, &Overrides::default()).unwrap();
-        assert_eq!(
-            c.store_lock().unwrap(),
-            Some(PathBuf::from("./portcullis-data/portcullis.db.lock"))
-        );
-        let shared = Overrides {
-            store: Some("postgres://db/portcullis".into()),
-            ..Overrides::default()
-        };
-        assert_eq!(
-            Config::load(None, &shared).unwrap().store_lock().unwrap(),
-            None
-        );
+        Jail::expect_with(|_| {
+            let c = Config::load(None, &Overrides::default()).unwrap();
+            assert_eq!(
+                c.store_lock().unwrap(),
+                Some(PathBuf::from("./portcullis-data/portcullis.db.lock"))
+            );
+            let shared = Overrides {
+                store: Some("postgres://db/portcullis".into()),
+                ..Overrides::default()
+            };
+            assert_eq!(
+                Config::load(None, &shared).unwrap().store_lock().unwrap(),
+                None
+            );
+            Ok(())
+        });
     }
 
     #[test]
@@ -625,10 +633,13 @@ mod tests {
                 store: Some(url.into()),
                 ..Overrides::default()
             };
-            assert_eq!(
-                Config::load(None, &over_tls).unwrap().store_url().unwrap(),
-                StoreUrl::Redis(url.into())
-            );
+            Jail::expect_with(|_| {
+                assert_eq!(
+                    Config::load(None, &over_tls).unwrap().store_url().unwrap(),
+                    StoreUrl::Redis(url.into())
+                );
+                Ok(())
+            });
         }
     }
 
