@@ -37,3 +37,20 @@ async fn signing_key_store_contract() {
     ))
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refresh_token_store_contract() {
+    portcullis_store_tests::provider::refresh_token_store_contract(
+        std::sync::Arc::new(portcullis_core::oidc::MemoryRefreshTokenStore::new()),
+        portcullis_store_tests::provider::CodeExpiry::Swept,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consent_store_contract() {
+    portcullis_store_tests::provider::consent_store_contract(std::sync::Arc::new(
+        portcullis_core::oidc::MemoryConsentStore::new(),
+    ))
+    .await;
+}

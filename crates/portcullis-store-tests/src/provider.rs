@@ -2,29 +2,35 @@
 //! codes ([`CodeStore`]: kept whole, redeemed exactly once even when redemptions race,
 //! remembered after redemption, forgotten after expiry) and signing keys
 //! ([`SigningKeyStore`]: one signing key per algorithm, rotation by compare-and-set, retired
-//! keys published until removed).
+//! keys published until removed), refresh tokens ([`RefreshTokenStore`]: rotated exactly once
+//! even when rotations race, the old token kept with its sealed successor, families ended
+//! whole) and consents ([`ConsentStore`]: grants add up, revocation forgets).
 //!
-//! Cases use codes of their own; the forgetting case keeps to a stretch of time before
+//! Cases use codes, tokens and subjects of their own; the forgetting cases keeps to a stretch of time before
 //! [`t0`], so every case can share one store in any order. Signing-key cases need a store with
 //! no keys (each backend gives the contract a fresh database, schema or prefix).
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::collections::BTreeSet;
+
 use portcullis_core::oidc::{
-    AuthorizationCode, CodeStore, Redemption, SigningAlg, SigningKey, SigningKeyStore,
+    AuthorizationCode, CodeStore, Consent, ConsentStore, Redemption, RefreshToken,
+    RefreshTokenStore, Rotated, Rotation, SigningAlg, SigningKey, SigningKeyStore,
 };
 use portcullis_core::{PublicId, RandomSource, SeededRandom, Timestamp, TokenHash};
 
 use crate::t0;
 
-/// How a store lets go of codes past their expiry.
+/// How a store lets go of codes and refresh tokens past their expiry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CodeExpiry {
-    /// [`CodeStore::forget_codes`] deletes them and answers how many (SQL stores, memory).
+    /// [`CodeStore::forget_codes`] and [`RefreshTokenStore::forget_refresh_tokens`] delete
+    /// them and answer how many (SQL stores, memory).
     Swept,
-    /// The backend drops each code by itself some time after its expiry (Redis: a TTL), so
-    /// [`CodeStore::forget_codes`] answers 0.
+    /// The backend drops each by itself some time after its expiry (Redis: a TTL), so the
+    /// forgetting calls answer 0.
     ByBackend,
 }
 
@@ -42,6 +48,22 @@ pub async fn signing_key_store_contract(store: Arc<dyn SigningKeyStore>) {
     keys_rotate_by_compare_and_set_one_signing_key_per_algorithm(&*store).await;
     racing_first_keys_leave_exactly_one(store.clone()).await;
     only_retired_keys_are_removed(&*store).await;
+}
+
+/// Runs every refresh-token case on `store`.
+pub async fn refresh_token_store_contract(store: Arc<dyn RefreshTokenStore>, expiry: CodeExpiry) {
+    a_refresh_token_reads_back_exactly_as_issued(&*store).await;
+    rfc9700_4_14_2_a_rotated_token_is_kept_with_its_sealed_successor(&*store).await;
+    rfc9700_4_14_2_of_racing_rotations_exactly_one_stores_its_successor(store.clone()).await;
+    an_ended_family_forgets_every_token_and_no_other(&*store).await;
+    expired_refresh_tokens_are_forgotten(&*store, expiry).await;
+}
+
+/// Runs every consent case on `store`.
+pub async fn consent_store_contract(store: Arc<dyn ConsentStore>) {
+    consents_add_up_and_read_back_per_client(&*store).await;
+    racing_grants_keep_every_scope(store.clone()).await;
+    a_revoked_consent_is_forgotten_and_others_stay(&*store).await;
 }
 
 fn earlier(at: Timestamp, by: Duration) -> Timestamp {
@@ -308,4 +330,298 @@ async fn only_retired_keys_are_removed(store: &dyn SigningKeyStore) {
     let after = store.signing_keys().await.unwrap();
     assert_eq!(after.len(), keys.len() - 1);
     assert!(after.iter().all(|k| k.kid != retired.kid));
+}
+
+fn refresh(random: &dyn RandomSource, family: &PublicId, issued_at: Timestamp) -> RefreshToken {
+    let mut hash = [0u8; 32];
+    random.fill(&mut hash);
+    RefreshToken {
+        hash: TokenHash(hash),
+        family: family.clone(),
+        client: PublicId::generate("app_", random),
+        subject: PublicId::generate("usr_", random).as_str().to_owned(),
+        scopes: vec!["openid".into(), "offline_access".into(), "profile".into()],
+        issued_at,
+        expires_at: issued_at.plus(Duration::from_secs(86_400)),
+        rotated: None,
+    }
+}
+
+fn successor_of(random: &dyn RandomSource, old: &RefreshToken, at: Timestamp) -> RefreshToken {
+    let mut next = refresh(random, &old.family, at);
+    next.client = old.client.clone();
+    next.subject = old.subject.clone();
+    next.scopes = old.scopes.clone();
+    next.expires_at = old.expires_at;
+    next
+}
+
+async fn a_refresh_token_reads_back_exactly_as_issued(store: &dyn RefreshTokenStore) {
+    let random = SeededRandom::new(11);
+    let family = PublicId::generate("ses_", &random);
+    let issued = refresh(&random, &family, t0());
+    let mut bare = refresh(&random, &family, t0());
+    bare.scopes.clear();
+    for token in [issued, bare] {
+        store.add_refresh_token(token.clone()).await.unwrap();
+        assert_eq!(store.refresh_token(&token.hash).await.unwrap(), Some(token));
+    }
+    let mut never = [0u8; 32];
+    random.fill(&mut never);
+    assert_eq!(store.refresh_token(&TokenHash(never)).await.unwrap(), None);
+}
+
+async fn rfc9700_4_14_2_a_rotated_token_is_kept_with_its_sealed_successor(
+    store: &dyn RefreshTokenStore,
+) {
+    let random = SeededRandom::new(12);
+    let family = PublicId::generate("ses_", &random);
+    let first = refresh(&random, &family, t0());
+    store.add_refresh_token(first.clone()).await.unwrap();
+    let at = t0().plus(Duration::from_secs(30));
+    let second = successor_of(&random, &first, at);
+    let sealed = "v1.k1.sealed-successor".to_owned();
+    assert_eq!(
+        store
+            .rotate_refresh_token(&first.hash, second.clone(), sealed.clone())
+            .await
+            .unwrap(),
+        Rotation::Rotated(first.clone()),
+        "the first rotation answers the token as it was"
+    );
+    let mut rotated = first.clone();
+    rotated.rotated = Some(Rotated {
+        at,
+        successor: second.hash,
+        sealed_successor: sealed,
+    });
+    assert_eq!(
+        store.refresh_token(&first.hash).await.unwrap(),
+        Some(rotated.clone())
+    );
+    assert_eq!(
+        store.refresh_token(&second.hash).await.unwrap(),
+        Some(second.clone())
+    );
+
+    let intruder = successor_of(&random, &first, at.plus(Duration::from_secs(1)));
+    assert_eq!(
+        store
+            .rotate_refresh_token(&first.hash, intruder.clone(), "other".into())
+            .await
+            .unwrap(),
+        Rotation::AlreadyRotated(rotated),
+        "a second use names the successor already issued"
+    );
+    assert_eq!(
+        store.refresh_token(&intruder.hash).await.unwrap(),
+        None,
+        "the refused successor is not stored"
+    );
+    let mut never = [0u8; 32];
+    random.fill(&mut never);
+    assert_eq!(
+        store
+            .rotate_refresh_token(&TokenHash(never), intruder, "x".into())
+            .await
+            .unwrap(),
+        Rotation::Unknown
+    );
+}
+
+async fn rfc9700_4_14_2_of_racing_rotations_exactly_one_stores_its_successor(
+    store: Arc<dyn RefreshTokenStore>,
+) {
+    let random = SeededRandom::new(13);
+    for _ in 0..5 {
+        let family = PublicId::generate("ses_", &random);
+        let first = refresh(&random, &family, t0());
+        store.add_refresh_token(first.clone()).await.unwrap();
+        let racers: Vec<_> = (0..8)
+            .map(|n| {
+                let store = store.clone();
+                let hash = first.hash;
+                let next = successor_of(&random, &first, t0().plus(Duration::from_secs(n)));
+                tokio::spawn(async move {
+                    let answer = store
+                        .rotate_refresh_token(&hash, next.clone(), format!("sealed-{n}"))
+                        .await
+                        .unwrap();
+                    (answer, next.hash)
+                })
+            })
+            .collect();
+        let mut winners = Vec::new();
+        let mut named = Vec::new();
+        for racer in racers {
+            match racer.await.unwrap() {
+                (Rotation::Rotated(_), successor) => winners.push(successor),
+                (Rotation::AlreadyRotated(old), _) => {
+                    named.push(old.rotated.expect("marked rotated").successor)
+                }
+                (Rotation::Unknown, _) => panic!("the token exists"),
+            }
+        }
+        assert_eq!(winners.len(), 1, "exactly one rotation wins");
+        assert!(
+            named.iter().all(|s| *s == winners[0]),
+            "every loser is told the winner's successor"
+        );
+        let kept = store.refresh_token(&first.hash).await.unwrap().unwrap();
+        assert_eq!(kept.rotated.unwrap().successor, winners[0]);
+        assert!(store.refresh_token(&winners[0]).await.unwrap().is_some());
+    }
+}
+
+async fn an_ended_family_forgets_every_token_and_no_other(store: &dyn RefreshTokenStore) {
+    let random = SeededRandom::new(14);
+    let family = PublicId::generate("ses_", &random);
+    let other_family = PublicId::generate("ses_", &random);
+    let first = refresh(&random, &family, t0());
+    let second = successor_of(&random, &first, t0().plus(Duration::from_secs(5)));
+    let bystander = refresh(&random, &other_family, t0());
+    store.add_refresh_token(first.clone()).await.unwrap();
+    store.add_refresh_token(bystander.clone()).await.unwrap();
+    store
+        .rotate_refresh_token(&first.hash, second.clone(), "s".into())
+        .await
+        .unwrap();
+    assert_eq!(store.end_refresh_family(&family).await.unwrap(), 2);
+    assert_eq!(store.refresh_token(&first.hash).await.unwrap(), None);
+    assert_eq!(store.refresh_token(&second.hash).await.unwrap(), None);
+    assert_eq!(
+        store.refresh_token(&bystander.hash).await.unwrap(),
+        Some(bystander)
+    );
+    assert_eq!(
+        store.end_refresh_family(&family).await.unwrap(),
+        0,
+        "ending twice ends nothing more"
+    );
+}
+
+async fn expired_refresh_tokens_are_forgotten(store: &dyn RefreshTokenStore, expiry: CodeExpiry) {
+    let random = SeededRandom::new(15);
+    // A stretch of time of its own, before every other case's tokens.
+    let long_ago = earlier(t0(), Duration::from_secs(60 * 86_400));
+    let family = PublicId::generate("ses_", &random);
+    let mut old = refresh(&random, &family, long_ago);
+    old.expires_at = long_ago.plus(Duration::from_secs(600));
+    let mut newer = refresh(&random, &family, long_ago);
+    newer.expires_at = long_ago.plus(Duration::from_secs(7200));
+    store.add_refresh_token(old.clone()).await.unwrap();
+    store.add_refresh_token(newer.clone()).await.unwrap();
+    let gone = store
+        .forget_refresh_tokens(long_ago.plus(Duration::from_secs(3600)))
+        .await
+        .unwrap();
+    match expiry {
+        CodeExpiry::Swept => {
+            assert_eq!(gone, 1, "only the token that expired before the cutoff");
+            assert_eq!(store.refresh_token(&old.hash).await.unwrap(), None);
+        }
+        CodeExpiry::ByBackend => assert_eq!(gone, 0),
+    }
+    assert_eq!(store.refresh_token(&newer.hash).await.unwrap(), Some(newer));
+}
+
+fn scopes(names: &[&str]) -> BTreeSet<String> {
+    names.iter().map(|s| (*s).to_owned()).collect()
+}
+
+async fn consents_add_up_and_read_back_per_client(store: &dyn ConsentStore) {
+    let random = SeededRandom::new(16);
+    let subject = PublicId::generate("usr_", &random).as_str().to_owned();
+    let client = PublicId::generate("app_", &random);
+    let other_client = PublicId::generate("app_", &random);
+    assert_eq!(store.consent(&subject, &client).await.unwrap(), None);
+    assert!(store.consents_of(&subject).await.unwrap().is_empty());
+
+    let first = Consent {
+        subject: subject.clone(),
+        client: client.clone(),
+        scopes: scopes(&["openid", "profile"]),
+        granted_at: t0(),
+    };
+    assert_eq!(store.grant_consent(first.clone()).await.unwrap(), first);
+    let later = t0().plus(Duration::from_secs(60));
+    let more = Consent {
+        scopes: scopes(&["openid", "email"]),
+        granted_at: later,
+        ..first.clone()
+    };
+    let whole = Consent {
+        scopes: scopes(&["email", "openid", "profile"]),
+        granted_at: later,
+        ..first.clone()
+    };
+    assert_eq!(
+        store.grant_consent(more).await.unwrap(),
+        whole,
+        "a grant adds to what was granted"
+    );
+    assert_eq!(
+        store.consent(&subject, &client).await.unwrap(),
+        Some(whole.clone())
+    );
+    let elsewhere = Consent {
+        client: other_client.clone(),
+        scopes: scopes(&["openid"]),
+        ..first.clone()
+    };
+    store.grant_consent(elsewhere.clone()).await.unwrap();
+    let mut expected = vec![whole, elsewhere];
+    expected.sort_by(|a, b| a.client.as_str().cmp(b.client.as_str()));
+    assert_eq!(store.consents_of(&subject).await.unwrap(), expected);
+    let stranger = PublicId::generate("usr_", &random).as_str().to_owned();
+    assert_eq!(store.consent(&stranger, &client).await.unwrap(), None);
+}
+
+async fn racing_grants_keep_every_scope(store: Arc<dyn ConsentStore>) {
+    let random = SeededRandom::new(17);
+    let subject = PublicId::generate("usr_", &random).as_str().to_owned();
+    let client = PublicId::generate("app_", &random);
+    let asked = ["openid", "profile", "email", "offline_access"];
+    let racers: Vec<_> = asked
+        .iter()
+        .map(|scope| {
+            let store = store.clone();
+            let consent = Consent {
+                subject: subject.clone(),
+                client: client.clone(),
+                scopes: scopes(&[scope]),
+                granted_at: t0(),
+            };
+            tokio::spawn(async move { store.grant_consent(consent).await.unwrap() })
+        })
+        .collect();
+    for racer in racers {
+        racer.await.unwrap();
+    }
+    let kept = store.consent(&subject, &client).await.unwrap().unwrap();
+    assert_eq!(kept.scopes, scopes(&asked), "no grant lost to another");
+}
+
+async fn a_revoked_consent_is_forgotten_and_others_stay(store: &dyn ConsentStore) {
+    let random = SeededRandom::new(18);
+    let subject = PublicId::generate("usr_", &random).as_str().to_owned();
+    let client = PublicId::generate("app_", &random);
+    let kept_client = PublicId::generate("app_", &random);
+    for c in [&client, &kept_client] {
+        store
+            .grant_consent(Consent {
+                subject: subject.clone(),
+                client: c.clone(),
+                scopes: scopes(&["openid"]),
+                granted_at: t0(),
+            })
+            .await
+            .unwrap();
+    }
+    assert!(store.revoke_consent(&subject, &client).await.unwrap());
+    assert!(!store.revoke_consent(&subject, &client).await.unwrap());
+    assert_eq!(store.consent(&subject, &client).await.unwrap(), None);
+    let left = store.consents_of(&subject).await.unwrap();
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].client, kept_client);
 }

@@ -1,17 +1,26 @@
 //! The OpenID Connect provider's entities: applications registered as clients
-//! ([`Client`]), authorization codes ([`AuthorizationCode`], kept by a [`CodeStore`]) and the
-//! provider's signing keys ([`SigningKey`], kept by a [`SigningKeyStore`]). The protocol
+//! ([`Client`]), authorization codes ([`AuthorizationCode`], kept by a [`CodeStore`]), refresh
+//! tokens ([`RefreshToken`], kept by a [`RefreshTokenStore`]), consents ([`Consent`], kept by a
+//! [`ConsentStore`]) and the provider's signing keys ([`SigningKey`], kept by a
+//! [`SigningKeyStore`]). The protocol
 //! itself (JOSE, claims, endpoints) lives in `portcullis-oidc` and `portcullis-http`.
 
 mod client;
 mod code;
+mod consent;
 mod keys;
+mod refresh;
 
 pub use client::{Client, ClientAuth, ClientError, GrantType, SCOPES};
 pub use code::{
     AuthorizationCode, CODE_LIFETIME, CODE_REMEMBERED, CodeStore, MemoryCodeStore, Redemption,
 };
+pub use consent::{Consent, ConsentStore, MemoryConsentStore};
 pub use keys::{MemorySigningKeyStore, SigningAlg, SigningKey, SigningKeyStore};
+pub use refresh::{
+    MemoryRefreshTokenStore, REFRESH_RETRY_GRACE, RefreshToken, RefreshTokenStore, Rotated,
+    Rotation,
+};
 
 use std::future::Future;
 use std::pin::Pin;
