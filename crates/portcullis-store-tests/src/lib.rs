@@ -190,6 +190,7 @@ macro_rules! store_conformance {
             store::ping_answers,
             api_keys::api_keys_add_find_list_revoke,
             applications::applications_add_find_list_update_remove,
+            applications::an_applications_client_registration_reads_back_and_updates,
             applications::api_keys_carry_their_application,
             applications::sessions_carry_their_application_through_insert_replace_and_end,
             applications::end_subject_of_an_application_ends_its_sessions_and_their_children_only,
