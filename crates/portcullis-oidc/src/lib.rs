@@ -1,0 +1,23 @@
+//! Portcullis' OpenID Connect protocol, apart from HTTP: the provider's signing keys (made,
+//! sealed, rotated, published as a JWK Set), the tokens it signs (ID tokens, RFC 9068 access
+//! tokens, back-channel logout tokens), PKCE, and the discovery document. The entities these
+//! work on and their store traits are in `portcullis_core::oidc`; the endpoints are in
+//! `portcullis-http`.
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+mod claims;
+mod discovery;
+mod pkce;
+mod signing;
+
+pub use claims::{
+    ACCESS_TOKEN_TYPE, AccessTokenClaims, BACKCHANNEL_LOGOUT_EVENT, ID_TOKEN_TYPE, IdTokenClaims,
+    LOGOUT_TOKEN_TYPE, LogoutTokenClaims, token_hash_claim,
+};
+pub use discovery::{Endpoints, provider_metadata};
+pub use pkce::{is_code_challenge, verifier_matches};
+pub use signing::{
+    KeyError, ProviderKeys, ensure_signing_keys, generate_signing_key, remove_retired_keys,
+    rotate_signing_key,
+};
