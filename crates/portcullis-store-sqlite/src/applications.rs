@@ -4,7 +4,7 @@
 
 use std::collections::BTreeSet;
 
-use portcullis_core::{Application, Grant, PublicId, StoreError, Timestamp};
+use portcullis_core::{Application, Grant, PublicId, StoreError, StoredClient, Timestamp};
 use sqlx::Row;
 use sqlx::sqlite::SqliteRow;
 
@@ -21,10 +21,13 @@ pub(crate) struct ApplicationRow {
     /// Milliseconds since the Unix epoch.
     pub(crate) created_at: i64,
     pub(crate) version: i64,
+    /// The registration as a client (the JSON of [`StoredClient`]); `None` when it is not one.
+    pub(crate) client: Option<String>,
 }
 
 /// The columns [`ApplicationRow::read`] expects, in order.
-pub(crate) const COLUMNS: &str = "id, name, policies, default_policy, grants, created_at, version";
+pub(crate) const COLUMNS: &str =
+    "id, name, policies, default_policy, grants, created_at, version, client";
 
 fn corrupt(what: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt(format!("application row: {what}"))
@@ -42,6 +45,7 @@ impl ApplicationRow {
             grants: serde_json::to_string(&grants).map_err(corrupt)?,
             created_at: app.created_at.as_millis(),
             version: i64::try_from(app.version).map_err(corrupt)?,
+            client: app.client.as_ref().map(StoredClient::encode).transpose()?,
         })
     }
 
@@ -55,6 +59,7 @@ impl ApplicationRow {
             grants: row.try_get(4)?,
             created_at: row.try_get(5)?,
             version: row.try_get(6)?,
+            client: row.try_get(7)?,
         })
     }
 
@@ -74,7 +79,11 @@ impl ApplicationRow {
             policies,
             default_policy: self.default_policy,
             grants,
-            client: None,
+            client: self
+                .client
+                .as_deref()
+                .map(StoredClient::decode)
+                .transpose()?,
             created_at: Timestamp::from_millis(self.created_at),
             version: u64::try_from(self.version).map_err(corrupt)?,
         })
@@ -84,6 +93,7 @@ impl ApplicationRow {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use portcullis_core::oidc::{Client, ClientAuth, GrantType};
 
     #[test]
     fn every_field_round_trips_through_the_row() {
@@ -93,7 +103,16 @@ mod tests {
             policies: vec!["default".into(), "aal2".into()],
             default_policy: "aal2".into(),
             grants: Grant::ALL.into_iter().collect(),
-            client: None,
+            client: Some(Client {
+                auth: ClientAuth::None,
+                redirect_uris: vec!["https://shop.example/cb".into()],
+                post_logout_redirect_uris: Vec::new(),
+                backchannel_logout_uri: None,
+                frontchannel_logout_uri: None,
+                scopes: ["openid".to_owned()].into(),
+                grant_types: [GrantType::AuthorizationCode].into(),
+                require_consent: false,
+            }),
             created_at: Timestamp::from_millis(1_800_000_000_123),
             version: 7,
         };
@@ -103,6 +122,31 @@ mod tests {
             row.grants,
             r#"["end_everywhere","read_all_events","list_all_sessions"]"#
         );
+        assert_eq!(
+            row.client.as_deref(),
+            app.client
+                .as_ref()
+                .map(|c| StoredClient::encode(c).unwrap())
+                .as_deref(),
+            "the client column is its stored form"
+        );
+        assert_eq!(row.into_application().unwrap(), app);
+    }
+
+    #[test]
+    fn an_application_that_is_no_client_has_no_client_column() {
+        let app = Application {
+            id: PublicId::from_string("app_x".into()),
+            name: "x".into(),
+            policies: vec!["*".into()],
+            default_policy: "default".into(),
+            grants: BTreeSet::new(),
+            client: None,
+            created_at: Timestamp::from_millis(0),
+            version: 1,
+        };
+        let row = ApplicationRow::of(&app).unwrap();
+        assert_eq!(row.client, None);
         assert_eq!(row.into_application().unwrap(), app);
     }
 

@@ -6,13 +6,27 @@
 //!
 //! Durability: WAL with `synchronous = NORMAL`, so an acknowledged change survives a crash or
 //! `kill -9` of the process; a power loss may lose the last transactions.
+//!
+//! Accounts, sign-in failure counts and the OpenID Connect provider's codes, signing keys,
+//! refresh tokens and consents live in the same file, each behind a store of its own reached
+//! from the journal ([`SqliteJournal::throttle`], [`SqliteJournal::codes`], …). They are not
+//! cached: every call reads or writes SQLite, so each of their atomic steps is one statement or
+//! one `BEGIN IMMEDIATE` transaction, whichever connection or process makes it.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
 mod applications;
+mod codes;
+mod consents;
+mod refresh_tokens;
+mod signing_keys;
 mod throttle;
 mod users;
 
+pub use codes::SqliteCodeStore;
+pub use consents::SqliteConsentStore;
+pub use refresh_tokens::SqliteRefreshTokenStore;
+pub use signing_keys::SqliteSigningKeyStore;
 pub use throttle::SqliteThrottleStore;
 pub use users::SqliteUserStore;
 
@@ -166,6 +180,26 @@ impl SqliteJournal {
         SqliteThrottleStore::new(self.pool.clone())
     }
 
+    /// The OpenID Connect provider's authorization codes, kept in the same database file.
+    pub fn codes(&self) -> SqliteCodeStore {
+        SqliteCodeStore::new(self.pool.clone())
+    }
+
+    /// The OpenID Connect provider's signing keys, kept in the same database file.
+    pub fn signing_keys(&self) -> SqliteSigningKeyStore {
+        SqliteSigningKeyStore::new(self.pool.clone())
+    }
+
+    /// The OpenID Connect provider's refresh tokens, kept in the same database file.
+    pub fn refresh_tokens(&self) -> SqliteRefreshTokenStore {
+        SqliteRefreshTokenStore::new(self.pool.clone())
+    }
+
+    /// What people consented to give clients, kept in the same database file.
+    pub fn consents(&self) -> SqliteConsentStore {
+        SqliteConsentStore::new(self.pool.clone())
+    }
+
     /// Closes the connections (tests reopen the same file).
     pub async fn close(&self) {
         self.pool.close().await;
@@ -274,11 +308,12 @@ impl Journal for SqliteJournal {
             let row = ApplicationRow::of(app)?;
             sqlx::query(
                 "INSERT INTO applications
-                   (id, name, policies, default_policy, grants, created_at, version)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                   (id, name, policies, default_policy, grants, created_at, version, client)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
                  ON CONFLICT (id) DO UPDATE SET name = excluded.name,
                    policies = excluded.policies, default_policy = excluded.default_policy,
-                   grants = excluded.grants, version = excluded.version",
+                   grants = excluded.grants, version = excluded.version,
+                   client = excluded.client",
             )
             .bind(&row.id)
             .bind(&row.name)
@@ -287,6 +322,7 @@ impl Journal for SqliteJournal {
             .bind(&row.grants)
             .bind(row.created_at)
             .bind(row.version)
+            .bind(&row.client)
             .execute(&mut *tx)
             .await
             .map_err(|err| application_error(err, &app.name))?;

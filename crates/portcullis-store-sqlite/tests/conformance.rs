@@ -30,3 +30,41 @@ async fn throttle_store_contract() {
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn code_store_contract() {
+    let store = fresh().await;
+    portcullis_store_tests::provider::code_store_contract(
+        std::sync::Arc::new(store.journal().codes()),
+        portcullis_store_tests::provider::CodeExpiry::Swept,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signing_key_store_contract() {
+    let store = fresh().await;
+    portcullis_store_tests::provider::signing_key_store_contract(std::sync::Arc::new(
+        store.journal().signing_keys(),
+    ))
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refresh_token_store_contract() {
+    let store = fresh().await;
+    portcullis_store_tests::provider::refresh_token_store_contract(
+        std::sync::Arc::new(store.journal().refresh_tokens()),
+        portcullis_store_tests::provider::CodeExpiry::Swept,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consent_store_contract() {
+    let store = fresh().await;
+    portcullis_store_tests::provider::consent_store_contract(std::sync::Arc::new(
+        store.journal().consents(),
+    ))
+    .await;
+}

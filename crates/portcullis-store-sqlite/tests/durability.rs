@@ -180,3 +180,179 @@ async fn sessions_endings_touches_keys_applications_and_events_survive_reopen() 
     assert_eq!(events[0].seq, last_seq + 1);
     assert_eq!(engine.store().list_subject("alice").await.unwrap().len(), 1);
 }
+
+/// A client registration, code, signing key, refresh token and consent written before a
+/// restart read back whole after it, and an application that is no client reads back as none.
+#[tokio::test]
+async fn the_providers_records_survive_reopen() {
+    use portcullis_core::oidc::{
+        AuthorizationCode, Client, ClientAuth, CodeStore, Consent, ConsentStore, GrantType,
+        Redemption, RefreshToken, RefreshTokenStore, Rotated, SigningAlg, SigningKey,
+        SigningKeyStore,
+    };
+    use portcullis_core::{ApplicationStore, AuditEvent, PublicId, TokenHash};
+    use portcullis_store_tests::{application, t0};
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("portcullis.db");
+    let event = |app: &portcullis_core::Application, kind| {
+        AuditEvent::for_application(kind, &app.id, t0(), &Actor::cli(), serde_json::json!({}))
+    };
+    let mut rp = application("rp");
+    rp.client = Some(Client {
+        auth: ClientAuth::Secret(TokenHash([7; 32])),
+        redirect_uris: vec!["https://rp.example/cb".into()],
+        post_logout_redirect_uris: vec!["https://rp.example/bye".into()],
+        backchannel_logout_uri: Some("https://rp.example/backchannel".into()),
+        frontchannel_logout_uri: None,
+        scopes: ["openid", "offline_access"].map(String::from).into(),
+        grant_types: [GrantType::AuthorizationCode, GrantType::RefreshToken].into(),
+        require_consent: true,
+    });
+    let plain = application("plain");
+    let code = AuthorizationCode {
+        hash: TokenHash([1; 32]),
+        client: rp.id.clone(),
+        subject: "usr_alice".into(),
+        sso_session: PublicId::from_string("ses_sso".into()),
+        redirect_uri: "https://rp.example/cb".into(),
+        scopes: vec!["openid".into()],
+        nonce: Some("n".into()),
+        code_challenge: None,
+        auth_time: t0(),
+        acr: None,
+        amr: vec!["pwd".into()],
+        issued_at: t0(),
+        expires_at: t0().plus(portcullis_core::oidc::CODE_LIFETIME),
+        redeemed_for: None,
+    };
+    let redeemed_for = PublicId::from_string("ses_app".into());
+    let key = SigningKey {
+        kid: "kid-1".into(),
+        alg: SigningAlg::Es256,
+        sealed_private: "v1.k1.sealed".into(),
+        public_jwk: r#"{"kty":"EC"}"#.into(),
+        created_at: t0(),
+        retired_at: None,
+    };
+    let first = RefreshToken {
+        hash: TokenHash([2; 32]),
+        family: redeemed_for.clone(),
+        client: rp.id.clone(),
+        subject: "usr_alice".into(),
+        scopes: vec!["openid".into(), "offline_access".into()],
+        issued_at: t0(),
+        expires_at: t0().plus(Duration::from_secs(86_400)),
+        rotated: None,
+    };
+    let second = RefreshToken {
+        hash: TokenHash([3; 32]),
+        issued_at: t0().plus(Duration::from_secs(60)),
+        ..first.clone()
+    };
+    let consent = Consent {
+        subject: "usr_alice".into(),
+        client: rp.id.clone(),
+        scopes: ["openid", "offline_access"].map(String::from).into(),
+        granted_at: t0(),
+    };
+    {
+        let store = portcullis_store_sqlite::open(&path).await.unwrap();
+        for app in [&rp, &plain] {
+            store
+                .add_application(app.clone(), event(app, EventKind::ApplicationCreated))
+                .await
+                .unwrap();
+        }
+        let journal = store.journal();
+        journal.codes().add_code(code.clone()).await.unwrap();
+        assert!(matches!(
+            journal
+                .codes()
+                .redeem_code(&code.hash, &redeemed_for)
+                .await
+                .unwrap(),
+            Redemption::First(_)
+        ));
+        assert!(
+            journal
+                .signing_keys()
+                .add_signing_key(key.clone(), None)
+                .await
+                .unwrap()
+        );
+        journal
+            .refresh_tokens()
+            .add_refresh_token(first.clone())
+            .await
+            .unwrap();
+        journal
+            .refresh_tokens()
+            .rotate_refresh_token(&first.hash, second.clone(), "sealed".into())
+            .await
+            .unwrap();
+        journal
+            .consents()
+            .grant_consent(consent.clone())
+            .await
+            .unwrap();
+        journal.close().await;
+    }
+
+    let store = portcullis_store_sqlite::open(&path).await.unwrap();
+    assert_eq!(
+        store.find_application(&rp.id).await.unwrap(),
+        Some(rp.clone())
+    );
+    assert_eq!(
+        store.find_application(&plain.id).await.unwrap(),
+        Some(plain)
+    );
+    let journal = store.journal();
+    match journal
+        .codes()
+        .redeem_code(&code.hash, &PublicId::from_string("ses_late".into()))
+        .await
+        .unwrap()
+    {
+        Redemption::Replayed(replayed) => {
+            assert_eq!(replayed.redeemed_for, Some(redeemed_for.clone()));
+            assert_eq!(
+                AuthorizationCode {
+                    redeemed_for: None,
+                    ..replayed
+                },
+                code
+            );
+        }
+        other => panic!("the redemption was kept: {other:?}"),
+    }
+    assert_eq!(
+        journal.signing_keys().signing_keys().await.unwrap(),
+        vec![key]
+    );
+    let kept = journal.refresh_tokens();
+    assert_eq!(
+        kept.refresh_token(&first.hash).await.unwrap(),
+        Some(RefreshToken {
+            rotated: Some(Rotated {
+                at: second.issued_at,
+                successor: second.hash,
+                sealed_successor: "sealed".into(),
+            }),
+            ..first
+        })
+    );
+    assert_eq!(
+        kept.refresh_token(&second.hash).await.unwrap(),
+        Some(second)
+    );
+    assert_eq!(
+        journal
+            .consents()
+            .consent("usr_alice", &rp.id)
+            .await
+            .unwrap(),
+        Some(consent)
+    );
+}

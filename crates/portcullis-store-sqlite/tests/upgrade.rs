@@ -1,32 +1,36 @@
-//! A database written by the previous release (before applications existed) opens, and what it
-//! holds belongs to the previous release's application, `app_legacy`.
+//! Databases written by earlier releases open: one from before applications existed, whose
+//! data then belongs to the previous release's application, `app_legacy`; and one from before
+//! the OpenID Connect provider, whose applications are then no clients.
 
 use std::path::Path;
 use std::sync::Arc;
 
+use portcullis_core::oidc::{Client, ClientAuth, GrantType};
 use portcullis_core::{
-    Actor, ApiKey, ApiKeyStore, AuditEvent, Device, Engine, EventKind, EventQuery, ManualClock,
-    PolicySet, PublicId, SeededRandom, SessionStore, Token, TokenKind, legacy_app,
+    Actor, ApiKey, ApiKeyStore, ApplicationStore, AuditEvent, Device, Engine, EventKind,
+    EventQuery, Grant, ManualClock, PolicySet, PublicId, SeededRandom, SessionStore, Token,
+    TokenKind, legacy_app,
 };
 use portcullis_store_tests::{session_at, t0};
 use sqlx::sqlite::SqliteConnectOptions;
 
-/// The migrations of the previous release, exactly as it shipped them.
+/// The migrations of the release before applications, exactly as it shipped them.
 const OLD_MIGRATIONS: [&str; 2] = ["20261122000001_sessions.sql", "20261122000002_users.sql"];
 
-/// `value`'s JSON with the `application` field removed, as the previous release wrote it.
-fn without_application(value: &impl serde::Serialize) -> String {
-    let mut json = serde_json::to_value(value).unwrap();
-    json.as_object_mut().unwrap().remove("application");
-    json.to_string()
-}
+/// The migrations of the release before the OpenID Connect provider.
+const BEFORE_PROVIDER: [&str; 4] = [
+    "20261122000001_sessions.sql",
+    "20261122000002_users.sql",
+    "20261202000001_applications.sql",
+    "20261202000002_throttle.sql",
+];
 
-/// Creates the previous release's schema at `path` and writes one session (and its event) and
-/// one API key the way it wrote them.
-async fn write_previous_release(path: &Path, session_body: &str, event_body: &str, key: &ApiKey) {
+/// A database at `path` with the schema `migrations` make (files of this crate's
+/// `migrations/`, which are never edited once released).
+async fn migrated_as_released(path: &Path, migrations: &[&str]) -> sqlx::SqlitePool {
     let old = tempfile::tempdir().unwrap();
     let here = Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations");
-    for name in OLD_MIGRATIONS {
+    for name in migrations {
         std::fs::copy(here.join(name), old.path().join(name)).unwrap();
     }
     let pool = sqlx::SqlitePool::connect_with(
@@ -42,6 +46,20 @@ async fn write_previous_release(path: &Path, session_body: &str, event_body: &st
         .run(&pool)
         .await
         .unwrap();
+    pool
+}
+
+/// `value`'s JSON with the `application` field removed, as the previous release wrote it.
+fn without_application(value: &impl serde::Serialize) -> String {
+    let mut json = serde_json::to_value(value).unwrap();
+    json.as_object_mut().unwrap().remove("application");
+    json.to_string()
+}
+
+/// Creates the previous release's schema at `path` and writes one session (and its event) and
+/// one API key the way it wrote them.
+async fn write_previous_release(path: &Path, session_body: &str, event_body: &str, key: &ApiKey) {
+    let pool = migrated_as_released(path, &OLD_MIGRATIONS).await;
     let session: serde_json::Value = serde_json::from_str(session_body).unwrap();
     sqlx::query(
         "INSERT INTO sessions (id, token_hash, subject, live, next_deadline, purge_at, body)
@@ -165,4 +183,66 @@ async fn a_previous_release_database_opens_and_its_data_is_the_legacy_applicatio
     );
     assert_eq!(engine.list_applications().await.unwrap(), vec![adopted]);
     assert!(engine.adopt_legacy_keys().await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn a_database_from_before_the_provider_opens_and_its_applications_are_no_clients() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("portcullis.db");
+    let pool = migrated_as_released(&path, &BEFORE_PROVIDER).await;
+    // The row as the release before the provider wrote it.
+    sqlx::query(
+        "INSERT INTO applications
+           (id, name, policies, default_policy, grants, created_at, version)
+         VALUES ('app_shop', 'shop', '[\"*\"]', 'default', '[\"read_all_events\"]', ?1, 3)",
+    )
+    .bind(t0().as_millis())
+    .execute(&pool)
+    .await
+    .unwrap();
+    pool.close().await;
+
+    let store = portcullis_store_sqlite::open(&path).await.unwrap();
+    let shop = PublicId::from_string("app_shop".into());
+    let found = store.find_application(&shop).await.unwrap().unwrap();
+    assert_eq!(found.name, "shop");
+    assert_eq!(found.grants, [Grant::ReadAllEvents].into());
+    assert_eq!(found.version, 3);
+    assert_eq!(
+        found.client, None,
+        "an application of the old release is no client"
+    );
+
+    // It can become one, and stays one after reopening.
+    let mut registered = found.clone();
+    registered.version += 1;
+    registered.client = Some(Client {
+        auth: ClientAuth::None,
+        redirect_uris: vec!["https://shop.example/cb".into()],
+        post_logout_redirect_uris: Vec::new(),
+        backchannel_logout_uri: None,
+        frontchannel_logout_uri: None,
+        scopes: ["openid".to_owned()].into(),
+        grant_types: [GrantType::AuthorizationCode].into(),
+        require_consent: false,
+    });
+    let event = AuditEvent::for_application(
+        EventKind::ApplicationUpdated,
+        &shop,
+        t0(),
+        &Actor::cli(),
+        serde_json::json!({}),
+    );
+    store
+        .update_application(found.version, registered.clone(), event)
+        .await
+        .unwrap()
+        .expect("updated");
+    store.journal().close().await;
+    drop(store);
+    let store = portcullis_store_sqlite::open(&path).await.unwrap();
+    assert_eq!(
+        store.find_application(&shop).await.unwrap(),
+        Some(registered)
+    );
 }
