@@ -1,11 +1,13 @@
 //! Applications in `pc_applications`: every field a column, converted to and from the domain
-//! type here, so the stored format is this crate's and not the serde form of [`Application`].
+//! type here, so the stored format is this crate's and not the serde form of [`Application`]
+//! (the client registration is one column of JSON, the stored form [`StoredClient`]).
 //! A unique violation (the name, or the id) answers [`StoreError::NameTaken`].
 
 use std::collections::BTreeSet;
 
 use portcullis_core::{
-    AppId, Application, ApplicationStore, AuditEvent, Grant, PublicId, StoreError, Timestamp,
+    AppId, Application, ApplicationStore, AuditEvent, Grant, PublicId, StoreError, StoredClient,
+    Timestamp,
 };
 use sqlx::Row;
 use sqlx::postgres::PgRow;
@@ -21,6 +23,9 @@ pub(crate) struct ApplicationRow {
     pub(crate) default_policy: String,
     /// Grant names (`end_everywhere`, …).
     pub(crate) grants: Vec<String>,
+    /// The client registration as [`StoredClient`] JSON; `None` for an application that is
+    /// not a client.
+    pub(crate) client: Option<String>,
     /// Milliseconds since the Unix epoch.
     pub(crate) created_at: i64,
     pub(crate) version: i64,
@@ -43,6 +48,7 @@ impl ApplicationRow {
             policies: app.policies.clone(),
             default_policy: app.default_policy.clone(),
             grants: app.grants.iter().map(|g| g.as_str().to_owned()).collect(),
+            client: app.client.as_ref().map(StoredClient::encode).transpose()?,
             created_at: app.created_at.as_millis(),
             version: version(app.version)?,
         })
@@ -56,8 +62,9 @@ impl ApplicationRow {
             policies: row.try_get(2)?,
             default_policy: row.try_get(3)?,
             grants: row.try_get(4)?,
-            created_at: row.try_get(5)?,
-            version: row.try_get(6)?,
+            client: row.try_get(5)?,
+            created_at: row.try_get(6)?,
+            version: row.try_get(7)?,
         })
     }
 
@@ -76,7 +83,11 @@ impl ApplicationRow {
             policies: self.policies,
             default_policy: self.default_policy,
             grants,
-            client: None,
+            client: self
+                .client
+                .as_deref()
+                .map(StoredClient::decode)
+                .transpose()?,
             created_at: Timestamp::from_millis(self.created_at),
             version: u64::try_from(self.version).map_err(corrupt)?,
         })
@@ -86,7 +97,7 @@ impl ApplicationRow {
 /// The columns [`ApplicationRow::read`] expects, in order.
 macro_rules! columns {
     () => {
-        "id, name, policies, default_policy, grants, created_at, version"
+        "id, name, policies, default_policy, grants, client, created_at, version"
     };
 }
 
@@ -114,13 +125,14 @@ impl ApplicationStore for PostgresStore {
         sqlx::query(concat!(
             "INSERT INTO pc_applications (",
             columns!(),
-            ") VALUES ($1, $2, $3, $4, $5, $6, $7)"
+            ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
         ))
         .bind(&row.id)
         .bind(&row.name)
         .bind(&row.policies)
         .bind(&row.default_policy)
         .bind(&row.grants)
+        .bind(&row.client)
         .bind(row.created_at)
         .bind(row.version)
         .execute(&mut *tx)
@@ -166,14 +178,15 @@ impl ApplicationStore for PostgresStore {
         let mut tx = self.begin().await?;
         let done = sqlx::query(
             "UPDATE pc_applications SET name = $2, policies = $3, default_policy = $4,
-                grants = $5, version = $6
-             WHERE id = $1 AND version = $7",
+                grants = $5, client = $6, version = $7
+             WHERE id = $1 AND version = $8",
         )
         .bind(&row.id)
         .bind(&row.name)
         .bind(&row.policies)
         .bind(&row.default_policy)
         .bind(&row.grants)
+        .bind(&row.client)
         .bind(row.version)
         .bind(version(current)?)
         .execute(&mut *tx)
@@ -209,6 +222,9 @@ impl ApplicationStore for PostgresStore {
 
 #[cfg(test)]
 mod tests {
+    use portcullis_core::TokenHash;
+    use portcullis_core::oidc::{Client, ClientAuth, GrantType};
+
     use super::*;
 
     #[test]
@@ -219,7 +235,16 @@ mod tests {
             policies: vec!["default".into(), "aal2".into()],
             default_policy: "aal2".into(),
             grants: Grant::ALL.into_iter().collect(),
-            client: None,
+            client: Some(Client {
+                auth: ClientAuth::Secret(TokenHash([9; 32])),
+                redirect_uris: vec!["https://shop.example/cb".into()],
+                post_logout_redirect_uris: Vec::new(),
+                backchannel_logout_uri: None,
+                frontchannel_logout_uri: None,
+                scopes: ["openid".to_owned()].into(),
+                grant_types: [GrantType::AuthorizationCode].into(),
+                require_consent: true,
+            }),
             created_at: Timestamp::from_millis(1_800_000_000_123),
             version: 7,
         };
@@ -227,6 +252,13 @@ mod tests {
         assert_eq!(
             row.grants,
             ["end_everywhere", "read_all_events", "list_all_sessions"]
+        );
+        assert!(
+            row.client
+                .as_deref()
+                .is_some_and(|c| c.contains("client_secret_basic")),
+            "{:?}",
+            row.client
         );
         assert_eq!(row.into_application().unwrap(), app);
     }

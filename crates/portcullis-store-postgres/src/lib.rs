@@ -6,7 +6,10 @@
 //! transaction-scoped advisory lock on the subject; events are appended under one more
 //! advisory lock so their positions are in commit order and paging by `after` never skips.
 //! API keys are cached for [`API_KEY_CACHE`] per node; applications are not, so a removed
-//! application's keys stop working on every node at once.
+//! application's keys stop working on every node at once. The OpenID Connect provider's
+//! authorization codes, signing keys, refresh tokens and consents live beside them, each
+//! changed by single conditional statements so that racing nodes redeem a code once, rotate a
+//! token or a key once, and add up consents ([`PostgresStore::codes`] and its siblings).
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
@@ -30,10 +33,18 @@ const EVENT_LOCK: i64 = 0x5043_4556; // "PCEV"
 
 mod api_keys;
 mod applications;
+mod codes;
+mod consents;
 mod gather;
+mod refresh_tokens;
+mod signing_keys;
 mod throttle;
 mod users;
 
+pub use codes::PostgresCodeStore;
+pub use consents::PostgresConsentStore;
+pub use refresh_tokens::PostgresRefreshTokenStore;
+pub use signing_keys::PostgresSigningKeyStore;
 pub use throttle::PostgresThrottleStore;
 pub use users::PostgresUserStore;
 
@@ -137,6 +148,28 @@ impl PostgresStore {
     /// node.
     pub fn throttle(&self) -> PostgresThrottleStore {
         PostgresThrottleStore::new(self.pool.clone())
+    }
+
+    /// The OpenID Connect provider's authorization codes, in the same database (and schema).
+    pub fn codes(&self) -> PostgresCodeStore {
+        PostgresCodeStore::new(self.pool.clone())
+    }
+
+    /// The OpenID Connect provider's signing keys, in the same database (and schema), so every
+    /// node signs with the same keys.
+    pub fn signing_keys(&self) -> PostgresSigningKeyStore {
+        PostgresSigningKeyStore::new(self.pool.clone())
+    }
+
+    /// The OpenID Connect provider's refresh tokens, in the same database (and schema).
+    pub fn refresh_tokens(&self) -> PostgresRefreshTokenStore {
+        PostgresRefreshTokenStore::new(self.pool.clone())
+    }
+
+    /// What people consented to give OpenID Connect clients, in the same database (and
+    /// schema).
+    pub fn consents(&self) -> PostgresConsentStore {
+        PostgresConsentStore::new(self.pool.clone())
     }
 
     /// Connects to a store URL: `postgres://…` with optional parameters `schema=NAME` (the
