@@ -423,6 +423,28 @@ impl<S: Store> Engine<S> {
         request: NewSession,
         principal: &Principal,
     ) -> Result<Issued, EngineError> {
+        self.create_reserved(request, None, principal).await
+    }
+
+    /// A session id for a session not created yet, of a subject whose [`subject_route`] is
+    /// `route`, for a caller that must name the session before it exists (an authorization code
+    /// is redeemed for it, atomically, before the session is made). Routed like the ids
+    /// [`Engine::create`] makes where the store routes by subject.
+    pub fn reserve_session_id(&self, route: u8) -> SessionId {
+        if S::ROUTES_BY_SUBJECT {
+            PublicId::generate_routed("ses_", route, self.random.as_ref())
+        } else {
+            PublicId::generate("ses_", self.random.as_ref())
+        }
+    }
+
+    /// Creates a session, with the id [`Engine::reserve_session_id`] gave when `reserved`.
+    pub async fn create_reserved(
+        &self,
+        request: NewSession,
+        reserved: Option<SessionId>,
+        principal: &Principal,
+    ) -> Result<Issued, EngineError> {
         if request.subject.is_empty() || request.subject.len() > MAX_SUBJECT_BYTES {
             return Err(EngineError::Invalid(format!(
                 "subject must be 1 to {MAX_SUBJECT_BYTES} bytes"
@@ -453,14 +475,16 @@ impl<S: Store> Engine<S> {
         let now = self.clock.now();
         let token = self.new_token(&request.subject);
         let (idle, absolute) = policy.lifetimes(request.remember_me);
-        let id = if S::ROUTES_BY_SUBJECT {
-            PublicId::generate_routed(
-                "ses_",
-                subject_route(&request.subject),
-                self.random.as_ref(),
-            )
-        } else {
-            PublicId::generate("ses_", self.random.as_ref())
+        let id = match reserved {
+            Some(id) => {
+                if S::ROUTES_BY_SUBJECT && id.route(4) != Some(subject_route(&request.subject)) {
+                    return Err(EngineError::Invalid(
+                        "a reserved session id belongs to its subject".into(),
+                    ));
+                }
+                id
+            }
+            None => self.reserve_session_id(subject_route(&request.subject)),
         };
         let session = Session {
             id,
@@ -778,6 +802,28 @@ impl<S: Store> Engine<S> {
             .filter(|s| principal.reaches(s))
             .ok_or(EngineError::NotFound)?;
         self.settle(session).await
+    }
+
+    /// Keeps a live session alive by its id, as a validation of its token would (the refresh
+    /// grant of the session's client holds no session token): the idle deadline moves, a
+    /// session past a deadline ends. Answers the session, or why it is not live.
+    pub async fn keep_alive(
+        &self,
+        id: &SessionId,
+        principal: &Principal,
+    ) -> Result<Arc<Session>, EngineError> {
+        let mut session = self.get(id, principal).await?;
+        if let Some(ended) = &session.ended {
+            return Err(EngineError::Rejected(Rejection::for_ending(ended.reason)));
+        }
+        let now = self.clock.now();
+        if now >= session.last_seen_at.plus(self.touch_interval(&session)) {
+            self.store.touch(&session.id, now).await?;
+            if let Some(touched) = self.store.find_by_id(&session.id).await? {
+                session = touched;
+            }
+        }
+        Ok(session)
     }
 
     /// Ends one session as an administrator (`revoked_admin`). Idempotent for ended sessions.

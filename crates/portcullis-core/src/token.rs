@@ -17,6 +17,12 @@ pub enum TokenKind {
     Session,
     /// An API key for backend callers (`pck_`).
     ApiKey,
+    /// An OpenID Connect client's secret (`pcc_`).
+    ClientSecret,
+    /// An authorization code (`pca_`).
+    AuthorizationCode,
+    /// A refresh token (`pcr_`).
+    RefreshToken,
 }
 
 impl TokenKind {
@@ -25,6 +31,9 @@ impl TokenKind {
         match self {
             Self::Session => "pcs_",
             Self::ApiKey => "pck_",
+            Self::ClientSecret => "pcc_",
+            Self::AuthorizationCode => "pca_",
+            Self::RefreshToken => "pcr_",
         }
     }
 }

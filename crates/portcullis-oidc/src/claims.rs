@@ -72,8 +72,10 @@ pub struct AccessTokenClaims {
     pub jti: String,
     /// The granted scopes, space-separated.
     pub scope: String,
-    /// The application session it belongs to: introspection ends with it.
+    /// The SSO session's public id, as in the ID token.
     pub sid: String,
+    /// The client's session at Portcullis it belongs to: it is inactive once that ends.
+    pub ses: String,
     /// When the person authenticated.
     pub auth_time: i64,
     /// The assurance reached.

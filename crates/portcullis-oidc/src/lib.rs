@@ -6,17 +6,26 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+mod authorize;
 mod claims;
 mod discovery;
+mod grant;
 mod pkce;
+mod provider;
 mod signing;
 
+pub use authorize::{
+    AuthorizationParams, AuthorizationRequest, AuthorizeError, Decision, Prompt, ProviderOr,
+    acr_of_level,
+};
 pub use claims::{
     ACCESS_TOKEN_TYPE, AccessTokenClaims, BACKCHANNEL_LOGOUT_EVENT, ID_TOKEN_TYPE, IdTokenClaims,
     LOGOUT_TOKEN_TYPE, LogoutTokenClaims, token_hash_claim,
 };
 pub use discovery::{Endpoints, provider_metadata};
+pub use grant::{ClientCredentials, TokenError, TokenResponse};
 pub use pkce::{is_code_challenge, verifier_matches};
+pub use provider::{Provider, ProviderError, ProviderSettings, ProviderStores};
 pub use signing::{
     KeyError, ProviderKeys, ensure_signing_keys, generate_signing_key, remove_retired_keys,
     rotate_signing_key,

@@ -1,0 +1,227 @@
+//! The provider as a service the HTTP layer calls: its settings, its stores, its keys, and
+//! the engine and accounts it shares with the session API and the pages. Authorization
+//! ([`crate::authorize`]) and the token endpoints ([`crate::grant`]) are its methods.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::RwLock;
+use portcullis_core::oidc::{
+    Client, CodeStore, ConsentStore, MemoryCodeStore, MemoryConsentStore, MemoryRefreshTokenStore,
+    MemorySigningKeyStore, REFRESH_RETRY_GRACE, RefreshTokenStore, SigningAlg, SigningKeyStore,
+};
+use portcullis_core::{
+    AccountError, Accounts, Actor, Application, Engine, EngineError, Keyring, Principal,
+    RandomSource, Reach, SealError, Store, StoreError,
+};
+
+use crate::signing::{KeyError, ProviderKeys, ensure_signing_keys};
+
+/// What the provider is configured with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProviderSettings {
+    /// The issuer identifier (`iss`): the public base URL, no trailing slash.
+    pub issuer: String,
+    /// The algorithms keys are kept for; ID tokens are signed with the first.
+    pub algs: Vec<SigningAlg>,
+    /// Lifetime of access tokens.
+    pub access_token_lifetime: Duration,
+    /// Lifetime of ID tokens (never of the session: OIDC-CORE-14).
+    pub id_token_lifetime: Duration,
+    /// How long a retried refresh gets the same successor back.
+    pub refresh_retry_grace: Duration,
+    /// How long an authorization request may wait for the person to sign in or consent.
+    pub interaction_lifetime: Duration,
+}
+
+impl ProviderSettings {
+    /// The defaults for `issuer`: ES256, 5-minute access and ID tokens, the retry grace of
+    /// [`REFRESH_RETRY_GRACE`], 10 minutes to sign in.
+    pub fn new(issuer: &str) -> Self {
+        Self {
+            issuer: issuer.trim_end_matches('/').to_owned(),
+            algs: vec![SigningAlg::Es256],
+            access_token_lifetime: Duration::from_secs(300),
+            id_token_lifetime: Duration::from_secs(300),
+            refresh_retry_grace: REFRESH_RETRY_GRACE,
+            interaction_lifetime: Duration::from_secs(600),
+        }
+    }
+
+    /// The longest a token signed by a key can live, so a retired key stays published that
+    /// long.
+    pub fn longest_token_lifetime(&self) -> Duration {
+        self.access_token_lifetime.max(self.id_token_lifetime)
+    }
+}
+
+/// The stores the provider keeps its entities in (the configured backend's, or memory).
+#[derive(Clone)]
+pub struct ProviderStores {
+    /// Authorization codes.
+    pub codes: Arc<dyn CodeStore>,
+    /// Refresh tokens.
+    pub refresh_tokens: Arc<dyn RefreshTokenStore>,
+    /// Consents.
+    pub consents: Arc<dyn ConsentStore>,
+    /// Signing keys.
+    pub signing_keys: Arc<dyn SigningKeyStore>,
+}
+
+impl ProviderStores {
+    /// Stores in process memory (tests and `memory://`).
+    pub fn in_memory() -> Self {
+        Self {
+            codes: Arc::new(MemoryCodeStore::new()),
+            refresh_tokens: Arc::new(MemoryRefreshTokenStore::new()),
+            consents: Arc::new(MemoryConsentStore::new()),
+            signing_keys: Arc::new(MemorySigningKeyStore::new()),
+        }
+    }
+}
+
+impl std::fmt::Debug for ProviderStores {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ProviderStores")
+    }
+}
+
+/// What the provider's own work can fail with (not a protocol error: the store or the keys).
+#[derive(Debug, thiserror::Error)]
+pub enum ProviderError {
+    /// Signing keys could not be made, read or opened.
+    #[error(transparent)]
+    Keys(#[from] KeyError),
+    /// The session engine failed.
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    /// A store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The accounts could not be read.
+    #[error(transparent)]
+    Accounts(#[from] AccountError),
+}
+
+/// The OpenID Connect provider of one node.
+pub struct Provider<S> {
+    pub(crate) engine: Arc<Engine<S>>,
+    pub(crate) accounts: Arc<Accounts>,
+    pub(crate) stores: ProviderStores,
+    pub(crate) keyring: Keyring,
+    pub(crate) random: Arc<dyn RandomSource>,
+    pub(crate) settings: ProviderSettings,
+    keys: RwLock<Arc<ProviderKeys>>,
+}
+
+impl<S> std::fmt::Debug for Provider<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Provider")
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S: Store> Provider<S> {
+    /// Starts the provider: makes the signing keys the settings name if the store has none
+    /// (any node may; one key per algorithm wins) and opens them.
+    pub async fn start(
+        engine: Arc<Engine<S>>,
+        accounts: Arc<Accounts>,
+        stores: ProviderStores,
+        keyring: Keyring,
+        random: Arc<dyn RandomSource>,
+        settings: ProviderSettings,
+    ) -> Result<Self, ProviderError> {
+        let stored = ensure_signing_keys(
+            &*stores.signing_keys,
+            &settings.algs,
+            &keyring,
+            &*random,
+            engine.now(),
+        )
+        .await?;
+        let keys = ProviderKeys::load(&stored, &keyring)?;
+        Ok(Self {
+            engine,
+            accounts,
+            stores,
+            keyring,
+            random,
+            settings,
+            keys: RwLock::new(Arc::new(keys)),
+        })
+    }
+
+    /// Reads the keys again (after a rotation on any node).
+    pub async fn reload_keys(&self) -> Result<(), ProviderError> {
+        let stored = self.stores.signing_keys.signing_keys().await?;
+        let keys = ProviderKeys::load(&stored, &self.keyring)?;
+        *self.keys.write() = Arc::new(keys);
+        Ok(())
+    }
+
+    /// The keys this node signs and verifies with.
+    pub fn keys(&self) -> Arc<ProviderKeys> {
+        self.keys.read().clone()
+    }
+
+    /// The settings.
+    pub fn settings(&self) -> &ProviderSettings {
+        &self.settings
+    }
+
+    /// The stores.
+    pub fn stores(&self) -> &ProviderStores {
+        &self.stores
+    }
+
+    /// The session engine.
+    pub fn engine(&self) -> &Arc<Engine<S>> {
+        &self.engine
+    }
+
+    /// The algorithm ID tokens are signed with.
+    pub(crate) fn id_token_alg(&self) -> SigningAlg {
+        self.settings
+            .algs
+            .first()
+            .copied()
+            .unwrap_or(SigningAlg::Es256)
+    }
+
+    /// The registered client `client_id` (an application's public id), with its registration.
+    pub async fn client(
+        &self,
+        client_id: &str,
+    ) -> Result<Option<(Application, Client)>, ProviderError> {
+        if !client_id.starts_with("app_") {
+            return Ok(None);
+        }
+        match self.engine.application(client_id).await {
+            Ok(app) => Ok(app.client.clone().map(|client| (app, client))),
+            Err(EngineError::UnknownApplication(_) | EngineError::NotFound) => Ok(None),
+            Err(err) => Err(err.into()),
+        }
+    }
+
+    /// The provider acting for the person `subject` through a client: it reaches every
+    /// session (a client's session is a child of Portcullis's SSO session).
+    pub(crate) fn acting_for(subject: &str) -> Principal {
+        Principal {
+            actor: Actor::user(subject),
+            reach: Reach::Everything,
+        }
+    }
+
+    /// Seals `text` with the configured keyring for `purpose` (a continuation kept by the
+    /// browser while the person signs in).
+    pub fn seal(&self, text: &str, purpose: &str) -> String {
+        self.keyring.seal(text, purpose, &*self.random)
+    }
+
+    /// Opens what [`Provider::seal`] sealed for `purpose`.
+    pub fn open(&self, sealed: &str, purpose: &str) -> Result<String, SealError> {
+        self.keyring.open(sealed, purpose)
+    }
+}
