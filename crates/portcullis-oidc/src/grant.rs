@@ -393,7 +393,7 @@ impl<S: Store> Provider<S> {
         };
         if let Some(rotated) = &current.rotated {
             return self
-                .refresh_again(app, &current, rotated, presented, &scopes)
+                .refresh_again(&current, rotated, presented, &scopes)
                 .await;
         }
         let session = match self
@@ -433,8 +433,7 @@ impl<S: Store> Provider<S> {
             }
             Rotation::AlreadyRotated(old) => {
                 let rotated = old.rotated.clone().ok_or(invalid)?;
-                self.refresh_again(app, &old, &rotated, presented, &scopes)
-                    .await
+                self.refresh_again(&old, &rotated, presented, &scopes).await
             }
             Rotation::Unknown => Err(invalid.into()),
         }
