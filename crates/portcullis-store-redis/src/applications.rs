@@ -2,15 +2,18 @@
 //! (`{apps}`): each change, with its name index and its event, is one Lua script on one slot of
 //! a Cluster.
 //!
-//! Keys: `pc:{apps}:a`, a hash of application id → the application (JSON); `pc:{apps}:n`, a
-//! hash of name → application id, so a name is taken atomically at most once; `pc:{apps}:e`,
-//! the stream of the applications' events (read by `events` with the other tags' streams).
+//! Keys: `pc:{apps}:a`, a hash of application id → the application (JSON, with its OpenID
+//! Connect registration, if it has one, as a `client` object in its stored form,
+//! [`StoredClient`]); `pc:{apps}:n`, a hash of name → application id, so a name is taken
+//! atomically at most once; `pc:{apps}:e`, the stream of the applications' events (read by
+//! `events` with the other tags' streams).
 
 use std::collections::BTreeSet;
 use std::sync::LazyLock;
 
 use portcullis_core::{
-    AppId, Application, ApplicationStore, AuditEvent, Grant, PublicId, StoreError, Timestamp,
+    AppId, Application, ApplicationStore, AuditEvent, Grant, PublicId, StoreError, StoredClient,
+    Timestamp,
 };
 use redis::{FromRedisValue, Script};
 use serde::{Deserialize, Serialize};
@@ -77,17 +80,28 @@ struct Stored {
     policies: Vec<String>,
     default_policy: String,
     grants: Vec<String>,
+    /// The registration as a client; absent for an application that is none (and for every
+    /// application written before clients existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    client: Option<StoredClient>,
     created_at: Timestamp,
     version: u64,
 }
 
 fn encode(app: &Application) -> Result<String, StoreError> {
+    // `StoredClient` converts to and from the domain type only through its JSON text.
+    let client = app
+        .client
+        .as_ref()
+        .map(|c| serde_json::from_str::<StoredClient>(&StoredClient::encode(c)?).map_err(corrupt))
+        .transpose()?;
     serde_json::to_string(&Stored {
         id: app.id.as_str().to_owned(),
         name: app.name.clone(),
         policies: app.policies.clone(),
         default_policy: app.default_policy.clone(),
         grants: app.grants.iter().map(|g| g.as_str().to_owned()).collect(),
+        client,
         created_at: app.created_at,
         version: app.version,
     })
@@ -101,13 +115,17 @@ fn decode(body: &str) -> Result<Application, StoreError> {
         .iter()
         .map(|g| Grant::parse(g).ok_or_else(|| corrupt(format!("unknown grant \"{g}\""))))
         .collect::<Result<BTreeSet<_>, _>>()?;
+    let client = stored
+        .client
+        .map(|c| StoredClient::decode(&serde_json::to_string(&c).map_err(corrupt)?))
+        .transpose()?;
     Ok(Application {
         id: PublicId::from_string(stored.id),
         name: stored.name,
         policies: stored.policies,
         default_policy: stored.default_policy,
         grants,
-        client: None,
+        client,
         created_at: stored.created_at,
         version: stored.version,
     })
@@ -283,7 +301,52 @@ mod tests {
             version: 3,
         };
         assert_eq!(decode(&encode(&app).unwrap()).unwrap(), app);
+        assert!(
+            !encode(&app).unwrap().contains("client"),
+            "an application that is no client is written as before clients existed"
+        );
         let unknown = encode(&app).unwrap().replace("end_everywhere", "end_all");
         assert!(decode(&unknown).is_err(), "an unknown grant is not dropped");
+    }
+
+    #[test]
+    fn a_client_registration_survives_a_round_trip_and_old_records_have_none() {
+        use portcullis_core::TokenHash;
+        use portcullis_core::oidc::{Client, ClientAuth, GrantType};
+
+        let client = Client {
+            auth: ClientAuth::Secret(TokenHash([9; 32])),
+            redirect_uris: vec!["https://rp.example/cb".into()],
+            post_logout_redirect_uris: vec!["https://rp.example/bye".into()],
+            backchannel_logout_uri: Some("https://rp.example/bc".into()),
+            frontchannel_logout_uri: None,
+            scopes: ["openid".to_owned(), "profile".to_owned()].into(),
+            grant_types: [GrantType::AuthorizationCode, GrantType::RefreshToken].into(),
+            require_consent: true,
+        };
+        let app = Application {
+            id: PublicId::from_string("app_rp".into()),
+            name: "rp".into(),
+            policies: vec!["default".into()],
+            default_policy: "default".into(),
+            grants: BTreeSet::new(),
+            client: Some(client.clone()),
+            created_at: Timestamp::from_millis(1_764_000_000_123),
+            version: 1,
+        };
+        let body = encode(&app).unwrap();
+        assert_eq!(decode(&body).unwrap(), app);
+        // Nested as an object in the registration's stored form, not as a string of JSON.
+        let stored = StoredClient::encode(&client).unwrap();
+        assert!(body.contains(&format!(r#""client":{stored}"#)), "{body}");
+
+        // Written by the release before clients: no `client` field at all.
+        let old = r#"{"id":"app_old","name":"old","policies":["default"],"default_policy":"default","grants":[],"created_at":1764000000123,"version":2}"#;
+        assert_eq!(decode(old).unwrap().client, None);
+        let damaged = body.replace("client_secret_basic", "client_secret_jwt");
+        assert!(
+            decode(&damaged).is_err(),
+            "an unknown client authentication"
+        );
     }
 }

@@ -27,6 +27,15 @@
 //! removed walks every live session (`application_sessions`). **API keys** have a hash tag of
 //! their own as well, `{k}` (`api_keys.rs`), with their events' stream.
 //!
+//! **The OpenID Connect provider's records** keep every atomic step on one key or one tag:
+//! an authorization code is one hash redeemed by one script (`codes.rs`); a refresh-token
+//! family is one hash under its own tag (`{<family>}`), with an index key per token hash
+//! naming the family, written before its token, so rotations and a family's end are each one
+//! script (`refresh_tokens.rs`); the signing keys are one hash (`{sk}`, `signing_keys.rs`);
+//! a person's consents one hash under the tag of their sessions (`consents.rs`). Codes and
+//! refresh tokens expire by TTL. A redemption, a rotation and a family's end wait for the
+//! replicas as session endings do.
+//!
 //! **Expiry.** Deadlines of session ids are indexed in 64 sorted sets per tag (`pc:{a3}:db:<c>`)
 //! summarised per tag in `pc:{a3}:dd` (each bucket scored at or before its earliest deadline),
 //! purge times in `pc:{a3}:p`; the sweeper reads 256 summaries, then the due buckets
@@ -71,14 +80,22 @@ const WALK_BATCH: usize = 256;
 
 mod api_keys;
 mod applications;
+mod codes;
+mod consents;
 mod durable;
 mod gather;
 mod live;
 mod options;
 mod record;
+mod refresh_tokens;
+mod signing_keys;
 mod throttle;
 mod users;
 
+pub use codes::RedisCodeStore;
+pub use consents::RedisConsentStore;
+pub use refresh_tokens::RedisRefreshTokenStore;
+pub use signing_keys::RedisSigningKeyStore;
 pub use throttle::RedisThrottleStore;
 pub use users::RedisUserStore;
 
@@ -566,6 +583,27 @@ impl RedisStore {
         RedisThrottleStore::new(self.clone())
     }
 
+    /// The OpenID Connect provider's authorization codes, under the same prefix.
+    pub fn codes(&self) -> RedisCodeStore {
+        RedisCodeStore::new(self.clone())
+    }
+
+    /// The OpenID Connect provider's signing keys, under the same prefix, so every node signs
+    /// with the same keys.
+    pub fn signing_keys(&self) -> RedisSigningKeyStore {
+        RedisSigningKeyStore::new(self.clone())
+    }
+
+    /// The OpenID Connect provider's refresh tokens, under the same prefix.
+    pub fn refresh_tokens(&self) -> RedisRefreshTokenStore {
+        RedisRefreshTokenStore::new(self.clone())
+    }
+
+    /// What people consented to give OpenID Connect clients, under the same prefix.
+    pub fn consents(&self) -> RedisConsentStore {
+        RedisConsentStore::new(self.clone())
+    }
+
     async fn query<T: FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, StoreError> {
         match &self.conn {
             Conn::Single(c) => cmd.query_async(&mut c.clone()).await,
@@ -610,6 +648,27 @@ impl RedisStore {
             Conn::Cluster(c) => invocation.invoke_async(&mut c.clone()).await,
         }
         .map_err(unavailable)
+    }
+
+    /// Runs `script` (its keys in one slot) and, when the store waits for replicas, answers only
+    /// once they confirmed it, whatever its keys: for changes that take access away outside the
+    /// tags [`Self::takes_access_away`] knows (a code's redemption, a refresh token's rotation,
+    /// a refresh-token family's end). Too few confirmations is `StoreError::Unavailable`: the
+    /// change is on the primary, and a retry is safe.
+    async fn confirmed_script<T: FromRedisValue>(
+        &self,
+        script: &Script,
+        keys: &[Vec<u8>],
+        args: &[Vec<u8>],
+    ) -> Result<T, StoreError> {
+        match self.durable.as_deref() {
+            Some(durable) => {
+                let (reply, confirmed) = durable.eval(script, keys, args).await?;
+                durable.check(confirmed)?;
+                T::from_redis_value(reply).map_err(corrupt)
+            }
+            None => self.script(script, keys, args).await,
+        }
     }
 
     fn key(&self, tag: &str, kind: &str, rest: &str) -> String {

@@ -38,3 +38,39 @@ async fn throttle_store_contract_on_cluster() {
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn code_store_contract_on_cluster() {
+    let store = fresh().await;
+    portcullis_store_tests::provider::code_store_contract(
+        std::sync::Arc::new(store.codes()),
+        portcullis_store_tests::provider::CodeExpiry::ByBackend,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signing_key_store_contract_on_cluster() {
+    let store = fresh().await;
+    portcullis_store_tests::provider::signing_key_store_contract(std::sync::Arc::new(
+        store.signing_keys(),
+    ))
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refresh_token_store_contract_on_cluster() {
+    let store = fresh().await;
+    portcullis_store_tests::provider::refresh_token_store_contract(
+        std::sync::Arc::new(store.refresh_tokens()),
+        portcullis_store_tests::provider::CodeExpiry::ByBackend,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consent_store_contract_on_cluster() {
+    let store = fresh().await;
+    portcullis_store_tests::provider::consent_store_contract(std::sync::Arc::new(store.consents()))
+        .await;
+}

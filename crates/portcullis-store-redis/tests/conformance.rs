@@ -467,6 +467,237 @@ async fn throttle_store_contract() {
     .await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn code_store_contract() {
+    let store = fresh().await;
+    portcullis_store_tests::provider::code_store_contract(
+        std::sync::Arc::new(store.codes()),
+        portcullis_store_tests::provider::CodeExpiry::ByBackend,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signing_key_store_contract() {
+    let store = fresh().await;
+    portcullis_store_tests::provider::signing_key_store_contract(std::sync::Arc::new(
+        store.signing_keys(),
+    ))
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refresh_token_store_contract() {
+    let store = fresh().await;
+    portcullis_store_tests::provider::refresh_token_store_contract(
+        std::sync::Arc::new(store.refresh_tokens()),
+        portcullis_store_tests::provider::CodeExpiry::ByBackend,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consent_store_contract() {
+    let store = fresh().await;
+    portcullis_store_tests::provider::consent_store_contract(std::sync::Arc::new(store.consents()))
+        .await;
+}
+
+/// A code is one key whose TTL is its lifetime plus `CODE_REMEMBERED`, counted from its issue;
+/// a redemption keeps the TTL.
+#[tokio::test]
+async fn codes_expire_by_themselves_after_they_are_remembered() {
+    use portcullis_core::oidc::{AuthorizationCode, CODE_LIFETIME, CODE_REMEMBERED, CodeStore};
+    use portcullis_core::{PublicId, TokenHash};
+    use portcullis_store_tests::t0;
+
+    let (store, prefix, mut conn) = store_and_keys("code-ttl").await;
+    let codes = store.codes();
+    let code = AuthorizationCode {
+        hash: TokenHash([0x7b; 32]),
+        client: PublicId::from_string("app_rp".into()),
+        subject: "usr_1".into(),
+        sso_session: PublicId::from_string("ses_sso".into()),
+        redirect_uri: "https://rp.example/cb".into(),
+        scopes: vec!["openid".into()],
+        nonce: None,
+        code_challenge: None,
+        auth_time: t0(),
+        acr: None,
+        amr: Vec::new(),
+        issued_at: t0(),
+        expires_at: t0().plus(CODE_LIFETIME),
+        redeemed_for: None,
+    };
+    codes.add_code(code.clone()).await.unwrap();
+    let mut key = format!("{prefix}:oc:").into_bytes();
+    key.extend_from_slice(&code.hash.0);
+    let remembered = i64::try_from((CODE_LIFETIME + CODE_REMEMBERED).as_millis()).unwrap();
+    let ttl = pttl_bytes(&mut conn, &key).await;
+    assert!(remembered - 60_000 < ttl && ttl <= remembered, "ttl {ttl}");
+    codes
+        .redeem_code(&code.hash, &PublicId::from_string("ses_app".into()))
+        .await
+        .unwrap();
+    let ttl = pttl_bytes(&mut conn, &key).await;
+    assert!(
+        remembered - 60_000 < ttl && ttl <= remembered,
+        "kept: {ttl}"
+    );
+}
+
+/// A family is one hash under a tag of its own, with an index key per token; the family lives
+/// until its latest token expires, each index until its own token does; a refused successor
+/// leaves no index, an ended family none of its own, and an index whose token is not in its
+/// family reads as no token.
+#[tokio::test]
+async fn refresh_families_and_their_indexes_expire_and_go_together() {
+    use portcullis_core::oidc::{RefreshToken, RefreshTokenStore, Rotation};
+    use portcullis_core::{PublicId, TokenHash};
+    use portcullis_store_tests::t0;
+    use std::time::Duration;
+
+    let (store, prefix, mut conn) = store_and_keys("refresh-ttl").await;
+    let tokens = store.refresh_tokens();
+    let family = PublicId::from_string("ses_fam".into());
+    let first = RefreshToken {
+        hash: TokenHash([1; 32]),
+        family: family.clone(),
+        client: PublicId::from_string("app_rp".into()),
+        subject: "usr_1".into(),
+        scopes: vec!["openid".into()],
+        issued_at: t0(),
+        expires_at: t0().plus(Duration::from_secs(3600)),
+        rotated: None,
+    };
+    let index = |hash: &TokenHash| {
+        let mut key = format!("{prefix}:rt:").into_bytes();
+        key.extend_from_slice(&hash.0);
+        key
+    };
+    let family_key = format!("{prefix}:{{ses_fam}}:rf").into_bytes();
+    let hour = 3_600_000;
+    tokens.add_refresh_token(first.clone()).await.unwrap();
+    let ttl = pttl_bytes(&mut conn, &family_key).await;
+    assert!(hour - 60_000 < ttl && ttl <= hour, "family ttl {ttl}");
+    let ttl = pttl_bytes(&mut conn, &index(&first.hash)).await;
+    assert!(hour - 60_000 < ttl && ttl <= hour, "index ttl {ttl}");
+
+    // The successor lives two hours: the family's TTL grows with it, the old index keeps its own.
+    let second = RefreshToken {
+        hash: TokenHash([2; 32]),
+        issued_at: t0(),
+        expires_at: t0().plus(Duration::from_secs(7200)),
+        ..first.clone()
+    };
+    let rotated = tokens
+        .rotate_refresh_token(&first.hash, second.clone(), "sealed".into())
+        .await
+        .unwrap();
+    assert_eq!(rotated, Rotation::Rotated(first.clone()));
+    let ttl = pttl_bytes(&mut conn, &family_key).await;
+    assert!(
+        2 * hour - 60_000 < ttl && ttl <= 2 * hour,
+        "family ttl {ttl}"
+    );
+    let ttl = pttl_bytes(&mut conn, &index(&first.hash)).await;
+    assert!(ttl <= hour, "the old index keeps its ttl: {ttl}");
+
+    let refused = RefreshToken {
+        hash: TokenHash([3; 32]),
+        ..second.clone()
+    };
+    assert!(matches!(
+        tokens
+            .rotate_refresh_token(&first.hash, refused.clone(), "late".into())
+            .await
+            .unwrap(),
+        Rotation::AlreadyRotated(_)
+    ));
+    assert_eq!(pttl_bytes(&mut conn, &index(&refused.hash)).await, -2);
+
+    // An index whose token is not in the family (as a rotation writes before its script).
+    let stray = TokenHash([4; 32]);
+    let _: () = redis::cmd("SET")
+        .arg(index(&stray))
+        .arg("ses_fam")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(tokens.refresh_token(&stray).await.unwrap(), None);
+    assert_eq!(
+        tokens
+            .rotate_refresh_token(&stray, refused.clone(), "x".into())
+            .await
+            .unwrap(),
+        Rotation::Unknown
+    );
+
+    assert_eq!(tokens.end_refresh_family(&family).await.unwrap(), 2);
+    for key in [family_key, index(&first.hash), index(&second.hash)] {
+        assert_eq!(
+            pttl_bytes(&mut conn, &key).await,
+            -2,
+            "gone with the family"
+        );
+    }
+    let left: Vec<Vec<u8>> = redis::cmd("KEYS")
+        .arg(format!("{prefix}:*"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(left, vec![index(&stray)], "nothing else is left");
+}
+
+/// A person's consents are one hash under the tag of their sessions.
+#[tokio::test]
+async fn a_persons_consents_are_one_key_under_the_tag_of_their_sessions() {
+    use portcullis_core::PublicId;
+    use portcullis_core::oidc::{Consent, ConsentStore};
+    use portcullis_store_tests::t0;
+
+    let (store, prefix, mut conn) = store_and_keys("consents").await;
+    let consents = store.consents();
+    for client in ["app_a", "app_b"] {
+        consents
+            .grant_consent(Consent {
+                subject: "usr_1".into(),
+                client: PublicId::from_string(client.into()),
+                scopes: ["openid".to_owned(), "profile".to_owned()].into(),
+                granted_at: t0(),
+            })
+            .await
+            .unwrap();
+    }
+    let tag = format!("{:02x}", portcullis_core::subject_route("usr_1"));
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}:*"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(keys, vec![format!("{prefix}:{{{tag}}}:cn:usr_1")]);
+    let ttl: i64 = redis::cmd("PTTL")
+        .arg(&keys[0])
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(ttl, -1, "kept until revoked");
+    for client in ["app_a", "app_b"] {
+        assert!(
+            consents
+                .revoke_consent("usr_1", &PublicId::from_string(client.into()))
+                .await
+                .unwrap()
+        );
+    }
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}:*"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(keys.is_empty(), "nothing is left: {keys:?}");
+}
+
 /// A throttle record is one key under the store's prefix whose TTL is what is left until the
 /// record expires (`Strikes::expires_at`, from the caller's `now`), so Redis drops it by itself;
 /// a refund keeps the TTL and a clear deletes the key.
@@ -522,5 +753,10 @@ async fn throttle_records_expire_by_themselves() {
 
 /// The `PTTL` of `key`: -2 when it does not exist.
 async fn pttl(conn: &mut redis::aio::MultiplexedConnection, key: &str) -> i64 {
+    redis::cmd("PTTL").arg(key).query_async(conn).await.unwrap()
+}
+
+/// The `PTTL` of a binary `key`: -2 when it does not exist.
+async fn pttl_bytes(conn: &mut redis::aio::MultiplexedConnection, key: &[u8]) -> i64 {
     redis::cmd("PTTL").arg(key).query_async(conn).await.unwrap()
 }

@@ -330,6 +330,147 @@ async fn a_retried_revocation_or_removal_found_done_waits_for_the_replica_too() 
     );
 }
 
+/// The provider's endings wait for the replica as session endings do: a code's redemption, a
+/// refresh token's rotation and a family's end are refused (503) while the replica confirms
+/// nothing, and so are their retries, which find them made (a replay, a token rotated already,
+/// a family gone) but must not answer before a failover could no longer undo that; once the
+/// replica is back the retries are answered, naming what the refused calls made.
+#[tokio::test]
+async fn a_redemption_a_rotation_and_a_family_end_wait_for_the_replica_and_so_do_their_retries() {
+    use portcullis_core::oidc::{
+        AuthorizationCode, CODE_LIFETIME, CodeStore, Redemption, RefreshToken, RefreshTokenStore,
+        Rotation,
+    };
+
+    let pair = pair().await;
+    let store = RedisStore::connect(&format!(
+        "redis://127.0.0.1:{}?prefix=o&wait_replicas=1&wait_timeout=2s",
+        pair.primary.port
+    ))
+    .await
+    .unwrap();
+    // Retries come from another node, whose connections wrote nothing before: its wait covers
+    // the change it found only if it writes to that slot itself.
+    let node2 = RedisStore::connect(&format!(
+        "redis://127.0.0.1:{}?prefix=o&wait_replicas=1&wait_timeout=2s",
+        pair.primary.port
+    ))
+    .await
+    .unwrap();
+    let (codes, tokens) = (store.codes(), store.refresh_tokens());
+    let (codes2, tokens2) = (node2.codes(), node2.refresh_tokens());
+    let session = |name: &str| PublicId::from_string(format!("ses_{name}"));
+    let code = AuthorizationCode {
+        hash: TokenHash([0xc0; 32]),
+        client: PublicId::from_string("app_rp".into()),
+        subject: "usr_1".into(),
+        sso_session: session("sso"),
+        redirect_uri: "https://rp.example/cb".into(),
+        scopes: vec!["openid".into()],
+        nonce: None,
+        code_challenge: None,
+        auth_time: t0(),
+        acr: None,
+        amr: Vec::new(),
+        issued_at: t0(),
+        expires_at: t0().plus(CODE_LIFETIME),
+        redeemed_for: None,
+    };
+    let family = session("family");
+    let first = RefreshToken {
+        hash: TokenHash([0xf1; 32]),
+        family: family.clone(),
+        client: PublicId::from_string("app_rp".into()),
+        subject: "usr_1".into(),
+        scopes: vec!["openid".into()],
+        issued_at: t0(),
+        expires_at: t0().plus(Duration::from_secs(3600)),
+        rotated: None,
+    };
+    let successor = |byte: u8| RefreshToken {
+        hash: TokenHash([byte; 32]),
+        ..first.clone()
+    };
+    codes.add_code(code.clone()).await.unwrap();
+    tokens.add_refresh_token(first.clone()).await.unwrap();
+
+    pair.replica.pause();
+    let (app1, app2, app3) = (session("app1"), session("app2"), session("app3"));
+    unavailable(
+        codes.redeem_code(&code.hash, &app1).await,
+        "a redemption the replica did not confirm",
+    );
+    unavailable(
+        codes2.redeem_code(&code.hash, &app2).await,
+        "a replay of an unconfirmed redemption",
+    );
+    unavailable(
+        tokens
+            .rotate_refresh_token(&first.hash, successor(0xf2), "s".into())
+            .await,
+        "a rotation the replica did not confirm",
+    );
+    unavailable(
+        tokens2
+            .rotate_refresh_token(&first.hash, successor(0xf3), "s".into())
+            .await,
+        "a retried rotation",
+    );
+    let other = session("other");
+    tokens
+        .add_refresh_token(RefreshToken {
+            hash: TokenHash([0xe1; 32]),
+            family: other.clone(),
+            ..first.clone()
+        })
+        .await
+        .unwrap();
+    unavailable(
+        tokens.end_refresh_family(&other).await,
+        "an end the replica did not confirm",
+    );
+    unavailable(tokens2.end_refresh_family(&other).await, "a retried end");
+
+    pair.replica.resume();
+    match codes.redeem_code(&code.hash, &app3).await.unwrap() {
+        Redemption::Replayed(found) => {
+            assert_eq!(found.redeemed_for, Some(app1), "the refused one's");
+        }
+        other => panic!("a replay: {other:?}"),
+    }
+    match tokens2
+        .rotate_refresh_token(&first.hash, successor(0xf4), "s".into())
+        .await
+        .unwrap()
+    {
+        Rotation::AlreadyRotated(found) => {
+            assert_eq!(found.rotated.unwrap().successor, TokenHash([0xf2; 32]));
+        }
+        other => panic!("rotated already: {other:?}"),
+    }
+    assert_eq!(tokens.end_refresh_family(&other).await.unwrap(), 0);
+    let on_replica =
+        RedisStore::connect(&format!("redis://127.0.0.1:{}?prefix=o", pair.replica.port))
+            .await
+            .unwrap();
+    let seen = on_replica
+        .refresh_tokens()
+        .refresh_token(&first.hash)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(seen.rotated.is_some(), "the replica has the rotation");
+    assert_eq!(
+        on_replica
+            .refresh_tokens()
+            .refresh_token(&TokenHash([0xe1; 32]))
+            .await
+            .unwrap(),
+        None,
+        "the replica has the end"
+    );
+}
+
 /// What the engine publishes to the audit log.
 #[derive(Default)]
 struct Recorded(std::sync::Mutex<Vec<AuditEvent>>);
