@@ -147,6 +147,7 @@ fn router(c: &mut Criterion) {
             accounts: std::sync::Arc::new(accounts),
             ui: std::sync::Arc::new(portcullis_http::ui::web::Ui::new(Default::default())),
             metrics: None,
+            provider: None,
         }));
     let body = format!(r#"{{"token":"{}"}}"#, issued.token.expose());
     let authorization = format!("Bearer {}", key.expose());

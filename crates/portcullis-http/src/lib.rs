@@ -10,6 +10,7 @@
 pub mod api;
 pub mod error;
 pub mod json;
+pub mod oidc;
 pub mod peer;
 pub mod ui;
 pub mod wire;
@@ -144,6 +145,8 @@ pub struct Services<S> {
     pub ui: Arc<ui::web::Ui>,
     /// Renders `/metrics` (absent when no recorder is installed).
     pub metrics: Option<MetricsRenderer>,
+    /// The OpenID Connect provider (absent when it is not configured).
+    pub provider: Option<Arc<portcullis_oidc::Provider<S>>>,
 }
 
 impl<S> AppState<S> {
@@ -304,7 +307,10 @@ fn finish<S: Store>(router: Router<AppState<S>>, state: AppState<S>) -> Router {
 pub fn api_router<S: Store>(state: AppState<S>) -> Router {
     let pages = ui::routes(&state);
     finish(
-        v1_routes::<S>().merge(ops_routes::<S>()).merge(pages),
+        v1_routes::<S>()
+            .merge(ops_routes::<S>())
+            .merge(oidc::routes::<S>())
+            .merge(pages),
         state,
     )
 }

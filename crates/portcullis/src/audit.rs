@@ -222,6 +222,7 @@ mod tests {
                 accounts: Arc::new(accounts),
                 ui: Arc::new(Ui::new(UiSettings::default())),
                 metrics: None,
+                provider: None,
             },
             Edge {
                 audit: health,

@@ -154,6 +154,11 @@ pub struct Config {
     /// enrolled.
     #[serde(default, skip_serializing)]
     pub encryption_keys: Option<SecretText>,
+    /// The OpenID Connect issuer: Portcullis's public base URL (`https://id.example.com`).
+    /// Setting it turns the provider on (discovery, authorization, tokens); it needs
+    /// `encryption_keys`, which seal its signing keys.
+    #[serde(default)]
+    pub issuer: Option<String>,
 }
 
 /// Configuration text that is a secret: read like a string, never shown (`Debug` prints

@@ -19,6 +19,7 @@ use portcullis_core::{
 };
 use portcullis_http::ui::web::{Ui, UiSettings};
 use portcullis_http::{AppState, AuditHealth, Edge, Services, admin_router, api_router};
+use portcullis_oidc::{Provider, ProviderSettings, ProviderStores};
 use tower::ServiceExt;
 
 use crate::admin_client::AdminClient;
@@ -594,9 +595,30 @@ async fn app_state<S: Store>(
     {
         tracing::info!(application = %app.id, name = %app.name, "API keys of the previous release now belong to this application; tighten its grants with `portcullis apps update`");
     }
+    let accounts = Arc::new(accounts);
+    let provider = match config.issuer.as_deref() {
+        None => None,
+        Some(issuer) => {
+            let keyring = config.keyring()?.context(
+                "the OpenID Connect provider (issuer) needs encryption_keys: its signing keys are sealed with them",
+            )?;
+            let provider = Provider::start(
+                engine.clone(),
+                accounts.clone(),
+                backing.provider,
+                keyring,
+                random.clone(),
+                ProviderSettings::new(issuer),
+            )
+            .await
+            .context("cannot start the OpenID Connect provider")?;
+            Some(Arc::new(provider))
+        }
+    };
     Ok(Services {
         engine,
-        accounts: Arc::new(accounts),
+        accounts,
+        provider,
         ui: Arc::new(Ui::new(UiSettings {
             tls: config.tls_cert.is_some(),
             hsts: config.hsts(),
@@ -749,19 +771,35 @@ enum Opened {
     Redis(portcullis_store_redis::RedisStore),
 }
 
-/// The accounts and their failure counts, in the same backend as the sessions.
+/// The accounts, their failure counts and the OpenID Connect provider's entities, in the same
+/// backend as the sessions.
 struct AccountBacking {
     users: Arc<dyn UserStore>,
     throttle: Arc<dyn ThrottleStore>,
+    provider: ProviderStores,
 }
 
 impl AccountBacking {
-    fn new(users: impl UserStore, throttle: impl ThrottleStore) -> Self {
+    fn new(users: impl UserStore, throttle: impl ThrottleStore, provider: ProviderStores) -> Self {
         Self {
             users: Arc::new(users),
             throttle: Arc::new(throttle),
+            provider,
         }
     }
+}
+
+/// The provider's stores of one backend.
+macro_rules! provider_stores {
+    ($backend:expr) => {{
+        let backend = $backend;
+        ProviderStores {
+            codes: Arc::new(backend.codes()),
+            refresh_tokens: Arc::new(backend.refresh_tokens()),
+            consents: Arc::new(backend.consents()),
+            signing_keys: Arc::new(backend.signing_keys()),
+        }
+    }};
 }
 
 /// Opens the session store and, in the same backend, the accounts and the sign-in throttle:
@@ -774,21 +812,32 @@ async fn open_store(config: &Config) -> Result<(Opened, AccountBacking)> {
                 create_private_dir(dir)?;
             }
             let store = portcullis_store_sqlite::open(&path).await?;
-            let backing = AccountBacking::new(store.journal().users(), store.journal().throttle());
+            let journal = store.journal();
+            let backing = AccountBacking::new(
+                journal.users(),
+                journal.throttle(),
+                provider_stores!(journal),
+            );
             (Opened::Sqlite(store), backing)
         }
         StoreUrl::Memory => (
             Opened::Memory(MemoryStore::new()),
-            AccountBacking::new(MemoryUserStore::new(), MemoryThrottleStore::new()),
+            AccountBacking::new(
+                MemoryUserStore::new(),
+                MemoryThrottleStore::new(),
+                ProviderStores::in_memory(),
+            ),
         ),
         StoreUrl::Postgres(url) => {
             let store = portcullis_store_postgres::PostgresStore::connect_url(&url).await?;
-            let backing = AccountBacking::new(store.users(), store.throttle());
+            let backing =
+                AccountBacking::new(store.users(), store.throttle(), provider_stores!(&store));
             (Opened::Postgres(store), backing)
         }
         StoreUrl::Redis(url) => {
             let store = portcullis_store_redis::RedisStore::connect(&url).await?;
-            let backing = AccountBacking::new(store.users(), store.throttle());
+            let backing =
+                AccountBacking::new(store.users(), store.throttle(), provider_stores!(&store));
             (Opened::Redis(store), backing)
         }
     })

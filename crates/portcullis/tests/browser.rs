@@ -259,6 +259,7 @@ async fn pages_in_chromium() {
             ..UiSettings::default()
         })),
         metrics: None,
+        provider: None,
     });
     let addr = serve_https(api_router(state), data.path()).await;
     let control_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -18,6 +18,7 @@ pub mod device;
 pub mod web;
 
 mod account;
+pub mod authorize;
 mod logout;
 mod password;
 mod reauth;
@@ -92,6 +93,9 @@ pub fn routes<S: Store>(state: &AppState<S>) -> Router<AppState<S>> {
             "/account/two-factor/remove",
             post(two_factor::totp_remove::<S>),
         )
+        .route("/oidc/authorize", get(authorize::authorize::<S>))
+        .route("/oidc/authorize/resume", get(authorize::resume::<S>))
+        .route("/oidc/consent", post(authorize::consent_submit::<S>))
         .route("/session/status", get(status::session_status::<S>))
         .route("/session/extend", post(status::session_extend::<S>))
         .route("/assets/{name}", get(asset::<S>))

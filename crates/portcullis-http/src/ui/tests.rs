@@ -110,6 +110,7 @@ impl Harness {
             accounts: Arc::clone(&accounts),
             ui: Arc::new(super::web::Ui::new(Default::default())),
             metrics: None,
+            provider: None,
         }));
         Self {
             clock,

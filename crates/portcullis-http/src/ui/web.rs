@@ -239,7 +239,7 @@ impl Default for UiSettings {
     }
 }
 
-const TEMPLATES: [(&str, &str); 11] = [
+const TEMPLATES: [(&str, &str); 12] = [
     ("base.html", include_str!("../../ui/templates/base.html")),
     ("login.html", include_str!("../../ui/templates/login.html")),
     ("otp.html", include_str!("../../ui/templates/otp.html")),
@@ -269,6 +269,10 @@ const TEMPLATES: [(&str, &str); 11] = [
         include_str!("../../ui/templates/signed_out.html"),
     ),
     ("error.html", include_str!("../../ui/templates/error.html")),
+    (
+        "consent.html",
+        include_str!("../../ui/templates/consent.html"),
+    ),
 ];
 
 const ASSETS: [(&str, &str, &str); 2] = [
@@ -384,13 +388,14 @@ pub async fn security_headers<S: Store>(
         .is_some_and(|client| client.forwarded_https);
     let mut response = next.run(request).await;
     let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static(
+    // A page that must let its form lead elsewhere (the consent page, to the client) sets its
+    // own policy.
+    headers
+        .entry(header::CONTENT_SECURITY_POLICY)
+        .or_insert(HeaderValue::from_static(
             "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
              connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
-        ),
-    );
+        ));
     headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     headers.insert(
         header::REFERRER_POLICY,
@@ -625,6 +630,7 @@ mod tests {
             )),
             ui: Arc::new(Ui::new(settings)),
             metrics: None,
+            provider: None,
         };
         let edge = Edge {
             trusted_proxies: TrustedProxies::parse(trusted.iter().copied()).unwrap(),

@@ -121,6 +121,7 @@ impl TestServer {
             accounts: Arc::clone(&accounts),
             ui: Arc::new(portcullis_http::ui::web::Ui::new(Default::default())),
             metrics: None,
+            provider: None,
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());

@@ -1,0 +1,287 @@
+//! The authorization endpoint as the person meets it (`/oidc/authorize`), its continuation
+//! after signing in (`/oidc/authorize/resume`) and the consent page (`/oidc/consent`).
+//!
+//! The checked request is the typed continuation: sealed with the keyring into a short-lived
+//! cookie while the person signs in, re-authenticates or consents, so it survives on any node,
+//! cannot be altered, and never travels as a URL to return to. The rules themselves are the
+//! provider's (`portcullis_oidc`); this module only carries them to and from the browser.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Form, Query, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::Response;
+use minijinja::context;
+use portcullis_core::Store;
+use portcullis_oidc::{
+    AuthorizationParams, AuthorizationRequest, AuthorizeError, Decision, Provider, ProviderError,
+    ProviderOr,
+};
+use serde::Deserialize;
+
+use super::session::{SignedIn, current};
+use super::web::{Browser, PageError, clear_cookie, csrf_matches, set_cookie};
+use super::{PageResult, page, see_other};
+use crate::AppState;
+
+/// The cookie holding the sealed authorization request while the person signs in.
+pub const AUTHORIZE_COOKIE: &str = "__Host-portcullis-authorize";
+
+/// What the sealed continuation is bound to, so no other sealed value can stand in for it.
+const SEALED_FOR: &str = "oidc-authorize";
+
+const RESUME: &str = "/oidc/authorize/resume";
+
+fn provider_of<S: Store>(state: &AppState<S>) -> Result<Arc<Provider<S>>, PageError> {
+    state.provider.clone().ok_or(PageError::NotFound)
+}
+
+/// The provider could not work (a store is down): fail closed with the friendly page.
+fn unavailable(err: ProviderError) -> PageError {
+    tracing::error!(error = %err, "the OpenID Connect provider cannot answer");
+    PageError::Unavailable
+}
+
+fn failed<E>(error: ProviderOr<E>) -> Result<E, PageError> {
+    match error {
+        ProviderOr::Protocol(error) => Ok(error),
+        ProviderOr::Failed(err) => Err(unavailable(err)),
+    }
+}
+
+/// An error answer: a redirect to the client when its redirect URI is known, else a page.
+fn answer_error<S: Store>(
+    state: &AppState<S>,
+    provider: &Provider<S>,
+    error: &AuthorizeError,
+) -> Response {
+    match (provider.error_url(error), error) {
+        (Some(url), _) => leave_to(&url),
+        (None, AuthorizeError::NoRedirect(why)) => page(
+            state,
+            StatusCode::BAD_REQUEST,
+            "error.html",
+            None,
+            context! {
+                heading => "This sign-in link does not work",
+                message => *why,
+                next_href => "/account",
+                next_label => "Go to your account",
+            },
+        ),
+        (None, _) => see_other("/account"),
+    }
+}
+
+/// A redirect to the client, dropping the continuation.
+fn leave_to(url: &str) -> Response {
+    let mut response = see_other(url);
+    response
+        .headers_mut()
+        .append(header::SET_COOKIE, clear_cookie(AUTHORIZE_COOKIE, "Lax"));
+    response
+}
+
+/// The authorization request, as a client sends the person.
+pub(super) async fn authorize<S: Store>(
+    State(state): State<AppState<S>>,
+    browser: Browser,
+    Query(params): Query<AuthorizationParams>,
+) -> PageResult {
+    let provider = provider_of(&state)?;
+    let request = match provider.check_authorization(&params).await {
+        Ok(request) => request,
+        Err(error) => return Ok(answer_error(&state, &provider, &failed(error)?)),
+    };
+    proceed(&state, &provider, &browser, request).await
+}
+
+/// Back from signing in, re-authenticating or consenting: the sealed request goes on.
+pub(super) async fn resume<S: Store>(
+    State(state): State<AppState<S>>,
+    browser: Browser,
+) -> PageResult {
+    let provider = provider_of(&state)?;
+    let Some(request) = continuation(&provider, &browser) else {
+        return Ok(expired_page(&state));
+    };
+    proceed(&state, &provider, &browser, request).await
+}
+
+/// The sealed request of this browser, if it is still fresh.
+fn continuation<S: Store>(
+    provider: &Provider<S>,
+    browser: &Browser,
+) -> Option<AuthorizationRequest> {
+    let sealed = browser.cookie(AUTHORIZE_COOKIE)?;
+    let text = provider.open(sealed, SEALED_FOR).ok()?;
+    let request: AuthorizationRequest = serde_json::from_str(&text).ok()?;
+    let deadline = request
+        .received_at
+        .plus(provider.settings().interaction_lifetime);
+    (provider.engine().now() < deadline).then_some(request)
+}
+
+fn expired_page<S: Store>(state: &AppState<S>) -> Response {
+    let mut response = page(
+        state,
+        StatusCode::BAD_REQUEST,
+        "error.html",
+        None,
+        context! {
+            heading => "This sign-in took too long",
+            message => "Go back to the application and start again.",
+            next_href => "/account",
+            next_label => "Go to your account",
+        },
+    );
+    response
+        .headers_mut()
+        .append(header::SET_COOKIE, clear_cookie(AUTHORIZE_COOKIE, "Lax"));
+    response
+}
+
+/// Decides what the request needs now and answers it: the code, or a step on the way.
+async fn proceed<S: Store>(
+    state: &AppState<S>,
+    provider: &Provider<S>,
+    browser: &Browser,
+    request: AuthorizationRequest,
+) -> PageResult {
+    let signed_in = current(state, browser, true).await?.ok();
+    let sso = signed_in.as_ref().map(SignedIn::session);
+    let decision = match provider.decide(&request, sso).await {
+        Ok(decision) => decision,
+        Err(error) => return Ok(answer_error(state, provider, &failed(error)?)),
+    };
+    match (decision, signed_in) {
+        (Decision::Issue, Some(signed_in)) => {
+            let url = provider
+                .issue_code(&request, signed_in.session())
+                .await
+                .map_err(unavailable)?;
+            Ok(leave_to(&url))
+        }
+        (Decision::Consent(scopes), Some(signed_in)) => {
+            let client = match provider.client(request.client.as_str()).await {
+                Ok(Some((app, _))) => app.name,
+                Ok(None) => return Err(PageError::NotFound),
+                Err(err) => return Err(unavailable(err)),
+            };
+            let mut response = page(
+                state,
+                StatusCode::OK,
+                "consent.html",
+                Some(&signed_in),
+                context! { client => client, scopes => scopes },
+            );
+            keep(provider, &mut response, &request)?;
+            allow_form_to(&mut response, &request.redirect_uri);
+            Ok(response)
+        }
+        // Someone signed in whose sign-in is too old or too weak: re-authenticate here.
+        (_, Some(_)) => {
+            let mut response = see_other(&format!("/reauth?return_to={RESUME}"));
+            keep(provider, &mut response, &request)?;
+            Ok(response)
+        }
+        (_, None) => {
+            let mut response = see_other(&format!("/login?return_to={RESUME}"));
+            keep(provider, &mut response, &request)?;
+            Ok(response)
+        }
+    }
+}
+
+/// Seals the request into the browser for the steps to come.
+fn keep<S: Store>(
+    provider: &Provider<S>,
+    response: &mut Response,
+    request: &AuthorizationRequest,
+) -> Result<(), PageError> {
+    let text = serde_json::to_string(request).map_err(|_| PageError::Internal)?;
+    let sealed = provider.seal(&text, SEALED_FOR);
+    let lifetime = provider.settings().interaction_lifetime;
+    // Lax: the request arrives by a top-level navigation from the client's site.
+    response.headers_mut().append(
+        header::SET_COOKIE,
+        set_cookie(
+            AUTHORIZE_COOKIE,
+            &sealed,
+            "Lax",
+            Some(lifetime.max(Duration::from_secs(1))),
+        ),
+    );
+    Ok(())
+}
+
+/// The consent form posts here and is answered with a redirect to the client: CSP
+/// `form-action` must allow that origin, or the browser stops the redirect.
+fn allow_form_to(response: &mut Response, redirect_uri: &str) {
+    let Some(origin) = origin_of(redirect_uri) else {
+        return;
+    };
+    let policy = format!(
+        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
+         connect-src 'self'; form-action 'self' {origin}; frame-ancestors 'none'; base-uri 'none'"
+    );
+    if let Ok(value) = HeaderValue::from_str(&policy) {
+        response
+            .headers_mut()
+            .insert(header::CONTENT_SECURITY_POLICY, value);
+    }
+}
+
+/// `scheme://host[:port]` of an absolute URI (a registered one, checked at registration).
+fn origin_of(uri: &str) -> Option<&str> {
+    let (scheme, rest) = uri.split_once("://")?;
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let origin = &uri[..scheme.len() + 3 + end];
+    origin
+        .bytes()
+        .all(|b| b.is_ascii_graphic() && b != b';' && b != b',')
+        .then_some(origin)
+}
+
+#[derive(Debug, Deserialize)]
+pub(super) struct ConsentForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    decision: String,
+}
+
+/// The person's answer on the consent page.
+pub(super) async fn consent_submit<S: Store>(
+    State(state): State<AppState<S>>,
+    browser: Browser,
+    Form(form): Form<ConsentForm>,
+) -> PageResult {
+    let provider = provider_of(&state)?;
+    let Some(request) = continuation(&provider, &browser) else {
+        return Ok(expired_page(&state));
+    };
+    let Ok(signed_in) = current(&state, &browser, true).await? else {
+        let mut response = see_other(&format!("/login?return_to={RESUME}"));
+        keep(&provider, &mut response, &request)?;
+        return Ok(response);
+    };
+    if !csrf_matches(&form.csrf, &signed_in.csrf()) {
+        return Err(PageError::StaleForm);
+    }
+    if form.decision != "allow" {
+        let error = AuthorizeError::Redirect {
+            redirect_uri: request.redirect_uri.clone(),
+            error: "access_denied",
+            description: "the person did not allow it",
+            state: request.state.clone(),
+        };
+        return Ok(answer_error(&state, &provider, &error));
+    }
+    provider
+        .consent_to(&request, &signed_in.session().subject)
+        .await
+        .map_err(unavailable)?;
+    proceed(&state, &provider, &browser, request).await
+}
