@@ -1191,9 +1191,7 @@ impl<S: Store> Engine<S> {
         change: ApplicationChange,
         actor: &Actor,
     ) -> Result<Application, EngineError> {
-        for _ in 0..CAS_ATTEMPTS {
-            let current = self.application(id_or_name).await?;
-            let mut next = current.clone();
+        self.change_application(id_or_name, actor, |next| {
             if let Some(name) = &change.name {
                 next.name = name.clone();
             }
@@ -1206,6 +1204,48 @@ impl<S: Store> Engine<S> {
             if let Some(grants) = &change.grants {
                 next.grants = grants.iter().copied().collect();
             }
+            Ok(())
+        })
+        .await
+    }
+
+    /// Registers the application as an OpenID Connect client, replaces its registration, or
+    /// (`None`) ends it; the registration is checked first.
+    pub async fn register_client(
+        &self,
+        id_or_name: &str,
+        client: Option<crate::oidc::Client>,
+        actor: &Actor,
+    ) -> Result<Application, EngineError> {
+        if let Some(client) = &client {
+            client
+                .validate()
+                .map_err(|e| EngineError::Invalid(e.to_string()))?;
+        }
+        self.change_application(id_or_name, actor, |next| {
+            next.client = client.clone();
+            Ok(())
+        })
+        .await
+    }
+
+    /// A new client secret (`pcc_…`), for a registration that authenticates with one.
+    pub fn new_client_secret(&self) -> Token {
+        Token::generate(TokenKind::ClientSecret, self.random.as_ref())
+    }
+
+    /// Applies `change` to the application at the version read, retrying when it changed
+    /// concurrently.
+    async fn change_application(
+        &self,
+        id_or_name: &str,
+        actor: &Actor,
+        change: impl Fn(&mut Application) -> Result<(), EngineError>,
+    ) -> Result<Application, EngineError> {
+        for _ in 0..CAS_ATTEMPTS {
+            let current = self.application(id_or_name).await?;
+            let mut next = current.clone();
+            change(&mut next)?;
             next.version += 1;
             self.check_application(&next)?;
             let event = application_event(EventKind::ApplicationUpdated, &next, self.now(), actor);

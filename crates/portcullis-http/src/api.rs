@@ -632,6 +632,104 @@ pub async fn update_application<S: Store>(
     Ok(Json(ApplicationView::from(&app)))
 }
 
+/// Register an application as an OpenID Connect client, or change its registration (local
+/// admin socket only). A secret-authenticated client gets a new secret, shown only in this
+/// answer, when it has none yet or `new_secret` asks for one.
+pub async fn register_client<S: Store>(
+    State(state): State<AppState<S>>,
+    Extension(caller): Extension<Caller>,
+    app: ApiPath,
+    ApiJson(Obj(body)): ApiJson<Obj<ClientBody>>,
+) -> ApiResult<Json<ApplicationView>> {
+    use portcullis_core::oidc::{Client, ClientAuth, GrantType};
+    let Path(app) = app?;
+    let current = state.engine.application(&app).await?;
+    let invalid = |what: String| ApiError::InvalidParameter(what);
+    let mut secret = None;
+    let auth = match body
+        .token_endpoint_auth_method
+        .as_deref()
+        .unwrap_or("client_secret_basic")
+    {
+        "none" => ClientAuth::None,
+        "client_secret_basic" | "client_secret_post" => {
+            let kept = current.client.as_ref().and_then(|c| match &c.auth {
+                ClientAuth::Secret(hash) if !body.new_secret => Some(*hash),
+                _ => None,
+            });
+            match kept {
+                Some(hash) => ClientAuth::Secret(hash),
+                None => {
+                    let token = state.engine.new_client_secret();
+                    let hash = token.hash();
+                    secret = Some(token.expose().to_owned());
+                    ClientAuth::Secret(hash)
+                }
+            }
+        }
+        "private_key_jwt" => {
+            let jwks = body
+                .jwks
+                .as_ref()
+                .filter(|j| j.get("keys").is_some_and(serde_json::Value::is_array))
+                .ok_or_else(|| invalid("private_key_jwt needs jwks, a JWK Set".into()))?;
+            ClientAuth::PrivateKeyJwt {
+                jwks: jwks.to_string(),
+            }
+        }
+        other => {
+            return Err(invalid(format!(
+                "unknown token_endpoint_auth_method {other:?}"
+            )));
+        }
+    };
+    let scopes = body
+        .scopes
+        .unwrap_or_else(|| ["openid", "profile", "email"].map(str::to_owned).to_vec());
+    let grant_types = match body.grant_types {
+        None => [GrantType::AuthorizationCode, GrantType::RefreshToken].into(),
+        Some(names) => names
+            .iter()
+            .map(|n| {
+                GrantType::parse(n).ok_or_else(|| invalid(format!("unknown grant type {n:?}")))
+            })
+            .collect::<Result<_, _>>()?,
+    };
+    let client = Client {
+        auth,
+        redirect_uris: body.redirect_uris,
+        post_logout_redirect_uris: body.post_logout_redirect_uris,
+        backchannel_logout_uri: body.backchannel_logout_uri,
+        frontchannel_logout_uri: body.frontchannel_logout_uri,
+        scopes: scopes.into_iter().collect(),
+        grant_types,
+        require_consent: body.require_consent,
+    };
+    let app = state
+        .engine
+        .register_client(current.id.as_str(), Some(client), &caller.0.actor)
+        .await?;
+    let mut view = ApplicationView::from(&app);
+    if let Some(client) = view.client.as_mut() {
+        client.client_secret = secret;
+    }
+    Ok(Json(view))
+}
+
+/// End an application's registration as an OpenID Connect client (local admin socket only).
+pub async fn unregister_client<S: Store>(
+    State(state): State<AppState<S>>,
+    Extension(caller): Extension<Caller>,
+    app: ApiPath,
+) -> ApiResult<Json<ApplicationView>> {
+    let Path(app) = app?;
+    let app = state
+        .engine
+        .register_client(&app, None, &caller.0.actor)
+        .await?;
+    Ok(Json(ApplicationView::from(&app)))
+}
+
 /// Remove an application: its keys are revoked and its sessions end with `app_removed`
 /// (local admin socket only).
 pub async fn remove_application<S: Store>(

@@ -339,6 +339,10 @@ pub fn admin_router<S: Store>(state: AppState<S>) -> Router {
             "/admin/users",
             post(api::create_user::<S>).get(api::list_users::<S>),
         )
+        .route(
+            "/admin/applications/{app}/client",
+            put(api::register_client::<S>).delete(api::unregister_client::<S>),
+        )
         .route("/admin/users/{username}", patch(api::update_user::<S>));
     let routes = v1_routes::<S>()
         .merge(admin)
@@ -358,6 +362,7 @@ pub fn route_template(path: &str) -> String {
         ["v1", "subjects", _, "sessions"] => "/v1/subjects/{subject}/sessions",
         ["admin", "api-keys", _] => "/admin/api-keys/{id}",
         ["admin", "applications", _] => "/admin/applications/{app}",
+        ["admin", "applications", _, "client"] => "/admin/applications/{app}/client",
         ["admin", "users", _] => "/admin/users/{username}",
         ["assets", _] => "/assets/{name}",
         _ => return path.to_owned(),

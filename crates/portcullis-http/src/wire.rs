@@ -1045,6 +1045,90 @@ pub struct ApplicationView {
     /// Sessions a removal ended (`app_removed`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sessions_ended: Option<usize>,
+    /// Its registration as an OpenID Connect client.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client: Option<ClientView>,
+}
+
+/// A registration as an OpenID Connect client (`PUT /admin/applications/{app}/client`).
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ClientBody {
+    /// `client_secret_basic` (default; `client_secret_post` is accepted too), `private_key_jwt`
+    /// or `none` (a public client, PKCE required).
+    pub token_endpoint_auth_method: Option<String>,
+    /// Where authorization responses may go, compared exactly.
+    pub redirect_uris: Vec<String>,
+    /// Where RP-initiated logout may return to.
+    #[serde(default)]
+    pub post_logout_redirect_uris: Vec<String>,
+    /// Back-channel logout endpoint.
+    pub backchannel_logout_uri: Option<String>,
+    /// Front-channel logout page.
+    pub frontchannel_logout_uri: Option<String>,
+    /// Scopes it may be granted (default `openid profile email`).
+    pub scopes: Option<Vec<String>>,
+    /// Grants it may use (default `authorization_code refresh_token`).
+    pub grant_types: Option<Vec<String>>,
+    /// Ask the person before the first grant (third-party clients).
+    #[serde(default)]
+    pub require_consent: bool,
+    /// The client's public keys (a JWK Set) for `private_key_jwt`.
+    #[schema(value_type = Option<Object>)]
+    pub jwks: Option<serde_json::Value>,
+    /// Make a new secret even though the client has one.
+    #[serde(default)]
+    pub new_secret: bool,
+}
+
+/// A client registration as shown; the secret only in the answer that made it.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ClientView {
+    /// The `client_id`: the application's public id.
+    pub client_id: String,
+    /// How it authenticates at the token endpoint.
+    pub token_endpoint_auth_method: String,
+    /// Registered redirect URIs.
+    pub redirect_uris: Vec<String>,
+    /// Registered post-logout redirect URIs.
+    pub post_logout_redirect_uris: Vec<String>,
+    /// Back-channel logout endpoint.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub backchannel_logout_uri: Option<String>,
+    /// Front-channel logout page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub frontchannel_logout_uri: Option<String>,
+    /// Scopes it may be granted.
+    pub scopes: Vec<String>,
+    /// Grants it may use.
+    pub grant_types: Vec<String>,
+    /// Whether the person is asked to consent.
+    pub require_consent: bool,
+    /// The secret, shown once when it is made.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_secret: Option<String>,
+}
+
+impl ClientView {
+    /// The registration of `app`.
+    pub fn of(app: &portcullis_core::Application, client: &portcullis_core::oidc::Client) -> Self {
+        Self {
+            client_id: app.id.to_string(),
+            token_endpoint_auth_method: client.auth.method().to_owned(),
+            redirect_uris: client.redirect_uris.clone(),
+            post_logout_redirect_uris: client.post_logout_redirect_uris.clone(),
+            backchannel_logout_uri: client.backchannel_logout_uri.clone(),
+            frontchannel_logout_uri: client.frontchannel_logout_uri.clone(),
+            scopes: client.scopes.iter().cloned().collect(),
+            grant_types: client
+                .grant_types
+                .iter()
+                .map(|g| g.as_str().to_owned())
+                .collect(),
+            require_consent: client.require_consent,
+            client_secret: None,
+        }
+    }
 }
 
 impl From<&portcullis_core::Application> for ApplicationView {
@@ -1059,6 +1143,7 @@ impl From<&portcullis_core::Application> for ApplicationView {
             api_keys: None,
             api_keys_revoked: None,
             sessions_ended: None,
+            client: a.client.as_ref().map(|c| ClientView::of(a, c)),
         }
     }
 }
