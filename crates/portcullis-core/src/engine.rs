@@ -804,20 +804,38 @@ impl<S: Store> Engine<S> {
         self.settle(session).await
     }
 
-    /// Keeps a live session alive by its id, as a validation of its token would (the refresh
-    /// grant of the session's client holds no session token): the idle deadline moves, a
-    /// session past a deadline ends. Answers the session, or why it is not live.
-    pub async fn keep_alive(
+    /// Validates a session by its id, as [`Engine::validate`] does by its token (the refresh
+    /// grant and the access tokens of a client hold no session token): a session past a
+    /// deadline ends, and so does one whose parent SSO session has ended or timed out
+    /// (`parent_ended`); with `activity` the idle deadline moves. Answers the session, or why
+    /// it is not live.
+    pub async fn validate_by_id(
         &self,
         id: &SessionId,
+        activity: bool,
         principal: &Principal,
     ) -> Result<Arc<Session>, EngineError> {
         let mut session = self.get(id, principal).await?;
+        if session.is_live()
+            && let Some(parent) = &session.parent
+        {
+            // Settling the parent ends it when it is past a deadline, and its children with it.
+            let parent = self.store.find_by_id(parent).await?;
+            let parent_live = match parent {
+                Some(parent) => self.settle(parent).await?.is_live(),
+                None => false,
+            };
+            if !parent_live {
+                self.end_session(id, EndReason::ParentEnded, &Actor::system())
+                    .await?;
+                session = self.get(id, principal).await?;
+            }
+        }
         if let Some(ended) = &session.ended {
             return Err(EngineError::Rejected(Rejection::for_ending(ended.reason)));
         }
         let now = self.clock.now();
-        if now >= session.last_seen_at.plus(self.touch_interval(&session)) {
+        if activity && now >= session.last_seen_at.plus(self.touch_interval(&session)) {
             self.store.touch(&session.id, now).await?;
             if let Some(touched) = self.store.find_by_id(&session.id).await? {
                 session = touched;

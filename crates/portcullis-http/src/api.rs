@@ -730,6 +730,62 @@ pub async fn unregister_client<S: Store>(
     Ok(Json(ApplicationView::from(&app)))
 }
 
+/// The provider's signing keys, or why there are none to manage.
+fn provider_for_keys<S: Store>(
+    state: &AppState<S>,
+) -> ApiResult<std::sync::Arc<portcullis_oidc::Provider<S>>> {
+    state.provider.clone().ok_or_else(|| {
+        ApiError::InvalidParameter(
+            "the OpenID Connect provider is not configured (set issuer and encryption_keys)".into(),
+        )
+    })
+}
+
+fn provider_failed(err: portcullis_oidc::ProviderError) -> ApiError {
+    use portcullis_oidc::{KeyError, ProviderError};
+    match err {
+        ProviderError::Engine(err) => ApiError::Engine(err),
+        ProviderError::Store(err) | ProviderError::Keys(KeyError::Store(err)) => {
+            ApiError::Engine(EngineError::Store(err))
+        }
+        ProviderError::Keys(KeyError::RotatedElsewhere(_)) => {
+            ApiError::Engine(EngineError::Conflict)
+        }
+        other => {
+            tracing::error!(error = %other, "the OpenID Connect provider cannot answer");
+            ApiError::Engine(EngineError::Store(
+                portcullis_core::StoreError::Unavailable(portcullis_core::BackendError::new(other)),
+            ))
+        }
+    }
+}
+
+/// The provider's signing keys, signing and retired (local admin socket only).
+pub async fn list_signing_keys<S: Store>(
+    State(state): State<AppState<S>>,
+) -> ApiResult<Json<SigningKeyListView>> {
+    let provider = provider_for_keys(&state)?;
+    let keys = provider.signing_keys().await.map_err(provider_failed)?;
+    Ok(Json(SigningKeyListView {
+        keys: keys.iter().map(SigningKeyView::from).collect(),
+    }))
+}
+
+/// Rotate a signing key: a new key signs, the old one stays published, retired (local admin
+/// socket only).
+pub async fn rotate_signing_key<S: Store>(
+    State(state): State<AppState<S>>,
+    ApiJson(Obj(body)): ApiJson<Obj<RotateKeyBody>>,
+) -> ApiResult<Json<SigningKeyView>> {
+    let provider = provider_for_keys(&state)?;
+    let name = body.alg.as_deref().unwrap_or("ES256");
+    let alg = portcullis_core::oidc::SigningAlg::parse(name).ok_or_else(|| {
+        ApiError::InvalidParameter(format!("unknown algorithm {name:?} (ES256, EdDSA)"))
+    })?;
+    let key = provider.rotate_key(alg).await.map_err(provider_failed)?;
+    Ok(Json(SigningKeyView::from(&key)))
+}
+
 /// Remove an application: its keys are revoked and its sessions end with `app_removed`
 /// (local admin socket only).
 pub async fn remove_application<S: Store>(

@@ -343,6 +343,11 @@ pub fn admin_router<S: Store>(state: AppState<S>) -> Router {
             "/admin/applications/{app}/client",
             put(api::register_client::<S>).delete(api::unregister_client::<S>),
         )
+        .route("/admin/oidc/keys", get(api::list_signing_keys::<S>))
+        .route(
+            "/admin/oidc/keys/rotate",
+            post(api::rotate_signing_key::<S>),
+        )
         .route("/admin/users/{username}", patch(api::update_user::<S>));
     let routes = v1_routes::<S>()
         .merge(admin)

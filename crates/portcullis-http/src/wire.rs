@@ -1218,3 +1218,43 @@ mod tests {
         assert!(serde_json::from_str::<Obj<AuthBody>>(r#"[["pwd"], 1]"#).is_err());
     }
 }
+
+/// A rotation request (`POST /admin/oidc/keys/rotate`).
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RotateKeyBody {
+    /// `ES256` (default) or `EdDSA`.
+    pub alg: Option<String>,
+}
+
+/// A signing key as the operator sees it (never its private half).
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct SigningKeyView {
+    /// The key id (RFC 7638 thumbprint).
+    pub kid: String,
+    /// Its algorithm.
+    pub alg: String,
+    /// RFC 3339.
+    pub created_at: String,
+    /// RFC 3339; absent while it signs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retired_at: Option<String>,
+}
+
+impl From<&portcullis_core::oidc::SigningKey> for SigningKeyView {
+    fn from(key: &portcullis_core::oidc::SigningKey) -> Self {
+        Self {
+            kid: key.kid.clone(),
+            alg: key.alg.as_str().to_owned(),
+            created_at: rfc3339(key.created_at),
+            retired_at: key.retired_at.map(rfc3339),
+        }
+    }
+}
+
+/// Every signing key, oldest first.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct SigningKeyListView {
+    /// The keys.
+    pub keys: Vec<SigningKeyView>,
+}

@@ -202,6 +202,9 @@ impl<S: Store> Provider<S> {
                     .get("exp")
                     .and_then(Value::as_i64)
                     .is_some_and(|exp| exp > now)
+                && claims
+                    .get("nbf")
+                    .is_none_or(|nbf| nbf.as_i64().is_some_and(|nbf| nbf <= now))
         })
     }
 
@@ -373,6 +376,12 @@ impl<S: Store> Provider<S> {
         if current.client != app.id || current.expires_at <= now {
             return Err(invalid.into());
         }
+        // A used token is judged first: reuse ends the family whatever else the request asks.
+        if let Some(rotated) = &current.rotated {
+            return self
+                .refresh_again(&current, rotated, presented, &current.scopes)
+                .await;
+        }
         let scopes = match scope {
             None => current.scopes.clone(),
             Some(asked) => {
@@ -391,14 +400,9 @@ impl<S: Store> Provider<S> {
                 asked
             }
         };
-        if let Some(rotated) = &current.rotated {
-            return self
-                .refresh_again(&current, rotated, presented, &scopes)
-                .await;
-        }
         let session = match self
             .engine
-            .keep_alive(&current.family, &Self::acting_for(&current.subject))
+            .validate_by_id(&current.family, true, &Self::acting_for(&current.subject))
             .await
         {
             Ok(session) => Session::clone(&session),
@@ -469,7 +473,7 @@ impl<S: Store> Provider<S> {
         {
             let session = match self
                 .engine
-                .keep_alive(&old.family, &Self::acting_for(&old.subject))
+                .validate_by_id(&old.family, true, &Self::acting_for(&old.subject))
                 .await
             {
                 Ok(session) => Session::clone(&session),
@@ -576,14 +580,15 @@ impl<S: Store> Provider<S> {
         }
         let live = match self
             .engine
-            .get(
+            .validate_by_id(
                 &PublicId::from_string(claims.ses.clone()),
+                false,
                 &Self::acting_for(&claims.sub),
             )
             .await
         {
-            Ok(session) => session.is_live(),
-            Err(EngineError::NotFound) => false,
+            Ok(_) => true,
+            Err(EngineError::Rejected(_) | EngineError::NotFound) => false,
             Err(err) => return Err(err.into()),
         };
         Ok(live.then_some(claims))
@@ -642,11 +647,11 @@ impl<S: Store> Provider<S> {
         }
         let session = match self
             .engine
-            .get(&record.family, &Self::acting_for(&record.subject))
+            .validate_by_id(&record.family, false, &Self::acting_for(&record.subject))
             .await
         {
-            Ok(session) if session.is_live() => session,
-            Ok(_) | Err(EngineError::NotFound) => return Ok(inactive),
+            Ok(session) => session,
+            Err(EngineError::Rejected(_) | EngineError::NotFound) => return Ok(inactive),
             Err(err) => return Err(err.into()),
         };
         Ok(json!({

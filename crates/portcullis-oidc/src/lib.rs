@@ -25,7 +25,9 @@ pub use claims::{
 pub use discovery::{Endpoints, provider_metadata};
 pub use grant::{ClientCredentials, TokenError, TokenResponse};
 pub use pkce::{is_code_challenge, verifier_matches};
-pub use provider::{Provider, ProviderError, ProviderSettings, ProviderStores};
+pub use provider::{
+    Provider, ProviderError, ProviderSettings, ProviderStores, RETIRED_KEY_PUBLISHED,
+};
 pub use signing::{
     KeyError, ProviderKeys, ensure_signing_keys, generate_signing_key, remove_retired_keys,
     rotate_signing_key,

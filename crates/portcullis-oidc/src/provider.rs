@@ -8,14 +8,21 @@ use std::time::Duration;
 use parking_lot::RwLock;
 use portcullis_core::oidc::{
     Client, CodeStore, ConsentStore, MemoryCodeStore, MemoryConsentStore, MemoryRefreshTokenStore,
-    MemorySigningKeyStore, REFRESH_RETRY_GRACE, RefreshTokenStore, SigningAlg, SigningKeyStore,
+    MemorySigningKeyStore, REFRESH_RETRY_GRACE, RefreshTokenStore, SigningAlg, SigningKey,
+    SigningKeyStore,
 };
 use portcullis_core::{
     AccountError, Accounts, Actor, Application, Engine, EngineError, Keyring, Principal,
     RandomSource, Reach, SealError, Store, StoreError,
 };
 
-use crate::signing::{KeyError, ProviderKeys, ensure_signing_keys};
+use crate::signing::{
+    KeyError, ProviderKeys, ensure_signing_keys, remove_retired_keys, rotate_signing_key,
+};
+
+/// How long a retired signing key stays published: far past the lifetime of any token it
+/// signed and of any client's cached copy of the JWK Set.
+pub const RETIRED_KEY_PUBLISHED: Duration = Duration::from_secs(86_400);
 
 /// What the provider is configured with.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -212,6 +219,46 @@ impl<S: Store> Provider<S> {
             actor: Actor::user(subject),
             reach: Reach::Everything,
         }
+    }
+
+    /// Every signing key, signing and retired, oldest first.
+    pub async fn signing_keys(&self) -> Result<Vec<SigningKey>, ProviderError> {
+        Ok(self.stores.signing_keys.signing_keys().await?)
+    }
+
+    /// Replaces the signing key of `alg` (`portcullis keys rotate`); this node signs with the
+    /// new key at once, the others after their next [`Provider::upkeep`].
+    pub async fn rotate_key(&self, alg: SigningAlg) -> Result<SigningKey, ProviderError> {
+        let key = rotate_signing_key(
+            &*self.stores.signing_keys,
+            alg,
+            &self.keyring,
+            &*self.random,
+            self.engine.now(),
+        )
+        .await?;
+        self.reload_keys().await?;
+        Ok(key)
+    }
+
+    /// What every node does about once a minute: reads the keys again (a rotation made on
+    /// another node), removes keys retired for longer than [`RETIRED_KEY_PUBLISHED`] (so far
+    /// past every token they signed and every client's cached JWK Set), and forgets expired
+    /// codes and refresh tokens where the store does not expire them itself.
+    pub async fn upkeep(&self) -> Result<(), ProviderError> {
+        let now = self.engine.now();
+        let published = RETIRED_KEY_PUBLISHED.max(self.settings.longest_token_lifetime());
+        let removed = remove_retired_keys(&*self.stores.signing_keys, now, published).await?;
+        if !removed.is_empty() {
+            tracing::info!(keys = ?removed, "retired signing keys removed from the JWK Set");
+        }
+        self.reload_keys().await?;
+        self.stores.codes.forget_codes(now).await?;
+        self.stores
+            .refresh_tokens
+            .forget_refresh_tokens(now)
+            .await?;
+        Ok(())
     }
 
     /// Seals `text` with the configured keyring for `purpose` (a continuation kept by the

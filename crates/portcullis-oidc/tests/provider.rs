@@ -1777,9 +1777,6 @@ async fn oidc_core_8_acr_values_asks_one_more_sign_in_then_answers_the_sessions_
 }
 
 #[tokio::test]
-#[ignore = "defect: Provider::refresh (grant.rs) checks the asked scope before it looks at \
-            rotation, so an already-used refresh token asking a wider scope is answered \
-            invalid_scope and its family is not ended"]
 async fn rfc9700_2_an_already_used_token_is_reuse_whatever_scope_it_asks() {
     let op = Op::new().await;
     let rp = op.public_client("spa").await;
@@ -1803,9 +1800,6 @@ async fn rfc9700_2_an_already_used_token_is_reuse_whatever_scope_it_asks() {
 }
 
 #[tokio::test]
-#[ignore = "defect: Provider::assertion_holds (grant.rs) never checks nbf (jsonwebtoken's \
-            validate_nbf is off and no manual check), so a private_key_jwt assertion that is \
-            not valid yet authenticates the client"]
 async fn asvs5_9_2_1_rfc7523_3_a_client_assertion_not_valid_yet_is_refused() {
     let op = Op::new().await;
     let key = client_key(&op.random, op.now());
@@ -1833,12 +1827,6 @@ async fn asvs5_9_2_1_rfc7523_3_a_client_assertion_not_valid_yet_is_refused() {
 }
 
 #[tokio::test]
-#[ignore = "defect: Provider::refresh and Provider::access_token_claims (grant.rs) ask the engine \
-            only about the client's session (Engine::keep_alive / Engine::get settle that \
-            session alone, never its parent), so a client refreshing keeps getting tokens after \
-            the SSO session's idle deadline has passed; the SSO session and its children are \
-            ended (expired_idle, then parent_ended) only when something next reads the SSO \
-            session or the sweeper runs"]
 async fn asvs5_7_3_1_nist3_9_a_refresh_after_the_sso_session_idled_out_is_invalid_grant() {
     let op = Op::new().await;
     let rp = op.public_client("spa").await;

@@ -1040,6 +1040,7 @@ async fn run_server<S: Store>(
     let sweeper = {
         let engine = Arc::clone(&state.engine);
         let accounts = Arc::clone(&state.accounts);
+        let provider = state.provider.clone();
         let every = config.sweep_interval.0;
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(every);
@@ -1056,6 +1057,12 @@ async fn run_server<S: Store>(
                     && let Err(err) = accounts.throttle().forget_expired(engine.now()).await
                 {
                     tracing::warn!(error = %err, "dropping forgotten sign-in failures failed; will retry");
+                }
+                if ticks.is_multiple_of(minute)
+                    && let Some(provider) = &provider
+                    && let Err(err) = provider.upkeep().await
+                {
+                    tracing::warn!(error = %err, "the OpenID Connect provider's upkeep failed; will retry");
                 }
                 let started = std::time::Instant::now();
                 let swept = engine.sweep().await;
