@@ -79,6 +79,9 @@ enum Command {
     /// Manage the applications that call Portcullis (each API key belongs to one).
     #[command(subcommand)]
     Apps(AppsCommand),
+    /// Manage the OpenID Connect provider's signing keys.
+    #[command(subcommand)]
+    Keys(KeysCommand),
     /// Manage API keys for backend callers.
     #[command(subcommand, name = "api-keys")]
     ApiKeys(ApiKeysCommand),
@@ -188,6 +191,60 @@ enum AppsCommand {
         /// Name or id.
         app: String,
     },
+    /// Register an application as an OpenID Connect client (or replace its registration); a
+    /// client secret, when one is made, is printed once.
+    Client {
+        /// Name or id.
+        app: String,
+        /// A redirect URI, compared exactly (repeat).
+        #[arg(long = "redirect-uri", required = true)]
+        redirect_uris: Vec<String>,
+        /// A post-logout redirect URI (repeat).
+        #[arg(long = "post-logout-redirect-uri")]
+        post_logout_redirect_uris: Vec<String>,
+        /// `client_secret_basic` (default), `client_secret_post`, `private_key_jwt` or `none`
+        /// (a public client: PKCE required).
+        #[arg(long)]
+        auth_method: Option<String>,
+        /// For `private_key_jwt`: a file holding the client's JWK Set.
+        #[arg(long)]
+        jwks_file: Option<PathBuf>,
+        /// A scope it may be granted (repeat; default `openid profile email`).
+        #[arg(long = "scope")]
+        scopes: Vec<String>,
+        /// A grant it may use (repeat; default `authorization_code refresh_token`).
+        #[arg(long = "grant-type")]
+        grant_types: Vec<String>,
+        /// Back-channel logout endpoint.
+        #[arg(long)]
+        backchannel_logout_uri: Option<String>,
+        /// Front-channel logout page.
+        #[arg(long)]
+        frontchannel_logout_uri: Option<String>,
+        /// Ask the person before the first grant (third-party clients).
+        #[arg(long)]
+        require_consent: bool,
+        /// Make a new secret even though the client has one.
+        #[arg(long)]
+        new_secret: bool,
+    },
+    /// End an application's registration as an OpenID Connect client.
+    ClientRemove {
+        /// Name or id.
+        app: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum KeysCommand {
+    /// List the OpenID Connect provider's signing keys, signing and retired.
+    List,
+    /// Make a new signing key; the old one stays published, retired, for a day.
+    Rotate {
+        /// `ES256` (default) or `EdDSA`.
+        #[arg(long)]
+        alg: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -296,6 +353,23 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::Users(cmd) => users_command(&config, cmd).await,
         Command::Apps(cmd) => apps_command(&config, cmd).await,
+        Command::Keys(KeysCommand::List) => {
+            let (_, keys) = admin_call(&config, Method::GET, "/admin/oidc/keys", None).await?;
+            print_json(&keys);
+            Ok(())
+        }
+        Command::Keys(KeysCommand::Rotate { alg }) => {
+            let body = serde_json::json!({ "alg": alg });
+            let (_, key) =
+                admin_call(&config, Method::POST, "/admin/oidc/keys/rotate", Some(body)).await?;
+            eprintln!(
+                "A new {} key signs now: {}. The one it replaced stays published for a day.",
+                key["alg"].as_str().unwrap_or("?"),
+                key["kid"].as_str().unwrap_or("?"),
+            );
+            print_json(&key);
+            Ok(())
+        }
         Command::ApiKeys(cmd) => {
             match cmd {
                 ApiKeysCommand::Create { app, name } => {
@@ -386,6 +460,57 @@ async fn apps_command(config: &Config, cmd: AppsCommand) -> Result<()> {
                 "grants": grants,
             });
             let (_, app) = admin_call(config, Method::PATCH, &path(&app), Some(body)).await?;
+            print_json(&app);
+        }
+        AppsCommand::Client {
+            app,
+            redirect_uris,
+            post_logout_redirect_uris,
+            auth_method,
+            jwks_file,
+            scopes,
+            grant_types,
+            backchannel_logout_uri,
+            frontchannel_logout_uri,
+            require_consent,
+            new_secret,
+        } => {
+            let jwks = match jwks_file {
+                Some(file) => {
+                    let text = std::fs::read_to_string(&file)
+                        .with_context(|| format!("cannot read {}", file.display()))?;
+                    Some(
+                        serde_json::from_str::<serde_json::Value>(&text)
+                            .with_context(|| format!("{} is not a JSON JWK Set", file.display()))?,
+                    )
+                }
+                None => None,
+            };
+            let body = serde_json::json!({
+                "token_endpoint_auth_method": auth_method,
+                "redirect_uris": redirect_uris,
+                "post_logout_redirect_uris": post_logout_redirect_uris,
+                "backchannel_logout_uri": backchannel_logout_uri,
+                "frontchannel_logout_uri": frontchannel_logout_uri,
+                "scopes": non_empty(scopes),
+                "grant_types": non_empty(grant_types),
+                "require_consent": require_consent,
+                "jwks": jwks,
+                "new_secret": new_secret,
+            });
+            let client_path = format!("{}/client", path(&app));
+            let (_, app) = admin_call(config, Method::PUT, &client_path, Some(body)).await?;
+            if let Some(secret) = app["client"]["client_secret"].as_str() {
+                eprintln!(
+                    "client_id {} — its secret, shown only now: {secret}",
+                    app["client"]["client_id"].as_str().unwrap_or("?")
+                );
+            }
+            print_json(&app);
+        }
+        AppsCommand::ClientRemove { app } => {
+            let client_path = format!("{}/client", path(&app));
+            let (_, app) = admin_call(config, Method::DELETE, &client_path, None).await?;
             print_json(&app);
         }
         AppsCommand::Remove { app } => {
