@@ -534,3 +534,168 @@ async fn serve_refuses_a_data_directory_open_to_others() {
     assert_eq!(mode & 0o777, 0o600);
     server.stop();
 }
+
+/// The OpenID Connect provider managed end to end through the running server's admin socket:
+/// a client registered with a secret shown once (kept on a later update, replaced on request),
+/// registrations that would be unsafe refused, signing keys rotated with the old key still
+/// published, and the registration removed.
+#[tokio::test]
+async fn oidc_clients_and_signing_keys_are_managed_by_the_cli() {
+    let dir = data_dir();
+    let config = dir.join("portcullis.toml");
+    std::fs::write(
+        &config,
+        "issuer = \"https://id.example.test\"\nencryption_keys = \"k1:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=\"\n",
+    )
+    .unwrap();
+    let server = Server::start_with(&dir, None, Some(&config)).await;
+    let ok = |args: &[&str]| {
+        let out = cli(&dir, args);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<Value>(&out.stdout).unwrap_or(Value::Null)
+    };
+    let refused = |args: &[&str], needle: &str| {
+        let out = cli(&dir, args);
+        assert!(!out.status.success(), "{args:?} should fail");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(needle), "{args:?}: {stderr}");
+    };
+    ok(&["apps", "add", "shop"]);
+    let registered = ok(&[
+        "apps",
+        "client",
+        "shop",
+        "--redirect-uri",
+        "https://shop.example/cb",
+    ]);
+    let client = &registered["client"];
+    assert_eq!(client["client_id"], registered["id"]);
+    assert_eq!(client["token_endpoint_auth_method"], "client_secret_basic");
+    let secret = client["client_secret"].as_str().unwrap().to_owned();
+    assert!(secret.starts_with("pcc_") && secret.len() == 47, "{secret}");
+
+    let updated = ok(&[
+        "apps",
+        "client",
+        "shop",
+        "--redirect-uri",
+        "https://shop.example/cb",
+        "--redirect-uri",
+        "https://shop.example/cb2",
+    ]);
+    assert!(
+        updated["client"].get("client_secret").is_none(),
+        "the secret is shown once and kept: {updated}"
+    );
+    assert_eq!(
+        updated["client"]["redirect_uris"].as_array().unwrap().len(),
+        2
+    );
+    let renewed = ok(&[
+        "apps",
+        "client",
+        "shop",
+        "--redirect-uri",
+        "https://shop.example/cb",
+        "--new-secret",
+    ]);
+    let new_secret = renewed["client"]["client_secret"].as_str().unwrap();
+    assert_ne!(new_secret, secret);
+
+    refused(
+        &[
+            "apps",
+            "client",
+            "shop",
+            "--redirect-uri",
+            "http://shop.example/cb",
+        ],
+        "loopback",
+    );
+    refused(
+        &[
+            "apps",
+            "client",
+            "shop",
+            "--redirect-uri",
+            "https://shop.example/cb#frag",
+        ],
+        "fragment",
+    );
+    refused(
+        &[
+            "apps",
+            "client",
+            "shop",
+            "--redirect-uri",
+            "https://shop.example/cb",
+            "--auth-method",
+            "private_key_jwt",
+        ],
+        "jwks",
+    );
+    let shown = ok(&["apps", "show", "shop"]);
+    assert_eq!(
+        shown["client"]["redirect_uris"],
+        json!(["https://shop.example/cb"]),
+        "refused registrations changed nothing"
+    );
+
+    let http = reqwest::Client::new();
+    let discovery: Value = http
+        .get(format!("{}/.well-known/openid-configuration", server.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(discovery["issuer"], "https://id.example.test");
+    assert_eq!(
+        discovery["token_endpoint"],
+        "https://id.example.test/oidc/token"
+    );
+    let published = |server_base: String| {
+        let http = http.clone();
+        async move {
+            let jwks: Value = http
+                .get(format!("{server_base}/oidc/jwks"))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            jwks["keys"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|k| k["kid"].as_str().unwrap().to_owned())
+                .collect::<Vec<_>>()
+        }
+    };
+    let before = published(server.base.clone()).await;
+    assert_eq!(before.len(), 1);
+    let rotated = ok(&["keys", "rotate"]);
+    let new_kid = rotated["kid"].as_str().unwrap();
+    let after = published(server.base.clone()).await;
+    assert_eq!(after.len(), 2, "the old key stays published: {after:?}");
+    assert!(after.contains(&before[0]) && after.iter().any(|k| k == new_kid));
+    let keys = ok(&["keys", "list"]);
+    let retired: Vec<&Value> = keys["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|k| k.get("retired_at").is_some())
+        .collect();
+    assert_eq!(retired.len(), 1);
+    assert_eq!(retired[0]["kid"], before[0].as_str());
+
+    let removed = ok(&["apps", "client-remove", "shop"]);
+    assert!(removed.get("client").is_none(), "{removed}");
+    server.stop();
+}
