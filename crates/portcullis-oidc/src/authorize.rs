@@ -133,13 +133,9 @@ fn level_of_acr(acr: &str) -> Option<u8> {
 impl AuthorizationRequest {
     /// Where the browser goes with `params` (a code or an error), with `iss` (RFC 9207).
     pub fn response_url(redirect_uri: &str, issuer: &str, params: &[(&str, &str)]) -> String {
-        let mut query = form_urlencoded::Serializer::new(String::new());
-        for (name, value) in params {
-            query.append_pair(name, value);
-        }
-        query.append_pair("iss", issuer);
-        let separator = if redirect_uri.contains('?') { '&' } else { '?' };
-        format!("{redirect_uri}{separator}{}", query.finish())
+        let mut all = params.to_vec();
+        all.push(("iss", issuer));
+        with_query(redirect_uri, &all)
     }
 
     fn error(&self, error: &'static str, description: &'static str) -> AuthorizeError {
@@ -469,6 +465,19 @@ impl<S: Store> Provider<S> {
             }
         }
     }
+}
+
+/// `uri` with `params` added to its query (a registered URI keeps the query it has).
+pub(crate) fn with_query(uri: &str, params: &[(&str, &str)]) -> String {
+    if params.is_empty() {
+        return uri.to_owned();
+    }
+    let mut query = form_urlencoded::Serializer::new(String::new());
+    for (name, value) in params {
+        query.append_pair(name, value);
+    }
+    let separator = if uri.contains('?') { '&' } else { '?' };
+    format!("{uri}{separator}{}", query.finish())
 }
 
 /// A protocol answer, or the provider's own failure (the store is down: fail closed).

@@ -10,6 +10,7 @@ mod authorize;
 mod claims;
 mod discovery;
 mod grant;
+mod logout;
 mod pkce;
 mod provider;
 mod signing;
@@ -24,6 +25,7 @@ pub use claims::{
 };
 pub use discovery::{Endpoints, provider_metadata};
 pub use grant::{ClientCredentials, TokenError, TokenResponse};
+pub use logout::{LogoutError, LogoutParams, LogoutRequest};
 pub use pkce::{is_code_challenge, verifier_matches};
 pub use provider::{
     Provider, ProviderError, ProviderSettings, ProviderStores, RETIRED_KEY_PUBLISHED,

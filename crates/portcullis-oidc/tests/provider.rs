@@ -22,9 +22,9 @@ use portcullis_core::{
 };
 use portcullis_oidc::{
     ACCESS_TOKEN_TYPE, AccessTokenClaims, AuthorizationParams, AuthorizationRequest,
-    AuthorizeError, ClientCredentials, Decision, ID_TOKEN_TYPE, IdTokenClaims, Provider,
-    ProviderOr, ProviderSettings, ProviderStores, TokenError, TokenResponse, generate_signing_key,
-    token_hash_claim,
+    AuthorizeError, ClientCredentials, Decision, ID_TOKEN_TYPE, IdTokenClaims, LogoutError,
+    LogoutParams, Provider, ProviderOr, ProviderSettings, ProviderStores, TokenError,
+    TokenResponse, generate_signing_key, token_hash_claim,
 };
 use serde_json::{Value, json};
 
@@ -1851,4 +1851,118 @@ async fn asvs5_7_3_1_nist3_9_a_refresh_after_the_sso_session_idled_out_is_invali
     assert_invalid_grant(op.refresh(&rp, &rt, None).await);
     let session = op.client_session(&tokens).await;
     assert_eq!(ended_reason(&session), Some(EndReason::ParentEnded));
+}
+
+const AFTER_LOGOUT: &str = "https://rp.example/signed-out";
+
+/// A client that registered where to return after logout.
+async fn client_with_logout_return(op: &Op, name: &str) -> Rp {
+    let mut client = registration(ClientAuth::None);
+    client.post_logout_redirect_uris = vec![AFTER_LOGOUT.to_owned()];
+    op.register_with(name, client, ClientCredentials::None)
+        .await
+}
+
+fn logout_refused<T: std::fmt::Debug>(result: Result<T, ProviderOr<LogoutError>>) -> LogoutError {
+    protocol(result)
+}
+
+#[tokio::test]
+async fn oidc_rpl_7_oidc_rpl_8_a_registered_return_with_our_id_token_keeps_state() {
+    let op = Op::new().await;
+    let rp = client_with_logout_return(&op, "rp").await;
+    let (sso, tokens) = op.log_in(&rp).await;
+    // Hints may be expired (OIDC-RPL-3): an hour later it still vouches.
+    op.advance(Duration::from_secs(3600));
+    let checked = op
+        .provider
+        .check_logout(&LogoutParams {
+            id_token_hint: tokens.id_token.clone(),
+            post_logout_redirect_uri: Some(AFTER_LOGOUT.to_owned()),
+            state: Some("s t&=".to_owned()),
+            ..LogoutParams::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        checked.redirect.as_deref(),
+        Some("https://rp.example/signed-out?state=s+t%26%3D")
+    );
+    assert_eq!(checked.sid.as_ref(), Some(&sso.session.id));
+    assert_eq!(checked.subject.as_deref(), Some(op.user.id.as_str()));
+    assert_eq!(checked.client.as_ref(), Some(&rp.app.id));
+}
+
+#[tokio::test]
+async fn oidc_rpl_7_without_an_id_token_nothing_vouches_for_a_redirect() {
+    let op = Op::new().await;
+    let rp = client_with_logout_return(&op, "rp").await;
+    let checked = op
+        .provider
+        .check_logout(&LogoutParams {
+            client_id: Some(rp.id().to_owned()),
+            post_logout_redirect_uri: Some(AFTER_LOGOUT.to_owned()),
+            ..LogoutParams::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(checked.redirect, None);
+    assert_eq!(checked.client.as_ref(), Some(&rp.app.id));
+    assert_eq!(checked.sid, None);
+}
+
+#[tokio::test]
+async fn oidc_rpl_4_oidc_rpl_9_mismatched_or_foreign_requests_are_refused_without_redirect() {
+    let op = Op::new().await;
+    let rp = client_with_logout_return(&op, "rp").await;
+    let other = client_with_logout_return(&op, "other").await;
+    let (_, tokens) = op.log_in(&rp).await;
+    let hint = tokens.id_token.clone();
+    let check = |params: LogoutParams| {
+        let provider = &op.provider;
+        async move { provider.check_logout(&params).await }
+    };
+    logout_refused(
+        check(LogoutParams {
+            id_token_hint: hint.clone(),
+            client_id: Some(other.id().to_owned()),
+            ..LogoutParams::default()
+        })
+        .await,
+    );
+    logout_refused(
+        check(LogoutParams {
+            id_token_hint: hint.clone(),
+            post_logout_redirect_uri: Some("https://rp.example/elsewhere".to_owned()),
+            ..LogoutParams::default()
+        })
+        .await,
+    );
+    logout_refused(
+        check(LogoutParams {
+            post_logout_redirect_uri: Some(AFTER_LOGOUT.to_owned()),
+            ..LogoutParams::default()
+        })
+        .await,
+    );
+    let mut forged = hint.clone().unwrap();
+    forged.push('A');
+    logout_refused(
+        check(LogoutParams {
+            id_token_hint: Some(forged),
+            ..LogoutParams::default()
+        })
+        .await,
+    );
+    // An access token is not an ID token, though we signed it.
+    logout_refused(
+        check(LogoutParams {
+            id_token_hint: Some(tokens.access_token.clone()),
+            ..LogoutParams::default()
+        })
+        .await,
+    );
+    // Nothing named at all is a plain logout: accepted, no redirect (OIDC-RPL-10).
+    let plain = check(LogoutParams::default()).await.unwrap();
+    assert_eq!((plain.client, plain.redirect), (None, None));
 }
