@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{Form, Query, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::Response;
 use minijinja::context;
 use portcullis_core::Store;
@@ -21,7 +21,10 @@ use portcullis_oidc::{
 use serde::Deserialize;
 
 use super::session::{SignedIn, current};
-use super::web::{Browser, PageError, clear_cookie, csrf_matches, set_cookie};
+use super::web::{
+    Browser, PageError, clear_cookie, content_security_policy, csrf_matches, read_cookie,
+    set_cookie,
+};
 use super::{PageResult, page, see_other};
 use crate::AppState;
 
@@ -114,13 +117,37 @@ fn continuation<S: Store>(
     provider: &Provider<S>,
     browser: &Browser,
 ) -> Option<AuthorizationRequest> {
-    let sealed = browser.cookie(AUTHORIZE_COOKIE)?;
+    sealed_request(provider, &browser.headers)
+}
+
+/// The sealed request in `headers`' cookie, if it is still fresh.
+fn sealed_request<S: Store>(
+    provider: &Provider<S>,
+    headers: &HeaderMap,
+) -> Option<AuthorizationRequest> {
+    let sealed = read_cookie(headers, AUTHORIZE_COOKIE).filter(|v| !v.is_empty())?;
     let text = provider.open(sealed, SEALED_FOR).ok()?;
     let request: AuthorizationRequest = serde_json::from_str(&text).ok()?;
     let deadline = request
         .received_at
         .plus(provider.settings().interaction_lifetime);
     (provider.engine().now() < deadline).then_some(request)
+}
+
+/// The origin of the client an authorization in progress in this browser (its sealed request,
+/// still fresh) returns to: the pages on the way there post forms whose answers end in the
+/// redirect to it, so their CSP `form-action` must allow it ([`content_security_policy`]).
+/// Only a request we sealed, with a redirect URI checked against the client's registration,
+/// can name one.
+///
+/// [`content_security_policy`]: super::web::content_security_policy
+pub(super) fn pending_form_target<S: Store>(
+    state: &AppState<S>,
+    headers: &HeaderMap,
+) -> Option<String> {
+    let provider = state.provider.as_ref()?;
+    let request = sealed_request(provider, headers)?;
+    origin_of(&request.redirect_uri).map(str::to_owned)
 }
 
 fn expired_page<S: Store>(state: &AppState<S>) -> Response {
@@ -217,20 +244,17 @@ fn keep<S: Store>(
 }
 
 /// The consent form posts here and is answered with a redirect to the client: CSP
-/// `form-action` must allow that origin, or the browser stops the redirect.
+/// `form-action` must allow that origin, or the browser stops the redirect. (The consent page
+/// may be the answer that sets the sealed request's cookie, so the request does not carry it
+/// yet: [`pending_form_target`] cannot see it.)
 fn allow_form_to(response: &mut Response, redirect_uri: &str) {
     let Some(origin) = origin_of(redirect_uri) else {
         return;
     };
-    let policy = format!(
-        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
-         connect-src 'self'; form-action 'self' {origin}; frame-ancestors 'none'; base-uri 'none'"
+    response.headers_mut().insert(
+        header::CONTENT_SECURITY_POLICY,
+        content_security_policy(Some(origin)),
     );
-    if let Ok(value) = HeaderValue::from_str(&policy) {
-        response
-            .headers_mut()
-            .insert(header::CONTENT_SECURITY_POLICY, value);
-    }
 }
 
 /// `scheme://host[:port]` of an absolute URI (a registered one, checked at registration).

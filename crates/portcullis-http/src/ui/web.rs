@@ -370,6 +370,26 @@ impl Ui {
     }
 }
 
+/// The pages' Content Security Policy: no inline script, nothing framed, nothing from
+/// elsewhere. Forms post only to us, and to `form_target` (`scheme://host[:port]`) when one of
+/// our answers to them redirects there: `form-action` also governs the redirects after a form
+/// submission (CSP3 §6.3.1, enforced by Chromium), so a sign-in that ends with the redirect to
+/// an OpenID Connect client must name that client's origin.
+pub fn content_security_policy(form_target: Option<&str>) -> HeaderValue {
+    const BASE: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
+                        img-src 'self' data:; connect-src 'self'; form-action 'self'; \
+                        frame-ancestors 'none'; base-uri 'none'";
+    form_target
+        .and_then(|origin| {
+            let policy = BASE.replace(
+                "form-action 'self';",
+                &format!("form-action 'self' {origin};"),
+            );
+            HeaderValue::from_str(&policy).ok()
+        })
+        .unwrap_or(HeaderValue::from_static(BASE))
+}
+
 /// Adds the pages' security headers: CSP without inline script, no framing, no referrer,
 /// no sniffing, HSTS on TLS — whether Portcullis serves TLS itself or a trusted proxy ends it
 /// and says so (`Forwarded: proto=https`, `X-Forwarded-Proto: https`).
@@ -386,16 +406,16 @@ pub async fn security_headers<S: Store>(
             &state.edge().trusted_proxies,
         )
         .is_some_and(|client| client.forwarded_https);
+    // While an authorization is in progress in this browser, the forms on the way (sign-in,
+    // "Stay signed in?", re-authentication) end in a redirect to the client.
+    let form_target = super::authorize::pending_form_target(&state, request.headers());
     let mut response = next.run(request).await;
     let headers = response.headers_mut();
     // A page that must let its form lead elsewhere (the consent page, to the client) sets its
     // own policy.
     headers
         .entry(header::CONTENT_SECURITY_POLICY)
-        .or_insert(HeaderValue::from_static(
-            "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
-             connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
-        ));
+        .or_insert_with(|| content_security_policy(form_target.as_deref()));
     headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     headers.insert(
         header::REFERRER_POLICY,
