@@ -51,7 +51,6 @@ pub fn provider_metadata(issuer: &str, endpoints: &Endpoints, algs: &[SigningAlg
         "grant_types_supported": grants,
         "subject_types_supported": ["public"],
         "id_token_signing_alg_values_supported": algs,
-        "userinfo_signing_alg_values_supported": ["none"],
         "token_endpoint_auth_methods_supported": client_auth,
         "token_endpoint_auth_signing_alg_values_supported": ["ES256", "EdDSA", "RS256"],
         "revocation_endpoint_auth_methods_supported": client_auth,

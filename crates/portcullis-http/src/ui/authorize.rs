@@ -258,7 +258,7 @@ fn allow_form_to(response: &mut Response, redirect_uri: &str) {
 }
 
 /// `scheme://host[:port]` of an absolute URI (a registered one, checked at registration).
-fn origin_of(uri: &str) -> Option<&str> {
+pub(super) fn origin_of(uri: &str) -> Option<&str> {
     let (scheme, rest) = uri.split_once("://")?;
     let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
     let origin = &uri[..scheme.len() + 3 + end];

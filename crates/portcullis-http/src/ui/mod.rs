@@ -19,6 +19,7 @@ pub mod web;
 
 mod account;
 pub mod authorize;
+mod end_session;
 mod logout;
 mod password;
 mod reauth;
@@ -96,6 +97,10 @@ pub fn routes<S: Store>(state: &AppState<S>) -> Router<AppState<S>> {
         .route("/oidc/authorize", get(authorize::authorize::<S>))
         .route("/oidc/authorize/resume", get(authorize::resume::<S>))
         .route("/oidc/consent", post(authorize::consent_submit::<S>))
+        .route(
+            "/oidc/logout",
+            get(end_session::end_session_page::<S>).post(end_session::end_session_submit::<S>),
+        )
         .route("/session/status", get(status::session_status::<S>))
         .route("/session/extend", post(status::session_extend::<S>))
         .route("/assets/{name}", get(asset::<S>))

@@ -239,7 +239,7 @@ impl Default for UiSettings {
     }
 }
 
-const TEMPLATES: [(&str, &str); 12] = [
+const TEMPLATES: [(&str, &str); 13] = [
     ("base.html", include_str!("../../ui/templates/base.html")),
     ("login.html", include_str!("../../ui/templates/login.html")),
     ("otp.html", include_str!("../../ui/templates/otp.html")),
@@ -272,6 +272,10 @@ const TEMPLATES: [(&str, &str); 12] = [
     (
         "consent.html",
         include_str!("../../ui/templates/consent.html"),
+    ),
+    (
+        "end_session.html",
+        include_str!("../../ui/templates/end_session.html"),
     ),
 ];
 

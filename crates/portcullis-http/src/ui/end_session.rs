@@ -1,0 +1,162 @@
+//! RP-initiated logout (`/oidc/logout`, the discovery document's `end_session_endpoint`): an
+//! application sends the person here to sign out of Portcullis. The rules are the provider's
+//! (`Provider::check_logout`); this module asks the person when it should, ends the SSO
+//! session (and with it every application session under it), and returns to the application
+//! only where the provider allows.
+//!
+//! The person is asked unless an ID token we issued names the very SSO session the browser
+//! holds (OIDC-RPL-5); someone not signed in is simply signed out (OIDC-RPL-10).
+
+use axum::extract::{Form, Query, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::Response;
+use minijinja::context;
+use portcullis_core::{Actor, Principal, Store};
+use portcullis_oidc::{LogoutParams, LogoutRequest, Provider, ProviderOr};
+
+use super::authorize::origin_of;
+use super::session::{SignedIn, current};
+use super::web::{
+    Browser, PageError, SESSION_COOKIE, clear_cookie, content_security_policy, csrf_matches,
+};
+use super::{PageResult, page, see_other};
+use crate::AppState;
+
+/// The logout request as an application sends it (GET).
+pub(super) async fn end_session_page<S: Store>(
+    State(state): State<AppState<S>>,
+    browser: Browser,
+    Query(params): Query<LogoutParams>,
+) -> PageResult {
+    let provider = state.provider.clone().ok_or(PageError::NotFound)?;
+    let request = match checked(&state, &provider, &params).await? {
+        Ok(request) => request,
+        Err(refused) => return Ok(refused),
+    };
+    let signed_in = current(&state, &browser, false).await?.ok();
+    match signed_in {
+        None => Ok(signed_out(&state, &request)),
+        Some(signed_in) if request.sid.as_ref() == Some(&signed_in.session().id) => {
+            sign_out(&state, &signed_in, &request).await
+        }
+        Some(signed_in) => {
+            let client = match &request.client {
+                Some(id) => provider
+                    .client(id.as_str())
+                    .await
+                    .map_err(|_| PageError::Unavailable)?
+                    .map(|(app, _)| app.name),
+                None => None,
+            };
+            let mut response = page(
+                &state,
+                StatusCode::OK,
+                "end_session.html",
+                Some(&signed_in),
+                context! {
+                    client => client,
+                    id_token_hint => params.id_token_hint,
+                    client_id => params.client_id,
+                    post_logout_redirect_uri => params.post_logout_redirect_uri,
+                    state => params.state,
+                },
+            );
+            if let Some(origin) = request.redirect.as_deref().and_then(origin_of) {
+                response.headers_mut().insert(
+                    header::CONTENT_SECURITY_POLICY,
+                    content_security_policy(Some(origin)),
+                );
+            }
+            Ok(response)
+        }
+    }
+}
+
+/// The form of the confirmation page: the request again, with the session's CSRF token.
+#[derive(Debug, serde::Deserialize)]
+pub(super) struct EndSessionForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(flatten)]
+    params: LogoutParams,
+}
+
+/// The person confirmed.
+pub(super) async fn end_session_submit<S: Store>(
+    State(state): State<AppState<S>>,
+    browser: Browser,
+    Form(form): Form<EndSessionForm>,
+) -> PageResult {
+    let provider = state.provider.clone().ok_or(PageError::NotFound)?;
+    let request = match checked(&state, &provider, &form.params).await? {
+        Ok(request) => request,
+        Err(refused) => return Ok(refused),
+    };
+    match current(&state, &browser, false).await? {
+        Ok(signed_in) => {
+            if !csrf_matches(&form.csrf, &signed_in.csrf()) {
+                return Err(PageError::StaleForm);
+            }
+            sign_out(&state, &signed_in, &request).await
+        }
+        Err(_) => Ok(signed_out(&state, &request)),
+    }
+}
+
+/// The checked request, or the page that says why it was refused (no redirect: OIDC-RPL-9).
+async fn checked<S: Store>(
+    state: &AppState<S>,
+    provider: &Provider<S>,
+    params: &LogoutParams,
+) -> Result<Result<LogoutRequest, Response>, PageError> {
+    match provider.check_logout(params).await {
+        Ok(request) => Ok(Ok(request)),
+        Err(ProviderOr::Protocol(why)) => Ok(Err(page(
+            state,
+            StatusCode::BAD_REQUEST,
+            "error.html",
+            None,
+            context! {
+                heading => "This sign-out link does not work",
+                message => why.0,
+                next_href => "/logout",
+                next_label => "Sign out here instead",
+            },
+        ))),
+        Err(ProviderOr::Failed(err)) => {
+            tracing::error!(error = %err, "the OpenID Connect provider cannot answer");
+            Err(PageError::Unavailable)
+        }
+    }
+}
+
+/// Ends the SSO session (every application session under it ends with it) and leaves.
+async fn sign_out<S: Store>(
+    state: &AppState<S>,
+    signed_in: &SignedIn,
+    request: &LogoutRequest,
+) -> PageResult {
+    state
+        .engine
+        .logout(
+            &signed_in.token,
+            &Principal::portcullis(Actor::user(&signed_in.session().subject)),
+        )
+        .await?;
+    let mut response = signed_out(state, request);
+    let headers = response.headers_mut();
+    headers.append(header::SET_COOKIE, clear_cookie(SESSION_COOKIE, "Lax"));
+    headers.insert(
+        "clear-site-data",
+        HeaderValue::from_static("\"cache\", \"cookies\", \"storage\""),
+    );
+    Ok(response)
+}
+
+/// Back to the application where allowed, else the signed-out page.
+fn signed_out<S: Store>(state: &AppState<S>, request: &LogoutRequest) -> Response {
+    match &request.redirect {
+        Some(url) => see_other(url),
+        None => page(state, StatusCode::OK, "signed_out.html", None, context! {}),
+    }
+}
