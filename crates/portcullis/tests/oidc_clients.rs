@@ -124,6 +124,15 @@ fn control_router(control: Control) -> Router {
             ),
         )
         .route(
+            "/signed-out",
+            get(|| async {
+                Html(
+                    "<!doctype html><html lang=en><title>Signed out</title>\
+                     <main><h1>Signed out at the client</h1></main></html>",
+                )
+            }),
+        )
+        .route(
             "/callback",
             get(|| async {
                 Html(
@@ -202,7 +211,8 @@ async fn register(
     let client = Client {
         auth,
         redirect_uris: vec![redirect_uri.to_owned()],
-        post_logout_redirect_uris: Vec::new(),
+        // Where RP-initiated logout returns to: beside the callback.
+        post_logout_redirect_uris: vec![redirect_uri.replace("/callback", "/signed-out")],
         backchannel_logout_uri: None,
         frontchannel_logout_uri: None,
         scopes: ["openid", "profile", "offline_access"]

@@ -322,6 +322,53 @@ scenario("6_a_wrong_pkce_verifier_is_invalid_grant", async () => {
   await context.close();
 });
 
+scenario("7_rp_initiated_logout_ends_the_sso_session_and_every_client_session_under_it", async () => {
+  const page = await newPage(shared.context);
+  const signedOut = new URL("/signed-out", REDIRECT_URI).href;
+  const idTokenHint = shared.confidentialTokens.id_token;
+  // A return address the client did not register: refused on a page, no redirect (OIDC-RPL-9).
+  const foreign = oidc.buildEndSessionUrl(confidential, {
+    id_token_hint: idTokenHint,
+    post_logout_redirect_uri: "https://elsewhere.example/bye",
+  });
+  const refused = await page.goto(foreign.href);
+  assert.equal(refused.status(), 400);
+  await page.getByRole("heading", { name: "This sign-out link does not work" }).waitFor();
+  assert.ok(page.url().startsWith(BASE), page.url());
+  assert.ok((await sessionsOf(USERNAME)).live.some((s) => s.id === shared.sid), "still signed in");
+
+  // Our ID token names this browser's SSO session: signed out at once, back with state.
+  const before = (await sessionsOf(USERNAME)).live.filter((s) => s.parent === shared.sid);
+  assert.ok(before.length > 0, "client sessions under the SSO session");
+  const url = oidc.buildEndSessionUrl(confidential, {
+    id_token_hint: idTokenHint,
+    post_logout_redirect_uri: signedOut,
+    state: "bye-1",
+  });
+  await page.goto(url.href);
+  await page.getByRole("heading", { name: "Signed out at the client" }).waitFor();
+  const back = new URL(page.url());
+  assert.equal(back.origin + back.pathname, signedOut);
+  assert.equal(back.searchParams.get("state"), "bye-1", "state returned unchanged (OIDC-RPL-8)");
+  await shot(page, "07-signed-out-at-the-client");
+
+  const { live, ended } = await sessionsOf(USERNAME);
+  assert.ok(!live.some((s) => s.id === shared.sid), "the SSO session ended");
+  assert.ok(ended.some((e) => e.session === shared.sid && e.reason === "logout"), JSON.stringify(ended));
+  for (const child of before) {
+    assert.ok(!live.some((s) => s.id === child.id), `client session ${child.id} ended too`);
+    assert.ok(
+      ended.some((e) => e.session === child.id && e.reason === "parent_ended"),
+      `${child.id} ended parent_ended: ${JSON.stringify(ended)}`,
+    );
+  }
+  // Signing in is needed again.
+  const { url: silent } = await authorization(confidential, { prompt: "none" });
+  const { callback } = await navigateToCallback(page, silent);
+  assert.equal(callback.searchParams.get("error"), "login_required");
+  await page.close();
+});
+
 let failed = 0;
 const only = process.env.ONLY;
 for (const { name, run } of scenarios.filter((s) => !only || s.name.includes(only))) {
