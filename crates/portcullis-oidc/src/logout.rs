@@ -3,12 +3,14 @@
 //! when an ID token we issued vouches for the client (OIDC-RPL-7); anything that does not check
 //! out gets no redirect at all (OIDC-RPL-9).
 
-use portcullis_core::{AppId, PublicId, Store};
+use std::collections::BTreeSet;
+
+use portcullis_core::{AppId, PublicId, Session, Store};
 use serde::Deserialize;
 
 use crate::authorize::{ProviderOr, with_query};
 use crate::claims::{ID_TOKEN_TYPE, IdTokenClaims};
-use crate::provider::Provider;
+use crate::provider::{Provider, ProviderError};
 
 /// The parameters of a logout request, as received (query or form).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
@@ -110,5 +112,38 @@ impl<S: Store> Provider<S> {
             subject: hint.map(|h| h.sub),
             redirect,
         })
+    }
+}
+
+impl<S: Store> Provider<S> {
+    /// The front-channel logout pages to load when `sso` ends (OpenID Connect Front-Channel
+    /// Logout): one per client with a session under it that registered one (OIDC-FCL-5), each
+    /// with `iss` and `sid` (OIDC-FCL-2). Asked before the SSO session ends, while its children
+    /// still say which clients the person used.
+    pub async fn frontchannel_logout_uris(
+        &self,
+        sso: &Session,
+    ) -> Result<Vec<String>, ProviderError> {
+        let sessions = self
+            .engine
+            .list_subject(&sso.subject, true, &Self::acting_for(&sso.subject))
+            .await?;
+        let clients: BTreeSet<AppId> = sessions
+            .iter()
+            .filter(|s| s.parent.as_ref() == Some(&sso.id))
+            .map(|s| s.application.clone())
+            .collect();
+        let mut uris = Vec::new();
+        for id in clients {
+            if let Some((_, client)) = self.client(id.as_str()).await?
+                && let Some(uri) = &client.frontchannel_logout_uri
+            {
+                uris.push(with_query(
+                    uri,
+                    &[("iss", &self.settings.issuer), ("sid", sso.id.as_str())],
+                ));
+            }
+        }
+        Ok(uris)
     }
 }

@@ -36,6 +36,8 @@ struct Control {
     clock: Arc<ManualClock>,
     engine: Arc<Engine<Store>>,
     accounts: Arc<Accounts>,
+    /// The query of every front-channel logout page a browser loaded.
+    frontchannel: Arc<std::sync::Mutex<Vec<Value>>>,
 }
 
 #[derive(Deserialize)]
@@ -122,6 +124,22 @@ fn control_router(control: Control) -> Router {
                     }))
                 },
             ),
+        )
+        .route(
+            "/frontchannel",
+            get(
+                |State(c): State<Control>,
+                 Query(query): Query<std::collections::BTreeMap<String, String>>| async move {
+                    c.frontchannel.lock().unwrap().push(json!(query));
+                    Html("<!doctype html><title>Front-channel logout</title>")
+                },
+            ),
+        )
+        .route(
+            "/frontchannel/hits",
+            get(|State(c): State<Control>| async move {
+                Json(Value::Array(c.frontchannel.lock().unwrap().clone()))
+            }),
         )
         .route(
             "/signed-out",
@@ -211,10 +229,15 @@ async fn register(
     let client = Client {
         auth,
         redirect_uris: vec![redirect_uri.to_owned()],
-        // Where RP-initiated logout returns to: beside the callback.
+        // Where RP-initiated logout returns to, and the page framed at sign-out: beside the
+        // callback, on the client's own site.
         post_logout_redirect_uris: vec![redirect_uri.replace("/callback", "/signed-out")],
         backchannel_logout_uri: None,
-        frontchannel_logout_uri: None,
+        frontchannel_logout_uri: Some(format!(
+            "{}?client={}",
+            redirect_uri.replace("/callback", "/frontchannel"),
+            name.replace(' ', "-")
+        )),
         scopes: ["openid", "profile", "offline_access"]
             .map(str::to_owned)
             .into(),
@@ -322,6 +345,7 @@ async fn openid_client_and_chromium() {
         clock,
         engine,
         accounts,
+        frontchannel: Arc::default(),
     };
     tokio::spawn(async move {
         axum::serve(control_listener, control_router(control))

@@ -132,6 +132,19 @@ impl Client {
                 check_uri(field, uri)?;
             }
         }
+        // OIDC-FCL-1: the page framed at sign-out belongs to the client's own site.
+        if let Some(uri) = &self.frontchannel_logout_uri
+            && !self
+                .redirect_uris
+                .iter()
+                .any(|r| origin_of(r).is_some() && origin_of(r) == origin_of(uri))
+        {
+            return Err(ClientError::Uri {
+                field: "frontchannel_logout_uri",
+                uri: uri.clone(),
+                why: "its scheme, host and port must be those of a redirect URI",
+            });
+        }
         if let Some(unknown) = self.scopes.iter().find(|s| !SCOPES.contains(&s.as_str())) {
             return Err(ClientError::UnknownScope(unknown.clone()));
         }
@@ -170,6 +183,18 @@ impl Client {
         }
         granted.iter().any(|s| s == "openid").then_some(granted)
     }
+}
+
+/// `scheme://host[:port]` of an absolute URI (one checked at registration); `None` for
+/// anything that cannot be written in a header as an origin.
+pub fn origin_of(uri: &str) -> Option<&str> {
+    let (scheme, rest) = uri.split_once("://")?;
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let origin = &uri[..scheme.len() + 3 + end];
+    origin
+        .bytes()
+        .all(|b| b.is_ascii_graphic() && b != b';' && b != b',')
+        .then_some(origin)
 }
 
 fn check_uri(field: &'static str, uri: &str) -> Result<(), ClientError> {
@@ -265,6 +290,44 @@ mod tests {
         assert_eq!(c.validate(), Err(ClientError::UnknownScope("admin".into())));
         c.scopes = ["profile".to_owned()].into();
         assert_eq!(c.validate(), Err(ClientError::NoOpenid));
+    }
+
+    #[test]
+    fn oidc_fcl_1_the_front_channel_logout_page_is_on_a_redirect_uris_site() {
+        let mut c = client(&["https://app.example/cb", "http://127.0.0.1:8080/cb"]);
+        for same_site in [
+            "https://app.example/logout?x=1",
+            "http://127.0.0.1:8080/fcl",
+        ] {
+            c.frontchannel_logout_uri = Some(same_site.into());
+            assert_eq!(c.validate(), Ok(()), "{same_site}");
+        }
+        for elsewhere in [
+            "https://app.example:8443/logout",
+            "https://other.example/logout",
+            "http://127.0.0.1:9090/fcl",
+        ] {
+            c.frontchannel_logout_uri = Some(elsewhere.into());
+            assert!(
+                matches!(
+                    c.validate(),
+                    Err(ClientError::Uri {
+                        field: "frontchannel_logout_uri",
+                        ..
+                    })
+                ),
+                "{elsewhere}"
+            );
+        }
+        assert_eq!(
+            origin_of("https://app.example:8443/a?b#c"),
+            Some("https://app.example:8443")
+        );
+        assert_eq!(
+            origin_of("https://app.example"),
+            Some("https://app.example")
+        );
+        assert_eq!(origin_of("/relative"), None);
     }
 
     #[test]

@@ -11,7 +11,7 @@ mod consent;
 mod keys;
 mod refresh;
 
-pub use client::{Client, ClientAuth, ClientError, GrantType, SCOPES};
+pub use client::{Client, ClientAuth, ClientError, GrantType, SCOPES, origin_of};
 pub use code::{
     AuthorizationCode, CODE_LIFETIME, CODE_REMEMBERED, CodeStore, MemoryCodeStore, Redemption,
 };

@@ -14,6 +14,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::Response;
 use minijinja::context;
 use portcullis_core::Store;
+use portcullis_core::oidc::origin_of;
 use portcullis_oidc::{
     AuthorizationParams, AuthorizationRequest, AuthorizeError, Decision, Provider, ProviderError,
     ProviderOr,
@@ -255,17 +256,6 @@ fn allow_form_to(response: &mut Response, redirect_uri: &str) {
         header::CONTENT_SECURITY_POLICY,
         content_security_policy(Some(origin)),
     );
-}
-
-/// `scheme://host[:port]` of an absolute URI (a registered one, checked at registration).
-pub(super) fn origin_of(uri: &str) -> Option<&str> {
-    let (scheme, rest) = uri.split_once("://")?;
-    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let origin = &uri[..scheme.len() + 3 + end];
-    origin
-        .bytes()
-        .all(|b| b.is_ascii_graphic() && b != b';' && b != b',')
-        .then_some(origin)
 }
 
 #[derive(Debug, Deserialize)]

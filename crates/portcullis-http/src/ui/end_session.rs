@@ -8,17 +8,16 @@
 //! holds (OIDC-RPL-5); someone not signed in is simply signed out (OIDC-RPL-10).
 
 use axum::extract::{Form, Query, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{StatusCode, header};
 use axum::response::Response;
 use minijinja::context;
-use portcullis_core::{Actor, Principal, Store};
+use portcullis_core::Store;
+use portcullis_core::oidc::origin_of;
 use portcullis_oidc::{LogoutParams, LogoutRequest, Provider, ProviderOr};
 
-use super::authorize::origin_of;
+use super::logout::{end_sso_session, signed_out_page};
 use super::session::{SignedIn, current};
-use super::web::{
-    Browser, PageError, SESSION_COOKIE, clear_cookie, content_security_policy, csrf_matches,
-};
+use super::web::{Browser, PageError, content_security_policy, csrf_matches};
 use super::{PageResult, page, see_other};
 use crate::AppState;
 
@@ -136,27 +135,13 @@ async fn sign_out<S: Store>(
     signed_in: &SignedIn,
     request: &LogoutRequest,
 ) -> PageResult {
-    state
-        .engine
-        .logout(
-            &signed_in.token,
-            &Principal::portcullis(Actor::user(&signed_in.session().subject)),
-        )
-        .await?;
-    let mut response = signed_out(state, request);
-    let headers = response.headers_mut();
-    headers.append(header::SET_COOKIE, clear_cookie(SESSION_COOKIE, "Lax"));
-    headers.insert(
-        "clear-site-data",
-        HeaderValue::from_static("\"cache\", \"cookies\", \"storage\""),
-    );
-    Ok(response)
+    end_sso_session(state, signed_in, request.redirect.as_deref()).await
 }
 
-/// Back to the application where allowed, else the signed-out page.
+/// Someone not signed in: back to the application where allowed, else the signed-out page.
 fn signed_out<S: Store>(state: &AppState<S>, request: &LogoutRequest) -> Response {
     match &request.redirect {
         Some(url) => see_other(url),
-        None => page(state, StatusCode::OK, "signed_out.html", None, context! {}),
+        None => signed_out_page(state, &[], None),
     }
 }

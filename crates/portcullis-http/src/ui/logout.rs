@@ -4,11 +4,13 @@
 
 use axum::extract::{Form, State};
 use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::Response;
 use minijinja::context;
+use portcullis_core::oidc::origin_of;
 use portcullis_core::{Actor, Principal, Store};
 
-use super::session::current;
-use super::web::{Browser, PageError, SESSION_COOKIE, clear_cookie, csrf_matches};
+use super::session::{SignedIn, current};
+use super::web::{Browser, PageError, SESSION_COOKIE, clear_cookie, csrf_matches, framing_policy};
 use super::{CsrfForm, PageResult, page, see_other};
 use crate::AppState;
 
@@ -35,28 +37,87 @@ pub(super) async fn logout_submit<S: Store>(
     browser: Browser,
     Form(form): Form<CsrfForm>,
 ) -> PageResult {
-    if let Ok(signed_in) = current(&state, &browser, false).await? {
-        if !csrf_matches(&form.csrf, &signed_in.csrf()) {
-            return Err(PageError::StaleForm);
+    match current(&state, &browser, false).await? {
+        Ok(signed_in) => {
+            if !csrf_matches(&form.csrf, &signed_in.csrf()) {
+                return Err(PageError::StaleForm);
+            }
+            end_sso_session(&state, &signed_in, None).await
         }
-        // Ends the SSO session and, through `parent`, every application session under it.
-        state
-            .engine
-            .logout(
-                &signed_in.token,
-                &Principal::portcullis(Actor::user(&signed_in.session().subject)),
-            )
-            .await?;
+        // Signed out already (another tab): the cookie and site data are cleared all the same.
+        Err(_) => Ok(cleared(signed_out_page(&state, &[], None))),
     }
-    let mut response = page(&state, StatusCode::OK, "signed_out.html", None, context! {});
+}
+
+/// Ends the SSO session and, through `parent`, every application session under it; clears
+/// the cookie and asks the browser to clear what it kept of the site. The clients that
+/// registered a front-channel logout page get it loaded on the signed-out page; then the
+/// browser goes on to `continue_to` (RP-initiated logout's return), at once when no page is
+/// to be loaded.
+pub(super) async fn end_sso_session<S: Store>(
+    state: &AppState<S>,
+    signed_in: &SignedIn,
+    continue_to: Option<&str>,
+) -> PageResult {
+    let frames = match &state.provider {
+        // Asked first: the SSO session's children say which clients the person used.
+        Some(provider) => provider
+            .frontchannel_logout_uris(signed_in.session())
+            .await
+            .unwrap_or_else(|err| {
+                tracing::warn!(error = %err, "cannot list the front-channel logout pages; signing out without them");
+                Vec::new()
+            }),
+        None => Vec::new(),
+    };
+    state
+        .engine
+        .logout(
+            &signed_in.token,
+            &Principal::portcullis(Actor::user(&signed_in.session().subject)),
+        )
+        .await?;
+    let response = match (continue_to, frames.is_empty()) {
+        (Some(url), true) => see_other(url),
+        _ => signed_out_page(state, &frames, continue_to),
+    };
+    Ok(cleared(response))
+}
+
+/// `response` clearing the SSO cookie and asking the browser to clear what it kept of the
+/// site (ASVS5-14.3.1 / OWASP-SM-18).
+fn cleared(mut response: Response) -> Response {
     let headers = response.headers_mut();
     headers.append(header::SET_COOKIE, clear_cookie(SESSION_COOKIE, "Lax"));
-    // ASVS5-14.3.1 / OWASP-SM-18.
     headers.insert(
         "clear-site-data",
         HeaderValue::from_static("\"cache\", \"cookies\", \"storage\""),
     );
-    Ok(response)
+    response
+}
+
+/// "You are signed out", loading `frames` (front-channel logout pages) and going on to
+/// `continue_to` when given.
+pub(super) fn signed_out_page<S: Store>(
+    state: &AppState<S>,
+    frames: &[String],
+    continue_to: Option<&str>,
+) -> Response {
+    let mut response = page(
+        state,
+        StatusCode::OK,
+        "signed_out.html",
+        None,
+        context! { frames => frames.to_vec(), continue_to => continue_to },
+    );
+    if !frames.is_empty() {
+        let origins: Vec<&str> = frames.iter().filter_map(|f| origin_of(f)).collect();
+        response.headers_mut().insert(
+            header::CONTENT_SECURITY_POLICY,
+            framing_policy(None, &origins),
+        );
+    }
+    response
 }
 
 #[cfg(test)]

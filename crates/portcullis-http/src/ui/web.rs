@@ -380,18 +380,27 @@ impl Ui {
 /// submission (CSP3 §6.3.1, enforced by Chromium), so a sign-in that ends with the redirect to
 /// an OpenID Connect client must name that client's origin.
 pub fn content_security_policy(form_target: Option<&str>) -> HeaderValue {
+    framing_policy(form_target, &[])
+}
+
+/// [`content_security_policy`] for a page that also frames `frames` (origins): the sign-out
+/// page loads each client's front-channel logout page.
+pub fn framing_policy(form_target: Option<&str>, frames: &[&str]) -> HeaderValue {
     const BASE: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
                         img-src 'self' data:; connect-src 'self'; form-action 'self'; \
                         frame-ancestors 'none'; base-uri 'none'";
-    form_target
-        .and_then(|origin| {
-            let policy = BASE.replace(
-                "form-action 'self';",
-                &format!("form-action 'self' {origin};"),
-            );
-            HeaderValue::from_str(&policy).ok()
-        })
-        .unwrap_or(HeaderValue::from_static(BASE))
+    let mut policy = BASE.to_owned();
+    if let Some(origin) = form_target {
+        policy = policy.replace(
+            "form-action 'self';",
+            &format!("form-action 'self' {origin};"),
+        );
+    }
+    if !frames.is_empty() {
+        policy.push_str("; frame-src ");
+        policy.push_str(&frames.join(" "));
+    }
+    HeaderValue::from_str(&policy).unwrap_or(HeaderValue::from_static(BASE))
 }
 
 /// Adds the pages' security headers: CSP without inline script, no framing, no referrer,

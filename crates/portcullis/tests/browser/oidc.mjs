@@ -346,6 +346,10 @@ scenario("7_rp_initiated_logout_ends_the_sso_session_and_every_client_session_un
     state: "bye-1",
   });
   await page.goto(url.href);
+  // On the way: the signed-out page frames the front-channel logout page of every client the
+  // person used under this SSO session, then goes on to the client.
+  await page.locator("iframe.front-channel-logout").first().waitFor({ state: "attached" });
+  await shot(page, "07-front-channel-logout");
   await page.getByRole("heading", { name: "Signed out at the client" }).waitFor();
   const back = new URL(page.url());
   assert.equal(back.origin + back.pathname, signedOut);
@@ -361,6 +365,19 @@ scenario("7_rp_initiated_logout_ends_the_sso_session_and_every_client_session_un
       ended.some((e) => e.session === child.id && e.reason === "parent_ended"),
       `${child.id} ended parent_ended: ${JSON.stringify(ended)}`,
     );
+  }
+  // OpenID Connect Front-Channel Logout: each loaded with iss and sid (OIDC-FCL-2), only for
+  // clients with a session under the SSO session (OIDC-FCL-5).
+  const hits = await control("GET", "/frontchannel/hits");
+  const clientsWithSessions = new Set(before.map((s) => s.application));
+  const expected = Object.values(CLIENTS)
+    .filter((c) => c && c.client_id && clientsWithSessions.has(c.client_id))
+    .length;
+  assert.ok(expected > 0, "a client with a front-channel logout page had a session");
+  assert.equal(hits.length, expected, JSON.stringify({ hits, before }));
+  for (const hit of hits) {
+    assert.equal(hit.iss, BASE);
+    assert.equal(hit.sid, shared.sid);
   }
   // Signing in is needed again.
   const { url: silent } = await authorization(confidential, { prompt: "none" });
