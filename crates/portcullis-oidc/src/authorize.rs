@@ -120,6 +120,9 @@ pub enum Decision {
 
 const MAX_STATE: usize = 2048;
 const MAX_NONCE: usize = 512;
+/// `login_hint` and `acr_values` each: with `state` and `nonce` the sealed request stays far
+/// under a browser's 4 KiB cookie.
+const MAX_HINT: usize = 256;
 
 /// The `acr` of a session's assurance level.
 pub fn acr_of_level(level: u8) -> String {
@@ -296,6 +299,21 @@ impl<S: Store> Provider<S> {
                 Ok(seconds) => request.max_age = Some(seconds),
                 Err(_) => return fail(&request, "invalid_request", "max_age is not a number"),
             }
+        }
+        if params
+            .login_hint
+            .as_ref()
+            .is_some_and(|h| h.len() > MAX_HINT)
+            || params
+                .acr_values
+                .as_ref()
+                .is_some_and(|a| a.len() > MAX_HINT)
+        {
+            return fail(
+                &request,
+                "invalid_request",
+                "login_hint or acr_values is too long",
+            );
         }
         request.acr_values = params
             .acr_values

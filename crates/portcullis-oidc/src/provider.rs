@@ -7,13 +7,13 @@ use std::time::Duration;
 
 use parking_lot::RwLock;
 use portcullis_core::oidc::{
-    Client, CodeStore, ConsentStore, MemoryCodeStore, MemoryConsentStore, MemoryRefreshTokenStore,
-    MemorySigningKeyStore, REFRESH_RETRY_GRACE, RefreshTokenStore, SigningAlg, SigningKey,
-    SigningKeyStore,
+    CODE_REMEMBERED, Client, CodeStore, ConsentStore, MemoryCodeStore, MemoryConsentStore,
+    MemoryRefreshTokenStore, MemorySigningKeyStore, REFRESH_RETRY_GRACE, RefreshTokenStore,
+    SigningAlg, SigningKey, SigningKeyStore,
 };
 use portcullis_core::{
     AccountError, Accounts, Actor, Application, Engine, EngineError, Keyring, Principal,
-    RandomSource, Reach, SealError, Store, StoreError,
+    RandomSource, Reach, SealError, Store, StoreError, Timestamp,
 };
 
 use crate::signing::{
@@ -253,7 +253,12 @@ impl<S: Store> Provider<S> {
             tracing::info!(keys = ?removed, "retired signing keys removed from the JWK Set");
         }
         self.reload_keys().await?;
-        self.stores.codes.forget_codes(now).await?;
+        // A redeemed code is remembered past its expiry, so a late replay still ends what its
+        // first redemption issued (RFC 9700 §4.5).
+        let remembered_until = Timestamp::from_millis(
+            now.as_millis() - i64::try_from(CODE_REMEMBERED.as_millis()).unwrap_or(i64::MAX),
+        );
+        self.stores.codes.forget_codes(remembered_until).await?;
         self.stores
             .refresh_tokens
             .forget_refresh_tokens(now)

@@ -1966,3 +1966,27 @@ async fn oidc_rpl_4_oidc_rpl_9_mismatched_or_foreign_requests_are_refused_withou
     let plain = check(LogoutParams::default()).await.unwrap();
     assert_eq!((plain.client, plain.redirect), (None, None));
 }
+
+#[tokio::test]
+async fn rfc9700_10_a_replay_after_upkeep_still_ends_what_the_code_issued() {
+    let op = Op::new().await;
+    let rp = op.public_client("spa").await;
+    let sso = op.sign_in().await;
+    let code = op.code(&params(&rp), &sso).await;
+    let tokens = op
+        .exchange(&rp, &code, Some(REDIRECT), Some(VERIFIER))
+        .await
+        .unwrap();
+    // Past the code's lifetime, with the upkeep every node runs: the code is still remembered.
+    op.advance(Duration::from_secs(120));
+    op.provider.upkeep().await.unwrap();
+    assert_invalid_grant(
+        op.exchange(&rp, &code, Some(REDIRECT), Some(VERIFIER))
+            .await,
+    );
+    assert_eq!(
+        ended_reason(&*op.client_session(&tokens).await),
+        Some(EndReason::TokenReuse),
+        "the replay ended the session of the first redemption"
+    );
+}

@@ -132,6 +132,14 @@ impl Client {
                 check_uri(field, uri)?;
             }
         }
+        // Logout tokens are not delivered yet: a registration must not count on them.
+        if let Some(uri) = &self.backchannel_logout_uri {
+            return Err(ClientError::Uri {
+                field: "backchannel_logout_uri",
+                uri: uri.clone(),
+                why: "back-channel logout is not delivered yet; use frontchannel_logout_uri",
+            });
+        }
         // OIDC-FCL-1: the page framed at sign-out belongs to the client's own site.
         if let Some(uri) = &self.frontchannel_logout_uri
             && !self
@@ -224,6 +232,21 @@ fn check_uri(field: &'static str, uri: &str) -> Result<(), ClientError> {
             .rsplit_once(':')
             .map_or(authority, |(host, _)| host),
     };
+    // A host name or an IP address, nothing a Content Security Policy would read as a
+    // wildcard or a keyword (the origin is named in `form-action` and `frame-src`).
+    let plain_host = !host.is_empty()
+        && (host.parse::<std::net::IpAddr>().is_ok()
+            || host
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-'));
+    let port_ok = authority
+        .rsplit_once(']')
+        .map_or(authority, |(_, rest)| rest)
+        .rsplit_once(':')
+        .is_none_or(|(_, port)| !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()));
+    if !plain_host || !port_ok {
+        return refuse("the host must be a name or an IP address, with a numeric port");
+    }
     match scheme {
         "https" => Ok(()),
         "http" if matches!(host, "localhost" | "127.0.0.1" | "::1") => Ok(()),
@@ -278,6 +301,10 @@ mod tests {
             "https://user@app.example/cb",
             "https:///cb",
             "http://localhost.evil/cb",
+            "https://*/cb",
+            "https://*.example/cb",
+            "https://app.example:*/cb",
+            "https://'self'/cb",
         ] {
             assert!(
                 matches!(client(&[bad]).validate(), Err(ClientError::Uri { .. })),
@@ -328,6 +355,19 @@ mod tests {
             Some("https://app.example")
         );
         assert_eq!(origin_of("/relative"), None);
+    }
+
+    #[test]
+    fn back_channel_logout_is_refused_until_logout_tokens_are_delivered() {
+        let mut c = client(&["https://app.example/cb"]);
+        c.backchannel_logout_uri = Some("https://app.example/bc".into());
+        assert!(matches!(
+            c.validate(),
+            Err(ClientError::Uri {
+                field: "backchannel_logout_uri",
+                ..
+            })
+        ));
     }
 
     #[test]

@@ -16,8 +16,8 @@ use minijinja::context;
 use portcullis_core::Store;
 use portcullis_core::oidc::origin_of;
 use portcullis_oidc::{
-    AuthorizationParams, AuthorizationRequest, AuthorizeError, Decision, Provider, ProviderError,
-    ProviderOr,
+    AuthorizationParams, AuthorizationRequest, AuthorizeError, Decision, Prompt, Provider,
+    ProviderError, ProviderOr,
 };
 use serde::Deserialize;
 
@@ -197,14 +197,18 @@ async fn proceed<S: Store>(
                 Ok(None) => return Err(PageError::NotFound),
                 Err(err) => return Err(unavailable(err)),
             };
+            // The answer is bound to this very request: another authorization started meanwhile
+            // in the same browser replaces the cookie, and an "Allow" given here must not
+            // grant that one.
+            let sealed = seal(provider, &request)?;
             let mut response = page(
                 state,
                 StatusCode::OK,
                 "consent.html",
                 Some(&signed_in),
-                context! { client => client, scopes => scopes },
+                context! { client => client, scopes => scopes, request => digest(&sealed) },
             );
-            keep(provider, &mut response, &request)?;
+            set_continuation(provider, &mut response, &sealed);
             allow_form_to(&mut response, &request.redirect_uri);
             Ok(response)
         }
@@ -228,20 +232,38 @@ fn keep<S: Store>(
     response: &mut Response,
     request: &AuthorizationRequest,
 ) -> Result<(), PageError> {
+    let sealed = seal(provider, request)?;
+    set_continuation(provider, response, &sealed);
+    Ok(())
+}
+
+fn seal<S: Store>(
+    provider: &Provider<S>,
+    request: &AuthorizationRequest,
+) -> Result<String, PageError> {
     let text = serde_json::to_string(request).map_err(|_| PageError::Internal)?;
-    let sealed = provider.seal(&text, SEALED_FOR);
+    Ok(provider.seal(&text, SEALED_FOR))
+}
+
+fn set_continuation<S: Store>(provider: &Provider<S>, response: &mut Response, sealed: &str) {
     let lifetime = provider.settings().interaction_lifetime;
     // Lax: the request arrives by a top-level navigation from the client's site.
     response.headers_mut().append(
         header::SET_COOKIE,
         set_cookie(
             AUTHORIZE_COOKIE,
-            &sealed,
+            sealed,
             "Lax",
             Some(lifetime.max(Duration::from_secs(1))),
         ),
     );
-    Ok(())
+}
+
+/// What the consent form carries of the sealed request it was shown for.
+fn digest(sealed: &str) -> String {
+    use base64::Engine as _;
+    use sha2::{Digest, Sha256};
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(Sha256::digest(sealed.as_bytes()))
 }
 
 /// The consent form posts here and is answered with a redirect to the client: CSP
@@ -264,6 +286,9 @@ pub(super) struct ConsentForm {
     csrf: String,
     #[serde(default)]
     decision: String,
+    /// The digest of the sealed request the page was shown for.
+    #[serde(default)]
+    request: String,
 }
 
 /// The person's answer on the consent page.
@@ -284,6 +309,11 @@ pub(super) async fn consent_submit<S: Store>(
     if !csrf_matches(&form.csrf, &signed_in.csrf()) {
         return Err(PageError::StaleForm);
     }
+    let shown = read_cookie(&browser.headers, AUTHORIZE_COOKIE).map(digest);
+    if !shown.is_some_and(|shown| csrf_matches(&form.request, &shown)) {
+        // Another authorization replaced the one this page asked about.
+        return Err(PageError::StaleForm);
+    }
     if form.decision != "allow" {
         let error = AuthorizeError::Redirect {
             redirect_uri: request.redirect_uri.clone(),
@@ -297,5 +327,8 @@ pub(super) async fn consent_submit<S: Store>(
         .consent_to(&request, &signed_in.session().subject)
         .await
         .map_err(unavailable)?;
+    // `prompt=consent` asked for this answer; asking again would never end.
+    let mut request = request;
+    request.prompt.remove(&Prompt::Consent);
     proceed(&state, &provider, &browser, request).await
 }

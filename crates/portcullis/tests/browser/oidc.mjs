@@ -274,6 +274,33 @@ scenario("4_consent_then_introspection_and_revocation", async () => {
   await page.close();
 });
 
+scenario("4b_consent_answers_only_the_request_shown_and_prompt_consent_ends", async () => {
+  // Two authorizations in one browser: the second replaces the pending one, and an "Allow"
+  // on the first page must not grant the second client.
+  const first = await newPage(shared.context);
+  const second = await newPage(shared.context);
+  const printer = await authorization(thirdParty, { prompt: "consent" });
+  await first.goto(printer.url.href);
+  await first.getByRole("heading", { name: "Allow Photo Printer to sign you in?" }).waitFor();
+  const notes = await authorization(confidential, { prompt: "consent" });
+  await second.goto(notes.url.href);
+  await second.getByRole("heading", { name: "Allow Notes to sign you in?" }).waitFor();
+  const stale = first.waitForResponse((r) => r.url().endsWith("/oidc/consent"));
+  await first.click("#consent-allow");
+  assert.equal((await stale).status(), 403, "the first page's answer is refused");
+  await first.getByText("This form has expired").first().waitFor();
+  assert.ok(!first.url().startsWith(REDIRECT_URI), first.url());
+  // The page shown for the pending request answers it, once: prompt=consent is satisfied.
+  await second.click("#consent-allow");
+  await second.waitForURL((u) => u.href.startsWith(REDIRECT_URI));
+  const callback = new URL(second.url());
+  assert.equal(callback.searchParams.get("state"), notes.checks.expectedState);
+  const tokens = await oidc.authorizationCodeGrant(confidential, callback, notes.checks);
+  assert.equal(tokens.claims().aud, CLIENTS.confidential.client_id);
+  await first.close();
+  await second.close();
+});
+
 scenario("5_prompt_none_without_a_sign_in_is_login_required", async () => {
   const context = await newContext();
   const page = await newPage(context);
