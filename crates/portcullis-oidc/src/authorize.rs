@@ -9,6 +9,7 @@ use portcullis_core::oidc::{AuthorizationCode, CODE_LIFETIME, Consent, GrantType
 use portcullis_core::{AppId, Session, Store, Timestamp, Token, TokenKind, subject_route};
 use serde::{Deserialize, Serialize};
 
+use crate::claims::{ID_TOKEN_TYPE, IdTokenClaims};
 use crate::pkce::is_code_challenge;
 use crate::provider::{Provider, ProviderError};
 
@@ -41,6 +42,8 @@ pub struct AuthorizationParams {
     pub acr_values: Option<String>,
     /// `login_hint`.
     pub login_hint: Option<String>,
+    /// `id_token_hint`: an ID token we issued to this client, naming who it expects.
+    pub id_token_hint: Option<String>,
     /// `request` (request objects are not supported).
     pub request: Option<String>,
     /// `request_uri` (not supported).
@@ -87,6 +90,10 @@ pub struct AuthorizationRequest {
     pub login_hint: Option<String>,
     /// When the request arrived: a sign-in after it satisfies `prompt=login` and `max_age`.
     pub received_at: Timestamp,
+    /// The person an `id_token_hint` names: tokens are never issued for anyone else
+    /// (OIDC-CORE-7).
+    #[serde(default)]
+    pub expected_subject: Option<String>,
 }
 
 /// An error answer to an authorization request.
@@ -186,6 +193,7 @@ impl<S: Store> Provider<S> {
             acr_values: Vec::new(),
             login_hint: params.login_hint.clone(),
             received_at: self.engine.now(),
+            expected_subject: None,
         };
         let fail = |request: &AuthorizationRequest, error, description| {
             Err(ProviderOr::Protocol(request.error(error, description)))
@@ -323,6 +331,23 @@ impl<S: Store> Provider<S> {
             .filter(|v| !v.is_empty())
             .map(str::to_owned)
             .collect();
+        if let Some(hint) = params.id_token_hint.as_deref().filter(|h| !h.is_empty()) {
+            // Expired hints are fine: only who issued it, to whom, and about whom count.
+            match self.keys().verify::<IdTokenClaims>(hint, ID_TOKEN_TYPE) {
+                Ok(claims)
+                    if claims.iss == self.settings.issuer && claims.aud == app.id.as_str() =>
+                {
+                    request.expected_subject = Some(claims.sub);
+                }
+                _ => {
+                    return fail(
+                        &request,
+                        "invalid_request",
+                        "id_token_hint is not an ID token issued here to this client",
+                    );
+                }
+            }
+        }
         Ok(request)
     }
 
@@ -346,6 +371,21 @@ impl<S: Store> Provider<S> {
         let Some(sso) = sso else {
             return must(Decision::SignIn, "login_required");
         };
+        // OIDC-CORE-7: someone else is signed in here than the client expects. One account per
+        // browser: without a prompt, `login_required`; with one, a page asks to sign out first.
+        if request
+            .expected_subject
+            .as_ref()
+            .is_some_and(|expected| *expected != sso.subject)
+        {
+            return Err(ProviderOr::Protocol(if interactive {
+                AuthorizeError::NoRedirect(
+                    "You are signed in with another account than the application expects. Sign out, then sign in with that account.",
+                )
+            } else {
+                request.error("login_required", "another person is signed in")
+            }));
+        }
         let fresh = sso.authenticated_at >= request.received_at;
         let now = self.engine.now();
         let too_old = request.max_age.is_some_and(|max_age| {

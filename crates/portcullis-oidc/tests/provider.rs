@@ -1990,3 +1990,69 @@ async fn rfc9700_10_a_replay_after_upkeep_still_ends_what_the_code_issued() {
         "the replay ended the session of the first redemption"
     );
 }
+
+#[tokio::test]
+async fn oidc_core_7_an_id_token_hint_names_who_may_get_tokens() {
+    let op = Op::new().await;
+    let rp = op.public_client("spa").await;
+    let other_rp = op.public_client("other").await;
+    let (_, tokens) = op.log_in(&rp).await;
+    let hint = tokens.id_token.clone().unwrap();
+
+    // The hinted person signed in: the code is issued as usual, even once the hint expired.
+    op.advance(Duration::from_secs(3600));
+    let sso = op.sign_in().await;
+    let hinted = AuthorizationParams {
+        id_token_hint: Some(hint.clone()),
+        prompt: Some("none".to_owned()),
+        ..params(&rp)
+    };
+    let request = op.check(&hinted).await;
+    assert_eq!(
+        request.expected_subject.as_deref(),
+        Some(op.user.id.as_str())
+    );
+    assert_eq!(op.decide(&request, &sso).await, Decision::Issue);
+
+    // Someone else signed in in this browser: never their tokens.
+    let stranger = op
+        .engine
+        .create(
+            NewSession {
+                subject: "usr_someone_else".to_owned(),
+                policy: Some(SSO_POLICY.to_owned()),
+                auth: AuthContext {
+                    methods: vec!["pwd".to_owned()],
+                    level: 1,
+                },
+                ..NewSession::default()
+            },
+            &Principal::portcullis(Actor::user("usr_someone_else")),
+        )
+        .await
+        .unwrap();
+    let silent = op.provider.decide(&request, Some(&stranger.session)).await;
+    assert_redirected(&protocol(silent), "login_required");
+    let mut interactive = request.clone();
+    interactive.prompt.clear();
+    assert!(matches!(
+        protocol(
+            op.provider
+                .decide(&interactive, Some(&stranger.session))
+                .await
+        ),
+        AuthorizeError::NoRedirect(_)
+    ));
+
+    // A hint issued to another client, or not ours at all, is refused.
+    let foreign = AuthorizationParams {
+        id_token_hint: Some(hint.clone()),
+        ..params(&other_rp)
+    };
+    assert_redirected(&op.check_error(&foreign).await, "invalid_request");
+    let forged = AuthorizationParams {
+        id_token_hint: Some(format!("{hint}x")),
+        ..params(&rp)
+    };
+    assert_redirected(&op.check_error(&forged).await, "invalid_request");
+}
