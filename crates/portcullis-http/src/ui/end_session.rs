@@ -87,6 +87,15 @@ pub(super) async fn end_session_submit<S: Store>(
     Form(form): Form<EndSessionForm>,
 ) -> PageResult {
     let provider = state.provider.clone().ok_or(PageError::NotFound)?;
+    if form.csrf.is_empty() {
+        // An application's POST (OIDC-RPL-2), cross-site: the SSO cookie (SameSite=Lax) does not
+        // come with it, but it does with the top-level GET this turns into, which then decides
+        // exactly as a GET from the application would.
+        return Ok(see_other(&format!(
+            "/oidc/logout?{}",
+            logout_query(&form.params)
+        )));
+    }
     let request = match checked(&state, &provider, &form.params).await? {
         Ok(request) => request,
         Err(refused) => return Ok(refused),
@@ -100,6 +109,24 @@ pub(super) async fn end_session_submit<S: Store>(
         }
         Err(_) => Ok(signed_out(&state, &request)),
     }
+}
+
+/// The logout parameters as a query string.
+fn logout_query(params: &LogoutParams) -> String {
+    let mut query = form_urlencoded::Serializer::new(String::new());
+    for (name, value) in [
+        ("id_token_hint", &params.id_token_hint),
+        ("logout_hint", &params.logout_hint),
+        ("client_id", &params.client_id),
+        ("post_logout_redirect_uri", &params.post_logout_redirect_uri),
+        ("state", &params.state),
+        ("ui_locales", &params.ui_locales),
+    ] {
+        if let Some(value) = value {
+            query.append_pair(name, value);
+        }
+    }
+    query.finish()
 }
 
 /// The checked request, or the page that says why it was refused (no redirect: OIDC-RPL-9).

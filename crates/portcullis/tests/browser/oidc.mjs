@@ -413,6 +413,35 @@ scenario("7_rp_initiated_logout_ends_the_sso_session_and_every_client_session_un
   await page.close();
 });
 
+scenario("8_rp_initiated_logout_by_a_cross_site_post", async () => {
+  // OIDC-RPL-2: the logout endpoint takes the application's form POST too.
+  const context = await newContext();
+  const page = await newPage(context);
+  const { url, checks } = await authorization(confidential, {}, "openid profile");
+  const { callback } = await navigateToCallback(page, url, async () => signInHere(page));
+  const tokens = await oidc.authorizationCodeGrant(confidential, callback, checks);
+  const sid = tokens.claims().sid;
+  assert.ok((await sessionsOf(USERNAME)).live.some((s) => s.id === sid));
+  const fields = {
+    id_token_hint: tokens.id_token,
+    post_logout_redirect_uri: new URL("/signed-out", REDIRECT_URI).href,
+    state: "posted-1",
+  };
+  const inputs = Object.entries(fields)
+    .map(([name, value]) => `<input type="hidden" name="${name}" value="${value}">`)
+    .join("");
+  // The application's page (another site) posts the form.
+  await page.goto(new URL("/callback", REDIRECT_URI).href);
+  await page.setContent(`<form method="post" action="${BASE}/oidc/logout">${inputs}<button id="out">Sign out</button></form>`);
+  await page.click("#out");
+  await page.getByRole("heading", { name: "Signed out at the client" }).waitFor();
+  assert.equal(new URL(page.url()).searchParams.get("state"), "posted-1");
+  const { live, ended } = await sessionsOf(USERNAME);
+  assert.ok(!live.some((s) => s.id === sid), "the SSO session ended");
+  assert.ok(ended.some((e) => e.session === sid && e.reason === "logout"), JSON.stringify(ended));
+  await context.close();
+});
+
 let failed = 0;
 const only = process.env.ONLY;
 for (const { name, run } of scenarios.filter((s) => !only || s.name.includes(only))) {
