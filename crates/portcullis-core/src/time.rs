@@ -29,6 +29,11 @@ impl Timestamp {
         Self(self.0.saturating_add(duration_millis(d)))
     }
 
+    /// This instant moved back by `d` (saturating).
+    pub fn minus(self, d: Duration) -> Self {
+        Self(self.0.saturating_sub(duration_millis(d)))
+    }
+
     /// How long from `self` until `later`; zero when `later` is not after `self`.
     pub fn until(self, later: Timestamp) -> Duration {
         Duration::from_millis(u64::try_from(later.0 - self.0).unwrap_or(0))

@@ -4,6 +4,7 @@
 //! person, never redirected (RFC 6749 §4.1.2.1).
 
 use std::collections::BTreeSet;
+use std::time::Duration;
 
 use portcullis_core::oidc::{AuthorizationCode, CODE_LIFETIME, Consent, GrantType};
 use portcullis_core::{AppId, Session, Store, Timestamp, Token, TokenKind, subject_route};
@@ -388,10 +389,9 @@ impl<S: Store> Provider<S> {
         }
         let fresh = sso.authenticated_at >= request.received_at;
         let now = self.engine.now();
-        let too_old = request.max_age.is_some_and(|max_age| {
-            now.as_millis() - sso.authenticated_at.as_millis()
-                > i64::try_from(max_age.saturating_mul(1000)).unwrap_or(i64::MAX)
-        });
+        let too_old = request
+            .max_age
+            .is_some_and(|max_age| sso.authenticated_at.until(now) > Duration::from_secs(max_age));
         let wants_login = request.prompt.contains(&Prompt::Login)
             || request.prompt.contains(&Prompt::SelectAccount);
         // A stronger level asked for and not reached yet: one more sign-in may reach it; after

@@ -14,7 +14,7 @@ use portcullis_core::oidc::{
 };
 use portcullis_core::{
     Application, AuthContext, EndReason, EngineError, Keyring, NewSession, PublicId, Session,
-    SessionId, Store, Timestamp, Token, TokenHash, TokenKind,
+    SessionId, Store, Timestamp, Token, TokenKind,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -425,7 +425,8 @@ impl<S: Store> Provider<S> {
             rotated: None,
             ..current.clone()
         };
-        let sealed = successor_ring(presented).seal(successor.expose(), &hex(&hash), &*self.random);
+        let sealed =
+            successor_ring(presented).seal(successor.expose(), &hash.to_hex(), &*self.random);
         match self
             .stores
             .refresh_tokens
@@ -455,7 +456,7 @@ impl<S: Store> Provider<S> {
         let now = self.engine.now();
         let within_grace = now <= rotated.at.plus(self.settings.refresh_retry_grace);
         let successor = successor_ring(presented)
-            .open(&rotated.sealed_successor, &hex(&old.hash))
+            .open(&rotated.sealed_successor, &old.hash.to_hex())
             .ok();
         // The successor must still be unused: once its holder moved on, the old token is stale.
         let successor_unused = match &successor {
@@ -693,8 +694,4 @@ impl<S: Store> Provider<S> {
         }
         Ok(())
     }
-}
-
-fn hex(hash: &TokenHash) -> String {
-    hash.0.iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -13,7 +13,7 @@ use portcullis_core::oidc::{
 };
 use portcullis_core::{
     AccountError, Accounts, Actor, Application, Engine, EngineError, Keyring, Principal,
-    RandomSource, Reach, SealError, Store, StoreError, Timestamp,
+    RandomSource, Reach, SealError, Store, StoreError,
 };
 
 use crate::signing::{
@@ -255,10 +255,10 @@ impl<S: Store> Provider<S> {
         self.reload_keys().await?;
         // A redeemed code is remembered past its expiry, so a late replay still ends what its
         // first redemption issued (RFC 9700 §4.5).
-        let remembered_until = Timestamp::from_millis(
-            now.as_millis() - i64::try_from(CODE_REMEMBERED.as_millis()).unwrap_or(i64::MAX),
-        );
-        self.stores.codes.forget_codes(remembered_until).await?;
+        self.stores
+            .codes
+            .forget_codes(now.minus(CODE_REMEMBERED))
+            .await?;
         self.stores
             .refresh_tokens
             .forget_refresh_tokens(now)

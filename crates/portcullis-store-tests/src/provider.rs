@@ -66,10 +66,6 @@ pub async fn consent_store_contract(store: Arc<dyn ConsentStore>) {
     a_revoked_consent_is_forgotten_and_others_stay(&*store).await;
 }
 
-fn earlier(at: Timestamp, by: Duration) -> Timestamp {
-    Timestamp::from_millis(at.as_millis() - i64::try_from(by.as_millis()).unwrap())
-}
-
 fn code(random: &dyn RandomSource, issued_at: Timestamp) -> AuthorizationCode {
     let mut hash = [0u8; 32];
     random.fill(&mut hash);
@@ -82,7 +78,7 @@ fn code(random: &dyn RandomSource, issued_at: Timestamp) -> AuthorizationCode {
         scopes: vec!["openid".into(), "profile".into(), "offline_access".into()],
         nonce: Some("n-0S6_WzA2Mj".into()),
         code_challenge: Some("E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM".into()),
-        auth_time: earlier(issued_at, Duration::from_secs(300)),
+        auth_time: issued_at.minus(Duration::from_secs(300)),
         acr: Some("aal2".into()),
         amr: vec!["pwd".into(), "otp".into()],
         issued_at,
@@ -179,7 +175,7 @@ async fn rfc6749_4_1_2_of_racing_redemptions_exactly_one_is_first(store: Arc<dyn
 async fn expired_codes_are_forgotten(store: &dyn CodeStore, expiry: CodeExpiry) {
     let random = SeededRandom::new(5);
     // A stretch of time of its own, before every other case's codes.
-    let long_ago = earlier(t0(), Duration::from_secs(30 * 86_400));
+    let long_ago = t0().minus(Duration::from_secs(30 * 86_400));
     let old = code(&random, long_ago);
     let newer = code(&random, long_ago.plus(Duration::from_secs(3600)));
     store.add_code(old.clone()).await.unwrap();
@@ -503,7 +499,7 @@ async fn an_ended_family_forgets_every_token_and_no_other(store: &dyn RefreshTok
 async fn expired_refresh_tokens_are_forgotten(store: &dyn RefreshTokenStore, expiry: CodeExpiry) {
     let random = SeededRandom::new(15);
     // A stretch of time of its own, before every other case's tokens.
-    let long_ago = earlier(t0(), Duration::from_secs(60 * 86_400));
+    let long_ago = t0().minus(Duration::from_secs(60 * 86_400));
     let family = PublicId::generate("ses_", &random);
     let mut old = refresh(&random, &family, long_ago);
     old.expires_at = long_ago.plus(Duration::from_secs(600));

@@ -537,7 +537,7 @@ async fn serve_refuses_a_data_directory_open_to_others() {
 
 /// The OpenID Connect provider managed end to end through the running server's admin socket:
 /// a client registered with a secret shown once (kept on a later update, replaced on request),
-/// registrations that would be unsafe refused, signing keys rotated with the old key still
+/// registrations that could leak a code refused, signing keys rotated with the old key still
 /// published, and the registration removed.
 #[tokio::test]
 async fn oidc_clients_and_signing_keys_are_managed_by_the_cli() {
