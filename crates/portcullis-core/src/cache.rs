@@ -16,6 +16,7 @@ use parking_lot::{Mutex, RwLock};
 use crate::api_key::{ApiKey, ApiKeyStore};
 use crate::application::{AppId, Application, ApplicationStore};
 use crate::event::{AuditEvent, EventQuery};
+use crate::oidc::{LogoutDelivery, MemoryDeliveryStore};
 use crate::plan;
 use crate::session::{EndReason, Session};
 use crate::store::{
@@ -44,6 +45,9 @@ pub struct Change {
     pub applications: Vec<Application>,
     /// Applications to delete.
     pub removed_applications: Vec<AppId>,
+    /// Back-channel logout deliveries of the sessions this change ends (added, never replaced:
+    /// a delivery already written stays as it is).
+    pub deliveries: Vec<LogoutDelivery>,
 }
 
 /// A coalesced activity update.
@@ -90,15 +94,25 @@ pub trait Journal: Send + Sync + 'static {
     fn ping(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
 }
 
-/// A journal that keeps events in memory and persists nothing else: the in-memory store.
+/// A journal that keeps events and back-channel logout deliveries in memory and persists
+/// nothing: the in-memory store.
 #[derive(Debug, Default)]
 pub struct MemoryJournal {
     events: Mutex<Vec<AuditEvent>>,
+    deliveries: MemoryDeliveryStore,
+}
+
+impl MemoryJournal {
+    /// The back-channel logout deliveries its store's endings wrote.
+    pub fn deliveries(&self) -> MemoryDeliveryStore {
+        self.deliveries.clone()
+    }
 }
 
 impl Journal for MemoryJournal {
     async fn commit(&self, change: &Change) -> Result<(), StoreError> {
         self.events.lock().extend(change.events.iter().cloned());
+        self.deliveries.add(&change.deliveries);
         Ok(())
     }
 
@@ -376,6 +390,7 @@ impl<J: Journal> CachedStore<J> {
         let ended = plan::ended_record(&current, ending, reason);
         let ended = Arc::new(ended);
         change.events.push(AuditEvent::ended(&ended, &ending.actor));
+        change.deliveries.extend(LogoutDelivery::for_ended(&ended));
         change.sessions.push(Arc::clone(&ended));
         for child in state.children.get(id).cloned().unwrap_or_default() {
             self.plan_end(state, &child, ending, EndReason::ParentEnded, change);

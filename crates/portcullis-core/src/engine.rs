@@ -162,6 +162,9 @@ pub struct NewSession {
     /// The owning application, named only by the operator (an application's sessions are its
     /// own, Portcullis's pages' are Portcullis's).
     pub application: Option<AppId>,
+    /// Where to tell the application when the session ends (its OpenID Connect back-channel
+    /// logout URI): the provider gives it for the sessions of clients that registered one.
+    pub back_channel_logout_uri: Option<String>,
 }
 
 /// A request to register an application or change one; `None` keeps what there is (or, when
@@ -506,6 +509,7 @@ impl<S: Store> Engine<S> {
             absolute: Deadline::after(now, absolute.lifetime, absolute.text),
             parent: request.parent.clone(),
             reconstituted_from: None,
+            back_channel_logout_uri: request.back_channel_logout_uri,
             ended: None,
         };
         let limit = (policy.max_sessions.value > 0).then_some(SessionLimit {

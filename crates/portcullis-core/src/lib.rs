@@ -53,9 +53,9 @@ pub use store::{
     SessionLimit, SessionStore, Store, StoreError, TrailFuture,
 };
 pub use stored::{
-    StoredApiKey, StoredAuth, StoredClient, StoredCode, StoredDeadline, StoredDevice,
-    StoredElevation, StoredEndReason, StoredEnded, StoredSession, StoredSigningKey, StoredTotp,
-    StoredUser,
+    StoredApiKey, StoredAuth, StoredClient, StoredCode, StoredDeadline, StoredDelivery,
+    StoredDevice, StoredElevation, StoredEndReason, StoredEnded, StoredSession, StoredSigningKey,
+    StoredTotp, StoredUser,
 };
 pub use throttle::{
     MemoryThrottleStore, Strikes, ThrottleFuture, ThrottleRules, ThrottleStore, Verdict,

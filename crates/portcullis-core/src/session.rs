@@ -219,6 +219,12 @@ pub struct Session {
     /// The timed-out session whose data this one got back.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reconstituted_from: Option<SessionId>,
+    /// Where its application is told when it ends (its OpenID Connect back-channel logout
+    /// URI when the session was created): the store writes a [`crate::oidc::LogoutDelivery`]
+    /// with the ending. Kept so that the ending of an application's sessions when it is removed
+    /// still reaches it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub back_channel_logout_uri: Option<String>,
     /// Set once the session has ended.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ended: Option<Ended>,

@@ -17,7 +17,10 @@ use serde::{Deserialize, Serialize};
 use crate::account::{TotpFactor, User};
 use crate::api_key::ApiKey;
 use crate::application::LEGACY_APP;
-use crate::oidc::{AuthorizationCode, Client, ClientAuth, GrantType, SigningAlg, SigningKey};
+use crate::oidc::{
+    AuthorizationCode, Client, ClientAuth, DeliveryState, GrantType, LogoutDelivery, SigningAlg,
+    SigningKey,
+};
 use crate::session::{AuthContext, Deadline, Device, Elevation, EndReason, Ended, Session};
 use crate::store::StoreError;
 use crate::time::Timestamp;
@@ -97,6 +100,9 @@ pub struct StoredSession {
     /// The id of the timed-out session whose data this one got back.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reconstituted_from: Option<String>,
+    /// Where its client is told when it ends (back-channel logout).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub back_channel_logout_uri: Option<String>,
     /// The ending; left out while the session is live.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ended: Option<StoredEnded>,
@@ -372,6 +378,7 @@ impl From<&Session> for StoredSession {
                 .reconstituted_from
                 .as_ref()
                 .map(|id| id.as_str().to_owned()),
+            back_channel_logout_uri: session.back_channel_logout_uri.clone(),
             ended: session.ended.as_ref().map(Into::into),
         }
     }
@@ -401,6 +408,7 @@ impl TryFrom<StoredSession> for Session {
             absolute: stored.absolute.into(),
             parent: opt_id(stored.parent),
             reconstituted_from: opt_id(stored.reconstituted_from),
+            back_channel_logout_uri: stored.back_channel_logout_uri,
             ended: stored.ended.map(Into::into),
         })
     }
@@ -649,6 +657,74 @@ impl StoredClient {
     }
 }
 
+/// A back-channel logout delivery, as the Redis store keeps it (the SQL stores keep every
+/// field in a column of its own).
+#[derive(Clone, Serialize, Deserialize)]
+pub struct StoredDelivery {
+    /// The ended application session's id.
+    pub session: String,
+    /// Its SSO session's id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sso_session: Option<String>,
+    /// Account id.
+    pub subject: String,
+    /// Client (application id).
+    pub client: String,
+    /// Why the session ended.
+    pub reason: StoredEndReason,
+    /// Ended (ms).
+    pub ended_at: i64,
+    /// `pending`, `delivered` or `failed`.
+    pub state: String,
+    /// Attempts made.
+    pub attempts: u32,
+    /// Due (pending) or finished (ms).
+    pub next_attempt_at: i64,
+    /// What the last failed attempt met.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    /// The client's back-channel logout URI when the session was created.
+    pub uri: String,
+}
+
+impl StoredDelivery {
+    /// The JSON a store keeps for `delivery`.
+    pub fn encode(delivery: &LogoutDelivery) -> Result<String, StoreError> {
+        to_json(&Self {
+            session: delivery.session.as_str().to_owned(),
+            sso_session: delivery.sso_session.as_ref().map(|s| s.as_str().to_owned()),
+            subject: delivery.subject.clone(),
+            client: delivery.client.as_str().to_owned(),
+            reason: delivery.reason.into(),
+            ended_at: delivery.ended_at.as_millis(),
+            state: delivery.state.as_str().to_owned(),
+            attempts: delivery.attempts,
+            next_attempt_at: delivery.next_attempt_at.as_millis(),
+            last_error: delivery.last_error.clone(),
+            uri: delivery.uri.clone(),
+        })
+    }
+
+    /// The delivery a store's JSON holds.
+    pub fn decode(json: &str) -> Result<LogoutDelivery, StoreError> {
+        let stored: Self = from_json(json)?;
+        Ok(LogoutDelivery {
+            state: DeliveryState::parse(&stored.state)
+                .ok_or_else(|| StoreError::Corrupt(format!("delivery state {:?}", stored.state)))?,
+            session: id(stored.session),
+            sso_session: opt_id(stored.sso_session),
+            subject: stored.subject,
+            client: id(stored.client),
+            reason: stored.reason.into(),
+            ended_at: at(stored.ended_at),
+            attempts: stored.attempts,
+            next_attempt_at: at(stored.next_attempt_at),
+            last_error: stored.last_error,
+            uri: stored.uri,
+        })
+    }
+}
+
 /// An authorization code, as stored (what is not a column of its own in the SQL stores).
 #[derive(Clone, Serialize, Deserialize)]
 pub struct StoredCode {
@@ -829,6 +905,7 @@ mod tests {
             },
             parent: Some(PublicId::from_string("ses_parent".into())),
             reconstituted_from: Some(PublicId::from_string("ses_old".into())),
+            back_channel_logout_uri: Some("https://rp.example/bcl".into()),
             ended: Some(Ended {
                 reason: EndReason::ExpiredIdle,
                 at: t(900_005),
@@ -866,6 +943,7 @@ mod tests {
             },
             parent: None,
             reconstituted_from: None,
+            back_channel_logout_uri: None,
             ended: None,
         }
     }
@@ -929,7 +1007,7 @@ mod tests {
             .unwrap()
     }
 
-    const FULL_SESSION: &str = r#"{"id":"ses_a3xyz","token_hash":"abababababababababababababababababababababababababababababababab","version":7,"subject":"usr_ü\"x","application":"portcullis","policy":"portcullis.sso","created_at":1796197682469,"last_seen_at":1796197682474,"authenticated_at":1796197682472,"remember_me":true,"auth":{"methods":["pwd","otp"],"level":2},"elevations":[{"id":"elv_1","scope":"payments","methods":["otp"],"level":2,"at":1796197682473,"expires_at":1796198282469}],"device":{"user_agent":"Mozilla/5.0","ip":"192.0.2.1"},"data":{"cart":[1,2],"note":"é"},"idle":{"at":1796198582474,"lifetime_ms":900000,"rule":"policy portcullis.sso: idle 15m (built-in default)"},"absolute":{"at":1796240882469,"lifetime_ms":43200000,"rule":"policy portcullis.sso: absolute 12h (configured)"},"parent":"ses_parent","reconstituted_from":"ses_old","ended":{"reason":"expired_idle","at":1796198582474,"reconstitute_until":1796198682469,"reconstituted_into":"ses_new","purge_at":1796199682469}}"#;
+    const FULL_SESSION: &str = r#"{"id":"ses_a3xyz","token_hash":"abababababababababababababababababababababababababababababababab","version":7,"subject":"usr_ü\"x","application":"portcullis","policy":"portcullis.sso","created_at":1796197682469,"last_seen_at":1796197682474,"authenticated_at":1796197682472,"remember_me":true,"auth":{"methods":["pwd","otp"],"level":2},"elevations":[{"id":"elv_1","scope":"payments","methods":["otp"],"level":2,"at":1796197682473,"expires_at":1796198282469}],"device":{"user_agent":"Mozilla/5.0","ip":"192.0.2.1"},"data":{"cart":[1,2],"note":"é"},"idle":{"at":1796198582474,"lifetime_ms":900000,"rule":"policy portcullis.sso: idle 15m (built-in default)"},"absolute":{"at":1796240882469,"lifetime_ms":43200000,"rule":"policy portcullis.sso: absolute 12h (configured)"},"parent":"ses_parent","reconstituted_from":"ses_old","back_channel_logout_uri":"https://rp.example/bcl","ended":{"reason":"expired_idle","at":1796198582474,"reconstitute_until":1796198682469,"reconstituted_into":"ses_new","purge_at":1796199682469}}"#;
     const MINIMAL_SESSION: &str = r#"{"id":"ses_min","token_hash":"0101010101010101010101010101010101010101010101010101010101010101","version":1,"subject":"u-1","application":"app_shop","policy":"noidle","created_at":1796197682469,"last_seen_at":1796197682469,"authenticated_at":1796197682469,"remember_me":false,"auth":{"methods":[],"level":1},"device":{},"absolute":{"at":1796197683469,"lifetime_ms":1000,"rule":"policy noidle: absolute"}}"#;
     const USER_WITHOUT_TOTP: &str = r#"{"id":"usr_alice","username":"alice","version":3,"password_hash":"$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA","created_at":1796197682469,"password_changed_at":1796197682470}"#;
     const USER_WITH_TOTP: &str = r#"{"id":"usr_alice","username":"alice","version":3,"password_hash":"$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA","disabled":true,"totp":{"secret":"JBSWY3DPEHPK3PXP","last_step":59873256,"enrolled_at":1796197682476},"created_at":1796197682469,"password_changed_at":1796197682470}"#;

@@ -307,6 +307,10 @@ impl<S: Store> Provider<S> {
                     data: json!({ "scope": code.scopes.join(" "), "auth_time": seconds(code.auth_time) }),
                     parent: Some(code.sso_session.clone()),
                     application: Some(app.id.clone()),
+                    back_channel_logout_uri: app
+                        .client
+                        .as_ref()
+                        .and_then(|c| c.backchannel_logout_uri.clone()),
                     ..NewSession::default()
                 },
                 Some(id),

@@ -17,6 +17,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use portcullis_core::oidc::LogoutDelivery;
 use portcullis_core::{
     ApiKeyCache, AppId, AuditEvent, BackendError, EndReason, EndedSessions, Ending, EventQuery,
     Insert, Inserted, LiveCount, PublicId, Session, SessionId, SessionStore, StoreError,
@@ -35,6 +36,7 @@ mod api_keys;
 mod applications;
 mod codes;
 mod consents;
+mod deliveries;
 mod gather;
 mod refresh_tokens;
 mod signing_keys;
@@ -43,6 +45,7 @@ mod users;
 
 pub use codes::PostgresCodeStore;
 pub use consents::PostgresConsentStore;
+pub use deliveries::PostgresDeliveryStore;
 pub use refresh_tokens::PostgresRefreshTokenStore;
 pub use signing_keys::PostgresSigningKeyStore;
 pub use throttle::PostgresThrottleStore;
@@ -164,6 +167,12 @@ impl PostgresStore {
     /// The OpenID Connect provider's refresh tokens, in the same database (and schema).
     pub fn refresh_tokens(&self) -> PostgresRefreshTokenStore {
         PostgresRefreshTokenStore::new(self.pool.clone())
+    }
+
+    /// The back-channel logout deliveries its endings wrote, in the same database (and schema):
+    /// every node claims from them.
+    pub fn deliveries(&self) -> PostgresDeliveryStore {
+        PostgresDeliveryStore::new(self.pool.clone())
     }
 
     /// What people consented to give OpenID Connect clients, in the same database (and
@@ -378,6 +387,9 @@ async fn end_tree(
         };
         let record = Arc::new(plan::ended_record(&current, ending, reason));
         write_session(conn, &record).await?;
+        if let Some(delivery) = LogoutDelivery::for_ended(&record) {
+            deliveries::insert_new(conn, &delivery).await?;
+        }
         events.push(AuditEvent::ended(&record, &ending.actor));
         if first.is_none() {
             first = Some(Arc::clone(&record));

@@ -158,3 +158,14 @@ async fn an_ending_racing_a_rotation_leaves_no_successor() {
     // Which side won varies from run to run; both orders must leave nothing.
     eprintln!("{rotated} of 40 rotations went first");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delivery_store_contract() {
+    let store = fresh().await;
+    let deliveries = std::sync::Arc::new(store.deliveries());
+    portcullis_store_tests::deliveries::delivery_store_contract(
+        std::sync::Arc::new(store),
+        deliveries,
+    )
+    .await;
+}

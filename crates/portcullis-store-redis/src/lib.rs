@@ -51,6 +51,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, LazyLock, Mutex, PoisonError};
 use std::time::Duration;
 
+use portcullis_core::oidc::LogoutDelivery;
 use portcullis_core::{
     ApiKeyCache, AppId, AuditEvent, BackendError, EndReason, EndedSessions, Ending, EventQuery,
     Insert, Inserted, Session, SessionId, SessionStore, StoreError, Timestamp, TokenHash, plan,
@@ -82,6 +83,7 @@ mod api_keys;
 mod applications;
 mod codes;
 mod consents;
+mod deliveries;
 mod durable;
 mod gather;
 mod live;
@@ -94,6 +96,7 @@ mod users;
 
 pub use codes::RedisCodeStore;
 pub use consents::RedisConsentStore;
+pub use deliveries::RedisDeliveryStore;
 pub use refresh_tokens::RedisRefreshTokenStore;
 pub use signing_keys::RedisSigningKeyStore;
 pub use throttle::RedisThrottleStore;
@@ -604,6 +607,12 @@ impl RedisStore {
         RedisConsentStore::new(self.clone())
     }
 
+    /// The back-channel logout deliveries its endings wrote, under the same prefix: every node
+    /// claims from them.
+    pub fn deliveries(&self) -> RedisDeliveryStore {
+        RedisDeliveryStore::new(self.clone())
+    }
+
     async fn query<T: FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, StoreError> {
         match &self.conn {
             Conn::Single(c) => cmd.query_async(&mut c.clone()).await,
@@ -1110,6 +1119,9 @@ impl RedisStore {
             );
             let record = Arc::new(plan::ended_record(&current, ending, reason));
             self.write(plan, Some(&current), &record)?;
+            if let Some(delivery) = LogoutDelivery::for_ended(&record) {
+                self.plan_delivery(plan, route, &delivery)?;
+            }
             self.event(plan, Some(route), AuditEvent::ended(&record, &ending.actor))?;
             first.get_or_insert_with(|| Arc::clone(&record));
             let children = self

@@ -14,7 +14,8 @@
 //! as a marker and its text; no flag: the legacy application, as every record of the release
 //! before applications), rule texts without their `policy <name>: ` opening (the policy is in
 //! the record), the creation time and absolute lifetime as small differences from the absolute
-//! deadline instead of 8 bytes and a 4-byte varint. A plain session of an application (as the
+//! deadline instead of 8 bytes and a 4-byte varint, and, after the application, the
+//! back-channel logout URI of an OpenID Connect client's session. A plain session of an application (as the
 //! scale benchmark writes them) must stay within 124 bytes, so that Redis keeps it in a
 //! 128-byte allocation (sds header and terminator: 4 bytes): one byte more costs 32 (the next
 //! jemalloc size is 160).
@@ -68,6 +69,8 @@ const ABSOLUTE_RULE_OF_POLICY: u16 = 1 << 11;
 /// The creation time is written as a varint before the absolute deadline, and the absolute
 /// lifetime as a varint difference from the time between the two (0 for a session as created).
 const TIMES_FROM_DEADLINE: u16 = 1 << 12;
+/// The back-channel logout URI of the session's client, after the application.
+const BACK_CHANNEL_LOGOUT_URI: u16 = 1 << 13;
 
 /// How a session id is written: as text, or as the route and 16 random bytes of `ses_<route>…`.
 const ID_TEXT: u8 = 0;
@@ -406,6 +409,10 @@ pub(crate) fn encode(session: &Session) -> Result<Vec<u8>, StoreError> {
         ),
         (absolute_rule.1, ABSOLUTE_RULE_OF_POLICY),
         (true, TIMES_FROM_DEADLINE),
+        (
+            session.back_channel_logout_uri.is_some(),
+            BACK_CHANNEL_LOGOUT_URI,
+        ),
     ]
     .iter()
     .filter(|(present, _)| *present)
@@ -453,6 +460,9 @@ pub(crate) fn encode(session: &Session) -> Result<Vec<u8>, StoreError> {
     }
     if session.application.as_str() != LEGACY_APP {
         w.app(&session.application);
+    }
+    if let Some(uri) = &session.back_channel_logout_uri {
+        w.str(uri);
     }
     Ok(w.0)
 }
@@ -506,6 +516,7 @@ pub(crate) fn decode(token_hash: TokenHash, bytes: &[u8]) -> Result<Session, Sto
         },
         parent: body.parent,
         reconstituted_from: body.reconstituted_from,
+        back_channel_logout_uri: body.back_channel_logout_uri,
         ended: body.ended,
     })
 }
@@ -526,6 +537,7 @@ struct Body {
     device: Device,
     parent: Option<PublicId>,
     reconstituted_from: Option<PublicId>,
+    back_channel_logout_uri: Option<String>,
     elevations: Vec<Elevation>,
     data: serde_json::Value,
     ended: Option<Ended>,
@@ -594,6 +606,9 @@ fn body(r: &mut Reader<'_>, absolute_at: i64) -> Result<Body, StoreError> {
     } else {
         legacy_app()
     };
+    let back_channel_logout_uri = has(BACK_CHANNEL_LOGOUT_URI)
+        .then(|| r.string())
+        .transpose()?;
     if !r.0.is_empty() {
         return Err(corrupt("trailing bytes"));
     }
@@ -612,6 +627,7 @@ fn body(r: &mut Reader<'_>, absolute_at: i64) -> Result<Body, StoreError> {
         device,
         parent,
         reconstituted_from,
+        back_channel_logout_uri,
         elevations,
         data,
         ended,
@@ -657,6 +673,7 @@ fn body_v1(r: &mut Reader<'_>) -> Result<Body, StoreError> {
         device,
         parent,
         reconstituted_from,
+        back_channel_logout_uri: None,
         elevations,
         data,
         ended,
@@ -700,6 +717,7 @@ mod tests {
             },
             parent: None,
             reconstituted_from: None,
+            back_channel_logout_uri: None,
             ended: None,
         }
     }
@@ -987,6 +1005,7 @@ mod tests {
         full.data = serde_json::json!({"cart": [1, 2, 3]});
         full.parent = Some(PublicId::from_string("ses_parent".into()));
         full.reconstituted_from = Some(PublicId::from_string("ses_old".into()));
+        full.back_channel_logout_uri = Some("https://rp.example/logout?x=1".into());
         full.elevations = vec![Elevation {
             id: PublicId::from_string("elv_1".into()),
             scope: "payments".into(),

@@ -74,3 +74,14 @@ async fn consent_store_contract_on_cluster() {
     portcullis_store_tests::provider::consent_store_contract(std::sync::Arc::new(store.consents()))
         .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delivery_store_contract_on_cluster() {
+    let store = fresh().await;
+    let deliveries = std::sync::Arc::new(store.deliveries());
+    portcullis_store_tests::deliveries::delivery_store_contract(
+        std::sync::Arc::new(store),
+        deliveries,
+    )
+    .await;
+}

@@ -760,3 +760,14 @@ async fn pttl(conn: &mut redis::aio::MultiplexedConnection, key: &str) -> i64 {
 async fn pttl_bytes(conn: &mut redis::aio::MultiplexedConnection, key: &[u8]) -> i64 {
     redis::cmd("PTTL").arg(key).query_async(conn).await.unwrap()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delivery_store_contract() {
+    let store = fresh().await;
+    let deliveries = std::sync::Arc::new(store.deliveries());
+    portcullis_store_tests::deliveries::delivery_store_contract(
+        std::sync::Arc::new(store),
+        deliveries,
+    )
+    .await;
+}

@@ -8,16 +8,19 @@
 //! `kill -9` of the process; a power loss may lose the last transactions.
 //!
 //! Accounts, sign-in failure counts and the OpenID Connect provider's codes, signing keys,
-//! refresh tokens and consents live in the same file, each behind a store of its own reached
-//! from the journal ([`SqliteJournal::throttle`], [`SqliteJournal::codes`], …). They are not
-//! cached: every call reads or writes SQLite, so each of their atomic steps is one statement or
-//! one `BEGIN IMMEDIATE` transaction, whichever connection or process makes it.
+//! refresh tokens, consents and back-channel logout deliveries live in the same file, each
+//! behind a store of its own reached from the journal ([`SqliteJournal::throttle`],
+//! [`SqliteJournal::codes`], …). They are not cached: every call reads or writes SQLite, so
+//! each of their atomic steps is one statement or one `BEGIN IMMEDIATE` transaction, whichever
+//! connection or process makes it. Deliveries are added by the journal, in the transaction
+//! that ends their session.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
 mod applications;
 mod codes;
 mod consents;
+mod deliveries;
 mod refresh_tokens;
 mod signing_keys;
 mod throttle;
@@ -25,6 +28,7 @@ mod users;
 
 pub use codes::SqliteCodeStore;
 pub use consents::SqliteConsentStore;
+pub use deliveries::SqliteDeliveryStore;
 pub use refresh_tokens::SqliteRefreshTokenStore;
 pub use signing_keys::SqliteSigningKeyStore;
 pub use throttle::SqliteThrottleStore;
@@ -200,6 +204,11 @@ impl SqliteJournal {
         SqliteConsentStore::new(self.pool.clone())
     }
 
+    /// The back-channel logout deliveries its endings wrote, kept in the same database file.
+    pub fn deliveries(&self) -> SqliteDeliveryStore {
+        SqliteDeliveryStore::new(self.pool.clone())
+    }
+
     /// Closes the connections (tests reopen the same file).
     pub async fn close(&self) {
         self.pool.close().await;
@@ -283,6 +292,9 @@ impl Journal for SqliteJournal {
             .execute(&mut *tx)
             .await
             .map_err(unavailable)?;
+        }
+        for delivery in &change.deliveries {
+            deliveries::insert_new(&mut tx, delivery).await?;
         }
         for key in &change.api_keys {
             let body = StoredApiKey::encode(key)?;

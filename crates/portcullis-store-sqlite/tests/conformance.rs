@@ -68,3 +68,14 @@ async fn consent_store_contract() {
     ))
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delivery_store_contract() {
+    let store = fresh().await;
+    let deliveries = std::sync::Arc::new(store.journal().deliveries());
+    portcullis_store_tests::deliveries::delivery_store_contract(
+        std::sync::Arc::new(store),
+        deliveries,
+    )
+    .await;
+}

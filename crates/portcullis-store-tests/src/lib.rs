@@ -12,6 +12,7 @@
 
 pub mod api_keys;
 pub mod applications;
+pub mod deliveries;
 pub mod lifecycle;
 pub mod model;
 pub mod provider;
@@ -105,6 +106,7 @@ pub fn session_of(
         absolute: Deadline::after(at, Duration::from_secs(43_200), "absolute 12h".into()),
         parent: None,
         reconstituted_from: None,
+        back_channel_logout_uri: None,
         ended: None,
     };
     (token, session)

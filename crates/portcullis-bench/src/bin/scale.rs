@@ -80,6 +80,7 @@ fn session(i: usize, at: portcullis_core::Timestamp, random: &SeededRandom) -> (
         absolute: Deadline::after(at, lifetime, "policy noidle: absolute".into()),
         parent: None,
         reconstituted_from: None,
+        back_channel_logout_uri: None,
         ended: None,
     };
     (token, session)

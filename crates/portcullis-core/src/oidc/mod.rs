@@ -2,12 +2,14 @@
 //! ([`Client`]), authorization codes ([`AuthorizationCode`], kept by a [`CodeStore`]), refresh
 //! tokens ([`RefreshToken`], kept by a [`RefreshTokenStore`]), consents ([`Consent`], kept by a
 //! [`ConsentStore`]) and the provider's signing keys ([`SigningKey`], kept by a
-//! [`SigningKeyStore`]). The protocol
+//! [`SigningKeyStore`]), and the outbox of back-channel logout ([`LogoutDelivery`], kept by a
+//! [`LogoutDeliveryStore`]). The protocol
 //! itself (JOSE, claims, endpoints) lives in `portcullis-oidc` and `portcullis-http`.
 
 mod client;
 mod code;
 mod consent;
+mod delivery;
 mod keys;
 mod refresh;
 
@@ -16,6 +18,10 @@ pub use code::{
     AuthorizationCode, CODE_LIFETIME, CODE_REMEMBERED, CodeStore, MemoryCodeStore, Redemption,
 };
 pub use consent::{Consent, ConsentStore, MemoryConsentStore};
+pub use delivery::{
+    Attempt, AttemptOutcome, DELIVERY_KEPT, DeliveryQuery, DeliveryState, LogoutDelivery,
+    LogoutDeliveryStore, MemoryDeliveryStore, newest_first,
+};
 pub use keys::{MemorySigningKeyStore, SigningAlg, SigningKey, SigningKeyStore};
 pub use refresh::{
     MemoryRefreshTokenStore, REFRESH_RETRY_GRACE, RefreshToken, RefreshTokenStore, Rotated,

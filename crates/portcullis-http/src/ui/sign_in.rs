@@ -294,6 +294,7 @@ async fn complete<S: Store>(
                 reconstitute: true,
                 parent: None,
                 application: None,
+                back_channel_logout_uri: None,
             },
             &Principal::portcullis(Actor::user(&pending.user_id)),
         )
