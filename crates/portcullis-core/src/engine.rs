@@ -322,6 +322,21 @@ impl<S: Store> Engine<S> {
         }
     }
 
+    /// Stores `event`, which changes no session (a back-channel logout attempt), in the trail,
+    /// then publishes it with its position. What it records has happened: a trail that cannot
+    /// take it is logged, and the event still reaches the sink.
+    pub async fn record_event(&self, mut event: AuditEvent) {
+        match self.store.append_event(event.clone()).await {
+            Ok(stored) => event.seq = stored.seq,
+            Err(err) => tracing::warn!(
+                kind = event.kind.as_str(),
+                error = %err,
+                "an event could not be stored in the audit trail"
+            ),
+        }
+        self.sink.publish(&event);
+    }
+
     fn publish(&self, events: &[AuditEvent]) {
         for event in events {
             self.sink.publish(event);

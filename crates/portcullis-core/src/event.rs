@@ -76,6 +76,13 @@ pub enum EventKind {
     /// accounts (credential stuffing; [`StuffingRules`]).
     #[serde(rename = "login.stuffing_suspected")]
     LoginStuffingSuspected,
+    /// An application session's ending reached its client's back-channel logout endpoint.
+    #[serde(rename = "logout.delivered")]
+    LogoutDelivered,
+    /// An attempt to tell a client of an ending failed; the detail says whether it is tried
+    /// again (`retry_at`) or given up.
+    #[serde(rename = "logout.delivery_failed")]
+    LogoutDeliveryFailed,
 }
 
 impl EventKind {
@@ -103,11 +110,13 @@ impl EventKind {
             Self::SessionDeviceChanged => "session.device_changed",
             Self::SessionBurst => "session.burst",
             Self::LoginStuffingSuspected => "login.stuffing_suspected",
+            Self::LogoutDelivered => "logout.delivered",
+            Self::LogoutDeliveryFailed => "logout.delivery_failed",
         }
     }
 
     /// Every kind, in declaration order (for mappings and their tests).
-    pub const ALL: [Self; 21] = [
+    pub const ALL: [Self; 23] = [
         Self::SessionCreated,
         Self::SessionRotated,
         Self::SessionElevated,
@@ -129,6 +138,8 @@ impl EventKind {
         Self::SessionDeviceChanged,
         Self::SessionBurst,
         Self::LoginStuffingSuspected,
+        Self::LogoutDelivered,
+        Self::LogoutDeliveryFailed,
     ];
 }
 

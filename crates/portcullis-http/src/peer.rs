@@ -114,6 +114,27 @@ impl Connected<SocketAddr> for Peer {
     }
 }
 
+/// Parses a configured list of networks: CIDRs (`10.0.0.0/8`, `2001:db8::/32`) or single
+/// addresses.
+pub fn parse_networks<'a>(
+    entries: impl IntoIterator<Item = &'a str>,
+) -> Result<Vec<IpNet>, String> {
+    let mut nets = Vec::new();
+    for entry in entries {
+        let text = entry.trim();
+        let net = text
+            .parse::<IpNet>()
+            .or_else(|_| text.parse::<IpAddr>().map(IpNet::from))
+            .map_err(|_| {
+                format!(
+                    "\"{entry}\" is not an address or a CIDR (like 10.0.0.0/8 or 2001:db8::/32)"
+                )
+            })?;
+        nets.push(net.trunc());
+    }
+    Ok(nets)
+}
+
 /// The proxies whose word on the client is taken (`trusted_proxies`): a `Forwarded` or
 /// `X-Forwarded-For` header is believed only when the connection comes from one of them.
 /// Empty by default: the TCP peer is the client, and every such header is ignored.
@@ -123,20 +144,7 @@ pub struct TrustedProxies(Arc<[IpNet]>);
 impl TrustedProxies {
     /// Parses a list of CIDRs (`10.0.0.0/8`, `2001:db8::/32`) or single addresses.
     pub fn parse<'a>(entries: impl IntoIterator<Item = &'a str>) -> Result<Self, String> {
-        let mut nets = Vec::new();
-        for entry in entries {
-            let text = entry.trim();
-            let net = text
-                .parse::<IpNet>()
-                .or_else(|_| text.parse::<IpAddr>().map(IpNet::from))
-                .map_err(|_| {
-                    format!(
-                        "\"{entry}\" is not an address or a CIDR (like 10.0.0.0/8 or 2001:db8::/32)"
-                    )
-                })?;
-            nets.push(net.trunc());
-        }
-        Ok(Self(nets.into()))
+        Ok(Self(parse_networks(entries)?.into()))
     }
 
     /// Whether `ip` is one of the trusted proxies (an IPv4-mapped IPv6 address counts as its

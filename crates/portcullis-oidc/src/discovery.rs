@@ -62,9 +62,9 @@ pub fn provider_metadata(issuer: &str, endpoints: &Endpoints, algs: &[SigningAlg
         ],
         "prompt_values_supported": ["none", "login", "consent", "select_account"],
         "authorization_response_iss_parameter_supported": true,
-        // Not until logout tokens are delivered.
-        "backchannel_logout_supported": false,
-        "backchannel_logout_session_supported": false,
+        // OIDC-BCL-1: logout tokens carry `sid`, the same as the ID tokens'.
+        "backchannel_logout_supported": true,
+        "backchannel_logout_session_supported": true,
         "frontchannel_logout_supported": true,
         "frontchannel_logout_session_supported": true,
         "claims_parameter_supported": false,

@@ -14,7 +14,7 @@ use portcullis_core::oidc::{
 };
 use portcullis_core::{
     Application, AuthContext, EndReason, EngineError, Keyring, NewSession, PublicId, Session,
-    SessionId, Store, Timestamp, Token, TokenKind,
+    SessionId, Store, Token, TokenKind,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -24,7 +24,7 @@ use crate::claims::{
     ACCESS_TOKEN_TYPE, AccessTokenClaims, ID_TOKEN_TYPE, IdTokenClaims, token_hash_claim,
 };
 use crate::pkce::verifier_matches;
-use crate::provider::{Provider, ProviderError};
+use crate::provider::{Provider, ProviderError, seconds};
 
 /// An error answer of the token, revocation or introspection endpoint (RFC 6749 §5.2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -102,10 +102,6 @@ fn successor_ring(old_token: &str) -> Keyring {
         .chain_update(old_token.as_bytes())
         .finalize();
     Keyring::parse(&[format!("rt:{}", STANDARD.encode(key))]).expect("a well-formed key entry")
-}
-
-fn seconds(at: Timestamp) -> i64 {
-    at.as_millis().div_euclid(1000)
 }
 
 impl<S: Store> Provider<S> {

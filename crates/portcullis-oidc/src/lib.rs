@@ -1,12 +1,13 @@
 //! Portcullis' OpenID Connect protocol, apart from HTTP: the provider's signing keys (made,
 //! sealed, rotated, published as a JWK Set), the tokens it signs (ID tokens, RFC 9068 access
-//! tokens, back-channel logout tokens), PKCE, and the discovery document. The entities these
+//! tokens, back-channel logout tokens and their delivery), PKCE, and the discovery document. The entities these
 //! work on and their store traits are in `portcullis_core::oidc`; the endpoints are in
 //! `portcullis-http`.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
 mod authorize;
+mod backchannel;
 mod claims;
 mod discovery;
 mod grant;
@@ -18,6 +19,10 @@ mod signing;
 pub use authorize::{
     AuthorizationParams, AuthorizationRequest, AuthorizeError, Decision, Prompt, ProviderOr,
     acr_of_level,
+};
+pub use backchannel::{
+    DeliveryReport, DeliverySettings, LOGOUT_TOKEN_LIFETIME, LogoutPost, LogoutSender, PostFuture,
+    PostOutcome,
 };
 pub use claims::{
     ACCESS_TOKEN_TYPE, AccessTokenClaims, BACKCHANNEL_LOGOUT_EVENT, ID_TOKEN_TYPE, IdTokenClaims,

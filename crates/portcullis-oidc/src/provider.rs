@@ -7,13 +7,13 @@ use std::time::Duration;
 
 use parking_lot::RwLock;
 use portcullis_core::oidc::{
-    CODE_REMEMBERED, Client, CodeStore, ConsentStore, MemoryCodeStore, MemoryConsentStore,
-    MemoryRefreshTokenStore, MemorySigningKeyStore, REFRESH_RETRY_GRACE, RefreshTokenStore,
-    SigningAlg, SigningKey, SigningKeyStore,
+    CODE_REMEMBERED, Client, CodeStore, ConsentStore, DELIVERY_KEPT, LogoutDeliveryStore,
+    MemoryCodeStore, MemoryConsentStore, MemoryRefreshTokenStore, MemorySigningKeyStore,
+    REFRESH_RETRY_GRACE, RefreshTokenStore, SigningAlg, SigningKey, SigningKeyStore,
 };
 use portcullis_core::{
-    AccountError, Accounts, Actor, Application, Engine, EngineError, Keyring, Principal,
-    RandomSource, Reach, SealError, Store, StoreError,
+    AccountError, Accounts, Actor, Application, Engine, EngineError, Keyring, MemoryStore,
+    Principal, RandomSource, Reach, SealError, Store, StoreError, Timestamp,
 };
 
 use crate::signing::{
@@ -62,6 +62,11 @@ impl ProviderSettings {
     }
 }
 
+/// `at` in whole seconds since the Unix epoch, as JWT times are.
+pub(crate) fn seconds(at: Timestamp) -> i64 {
+    at.as_millis().div_euclid(1000)
+}
+
 /// The stores the provider keeps its entities in (the configured backend's, or memory).
 #[derive(Clone)]
 pub struct ProviderStores {
@@ -73,16 +78,21 @@ pub struct ProviderStores {
     pub consents: Arc<dyn ConsentStore>,
     /// Signing keys.
     pub signing_keys: Arc<dyn SigningKeyStore>,
+    /// Back-channel logout deliveries, which the session store writes with each ending: the
+    /// same backend's.
+    pub deliveries: Arc<dyn LogoutDeliveryStore>,
 }
 
 impl ProviderStores {
-    /// Stores in process memory (tests and `memory://`).
-    pub fn in_memory() -> Self {
+    /// Stores in process memory beside the in-memory session store `sessions` (tests and
+    /// `memory://`), whose endings write the deliveries.
+    pub fn in_memory(sessions: &MemoryStore) -> Self {
         Self {
             codes: Arc::new(MemoryCodeStore::new()),
             refresh_tokens: Arc::new(MemoryRefreshTokenStore::new()),
             consents: Arc::new(MemoryConsentStore::new()),
             signing_keys: Arc::new(MemorySigningKeyStore::new()),
+            deliveries: Arc::new(sessions.journal().deliveries()),
         }
     }
 }
@@ -244,7 +254,8 @@ impl<S: Store> Provider<S> {
     /// What every node does about once a minute: reads the keys again (a rotation made on
     /// another node), removes keys retired for longer than [`RETIRED_KEY_PUBLISHED`] (so far
     /// past every token they signed and every client's cached JWK Set), and forgets expired
-    /// codes and refresh tokens where the store does not expire them itself.
+    /// codes and refresh tokens where the store does not expire them itself, and back-channel
+    /// logout deliveries finished more than [`DELIVERY_KEPT`] ago.
     pub async fn upkeep(&self) -> Result<(), ProviderError> {
         let now = self.engine.now();
         let published = RETIRED_KEY_PUBLISHED.max(self.settings.longest_token_lifetime());
@@ -262,6 +273,10 @@ impl<S: Store> Provider<S> {
         self.stores
             .refresh_tokens
             .forget_refresh_tokens(now)
+            .await?;
+        self.stores
+            .deliveries
+            .forget_deliveries(now.minus(DELIVERY_KEPT))
             .await?;
         Ok(())
     }

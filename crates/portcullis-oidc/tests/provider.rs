@@ -13,7 +13,9 @@ use std::time::Duration;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
-use portcullis_core::oidc::{Client, ClientAuth, GrantType, REFRESH_RETRY_GRACE, SigningAlg};
+use portcullis_core::oidc::{
+    Client, ClientAuth, DeliveryState, GrantType, LogoutDelivery, REFRESH_RETRY_GRACE, SigningAlg,
+};
 use portcullis_core::{
     Accounts, Actor, AppId, Application, ApplicationChange, ApplicationStore, AuditEvent,
     AuthContext, EndReason, Engine, EventKind, Issued, Keyring, ManualClock, MemoryStore,
@@ -22,8 +24,9 @@ use portcullis_core::{
 };
 use portcullis_oidc::{
     ACCESS_TOKEN_TYPE, AccessTokenClaims, AuthorizationParams, AuthorizationRequest,
-    AuthorizeError, ClientCredentials, Decision, ID_TOKEN_TYPE, IdTokenClaims, LogoutError,
-    LogoutParams, Provider, ProviderOr, ProviderSettings, ProviderStores, TokenError,
+    AuthorizeError, ClientCredentials, Decision, DeliveryReport, DeliverySettings, ID_TOKEN_TYPE,
+    IdTokenClaims, LOGOUT_TOKEN_TYPE, LogoutError, LogoutParams, LogoutPost, LogoutSender,
+    PostFuture, PostOutcome, Provider, ProviderOr, ProviderSettings, ProviderStores, TokenError,
     TokenResponse, generate_signing_key, token_hash_claim,
 };
 use serde_json::{Value, json};
@@ -183,7 +186,7 @@ impl Op {
         let provider = Provider::start(
             engine.clone(),
             accounts,
-            ProviderStores::in_memory(),
+            ProviderStores::in_memory(engine.store()),
             keyring,
             random.clone(),
             ProviderSettings::new(ISSUER),
@@ -2055,4 +2058,347 @@ async fn oidc_core_7_an_id_token_hint_names_who_may_get_tokens() {
         ..params(&rp)
     };
     assert_redirected(&op.check_error(&forged).await, "invalid_request");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Back-channel logout: deliveries of every ending, their tokens and their retries
+// ---------------------------------------------------------------------------------------------
+
+const BACK_CHANNEL: &str = "https://rp.example/backchannel-logout";
+
+/// A [`LogoutSender`] that records every post and answers each with the next of `answers`
+/// (the last one again once they run out).
+#[derive(Default)]
+struct RecordingSender {
+    answers: std::sync::Mutex<Vec<PostOutcome>>,
+    posts: std::sync::Mutex<Vec<LogoutPost>>,
+}
+
+impl RecordingSender {
+    fn answering(answers: &[PostOutcome]) -> Self {
+        let mut answers = answers.to_vec();
+        answers.reverse();
+        Self {
+            answers: std::sync::Mutex::new(answers),
+            ..Self::default()
+        }
+    }
+
+    fn posts(&self) -> Vec<LogoutPost> {
+        self.posts.lock().unwrap().clone()
+    }
+}
+
+impl LogoutSender for RecordingSender {
+    fn post_all(&self, posts: Vec<LogoutPost>) -> PostFuture<'_> {
+        let mut answers = self.answers.lock().unwrap();
+        let outcomes = posts
+            .iter()
+            .map(|_| {
+                if answers.len() > 1 {
+                    answers.pop().unwrap()
+                } else {
+                    answers.last().cloned().unwrap_or(PostOutcome::Status(200))
+                }
+            })
+            .collect();
+        self.posts.lock().unwrap().extend(posts);
+        Box::pin(async move { outcomes })
+    }
+}
+
+/// A public client that registered [`BACK_CHANNEL`].
+async fn back_channel_client(op: &Op, name: &str) -> Rp {
+    let mut client = registration(ClientAuth::None);
+    client.backchannel_logout_uri = Some(BACK_CHANNEL.to_owned());
+    op.register_with(name, client, ClientCredentials::None)
+        .await
+}
+
+impl Op {
+    async fn deliver(&self, sender: &RecordingSender) -> DeliveryReport {
+        self.provider
+            .deliver_logouts(sender, &DeliverySettings::default())
+            .await
+            .unwrap()
+    }
+
+    async fn delivery_of(&self, session: &Session) -> Option<LogoutDelivery> {
+        self.provider
+            .stores()
+            .deliveries
+            .delivery(&session.id)
+            .await
+            .unwrap()
+    }
+
+    /// The logout token of `post`, verified with the provider's keys, as JSON.
+    fn logout_claims(&self, post: &LogoutPost) -> Value {
+        self.provider
+            .keys()
+            .verify::<Value>(&post.logout_token, LOGOUT_TOKEN_TYPE)
+            .unwrap()
+    }
+}
+
+#[tokio::test]
+async fn oidc_bcl_3_to_9_a_sign_out_reaches_the_client_as_a_signed_logout_token() {
+    let op = Op::new().await;
+    let rp = back_channel_client(&op, "bcl").await;
+    let plain = op.public_client("plain").await;
+    let (sso, tokens) = op.log_in(&rp).await;
+    let code = op.code(&params(&plain), &sso).await;
+    op.exchange(&plain, &code, Some(REDIRECT), Some(VERIFIER))
+        .await
+        .unwrap();
+    let id_token = op.id_token(&tokens);
+    let session = op.client_session(&tokens).await;
+    op.advance(Duration::from_secs(30));
+    op.sign_out(&sso).await;
+
+    let sender = RecordingSender::default();
+    let report = op.deliver(&sender).await;
+    assert_eq!(
+        report,
+        DeliveryReport {
+            delivered: 1,
+            ..DeliveryReport::default()
+        },
+        "the client without a back-channel URI is not told"
+    );
+    let posts = sender.posts();
+    assert_eq!(posts.len(), 1);
+    assert_eq!(posts[0].uri, BACK_CHANNEL);
+    let header = jsonwebtoken::decode_header(&posts[0].logout_token).unwrap();
+    assert_eq!(header.typ.as_deref(), Some("logout+jwt"), "OIDC-BCL-7");
+    assert_eq!(
+        header.alg,
+        Algorithm::ES256,
+        "OIDC-BCL-6: signed as ID tokens are"
+    );
+    let claims = op.logout_claims(&posts[0]);
+    assert_eq!(claims["iss"], ISSUER);
+    assert_eq!(claims["aud"], rp.id());
+    assert_eq!(claims["sub"], op.user.id.as_str());
+    assert_eq!(
+        claims["sid"],
+        id_token.sid.as_str(),
+        "OIDC-BCL-4: the ID token's sid"
+    );
+    assert_eq!(
+        claims["events"],
+        json!({ "http://schemas.openid.net/event/backchannel-logout": {} }),
+        "OIDC-BCL-3"
+    );
+    assert!(claims.get("nonce").is_none(), "OIDC-BCL-5");
+    let iat = claims["iat"].as_i64().unwrap();
+    assert_eq!(iat, secs(op.now()));
+    let lifetime = claims["exp"].as_i64().unwrap() - iat;
+    assert!((1..=120).contains(&lifetime), "OIDC-BCL-8: {lifetime}");
+    assert!(claims["jti"].as_str().is_some_and(|j| !j.is_empty()));
+
+    let delivery = op.delivery_of(&session).await.unwrap();
+    assert_eq!(delivery.state, DeliveryState::Delivered);
+    assert_eq!(delivery.reason, EndReason::ParentEnded);
+    assert_eq!(delivery.attempts, 1);
+    let delivered = op
+        .engine
+        .events(
+            &portcullis_core::EventQuery {
+                session_id: Some(session.id.clone()),
+                limit: 100,
+                ..portcullis_core::EventQuery::default()
+            },
+            false,
+            &Principal::operator(),
+        )
+        .await
+        .unwrap();
+    assert!(
+        delivered
+            .iter()
+            .any(|e| e.kind == EventKind::LogoutDelivered),
+        "each attempt is audited: {delivered:?}"
+    );
+    assert_eq!(op.deliver(&sender).await, DeliveryReport::default());
+    assert_eq!(sender.posts().len(), 1, "delivered once");
+}
+
+#[tokio::test]
+async fn oidc_bcl_10_a_5xx_or_no_answer_is_retried_with_back_off_and_a_400_is_not() {
+    let op = Op::new().await;
+    let rp = back_channel_client(&op, "flaky").await;
+    let (sso, tokens) = op.log_in(&rp).await;
+    let session = op.client_session(&tokens).await;
+    op.sign_out(&sso).await;
+
+    let sender = RecordingSender::answering(&[
+        PostOutcome::Status(503),
+        PostOutcome::Unreachable("connection refused".into()),
+        PostOutcome::Status(204),
+    ]);
+    assert_eq!(op.deliver(&sender).await.retried, 1);
+    let after_first = op.delivery_of(&session).await.unwrap();
+    assert_eq!(after_first.state, DeliveryState::Pending);
+    assert_eq!(after_first.last_error.as_deref(), Some("HTTP 503"));
+    assert_eq!(
+        after_first.next_attempt_at,
+        op.now().plus(Duration::from_secs(10))
+    );
+    // Not before its time.
+    op.advance(Duration::from_secs(9));
+    assert_eq!(op.deliver(&sender).await, DeliveryReport::default());
+    op.advance(Duration::from_secs(1));
+    assert_eq!(op.deliver(&sender).await.retried, 1);
+    // Three times longer after the second failure.
+    op.advance(Duration::from_secs(29));
+    assert_eq!(op.deliver(&sender).await, DeliveryReport::default());
+    op.advance(Duration::from_secs(1));
+    assert_eq!(
+        op.deliver(&sender).await.delivered,
+        1,
+        "204 counts as success"
+    );
+    let posts = sender.posts();
+    assert_eq!(posts.len(), 3);
+    let jtis: BTreeSet<String> = posts
+        .iter()
+        .map(|p| op.logout_claims(p)["jti"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        jtis.len(),
+        1,
+        "every attempt names the same logout, so a repeat is seen"
+    );
+    assert_eq!(op.delivery_of(&session).await.unwrap().attempts, 3);
+
+    // A 400 is the client's refusal: not retried.
+    let (sso, tokens) = op.log_in(&rp).await;
+    let refused = op.client_session(&tokens).await;
+    op.sign_out(&sso).await;
+    let sender = RecordingSender::answering(&[PostOutcome::Status(400)]);
+    assert_eq!(op.deliver(&sender).await.failed, 1);
+    op.advance(Duration::from_secs(3600));
+    assert_eq!(op.deliver(&sender).await, DeliveryReport::default());
+    assert_eq!(sender.posts().len(), 1);
+    let failed = op.delivery_of(&refused).await.unwrap();
+    assert_eq!(
+        (failed.state, failed.last_error.as_deref()),
+        (DeliveryState::Failed, Some("HTTP 400"))
+    );
+}
+
+#[tokio::test]
+async fn oidc_bcl_10_a_client_down_for_a_day_is_given_up() {
+    let op = Op::new().await;
+    let rp = back_channel_client(&op, "down").await;
+    let (sso, tokens) = op.log_in(&rp).await;
+    let session = op.client_session(&tokens).await;
+    op.sign_out(&sso).await;
+    let sender = RecordingSender::answering(&[PostOutcome::Unreachable("timed out".into())]);
+    let mut rounds = 0;
+    loop {
+        let report = op.deliver(&sender).await;
+        if report.failed == 1 {
+            break;
+        }
+        rounds += 1;
+        assert!(rounds < 100, "attempts go on no longer than a day");
+        op.advance(Duration::from_secs(3600));
+    }
+    let failed = op.delivery_of(&session).await.unwrap();
+    assert_eq!(failed.state, DeliveryState::Failed);
+    assert!(
+        failed
+            .last_error
+            .as_deref()
+            .is_some_and(|e| e.starts_with("given up after")),
+        "{failed:?}"
+    );
+    let waits: u64 = (1..failed.attempts)
+        .map(|n| DeliverySettings::default().retry_delay(n).as_secs())
+        .sum();
+    assert!(waits <= 86_400, "{waits}");
+}
+
+#[tokio::test]
+async fn oidc_bcl_every_way_a_client_session_ends_is_delivered() {
+    let op = Op::new().await;
+    let rp = back_channel_client(&op, "every").await;
+    let sender = RecordingSender::default();
+
+    // Token reuse ends the family and its session (RFC 9700 §4.14.2).
+    let (_sso, tokens) = op.log_in(&rp).await;
+    let rt1 = tokens.refresh_token.clone().unwrap();
+    op.refresh(&rp, &rt1, None).await.unwrap();
+    op.advance(REFRESH_RETRY_GRACE + Duration::from_secs(1));
+    assert_invalid_grant(op.refresh(&rp, &rt1, None).await);
+    let reused = op.client_session(&tokens).await;
+
+    // An operator's revocation of the client's session.
+    let (_sso, tokens) = op.log_in(&rp).await;
+    let revoked = op.client_session(&tokens).await;
+    op.engine
+        .revoke(&revoked.id, &Principal::operator())
+        .await
+        .unwrap();
+
+    // The SSO session's idle timeout, noticed by the sweeper.
+    let (_sso, tokens) = op.log_in(&rp).await;
+    let idled = op.client_session(&tokens).await;
+    op.advance(Duration::from_secs(24 * 3600));
+    op.engine.sweep().await.unwrap();
+
+    let report = op.deliver(&sender).await;
+    assert_eq!(report.delivered, 3, "{report:?}");
+    for (session, reason) in [
+        (&reused, EndReason::TokenReuse),
+        (&revoked, EndReason::RevokedAdmin),
+        (&idled, EndReason::ParentEnded),
+    ] {
+        let delivery = op.delivery_of(session).await.unwrap();
+        assert_eq!(
+            (delivery.reason, delivery.state),
+            (reason, DeliveryState::Delivered)
+        );
+    }
+
+    // The application removed: its sessions end with it, and the ending still reaches the URI
+    // it had registered.
+    let (_sso, tokens) = op.log_in(&rp).await;
+    let removed = op.client_session(&tokens).await;
+    op.engine
+        .remove_application(rp.id(), &Actor::cli())
+        .await
+        .unwrap();
+    assert_eq!(op.deliver(&sender).await.delivered, 1);
+    assert_eq!(sender.posts().last().unwrap().uri, BACK_CHANNEL);
+    assert_eq!(
+        op.delivery_of(&removed).await.unwrap().reason,
+        EndReason::AppRemoved
+    );
+}
+
+#[tokio::test]
+async fn oidc_bcl_a_client_that_withdrew_its_back_channel_uri_is_not_posted_to() {
+    let op = Op::new().await;
+    let rp = back_channel_client(&op, "withdrawn").await;
+    let (sso, tokens) = op.log_in(&rp).await;
+    let session = op.client_session(&tokens).await;
+    op.engine
+        .register_client(rp.id(), Some(registration(ClientAuth::None)), &Actor::cli())
+        .await
+        .unwrap();
+    op.sign_out(&sso).await;
+    let sender = RecordingSender::default();
+    assert_eq!(op.deliver(&sender).await.failed, 1);
+    assert!(sender.posts().is_empty());
+    assert_eq!(
+        op.delivery_of(&session)
+            .await
+            .unwrap()
+            .last_error
+            .as_deref(),
+        Some("the client no longer has a back-channel logout URI")
+    );
 }

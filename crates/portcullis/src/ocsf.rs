@@ -67,6 +67,8 @@ pub fn classify(kind: EventKind) -> (u64, u64, &'static str, bool, u64) {
         K::LoginFailed => (AUTHENTICATION, 1, "Logon", true, 2),
         K::LoginThrottled => (AUTHENTICATION, 1, "Logon", true, 3),
         K::LoginStuffingSuspected => (AUTHENTICATION, 99, "Credential Stuffing Suspected", true, 4),
+        K::LogoutDelivered => (AUTHENTICATION, 99, "Logout Delivered", false, 1),
+        K::LogoutDeliveryFailed => (AUTHENTICATION, 99, "Logout Delivery Failed", true, 3),
         K::UserCreated => (ACCOUNT_CHANGE, 1, "Create", false, 1),
         K::UserEnabled => (ACCOUNT_CHANGE, 2, "Enable", false, 1),
         K::UserPasswordChanged => (ACCOUNT_CHANGE, 3, "Password Change", false, 1),

@@ -132,14 +132,6 @@ impl Client {
                 check_uri(field, uri)?;
             }
         }
-        // Logout tokens are not delivered yet: a registration must not count on them.
-        if let Some(uri) = &self.backchannel_logout_uri {
-            return Err(ClientError::Uri {
-                field: "backchannel_logout_uri",
-                uri: uri.clone(),
-                why: "back-channel logout is not delivered yet; use frontchannel_logout_uri",
-            });
-        }
         // OIDC-FCL-1: the page framed at sign-out belongs to the client's own site.
         if let Some(uri) = &self.frontchannel_logout_uri
             && !self
@@ -358,16 +350,33 @@ mod tests {
     }
 
     #[test]
-    fn back_channel_logout_is_refused_until_logout_tokens_are_delivered() {
+    fn oidc_bcl_2_a_back_channel_logout_uri_is_absolute_https_without_a_fragment() {
         let mut c = client(&["https://app.example/cb"]);
-        c.backchannel_logout_uri = Some("https://app.example/bc".into());
-        assert!(matches!(
-            c.validate(),
-            Err(ClientError::Uri {
-                field: "backchannel_logout_uri",
-                ..
-            })
-        ));
+        // Any host: the logout token goes server to server, not through the browser.
+        for ok in [
+            "https://backend.example/bc?tenant=1",
+            "http://127.0.0.1:8080/bc",
+        ] {
+            c.backchannel_logout_uri = Some(ok.into());
+            assert_eq!(c.validate(), Ok(()), "{ok}");
+        }
+        for bad in [
+            "https://app.example/bc#frag",
+            "http://app.example/bc",
+            "/bc",
+        ] {
+            c.backchannel_logout_uri = Some(bad.into());
+            assert!(
+                matches!(
+                    c.validate(),
+                    Err(ClientError::Uri {
+                        field: "backchannel_logout_uri",
+                        ..
+                    })
+                ),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

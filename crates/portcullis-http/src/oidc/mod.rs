@@ -6,6 +6,7 @@
 //! Browser clients call these from their own origin: CORS allows any origin without
 //! credentials, since nothing here reads a cookie.
 
+pub mod backchannel;
 mod discovery;
 mod token;
 mod token_state;
