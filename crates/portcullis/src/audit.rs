@@ -90,6 +90,19 @@ fn count(event: &AuditEvent) {
         EventKind::LoginThrottled => {
             metrics::counter!("portcullis_sign_ins_total", "outcome" => "throttled").increment(1);
         }
+        EventKind::LogoutDelivered => {
+            metrics::counter!("portcullis_logout_deliveries_total", "outcome" => "delivered")
+                .increment(1);
+        }
+        EventKind::LogoutDeliveryFailed => {
+            let outcome = if event.detail.get("retry_at").is_some() {
+                "retry"
+            } else {
+                "failed"
+            };
+            metrics::counter!("portcullis_logout_deliveries_total", "outcome" => outcome)
+                .increment(1);
+        }
         EventKind::SessionDeviceChanged
         | EventKind::SessionBurst
         | EventKind::LoginStuffingSuspected => {

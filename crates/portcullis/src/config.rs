@@ -10,6 +10,7 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use portcullis_core::{
     Binding, EngineSettings, OnLimit, Policy, PolicyOverrides, PolicySet, Preset, parse_duration,
 };
+use portcullis_http::oidc::backchannel::OutboundPolicy;
 use portcullis_http::peer::TrustedProxies;
 use portcullis_http::ui::web::Hsts;
 use serde::{Deserialize, Deserializer, Serialize};
@@ -159,6 +160,15 @@ pub struct Config {
     /// `encryption_keys`, which seal its signing keys.
     #[serde(default)]
     pub issuer: Option<String>,
+    /// Networks (CIDRs or addresses) outbound requests may reach although they are not
+    /// public: back-channel logout URIs on loopback or a private network. Empty: public
+    /// addresses only, so a client's registration cannot make Portcullis call inside the
+    /// deployment's network.
+    #[serde(default)]
+    pub outbound_allow: Vec<String>,
+    /// How long an outbound request (a back-channel logout) may take.
+    #[serde(default = "default_outbound_timeout")]
+    pub outbound_timeout: ConfigDuration,
 }
 
 /// Configuration text that is a secret: read like a string, never shown (`Debug` prints
@@ -189,6 +199,10 @@ impl Config {
             .map(Some)
             .map_err(|e| ConfigError::Invalid(format!("encryption_keys: {e}")))
     }
+}
+
+fn default_outbound_timeout() -> ConfigDuration {
+    ConfigDuration(Duration::from_secs(5))
 }
 
 fn default_hsts_max_age() -> ConfigDuration {
@@ -395,6 +409,13 @@ impl Config {
             .map_err(|e| ConfigError::Invalid(format!("trusted_proxies: {e}")))?;
         TrustedProxies::parse(self.metrics_allow.iter().map(String::as_str))
             .map_err(|e| ConfigError::Invalid(format!("metrics_allow: {e}")))?;
+        OutboundPolicy::parse(self.outbound_allow.iter().map(String::as_str))
+            .map_err(|e| ConfigError::Invalid(format!("outbound_allow: {e}")))?;
+        if self.outbound_timeout.0.is_zero() {
+            return Err(ConfigError::Invalid(
+                "outbound_timeout: must be greater than 0s".into(),
+            ));
+        }
         if self.metrics_token.as_ref().is_some_and(|t| t.0.len() < 16) {
             return Err(ConfigError::Invalid(
                 "metrics_token: must be at least 16 characters".into(),
@@ -480,6 +501,11 @@ impl Config {
     /// The proxies whose forwarding headers are believed (checked by [`Config::load`]).
     pub fn trusted_proxies(&self) -> TrustedProxies {
         TrustedProxies::parse(self.trusted_proxies.iter().map(String::as_str)).unwrap_or_default()
+    }
+
+    /// Where outbound requests may go (checked by [`Config::load`]).
+    pub fn outbound_policy(&self) -> OutboundPolicy {
+        OutboundPolicy::parse(self.outbound_allow.iter().map(String::as_str)).unwrap_or_default()
     }
 
     /// The pages' `Strict-Transport-Security`.

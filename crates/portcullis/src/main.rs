@@ -17,9 +17,10 @@ use portcullis_core::{
     Accounts, AuditSink, Engine, MemoryStore, MemoryThrottleStore, MemoryUserStore, NoAuditSink,
     OsRandom, SessionStore, Store, SystemClock, ThrottleStore, UserStore,
 };
+use portcullis_http::oidc::backchannel::HttpLogoutSender;
 use portcullis_http::ui::web::{Ui, UiSettings};
 use portcullis_http::{AppState, AuditHealth, Edge, Services, admin_router, api_router};
-use portcullis_oidc::{Provider, ProviderSettings, ProviderStores};
+use portcullis_oidc::{DeliverySettings, Provider, ProviderSettings, ProviderStores};
 use tower::ServiceExt;
 
 use crate::admin_client::AdminClient;
@@ -637,6 +638,18 @@ fn config_check(config: &Config) -> Result<()> {
         ),
         None => println!("live_sessions_interval: off"),
     }
+    if config.outbound_allow.is_empty() {
+        println!("outbound_allow: none (outbound requests reach public addresses only)");
+    } else {
+        println!(
+            "outbound_allow: {} (besides public addresses)",
+            config.outbound_allow.join(", ")
+        );
+    }
+    println!(
+        "outbound_timeout: {}",
+        portcullis_core::format_duration(config.outbound_timeout.0)
+    );
     let proxies = config.trusted_proxies();
     if proxies.is_empty() {
         println!("trusted_proxies: none (the TCP peer is the client)");
@@ -923,6 +936,7 @@ macro_rules! provider_stores {
             refresh_tokens: Arc::new(backend.refresh_tokens()),
             consents: Arc::new(backend.consents()),
             signing_keys: Arc::new(backend.signing_keys()),
+            deliveries: Arc::new(backend.deliveries()),
         }
     }};
 }
@@ -945,14 +959,15 @@ async fn open_store(config: &Config) -> Result<(Opened, AccountBacking)> {
             );
             (Opened::Sqlite(store), backing)
         }
-        StoreUrl::Memory => (
-            Opened::Memory(MemoryStore::new()),
-            AccountBacking::new(
+        StoreUrl::Memory => {
+            let store = MemoryStore::new();
+            let backing = AccountBacking::new(
                 MemoryUserStore::new(),
                 MemoryThrottleStore::new(),
-                ProviderStores::in_memory(),
-            ),
-        ),
+                ProviderStores::in_memory(&store),
+            );
+            (Opened::Memory(store), backing)
+        }
         StoreUrl::Postgres(url) => {
             let store = portcullis_store_postgres::PostgresStore::connect_url(&url).await?;
             let backing =
@@ -1136,6 +1151,39 @@ fn bind_admin_socket(socket: &Path) -> Result<tokio::net::UnixListener> {
     bound.with_context(|| format!("cannot create the admin socket {}", socket.display()))
 }
 
+/// Back-channel logout on every node: each second, the deliveries due are claimed and posted
+/// ([`portcullis_oidc::Provider::deliver_logouts`]); a claim lasts long enough for one attempt
+/// to time out, so a delivery this node claims and cannot finish (it was killed) goes to
+/// another node, or to this one restarted, soon after.
+async fn deliver_logouts<S: Store>(
+    provider: Arc<portcullis_oidc::Provider<S>>,
+    sender: HttpLogoutSender,
+    timeout: std::time::Duration,
+) {
+    let settings = DeliverySettings {
+        lease: timeout * 2 + std::time::Duration::from_secs(5),
+        ..DeliverySettings::default()
+    };
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut ticks: u64 = 0;
+    loop {
+        tick.tick().await;
+        if let Err(err) = provider.deliver_logouts(&sender, &settings).await {
+            tracing::warn!(error = %err, "back-channel logout deliveries failed; will retry");
+        }
+        if ticks.is_multiple_of(15) {
+            match provider.stores().deliveries.pending_deliveries().await {
+                Ok(pending) => {
+                    metrics::gauge!("portcullis_logout_deliveries_pending").set(pending as f64);
+                }
+                Err(err) => tracing::warn!(error = %err, "counting pending deliveries failed"),
+            }
+        }
+        ticks += 1;
+    }
+}
+
 async fn run_server<S: Store>(
     mut services: Services<TimedStore<S>>,
     config: &Config,
@@ -1211,6 +1259,10 @@ async fn run_server<S: Store>(
     let live_counter = config
         .live_sessions_every()
         .map(|every| tokio::spawn(count_live_sessions(Arc::clone(&state.engine), every)));
+    let deliverer = state.provider.clone().map(|provider| {
+        let sender = HttpLogoutSender::new(config.outbound_policy(), config.outbound_timeout.0);
+        tokio::spawn(deliver_logouts(provider, sender, config.outbound_timeout.0))
+    });
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let wait = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
@@ -1271,6 +1323,9 @@ async fn run_server<S: Store>(
     b.context("the admin socket failed")?;
     sweeper.abort();
     upkeep.abort();
+    if let Some(deliverer) = deliverer {
+        deliverer.abort();
+    }
     if let Some(counter) = live_counter {
         counter.abort();
     }

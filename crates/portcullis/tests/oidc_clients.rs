@@ -272,6 +272,7 @@ async fn openid_client_and_chromium() {
         refresh_tokens: Arc::new(store.journal().refresh_tokens()),
         consents: Arc::new(store.journal().consents()),
         signing_keys: Arc::new(store.journal().signing_keys()),
+        deliveries: Arc::new(store.journal().deliveries()),
     };
     let engine = Arc::new(Engine::new(
         store,

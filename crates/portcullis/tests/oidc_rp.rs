@@ -207,6 +207,7 @@ impl Portcullis {
             refresh_tokens: Arc::new(journal.refresh_tokens()),
             consents: Arc::new(journal.consents()),
             signing_keys: Arc::new(journal.signing_keys()),
+            deliveries: Arc::new(journal.deliveries()),
         };
         let engine = Arc::new(Engine::new(
             store,
