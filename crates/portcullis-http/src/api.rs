@@ -6,6 +6,7 @@ use axum::extract::{FromRequest, Path, Query, Request, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
+use portcullis_core::oidc::{DeliveryQuery, DeliveryState};
 use portcullis_core::{
     ApplicationChange, Elevate, EndReason, EngineError, EventQuery, Grant, PublicId, Reach,
     Session, Store, Timestamp,
@@ -784,6 +785,92 @@ pub async fn rotate_signing_key<S: Store>(
     })?;
     let key = provider.rotate_key(alg).await.map_err(provider_failed)?;
     Ok(Json(SigningKeyView::from(&key)))
+}
+
+/// Back-channel logout deliveries, most recent ending first (local admin socket only).
+pub async fn list_deliveries<S: Store>(
+    State(state): State<AppState<S>>,
+    query: Result<Query<DeliveriesQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Json<DeliveryListView>> {
+    let Query(query) = query?;
+    let provider = provider_for_keys(&state)?;
+    let limit = query.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::InvalidParameter("limit must be 1 to 1000".into()));
+    }
+    let delivery_state = query
+        .state
+        .as_deref()
+        .map(|name| {
+            DeliveryState::parse(name).ok_or_else(|| {
+                ApiError::InvalidParameter(format!(
+                    "unknown state {name:?} (pending, delivered, failed)"
+                ))
+            })
+        })
+        .transpose()?;
+    let client = match &query.client {
+        Some(client) => Some(state.engine.application(client).await?.id),
+        None => None,
+    };
+    let deliveries = &provider.stores().deliveries;
+    let found = deliveries
+        .deliveries(&DeliveryQuery {
+            state: delivery_state,
+            client,
+            limit,
+        })
+        .await
+        .map_err(|e| ApiError::Engine(EngineError::Store(e)))?;
+    let pending = deliveries
+        .pending_deliveries()
+        .await
+        .map_err(|e| ApiError::Engine(EngineError::Store(e)))?;
+    Ok(Json(DeliveryListView {
+        deliveries: found.iter().map(DeliveryView::from).collect(),
+        pending,
+    }))
+}
+
+/// One back-channel logout delivery, by the ended session's id (local admin socket only).
+pub async fn get_delivery<S: Store>(
+    State(state): State<AppState<S>>,
+    session: ApiPath,
+) -> ApiResult<Json<DeliveryView>> {
+    let Path(session) = session?;
+    let provider = provider_for_keys(&state)?;
+    let delivery = provider
+        .stores()
+        .deliveries
+        .delivery(&PublicId::from_string(session))
+        .await
+        .map_err(|e| ApiError::Engine(EngineError::Store(e)))?
+        .ok_or(ApiError::Engine(EngineError::NotFound))?;
+    Ok(Json(DeliveryView::from(&delivery)))
+}
+
+/// Try a failed back-channel logout delivery again, now (local admin socket only); 409 unless
+/// it failed.
+pub async fn retry_delivery<S: Store>(
+    State(state): State<AppState<S>>,
+    session: ApiPath,
+) -> ApiResult<Json<DeliveryView>> {
+    let Path(session) = session?;
+    let provider = provider_for_keys(&state)?;
+    let deliveries = &provider.stores().deliveries;
+    let session = PublicId::from_string(session);
+    let store_failed = |e| ApiError::Engine(EngineError::Store(e));
+    match deliveries
+        .retry_delivery(&session, state.engine.now())
+        .await
+        .map_err(store_failed)?
+    {
+        Some(retried) => Ok(Json(DeliveryView::from(&retried))),
+        None => match deliveries.delivery(&session).await.map_err(store_failed)? {
+            Some(_) => Err(ApiError::Engine(EngineError::Conflict)),
+            None => Err(ApiError::Engine(EngineError::NotFound)),
+        },
+    }
 }
 
 /// Remove an application: its keys are revoked and its sessions end with `app_removed`

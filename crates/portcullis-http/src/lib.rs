@@ -344,6 +344,12 @@ pub fn admin_router<S: Store>(state: AppState<S>) -> Router {
             put(api::register_client::<S>).delete(api::unregister_client::<S>),
         )
         .route("/admin/oidc/keys", get(api::list_signing_keys::<S>))
+        .route("/admin/deliveries", get(api::list_deliveries::<S>))
+        .route("/admin/deliveries/{session}", get(api::get_delivery::<S>))
+        .route(
+            "/admin/deliveries/{session}/retry",
+            post(api::retry_delivery::<S>),
+        )
         .route(
             "/admin/oidc/keys/rotate",
             post(api::rotate_signing_key::<S>),
@@ -369,6 +375,8 @@ pub fn route_template(path: &str) -> String {
         ["admin", "applications", _] => "/admin/applications/{app}",
         ["admin", "applications", _, "client"] => "/admin/applications/{app}/client",
         ["admin", "users", _] => "/admin/users/{username}",
+        ["admin", "deliveries", _] => "/admin/deliveries/{session}",
+        ["admin", "deliveries", _, "retry"] => "/admin/deliveries/{session}/retry",
         ["assets", _] => "/assets/{name}",
         _ => return path.to_owned(),
     };

@@ -1259,3 +1259,70 @@ pub struct SigningKeyListView {
     /// The keys.
     pub keys: Vec<SigningKeyView>,
 }
+
+/// `GET /admin/deliveries` parameters.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct DeliveriesQuery {
+    /// Only deliveries in this state: `pending`, `delivered` or `failed`.
+    pub state: Option<String>,
+    /// Only deliveries to this client (application id or name).
+    pub client: Option<String>,
+    /// At most this many, most recent ending first (1 to 1000; default 100).
+    pub limit: Option<usize>,
+}
+
+/// A back-channel logout delivery as the operator sees it.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct DeliveryView {
+    /// The ended application session (the delivery's id).
+    pub session: String,
+    /// Its SSO session: the logout token's `sid`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sso_session: Option<String>,
+    /// The person.
+    pub subject: String,
+    /// The client told.
+    pub client: String,
+    /// Why the session ended.
+    pub reason: String,
+    /// RFC 3339.
+    pub ended_at: String,
+    /// `pending`, `delivered` or `failed`.
+    pub state: String,
+    /// Attempts made.
+    pub attempts: u32,
+    /// RFC 3339: when a pending delivery is tried next, or when it finished.
+    pub next_attempt_at: String,
+    /// What the last failed attempt met.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    /// The back-channel logout URI the client had when the session was created.
+    pub uri: String,
+}
+
+impl From<&portcullis_core::oidc::LogoutDelivery> for DeliveryView {
+    fn from(d: &portcullis_core::oidc::LogoutDelivery) -> Self {
+        Self {
+            session: d.session.as_str().to_owned(),
+            sso_session: d.sso_session.as_ref().map(|s| s.as_str().to_owned()),
+            subject: d.subject.clone(),
+            client: d.client.as_str().to_owned(),
+            reason: d.reason.as_str().to_owned(),
+            ended_at: rfc3339(d.ended_at),
+            state: d.state.as_str().to_owned(),
+            attempts: d.attempts,
+            next_attempt_at: rfc3339(d.next_attempt_at),
+            last_error: d.last_error.clone(),
+            uri: d.uri.clone(),
+        }
+    }
+}
+
+/// Back-channel logout deliveries, most recent ending first.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct DeliveryListView {
+    /// The deliveries.
+    pub deliveries: Vec<DeliveryView>,
+    /// How many are pending, in all.
+    pub pending: u64,
+}

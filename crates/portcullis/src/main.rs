@@ -83,6 +83,10 @@ enum Command {
     /// Manage the OpenID Connect provider's signing keys.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Read and retry back-channel logout deliveries (each ended session of a client that
+    /// registered a back-channel logout URI).
+    #[command(subcommand)]
+    Deliveries(DeliveriesCommand),
     /// Manage API keys for backend callers.
     #[command(subcommand, name = "api-keys")]
     ApiKeys(ApiKeysCommand),
@@ -249,6 +253,32 @@ enum KeysCommand {
 }
 
 #[derive(Debug, Subcommand)]
+enum DeliveriesCommand {
+    /// List deliveries, most recent ending first, with how many are pending.
+    List {
+        /// `pending`, `delivered` or `failed`.
+        #[arg(long)]
+        state: Option<String>,
+        /// Only those to this client (application name or id).
+        #[arg(long)]
+        client: Option<String>,
+        /// At most this many (default 100).
+        #[arg(long)]
+        limit: Option<usize>,
+    },
+    /// Show the delivery of one ended session.
+    Show {
+        /// The ended session's id.
+        session: String,
+    },
+    /// Try a failed delivery again now.
+    Retry {
+        /// The ended session's id.
+        session: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 enum ApiKeysCommand {
     /// Create a key for an application; its secret is printed once.
     Create {
@@ -369,6 +399,42 @@ async fn run(cli: Cli) -> Result<()> {
                 key["kid"].as_str().unwrap_or("?"),
             );
             print_json(&key);
+            Ok(())
+        }
+        Command::Deliveries(cmd) => {
+            let (method, path) = match cmd {
+                DeliveriesCommand::List {
+                    state,
+                    client,
+                    limit,
+                } => {
+                    let mut query = Vec::new();
+                    if let Some(state) = state {
+                        query.push(format!("state={}", encode(&state)));
+                    }
+                    if let Some(client) = client {
+                        query.push(format!("client={}", encode(&client)));
+                    }
+                    if let Some(limit) = limit {
+                        query.push(format!("limit={limit}"));
+                    }
+                    let mut path = "/admin/deliveries".to_owned();
+                    if !query.is_empty() {
+                        path = format!("{path}?{}", query.join("&"));
+                    }
+                    (Method::GET, path)
+                }
+                DeliveriesCommand::Show { session } => (
+                    Method::GET,
+                    format!("/admin/deliveries/{}", encode(&session)),
+                ),
+                DeliveriesCommand::Retry { session } => (
+                    Method::POST,
+                    format!("/admin/deliveries/{}/retry", encode(&session)),
+                ),
+            };
+            let (_, body) = admin_call(&config, method, &path, None).await?;
+            print_json(&body);
             Ok(())
         }
         Command::ApiKeys(cmd) => {

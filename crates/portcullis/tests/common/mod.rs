@@ -1,6 +1,8 @@
 //! Shared helpers: start the real binary, call it, drive its CLI.
 #![allow(dead_code)]
 
+pub mod person;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -31,7 +33,17 @@ impl Server {
 
     /// Starts a server on `dir` with a store URL and a configuration file.
     pub async fn start_with(dir: &Path, store: Option<&str>, config: Option<&Path>) -> Self {
-        let port = free_port();
+        Self::start_at(dir, free_port(), store, config).await
+    }
+
+    /// [`Server::start_with`] listening on `port` (a server restarted where it was, or one
+    /// whose configuration names its own address).
+    pub async fn start_at(
+        dir: &Path,
+        port: u16,
+        store: Option<&str>,
+        config: Option<&Path>,
+    ) -> Self {
         let mut command = Command::new(BIN);
         command
             .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
