@@ -427,6 +427,8 @@ impl<S: Store> Engine<S> {
         let own_kind = application.as_str() == PORTCULLIS_APP;
         let allowed = match &principal.reach {
             Reach::Application(app) => app.may_use(policy),
+            // An offline grant is a session of the client's own, on Portcullis's policy for them.
+            Reach::Everything if policy == crate::policy::OFFLINE_POLICY => !own_kind,
             _ => is_reserved_policy(policy) == own_kind,
         };
         if !allowed {

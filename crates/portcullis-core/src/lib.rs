@@ -42,7 +42,8 @@ pub use engine::{
 };
 pub use event::{Actor, AuditEvent, AuditSink, EventKind, EventQuery, NoAuditSink};
 pub use policy::{
-    Binding, OnLimit, Policy, PolicyError, PolicyOverrides, PolicySet, Preset, SIGN_IN_POLICY,
+    Binding, OFFLINE_POLICY, OnLimit, Policy, PolicyError, PolicyOverrides, PolicySet, Preset,
+    SIGN_IN_POLICY,
 };
 pub use random::{OsRandom, RandomSource, SeededRandom};
 pub use rules::{ACCOUNT_SCOPE, AccountRules, RuleError, assurance_level, sign_in_subject};

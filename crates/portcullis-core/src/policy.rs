@@ -90,6 +90,11 @@ pub use crate::application::SSO_POLICY;
 /// The built-in policy of sign-ins in progress (see [`Policy::sign_in`]).
 pub const SIGN_IN_POLICY: &str = "portcullis.sign_in";
 
+/// The policy of an OpenID Connect client's offline grant (`offline_access`): a session of the
+/// client's with no SSO parent, so it outlives the sign-out, on lifetimes of its own
+/// ([`Policy::offline`] unless `offline_policy` names another).
+pub const OFFLINE_POLICY: &str = "portcullis.offline";
+
 /// A duration in a policy; zero means "off" where the field allows it.
 pub type Lifetime = Sourced<Duration>;
 
@@ -229,6 +234,20 @@ impl Policy {
         policy.absolute.value = mins(10);
         policy.remember_me_idle.value = mins(5);
         policy.remember_me_absolute.value = mins(10);
+        policy.warn_before.value = Duration::ZERO;
+        policy.reconstitute_window.value = Duration::ZERO;
+        policy.stay_signed_in.value = false;
+        policy
+    }
+
+    /// The policy of offline grants: 30 days idle (each refresh is activity), 90 days at most,
+    /// no "Stay signed in", no re-constitution, no expiry warning (nobody is there to see it).
+    pub fn offline() -> Self {
+        let mut policy = Self::built_in(OFFLINE_POLICY);
+        policy.idle.value = days(30);
+        policy.absolute.value = days(90);
+        policy.remember_me_idle.value = days(30);
+        policy.remember_me_absolute.value = days(90);
         policy.warn_before.value = Duration::ZERO;
         policy.reconstitute_window.value = Duration::ZERO;
         policy.stay_signed_in.value = false;
@@ -419,6 +438,8 @@ impl PolicySet {
             .or_insert_with(|| std::sync::Arc::new(Policy::built_in("default")));
         map.entry(SIGN_IN_POLICY.to_owned())
             .or_insert_with(|| std::sync::Arc::new(Policy::sign_in()));
+        map.entry(OFFLINE_POLICY.to_owned())
+            .or_insert_with(|| std::sync::Arc::new(Policy::offline()));
         let mut set = Self(map);
         if set.get(SSO_POLICY).is_none() {
             set = set.with_sso_from("default");
@@ -434,6 +455,18 @@ impl PolicySet {
             sso.name = SSO_POLICY.to_owned();
             self.0
                 .insert(SSO_POLICY.to_owned(), std::sync::Arc::new(sso));
+        }
+        self
+    }
+
+    /// Gives offline grants ([`OFFLINE_POLICY`]) the lifetimes of the policy called `name`;
+    /// unchanged when there is no such policy.
+    pub fn with_offline_from(mut self, name: &str) -> Self {
+        if let Some(source) = self.0.get(name) {
+            let mut offline = Policy::clone(source);
+            offline.name = OFFLINE_POLICY.to_owned();
+            self.0
+                .insert(OFFLINE_POLICY.to_owned(), std::sync::Arc::new(offline));
         }
         self
     }

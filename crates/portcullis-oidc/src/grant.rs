@@ -13,8 +13,8 @@ use portcullis_core::oidc::{
     AuthorizationCode, Client, ClientAuth, GrantType, Redemption, RefreshToken, Rotation,
 };
 use portcullis_core::{
-    Application, AuthContext, EndReason, EngineError, Keyring, NewSession, PublicId, Session,
-    SessionId, Store, Token, TokenKind,
+    Application, AuthContext, EndReason, EngineError, Keyring, NewSession, OFFLINE_POLICY,
+    PublicId, Session, SessionId, Store, Token, TokenKind,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -102,6 +102,22 @@ fn successor_ring(old_token: &str) -> Keyring {
         .chain_update(old_token.as_bytes())
         .finalize();
     Keyring::parse(&[format!("rt:{}", STANDARD.encode(key))]).expect("a well-formed key entry")
+}
+
+/// The SSO session a client's session was made from (the `sid` of its tokens): its parent, or
+/// for an offline grant, which has none, the one its data names.
+fn sso_of(session: &Session) -> SessionId {
+    session
+        .parent
+        .clone()
+        .or_else(|| {
+            session
+                .data
+                .get("sso")
+                .and_then(Value::as_str)
+                .map(|id| PublicId::from_string(id.to_owned()))
+        })
+        .unwrap_or_else(|| session.id.clone())
 }
 
 impl<S: Store> Provider<S> {
@@ -290,18 +306,41 @@ impl<S: Store> Provider<S> {
             .as_deref()
             .and_then(|acr| acr.strip_prefix("aal")?.parse().ok())
             .unwrap_or(1);
+        // An offline grant (OpenID Connect Core §11) is no child of the SSO session: it outlives
+        // the sign-out, on lifetimes of its own. It is made only while the sign-in behind the
+        // code lasts, as a child's parent is checked by the store.
+        let offline = code.scopes.iter().any(|s| s == "offline_access");
+        if offline
+            && !self
+                .engine
+                .store()
+                .find_by_id(&code.sso_session)
+                .await
+                .map_err(EngineError::from)?
+                .is_some_and(|sso| sso.is_live() && sso.subject == code.subject)
+        {
+            return Err(TokenError::grant("the sign-in behind the code has ended").into());
+        }
         let created = self
             .engine
             .create_reserved(
                 NewSession {
                     subject: code.subject.clone(),
-                    policy: Some(app.default_policy.clone()),
+                    policy: Some(if offline {
+                        OFFLINE_POLICY.to_owned()
+                    } else {
+                        app.default_policy.clone()
+                    }),
                     auth: AuthContext {
                         methods: code.amr.clone(),
                         level,
                     },
-                    data: json!({ "scope": code.scopes.join(" "), "auth_time": seconds(code.auth_time) }),
-                    parent: Some(code.sso_session.clone()),
+                    data: json!({
+                        "scope": code.scopes.join(" "),
+                        "auth_time": seconds(code.auth_time),
+                        "sso": code.sso_session.as_str(),
+                    }),
+                    parent: (!offline).then(|| code.sso_session.clone()),
                     application: Some(app.id.clone()),
                     back_channel_logout_uri: app
                         .client
@@ -505,7 +544,7 @@ impl<S: Store> Provider<S> {
         let alg = self.id_token_alg();
         let now = self.engine.now();
         let iat = seconds(now);
-        let sso = session.parent.clone().unwrap_or_else(|| session.id.clone());
+        let sso = sso_of(session);
         let auth_time = session
             .data
             .get("auth_time")
@@ -665,7 +704,7 @@ impl<S: Store> Provider<S> {
             "iss": self.settings.issuer,
             "exp": seconds(record.expires_at),
             "iat": seconds(record.issued_at),
-            "sid": session.parent.as_ref().unwrap_or(&session.id).as_str(),
+            "sid": sso_of(&session).as_str(),
         }))
     }
 

@@ -2402,3 +2402,107 @@ async fn oidc_bcl_a_client_that_withdrew_its_back_channel_uri_is_not_posted_to()
         Some("the client no longer has a back-channel logout URI")
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// Offline grants (offline_access): they outlive the sign-out, on lifetimes of their own
+// ---------------------------------------------------------------------------------------------
+
+impl Op {
+    /// Signs in, consents to `openid offline_access` for `rp` and redeems the code.
+    async fn log_in_offline(&self, rp: &Rp) -> (Issued, TokenResponse) {
+        let sso = self.sign_in().await;
+        let offline = AuthorizationParams {
+            scope: Some("openid offline_access".into()),
+            ..params(rp)
+        };
+        let request = self.check(&offline).await;
+        self.provider
+            .consent_to(&request, &self.user.id)
+            .await
+            .unwrap();
+        let code = self.code(&offline, &sso).await;
+        let tokens = self
+            .exchange(rp, &code, Some(REDIRECT), Some(VERIFIER))
+            .await
+            .unwrap();
+        (sso, tokens)
+    }
+}
+
+#[tokio::test]
+async fn oidc_core_11_oidc_bcl_13_an_offline_grant_outlives_the_sign_out_and_others_do_not() {
+    let op = Op::new().await;
+    let rp = back_channel_client(&op, "offline").await;
+    let (sso, offline) = op.log_in_offline(&rp).await;
+    let code = op.code(&params(&rp), &sso).await;
+    let online = op
+        .exchange(&rp, &code, Some(REDIRECT), Some(VERIFIER))
+        .await
+        .unwrap();
+    let session = op.client_session(&offline).await;
+    assert_eq!(session.parent, None, "no child of the SSO session");
+    assert_eq!(session.policy, portcullis_core::OFFLINE_POLICY);
+    assert_eq!(
+        op.id_token(&offline).sid,
+        sso.session.id.as_str(),
+        "its tokens still name the sign-in they came from"
+    );
+
+    op.sign_out(&sso).await;
+    let sender = RecordingSender::default();
+    assert_eq!(
+        op.deliver(&sender).await.delivered,
+        1,
+        "the online session's ending reaches the client; the offline one has not ended"
+    );
+    assert_invalid_grant(
+        op.refresh(&rp, online.refresh_token.as_deref().unwrap(), None)
+            .await,
+    );
+    let renewed = op
+        .refresh(&rp, offline.refresh_token.as_deref().unwrap(), None)
+        .await
+        .expect("the offline grant survives the sign-out");
+    assert_eq!(op.access(&renewed).sid, sso.session.id.as_str());
+    assert_eq!(
+        op.introspect(&rp, renewed.refresh_token.as_deref().unwrap())
+            .await["active"],
+        true
+    );
+}
+
+#[tokio::test]
+async fn oidc_core_11_an_offline_grant_lives_by_its_own_idle_and_absolute_limits() {
+    let op = Op::new().await;
+    let rp = op.public_client("offline-limits").await;
+    let (sso, tokens) = op.log_in_offline(&rp).await;
+    let session = op.client_session(&tokens).await;
+    op.sign_out(&sso).await;
+    let mut refresh_token = tokens.refresh_token.clone().unwrap();
+    // Used every 29 days, it lasts 90 days.
+    for _ in 0..3 {
+        op.advance(Duration::from_secs(29 * 86_400));
+        let renewed = op.refresh(&rp, &refresh_token, None).await.unwrap();
+        refresh_token = renewed.refresh_token.unwrap();
+    }
+    op.advance(Duration::from_secs(4 * 86_400));
+    assert_invalid_grant(op.refresh(&rp, &refresh_token, None).await);
+    let ended = op
+        .engine
+        .get(&session.id, &Principal::operator())
+        .await
+        .unwrap();
+    assert_eq!(ended_reason(&ended), Some(EndReason::ExpiredAbsolute));
+
+    // Unused for 30 days, it is gone.
+    let (_, tokens) = op.log_in_offline(&rp).await;
+    op.advance(Duration::from_secs(30 * 86_400 + 1));
+    assert_invalid_grant(
+        op.refresh(&rp, tokens.refresh_token.as_deref().unwrap(), None)
+            .await,
+    );
+    assert_eq!(
+        ended_reason(&*op.client_session(&tokens).await),
+        Some(EndReason::ExpiredIdle)
+    );
+}

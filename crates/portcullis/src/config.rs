@@ -130,6 +130,10 @@ pub struct Config {
     /// The policy of SSO sessions (people signing in at Portcullis's own pages).
     #[serde(default = "default_sso_policy")]
     pub sso_policy: String,
+    /// The policy of OpenID Connect offline grants (`offline_access`), which outlive the
+    /// sign-out; unset: 30 days idle, 90 days at most.
+    #[serde(default)]
+    pub offline_policy: Option<String>,
     /// A theme directory: files in its `templates/` and `assets/` replace the built-in ones.
     #[serde(default)]
     pub ui_dir: Option<PathBuf>,
@@ -390,6 +394,13 @@ impl Config {
                 self.sso_policy, self.sso_policy
             )));
         }
+        if let Some(offline) = &self.offline_policy
+            && (portcullis_core::is_reserved_policy(offline) || policies.get(offline).is_none())
+        {
+            return Err(ConfigError::Invalid(format!(
+                "offline_policy: no policy is named \"{offline}\" (define [policies.{offline}])"
+            )));
+        }
         if self.tls_cert.is_some() != self.tls_key.is_some() {
             return Err(ConfigError::Invalid(
                 "tls_cert and tls_key: give both (HTTPS) or neither (plain HTTP)".into(),
@@ -474,7 +485,11 @@ impl Config {
                     .map_err(|e| ConfigError::Invalid(e.to_string()))?,
             );
         }
-        Ok(PolicySet::new(resolved).with_sso_from(&self.sso_policy))
+        let set = PolicySet::new(resolved).with_sso_from(&self.sso_policy);
+        Ok(match &self.offline_policy {
+            Some(offline) => set.with_offline_from(offline),
+            None => set,
+        })
     }
 
     /// The engine settings.
@@ -630,6 +645,53 @@ mod tests {
                     .starts_with("trusted_proxies: \"10.0.0.0/33\""),
                 "{err}"
             );
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn outbound_allow_and_offline_policy_are_read_and_checked() {
+        Jail::expect_with(|jail| {
+            let c = Config::load(None, &Overrides::default()).unwrap();
+            assert!(!c.outbound_policy().allows("127.0.0.1".parse().unwrap()));
+            assert_eq!(c.outbound_timeout.0, Duration::from_secs(5));
+            let offline = c.policies().unwrap();
+            let offline = offline.get(portcullis_core::OFFLINE_POLICY).unwrap();
+            assert_eq!(offline.absolute.value, Duration::from_secs(90 * 86_400));
+            jail.create_file(
+                "outbound.toml",
+                r#"
+                outbound_allow = ["127.0.0.0/8", "10.1.0.0/16"]
+                outbound_timeout = "2s"
+                offline_policy = "devices"
+                [policies.devices]
+                idle = "7d"
+                absolute = "30d"
+                "#,
+            )?;
+            let c = Config::load(Some(Path::new("outbound.toml")), &Overrides::default()).unwrap();
+            assert!(c.outbound_policy().allows("127.0.0.1".parse().unwrap()));
+            assert!(c.outbound_policy().allows("10.1.2.3".parse().unwrap()));
+            assert!(!c.outbound_policy().allows("10.2.0.1".parse().unwrap()));
+            assert_eq!(c.outbound_timeout.0, Duration::from_secs(2));
+            let policies = c.policies().unwrap();
+            let offline = policies.get(portcullis_core::OFFLINE_POLICY).unwrap();
+            assert_eq!(offline.absolute.value, Duration::from_secs(30 * 86_400));
+            for (key, value, needle) in [
+                (
+                    "PORTCULLIS_OUTBOUND_ALLOW",
+                    "[\"localhost\"]",
+                    "outbound_allow",
+                ),
+                ("PORTCULLIS_OUTBOUND_TIMEOUT", "0s", "outbound_timeout"),
+                ("PORTCULLIS_OFFLINE_POLICY", "nowhere", "offline_policy"),
+            ] {
+                jail.set_env(key, value);
+                let err = Config::load(Some(Path::new("outbound.toml")), &Overrides::default())
+                    .unwrap_err();
+                assert!(err.to_string().contains(needle), "{key}: {err}");
+                jail.clear_env();
+            }
             Ok(())
         });
     }
