@@ -101,6 +101,19 @@ pub(super) async fn authorize<S: Store>(
     proceed(&state, &provider, &browser, request).await
 }
 
+/// An authorization request sent as a form (OpenID Connect Core §3.1.2.1: GET and POST), from
+/// the client's site: the SSO cookie (SameSite=Lax) does not come with a cross-site POST, but
+/// it does with the top-level GET this turns into, which then decides as any GET does.
+pub(super) async fn authorize_post<S: Store>(
+    State(state): State<AppState<S>>,
+    body: String,
+) -> PageResult {
+    provider_of(&state)?;
+    let mut query = form_urlencoded::Serializer::new(String::new());
+    query.extend_pairs(form_urlencoded::parse(body.as_bytes()));
+    Ok(see_other(&format!("/oidc/authorize?{}", query.finish())))
+}
+
 /// Back from signing in, re-authenticating or consenting: the sealed request goes on.
 pub(super) async fn resume<S: Store>(
     State(state): State<AppState<S>>,

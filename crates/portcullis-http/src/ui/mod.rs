@@ -94,7 +94,10 @@ pub fn routes<S: Store>(state: &AppState<S>) -> Router<AppState<S>> {
             "/account/two-factor/remove",
             post(two_factor::totp_remove::<S>),
         )
-        .route("/oidc/authorize", get(authorize::authorize::<S>))
+        .route(
+            "/oidc/authorize",
+            get(authorize::authorize::<S>).post(authorize::authorize_post::<S>),
+        )
         .route("/oidc/authorize/resume", get(authorize::resume::<S>))
         .route("/oidc/consent", post(authorize::consent_submit::<S>))
         .route(

@@ -455,13 +455,14 @@ pub async fn security_headers<S: Store>(
 /// `same-origin`, or an `Origin` whose host is not ours. The per-form CSRF token is checked
 /// by each handler on top of this.
 pub async fn same_origin_only(request: Request, next: Next) -> Response {
-    // RP-initiated logout accepts an application's cross-site POST (OIDC-RPL-2); its handler
-    // changes nothing on such a POST (it turns it into the GET) and checks its own form's CSRF
-    // token.
+    // The authorization and RP-initiated logout endpoints accept an application's cross-site
+    // POST (OIDC Core §3.1.2.1, OIDC-RPL-2); their handlers change nothing on such a POST (they
+    // turn it into the GET), and the logout confirmation checks its own form's CSRF token.
     if matches!(
         *request.method(),
         Method::GET | Method::HEAD | Method::OPTIONS
-    ) || (request.method() == Method::POST && request.uri().path() == "/oidc/logout")
+    ) || (request.method() == Method::POST
+        && matches!(request.uri().path(), "/oidc/logout" | "/oidc/authorize"))
     {
         return next.run(request).await;
     }

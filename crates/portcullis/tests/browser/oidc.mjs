@@ -189,7 +189,8 @@ scenario("1_confidential_client_secret_basic_sign_in_code_id_token_userinfo", as
   const { live } = await sessionsOf(USERNAME);
   const client = live.find((s) => s.application === CLIENTS.confidential.client_id);
   assert.ok(client, `a session of the client: ${JSON.stringify(live)}`);
-  assert.equal(client.parent, claims.sid, "the client's session is a child of the SSO session");
+  // An offline grant is no child of the SSO session: it outlives the sign-out (Core §11).
+  assert.equal(client.parent, null, `an offline grant stands alone: ${JSON.stringify(client)}`);
 });
 
 scenario("2_public_client_pkce_in_the_same_browser_is_single_sign_on", async () => {
@@ -413,8 +414,16 @@ scenario("7_rp_initiated_logout_ends_the_sso_session_and_every_client_session_un
   await page.close();
 });
 
-scenario("8_rp_initiated_logout_by_a_cross_site_post", async () => {
-  // OIDC-RPL-2: the logout endpoint takes the application's form POST too.
+/** The application's page (another site) with a form that posts `fields` to `action`. */
+function postingForm(action, fields, button) {
+  const inputs = Object.entries(fields)
+    .map(([name, value]) => `<input type="hidden" name="${name}" value="${value}">`)
+    .join("");
+  return `<form method="post" action="${action}">${inputs}<button id="${button}">Go</button></form>`;
+}
+
+scenario("8_authorization_and_rp_initiated_logout_by_cross_site_posts", async () => {
+  // OIDC Core 3.1.2.1 and OIDC-RPL-2: both endpoints take the application's form POST too.
   const context = await newContext();
   const page = await newPage(context);
   const { url, checks } = await authorization(confidential, {}, "openid profile");
@@ -422,17 +431,22 @@ scenario("8_rp_initiated_logout_by_a_cross_site_post", async () => {
   const tokens = await oidc.authorizationCodeGrant(confidential, callback, checks);
   const sid = tokens.claims().sid;
   assert.ok((await sessionsOf(USERNAME)).live.some((s) => s.id === sid));
+  // The posted authorization request is answered by the SSO session: no sign-in on the way.
+  const posted = await authorization(confidential, {}, "openid profile");
+  await page.goto(new URL("/callback", REDIRECT_URI).href);
+  await page.setContent(postingForm(`${BASE}/oidc/authorize`, Object.fromEntries(posted.url.searchParams), "in"));
+  await page.click("#in");
+  await page.waitForURL((u) => u.href.startsWith(REDIRECT_URI) && u.searchParams.has("code"));
+  const postedTokens = await oidc.authorizationCodeGrant(confidential, new URL(page.url()), posted.checks);
+  assert.equal(postedTokens.claims().sid, sid, "the same SSO session, no password asked");
   const fields = {
     id_token_hint: tokens.id_token,
     post_logout_redirect_uri: new URL("/signed-out", REDIRECT_URI).href,
     state: "posted-1",
   };
-  const inputs = Object.entries(fields)
-    .map(([name, value]) => `<input type="hidden" name="${name}" value="${value}">`)
-    .join("");
   // The application's page (another site) posts the form.
   await page.goto(new URL("/callback", REDIRECT_URI).href);
-  await page.setContent(`<form method="post" action="${BASE}/oidc/logout">${inputs}<button id="out">Sign out</button></form>`);
+  await page.setContent(postingForm(`${BASE}/oidc/logout`, fields, "out"));
   await page.click("#out");
   await page.getByRole("heading", { name: "Signed out at the client" }).waitFor();
   assert.equal(new URL(page.url()).searchParams.get("state"), "posted-1");
