@@ -29,10 +29,10 @@ pub enum LogoutTokenError {
     Type(String),
     /// No key of the provider's set has the token's `kid` (or, without one, exactly one key
     /// fits).
-    #[error("no key of the provider matches kid {0:?}")]
+    #[error("no key of the provider matches kid {}", .0.as_deref().unwrap_or("(none)"))]
     UnknownKey(Option<String>),
     /// The signature, `iss`, `aud`, `exp` or the claims' shape (`iat`, `jti`, `events`).
-    #[error("{0}")]
+    #[error("the logout token does not verify: {0}")]
     Invalid(jsonwebtoken::errors::Error),
     /// `events` lacks the back-channel logout event, or its value is not an object.
     #[error("events has no {BACKCHANNEL_LOGOUT_EVENT} object")]

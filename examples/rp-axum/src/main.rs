@@ -266,10 +266,13 @@ async fn callback(
             "The provider did not sign you in"
         };
         let body = format!(
-            "<h1>Not signed in</h1><p>{what}: <code id=\"error\">{}</code> {}</p>\
+            "<h1>Not signed in</h1><p>{what}: <code id=\"error\">{}</code>{}</p>\
              <p><a id=\"sign-in\" href=\"/login\">Sign in</a></p>",
             escape(&error),
-            escape(params.error_description.as_deref().unwrap_or_default()),
+            params
+                .error_description
+                .map(|d| format!(" — {}", escape(&d)))
+                .unwrap_or_default(),
         );
         return with_cookies(page(&app, StatusCode::FORBIDDEN, &body), [clear_login]);
     }

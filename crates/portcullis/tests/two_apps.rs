@@ -1,0 +1,494 @@
+//! The two example applications (`examples/rp-axum`: axum and the `openidconnect` crate;
+//! `examples/rp-node`: Node's http module and `openid-client`) signing one person in and out
+//! through Portcullis, in Debian's `chromium` driven by `tests/browser/two_apps.mjs`
+//! (`playwright-core`): a password at the first application, single sign-on at the second,
+//! a session of each application under one SSO session, RP-initiated logout at the first and
+//! `prompt=none` at the second; then again with the roles swapped.
+//!
+//! Portcullis runs in-process over HTTPS (a self-signed certificate made here, trusted by the
+//! axum example through `SSL_CERT_FILE` and by the Node one through `NODE_EXTRA_CA_CERTS`) on
+//! the embedded SQLite store with the provider on. Its clock is a `ManualClock` started at the
+//! real time and never moved: the applications check `iat` and `exp` against their own clocks.
+//! The examples run as their own processes, as they would be deployed: the axum one built
+//! with `cargo build -p portcullis-example-rp-axum` (its path from cargo's JSON messages), the
+//! Node one with `node examples/rp-node/app.mjs` (after `npm ci` there, as `.ci/run` does).
+//! Each listens on a loopback port of its own and is registered as a confidential client
+//! with the redirect URI it printed. A control server lets the script add the person and read
+//! their sessions at Portcullis. Screenshots land in `target/browser-artifacts/two-apps/`.
+//!
+//! Back-channel logout is not delivered by Portcullis yet, so neither application is
+//! registered for it and its scenarios are not here: after the sign-out at the first
+//! application the second one's own session lives on (what back-channel logout will end).
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::extract::{Query, State};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use portcullis_core::oidc::{Client, ClientAuth, GrantType};
+use portcullis_core::{
+    Accounts, Actor, ApplicationChange, Engine, EventKind, EventQuery, Keyring, ManualClock,
+    NoAuditSink, OsRandom, PolicySet, Principal, Timestamp, UserStore,
+};
+use portcullis_http::ui::web::{Ui, UiSettings};
+use portcullis_http::{AppState, Services, api_router};
+use portcullis_oidc::{Provider, ProviderSettings, ProviderStores};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::process::{Child, Command};
+
+type Store = portcullis_store_sqlite::SqliteStore;
+
+/// How long an example may take to read the provider's discovery and start listening.
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+
+fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn artifacts_dir() -> PathBuf {
+    let dir = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"))
+        .join("browser-artifacts")
+        .join("two-apps");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+// ---------------------------------------------------------------------------------------
+// The test's handle on Portcullis.
+
+#[derive(Clone)]
+struct Control {
+    engine: Arc<Engine<Store>>,
+    accounts: Arc<Accounts>,
+}
+
+#[derive(Deserialize)]
+struct Username {
+    username: String,
+}
+
+/// `POST /users` adds a person; `GET /sessions?username=` lists their live sessions at
+/// Portcullis (id, application, parent) and how the ended ones ended.
+fn control_router(control: Control) -> Router {
+    Router::new()
+        .route(
+            "/users",
+            post(
+                |State(c): State<Control>, Json(body): Json<Value>| async move {
+                    let user = c
+                        .accounts
+                        .add_user(
+                            body["username"].as_str().unwrap_or_default(),
+                            body["password"].as_str().unwrap_or_default(),
+                            &Actor::cli(),
+                        )
+                        .await
+                        .expect("adding a test user");
+                    Json(json!({ "id": user.id }))
+                },
+            ),
+        )
+        .route(
+            "/sessions",
+            get(
+                |State(c): State<Control>, Query(u): Query<Username>| async move {
+                    let user = c.accounts.by_name(&u.username).await.expect("a test user");
+                    let operator = Principal::operator();
+                    let live = c
+                        .engine
+                        .list_subject(&user.id, true, &operator)
+                        .await
+                        .expect("listing");
+                    let query = EventQuery {
+                        subject: Some(user.id.clone()),
+                        limit: 1000,
+                        ..EventQuery::default()
+                    };
+                    let events = c
+                        .engine
+                        .events(&query, false, &operator)
+                        .await
+                        .expect("events");
+                    let ended: Vec<Value> = events
+                        .iter()
+                        .filter(|e| e.kind == EventKind::SessionEnded)
+                        .map(|e| {
+                            json!({
+                                "session": e.session_id.as_ref().map(|s| s.as_str().to_owned()),
+                                "reason": e.reason.map(|r| r.as_str()),
+                            })
+                        })
+                        .collect();
+                    Json(json!({
+                        "live": live.iter().map(|s| json!({
+                            "id": s.id.as_str(),
+                            "application": s.application.as_str(),
+                            "parent": s.parent.as_ref().map(|p| p.as_str().to_owned()),
+                        })).collect::<Vec<_>>(),
+                        "ended": ended,
+                    }))
+                },
+            ),
+        )
+        .with_state(control)
+}
+
+async fn serve_https(listener: std::net::TcpListener, router: Router, dir: &Path) -> PathBuf {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let (cert_path, key_path) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert_path, cert.cert.pem()).unwrap();
+    std::fs::write(&key_path, cert.signing_key.serialize_pem()).unwrap();
+    let tls = axum_server::tls_rustls::RustlsConfig::from_pem_file(&cert_path, &key_path)
+        .await
+        .unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let server = axum_server::from_tcp_rustls(listener, tls).unwrap();
+    tokio::spawn(async move {
+        server
+            .serve(router.into_make_service_with_connect_info::<portcullis_http::peer::Peer>())
+            .await
+            .unwrap()
+    });
+    cert_path
+}
+
+// ---------------------------------------------------------------------------------------
+// The example applications as processes.
+
+/// Builds the axum example with the cargo running this test (same target directory, so an
+/// up-to-date build costs nothing) and returns its executable, as cargo reports it.
+async fn build_axum_example() -> PathBuf {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut command = Command::new(cargo);
+    // What cargo sets for this test's process describes this package, not the build: build
+    // scripts (ring's) that watch those names would see them change, and every later build
+    // would run them and recompile their dependents again.
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy();
+        let set_for_the_test = name.starts_with("CARGO_PKG_")
+            || name.starts_with("CARGO_BIN_EXE_")
+            || [
+                "CARGO_MANIFEST_DIR",
+                "CARGO_MANIFEST_PATH",
+                "CARGO_MANIFEST_LINKS",
+                "CARGO_CRATE_NAME",
+                "CARGO_BIN_NAME",
+                "CARGO_PRIMARY_PACKAGE",
+                "CARGO_TARGET_TMPDIR",
+                "CARGO_RUSTC_CURRENT_DIR",
+                "OUT_DIR",
+            ]
+            .contains(&name.as_ref());
+        if set_for_the_test {
+            command.env_remove(name.as_ref());
+        }
+    }
+    let output = command
+        .current_dir(workspace_root())
+        .args([
+            "build",
+            "--locked",
+            "-p",
+            "portcullis-example-rp-axum",
+            "--message-format=json-render-diagnostics",
+        ])
+        .stderr(Stdio::inherit())
+        .output()
+        .await
+        .expect("running cargo");
+    assert!(output.status.success(), "building examples/rp-axum failed");
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .filter(|m| m["reason"] == "compiler-artifact")
+        .filter(|m| m["target"]["name"] == "portcullis-example-rp-axum")
+        .find_map(|m| m["executable"].as_str().map(PathBuf::from))
+        .expect("cargo names the example's executable")
+}
+
+/// A running example application and what it wrote besides its first line.
+struct Running {
+    name: &'static str,
+    /// Where it listens (`http://127.0.0.1:<port>`), from its first line.
+    url: String,
+    log: Arc<Mutex<Vec<String>>>,
+    _child: Child,
+}
+
+impl Running {
+    fn log(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+}
+
+/// Keeps every line `from` writes in `log`.
+fn collect<R: AsyncRead + Unpin + Send + 'static>(from: R, log: Arc<Mutex<Vec<String>>>) {
+    tokio::spawn(async move {
+        let mut lines = BufReader::new(from).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            log.lock().unwrap().push(line);
+        }
+    });
+}
+
+/// Starts an example and waits for its first line, `listening on <url>`.
+async fn start(name: &'static str, mut command: Command) -> Running {
+    command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let mut child = command
+        .spawn()
+        .unwrap_or_else(|e| panic!("starting {name}: {e}"));
+    let log = Arc::new(Mutex::new(Vec::new()));
+    collect(child.stderr.take().unwrap(), Arc::clone(&log));
+    let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = tokio::time::timeout(START_TIMEOUT, stdout.next_line()).await;
+    let url = match first {
+        Ok(Ok(Some(line))) if line.starts_with("listening on http://") => {
+            line["listening on ".len()..].to_owned()
+        }
+        other => {
+            let _ = tokio::time::timeout(Duration::from_secs(2), child.wait()).await;
+            panic!(
+                "{name} did not say where it listens ({other:?}); its output:\n{}",
+                log.lock().unwrap().join("\n")
+            );
+        }
+    };
+    collect(stdout.into_inner(), Arc::clone(&log));
+    Running {
+        name,
+        url,
+        log,
+        _child: child,
+    }
+}
+
+/// The common part of both examples' environment.
+fn example_env(command: &mut Command, issuer: &str, client_id: &str, secret: &str, name: &str) {
+    command
+        .env("ISSUER", issuer)
+        .env("CLIENT_ID", client_id)
+        .env("CLIENT_SECRET", secret)
+        .env("LISTEN", "127.0.0.1:0")
+        .env("APP_NAME", name)
+        .env_remove("BASE_URL")
+        .env_remove("COOKIE_PREFIX");
+}
+
+/// Adds the application `name` (its id is the client id).
+async fn add_application(engine: &Engine<Store>, name: &str) -> String {
+    engine
+        .add_application(
+            ApplicationChange {
+                name: Some(name.into()),
+                ..ApplicationChange::default()
+            },
+            &Actor::cli(),
+        )
+        .await
+        .expect("adding the application")
+        .id
+        .as_str()
+        .to_owned()
+}
+
+/// Registers the application `client_id`, listening at `base`, as a confidential client: the
+/// redirect and post-logout redirect URIs the examples use under their base URL.
+async fn register(engine: &Engine<Store>, client_id: &str, secret_hash: ClientAuth, base: &str) {
+    let client = Client {
+        auth: secret_hash,
+        redirect_uris: vec![format!("{base}/callback")],
+        post_logout_redirect_uris: vec![format!("{base}/signed-out")],
+        backchannel_logout_uri: None,
+        frontchannel_logout_uri: None,
+        scopes: ["openid", "profile"].map(str::to_owned).into(),
+        grant_types: [GrantType::AuthorizationCode].into(),
+        require_consent: false,
+    };
+    engine
+        .register_client(client_id, Some(client), &Actor::cli())
+        .await
+        .expect("registering the client");
+}
+
+// ---------------------------------------------------------------------------------------
+
+/// Single sign-on across two applications written with two different libraries, then
+/// RP-initiated logout at one of them (OIDC-RPL-3: our ID token as `id_token_hint` signs the
+/// browser's SSO session out without asking; OIDC-RPL-8: `state` comes back unchanged, which
+/// the application checks): its own session and the SSO session end, every application session
+/// under it at Portcullis too, and `prompt=none` at the other application is `login_required`.
+/// Each application takes each part once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oidc_rpl_3_8_two_applications_one_sign_in_one_sign_out() {
+    let node_modules = workspace_root().join("examples/rp-node/node_modules");
+    assert!(
+        node_modules.join("openid-client").is_dir(),
+        "run `npm ci` in examples/rp-node first (.ci/run does)"
+    );
+    // Before the clock starts: a fresh build may take minutes, and the ID tokens are issued
+    // at the manual clock's time.
+    let axum_example = build_axum_example().await;
+
+    let data = tempfile::tempdir().unwrap();
+    let started = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis();
+    let clock = Arc::new(ManualClock::new(Timestamp::from_millis(
+        i64::try_from(started).unwrap(),
+    )));
+    let store = portcullis_store_sqlite::open(&data.path().join("portcullis.db"))
+        .await
+        .unwrap();
+    let users: Arc<dyn UserStore> = Arc::new(store.journal().users());
+    let stores = ProviderStores {
+        codes: Arc::new(store.journal().codes()),
+        refresh_tokens: Arc::new(store.journal().refresh_tokens()),
+        consents: Arc::new(store.journal().consents()),
+        signing_keys: Arc::new(store.journal().signing_keys()),
+    };
+    let engine = Arc::new(Engine::new(
+        store,
+        PolicySet::default(),
+        clock.clone(),
+        Arc::new(OsRandom),
+    ));
+    let keyring = Keyring::parse(&[Keyring::generate_entry("test", &OsRandom)]).unwrap();
+    let accounts = Arc::new(
+        Accounts::new(
+            users,
+            clock.clone(),
+            Arc::new(OsRandom),
+            Arc::new(NoAuditSink),
+        )
+        .with_keyring(keyring.clone())
+        .with_trail(engine.clone()),
+    );
+
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let issuer = format!(
+        "https://localhost:{}",
+        listener.local_addr().unwrap().port()
+    );
+    let provider = Provider::start(
+        engine.clone(),
+        accounts.clone(),
+        stores,
+        keyring,
+        Arc::new(OsRandom),
+        ProviderSettings::new(&issuer),
+    )
+    .await
+    .expect("starting the provider");
+    let state = AppState::new(Services {
+        engine: Arc::clone(&engine),
+        accounts: Arc::clone(&accounts),
+        ui: Arc::new(Ui::new(UiSettings {
+            tls: true,
+            ..UiSettings::default()
+        })),
+        metrics: None,
+        provider: Some(Arc::new(provider)),
+    });
+    let cert = serve_https(listener, api_router(state), data.path()).await;
+    let control_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let control_url = format!("http://{}", control_listener.local_addr().unwrap());
+    let control = Control {
+        engine: Arc::clone(&engine),
+        accounts,
+    };
+    tokio::spawn(async move {
+        axum::serve(control_listener, control_router(control))
+            .await
+            .unwrap()
+    });
+
+    // Application A: the axum example.
+    let client_a = add_application(&engine, "Shop").await;
+    let secret_a = engine.new_client_secret();
+    let mut command = Command::new(&axum_example);
+    example_env(
+        &mut command,
+        &issuer,
+        &client_a,
+        secret_a.expose(),
+        "Shop (axum)",
+    );
+    // rustls-native-certs reads the trusted roots from here instead of the system's.
+    command
+        .env("SSL_CERT_FILE", &cert)
+        .env_remove("SSL_CERT_DIR");
+    let app_a = start("examples/rp-axum", command).await;
+    register(
+        &engine,
+        &client_a,
+        ClientAuth::Secret(secret_a.hash()),
+        &app_a.url,
+    )
+    .await;
+
+    // Application B: the Node example.
+    let client_b = add_application(&engine, "Notes").await;
+    let secret_b = engine.new_client_secret();
+    let mut command = Command::new("node");
+    command
+        .arg("app.mjs")
+        .current_dir(workspace_root().join("examples/rp-node"));
+    example_env(
+        &mut command,
+        &issuer,
+        &client_b,
+        secret_b.expose(),
+        "Notes (Node)",
+    );
+    command.env("NODE_EXTRA_CA_CERTS", &cert);
+    let app_b = start("examples/rp-node", command).await;
+    register(
+        &engine,
+        &client_b,
+        ClientAuth::Secret(secret_b.hash()),
+        &app_b.url,
+    )
+    .await;
+    assert_ne!(app_a.url, app_b.url, "two loopback ports");
+
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/browser/two_apps.mjs");
+    let output = Command::new("node")
+        .arg(&script)
+        .env("PORTCULLIS_URL", &issuer)
+        .env("CONTROL_URL", &control_url)
+        .env("APP_A_URL", &app_a.url)
+        .env("APP_A_CLIENT_ID", &client_a)
+        .env("APP_B_URL", &app_b.url)
+        .env("APP_B_CLIENT_ID", &client_b)
+        .env("ARTIFACTS", artifacts_dir())
+        .kill_on_drop(true)
+        .output()
+        .await
+        .expect("running node (is Node.js installed?)");
+    println!("{}", String::from_utf8_lossy(&output.stdout));
+    eprintln!("{}", String::from_utf8_lossy(&output.stderr));
+    for app in [&app_a, &app_b] {
+        println!("--- {} ({}):\n{}", app.name, app.url, app.log());
+    }
+    assert!(
+        output.status.success(),
+        "the two-application scenarios failed (see the output above)"
+    );
+    assert!(
+        String::from_utf8_lossy(&output.stdout).contains("all two-application scenarios passed"),
+        "the script did not finish"
+    );
+}
