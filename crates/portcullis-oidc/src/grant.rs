@@ -14,7 +14,7 @@ use portcullis_core::oidc::{
 };
 use portcullis_core::{
     Application, AuthContext, EndReason, EngineError, Keyring, NewSession, OFFLINE_POLICY,
-    PublicId, Session, SessionId, Store, Token, TokenKind,
+    PublicId, Session, SessionId, Store, Timestamp, Token, TokenKind,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -238,41 +238,42 @@ impl<S: Store> Provider<S> {
         }
         let hash = Token::hash_presented(TokenKind::AuthorizationCode, code)
             .map_err(|_| TokenError::grant("the code is not valid"))?;
+        let Some(issued) = self.stores.codes.find_code(&hash).await? else {
+            return Err(TokenError::grant("the code is not valid").into());
+        };
+        if issued.redeemed_for.is_some() {
+            return Err(self.replayed(app, &issued).await?.into());
+        }
+        let now = self.engine.now();
         // The code's hash starts with its subject's route (see `issue_code`).
         let session_id = self.engine.reserve_session_id(hash.0[0]);
-        let issued = match self.stores.codes.redeem_code(&hash, &session_id).await? {
-            Redemption::Unknown => return Err(TokenError::grant("the code is not valid").into()),
-            Redemption::Replayed(code) => {
-                // RFC 9700 §4.5: someone else holds the code; end what its first redemption gave.
-                if code.client == app.id
-                    && let Some(first) = &code.redeemed_for
-                {
-                    self.end_family(first, &code.subject, EndReason::TokenReuse)
-                        .await?;
-                }
-                return Err(TokenError::grant("the code was already used").into());
-            }
-            Redemption::First(code) => code,
-        };
-        let now = self.engine.now();
-        if issued.client != app.id {
-            return Err(TokenError::grant("the code was issued to another client").into());
-        }
-        if issued.expires_at <= now {
-            return Err(TokenError::grant("the code has expired").into());
-        }
-        if redirect_uri != Some(issued.redirect_uri.as_str()) {
+        if let Err(refused) = Self::check_code(app, &issued, now, redirect_uri, verifier) {
+            // One try per code: a failed redemption uses it up too, for a session never made.
             return Err(
-                TokenError::grant("redirect_uri differs from the authorization request").into(),
+                match self.stores.codes.redeem_code(&hash, &session_id).await? {
+                    Redemption::Replayed(code) => self.replayed(app, &code).await?,
+                    _ => refused,
+                }
+                .into(),
             );
         }
-        match (&issued.code_challenge, verifier) {
-            (Some(challenge), Some(verifier)) if verifier_matches(verifier, challenge) => {}
-            (None, None) => {}
-            // RFC 9700 §2.1.1: a verifier without a challenge is a downgrade.
-            _ => return Err(TokenError::grant("the PKCE code_verifier does not match").into()),
-        }
+        // The session exists before the code is redeemed for it, so a replay racing this
+        // redemption always finds what to end (RFC 9700 §4.5): of redemptions racing on any
+        // nodes, the one whose claim comes first keeps its session; the others end theirs and
+        // the winner's.
         let session = self.create_client_session(app, &issued, session_id).await?;
+        match self.stores.codes.redeem_code(&hash, &session.id).await? {
+            Redemption::First(_) => {}
+            lost => {
+                self.end_family(&session.id, &issued.subject, EndReason::TokenReuse)
+                    .await?;
+                return Err(match lost {
+                    Redemption::Replayed(code) => self.replayed(app, &code).await?,
+                    _ => TokenError::grant("the code is not valid"),
+                }
+                .into());
+            }
+        }
         let refresh = if client.grant_types.contains(&GrantType::RefreshToken) {
             let token = Token::generate(TokenKind::RefreshToken, &*self.random);
             self.stores
@@ -293,6 +294,49 @@ impl<S: Store> Provider<S> {
             None
         };
         Ok(self.tokens(&session, &issued.scopes, issued.nonce.as_deref(), refresh)?)
+    }
+
+    /// Whether `app` may redeem `code` now with `redirect_uri` and the PKCE `verifier`.
+    fn check_code(
+        app: &Application,
+        code: &AuthorizationCode,
+        now: Timestamp,
+        redirect_uri: Option<&str>,
+        verifier: Option<&str>,
+    ) -> Result<(), TokenError> {
+        if code.client != app.id {
+            return Err(TokenError::grant("the code was issued to another client"));
+        }
+        if code.expires_at <= now {
+            return Err(TokenError::grant("the code has expired"));
+        }
+        if redirect_uri != Some(code.redirect_uri.as_str()) {
+            return Err(TokenError::grant(
+                "redirect_uri differs from the authorization request",
+            ));
+        }
+        match (&code.code_challenge, verifier) {
+            (Some(challenge), Some(verifier)) if verifier_matches(verifier, challenge) => Ok(()),
+            (None, None) => Ok(()),
+            // RFC 9700 §2.1.1: a verifier without a challenge is a downgrade.
+            _ => Err(TokenError::grant("the PKCE code_verifier does not match")),
+        }
+    }
+
+    /// RFC 9700 §4.5: someone else holds the code; end what its first redemption gave (when
+    /// `app` is the client it was issued to: another client's code changes nothing).
+    async fn replayed(
+        &self,
+        app: &Application,
+        code: &AuthorizationCode,
+    ) -> Result<TokenError, ProviderError> {
+        if code.client == app.id
+            && let Some(first) = &code.redeemed_for
+        {
+            self.end_family(first, &code.subject, EndReason::TokenReuse)
+                .await?;
+        }
+        Ok(TokenError::grant("the code was already used"))
     }
 
     async fn create_client_session(

@@ -120,6 +120,22 @@ impl CodeStore for PostgresCodeStore {
         })
     }
 
+    fn find_code<'a>(
+        &'a self,
+        hash: &'a TokenHash,
+    ) -> ProviderFuture<'a, Option<AuthorizationCode>> {
+        Box::pin(async move {
+            let row = sqlx::query("SELECT body, redeemed_for FROM pc_codes WHERE hash = $1")
+                .bind(&hash.0[..])
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(unavailable)?;
+            let Some(row) = row else { return Ok(None) };
+            let (body, redeemed_for) = CodeRow::read_redemption(&row).map_err(unavailable)?;
+            Ok(Some(CodeRow::code(&body, redeemed_for)?))
+        })
+    }
+
     fn forget_codes(&self, before: Timestamp) -> ProviderFuture<'_, u64> {
         Box::pin(async move {
             let done = sqlx::query("DELETE FROM pc_codes WHERE expires_at < $1")

@@ -146,6 +146,27 @@ impl CodeStore for RedisCodeStore {
         })
     }
 
+    fn find_code<'a>(
+        &'a self,
+        hash: &'a TokenHash,
+    ) -> ProviderFuture<'a, Option<AuthorizationCode>> {
+        Box::pin(async move {
+            let (body, first): (Option<String>, Option<String>) = self
+                .store
+                .query(
+                    redis::cmd("HMGET")
+                        .arg(self.code_key(hash))
+                        .arg("c")
+                        .arg("r"),
+                )
+                .await?;
+            let Some(body) = body else { return Ok(None) };
+            let mut code = StoredCode::decode(&body)?;
+            code.redeemed_for = first.map(PublicId::from_string);
+            Ok(Some(code))
+        })
+    }
+
     /// Redis drops each code by itself ([`CODE_REMEMBERED`] after its expiry): nothing is left
     /// to sweep.
     fn forget_codes(&self, _before: Timestamp) -> ProviderFuture<'_, u64> {

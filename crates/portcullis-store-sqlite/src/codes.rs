@@ -100,6 +100,20 @@ impl CodeStore for SqliteCodeStore {
         })
     }
 
+    fn find_code<'a>(
+        &'a self,
+        hash: &'a TokenHash,
+    ) -> ProviderFuture<'a, Option<AuthorizationCode>> {
+        Box::pin(async move {
+            let row = sqlx::query("SELECT body FROM oidc_codes WHERE hash = ?1")
+                .bind(hash.to_hex())
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(unavailable)?;
+            row.map(|row| StoredCode::decode(row.get(0))).transpose()
+        })
+    }
+
     fn forget_codes(&self, before: Timestamp) -> ProviderFuture<'_, u64> {
         Box::pin(async move {
             let done = sqlx::query("DELETE FROM oidc_codes WHERE expires_at < ?1")

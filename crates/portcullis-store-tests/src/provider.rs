@@ -97,11 +97,21 @@ async fn a_code_reads_back_exactly_as_issued(store: &dyn CodeStore) {
     bare.amr.clear();
     for issued in [issued, bare] {
         store.add_code(issued.clone()).await.unwrap();
+        assert_eq!(
+            store.find_code(&issued.hash).await.unwrap().as_ref(),
+            Some(&issued),
+            "found as issued, and finding it changes nothing"
+        );
         let session = PublicId::generate("ses_", &random);
         let answer = store.redeem_code(&issued.hash, &session).await.unwrap();
         let mut expected = issued.clone();
         expected.redeemed_for = Some(session);
-        assert_eq!(answer, Redemption::First(expected));
+        assert_eq!(answer, Redemption::First(expected.clone()));
+        assert_eq!(
+            store.find_code(&issued.hash).await.unwrap(),
+            Some(expected),
+            "found redeemed, for the first redemption's session"
+        );
     }
 }
 
@@ -136,6 +146,7 @@ async fn an_unknown_code_is_unknown(store: &dyn CodeStore) {
     let random = SeededRandom::new(3);
     let never = code(&random, t0());
     let session = PublicId::generate("ses_", &random);
+    assert_eq!(store.find_code(&never.hash).await.unwrap(), None);
     assert_eq!(
         store.redeem_code(&never.hash, &session).await.unwrap(),
         Redemption::Unknown

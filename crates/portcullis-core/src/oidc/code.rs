@@ -76,6 +76,12 @@ pub trait CodeStore: Send + Sync + 'static {
         session: &'a SessionId,
     ) -> ProviderFuture<'a, Redemption>;
 
+    /// The code with hash `hash` as it stands (redeemed or not), changing nothing.
+    fn find_code<'a>(
+        &'a self,
+        hash: &'a TokenHash,
+    ) -> ProviderFuture<'a, Option<AuthorizationCode>>;
+
     /// Forgets codes that expired before `before`; answers how many went (stores that expire
     /// keys themselves answer 0).
     fn forget_codes(&self, before: Timestamp) -> ProviderFuture<'_, u64>;
@@ -112,6 +118,14 @@ impl CodeStore for MemoryCodeStore {
             }
         };
         Box::pin(async { Ok(answer) })
+    }
+
+    fn find_code<'a>(
+        &'a self,
+        hash: &'a TokenHash,
+    ) -> ProviderFuture<'a, Option<AuthorizationCode>> {
+        let found = self.0.lock().get(hash).cloned();
+        Box::pin(async move { Ok(found) })
     }
 
     fn forget_codes(&self, before: Timestamp) -> ProviderFuture<'_, u64> {
