@@ -263,14 +263,15 @@ impl<S: Store> Provider<S> {
             params.code_challenge.as_deref(),
             params.code_challenge_method.as_deref(),
         ) {
-            (None, _) if client.requires_pkce() => {
+            // ASVS5-10.4.6 and OAuth 2.1: every client, confidential ones too (PKCE also stops
+            // a stolen code from being injected into the client's own session).
+            (None, _) => {
                 return fail(
                     &request,
                     "invalid_request",
-                    "a public client must send a PKCE code_challenge (S256)",
+                    "a PKCE code_challenge (S256) is required",
                 );
             }
-            (None, _) => {}
             (Some(challenge), Some("S256")) if is_code_challenge(challenge) => {
                 request.code_challenge = Some(challenge.to_owned());
             }

@@ -989,29 +989,23 @@ async fn asvs5_10_4_6_rfc9700_9_a_wrong_or_missing_code_verifier_is_invalid_gran
 }
 
 #[tokio::test]
-async fn rfc9700_9_a_verifier_for_a_code_requested_without_a_challenge_is_a_downgrade() {
+async fn asvs5_10_4_6_a_confidential_client_must_send_a_code_challenge_too() {
     let op = Op::new().await;
     let rp = op.confidential_client("backend").await;
-    let sso = op.sign_in().await;
     let without_pkce = AuthorizationParams {
         code_challenge: None,
         code_challenge_method: None,
         ..params(&rp)
     };
-    let request = op.check(&without_pkce).await;
-    assert_eq!(
-        request.code_challenge, None,
-        "a confidential client may skip PKCE"
-    );
-
-    let code = op.code(&without_pkce, &sso).await;
-    assert_invalid_grant(
-        op.exchange(&rp, &code, Some(REDIRECT), Some(VERIFIER))
-            .await,
-    );
-
-    let code = op.code(&without_pkce, &sso).await;
-    op.exchange(&rp, &code, Some(REDIRECT), None).await.unwrap();
+    assert_redirected(&op.check_error(&without_pkce).await, "invalid_request");
+    // With one, the secret and the verifier both count.
+    let sso = op.sign_in().await;
+    let code = op.code(&params(&rp), &sso).await;
+    assert_invalid_grant(op.exchange(&rp, &code, Some(REDIRECT), None).await);
+    let code = op.code(&params(&rp), &sso).await;
+    op.exchange(&rp, &code, Some(REDIRECT), Some(VERIFIER))
+        .await
+        .unwrap();
 }
 
 #[tokio::test]

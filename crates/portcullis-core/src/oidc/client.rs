@@ -164,11 +164,6 @@ impl Client {
         self.post_logout_redirect_uris.iter().any(|r| r == uri)
     }
 
-    /// Whether the client must send a PKCE challenge: public clients always (RFC 9700 §2.1.1).
-    pub fn requires_pkce(&self) -> bool {
-        self.auth == ClientAuth::None
-    }
-
     /// The requested scopes this client may be granted, in the order asked; `None` when
     /// `openid` is not among them.
     pub fn grantable_scopes<'a>(
