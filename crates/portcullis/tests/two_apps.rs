@@ -358,6 +358,7 @@ async fn oidc_rpl_3_8_two_applications_one_sign_in_one_sign_out() {
         refresh_tokens: Arc::new(store.journal().refresh_tokens()),
         consents: Arc::new(store.journal().consents()),
         signing_keys: Arc::new(store.journal().signing_keys()),
+        deliveries: Arc::new(store.journal().deliveries()),
     };
     let engine = Arc::new(Engine::new(
         store,
