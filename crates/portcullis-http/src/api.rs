@@ -447,6 +447,11 @@ pub async fn list_events<S: Store>(
 }
 
 /// Create an API key (local admin socket only).
+#[utoipa::path(post, path = "/admin/api-keys", tag = "admin", request_body = CreateApiKeyBody,
+    responses(
+        (status = 201, description = "Created; the key is shown only here", body = ApiKeyView),
+        (status = 404, description = "`not_found`: no such application", body = Problem, content_type = "application/problem+json"),
+    ))]
 pub async fn create_api_key<S: Store>(
     State(state): State<AppState<S>>,
     Extension(caller): Extension<Caller>,
@@ -462,6 +467,8 @@ pub async fn create_api_key<S: Store>(
 }
 
 /// List API keys (local admin socket only).
+#[utoipa::path(get, path = "/admin/api-keys", tag = "admin",
+    responses((status = 200, description = "Every API key (never a secret)", body = ApiKeyListView)))]
 pub async fn list_api_keys<S: Store>(
     State(state): State<AppState<S>>,
 ) -> ApiResult<Answer<ApiKeyListView>> {
@@ -472,6 +479,12 @@ pub async fn list_api_keys<S: Store>(
 }
 
 /// Revoke an API key (local admin socket only).
+#[utoipa::path(delete, path = "/admin/api-keys/{id}", tag = "admin",
+    params(("id" = String, Path, description = "The key's id (`key_…`)")),
+    responses(
+        (status = 204, description = "Revoked"),
+        (status = 404, description = "`not_found`", body = Problem, content_type = "application/problem+json"),
+    ))]
 pub async fn revoke_api_key<S: Store>(
     State(state): State<AppState<S>>,
     Extension(caller): Extension<Caller>,
@@ -486,6 +499,11 @@ pub async fn revoke_api_key<S: Store>(
 }
 
 /// Create a local account (local admin socket only).
+#[utoipa::path(post, path = "/admin/users", tag = "admin", request_body = CreateUserBody,
+    responses(
+        (status = 201, description = "Created", body = UserView),
+        (status = 409, description = "`name_taken`", body = Problem, content_type = "application/problem+json"),
+    ))]
 pub async fn create_user<S: Store>(
     State(state): State<AppState<S>>,
     Extension(caller): Extension<Caller>,
@@ -499,6 +517,8 @@ pub async fn create_user<S: Store>(
 }
 
 /// List local accounts (local admin socket only).
+#[utoipa::path(get, path = "/admin/users", tag = "admin",
+    responses((status = 200, description = "Every local account (never a password)", body = UserListView)))]
 pub async fn list_users<S: Store>(
     State(state): State<AppState<S>>,
 ) -> ApiResult<Answer<UserListView>> {
@@ -511,6 +531,12 @@ pub async fn list_users<S: Store>(
 /// Disable, enable or set the password of an account (local admin socket only). Disabling
 /// ends every session of the account at once (ASVS5-7.4.2); an administrator's password
 /// reset ends them with `password_changed`.
+#[utoipa::path(patch, path = "/admin/users/{username}", tag = "admin", request_body = UpdateUserBody,
+    params(("username" = String, Path, description = "The username")),
+    responses(
+        (status = 200, description = "Changed; `sessions_ended` says how many sessions ended", body = UserView),
+        (status = 404, description = "`not_found`", body = Problem, content_type = "application/problem+json"),
+    ))]
 pub async fn update_user<S: Store>(
     State(state): State<AppState<S>>,
     Extension(caller): Extension<Caller>,
@@ -563,6 +589,11 @@ fn application_change(body: ApplicationBody) -> ApiResult<ApplicationChange> {
 }
 
 /// Register an application (local admin socket only).
+#[utoipa::path(post, path = "/admin/applications", tag = "admin", request_body = ApplicationBody,
+    responses(
+        (status = 201, description = "Registered", body = ApplicationView),
+        (status = 409, description = "`name_taken`", body = Problem, content_type = "application/problem+json"),
+    ))]
 pub async fn create_application<S: Store>(
     State(state): State<AppState<S>>,
     Extension(caller): Extension<Caller>,
@@ -581,6 +612,8 @@ pub async fn create_application<S: Store>(
 }
 
 /// Every application, with how many live keys each has (local admin socket only).
+#[utoipa::path(get, path = "/admin/applications", tag = "admin",
+    responses((status = 200, description = "Every application", body = ApplicationListView)))]
 pub async fn list_applications<S: Store>(
     State(state): State<AppState<S>>,
 ) -> ApiResult<Json<ApplicationListView>> {
@@ -602,6 +635,12 @@ pub async fn list_applications<S: Store>(
 }
 
 /// One application by id or name (local admin socket only).
+#[utoipa::path(get, path = "/admin/applications/{app}", tag = "admin",
+    params(("app" = String, Path, description = "The application's id or name")),
+    responses(
+        (status = 200, description = "The application", body = ApplicationView),
+        (status = 404, description = "`not_found`", body = Problem, content_type = "application/problem+json"),
+    ))]
 pub async fn get_application<S: Store>(
     State(state): State<AppState<S>>,
     app: ApiPath,
@@ -619,6 +658,13 @@ pub async fn get_application<S: Store>(
 }
 
 /// Change an application's name, policies or grants (local admin socket only).
+#[utoipa::path(patch, path = "/admin/applications/{app}", tag = "admin", request_body = ApplicationBody,
+    params(("app" = String, Path, description = "The application's id or name")),
+    responses(
+        (status = 200, description = "Changed", body = ApplicationView),
+        (status = 404, description = "`not_found`", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`name_taken` or `conflict` (changed meanwhile)", body = Problem, content_type = "application/problem+json"),
+    ))]
 pub async fn update_application<S: Store>(
     State(state): State<AppState<S>>,
     Extension(caller): Extension<Caller>,
@@ -636,6 +682,13 @@ pub async fn update_application<S: Store>(
 /// Register an application as an OpenID Connect client, or change its registration (local
 /// admin socket only). A secret-authenticated client gets a new secret, shown only in this
 /// answer, when it has none yet or `new_secret` asks for one.
+#[utoipa::path(put, path = "/admin/applications/{app}/client", tag = "oidc", request_body = ClientBody,
+    params(("app" = String, Path, description = "The application's id or name")),
+    responses(
+        (status = 200, description = "Registered as an OpenID Connect client; a new `client_secret` is shown only here", body = ApplicationView),
+        (status = 400, description = "`invalid_parameter`: a URI, scope, grant or key set that is not allowed", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "`not_found`", body = Problem, content_type = "application/problem+json"),
+    ))]
 pub async fn register_client<S: Store>(
     State(state): State<AppState<S>>,
     Extension(caller): Extension<Caller>,
@@ -718,6 +771,12 @@ pub async fn register_client<S: Store>(
 }
 
 /// End an application's registration as an OpenID Connect client (local admin socket only).
+#[utoipa::path(delete, path = "/admin/applications/{app}/client", tag = "oidc",
+    params(("app" = String, Path, description = "The application's id or name")),
+    responses(
+        (status = 200, description = "No longer a client", body = ApplicationView),
+        (status = 404, description = "`not_found`", body = Problem, content_type = "application/problem+json"),
+    ))]
 pub async fn unregister_client<S: Store>(
     State(state): State<AppState<S>>,
     Extension(caller): Extension<Caller>,
@@ -762,6 +821,11 @@ fn provider_failed(err: portcullis_oidc::ProviderError) -> ApiError {
 }
 
 /// The provider's signing keys, signing and retired (local admin socket only).
+#[utoipa::path(get, path = "/admin/oidc/keys", tag = "oidc",
+    responses(
+        (status = 200, description = "Signing and retired keys, oldest first", body = SigningKeyListView),
+        (status = 400, description = "`invalid_parameter`: the provider is not configured", body = Problem, content_type = "application/problem+json"),
+    ))]
 pub async fn list_signing_keys<S: Store>(
     State(state): State<AppState<S>>,
 ) -> ApiResult<Json<SigningKeyListView>> {
@@ -774,6 +838,12 @@ pub async fn list_signing_keys<S: Store>(
 
 /// Rotate a signing key: a new key signs, the old one stays published, retired (local admin
 /// socket only).
+#[utoipa::path(post, path = "/admin/oidc/keys/rotate", tag = "oidc", request_body = RotateKeyBody,
+    responses(
+        (status = 200, description = "The new signing key; the old one stays published, retired", body = SigningKeyView),
+        (status = 400, description = "`invalid_parameter`: unknown algorithm, or the provider is not configured", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`conflict`: rotated elsewhere meanwhile", body = Problem, content_type = "application/problem+json"),
+    ))]
 pub async fn rotate_signing_key<S: Store>(
     State(state): State<AppState<S>>,
     ApiJson(Obj(body)): ApiJson<Obj<RotateKeyBody>>,
@@ -788,6 +858,17 @@ pub async fn rotate_signing_key<S: Store>(
 }
 
 /// Back-channel logout deliveries, most recent ending first (local admin socket only).
+#[utoipa::path(get, path = "/admin/deliveries", tag = "oidc",
+    params(
+        ("state" = Option<String>, Query, description = "`pending`, `delivered` or `failed`"),
+        ("client" = Option<String>, Query, description = "Only those to this client (application id or name)"),
+        ("limit" = Option<usize>, Query, description = "1 to 1000 (default 100)"),
+    ),
+    responses(
+        (status = 200, description = "Back-channel logout deliveries, most recent ending first, and how many are pending", body = DeliveryListView),
+        (status = 400, description = "`invalid_parameter`", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "`not_found`: no such client", body = Problem, content_type = "application/problem+json"),
+    ))]
 pub async fn list_deliveries<S: Store>(
     State(state): State<AppState<S>>,
     query: Result<Query<DeliveriesQuery>, axum::extract::rejection::QueryRejection>,
@@ -833,6 +914,12 @@ pub async fn list_deliveries<S: Store>(
 }
 
 /// One back-channel logout delivery, by the ended session's id (local admin socket only).
+#[utoipa::path(get, path = "/admin/deliveries/{session}", tag = "oidc",
+    params(("session" = String, Path, description = "The ended application session's id")),
+    responses(
+        (status = 200, description = "The delivery", body = DeliveryView),
+        (status = 404, description = "`not_found`", body = Problem, content_type = "application/problem+json"),
+    ))]
 pub async fn get_delivery<S: Store>(
     State(state): State<AppState<S>>,
     session: ApiPath,
@@ -851,6 +938,13 @@ pub async fn get_delivery<S: Store>(
 
 /// Try a failed back-channel logout delivery again, now (local admin socket only); 409 unless
 /// it failed.
+#[utoipa::path(post, path = "/admin/deliveries/{session}/retry", tag = "oidc",
+    params(("session" = String, Path, description = "The ended application session's id")),
+    responses(
+        (status = 200, description = "Pending again, due now", body = DeliveryView),
+        (status = 404, description = "`not_found`", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`conflict`: it has not failed", body = Problem, content_type = "application/problem+json"),
+    ))]
 pub async fn retry_delivery<S: Store>(
     State(state): State<AppState<S>>,
     session: ApiPath,
@@ -875,6 +969,12 @@ pub async fn retry_delivery<S: Store>(
 
 /// Remove an application: its keys are revoked and its sessions end with `app_removed`
 /// (local admin socket only).
+#[utoipa::path(delete, path = "/admin/applications/{app}", tag = "admin",
+    params(("app" = String, Path, description = "The application's id or name")),
+    responses(
+        (status = 200, description = "Removed: its keys revoked and its sessions ended (`app_removed`, each told to its client's back-channel logout URI)", body = ApplicationView),
+        (status = 404, description = "`not_found`", body = Problem, content_type = "application/problem+json"),
+    ))]
 pub async fn remove_application<S: Store>(
     State(state): State<AppState<S>>,
     Extension(caller): Extension<Caller>,

@@ -354,7 +354,8 @@ pub fn admin_router<S: Store>(state: AppState<S>) -> Router {
             "/admin/oidc/keys/rotate",
             post(api::rotate_signing_key::<S>),
         )
-        .route("/admin/users/{username}", patch(api::update_user::<S>));
+        .route("/admin/users/{username}", patch(api::update_user::<S>))
+        .route("/admin/openapi.json", get(admin_openapi_json));
     let routes = v1_routes::<S>()
         .merge(admin)
         .layer(Extension(Caller(Principal::operator())));
@@ -466,6 +467,14 @@ async fn metrics_text<S: Store>(
         .into_response()
 }
 
+async fn admin_openapi_json() -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        serde_json::to_string(&AdminApiDoc::openapi()).unwrap_or_default(),
+    )
+        .into_response()
+}
+
 async fn openapi_json<S: Store>(State(state): State<AppState<S>>) -> Response {
     (
         [(header::CONTENT_TYPE, "application/json")],
@@ -490,6 +499,24 @@ pub fn served_openapi(policies: &portcullis_core::PolicySet) -> serde_json::Valu
     }
     doc
 }
+
+/// The OpenAPI description of the admin API (`/admin/…`, on the data directory's Unix socket,
+/// the CLI's contract), served there at `/admin/openapi.json`.
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Portcullis admin API", version = "1",
+        description = "Local administration over the data directory's Unix socket (its file permissions are the credential): applications, API keys, accounts, OpenID Connect clients, signing keys and back-channel logout deliveries. Errors are application/problem+json."),
+    paths(
+        api::create_application, api::list_applications, api::get_application,
+        api::update_application, api::remove_application, api::create_api_key,
+        api::list_api_keys, api::revoke_api_key, api::create_user, api::list_users,
+        api::update_user, api::register_client, api::unregister_client,
+        api::list_signing_keys, api::rotate_signing_key, api::list_deliveries,
+        api::get_delivery, api::retry_delivery,
+    ),
+    tags((name = "admin"), (name = "oidc")),
+)]
+pub struct AdminApiDoc;
 
 /// The OpenAPI description of API v1.
 #[derive(OpenApi)]
