@@ -16,9 +16,13 @@
 //! with the redirect URI it printed. A control server lets the script add the person and read
 //! their sessions at Portcullis. Screenshots land in `target/browser-artifacts/two-apps/`.
 //!
-//! Back-channel logout is not delivered by Portcullis yet, so neither application is
-//! registered for it and its scenarios are not here: after the sign-out at the first
-//! application the second one's own session lives on (what back-channel logout will end).
+//! Both are registered for back-channel logout at their `/backchannel-logout`: every ending
+//! of their sessions at Portcullis — a sign-out at the other application, the SSO session's
+//! idle timeout, a password change that signs out everywhere else — is delivered to both by
+//! Portcullis's own deliverer and sender (`HttpLogoutSender`, loopback allowed), run when the
+//! script asks (`POST /deliver`), and each application ends its own session. The idle
+//! timeout is 30 s, so moving the clock past it keeps Portcullis's times within the minute of
+//! leeway the applications grant against their own clocks.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -28,14 +32,16 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use axum::extract::{Query, State};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use portcullis_core::oidc::DeliveryQuery;
 use portcullis_core::oidc::{Client, ClientAuth, GrantType};
 use portcullis_core::{
-    Accounts, Actor, ApplicationChange, Engine, EventKind, EventQuery, Keyring, ManualClock,
-    NoAuditSink, OsRandom, PolicySet, Principal, Timestamp, UserStore,
+    Accounts, Actor, ApplicationChange, Clock, Engine, EventKind, EventQuery, Keyring, ManualClock,
+    NoAuditSink, OsRandom, Policy, PolicyOverrides, PolicySet, Principal, Timestamp, UserStore,
 };
+use portcullis_http::oidc::backchannel::{HttpLogoutSender, OutboundPolicy};
 use portcullis_http::ui::web::{Ui, UiSettings};
 use portcullis_http::{AppState, Services, api_router};
-use portcullis_oidc::{Provider, ProviderSettings, ProviderStores};
+use portcullis_oidc::{DeliverySettings, Provider, ProviderSettings, ProviderStores};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
@@ -67,6 +73,14 @@ fn artifacts_dir() -> PathBuf {
 struct Control {
     engine: Arc<Engine<Store>>,
     accounts: Arc<Accounts>,
+    clock: Arc<ManualClock>,
+    provider: Arc<Provider<Store>>,
+    sender: HttpLogoutSender,
+}
+
+#[derive(Deserialize)]
+struct Advance {
+    ms: u64,
 }
 
 #[derive(Deserialize)]
@@ -75,9 +89,76 @@ struct Username {
 }
 
 /// `POST /users` adds a person; `GET /sessions?username=` lists their live sessions at
-/// Portcullis (id, application, parent) and how the ended ones ended.
+/// Portcullis (id, application, parent) and how the ended ones ended; `POST
+/// /clock/advance?ms=` moves the clock, `POST /sweep` ends what timed out, `POST /deliver`
+/// makes one pass of back-channel logout, and `GET /deliveries?username=` lists the person's
+/// deliveries.
 fn control_router(control: Control) -> Router {
     Router::new()
+        .route(
+            "/clock/advance",
+            post(
+                |State(c): State<Control>, Query(a): Query<Advance>| async move {
+                    c.clock.advance(Duration::from_millis(a.ms));
+                    Json(json!({ "now": c.clock.now().as_millis() }))
+                },
+            ),
+        )
+        .route(
+            "/sweep",
+            post(|State(c): State<Control>| async move {
+                let report = c.engine.sweep().await.expect("sweeping");
+                Json(json!({ "expired": report.expired }))
+            }),
+        )
+        .route(
+            "/deliver",
+            post(|State(c): State<Control>| async move {
+                let report = c
+                    .provider
+                    .deliver_logouts(&c.sender, &DeliverySettings::default())
+                    .await
+                    .expect("delivering");
+                Json(json!({
+                    "delivered": report.delivered,
+                    "retried": report.retried,
+                    "failed": report.failed,
+                }))
+            }),
+        )
+        .route(
+            "/deliveries",
+            get(
+                |State(c): State<Control>, Query(u): Query<Username>| async move {
+                    let user = c.accounts.by_name(&u.username).await.expect("a test user");
+                    let all = c
+                        .provider
+                        .stores()
+                        .deliveries
+                        .deliveries(&DeliveryQuery {
+                            limit: 1000,
+                            ..DeliveryQuery::default()
+                        })
+                        .await
+                        .expect("deliveries");
+                    Json(Value::Array(
+                        all.iter()
+                            .filter(|d| d.subject == user.id)
+                            .map(|d| {
+                                json!({
+                                    "session": d.session.as_str(),
+                                    "client": d.client.as_str(),
+                                    "reason": d.reason.as_str(),
+                                    "state": d.state.as_str(),
+                                    "attempts": d.attempts,
+                                    "last_error": d.last_error,
+                                })
+                            })
+                            .collect(),
+                    ))
+                },
+            ),
+        )
         .route(
             "/users",
             post(
@@ -310,7 +391,7 @@ async fn register(engine: &Engine<Store>, client_id: &str, secret_hash: ClientAu
         auth: secret_hash,
         redirect_uris: vec![format!("{base}/callback")],
         post_logout_redirect_uris: vec![format!("{base}/signed-out")],
-        backchannel_logout_uri: None,
+        backchannel_logout_uri: Some(format!("{base}/backchannel-logout")),
         frontchannel_logout_uri: None,
         scopes: ["openid", "profile"].map(str::to_owned).into(),
         grant_types: [GrantType::AuthorizationCode].into(),
@@ -360,9 +441,14 @@ async fn oidc_rpl_3_8_two_applications_one_sign_in_one_sign_out() {
         signing_keys: Arc::new(store.journal().signing_keys()),
         deliveries: Arc::new(store.journal().deliveries()),
     };
+    // A 30 s idle timeout (the SSO session's too): past it by moving the clock 31 s.
+    let short = PolicyOverrides {
+        idle: Some(Duration::from_secs(30)),
+        ..PolicyOverrides::default()
+    };
     let engine = Arc::new(Engine::new(
         store,
-        PolicySet::default(),
+        PolicySet::new([Policy::resolve("default", &short).unwrap()]),
         clock.clone(),
         Arc::new(OsRandom),
     ));
@@ -393,6 +479,7 @@ async fn oidc_rpl_3_8_two_applications_one_sign_in_one_sign_out() {
     )
     .await
     .expect("starting the provider");
+    let provider = Arc::new(provider);
     let state = AppState::new(Services {
         engine: Arc::clone(&engine),
         accounts: Arc::clone(&accounts),
@@ -401,7 +488,7 @@ async fn oidc_rpl_3_8_two_applications_one_sign_in_one_sign_out() {
             ..UiSettings::default()
         })),
         metrics: None,
-        provider: Some(Arc::new(provider)),
+        provider: Some(Arc::clone(&provider)),
     });
     let cert = serve_https(listener, api_router(state), data.path()).await;
     let control_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -409,6 +496,14 @@ async fn oidc_rpl_3_8_two_applications_one_sign_in_one_sign_out() {
     let control = Control {
         engine: Arc::clone(&engine),
         accounts,
+        clock: clock.clone(),
+        provider,
+        // The examples listen on loopback, which only this allow-list lets the sender reach.
+        sender: HttpLogoutSender::with_roots(
+            OutboundPolicy::parse(["127.0.0.0/8"]).unwrap(),
+            Duration::from_secs(5),
+            rustls::RootCertStore::empty(),
+        ),
     };
     tokio::spawn(async move {
         axum::serve(control_listener, control_router(control))

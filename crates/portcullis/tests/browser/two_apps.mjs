@@ -1,8 +1,9 @@
 // Two applications, one Portcullis: the example applications of examples/ (A: rp-axum, B:
 // rp-node), each a confidential client with its own sessions, used by one person in Chromium.
 // Started by crates/portcullis/tests/two_apps.rs, which serves Portcullis (HTTPS, self-signed,
-// provider on), starts and registers both applications, and runs a control server (add a
-// person, read their sessions at Portcullis).
+// provider on), starts and registers both applications (back-channel logout included), and
+// runs a control server (add a person, read their sessions and deliveries at Portcullis, move
+// the clock, sweep, deliver logout tokens).
 import { chromium } from "playwright-core";
 import { mkdirSync } from "node:fs";
 import { join } from "node:path";
@@ -33,6 +34,25 @@ async function control(method, path, body) {
   return response.json();
 }
 const sessionsOf = (username) => control("GET", `/sessions?username=${username}`);
+const deliveriesOf = (username) => control("GET", `/deliveries?username=${username}`);
+
+/** One pass of Portcullis's back-channel logout deliverer: both applications' sessions under
+ * `sid` (`children`) are told, each application answers 200, and each ends its own session. */
+async function backChannelDelivered(children, reason) {
+  const report = await control("POST", "/deliver");
+  assert.deepEqual(report, { delivered: children.length, retried: 0, failed: 0 }, JSON.stringify(report));
+  const deliveries = await deliveriesOf(USERNAME);
+  for (const child of children) {
+    const delivery = deliveries.find((d) => d.session === child);
+    assert.ok(delivery, `a delivery for ${child}: ${JSON.stringify(deliveries)}`);
+    assert.equal(delivery.state, "delivered", JSON.stringify(delivery));
+    assert.equal(delivery.reason, reason, JSON.stringify(delivery));
+    assert.equal(delivery.attempts, 1);
+  }
+  for (const app of [A, B]) {
+    assert.deepEqual(await localSession(app), { signed_in: false }, `${app.name} ended its own session`);
+  }
+}
 
 const browser = await chromium.launch({ executablePath: CHROMIUM, args: ARGS });
 // Portcullis's certificate is self-signed; the applications are plain http on loopback.
@@ -148,7 +168,8 @@ async function oneSessionTree(sid) {
   return live.filter((s) => s.parent === sid).map((s) => s.id);
 }
 
-/** Signs out at `app` (RP-initiated logout); `other` keeps its own session. */
+/** Signs out at `app` (RP-initiated logout); back-channel logout then ends `other`'s own
+ * session too. */
 async function signOut(app, other, sid, children, screenshot) {
   await page.goto(`${app.url}/`);
   await page.getByRole("heading", { name: "Signed in" }).waitFor();
@@ -188,9 +209,9 @@ async function signOut(app, other, sid, children, screenshot) {
       `${child} ended parent_ended: ${JSON.stringify(ended)}`,
     );
   }
-  // The other application's own session is its own: nothing told it yet (back-channel logout
-  // will).
+  // The other application's own session is its own: until Portcullis tells it.
   assert.equal((await localSession(other)).signed_in, true);
+  await backChannelDelivered(children, "parent_ended");
 }
 
 /** `prompt=none` at `app` after the SSO session ended: login_required, shown by the app. */
@@ -256,6 +277,52 @@ scenario("6_sign_in_again_at_application_b_single_sign_on_at_a", async () => {
 scenario("7_sign_out_at_application_b_then_application_a_asking_silently_gets_login_required", async () => {
   await signOut(B, A, shared.second.sid, shared.children, "08-application-b-signed-out");
   await silentlyLoginRequired(A, "09-application-a-prompt-none-login-required");
+});
+
+scenario("8_the_sso_sessions_idle_timeout_signs_both_applications_out", async () => {
+  const third = await signInWithPassword(A);
+  await singleSignOn(B, third);
+  const children = await oneSessionTree(third.sid);
+  await control("POST", "/clock/advance?ms=31000"); // past the 30 s idle timeout
+  const { expired } = await control("POST", "/sweep");
+  assert.ok(expired >= 1, `the sweeper ended the SSO session: ${expired}`);
+  const { live, ended } = await sessionsOf(USERNAME);
+  assert.deepEqual(live, []);
+  assert.ok(ended.some((e) => e.session === third.sid && e.reason === "expired_idle"), JSON.stringify(ended));
+  await backChannelDelivered(children, "parent_ended");
+  await page.goto(`${A.url}/`);
+  await page.getByRole("heading", { name: "Not signed in" }).waitFor();
+  await shot("10-application-a-signed-out-by-the-idle-timeout");
+});
+
+scenario("9_a_password_change_that_signs_out_everywhere_else_signs_both_applications_out", async () => {
+  const fourth = await signInWithPassword(A);
+  await singleSignOn(B, fourth);
+  const children = await oneSessionTree(fourth.sid);
+  // Somewhere else, the person changes the password and signs out everywhere else.
+  const elsewhere = await browser.newContext({ ignoreHTTPSErrors: true });
+  const account = await elsewhere.newPage();
+  account.setDefaultTimeout(15_000);
+  await account.goto(`${BASE}/login?return_to=${encodeURIComponent("/account/password")}`);
+  await account.fill("#username", USERNAME);
+  await account.fill("#password", PASSWORD);
+  await account.click("main button[type=submit]");
+  await account.waitForURL(/\/login\/stay$/);
+  await account.click("#stay-no");
+  await account.waitForURL(/\/account\/password$/);
+  assert.ok(await account.isChecked("#sign-out-others"), "sign out everywhere else is checked");
+  await account.fill("#current-password", PASSWORD);
+  await account.fill("#new-password", "an even better passphrase 2");
+  await account.fill("#confirm-password", "an even better passphrase 2");
+  await account.click("main button[type=submit]");
+  await account.waitForURL(/done=password_others/);
+  await elsewhere.close();
+  const { ended } = await sessionsOf(USERNAME);
+  assert.ok(ended.some((e) => e.session === fourth.sid && e.reason === "password_changed"), JSON.stringify(ended));
+  await backChannelDelivered(children, "parent_ended");
+  await page.goto(`${B.url}/`);
+  await page.getByRole("heading", { name: "Not signed in" }).waitFor();
+  await shot("11-application-b-signed-out-by-the-password-change");
 });
 
 let failed = 0;
