@@ -593,6 +593,9 @@ pub struct StoredClient {
     /// Whether consent is asked.
     #[serde(default)]
     pub require_consent: bool,
+    /// The ID token signing algorithm, when not the provider's first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id_token_signed_response_alg: Option<String>,
 }
 
 impl StoredClient {
@@ -618,6 +621,9 @@ impl StoredClient {
                 .map(|g| g.as_str().to_owned())
                 .collect(),
             require_consent: client.require_consent,
+            id_token_signed_response_alg: client
+                .id_token_signed_response_alg
+                .map(|alg| alg.as_str().to_owned()),
         };
         to_json(&stored)
     }
@@ -653,6 +659,13 @@ impl StoredClient {
             scopes: stored.scopes.into_iter().collect(),
             grant_types,
             require_consent: stored.require_consent,
+            id_token_signed_response_alg: stored
+                .id_token_signed_response_alg
+                .map(|name| {
+                    SigningAlg::parse(&name)
+                        .ok_or_else(|| StoreError::Corrupt(format!("signing algorithm {name:?}")))
+                })
+                .transpose()?,
         })
     }
 }
@@ -1096,6 +1109,7 @@ mod tests {
             scopes: ["openid", "profile"].map(String::from).into(),
             grant_types: [GrantType::AuthorizationCode, GrantType::RefreshToken].into(),
             require_consent: true,
+            id_token_signed_response_alg: Some(SigningAlg::Rs256),
         };
         let code = AuthorizationCode {
             hash: TokenHash([0x3a; 32]),
@@ -1124,7 +1138,7 @@ mod tests {
         (client, code, key)
     }
 
-    const CLIENT: &str = r#"{"auth":"client_secret_basic","secret_hash":"5c5c5c5c5c5c5c5c5c5c5c5c5c5c5c5c5c5c5c5c5c5c5c5c5c5c5c5c5c5c5c5c","redirect_uris":["https://rp.example/cb"],"post_logout_redirect_uris":["https://rp.example/bye"],"backchannel_logout_uri":"https://rp.example/bc","scopes":["openid","profile"],"grant_types":["authorization_code","refresh_token"],"require_consent":true}"#;
+    const CLIENT: &str = r#"{"auth":"client_secret_basic","secret_hash":"5c5c5c5c5c5c5c5c5c5c5c5c5c5c5c5c5c5c5c5c5c5c5c5c5c5c5c5c5c5c5c5c","redirect_uris":["https://rp.example/cb"],"post_logout_redirect_uris":["https://rp.example/bye"],"backchannel_logout_uri":"https://rp.example/bc","scopes":["openid","profile"],"grant_types":["authorization_code","refresh_token"],"require_consent":true,"id_token_signed_response_alg":"RS256"}"#;
     const CODE: &str = r#"{"hash":"3a3a3a3a3a3a3a3a3a3a3a3a3a3a3a3a3a3a3a3a3a3a3a3a3a3a3a3a3a3a3a3a","client":"app_rp","subject":"usr_1","sso_session":"ses_sso","redirect_uri":"https://rp.example/cb","scopes":["openid"],"nonce":"n","auth_time":1796197681469,"amr":["pwd"],"issued_at":1796197682469,"expires_at":1796197742469,"redeemed_for":"ses_app"}"#;
     const SIGNING_KEY: &str = r#"{"kid":"k1","alg":"ES256","sealed_private":"v1.main.xyz","public_jwk":"{\"kty\":\"EC\"}","created_at":1796197682469,"retired_at":1796197682474}"#;
 

@@ -749,6 +749,27 @@ pub async fn register_client<S: Store>(
             })
             .collect::<Result<_, _>>()?,
     };
+    let id_token_signed_response_alg = match &body.id_token_signed_response_alg {
+        None => None,
+        Some(name) => {
+            let alg = portcullis_core::oidc::SigningAlg::parse(name).ok_or_else(|| {
+                invalid(format!(
+                    "unknown signing algorithm {name:?} (ES256, EdDSA, RS256)"
+                ))
+            })?;
+            // Only an algorithm the provider keeps a key for can sign its tokens.
+            let signs = state
+                .provider
+                .as_ref()
+                .is_some_and(|p| p.keys().signing_kid(alg).is_some());
+            if !signs {
+                return Err(invalid(format!(
+                    "the provider signs no {name} tokens: add it to signing_algs"
+                )));
+            }
+            Some(alg)
+        }
+    };
     let client = Client {
         auth,
         redirect_uris: body.redirect_uris,
@@ -758,6 +779,7 @@ pub async fn register_client<S: Store>(
         scopes: scopes.into_iter().collect(),
         grant_types,
         require_consent: body.require_consent,
+        id_token_signed_response_alg,
     };
     let app = state
         .engine
@@ -851,7 +873,7 @@ pub async fn rotate_signing_key<S: Store>(
     let provider = provider_for_keys(&state)?;
     let name = body.alg.as_deref().unwrap_or("ES256");
     let alg = portcullis_core::oidc::SigningAlg::parse(name).ok_or_else(|| {
-        ApiError::InvalidParameter(format!("unknown algorithm {name:?} (ES256, EdDSA)"))
+        ApiError::InvalidParameter(format!("unknown algorithm {name:?} (ES256, EdDSA, RS256)"))
     })?;
     let key = provider.rotate_key(alg).await.map_err(provider_failed)?;
     Ok(Json(SigningKeyView::from(&key)))

@@ -1074,6 +1074,9 @@ pub struct ClientBody {
     /// Ask the person before the first grant (third-party clients).
     #[serde(default)]
     pub require_consent: bool,
+    /// The algorithm its ID tokens are signed with (`ES256`, `EdDSA`, `RS256`: one of the
+    /// provider's `signing_algs`); default: the first of them.
+    pub id_token_signed_response_alg: Option<String>,
     /// The client's public keys (a JWK Set) for `private_key_jwt`.
     #[schema(value_type = Option<Object>)]
     pub jwks: Option<serde_json::Value>,
@@ -1105,6 +1108,9 @@ pub struct ClientView {
     pub grant_types: Vec<String>,
     /// Whether the person is asked to consent.
     pub require_consent: bool,
+    /// The algorithm its ID tokens are signed with, when not the provider's first.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id_token_signed_response_alg: Option<String>,
     /// The secret, shown once when it is made.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub client_secret: Option<String>,
@@ -1127,6 +1133,9 @@ impl ClientView {
                 .map(|g| g.as_str().to_owned())
                 .collect(),
             require_consent: client.require_consent,
+            id_token_signed_response_alg: client
+                .id_token_signed_response_alg
+                .map(|alg| alg.as_str().to_owned()),
             client_secret: None,
         }
     }

@@ -8,7 +8,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
 
-use portcullis_core::oidc::{Attempt, AttemptOutcome, LogoutDelivery};
+use portcullis_core::oidc::{Attempt, AttemptOutcome, Client, LogoutDelivery};
 use portcullis_core::{Actor, AuditEvent, EventKind, PublicId, Store, Timestamp};
 use serde_json::json;
 
@@ -142,9 +142,11 @@ impl<S: Store> Provider<S> {
     /// The logout token telling `delivery.client` that the session ended (OIDC-BCL-3 to 8):
     /// `sid` is the SSO session's id, as in the ID tokens; `jti` is the same on every attempt,
     /// so a client can recognise a repeated delivery.
+    /// It is signed as `client`'s ID tokens are (OIDC-BCL-6).
     pub fn logout_token(
         &self,
         delivery: &LogoutDelivery,
+        client: Option<&Client>,
         now: Timestamp,
     ) -> Result<String, ProviderError> {
         let iat = seconds(now);
@@ -165,24 +167,28 @@ impl<S: Store> Provider<S> {
         };
         Ok(self
             .keys()
-            .sign(self.id_token_alg(), LOGOUT_TOKEN_TYPE, &claims)?)
+            .sign(self.id_token_alg(client), LOGOUT_TOKEN_TYPE, &claims)?)
     }
 
-    /// Where `delivery` goes: the client's back-channel logout URI as registered now, or, when
-    /// the application is gone (its removal ended the session), the one it had when the
-    /// session was created. `None` when the client withdrew its URI.
+    /// Where `delivery` goes, with the client's registration: the back-channel logout URI as
+    /// registered now, or, when the application is gone (its removal ended the session), the
+    /// one it had when the session was created (signed then with the provider's first
+    /// algorithm). `None` when the client withdrew its URI.
     async fn destination(
         &self,
         delivery: &LogoutDelivery,
-    ) -> Result<Option<String>, ProviderError> {
+    ) -> Result<Option<(String, Option<Client>)>, ProviderError> {
         match self
             .engine
             .store()
             .find_application(&delivery.client)
             .await?
         {
-            Some(app) => Ok(app.client.and_then(|c| c.backchannel_logout_uri)),
-            None => Ok(Some(delivery.uri.clone())),
+            Some(app) => Ok(app.client.and_then(|client| {
+                let uri = client.backchannel_logout_uri.clone()?;
+                Some((uri, Some(client)))
+            })),
+            None => Ok(Some((delivery.uri.clone(), None))),
         }
     }
 
@@ -192,14 +198,14 @@ impl<S: Store> Provider<S> {
         delivery: &LogoutDelivery,
         now: Timestamp,
     ) -> Result<Result<LogoutPost, AttemptOutcome>, ProviderError> {
-        let Some(uri) = self.destination(delivery).await? else {
+        let Some((uri, client)) = self.destination(delivery).await? else {
             return Ok(Err(AttemptOutcome::Failed {
                 error: "the client no longer has a back-channel logout URI".into(),
             }));
         };
         Ok(Ok(LogoutPost {
             uri,
-            logout_token: self.logout_token(delivery, now)?,
+            logout_token: self.logout_token(delivery, client.as_ref(), now)?,
         }))
     }
 

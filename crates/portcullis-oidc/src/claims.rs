@@ -124,7 +124,7 @@ impl LogoutTokenClaims {
 /// with the hash function of the signing algorithm (SHA-512 for Ed25519), base64url.
 pub fn token_hash_claim(alg: SigningAlg, token: &str) -> String {
     let digest: Vec<u8> = match alg {
-        SigningAlg::Es256 => Sha256::digest(token.as_bytes()).to_vec(),
+        SigningAlg::Es256 | SigningAlg::Rs256 => Sha256::digest(token.as_bytes()).to_vec(),
         SigningAlg::EdDsa => Sha512::digest(token.as_bytes()).to_vec(),
     };
     URL_SAFE_NO_PAD.encode(&digest[..digest.len() / 2])

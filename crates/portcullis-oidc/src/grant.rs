@@ -293,7 +293,13 @@ impl<S: Store> Provider<S> {
         } else {
             None
         };
-        Ok(self.tokens(&session, &issued.scopes, issued.nonce.as_deref(), refresh)?)
+        Ok(self.tokens(
+            client,
+            &session,
+            &issued.scopes,
+            issued.nonce.as_deref(),
+            refresh,
+        )?)
     }
 
     /// Whether `app` may redeem `code` now with `redirect_uri` and the PKCE `verifier`.
@@ -462,7 +468,7 @@ impl<S: Store> Provider<S> {
         // A used token is judged first: reuse ends the family whatever else the request asks.
         if let Some(rotated) = &current.rotated {
             return self
-                .refresh_again(&current, rotated, presented, &current.scopes)
+                .refresh_again(client, &current, rotated, presented, &current.scopes)
                 .await;
         }
         let scopes = match scope {
@@ -516,12 +522,17 @@ impl<S: Store> Provider<S> {
             .rotate_refresh_token(&hash, record, sealed)
             .await?
         {
-            Rotation::Rotated(_) => {
-                Ok(self.tokens(&session, &scopes, None, Some(successor.expose().to_owned()))?)
-            }
+            Rotation::Rotated(_) => Ok(self.tokens(
+                client,
+                &session,
+                &scopes,
+                None,
+                Some(successor.expose().to_owned()),
+            )?),
             Rotation::AlreadyRotated(old) => {
                 let rotated = old.rotated.clone().ok_or(invalid)?;
-                self.refresh_again(&old, &rotated, presented, &scopes).await
+                self.refresh_again(client, &old, &rotated, presented, &scopes)
+                    .await
             }
             Rotation::Unknown => Err(invalid.into()),
         }
@@ -531,6 +542,7 @@ impl<S: Store> Provider<S> {
     /// client retrying a refresh whose answer it lost), reuse after it.
     async fn refresh_again(
         &self,
+        client: &Client,
         old: &RefreshToken,
         rotated: &portcullis_core::oidc::Rotated,
         presented: &str,
@@ -569,23 +581,25 @@ impl<S: Store> Provider<S> {
                 }
                 Err(err) => return Err(err.into()),
             };
-            return Ok(self.tokens(&session, scopes, None, Some(successor))?);
+            return Ok(self.tokens(client, &session, scopes, None, Some(successor))?);
         }
         self.end_family(&old.family, &old.subject, EndReason::TokenReuse)
             .await?;
         Err(TokenError::grant("the refresh token was already used").into())
     }
 
-    /// An access token, an ID token (for `openid`) and the refresh token given, for `session`.
+    /// An access token, an ID token (for `openid`) and the refresh token given, for `session`
+    /// of `client`, signed with the client's algorithm.
     fn tokens(
         &self,
+        client: &Client,
         session: &Session,
         scopes: &[String],
         nonce: Option<&str>,
         refresh_token: Option<String>,
     ) -> Result<TokenResponse, ProviderError> {
         let keys = self.keys();
-        let alg = self.id_token_alg();
+        let alg = self.id_token_alg(Some(client));
         let now = self.engine.now();
         let iat = seconds(now);
         let sso = sso_of(session);

@@ -198,12 +198,12 @@ impl<S: Store> Provider<S> {
         &self.engine
     }
 
-    /// The algorithm ID tokens are signed with.
-    pub(crate) fn id_token_alg(&self) -> SigningAlg {
-        self.settings
-            .algs
-            .first()
-            .copied()
+    /// The algorithm `client`'s ID tokens and logout tokens are signed with: its registered
+    /// one, else the provider's first.
+    pub(crate) fn id_token_alg(&self, client: Option<&Client>) -> SigningAlg {
+        client
+            .and_then(|c| c.id_token_signed_response_alg)
+            .or_else(|| self.settings.algs.first().copied())
             .unwrap_or(SigningAlg::Es256)
     }
 

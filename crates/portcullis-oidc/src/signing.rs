@@ -64,15 +64,47 @@ fn algorithm(alg: SigningAlg) -> Algorithm {
     match alg {
         SigningAlg::Es256 => Algorithm::ES256,
         SigningAlg::EdDsa => Algorithm::EdDSA,
+        SigningAlg::Rs256 => Algorithm::RS256,
     }
 }
 
+/// The private key as JOSE reads it: PKCS#8 for EC and Ed25519, PKCS#1 for RSA.
 fn encoding_key(alg: SigningAlg, der: &[u8]) -> EncodingKey {
     match alg {
         SigningAlg::Es256 => EncodingKey::from_ec_der(der),
         SigningAlg::EdDsa => EncodingKey::from_ed_der(der),
+        SigningAlg::Rs256 => EncodingKey::from_rsa_der(der),
     }
 }
+
+/// The injected randomness as the RNG RSA key generation draws from.
+struct Draw<'a>(&'a dyn RandomSource);
+
+impl rand_core::RngCore for Draw<'_> {
+    fn next_u32(&mut self) -> u32 {
+        let mut bytes = [0u8; 4];
+        self.0.fill(&mut bytes);
+        u32::from_le_bytes(bytes)
+    }
+
+    fn next_u64(&mut self) -> u64 {
+        let mut bytes = [0u8; 8];
+        self.0.fill(&mut bytes);
+        u64::from_le_bytes(bytes)
+    }
+
+    fn fill_bytes(&mut self, dest: &mut [u8]) {
+        self.0.fill(dest);
+    }
+
+    fn try_fill_bytes(&mut self, dest: &mut [u8]) -> Result<(), rand_core::Error> {
+        self.0.fill(dest);
+        Ok(())
+    }
+}
+
+// The source is the system's CSPRNG in production (a seeded one only in tests).
+impl rand_core::CryptoRng for Draw<'_> {}
 
 /// A new private key of `alg` as PKCS#8 DER, from the injected randomness.
 fn private_key_der(alg: SigningAlg, random: &dyn RandomSource) -> Vec<u8> {
@@ -101,6 +133,15 @@ fn private_key_der(alg: SigningAlg, random: &dyn RandomSource) -> Vec<u8> {
             .as_bytes()
             .to_vec()
         }
+        SigningAlg::Rs256 => {
+            use rsa::pkcs1::EncodeRsaPrivateKey as _;
+            rsa::RsaPrivateKey::new(&mut Draw(random), 2048)
+                .expect("a 2048-bit RSA key can be made")
+                .to_pkcs1_der()
+                .expect("an RSA key encodes")
+                .as_bytes()
+                .to_vec()
+        }
     }
 }
 
@@ -118,7 +159,7 @@ pub fn generate_signing_key(
         .expect("a key made here has a public half");
     let kid = jwk
         .thumbprint(ThumbprintHash::SHA256)
-        .expect("EC and OKP keys have thumbprints");
+        .expect("RSA, EC and OKP keys have thumbprints");
     jwk.common.key_id = Some(kid.clone());
     jwk.common.public_key_use = Some(PublicKeyUse::Signature);
     SigningKey {
@@ -364,7 +405,7 @@ mod tests {
     fn rfc7638_key_ids_are_thumbprints_and_private_halves_are_sealed() {
         let random = SeededRandom::new(1);
         let ring = keyring();
-        for alg in [SigningAlg::Es256, SigningAlg::EdDsa] {
+        for alg in [SigningAlg::Es256, SigningAlg::EdDsa, SigningAlg::Rs256] {
             let key = generate_signing_key(alg, &ring, &random, at(0));
             let jwk: Value = serde_json::from_str(&key.public_jwk).unwrap();
             // RFC 7638 §3.2: the required members in lexicographic order, no whitespace.
@@ -378,6 +419,11 @@ mod tests {
                     r#"{{"crv":"Ed25519","kty":"OKP","x":"{}"}}"#,
                     jwk["x"].as_str().unwrap()
                 ),
+                SigningAlg::Rs256 => format!(
+                    r#"{{"e":"{}","kty":"RSA","n":"{}"}}"#,
+                    jwk["e"].as_str().unwrap(),
+                    jwk["n"].as_str().unwrap()
+                ),
             };
             assert_eq!(
                 key.kid,
@@ -386,7 +432,9 @@ mod tests {
             assert_eq!(jwk["kid"], key.kid.as_str());
             assert_eq!(jwk["use"], "sig");
             assert_eq!(jwk["alg"], alg.as_str());
-            assert!(jwk.get("d").is_none(), "no private part is published");
+            for private in ["d", "p", "q", "dp", "dq", "qi"] {
+                assert!(jwk.get(private).is_none(), "no private part is published");
+            }
             assert!(key.sealed_private.starts_with("sealed:v1:k1:"));
             let der = STANDARD
                 .decode(ring.open(&key.sealed_private, &key.kid).unwrap())
@@ -428,6 +476,34 @@ mod tests {
         verifying
             .verify(signed.as_bytes(), &signature)
             .expect("JWS ES256 is r‖s over header.payload");
+    }
+
+    #[test]
+    fn rs256_keys_are_2048_bit_and_tokens_verify_with_an_independent_rsa_verifier() {
+        use rsa::signature::Verifier as _;
+        let random = SeededRandom::new(4);
+        let ring = keyring();
+        let stored = generate_signing_key(SigningAlg::Rs256, &ring, &random, at(0));
+        let jwk: Value = serde_json::from_str(&stored.public_jwk).unwrap();
+        assert_eq!(
+            (jwk["kty"].as_str(), jwk["alg"].as_str()),
+            (Some("RSA"), Some("RS256"))
+        );
+        let modulus = rsa::BigUint::from_bytes_be(&b64(jwk["n"].as_str().unwrap()));
+        assert_eq!(modulus.bits(), 2048);
+        let exponent = rsa::BigUint::from_bytes_be(&b64(jwk["e"].as_str().unwrap()));
+
+        let keys = ProviderKeys::load(std::slice::from_ref(&stored), &ring).unwrap();
+        let claims = json!({"sub": "usr_1"});
+        let token = keys.sign(SigningAlg::Rs256, "JWT", &claims).unwrap();
+        assert_eq!(keys.verify::<Value>(&token, "JWT").unwrap(), claims);
+        let (signed, signature) = token.rsplit_once('.').unwrap();
+        let public = rsa::RsaPublicKey::new(modulus, exponent).unwrap();
+        let verifying = rsa::pkcs1v15::VerifyingKey::<Sha256>::new(public);
+        let signature = rsa::pkcs1v15::Signature::try_from(b64(signature).as_slice()).unwrap();
+        verifying
+            .verify(signed.as_bytes(), &signature)
+            .expect("JWS RS256 is RSASSA-PKCS1-v1_5 with SHA-256 over header.payload");
     }
 
     #[test]

@@ -433,6 +433,7 @@ impl<S: Store> System<S> {
             scopes: ["openid", "profile", "email"].map(String::from).into(),
             grant_types: [GrantType::AuthorizationCode, GrantType::RefreshToken].into(),
             require_consent: false,
+            id_token_signed_response_alg: None,
         };
         let app = a
             .engine

@@ -78,6 +78,7 @@ fn registration(auth: ClientAuth) -> Client {
             .into(),
         grant_types: [GrantType::AuthorizationCode, GrantType::RefreshToken].into(),
         require_consent: false,
+        id_token_signed_response_alg: None,
     }
 }
 
@@ -153,6 +154,11 @@ fn inactive() -> Value {
 
 impl Op {
     async fn new() -> Self {
+        Self::signing_with(vec![SigningAlg::Es256]).await
+    }
+
+    /// A provider keeping keys for `algs` (the first signs by default).
+    async fn signing_with(algs: Vec<SigningAlg>) -> Self {
         let clock = Arc::new(ManualClock::default());
         let random = Arc::new(SeededRandom::new(20_260_101));
         let engine = Arc::new(Engine::new(
@@ -189,7 +195,10 @@ impl Op {
             ProviderStores::in_memory(engine.store()),
             keyring,
             random.clone(),
-            ProviderSettings::new(ISSUER),
+            ProviderSettings {
+                algs,
+                ..ProviderSettings::new(ISSUER)
+            },
         )
         .await
         .unwrap();
@@ -2499,4 +2508,54 @@ async fn oidc_core_11_an_offline_grant_lives_by_its_own_idle_and_absolute_limits
         ended_reason(&*op.client_session(&tokens).await),
         Some(EndReason::ExpiredIdle)
     );
+}
+
+#[tokio::test]
+async fn oidc_bcl_6_a_client_registered_for_rs256_gets_its_id_and_logout_tokens_signed_so() {
+    let op = Op::signing_with(vec![SigningAlg::Es256, SigningAlg::Rs256]).await;
+    let mut client = registration(ClientAuth::None);
+    client.id_token_signed_response_alg = Some(SigningAlg::Rs256);
+    client.backchannel_logout_uri = Some(BACK_CHANNEL.to_owned());
+    let rs = op
+        .register_with("legacy", client, ClientCredentials::None)
+        .await;
+    let es = op.public_client("modern").await;
+    let alg_of = |jwt: &str| jsonwebtoken::decode_header(jwt).unwrap().alg;
+
+    let (sso, tokens) = op.log_in(&rs).await;
+    assert_eq!(
+        alg_of(tokens.id_token.as_deref().unwrap()),
+        Algorithm::RS256
+    );
+    assert_eq!(
+        op.id_token(&tokens).aud,
+        rs.id(),
+        "it verifies with the published RSA key"
+    );
+    let code = op.code(&params(&es), &sso).await;
+    let other = op
+        .exchange(&es, &code, Some(REDIRECT), Some(VERIFIER))
+        .await
+        .unwrap();
+    assert_eq!(alg_of(other.id_token.as_deref().unwrap()), Algorithm::ES256);
+    let jwks: Value = serde_json::from_str(op.provider.keys().jwks()).unwrap();
+    let kinds: BTreeSet<&str> = jwks["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["kty"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, BTreeSet::from(["EC", "RSA"]));
+
+    op.sign_out(&sso).await;
+    let sender = RecordingSender::default();
+    op.deliver(&sender).await;
+    let posts = sender.posts();
+    assert_eq!(posts.len(), 1);
+    assert_eq!(
+        alg_of(&posts[0].logout_token),
+        Algorithm::RS256,
+        "as its ID tokens"
+    );
+    assert_eq!(op.logout_claims(&posts[0])["aud"], rs.id());
 }

@@ -323,6 +323,7 @@ mod tests {
             scopes: ["openid".to_owned(), "profile".to_owned()].into(),
             grant_types: [GrantType::AuthorizationCode, GrantType::RefreshToken].into(),
             require_consent: true,
+            id_token_signed_response_alg: None,
         };
         let app = Application {
             id: PublicId::from_string("app_rp".into()),

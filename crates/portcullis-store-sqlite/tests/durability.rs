@@ -208,6 +208,7 @@ async fn the_providers_records_survive_reopen() {
         scopes: ["openid", "offline_access"].map(String::from).into(),
         grant_types: [GrantType::AuthorizationCode, GrantType::RefreshToken].into(),
         require_consent: true,
+        id_token_signed_response_alg: None,
     });
     let plain = application("plain");
     let code = AuthorizationCode {

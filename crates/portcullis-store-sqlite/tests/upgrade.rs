@@ -225,6 +225,7 @@ async fn a_database_from_before_the_provider_opens_and_its_applications_are_no_c
         scopes: ["openid".to_owned()].into(),
         grant_types: [GrantType::AuthorizationCode].into(),
         require_consent: false,
+        id_token_signed_response_alg: None,
     });
     let event = AuditEvent::for_application(
         EventKind::ApplicationUpdated,

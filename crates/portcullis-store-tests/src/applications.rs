@@ -308,6 +308,7 @@ pub async fn an_applications_client_registration_reads_back_and_updates<S: Store
             .into(),
         grant_types: [GrantType::AuthorizationCode, GrantType::RefreshToken].into(),
         require_consent: true,
+        id_token_signed_response_alg: None,
     };
     let public = Client {
         auth: ClientAuth::None,
@@ -318,6 +319,7 @@ pub async fn an_applications_client_registration_reads_back_and_updates<S: Store
         scopes: ["openid".to_owned()].into(),
         grant_types: [GrantType::AuthorizationCode].into(),
         require_consent: false,
+        id_token_signed_response_alg: None,
     };
     let keyed = Client {
         auth: ClientAuth::PrivateKeyJwt {

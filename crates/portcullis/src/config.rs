@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
+use portcullis_core::oidc::SigningAlg;
 use portcullis_core::{
     Binding, EngineSettings, OnLimit, Policy, PolicyOverrides, PolicySet, Preset, parse_duration,
 };
@@ -170,6 +171,10 @@ pub struct Config {
     /// deployment's network.
     #[serde(default)]
     pub outbound_allow: Vec<String>,
+    /// The algorithms the OpenID Connect provider keeps signing keys for; ID tokens are signed
+    /// with the first unless a client registered another of them.
+    #[serde(default = "default_signing_algs")]
+    pub signing_algs: Vec<String>,
     /// How long an outbound request (a back-channel logout) may take.
     #[serde(default = "default_outbound_timeout")]
     pub outbound_timeout: ConfigDuration,
@@ -203,6 +208,10 @@ impl Config {
             .map(Some)
             .map_err(|e| ConfigError::Invalid(format!("encryption_keys: {e}")))
     }
+}
+
+fn default_signing_algs() -> Vec<String> {
+    vec!["ES256".to_owned()]
 }
 
 fn default_outbound_timeout() -> ConfigDuration {
@@ -422,6 +431,7 @@ impl Config {
             .map_err(|e| ConfigError::Invalid(format!("metrics_allow: {e}")))?;
         OutboundPolicy::parse(self.outbound_allow.iter().map(String::as_str))
             .map_err(|e| ConfigError::Invalid(format!("outbound_allow: {e}")))?;
+        self.signing_algs()?;
         if self.outbound_timeout.0.is_zero() {
             return Err(ConfigError::Invalid(
                 "outbound_timeout: must be greater than 0s".into(),
@@ -516,6 +526,27 @@ impl Config {
     /// The proxies whose forwarding headers are believed (checked by [`Config::load`]).
     pub fn trusted_proxies(&self) -> TrustedProxies {
         TrustedProxies::parse(self.trusted_proxies.iter().map(String::as_str)).unwrap_or_default()
+    }
+
+    /// The provider's signing algorithms, the ID tokens' default first.
+    pub fn signing_algs(&self) -> Result<Vec<SigningAlg>, ConfigError> {
+        let mut algs = Vec::new();
+        for name in &self.signing_algs {
+            let alg = SigningAlg::parse(name).ok_or_else(|| {
+                ConfigError::Invalid(format!(
+                    "signing_algs: unknown algorithm \"{name}\" (ES256, EdDSA, RS256)"
+                ))
+            })?;
+            if !algs.contains(&alg) {
+                algs.push(alg);
+            }
+        }
+        if algs.is_empty() {
+            return Err(ConfigError::Invalid(
+                "signing_algs: name at least one algorithm".into(),
+            ));
+        }
+        Ok(algs)
     }
 
     /// Where outbound requests may go (checked by [`Config::load`]).
@@ -658,11 +689,13 @@ mod tests {
             let offline = c.policies().unwrap();
             let offline = offline.get(portcullis_core::OFFLINE_POLICY).unwrap();
             assert_eq!(offline.absolute.value, Duration::from_secs(90 * 86_400));
+            assert_eq!(c.signing_algs().unwrap(), vec![SigningAlg::Es256]);
             jail.create_file(
                 "outbound.toml",
                 r#"
                 outbound_allow = ["127.0.0.0/8", "10.1.0.0/16"]
                 outbound_timeout = "2s"
+                signing_algs = ["RS256", "ES256", "RS256"]
                 offline_policy = "devices"
                 [policies.devices]
                 idle = "7d"
@@ -674,6 +707,11 @@ mod tests {
             assert!(c.outbound_policy().allows("10.1.2.3".parse().unwrap()));
             assert!(!c.outbound_policy().allows("10.2.0.1".parse().unwrap()));
             assert_eq!(c.outbound_timeout.0, Duration::from_secs(2));
+            assert_eq!(
+                c.signing_algs().unwrap(),
+                vec![SigningAlg::Rs256, SigningAlg::Es256],
+                "the first signs by default; a repeat counts once"
+            );
             let policies = c.policies().unwrap();
             let offline = policies.get(portcullis_core::OFFLINE_POLICY).unwrap();
             assert_eq!(offline.absolute.value, Duration::from_secs(30 * 86_400));
@@ -685,6 +723,8 @@ mod tests {
                 ),
                 ("PORTCULLIS_OUTBOUND_TIMEOUT", "0s", "outbound_timeout"),
                 ("PORTCULLIS_OFFLINE_POLICY", "nowhere", "offline_policy"),
+                ("PORTCULLIS_SIGNING_ALGS", "[\"HS256\"]", "signing_algs"),
+                ("PORTCULLIS_SIGNING_ALGS", "[]", "signing_algs"),
             ] {
                 jail.set_env(key, value);
                 let err = Config::load(Some(Path::new("outbound.toml")), &Overrides::default())

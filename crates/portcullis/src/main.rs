@@ -229,6 +229,10 @@ enum AppsCommand {
         /// Ask the person before the first grant (third-party clients).
         #[arg(long)]
         require_consent: bool,
+        /// Sign its ID tokens with this algorithm (`ES256`, `EdDSA`, `RS256`; one of
+        /// `signing_algs`) instead of the provider's first.
+        #[arg(long)]
+        id_token_alg: Option<String>,
         /// Make a new secret even though the client has one.
         #[arg(long)]
         new_secret: bool,
@@ -246,7 +250,7 @@ enum KeysCommand {
     List,
     /// Make a new signing key; the old one stays published, retired, for a day.
     Rotate {
-        /// `ES256` (default) or `EdDSA`.
+        /// `ES256` (default), `EdDSA` or `RS256`.
         #[arg(long)]
         alg: Option<String>,
     },
@@ -540,6 +544,7 @@ async fn apps_command(config: &Config, cmd: AppsCommand) -> Result<()> {
             backchannel_logout_uri,
             frontchannel_logout_uri,
             require_consent,
+            id_token_alg,
             new_secret,
         } => {
             let jwks = match jwks_file {
@@ -562,6 +567,7 @@ async fn apps_command(config: &Config, cmd: AppsCommand) -> Result<()> {
                 "scopes": non_empty(scopes),
                 "grant_types": non_empty(grant_types),
                 "require_consent": require_consent,
+                "id_token_signed_response_alg": id_token_alg,
                 "jwks": jwks,
                 "new_secret": new_secret,
             });
@@ -812,7 +818,10 @@ async fn app_state<S: Store>(
                 backing.provider,
                 keyring,
                 random.clone(),
-                ProviderSettings::new(issuer),
+                ProviderSettings {
+                    algs: config.signing_algs()?,
+                    ..ProviderSettings::new(issuer)
+                },
             )
             .await
             .context("cannot start the OpenID Connect provider")?;

@@ -18,7 +18,7 @@ use axum::extract::{Query, State};
 use axum::response::Html;
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use portcullis_core::oidc::{Client, ClientAuth, GrantType};
+use portcullis_core::oidc::{Client, ClientAuth, GrantType, SigningAlg};
 use portcullis_core::{
     Accounts, Actor, ApplicationChange, Clock, Engine, EventKind, EventQuery, Keyring, ManualClock,
     NoAuditSink, OsRandom, Policy, PolicyOverrides, PolicySet, Principal, Timestamp, UserStore,
@@ -215,6 +215,7 @@ async fn register(
     auth: ClientAuth,
     redirect_uri: &str,
     require_consent: bool,
+    id_token_signed_response_alg: Option<SigningAlg>,
 ) -> String {
     let app = engine
         .add_application(
@@ -243,6 +244,7 @@ async fn register(
             .into(),
         grant_types: [GrantType::AuthorizationCode, GrantType::RefreshToken].into(),
         require_consent,
+        id_token_signed_response_alg,
     };
     engine
         .register_client(app.id.as_str(), Some(client), &Actor::cli())
@@ -303,7 +305,10 @@ async fn openid_client_and_chromium() {
         stores,
         keyring,
         Arc::new(OsRandom),
-        ProviderSettings::new(&issuer),
+        ProviderSettings {
+            algs: vec![SigningAlg::Es256, SigningAlg::Rs256],
+            ..ProviderSettings::new(&issuer)
+        },
     )
     .await
     .expect("starting the provider");
@@ -318,9 +323,19 @@ async fn openid_client_and_chromium() {
         ClientAuth::Secret(secret.hash()),
         &redirect_uri,
         false,
+        None,
     )
     .await;
-    let public = register(&engine, "Notes SPA", ClientAuth::None, &redirect_uri, false).await;
+    // A client that verifies RS256 only (`id_token_signed_response_alg`).
+    let public = register(
+        &engine,
+        "Notes SPA",
+        ClientAuth::None,
+        &redirect_uri,
+        false,
+        Some(SigningAlg::Rs256),
+    )
+    .await;
     let third_party_secret = engine.new_client_secret();
     let third_party = register(
         &engine,
@@ -328,6 +343,7 @@ async fn openid_client_and_chromium() {
         ClientAuth::Secret(third_party_secret.hash()),
         &redirect_uri,
         true,
+        None,
     )
     .await;
 

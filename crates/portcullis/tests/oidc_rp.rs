@@ -271,6 +271,7 @@ impl Portcullis {
                     scopes: ["openid", "profile"].map(String::from).into(),
                     grant_types: [GrantType::AuthorizationCode, GrantType::RefreshToken].into(),
                     require_consent: false,
+                    id_token_signed_response_alg: None,
                 }),
                 &Actor::cli(),
             )

@@ -638,6 +638,19 @@ async fn oidc_clients_and_signing_keys_are_managed_by_the_cli() {
         ],
         "jwks",
     );
+    // Only an algorithm the provider keeps a key for (signing_algs, ES256 here) can sign.
+    refused(
+        &[
+            "apps",
+            "client",
+            "shop",
+            "--redirect-uri",
+            "https://shop.example/cb",
+            "--id-token-alg",
+            "RS256",
+        ],
+        "signing_algs",
+    );
     let shown = ok(&["apps", "show", "shop"]);
     assert_eq!(
         shown["client"]["redirect_uris"],

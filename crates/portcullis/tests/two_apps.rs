@@ -396,6 +396,7 @@ async fn register(engine: &Engine<Store>, client_id: &str, secret_hash: ClientAu
         scopes: ["openid", "profile"].map(str::to_owned).into(),
         grant_types: [GrantType::AuthorizationCode].into(),
         require_consent: false,
+        id_token_signed_response_alg: None,
     };
     engine
         .register_client(client_id, Some(client), &Actor::cli())

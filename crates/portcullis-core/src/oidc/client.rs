@@ -3,6 +3,7 @@
 
 use std::collections::BTreeSet;
 
+use super::SigningAlg;
 use crate::token::TokenHash;
 
 /// The scopes Portcullis knows; a client is registered with a subset.
@@ -106,6 +107,10 @@ pub struct Client {
     /// Whether the person is asked to consent before the first grant (third-party clients);
     /// first-party clients are trusted without asking.
     pub require_consent: bool,
+    /// The algorithm its ID tokens (and logout tokens) are signed with
+    /// (`id_token_signed_response_alg`), one the provider keeps keys for; `None`: the
+    /// provider's first.
+    pub id_token_signed_response_alg: Option<SigningAlg>,
 }
 
 impl Client {
@@ -256,6 +261,7 @@ mod tests {
             scopes: ["openid", "profile"].map(String::from).into(),
             grant_types: [GrantType::AuthorizationCode].into(),
             require_consent: false,
+            id_token_signed_response_alg: None,
         }
     }
 

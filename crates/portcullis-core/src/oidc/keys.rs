@@ -14,6 +14,9 @@ pub enum SigningAlg {
     Es256,
     /// Ed25519.
     EdDsa,
+    /// RSASSA-PKCS1-v1_5 with SHA-256 and a 2048-bit key, for clients that verify nothing
+    /// else.
+    Rs256,
 }
 
 impl SigningAlg {
@@ -22,12 +25,13 @@ impl SigningAlg {
         match self {
             Self::Es256 => "ES256",
             Self::EdDsa => "EdDSA",
+            Self::Rs256 => "RS256",
         }
     }
 
     /// The algorithm named `name`.
     pub fn parse(name: &str) -> Option<Self> {
-        [Self::Es256, Self::EdDsa]
+        [Self::Es256, Self::EdDsa, Self::Rs256]
             .into_iter()
             .find(|a| a.as_str() == name)
     }

@@ -58,6 +58,7 @@ async function shot(page, name) {
 
 /** The payload of a JWT, unverified (openid-client verified what it must). */
 const payloadOf = (jwt) => JSON.parse(Buffer.from(jwt.split(".")[1], "base64url").toString());
+const headerOf = (jwt) => JSON.parse(Buffer.from(jwt.split(".")[0], "base64url").toString());
 
 /** Runs `call`, expecting an OAuth error response `error` from the server. */
 async function oauthError(call, error) {
@@ -170,6 +171,7 @@ scenario("1_confidential_client_secret_basic_sign_in_code_id_token_userinfo", as
   // openid-client checks the ID token: signature (JWKS), iss, aud, exp, iat, nonce, at_hash.
   const tokens = await oidc.authorizationCodeGrant(confidential, callback, checks);
   const claims = tokens.claims();
+  assert.equal(headerOf(tokens.id_token).alg, "ES256", "the provider's first algorithm");
   assert.equal(claims.iss, BASE);
   assert.equal(claims.aud, CLIENTS.confidential.client_id);
   assert.equal(claims.nonce, checks.expectedNonce);
@@ -205,6 +207,8 @@ scenario("2_public_client_pkce_in_the_same_browser_is_single_sign_on", async () 
   assert.ok(callback.searchParams.get("code"));
   const tokens = await oidc.authorizationCodeGrant(publicClient, callback, checks);
   const claims = tokens.claims();
+  // This client registered id_token_signed_response_alg RS256; openid-client verified it.
+  assert.equal(headerOf(tokens.id_token).alg, "RS256");
   assert.equal(claims.aud, CLIENTS.public.client_id);
   assert.equal(claims.sub, shared.sub, "the same person");
   assert.equal(claims.sid, shared.sid, "the same SSO session");
