@@ -95,6 +95,9 @@ pub struct TokenResponse {
 }
 
 /// Seals a refresh token's successor under a key only the holder of the old token can derive.
+/// How far ahead a client assertion may expire (`private_key_jwt`).
+pub const MAX_ASSERTION_LIFETIME: std::time::Duration = std::time::Duration::from_secs(300);
+
 fn successor_ring(old_token: &str) -> Keyring {
     use sha2::{Digest, Sha256};
     let key = Sha256::new()
@@ -161,7 +164,9 @@ impl<S: Store> Provider<S> {
     }
 
     /// RFC 7523 §3 as OpenID Connect Core §9 uses it: signed by a key of the client's JWK Set
-    /// with an asymmetric algorithm, `iss` = `sub` = the client, `aud` naming us, not expired.
+    /// with an asymmetric algorithm, `iss` = `sub` = the client, `aud` naming us, a `jti`, not
+    /// expired, and expiring within [`MAX_ASSERTION_LIFETIME`]: a long-lived assertion is a
+    /// bearer credential anyone who sees it could replay.
     fn assertion_holds(
         &self,
         client_id: &str,
@@ -207,13 +212,15 @@ impl<S: Store> Provider<S> {
                 }),
                 _ => false,
             };
+            let longest = now + MAX_ASSERTION_LIFETIME.as_secs() as i64;
             text("iss") == Some(client_id)
                 && text("sub") == Some(client_id)
                 && audience_ok
+                && text("jti").is_some_and(|jti| !jti.is_empty())
                 && claims
                     .get("exp")
                     .and_then(Value::as_i64)
-                    .is_some_and(|exp| exp > now)
+                    .is_some_and(|exp| exp > now && exp <= longest)
                 && claims
                     .get("nbf")
                     .is_none_or(|nbf| nbf.as_i64().is_some_and(|nbf| nbf <= now))

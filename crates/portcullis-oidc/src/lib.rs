@@ -29,7 +29,7 @@ pub use claims::{
     LOGOUT_TOKEN_TYPE, LogoutTokenClaims, token_hash_claim,
 };
 pub use discovery::{Endpoints, provider_metadata};
-pub use grant::{ClientCredentials, TokenError, TokenResponse};
+pub use grant::{ClientCredentials, MAX_ASSERTION_LIFETIME, TokenError, TokenResponse};
 pub use logout::{LogoutError, LogoutParams, LogoutRequest};
 pub use pkce::{is_code_challenge, verifier_matches};
 pub use provider::{

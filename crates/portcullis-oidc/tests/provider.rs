@@ -1819,7 +1819,7 @@ async fn asvs5_9_2_1_rfc7523_3_a_client_assertion_not_valid_yet_is_refused() {
         )
         .await;
     let now = op.now();
-    let mut claims = assertion_claims(&rp.app.id, json!(TOKEN_ENDPOINT), now, 7200);
+    let mut claims = assertion_claims(&rp.app.id, json!(TOKEN_ENDPOINT), now, 3660);
     claims["nbf"] = json!(secs(now) + 3600);
     assert_invalid_client(
         op.authenticate(Some(rp.id()), &assertion(&key, &claims))
@@ -1830,6 +1830,48 @@ async fn asvs5_9_2_1_rfc7523_3_a_client_assertion_not_valid_yet_is_refused() {
     op.authenticate(Some(rp.id()), &assertion(&key, &claims))
         .await
         .unwrap();
+}
+
+#[tokio::test]
+async fn oidc_core_9_a_client_assertion_names_a_jti_and_expires_within_five_minutes() {
+    let op = Op::new().await;
+    let key = client_key(&op.random, op.now());
+    let rp = op
+        .register_with(
+            "signed",
+            registration(ClientAuth::PrivateKeyJwt {
+                jwks: key.jwks.clone(),
+            }),
+            ClientCredentials::None,
+        )
+        .await;
+    let now = op.now();
+    op.authenticate(
+        Some(rp.id()),
+        &assertion(
+            &key,
+            &assertion_claims(&rp.app.id, json!(TOKEN_ENDPOINT), now, 300),
+        ),
+    )
+    .await
+    .unwrap();
+    // Valid for an hour: a bearer credential for an hour; refused.
+    assert_invalid_client(
+        op.authenticate(
+            Some(rp.id()),
+            &assertion(
+                &key,
+                &assertion_claims(&rp.app.id, json!(TOKEN_ENDPOINT), now, 3600),
+            ),
+        )
+        .await,
+    );
+    let mut no_jti = assertion_claims(&rp.app.id, json!(TOKEN_ENDPOINT), now, 60);
+    no_jti.as_object_mut().unwrap().remove("jti");
+    assert_invalid_client(
+        op.authenticate(Some(rp.id()), &assertion(&key, &no_jti))
+            .await,
+    );
 }
 
 #[tokio::test]

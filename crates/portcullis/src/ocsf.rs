@@ -333,6 +333,18 @@ mod tests {
                 event.subject = None;
                 event.detail = json!({ "client_ip": "198.51.100.7", "accounts": 10 });
             }
+        } else if name.starts_with("logout.") {
+            // A back-channel logout attempt: server to server, no client address.
+            event = AuditEvent::for_application(
+                kind,
+                &portcullis_core::PublicId::from_string("app_1".into()),
+                at,
+                &Actor::system(),
+                json!({ "attempt": 1, "sid": "ses_0", "error": "HTTP 503", "retry_at": 1_700_000_010_123_i64 }),
+            );
+            event.session_id = Some(portcullis_core::PublicId::from_string("ses_1".into()));
+            event.subject = Some("usr_1".into());
+            event.reason = Some(EndReason::ParentEnded);
         } else if name.starts_with("api_key.") || name.starts_with("application.") {
             event = AuditEvent::for_application(
                 kind,
@@ -374,7 +386,13 @@ mod tests {
             assert_eq!(type_of(&ocsf["actor"]), "object");
             assert_eq!(ocsf["unmapped"]["kind"], kind.as_str());
             // Who, from where, how.
-            if class == AUTHENTICATION && kind != EventKind::SessionBurst {
+            let from_a_client = !matches!(
+                kind,
+                EventKind::SessionBurst
+                    | EventKind::LogoutDelivered
+                    | EventKind::LogoutDeliveryFailed
+            );
+            if class == AUTHENTICATION && from_a_client {
                 assert_eq!(ocsf["src_endpoint"]["ip"], "198.51.100.7", "{kind:?}");
                 assert_eq!(type_of(&ocsf["auth_protocol"]), "string");
                 assert_eq!(ocsf["logon_type_id"], 99);
@@ -399,6 +417,14 @@ mod tests {
         assert_eq!(of(EventKind::UserPasswordChanged), (3001, 3, 1));
         assert_eq!(of(EventKind::UserTotpEnrolled), (3001, 10, 1));
         assert_eq!(of(EventKind::ApiKeyRevoked), (3004, 4, 1));
+        assert_eq!(of(EventKind::LogoutDelivered), (3002, 99, 1));
+        assert_eq!(of(EventKind::LogoutDeliveryFailed), (3002, 99, 2));
+        let delivery = to_ocsf(&sample(EventKind::LogoutDeliveryFailed));
+        assert_eq!(delivery["session"]["uid"], "ses_1");
+        assert_eq!(
+            delivery["dst_endpoint"]["svc_name"], "app_1",
+            "the client told"
+        );
         let failed = to_ocsf(&sample(EventKind::LoginFailed));
         assert_eq!(failed["http_request"]["user_agent"], "curl/8");
         assert_eq!(failed["status_detail"], "failed: password");
