@@ -54,9 +54,9 @@ pub use store::{
     SessionLimit, SessionStore, Store, StoreError, TrailFuture,
 };
 pub use stored::{
-    StoredApiKey, StoredAuth, StoredClient, StoredCode, StoredDeadline, StoredDelivery,
-    StoredDevice, StoredElevation, StoredEndReason, StoredEnded, StoredSession, StoredSigningKey,
-    StoredTotp, StoredUser,
+    DeliveryRow, StoredApiKey, StoredAuth, StoredClient, StoredCode, StoredDeadline,
+    StoredDelivery, StoredDevice, StoredElevation, StoredEndReason, StoredEnded, StoredSession,
+    StoredSigningKey, StoredTotp, StoredUser,
 };
 pub use throttle::{
     MemoryThrottleStore, Strikes, ThrottleFuture, ThrottleRules, ThrottleStore, Verdict,

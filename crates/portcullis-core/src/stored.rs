@@ -670,6 +670,72 @@ impl StoredClient {
     }
 }
 
+/// A back-channel logout delivery as the SQL stores keep it: a column per field (times in
+/// milliseconds), converted here once for both.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeliveryRow {
+    /// The ended session's id.
+    pub session: String,
+    /// Its SSO session's id.
+    pub sso_session: Option<String>,
+    /// Account id.
+    pub subject: String,
+    /// Client (application id).
+    pub client: String,
+    /// Why the session ended.
+    pub reason: String,
+    /// Ended (ms).
+    pub ended_at: i64,
+    /// `pending`, `delivered` or `failed`.
+    pub state: String,
+    /// Attempts made.
+    pub attempts: i64,
+    /// Due (pending) or finished (ms).
+    pub next_attempt_at: i64,
+    /// What the last failed attempt met.
+    pub last_error: Option<String>,
+    /// The client's back-channel logout URI when the session was created.
+    pub uri: String,
+}
+
+impl DeliveryRow {
+    /// The columns of `d`.
+    pub fn of(d: &LogoutDelivery) -> Self {
+        Self {
+            session: d.session.as_str().to_owned(),
+            sso_session: d.sso_session.as_ref().map(|s| s.as_str().to_owned()),
+            subject: d.subject.clone(),
+            client: d.client.as_str().to_owned(),
+            reason: d.reason.as_str().to_owned(),
+            ended_at: d.ended_at.as_millis(),
+            state: d.state.as_str().to_owned(),
+            attempts: i64::from(d.attempts),
+            next_attempt_at: d.next_attempt_at.as_millis(),
+            last_error: d.last_error.clone(),
+            uri: d.uri.clone(),
+        }
+    }
+
+    /// The delivery these columns hold.
+    pub fn into_delivery(self) -> Result<LogoutDelivery, StoreError> {
+        let corrupt =
+            |what: &str| StoreError::Corrupt(format!("delivery {}: {what}", self.session));
+        Ok(LogoutDelivery {
+            reason: EndReason::parse(&self.reason).ok_or_else(|| corrupt("unknown reason"))?,
+            state: DeliveryState::parse(&self.state).ok_or_else(|| corrupt("unknown state"))?,
+            attempts: u32::try_from(self.attempts).map_err(|_| corrupt("attempts"))?,
+            sso_session: opt_id(self.sso_session),
+            subject: self.subject,
+            client: id(self.client),
+            ended_at: at(self.ended_at),
+            next_attempt_at: at(self.next_attempt_at),
+            last_error: self.last_error,
+            uri: self.uri,
+            session: id(self.session),
+        })
+    }
+}
+
 /// A back-channel logout delivery, as the Redis store keeps it (the SQL stores keep every
 /// field in a column of its own).
 #[derive(Clone, Serialize, Deserialize)]

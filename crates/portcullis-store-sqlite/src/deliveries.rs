@@ -7,13 +7,13 @@
 use portcullis_core::oidc::{
     Attempt, DeliveryQuery, DeliveryState, LogoutDelivery, LogoutDeliveryStore, ProviderFuture,
 };
-use portcullis_core::{EndReason, PublicId, SessionId, StoreError, Timestamp};
+use portcullis_core::{DeliveryRow, SessionId, StoreError, Timestamp};
 use sqlx::sqlite::SqliteRow;
 use sqlx::{Row, SqliteConnection, SqlitePool};
 
 use crate::unavailable;
 
-/// The columns of `oidc_deliveries`, in [`DeliveryRow::read`]'s order.
+/// The columns of `oidc_deliveries`, in [`DeliveryRow`]'s order.
 const COLUMNS: &str = "session, sso_session, subject, client, reason, ended_at, state, attempts,
     next_attempt_at, last_error, uri";
 
@@ -30,78 +30,26 @@ impl SqliteDeliveryStore {
     }
 }
 
-/// One row of `oidc_deliveries`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct DeliveryRow {
-    session: String,
-    sso_session: Option<String>,
-    subject: String,
-    client: String,
-    reason: String,
-    /// Milliseconds since the Unix epoch, as every time here.
-    ended_at: i64,
-    state: String,
-    attempts: i64,
-    next_attempt_at: i64,
-    last_error: Option<String>,
-    uri: String,
-}
-
-impl DeliveryRow {
-    fn of(d: &LogoutDelivery) -> Self {
-        Self {
-            session: d.session.as_str().to_owned(),
-            sso_session: d.sso_session.as_ref().map(|s| s.as_str().to_owned()),
-            subject: d.subject.clone(),
-            client: d.client.as_str().to_owned(),
-            reason: d.reason.as_str().to_owned(),
-            ended_at: d.ended_at.as_millis(),
-            state: d.state.as_str().to_owned(),
-            attempts: i64::from(d.attempts),
-            next_attempt_at: d.next_attempt_at.as_millis(),
-            last_error: d.last_error.clone(),
-            uri: d.uri.clone(),
-        }
-    }
-
-    fn read(row: &SqliteRow) -> Result<Self, sqlx::Error> {
-        Ok(Self {
-            session: row.try_get(0)?,
-            sso_session: row.try_get(1)?,
-            subject: row.try_get(2)?,
-            client: row.try_get(3)?,
-            reason: row.try_get(4)?,
-            ended_at: row.try_get(5)?,
-            state: row.try_get(6)?,
-            attempts: row.try_get(7)?,
-            next_attempt_at: row.try_get(8)?,
-            last_error: row.try_get(9)?,
-            uri: row.try_get(10)?,
-        })
-    }
-
-    fn into_delivery(self) -> Result<LogoutDelivery, StoreError> {
-        let corrupt =
-            |what: &str| StoreError::Corrupt(format!("delivery {}: {what}", self.session));
-        Ok(LogoutDelivery {
-            reason: EndReason::parse(&self.reason).ok_or_else(|| corrupt("unknown reason"))?,
-            state: DeliveryState::parse(&self.state).ok_or_else(|| corrupt("unknown state"))?,
-            attempts: u32::try_from(self.attempts).map_err(|_| corrupt("attempts"))?,
-            sso_session: self.sso_session.map(PublicId::from_string),
-            subject: self.subject,
-            client: PublicId::from_string(self.client),
-            ended_at: Timestamp::from_millis(self.ended_at),
-            next_attempt_at: Timestamp::from_millis(self.next_attempt_at),
-            last_error: self.last_error,
-            uri: self.uri,
-            session: PublicId::from_string(self.session),
-        })
-    }
+/// The columns of one row, in [`COLUMNS`]' order.
+fn read_row(row: &SqliteRow) -> Result<DeliveryRow, sqlx::Error> {
+    Ok(DeliveryRow {
+        session: row.try_get(0)?,
+        sso_session: row.try_get(1)?,
+        subject: row.try_get(2)?,
+        client: row.try_get(3)?,
+        reason: row.try_get(4)?,
+        ended_at: row.try_get(5)?,
+        state: row.try_get(6)?,
+        attempts: row.try_get(7)?,
+        next_attempt_at: row.try_get(8)?,
+        last_error: row.try_get(9)?,
+        uri: row.try_get(10)?,
+    })
 }
 
 fn read_all(rows: &[SqliteRow]) -> Result<Vec<LogoutDelivery>, StoreError> {
     rows.iter()
-        .map(|row| DeliveryRow::read(row).map_err(unavailable)?.into_delivery())
+        .map(|row| read_row(row).map_err(unavailable)?.into_delivery())
         .collect()
 }
 
@@ -170,9 +118,7 @@ impl SqliteDeliveryStore {
                 .await
                 .map_err(unavailable)?;
             let Some(row) = row else { return Ok(None) };
-            let current = DeliveryRow::read(&row)
-                .map_err(unavailable)?
-                .into_delivery()?;
+            let current = read_row(&row).map_err(unavailable)?.into_delivery()?;
             let Some(changed) = next(&current) else {
                 return Ok(None);
             };
