@@ -65,3 +65,12 @@ async fn delivery_store_contract() {
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_store_contract() {
+    portcullis_store_tests::provider::replay_store_contract(
+        std::sync::Arc::new(portcullis_core::oidc::MemoryReplayStore::new()),
+        portcullis_store_tests::provider::CodeExpiry::Swept,
+    )
+    .await;
+}

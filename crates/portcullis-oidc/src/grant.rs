@@ -14,10 +14,11 @@ use portcullis_core::oidc::{
 };
 use portcullis_core::{
     Application, AuthContext, EndReason, EngineError, Keyring, NewSession, OFFLINE_POLICY,
-    PublicId, Session, SessionId, Store, Timestamp, Token, TokenKind,
+    PublicId, Session, SessionId, Store, Timestamp, Token, TokenHash, TokenKind,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
 
 use crate::authorize::{ProviderOr, acr_of_level};
 use crate::claims::{
@@ -99,7 +100,6 @@ pub struct TokenResponse {
 pub const MAX_ASSERTION_LIFETIME: std::time::Duration = std::time::Duration::from_secs(300);
 
 fn successor_ring(old_token: &str) -> Keyring {
-    use sha2::{Digest, Sha256};
     let key = Sha256::new()
         .chain_update(b"portcullis refresh successor v1\0")
         .chain_update(old_token.as_bytes())
@@ -152,7 +152,22 @@ impl<S: Store> Provider<S> {
                     .is_ok_and(|presented| presented == *hash)
             }
             (ClientAuth::PrivateKeyJwt { jwks }, ClientCredentials::Assertion(assertion)) => {
-                self.assertion_holds(&client_id, jwks, assertion, endpoint)
+                match self.assertion_holds(&client_id, jwks, assertion, endpoint) {
+                    // OpenID Connect Core §9: an assertion is used once, on any node.
+                    Some((jti, exp)) => {
+                        let id = Sha256::new()
+                            .chain_update(b"portcullis client assertion v1\0")
+                            .chain_update(client_id.as_bytes())
+                            .chain_update(b"\0")
+                            .chain_update(jti.as_bytes())
+                            .finalize();
+                        self.stores
+                            .replays
+                            .first_use(&TokenHash(id.into()), self.engine.now(), exp)
+                            .await?
+                    }
+                    None => false,
+                }
             }
             _ => false,
         };
@@ -165,26 +180,22 @@ impl<S: Store> Provider<S> {
 
     /// RFC 7523 §3 as OpenID Connect Core §9 uses it: signed by a key of the client's JWK Set
     /// with an asymmetric algorithm, `iss` = `sub` = the client, `aud` naming us, a `jti`, not
-    /// expired, and expiring within [`MAX_ASSERTION_LIFETIME`]: a long-lived assertion is a
-    /// bearer credential anyone who sees it could replay.
+    /// expired, and expiring within [`MAX_ASSERTION_LIFETIME`] (so the record that it was used
+    /// need not be kept long). Answers its `jti` and expiry.
     fn assertion_holds(
         &self,
         client_id: &str,
         jwks: &str,
         assertion: &str,
         endpoint: &str,
-    ) -> bool {
-        let Ok(set) = serde_json::from_str::<JwkSet>(jwks) else {
-            return false;
-        };
-        let Ok(header) = jsonwebtoken::decode_header(assertion) else {
-            return false;
-        };
+    ) -> Option<(String, Timestamp)> {
+        let set = serde_json::from_str::<JwkSet>(jwks).ok()?;
+        let header = jsonwebtoken::decode_header(assertion).ok()?;
         if !matches!(
             header.alg,
             Algorithm::ES256 | Algorithm::EdDSA | Algorithm::RS256 | Algorithm::PS256
         ) {
-            return false;
+            return None;
         }
         let candidates: Vec<_> = match &header.kid {
             Some(kid) => set.find(kid).into_iter().collect(),
@@ -195,14 +206,11 @@ impl<S: Store> Provider<S> {
         validation.validate_aud = false;
         validation.required_spec_claims = HashSet::new();
         let now = seconds(self.engine.now());
-        candidates.into_iter().any(|jwk| {
-            let Ok(key) = DecodingKey::from_jwk(jwk) else {
-                return false;
-            };
-            let Ok(data) = jsonwebtoken::decode::<Value>(assertion, &key, &validation) else {
-                return false;
-            };
-            let claims = data.claims;
+        candidates.into_iter().find_map(|jwk| {
+            let key = DecodingKey::from_jwk(jwk).ok()?;
+            let claims = jsonwebtoken::decode::<Value>(assertion, &key, &validation)
+                .ok()?
+                .claims;
             let text = |name: &str| claims.get(name).and_then(Value::as_str);
             let audience_ok = match claims.get("aud") {
                 Some(Value::String(aud)) => aud == endpoint || *aud == self.settings.issuer,
@@ -213,17 +221,23 @@ impl<S: Store> Provider<S> {
                 _ => false,
             };
             let longest = now + MAX_ASSERTION_LIFETIME.as_secs() as i64;
-            text("iss") == Some(client_id)
+            let exp = claims
+                .get("exp")
+                .and_then(Value::as_i64)
+                .filter(|exp| *exp > now && *exp <= longest)?;
+            let jti = text("jti").filter(|jti| !jti.is_empty())?;
+            let holds = text("iss") == Some(client_id)
                 && text("sub") == Some(client_id)
                 && audience_ok
-                && text("jti").is_some_and(|jti| !jti.is_empty())
-                && claims
-                    .get("exp")
-                    .and_then(Value::as_i64)
-                    .is_some_and(|exp| exp > now && exp <= longest)
                 && claims
                     .get("nbf")
-                    .is_none_or(|nbf| nbf.as_i64().is_some_and(|nbf| nbf <= now))
+                    .is_none_or(|nbf| nbf.as_i64().is_some_and(|nbf| nbf <= now));
+            holds.then(|| {
+                (
+                    jti.to_owned(),
+                    Timestamp::from_millis(exp.saturating_mul(1000)),
+                )
+            })
         })
     }
 

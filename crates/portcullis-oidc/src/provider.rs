@@ -8,8 +8,9 @@ use std::time::Duration;
 use parking_lot::RwLock;
 use portcullis_core::oidc::{
     CODE_REMEMBERED, Client, CodeStore, ConsentStore, DELIVERY_KEPT, LogoutDeliveryStore,
-    MemoryCodeStore, MemoryConsentStore, MemoryRefreshTokenStore, MemorySigningKeyStore,
-    REFRESH_RETRY_GRACE, RefreshTokenStore, SigningAlg, SigningKey, SigningKeyStore,
+    MemoryCodeStore, MemoryConsentStore, MemoryRefreshTokenStore, MemoryReplayStore,
+    MemorySigningKeyStore, REFRESH_RETRY_GRACE, RefreshTokenStore, ReplayStore, SigningAlg,
+    SigningKey, SigningKeyStore,
 };
 use portcullis_core::{
     AccountError, Accounts, Actor, Application, Engine, EngineError, Keyring, MemoryStore,
@@ -81,6 +82,8 @@ pub struct ProviderStores {
     /// Back-channel logout deliveries, which the session store writes with each ending: the
     /// same backend's.
     pub deliveries: Arc<dyn LogoutDeliveryStore>,
+    /// One-time identifiers (client assertions' `jti`).
+    pub replays: Arc<dyn ReplayStore>,
 }
 
 impl ProviderStores {
@@ -93,6 +96,7 @@ impl ProviderStores {
             consents: Arc::new(MemoryConsentStore::new()),
             signing_keys: Arc::new(MemorySigningKeyStore::new()),
             deliveries: Arc::new(sessions.journal().deliveries()),
+            replays: Arc::new(MemoryReplayStore::new()),
         }
     }
 }
@@ -278,6 +282,7 @@ impl<S: Store> Provider<S> {
             .deliveries
             .forget_deliveries(now.minus(DELIVERY_KEPT))
             .await?;
+        self.stores.replays.forget_uses(now).await?;
         Ok(())
     }
 

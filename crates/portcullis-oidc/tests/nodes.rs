@@ -82,6 +82,7 @@ macro_rules! connection {
                 consents: Arc::new(store.consents()),
                 signing_keys: Arc::new(store.signing_keys()),
                 deliveries: Arc::new(store.deliveries()),
+                replays: Arc::new(store.replays()),
             },
             users: Arc::new(store.users()),
             store,

@@ -1555,14 +1555,17 @@ fn assertion(key: &ClientKey, claims: &Value) -> ClientCredentials {
     ClientCredentials::Assertion(jsonwebtoken::encode(&header, claims, &key.key).unwrap())
 }
 
+/// The claims of a client assertion, each with a `jti` of its own (an assertion is used once).
 fn assertion_claims(client: &AppId, aud: Value, now: Timestamp, lifetime: i64) -> Value {
+    static JTI: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = JTI.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     json!({
         "iss": client.as_str(),
         "sub": client.as_str(),
         "aud": aud,
         "iat": secs(now),
         "exp": secs(now) + lifetime,
-        "jti": format!("jti-{}-{lifetime}", secs(now)),
+        "jti": format!("jti-{n}"),
     })
 }
 
@@ -1591,8 +1594,8 @@ async fn asvs5_10_4_16_a_private_key_jwt_assertion_by_a_registered_key_authentic
         json!(ISSUER),
         json!(["https://elsewhere.example", TOKEN_ENDPOINT]),
     ] {
-        let signed = assertion(&key, &assertion_claims(&rp.app.id, aud.clone(), now, 60));
         for id in [Some(rp.id()), None] {
+            let signed = assertion(&key, &assertion_claims(&rp.app.id, aud.clone(), now, 60));
             let (app, _) = provider
                 .authenticate_client(id, &signed, TOKEN_ENDPOINT)
                 .await
@@ -1833,7 +1836,7 @@ async fn asvs5_9_2_1_rfc7523_3_a_client_assertion_not_valid_yet_is_refused() {
 }
 
 #[tokio::test]
-async fn oidc_core_9_a_client_assertion_names_a_jti_and_expires_within_five_minutes() {
+async fn oidc_core_9_a_client_assertion_is_used_once_names_a_jti_and_expires_within_five_minutes() {
     let op = Op::new().await;
     let key = client_key(&op.random, op.now());
     let rp = op
@@ -1846,15 +1849,13 @@ async fn oidc_core_9_a_client_assertion_names_a_jti_and_expires_within_five_minu
         )
         .await;
     let now = op.now();
-    op.authenticate(
-        Some(rp.id()),
-        &assertion(
-            &key,
-            &assertion_claims(&rp.app.id, json!(TOKEN_ENDPOINT), now, 300),
-        ),
-    )
-    .await
-    .unwrap();
+    let once = assertion(
+        &key,
+        &assertion_claims(&rp.app.id, json!(TOKEN_ENDPOINT), now, 300),
+    );
+    op.authenticate(Some(rp.id()), &once).await.unwrap();
+    // Used once: the same assertion again is refused (a captured one cannot be replayed).
+    assert_invalid_client(op.authenticate(Some(rp.id()), &once).await);
     // Valid for an hour: a bearer credential for an hour; refused.
     assert_invalid_client(
         op.authenticate(

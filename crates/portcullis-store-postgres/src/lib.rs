@@ -39,6 +39,7 @@ mod consents;
 mod deliveries;
 mod gather;
 mod refresh_tokens;
+mod replays;
 mod signing_keys;
 mod throttle;
 mod users;
@@ -47,6 +48,7 @@ pub use codes::PostgresCodeStore;
 pub use consents::PostgresConsentStore;
 pub use deliveries::PostgresDeliveryStore;
 pub use refresh_tokens::PostgresRefreshTokenStore;
+pub use replays::PostgresReplayStore;
 pub use signing_keys::PostgresSigningKeyStore;
 pub use throttle::PostgresThrottleStore;
 pub use users::PostgresUserStore;
@@ -173,6 +175,11 @@ impl PostgresStore {
     /// every node claims from them.
     pub fn deliveries(&self) -> PostgresDeliveryStore {
         PostgresDeliveryStore::new(self.pool.clone())
+    }
+
+    /// One-time identifiers (client assertions' `jti`), in the same database (and schema).
+    pub fn replays(&self) -> PostgresReplayStore {
+        PostgresReplayStore::new(self.pool.clone())
     }
 
     /// What people consented to give OpenID Connect clients, in the same database (and

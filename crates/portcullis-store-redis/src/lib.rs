@@ -90,6 +90,7 @@ mod live;
 mod options;
 mod record;
 mod refresh_tokens;
+mod replays;
 mod signing_keys;
 mod throttle;
 mod users;
@@ -98,6 +99,7 @@ pub use codes::RedisCodeStore;
 pub use consents::RedisConsentStore;
 pub use deliveries::RedisDeliveryStore;
 pub use refresh_tokens::RedisRefreshTokenStore;
+pub use replays::RedisReplayStore;
 pub use signing_keys::RedisSigningKeyStore;
 pub use throttle::RedisThrottleStore;
 pub use users::RedisUserStore;
@@ -600,6 +602,11 @@ impl RedisStore {
     /// The OpenID Connect provider's refresh tokens, under the same prefix.
     pub fn refresh_tokens(&self) -> RedisRefreshTokenStore {
         RedisRefreshTokenStore::new(self.clone())
+    }
+
+    /// One-time identifiers (client assertions' `jti`), under the same prefix.
+    pub fn replays(&self) -> RedisReplayStore {
+        RedisReplayStore::new(self.clone())
     }
 
     /// What people consented to give OpenID Connect clients, under the same prefix.

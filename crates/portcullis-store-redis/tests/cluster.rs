@@ -85,3 +85,13 @@ async fn delivery_store_contract_on_cluster() {
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_store_contract_on_cluster() {
+    let store = fresh().await;
+    portcullis_store_tests::provider::replay_store_contract(
+        std::sync::Arc::new(store.replays()),
+        portcullis_store_tests::provider::CodeExpiry::ByBackend,
+    )
+    .await;
+}

@@ -771,3 +771,13 @@ async fn delivery_store_contract() {
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_store_contract() {
+    let store = fresh().await;
+    portcullis_store_tests::provider::replay_store_contract(
+        std::sync::Arc::new(store.replays()),
+        portcullis_store_tests::provider::CodeExpiry::ByBackend,
+    )
+    .await;
+}

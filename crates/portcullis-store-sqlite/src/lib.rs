@@ -22,6 +22,7 @@ mod codes;
 mod consents;
 mod deliveries;
 mod refresh_tokens;
+mod replays;
 mod signing_keys;
 mod throttle;
 mod users;
@@ -30,6 +31,7 @@ pub use codes::SqliteCodeStore;
 pub use consents::SqliteConsentStore;
 pub use deliveries::SqliteDeliveryStore;
 pub use refresh_tokens::SqliteRefreshTokenStore;
+pub use replays::SqliteReplayStore;
 pub use signing_keys::SqliteSigningKeyStore;
 pub use throttle::SqliteThrottleStore;
 pub use users::SqliteUserStore;
@@ -207,6 +209,11 @@ impl SqliteJournal {
     /// The back-channel logout deliveries its endings wrote, kept in the same database file.
     pub fn deliveries(&self) -> SqliteDeliveryStore {
         SqliteDeliveryStore::new(self.pool.clone())
+    }
+
+    /// One-time identifiers (client assertions' `jti`), kept in the same database file.
+    pub fn replays(&self) -> SqliteReplayStore {
+        SqliteReplayStore::new(self.pool.clone())
     }
 
     /// Closes the connections (tests reopen the same file).

@@ -17,7 +17,7 @@ use std::collections::BTreeSet;
 
 use portcullis_core::oidc::{
     AuthorizationCode, CodeStore, Consent, ConsentStore, Redemption, RefreshToken,
-    RefreshTokenStore, Rotated, Rotation, SigningAlg, SigningKey, SigningKeyStore,
+    RefreshTokenStore, ReplayStore, Rotated, Rotation, SigningAlg, SigningKey, SigningKeyStore,
 };
 use portcullis_core::{PublicId, RandomSource, SeededRandom, Timestamp, TokenHash};
 
@@ -631,4 +631,74 @@ async fn a_revoked_consent_is_forgotten_and_others_stay(store: &dyn ConsentStore
     let left = store.consents_of(&subject).await.unwrap();
     assert_eq!(left.len(), 1);
     assert_eq!(left[0].client, kept_client);
+}
+
+/// Runs every one-time-identifier case on `store` (OpenID Connect Core §9: a client assertion
+/// is used once).
+pub async fn replay_store_contract(store: Arc<dyn ReplayStore>, expiry: CodeExpiry) {
+    let random = SeededRandom::new(40);
+    let id = |random: &SeededRandom| {
+        let mut bytes = [0u8; 32];
+        random.fill(&mut bytes);
+        TokenHash(bytes)
+    };
+    let now = t0();
+    let until = now.plus(Duration::from_secs(300));
+    let first = id(&random);
+    assert!(
+        store.first_use(&first, now, until).await.unwrap(),
+        "its first use"
+    );
+    assert!(
+        !store.first_use(&first, now, until).await.unwrap(),
+        "used again: refused"
+    );
+    assert!(
+        store.first_use(&id(&random), now, until).await.unwrap(),
+        "another one is new"
+    );
+
+    // Racing first uses on any nodes: exactly one wins.
+    for _ in 0..5 {
+        let raced = id(&random);
+        let racers: Vec<_> = (0..4)
+            .map(|_| {
+                let store = store.clone();
+                tokio::spawn(async move { store.first_use(&raced, now, until).await.unwrap() })
+            })
+            .collect();
+        let mut firsts = 0;
+        for racer in racers {
+            firsts += usize::from(racer.await.unwrap());
+        }
+        assert_eq!(firsts, 1, "exactly one racer uses it first");
+    }
+
+    // Forgotten once its time is over (a stretch before t0, so no other case's are).
+    let long_ago = now.minus(Duration::from_secs(86_400));
+    let old = id(&random);
+    assert!(
+        store
+            .first_use(&old, long_ago, long_ago.plus(Duration::from_secs(60)))
+            .await
+            .unwrap()
+    );
+    let forgotten = store
+        .forget_uses(long_ago.plus(Duration::from_secs(61)))
+        .await
+        .unwrap();
+    match expiry {
+        CodeExpiry::Swept => {
+            assert_eq!(forgotten, 1);
+            assert!(
+                store.first_use(&old, now, until).await.unwrap(),
+                "forgotten, so new again"
+            );
+        }
+        CodeExpiry::ByBackend => assert_eq!(forgotten, 0),
+    }
+    assert!(
+        !store.first_use(&first, now, until).await.unwrap(),
+        "still remembered"
+    );
 }

@@ -1012,6 +1012,7 @@ macro_rules! provider_stores {
             consents: Arc::new(backend.consents()),
             signing_keys: Arc::new(backend.signing_keys()),
             deliveries: Arc::new(backend.deliveries()),
+            replays: Arc::new(backend.replays()),
         }
     }};
 }

@@ -275,6 +275,7 @@ async fn openid_client_and_chromium() {
         consents: Arc::new(store.journal().consents()),
         signing_keys: Arc::new(store.journal().signing_keys()),
         deliveries: Arc::new(store.journal().deliveries()),
+        replays: Arc::new(store.journal().replays()),
     };
     let engine = Arc::new(Engine::new(
         store,

@@ -211,6 +211,7 @@ impl Portcullis {
             consents: Arc::new(journal.consents()),
             signing_keys: Arc::new(journal.signing_keys()),
             deliveries: Arc::new(journal.deliveries()),
+            replays: Arc::new(journal.replays()),
         };
         let engine = Arc::new(Engine::new(
             store,

@@ -441,6 +441,7 @@ async fn oidc_rpl_3_8_two_applications_one_sign_in_one_sign_out() {
         consents: Arc::new(store.journal().consents()),
         signing_keys: Arc::new(store.journal().signing_keys()),
         deliveries: Arc::new(store.journal().deliveries()),
+        replays: Arc::new(store.journal().replays()),
     };
     // A 30 s idle timeout (the SSO session's too): past it by moving the clock 31 s.
     let short = PolicyOverrides {

@@ -3,8 +3,8 @@
 //! tokens ([`RefreshToken`], kept by a [`RefreshTokenStore`]), consents ([`Consent`], kept by a
 //! [`ConsentStore`]) and the provider's signing keys ([`SigningKey`], kept by a
 //! [`SigningKeyStore`]), and the outbox of back-channel logout ([`LogoutDelivery`], kept by a
-//! [`LogoutDeliveryStore`]). The protocol
-//! itself (JOSE, claims, endpoints) lives in `portcullis-oidc` and `portcullis-http`.
+//! [`LogoutDeliveryStore`]), and one-time identifiers ([`ReplayStore`]). The protocol itself
+//! (JOSE, claims, endpoints) lives in `portcullis-oidc` and `portcullis-http`.
 
 mod client;
 mod code;
@@ -12,6 +12,7 @@ mod consent;
 mod delivery;
 mod keys;
 mod refresh;
+mod replay;
 
 pub use client::{Client, ClientAuth, ClientError, GrantType, SCOPES, origin_of};
 pub use code::{
@@ -27,6 +28,7 @@ pub use refresh::{
     MemoryRefreshTokenStore, REFRESH_RETRY_GRACE, RefreshToken, RefreshTokenStore, Rotated,
     Rotation,
 };
+pub use replay::{MemoryReplayStore, ReplayStore};
 
 use std::future::Future;
 use std::pin::Pin;
