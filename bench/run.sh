@@ -3,7 +3,8 @@
 #
 #   bench/run.sh            full run (under 20 minutes): validation, create/rotate/logout, memory,
 #                           criterion in-process benches, scale; writes bench/results/<time>/
-#   bench/run.sh --smoke    30-second smoke of the same paths (one peer, one store, 1 s runs)
+#   bench/run.sh --smoke    short smoke of the same paths (one peer, one store, 1 s runs; one short
+#                           OpenID Connect pass, about a minute)
 #   bench/run.sh --write    full run, then BENCHMARKS.md and bench/throughput.svg are replaced
 #   bench/run.sh --oidc     the OpenID Connect section alone (about 8 minutes): refresh grant, code
 #                           exchange and authorization from a live SSO session, Portcullis on SQLite
