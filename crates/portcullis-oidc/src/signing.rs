@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use jsonwebtoken::jwk::{Jwk, JwkSet, PublicKeyUse, ThumbprintHash};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use p256::pkcs8::EncodePrivateKey as _;
@@ -145,6 +145,13 @@ fn private_key_der(alg: SigningAlg, random: &dyn RandomSource) -> Vec<u8> {
     }
 }
 
+/// `value` as a JWS segment: its JSON, base64url without padding.
+fn segment<T: Serialize + ?Sized>(value: &T) -> Result<String, KeyError> {
+    serde_json::to_vec(value)
+        .map(|bytes| URL_SAFE_NO_PAD.encode(bytes))
+        .map_err(|err| KeyError::Signing(err.into()))
+}
+
 /// Makes a signing key of `alg`, created at `now`: its public JWK (with `kid`, `use`, `alg`),
 /// its `kid` the RFC 7638 SHA-256 thumbprint, its private half sealed by `keyring` under the
 /// `kid`.
@@ -174,7 +181,49 @@ pub fn generate_signing_key(
 
 struct Signer {
     kid: String,
-    key: EncodingKey,
+    key: PrivateKey,
+}
+
+/// A private key parsed once, when the keys are loaded: `jsonwebtoken`'s RustCrypto backend
+/// parses the DER again for every token, which for P-256 is a full scalar multiplication and
+/// was two thirds of a refresh grant's cost (bench/oidc_analysis.md). Each signs
+/// deterministically (RFC 6979 for ECDSA, JWTBCP-2).
+enum PrivateKey {
+    Es256(p256::ecdsa::SigningKey),
+    EdDsa(ed25519_dalek::SigningKey),
+    Rs256(rsa::pkcs1v15::SigningKey<sha2::Sha256>),
+}
+
+impl PrivateKey {
+    /// The key of `alg` in `der` (PKCS#8 for EC and Ed25519, PKCS#1 for RSA).
+    fn parse(alg: SigningAlg, der: &[u8]) -> Option<Self> {
+        use ed25519_dalek::pkcs8::DecodePrivateKey as _;
+        use rsa::pkcs1::DecodeRsaPrivateKey as _;
+        match alg {
+            SigningAlg::Es256 => p256::SecretKey::from_pkcs8_der(der)
+                .ok()
+                .map(|key| Self::Es256(key.into())),
+            SigningAlg::EdDsa => ed25519_dalek::SigningKey::from_pkcs8_der(der)
+                .ok()
+                .map(Self::EdDsa),
+            SigningAlg::Rs256 => rsa::RsaPrivateKey::from_pkcs1_der(der)
+                .ok()
+                .map(|key| Self::Rs256(rsa::pkcs1v15::SigningKey::new(key))),
+        }
+    }
+
+    /// The JWS signature of `message`: `r‖s` for ES256, as RFC 7518 §3.4 wants.
+    fn sign(&self, message: &[u8]) -> Vec<u8> {
+        use rsa::signature::{SignatureEncoding as _, Signer as _};
+        match self {
+            Self::Es256(key) => {
+                let signature: p256::ecdsa::Signature = key.sign(message);
+                signature.to_bytes().to_vec()
+            }
+            Self::EdDsa(key) => key.sign(message).to_bytes().to_vec(),
+            Self::Rs256(key) => key.sign(message).to_vec(),
+        }
+    }
 }
 
 struct Verifier {
@@ -238,11 +287,15 @@ impl ProviderKeys {
                     kid: stored.kid.clone(),
                     source: SealError::Corrupt,
                 })?;
+                let key = PrivateKey::parse(stored.alg, &der).ok_or_else(|| KeyError::Sealed {
+                    kid: stored.kid.clone(),
+                    source: SealError::Corrupt,
+                })?;
                 signers.insert(
                     stored.alg,
                     Signer {
                         kid: stored.kid.clone(),
-                        key: encoding_key(stored.alg, &der),
+                        key,
                     },
                 );
             }
@@ -283,7 +336,12 @@ impl ProviderKeys {
         let mut header = Header::new(algorithm(alg));
         header.typ = Some(typ.to_owned());
         header.kid = Some(signer.kid.clone());
-        jsonwebtoken::encode(&header, claims, &signer.key).map_err(KeyError::Signing)
+        let signing_input = format!("{}.{}", segment(&header)?, segment(claims)?);
+        let signature = signer.key.sign(signing_input.as_bytes());
+        Ok(format!(
+            "{signing_input}.{}",
+            URL_SAFE_NO_PAD.encode(signature)
+        ))
     }
 
     /// Checks that `token` was signed by one of these keys with the key's own algorithm and
