@@ -41,7 +41,7 @@ async fn serve(seen: Seen) -> String {
         .route(
             "/slow",
             // Never answers: the sender's own timeout ends the wait.
-            post(|| std::future::pending::<StatusCode>()),
+            post(std::future::pending::<StatusCode>),
         );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
