@@ -58,6 +58,10 @@ pub enum KeyError {
     /// Signing failed.
     #[error("signing failed: {0}")]
     Signing(#[source] jsonwebtoken::errors::Error),
+    /// The signer refused: `ring` says no more than that, and only when the system's random
+    /// source fails.
+    #[error("signing failed: the system's random source is unavailable")]
+    Unsigned,
 }
 
 fn algorithm(alg: SigningAlg) -> Algorithm {
@@ -186,42 +190,60 @@ struct Signer {
 
 /// A private key parsed once, when the keys are loaded: `jsonwebtoken`'s RustCrypto backend
 /// parses the DER again for every token, which for P-256 is a full scalar multiplication and
-/// was two thirds of a refresh grant's cost (bench/oidc_analysis.md). Each signs
-/// deterministically (RFC 6979 for ECDSA, JWTBCP-2).
+/// was two thirds of a refresh grant's cost (bench/oidc_analysis.md). ES256 and RS256 sign with
+/// `ring` (already in the build for TLS): its P-256 signature costs about a seventh of the
+/// pure-Rust one's. Its ECDSA nonces are hedged: a digest of the key, the message and fresh
+/// randomness, so a failing random source cannot repeat a nonce for two messages, which is
+/// what JWTBCP-2's deterministic signing guards against, and a fault cannot be replayed as
+/// it can against a purely deterministic nonce.
 enum PrivateKey {
-    Es256(p256::ecdsa::SigningKey),
+    Es256(ring::signature::EcdsaKeyPair),
     EdDsa(ed25519_dalek::SigningKey),
-    Rs256(rsa::pkcs1v15::SigningKey<sha2::Sha256>),
+    Rs256(ring::signature::RsaKeyPair),
 }
 
 impl PrivateKey {
     /// The key of `alg` in `der` (PKCS#8 for EC and Ed25519, PKCS#1 for RSA).
     fn parse(alg: SigningAlg, der: &[u8]) -> Option<Self> {
         use ed25519_dalek::pkcs8::DecodePrivateKey as _;
-        use rsa::pkcs1::DecodeRsaPrivateKey as _;
+        use ring::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, RsaKeyPair};
         match alg {
-            SigningAlg::Es256 => p256::SecretKey::from_pkcs8_der(der)
-                .ok()
-                .map(|key| Self::Es256(key.into())),
+            SigningAlg::Es256 => EcdsaKeyPair::from_pkcs8(
+                &ECDSA_P256_SHA256_FIXED_SIGNING,
+                der,
+                &ring::rand::SystemRandom::new(),
+            )
+            .ok()
+            .map(Self::Es256),
             SigningAlg::EdDsa => ed25519_dalek::SigningKey::from_pkcs8_der(der)
                 .ok()
                 .map(Self::EdDsa),
-            SigningAlg::Rs256 => rsa::RsaPrivateKey::from_pkcs1_der(der)
-                .ok()
-                .map(|key| Self::Rs256(rsa::pkcs1v15::SigningKey::new(key))),
+            SigningAlg::Rs256 => RsaKeyPair::from_der(der).ok().map(Self::Rs256),
         }
     }
 
     /// The JWS signature of `message`: `r‖s` for ES256, as RFC 7518 §3.4 wants.
-    fn sign(&self, message: &[u8]) -> Vec<u8> {
-        use rsa::signature::{SignatureEncoding as _, Signer as _};
+    fn sign(&self, message: &[u8]) -> Result<Vec<u8>, KeyError> {
+        use ed25519_dalek::Signer as _;
+        let failed = |_: ring::error::Unspecified| KeyError::Unsigned;
+        let random = ring::rand::SystemRandom::new();
         match self {
-            Self::Es256(key) => {
-                let signature: p256::ecdsa::Signature = key.sign(message);
-                signature.to_bytes().to_vec()
+            Self::Es256(key) => key
+                .sign(&random, message)
+                .map(|signature| signature.as_ref().to_vec())
+                .map_err(failed),
+            Self::EdDsa(key) => Ok(key.sign(message).to_bytes().to_vec()),
+            Self::Rs256(key) => {
+                let mut signature = vec![0; key.public().modulus_len()];
+                key.sign(
+                    &ring::signature::RSA_PKCS1_SHA256,
+                    &random,
+                    message,
+                    &mut signature,
+                )
+                .map_err(failed)?;
+                Ok(signature)
             }
-            Self::EdDsa(key) => key.sign(message).to_bytes().to_vec(),
-            Self::Rs256(key) => key.sign(message).to_vec(),
         }
     }
 }
@@ -337,7 +359,7 @@ impl ProviderKeys {
         header.typ = Some(typ.to_owned());
         header.kid = Some(signer.kid.clone());
         let signing_input = format!("{}.{}", segment(&header)?, segment(claims)?);
-        let signature = signer.key.sign(signing_input.as_bytes());
+        let signature = signer.key.sign(signing_input.as_bytes())?;
         Ok(format!(
             "{signing_input}.{}",
             URL_SAFE_NO_PAD.encode(signature)
@@ -510,7 +532,7 @@ mod tests {
     }
 
     #[test]
-    fn es256_tokens_verify_with_an_independent_p256_verifier() {
+    fn jwtbcp_2_es256_tokens_verify_with_an_independent_p256_verifier() {
         let random = SeededRandom::new(2);
         let ring = keyring();
         let stored = generate_signing_key(SigningAlg::Es256, &ring, &random, at(0));
@@ -534,6 +556,19 @@ mod tests {
         verifying
             .verify(signed.as_bytes(), &signature)
             .expect("JWS ES256 is r‖s over header.payload");
+
+        // JWTBCP-2: nonces are hedged (key, message and fresh randomness), so the same claims
+        // signed twice carry two signatures, and both verify.
+        let again = keys
+            .sign(SigningAlg::Es256, "JWT", &json!({"sub": "usr_1"}))
+            .unwrap();
+        let (signed_again, signature_again) = again.rsplit_once('.').unwrap();
+        assert_eq!(signed_again, signed);
+        let signature_again = p256::ecdsa::Signature::from_slice(&b64(signature_again)).unwrap();
+        assert_ne!(signature_again, signature, "a fresh nonce per signature");
+        verifying
+            .verify(signed.as_bytes(), &signature_again)
+            .expect("the second signature verifies too");
     }
 
     #[test]

@@ -180,10 +180,11 @@ impl RefreshTokenStore for PostgresRefreshTokenStore {
             // them, so a rotation and an ending never wait for each other in a cycle.
             let known = sqlx::query(
                 "SELECT pg_advisory_xact_lock_shared(hashtextextended(family, $2))
-                 FROM pc_refresh_tokens WHERE hash = $1",
+                 FROM pc_refresh_tokens WHERE hash = $1 AND family = $3",
             )
             .bind(&hash.0[..])
             .bind(FAMILY_LOCK_SEED)
+            .bind(successor.family.as_str())
             .fetch_optional(&mut *tx)
             .await
             .map_err(unavailable)?;

@@ -108,6 +108,24 @@ static COMMIT: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("com
 static TOUCH: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("touch.lua")));
 static UNLINK: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("unlink.lua")));
 
+/// A session by id in one round trip: the id's token hash, then its record, which is on the
+/// same slot (the hash starts with the route byte the id carries). KEYS[1]: the id hash. ARGV:
+/// the id's member, the record keys' prefix, the route byte. Answers `{}` (no such id),
+/// `{hash}` (no record, or a hash of another route, which the caller reads itself) or
+/// `{hash, record}`.
+static FIND_BY_ID: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local hash = redis.call('HGET', KEYS[1], ARGV[1])
+if not hash then return {} end
+if string.len(hash) ~= 32 or string.sub(hash, 1, 1) ~= ARGV[3] then return {hash} end
+local record = redis.call('GET', ARGV[2] .. hash)
+if not record then return {hash} end
+return {hash, record}
+",
+    )
+});
+
 /// Marks again (a write, so that a `WAIT` after it covers the record) a record whose ending is
 /// not yet confirmed on the replicas; 0 when it is no longer so marked. KEYS[1]: the record.
 static MARK: LazyLock<Script> = LazyLock::new(|| {
@@ -820,6 +838,15 @@ impl RedisStore {
                     .await?
             }
         };
+        self.decode_read(hash, record).await
+    }
+
+    /// A record as read: one whose ending is not yet confirmed is confirmed first.
+    async fn decode_read(
+        &self,
+        hash: &TokenHash,
+        record: Option<Vec<u8>>,
+    ) -> Result<Option<Session>, StoreError> {
         if record
             .as_ref()
             .is_some_and(|bytes| bytes.get(1) == Some(&record::UNCONFIRMED))
@@ -1159,10 +1186,21 @@ impl SessionStore for RedisStore {
         let Some(route) = id.route(4) else {
             return Ok(None);
         };
-        let Some(hash) = self.hash_of(route, id).await? else {
+        let mut records = self.tag_key(&tag_of(route), "s").into_bytes();
+        records.push(b':');
+        let args = [record::id_member(id), records, vec![route]];
+        let reply: Vec<Vec<u8>> = self
+            .script(&FIND_BY_ID, &[self.ids_key(route, id)], &args)
+            .await?;
+        let Some(hash) = reply.first().and_then(|member| member_hash(member)) else {
             return Ok(None);
         };
-        Ok(self.read(&hash).await?.map(Arc::new))
+        let session = match reply.get(1) {
+            Some(record) => self.decode_read(&hash, Some(record.clone())).await?,
+            None if hash.0[0] != route => self.read(&hash).await?,
+            None => None,
+        };
+        Ok(session.map(Arc::new))
     }
 
     async fn list_subject(&self, subject: &str) -> Result<Vec<Arc<Session>>, StoreError> {

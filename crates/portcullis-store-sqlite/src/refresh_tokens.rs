@@ -1,10 +1,10 @@
 //! Refresh tokens in the same SQLite file as the sessions, one row per token, every field a
 //! column.
 //!
-//! A rotation reads the old token's row and, if it is not rotated yet, marks it and inserts the
-//! successor, all inside one `BEGIN IMMEDIATE` transaction: it takes the file's write lock
-//! before the read, so racing rotations (from any connection or process) run one after
-//! another, only the first finds the token current and only its successor is stored.
+//! A rotation marks the old token's row if it is not rotated yet and inserts the successor,
+//! inside one `BEGIN IMMEDIATE` transaction: it takes the file's write lock first, so racing
+//! rotations (from any connection or process) run one after another, only the first finds the
+//! token current and only its successor is stored.
 
 use portcullis_core::oidc::{ProviderFuture, RefreshToken, RefreshTokenStore, Rotated, Rotation};
 use portcullis_core::{PublicId, SessionId, StoreError, Timestamp, TokenHash};
@@ -174,24 +174,37 @@ impl RefreshTokenStore for SqliteRefreshTokenStore {
                 .begin_with("BEGIN IMMEDIATE")
                 .await
                 .map_err(unavailable)?;
-            // Dropping the transaction on the early answers rolls it back: nothing was written.
-            let old = match token_of(&mut tx, &hex).await? {
-                None => return Ok(Rotation::Unknown),
-                Some(old) if old.rotated.is_some() => return Ok(Rotation::AlreadyRotated(old)),
-                Some(old) => old,
-            };
-            sqlx::query(
+            // One statement marks the token if it is current and answers it (as marked: the
+            // token as it was is that without its rotation); only when none is marked is the
+            // row read to tell a rotated token from an unknown one. Dropping the transaction on
+            // those answers rolls it back: nothing was written.
+            let sql = format!(
                 "UPDATE oidc_refresh_tokens
                  SET rotated_at = ?2, successor = ?3, sealed_successor = ?4
-                 WHERE hash = ?1",
-            )
-            .bind(&hex)
-            .bind(successor.issued_at.as_millis())
-            .bind(&next.hash)
-            .bind(sealed_successor)
-            .execute(&mut *tx)
-            .await
-            .map_err(unavailable)?;
+                 WHERE hash = ?1 AND family = ?5 AND rotated_at IS NULL
+                 RETURNING {COLUMNS}"
+            );
+            let marked = sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(&hex)
+                .bind(successor.issued_at.as_millis())
+                .bind(&next.hash)
+                .bind(sealed_successor)
+                .bind(&next.family)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(unavailable)?;
+            let Some(marked) = marked else {
+                return Ok(match token_of(&mut tx, &hex).await? {
+                    Some(old) if old.family == successor.family && old.rotated.is_some() => {
+                        Rotation::AlreadyRotated(old)
+                    }
+                    _ => Rotation::Unknown,
+                });
+            };
+            let mut old = RefreshTokenRow::read(&marked)
+                .map_err(unavailable)?
+                .into_token()?;
+            old.rotated = None;
             next.insert(&mut tx).await?;
             tx.commit().await.map_err(unavailable)?;
             Ok(Rotation::Rotated(old))

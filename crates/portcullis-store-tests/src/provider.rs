@@ -55,6 +55,7 @@ pub async fn refresh_token_store_contract(store: Arc<dyn RefreshTokenStore>, exp
     a_refresh_token_reads_back_exactly_as_issued(&*store).await;
     rfc9700_4_14_2_a_rotated_token_is_kept_with_its_sealed_successor(&*store).await;
     rfc9700_4_14_2_of_racing_rotations_exactly_one_stores_its_successor(store.clone()).await;
+    a_token_rotates_only_within_its_own_family(&*store).await;
     an_ended_family_forgets_every_token_and_no_other(&*store).await;
     expired_refresh_tokens_are_forgotten(&*store, expiry).await;
 }
@@ -376,6 +377,39 @@ async fn a_refresh_token_reads_back_exactly_as_issued(store: &dyn RefreshTokenSt
     let mut never = [0u8; 32];
     random.fill(&mut never);
     assert_eq!(store.refresh_token(&TokenHash(never)).await.unwrap(), None);
+}
+
+/// Stores may go straight to the family the caller names (Redis keeps each family on one slot):
+/// a successor of another family finds no token, and nothing changes.
+async fn a_token_rotates_only_within_its_own_family(store: &dyn RefreshTokenStore) {
+    let random = SeededRandom::new(19);
+    let family = PublicId::generate("ses_", &random);
+    let token = refresh(&random, &family, t0());
+    store.add_refresh_token(token.clone()).await.unwrap();
+    let mut elsewhere = successor_of(&random, &token, t0().plus(Duration::from_secs(1)));
+    elsewhere.family = PublicId::generate("ses_", &random);
+    assert_eq!(
+        store
+            .rotate_refresh_token(&token.hash, elsewhere.clone(), "sealed".into())
+            .await
+            .unwrap(),
+        Rotation::Unknown
+    );
+    assert_eq!(
+        store.refresh_token(&token.hash).await.unwrap(),
+        Some(token.clone()),
+        "the token is not rotated"
+    );
+    assert_eq!(store.refresh_token(&elsewhere.hash).await.unwrap(), None);
+    let next = successor_of(&random, &token, t0().plus(Duration::from_secs(2)));
+    assert_eq!(
+        store
+            .rotate_refresh_token(&token.hash, next, "sealed".into())
+            .await
+            .unwrap(),
+        Rotation::Rotated(token),
+        "its own family's successor still rotates it"
+    );
 }
 
 async fn rfc9700_4_14_2_a_rotated_token_is_kept_with_its_sealed_successor(

@@ -72,7 +72,9 @@ pub trait RefreshTokenStore: Send + Sync + 'static {
 
     /// Replaces the token with hash `hash` by `successor`, atomically: of two rotations racing
     /// on any nodes, exactly one gets [`Rotation::Rotated`] and only its successor is stored;
-    /// the old token is marked with [`Rotated`] at `successor.issued_at`.
+    /// the old token is marked with [`Rotated`] at `successor.issued_at`. The successor is of
+    /// the old token's family (callers make it from the old token); a token that is not in
+    /// `successor.family` is [`Rotation::Unknown`].
     fn rotate_refresh_token<'a>(
         &'a self,
         hash: &'a TokenHash,
@@ -119,6 +121,7 @@ impl RefreshTokenStore for MemoryRefreshTokenStore {
         let mut tokens = self.0.lock();
         let answer = match tokens.get_mut(hash) {
             None => Rotation::Unknown,
+            Some(old) if old.family != successor.family => Rotation::Unknown,
             Some(old) if old.rotated.is_some() => Rotation::AlreadyRotated(old.clone()),
             Some(old) => {
                 let before = old.clone();
