@@ -148,6 +148,7 @@ fn router(c: &mut Criterion) {
             ui: std::sync::Arc::new(portcullis_http::ui::web::Ui::new(Default::default())),
             metrics: None,
             provider: None,
+            federation: None,
         }));
     let body = format!(r#"{{"token":"{}"}}"#, issued.token.expose());
     let authorization = format!("Bearer {}", key.expose());

@@ -39,7 +39,7 @@ pub struct User {
     pub username: String,
     /// Bumped on every change; stores replace a user only at the version read.
     pub version: u64,
-    /// Argon2id PHC string.
+    /// Argon2id PHC string; empty for an account without a password.
     pub password_hash: String,
     /// A disabled account cannot sign in, and disabling it ends its sessions.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -56,6 +56,13 @@ pub struct User {
     /// password is set.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub short_password: bool,
+}
+
+impl User {
+    /// Whether the account has a password (one made by a sign-in upstream has none).
+    pub fn has_password(&self) -> bool {
+        !self.password_hash.is_empty()
+    }
 }
 
 impl std::fmt::Debug for User {
@@ -723,6 +730,51 @@ impl Accounts {
         Ok(user)
     }
 
+    /// Creates an account without a password for a person an upstream identity provider
+    /// vouches for: they sign in there, and only there, until they set a password.
+    pub async fn add_federated_user<'a>(
+        &self,
+        username: &str,
+        by: impl Into<Acting<'a>>,
+    ) -> Result<User, AccountError> {
+        let username = normalize_username(username).ok_or(AccountError::InvalidUsername)?;
+        let now = self.clock.now();
+        let user = User {
+            id: PublicId::generate("usr_", self.random.as_ref())
+                .as_str()
+                .to_owned(),
+            username,
+            version: 1,
+            password_hash: String::new(),
+            disabled: false,
+            totp: None,
+            created_at: now,
+            password_changed_at: now,
+            short_password: false,
+        };
+        self.users.add_user(&user).await?;
+        self.publish(EventKind::UserCreated, &user, by.into()).await;
+        Ok(user)
+    }
+
+    /// Records that the account `user` was linked to (or unlinked from) a person at the
+    /// upstream provider `provider` ([`EventKind::UserIdentityLinked`] or
+    /// [`EventKind::UserIdentityUnlinked`]).
+    pub async fn record_identity<'a>(
+        &self,
+        kind: EventKind,
+        user: &User,
+        provider: &str,
+        by: impl Into<Acting<'a>>,
+    ) {
+        let by = by.into();
+        let event =
+            AuditEvent::for_account(kind, &user.id, &user.username, self.clock.now(), by.actor)
+                .with_client(by.origin.address, by.origin.user_agent)
+                .with_detail(serde_json::json!({ "provider": provider }));
+        self.record(event).await;
+    }
+
     /// Every account.
     pub async fn list(&self) -> Result<Vec<User>, AccountError> {
         Ok(self.users.list_users().await?)
@@ -881,8 +933,10 @@ impl Accounts {
                 return Err(err);
             }
         }
+        // An account without a password (made by a sign-in upstream) costs the same work too.
         let hash = user
             .as_ref()
+            .filter(|u| u.has_password())
             .map_or_else(|| DECOY_HASH.clone(), |u| u.password_hash.clone());
         let owned = password.to_owned();
         let Some(matches) = self

@@ -165,6 +165,9 @@ pub struct NewSession {
     /// Where to tell the application when the session ends (its OpenID Connect back-channel
     /// logout URI): the provider gives it for the sessions of clients that registered one.
     pub back_channel_logout_uri: Option<String>,
+    /// A time the session ends by, whatever its policy allows, and the rule that sets it (an
+    /// SSO session an upstream provider vouches for ends when the upstream's ID token does).
+    pub ends_by: Option<(Timestamp, String)>,
 }
 
 /// A request to register an application or change one; `None` keeps what there is (or, when
@@ -495,6 +498,12 @@ impl<S: Store> Engine<S> {
         let now = self.clock.now();
         let token = self.new_token(&request.subject);
         let (idle, absolute) = policy.lifetimes(request.remember_me);
+        let mut absolute = Deadline::after(now, absolute.lifetime, absolute.text);
+        if let Some((at, rule)) = request.ends_by
+            && at < absolute.at
+        {
+            absolute = Deadline::after(now, now.until(at), rule);
+        }
         let id = match reserved {
             Some(id) => {
                 if S::ROUTES_BY_SUBJECT && id.route(4) != Some(subject_route(&request.subject)) {
@@ -523,7 +532,7 @@ impl<S: Store> Engine<S> {
             data: request.data,
             idle: (!idle.lifetime.is_zero())
                 .then(|| Deadline::after(now, idle.lifetime, idle.text)),
-            absolute: Deadline::after(now, absolute.lifetime, absolute.text),
+            absolute,
             parent: request.parent.clone(),
             reconstituted_from: None,
             back_channel_logout_uri: request.back_channel_logout_uri,

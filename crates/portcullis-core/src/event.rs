@@ -49,6 +49,12 @@ pub enum EventKind {
     /// The TOTP second factor was removed.
     #[serde(rename = "user.totp_removed")]
     UserTotpRemoved,
+    /// An account was linked to a person at an upstream identity provider.
+    #[serde(rename = "user.identity_linked")]
+    UserIdentityLinked,
+    /// An account's link to an upstream identity provider was removed.
+    #[serde(rename = "user.identity_unlinked")]
+    UserIdentityUnlinked,
     /// A sign-in attempt failed (unknown account, wrong password or code).
     #[serde(rename = "login.failed")]
     LoginFailed,
@@ -102,6 +108,8 @@ impl EventKind {
             Self::UserPasswordChanged => "user.password_changed",
             Self::UserTotpEnrolled => "user.totp_enrolled",
             Self::UserTotpRemoved => "user.totp_removed",
+            Self::UserIdentityLinked => "user.identity_linked",
+            Self::UserIdentityUnlinked => "user.identity_unlinked",
             Self::LoginFailed => "login.failed",
             Self::LoginThrottled => "login.throttled",
             Self::ApplicationCreated => "application.created",
@@ -116,7 +124,7 @@ impl EventKind {
     }
 
     /// Every kind, in declaration order (for mappings and their tests).
-    pub const ALL: [Self; 23] = [
+    pub const ALL: [Self; 25] = [
         Self::SessionCreated,
         Self::SessionRotated,
         Self::SessionElevated,
@@ -130,6 +138,8 @@ impl EventKind {
         Self::UserPasswordChanged,
         Self::UserTotpEnrolled,
         Self::UserTotpRemoved,
+        Self::UserIdentityLinked,
+        Self::UserIdentityUnlinked,
         Self::LoginFailed,
         Self::LoginThrottled,
         Self::ApplicationCreated,

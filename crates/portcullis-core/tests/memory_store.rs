@@ -56,6 +56,14 @@ async fn consent_store_contract() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identity_store_contract() {
+    portcullis_store_tests::identities::identity_store_contract(std::sync::Arc::new(
+        portcullis_core::oidc::MemoryIdentityStore::new(),
+    ))
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delivery_store_contract() {
     let store = MemoryStore::new();
     let deliveries = std::sync::Arc::new(store.journal().deliveries());

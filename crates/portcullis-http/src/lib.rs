@@ -11,6 +11,7 @@ pub mod api;
 pub mod error;
 pub mod json;
 pub mod oidc;
+pub mod outbound;
 pub mod peer;
 pub mod ui;
 pub mod wire;
@@ -147,6 +148,9 @@ pub struct Services<S> {
     pub metrics: Option<MetricsRenderer>,
     /// The OpenID Connect provider (absent when it is not configured).
     pub provider: Option<Arc<portcullis_oidc::Provider<S>>>,
+    /// The upstream identity providers people may sign in through (absent when none is
+    /// configured).
+    pub federation: Option<Arc<portcullis_upstream::Federation>>,
 }
 
 impl<S> AppState<S> {

@@ -7,10 +7,10 @@ use std::time::Duration;
 
 use parking_lot::RwLock;
 use portcullis_core::oidc::{
-    CODE_REMEMBERED, Client, CodeStore, ConsentStore, DELIVERY_KEPT, LogoutDeliveryStore,
-    MemoryCodeStore, MemoryConsentStore, MemoryRefreshTokenStore, MemoryReplayStore,
-    MemorySigningKeyStore, REFRESH_RETRY_GRACE, RefreshTokenStore, ReplayStore, SigningAlg,
-    SigningKey, SigningKeyStore,
+    CODE_REMEMBERED, Client, CodeStore, ConsentStore, DELIVERY_KEPT, IdentityStore,
+    LogoutDeliveryStore, MemoryCodeStore, MemoryConsentStore, MemoryIdentityStore,
+    MemoryRefreshTokenStore, MemoryReplayStore, MemorySigningKeyStore, REFRESH_RETRY_GRACE,
+    RefreshTokenStore, ReplayStore, SigningAlg, SigningKey, SigningKeyStore,
 };
 use portcullis_core::{
     AccountError, Accounts, Actor, Application, Engine, EngineError, Keyring, MemoryStore,
@@ -82,8 +82,10 @@ pub struct ProviderStores {
     /// Back-channel logout deliveries, which the session store writes with each ending: the
     /// same backend's.
     pub deliveries: Arc<dyn LogoutDeliveryStore>,
-    /// One-time identifiers (client assertions' `jti`).
+    /// One-time identifiers (client assertions' `jti`, upstream answers and logout tokens).
     pub replays: Arc<dyn ReplayStore>,
+    /// Accounts' links to people at upstream providers (federation).
+    pub identities: Arc<dyn IdentityStore>,
 }
 
 impl ProviderStores {
@@ -97,6 +99,7 @@ impl ProviderStores {
             signing_keys: Arc::new(MemorySigningKeyStore::new()),
             deliveries: Arc::new(sessions.journal().deliveries()),
             replays: Arc::new(MemoryReplayStore::new()),
+            identities: Arc::new(MemoryIdentityStore::new()),
         }
     }
 }

@@ -83,6 +83,7 @@ macro_rules! connection {
                 signing_keys: Arc::new(store.signing_keys()),
                 deliveries: Arc::new(store.deliveries()),
                 replays: Arc::new(store.replays()),
+                identities: Arc::new(store.identities()),
             },
             users: Arc::new(store.users()),
             store,

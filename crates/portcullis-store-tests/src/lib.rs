@@ -13,6 +13,7 @@
 pub mod api_keys;
 pub mod applications;
 pub mod deliveries;
+pub mod identities;
 pub mod lifecycle;
 pub mod model;
 pub mod provider;

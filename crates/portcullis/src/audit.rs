@@ -236,6 +236,7 @@ mod tests {
                 ui: Arc::new(Ui::new(UiSettings::default())),
                 metrics: None,
                 provider: None,
+                federation: None,
             },
             Edge {
                 audit: health,

@@ -175,9 +175,80 @@ pub struct Config {
     /// with the first unless a client registered another of them.
     #[serde(default = "default_signing_algs")]
     pub signing_algs: Vec<String>,
-    /// How long an outbound request (a back-channel logout) may take.
+    /// How long an outbound request (a back-channel logout, a call to an upstream provider)
+    /// may take.
     #[serde(default = "default_outbound_timeout")]
     pub outbound_timeout: ConfigDuration,
+    /// Upstream OpenID Connect providers people may sign in through, by id
+    /// (`[upstreams.corp]`). They need `issuer` (Portcullis's public URL: their callback is
+    /// `{issuer}/login/upstream/{id}/callback`) and `encryption_keys`.
+    #[serde(default)]
+    pub upstreams: BTreeMap<String, UpstreamConfig>,
+}
+
+/// One upstream provider (`[upstreams.<id>]`).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// What the sign-in page's button names ("Sign in with …"); default: the id.
+    #[serde(default)]
+    pub label: Option<String>,
+    /// Its issuer identifier, exactly as its discovery document says it.
+    pub issuer: String,
+    /// Portcullis's client id there.
+    pub client_id: String,
+    /// Portcullis's client secret there (`client_secret_basic`).
+    #[serde(skip_serializing)]
+    pub client_secret: SecretText,
+    /// Scopes asked for besides `openid`.
+    #[serde(default = "default_upstream_scopes")]
+    pub scopes: Vec<String>,
+    /// The claim a new account's username comes from.
+    #[serde(default = "default_username_claim")]
+    pub username_claim: String,
+    /// The claim holding the e-mail address.
+    #[serde(default = "default_email_claim")]
+    pub email_claim: String,
+    /// The claim holding the display name.
+    #[serde(default = "default_name_claim")]
+    pub name_claim: String,
+    /// The most assurance (1–3) a sign-in there may claim; its `acr` (`aal2`) says how much
+    /// it does, and none means 1.
+    #[serde(default = "default_assurance")]
+    pub assurance: u8,
+    /// Whether people it vouches for who have no account here get one on first sign-in.
+    #[serde(default)]
+    pub create_accounts: bool,
+    /// E-mail domains whose people sign in there: typing such an address on the sign-in page
+    /// goes there (home-realm discovery).
+    #[serde(default)]
+    pub domains: Vec<String>,
+    /// Whether an SSO session it starts ends no later than its ID token.
+    #[serde(default)]
+    pub bound_session: bool,
+    /// Whether answers come by `response_mode=form_post`.
+    #[serde(default)]
+    pub form_post: bool,
+}
+
+fn default_upstream_scopes() -> Vec<String> {
+    vec!["profile".into(), "email".into()]
+}
+
+fn default_username_claim() -> String {
+    "preferred_username".into()
+}
+
+fn default_email_claim() -> String {
+    "email".into()
+}
+
+fn default_name_claim() -> String {
+    "name".into()
+}
+
+fn default_assurance() -> u8 {
+    1
 }
 
 /// Configuration text that is a secret: read like a string, never shown (`Debug` prints
@@ -437,12 +508,73 @@ impl Config {
                 "outbound_timeout: must be greater than 0s".into(),
             ));
         }
+        self.upstream_settings()?;
         if self.metrics_token.as_ref().is_some_and(|t| t.0.len() < 16) {
             return Err(ConfigError::Invalid(
                 "metrics_token: must be at least 16 characters".into(),
             ));
         }
         Ok(())
+    }
+
+    /// The upstream providers, with the callback URI each answers at.
+    pub fn upstream_settings(
+        &self,
+    ) -> Result<Vec<(portcullis_upstream::UpstreamSettings, String)>, ConfigError> {
+        if self.upstreams.is_empty() {
+            return Ok(Vec::new());
+        }
+        let invalid = |id: &str, why: &str| ConfigError::Invalid(format!("upstreams.{id}: {why}"));
+        let Some(base) = self.issuer.as_deref() else {
+            return Err(ConfigError::Invalid(
+                "upstreams: set issuer (Portcullis's public URL: each provider's callback is under it)".into(),
+            ));
+        };
+        if self.encryption_keys.is_none() {
+            return Err(ConfigError::Invalid(
+                "upstreams: set encryption_keys (they seal the sign-ins in progress)".into(),
+            ));
+        }
+        let mut all = Vec::with_capacity(self.upstreams.len());
+        for (id, upstream) in &self.upstreams {
+            if !portcullis_upstream::UpstreamSettings::valid_id(id) {
+                return Err(invalid(id, "an id is 1 to 32 letters, digits, - or _"));
+            }
+            if !(upstream.issuer.starts_with("https://") || upstream.issuer.starts_with("http://"))
+            {
+                return Err(invalid(id, "issuer must be an http(s) URL"));
+            }
+            if upstream.client_id.is_empty() || upstream.client_secret.0.is_empty() {
+                return Err(invalid(id, "give client_id and client_secret"));
+            }
+            if !(1..=3).contains(&upstream.assurance) {
+                return Err(invalid(id, "assurance is 1, 2 or 3"));
+            }
+            let settings = portcullis_upstream::UpstreamSettings {
+                id: id.clone(),
+                label: upstream.label.clone().unwrap_or_else(|| id.clone()),
+                issuer: upstream.issuer.clone(),
+                client_id: upstream.client_id.clone(),
+                client_secret: upstream.client_secret.0.clone(),
+                scopes: upstream.scopes.clone(),
+                claims: portcullis_upstream::ClaimMapping {
+                    username: upstream.username_claim.clone(),
+                    email: upstream.email_claim.clone(),
+                    name: upstream.name_claim.clone(),
+                },
+                assurance: upstream.assurance,
+                create_accounts: upstream.create_accounts,
+                domains: upstream.domains.clone(),
+                bound_session: upstream.bound_session,
+                form_post: upstream.form_post,
+            };
+            let callback = format!(
+                "{}/login/upstream/{id}/callback",
+                base.trim_end_matches('/')
+            );
+            all.push((settings, callback));
+        }
+        Ok(all)
     }
 
     /// The store to open.

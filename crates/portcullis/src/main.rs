@@ -14,13 +14,16 @@ use clap::{Parser, Subcommand};
 use http_body_util::BodyExt;
 use hyper::{Method, StatusCode};
 use portcullis_core::{
-    Accounts, AuditSink, Engine, MemoryStore, MemoryThrottleStore, MemoryUserStore, NoAuditSink,
-    OsRandom, SessionStore, Store, SystemClock, ThrottleStore, UserStore,
+    Accounts, AuditSink, Clock, Engine, MemoryStore, MemoryThrottleStore, MemoryUserStore,
+    NoAuditSink, OsRandom, RandomSource, SessionStore, Store, SystemClock, ThrottleStore,
+    UserStore,
 };
 use portcullis_http::oidc::backchannel::HttpLogoutSender;
+use portcullis_http::outbound::Outbound;
 use portcullis_http::ui::web::{Ui, UiSettings};
 use portcullis_http::{AppState, AuditHealth, Edge, Services, admin_router, api_router};
 use portcullis_oidc::{DeliverySettings, Provider, ProviderSettings, ProviderStores};
+use portcullis_upstream::{Federation, Upstream, UpstreamHttp};
 use tower::ServiceExt;
 
 use crate::admin_client::AdminClient;
@@ -806,6 +809,8 @@ async fn app_state<S: Store>(
         tracing::info!(application = %app.id, name = %app.name, "API keys of the previous release now belong to this application; tighten its grants with `portcullis apps update`");
     }
     let accounts = Arc::new(accounts);
+    let federation = federation(config, &backing.provider, clock.clone(), random.clone())?;
+
     let provider = match config.issuer.as_deref() {
         None => None,
         Some(issuer) => {
@@ -832,6 +837,7 @@ async fn app_state<S: Store>(
         engine,
         accounts,
         provider,
+        federation,
         ui: Arc::new(Ui::new(UiSettings {
             tls: config.tls_cert.is_some(),
             hsts: config.hsts(),
@@ -984,6 +990,43 @@ enum Opened {
     Redis(portcullis_store_redis::RedisStore),
 }
 
+/// The upstream providers of the configuration, calling out through the outbound policy;
+/// `None` when there are none.
+fn federation(
+    config: &Config,
+    stores: &ProviderStores,
+    clock: Arc<dyn Clock>,
+    random: Arc<dyn RandomSource>,
+) -> Result<Option<Arc<Federation>>> {
+    let settings = config.upstream_settings()?;
+    if settings.is_empty() {
+        return Ok(None);
+    }
+    let keyring = config
+        .keyring()?
+        .context("upstream providers need encryption_keys")?;
+    let http: Arc<dyn UpstreamHttp> = Arc::new(Outbound::new(
+        config.outbound_policy(),
+        config.outbound_timeout.0,
+    ));
+    let upstreams = settings
+        .into_iter()
+        .map(|(settings, callback)| {
+            let id = settings.id.clone();
+            Upstream::new(settings, &callback, http.clone(), clock.clone())
+                .map(Arc::new)
+                .with_context(|| format!("upstreams.{id}"))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Some(Arc::new(Federation::new(
+        upstreams,
+        stores.identities.clone(),
+        stores.replays.clone(),
+        keyring,
+        random,
+    ))))
+}
+
 /// The accounts, their failure counts and the OpenID Connect provider's entities, in the same
 /// backend as the sessions.
 struct AccountBacking {
@@ -1013,6 +1056,7 @@ macro_rules! provider_stores {
             signing_keys: Arc::new(backend.signing_keys()),
             deliveries: Arc::new(backend.deliveries()),
             replays: Arc::new(backend.replays()),
+            identities: Arc::new(backend.identities()),
         }
     }};
 }

@@ -75,6 +75,8 @@ pub fn classify(kind: EventKind) -> (u64, u64, &'static str, bool, u64) {
         K::UserDisabled => (ACCOUNT_CHANGE, 5, "Disable", false, 1),
         K::UserTotpEnrolled => (ACCOUNT_CHANGE, 10, "MFA Factor Enable", false, 1),
         K::UserTotpRemoved => (ACCOUNT_CHANGE, 11, "MFA Factor Disable", false, 2),
+        K::UserIdentityLinked => (ACCOUNT_CHANGE, 99, "Identity Linked", false, 1),
+        K::UserIdentityUnlinked => (ACCOUNT_CHANGE, 99, "Identity Unlinked", false, 2),
         K::ApiKeyCreated | K::ApplicationCreated => (ENTITY_MANAGEMENT, 1, "Create", false, 1),
         K::ApplicationUpdated => (ENTITY_MANAGEMENT, 3, "Update", false, 1),
         K::ApiKeyRevoked | K::ApplicationRemoved => (ENTITY_MANAGEMENT, 4, "Delete", false, 1),

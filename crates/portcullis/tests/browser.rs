@@ -260,6 +260,7 @@ async fn pages_in_chromium() {
         })),
         metrics: None,
         provider: None,
+        federation: None,
     });
     let addr = serve_https(api_router(state), data.path()).await;
     let control_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -276,6 +276,7 @@ async fn openid_client_and_chromium() {
         signing_keys: Arc::new(store.journal().signing_keys()),
         deliveries: Arc::new(store.journal().deliveries()),
         replays: Arc::new(store.journal().replays()),
+        identities: Arc::new(store.journal().identities()),
     };
     let engine = Arc::new(Engine::new(
         store,
@@ -357,6 +358,7 @@ async fn openid_client_and_chromium() {
         })),
         metrics: None,
         provider: Some(Arc::new(provider)),
+        federation: None,
     });
     let cert = serve_https(listener, api_router(state), data.path()).await;
     let control = Control {

@@ -212,6 +212,7 @@ impl Portcullis {
             signing_keys: Arc::new(journal.signing_keys()),
             deliveries: Arc::new(journal.deliveries()),
             replays: Arc::new(journal.replays()),
+            identities: Arc::new(journal.identities()),
         };
         let engine = Arc::new(Engine::new(
             store,
@@ -285,6 +286,7 @@ impl Portcullis {
             ui: Arc::new(Ui::new(UiSettings::default())),
             metrics: None,
             provider: Some(Arc::new(provider)),
+            federation: None,
         });
         tokio::spawn(async move {
             axum::serve(

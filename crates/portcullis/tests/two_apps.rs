@@ -442,6 +442,7 @@ async fn oidc_rpl_3_8_two_applications_one_sign_in_one_sign_out() {
         signing_keys: Arc::new(store.journal().signing_keys()),
         deliveries: Arc::new(store.journal().deliveries()),
         replays: Arc::new(store.journal().replays()),
+        identities: Arc::new(store.journal().identities()),
     };
     // A 30 s idle timeout (the SSO session's too): past it by moving the clock 31 s.
     let short = PolicyOverrides {
@@ -491,6 +492,7 @@ async fn oidc_rpl_3_8_two_applications_one_sign_in_one_sign_out() {
         })),
         metrics: None,
         provider: Some(Arc::clone(&provider)),
+        federation: None,
     });
     let cert = serve_https(listener, api_router(state), data.path()).await;
     let control_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

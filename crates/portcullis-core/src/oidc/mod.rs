@@ -3,13 +3,15 @@
 //! tokens ([`RefreshToken`], kept by a [`RefreshTokenStore`]), consents ([`Consent`], kept by a
 //! [`ConsentStore`]) and the provider's signing keys ([`SigningKey`], kept by a
 //! [`SigningKeyStore`]), and the outbox of back-channel logout ([`LogoutDelivery`], kept by a
-//! [`LogoutDeliveryStore`]), and one-time identifiers ([`ReplayStore`]). The protocol itself
+//! [`LogoutDeliveryStore`]), one-time identifiers ([`ReplayStore`]), and accounts' links to
+//! people at upstream providers ([`FederatedIdentity`], kept by an [`IdentityStore`]). The protocol itself
 //! (JOSE, claims, endpoints) lives in `portcullis-oidc` and `portcullis-http`.
 
 mod client;
 mod code;
 mod consent;
 mod delivery;
+mod identity;
 mod keys;
 mod refresh;
 mod replay;
@@ -23,6 +25,7 @@ pub use delivery::{
     Attempt, AttemptOutcome, DELIVERY_KEPT, DeliveryQuery, DeliveryState, LogoutDelivery,
     LogoutDeliveryStore, MemoryDeliveryStore, newest_first,
 };
+pub use identity::{FederatedIdentity, IdentityStore, MemoryIdentityStore, Unlinked};
 pub use keys::{MemorySigningKeyStore, SigningAlg, SigningKey, SigningKeyStore};
 pub use refresh::{
     MemoryRefreshTokenStore, REFRESH_RETRY_GRACE, RefreshToken, RefreshTokenStore, Rotated,

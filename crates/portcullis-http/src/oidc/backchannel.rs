@@ -1,108 +1,28 @@
 //! Back-channel logout's outbound side: logout tokens posted to clients' endpoints
-//! ([`HttpLogoutSender`], the [`LogoutSender`] the server runs with).
-//!
-//! A registered URI is the client's word, and a client may be anyone: so each post resolves the
-//! host itself, keeps only addresses the [`OutboundPolicy`] allows (public addresses, and the
-//! private networks the configuration names), and connects to one of those very addresses, so
-//! a name cannot be made to point elsewhere between the check and the connection. It speaks
-//! HTTP/1.1 (TLS for `https`, verified against the system's roots), follows no redirect, and
-//! gives up after a timeout.
+//! ([`HttpLogoutSender`], the [`LogoutSender`] the server runs with), through [`Outbound`], so
+//! a registered URI reaches only the addresses the [`OutboundPolicy`] allows, is never
+//! redirected, and is given up after the timeout.
 
-use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
 use std::time::Duration;
 
-use http_body_util::{BodyExt, Full};
-use hyper::body::Bytes;
-use hyper::{Request, Uri};
-use hyper_util::rt::TokioIo;
-use ipnet::IpNet;
+use hyper::Request;
 use portcullis_oidc::{LogoutPost, LogoutSender, PostFuture, PostOutcome};
-use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpStream;
 
-use crate::peer::parse_networks;
+pub use crate::outbound::OutboundPolicy;
+use crate::outbound::{Outbound, OutboundError};
 
-/// Which addresses outbound requests may reach: every public address, and the networks the
-/// configuration allows besides (`outbound_allow`: loopback for tests and development, a
-/// private network where the clients run). Nothing else: loopback, private, link-local
-/// (cloud metadata), shared, documentation and reserved ranges are refused by default.
-#[derive(Debug, Clone, Default)]
-pub struct OutboundPolicy(Arc<[IpNet]>);
-
-impl OutboundPolicy {
-    /// Parses the allowed networks: CIDRs (`10.0.0.0/8`) or single addresses.
-    pub fn parse<'a>(entries: impl IntoIterator<Item = &'a str>) -> Result<Self, String> {
-        Ok(Self(parse_networks(entries)?.into()))
-    }
-
-    /// Whether a request may go to `ip`.
-    pub fn allows(&self, ip: IpAddr) -> bool {
-        let ip = ip.to_canonical();
-        is_public(ip) || self.0.iter().any(|net| net.contains(&ip))
-    }
-}
-
-/// Whether `ip` is a public unicast address (IANA's special-purpose registries, roughly: what
-/// no deployment means by "the client's server" unless it says so).
-fn is_public(ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(v4) => {
-            let [a, b, c, _] = v4.octets();
-            !(v4.is_private()
-                || v4.is_loopback()
-                || v4.is_link_local()
-                || v4.is_unspecified()
-                || v4.is_broadcast()
-                || v4.is_documentation()
-                || v4.is_multicast()
-                || a == 0
-                || a >= 240
-                || (a == 100 && (64..128).contains(&b))
-                || (a == 192 && b == 0 && c == 0)
-                || (a == 198 && (18..20).contains(&b)))
-        }
-        IpAddr::V6(v6) => {
-            let segments = v6.segments();
-            // Global unicast only, less documentation, 6to4 and Teredo (which embed IPv4
-            // addresses this check would not see).
-            (segments[0] & 0xe000) == 0x2000
-                && !(segments[0] == 0x2001 && segments[1] == 0x0db8)
-                && segments[0] != 0x2002
-                && !(segments[0] == 0x2001 && segments[1] == 0)
-        }
-    }
-}
-
-/// Posts logout tokens over HTTP; see the module documentation. Clones share one TLS setup.
-#[derive(Clone)]
+/// Posts logout tokens over HTTP. Clones share one TLS setup.
+#[derive(Debug, Clone)]
 pub struct HttpLogoutSender {
-    policy: OutboundPolicy,
-    timeout: Duration,
-    tls: tokio_rustls::TlsConnector,
-}
-
-impl std::fmt::Debug for HttpLogoutSender {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("HttpLogoutSender")
-            .field("policy", &self.policy)
-            .field("timeout", &self.timeout)
-            .finish_non_exhaustive()
-    }
+    outbound: Outbound,
 }
 
 impl HttpLogoutSender {
     /// A sender that trusts the system's certificate authorities.
     pub fn new(policy: OutboundPolicy, timeout: Duration) -> Self {
-        let mut roots = rustls::RootCertStore::empty();
-        let found = rustls_native_certs::load_native_certs();
-        let (added, _ignored) = roots.add_parsable_certificates(found.certs);
-        if added == 0 {
-            tracing::warn!(
-                "no system certificate authority was found: https back-channel logout URIs will fail"
-            );
+        Self {
+            outbound: Outbound::new(policy, timeout),
         }
-        Self::with_roots(policy, timeout, roots)
     }
 
     /// A sender that trusts exactly `roots` (tests, private authorities).
@@ -111,79 +31,38 @@ impl HttpLogoutSender {
         timeout: Duration,
         roots: rustls::RootCertStore,
     ) -> Self {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let config = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .expect("ring supports the default protocol versions")
-            .with_root_certificates(roots)
-            .with_no_client_auth();
         Self {
-            policy,
-            timeout,
-            tls: tokio_rustls::TlsConnector::from(Arc::new(config)),
+            outbound: Outbound::with_roots(policy, timeout, roots),
         }
     }
 
     /// Posts `logout_token` to `uri` and answers what that met.
     pub async fn post(&self, uri: &str, logout_token: &str) -> PostOutcome {
-        match tokio::time::timeout(self.timeout, self.exchange(uri, logout_token)).await {
-            Ok(outcome) => outcome,
-            Err(_) => PostOutcome::Unreachable(format!(
-                "no answer within {} ms",
-                self.timeout.as_millis()
-            )),
-        }
-    }
-
-    async fn exchange(&self, uri: &str, logout_token: &str) -> PostOutcome {
-        let target = match Target::parse(uri) {
-            Ok(target) => target,
+        let request = match logout_request(uri, logout_token) {
+            Ok(request) => request,
             Err(why) => return PostOutcome::Forbidden(why),
         };
-        let addresses = match target.resolve().await {
-            Ok(addresses) => addresses,
-            Err(why) => return PostOutcome::Unreachable(why),
-        };
-        let allowed: Vec<SocketAddr> = addresses
-            .iter()
-            .copied()
-            .filter(|a| self.policy.allows(a.ip()))
-            .collect();
-        if allowed.is_empty() {
-            return PostOutcome::Forbidden(format!(
-                "{} resolves to no address outbound requests may reach (see outbound_allow)",
-                target.host
-            ));
+        match self.outbound.send(request).await {
+            Ok(answer) => PostOutcome::Status(answer.status().as_u16()),
+            Err(OutboundError::Forbidden(why)) => PostOutcome::Forbidden(why),
+            Err(OutboundError::Unreachable(why)) => PostOutcome::Unreachable(why),
         }
-        let mut last_error = String::new();
-        for address in allowed {
-            let stream = match TcpStream::connect(address).await {
-                Ok(stream) => stream,
-                Err(err) => {
-                    last_error = format!("cannot connect to {address}: {err}");
-                    continue;
-                }
-            };
-            let request = target.request(logout_token);
-            let answer = if target.tls {
-                let name = match rustls::pki_types::ServerName::try_from(target.host.clone()) {
-                    Ok(name) => name,
-                    Err(err) => return PostOutcome::Forbidden(err.to_string()),
-                };
-                match self.tls.connect(name, stream).await {
-                    Ok(tls) => send(tls, request).await,
-                    Err(err) => Err(format!("TLS with {}: {err}", target.host)),
-                }
-            } else {
-                send(stream, request).await
-            };
-            return match answer {
-                Ok(status) => PostOutcome::Status(status),
-                Err(why) => PostOutcome::Unreachable(why),
-            };
-        }
-        PostOutcome::Unreachable(last_error)
     }
+}
+
+/// OIDC-BCL-9: `POST` of the form `logout_token=…`.
+fn logout_request(uri: &str, logout_token: &str) -> Result<Request<Vec<u8>>, String> {
+    let body: String = form_urlencoded::Serializer::new(String::new())
+        .append_pair("logout_token", logout_token)
+        .finish();
+    Request::post(uri)
+        .header(
+            hyper::header::CONTENT_TYPE,
+            "application/x-www-form-urlencoded",
+        )
+        .header(hyper::header::USER_AGENT, "Portcullis back-channel logout")
+        .body(body.into_bytes())
+        .map_err(|_| format!("{uri:?} is not a URI outbound requests can go to"))
 }
 
 impl LogoutSender for HttpLogoutSender {
@@ -204,157 +83,5 @@ impl LogoutSender for HttpLogoutSender {
             }
             outcomes
         })
-    }
-}
-
-/// Where a post goes, from a registered URI.
-struct Target {
-    tls: bool,
-    host: String,
-    port: u16,
-    /// `host[:port]` as the `Host` header says it.
-    authority: String,
-    path_and_query: String,
-}
-
-impl Target {
-    fn parse(uri: &str) -> Result<Self, String> {
-        let parsed: Uri = uri
-            .parse()
-            .map_err(|_| format!("{uri:?} is not a URI outbound requests can go to"))?;
-        let tls = match parsed.scheme_str() {
-            Some("https") => true,
-            Some("http") => false,
-            _ => return Err(format!("{uri:?} is neither http nor https")),
-        };
-        let authority = parsed
-            .authority()
-            .ok_or_else(|| format!("{uri:?} names no host"))?;
-        if authority.as_str().contains('@') {
-            return Err(format!("{uri:?} carries credentials"));
-        }
-        let host = authority
-            .host()
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_owned();
-        Ok(Self {
-            tls,
-            port: authority.port_u16().unwrap_or(if tls { 443 } else { 80 }),
-            authority: authority.as_str().to_owned(),
-            path_and_query: parsed
-                .path_and_query()
-                .map_or("/", |p| p.as_str())
-                .to_owned(),
-            host,
-        })
-    }
-
-    async fn resolve(&self) -> Result<Vec<SocketAddr>, String> {
-        if let Ok(ip) = self.host.parse::<IpAddr>() {
-            return Ok(vec![SocketAddr::new(ip, self.port)]);
-        }
-        tokio::net::lookup_host((self.host.as_str(), self.port))
-            .await
-            .map(Iterator::collect)
-            .map_err(|err| format!("cannot resolve {}: {err}", self.host))
-    }
-
-    /// OIDC-BCL-9: `POST` of the form `logout_token=…`.
-    fn request(&self, logout_token: &str) -> Request<Full<Bytes>> {
-        let body: String = form_urlencoded::Serializer::new(String::new())
-            .append_pair("logout_token", logout_token)
-            .finish();
-        Request::post(self.path_and_query.as_str())
-            .header(hyper::header::HOST, self.authority.as_str())
-            .header(
-                hyper::header::CONTENT_TYPE,
-                "application/x-www-form-urlencoded",
-            )
-            .header(hyper::header::USER_AGENT, "Portcullis back-channel logout")
-            .body(Full::new(Bytes::from(body)))
-            .expect("a request of a parsed URI is well-formed")
-    }
-}
-
-/// Sends `request` over `io` (HTTP/1.1) and answers the response's status, having read its
-/// body (small, and unread bodies keep connections busy).
-async fn send<IO>(io: IO, request: Request<Full<Bytes>>) -> Result<u16, String>
-where
-    IO: AsyncRead + AsyncWrite + Send + Unpin + 'static,
-{
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(io))
-        .await
-        .map_err(|err| format!("HTTP handshake: {err}"))?;
-    tokio::spawn(async move {
-        let _ = connection.await;
-    });
-    let response = sender
-        .send_request(request)
-        .await
-        .map_err(|err| format!("HTTP: {err}"))?;
-    let status = response.status().as_u16();
-    let _ = response.into_body().collect().await;
-    Ok(status)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn only_public_addresses_and_allowed_networks_are_reached() {
-        let none = OutboundPolicy::default();
-        for public in ["93.184.216.34", "2606:4700::1111", "8.8.8.8"] {
-            assert!(none.allows(public.parse().unwrap()), "{public}");
-        }
-        for private in [
-            "127.0.0.1",
-            "10.1.2.3",
-            "172.16.0.1",
-            "192.168.1.1",
-            "169.254.169.254",
-            "100.64.0.1",
-            "0.0.0.0",
-            "255.255.255.255",
-            "192.0.2.1",
-            "198.18.0.1",
-            "224.0.0.1",
-            "::1",
-            "::",
-            "fe80::1",
-            "fd00::1",
-            "::ffff:127.0.0.1",
-            "::ffff:169.254.169.254",
-            "2001:db8::1",
-            "2002:7f00:1::",
-            "2001:0:4136:e378::1",
-            "ff02::1",
-        ] {
-            assert!(!none.allows(private.parse().unwrap()), "{private}");
-        }
-        let loopback = OutboundPolicy::parse(["127.0.0.0/8", "::1"]).unwrap();
-        assert!(loopback.allows("127.0.0.1".parse().unwrap()));
-        assert!(loopback.allows("::ffff:127.0.0.2".parse().unwrap()));
-        assert!(loopback.allows("::1".parse().unwrap()));
-        assert!(!loopback.allows("10.0.0.1".parse().unwrap()));
-        assert!(OutboundPolicy::parse(["localhost"]).is_err());
-    }
-
-    #[test]
-    fn targets_keep_their_path_and_query_and_refuse_what_cannot_be_posted_to() {
-        let t = Target::parse("https://rp.example:8443/bc?tenant=1").unwrap();
-        assert!(t.tls);
-        assert_eq!((t.host.as_str(), t.port), ("rp.example", 8443));
-        assert_eq!(t.path_and_query, "/bc?tenant=1");
-        let t = Target::parse("http://[::1]/logout").unwrap();
-        assert_eq!((t.host.as_str(), t.port, t.tls), ("::1", 80, false));
-        for bad in [
-            "ftp://rp.example/bc",
-            "https://user:pw@rp.example/bc",
-            "/bc",
-        ] {
-            assert!(Target::parse(bad).is_err(), "{bad}");
-        }
     }
 }

@@ -58,6 +58,10 @@ pub fn routes<S: Store>() -> Router<AppState<S>> {
         )
         .route("/oidc/revoke", post(token_state::revoke::<S>))
         .route("/oidc/introspect", post(token_state::introspect::<S>))
+        .route(
+            "/federation/{id}/backchannel-logout",
+            post(crate::ui::federation::backchannel_logout::<S>),
+        )
         .layer(cors)
 }
 

@@ -164,6 +164,15 @@ pub(super) fn pending_form_target<S: Store>(
     origin_of(&request.redirect_uri).map(str::to_owned)
 }
 
+/// The authorization request in progress in this browser (its sealed request, still fresh),
+/// if any: what it asks of a sign-in is passed to an upstream provider.
+pub(super) fn pending_request<S: Store>(
+    state: &AppState<S>,
+    headers: &HeaderMap,
+) -> Option<AuthorizationRequest> {
+    sealed_request(state.provider.as_ref()?, headers)
+}
+
 fn expired_page<S: Store>(state: &AppState<S>) -> Response {
     let mut response = page(
         state,

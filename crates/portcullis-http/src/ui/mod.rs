@@ -20,6 +20,7 @@ pub mod web;
 mod account;
 pub mod authorize;
 mod end_session;
+pub mod federation;
 mod logout;
 mod password;
 mod reauth;
@@ -71,6 +72,11 @@ pub fn routes<S: Store>(state: &AppState<S>) -> Router<AppState<S>> {
         .route(
             "/reauth",
             get(reauth::reauth_page::<S>).post(reauth::reauth_submit::<S>),
+        )
+        .route("/login/upstream/{id}", get(federation::start::<S>))
+        .route(
+            "/login/upstream/{id}/callback",
+            get(federation::callback::<S>).post(federation::callback_post::<S>),
         )
         .route("/account", get(account::account_page::<S>))
         .route(

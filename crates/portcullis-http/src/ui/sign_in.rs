@@ -82,6 +82,12 @@ fn login_form<S: Store>(
         .trim_start_matches("pcs_")
         .to_owned()
     });
+    let upstreams: Vec<_> = state
+        .federation
+        .iter()
+        .flat_map(|f| f.upstreams())
+        .map(|u| context! { id => &u.settings().id, label => &u.settings().label })
+        .collect();
     let mut response = page(
         state,
         status,
@@ -93,6 +99,7 @@ fn login_form<S: Store>(
             username_typed => username_typed,
             notice => notice,
             error => error,
+            upstreams => upstreams,
         },
     );
     if existing.is_none() {
@@ -127,6 +134,20 @@ pub(super) async fn login_submit<S: Store>(
         return Err(PageError::StaleForm);
     }
     let return_to = safe_return_to(Some(&form.return_to));
+    // Home-realm discovery: the people of a domain an upstream provider serves sign in there;
+    // whatever was typed as a password is neither checked nor kept.
+    if let Some(upstream) = state
+        .federation
+        .as_ref()
+        .and_then(|f| f.for_email(&form.username))
+    {
+        return Ok(see_other(&format!(
+            "/login/upstream/{}?return_to={}&login_hint={}",
+            upstream.settings().id,
+            super::web::encode_query(&return_to),
+            super::web::encode_query(form.username.trim()),
+        )));
+    }
     let typed: String = form.username.chars().take(64).collect();
     let failed = |status, message: &str| {
         Ok(login_form(
@@ -251,8 +272,7 @@ async fn advance<S: Store>(
     Ok(response)
 }
 
-/// Creates the SSO session with a new token (ASVS4-3.2.1: whatever cookie the browser had is
-/// never adopted) and sends the person back where they were.
+/// Ends a sign-in in progress with the SSO session, unless the account was disabled meanwhile.
 async fn complete<S: Store>(
     state: &AppState<S>,
     browser: &Browser,
@@ -270,6 +290,51 @@ async fn complete<S: Store>(
         Ok(_) | Err(portcullis_core::AccountError::NotFound) => return Ok(restart_sign_in()),
         Err(err) => return Err(err.into()),
     }
+    start_sso_session(
+        state,
+        browser,
+        SsoStart {
+            auth: AuthContext {
+                methods: pending.methods.clone(),
+                level: portcullis_core::assurance_level(&pending.methods),
+            },
+            user_id: pending.user_id.clone(),
+            username: pending.username.clone(),
+            remember_me,
+            data: serde_json::Map::new(),
+            ends_by: None,
+            return_to: pending.return_to.clone(),
+        },
+    )
+    .await
+}
+
+/// An SSO session to start: for whom, how they authenticated, what it remembers.
+pub(super) struct SsoStart {
+    /// The account.
+    pub(super) user_id: String,
+    /// Its username (kept in the session's data for the pages).
+    pub(super) username: String,
+    /// How the person authenticated.
+    pub(super) auth: AuthContext,
+    /// "Stay signed in?" answered yes.
+    pub(super) remember_me: bool,
+    /// The session's data besides the username (an upstream link).
+    pub(super) data: serde_json::Map<String, serde_json::Value>,
+    /// A time it ends by, whatever the SSO policy allows, and why.
+    pub(super) ends_by: Option<(portcullis_core::Timestamp, String)>,
+    /// Where the person goes next.
+    pub(super) return_to: String,
+}
+
+/// Creates the SSO session with a new token (ASVS4-3.2.1: whatever cookie the browser had is
+/// never adopted) and sends the person back where they were: the one way every kind of
+/// sign-in (password, upstream provider) ends.
+pub(super) async fn start_sso_session<S: Store>(
+    state: &AppState<S>,
+    browser: &Browser,
+    start: SsoStart,
+) -> PageResult {
     // One SSO session per browser: a second sign-in replaces the one the browser holds.
     if let Some(previous) = browser.cookie(SESSION_COOKIE) {
         match state.engine.logout(previous, &cookie_principal()).await {
@@ -277,26 +342,25 @@ async fn complete<S: Store>(
             Err(err) => return Err(err.into()),
         }
     }
-    let level = portcullis_core::assurance_level(&pending.methods);
+    let mut data = start.data;
+    data.insert("username".into(), start.username.into());
     let created = state
         .engine
         .create(
             NewSession {
-                subject: pending.user_id.clone(),
+                subject: start.user_id.clone(),
                 policy: Some(SSO_POLICY.to_owned()),
-                remember_me,
-                auth: AuthContext {
-                    methods: pending.methods.clone(),
-                    level,
-                },
+                remember_me: start.remember_me,
+                auth: start.auth,
                 device: browser.device(),
-                data: serde_json::json!({ "username": pending.username }),
+                data: serde_json::Value::Object(data),
                 reconstitute: true,
                 parent: None,
                 application: None,
                 back_channel_logout_uri: None,
+                ends_by: start.ends_by,
             },
-            &Principal::portcullis(Actor::user(&pending.user_id)),
+            &Principal::portcullis(Actor::user(&start.user_id)),
         )
         .await;
     let issued = match created {
@@ -317,7 +381,7 @@ async fn complete<S: Store>(
         }
         Err(err) => return Err(err.into()),
     };
-    let mut response = see_other(&pending.return_to);
+    let mut response = see_other(&start.return_to);
     let headers = response.headers_mut();
     headers.append(header::SET_COOKIE, session_cookie(state, &issued));
     headers.append(header::SET_COOKIE, clear_cookie(SIGN_IN_COOKIE, "Strict"));
@@ -325,7 +389,7 @@ async fn complete<S: Store>(
         header::SET_COOKIE,
         set_cookie(
             DEVICE_COOKIE,
-            &state.accounts.device_cookie(&pending.user_id),
+            &state.accounts.device_cookie(&start.user_id),
             "Strict",
             Some(DEVICE_COOKIE_AGE),
         ),

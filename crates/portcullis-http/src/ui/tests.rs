@@ -111,6 +111,7 @@ impl Harness {
             ui: Arc::new(super::web::Ui::new(Default::default())),
             metrics: None,
             provider: None,
+            federation: None,
         }));
         Self {
             clock,

@@ -457,12 +457,14 @@ pub async fn security_headers<S: Store>(
 pub async fn same_origin_only(request: Request, next: Next) -> Response {
     // The authorization and RP-initiated logout endpoints accept an application's cross-site
     // POST (OIDC Core §3.1.2.1, OIDC-RPL-2); their handlers change nothing on such a POST (they
-    // turn it into the GET), and the logout confirmation checks its own form's CSRF token.
+    // turn it into the GET), and the logout confirmation checks its own form's CSRF token. An
+    // upstream provider's `form_post` answer is a cross-site POST too.
     if matches!(
         *request.method(),
         Method::GET | Method::HEAD | Method::OPTIONS
     ) || (request.method() == Method::POST
-        && matches!(request.uri().path(), "/oidc/logout" | "/oidc/authorize"))
+        && (matches!(request.uri().path(), "/oidc/logout" | "/oidc/authorize")
+            || is_upstream_callback(request.uri().path())))
     {
         return next.run(request).await;
     }
@@ -483,6 +485,14 @@ pub async fn same_origin_only(request: Request, next: Next) -> Response {
         return PageError::CrossSite.into_response();
     }
     next.run(request).await
+}
+
+/// Whether `path` is where an upstream provider's `form_post` answer arrives: a cross-site
+/// POST by design, bound to this browser by its sealed cookie and `state` instead.
+fn is_upstream_callback(path: &str) -> bool {
+    path.strip_prefix("/login/upstream/")
+        .and_then(|rest| rest.strip_suffix("/callback"))
+        .is_some_and(|id| !id.is_empty() && !id.contains('/'))
 }
 
 /// What a page can fail with; each becomes a friendly HTML page.
@@ -669,6 +679,7 @@ mod tests {
             ui: Arc::new(Ui::new(settings)),
             metrics: None,
             provider: None,
+            federation: None,
         };
         let edge = Edge {
             trusted_proxies: TrustedProxies::parse(trusted.iter().copied()).unwrap(),

@@ -122,6 +122,7 @@ impl TestServer {
             ui: Arc::new(portcullis_http::ui::web::Ui::new(Default::default())),
             metrics: None,
             provider: None,
+            federation: None,
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());

@@ -1,0 +1,422 @@
+//! Signing in through an upstream identity provider (federation), as the browser meets it.
+//!
+//! `/login/upstream/{id}` sends the browser to the provider with a fresh authorization request
+//! (PKCE, `state`, `nonce`), sealed with the keyring into a short-lived cookie of this
+//! browser; `/login/upstream/{id}/callback` takes the answer (a redirect, or with
+//! `response_mode=form_post` a cross-site POST, which the page layers let through to this path
+//! alone: the sealed cookie and its `state` are what bind the answer to this browser), checks
+//! it, finds or makes the account and starts the SSO session, which remembers the upstream
+//! session vouching for it. `/federation/{id}/backchannel-logout` takes the provider's logout
+//! tokens. The rules are `portcullis_upstream`'s; this module carries them to and from the
+//! browser.
+
+use std::sync::Arc;
+
+use axum::extract::{Form, Path, Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use minijinja::context;
+use portcullis_core::Store;
+use portcullis_oidc::Prompt;
+use portcullis_upstream::{
+    Federation, NoAccount, PENDING_LIFETIME, PendingUpstream, UPSTREAM_KEY, Upstream,
+    UpstreamError, UpstreamHints,
+};
+use serde::{Deserialize, Serialize};
+
+use super::sign_in::{SsoStart, start_sso_session};
+use super::web::{Browser, PageError, clear_cookie, read_cookie, safe_return_to, set_cookie};
+use super::{PageResult, page, see_other};
+use crate::AppState;
+
+/// The cookie holding the sealed request sent upstream.
+pub const UPSTREAM_COOKIE: &str = "__Host-portcullis-upstream";
+
+/// What the sealed request is bound to, so no other sealed value can stand in for it.
+const SEALED_FOR: &str = "upstream-sign-in";
+
+/// A sign-in sent upstream, as the browser keeps it.
+#[derive(Debug, Serialize, Deserialize)]
+struct Flow {
+    pending: PendingUpstream,
+    return_to: String,
+}
+
+fn federation_of<S: Store>(state: &AppState<S>) -> Result<&Arc<Federation>, PageError> {
+    state.federation.as_ref().ok_or(PageError::NotFound)
+}
+
+fn upstream_of<'a>(federation: &'a Federation, id: &str) -> Result<&'a Arc<Upstream>, PageError> {
+    federation.upstream(id).ok_or(PageError::NotFound)
+}
+
+/// The cookie's `SameSite`: a `form_post` answer is a cross-site POST, which carries only a
+/// `None` cookie; a redirect is a top-level navigation, which carries a `Lax` one.
+fn same_site(upstream: &Upstream) -> &'static str {
+    if upstream.settings().form_post {
+        "None"
+    } else {
+        "Lax"
+    }
+}
+
+/// A friendly page for a sign-in upstream that did not work; local sign-in still does.
+fn upstream_failed<S: Store>(
+    state: &AppState<S>,
+    upstream: &Upstream,
+    status: StatusCode,
+    message: &str,
+) -> Response {
+    let label = &upstream.settings().label;
+    let mut response = page(
+        state,
+        status,
+        "error.html",
+        None,
+        context! {
+            heading => format!("Signing in with {label} did not work"),
+            message => message,
+            next_href => "/login",
+            next_label => "Back to sign in",
+        },
+    );
+    response.headers_mut().append(
+        header::SET_COOKIE,
+        clear_cookie(UPSTREAM_COOKIE, same_site(upstream)),
+    );
+    response
+}
+
+fn failure_page<S: Store>(
+    state: &AppState<S>,
+    upstream: &Upstream,
+    err: &UpstreamError,
+) -> Response {
+    tracing::warn!(provider = %upstream.settings().id, error = %err, "a sign-in upstream failed");
+    match err {
+        UpstreamError::Unavailable(_) => upstream_failed(
+            state,
+            upstream,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "The identity provider cannot be reached right now. Try again later, or sign in with your password.",
+        ),
+        UpstreamError::Refused(_) => upstream_failed(
+            state,
+            upstream,
+            StatusCode::FORBIDDEN,
+            "The identity provider did not sign you in.",
+        ),
+        UpstreamError::Invalid(_) => upstream_failed(
+            state,
+            upstream,
+            StatusCode::BAD_REQUEST,
+            "This answer from the identity provider is not valid here (it may be old, or meant for another browser). Start again.",
+        ),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub(super) struct StartQuery {
+    return_to: Option<String>,
+    login_hint: Option<String>,
+}
+
+/// What an application's authorization in progress in this browser asks of the sign-in,
+/// passed upstream: our own session could not satisfy it, or the person would not be here.
+fn hints_of<S: Store>(
+    state: &AppState<S>,
+    browser: &Browser,
+    login_hint: Option<String>,
+) -> UpstreamHints {
+    let request = super::authorize::pending_request(state, &browser.headers);
+    UpstreamHints {
+        login_hint: login_hint.or_else(|| request.as_ref().and_then(|r| r.login_hint.clone())),
+        force_login: request
+            .as_ref()
+            .is_some_and(|r| r.prompt.contains(&Prompt::Login)),
+        max_age: request
+            .as_ref()
+            .and_then(|r| r.max_age)
+            .map(std::time::Duration::from_secs),
+        acr_values: request.map(|r| r.acr_values).unwrap_or_default(),
+    }
+}
+
+/// Sends the browser upstream.
+pub(super) async fn start<S: Store>(
+    State(state): State<AppState<S>>,
+    Path(id): Path<String>,
+    browser: Browser,
+    Query(query): Query<StartQuery>,
+) -> PageResult {
+    let federation = federation_of(&state)?;
+    let upstream = upstream_of(federation, &id)?;
+    let hints = hints_of(&state, &browser, query.login_hint);
+    let (url, pending) = match upstream.begin(&portcullis_core::OsRandom, &hints).await {
+        Ok(begun) => begun,
+        Err(err) => return Ok(failure_page(&state, upstream, &err)),
+    };
+    let flow = Flow {
+        pending,
+        return_to: safe_return_to(query.return_to.as_deref()),
+    };
+    let text = serde_json::to_string(&flow).map_err(|_| PageError::Internal)?;
+    let sealed = federation.seal(&text, SEALED_FOR);
+    let mut response = see_other(&url);
+    response.headers_mut().append(
+        header::SET_COOKIE,
+        set_cookie(
+            UPSTREAM_COOKIE,
+            &sealed,
+            same_site(upstream),
+            Some(PENDING_LIFETIME),
+        ),
+    );
+    Ok(response)
+}
+
+/// The upstream's answer, as a redirect's query or a `form_post` form.
+#[derive(Debug, Default, Deserialize)]
+pub(super) struct Answer {
+    code: Option<String>,
+    state: Option<String>,
+    iss: Option<String>,
+    error: Option<String>,
+}
+
+/// The answer by redirect.
+pub(super) async fn callback<S: Store>(
+    State(state): State<AppState<S>>,
+    Path(id): Path<String>,
+    browser: Browser,
+    Query(answer): Query<Answer>,
+) -> PageResult {
+    finish(&state, &id, &browser, answer).await
+}
+
+/// The answer by `form_post`.
+pub(super) async fn callback_post<S: Store>(
+    State(state): State<AppState<S>>,
+    Path(id): Path<String>,
+    browser: Browser,
+    Form(answer): Form<Answer>,
+) -> PageResult {
+    finish(&state, &id, &browser, answer).await
+}
+
+async fn finish<S: Store>(
+    state: &AppState<S>,
+    id: &str,
+    browser: &Browser,
+    answer: Answer,
+) -> PageResult {
+    let federation = federation_of(state)?;
+    let upstream = upstream_of(federation, id)?;
+    let invalid = |why: &str| failure_page(state, upstream, &UpstreamError::Invalid(why.into()));
+    // The sealed request is taken whatever happens next: an answer is used once.
+    let flow = read_cookie(&browser.headers, UPSTREAM_COOKIE)
+        .filter(|v| !v.is_empty())
+        .and_then(|sealed| federation.open(sealed, SEALED_FOR).ok())
+        .and_then(|text| serde_json::from_str::<Flow>(&text).ok());
+    let Some(flow) = flow else {
+        return Ok(invalid(
+            "no sign-in of this browser is waiting for this answer",
+        ));
+    };
+    if let Some(error) = &answer.error {
+        let refused = UpstreamError::Refused(error.chars().take(64).collect());
+        return Ok(failure_page(state, upstream, &refused));
+    }
+    let (Some(code), Some(answered_state)) = (&answer.code, &answer.state) else {
+        return Ok(invalid("the answer has no code or state"));
+    };
+    let now = state.engine.now();
+    // The same answer taken twice (a replayed callback, on any node) signs nobody in.
+    let first = federation
+        .first_use(
+            id,
+            &flow.pending.state,
+            now,
+            flow.pending.started_at.plus(PENDING_LIFETIME),
+        )
+        .await
+        .map_err(|err| {
+            tracing::error!(error = %err, "the replay store cannot answer");
+            PageError::Unavailable
+        })?;
+    if !first {
+        return Ok(invalid("this answer was used already"));
+    }
+    let signed_in = match upstream
+        .finish(&flow.pending, answered_state, answer.iss.as_deref(), code)
+        .await
+    {
+        Ok(signed_in) => signed_in,
+        Err(err) => return Ok(failure_page(state, upstream, &err)),
+    };
+    let account = federation
+        .account(&state.accounts, upstream, &signed_in, browser.origin())
+        .await
+        .map_err(|err| {
+            tracing::error!(error = %err, "an account for a sign-in upstream cannot be found");
+            PageError::Unavailable
+        })?;
+    let user = match account {
+        Ok(user) => user,
+        Err(NoAccount::Disabled) => {
+            return Ok(upstream_failed(
+                state,
+                upstream,
+                StatusCode::FORBIDDEN,
+                "Your account here is disabled.",
+            ));
+        }
+        Err(NoAccount::NotAllowed) => {
+            return Ok(upstream_failed(
+                state,
+                upstream,
+                StatusCode::FORBIDDEN,
+                "You have no account here, and this identity provider cannot create one.",
+            ));
+        }
+        Err(NoAccount::NameTaken(name)) => {
+            let message = format!(
+                "An account named “{name}” exists here already. Sign in to it with its password, then link {} from your account page.",
+                upstream.settings().label
+            );
+            return Ok(upstream_failed(
+                state,
+                upstream,
+                StatusCode::CONFLICT,
+                &message,
+            ));
+        }
+    };
+    let link = Federation::link(upstream, &signed_in);
+    let mut data = serde_json::Map::new();
+    data.insert(
+        UPSTREAM_KEY.into(),
+        serde_json::to_value(&link).map_err(|_| PageError::Internal)?,
+    );
+    let ends_by = upstream.settings().bound_session.then(|| {
+        (
+            signed_in.expires_at,
+            format!(
+                "upstream {}: no longer than its ID token",
+                upstream.settings().id
+            ),
+        )
+    });
+    let mut response = start_sso_session(
+        state,
+        browser,
+        SsoStart {
+            user_id: user.id.clone(),
+            username: user.username.clone(),
+            auth: Federation::auth_context(upstream, &signed_in),
+            remember_me: false,
+            data,
+            ends_by,
+            return_to: flow.return_to,
+        },
+    )
+    .await?;
+    response.headers_mut().append(
+        header::SET_COOKIE,
+        clear_cookie(UPSTREAM_COOKIE, same_site(upstream)),
+    );
+    Ok(response)
+}
+
+/// What an upstream posts to the back-channel logout endpoint.
+#[derive(Debug, Deserialize)]
+pub struct LogoutForm {
+    logout_token: Option<String>,
+}
+
+/// Back-Channel Logout §2.8: 200 when the logout was done, 400 with an error otherwise.
+fn logout_answer(status: StatusCode, error: Option<&str>) -> Response {
+    let body = match error {
+        Some(why) => serde_json::json!({ "error": "invalid_request", "error_description": why }),
+        None => serde_json::json!({}),
+    };
+    (
+        status,
+        [(header::CACHE_CONTROL, "no-store")],
+        axum::Json(body),
+    )
+        .into_response()
+}
+
+/// An upstream's back-channel logout: every SSO session its ended session vouched for ends
+/// (`upstream_logout`), and the applications of those sessions are told in turn.
+pub async fn backchannel_logout<S: Store>(
+    State(state): State<AppState<S>>,
+    Path(id): Path<String>,
+    Form(form): Form<LogoutForm>,
+) -> Response {
+    let Some(federation) = state.federation.as_ref() else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    let Some(upstream) = federation.upstream(&id) else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    let Some(token) = form.logout_token.filter(|t| !t.is_empty()) else {
+        return logout_answer(StatusCode::BAD_REQUEST, Some("no logout_token"));
+    };
+    let logout = match upstream.verify_logout_token(&token).await {
+        Ok(logout) => logout,
+        Err(UpstreamError::Unavailable(why)) => {
+            tracing::warn!(provider = %id, error = %why, "an upstream logout token cannot be checked");
+            return logout_answer(StatusCode::SERVICE_UNAVAILABLE, Some("try again later"));
+        }
+        Err(err) => {
+            tracing::warn!(provider = %id, error = %err, "an upstream logout token was refused");
+            return logout_answer(
+                StatusCode::BAD_REQUEST,
+                Some("the logout token is not valid"),
+            );
+        }
+    };
+    if logout.subject.is_none() {
+        return logout_answer(
+            StatusCode::BAD_REQUEST,
+            Some("a logout token must name the person (sub)"),
+        );
+    }
+    let now = state.engine.now();
+    match federation
+        .first_use(
+            &id,
+            &format!("jti {}", logout.jti),
+            now,
+            logout.remember_until,
+        )
+        .await
+    {
+        Ok(true) => {}
+        Ok(false) => {
+            return logout_answer(
+                StatusCode::BAD_REQUEST,
+                Some("this logout token was used already"),
+            );
+        }
+        Err(err) => {
+            tracing::error!(error = %err, "the replay store cannot answer");
+            return logout_answer(StatusCode::SERVICE_UNAVAILABLE, Some("try again later"));
+        }
+    }
+    match federation
+        .end_vouched_sessions(&state.engine, upstream, &logout)
+        .await
+    {
+        Ok(ended) => {
+            tracing::info!(provider = %id, ended, "an upstream session ended");
+            logout_answer(StatusCode::OK, None)
+        }
+        Err(err) => {
+            tracing::error!(error = %err, "the sessions of an upstream logout cannot be ended");
+            logout_answer(StatusCode::SERVICE_UNAVAILABLE, Some("try again later"))
+        }
+    }
+}

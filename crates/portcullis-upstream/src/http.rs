@@ -1,0 +1,35 @@
+//! The HTTP client upstream requests go through, as a small object-safe trait so the server
+//! can give its policy-keeping client and this crate never opens a socket itself.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use openidconnect::{AsyncHttpClient, HttpRequest, HttpResponse};
+
+/// The future an [`UpstreamHttp`] answers.
+pub type HttpFuture<'a> = Pin<Box<dyn Future<Output = Result<HttpResponse, String>> + Send + 'a>>;
+
+/// Sends one request and reads the whole answer; redirects are answers, never followed. The
+/// error says why there was no answer (refused by policy, unreachable, too slow).
+pub trait UpstreamHttp: Send + Sync + 'static {
+    /// Sends `request`.
+    fn send(&self, request: HttpRequest) -> HttpFuture<'_>;
+}
+
+/// Why an upstream request got no answer, as `openidconnect` wants an error.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub(crate) struct Unanswered(pub(crate) String);
+
+/// [`UpstreamHttp`] as `openidconnect` takes a client.
+pub(crate) struct Adapter(pub(crate) Arc<dyn UpstreamHttp>);
+
+impl<'c> AsyncHttpClient<'c> for Adapter {
+    type Error = Unanswered;
+    type Future = Pin<Box<dyn Future<Output = Result<HttpResponse, Unanswered>> + Send + 'c>>;
+
+    fn call(&'c self, request: HttpRequest) -> Self::Future {
+        Box::pin(async move { self.0.send(request).await.map_err(Unanswered) })
+    }
+}
