@@ -38,6 +38,7 @@ mod codes;
 mod consents;
 mod deliveries;
 mod gather;
+mod identities;
 mod refresh_tokens;
 mod replays;
 mod signing_keys;
@@ -47,6 +48,7 @@ mod users;
 pub use codes::PostgresCodeStore;
 pub use consents::PostgresConsentStore;
 pub use deliveries::PostgresDeliveryStore;
+pub use identities::PostgresIdentityStore;
 pub use refresh_tokens::PostgresRefreshTokenStore;
 pub use replays::PostgresReplayStore;
 pub use signing_keys::PostgresSigningKeyStore;
@@ -186,6 +188,12 @@ impl PostgresStore {
     /// schema).
     pub fn consents(&self) -> PostgresConsentStore {
         PostgresConsentStore::new(self.pool.clone())
+    }
+
+    /// The accounts' links to people at upstream identity providers, in the same database
+    /// (and schema).
+    pub fn identities(&self) -> PostgresIdentityStore {
+        PostgresIdentityStore::new(self.pool.clone())
     }
 
     /// Connects to a store URL: `postgres://…` with optional parameters `schema=NAME` (the

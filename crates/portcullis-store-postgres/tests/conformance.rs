@@ -104,6 +104,15 @@ async fn consent_store_contract() {
         .await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identity_store_contract() {
+    let store = fresh().await;
+    portcullis_store_tests::identities::identity_store_contract(std::sync::Arc::new(
+        store.identities(),
+    ))
+    .await;
+}
+
 /// Ending a family while its token is being rotated on another node leaves no token of it: the
 /// ending waits for the rotation in flight and removes its successor too, or the rotation finds
 /// the family gone.

@@ -86,6 +86,7 @@ mod consents;
 mod deliveries;
 mod durable;
 mod gather;
+mod identities;
 mod live;
 mod options;
 mod record;
@@ -98,6 +99,7 @@ mod users;
 pub use codes::RedisCodeStore;
 pub use consents::RedisConsentStore;
 pub use deliveries::RedisDeliveryStore;
+pub use identities::RedisIdentityStore;
 pub use refresh_tokens::RedisRefreshTokenStore;
 pub use replays::RedisReplayStore;
 pub use signing_keys::RedisSigningKeyStore;
@@ -630,6 +632,12 @@ impl RedisStore {
     /// What people consented to give OpenID Connect clients, under the same prefix.
     pub fn consents(&self) -> RedisConsentStore {
         RedisConsentStore::new(self.clone())
+    }
+
+    /// The accounts' links to people at upstream identity providers, under the same prefix,
+    /// beside the accounts.
+    pub fn identities(&self) -> RedisIdentityStore {
+        RedisIdentityStore::new(self.clone())
     }
 
     /// The back-channel logout deliveries its endings wrote, under the same prefix: every node

@@ -503,6 +503,15 @@ async fn consent_store_contract() {
         .await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identity_store_contract() {
+    let store = fresh().await;
+    portcullis_store_tests::identities::identity_store_contract(std::sync::Arc::new(
+        store.identities(),
+    ))
+    .await;
+}
+
 /// A code is one key whose TTL is its lifetime plus `CODE_REMEMBERED`, counted from its issue;
 /// a redemption keeps the TTL.
 #[tokio::test]
@@ -690,6 +699,65 @@ async fn a_persons_consents_are_one_key_under_the_tag_of_their_sessions() {
                 .unwrap()
         );
     }
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}:*"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(keys.is_empty(), "nothing is left: {keys:?}");
+}
+
+/// An account's links are one hash in the accounts' tag, beside one index of upstream people
+/// there; unlinking everything leaves no key (a refused unlink's write leaves none either).
+#[tokio::test]
+async fn federated_identities_are_two_keys_in_the_accounts_tag() {
+    use portcullis_core::oidc::{FederatedIdentity, IdentityStore, Unlinked};
+    use portcullis_store_tests::t0;
+
+    let (store, prefix, mut conn) = store_and_keys("identities").await;
+    let identities = store.identities();
+    let linked = |subject: &str| FederatedIdentity {
+        user_id: "usr_1".into(),
+        provider: "corp".into(),
+        issuer: "https://idp.example".into(),
+        subject: subject.into(),
+        linked_at: t0(),
+    };
+    for subject in ["a", "b"] {
+        assert!(identities.link(&linked(subject)).await.unwrap());
+    }
+    let mut keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}:*"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    keys.sort();
+    assert_eq!(
+        keys,
+        vec![
+            format!("{prefix}:{{users}}:fi"),
+            format!("{prefix}:{{users}}:fl:usr_1"),
+        ]
+    );
+    let ttl: i64 = redis::cmd("PTTL")
+        .arg(&keys[0])
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(ttl, -1, "kept until unlinked");
+    let unlink = |subject: &'static str, keep_one| {
+        let identities = identities.clone();
+        async move {
+            identities
+                .unlink("usr_1", "https://idp.example", subject, keep_one)
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(unlink("a", true).await, Unlinked::Done);
+    assert_eq!(unlink("b", true).await, Unlinked::LastOne);
+    assert_eq!(unlink("a", true).await, Unlinked::NotLinked);
+    assert_eq!(unlink("b", false).await, Unlinked::Done);
     let keys: Vec<String> = redis::cmd("KEYS")
         .arg(format!("{prefix}:*"))
         .query_async(&mut conn)

@@ -21,6 +21,7 @@ mod applications;
 mod codes;
 mod consents;
 mod deliveries;
+mod identities;
 mod refresh_tokens;
 mod replays;
 mod signing_keys;
@@ -30,6 +31,7 @@ mod users;
 pub use codes::SqliteCodeStore;
 pub use consents::SqliteConsentStore;
 pub use deliveries::SqliteDeliveryStore;
+pub use identities::SqliteIdentityStore;
 pub use refresh_tokens::SqliteRefreshTokenStore;
 pub use replays::SqliteReplayStore;
 pub use signing_keys::SqliteSigningKeyStore;
@@ -204,6 +206,12 @@ impl SqliteJournal {
     /// What people consented to give clients, kept in the same database file.
     pub fn consents(&self) -> SqliteConsentStore {
         SqliteConsentStore::new(self.pool.clone())
+    }
+
+    /// The accounts' links to people at upstream identity providers, kept in the same
+    /// database file.
+    pub fn identities(&self) -> SqliteIdentityStore {
+        SqliteIdentityStore::new(self.pool.clone())
     }
 
     /// The back-channel logout deliveries its endings wrote, kept in the same database file.

@@ -70,6 +70,15 @@ async fn consent_store_contract() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identity_store_contract() {
+    let store = fresh().await;
+    portcullis_store_tests::identities::identity_store_contract(std::sync::Arc::new(
+        store.journal().identities(),
+    ))
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delivery_store_contract() {
     let store = fresh().await;
     let deliveries = std::sync::Arc::new(store.journal().deliveries());
