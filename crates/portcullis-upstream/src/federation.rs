@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use portcullis_core::oidc::{FederatedIdentity, IdentityStore, ReplayStore};
+use portcullis_core::oidc::{FederatedIdentity, IdentityStore, ReplayStore, Unlinked};
 use portcullis_core::{
     AccountError, Accounts, Acting, Actor, AuthContext, EndReason, Engine, EngineError, EventKind,
     Keyring, Origin, PORTCULLIS_APP, Principal, RandomSource, SSO_POLICY, SealError, Session,
@@ -240,6 +240,74 @@ impl Federation {
             .record_identity(EventKind::UserIdentityLinked, &user, &settings.id, by)
             .await;
         Ok(Ok(user))
+    }
+
+    /// Links the signed-in account `user` to the person `signed_in` through `upstream`: the
+    /// person proved both (signed in here, then there). `false` when that upstream person is
+    /// linked already, to this account or another.
+    pub async fn link_account(
+        &self,
+        accounts: &Accounts,
+        user: &User,
+        upstream: &Upstream,
+        signed_in: &UpstreamSignIn,
+        origin: Origin<'_>,
+    ) -> Result<bool, FederationError> {
+        let identity = FederatedIdentity {
+            user_id: user.id.clone(),
+            provider: upstream.settings().id.clone(),
+            issuer: signed_in.issuer.clone(),
+            subject: signed_in.subject.clone(),
+            linked_at: upstream.now(),
+        };
+        if !self.identities.link(&identity).await? {
+            return Ok(false);
+        }
+        let actor = Actor::user(&user.id);
+        accounts
+            .record_identity(
+                EventKind::UserIdentityLinked,
+                user,
+                &identity.provider,
+                Acting {
+                    actor: &actor,
+                    origin,
+                },
+            )
+            .await;
+        Ok(true)
+    }
+
+    /// Removes the account's link to the person `subject` at `issuer`, never the last way in:
+    /// an account without a password keeps its last link.
+    pub async fn unlink_account(
+        &self,
+        accounts: &Accounts,
+        user: &User,
+        issuer: &str,
+        subject: &str,
+        origin: Origin<'_>,
+    ) -> Result<Unlinked, FederationError> {
+        let linked = self.identities.identity(issuer, subject).await?;
+        let unlinked = self
+            .identities
+            .unlink(&user.id, issuer, subject, !user.has_password())
+            .await?;
+        if let (Unlinked::Done, Some(linked)) = (unlinked, linked) {
+            let actor = Actor::user(&user.id);
+            accounts
+                .record_identity(
+                    EventKind::UserIdentityUnlinked,
+                    user,
+                    &linked.provider,
+                    Acting {
+                        actor: &actor,
+                        origin,
+                    },
+                )
+                .await;
+        }
+        Ok(unlinked)
     }
 
     /// How an SSO session started through `upstream` authenticated the person: the upstream's

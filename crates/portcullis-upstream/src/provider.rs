@@ -253,6 +253,16 @@ impl Upstream {
         &self.settings
     }
 
+    /// Where the upstream returns the browser after a logout there: beside the callback,
+    /// `…/signed-out` (to register at the upstream as a post-logout redirect URI).
+    pub fn signed_out_uri(&self) -> String {
+        let callback = self.redirect_uri.as_str();
+        match callback.strip_suffix("/callback") {
+            Some(base) => format!("{base}/signed-out"),
+            None => format!("{callback}/signed-out"),
+        }
+    }
+
     /// What discovery said, read now if it never was (or failed before).
     async fn discovered(&self) -> Result<Arc<Discovered>, UpstreamError> {
         let mut slot = self.discovered.lock().await;
@@ -676,7 +686,8 @@ impl Upstream {
         Ok(self.refetched_keys().await?.map(|d| d.jose_keys.clone()))
     }
 
-    pub(crate) fn now(&self) -> Timestamp {
+    /// The injected clock's time.
+    pub fn now(&self) -> Timestamp {
         self.clock.now()
     }
 }

@@ -6,6 +6,7 @@ use axum::extract::{Form, Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::Response;
 use minijinja::context;
+use portcullis_core::oidc::Unlinked;
 use portcullis_core::{EndReason, PORTCULLIS_APP, Principal, Session, SessionId, Store, User};
 use serde::Deserialize;
 
@@ -56,6 +57,8 @@ fn notice_for(done: Option<&str>) -> Option<&'static str> {
         }
         "totp_on" => "Two-factor authentication is on. You have been signed out everywhere else.",
         "totp_off" => "Two-factor authentication is off. You have been signed out everywhere else.",
+        "linked" => "The identity provider is linked: you can sign in with it.",
+        "unlinked" => "The identity provider is no longer linked to your account.",
         _ => return None,
     })
 }
@@ -106,6 +109,7 @@ pub(super) async fn account_page<S: Store>(
             }
         })
         .collect();
+    let (linked, linkable) = providers(&state, &user).await?;
     Ok(page(
         &state,
         StatusCode::OK,
@@ -114,10 +118,113 @@ pub(super) async fn account_page<S: Store>(
         context! {
             sessions => rows,
             totp => user.totp.is_some(),
+            has_password => user.has_password(),
             password_changed => human_time(user.password_changed_at),
             notice => notice_for(query.done.as_deref()),
+            linked => linked,
+            linkable => linkable,
         },
     ))
+}
+
+/// The upstream providers linked to the account, and those it could link.
+async fn providers<S: Store>(
+    state: &AppState<S>,
+    user: &User,
+) -> Result<(Vec<minijinja::Value>, Vec<minijinja::Value>), PageError> {
+    let Some(federation) = &state.federation else {
+        return Ok((Vec::new(), Vec::new()));
+    };
+    let identities = federation
+        .identities()
+        .identities_of(&user.id)
+        .await
+        .map_err(|err| {
+            tracing::error!(error = %err, "the identity store cannot answer");
+            PageError::Unavailable
+        })?;
+    let label = |provider: &str| {
+        federation
+            .upstream(provider)
+            .map_or_else(|| provider.to_owned(), |u| u.settings().label.clone())
+    };
+    // The last link of an account without a password is its only way in: not offered.
+    let removable = user.has_password() || identities.len() > 1;
+    let linked = identities
+        .iter()
+        .map(|i| {
+            context! {
+                label => label(&i.provider),
+                issuer => &i.issuer,
+                subject => &i.subject,
+                linked => human_time(i.linked_at),
+                removable => removable,
+            }
+        })
+        .collect();
+    let linkable = federation
+        .upstreams()
+        .iter()
+        .filter(|u| !identities.iter().any(|i| i.issuer == u.settings().issuer))
+        .map(|u| context! { id => &u.settings().id, label => &u.settings().label })
+        .collect();
+    Ok((linked, linkable))
+}
+
+#[derive(Debug, Deserialize)]
+pub(super) struct UnlinkForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    issuer: String,
+    #[serde(default)]
+    subject: String,
+}
+
+/// Removes a link to an upstream provider, never the account's last way in.
+pub(super) async fn unlink_identity<S: Store>(
+    State(state): State<AppState<S>>,
+    browser: Browser,
+    Form(form): Form<UnlinkForm>,
+) -> PageResult {
+    let signed_in = match require_signed_in(&state, &browser, "/account").await? {
+        Ok(s) => s,
+        Err(redirect) => return Ok(redirect),
+    };
+    check_csrf(&signed_in, &form.csrf)?;
+    let Some(user) = account_of(&state, &signed_in).await? else {
+        return Ok(signed_out_redirect());
+    };
+    let federation = state.federation.as_ref().ok_or(PageError::NotFound)?;
+    let unlinked = federation
+        .unlink_account(
+            &state.accounts,
+            &user,
+            &form.issuer,
+            &form.subject,
+            browser.origin(),
+        )
+        .await
+        .map_err(|err| {
+            tracing::error!(error = %err, "an upstream identity cannot be unlinked");
+            PageError::Unavailable
+        })?;
+    match unlinked {
+        Unlinked::Done => Ok(see_other("/account?done=unlinked")),
+        Unlinked::NotLinked => Err(PageError::NotFound),
+        Unlinked::LastOne => Ok(page(
+            &state,
+            StatusCode::CONFLICT,
+            "error.html",
+            Some(&signed_in),
+            context! {
+                heading => "This is your only way to sign in",
+                message => "Your account has no password: set one before you remove your last identity provider.",
+                next_href => "/account",
+                next_label => "Back to your account",
+            },
+        )),
+    }
 }
 
 /// Signs out one of the person's own sessions.

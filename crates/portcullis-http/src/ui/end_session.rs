@@ -54,6 +54,7 @@ pub(super) async fn end_session_page<S: Store>(
                 Some(&signed_in),
                 context! {
                     client => client,
+                    upstream => super::federation::upstream_label(&state, &signed_in),
                     id_token_hint => params.id_token_hint,
                     client_id => params.client_id,
                     post_logout_redirect_uri => params.post_logout_redirect_uri,
@@ -76,6 +77,9 @@ pub(super) async fn end_session_page<S: Store>(
 pub(super) struct EndSessionForm {
     #[serde(default)]
     csrf: String,
+    /// The person asked to sign out of the upstream provider too.
+    #[serde(default)]
+    upstream: Option<String>,
     #[serde(flatten)]
     params: LogoutParams,
 }
@@ -105,7 +109,13 @@ pub(super) async fn end_session_submit<S: Store>(
             if !csrf_matches(&form.csrf, &signed_in.csrf()) {
                 return Err(PageError::StaleForm);
             }
-            sign_out(&state, &signed_in, &request).await
+            end_sso_session(
+                &state,
+                &signed_in,
+                request.redirect.as_deref(),
+                form.upstream.is_some(),
+            )
+            .await
         }
         Err(_) => Ok(signed_out(&state, &request)),
     }
@@ -162,7 +172,7 @@ async fn sign_out<S: Store>(
     signed_in: &SignedIn,
     request: &LogoutRequest,
 ) -> PageResult {
-    end_sso_session(state, signed_in, request.redirect.as_deref()).await
+    end_sso_session(state, signed_in, request.redirect.as_deref(), false).await
 }
 
 /// Someone not signed in: back to the application where allowed, else the signed-out page.

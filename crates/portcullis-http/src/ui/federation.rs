@@ -20,10 +20,11 @@ use portcullis_core::Store;
 use portcullis_oidc::Prompt;
 use portcullis_upstream::{
     Federation, NoAccount, PENDING_LIFETIME, PendingUpstream, UPSTREAM_KEY, Upstream,
-    UpstreamError, UpstreamHints,
+    UpstreamError, UpstreamHints, UpstreamLink,
 };
 use serde::{Deserialize, Serialize};
 
+use super::session::{SignedIn, current};
 use super::sign_in::{SsoStart, start_sso_session};
 use super::web::{Browser, PageError, clear_cookie, read_cookie, safe_return_to, set_cookie};
 use super::{PageResult, page, see_other};
@@ -40,6 +41,10 @@ const SEALED_FOR: &str = "upstream-sign-in";
 struct Flow {
     pending: PendingUpstream,
     return_to: String,
+    /// The account a signed-in person asked to link the upstream person to (from the account
+    /// page): the answer links, and signs nobody in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    link_to: Option<String>,
 }
 
 fn federation_of<S: Store>(state: &AppState<S>) -> Result<&Arc<Federation>, PageError> {
@@ -119,6 +124,8 @@ fn failure_page<S: Store>(
 pub(super) struct StartQuery {
     return_to: Option<String>,
     login_hint: Option<String>,
+    /// Set from the account page: link the upstream person to the signed-in account.
+    link: Option<String>,
 }
 
 /// What an application's authorization in progress in this browser asks of the sign-in,
@@ -151,6 +158,13 @@ pub(super) async fn start<S: Store>(
 ) -> PageResult {
     let federation = federation_of(&state)?;
     let upstream = upstream_of(federation, &id)?;
+    let link_to = match query.link {
+        None => None,
+        Some(_) => match current(&state, &browser, false).await? {
+            Ok(signed_in) => Some(signed_in.session().subject.clone()),
+            Err(_) => return Ok(see_other("/login?return_to=/account")),
+        },
+    };
     let hints = hints_of(&state, &browser, query.login_hint);
     let (url, pending) = match upstream.begin(&portcullis_core::OsRandom, &hints).await {
         Ok(begun) => begun,
@@ -159,6 +173,7 @@ pub(super) async fn start<S: Store>(
     let flow = Flow {
         pending,
         return_to: safe_return_to(query.return_to.as_deref()),
+        link_to,
     };
     let text = serde_json::to_string(&flow).map_err(|_| PageError::Internal)?;
     let sealed = federation.seal(&text, SEALED_FOR);
@@ -254,6 +269,14 @@ async fn finish<S: Store>(
         Ok(signed_in) => signed_in,
         Err(err) => return Ok(failure_page(state, upstream, &err)),
     };
+    if let Some(user_id) = &flow.link_to {
+        let mut response = link(state, federation, upstream, browser, user_id, &signed_in).await?;
+        response.headers_mut().append(
+            header::SET_COOKIE,
+            clear_cookie(UPSTREAM_COOKIE, same_site(upstream)),
+        );
+        return Ok(response);
+    }
     let account = federation
         .account(&state.accounts, upstream, &signed_in, browser.origin())
         .await
@@ -326,6 +349,76 @@ async fn finish<S: Store>(
         clear_cookie(UPSTREAM_COOKIE, same_site(upstream)),
     );
     Ok(response)
+}
+
+/// Links the upstream person `signed_in` to the account `user_id` that asked from the account
+/// page, if that account is still the one signed in here: the person proved both.
+async fn link<S: Store>(
+    state: &AppState<S>,
+    federation: &Federation,
+    upstream: &Upstream,
+    browser: &Browser,
+    user_id: &str,
+    signed_in: &portcullis_upstream::UpstreamSignIn,
+) -> PageResult {
+    let still_signed_in = current(state, browser, false)
+        .await?
+        .is_ok_and(|s| s.session().subject == user_id);
+    if !still_signed_in {
+        return Ok(upstream_failed(
+            state,
+            upstream,
+            StatusCode::BAD_REQUEST,
+            "You are no longer signed in to the account that asked for this link. Sign in and start again from your account page.",
+        ));
+    }
+    let user = state.accounts.by_id(user_id).await?;
+    let failed = |err: portcullis_upstream::FederationError| {
+        tracing::error!(error = %err, "an upstream identity cannot be linked");
+        PageError::Unavailable
+    };
+    if let Some(linked) = federation
+        .identities()
+        .identity(&signed_in.issuer, &signed_in.subject)
+        .await
+        .map_err(|err| failed(err.into()))?
+    {
+        if linked.user_id == user.id {
+            return Ok(see_other("/account?done=linked"));
+        }
+        return Ok(upstream_failed(
+            state,
+            upstream,
+            StatusCode::CONFLICT,
+            &format!(
+                "That {} account is linked to another account here.",
+                upstream.settings().label
+            ),
+        ));
+    }
+    let linked = federation
+        .link_account(
+            &state.accounts,
+            &user,
+            upstream,
+            signed_in,
+            browser.origin(),
+        )
+        .await
+        .map_err(failed)?;
+    if linked {
+        Ok(see_other("/account?done=linked"))
+    } else {
+        Ok(upstream_failed(
+            state,
+            upstream,
+            StatusCode::CONFLICT,
+            &format!(
+                "That {} account is linked to another account here.",
+                upstream.settings().label
+            ),
+        ))
+    }
 }
 
 /// What an upstream posts to the back-channel logout endpoint.
@@ -418,5 +511,82 @@ pub async fn backchannel_logout<S: Store>(
             tracing::error!(error = %err, "the sessions of an upstream logout cannot be ended");
             logout_answer(StatusCode::SERVICE_UNAVAILABLE, Some("try again later"))
         }
+    }
+}
+
+/// The label of the upstream provider whose session vouches for `signed_in`, if it can be
+/// signed out of (the sign-out pages offer it).
+pub(super) fn upstream_label<S: Store>(
+    state: &AppState<S>,
+    signed_in: &SignedIn,
+) -> Option<String> {
+    let link = UpstreamLink::of(signed_in.session())?;
+    let upstream = state.federation.as_ref()?.upstream(&link.provider)?;
+    Some(upstream.settings().label.clone())
+}
+
+/// What the browser keeps while it signs out upstream: where to go when it comes back.
+#[derive(Debug, Serialize, Deserialize)]
+struct SigningOut {
+    provider: String,
+    continue_to: Option<String>,
+}
+
+/// What sealed the [`SigningOut`] (carried as the upstream logout's `state`).
+const SIGNING_OUT_FOR: &str = "upstream-sign-out";
+
+/// Where to send the browser to end the upstream session that vouched for `signed_in` (just
+/// ended here), coming back to `continue_to`; `None` when it was not started upstream, or the
+/// upstream has no end-session endpoint or cannot be reached (the person is signed out here
+/// all the same).
+pub(super) async fn upstream_logout_url<S: Store>(
+    state: &AppState<S>,
+    signed_in: &SignedIn,
+    continue_to: Option<&str>,
+) -> Option<String> {
+    let link = UpstreamLink::of(signed_in.session())?;
+    let federation = state.federation.as_ref()?;
+    let upstream = federation.upstream(&link.provider)?;
+    let text = serde_json::to_string(&SigningOut {
+        provider: link.provider.clone(),
+        continue_to: continue_to.map(str::to_owned),
+    })
+    .ok()?;
+    let sealed = federation.seal(&text, SIGNING_OUT_FOR);
+    match upstream
+        .end_session_url(&link.id_token, &upstream.signed_out_uri(), &sealed)
+        .await
+    {
+        Ok(url) => url,
+        Err(err) => {
+            tracing::warn!(provider = %link.provider, error = %err, "cannot sign out upstream; signed out here only");
+            None
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub(super) struct SignedOutQuery {
+    state: Option<String>,
+}
+
+/// Back from signing out upstream: on to where the sign-out was going (an application's
+/// post-logout redirect URI, checked when the sign-out began), else the signed-out page.
+pub(super) async fn signed_out<S: Store>(
+    State(state): State<AppState<S>>,
+    Path(id): Path<String>,
+    Query(query): Query<SignedOutQuery>,
+) -> PageResult {
+    let federation = federation_of(&state)?;
+    upstream_of(federation, &id)?;
+    let going = query
+        .state
+        .as_deref()
+        .and_then(|sealed| federation.open(sealed, SIGNING_OUT_FOR).ok())
+        .and_then(|text| serde_json::from_str::<SigningOut>(&text).ok())
+        .filter(|going| going.provider == id);
+    match going.and_then(|g| g.continue_to) {
+        Some(url) => Ok(see_other(&url)),
+        None => Ok(super::logout::signed_out_page(&state, &[], None)),
     }
 }

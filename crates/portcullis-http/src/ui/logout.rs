@@ -11,7 +11,7 @@ use portcullis_core::{Actor, Principal, Store};
 
 use super::session::{SignedIn, current};
 use super::web::{Browser, PageError, SESSION_COOKIE, clear_cookie, csrf_matches, framing_policy};
-use super::{CsrfForm, PageResult, page, see_other};
+use super::{PageResult, page, see_other};
 use crate::AppState;
 
 /// "Sign out?" for someone signed in; anyone else goes to sign in.
@@ -25,24 +25,33 @@ pub(super) async fn logout_page<S: Store>(
             StatusCode::OK,
             "logout.html",
             Some(&signed_in),
-            context! {},
+            context! { upstream => super::federation::upstream_label(&state, &signed_in) },
         )),
         Err(_) => Ok(see_other("/login")),
     }
+}
+
+/// The sign-out form: its CSRF token, and whether to sign out of the upstream provider too.
+#[derive(Debug, serde::Deserialize)]
+pub(super) struct LogoutForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    upstream: Option<String>,
 }
 
 /// Ends the session (when there is one and the CSRF token is its own) and clears the cookie.
 pub(super) async fn logout_submit<S: Store>(
     State(state): State<AppState<S>>,
     browser: Browser,
-    Form(form): Form<CsrfForm>,
+    Form(form): Form<LogoutForm>,
 ) -> PageResult {
     match current(&state, &browser, false).await? {
         Ok(signed_in) => {
             if !csrf_matches(&form.csrf, &signed_in.csrf()) {
                 return Err(PageError::StaleForm);
             }
-            end_sso_session(&state, &signed_in, None).await
+            end_sso_session(&state, &signed_in, None, form.upstream.is_some()).await
         }
         // Signed out already (another tab): the cookie and site data are cleared all the same.
         Err(_) => Ok(cleared(signed_out_page(&state, &[], None))),
@@ -53,11 +62,13 @@ pub(super) async fn logout_submit<S: Store>(
 /// the cookie and asks the browser to clear what it kept of the site. The clients that
 /// registered a front-channel logout page get it loaded on the signed-out page; then the
 /// browser goes on to `continue_to` (RP-initiated logout's return), at once when no page is
-/// to be loaded.
+/// to be loaded. With `upstream`, an SSO session started at an upstream provider ends there
+/// too: the browser goes there first, and comes back to `continue_to`.
 pub(super) async fn end_sso_session<S: Store>(
     state: &AppState<S>,
     signed_in: &SignedIn,
     continue_to: Option<&str>,
+    upstream: bool,
 ) -> PageResult {
     let frames = match &state.provider {
         // Asked first: the SSO session's children say which clients the person used.
@@ -77,9 +88,16 @@ pub(super) async fn end_sso_session<S: Store>(
             &Principal::portcullis(Actor::user(&signed_in.session().subject)),
         )
         .await?;
-    let response = match (continue_to, frames.is_empty()) {
-        (Some(url), true) => see_other(url),
-        _ => signed_out_page(state, &frames, continue_to),
+    let upstream_logout = match upstream {
+        true => super::federation::upstream_logout_url(state, signed_in, continue_to).await,
+        false => None,
+    };
+    let response = match (&upstream_logout, continue_to, frames.is_empty()) {
+        // Through the page, never a redirect of the form's POST: CSP `form-action` would have
+        // to name the upstream, which this page cannot know before discovery.
+        (Some(url), _, _) => signed_out_page(state, &frames, Some(url)),
+        (None, Some(url), true) => see_other(url),
+        (None, _, _) => signed_out_page(state, &frames, continue_to),
     };
     Ok(cleared(response))
 }

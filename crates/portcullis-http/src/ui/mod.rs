@@ -78,7 +78,15 @@ pub fn routes<S: Store>(state: &AppState<S>) -> Router<AppState<S>> {
             "/login/upstream/{id}/callback",
             get(federation::callback::<S>).post(federation::callback_post::<S>),
         )
+        .route(
+            "/login/upstream/{id}/signed-out",
+            get(federation::signed_out::<S>),
+        )
         .route("/account", get(account::account_page::<S>))
+        .route(
+            "/account/identities/unlink",
+            post(account::unlink_identity::<S>),
+        )
         .route(
             "/account/sessions/{id}/end",
             post(account::end_one_session::<S>),
