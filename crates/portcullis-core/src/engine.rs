@@ -168,6 +168,9 @@ pub struct NewSession {
     /// A time the session ends by, whatever its policy allows, and the rule that sets it (an
     /// SSO session an upstream provider vouches for ends when the upstream's ID token does).
     pub ends_by: Option<(Timestamp, String)>,
+    /// When the person authenticated, when that was before now (an upstream provider's
+    /// `auth_time`): what `max_age` and `auth_time` then go by.
+    pub authenticated_at: Option<Timestamp>,
 }
 
 /// A request to register an application or change one; `None` keeps what there is (or, when
@@ -524,7 +527,7 @@ impl<S: Store> Engine<S> {
             policy: policy.name.clone(),
             created_at: now,
             last_seen_at: now,
-            authenticated_at: now,
+            authenticated_at: request.authenticated_at.map_or(now, |at| at.min(now)),
             remember_me: request.remember_me,
             auth: request.auth,
             elevations: Vec::new(),

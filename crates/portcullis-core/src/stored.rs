@@ -596,6 +596,9 @@ pub struct StoredClient {
     /// The ID token signing algorithm, when not the provider's first.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id_token_signed_response_alg: Option<String>,
+    /// The upstream provider its people always sign in through.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream: Option<String>,
 }
 
 impl StoredClient {
@@ -624,6 +627,7 @@ impl StoredClient {
             id_token_signed_response_alg: client
                 .id_token_signed_response_alg
                 .map(|alg| alg.as_str().to_owned()),
+            upstream: client.upstream.clone(),
         };
         to_json(&stored)
     }
@@ -666,6 +670,7 @@ impl StoredClient {
                         .ok_or_else(|| StoreError::Corrupt(format!("signing algorithm {name:?}")))
                 })
                 .transpose()?,
+            upstream: stored.upstream,
         })
     }
 }
@@ -1176,6 +1181,7 @@ mod tests {
             grant_types: [GrantType::AuthorizationCode, GrantType::RefreshToken].into(),
             require_consent: true,
             id_token_signed_response_alg: Some(SigningAlg::Rs256),
+            upstream: None,
         };
         let code = AuthorizationCode {
             hash: TokenHash([0x3a; 32]),

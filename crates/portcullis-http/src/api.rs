@@ -770,6 +770,18 @@ pub async fn register_client<S: Store>(
             Some(alg)
         }
     };
+    // Only a provider of the configuration: a name it does not know would strand the
+    // client's people on a "not found" page.
+    if let Some(id) = &body.upstream
+        && state
+            .federation
+            .as_ref()
+            .is_none_or(|f| f.upstream(id).is_none())
+    {
+        return Err(invalid(format!(
+            "no upstream provider {id:?} is configured (see [upstreams])"
+        )));
+    }
     let client = Client {
         auth,
         redirect_uris: body.redirect_uris,
@@ -780,6 +792,7 @@ pub async fn register_client<S: Store>(
         grant_types,
         require_consent: body.require_consent,
         id_token_signed_response_alg,
+        upstream: body.upstream,
     };
     let app = state
         .engine

@@ -289,6 +289,7 @@ impl From<CreateSessionBody> for NewSession {
             application: b.application.map(portcullis_core::PublicId::from_string),
             back_channel_logout_uri: None,
             ends_by: None,
+            authenticated_at: None,
         }
     }
 }
@@ -1081,6 +1082,9 @@ pub struct ClientBody {
     /// The client's public keys (a JWK Set) for `private_key_jwt`.
     #[schema(value_type = Option<Object>)]
     pub jwks: Option<serde_json::Value>,
+    /// The upstream provider (its id in `[upstreams]`) the client's people always sign in
+    /// through.
+    pub upstream: Option<String>,
     /// Make a new secret even though the client has one.
     #[serde(default)]
     pub new_secret: bool,
@@ -1112,6 +1116,9 @@ pub struct ClientView {
     /// The algorithm its ID tokens are signed with, when not the provider's first.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub id_token_signed_response_alg: Option<String>,
+    /// The upstream provider its people always sign in through.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upstream: Option<String>,
     /// The secret, shown once when it is made.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub client_secret: Option<String>,
@@ -1137,6 +1144,7 @@ impl ClientView {
             id_token_signed_response_alg: client
                 .id_token_signed_response_alg
                 .map(|alg| alg.as_str().to_owned()),
+            upstream: client.upstream.clone(),
             client_secret: None,
         }
     }

@@ -436,6 +436,7 @@ impl<S: Store> System<S> {
             grant_types: [GrantType::AuthorizationCode, GrantType::RefreshToken].into(),
             require_consent: false,
             id_token_signed_response_alg: None,
+            upstream: None,
         };
         let app = a
             .engine

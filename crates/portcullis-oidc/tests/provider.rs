@@ -79,6 +79,7 @@ fn registration(auth: ClientAuth) -> Client {
         grant_types: [GrantType::AuthorizationCode, GrantType::RefreshToken].into(),
         require_consent: false,
         id_token_signed_response_alg: None,
+        upstream: None,
     }
 }
 

@@ -245,6 +245,7 @@ mod tests {
                 grant_types: [GrantType::AuthorizationCode].into(),
                 require_consent: true,
                 id_token_signed_response_alg: None,
+                upstream: None,
             }),
             created_at: Timestamp::from_millis(1_800_000_000_123),
             version: 7,

@@ -243,6 +243,7 @@ async fn applications_of_the_release_before_the_provider_are_no_clients_and_can_
         grant_types: [GrantType::AuthorizationCode].into(),
         require_consent: true,
         id_token_signed_response_alg: None,
+        upstream: None,
     });
     let event = AuditEvent::for_application(
         EventKind::ApplicationUpdated,

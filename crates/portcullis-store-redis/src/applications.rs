@@ -324,6 +324,7 @@ mod tests {
             grant_types: [GrantType::AuthorizationCode, GrantType::RefreshToken].into(),
             require_consent: true,
             id_token_signed_response_alg: None,
+            upstream: None,
         };
         let app = Application {
             id: PublicId::from_string("app_rp".into()),

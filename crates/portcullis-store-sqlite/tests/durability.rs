@@ -209,6 +209,7 @@ async fn the_providers_records_survive_reopen() {
         grant_types: [GrantType::AuthorizationCode, GrantType::RefreshToken].into(),
         require_consent: true,
         id_token_signed_response_alg: None,
+        upstream: None,
     });
     let plain = application("plain");
     let code = AuthorizationCode {

@@ -226,6 +226,7 @@ async fn a_database_from_before_the_provider_opens_and_its_applications_are_no_c
         grant_types: [GrantType::AuthorizationCode].into(),
         require_consent: false,
         id_token_signed_response_alg: None,
+        upstream: None,
     });
     let event = AuditEvent::for_application(
         EventKind::ApplicationUpdated,

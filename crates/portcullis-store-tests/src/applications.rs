@@ -309,6 +309,7 @@ pub async fn an_applications_client_registration_reads_back_and_updates<S: Store
         grant_types: [GrantType::AuthorizationCode, GrantType::RefreshToken].into(),
         require_consent: true,
         id_token_signed_response_alg: None,
+        upstream: Some("corp".into()),
     };
     let public = Client {
         auth: ClientAuth::None,
@@ -320,6 +321,7 @@ pub async fn an_applications_client_registration_reads_back_and_updates<S: Store
         grant_types: [GrantType::AuthorizationCode].into(),
         require_consent: false,
         id_token_signed_response_alg: None,
+        upstream: None,
     };
     let keyed = Client {
         auth: ClientAuth::PrivateKeyJwt {

@@ -206,16 +206,19 @@ impl Federation {
             .clone()
             .or_else(|| signed_in.email.clone())
             .unwrap_or_else(|| format!("{}-{}", settings.id, signed_in.subject));
-        let user = match accounts.add_federated_user(&username, by).await {
-            Ok(user) => user,
-            Err(AccountError::Store(portcullis_core::UserStoreError::Exists)) => {
-                return Ok(Err(NoAccount::NameTaken(username)));
-            }
+        // A name that is not one here (too long, odd characters) falls back to one made of
+        // the provider and the subject.
+        let created = match accounts.add_federated_user(&username, by).await {
             Err(AccountError::InvalidUsername) => {
                 let fallback = format!("{}-{}", settings.id, signed_in.subject);
-                accounts.add_federated_user(&fallback, by).await?
+                (accounts.add_federated_user(&fallback, by).await, fallback)
             }
-            Err(err) => return Err(err.into()),
+            other => (other, username),
+        };
+        let user = match created {
+            (Ok(user), _) => user,
+            (Err(AccountError::Exists), name) => return Ok(Err(NoAccount::NameTaken(name))),
+            (Err(err), _) => return Err(err.into()),
         };
         let identity = FederatedIdentity {
             user_id: user.id.clone(),

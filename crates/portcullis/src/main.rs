@@ -236,6 +236,9 @@ enum AppsCommand {
         /// `signing_algs`) instead of the provider's first.
         #[arg(long)]
         id_token_alg: Option<String>,
+        /// Its people always sign in through this upstream provider (an id of `[upstreams]`).
+        #[arg(long)]
+        upstream: Option<String>,
         /// Make a new secret even though the client has one.
         #[arg(long)]
         new_secret: bool,
@@ -548,6 +551,7 @@ async fn apps_command(config: &Config, cmd: AppsCommand) -> Result<()> {
             frontchannel_logout_uri,
             require_consent,
             id_token_alg,
+            upstream,
             new_secret,
         } => {
             let jwks = match jwks_file {
@@ -571,6 +575,7 @@ async fn apps_command(config: &Config, cmd: AppsCommand) -> Result<()> {
                 "grant_types": non_empty(grant_types),
                 "require_consent": require_consent,
                 "id_token_signed_response_alg": id_token_alg,
+                "upstream": upstream,
                 "jwks": jwks,
                 "new_secret": new_secret,
             });

@@ -1584,10 +1584,6 @@ async fn asvs5_10_5_2_6_8_1_a_local_account_of_the_same_name_or_address_is_never
 /// An upstream person whose name here is taken by a local account is told so (409, "exists
 /// here already", sign in to it and link from the account page), not that sign-in is down.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: Federation::account (portcullis-upstream/src/federation.rs:211) matches \
-            AccountError::Store(UserStoreError::Exists), but From<UserStoreError> for \
-            AccountError turns Exists into AccountError::Exists: a taken name is a \
-            FederationError, answered 503 \"Sign-in is unavailable\" instead of the 409 page"]
 async fn a_taken_name_gets_the_409_page_saying_the_account_exists() {
     let (_clock, idp, portcullis) = world(|_| {}).await;
     for (case, name, person) in name_taken_cases() {

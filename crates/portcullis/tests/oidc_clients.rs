@@ -245,6 +245,7 @@ async fn register(
         grant_types: [GrantType::AuthorizationCode, GrantType::RefreshToken].into(),
         require_consent,
         id_token_signed_response_alg,
+        upstream: None,
     };
     engine
         .register_client(app.id.as_str(), Some(client), &Actor::cli())

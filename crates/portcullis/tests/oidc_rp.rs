@@ -274,6 +274,7 @@ impl Portcullis {
                     grant_types: [GrantType::AuthorizationCode, GrantType::RefreshToken].into(),
                     require_consent: false,
                     id_token_signed_response_alg: None,
+                    upstream: None,
                 }),
                 &Actor::cli(),
             )

@@ -111,6 +111,9 @@ pub struct Client {
     /// (`id_token_signed_response_alg`), one the provider keeps keys for; `None`: the
     /// provider's first.
     pub id_token_signed_response_alg: Option<SigningAlg>,
+    /// The upstream provider (its configured id) its people always sign in through: an
+    /// authorization that needs a sign-in goes there rather than to the password form.
+    pub upstream: Option<String>,
 }
 
 impl Client {
@@ -262,6 +265,7 @@ mod tests {
             grant_types: [GrantType::AuthorizationCode].into(),
             require_consent: false,
             id_token_signed_response_alg: None,
+            upstream: None,
         }
     }
 

@@ -235,17 +235,45 @@ async fn proceed<S: Store>(
             Ok(response)
         }
         // Someone signed in whose sign-in is too old or too weak: re-authenticate here.
-        (_, Some(_)) => {
-            let mut response = see_other(&format!("/reauth?return_to={RESUME}"));
+        // Someone signed in through an upstream provider authenticates there again, with what
+        // the request asks passed on (`super::federation`).
+        (_, Some(signed_in)) => {
+            let again = match portcullis_upstream::UpstreamLink::of(signed_in.session()) {
+                Some(link) if upstream_configured(state, &link.provider) => {
+                    format!("/login/upstream/{}?return_to={RESUME}", link.provider)
+                }
+                _ => format!("/reauth?return_to={RESUME}"),
+            };
+            let mut response = see_other(&again);
             keep(provider, &mut response, &request)?;
             Ok(response)
         }
+        // A client whose people always sign in through an upstream provider sends them there.
         (_, None) => {
-            let mut response = see_other(&format!("/login?return_to={RESUME}"));
+            let upstream = match provider.client(request.client.as_str()).await {
+                Ok(Some((_, client))) => client.upstream,
+                Ok(None) => None,
+                Err(err) => return Err(unavailable(err)),
+            };
+            let sign_in = match upstream {
+                Some(id) if upstream_configured(state, &id) => {
+                    format!("/login/upstream/{id}?return_to={RESUME}")
+                }
+                _ => format!("/login?return_to={RESUME}"),
+            };
+            let mut response = see_other(&sign_in);
             keep(provider, &mut response, &request)?;
             Ok(response)
         }
     }
+}
+
+/// Whether the upstream provider `id` is configured here.
+fn upstream_configured<S: Store>(state: &AppState<S>, id: &str) -> bool {
+    state
+        .federation
+        .as_ref()
+        .is_some_and(|f| f.upstream(id).is_some())
 }
 
 /// Seals the request into the browser for the steps to come.

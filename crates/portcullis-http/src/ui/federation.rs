@@ -315,6 +315,38 @@ async fn finish<S: Store>(
             ));
         }
     };
+    // The same person, signed in here through the same upstream, authenticated there again
+    // (an application asked for `max_age`, `prompt=login` or more assurance): their SSO session
+    // is re-authenticated, so the applications' sessions under it carry on.
+    if let Ok(Ok(current)) = current(state, browser, false).await
+        && current.session().subject == user.id
+        && UpstreamLink::of(current.session()).is_some_and(|l| l.provider == upstream.settings().id)
+    {
+        let auth = Federation::auth_context(upstream, &signed_in);
+        let issued = state
+            .engine
+            .elevate(
+                &current.token,
+                portcullis_core::Elevate {
+                    methods: auth.methods,
+                    level: auth.level,
+                    scope: portcullis_core::ACCOUNT_SCOPE.to_owned(),
+                },
+                &portcullis_core::Principal::portcullis(portcullis_core::Actor::user(&user.id)),
+            )
+            .await?;
+        let mut response = see_other(&flow.return_to);
+        let headers = response.headers_mut();
+        headers.append(
+            header::SET_COOKIE,
+            super::session::session_cookie(state, &issued),
+        );
+        headers.append(
+            header::SET_COOKIE,
+            clear_cookie(UPSTREAM_COOKIE, same_site(upstream)),
+        );
+        return Ok(response);
+    }
     let link = Federation::link(upstream, &signed_in);
     let mut data = serde_json::Map::new();
     data.insert(
@@ -340,6 +372,7 @@ async fn finish<S: Store>(
             remember_me: false,
             data,
             ends_by,
+            authenticated_at: signed_in.auth_time,
             return_to: flow.return_to,
         },
     )

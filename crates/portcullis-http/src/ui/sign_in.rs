@@ -303,6 +303,7 @@ async fn complete<S: Store>(
             remember_me,
             data: serde_json::Map::new(),
             ends_by: None,
+            authenticated_at: None,
             return_to: pending.return_to.clone(),
         },
     )
@@ -323,6 +324,8 @@ pub(super) struct SsoStart {
     pub(super) data: serde_json::Map<String, serde_json::Value>,
     /// A time it ends by, whatever the SSO policy allows, and why.
     pub(super) ends_by: Option<(portcullis_core::Timestamp, String)>,
+    /// When the person authenticated, when before now (at an upstream provider).
+    pub(super) authenticated_at: Option<portcullis_core::Timestamp>,
     /// Where the person goes next.
     pub(super) return_to: String,
 }
@@ -359,6 +362,7 @@ pub(super) async fn start_sso_session<S: Store>(
                 application: None,
                 back_channel_logout_uri: None,
                 ends_by: start.ends_by,
+                authenticated_at: start.authenticated_at,
             },
             &Principal::portcullis(Actor::user(&start.user_id)),
         )
