@@ -124,8 +124,6 @@ fn failure_page<S: Store>(
 pub(super) struct StartQuery {
     return_to: Option<String>,
     login_hint: Option<String>,
-    /// Set from the account page: link the upstream person to the signed-in account.
-    link: Option<String>,
 }
 
 /// What an application's authorization in progress in this browser asks of the sign-in,
@@ -158,26 +156,85 @@ pub(super) async fn start<S: Store>(
 ) -> PageResult {
     let federation = federation_of(&state)?;
     let upstream = upstream_of(federation, &id)?;
-    let link_to = match query.link {
-        None => None,
-        Some(_) => match current(&state, &browser, false).await? {
-            Ok(signed_in) => Some(signed_in.session().subject.clone()),
-            Err(_) => return Ok(see_other("/login?return_to=/account")),
-        },
-    };
     let hints = hints_of(&state, &browser, query.login_hint);
-    let (url, pending) = match upstream.begin(&portcullis_core::OsRandom, &hints).await {
+    let return_to = safe_return_to(query.return_to.as_deref());
+    let (url, sealed) = match begin(federation, upstream, &hints, return_to, None).await? {
         Ok(begun) => begun,
-        Err(err) => return Ok(failure_page(&state, upstream, &err)),
+        Err(failed) => return Ok(failure_page(&state, upstream, &failed)),
+    };
+    let mut response = see_other(&url);
+    response.headers_mut().append(
+        header::SET_COOKIE,
+        set_cookie(
+            UPSTREAM_COOKIE,
+            &sealed,
+            same_site(upstream),
+            Some(PENDING_LIFETIME),
+        ),
+    );
+    Ok(response)
+}
+
+/// A new request upstream and its sealed [`Flow`] for the browser's cookie.
+async fn begin(
+    federation: &Federation,
+    upstream: &Upstream,
+    hints: &UpstreamHints,
+    return_to: String,
+    link_to: Option<String>,
+) -> Result<Result<(String, String), UpstreamError>, PageError> {
+    let (url, pending) = match upstream.begin(&portcullis_core::OsRandom, hints).await {
+        Ok(begun) => begun,
+        Err(err) => return Ok(Err(err)),
     };
     let flow = Flow {
         pending,
-        return_to: safe_return_to(query.return_to.as_deref()),
+        return_to,
         link_to,
     };
     let text = serde_json::to_string(&flow).map_err(|_| PageError::Internal)?;
-    let sealed = federation.seal(&text, SEALED_FOR);
-    let mut response = see_other(&url);
+    Ok(Ok((url, federation.seal(&text, SEALED_FOR))))
+}
+
+/// Links the upstream provider `id` to the signed-in account (the account page's form): a
+/// POST with the session's CSRF token, so no other site can start a link — one that could,
+/// having signed the browser in upstream as someone else, would have that person linked here.
+/// The browser then goes upstream by a page of its own (CSP `form-action` would stop a
+/// redirect of this POST to another origin).
+pub(super) async fn start_link<S: Store>(
+    State(state): State<AppState<S>>,
+    Path(id): Path<String>,
+    browser: Browser,
+    Form(form): Form<super::CsrfForm>,
+) -> PageResult {
+    let federation = federation_of(&state)?;
+    let upstream = upstream_of(federation, &id)?;
+    let signed_in = match super::session::require_signed_in(&state, &browser, "/account").await? {
+        Ok(signed_in) => signed_in,
+        Err(redirect) => return Ok(redirect),
+    };
+    super::session::check_csrf(&signed_in, &form.csrf)?;
+    let link_to = Some(signed_in.session().subject.clone());
+    let begun = begin(
+        federation,
+        upstream,
+        &UpstreamHints::default(),
+        "/account".into(),
+        link_to,
+    )
+    .await?;
+    let (url, sealed) = match begun {
+        Ok(begun) => begun,
+        Err(failed) => return Ok(failure_page(&state, upstream, &failed)),
+    };
+    let label = &upstream.settings().label;
+    let mut response = page(
+        &state,
+        StatusCode::OK,
+        "continue.html",
+        Some(&signed_in),
+        context! { heading => format!("Going to {label}…"), continue_to => url },
+    );
     response.headers_mut().append(
         header::SET_COOKIE,
         set_cookie(
@@ -245,6 +302,11 @@ async fn finish<S: Store>(
     let (Some(code), Some(answered_state)) = (&answer.code, &answer.state) else {
         return Ok(invalid("the answer has no code or state"));
     };
+    // A wrong state is refused before the request is taken, so an answer forged for this
+    // browser cannot use up its sign-in in progress.
+    if !portcullis_core::same_secret(flow.pending.state.as_bytes(), answered_state.as_bytes()) {
+        return Ok(invalid("the state does not match this browser's request"));
+    }
     let now = state.engine.now();
     // The same answer taken twice (a replayed callback, on any node) signs nobody in.
     let first = federation

@@ -82,6 +82,10 @@ pub fn routes<S: Store>(state: &AppState<S>) -> Router<AppState<S>> {
             "/login/upstream/{id}/signed-out",
             get(federation::signed_out::<S>),
         )
+        .route(
+            "/login/upstream/{id}/link",
+            post(federation::start_link::<S>),
+        )
         .route("/account", get(account::account_page::<S>))
         .route(
             "/account/identities/unlink",

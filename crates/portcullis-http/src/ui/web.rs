@@ -239,7 +239,7 @@ impl Default for UiSettings {
     }
 }
 
-const TEMPLATES: [(&str, &str); 13] = [
+const TEMPLATES: [(&str, &str); 14] = [
     ("base.html", include_str!("../../ui/templates/base.html")),
     ("login.html", include_str!("../../ui/templates/login.html")),
     ("otp.html", include_str!("../../ui/templates/otp.html")),
@@ -276,6 +276,10 @@ const TEMPLATES: [(&str, &str); 13] = [
     (
         "end_session.html",
         include_str!("../../ui/templates/end_session.html"),
+    ),
+    (
+        "continue.html",
+        include_str!("../../ui/templates/continue.html"),
     ),
 ];
 
