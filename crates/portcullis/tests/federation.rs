@@ -10,7 +10,10 @@
 //! real time, which the upstream reads too for its `iat` and `exp`; its federation is built as
 //! `main.rs` builds it (`Upstream` answering at `{portcullis}/login/upstream/corp/callback`,
 //! the `Outbound` client with loopback allowed, `Federation` over the store's identities and
-//! replays). Its cookies are `Secure` and `__Host-`: the test's browser keeps them itself and
+//! replays), and for the cases of applications asking for a re-authentication with its OpenID
+//! Connect provider on, whose clients the test registers by hand and redeems codes for. The
+//! upstream's discovery names an end-session endpoint, where signing out upstream too goes.
+//! Portcullis's cookies are `Secure` and `__Host-`: the test's browser keeps them itself and
 //! sends them over plain HTTP, as a browser does to localhost, and follows redirects by hand,
 //! sending Portcullis's cookies to Portcullis only.
 
@@ -32,16 +35,19 @@ use jsonwebtoken::jwk::{Jwk, PublicKeyUse};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use openidconnect::url::{Url, form_urlencoded};
 use openidconnect::{PkceCodeChallenge, PkceCodeVerifier};
-use portcullis_core::oidc::{FederatedIdentity, IdentityStore, ReplayStore};
+use portcullis_core::oidc::{
+    Client, ClientAuth, FederatedIdentity, GrantType, IdentityStore, ReplayStore,
+};
 use portcullis_core::{
-    AccountError, Accounts, Actor, AuditEvent, AuthContext, Clock, Engine, EventKind, EventQuery,
-    Keyring, ManualClock, NoAuditSink, OsRandom, PolicySet, Principal, SSO_POLICY, Session,
-    ThrottleStore, Timestamp, User, UserStore,
+    AccountError, Accounts, Actor, ApplicationChange, AuditEvent, AuthContext, Clock, Engine,
+    EventKind, EventQuery, Keyring, ManualClock, NoAuditSink, OsRandom, PORTCULLIS_APP, PolicySet,
+    Principal, SSO_POLICY, Session, ThrottleStore, Timestamp, User, UserStore,
 };
 use portcullis_http::outbound::{Outbound, OutboundPolicy};
 use portcullis_http::peer::Peer;
 use portcullis_http::ui::web::{Ui, UiSettings};
 use portcullis_http::{AppState, Services, api_router};
+use portcullis_oidc::{Provider, ProviderSettings, ProviderStores};
 use portcullis_upstream::{
     ClaimMapping, Federation, Upstream, UpstreamHttp, UpstreamLink, UpstreamSettings,
 };
@@ -536,8 +542,13 @@ fn corp(issuer: &str) -> UpstreamSettings {
 }
 
 impl Portcullis {
-    /// Portcullis on a fresh SQLite store with the one upstream provider `settings`.
-    async fn start(clock: &Arc<ManualClock>, settings: UpstreamSettings) -> Self {
+    /// Portcullis on a fresh SQLite store with the one upstream provider `settings`, and with
+    /// `with_provider` its OpenID Connect provider on.
+    async fn start(
+        clock: &Arc<ManualClock>,
+        settings: UpstreamSettings,
+        with_provider: bool,
+    ) -> Self {
         let data = tempfile::tempdir().unwrap();
         let store = portcullis_store_sqlite::open(&data.path().join("portcullis.db"))
             .await
@@ -546,6 +557,16 @@ impl Portcullis {
         let throttle: Arc<dyn ThrottleStore> = Arc::new(store.journal().throttle());
         let identities: Arc<dyn IdentityStore> = Arc::new(store.journal().identities());
         let replays: Arc<dyn ReplayStore> = Arc::new(store.journal().replays());
+        let journal = store.journal();
+        let provider_stores = ProviderStores {
+            codes: Arc::new(journal.codes()),
+            refresh_tokens: Arc::new(journal.refresh_tokens()),
+            consents: Arc::new(journal.consents()),
+            signing_keys: Arc::new(journal.signing_keys()),
+            deliveries: Arc::new(journal.deliveries()),
+            replays: Arc::new(journal.replays()),
+            identities: Arc::new(journal.identities()),
+        };
         let engine = Arc::new(Engine::new(
             store,
             PolicySet::default(),
@@ -579,6 +600,21 @@ impl Portcullis {
             clock.clone(),
         )
         .unwrap();
+        let provider = match with_provider {
+            true => Some(Arc::new(
+                Provider::start(
+                    engine.clone(),
+                    accounts.clone(),
+                    provider_stores,
+                    keyring.clone(),
+                    Arc::new(OsRandom),
+                    ProviderSettings::new(&base),
+                )
+                .await
+                .expect("starting the provider"),
+            )),
+            false => None,
+        };
         let federation = Federation::new(
             vec![Arc::new(upstream)],
             identities.clone(),
@@ -591,7 +627,7 @@ impl Portcullis {
             accounts: accounts.clone(),
             ui: Arc::new(Ui::new(UiSettings::default())),
             metrics: None,
-            provider: None,
+            provider,
             federation: Some(Arc::new(federation)),
         });
         let router = api_router(state);
@@ -688,6 +724,154 @@ impl Portcullis {
     }
 }
 
+/// A client of Portcullis's provider, registered by hand (its redirect URI is never visited:
+/// the test reads the code off the redirect).
+struct Rp {
+    id: String,
+    secret: String,
+    redirect_uri: String,
+}
+
+impl Portcullis {
+    /// Registers the application `name` as a confidential client of the provider, its people
+    /// signing in through `upstream` when given.
+    async fn register_client(&self, name: &str, upstream: Option<&str>) -> Rp {
+        let app = self
+            .engine
+            .add_application(
+                ApplicationChange {
+                    name: Some(name.into()),
+                    ..ApplicationChange::default()
+                },
+                &Actor::cli(),
+            )
+            .await
+            .expect("adding the application");
+        let secret = self.engine.new_client_secret();
+        let redirect_uri = "http://127.0.0.1:9/cb".to_owned();
+        self.engine
+            .register_client(
+                app.id.as_str(),
+                Some(Client {
+                    auth: ClientAuth::Secret(secret.hash()),
+                    redirect_uris: vec![redirect_uri.clone()],
+                    post_logout_redirect_uris: vec![],
+                    backchannel_logout_uri: None,
+                    frontchannel_logout_uri: None,
+                    scopes: ["openid", "profile"].map(String::from).into(),
+                    grant_types: [GrantType::AuthorizationCode].into(),
+                    require_consent: false,
+                    id_token_signed_response_alg: None,
+                    upstream: upstream.map(str::to_owned),
+                }),
+                &Actor::cli(),
+            )
+            .await
+            .expect("registering the client");
+        Rp {
+            id: app.id.as_str().to_owned(),
+            secret: secret.expose().to_owned(),
+            redirect_uri,
+        }
+    }
+
+    /// Redeems `code` at the token endpoint as `rp` does (`client_secret_basic`, PKCE): the
+    /// status and the answer.
+    async fn redeem(&self, rp: &Rp, code: &str, verifier: &PkceCodeVerifier) -> (u16, Value) {
+        let answer = reqwest::Client::new()
+            .post(format!("{}/oidc/token", self.base))
+            .basic_auth(&rp.id, Some(&rp.secret))
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .body(form_body(&[
+                ("grant_type", "authorization_code"),
+                ("code", code),
+                ("redirect_uri", &rp.redirect_uri),
+                ("code_verifier", verifier.secret()),
+            ]))
+            .send()
+            .await
+            .unwrap();
+        let status = answer.status().as_u16();
+        (status, answer.json().await.unwrap_or(Value::Null))
+    }
+
+    /// The live sessions of applications under the SSO session `parent`.
+    async fn application_sessions(&self, user_id: &str, parent: &str) -> Vec<Arc<Session>> {
+        self.engine
+            .list_subject(user_id, true, &Principal::operator())
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|s| s.application.as_str() != PORTCULLIS_APP && s.is_live())
+            .filter(|s| s.parent.as_ref().is_some_and(|p| p.as_str() == parent))
+            .collect()
+    }
+}
+
+/// An authorization request of `rp` (code flow, PKCE S256, `state`, `nonce`) with `extra`
+/// parameters: the path to send the browser to, and the PKCE verifier.
+fn authorization(rp: &Rp, extra: &[(&str, &str)]) -> (String, PkceCodeVerifier) {
+    let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
+    let mut query = form_urlencoded::Serializer::new(String::new());
+    query.extend_pairs([
+        ("response_type", "code"),
+        ("client_id", rp.id.as_str()),
+        ("redirect_uri", rp.redirect_uri.as_str()),
+        ("scope", "openid profile"),
+        ("state", "rp-state"),
+        ("nonce", "rp-nonce"),
+        ("code_challenge", challenge.as_str()),
+        ("code_challenge_method", "S256"),
+    ]);
+    query.extend_pairs(extra);
+    (format!("/oidc/authorize?{}", query.finish()), verifier)
+}
+
+/// The code of an authorization answer redirecting to `rp`.
+fn code_of(rp: &Rp, answer: &Answer) -> String {
+    assert_eq!(answer.status, 303, "{}", answer.body);
+    let location = answer.location.as_deref().unwrap();
+    assert!(
+        location.starts_with(&format!("{}?", rp.redirect_uri)),
+        "back to the client: {location}"
+    );
+    let params = query_of(&Url::parse(location).unwrap());
+    assert!(!params.contains_key("error"), "{location}");
+    params["code"].clone()
+}
+
+/// What the pages' HTML escaping did to `text`, undone.
+fn unescape(text: &str) -> String {
+    text.replace("&#x2f;", "/")
+        .replace("&#x27;", "'")
+        .replace("&quot;", "\"")
+        .replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&amp;", "&")
+}
+
+/// The value of the attribute `attribute` of the first tag whose text contains `marker`.
+fn attribute_after(html: &str, marker: &str, attribute: &str) -> Option<String> {
+    let at = html.find(marker)?;
+    let tag_start = html[..at].rfind('<')?;
+    let tag = &html[tag_start..tag_start + html[tag_start..].find('>')?];
+    let prefix = format!("{attribute}=\"");
+    let start = tag.find(&prefix)? + prefix.len();
+    let end = start + tag[start..].find('"')?;
+    Some(unescape(&tag[start..end]))
+}
+
+/// Whether the account page offers to link `corp`: its form posting to the link endpoint.
+fn offers_link(html: &str) -> bool {
+    html.contains(&format!("action=\"/login/upstream/{PROVIDER}/link\""))
+        && html.contains("Link Corp ID")
+}
+
+/// The CSRF token a page carries for the signed-in person.
+fn page_csrf(html: &str) -> String {
+    attribute_after(html, "name=\"portcullis-csrf\"", "content").expect("the page's CSRF token")
+}
+
 /// A manual clock at the real time (the upstream's tokens carry it; `reqwest` does not care).
 fn clock_now() -> Arc<ManualClock> {
     let now = SystemTime::now()
@@ -710,7 +894,19 @@ async fn world(tweak: impl FnOnce(&mut UpstreamSettings)) -> (Arc<ManualClock>, 
     let idp = Idp::start(clock.clone()).await;
     let mut settings = corp(idp.issuer());
     tweak(&mut settings);
-    let portcullis = Portcullis::start(&clock, settings).await;
+    let portcullis = Portcullis::start(&clock, settings, false).await;
+    (clock, idp, portcullis)
+}
+
+/// As [`world`], with Portcullis's OpenID Connect provider on.
+async fn world_with_provider() -> (Arc<ManualClock>, Idp, Portcullis) {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+    let clock = clock_now();
+    let idp = Idp::start(clock.clone()).await;
+    let portcullis = Portcullis::start(&clock, corp(idp.issuer()), true).await;
     (clock, idp, portcullis)
 }
 
@@ -847,6 +1043,22 @@ impl Browser {
         let answer = self.get(authorize.as_str()).await;
         assert_eq!(answer.status, 303, "the upstream answers: {}", answer.body);
         Url::parse(&answer.location.unwrap()).expect("an absolute callback")
+    }
+
+    /// The account page's "Link Corp ID" form posted with `csrf`: the continue page's link
+    /// to the upstream authorization request (with the sealed request's cookie set).
+    async fn link_upstream(&mut self, csrf: &str) -> Url {
+        let answer = self
+            .post(
+                &format!("/login/upstream/{PROVIDER}/link"),
+                &[("csrf", csrf)],
+            )
+            .await;
+        assert_eq!(answer.status, 200, "the continue page: {}", answer.body);
+        assert!(answer.set_cookie(UPSTREAM_COOKIE).is_some());
+        let url = attribute_after(&answer.body, "id=\"continue\"", "href")
+            .unwrap_or_else(|| panic!("a continue link: {}", answer.body));
+        Url::parse(&url).expect("an absolute URL upstream")
     }
 
     /// A whole sign-in upstream: the callback's answer.
@@ -1722,4 +1934,504 @@ async fn form_post_answer_by_a_cross_site_post_signs_in() {
         .user_id;
     assert_eq!(portcullis.sso_sessions(&user).await.len(), 1);
     assert!(idp.refusals().is_empty(), "{:?}", idp.refusals());
+}
+
+/// ASVS5-6.8.4 / NIST4-13 (recency goes by the upstream's `auth_time`), ASVS5-7.6.1 (an SSO
+/// session an upstream bounds ends with its ID token): an ID token whose `auth_time` is an
+/// hour old gives an SSO session authenticated an hour ago, not now; with `bound_session` its
+/// absolute deadline is the ID token's `exp`, by a rule naming the upstream, and it ends then;
+/// without, the policy's deadline stands and it lives on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn asvs5_6_8_4_7_6_1_upstream_auth_time_and_bound_session_deadline() {
+    for bound in [false, true] {
+        let case = if bound { "bound" } else { "not bound" };
+        let (clock, idp, portcullis) = world(|s| s.bound_session = bound).await;
+        let issuer = idp.issuer().to_owned();
+        idp.person(json!({ "sub": "rosa-0016", "preferred_username": "rosa" }));
+        let now = idp.now();
+        idp.tamper(json!({ "auth_time": now - 3600 }));
+        let mut browser = portcullis.browser();
+        assert_signed_in(&browser.sign_in_upstream().await, case);
+        let user = portcullis
+            .linked(&issuer, "rosa-0016")
+            .await
+            .unwrap()
+            .user_id;
+        let sessions = portcullis.sso_sessions(&user).await;
+        assert_eq!(sessions.len(), 1, "{case}");
+        let session = &sessions[0];
+        assert_eq!(
+            session.authenticated_at,
+            Timestamp::from_millis((now - 3600) * 1000),
+            "{case}: the upstream's auth_time, not now"
+        );
+        assert_eq!(session.created_at, clock.now(), "{case}");
+        assert_eq!(
+            UpstreamLink::of(session).and_then(|l| l.auth_time),
+            Some(Timestamp::from_millis((now - 3600) * 1000)),
+            "{case}"
+        );
+        let exp = Timestamp::from_millis((now + 600) * 1000);
+        if bound {
+            assert_eq!(session.absolute.at, exp, "the ID token's exp");
+            assert_eq!(
+                session.absolute.rule,
+                format!("upstream {PROVIDER}: no longer than its ID token")
+            );
+        } else {
+            assert!(session.absolute.at > exp, "{:?}", session.absolute);
+            assert_eq!(
+                session.absolute.at,
+                session.created_at.plus(session.absolute.lifetime()),
+                "the policy's lifetime"
+            );
+            assert!(
+                !session.absolute.rule.contains("upstream"),
+                "{}",
+                session.absolute.rule
+            );
+        }
+        // Just past the ID token's exp, well within the idle timeout.
+        clock.advance(Duration::from_secs(601));
+        let account = browser.get("/account").await;
+        if bound {
+            assert_eq!(account.status, 303, "ended with the ID token");
+            assert!(
+                account
+                    .location
+                    .as_deref()
+                    .is_some_and(|l| l.starts_with("/login")),
+                "{:?}",
+                account.location
+            );
+            assert!(portcullis.sso_sessions(&user).await.is_empty());
+        } else {
+            assert_eq!(account.status, 200, "the policy's deadline stands");
+        }
+    }
+}
+
+/// ASVS5-10.5.2 / ASVS5-6.8.1 (linking by proving both): a person signed in here with a
+/// password links an upstream person from the account page; no SSO session is started, the
+/// one they have goes on. An upstream person linked to another account is refused (409).
+/// Unlinking from the account page removes the link; an account made upstream, without a
+/// password, is offered no Unlink, and a forged one is refused (409) with the link kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn asvs5_10_5_2_6_8_1_link_from_the_account_page_by_proving_both_and_unlink() {
+    let (_clock, idp, portcullis) = world(|_| {}).await;
+    let issuer = idp.issuer().to_owned();
+    let password = "juniper-Falcon-Meadow-3381";
+    let local = portcullis
+        .accounts
+        .add_user("nadia", password, &Actor::cli())
+        .await
+        .unwrap();
+
+    // Someone else came from the upstream first: their account is made there, linked.
+    idp.person(json!({ "sub": "omar-0013", "preferred_username": "omar" }));
+    let mut omar = portcullis.browser();
+    assert_signed_in(&omar.sign_in_upstream().await, "omar");
+    let omars = portcullis.linked(&issuer, "omar-0013").await.unwrap();
+
+    let mut browser = portcullis.browser();
+    assert_signed_in(
+        &browser.sign_in_with_password("nadia", password).await,
+        "the password",
+    );
+    let cookie = browser.cookie(SESSION_COOKIE).unwrap().to_owned();
+    let session_id = portcullis.sso_sessions(&local.id).await[0].id.clone();
+    let page = browser.get("/account").await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert!(offers_link(&page.body), "{}", page.body);
+    assert!(!page.body.contains("/account/identities/unlink"));
+    let csrf = page_csrf(&page.body);
+
+    // Without the page's CSRF token (another site's form), nothing starts.
+    let refused = browser
+        .post(
+            &format!("/login/upstream/{PROVIDER}/link"),
+            &[("csrf", "forged")],
+        )
+        .await;
+    assert_eq!(refused.status, 403, "{}", refused.body);
+    assert!(refused.set_cookie(UPSTREAM_COOKIE).is_none());
+
+    // Omar's upstream account, linked here to Omar's: refused, nothing changes.
+    let authorize = browser.link_upstream(&csrf).await;
+    let callback = browser.upstream_answers(&authorize).await;
+    let answer = browser.get(callback.as_str()).await;
+    assert_refused(&answer, 409, "linked to another account here", "omar's");
+    assert_eq!(
+        portcullis.linked(&issuer, "omar-0013").await,
+        Some(omars.clone())
+    );
+    assert!(
+        portcullis
+            .identities
+            .identities_of(&local.id)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // Nadia's own upstream account, linked to no one yet.
+    idp.person(json!({ "sub": "nadia-0012", "preferred_username": "nadia.corp" }));
+    let authorize = browser.link_upstream(&csrf).await;
+    let callback = browser.upstream_answers(&authorize).await;
+    let answer = browser.get(callback.as_str()).await;
+    assert_eq!(answer.status, 303, "{}", answer.body);
+    assert_eq!(answer.location.as_deref(), Some("/account?done=linked"));
+    assert!(!answer.signs_in(), "no new SSO session");
+    assert_eq!(browser.cookie(SESSION_COOKIE), Some(cookie.as_str()));
+    let link = portcullis
+        .linked(&issuer, "nadia-0012")
+        .await
+        .expect("linked");
+    assert_eq!(link.user_id, local.id);
+    assert_eq!(link.provider, PROVIDER);
+    assert!(matches!(
+        portcullis.accounts.by_name("nadia.corp").await,
+        Err(AccountError::NotFound)
+    ));
+    let sessions = portcullis.sso_sessions(&local.id).await;
+    assert_eq!(sessions.len(), 1, "the one SSO session");
+    assert_eq!(sessions[0].id, session_id);
+    assert!(UpstreamLink::of(&sessions[0]).is_none());
+    assert_eq!(
+        portcullis.sso_sessions_created().await,
+        2,
+        "omar's and nadia's password sign-in"
+    );
+    assert_eq!(portcullis.count(EventKind::UserIdentityLinked).await, 2);
+    let page = browser.get("/account?done=linked").await;
+    assert_eq!(page.status, 200, "the same cookie works: {}", page.body);
+    assert!(page.body.contains("The identity provider is linked"));
+    assert!(!offers_link(&page.body), "linked already");
+
+    // Unlink, with the page's form.
+    let csrf = page_csrf(&page.body);
+    assert_eq!(hidden(&page.body, "issuer"), issuer);
+    assert_eq!(hidden(&page.body, "subject"), "nadia-0012");
+    let answer = browser
+        .post(
+            "/account/identities/unlink",
+            &[
+                ("csrf", &csrf),
+                ("issuer", &issuer),
+                ("subject", "nadia-0012"),
+            ],
+        )
+        .await;
+    assert_eq!(answer.status, 303, "{}", answer.body);
+    assert_eq!(answer.location.as_deref(), Some("/account?done=unlinked"));
+    assert!(portcullis.linked(&issuer, "nadia-0012").await.is_none());
+    assert_eq!(portcullis.count(EventKind::UserIdentityUnlinked).await, 1);
+    let page = browser.get("/account").await;
+    assert!(offers_link(&page.body), "linkable again");
+
+    // The old way in, a GET (any site can send one), links nothing: it is a sign-in.
+    let mut lured = browser.clone();
+    let authorize = lured.go_upstream("?link=1&return_to=/account").await;
+    let callback = lured.upstream_answers(&authorize).await;
+    lured.get(callback.as_str()).await;
+    assert!(
+        portcullis
+            .identities
+            .identities_of(&local.id)
+            .await
+            .unwrap()
+            .is_empty(),
+        "nadia's account is not linked by a GET"
+    );
+
+    // Omar's account has no password: its one link is its only way in.
+    let page = omar.get("/account").await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert!(page.body.contains("your only way to sign in"));
+    assert!(!page.body.contains("/account/identities/unlink"));
+    let forged = omar
+        .post(
+            "/account/identities/unlink",
+            &[
+                ("csrf", &page_csrf(&page.body)),
+                ("issuer", &issuer),
+                ("subject", "omar-0013"),
+            ],
+        )
+        .await;
+    assert_eq!(forged.status, 409, "{}", forged.body);
+    assert!(
+        forged.body.contains("only way to sign in"),
+        "{}",
+        forged.body
+    );
+    assert_eq!(portcullis.linked(&issuer, "omar-0013").await, Some(omars));
+    assert_eq!(portcullis.count(EventKind::UserIdentityUnlinked).await, 1);
+}
+
+/// ASVS4-3.6.1 / NIST3-13 / OIDC-CORE-3 / OIDC-CORE-4 (as RP upstream): a person signed in
+/// through the upstream whom an application asks to authenticate again (`max_age` passed,
+/// `prompt=login`) goes back upstream, with `max_age` and `prompt=login` passed on; their SSO
+/// session is the same one after (same id), elevated: a new token (ASVS5-7.2.4), a new
+/// `authenticated_at`; the application's session under it lives on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn asvs4_3_6_1_oidc_core_3_4_reauthentication_goes_upstream_and_elevates_the_sso_session() {
+    let (clock, idp, portcullis) = world_with_provider().await;
+    let issuer = idp.issuer().to_owned();
+    let rp = portcullis.register_client("Notes", None).await;
+    idp.person(json!({ "sub": "pia-0014", "sid": "sid-pia", "preferred_username": "pia" }));
+    let mut browser = portcullis.browser();
+    assert_signed_in(&browser.sign_in_upstream().await, "pia");
+    let user = portcullis
+        .linked(&issuer, "pia-0014")
+        .await
+        .unwrap()
+        .user_id;
+    let first = portcullis.sso_sessions(&user).await[0].clone();
+
+    // The application signs the person in: its session under the SSO session.
+    let (path, verifier) = authorization(&rp, &[]);
+    let code = code_of(&rp, &browser.get(&path).await);
+    let (status, tokens) = portcullis.redeem(&rp, &code, &verifier).await;
+    assert_eq!(status, 200, "{tokens}");
+    let applications = portcullis
+        .application_sessions(&user, first.id.as_str())
+        .await;
+    assert_eq!(applications.len(), 1);
+    let application = applications[0].id.clone();
+
+    for (case, extra) in [
+        ("max_age", vec![("max_age", "1")]),
+        ("prompt=login", vec![("prompt", "login")]),
+    ] {
+        clock.advance(Duration::from_secs(5));
+        let before = portcullis.sso_sessions(&user).await[0].clone();
+        let old_cookie = browser.cookie(SESSION_COOKIE).unwrap().to_owned();
+        let requests = idp.authorizations().len();
+        let (path, verifier) = authorization(&rp, &extra);
+        let answer = browser.get(&path).await;
+        assert_eq!(answer.status, 303, "{case}: {}", answer.body);
+        assert_eq!(
+            answer.location.as_deref(),
+            Some(format!("/login/upstream/{PROVIDER}?return_to=/oidc/authorize/resume").as_str()),
+            "{case}: upstream, not the password form"
+        );
+        let authorize = browser
+            .go_upstream("?return_to=/oidc/authorize/resume")
+            .await;
+        let sent = query_of(&authorize);
+        match case {
+            "max_age" => {
+                assert_eq!(
+                    sent.get("max_age").map(String::as_str),
+                    Some("1"),
+                    "{sent:?}"
+                );
+                assert!(!sent.contains_key("prompt"), "{sent:?}");
+            }
+            _ => assert_eq!(
+                sent.get("prompt").map(String::as_str),
+                Some("login"),
+                "{sent:?}"
+            ),
+        }
+        let callback = browser.upstream_answers(&authorize).await;
+        assert_eq!(idp.authorizations().len(), requests + 1);
+        let answer = browser.get(callback.as_str()).await;
+        assert_eq!(answer.status, 303, "{case}: {}", answer.body);
+        assert_eq!(
+            answer.location.as_deref(),
+            Some("/oidc/authorize/resume"),
+            "{case}"
+        );
+        let new_cookie = browser.cookie(SESSION_COOKIE).unwrap().to_owned();
+        assert_ne!(new_cookie, old_cookie, "{case}: a new token");
+        let sessions = portcullis.sso_sessions(&user).await;
+        assert_eq!(sessions.len(), 1, "{case}: no second SSO session");
+        let after = &sessions[0];
+        assert_eq!(after.id, first.id, "{case}: the same SSO session");
+        assert_eq!(after.authenticated_at, clock.now(), "{case}");
+        assert!(after.authenticated_at > before.authenticated_at, "{case}");
+        assert!(
+            after.elevations.len() > before.elevations.len(),
+            "{case}: elevated"
+        );
+        let mut stale = browser.clone();
+        stale.cookies.insert(SESSION_COOKIE.into(), old_cookie);
+        assert_eq!(
+            stale.get("/account").await.status,
+            303,
+            "{case}: the old token no longer works"
+        );
+
+        let code = code_of(&rp, &browser.get("/oidc/authorize/resume").await);
+        let (status, tokens) = portcullis.redeem(&rp, &code, &verifier).await;
+        assert_eq!(status, 200, "{case}: {tokens}");
+        let live = portcullis
+            .application_sessions(&user, first.id.as_str())
+            .await;
+        assert!(
+            live.iter().any(|s| s.id == application),
+            "{case}: the application's first session lives on"
+        );
+    }
+    assert_eq!(portcullis.sso_sessions_created().await, 1);
+    assert!(idp.refusals().is_empty(), "{:?}", idp.refusals());
+}
+
+/// A client registered with `upstream = corp` sends a person who is not signed in to that
+/// provider, not to the password form; one without sends them to the password form.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_of_one_upstream_sends_its_people_there_to_sign_in() {
+    let (_clock, idp, portcullis) = world_with_provider().await;
+    let corp_only = portcullis.register_client("Intranet", Some(PROVIDER)).await;
+    let any = portcullis.register_client("Notes", None).await;
+    idp.person(json!({ "sub": "rui-0017", "preferred_username": "rui" }));
+
+    let mut browser = portcullis.browser();
+    let answer = browser.get(&authorization(&any, &[]).0).await;
+    assert_eq!(answer.status, 303, "{}", answer.body);
+    assert_eq!(
+        answer.location.as_deref(),
+        Some("/login?return_to=/oidc/authorize/resume")
+    );
+
+    let mut browser = portcullis.browser();
+    let answer = browser.get(&authorization(&corp_only, &[]).0).await;
+    assert_eq!(answer.status, 303, "{}", answer.body);
+    assert_eq!(
+        answer.location.as_deref(),
+        Some(format!("/login/upstream/{PROVIDER}?return_to=/oidc/authorize/resume").as_str())
+    );
+    // And through it the authorization completes.
+    let authorize = browser
+        .go_upstream("?return_to=/oidc/authorize/resume")
+        .await;
+    let callback = browser.upstream_answers(&authorize).await;
+    let answer = browser.get(callback.as_str()).await;
+    assert_eq!(answer.status, 303, "{}", answer.body);
+    assert_eq!(answer.location.as_deref(), Some("/oidc/authorize/resume"));
+    assert!(answer.signs_in());
+    code_of(&corp_only, &browser.get("/oidc/authorize/resume").await);
+}
+
+/// NIST3-14 (sign-out propagated explicitly, as RP upstream): a person signed in through the
+/// upstream is offered to sign out of it too; with it, the SSO session ends and the signed-out
+/// page continues to the upstream's end-session endpoint with its ID token as `id_token_hint`,
+/// our `client_id`, our signed-out URI and a sealed `state`; back there with that state, the
+/// signed-out page; with a forged state, the same page and no redirect anywhere. A person
+/// signed in with a password is not offered it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nist3_14_sign_out_of_the_upstream_too_through_its_end_session_endpoint() {
+    let (_clock, idp, portcullis) = world(|_| {}).await;
+    let issuer = idp.issuer().to_owned();
+    let password = "cobalt-Willow-Summit-4402";
+    portcullis
+        .accounts
+        .add_user("sam", password, &Actor::cli())
+        .await
+        .unwrap();
+    let mut local = portcullis.browser();
+    assert_signed_in(&local.sign_in_with_password("sam", password).await, "sam");
+    let page = local.get("/logout").await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert!(!page.body.contains("name=\"upstream\""), "not offered");
+
+    idp.person(json!({ "sub": "quinn-0015", "sid": "sid-quinn", "preferred_username": "quinn" }));
+    let mut browser = portcullis.browser();
+    assert_signed_in(&browser.sign_in_upstream().await, "quinn");
+    let user = portcullis
+        .linked(&issuer, "quinn-0015")
+        .await
+        .unwrap()
+        .user_id;
+    let session = portcullis.sso_sessions(&user).await[0].clone();
+    let id_token = UpstreamLink::of(&session).unwrap().id_token;
+
+    let page = browser.get("/logout").await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert!(
+        page.body.contains("Also sign out of Corp ID"),
+        "{}",
+        page.body
+    );
+    assert!(page.body.contains("name=\"upstream\""));
+    let csrf = hidden(&page.body, "csrf");
+    let answer = browser
+        .post("/logout", &[("csrf", &csrf), ("upstream", "1")])
+        .await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    assert!(
+        answer.body.contains("You are signed out"),
+        "{}",
+        answer.body
+    );
+    assert!(portcullis.sso_sessions(&user).await.is_empty());
+    let ended = portcullis
+        .engine
+        .get(&session.id, &Principal::operator())
+        .await
+        .unwrap();
+    assert_eq!(
+        ended.ended.as_ref().map(|e| e.reason.as_str()),
+        Some("logout")
+    );
+    assert!(browser.cookie(SESSION_COOKIE).is_none(), "cookie cleared");
+
+    let continue_to =
+        attribute_after(&answer.body, "id=\"continue\"", "href").expect("a continue link");
+    let upstream_logout = Url::parse(&continue_to).unwrap();
+    assert_eq!(
+        continue_to.split('?').next(),
+        Some(format!("{issuer}/logout").as_str())
+    );
+    let params = query_of(&upstream_logout);
+    assert_eq!(params["id_token_hint"], id_token);
+    assert_eq!(params["client_id"], CLIENT_ID);
+    let signed_out_uri = format!("{}/login/upstream/{PROVIDER}/signed-out", portcullis.base);
+    assert_eq!(params["post_logout_redirect_uri"], signed_out_uri);
+    let state = params["state"].clone();
+    assert!(!state.is_empty());
+    assert_eq!(
+        browser.get(&continue_to).await.status,
+        200,
+        "the upstream signs out"
+    );
+
+    // Back from the upstream with the state: the signed-out page.
+    let back = browser
+        .get(&format!(
+            "{signed_out_uri}?{}",
+            form_body(&[("state", &state)])
+        ))
+        .await;
+    assert_eq!(back.status, 200, "{}", back.body);
+    assert!(back.location.is_none());
+    assert!(back.body.contains("You are signed out"));
+    assert!(back.body.contains("id=\"sign-in-again\""));
+
+    // A forged state: the same page, no redirect anywhere.
+    for forged in [format!("{state}x"), "https://evil.example/".to_owned()] {
+        let answer = browser
+            .get(&format!(
+                "{signed_out_uri}?{}",
+                form_body(&[("state", &forged)])
+            ))
+            .await;
+        assert_eq!(answer.status, 200, "{}", answer.body);
+        assert!(answer.location.is_none(), "{:?}", answer.location);
+        assert!(!answer.body.contains("id=\"continue\""));
+        assert!(!answer.body.contains("evil.example"));
+    }
+
+    // Without the box ticked, only here.
+    let mut again = portcullis.browser();
+    assert_signed_in(&again.sign_in_upstream().await, "quinn again");
+    let page = again.get("/logout").await;
+    let answer = again
+        .post("/logout", &[("csrf", &hidden(&page.body, "csrf"))])
+        .await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    assert!(!answer.body.contains(&format!("{issuer}/logout")));
+    assert!(!answer.body.contains("id=\"continue\""));
 }
