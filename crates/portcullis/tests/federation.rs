@@ -39,9 +39,9 @@ use portcullis_core::oidc::{
     Client, ClientAuth, FederatedIdentity, GrantType, IdentityStore, ReplayStore,
 };
 use portcullis_core::{
-    AccountError, Accounts, Actor, ApplicationChange, AuditEvent, AuthContext, Clock, Engine,
-    EventKind, EventQuery, Keyring, ManualClock, NoAuditSink, OsRandom, PORTCULLIS_APP, PolicySet,
-    Principal, SSO_POLICY, Session, ThrottleStore, Timestamp, User, UserStore,
+    AccountError, Accounts, Actor, ApplicationChange, AuditEvent, AuthContext, Clock, EndReason,
+    Engine, EventKind, EventQuery, Keyring, ManualClock, NoAuditSink, OsRandom, PORTCULLIS_APP,
+    PolicySet, Principal, SSO_POLICY, Session, ThrottleStore, Timestamp, User, UserStore,
 };
 use portcullis_http::outbound::{Outbound, OutboundPolicy};
 use portcullis_http::peer::Peer;
@@ -520,6 +520,8 @@ struct Portcullis {
     engine: Arc<Engine<Store>>,
     accounts: Arc<Accounts>,
     identities: Arc<dyn IdentityStore>,
+    /// Its OpenID Connect provider, when on.
+    provider: Option<Arc<Provider<Store>>>,
     _data: tempfile::TempDir,
 }
 
@@ -627,7 +629,7 @@ impl Portcullis {
             accounts: accounts.clone(),
             ui: Arc::new(Ui::new(UiSettings::default())),
             metrics: None,
-            provider,
+            provider: provider.clone(),
             federation: Some(Arc::new(federation)),
         });
         let router = api_router(state);
@@ -644,6 +646,7 @@ impl Portcullis {
             engine,
             accounts,
             identities,
+            provider,
             _data: data,
         }
     }
@@ -1070,6 +1073,17 @@ impl Browser {
 
     /// Signs in with a password on the sign-in form, saying no to "Stay signed in?".
     async fn sign_in_with_password(&mut self, username: &str, password: &str) -> Answer {
+        self.sign_in_with_password_to(username, password, "/account")
+            .await
+    }
+
+    /// As [`Browser::sign_in_with_password`], going on to `return_to`.
+    async fn sign_in_with_password_to(
+        &mut self,
+        username: &str,
+        password: &str,
+        return_to: &str,
+    ) -> Answer {
         let form = self.get("/login").await;
         assert_eq!(form.status, 200, "the sign-in form: {}", form.body);
         let csrf = hidden(&form.body, "csrf");
@@ -1081,7 +1095,7 @@ impl Browser {
                     ("username", username),
                     ("password", password),
                     ("csrf", &csrf),
-                    ("return_to", "/account"),
+                    ("return_to", return_to),
                 ],
             )
             .await;
@@ -2434,4 +2448,192 @@ async fn nist3_14_sign_out_of_the_upstream_too_through_its_end_session_endpoint(
     assert_eq!(answer.status, 200, "{}", answer.body);
     assert!(!answer.body.contains(&format!("{issuer}/logout")));
     assert!(!answer.body.contains("id=\"continue\""));
+}
+
+// ---------------------------------------------------------------------------------------
+// Two Portcullis instances, one upstream of the other: both sides of the protocol ours.
+
+/// The browser's request to whichever instance `url` names (each keeps its own cookies).
+async fn chained_get(a: &mut Browser, b: &mut Browser, url: &str) -> Answer {
+    if url.starts_with(&format!("{}/", b.portcullis)) {
+        b.get(url).await
+    } else {
+        a.get(url).await
+    }
+}
+
+/// The chain App → Portcullis A → Portcullis B: A signs people in through B's OpenID Connect
+/// provider. Flow 1 (no session anywhere: B asks for the password, then A's SSO session is
+/// made, linked to B's person and B's SSO session by `sid`), flow 3 (A's SSO session: A
+/// answers without visiting B), flow 2 (only B's session: no credentials asked), and logout
+/// at B reaching A by B's own back-channel logout (A's SSO session ends, `upstream_logout`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oidc_bcl_chained_portcullis_instances_sign_in_and_log_out_along_the_chain() {
+    let clock = clock_now();
+    // B: the provider; its own upstream is never asked (discovery is read when first needed).
+    let b = Portcullis::start(&clock, corp("http://127.0.0.1:9"), true).await;
+    let b_provider = b.provider.clone().expect("B's provider is on");
+    let app = b
+        .engine
+        .add_application(
+            ApplicationChange {
+                name: Some("portcullis-a".into()),
+                ..ApplicationChange::default()
+            },
+            &Actor::cli(),
+        )
+        .await
+        .unwrap();
+    let secret = b.engine.new_client_secret();
+    let mut settings = corp(&b.base);
+    settings.client_id = app.id.as_str().to_owned();
+    settings.client_secret = secret.expose().to_owned();
+    settings.scopes = vec!["openid".into(), "profile".into()];
+    let a = Portcullis::start(&clock, settings, false).await;
+    b.engine
+        .register_client(
+            app.id.as_str(),
+            Some(Client {
+                auth: ClientAuth::Secret(secret.hash()),
+                redirect_uris: vec![format!("{}/login/upstream/{PROVIDER}/callback", a.base)],
+                post_logout_redirect_uris: vec![format!(
+                    "{}/login/upstream/{PROVIDER}/signed-out",
+                    a.base
+                )],
+                backchannel_logout_uri: Some(format!(
+                    "{}/federation/{PROVIDER}/backchannel-logout",
+                    a.base
+                )),
+                frontchannel_logout_uri: None,
+                scopes: ["openid", "profile"].map(String::from).into(),
+                grant_types: [GrantType::AuthorizationCode].into(),
+                require_consent: false,
+                id_token_signed_response_alg: None,
+                upstream: None,
+            }),
+            &Actor::cli(),
+        )
+        .await
+        .unwrap();
+    let password = "correct horse battery staple";
+    let ada = b
+        .accounts
+        .add_user("ada", password, &Actor::cli())
+        .await
+        .unwrap();
+    let (mut at_a, mut at_b) = (a.browser(), b.browser());
+
+    // Flow 1: nobody signed in anywhere.
+    let authorize = at_a.go_upstream("?return_to=/account").await;
+    assert!(
+        authorize
+            .as_str()
+            .starts_with(&format!("{}/oidc/authorize?", b.base))
+    );
+    let to_sign_in = at_b.get(authorize.as_str()).await;
+    assert_eq!(to_sign_in.status, 303, "{}", to_sign_in.body);
+    assert_eq!(
+        to_sign_in.location.as_deref(),
+        Some("/login?return_to=/oidc/authorize/resume"),
+        "B asks for credentials"
+    );
+    let signed_in_at_b = at_b
+        .sign_in_with_password_to("ada", password, "/oidc/authorize/resume")
+        .await;
+    assert_eq!(signed_in_at_b.status, 303, "{}", signed_in_at_b.body);
+    let resumed = at_b.get("/oidc/authorize/resume").await;
+    let callback = resumed.location.clone().expect("B answers A");
+    assert!(
+        callback.starts_with(&format!("{}/login/upstream/{PROVIDER}/callback?", a.base)),
+        "{callback}"
+    );
+    let b_sso = b.sso_sessions(&ada.id).await;
+    assert_eq!(b_sso.len(), 1, "B's SSO session first");
+    assert!(
+        a.linked(&b.base, &ada.id).await.is_none(),
+        "nothing at A yet"
+    );
+    let answer = chained_get(&mut at_a, &mut at_b, &callback).await;
+    assert_signed_in(&answer, "flow 1");
+    let linked = a
+        .linked(&b.base, &ada.id)
+        .await
+        .expect("A's account is linked to B's person by issuer and subject");
+    let a_sso = a.sso_sessions(&linked.user_id).await;
+    assert_eq!(a_sso.len(), 1);
+    let link = UpstreamLink::of(&a_sso[0]).expect("A's SSO session remembers B's");
+    assert_eq!(
+        link.sid.as_deref(),
+        Some(b_sso[0].id.as_str()),
+        "B's sid is its SSO session"
+    );
+    assert_eq!(link.issuer, b.base);
+    assert_eq!(
+        a_sso[0].auth.level, 1,
+        "B's aal1 (a password) is what A claims"
+    );
+    assert_eq!(
+        b.application_sessions(&ada.id, b_sso[0].id.as_str())
+            .await
+            .len(),
+        1,
+        "A's session at B is a child of B's SSO session"
+    );
+
+    // Flow 3: A's own SSO session answers; B is not visited.
+    let again = at_a.get(&format!("/login?return_to=/account")).await;
+    assert_eq!(again.status, 303, "signed in at A already: {}", again.body);
+    assert_eq!(again.location.as_deref(), Some("/account"));
+
+    // Flow 2: only B's session: A signs in again without a password being asked.
+    let mut fresh_a = a.browser();
+    let authorize = fresh_a.go_upstream("?return_to=/account").await;
+    let straight_back = at_b.get(authorize.as_str()).await;
+    assert_eq!(straight_back.status, 303, "{}", straight_back.body);
+    let callback = straight_back.location.clone().unwrap();
+    assert!(
+        callback.starts_with(&format!("{}/login/upstream/{PROVIDER}/callback?", a.base)),
+        "no credentials asked at B: {callback}"
+    );
+    assert_signed_in(&fresh_a.get(&callback).await, "flow 2");
+    assert_eq!(a.sso_sessions(&linked.user_id).await.len(), 2);
+
+    // Logout at B: B's back-channel logout reaches A, which ends both SSO sessions B's
+    // session vouched for.
+    let page = at_b.get("/logout").await;
+    let csrf = hidden(&page.body, "csrf");
+    let out = at_b.post("/logout", &[("csrf", &csrf)]).await;
+    assert!(out.status == 200 || out.status == 303, "{}", out.body);
+    assert!(b.sso_sessions(&ada.id).await.is_empty(), "signed out at B");
+    let sender = portcullis_http::oidc::backchannel::HttpLogoutSender::with_roots(
+        OutboundPolicy::parse(["127.0.0.0/8"]).unwrap(),
+        Duration::from_secs(5),
+        rustls::RootCertStore::empty(),
+    );
+    let report = b_provider
+        .deliver_logouts(&sender, &portcullis_oidc::DeliverySettings::default())
+        .await
+        .unwrap();
+    assert!(report.delivered >= 1, "B told A: {report:?}");
+    assert!(
+        a.sso_sessions(&linked.user_id).await.is_empty(),
+        "A's SSO sessions that B's session vouched for ended"
+    );
+    let ended: Vec<_> = a
+        .events()
+        .await
+        .into_iter()
+        .filter(|e| e.kind == EventKind::SessionEnded)
+        .filter_map(|e| e.reason)
+        .collect();
+    assert_eq!(
+        ended,
+        vec![EndReason::UpstreamLogout, EndReason::UpstreamLogout],
+        "both ended for B's logout"
+    );
+    assert_eq!(
+        at_a.get("/account").await.location.as_deref(),
+        Some("/login?return_to=/account"),
+        "the browser at A must sign in again"
+    );
 }

@@ -38,7 +38,7 @@ const deliveriesOf = (username) => control("GET", `/deliveries?username=${userna
 
 /** One pass of Portcullis's back-channel logout deliverer: both applications' sessions under
  * `sid` (`children`) are told, each application answers 200, and each ends its own session. */
-async function backChannelDelivered(children, reason) {
+async function backChannelDelivered(children, ...reasons) {
   const report = await control("POST", "/deliver");
   assert.deepEqual(report, { delivered: children.length, retried: 0, failed: 0 }, JSON.stringify(report));
   const deliveries = await deliveriesOf(USERNAME);
@@ -46,7 +46,7 @@ async function backChannelDelivered(children, reason) {
     const delivery = deliveries.find((d) => d.session === child);
     assert.ok(delivery, `a delivery for ${child}: ${JSON.stringify(deliveries)}`);
     assert.equal(delivery.state, "delivered", JSON.stringify(delivery));
-    assert.equal(delivery.reason, reason, JSON.stringify(delivery));
+    assert.ok(reasons.includes(delivery.reason), JSON.stringify(delivery));
     assert.equal(delivery.attempts, 1);
   }
   for (const app of [A, B]) {
@@ -289,7 +289,10 @@ scenario("8_the_sso_sessions_idle_timeout_signs_both_applications_out", async ()
   const { live, ended } = await sessionsOf(USERNAME);
   assert.deepEqual(live, []);
   assert.ok(ended.some((e) => e.session === third.sid && e.reason === "expired_idle"), JSON.stringify(ended));
-  await backChannelDelivered(children, "parent_ended");
+  // The applications' sessions have the same 30 s idle timeout and were made at the same
+  // (manual) time as the SSO session: the sweeper may reach one of them before its parent, and
+  // then it ends on its own deadline. Either way both applications are told.
+  await backChannelDelivered(children, "parent_ended", "expired_idle");
   await page.goto(`${A.url}/`);
   await page.getByRole("heading", { name: "Not signed in" }).waitFor();
   await shot("10-application-a-signed-out-by-the-idle-timeout");
