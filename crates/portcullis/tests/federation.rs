@@ -2581,7 +2581,7 @@ async fn oidc_bcl_chained_portcullis_instances_sign_in_and_log_out_along_the_cha
     );
 
     // Flow 3: A's own SSO session answers; B is not visited.
-    let again = at_a.get(&format!("/login?return_to=/account")).await;
+    let again = at_a.get("/login?return_to=/account").await;
     assert_eq!(again.status, 303, "signed in at A already: {}", again.body);
     assert_eq!(again.location.as_deref(), Some("/account"));
 
