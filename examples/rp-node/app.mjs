@@ -203,7 +203,8 @@ function home(request, response) {
       `<h1>Signed in</h1><p>Signed in as <strong id="who">${escape(session.name)}</strong> ` +
         `(subject <code id="sub">${escape(session.sub)}</code>, ` +
         `provider session <code id="sid">${escape(session.sid ?? "none")}</code>).</p>` +
-        `<p><a id="sign-out" href="/logout">Sign out</a></p>`,
+        `<p><a id="sign-out" href="/logout">Sign out</a> · ` +
+        `<a id="sign-out-everywhere" href="/logout?everywhere=1">Sign out everywhere</a></p>`,
     );
   } else {
     page(
@@ -293,7 +294,9 @@ async function callback(request, response, url) {
 }
 
 /** GET /logout: ends the application's session, then sends the browser to the provider to sign
- * out there too, with the ID token as id_token_hint and a state kept under a cookie. */
+ * out there too, with the ID token as id_token_hint and a state kept under a cookie. With
+ * `?everywhere=1`, asks Portcullis to end the session at its upstream provider as well
+ * (`federated`, for people who signed in through their organisation's identity provider). */
 function logout(request, response, url, base) {
   const names = cookieNames();
   const clear = clearCookie(names.session);
@@ -307,6 +310,7 @@ function logout(request, response, url, base) {
     id_token_hint: session.idToken,
     post_logout_redirect_uri: `${base}/signed-out`,
     state,
+    ...(url.searchParams.has("everywhere") ? { federated: "" } : {}),
   });
   redirect(response, endSession.href, [clear, setCookie(names.logout, cookie, SIGN_OUT_LIFETIME_MS)]);
 }

@@ -218,6 +218,20 @@ impl portcullis_upstream::UpstreamHttp for Outbound {
     }
 }
 
+/// The OpenID Connect provider's keys signing the client assertions Portcullis sends upstream
+/// (`private_key_jwt`).
+pub struct ProviderAssertions<S: portcullis_core::Store>(pub Arc<portcullis_oidc::Provider<S>>);
+
+impl<S: portcullis_core::Store> portcullis_upstream::ClientAssertionSigner
+    for ProviderAssertions<S>
+{
+    fn sign(&self, claims: &serde_json::Map<String, serde_json::Value>) -> Result<String, String> {
+        self.0
+            .sign_client_assertion(claims)
+            .map_err(|e| e.to_string())
+    }
+}
+
 /// Where a request goes.
 struct Target {
     tls: bool,

@@ -27,6 +27,9 @@ pub struct LogoutParams {
     pub state: Option<String>,
     /// Accepted and ignored.
     pub ui_locales: Option<String>,
+    /// Present (any value, `?federated` too): the client asks that an SSO session started at
+    /// an upstream provider end there as well (the name Auth0 gives it).
+    pub federated: Option<String>,
 }
 
 /// A checked logout request.

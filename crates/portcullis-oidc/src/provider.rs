@@ -214,6 +214,16 @@ impl<S: Store> Provider<S> {
             .unwrap_or(SigningAlg::Es256)
     }
 
+    /// Signs `claims` as a JWT (`typ: JWT`) with the provider's first algorithm: the client
+    /// assertions Portcullis makes as a client of upstream providers (`private_key_jwt`), which
+    /// they verify with this provider's published JWK Set.
+    pub fn sign_client_assertion(
+        &self,
+        claims: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<String, KeyError> {
+        self.keys().sign(self.id_token_alg(None), "JWT", claims)
+    }
+
     /// The registered client `client_id` (an application's public id), with its registration.
     pub async fn client(
         &self,

@@ -13,8 +13,14 @@
 //! it sees whatever the unlink before it committed, and the next unlink of the account waits
 //! for this one's commit. Links do not take the lock: a link only adds to the count, which can
 //! make an unlink refuse, never let one remove the last link.
+//!
+//! Upstream sessions are rows of `pc_upstream_sessions`, written by one upsert that keeps the
+//! later `until_ms` for the same person; each write first forgets up to [`FORGET_AT_ONCE`] that
+//! ran out (`SKIP LOCKED`: writers on other nodes forget others).
 
-use portcullis_core::oidc::{FederatedIdentity, IdentityStore, ProviderFuture, Unlinked};
+use portcullis_core::oidc::{
+    FederatedIdentity, IdentityStore, ProviderFuture, Unlinked, UpstreamSession,
+};
 use portcullis_core::{StoreError, Timestamp};
 use sqlx::postgres::PgRow;
 use sqlx::{PgPool, Row};
@@ -25,6 +31,9 @@ use crate::unavailable;
 /// token families' 11), so an account and a subject or family with the same text (a person's
 /// sessions have their account's id as subject) do not share a lock.
 const ACCOUNT_LOCK_SEED: i64 = 13;
+
+/// How many upstream sessions that ran out one write forgets.
+const FORGET_AT_ONCE: i64 = 64;
 
 /// The federated identities beside the sessions (see [`crate::PostgresStore::identities`]).
 #[derive(Debug, Clone)]
@@ -205,6 +214,64 @@ impl IdentityStore for PostgresIdentityStore {
             };
             tx.commit().await.map_err(unavailable)?;
             Ok(answer)
+        })
+    }
+
+    fn remember_session<'a>(
+        &'a self,
+        session: &'a UpstreamSession,
+        now: Timestamp,
+    ) -> ProviderFuture<'a, ()> {
+        Box::pin(async move {
+            sqlx::query(
+                "DELETE FROM pc_upstream_sessions WHERE (issuer, sid) IN
+                   (SELECT issuer, sid FROM pc_upstream_sessions WHERE until_ms <= $1
+                    LIMIT $2 FOR UPDATE SKIP LOCKED)",
+            )
+            .bind(now.as_millis())
+            .bind(FORGET_AT_ONCE)
+            .execute(&self.pool)
+            .await
+            .map_err(unavailable)?;
+            sqlx::query(
+                "INSERT INTO pc_upstream_sessions AS kept (issuer, sid, subject, until_ms)
+                 VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (issuer, sid) DO UPDATE SET
+                   until_ms = CASE WHEN kept.subject = excluded.subject
+                              THEN GREATEST(kept.until_ms, excluded.until_ms)
+                              ELSE excluded.until_ms END,
+                   subject = excluded.subject",
+            )
+            .bind(&session.issuer)
+            .bind(&session.sid)
+            .bind(&session.subject)
+            .bind(session.until.as_millis())
+            .execute(&self.pool)
+            .await
+            .map_err(unavailable)?;
+            Ok(())
+        })
+    }
+
+    fn session_subject<'a>(
+        &'a self,
+        issuer: &'a str,
+        sid: &'a str,
+        now: Timestamp,
+    ) -> ProviderFuture<'a, Option<String>> {
+        Box::pin(async move {
+            let row = sqlx::query(
+                "SELECT subject FROM pc_upstream_sessions
+                 WHERE issuer = $1 AND sid = $2 AND until_ms > $3",
+            )
+            .bind(issuer)
+            .bind(sid)
+            .bind(now.as_millis())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(unavailable)?;
+            row.map(|row| row.try_get::<String, _>(0).map_err(unavailable))
+                .transpose()
         })
     }
 }

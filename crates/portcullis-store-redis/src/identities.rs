@@ -26,10 +26,17 @@
 //! been answered 503 for want of confirmations).
 //!
 //! Links carry no TTL: they go only by an unlink.
+//!
+//! Upstream sessions are keys of their own, `<prefix>:us:<the session's field>` (spread over
+//! the slots: nothing else is written with them), holding `<until>:<subject>` with a TTL to
+//! `until` counted from the caller's clock, as the codes' are. [`REMEMBER`] keeps the later
+//! `until` for the same person in one step.
 
 use std::sync::LazyLock;
 
-use portcullis_core::oidc::{FederatedIdentity, IdentityStore, ProviderFuture, Unlinked};
+use portcullis_core::oidc::{
+    FederatedIdentity, IdentityStore, ProviderFuture, Unlinked, UpstreamSession,
+};
 use portcullis_core::{StoreError, Timestamp};
 use redis::Script;
 use serde::{Deserialize, Serialize};
@@ -72,6 +79,26 @@ end
 redis.call('SET', KEYS[3], '1')
 redis.call('DEL', KEYS[3])
 return answer
+",
+    )
+});
+
+/// Keeps an upstream session. KEYS: its key. ARGV: the subject, `until` and now (milliseconds).
+/// The same person's later `until` wins; the TTL runs to the `until` kept.
+static REMEMBER: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local untl = tonumber(ARGV[2])
+local kept = redis.call('GET', KEYS[1])
+if kept then
+  local at = string.find(kept, ':', 1, true)
+  local kept_until = tonumber(string.sub(kept, 1, at - 1))
+  if string.sub(kept, at + 1) == ARGV[1] and kept_until > untl then untl = kept_until end
+end
+local ttl = untl - tonumber(ARGV[3])
+if ttl < 1 then ttl = 1 end
+redis.call('SET', KEYS[1], string.format('%d', untl) .. ':' .. ARGV[1], 'PX', string.format('%d', ttl))
+return 1
 ",
     )
 });
@@ -135,6 +162,11 @@ impl RedisIdentityStore {
     /// A key of the slot that is written and deleted in one script, never kept.
     fn scratch_key(&self) -> String {
         self.store.tag_key(TAG, "fw")
+    }
+
+    /// The key of the upstream session `sid` at `issuer`.
+    fn session_key(&self, issuer: &str, sid: &str) -> String {
+        format!("{}:us:{}", self.store.prefix, person_field(issuer, sid))
     }
 }
 
@@ -230,6 +262,50 @@ impl IdentityStore for RedisIdentityStore {
                     "federated identity: unlink answered {other}"
                 ))),
             }
+        })
+    }
+
+    fn remember_session<'a>(
+        &'a self,
+        session: &'a UpstreamSession,
+        now: Timestamp,
+    ) -> ProviderFuture<'a, ()> {
+        Box::pin(async move {
+            let _: i64 = self
+                .store
+                .script(
+                    &REMEMBER,
+                    &[self.session_key(&session.issuer, &session.sid)],
+                    &[
+                        session.subject.clone(),
+                        session.until.as_millis().to_string(),
+                        now.as_millis().to_string(),
+                    ],
+                )
+                .await?;
+            Ok(())
+        })
+    }
+
+    fn session_subject<'a>(
+        &'a self,
+        issuer: &'a str,
+        sid: &'a str,
+        now: Timestamp,
+    ) -> ProviderFuture<'a, Option<String>> {
+        Box::pin(async move {
+            let value: Option<String> = self
+                .store
+                .query(redis::cmd("GET").arg(self.session_key(issuer, sid)))
+                .await?;
+            let Some(value) = value else {
+                return Ok(None);
+            };
+            let (until, subject) = value
+                .split_once(':')
+                .and_then(|(until, subject)| Some((until.parse::<i64>().ok()?, subject)))
+                .ok_or_else(|| corrupt(format!("upstream session: {value:?}")))?;
+            Ok((until > now.as_millis()).then(|| subject.to_owned()))
         })
     }
 }

@@ -8,13 +8,22 @@
 //! and deletes nothing. Only when nothing was deleted does a read tell the two refusals apart;
 //! that read changes nothing, so a change landing between the two statements can only make it
 //! name the refusal of a slightly later moment, never remove a link.
+//!
+//! Upstream sessions are rows of `oidc_upstream_sessions`, written by one upsert that keeps the
+//! later `until` for the same person; each write first forgets up to [`FORGET_AT_ONCE`] that
+//! ran out, so the table holds about the sessions that can still matter.
 
-use portcullis_core::oidc::{FederatedIdentity, IdentityStore, ProviderFuture, Unlinked};
+use portcullis_core::oidc::{
+    FederatedIdentity, IdentityStore, ProviderFuture, Unlinked, UpstreamSession,
+};
 use portcullis_core::{StoreError, Timestamp};
 use sqlx::sqlite::SqliteRow;
 use sqlx::{Row, SqlitePool};
 
 use crate::unavailable;
+
+/// How many upstream sessions that ran out one write forgets.
+const FORGET_AT_ONCE: i64 = 64;
 
 /// The federated identities of the embedded store (see [`crate::SqliteJournal::identities`]).
 #[derive(Debug, Clone)]
@@ -176,6 +185,62 @@ impl IdentityStore for SqliteIdentityStore {
             } else {
                 Unlinked::NotLinked
             })
+        })
+    }
+
+    fn remember_session<'a>(
+        &'a self,
+        session: &'a UpstreamSession,
+        now: Timestamp,
+    ) -> ProviderFuture<'a, ()> {
+        Box::pin(async move {
+            sqlx::query(
+                "DELETE FROM oidc_upstream_sessions WHERE rowid IN
+                   (SELECT rowid FROM oidc_upstream_sessions WHERE until <= ?1 LIMIT ?2)",
+            )
+            .bind(now.as_millis())
+            .bind(FORGET_AT_ONCE)
+            .execute(&self.pool)
+            .await
+            .map_err(unavailable)?;
+            sqlx::query(
+                "INSERT INTO oidc_upstream_sessions (issuer, sid, subject, until)
+                 VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (issuer, sid) DO UPDATE SET
+                   until = CASE WHEN subject = excluded.subject
+                           THEN max(until, excluded.until) ELSE excluded.until END,
+                   subject = excluded.subject",
+            )
+            .bind(&session.issuer)
+            .bind(&session.sid)
+            .bind(&session.subject)
+            .bind(session.until.as_millis())
+            .execute(&self.pool)
+            .await
+            .map_err(unavailable)?;
+            Ok(())
+        })
+    }
+
+    fn session_subject<'a>(
+        &'a self,
+        issuer: &'a str,
+        sid: &'a str,
+        now: Timestamp,
+    ) -> ProviderFuture<'a, Option<String>> {
+        Box::pin(async move {
+            let row = sqlx::query(
+                "SELECT subject FROM oidc_upstream_sessions
+                 WHERE issuer = ?1 AND sid = ?2 AND until > ?3",
+            )
+            .bind(issuer)
+            .bind(sid)
+            .bind(now.as_millis())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(unavailable)?;
+            row.map(|row| row.try_get::<String, _>(0).map_err(unavailable))
+                .transpose()
         })
     }
 }

@@ -1,14 +1,14 @@
 //! The federated-identity contract ([`IdentityStore`]), run against every backend: an upstream
 //! person is linked to one account only, even when links race; an account's links read back
 //! oldest first; unlinking with `keep_one` never leaves an account without a link, even when
-//! two unlinks race.
+//! two unlinks race; an upstream session names its person until it is no longer kept.
 //!
 //! Every case uses issuers and accounts of its own, so the cases can share one store.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use portcullis_core::oidc::{FederatedIdentity, IdentityStore, Unlinked};
+use portcullis_core::oidc::{FederatedIdentity, IdentityStore, Unlinked, UpstreamSession};
 use portcullis_core::{PublicId, RandomSource, SeededRandom};
 
 use crate::t0;
@@ -20,6 +20,7 @@ pub async fn identity_store_contract(store: Arc<dyn IdentityStore>) {
     of_racing_links_exactly_one_wins(store.clone()).await;
     unlinking_keeps_the_last_link_when_asked(&*store).await;
     racing_unlinks_keep_one_link(store.clone()).await;
+    an_upstream_session_names_its_person_while_kept(&*store).await;
 }
 
 fn identity(random: &dyn RandomSource, user_id: &str, offset_secs: u64) -> FederatedIdentity {
@@ -222,4 +223,72 @@ async fn racing_unlinks_keep_one_link(store: Arc<dyn IdentityStore>) {
         assert_eq!(done, 1, "one unlink wins, the other finds the last link");
         assert_eq!(store.identities_of(&user_id).await.unwrap().len(), 1);
     }
+}
+
+async fn an_upstream_session_names_its_person_while_kept(store: &dyn IdentityStore) {
+    let random = SeededRandom::new(67);
+    let issuer = format!(
+        "https://{}.idp.example/realms/é",
+        PublicId::generate("iss", &random).as_str()
+    );
+    let now = t0();
+    let hour = Duration::from_secs(3600);
+    let session = UpstreamSession {
+        issuer: issuer.clone(),
+        sid: "sid é/1".into(),
+        subject: "alice-0001".into(),
+        until: now.plus(hour),
+    };
+    assert_eq!(
+        store
+            .session_subject(&issuer, &session.sid, now)
+            .await
+            .unwrap(),
+        None,
+        "not kept yet"
+    );
+    store.remember_session(&session, now).await.unwrap();
+    let subject = |sid: &'static str, at| {
+        let issuer = issuer.clone();
+        async move { store.session_subject(&issuer, sid, at).await.unwrap() }
+    };
+    assert_eq!(subject("sid é/1", now).await.as_deref(), Some("alice-0001"));
+    assert_eq!(subject("sid é/2", now).await, None, "another session");
+    assert_eq!(
+        store
+            .session_subject("https://other.idp.example", &session.sid, now)
+            .await
+            .unwrap(),
+        None,
+        "the same sid at another issuer"
+    );
+
+    // A shorter keep for the same session does not shorten it.
+    let shorter = UpstreamSession {
+        until: now.plus(Duration::from_secs(60)),
+        ..session.clone()
+    };
+    store.remember_session(&shorter, now).await.unwrap();
+    let later = now.plus(Duration::from_secs(120));
+    assert_eq!(
+        subject("sid é/1", later).await.as_deref(),
+        Some("alice-0001")
+    );
+    assert_eq!(
+        subject("sid é/1", now.plus(hour)).await,
+        None,
+        "no longer kept at its until"
+    );
+
+    // Kept again for someone else (an upstream that reuses session ids): the newest wins.
+    let reused = UpstreamSession {
+        subject: "bruno-0002".into(),
+        until: later.plus(hour),
+        ..session.clone()
+    };
+    store.remember_session(&reused, later).await.unwrap();
+    assert_eq!(
+        subject("sid é/1", later).await.as_deref(),
+        Some("bruno-0002")
+    );
 }

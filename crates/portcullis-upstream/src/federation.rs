@@ -4,8 +4,11 @@
 //! and which SSO sessions an upstream logout ends.
 
 use std::sync::Arc;
+use std::time::Duration;
 
-use portcullis_core::oidc::{FederatedIdentity, IdentityStore, ReplayStore, Unlinked};
+use portcullis_core::oidc::{
+    FederatedIdentity, IdentityStore, ReplayStore, Unlinked, UpstreamSession,
+};
 use portcullis_core::{
     AccountError, Accounts, Acting, Actor, AuthContext, EndReason, Engine, EngineError, EventKind,
     Keyring, Origin, PORTCULLIS_APP, Principal, RandomSource, SSO_POLICY, SealError, Session,
@@ -115,6 +118,11 @@ impl Federation {
             keyring,
             random,
         }
+    }
+
+    /// The injected randomness (`state`, `nonce`, PKCE verifiers, assertion ids).
+    pub fn random(&self) -> &dyn RandomSource {
+        &*self.random
     }
 
     /// Seals `text` for `purpose` (what a browser keeps of a sign-in in progress).
@@ -352,9 +360,32 @@ impl Federation {
         }
     }
 
+    /// Keeps, for `lasts` from now, which person the upstream session of `signed_in` is (when
+    /// its ID token names one), so that a logout token naming only that session finds them.
+    pub async fn remember_session(
+        &self,
+        upstream: &Upstream,
+        signed_in: &UpstreamSignIn,
+        lasts: Duration,
+    ) -> Result<(), FederationError> {
+        let Some(sid) = &signed_in.sid else {
+            return Ok(());
+        };
+        let now = upstream.now();
+        let session = UpstreamSession {
+            issuer: upstream.settings().issuer.clone(),
+            sid: sid.clone(),
+            subject: signed_in.subject.clone(),
+            until: now.plus(lasts),
+        };
+        self.identities.remember_session(&session, now).await?;
+        Ok(())
+    }
+
     /// Ends every live SSO session `logout` names (the upstream session `sid`, or every one the
     /// person `sub` started there), with reason `upstream_logout`; their applications' sessions
-    /// end with them. Answers how many ended. A person who is not linked here has none.
+    /// end with them. Answers how many ended. A person who is not linked here has none; a
+    /// session never kept ([`Federation::remember_session`]) names nobody.
     pub async fn end_vouched_sessions<S: Store>(
         &self,
         engine: &Engine<S>,
@@ -362,11 +393,20 @@ impl Federation {
         logout: &UpstreamLogout,
     ) -> Result<usize, FederationError> {
         let issuer = &upstream.settings().issuer;
-        let Some(subject) = &logout.subject else {
-            // Only `sub` finds the account; a token naming only `sid` is answered 400 by the
-            // caller (Back-Channel Logout §2.8 lets a receiver refuse what it cannot act on).
-            return Ok(0);
+        // A token naming only the session finds its person through what the sign-in kept.
+        let subject = match (&logout.subject, &logout.sid) {
+            (Some(subject), _) => subject.clone(),
+            (None, Some(sid)) => match self
+                .identities
+                .session_subject(issuer, sid, upstream.now())
+                .await?
+            {
+                Some(subject) => subject,
+                None => return Ok(0),
+            },
+            (None, None) => return Ok(0),
         };
+        let subject = &subject;
         let Some(linked) = self.identities.identity(issuer, subject).await? else {
             return Ok(0);
         };

@@ -17,6 +17,13 @@ pub trait UpstreamHttp: Send + Sync + 'static {
     fn send(&self, request: HttpRequest) -> HttpFuture<'_>;
 }
 
+/// Signs the client assertions of `private_key_jwt` (RFC 7523) with a key the upstream can
+/// fetch; the server gives the OpenID Connect provider's own keys.
+pub trait ClientAssertionSigner: Send + Sync + 'static {
+    /// `claims` as a signed JWT, or why it cannot be signed.
+    fn sign(&self, claims: &serde_json::Map<String, serde_json::Value>) -> Result<String, String>;
+}
+
 /// Why an upstream request got no answer, as `openidconnect` wants an error.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]

@@ -20,9 +20,9 @@ mod provider;
 mod settings;
 
 pub use federation::{Federation, FederationError, NoAccount, UPSTREAM_KEY, UpstreamLink};
-pub use http::{HttpFuture, UpstreamHttp};
+pub use http::{ClientAssertionSigner, HttpFuture, UpstreamHttp};
 pub use logout::{LOGOUT_TOKEN_MAX_AGE, UpstreamLogout};
 pub use provider::{
     PENDING_LIFETIME, PendingUpstream, Upstream, UpstreamError, UpstreamHints, UpstreamSignIn,
 };
-pub use settings::{ClaimMapping, UpstreamSettings};
+pub use settings::{ClaimMapping, UpstreamClientAuth, UpstreamSettings};

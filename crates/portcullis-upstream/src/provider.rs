@@ -26,8 +26,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use subtle::ConstantTimeEq as _;
 
-use crate::http::{Adapter, UpstreamHttp};
-use crate::settings::UpstreamSettings;
+use crate::http::{Adapter, ClientAssertionSigner, UpstreamHttp};
+use crate::settings::{UpstreamClientAuth, UpstreamSettings};
 
 /// How long fetched keys are trusted before they are fetched again (so a key the upstream
 /// removed stops verifying within this).
@@ -35,6 +35,10 @@ const KEYS_KEPT: Duration = Duration::from_secs(300);
 /// The least time between two fetches of the keys for an unknown `kid` (tokens naming made-up
 /// keys must not make us hammer the upstream).
 const KEY_REFETCH_GAP: Duration = Duration::from_secs(1);
+/// How long a client assertion we sign is valid (it is used at once).
+const ASSERTION_LIFETIME: Duration = Duration::from_secs(60);
+/// `client_assertion_type` of a JWT assertion (RFC 7523 §2.2).
+const JWT_BEARER_ASSERTION: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
 /// How far in the future an `iat` may be (the upstream's clock may run a little ahead).
 pub(crate) const CLOCK_SKEW: Duration = Duration::from_secs(60);
 /// How long an authorization request may take at the upstream before its answer is refused.
@@ -202,6 +206,7 @@ pub struct Upstream {
     redirect_uri: RedirectUrl,
     http: Arc<dyn UpstreamHttp>,
     clock: Arc<dyn Clock>,
+    assertions: Option<Arc<dyn ClientAssertionSigner>>,
     discovered: tokio::sync::Mutex<Option<Arc<Discovered>>>,
     last_key_refetch: parking_lot::Mutex<Option<Instant>>,
 }
@@ -243,9 +248,16 @@ impl Upstream {
             redirect_uri,
             http,
             clock,
+            assertions: None,
             discovered: tokio::sync::Mutex::new(None),
             last_key_refetch: parking_lot::Mutex::new(None),
         })
+    }
+
+    /// With `signer` signing the client assertions of `private_key_jwt`.
+    pub fn with_client_assertions(mut self, signer: Arc<dyn ClientAssertionSigner>) -> Self {
+        self.assertions = Some(signer);
+        self
     }
 
     /// Its settings.
@@ -300,7 +312,11 @@ impl Upstream {
         let client = RpClient::from_provider_metadata(
             metadata,
             ClientId::new(self.settings.client_id.clone()),
-            Some(ClientSecret::new(self.settings.client_secret.clone())),
+            // Without a secret the client id goes in the body, beside the assertion.
+            match &self.settings.client_auth {
+                UpstreamClientAuth::Secret(secret) => Some(ClientSecret::new(secret.clone())),
+                UpstreamClientAuth::PrivateKeyJwt => None,
+            },
         )
         .set_redirect_uri(self.redirect_uri.clone());
         let (keys, jose_keys) = self.fetch_keys(&jwks_uri).await?;
@@ -426,14 +442,44 @@ impl Upstream {
         Ok((url.to_string(), pending))
     }
 
+    /// A `private_key_jwt` assertion for the token endpoint `audience` (RFC 7523 §3): `iss` and
+    /// `sub` our client id, a fresh `jti`, valid for a minute.
+    fn client_assertion(
+        &self,
+        audience: &str,
+        random: &dyn RandomSource,
+    ) -> Result<String, UpstreamError> {
+        let signer = self.assertions.as_ref().ok_or_else(|| {
+            UpstreamError::Unavailable(
+                "private_key_jwt needs the OpenID Connect provider's keys (set issuer)".into(),
+            )
+        })?;
+        let now = self.clock.now();
+        let mut claims = Map::new();
+        let client_id = Value::from(self.settings.client_id.clone());
+        claims.insert("iss".into(), client_id.clone());
+        claims.insert("sub".into(), client_id);
+        claims.insert("aud".into(), audience.into());
+        claims.insert("jti".into(), random_value(random).into());
+        claims.insert("iat".into(), (now.as_millis() / 1000).into());
+        claims.insert(
+            "exp".into(),
+            (now.plus(ASSERTION_LIFETIME).as_millis() / 1000).into(),
+        );
+        signer
+            .sign(&claims)
+            .map_err(|why| unavailable("the client assertion", why))
+    }
+
     /// Checks the answer to `pending` (`state` and RFC 9207 `iss` as they came back), redeems
-    /// `code` and verifies the ID token.
+    /// `code` (the client assertion's `jti` drawn from `random`) and verifies the ID token.
     pub async fn finish(
         &self,
         pending: &PendingUpstream,
         state: &str,
         iss: Option<&str>,
         code: &str,
+        random: &dyn RandomSource,
     ) -> Result<UpstreamSignIn, UpstreamError> {
         if pending.provider != self.settings.id
             || !bool::from(pending.state.as_bytes().ct_eq(state.as_bytes()))
@@ -462,20 +508,36 @@ impl Upstream {
             _ => {}
         }
         let http = Adapter(self.http.clone());
-        let tokens = discovered
+        let mut exchange = discovered
             .client
             .exchange_code(AuthorizationCode::new(code.to_owned()))
             .map_err(|e| UpstreamError::Invalid(e.to_string()))?
-            .set_pkce_verifier(PkceCodeVerifier::new(pending.verifier.clone()))
-            .request_async(&http)
-            .await
-            .map_err(|e| match e {
-                RequestTokenError::ServerResponse(answer) => {
-                    UpstreamError::Refused(format!("the code exchange: {}", answer.error()))
-                }
-                RequestTokenError::Request(why) => unavailable("the code exchange", why),
-                other => unavailable("the code exchange", error_chain(&other)),
-            })?;
+            .set_pkce_verifier(PkceCodeVerifier::new(pending.verifier.clone()));
+        if self.settings.client_auth == UpstreamClientAuth::PrivateKeyJwt {
+            let audience = discovered
+                .client
+                .token_uri()
+                .map(|uri| uri.url().to_string())
+                .ok_or_else(|| unavailable("discovery", "no token endpoint"))?;
+            exchange = exchange
+                .add_extra_param("client_assertion_type", JWT_BEARER_ASSERTION)
+                .add_extra_param(
+                    "client_assertion",
+                    self.client_assertion(&audience, random)?,
+                );
+        }
+        let tokens = exchange.request_async(&http).await.map_err(|e| match e {
+            RequestTokenError::ServerResponse(answer) => {
+                UpstreamError::Refused(format!("the code exchange: {}", answer.error()))
+            }
+            RequestTokenError::Request(why) => unavailable("the code exchange", why),
+            // An answer that does not parse as a token response (an ID token without
+            // `sub`, say) is the upstream's error, not an outage.
+            RequestTokenError::Parse(why, _) => {
+                UpstreamError::Invalid(format!("the token response: {}", error_chain(&why)))
+            }
+            other => unavailable("the code exchange", error_chain(&other)),
+        })?;
         let id_token = tokens
             .id_token()
             .ok_or_else(|| UpstreamError::Invalid("the token response has no ID token".into()))?;
@@ -579,9 +641,9 @@ impl Upstream {
                 Ok(())
             }
         };
-        IdTokenVerifier::new_confidential_client(
+        // Symmetric algorithms are never allowed below, so no client secret verifies anything.
+        IdTokenVerifier::new_public_client(
             ClientId::new(self.settings.client_id.clone()),
-            ClientSecret::new(self.settings.client_secret.clone()),
             IssuerUrl::new(self.settings.issuer.clone()).expect("checked when made"),
             discovered.keys.clone(),
         )

@@ -23,6 +23,26 @@ impl Default for ClaimMapping {
     }
 }
 
+/// How Portcullis authenticates as a client at an upstream token endpoint.
+#[derive(Clone, PartialEq, Eq)]
+pub enum UpstreamClientAuth {
+    /// `client_secret_basic` with this secret.
+    Secret(String),
+    /// `private_key_jwt`: an assertion signed by the provider's own signing key, which the
+    /// upstream verifies with Portcullis's published key set (`{issuer}/oidc/jwks`, registered
+    /// there as the client's `jwks_uri`), so a key rotation needs nothing done upstream.
+    PrivateKeyJwt,
+}
+
+impl std::fmt::Debug for UpstreamClientAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Secret(_) => f.write_str("Secret(…)"),
+            Self::PrivateKeyJwt => f.write_str("PrivateKeyJwt"),
+        }
+    }
+}
+
 /// One upstream provider.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UpstreamSettings {
@@ -34,8 +54,8 @@ pub struct UpstreamSettings {
     pub issuer: String,
     /// Portcullis's client id there.
     pub client_id: String,
-    /// Portcullis's client secret there (`client_secret_basic`).
-    pub client_secret: String,
+    /// How Portcullis authenticates to its token endpoint.
+    pub client_auth: UpstreamClientAuth,
     /// Scopes asked for besides `openid`.
     pub scopes: Vec<String>,
     /// Which claims name the person.

@@ -197,9 +197,12 @@ pub struct UpstreamConfig {
     pub issuer: String,
     /// Portcullis's client id there.
     pub client_id: String,
+    /// How Portcullis authenticates at its token endpoint.
+    #[serde(default)]
+    pub client_auth: UpstreamAuthMethod,
     /// Portcullis's client secret there (`client_secret_basic`).
-    #[serde(skip_serializing)]
-    pub client_secret: SecretText,
+    #[serde(default, skip_serializing)]
+    pub client_secret: Option<SecretText>,
     /// Scopes asked for besides `openid`.
     #[serde(default = "default_upstream_scopes")]
     pub scopes: Vec<String>,
@@ -229,6 +232,18 @@ pub struct UpstreamConfig {
     /// Whether answers come by `response_mode=form_post`.
     #[serde(default)]
     pub form_post: bool,
+}
+
+/// How Portcullis authenticates at an upstream token endpoint (`client_auth`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UpstreamAuthMethod {
+    /// `client_secret_basic` with `client_secret`.
+    #[default]
+    ClientSecretBasic,
+    /// `private_key_jwt` signed with the provider's own keys; the upstream registers
+    /// `{issuer}/oidc/jwks` as the client's `jwks_uri`.
+    PrivateKeyJwt,
 }
 
 fn default_upstream_scopes() -> Vec<String> {
@@ -544,9 +559,34 @@ impl Config {
             {
                 return Err(invalid(id, "issuer must be an http(s) URL"));
             }
-            if upstream.client_id.is_empty() || upstream.client_secret.0.is_empty() {
-                return Err(invalid(id, "give client_id and client_secret"));
+            if upstream.client_id.is_empty() {
+                return Err(invalid(id, "give client_id"));
             }
+            let secret = upstream
+                .client_secret
+                .as_ref()
+                .map(|s| s.0.clone())
+                .filter(|s| !s.is_empty());
+            let client_auth = match (upstream.client_auth, secret) {
+                (UpstreamAuthMethod::ClientSecretBasic, Some(secret)) => {
+                    portcullis_upstream::UpstreamClientAuth::Secret(secret)
+                }
+                (UpstreamAuthMethod::ClientSecretBasic, None) => {
+                    return Err(invalid(
+                        id,
+                        "give client_secret, or client_auth = \"private_key_jwt\"",
+                    ));
+                }
+                (UpstreamAuthMethod::PrivateKeyJwt, None) => {
+                    portcullis_upstream::UpstreamClientAuth::PrivateKeyJwt
+                }
+                (UpstreamAuthMethod::PrivateKeyJwt, Some(_)) => {
+                    return Err(invalid(
+                        id,
+                        "private_key_jwt uses no client_secret; remove it",
+                    ));
+                }
+            };
             if !(1..=3).contains(&upstream.assurance) {
                 return Err(invalid(id, "assurance is 1, 2 or 3"));
             }
@@ -555,7 +595,7 @@ impl Config {
                 label: upstream.label.clone().unwrap_or_else(|| id.clone()),
                 issuer: upstream.issuer.clone(),
                 client_id: upstream.client_id.clone(),
-                client_secret: upstream.client_secret.0.clone(),
+                client_auth,
                 scopes: upstream.scopes.clone(),
                 claims: portcullis_upstream::ClaimMapping {
                     username: upstream.username_claim.clone(),
@@ -863,6 +903,51 @@ mod tests {
                     .unwrap_err();
                 assert!(err.to_string().contains(needle), "{key}: {err}");
                 jail.clear_env();
+            }
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn upstream_providers_authenticate_with_a_secret_or_private_key_jwt() {
+        Jail::expect_with(|jail| {
+            let key = portcullis_core::Keyring::generate_entry("k1", &portcullis_core::OsRandom);
+            let with = |upstream: &str| {
+                format!(
+                    "issuer = \"https://sso.example\"\nencryption_keys = \"{key}\"\n[upstreams.corp]\nissuer = \"https://idp.example\"\nclient_id = \"portcullis\"\n{upstream}\n"
+                )
+            };
+            let load = |jail: &mut Jail, text: &str| {
+                jail.create_file("upstream.toml", text)?;
+                Ok::<_, figment::Error>(
+                    Config::load(Some(Path::new("upstream.toml")), &Overrides::default())
+                        .and_then(|c| c.upstream_settings()),
+                )
+            };
+            let secret = load(jail, &with("client_secret = \"s3cret\""))?.unwrap();
+            assert_eq!(
+                secret[0].0.client_auth,
+                portcullis_upstream::UpstreamClientAuth::Secret("s3cret".into())
+            );
+            assert_eq!(
+                secret[0].1,
+                "https://sso.example/login/upstream/corp/callback"
+            );
+            let jwt = load(jail, &with("client_auth = \"private_key_jwt\""))?.unwrap();
+            assert_eq!(
+                jwt[0].0.client_auth,
+                portcullis_upstream::UpstreamClientAuth::PrivateKeyJwt
+            );
+            for (upstream, needle) in [
+                ("", "give client_secret"),
+                (
+                    "client_auth = \"private_key_jwt\"\nclient_secret = \"s3cret\"",
+                    "uses no client_secret",
+                ),
+                ("client_auth = \"tls_client_auth\"", "client_auth"),
+            ] {
+                let err = load(jail, &with(upstream))?.unwrap_err();
+                assert!(err.to_string().contains(needle), "{upstream}: {err}");
             }
             Ok(())
         });

@@ -13,13 +13,14 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use http_body_util::BodyExt;
 use hyper::{Method, StatusCode};
+use portcullis_core::oidc::{IdentityStore, ReplayStore};
 use portcullis_core::{
     Accounts, AuditSink, Clock, Engine, MemoryStore, MemoryThrottleStore, MemoryUserStore,
     NoAuditSink, OsRandom, RandomSource, SessionStore, Store, SystemClock, ThrottleStore,
     UserStore,
 };
 use portcullis_http::oidc::backchannel::HttpLogoutSender;
-use portcullis_http::outbound::Outbound;
+use portcullis_http::outbound::{Outbound, ProviderAssertions};
 use portcullis_http::ui::web::{Ui, UiSettings};
 use portcullis_http::{AppState, AuditHealth, Edge, Services, admin_router, api_router};
 use portcullis_oidc::{DeliverySettings, Provider, ProviderSettings, ProviderStores};
@@ -814,8 +815,10 @@ async fn app_state<S: Store>(
         tracing::info!(application = %app.id, name = %app.name, "API keys of the previous release now belong to this application; tighten its grants with `portcullis apps update`");
     }
     let accounts = Arc::new(accounts);
-    let federation = federation(config, &backing.provider, clock.clone(), random.clone())?;
-
+    let upstream_stores = (
+        backing.provider.identities.clone(),
+        backing.provider.replays.clone(),
+    );
     let provider = match config.issuer.as_deref() {
         None => None,
         Some(issuer) => {
@@ -838,6 +841,13 @@ async fn app_state<S: Store>(
             Some(Arc::new(provider))
         }
     };
+    let federation = federation(
+        config,
+        upstream_stores,
+        provider.clone(),
+        clock.clone(),
+        random.clone(),
+    )?;
     Ok(Services {
         engine,
         accounts,
@@ -997,9 +1007,10 @@ enum Opened {
 
 /// The upstream providers of the configuration, calling out through the outbound policy;
 /// `None` when there are none.
-fn federation(
+fn federation<S: Store>(
     config: &Config,
-    stores: &ProviderStores,
+    (identities, replays): (Arc<dyn IdentityStore>, Arc<dyn ReplayStore>),
+    provider: Option<Arc<Provider<S>>>,
     clock: Arc<dyn Clock>,
     random: Arc<dyn RandomSource>,
 ) -> Result<Option<Arc<Federation>>> {
@@ -1018,17 +1029,18 @@ fn federation(
         .into_iter()
         .map(|(settings, callback)| {
             let id = settings.id.clone();
-            Upstream::new(settings, &callback, http.clone(), clock.clone())
-                .map(Arc::new)
-                .with_context(|| format!("upstreams.{id}"))
+            let upstream = Upstream::new(settings, &callback, http.clone(), clock.clone())
+                .with_context(|| format!("upstreams.{id}"))?;
+            Ok(Arc::new(match &provider {
+                Some(provider) => {
+                    upstream.with_client_assertions(Arc::new(ProviderAssertions(provider.clone())))
+                }
+                None => upstream,
+            }))
         })
         .collect::<Result<Vec<_>>>()?;
     Ok(Some(Arc::new(Federation::new(
-        upstreams,
-        stores.identities.clone(),
-        stores.replays.clone(),
-        keyring,
-        random,
+        upstreams, identities, replays, keyring, random,
     ))))
 }
 

@@ -43,13 +43,14 @@ use portcullis_core::{
     Engine, EventKind, EventQuery, Keyring, ManualClock, NoAuditSink, OsRandom, PORTCULLIS_APP,
     PolicySet, Principal, SSO_POLICY, Session, ThrottleStore, Timestamp, User, UserStore,
 };
-use portcullis_http::outbound::{Outbound, OutboundPolicy};
+use portcullis_http::outbound::{Outbound, OutboundPolicy, ProviderAssertions};
 use portcullis_http::peer::Peer;
 use portcullis_http::ui::web::{Ui, UiSettings};
 use portcullis_http::{AppState, Services, api_router};
 use portcullis_oidc::{Provider, ProviderSettings, ProviderStores};
 use portcullis_upstream::{
-    ClaimMapping, Federation, Upstream, UpstreamHttp, UpstreamLink, UpstreamSettings,
+    ClaimMapping, Federation, Upstream, UpstreamClientAuth, UpstreamHttp, UpstreamLink,
+    UpstreamSettings,
 };
 use serde_json::{Map, Value, json};
 use tokio::task::JoinHandle;
@@ -532,7 +533,7 @@ fn corp(issuer: &str) -> UpstreamSettings {
         label: "Corp ID".into(),
         issuer: issuer.into(),
         client_id: CLIENT_ID.into(),
-        client_secret: CLIENT_SECRET.into(),
+        client_auth: UpstreamClientAuth::Secret(CLIENT_SECRET.into()),
         scopes: vec!["openid".into(), "profile".into(), "email".into()],
         claims: ClaimMapping::default(),
         assurance: 2,
@@ -616,6 +617,13 @@ impl Portcullis {
                 .expect("starting the provider"),
             )),
             false => None,
+        };
+        // As `main.rs` does: the provider's keys sign client assertions (`private_key_jwt`).
+        let upstream = match &provider {
+            Some(provider) => {
+                upstream.with_client_assertions(Arc::new(ProviderAssertions(provider.clone())))
+            }
+            None => upstream,
         };
         let federation = Federation::new(
             vec![Arc::new(upstream)],
@@ -1447,12 +1455,12 @@ async fn oidc_core_15_asvs5_10_5_1_10_5_4_id_tokens_failing_their_checks_sign_no
             "{case}: the token was fetched, then refused"
         );
     }
-    // An ID token without `sub` does not parse as a token response at all: the upstream
-    // "answered nonsense", which `UpstreamError::Unavailable` covers (503).
+    // An ID token without `sub` does not parse as a token response at all: an invalid answer
+    // (400), not an outage (the person is not told the provider is down).
     idp.honest();
     idp.tamper(json!({ "sub": null }));
     let answer = portcullis.browser().sign_in_upstream().await;
-    assert_refused(&answer, 503, "cannot be reached", "no sub");
+    assert_refused(&answer, 400, NOT_VALID, "no sub");
 
     assert!(portcullis.linked(&issuer, "carla-0003").await.is_none());
     assert_eq!(portcullis.sso_sessions_created().await, 0);
@@ -1505,9 +1513,10 @@ async fn rfc9700_17_asvs5_10_2_2_an_answer_naming_another_issuer_or_none_is_refu
 
 /// OIDC-BCL-11 / OIDC-BCL-12 / ASVS5-10.5.5 (as receiver of the upstream's logout tokens): a
 /// logout token that fails a check (a nonce, no events, an unknown key, `alg: none`, another
-/// audience, only `sid`) is answered 400 and ends nothing; a valid one ends exactly the SSO
-/// session its `sid` vouched for (`upstream_logout`) and is answered 200 `no-store`; the same
-/// `jti` again is answered 400.
+/// audience) is answered 400 and ends nothing; a valid one ends exactly the SSO session its
+/// `sid` vouched for (`upstream_logout`) and is answered 200 `no-store`; the same `jti` again is
+/// answered 400. A token naming only `sid` finds the person through what the sign-in kept (an
+/// unknown `sid` ends nothing, 200); one naming only `sub` ends every session of the person.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oidc_bcl_11_12_upstream_logout_tokens_end_the_sso_session_they_name() {
     let (_clock, idp, portcullis) = world(|_| {}).await;
@@ -1559,14 +1568,12 @@ async fn oidc_bcl_11_12_upstream_logout_tokens_end_the_sso_session_they_name() {
         signing.sign("logout+jwt", &claims)
     };
     let unknown_key = Key::generate("not-published").sign("logout+jwt", &valid(&idp));
-    let only_sid = signing.sign("logout+jwt", &idp.logout_claims(None, Some("sid-laptop")));
     for (case, token) in [
         ("a nonce", with_nonce),
         ("no events", without_events),
         ("another audience", other_audience),
         ("an unknown key", unknown_key),
         ("alg none", unsigned),
-        ("only sid", only_sid),
     ] {
         let (status, body, cache) = portcullis.upstream_logout(&token).await;
         assert_eq!(status, 400, "{case}: {body}");
@@ -1618,7 +1625,26 @@ async fn oidc_bcl_11_12_upstream_logout_tokens_end_the_sso_session_they_name() {
     let (status, body, _) = portcullis.upstream_logout(&token).await;
     assert_eq!(status, 400, "the same jti again: {body}");
 
+    // `sid` alone: a session nobody signed in with ends nothing; the phone's ends the phone's.
+    let token = signing.sign("logout+jwt", &idp.logout_claims(None, Some("sid-unknown")));
+    let (status, body, _) = portcullis.upstream_logout(&token).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(portcullis.sso_sessions(&user).await.len(), 1);
+    let token = signing.sign("logout+jwt", &idp.logout_claims(None, Some("sid-phone")));
+    let (status, body, _) = portcullis.upstream_logout(&token).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        portcullis.sso_sessions(&user).await.is_empty(),
+        "the phone's session, found by its sid alone"
+    );
+    assert_eq!(phone.get("/account").await.status, 303, "the phone is out");
+
     // `sub` alone ends every SSO session the person started there.
+    for sid in ["sid-tablet", "sid-desktop"] {
+        idp.person(json!({ "sub": "erika-0005", "sid": sid, "preferred_username": "erika" }));
+        assert_signed_in(&portcullis.browser().sign_in_upstream().await, sid);
+    }
+    assert_eq!(portcullis.sso_sessions(&user).await.len(), 2);
     let token = signing.sign("logout+jwt", &idp.logout_claims(Some("erika-0005"), None));
     let (status, body, _) = portcullis.upstream_logout(&token).await;
     assert_eq!(status, 200, "{body}");
@@ -2450,6 +2476,81 @@ async fn nist3_14_sign_out_of_the_upstream_too_through_its_end_session_endpoint(
     assert!(!answer.body.contains("id=\"continue\""));
 }
 
+/// OIDC-RPL-5 with a global logout the application asks for: RP-initiated logout at
+/// Portcullis with `federated` (the parameter Auth0 gives it) ends the SSO session and goes on
+/// to the upstream's end-session endpoint with the upstream's ID token; without it, the person
+/// is signed out here only; a request that must be confirmed offers the upstream box ticked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oidc_rpl_5_an_application_asks_to_sign_out_of_the_upstream_too() {
+    let (_clock, idp, portcullis) = world_with_provider().await;
+    let issuer = idp.issuer().to_owned();
+    let rp = portcullis.register_client("Notes", None).await;
+    idp.person(json!({ "sub": "rhea-0016", "sid": "sid-rhea", "preferred_username": "rhea" }));
+
+    for federated in [true, false] {
+        let mut browser = portcullis.browser();
+        assert_signed_in(&browser.sign_in_upstream().await, "rhea");
+        let user_id = portcullis
+            .linked(&issuer, "rhea-0016")
+            .await
+            .unwrap()
+            .user_id;
+        let session = portcullis.sso_sessions(&user_id).await[0].clone();
+        let upstream_id_token = UpstreamLink::of(&session).unwrap().id_token;
+        let (path, verifier) = authorization(&rp, &[]);
+        let code = code_of(&rp, &browser.get(&path).await);
+        let (status, tokens) = portcullis.redeem(&rp, &code, &verifier).await;
+        assert_eq!(status, 200, "{tokens}");
+        let id_token = tokens["id_token"].as_str().unwrap();
+        let mut params = vec![("id_token_hint", id_token)];
+        if federated {
+            params.push(("federated", ""));
+        }
+        let answer = browser
+            .get(&format!("/oidc/logout?{}", form_body(&params)))
+            .await;
+        assert_eq!(answer.status, 200, "{}", answer.body);
+        assert!(
+            answer.body.contains("You are signed out"),
+            "{}",
+            answer.body
+        );
+        assert!(
+            portcullis.sso_sessions(&user_id).await.is_empty(),
+            "federated={federated}: signed out here"
+        );
+        let continue_to = attribute_after(&answer.body, "id=\"continue\"", "href");
+        if federated {
+            let continue_to = continue_to.expect("on to the upstream");
+            assert!(
+                continue_to.starts_with(&format!("{issuer}/logout?")),
+                "{continue_to}"
+            );
+            let upstream = query_of(&Url::parse(&continue_to).unwrap());
+            assert_eq!(upstream["id_token_hint"], upstream_id_token);
+        } else {
+            assert!(continue_to.is_none(), "{continue_to:?}");
+            assert!(!answer.body.contains(&format!("{issuer}/logout")));
+        }
+    }
+
+    // Without an ID token naming the session, the person confirms; the box comes ticked.
+    let mut browser = portcullis.browser();
+    assert_signed_in(&browser.sign_in_upstream().await, "rhea");
+    let page = browser
+        .get(&format!(
+            "/oidc/logout?{}",
+            form_body(&[("client_id", &rp.id), ("federated", "1")])
+        ))
+        .await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert!(
+        page.body.contains("id=\"sign-out-upstream\" checked"),
+        "{}",
+        page.body
+    );
+}
+
 // ---------------------------------------------------------------------------------------
 // Two Portcullis instances, one upstream of the other: both sides of the protocol ours.
 
@@ -2462,17 +2563,29 @@ async fn chained_get(a: &mut Browser, b: &mut Browser, url: &str) -> Answer {
     }
 }
 
-/// The chain App → Portcullis A → Portcullis B: A signs people in through B's OpenID Connect
-/// provider. Flow 1 (no session anywhere: B asks for the password, then A's SSO session is
-/// made, linked to B's person and B's SSO session by `sid`), flow 3 (A's SSO session: A
-/// answers without visiting B), flow 2 (only B's session: no credentials asked), and logout
-/// at B reaching A by B's own back-channel logout (A's SSO session ends, `upstream_logout`).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn oidc_bcl_chained_portcullis_instances_sign_in_and_log_out_along_the_chain() {
-    let clock = clock_now();
+/// Two Portcullis instances: A signs people in through B's provider (A's client at B
+/// authenticating as `auth` says), and B knows `ada` by her password.
+struct Chain {
+    a: Portcullis,
+    b: Portcullis,
+    ada: User,
+    password: &'static str,
+}
+
+/// How A authenticates at B's token endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ChainAuth {
+    /// A client secret B issued.
+    Secret,
+    /// `private_key_jwt`, B registering A's published key set.
+    PrivateKeyJwt,
+    /// `private_key_jwt`, B registering keys that are not A's.
+    PrivateKeyJwtWrongKeys,
+}
+
+async fn chain(clock: &Arc<ManualClock>, auth: ChainAuth) -> Chain {
     // B: the provider; its own upstream is never asked (discovery is read when first needed).
-    let b = Portcullis::start(&clock, corp("http://127.0.0.1:9"), true).await;
-    let b_provider = b.provider.clone().expect("B's provider is on");
+    let b = Portcullis::start(clock, corp("http://127.0.0.1:9"), true).await;
     let app = b
         .engine
         .add_application(
@@ -2487,14 +2600,27 @@ async fn oidc_bcl_chained_portcullis_instances_sign_in_and_log_out_along_the_cha
     let secret = b.engine.new_client_secret();
     let mut settings = corp(&b.base);
     settings.client_id = app.id.as_str().to_owned();
-    settings.client_secret = secret.expose().to_owned();
     settings.scopes = vec!["openid".into(), "profile".into()];
-    let a = Portcullis::start(&clock, settings, false).await;
+    settings.client_auth = match auth {
+        ChainAuth::Secret => UpstreamClientAuth::Secret(secret.expose().to_owned()),
+        _ => UpstreamClientAuth::PrivateKeyJwt,
+    };
+    // A's provider is on only to sign its client assertions.
+    let a = Portcullis::start(clock, settings, auth != ChainAuth::Secret).await;
+    let client_auth = match auth {
+        ChainAuth::Secret => ClientAuth::Secret(secret.hash()),
+        ChainAuth::PrivateKeyJwt => ClientAuth::PrivateKeyJwt {
+            jwks: a.provider.as_ref().unwrap().keys().jwks().to_owned(),
+        },
+        ChainAuth::PrivateKeyJwtWrongKeys => ClientAuth::PrivateKeyJwt {
+            jwks: b.provider.as_ref().unwrap().keys().jwks().to_owned(),
+        },
+    };
     b.engine
         .register_client(
             app.id.as_str(),
             Some(Client {
-                auth: ClientAuth::Secret(secret.hash()),
+                auth: client_auth,
                 redirect_uris: vec![format!("{}/login/upstream/{PROVIDER}/callback", a.base)],
                 post_logout_redirect_uris: vec![format!(
                     "{}/login/upstream/{PROVIDER}/signed-out",
@@ -2521,6 +2647,29 @@ async fn oidc_bcl_chained_portcullis_instances_sign_in_and_log_out_along_the_cha
         .add_user("ada", password, &Actor::cli())
         .await
         .unwrap();
+    Chain {
+        a,
+        b,
+        ada,
+        password,
+    }
+}
+
+/// The chain App → Portcullis A → Portcullis B: A signs people in through B's OpenID Connect
+/// provider. Flow 1 (no session anywhere: B asks for the password, then A's SSO session is
+/// made, linked to B's person and B's SSO session by `sid`), flow 3 (A's SSO session: A
+/// answers without visiting B), flow 2 (only B's session: no credentials asked), and logout
+/// at B reaching A by B's own back-channel logout (A's SSO session ends, `upstream_logout`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oidc_bcl_chained_portcullis_instances_sign_in_and_log_out_along_the_chain() {
+    let clock = clock_now();
+    let Chain {
+        a,
+        b,
+        ada,
+        password,
+    } = chain(&clock, ChainAuth::Secret).await;
+    let b_provider = b.provider.clone().expect("B's provider is on");
     let (mut at_a, mut at_b) = (a.browser(), b.browser());
 
     // Flow 1: nobody signed in anywhere.
@@ -2636,4 +2785,48 @@ async fn oidc_bcl_chained_portcullis_instances_sign_in_and_log_out_along_the_cha
         Some("/login?return_to=/account"),
         "the browser at A must sign in again"
     );
+}
+
+/// OIDC-CORE-9 (`private_key_jwt`) / RFC 7523, Portcullis as the client: A authenticates at B's
+/// token endpoint with an assertion signed by A's own provider key, which B verifies with A's
+/// published key set. B registering other keys refuses the code exchange (`invalid_client`):
+/// nobody is signed in at A, and the page says B did not sign the person in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oidc_core_9_portcullis_authenticates_upstream_with_private_key_jwt() {
+    let clock = clock_now();
+    for (auth, signs_in) in [
+        (ChainAuth::PrivateKeyJwtWrongKeys, false),
+        (ChainAuth::PrivateKeyJwt, true),
+    ] {
+        let Chain {
+            a,
+            b,
+            ada,
+            password,
+        } = chain(&clock, auth).await;
+        let (mut at_a, mut at_b) = (a.browser(), b.browser());
+        let authorize = at_a.go_upstream("?return_to=/account").await;
+        at_b.get(authorize.as_str()).await;
+        let signed_in_at_b = at_b
+            .sign_in_with_password_to("ada", password, "/oidc/authorize/resume")
+            .await;
+        assert_eq!(signed_in_at_b.status, 303, "{}", signed_in_at_b.body);
+        let resumed = at_b.get("/oidc/authorize/resume").await;
+        let callback = resumed.location.clone().expect("B answers A");
+        let answer = chained_get(&mut at_a, &mut at_b, &callback).await;
+        let linked = a.linked(&b.base, &ada.id).await;
+        if signs_in {
+            assert_signed_in(&answer, "A's assertion verified by A's keys");
+            let linked = linked.expect("A's account linked to B's person");
+            assert_eq!(a.sso_sessions(&linked.user_id).await.len(), 1);
+        } else {
+            assert_refused(
+                &answer,
+                403,
+                "did not sign you in",
+                "an assertion B cannot verify",
+            );
+            assert!(linked.is_none(), "{auth:?}: nobody signed in at A");
+        }
+    }
 }

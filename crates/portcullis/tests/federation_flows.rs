@@ -43,9 +43,10 @@ use axum::routing::get;
 use axum::{Json, Router};
 use portcullis_core::{AccountError, Clock, OsRandom, PORTCULLIS_APP, Principal, SSO_POLICY};
 use portcullis_http::oidc::backchannel::OutboundPolicy;
-use portcullis_http::outbound::Outbound;
+use portcullis_http::outbound::{Outbound, ProviderAssertions};
 use portcullis_upstream::{
-    ClaimMapping, Federation, Upstream, UpstreamHttp, UpstreamLink, UpstreamSettings,
+    ClaimMapping, Federation, Upstream, UpstreamClientAuth, UpstreamHttp, UpstreamLink,
+    UpstreamSettings,
 };
 use serde_json::{Value, json};
 use tokio::process::Command;
@@ -55,10 +56,9 @@ use apps::{
     assert_node_example_installed, build_axum_example, run_script, start_until,
 };
 
-/// Portcullis's client id at the upstream.
+/// Portcullis's client id at the upstream, where it authenticates with `private_key_jwt`: the
+/// provider verifies its assertions with Portcullis's published keys (`{issuer}/oidc/jwks`).
 const UPSTREAM_CLIENT_ID: &str = "portcullis";
-/// Its secret there (a test's).
-const UPSTREAM_CLIENT_SECRET: &str = "portcullis-at-corp-in-a-test";
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -76,7 +76,7 @@ fn corp(parts: FederationParts<'_>, issuer: &str) -> Arc<Federation> {
         label: "Corp".into(),
         issuer: issuer.into(),
         client_id: UPSTREAM_CLIENT_ID.into(),
-        client_secret: UPSTREAM_CLIENT_SECRET.into(),
+        client_auth: UpstreamClientAuth::PrivateKeyJwt,
         scopes: vec!["profile".into(), "email".into()],
         claims: ClaimMapping::default(),
         assurance: 1,
@@ -98,7 +98,8 @@ fn corp(parts: FederationParts<'_>, issuer: &str) -> Arc<Federation> {
         http,
         clock,
     )
-    .expect("the upstream corp");
+    .expect("the upstream corp")
+    .with_client_assertions(Arc::new(ProviderAssertions(parts.provider.clone())));
     Arc::new(Federation::new(
         vec![Arc::new(upstream)],
         parts.stores.identities.clone(),
@@ -202,7 +203,7 @@ async fn federation_sign_in_flows_and_logouts_across_upstream_portcullis_and_two
         .current_dir(&browser_dir)
         .env("PORT", port)
         .env("CLIENT_ID", UPSTREAM_CLIENT_ID)
-        .env("CLIENT_SECRET", UPSTREAM_CLIENT_SECRET)
+        .env("CLIENT_JWKS_URI", format!("{base}/oidc/jwks"))
         .env(
             "REDIRECT_URI",
             format!("{base}/login/upstream/corp/callback"),

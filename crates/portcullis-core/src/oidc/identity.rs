@@ -25,6 +25,20 @@ pub struct FederatedIdentity {
     pub linked_at: Timestamp,
 }
 
+/// An upstream session that vouched for a sign-in here: which person it is, so that a logout
+/// token naming only the session (`sid`, Back-Channel Logout §2.4) finds them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamSession {
+    /// The upstream's issuer.
+    pub issuer: String,
+    /// The upstream session (`sid`).
+    pub sid: String,
+    /// The person's `sub` there.
+    pub subject: String,
+    /// Until when it is kept: no SSO session it vouched for lives longer.
+    pub until: Timestamp,
+}
+
 /// What [`IdentityStore::unlink`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Unlinked {
@@ -62,11 +76,32 @@ pub trait IdentityStore: Send + Sync + 'static {
         subject: &'a str,
         keep_one: bool,
     ) -> ProviderFuture<'a, Unlinked>;
+
+    /// Keeps `session` until its `until` (a later `until` for the same session wins; one
+    /// already kept for another subject is replaced), forgetting some that ran out by `now`.
+    fn remember_session<'a>(
+        &'a self,
+        session: &'a UpstreamSession,
+        now: Timestamp,
+    ) -> ProviderFuture<'a, ()>;
+
+    /// The person the upstream session `sid` at `issuer` belongs to, while kept (`until` after
+    /// `now`).
+    fn session_subject<'a>(
+        &'a self,
+        issuer: &'a str,
+        sid: &'a str,
+        now: Timestamp,
+    ) -> ProviderFuture<'a, Option<String>>;
 }
 
 /// Federated identities in process memory (tests and `memory://`).
 #[derive(Debug, Default)]
-pub struct MemoryIdentityStore(Mutex<HashMap<(String, String), FederatedIdentity>>);
+pub struct MemoryIdentityStore {
+    links: Mutex<HashMap<(String, String), FederatedIdentity>>,
+    /// (issuer, sid) → (subject, until).
+    sessions: Mutex<HashMap<(String, String), (String, Timestamp)>>,
+}
 
 impl MemoryIdentityStore {
     /// An empty store.
@@ -78,7 +113,7 @@ impl MemoryIdentityStore {
 impl IdentityStore for MemoryIdentityStore {
     fn link<'a>(&'a self, identity: &'a FederatedIdentity) -> ProviderFuture<'a, bool> {
         let key = (identity.issuer.clone(), identity.subject.clone());
-        let linked = match self.0.lock().entry(key) {
+        let linked = match self.links.lock().entry(key) {
             std::collections::hash_map::Entry::Occupied(_) => false,
             std::collections::hash_map::Entry::Vacant(slot) => {
                 slot.insert(identity.clone());
@@ -94,7 +129,7 @@ impl IdentityStore for MemoryIdentityStore {
         subject: &'a str,
     ) -> ProviderFuture<'a, Option<FederatedIdentity>> {
         let found = self
-            .0
+            .links
             .lock()
             .get(&(issuer.to_owned(), subject.to_owned()))
             .cloned();
@@ -103,7 +138,7 @@ impl IdentityStore for MemoryIdentityStore {
 
     fn identities_of<'a>(&'a self, user_id: &'a str) -> ProviderFuture<'a, Vec<FederatedIdentity>> {
         let mut found: Vec<_> = self
-            .0
+            .links
             .lock()
             .values()
             .filter(|i| i.user_id == user_id)
@@ -122,7 +157,7 @@ impl IdentityStore for MemoryIdentityStore {
         subject: &'a str,
         keep_one: bool,
     ) -> ProviderFuture<'a, Unlinked> {
-        let mut identities = self.0.lock();
+        let mut identities = self.links.lock();
         let key = (issuer.to_owned(), subject.to_owned());
         let answer = if identities.get(&key).is_none_or(|i| i.user_id != user_id) {
             Unlinked::NotLinked
@@ -133,5 +168,36 @@ impl IdentityStore for MemoryIdentityStore {
             Unlinked::Done
         };
         Box::pin(async move { Ok(answer) })
+    }
+
+    fn remember_session<'a>(
+        &'a self,
+        session: &'a UpstreamSession,
+        now: Timestamp,
+    ) -> ProviderFuture<'a, ()> {
+        let mut sessions = self.sessions.lock();
+        sessions.retain(|_, (_, until)| *until > now);
+        let key = (session.issuer.clone(), session.sid.clone());
+        let until = match sessions.get(&key) {
+            Some((subject, until)) if *subject == session.subject => (*until).max(session.until),
+            _ => session.until,
+        };
+        sessions.insert(key, (session.subject.clone(), until));
+        Box::pin(async move { Ok(()) })
+    }
+
+    fn session_subject<'a>(
+        &'a self,
+        issuer: &'a str,
+        sid: &'a str,
+        now: Timestamp,
+    ) -> ProviderFuture<'a, Option<String>> {
+        let found = self
+            .sessions
+            .lock()
+            .get(&(issuer.to_owned(), sid.to_owned()))
+            .filter(|(_, until)| *until > now)
+            .map(|(subject, _)| subject.clone());
+        Box::pin(async move { Ok(found) })
     }
 }

@@ -25,7 +25,9 @@ pub use delivery::{
     Attempt, AttemptOutcome, DELIVERY_KEPT, DeliveryQuery, DeliveryState, LogoutDelivery,
     LogoutDeliveryStore, MemoryDeliveryStore, newest_first,
 };
-pub use identity::{FederatedIdentity, IdentityStore, MemoryIdentityStore, Unlinked};
+pub use identity::{
+    FederatedIdentity, IdentityStore, MemoryIdentityStore, Unlinked, UpstreamSession,
+};
 pub use keys::{MemorySigningKeyStore, SigningAlg, SigningKey, SigningKeyStore};
 pub use refresh::{
     MemoryRefreshTokenStore, REFRESH_RETRY_GRACE, RefreshToken, RefreshTokenStore, Rotated,

@@ -5,7 +5,9 @@
 //! only where the provider allows.
 //!
 //! The person is asked unless an ID token we issued names the very SSO session the browser
-//! holds (OIDC-RPL-5); someone not signed in is simply signed out (OIDC-RPL-10).
+//! holds (OIDC-RPL-5); someone not signed in is simply signed out (OIDC-RPL-10). A client may
+//! ask, with `federated`, that an SSO session started upstream end there too; the confirmation
+//! page then offers it ticked.
 
 use axum::extract::{Form, Query, State};
 use axum::http::{StatusCode, header};
@@ -16,7 +18,7 @@ use portcullis_core::oidc::origin_of;
 use portcullis_oidc::{LogoutParams, LogoutRequest, Provider, ProviderOr};
 
 use super::logout::{end_sso_session, signed_out_page};
-use super::session::{SignedIn, current};
+use super::session::current;
 use super::web::{Browser, PageError, content_security_policy, csrf_matches};
 use super::{PageResult, page, see_other};
 use crate::AppState;
@@ -36,7 +38,8 @@ pub(super) async fn end_session_page<S: Store>(
     match signed_in {
         None => Ok(signed_out(&state, &request)),
         Some(signed_in) if request.sid.as_ref() == Some(&signed_in.session().id) => {
-            sign_out(&state, &signed_in, &request).await
+            let upstream = params.federated.is_some();
+            end_sso_session(&state, &signed_in, request.redirect.as_deref(), upstream).await
         }
         Some(signed_in) => {
             let client = match &request.client {
@@ -59,6 +62,7 @@ pub(super) async fn end_session_page<S: Store>(
                     client_id => params.client_id,
                     post_logout_redirect_uri => params.post_logout_redirect_uri,
                     state => params.state,
+                    federated => params.federated.is_some(),
                 },
             );
             if let Some(origin) = request.redirect.as_deref().and_then(origin_of) {
@@ -131,6 +135,7 @@ fn logout_query(params: &LogoutParams) -> String {
         ("post_logout_redirect_uri", &params.post_logout_redirect_uri),
         ("state", &params.state),
         ("ui_locales", &params.ui_locales),
+        ("federated", &params.federated),
     ] {
         if let Some(value) = value {
             query.append_pair(name, value);
@@ -164,15 +169,6 @@ async fn checked<S: Store>(
             Err(PageError::Unavailable)
         }
     }
-}
-
-/// Ends the SSO session (every application session under it ends with it) and leaves.
-async fn sign_out<S: Store>(
-    state: &AppState<S>,
-    signed_in: &SignedIn,
-    request: &LogoutRequest,
-) -> PageResult {
-    end_sso_session(state, signed_in, request.redirect.as_deref(), false).await
 }
 
 /// Someone not signed in: back to the application where allowed, else the signed-out page.

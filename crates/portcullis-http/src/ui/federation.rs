@@ -183,7 +183,7 @@ async fn begin(
     return_to: String,
     link_to: Option<String>,
 ) -> Result<Result<(String, String), UpstreamError>, PageError> {
-    let (url, pending) = match upstream.begin(&portcullis_core::OsRandom, hints).await {
+    let (url, pending) = match upstream.begin(federation.random(), hints).await {
         Ok(begun) => begun,
         Err(err) => return Ok(Err(err)),
     };
@@ -325,7 +325,13 @@ async fn finish<S: Store>(
         return Ok(invalid("this answer was used already"));
     }
     let signed_in = match upstream
-        .finish(&flow.pending, answered_state, answer.iss.as_deref(), code)
+        .finish(
+            &flow.pending,
+            answered_state,
+            answer.iss.as_deref(),
+            code,
+            federation.random(),
+        )
         .await
     {
         Ok(signed_in) => signed_in,
@@ -377,6 +383,21 @@ async fn finish<S: Store>(
             ));
         }
     };
+    // No SSO session lives longer than its policy's longest lifetime; until then a logout
+    // token naming only the upstream session must find the person.
+    let lasts = state
+        .engine
+        .policies()
+        .get(portcullis_core::SSO_POLICY)
+        .map(|p| p.absolute.value.max(p.remember_me_absolute.value))
+        .ok_or(PageError::Internal)?;
+    federation
+        .remember_session(upstream, &signed_in, lasts)
+        .await
+        .map_err(|err| {
+            tracing::error!(error = %err, "the identity store cannot keep the upstream session");
+            PageError::Unavailable
+        })?;
     // The same person, signed in here through the same upstream, authenticated there again
     // (an application asked for `max_age`, `prompt=login` or more assurance): their SSO session
     // is re-authenticated, so the applications' sessions under it carry on.
@@ -566,12 +587,6 @@ pub async fn backchannel_logout<S: Store>(
             );
         }
     };
-    if logout.subject.is_none() {
-        return logout_answer(
-            StatusCode::BAD_REQUEST,
-            Some("a logout token must name the person (sub)"),
-        );
-    }
     let now = state.engine.now();
     match federation
         .first_use(

@@ -445,6 +445,48 @@ scenario("7_after_the_external_logout_the_external_provider_asks_again", async (
   await sessionTree(sso.id, [A]);
 });
 
+scenario("8_logout_from_an_application_asking_for_the_external_provider_too", async () => {
+  // The person is signed in at A (scenario 7) and, by single sign-on, at B.
+  const third = await localSession(A);
+  await singleSignOn(B, third);
+  const { sso } = await theSsoSession();
+  const children = await sessionTree(sso.id, [A, B]);
+  assert.ok(await upstreamSession(), "a session at the provider");
+
+  // B's "Sign out everywhere": its session ends, then RP-initiated logout at Portcullis with
+  // `federated`; Portcullis ends the SSO session and its children and passes the browser to the
+  // provider's end-session endpoint, which asks the person.
+  await page.goto(`${B.url}/`);
+  const { navigations } = await traced(async () => {
+    await page.click("#sign-out-everywhere");
+    await page.locator("button[name=logout][value=yes]").waitFor();
+  });
+  const chain = describe(navigations);
+  console.log(`     global logout: ${chain}`);
+  const atPortcullis = navigations.find((n) => n.url.startsWith(`${BASE}/oidc/logout?`));
+  assert.ok(atPortcullis, `through Portcullis's end-session endpoint: ${chain}`);
+  assert.ok(new URL(atPortcullis.url).searchParams.has("federated"), atPortcullis.url);
+  assert.ok(navigations.some((n) => n.url.startsWith(`${UPSTREAM}/session/end`)), `on to the provider: ${chain}`);
+  await shot("16-external-provider-asks-to-sign-out-after-a-global-logout");
+  const { live, ended } = await sessionsOf();
+  assert.deepEqual(live, [], "the SSO session and both applications' sessions at Portcullis ended");
+  assert.ok(ended.some((e) => e.session === sso.id && e.reason === "logout"), JSON.stringify(ended));
+  for (const child of children) {
+    assert.ok(ended.some((e) => e.session === child && e.reason === "parent_ended"), JSON.stringify(ended));
+  }
+  assert.deepEqual(await localSession(B), { signed_in: false }, "B ended its own session first");
+
+  // The person confirms at the provider: its session ends, and the browser comes back through
+  // Portcullis to B.
+  await page.click("button[name=logout][value=yes]");
+  await page.waitForURL((u) => u.href.startsWith(`${B.url}/signed-out`));
+  assert.match(await page.locator("#signed-out").innerText(), /of this application and of Portcullis/);
+  await shot("17-application-b-signed-out-everywhere");
+  assert.equal(await upstreamSession(), undefined, "no session at the provider");
+  // A is told by back-channel logout, as after any ending.
+  await backChannelDelivered(children);
+});
+
 let failed = 0;
 for (const { name, run } of scenarios) {
   const started = Date.now();

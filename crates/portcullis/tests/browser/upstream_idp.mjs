@@ -7,7 +7,10 @@
 // Back-channel logout is on: when a person's session here ends (its end-session page), a
 // logout token (`sub`, `sid`) is posted to Portcullis's back-channel endpoint.
 //
-// Env: PORT, CLIENT_ID, CLIENT_SECRET, REDIRECT_URI, POST_LOGOUT_REDIRECT_URI,
+// Portcullis authenticates at the token endpoint with `private_key_jwt`: its client assertions
+// are verified with the keys Portcullis publishes at CLIENT_JWKS_URI (its provider's JWKS).
+//
+// Env: PORT, CLIENT_ID, CLIENT_JWKS_URI, REDIRECT_URI, POST_LOGOUT_REDIRECT_URI,
 // BACKCHANNEL_LOGOUT_URI. Prints `ready <issuer>` on stdout when listening.
 import { createServer } from 'node:http';
 import { generateKeyPairSync } from 'node:crypto';
@@ -24,14 +27,14 @@ function signingKey(kid) {
 const provider = new Provider(issuer, {
   clients: [{
     client_id: process.env.CLIENT_ID,
-    client_secret: process.env.CLIENT_SECRET,
+    jwks_uri: process.env.CLIENT_JWKS_URI,
     redirect_uris: [process.env.REDIRECT_URI],
     post_logout_redirect_uris: [process.env.POST_LOGOUT_REDIRECT_URI],
     backchannel_logout_uri: process.env.BACKCHANNEL_LOGOUT_URI,
     backchannel_logout_session_required: true,
     response_types: ['code'],
     grant_types: ['authorization_code'],
-    token_endpoint_auth_method: 'client_secret_basic',
+    token_endpoint_auth_method: 'private_key_jwt',
     id_token_signed_response_alg: 'ES256',
   }],
   jwks: { keys: [signingKey(`upstream-${process.pid}`)] },

@@ -237,6 +237,8 @@ pub struct FederationParts<'a> {
     pub keyring: &'a Keyring,
     /// Portcullis's clock.
     pub clock: Arc<ManualClock>,
+    /// Its OpenID Connect provider (its keys sign client assertions, `private_key_jwt`).
+    pub provider: &'a Arc<Provider<Store>>,
 }
 
 /// Portcullis in-process: HTTPS on a loopback port, SQLite in a temporary directory.
@@ -308,23 +310,24 @@ impl Portcullis {
             "https://localhost:{}",
             listener.local_addr().unwrap().port()
         );
-        let federation = federate(FederationParts {
-            issuer: &issuer,
-            stores: &stores,
-            keyring: &keyring,
-            clock: clock.clone(),
-        });
         let provider = Provider::start(
             engine.clone(),
             accounts.clone(),
-            stores,
-            keyring,
+            stores.clone(),
+            keyring.clone(),
             Arc::new(OsRandom),
             ProviderSettings::new(&issuer),
         )
         .await
         .expect("starting the provider");
         let provider = Arc::new(provider);
+        let federation = federate(FederationParts {
+            issuer: &issuer,
+            stores: &stores,
+            keyring: &keyring,
+            clock: clock.clone(),
+            provider: &provider,
+        });
         let state = AppState::new(Services {
             engine: Arc::clone(&engine),
             accounts: Arc::clone(&accounts),
