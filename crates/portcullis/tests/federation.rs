@@ -2319,6 +2319,78 @@ async fn asvs4_3_6_1_oidc_core_3_4_reauthentication_goes_upstream_and_elevates_t
     assert!(idp.refusals().is_empty(), "{:?}", idp.refusals());
 }
 
+/// ASVS5-6.2.3 / ASVS4-3.6.1 for an account the upstream made (no password here): a sensitive
+/// account page asks to confirm it is them, offering only "Confirm with Corp ID", which signs
+/// in there again (`prompt=login`, `max_age=0`) and elevates the same SSO session: the page
+/// then opens. Posting a password instead gets nowhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn asvs5_6_2_3_an_upstream_account_confirms_it_is_them_upstream() {
+    let (clock, idp, portcullis) = world(|_| {}).await;
+    let issuer = idp.issuer().to_owned();
+    idp.person(json!({ "sub": "uma-0017", "sid": "sid-uma", "preferred_username": "uma" }));
+    let mut browser = portcullis.browser();
+    assert_signed_in(&browser.sign_in_upstream().await, "uma");
+    let user = portcullis
+        .linked(&issuer, "uma-0017")
+        .await
+        .unwrap()
+        .user_id;
+    let before = portcullis.sso_sessions(&user).await[0].clone();
+    // Past the 10 minutes a sign-in counts as recent, within the 15 of idleness.
+    clock.advance(Duration::from_secs(11 * 60));
+
+    let asked = browser.get("/account/two-factor").await;
+    assert_eq!(asked.status, 303, "{}", asked.body);
+    let reauth = asked.location.expect("to confirm first");
+    assert!(reauth.starts_with("/reauth?"), "{reauth}");
+    let page = browser.get(&reauth).await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert!(
+        !page.body.contains("name=\"password\""),
+        "no password to give"
+    );
+    let href = attribute_after(&page.body, "id=\"reauth-upstream\"", "href")
+        .unwrap_or_else(|| panic!("a way to confirm upstream: {}", page.body));
+    assert!(page.body.contains("Confirm with Corp ID"), "{}", page.body);
+
+    let csrf = hidden(&browser.get("/account").await.body, "csrf");
+    let guessed = browser
+        .post(
+            "/reauth",
+            &[
+                ("csrf", &csrf),
+                ("return_to", "/account/two-factor"),
+                ("password", ""),
+            ],
+        )
+        .await;
+    assert_eq!(guessed.status, 401, "{}", guessed.body);
+
+    let started = browser.get(&href).await;
+    assert_eq!(started.status, 303, "{}", started.body);
+    let authorize = Url::parse(started.location.as_deref().unwrap()).unwrap();
+    let sent = query_of(&authorize);
+    assert_eq!(
+        sent.get("prompt").map(String::as_str),
+        Some("login"),
+        "{sent:?}"
+    );
+    assert_eq!(
+        sent.get("max_age").map(String::as_str),
+        Some("0"),
+        "{sent:?}"
+    );
+    let callback = browser.upstream_answers(&authorize).await;
+    let back = browser.get(callback.as_str()).await;
+    assert_eq!(back.status, 303, "{}", back.body);
+    assert_eq!(back.location.as_deref(), Some("/account/two-factor"));
+    let sessions = portcullis.sso_sessions(&user).await;
+    assert_eq!(sessions.len(), 1);
+    assert_eq!(sessions[0].id, before.id, "the same SSO session, elevated");
+    assert!(sessions[0].elevations.len() > before.elevations.len());
+    assert_eq!(browser.get("/account/two-factor").await.status, 200);
+}
+
 /// A client registered with `upstream = corp` sends a person who is not signed in to that
 /// provider, not to the password form; one without sends them to the password form.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

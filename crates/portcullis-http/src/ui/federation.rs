@@ -124,6 +124,9 @@ fn failure_page<S: Store>(
 pub(super) struct StartQuery {
     return_to: Option<String>,
     login_hint: Option<String>,
+    /// Present when the person confirms it is them before an account change (`/reauth`): the
+    /// upstream is asked for credentials again (`prompt=login`, `max_age=0`).
+    reauth: Option<String>,
 }
 
 /// What an application's authorization in progress in this browser asks of the sign-in,
@@ -156,7 +159,11 @@ pub(super) async fn start<S: Store>(
 ) -> PageResult {
     let federation = federation_of(&state)?;
     let upstream = upstream_of(federation, &id)?;
-    let hints = hints_of(&state, &browser, query.login_hint);
+    let mut hints = hints_of(&state, &browser, query.login_hint);
+    if query.reauth.is_some() {
+        hints.force_login = true;
+        hints.max_age = Some(std::time::Duration::ZERO);
+    }
     let return_to = safe_return_to(query.return_to.as_deref());
     let (url, sealed) = match begin(federation, upstream, &hints, return_to, None).await? {
         Ok(begun) => begun,
@@ -630,9 +637,16 @@ pub(super) fn upstream_label<S: Store>(
     state: &AppState<S>,
     signed_in: &SignedIn,
 ) -> Option<String> {
+    session_upstream(state, signed_in).map(|upstream| upstream.settings().label.clone())
+}
+
+/// The configured upstream provider whose session vouches for `signed_in`, if any.
+pub(super) fn session_upstream<'s, S: Store>(
+    state: &'s AppState<S>,
+    signed_in: &SignedIn,
+) -> Option<&'s Arc<Upstream>> {
     let link = UpstreamLink::of(signed_in.session())?;
-    let upstream = state.federation.as_ref()?.upstream(&link.provider)?;
-    Some(upstream.settings().label.clone())
+    state.federation.as_ref()?.upstream(&link.provider)
 }
 
 /// What the browser keeps while it signs out upstream: where to go when it comes back.

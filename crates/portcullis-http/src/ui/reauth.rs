@@ -1,6 +1,7 @@
 //! Re-authentication (`/reauth`): the password (and the code, when two-factor is on) again
-//! before an account change. Success elevates the session for account changes, rotates its
-//! token and returns to the page that asked.
+//! before an account change, or, for a session an upstream provider vouches for, a sign-in
+//! there again (`ui::federation`'s callback elevates the same session). Success elevates the
+//! session for account changes, rotates its token and returns to the page that asked.
 
 use axum::extract::{Form, Query, State};
 use axum::http::{StatusCode, header};
@@ -46,7 +47,9 @@ pub(super) async fn reauth_page<S: Store>(
     ))
 }
 
-/// The form, asking for a code too when the account has two-factor on.
+/// The form, asking for a code too when the account has two-factor on; for a session an
+/// upstream provider vouches for, a way to confirm there instead (an account made by that
+/// provider has no password to give).
 fn reauth_form<S: Store>(
     state: &AppState<S>,
     signed_in: &SignedIn,
@@ -55,6 +58,7 @@ fn reauth_form<S: Store>(
     error: Option<&str>,
     status: StatusCode,
 ) -> Response {
+    let upstream = super::federation::session_upstream(state, signed_in);
     page(
         state,
         status,
@@ -62,7 +66,14 @@ fn reauth_form<S: Store>(
         Some(signed_in),
         context! {
             return_to => return_to,
+            password => user.has_password(),
             totp => user.totp.is_some(),
+            upstream => upstream.map(|u| u.settings().label.clone()),
+            upstream_href => upstream.map(|u| format!(
+                "/login/upstream/{}?return_to={}&reauth=1",
+                u.settings().id,
+                encode_query(return_to)
+            )),
             error => error,
         },
     )
