@@ -2902,3 +2902,64 @@ async fn oidc_core_9_portcullis_authenticates_upstream_with_private_key_jwt() {
         }
     }
 }
+
+/// OIDC-RPL-5 along the chain, both sides ours: a person signed in at A through B signs out at
+/// A asking to sign out of B too; A's signed-out page continues to B's end-session endpoint with
+/// B's ID token, B ends its SSO session without asking (the hint names the browser's session)
+/// and returns to A's signed-out URI with A's state, and A shows the signed-out page. Neither
+/// instance has a live SSO session of the person afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oidc_rpl_5_chained_signing_out_at_a_signs_out_at_b_too() {
+    let clock = clock_now();
+    let Chain {
+        a,
+        b,
+        ada,
+        password,
+    } = chain(&clock, ChainAuth::Secret).await;
+    let (mut at_a, mut at_b) = (a.browser(), b.browser());
+    let authorize = at_a.go_upstream("?return_to=/account").await;
+    at_b.get(authorize.as_str()).await;
+    at_b.sign_in_with_password_to("ada", password, "/oidc/authorize/resume")
+        .await;
+    let resumed = at_b.get("/oidc/authorize/resume").await;
+    let callback = resumed.location.clone().expect("B answers A");
+    assert_signed_in(
+        &chained_get(&mut at_a, &mut at_b, &callback).await,
+        "signed in at A through B",
+    );
+    let linked = a.linked(&b.base, &ada.id).await.unwrap();
+    assert_eq!(a.sso_sessions(&linked.user_id).await.len(), 1);
+    assert_eq!(b.sso_sessions(&ada.id).await.len(), 1);
+
+    let page = at_a.get("/logout").await;
+    assert!(page.body.contains("name=\"upstream\""), "{}", page.body);
+    let out = at_a
+        .post(
+            "/logout",
+            &[("csrf", &hidden(&page.body, "csrf")), ("upstream", "1")],
+        )
+        .await;
+    assert_eq!(out.status, 200, "{}", out.body);
+    assert!(a.sso_sessions(&linked.user_id).await.is_empty(), "out at A");
+    let continue_to = attribute_after(&out.body, "id=\"continue\"", "href").expect("on to B");
+    assert!(
+        continue_to.starts_with(&format!("{}/oidc/logout?", b.base)),
+        "{continue_to}"
+    );
+    let at_b_logout = chained_get(&mut at_a, &mut at_b, &continue_to).await;
+    assert_eq!(
+        at_b_logout.status, 303,
+        "B signs out at once: {}",
+        at_b_logout.body
+    );
+    assert!(b.sso_sessions(&ada.id).await.is_empty(), "out at B");
+    let back = at_b_logout.location.expect("back to A");
+    assert!(
+        back.starts_with(&format!("{}/login/upstream/{PROVIDER}/signed-out?", a.base)),
+        "{back}"
+    );
+    let signed_out = chained_get(&mut at_a, &mut at_b, &back).await;
+    assert_eq!(signed_out.status, 200, "{}", signed_out.body);
+    assert!(signed_out.body.contains("You are signed out"));
+}
