@@ -3,8 +3,21 @@
 //! [`MemoryJournal`]; the embedded SQLite store is one over its SQLite journal (DESIGN §7).
 //!
 //! Reads (validation) take one shard's read lock. Changes are serialised by one async writer
-//! lock: the plan is made from memory, written to the journal, and only then applied to memory,
-//! so a failed write changes nothing and concurrent creates cannot overshoot a session limit.
+//! lock, so concurrent creates cannot overshoot a session limit. How a change reaches the
+//! journal depends on the journal:
+//! - one without a queue ([`Journal::enqueue`] answers `None`, the memory journals): the plan is
+//!   made from memory, written to the journal, and only then applied to memory, all under the
+//!   lock, so a failed write changes nothing;
+//! - one with a queue (SQLite's group commit): under the lock the change is queued, behind every
+//!   change queued before it, and applied to memory; the lock is released and the caller waits
+//!   for the journal to say the change is durable before it answers. Changes that arrive while
+//!   the journal writes leave together in its next transaction. A change is acknowledged only
+//!   once durable, and what memory shows early is never handed out (a token made by a change is
+//!   returned only with its acknowledgement). When a queued change fails, the journal fails
+//!   every change queued after it (each was planned on top of it), and the next change reloads
+//!   memory from what is durable ([`Journal::reload`]) before it is planned: memory never stays
+//!   ahead of the journal.
+//!
 //! Touches do not take the writer lock; they are queued and written by [`SessionStore::flush`].
 
 use std::collections::{BTreeSet, HashMap};
@@ -92,6 +105,45 @@ pub trait Journal: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Vec<AuditEvent>, StoreError>> + Send;
     /// Whether the journal answers.
     fn ping(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Queues `change` behind every change queued before it, at once (not when the answer is
+    /// awaited), and answers with what says when it is durable; `None` for a journal without a
+    /// queue, whose [`Journal::commit`] the cache awaits under its lock instead. A journal that
+    /// queues fails every change queued after a failed one until [`Journal::reload`].
+    fn enqueue(&self, _change: Change) -> Option<CommitTicket> {
+        None
+    }
+
+    /// Everything durable, read again after a queued change failed; the journal queues again
+    /// from then on. Only journals that queue are asked.
+    fn reload(&self) -> impl Future<Output = Result<Snapshot, StoreError>> + Send {
+        async {
+            Err(StoreError::Unavailable(
+                "this journal keeps nothing to reload".into(),
+            ))
+        }
+    }
+}
+
+/// The answer of a queued change: resolves once it is durable, or failed.
+#[derive(Debug)]
+pub struct CommitTicket(tokio::sync::oneshot::Receiver<Result<(), StoreError>>);
+
+impl CommitTicket {
+    /// A ticket and the sender its journal answers through.
+    pub fn new() -> (tokio::sync::oneshot::Sender<Result<(), StoreError>>, Self) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        (tx, Self(rx))
+    }
+
+    /// Waits for the journal's answer; a journal gone without answering failed the change.
+    pub async fn durable(self) -> Result<(), StoreError> {
+        self.0.await.unwrap_or_else(|_| {
+            Err(StoreError::Unavailable(
+                "the journal's writer stopped".into(),
+            ))
+        })
+    }
 }
 
 /// A journal that keeps events and back-channel logout deliveries in memory and persists
@@ -176,7 +228,11 @@ pub struct CachedStore<J> {
     api_keys: RwLock<HashMap<TokenHash, ApiKey, GeneratedTokens>>,
     applications: RwLock<HashMap<AppId, Application>>,
     writer: tokio::sync::Mutex<WriterState>,
+    /// A queued change failed: memory may be ahead of the journal until it is reloaded.
+    stale: std::sync::atomic::AtomicBool,
 }
+
+type WriterGuard<'a> = tokio::sync::MutexGuard<'a, WriterState>;
 
 impl<J> std::fmt::Debug for CachedStore<J> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -217,6 +273,7 @@ impl<J: Journal> CachedStore<J> {
                 next_seq: snapshot.last_seq + 1,
                 ..WriterState::default()
             }),
+            stale: std::sync::atomic::AtomicBool::new(false),
         };
         {
             let mut state = store
@@ -228,6 +285,46 @@ impl<J: Journal> CachedStore<J> {
             }
         }
         store
+    }
+
+    /// The writer lock, with memory agreeing with the journal: after a queued change failed,
+    /// memory is first read again from what is durable (every change queued after the failed
+    /// one has failed too by then: the journal refuses them until it reloads).
+    async fn write_lock(&self) -> Result<WriterGuard<'_>, StoreError> {
+        use std::sync::atomic::Ordering;
+        let mut state = self.writer.lock().await;
+        if self.stale.load(Ordering::Acquire) {
+            let snapshot = self.journal.reload().await?;
+            self.replace_all(&mut state, snapshot);
+            self.stale.store(false, Ordering::Release);
+        }
+        Ok(state)
+    }
+
+    /// Replaces everything in memory with `snapshot`.
+    fn replace_all(&self, state: &mut WriterState, snapshot: Snapshot) {
+        for shard in &self.by_hash {
+            shard.write().clear();
+        }
+        self.by_id.write().clear();
+        self.deadlines.lock().clear();
+        *self.api_keys.write() = snapshot
+            .api_keys
+            .into_iter()
+            .map(|k| (k.key_hash, k))
+            .collect();
+        *self.applications.write() = snapshot
+            .applications
+            .into_iter()
+            .map(|a| (a.id.clone(), a))
+            .collect();
+        *state = WriterState {
+            next_seq: snapshot.last_seq + 1,
+            ..WriterState::default()
+        };
+        for session in snapshot.sessions {
+            self.apply(state, Arc::new(session));
+        }
     }
 
     /// The journal behind the cache.
@@ -329,6 +426,9 @@ impl<J: Journal> CachedStore<J> {
             .write()
             .remove(&session.token_hash);
         remove_from(&mut state.tombstones, &session.subject, id);
+        if let Some(ended) = &session.ended {
+            state.purges.remove(&(ended.purge_at, id.clone()));
+        }
     }
 
     fn stamp(state: &mut WriterState, events: &mut [AuditEvent]) {
@@ -338,18 +438,37 @@ impl<J: Journal> CachedStore<J> {
         }
     }
 
-    /// Writes `change` through the journal, then applies it to memory.
+    /// Writes `change` through the journal and applies it to memory, releasing the writer lock
+    /// (`state`) before waiting when the journal queues (see the module documentation).
     async fn commit(
         &self,
-        state: &mut WriterState,
+        mut state: WriterGuard<'_>,
         mut change: Change,
     ) -> Result<Vec<AuditEvent>, StoreError> {
         let first_seq = state.next_seq;
-        Self::stamp(state, &mut change.events);
+        Self::stamp(&mut state, &mut change.events);
+        if let Some(ticket) = self.journal.enqueue(change.clone()) {
+            self.apply_change(&mut state, &change);
+            drop(state);
+            if let Err(err) = ticket.durable().await {
+                self.stale.store(true, std::sync::atomic::Ordering::Release);
+                // Reloaded now rather than at the next change, so that reads stop showing what
+                // did not become durable; if the journal cannot answer, the next change tries.
+                let _ = self.write_lock().await;
+                return Err(err);
+            }
+            return Ok(change.events);
+        }
         if let Err(err) = self.journal.commit(&change).await {
             state.next_seq = first_seq;
             return Err(err);
         }
+        self.apply_change(&mut state, &change);
+        Ok(change.events)
+    }
+
+    /// Makes memory agree with `change`.
+    fn apply_change(&self, state: &mut WriterState, change: &Change) {
         for id in &change.purged {
             self.forget(state, id);
         }
@@ -371,7 +490,6 @@ impl<J: Journal> CachedStore<J> {
                 apps.remove(id);
             }
         }
-        Ok(change.events)
     }
 
     /// Adds to `change` the ending of live session `id` and, recursively, of its live children.
@@ -435,7 +553,7 @@ impl<J: Journal> SessionStore for CachedStore<J> {
     }
 
     async fn insert(&self, insert: Insert) -> Result<Inserted, StoreError> {
-        let mut state = self.writer.lock().await;
+        let state = self.write_lock().await?;
         let mut change = Change::default();
         let mut session = insert.session;
         let now = session.created_at;
@@ -488,7 +606,7 @@ impl<J: Journal> SessionStore for CachedStore<J> {
             .events
             .insert(0, plan::created_event(&session, &insert.actor));
         change.sessions.push(Arc::clone(&session));
-        let events = self.commit(&mut state, change).await?;
+        let events = self.commit(state, change).await?;
         Ok(Inserted { session, events })
     }
 
@@ -498,7 +616,7 @@ impl<J: Journal> SessionStore for CachedStore<J> {
         next: Session,
         event: AuditEvent,
     ) -> Result<Option<(Arc<Session>, AuditEvent)>, StoreError> {
-        let mut state = self.writer.lock().await;
+        let state = self.write_lock().await?;
         let current = self.get_by_id(&next.id);
         if !current.is_some_and(|c| c.is_live() && c.version == version) {
             return Ok(None);
@@ -509,7 +627,7 @@ impl<J: Journal> SessionStore for CachedStore<J> {
             events: vec![event],
             ..Change::default()
         };
-        let mut events = self.commit(&mut state, change).await?;
+        let mut events = self.commit(state, change).await?;
         Ok(Some((next, events.remove(0))))
     }
 
@@ -549,12 +667,12 @@ impl<J: Journal> SessionStore for CachedStore<J> {
     }
 
     async fn end(&self, id: &SessionId, ending: Ending) -> Result<EndedSessions, StoreError> {
-        let mut state = self.writer.lock().await;
+        let state = self.write_lock().await?;
         let mut change = Change::default();
         let Some(ended) = self.plan_end(&state, id, &ending, ending.reason, &mut change) else {
             return Ok(EndedSessions::default());
         };
-        let events = self.commit(&mut state, change).await?;
+        let events = self.commit(state, change).await?;
         Ok(EndedSessions {
             sessions: vec![ended],
             events,
@@ -568,7 +686,7 @@ impl<J: Journal> SessionStore for CachedStore<J> {
         except: Option<&SessionId>,
         ending: Ending,
     ) -> Result<EndedSessions, StoreError> {
-        let mut state = self.writer.lock().await;
+        let state = self.write_lock().await?;
         let mut change = Change::default();
         let ids: Vec<SessionId> = state.subjects.get(subject).cloned().unwrap_or_default();
         let mut sessions = Vec::new();
@@ -585,7 +703,7 @@ impl<J: Journal> SessionStore for CachedStore<J> {
         if change.sessions.is_empty() {
             return Ok(EndedSessions::default());
         }
-        let events = self.commit(&mut state, change).await?;
+        let events = self.commit(state, change).await?;
         Ok(EndedSessions { sessions, events })
     }
 
@@ -648,7 +766,7 @@ impl<J: Journal> SessionStore for CachedStore<J> {
     }
 
     async fn purge(&self, now: Timestamp) -> Result<usize, StoreError> {
-        let mut state = self.writer.lock().await;
+        let state = self.write_lock().await?;
         let expired: Vec<(Timestamp, SessionId)> = state
             .purges
             .range(..=(now, PublicId::from_string(String::from("\u{10FFFF}"))))
@@ -662,20 +780,17 @@ impl<J: Journal> SessionStore for CachedStore<J> {
             purged: expired.iter().map(|(_, id)| id.clone()).collect(),
             ..Change::default()
         };
-        self.commit(&mut state, change).await?;
-        for entry in &expired {
-            state.purges.remove(entry);
-        }
+        self.commit(state, change).await?;
         Ok(expired.len())
     }
 
     async fn append_event(&self, event: AuditEvent) -> Result<AuditEvent, StoreError> {
-        let mut state = self.writer.lock().await;
+        let state = self.write_lock().await?;
         let change = Change {
             events: vec![event],
             ..Change::default()
         };
-        let mut events = self.commit(&mut state, change).await?;
+        let mut events = self.commit(state, change).await?;
         Ok(events.remove(0))
     }
 
@@ -715,7 +830,7 @@ impl<J: Journal> ApplicationStore for CachedStore<J> {
         app: Application,
         event: AuditEvent,
     ) -> Result<AuditEvent, StoreError> {
-        let mut state = self.writer.lock().await;
+        let state = self.write_lock().await?;
         if self
             .applications
             .read()
@@ -729,7 +844,7 @@ impl<J: Journal> ApplicationStore for CachedStore<J> {
             events: vec![event],
             ..Change::default()
         };
-        let mut events = self.commit(&mut state, change).await?;
+        let mut events = self.commit(state, change).await?;
         Ok(events.remove(0))
     }
 
@@ -749,7 +864,7 @@ impl<J: Journal> ApplicationStore for CachedStore<J> {
         next: Application,
         event: AuditEvent,
     ) -> Result<Option<AuditEvent>, StoreError> {
-        let mut state = self.writer.lock().await;
+        let state = self.write_lock().await?;
         {
             let apps = self.applications.read();
             if apps.get(&next.id).is_none_or(|a| a.version != version) {
@@ -767,7 +882,7 @@ impl<J: Journal> ApplicationStore for CachedStore<J> {
             events: vec![event],
             ..Change::default()
         };
-        let mut events = self.commit(&mut state, change).await?;
+        let mut events = self.commit(state, change).await?;
         Ok(Some(events.remove(0)))
     }
 
@@ -776,7 +891,7 @@ impl<J: Journal> ApplicationStore for CachedStore<J> {
         id: &AppId,
         event: AuditEvent,
     ) -> Result<Option<AuditEvent>, StoreError> {
-        let mut state = self.writer.lock().await;
+        let state = self.write_lock().await?;
         if !self.applications.read().contains_key(id) {
             return Ok(None);
         }
@@ -785,20 +900,20 @@ impl<J: Journal> ApplicationStore for CachedStore<J> {
             events: vec![event],
             ..Change::default()
         };
-        let mut events = self.commit(&mut state, change).await?;
+        let mut events = self.commit(state, change).await?;
         Ok(Some(events.remove(0)))
     }
 }
 
 impl<J: Journal> ApiKeyStore for CachedStore<J> {
     async fn add_api_key(&self, key: ApiKey, event: AuditEvent) -> Result<AuditEvent, StoreError> {
-        let mut state = self.writer.lock().await;
+        let state = self.write_lock().await?;
         let change = Change {
             api_keys: vec![key],
             events: vec![event],
             ..Change::default()
         };
-        let mut events = self.commit(&mut state, change).await?;
+        let mut events = self.commit(state, change).await?;
         Ok(events.remove(0))
     }
 
@@ -818,7 +933,7 @@ impl<J: Journal> ApiKeyStore for CachedStore<J> {
         at: Timestamp,
         event: AuditEvent,
     ) -> Result<Option<(ApiKey, AuditEvent)>, StoreError> {
-        let mut state = self.writer.lock().await;
+        let state = self.write_lock().await?;
         let Some(mut key) = self
             .api_keys
             .read()
@@ -834,7 +949,7 @@ impl<J: Journal> ApiKeyStore for CachedStore<J> {
             events: vec![event],
             ..Change::default()
         };
-        let mut events = self.commit(&mut state, change).await?;
+        let mut events = self.commit(state, change).await?;
         Ok(Some((key, events.remove(0))))
     }
 }

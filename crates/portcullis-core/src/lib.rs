@@ -35,7 +35,9 @@ pub use application::{
     ANY_POLICY, AppId, Application, ApplicationStore, Grant, LEGACY_APP, PORTCULLIS_APP, Principal,
     RESERVED_POLICY_PREFIX, Reach, SSO_POLICY, is_reserved_policy, legacy_app, portcullis_app,
 };
-pub use cache::{CachedStore, Change, Journal, MemoryJournal, MemoryStore, Snapshot, Touch};
+pub use cache::{
+    CachedStore, Change, CommitTicket, Journal, MemoryJournal, MemoryStore, Snapshot, Touch,
+};
 pub use engine::{
     ApplicationChange, Elevate, Engine, EngineError, EngineSettings, Issued, NewSession, Rejection,
     RemovedApplication, SweepReport, Validated,

@@ -358,3 +358,72 @@ async fn the_providers_records_survive_reopen() {
         Some(consent)
     );
 }
+
+/// Group commit's failure path: a change whose transaction fails is refused, and the cache
+/// reloads what is durable at once, so nothing of it shows (no session listed for its subject),
+/// the store takes changes again, and reopening finds exactly what was acknowledged.
+#[tokio::test]
+async fn a_failed_queued_change_is_refused_and_memory_goes_back_to_what_is_durable() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("portcullis.db");
+    let clock = Arc::new(ManualClock::default());
+    let cli = Actor::cli();
+    let operator = Principal::operator();
+    let (alice, carol) = {
+        let store = portcullis_store_sqlite::open(&path).await.unwrap();
+        let engine = Engine::new(
+            store,
+            PolicySet::default(),
+            clock.clone(),
+            Arc::new(OsRandom),
+        );
+        engine.add_application(named("shop"), &cli).await.unwrap();
+        let (key_secret, _) = engine.create_api_key("shop", "shop", &cli).await.unwrap();
+        let shop = engine
+            .authenticate_api_key(key_secret.expose())
+            .await
+            .unwrap()
+            .unwrap();
+        let alice = engine.create(request("alice"), &shop).await.unwrap();
+
+        // Another connection makes SQLite refuse any session of `doomed`.
+        let options = sqlx::sqlite::SqliteConnectOptions::new().filename(&path);
+        let mut other = <sqlx::SqliteConnection as sqlx::Connection>::connect_with(&options)
+            .await
+            .unwrap();
+        sqlx::query(
+            "CREATE TRIGGER refuse_doomed BEFORE INSERT ON sessions
+             WHEN NEW.subject = 'doomed' BEGIN SELECT RAISE(ABORT, 'refused by the test'); END",
+        )
+        .execute(&mut other)
+        .await
+        .unwrap();
+
+        let refused = engine.create(request("doomed"), &shop).await;
+        assert!(
+            matches!(refused, Err(EngineError::Store(_))),
+            "{:?}",
+            refused.map(|i| i.session.id.clone())
+        );
+        assert!(
+            engine
+                .list_subject("doomed", true, &operator)
+                .await
+                .unwrap()
+                .is_empty(),
+            "nothing of the refused change is in memory"
+        );
+        engine
+            .validate(alice.token.expose(), false, &Device::default(), &shop)
+            .await
+            .expect("what was durable before is still there");
+        let carol = engine.create(request("carol"), &shop).await.unwrap();
+        (alice, carol)
+    };
+    let store = portcullis_store_sqlite::open(&path).await.unwrap();
+    for (subject, issued) in [("alice", &alice), ("carol", &carol)] {
+        let found = store.find_by_id(&issued.session.id).await.unwrap();
+        assert!(found.is_some_and(|s| s.is_live()), "{subject}");
+    }
+    assert!(store.list_subject("doomed").await.unwrap().is_empty());
+}
