@@ -56,10 +56,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use portcullis_core::{
     AuditEvent, BackendError, CachedStore, Change, CommitTicket, EventQuery, Journal, PublicId,
-    Snapshot, StoreError, StoredApiKey, StoredSession, Touch,
+    Session, SessionId, Snapshot, StoreError, StoredApiKey, StoredSession, Touch,
 };
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Row, Sqlite, SqlitePool, Transaction};
+use sqlx::{
+    ConnectOptions as _, Connection as _, Row, Sqlite, SqliteConnection, SqlitePool, Transaction,
+};
 use tokio::sync::{mpsc, oneshot};
 
 /// The SQLite-backed store.
@@ -108,7 +110,7 @@ enum Job {
 /// The writer task: batches what is queued into transactions, answers each change after its
 /// transaction commits (or failed).
 async fn write_queued(
-    pool: SqlitePool,
+    mut conn: SqliteConnection,
     mut jobs: mpsc::UnboundedReceiver<Job>,
     failed: Arc<AtomicBool>,
 ) {
@@ -133,7 +135,7 @@ async fn write_queued(
         } else if changes.is_empty() {
             Ok(())
         } else {
-            write_batch(&pool, &changes)
+            write_batch(&mut conn, &changes)
                 .await
                 .map_err(|err| err.to_string())
         };
@@ -158,14 +160,12 @@ async fn write_queued(
 }
 
 /// Writes `changes` in one `BEGIN IMMEDIATE` transaction, in order.
-async fn write_batch(pool: &SqlitePool, changes: &[&Change]) -> Result<(), StoreError> {
-    let mut tx = pool
+async fn write_batch(conn: &mut SqliteConnection, changes: &[&Change]) -> Result<(), StoreError> {
+    let mut tx = conn
         .begin_with("BEGIN IMMEDIATE")
         .await
         .map_err(unavailable)?;
-    for change in changes {
-        write_change(&mut tx, change).await?;
-    }
+    write_changes(&mut tx, changes).await?;
     tx.commit().await.map_err(unavailable)
 }
 
@@ -191,20 +191,34 @@ pub async fn open(path: &Path) -> Result<SqliteStore, OpenError> {
         .create_if_missing(true)
         .journal_mode(SqliteJournalMode::Wal)
         .synchronous(SqliteSynchronous::Full)
+        // Checkpoints every 32 MiB of WAL rather than 4: a page written again and again (the
+        // tables' last pages, the indexes' hot ones) is copied to the database once per
+        // checkpoint, and each checkpoint waits for the disk.
+        .pragma("wal_autocheckpoint", "8192")
         .busy_timeout(Duration::from_secs(5));
-    // The writer's, and readers' and the other stores' beside it.
     let pool = SqlitePoolOptions::new()
-        .max_connections(3)
-        .connect_with(options)
+        .max_connections(2)
+        .connect_with(options.clone())
         .await
         .map_err(|source| OpenError::Open {
             path: display,
             source,
         })?;
     MIGRATOR.run(&pool).await?;
+    // The writer's own connection, so its page cache stays warm from one batch to the next.
+    // Its page cache: 64 MiB, so the pages its batches write again are at hand.
+    let writer = options
+        .clone()
+        .pragma("cache_size", "-65536")
+        .connect()
+        .await
+        .map_err(|source| OpenError::Open {
+            path: path.display().to_string(),
+            source,
+        })?;
     let (queue, jobs) = mpsc::unbounded_channel();
     let failed = Arc::new(AtomicBool::new(false));
-    tokio::spawn(write_queued(pool.clone(), jobs, failed.clone()));
+    tokio::spawn(write_queued(writer, jobs, failed.clone()));
     let journal = SqliteJournal {
         pool,
         queue,
@@ -358,53 +372,126 @@ fn events_sql(query: &EventQuery) -> String {
     sql
 }
 
-/// Writes `change` in `tx`.
-async fn write_change(tx: &mut Transaction<'_, Sqlite>, change: &Change) -> Result<(), StoreError> {
-    for id in &change.purged {
-        sqlx::query("DELETE FROM sessions WHERE id = ?1")
-            .bind(id.as_str())
+/// Rows per multi-row statement: 7 parameters each, well under SQLite's 32,766.
+const ROWS_PER_STATEMENT: usize = 1000;
+
+/// Deletes the sessions `ids`.
+async fn delete_sessions(
+    tx: &mut Transaction<'_, Sqlite>,
+    ids: &[&SessionId],
+) -> Result<(), StoreError> {
+    for chunk in ids.chunks(ROWS_PER_STATEMENT) {
+        let mut delete = sqlx::QueryBuilder::<Sqlite>::new("DELETE FROM sessions WHERE id IN (");
+        let mut list = delete.separated(", ");
+        for id in chunk {
+            list.push_bind(id.as_str());
+        }
+        delete.push(")");
+        delete
+            .build()
             .execute(&mut **tx)
             .await
             .map_err(unavailable)?;
     }
-    for session in &change.sessions {
-        let body =
-            serde_json::to_string(&StoredSession::from(session.as_ref())).map_err(corrupt)?;
-        sqlx::query(
-            "INSERT INTO sessions (id, token_hash, subject, live, next_deadline, purge_at, body)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
-                 ON CONFLICT (id) DO UPDATE SET token_hash = excluded.token_hash,
-                   live = excluded.live, next_deadline = excluded.next_deadline,
-                   purge_at = excluded.purge_at, body = excluded.body",
-        )
-        .bind(session.id.as_str())
-        .bind(session.token_hash.to_hex())
-        .bind(&session.subject)
-        .bind(session.is_live())
-        .bind(session.next_deadline().0.as_millis())
-        .bind(session.ended.as_ref().map(|e| e.purge_at.as_millis()))
-        .bind(body)
-        .execute(&mut **tx)
-        .await
-        .map_err(unavailable)?;
+    Ok(())
+}
+
+/// Writes `sessions` whole, in order (a later row of the same session wins).
+async fn upsert_sessions(
+    tx: &mut Transaction<'_, Sqlite>,
+    sessions: &[&Arc<Session>],
+) -> Result<(), StoreError> {
+    for chunk in sessions.chunks(ROWS_PER_STATEMENT) {
+        let bodies = chunk
+            .iter()
+            .map(|s| serde_json::to_string(&StoredSession::from(s.as_ref())).map_err(corrupt))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut insert = sqlx::QueryBuilder::<Sqlite>::new(
+            "INSERT INTO sessions (id, token_hash, subject, live, next_deadline, purge_at, body) ",
+        );
+        insert.push_values(chunk.iter().zip(bodies), |mut row, (session, body)| {
+            row.push_bind(session.id.as_str())
+                .push_bind(session.token_hash.to_hex())
+                .push_bind(session.subject.as_str())
+                .push_bind(session.is_live())
+                .push_bind(session.next_deadline().0.as_millis())
+                .push_bind(session.ended.as_ref().map(|e| e.purge_at.as_millis()))
+                .push_bind(body);
+        });
+        insert.push(
+            " ON CONFLICT (id) DO UPDATE SET token_hash = excluded.token_hash,
+               live = excluded.live, next_deadline = excluded.next_deadline,
+               purge_at = excluded.purge_at, body = excluded.body",
+        );
+        insert
+            .build()
+            .execute(&mut **tx)
+            .await
+            .map_err(unavailable)?;
     }
-    for event in &change.events {
-        let body = serde_json::to_string(event).map_err(corrupt)?;
-        sqlx::query(
-            "INSERT INTO events (seq, at, kind, subject, session_id, application, body)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-        )
-        .bind(seq_param(event.seq))
-        .bind(event.at.as_millis())
-        .bind(event.kind.as_str())
-        .bind(event.subject.as_deref())
-        .bind(event.session_id.as_ref().map(|id| id.as_str()))
-        .bind(event.application.as_ref().map(|id| id.as_str()))
-        .bind(body)
-        .execute(&mut **tx)
-        .await
-        .map_err(unavailable)?;
+    Ok(())
+}
+
+/// Appends `events`.
+async fn insert_events(
+    tx: &mut Transaction<'_, Sqlite>,
+    events: &[&AuditEvent],
+) -> Result<(), StoreError> {
+    for chunk in events.chunks(ROWS_PER_STATEMENT) {
+        let bodies = chunk
+            .iter()
+            .map(|e| serde_json::to_string(e).map_err(corrupt))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut insert = sqlx::QueryBuilder::<Sqlite>::new(
+            "INSERT INTO events (seq, at, kind, subject, session_id, application, body) ",
+        );
+        insert.push_values(chunk.iter().zip(bodies), |mut row, (event, body)| {
+            row.push_bind(seq_param(event.seq))
+                .push_bind(event.at.as_millis())
+                .push_bind(event.kind.as_str())
+                .push_bind(event.subject.as_deref())
+                .push_bind(event.session_id.as_ref().map(|id| id.as_str()))
+                .push_bind(event.application.as_ref().map(|id| id.as_str()))
+                .push_bind(body);
+        });
+        insert
+            .build()
+            .execute(&mut **tx)
+            .await
+            .map_err(unavailable)?;
     }
+    Ok(())
+}
+
+/// Writes `changes` in `tx`, in order: the sessions and events of all of them in a few
+/// multi-row statements, the rest (deliveries, keys, applications: rare) change by change.
+/// Purges go first; no change purges a session that another change of the same batch writes
+/// (a purged session ended past its retention, and nothing changes such a session), and a batch
+/// where one would is written change by change all the same.
+async fn write_changes(
+    tx: &mut Transaction<'_, Sqlite>,
+    changes: &[&Change],
+) -> Result<(), StoreError> {
+    let purged: Vec<&SessionId> = changes.iter().flat_map(|c| &c.purged).collect();
+    let sessions: Vec<&Arc<Session>> = changes.iter().flat_map(|c| &c.sessions).collect();
+    if changes.len() > 1 && sessions.iter().any(|s| purged.contains(&&s.id)) {
+        for change in changes {
+            Box::pin(write_changes(tx, &[change])).await?;
+        }
+        return Ok(());
+    }
+    delete_sessions(tx, &purged).await?;
+    upsert_sessions(tx, &sessions).await?;
+    let events: Vec<&AuditEvent> = changes.iter().flat_map(|c| &c.events).collect();
+    insert_events(tx, &events).await?;
+    for change in changes {
+        write_rest(tx, change).await?;
+    }
+    Ok(())
+}
+
+/// Writes what of `change` is not sessions or events.
+async fn write_rest(tx: &mut Transaction<'_, Sqlite>, change: &Change) -> Result<(), StoreError> {
     for delivery in &change.deliveries {
         deliveries::insert_new(tx, delivery).await?;
     }
