@@ -10,9 +10,12 @@
 //! failed transaction fails its changes and every change queued after them, until the cache has
 //! reloaded what is durable ([`Journal::reload`]).
 //!
-//! Durability: WAL with `synchronous = FULL`, so an acknowledged change survives a crash, a
-//! `kill -9` of the process and a power loss: each transaction's commit waits for the disk,
-//! and group commit shares that wait among the changes that arrived together.
+//! Durability: the journal's writer runs WAL with `synchronous = FULL`, so an acknowledged
+//! change of sessions, keys, applications or events survives a crash, a `kill -9` of the process
+//! and a power loss: each transaction's commit waits for the disk, and group commit shares that
+//! wait among the changes that arrived together. The other stores of the file write on pooled
+//! connections with `synchronous = NORMAL`: their changes survive a crash or `kill -9` at once,
+//! and a power loss from the journal's next commit on.
 //!
 //! Accounts, sign-in failure counts and the OpenID Connect provider's codes, signing keys,
 //! refresh tokens, consents and back-channel logout deliveries live in the same file, each
@@ -190,7 +193,11 @@ pub async fn open(path: &Path) -> Result<SqliteStore, OpenError> {
         .filename(path)
         .create_if_missing(true)
         .journal_mode(SqliteJournalMode::Wal)
-        .synchronous(SqliteSynchronous::Full)
+        // The other stores' writes (codes, refresh tokens, throttle, …) are one transaction each
+        // on these connections: each waiting for the disk would hold SQLite's one write lock that
+        // long. They reach the disk with the writer's next commit (a WAL fsync covers every frame
+        // before it), or a checkpoint.
+        .synchronous(SqliteSynchronous::Normal)
         // Checkpoints every 32 MiB of WAL rather than 4: a page written again and again (the
         // tables' last pages, the indexes' hot ones) is copied to the database once per
         // checkpoint, and each checkpoint waits for the disk.
@@ -206,9 +213,11 @@ pub async fn open(path: &Path) -> Result<SqliteStore, OpenError> {
         })?;
     MIGRATOR.run(&pool).await?;
     // The writer's own connection, so its page cache stays warm from one batch to the next.
-    // Its page cache: 64 MiB, so the pages its batches write again are at hand.
+    // Its page cache: 64 MiB, so the pages its batches write again are at hand. Each commit
+    // waits for the disk: what it acknowledges survives a power cut.
     let writer = options
         .clone()
+        .synchronous(SqliteSynchronous::Full)
         .pragma("cache_size", "-65536")
         .connect()
         .await
