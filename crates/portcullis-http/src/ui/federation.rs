@@ -169,17 +169,22 @@ pub(super) async fn start<S: Store>(
         Ok(begun) => begun,
         Err(failed) => return Ok(failure_page(&state, upstream, &failed)),
     };
-    let mut response = see_other(&url);
+    let response = see_other(&url);
+    Ok(with_pending(response, upstream, &sealed))
+}
+
+/// `response` setting the browser's cookie of the sign-in in progress upstream (`sealed`).
+fn with_pending(mut response: Response, upstream: &Upstream, sealed: &str) -> Response {
     response.headers_mut().append(
         header::SET_COOKIE,
         set_cookie(
             UPSTREAM_COOKIE,
-            &sealed,
+            sealed,
             same_site(upstream),
             Some(PENDING_LIFETIME),
         ),
     );
-    Ok(response)
+    response
 }
 
 /// A new request upstream and its sealed [`Flow`] for the browser's cookie.
@@ -235,23 +240,14 @@ pub(super) async fn start_link<S: Store>(
         Err(failed) => return Ok(failure_page(&state, upstream, &failed)),
     };
     let label = &upstream.settings().label;
-    let mut response = page(
+    let response = page(
         &state,
         StatusCode::OK,
         "continue.html",
         Some(&signed_in),
         context! { heading => format!("Going to {label}…"), continue_to => url },
     );
-    response.headers_mut().append(
-        header::SET_COOKIE,
-        set_cookie(
-            UPSTREAM_COOKIE,
-            &sealed,
-            same_site(upstream),
-            Some(PENDING_LIFETIME),
-        ),
-    );
-    Ok(response)
+    Ok(with_pending(response, upstream, &sealed))
 }
 
 /// The upstream's answer, as a redirect's query or a `form_post` form.
