@@ -5,25 +5,27 @@
 //! are loaded back. Validation never reads SQLite (DESIGN §7).
 //!
 //! **Group commit.** The journal queues changes ([`Journal::enqueue`]) for one writer task, which
-//! takes every change waiting when it starts a transaction (up to [`MAX_BATCH`]), writes them in
+//! takes every job waiting when it starts a transaction (up to [`MAX_BATCH`]), writes them in
 //! queue order in one `BEGIN IMMEDIATE` transaction and answers each once it has committed. A
-//! failed transaction fails its changes and every change queued after them, until the cache has
-//! reloaded what is durable ([`Journal::reload`]).
+//! failed transaction fails its jobs and every change queued after them, until the cache has
+//! reloaded what is durable ([`Journal::reload`]). The writes of the OpenID Connect provider's
+//! busiest entities, refresh tokens and authorization codes, go through the same writer, so a
+//! refresh grant's rotation shares its transaction with whatever else arrived with it.
 //!
-//! Durability: the journal's writer runs WAL with `synchronous = FULL`, so an acknowledged
-//! change of sessions, keys, applications or events survives a crash, a `kill -9` of the process
-//! and a power loss: each transaction's commit waits for the disk, and group commit shares that
-//! wait among the changes that arrived together. The other stores of the file write on pooled
-//! connections with `synchronous = NORMAL`: their changes survive a crash or `kill -9` at once,
-//! and a power loss from the journal's next commit on.
+//! Durability: the writer runs WAL with `synchronous = FULL`, so an acknowledged change of
+//! sessions, keys, applications, events, refresh tokens or codes survives a crash, a `kill -9`
+//! of the process and a power loss: each transaction's commit waits for the disk, and group
+//! commit shares that wait among the jobs that arrived together. The other stores of the file
+//! write on pooled connections with `synchronous = NORMAL`: their changes survive a crash or
+//! `kill -9` at once, and a power loss from the writer's next commit on.
 //!
 //! Accounts, sign-in failure counts and the OpenID Connect provider's codes, signing keys,
 //! refresh tokens, consents and back-channel logout deliveries live in the same file, each
 //! behind a store of its own reached from the journal ([`SqliteJournal::throttle`],
 //! [`SqliteJournal::codes`], …). They are not cached: every call reads or writes SQLite, so
-//! each of their atomic steps is one statement or one `BEGIN IMMEDIATE` transaction, whichever
-//! connection or process makes it. Deliveries are added by the journal, in the transaction
-//! that ends their session.
+//! each of their atomic steps is one statement or one `BEGIN IMMEDIATE` transaction (the
+//! writer's, for codes and refresh tokens), whichever connection or process makes it.
+//! Deliveries are added by the journal, in the transaction that ends their session.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
@@ -37,6 +39,7 @@ mod replays;
 mod signing_keys;
 mod throttle;
 mod users;
+mod writer;
 
 pub use codes::SqliteCodeStore;
 pub use consents::SqliteConsentStore;
@@ -47,6 +50,7 @@ pub use replays::SqliteReplayStore;
 pub use signing_keys::SqliteSigningKeyStore;
 pub use throttle::SqliteThrottleStore;
 pub use users::SqliteUserStore;
+pub use writer::MAX_BATCH;
 
 use applications::ApplicationRow;
 
@@ -55,17 +59,14 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use portcullis_core::{
     AuditEvent, BackendError, CachedStore, Change, CommitTicket, EventQuery, Journal, PublicId,
     Session, SessionId, Snapshot, StoreError, StoredApiKey, StoredSession, Touch,
 };
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{
-    ConnectOptions as _, Connection as _, Row, Sqlite, SqliteConnection, SqlitePool, Transaction,
-};
-use tokio::sync::{mpsc, oneshot};
+use sqlx::{ConnectOptions as _, Row, Sqlite, SqlitePool, Transaction};
+use writer::Writer;
 
 /// The SQLite-backed store.
 pub type SqliteStore = CachedStore<SqliteJournal>;
@@ -89,87 +90,11 @@ pub enum OpenError {
     Load(#[from] StoreError),
 }
 
-/// The most changes one transaction of the writer takes.
-pub const MAX_BATCH: usize = 256;
-
 /// Persists the changes of a [`SqliteStore`].
 #[derive(Debug, Clone)]
 pub struct SqliteJournal {
     pool: SqlitePool,
-    queue: mpsc::UnboundedSender<Job>,
-    /// A transaction failed: every change queued is refused until [`Journal::reload`].
-    failed: Arc<AtomicBool>,
-}
-
-/// What the writer task is asked.
-#[derive(Debug)]
-enum Job {
-    /// Write this change, then answer.
-    Change(Box<Change>, oneshot::Sender<Result<(), StoreError>>),
-    /// Answer once everything queued before is answered.
-    Barrier(oneshot::Sender<()>),
-}
-
-/// The writer task: batches what is queued into transactions, answers each change after its
-/// transaction commits (or failed).
-async fn write_queued(
-    mut conn: SqliteConnection,
-    mut jobs: mpsc::UnboundedReceiver<Job>,
-    failed: Arc<AtomicBool>,
-) {
-    let mut batch = Vec::with_capacity(MAX_BATCH);
-    while let Some(first) = jobs.recv().await {
-        batch.push(first);
-        while batch.len() < MAX_BATCH {
-            match jobs.try_recv() {
-                Ok(job) => batch.push(job),
-                Err(_) => break,
-            }
-        }
-        let changes: Vec<&Change> = batch
-            .iter()
-            .filter_map(|job| match job {
-                Job::Change(change, _) => Some(change.as_ref()),
-                Job::Barrier(_) => None,
-            })
-            .collect();
-        let outcome = if failed.load(Ordering::Acquire) {
-            Err("an earlier change failed; this one was planned after it".to_owned())
-        } else if changes.is_empty() {
-            Ok(())
-        } else {
-            write_batch(&mut conn, &changes)
-                .await
-                .map_err(|err| err.to_string())
-        };
-        if outcome.is_err() {
-            failed.store(true, Ordering::Release);
-        }
-        for job in batch.drain(..) {
-            match job {
-                Job::Change(_, answer) => {
-                    let _ = answer.send(
-                        outcome
-                            .clone()
-                            .map_err(|why| StoreError::Unavailable(why.into())),
-                    );
-                }
-                Job::Barrier(answer) => {
-                    let _ = answer.send(());
-                }
-            }
-        }
-    }
-}
-
-/// Writes `changes` in one `BEGIN IMMEDIATE` transaction, in order.
-async fn write_batch(conn: &mut SqliteConnection, changes: &[&Change]) -> Result<(), StoreError> {
-    let mut tx = conn
-        .begin_with("BEGIN IMMEDIATE")
-        .await
-        .map_err(unavailable)?;
-    write_changes(&mut tx, changes).await?;
-    tx.commit().await.map_err(unavailable)
+    writer: Writer,
 }
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -225,13 +150,9 @@ pub async fn open(path: &Path) -> Result<SqliteStore, OpenError> {
             path: path.display().to_string(),
             source,
         })?;
-    let (queue, jobs) = mpsc::unbounded_channel();
-    let failed = Arc::new(AtomicBool::new(false));
-    tokio::spawn(write_queued(writer, jobs, failed.clone()));
     let journal = SqliteJournal {
         pool,
-        queue,
-        failed,
+        writer: Writer::start(writer),
     };
     let snapshot = journal.load().await?;
     Ok(CachedStore::open(journal, snapshot))
@@ -309,9 +230,10 @@ impl SqliteJournal {
         SqliteThrottleStore::new(self.pool.clone())
     }
 
-    /// The OpenID Connect provider's authorization codes, kept in the same database file.
+    /// The OpenID Connect provider's authorization codes, kept in the same database file and
+    /// written through the journal's writer.
     pub fn codes(&self) -> SqliteCodeStore {
-        SqliteCodeStore::new(self.pool.clone())
+        SqliteCodeStore::new(self.pool.clone(), self.writer.clone())
     }
 
     /// The OpenID Connect provider's signing keys, kept in the same database file.
@@ -319,9 +241,10 @@ impl SqliteJournal {
         SqliteSigningKeyStore::new(self.pool.clone())
     }
 
-    /// The OpenID Connect provider's refresh tokens, kept in the same database file.
+    /// The OpenID Connect provider's refresh tokens, kept in the same database file and
+    /// written through the journal's writer.
     pub fn refresh_tokens(&self) -> SqliteRefreshTokenStore {
-        SqliteRefreshTokenStore::new(self.pool.clone())
+        SqliteRefreshTokenStore::new(self.pool.clone(), self.writer.clone())
     }
 
     /// What people consented to give clients, kept in the same database file.
@@ -477,7 +400,7 @@ async fn insert_events(
 /// Purges go first; no change purges a session that another change of the same batch writes
 /// (a purged session ended past its retention, and nothing changes such a session), and a batch
 /// where one would is written change by change all the same.
-async fn write_changes(
+pub(crate) async fn write_changes(
     tx: &mut Transaction<'_, Sqlite>,
     changes: &[&Change],
 ) -> Result<(), StoreError> {
@@ -560,21 +483,14 @@ impl Journal for SqliteJournal {
 
     fn enqueue(&self, change: Change) -> Option<CommitTicket> {
         let (answer, ticket) = CommitTicket::new();
-        // A closed queue drops the answer: the ticket then says the writer stopped.
-        let _ = self.queue.send(Job::Change(Box::new(change), answer));
+        self.writer.change(change, answer);
         Some(ticket)
     }
 
     async fn reload(&self) -> Result<Snapshot, StoreError> {
-        let (done, answered) = oneshot::channel();
-        self.queue
-            .send(Job::Barrier(done))
-            .map_err(|_| StoreError::Unavailable("the writer stopped".into()))?;
-        answered
-            .await
-            .map_err(|_| StoreError::Unavailable("the writer stopped".into()))?;
+        self.writer.barrier().await?;
         let snapshot = self.load().await?;
-        self.failed.store(false, Ordering::Release);
+        self.writer.recovered();
         Ok(snapshot)
     }
 

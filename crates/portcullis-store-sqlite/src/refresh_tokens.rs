@@ -1,10 +1,11 @@
 //! Refresh tokens in the same SQLite file as the sessions, one row per token, every field a
 //! column.
 //!
-//! A rotation marks the old token's row if it is not rotated yet and inserts the successor,
-//! inside one `BEGIN IMMEDIATE` transaction: it takes the file's write lock first, so racing
-//! rotations (from any connection or process) run one after another, only the first finds the
-//! token current and only its successor is stored.
+//! Every write goes through the file's writer task ([`crate::writer`]), inside its
+//! `BEGIN IMMEDIATE` transaction: rotations arriving together share one commit. A rotation marks
+//! the old token's row if it is not rotated yet and inserts the successor in that transaction,
+//! which holds the file's write lock, so racing rotations (from any task or process) run one
+//! after another, only the first finds the token current and only its successor is stored.
 
 use portcullis_core::oidc::{ProviderFuture, RefreshToken, RefreshTokenStore, Rotated, Rotation};
 use portcullis_core::{PublicId, SessionId, StoreError, Timestamp, TokenHash};
@@ -12,16 +13,19 @@ use sqlx::sqlite::SqliteRow;
 use sqlx::{Row, SqliteConnection, SqlitePool};
 
 use crate::unavailable;
+use crate::writer::{Write, WriteFuture, Writer};
 
 /// The refresh tokens of the embedded store (see [`crate::SqliteJournal::refresh_tokens`]).
 #[derive(Debug, Clone)]
 pub struct SqliteRefreshTokenStore {
+    /// For reads.
     pool: SqlitePool,
+    writer: Writer,
 }
 
 impl SqliteRefreshTokenStore {
-    pub(crate) fn new(pool: SqlitePool) -> Self {
-        Self { pool }
+    pub(crate) fn new(pool: SqlitePool, writer: Writer) -> Self {
+        Self { pool, writer }
     }
 }
 
@@ -151,12 +155,97 @@ async fn token_of(
         .transpose()
 }
 
+/// Stores the first token of a family.
+struct AddToken(RefreshTokenRow);
+
+impl Write for AddToken {
+    type Output = ();
+
+    fn apply<'c>(&'c self, conn: &'c mut SqliteConnection) -> WriteFuture<'c, ()> {
+        Box::pin(self.0.insert(conn))
+    }
+}
+
+/// Rotates the token with hash `hex` to `successor`.
+struct RotateToken {
+    hex: String,
+    successor: RefreshTokenRow,
+    sealed_successor: String,
+}
+
+impl Write for RotateToken {
+    type Output = Rotation;
+
+    fn apply<'c>(&'c self, conn: &'c mut SqliteConnection) -> WriteFuture<'c, Rotation> {
+        Box::pin(async move {
+            let next = &self.successor;
+            // One statement marks the token if it is current and answers it (as marked: the
+            // token as it was is that without its rotation); only when none is marked is the
+            // row read to tell a rotated token from an unknown one.
+            let sql = format!(
+                "UPDATE oidc_refresh_tokens
+                 SET rotated_at = ?2, successor = ?3, sealed_successor = ?4
+                 WHERE hash = ?1 AND family = ?5 AND rotated_at IS NULL
+                 RETURNING {COLUMNS}"
+            );
+            let marked = sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(&self.hex)
+                .bind(next.issued_at)
+                .bind(&next.hash)
+                .bind(&self.sealed_successor)
+                .bind(&next.family)
+                .fetch_optional(&mut *conn)
+                .await
+                .map_err(unavailable)?;
+            let Some(marked) = marked else {
+                return Ok(match token_of(conn, &self.hex).await? {
+                    Some(old) if old.family.as_str() == next.family && old.rotated.is_some() => {
+                        Rotation::AlreadyRotated(old)
+                    }
+                    _ => Rotation::Unknown,
+                });
+            };
+            let mut old = RefreshTokenRow::read(&marked)
+                .map_err(unavailable)?
+                .into_token()?;
+            old.rotated = None;
+            next.insert(conn).await?;
+            Ok(Rotation::Rotated(old))
+        })
+    }
+}
+
+/// Forgets a family, or the tokens expired before a time; answers how many went.
+enum DeleteTokens {
+    Family(String),
+    ExpiredBefore(i64),
+}
+
+impl Write for DeleteTokens {
+    type Output = u64;
+
+    fn apply<'c>(&'c self, conn: &'c mut SqliteConnection) -> WriteFuture<'c, u64> {
+        Box::pin(async move {
+            let delete = match self {
+                DeleteTokens::Family(family) => {
+                    sqlx::query("DELETE FROM oidc_refresh_tokens WHERE family = ?1").bind(family)
+                }
+                DeleteTokens::ExpiredBefore(before) => {
+                    sqlx::query("DELETE FROM oidc_refresh_tokens WHERE expires_at < ?1")
+                        .bind(*before)
+                }
+            };
+            let done = delete.execute(conn).await.map_err(unavailable)?;
+            Ok(done.rows_affected())
+        })
+    }
+}
+
 impl RefreshTokenStore for SqliteRefreshTokenStore {
     fn add_refresh_token(&self, token: RefreshToken) -> ProviderFuture<'_, ()> {
         Box::pin(async move {
             let row = RefreshTokenRow::of(&token)?;
-            let mut conn = self.pool.acquire().await.map_err(unavailable)?;
-            row.insert(&mut conn).await
+            self.writer.write(AddToken(row)).await
         })
     }
 
@@ -167,47 +256,12 @@ impl RefreshTokenStore for SqliteRefreshTokenStore {
         sealed_successor: String,
     ) -> ProviderFuture<'a, Rotation> {
         Box::pin(async move {
-            let next = RefreshTokenRow::of(&successor)?;
-            let hex = hash.to_hex();
-            let mut tx = self
-                .pool
-                .begin_with("BEGIN IMMEDIATE")
-                .await
-                .map_err(unavailable)?;
-            // One statement marks the token if it is current and answers it (as marked: the
-            // token as it was is that without its rotation); only when none is marked is the
-            // row read to tell a rotated token from an unknown one. Dropping the transaction on
-            // those answers rolls it back: nothing was written.
-            let sql = format!(
-                "UPDATE oidc_refresh_tokens
-                 SET rotated_at = ?2, successor = ?3, sealed_successor = ?4
-                 WHERE hash = ?1 AND family = ?5 AND rotated_at IS NULL
-                 RETURNING {COLUMNS}"
-            );
-            let marked = sqlx::query(sqlx::AssertSqlSafe(sql))
-                .bind(&hex)
-                .bind(successor.issued_at.as_millis())
-                .bind(&next.hash)
-                .bind(sealed_successor)
-                .bind(&next.family)
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(unavailable)?;
-            let Some(marked) = marked else {
-                return Ok(match token_of(&mut tx, &hex).await? {
-                    Some(old) if old.family == successor.family && old.rotated.is_some() => {
-                        Rotation::AlreadyRotated(old)
-                    }
-                    _ => Rotation::Unknown,
-                });
+            let rotate = RotateToken {
+                hex: hash.to_hex(),
+                successor: RefreshTokenRow::of(&successor)?,
+                sealed_successor,
             };
-            let mut old = RefreshTokenRow::read(&marked)
-                .map_err(unavailable)?
-                .into_token()?;
-            old.rotated = None;
-            next.insert(&mut tx).await?;
-            tx.commit().await.map_err(unavailable)?;
-            Ok(Rotation::Rotated(old))
+            self.writer.write(rotate).await
         })
     }
 
@@ -222,24 +276,16 @@ impl RefreshTokenStore for SqliteRefreshTokenStore {
     }
 
     fn end_refresh_family<'a>(&'a self, family: &'a SessionId) -> ProviderFuture<'a, u64> {
-        Box::pin(async move {
-            let done = sqlx::query("DELETE FROM oidc_refresh_tokens WHERE family = ?1")
-                .bind(family.as_str())
-                .execute(&self.pool)
-                .await
-                .map_err(unavailable)?;
-            Ok(done.rows_affected())
-        })
+        Box::pin(
+            self.writer
+                .write(DeleteTokens::Family(family.as_str().to_owned())),
+        )
     }
 
     fn forget_refresh_tokens(&self, before: Timestamp) -> ProviderFuture<'_, u64> {
-        Box::pin(async move {
-            let done = sqlx::query("DELETE FROM oidc_refresh_tokens WHERE expires_at < ?1")
-                .bind(before.as_millis())
-                .execute(&self.pool)
-                .await
-                .map_err(unavailable)?;
-            Ok(done.rows_affected())
-        })
+        Box::pin(
+            self.writer
+                .write(DeleteTokens::ExpiredBefore(before.as_millis())),
+        )
     }
 }

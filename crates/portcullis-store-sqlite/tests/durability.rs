@@ -427,3 +427,75 @@ async fn a_failed_queued_change_is_refused_and_memory_goes_back_to_what_is_durab
     }
     assert!(store.list_subject("doomed").await.unwrap().is_empty());
 }
+
+/// The provider's refresh tokens share the journal's writer: a rotation refused by SQLite is
+/// answered as unavailable and nothing of it is stored, and it does not make the journal refuse
+/// the session changes that come after it (those plan on nothing the rotation did).
+#[tokio::test]
+async fn a_refused_provider_write_fails_alone() {
+    use portcullis_core::oidc::{RefreshToken, RefreshTokenStore, Rotation};
+    use portcullis_core::{PublicId, StoreError, TokenHash};
+    use portcullis_store_tests::t0;
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("portcullis.db");
+    let store = portcullis_store_sqlite::open(&path).await.unwrap();
+    let tokens = store.journal().refresh_tokens();
+    let token = |byte: u8, subject: &str| RefreshToken {
+        hash: TokenHash([byte; 32]),
+        family: PublicId::from_string("ses_family".into()),
+        client: PublicId::from_string("app_rp".into()),
+        subject: subject.into(),
+        scopes: vec!["openid".into()],
+        issued_at: t0(),
+        expires_at: t0().plus(Duration::from_secs(3600)),
+        rotated: None,
+    };
+    tokens.add_refresh_token(token(1, "alice")).await.unwrap();
+
+    let options = sqlx::sqlite::SqliteConnectOptions::new().filename(&path);
+    let mut other = <sqlx::SqliteConnection as sqlx::Connection>::connect_with(&options)
+        .await
+        .unwrap();
+    sqlx::query(
+        "CREATE TRIGGER refuse_doomed BEFORE INSERT ON oidc_refresh_tokens
+         WHEN NEW.subject = 'doomed' BEGIN SELECT RAISE(ABORT, 'refused by the test'); END",
+    )
+    .execute(&mut other)
+    .await
+    .unwrap();
+
+    let refused = tokens
+        .rotate_refresh_token(&TokenHash([1; 32]), token(2, "doomed"), "sealed".into())
+        .await;
+    assert!(
+        matches!(refused, Err(StoreError::Unavailable(_))),
+        "{refused:?}"
+    );
+    let first = tokens.refresh_token(&TokenHash([1; 32])).await.unwrap();
+    assert!(
+        first.is_some_and(|t| t.rotated.is_none()),
+        "the refused rotation marked nothing"
+    );
+    assert!(
+        tokens
+            .refresh_token(&TokenHash([2; 32]))
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    let clock = Arc::new(ManualClock::default());
+    let engine = Engine::new(store, PolicySet::default(), clock, Arc::new(OsRandom));
+    let cli = Actor::cli();
+    engine
+        .add_application(named("shop"), &cli)
+        .await
+        .expect("the journal still takes changes");
+
+    let rotated = tokens
+        .rotate_refresh_token(&TokenHash([1; 32]), token(3, "alice"), "sealed".into())
+        .await
+        .unwrap();
+    assert!(matches!(rotated, Rotation::Rotated(_)), "{rotated:?}");
+}

@@ -116,7 +116,11 @@ async fn a_previous_release_database_opens_and_its_data_is_the_legacy_applicatio
 
     let store = portcullis_store_sqlite::open(&path).await.unwrap();
     // The records read back as the legacy application's, through the serde defaults.
-    let found = store.find_by_token(&token.hash()).await.unwrap().unwrap();
+    let found = store
+        .find_by_token(&token.routed_hash())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(found.application, legacy_app());
     let mut expected = session.clone();
     expected.application = legacy_app();
