@@ -316,16 +316,14 @@ impl<S: Store> Engine<S> {
         self.clock.now()
     }
 
+    /// A new session token carrying `subject`'s route, so a store that shards by subject finds
+    /// its shard from the token alone; every store keeps its [`Token::routed_hash`].
     fn new_token(&self, subject: &str) -> Token {
-        if S::ROUTES_BY_SUBJECT {
-            Token::generate_routed(
-                TokenKind::Session,
-                self.random.as_ref(),
-                subject_route(subject),
-            )
-        } else {
-            Token::generate(TokenKind::Session, self.random.as_ref())
-        }
+        Token::generate_routed(
+            TokenKind::Session,
+            self.random.as_ref(),
+            subject_route(subject),
+        )
     }
 
     /// Stores `event`, which changes no session (a back-channel logout attempt), in the trail,
@@ -520,7 +518,7 @@ impl<S: Store> Engine<S> {
         };
         let session = Session {
             id,
-            token_hash: token.hash(),
+            token_hash: token.routed_hash(),
             version: 1,
             subject: request.subject,
             application,
@@ -636,16 +634,29 @@ impl<S: Store> Engine<S> {
         device: Option<&Device>,
         principal: &Principal,
     ) -> Result<Arc<Session>, EngineError> {
-        let hash = Token::hash_presented(TokenKind::Session, token)
+        let hash = Token::hash_presented_routed(TokenKind::Session, token)
             .map_err(|_| EngineError::Rejected(Rejection::Malformed))?;
-        // Another application's token answers exactly as an unknown one: the same lookup was
+        // Another application's token answers exactly as an unknown one: the same lookups were
         // made, and nothing about the session (not even that it ended) is told.
-        let session = self
+        let mut found = self
             .store
             .find_by_token(&hash)
             .await?
-            .filter(|s| principal.reaches(s))
-            .ok_or(EngineError::Rejected(Rejection::Unknown))?;
+            .filter(|s| principal.reaches(s));
+        if found.is_none() {
+            // Tokens issued before they carried their route (2026-12) are kept under their plain
+            // SHA-256 (on Redis, drawn until it began with the route).
+            let plain = Token::hash_presented(TokenKind::Session, token)
+                .map_err(|_| EngineError::Rejected(Rejection::Malformed))?;
+            if plain != hash {
+                found = self
+                    .store
+                    .find_by_token(&plain)
+                    .await?
+                    .filter(|s| principal.reaches(s));
+            }
+        }
+        let session = found.ok_or(EngineError::Rejected(Rejection::Unknown))?;
         if let Some(ended) = &session.ended {
             return Err(EngineError::Rejected(Rejection::for_ending(ended.reason)));
         }
@@ -724,7 +735,7 @@ impl<S: Store> Engine<S> {
             let now = self.clock.now();
             let new_token = self.new_token(&current.subject);
             let mut next = Session::clone(&current);
-            next.token_hash = new_token.hash();
+            next.token_hash = new_token.routed_hash();
             next.version += 1;
             next.last_seen_at = now;
             if let Some(idle) = next.idle.as_mut() {

@@ -38,6 +38,9 @@ impl TokenKind {
     }
 }
 
+/// The length of every kind's prefix.
+const PREFIX_LEN: usize = 4;
+
 /// Random bytes in a token: 256 bits (DESIGN §4.1, ASVS5-7.2.3 asks for at least 128).
 pub const TOKEN_BYTES: usize = 32;
 const ENCODED_LEN: usize = 43;
@@ -51,22 +54,24 @@ impl Token {
     pub fn generate(kind: TokenKind, random: &dyn RandomSource) -> Self {
         let mut bytes = [0u8; TOKEN_BYTES];
         random.fill(&mut bytes);
+        Self::encode(kind, &bytes)
+    }
+
+    fn encode(kind: TokenKind, bytes: &[u8; TOKEN_BYTES]) -> Self {
         let mut text = String::with_capacity(kind.prefix().len() + ENCODED_LEN);
         text.push_str(kind.prefix());
         URL_SAFE_NO_PAD.encode_string(bytes, &mut text);
         Self(text)
     }
 
-    /// Issues a new token whose hash starts with `route`, so a store that shards by subject
-    /// finds the session's shard from the token hash alone (see [`subject_route`]). The token
-    /// keeps its full shape; 248 of its bits remain unpredictable.
+    /// Issues a new token whose first byte is `route`, so a store that shards by subject finds
+    /// the session's shard from the token alone (see [`subject_route`]); such a store keeps
+    /// [`Token::routed_hash`]. The token keeps its full shape; 248 of its bits are random.
     pub fn generate_routed(kind: TokenKind, random: &dyn RandomSource, route: u8) -> Self {
-        loop {
-            let token = Self::generate(kind, random);
-            if token.hash().0[0] == route {
-                return token;
-            }
-        }
+        let mut bytes = [0u8; TOKEN_BYTES];
+        random.fill(&mut bytes);
+        bytes[0] = route;
+        Self::encode(kind, &bytes)
     }
 
     /// Checks the shape of an untrusted token (prefix, length, alphabet) without trusting it.
@@ -82,6 +87,13 @@ impl Token {
         Ok(TokenHash::of(text))
     }
 
+    /// [`Token::hash_presented`] for a store that shards by subject: [`Token::routed_hash`] of
+    /// the untrusted token.
+    pub fn hash_presented_routed(kind: TokenKind, text: &str) -> Result<TokenHash, MalformedToken> {
+        check_shape(kind, text)?;
+        Ok(TokenHash::routed_of(text))
+    }
+
     /// The secret itself, for handing to its owner exactly once.
     pub fn expose(&self) -> &str {
         &self.0
@@ -90,6 +102,15 @@ impl Token {
     /// The SHA-256 of the token: what stores keep and look up by.
     pub fn hash(&self) -> TokenHash {
         TokenHash::of(&self.0)
+    }
+
+    /// What a store that shards by subject keeps of a token made by [`Token::generate_routed`]:
+    /// its SHA-256 with the first byte replaced by the route the token carries, so the hash
+    /// names its shard without a search for a token whose digest happens to start with it. The
+    /// other 31 bytes, as unguessable as the token's 248 random bits, keep a dump of the store
+    /// from letting anybody in.
+    pub fn routed_hash(&self) -> TokenHash {
+        TokenHash::routed_of(&self.0)
     }
 }
 
@@ -108,6 +129,16 @@ fn check_shape(kind: TokenKind, text: &str) -> Result<(), MalformedToken> {
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
     well_formed.then_some(()).ok_or(MalformedToken)
+}
+
+/// The first byte of a token body: its first two base64url characters' top eight bits. The
+/// body's shape is checked (or generated), so every character is of the alphabet.
+fn carried_route(body: &str) -> u8 {
+    let mut first = [0u8; 3];
+    match URL_SAFE_NO_PAD.decode_slice(body.as_bytes().get(..4).unwrap_or_default(), &mut first) {
+        Ok(3) => first[0],
+        _ => 0,
+    }
 }
 
 /// A token that is not of the expected shape.
@@ -195,6 +226,13 @@ impl std::hash::Hasher for TokenHashHasher {
 impl TokenHash {
     fn of(text: &str) -> Self {
         Self(Sha256::digest(text.as_bytes()).into())
+    }
+
+    /// See [`Token::routed_hash`]; `text` is a token of the right shape.
+    fn routed_of(text: &str) -> Self {
+        let mut hash = Self::of(text);
+        hash.0[0] = carried_route(text.get(PREFIX_LEN..).unwrap_or_default());
+        hash
     }
 
     /// Lower-case hex, the form stores use as a key.
@@ -386,8 +424,31 @@ mod tests {
         let route = subject_route("alice");
         assert_eq!(route, subject_route("alice"));
         let token = Token::generate_routed(TokenKind::Session, &random, route);
-        assert_eq!(token.hash().0[0], route);
+        let routed = token.routed_hash();
+        assert_eq!(routed.0[0], route);
+        assert_eq!(
+            routed.0[1..],
+            token.hash().0[1..],
+            "the rest is the SHA-256"
+        );
+        assert_eq!(
+            Token::hash_presented_routed(TokenKind::Session, token.expose()),
+            Ok(routed)
+        );
         assert!(Token::parse(TokenKind::Session, token.expose()).is_ok());
+        for kind in [
+            TokenKind::Session,
+            TokenKind::ApiKey,
+            TokenKind::ClientSecret,
+            TokenKind::AuthorizationCode,
+            TokenKind::RefreshToken,
+        ] {
+            assert_eq!(kind.prefix().len(), PREFIX_LEN, "{kind:?}");
+        }
+        for route in [0, 1, 0x7f, 0x80, 0xfe, 0xff] {
+            let token = Token::generate_routed(TokenKind::Session, &random, route);
+            assert_eq!(token.routed_hash().0[0], route);
+        }
         let id = PublicId::generate_routed("ses_", route, &random);
         assert_eq!(id.route(4), Some(route));
         assert_eq!(PublicId::from_string("ses_zz".into()).route(4), None);

@@ -140,7 +140,11 @@ async fn a_previous_release_schema_migrates_and_its_data_is_the_legacy_applicati
     }
 
     let store = PostgresStore::connect(&url(), Some(&schema)).await.unwrap();
-    let found = store.find_by_token(&token.hash()).await.unwrap().unwrap();
+    let found = store
+        .find_by_token(&token.routed_hash())
+        .await
+        .unwrap()
+        .unwrap();
     let mut expected = session.clone();
     expected.application = legacy_app();
     assert_eq!(*found, expected);

@@ -96,7 +96,7 @@ async fn indexes_never_keep_entries_of_sessions_deleted_behind_their_back() {
     store.insert(plain_insert(session.clone())).await.unwrap();
     let tag = format!("{:02x}", portcullis_core::subject_route("ivy"));
     let mut session_key = format!("{prefix}:{{{tag}}}:s:").into_bytes();
-    session_key.extend_from_slice(&token.hash().0);
+    session_key.extend_from_slice(&token.routed_hash().0);
     let subject_keys: Vec<String> = redis::cmd("KEYS")
         .arg(format!("{prefix}:{{{tag}}}:ub:*"))
         .query_async(&mut conn)
@@ -112,7 +112,7 @@ async fn indexes_never_keep_entries_of_sessions_deleted_behind_their_back() {
         .query_async(&mut conn)
         .await
         .unwrap();
-    assert_eq!(id_entry.as_deref(), Some(&token.hash().0[..]));
+    assert_eq!(id_entry.as_deref(), Some(&token.routed_hash().0[..]));
     let ttl: i64 = redis::cmd("PTTL")
         .arg(&session_key)
         .query_async(&mut conn)
@@ -190,7 +190,7 @@ async fn purge_unlinks_ended_sessions_even_when_their_record_went_missing() {
             .unwrap();
         assert_eq!(ended.sessions.len(), 1);
         let mut record_key = format!("{prefix}:{{{tag}}}:s:").into_bytes();
-        record_key.extend_from_slice(&token.hash().0);
+        record_key.extend_from_slice(&token.routed_hash().0);
         let ttl: i64 = redis::cmd("PTTL")
             .arg(&record_key)
             .query_async(&mut conn)

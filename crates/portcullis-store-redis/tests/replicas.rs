@@ -165,7 +165,7 @@ async fn an_ending_waits_for_the_replica_and_a_lagging_replica_gets_a_503_that_i
     // Whoever reads it now waits for the replica as well: a retried logout (the engine finds
     // the session by its token), a revocation by id, a force logout with nothing left to end.
     unavailable(
-        store.find_by_token(&bob_token.hash()).await,
+        store.find_by_token(&bob_token.routed_hash()).await,
         "reading an unconfirmed ending",
     );
     unavailable(
@@ -190,7 +190,7 @@ async fn an_ending_waits_for_the_replica_and_a_lagging_replica_gets_a_503_that_i
         .unwrap();
     assert!(retried.sessions.is_empty(), "it was ended already");
     assert_eq!(raw(&mut primary, "w", &bob.token_hash).await[1], 0);
-    let found = store.find_by_token(&bob_token.hash()).await.unwrap();
+    let found = store.find_by_token(&bob_token.routed_hash()).await.unwrap();
     assert!(found.is_some_and(|s| !s.is_live()));
     let forced = store
         .end_subject("bob", None, None, ending(EndReason::PasswordChanged, t0()))
@@ -694,7 +694,7 @@ async fn with_wait_aof_an_ending_waits_for_the_replicas_append_only_file() {
         .unwrap();
     assert!(retried.sessions.is_empty(), "it was ended already");
     assert_eq!(raw(&mut on_primary, "aof", &bob.token_hash).await[1], 0);
-    let found = store.find_by_token(&bob_token.hash()).await.unwrap();
+    let found = store.find_by_token(&bob_token.routed_hash()).await.unwrap();
     assert!(found.is_some_and(|s| !s.is_live()));
     assert_ne!(
         raw(&mut on_replica, "aof", &bob.token_hash).await[1],

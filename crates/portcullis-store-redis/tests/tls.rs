@@ -516,7 +516,7 @@ async fn a_six_node_tls_cluster_waits_for_tls_replicas_per_primary() {
     for (i, &(p, r)) in pairs.iter().enumerate() {
         let (token, session) = session_at(&subjects[i][0], t0(), &random);
         store.insert(plain_insert(session.clone())).await.unwrap();
-        let found = store.find_by_token(&token.hash()).await.unwrap();
+        let found = store.find_by_token(&token.routed_hash()).await.unwrap();
         assert!(found.is_some_and(|s| s.is_live()), "validates");
         let ended = store
             .end(&session.id, ending(EndReason::Logout, t0()))
@@ -531,7 +531,7 @@ async fn a_six_node_tls_cluster_waits_for_tls_replicas_per_primary() {
             .await
             .expect("the replica holds the record");
         assert_ne!(on_replica[1], LIVE, "the replica has the ending");
-        let found = store.find_by_token(&token.hash()).await.unwrap();
+        let found = store.find_by_token(&token.routed_hash()).await.unwrap();
         assert!(found.is_some_and(|s| !s.is_live()));
     }
 
@@ -593,7 +593,10 @@ async fn a_six_node_tls_cluster_waits_for_tls_replicas_per_primary() {
         .await
         .unwrap();
     assert_ne!(on_replica[1], LIVE, "the replica has the ending");
-    let found = store.find_by_token(&there_token.hash()).await.unwrap();
+    let found = store
+        .find_by_token(&there_token.routed_hash())
+        .await
+        .unwrap();
     assert!(found.is_some_and(|s| !s.is_live()));
     eprintln!("whole test {:?}", began.elapsed());
 }

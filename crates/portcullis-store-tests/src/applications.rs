@@ -464,7 +464,11 @@ pub async fn sessions_carry_their_application_through_insert_replace_and_end<S: 
     assert_eq!(*inserted.session, s);
     assert_eq!(inserted.events[0].application, Some(shop.clone()));
     assert_eq!(
-        *store.find_by_token(&token.hash()).await.unwrap().unwrap(),
+        *store
+            .find_by_token(&token.routed_hash())
+            .await
+            .unwrap()
+            .unwrap(),
         s
     );
     assert_eq!(*store.find_by_id(&s.id).await.unwrap().unwrap(), s);
@@ -475,7 +479,7 @@ pub async fn sessions_carry_their_application_through_insert_replace_and_end<S: 
     store.insert(plain_insert(l.clone())).await.unwrap();
     assert_eq!(
         *store
-            .find_by_token(&legacy_token.hash())
+            .find_by_token(&legacy_token.routed_hash())
             .await
             .unwrap()
             .unwrap(),
@@ -509,7 +513,7 @@ pub async fn sessions_carry_their_application_through_insert_replace_and_end<S: 
     store.touch(&s.id, t0().plus(SEC * 60)).await.unwrap();
     store.flush().await.unwrap();
     let touched = store
-        .find_by_token(&new_token.hash())
+        .find_by_token(&new_token.routed_hash())
         .await
         .unwrap()
         .unwrap();

@@ -83,7 +83,7 @@ pub fn session_of(
     let token = Token::generate_routed(TokenKind::Session, random, route);
     let session = Session {
         id: PublicId::generate_routed("ses_", route, random),
-        token_hash: token.hash(),
+        token_hash: token.routed_hash(),
         version: 1,
         subject: subject.to_owned(),
         application: application.clone(),
@@ -118,7 +118,7 @@ pub fn session_of(
 pub fn rotated(session: &Session, random: &SeededRandom) -> (Token, Session, AuditEvent) {
     let token = Token::generate_routed(TokenKind::Session, random, subject_route(&session.subject));
     let mut next = session.clone();
-    next.token_hash = token.hash();
+    next.token_hash = token.routed_hash();
     next.version += 1;
     let event = AuditEvent::for_session(EventKind::SessionRotated, &next, t0(), &Actor::system());
     (token, next, event)
@@ -201,6 +201,7 @@ macro_rules! store_conformance {
             applications::events_carry_their_application_and_filter_before_the_limit,
             applications::an_event_without_an_application_reads_back_without_one,
             lifecycle::asvs5_7_3_1_idle_timeout_and_activity,
+            lifecycle::a_token_issued_before_tokens_carried_their_route_still_validates,
             lifecycle::asvs5_7_3_2_absolute_timeout_despite_activity,
             lifecycle::nist4_3_warning_inside_lead_time,
             lifecycle::validation_without_activity_changes_nothing,

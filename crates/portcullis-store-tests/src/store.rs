@@ -22,7 +22,7 @@ pub async fn concurrent_lookups_each_get_their_own_session<S: SessionStore>(stor
     for i in 0..40 {
         let (token, session) = session_at(&format!("user{i}"), t0(), &random);
         store.insert(plain_insert(session.clone())).await.unwrap();
-        issued.push((token.hash(), Some(session.id)));
+        issued.push((token.routed_hash(), Some(session.id)));
     }
     for _ in 0..10 {
         let stranger = Token::generate(TokenKind::Session, &*random);
@@ -60,7 +60,11 @@ pub async fn insert_then_find_by_token_and_id<S: SessionStore>(store: S) {
     assert_eq!(*inserted.session, session);
     assert_eq!(inserted.events.len(), 1);
     assert_eq!(inserted.events[0].kind, EventKind::SessionCreated);
-    let by_token = store.find_by_token(&token.hash()).await.unwrap().unwrap();
+    let by_token = store
+        .find_by_token(&token.routed_hash())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(*by_token, session);
     let by_id = store.find_by_id(&session.id).await.unwrap().unwrap();
     assert_eq!(*by_id, session);
@@ -70,7 +74,13 @@ pub async fn insert_then_find_by_token_and_id<S: SessionStore>(store: S) {
 pub async fn unknown_lookups_are_none<S: SessionStore>(store: S) {
     let r = random();
     let token = Token::generate(TokenKind::Session, r.as_ref());
-    assert!(store.find_by_token(&token.hash()).await.unwrap().is_none());
+    assert!(
+        store
+            .find_by_token(&token.routed_hash())
+            .await
+            .unwrap()
+            .is_none()
+    );
     assert!(
         store
             .find_by_id(&PublicId::generate("ses_", r.as_ref()))
@@ -113,7 +123,11 @@ pub async fn touch_moves_activity_forward_only<S: SessionStore>(store: S) {
     store.touch(&s.id, t0().plus(SEC * 60)).await.unwrap();
     store.touch(&s.id, t0().plus(SEC * 30)).await.unwrap();
     store.flush().await.unwrap();
-    let after = store.find_by_token(&token.hash()).await.unwrap().unwrap();
+    let after = store
+        .find_by_token(&token.routed_hash())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(after.last_seen_at, t0().plus(SEC * 60));
     assert_eq!(after.idle.as_ref().unwrap().at, t0().plus(SEC * 960));
     assert_eq!(after.version, s.version);
@@ -134,14 +148,14 @@ pub async fn replace_is_compare_and_set_and_kills_the_old_token<S: SessionStore>
     assert!(event.seq > 0);
     assert!(
         store
-            .find_by_token(&old_token.hash())
+            .find_by_token(&old_token.routed_hash())
             .await
             .unwrap()
             .is_none()
     );
     assert_eq!(
         *store
-            .find_by_token(&new_token.hash())
+            .find_by_token(&new_token.routed_hash())
             .await
             .unwrap()
             .unwrap(),
@@ -190,7 +204,11 @@ pub async fn end_is_recorded_exactly_once<S: SessionStore>(store: S) {
         .await
         .unwrap();
     assert!(second.sessions.is_empty() && second.events.is_empty());
-    let found = store.find_by_token(&token.hash()).await.unwrap().unwrap();
+    let found = store
+        .find_by_token(&token.routed_hash())
+        .await
+        .unwrap()
+        .unwrap();
     let ended = found.ended.as_ref().unwrap();
     assert_eq!(
         (ended.reason, ended.at),
@@ -226,7 +244,7 @@ pub async fn end_cascades_to_children<S: SessionStore>(store: S) {
     assert_eq!(ended.sessions.len(), 1);
     assert_eq!(ended.events.len(), 2);
     let child = store
-        .find_by_token(&child_token.hash())
+        .find_by_token(&child_token.routed_hash())
         .await
         .unwrap()
         .unwrap();
@@ -284,7 +302,13 @@ pub async fn a_child_needs_a_live_parent_of_its_subject<S: SessionStore>(store: 
         let (token, child) = refused(parent_id);
         let err = store.insert(plain_insert(child)).await.unwrap_err();
         assert!(matches!(err, StoreError::ParentNotLive), "{err:?}");
-        assert!(store.find_by_token(&token.hash()).await.unwrap().is_none());
+        assert!(
+            store
+                .find_by_token(&token.routed_hash())
+                .await
+                .unwrap()
+                .is_none()
+        );
     }
     store
         .end(&parent.id, ending(EndReason::Logout, t0()))
@@ -293,7 +317,13 @@ pub async fn a_child_needs_a_live_parent_of_its_subject<S: SessionStore>(store: 
     let (token, child) = refused(parent.id.clone());
     let err = store.insert(plain_insert(child)).await.unwrap_err();
     assert!(matches!(err, StoreError::ParentNotLive), "{err:?}");
-    assert!(store.find_by_token(&token.hash()).await.unwrap().is_none());
+    assert!(
+        store
+            .find_by_token(&token.routed_hash())
+            .await
+            .unwrap()
+            .is_none()
+    );
     assert!(store.list_subject("alice").await.unwrap().is_empty());
 }
 
@@ -540,7 +570,13 @@ pub async fn limit_counts_one_policy_and_spares_the_parent<S: SessionStore>(stor
         .await
         .unwrap_err();
     assert!(matches!(err, StoreError::LimitReached), "{err:?}");
-    assert!(store.find_by_token(&token.hash()).await.unwrap().is_none());
+    assert!(
+        store
+            .find_by_token(&token.routed_hash())
+            .await
+            .unwrap()
+            .is_none()
+    );
     assert!(
         store
             .find_by_id(&child.id)
@@ -663,9 +699,21 @@ pub async fn purge_forgets_after_retention<S: SessionStore>(store: S) {
         .await
         .unwrap();
     assert_eq!(store.purge(t0().plus(SEC * 3599)).await.unwrap(), 0);
-    assert!(store.find_by_token(&token.hash()).await.unwrap().is_some());
+    assert!(
+        store
+            .find_by_token(&token.routed_hash())
+            .await
+            .unwrap()
+            .is_some()
+    );
     assert_eq!(store.purge(t0().plus(SEC * 3600)).await.unwrap(), 1);
-    assert!(store.find_by_token(&token.hash()).await.unwrap().is_none());
+    assert!(
+        store
+            .find_by_token(&token.routed_hash())
+            .await
+            .unwrap()
+            .is_none()
+    );
     assert!(store.find_by_id(&s.id).await.unwrap().is_none());
 }
 

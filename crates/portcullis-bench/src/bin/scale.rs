@@ -60,7 +60,7 @@ fn session(i: usize, at: portcullis_core::Timestamp, random: &SeededRandom) -> (
     };
     let session = Session {
         id: PublicId::generate_routed("ses_", route, random),
-        token_hash: token.hash(),
+        token_hash: token.routed_hash(),
         version: 1,
         subject,
         application: portcullis_bench::application_id(),
