@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use portcullis_core::oidc::{AuthorizationCode, CODE_LIFETIME, Consent, GrantType};
-use portcullis_core::{AppId, Session, Store, Timestamp, Token, TokenKind, subject_route};
+use portcullis_core::{AppId, Session, Store, Timestamp, Token, TokenKind};
 use serde::{Deserialize, Serialize};
 
 use crate::claims::{ID_TOKEN_TYPE, IdTokenClaims};
@@ -460,17 +460,7 @@ impl<S: Store> Provider<S> {
         request: &AuthorizationRequest,
         sso: &Session,
     ) -> Result<String, ProviderError> {
-        // The code's hash carries the subject's route where the store shards by subject, so the
-        // session its redemption creates can be named before it is read (see `grant`).
-        let code = if S::ROUTES_BY_SUBJECT {
-            Token::generate_routed(
-                TokenKind::AuthorizationCode,
-                &*self.random,
-                subject_route(&sso.subject),
-            )
-        } else {
-            Token::generate(TokenKind::AuthorizationCode, &*self.random)
-        };
+        let code = Token::generate(TokenKind::AuthorizationCode, &*self.random);
         let now = self.engine.now();
         self.stores
             .codes

@@ -14,7 +14,7 @@ use portcullis_core::oidc::{
 };
 use portcullis_core::{
     Application, AuthContext, EndReason, EngineError, Keyring, NewSession, OFFLINE_POLICY,
-    PublicId, Session, SessionId, Store, Timestamp, Token, TokenHash, TokenKind,
+    PublicId, Session, SessionId, Store, Timestamp, Token, TokenHash, TokenKind, subject_route,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -266,8 +266,9 @@ impl<S: Store> Provider<S> {
             return Err(self.replayed(app, &issued).await?.into());
         }
         let now = self.engine.now();
-        // The code's hash starts with its subject's route (see `issue_code`).
-        let session_id = self.engine.reserve_session_id(hash.0[0]);
+        let session_id = self
+            .engine
+            .reserve_session_id(subject_route(&issued.subject));
         if let Err(refused) = Self::check_code(app, &issued, now, redirect_uri, verifier) {
             // One try per code: a failed redemption uses it up too, for a session never made.
             return Err(
