@@ -65,7 +65,7 @@ impl Token {
     }
 
     /// Issues a new token whose first byte is `route`, so a store that shards by subject finds
-    /// the session's shard from the token alone (see [`subject_route`]); such a store keeps
+    /// the session's shard from the token alone (see [`subject_route`]); stores keep its
     /// [`Token::routed_hash`]. The token keeps its full shape; 248 of its bits are random.
     pub fn generate_routed(kind: TokenKind, random: &dyn RandomSource, route: u8) -> Self {
         let mut bytes = [0u8; TOKEN_BYTES];
@@ -87,8 +87,8 @@ impl Token {
         Ok(TokenHash::of(text))
     }
 
-    /// [`Token::hash_presented`] for a store that shards by subject: [`Token::routed_hash`] of
-    /// the untrusted token.
+    /// [`Token::hash_presented`] for a token made by [`Token::generate_routed`]:
+    /// [`Token::routed_hash`] of the untrusted token.
     pub fn hash_presented_routed(kind: TokenKind, text: &str) -> Result<TokenHash, MalformedToken> {
         check_shape(kind, text)?;
         Ok(TokenHash::routed_of(text))
@@ -104,8 +104,7 @@ impl Token {
         TokenHash::of(&self.0)
     }
 
-    /// What a store that shards by subject keeps of a token made by [`Token::generate_routed`]:
-    /// its SHA-256 with the first byte replaced by the route the token carries, so the hash
+    /// What stores keep of a token made by [`Token::generate_routed`]: its SHA-256 with the first byte replaced by the route the token carries, so the hash
     /// names its shard without a search for a token whose digest happens to start with it. The
     /// other 31 bytes, as unguessable as the token's 248 random bits, keep a dump of the store
     /// from letting anybody in.

@@ -95,6 +95,9 @@ pub enum OpenError {
 pub struct SqliteJournal {
     pool: SqlitePool,
     writer: Writer,
+    /// The current refresh token of every family, shared by every [`SqliteRefreshTokenStore`]
+    /// of this journal.
+    refresh_tokens: Arc<parking_lot::Mutex<refresh_tokens::CurrentTokens>>,
 }
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -150,9 +153,11 @@ pub async fn open(path: &Path) -> Result<SqliteStore, OpenError> {
             path: path.display().to_string(),
             source,
         })?;
+    let refresh_tokens = refresh_tokens::CurrentTokens::load(&pool).await?;
     let journal = SqliteJournal {
         pool,
         writer: Writer::start(writer),
+        refresh_tokens: Arc::new(parking_lot::Mutex::new(refresh_tokens)),
     };
     let snapshot = journal.load().await?;
     Ok(CachedStore::open(journal, snapshot))
@@ -241,10 +246,14 @@ impl SqliteJournal {
         SqliteSigningKeyStore::new(self.pool.clone())
     }
 
-    /// The OpenID Connect provider's refresh tokens, kept in the same database file and
-    /// written through the journal's writer.
+    /// The OpenID Connect provider's refresh tokens, kept in the same database file, written
+    /// through the journal's writer, the current one of each family also in memory.
     pub fn refresh_tokens(&self) -> SqliteRefreshTokenStore {
-        SqliteRefreshTokenStore::new(self.pool.clone(), self.writer.clone())
+        SqliteRefreshTokenStore::new(
+            self.pool.clone(),
+            self.writer.clone(),
+            Arc::clone(&self.refresh_tokens),
+        )
     }
 
     /// What people consented to give clients, kept in the same database file.

@@ -2,11 +2,20 @@
 //! column.
 //!
 //! Every write goes through the file's writer task ([`crate::writer`]), inside its
-//! `BEGIN IMMEDIATE` transaction: rotations arriving together share one commit. A rotation marks
+//! `BEGIN IMMEDIATE` transaction: rotations arriving together share one commit. The current
+//! (not yet rotated) token of every family is also kept in memory ([`CurrentTokens`]), changed
+//! by the writer after each commit in commit order, so a refresh reads its token without a
+//! query; a rotated or unknown token is read from SQLite. The server is the file's only writer
+//! (ARCHITECTURE), so the copy is what the file holds; a copy a moment behind a commit is
+//! harmless, since the rotation itself is decided in the writer's transaction. A rotation marks
 //! the old token's row if it is not rotated yet and inserts the successor in that transaction,
 //! which holds the file's write lock, so racing rotations (from any task or process) run one
 //! after another, only the first finds the token current and only its successor is stored.
 
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use portcullis_core::oidc::{ProviderFuture, RefreshToken, RefreshTokenStore, Rotated, Rotation};
 use portcullis_core::{PublicId, SessionId, StoreError, Timestamp, TokenHash};
 use sqlx::sqlite::SqliteRow;
@@ -18,14 +27,64 @@ use crate::writer::{Write, WriteFuture, Writer};
 /// The refresh tokens of the embedded store (see [`crate::SqliteJournal::refresh_tokens`]).
 #[derive(Debug, Clone)]
 pub struct SqliteRefreshTokenStore {
-    /// For reads.
+    /// For reads of tokens not in `current`.
     pool: SqlitePool,
     writer: Writer,
+    current: Arc<Mutex<CurrentTokens>>,
 }
 
 impl SqliteRefreshTokenStore {
-    pub(crate) fn new(pool: SqlitePool, writer: Writer) -> Self {
-        Self { pool, writer }
+    pub(crate) fn new(
+        pool: SqlitePool,
+        writer: Writer,
+        current: Arc<Mutex<CurrentTokens>>,
+    ) -> Self {
+        Self {
+            pool,
+            writer,
+            current,
+        }
+    }
+}
+
+/// The current token of every family, by hash, and which that is for each family (a family has
+/// at most one token not rotated).
+#[derive(Debug, Default)]
+pub(crate) struct CurrentTokens {
+    by_hash: HashMap<TokenHash, RefreshToken>,
+    by_family: HashMap<PublicId, TokenHash>,
+}
+
+impl CurrentTokens {
+    /// Every token of the file not rotated yet.
+    pub(crate) async fn load(pool: &SqlitePool) -> Result<Self, StoreError> {
+        let sql = format!("SELECT {COLUMNS} FROM oidc_refresh_tokens WHERE rotated_at IS NULL");
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .fetch_all(pool)
+            .await
+            .map_err(unavailable)?;
+        let mut current = Self::default();
+        for row in &rows {
+            current.add(
+                RefreshTokenRow::read(row)
+                    .map_err(unavailable)?
+                    .into_token()?,
+            );
+        }
+        Ok(current)
+    }
+
+    fn add(&mut self, token: RefreshToken) {
+        if let Some(before) = self.by_family.insert(token.family.clone(), token.hash) {
+            self.by_hash.remove(&before);
+        }
+        self.by_hash.insert(token.hash, token);
+    }
+
+    fn remove_family(&mut self, family: &PublicId) {
+        if let Some(hash) = self.by_family.remove(family) {
+            self.by_hash.remove(&hash);
+        }
     }
 }
 
@@ -156,13 +215,21 @@ async fn token_of(
 }
 
 /// Stores the first token of a family.
-struct AddToken(RefreshTokenRow);
+struct AddToken {
+    row: RefreshTokenRow,
+    token: RefreshToken,
+    current: Arc<Mutex<CurrentTokens>>,
+}
 
 impl Write for AddToken {
     type Output = ();
 
     fn apply<'c>(&'c self, conn: &'c mut SqliteConnection) -> WriteFuture<'c, ()> {
-        Box::pin(self.0.insert(conn))
+        Box::pin(self.row.insert(conn))
+    }
+
+    fn committed(&self, (): &()) {
+        self.current.lock().add(self.token.clone());
     }
 }
 
@@ -171,6 +238,8 @@ struct RotateToken {
     hex: String,
     successor: RefreshTokenRow,
     sealed_successor: String,
+    token: RefreshToken,
+    current: Arc<Mutex<CurrentTokens>>,
 }
 
 impl Write for RotateToken {
@@ -213,12 +282,31 @@ impl Write for RotateToken {
             Ok(Rotation::Rotated(old))
         })
     }
+
+    fn committed(&self, found: &Rotation) {
+        let mut current = self.current.lock();
+        match found {
+            Rotation::Rotated(_) => current.add(self.token.clone()),
+            // The copy was behind: the token is not current.
+            Rotation::AlreadyRotated(old) => {
+                if current.by_family.get(&old.family) == Some(&old.hash) {
+                    current.remove_family(&old.family);
+                }
+            }
+            Rotation::Unknown => {}
+        }
+    }
 }
 
 /// Forgets a family, or the tokens expired before a time; answers how many went.
-enum DeleteTokens {
-    Family(String),
-    ExpiredBefore(i64),
+struct DeleteTokens {
+    which: Deleted,
+    current: Arc<Mutex<CurrentTokens>>,
+}
+
+enum Deleted {
+    Family(PublicId),
+    ExpiredBefore(Timestamp),
 }
 
 impl Write for DeleteTokens {
@@ -226,26 +314,43 @@ impl Write for DeleteTokens {
 
     fn apply<'c>(&'c self, conn: &'c mut SqliteConnection) -> WriteFuture<'c, u64> {
         Box::pin(async move {
-            let delete = match self {
-                DeleteTokens::Family(family) => {
-                    sqlx::query("DELETE FROM oidc_refresh_tokens WHERE family = ?1").bind(family)
+            let delete = match &self.which {
+                Deleted::Family(family) => {
+                    sqlx::query("DELETE FROM oidc_refresh_tokens WHERE family = ?1")
+                        .bind(family.as_str())
                 }
-                DeleteTokens::ExpiredBefore(before) => {
+                Deleted::ExpiredBefore(before) => {
                     sqlx::query("DELETE FROM oidc_refresh_tokens WHERE expires_at < ?1")
-                        .bind(*before)
+                        .bind(before.as_millis())
                 }
             };
             let done = delete.execute(conn).await.map_err(unavailable)?;
             Ok(done.rows_affected())
         })
     }
+
+    fn committed(&self, _gone: &u64) {
+        let mut current = self.current.lock();
+        match &self.which {
+            Deleted::Family(family) => current.remove_family(family),
+            Deleted::ExpiredBefore(before) => {
+                let CurrentTokens { by_hash, by_family } = &mut *current;
+                by_hash.retain(|_, token| token.expires_at >= *before);
+                by_family.retain(|_, hash| by_hash.contains_key(hash));
+            }
+        }
+    }
 }
 
 impl RefreshTokenStore for SqliteRefreshTokenStore {
     fn add_refresh_token(&self, token: RefreshToken) -> ProviderFuture<'_, ()> {
         Box::pin(async move {
-            let row = RefreshTokenRow::of(&token)?;
-            self.writer.write(AddToken(row)).await
+            let add = AddToken {
+                row: RefreshTokenRow::of(&token)?,
+                token,
+                current: Arc::clone(&self.current),
+            };
+            self.writer.write(add).await
         })
     }
 
@@ -260,6 +365,8 @@ impl RefreshTokenStore for SqliteRefreshTokenStore {
                 hex: hash.to_hex(),
                 successor: RefreshTokenRow::of(&successor)?,
                 sealed_successor,
+                token: successor,
+                current: Arc::clone(&self.current),
             };
             self.writer.write(rotate).await
         })
@@ -270,22 +377,25 @@ impl RefreshTokenStore for SqliteRefreshTokenStore {
         hash: &'a TokenHash,
     ) -> ProviderFuture<'a, Option<RefreshToken>> {
         Box::pin(async move {
+            if let Some(token) = self.current.lock().by_hash.get(hash) {
+                return Ok(Some(token.clone()));
+            }
             let mut conn = self.pool.acquire().await.map_err(unavailable)?;
             token_of(&mut conn, &hash.to_hex()).await
         })
     }
 
     fn end_refresh_family<'a>(&'a self, family: &'a SessionId) -> ProviderFuture<'a, u64> {
-        Box::pin(
-            self.writer
-                .write(DeleteTokens::Family(family.as_str().to_owned())),
-        )
+        Box::pin(self.writer.write(DeleteTokens {
+            which: Deleted::Family(family.clone()),
+            current: Arc::clone(&self.current),
+        }))
     }
 
     fn forget_refresh_tokens(&self, before: Timestamp) -> ProviderFuture<'_, u64> {
-        Box::pin(
-            self.writer
-                .write(DeleteTokens::ExpiredBefore(before.as_millis())),
-        )
+        Box::pin(self.writer.write(DeleteTokens {
+            which: Deleted::ExpiredBefore(before),
+            current: Arc::clone(&self.current),
+        }))
     }
 }

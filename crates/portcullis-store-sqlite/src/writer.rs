@@ -39,6 +39,11 @@ pub(crate) trait Write: Send + 'static {
     /// batch, so a step answers what it found (a token already rotated, a code already
     /// redeemed) as output, never as an error.
     fn apply<'c>(&'c self, conn: &'c mut SqliteConnection) -> WriteFuture<'c, Self::Output>;
+
+    /// Called once the step's transaction has committed, before its caller is answered, by the
+    /// writer task in queue order: a store that keeps a copy in memory changes it here, so the
+    /// copy follows the commits in their order.
+    fn committed(&self, _found: &Self::Output) {}
 }
 
 /// A [`Write`] with its caller's answer, its type erased for the queue.
@@ -62,7 +67,16 @@ impl<W: Write> QueuedWrite for Queued<W> {
     }
 
     fn answer(self: Box<Self>, committed: Result<(), String>) {
-        let Queued { found, answer, .. } = *self;
+        let Queued {
+            write,
+            found,
+            answer,
+        } = *self;
+        if committed.is_ok()
+            && let Some(found) = &found
+        {
+            write.committed(found);
+        }
         let outcome = committed
             .and_then(|()| found.ok_or_else(|| "the write was not made".to_owned()))
             .map_err(|why| StoreError::Unavailable(why.into()));
