@@ -359,6 +359,22 @@ async fn the_providers_records_survive_reopen() {
     );
 }
 
+/// Makes SQLite refuse, from another connection, every row of `table` whose subject is `doomed`.
+async fn refuse_doomed_rows(path: &std::path::Path, table: &str) {
+    let options = sqlx::sqlite::SqliteConnectOptions::new().filename(path);
+    let mut other = <sqlx::SqliteConnection as sqlx::Connection>::connect_with(&options)
+        .await
+        .unwrap();
+    let trigger = format!(
+        "CREATE TRIGGER refuse_doomed_{table} BEFORE INSERT ON {table}
+         WHEN NEW.subject = 'doomed' BEGIN SELECT RAISE(ABORT, 'refused by the test'); END"
+    );
+    sqlx::query(sqlx::AssertSqlSafe(trigger))
+        .execute(&mut other)
+        .await
+        .unwrap();
+}
+
 /// Group commit's failure path: a change whose transaction fails is refused, and the cache
 /// reloads what is durable at once, so nothing of it shows (no session listed for its subject),
 /// the store takes changes again, and reopening finds exactly what was acknowledged.
@@ -386,18 +402,7 @@ async fn a_failed_queued_change_is_refused_and_memory_goes_back_to_what_is_durab
             .unwrap();
         let alice = engine.create(request("alice"), &shop).await.unwrap();
 
-        // Another connection makes SQLite refuse any session of `doomed`.
-        let options = sqlx::sqlite::SqliteConnectOptions::new().filename(&path);
-        let mut other = <sqlx::SqliteConnection as sqlx::Connection>::connect_with(&options)
-            .await
-            .unwrap();
-        sqlx::query(
-            "CREATE TRIGGER refuse_doomed BEFORE INSERT ON sessions
-             WHEN NEW.subject = 'doomed' BEGIN SELECT RAISE(ABORT, 'refused by the test'); END",
-        )
-        .execute(&mut other)
-        .await
-        .unwrap();
+        refuse_doomed_rows(&path, "sessions").await;
 
         let refused = engine.create(request("doomed"), &shop).await;
         assert!(
@@ -453,17 +458,7 @@ async fn a_refused_provider_write_fails_alone() {
     };
     tokens.add_refresh_token(token(1, "alice")).await.unwrap();
 
-    let options = sqlx::sqlite::SqliteConnectOptions::new().filename(&path);
-    let mut other = <sqlx::SqliteConnection as sqlx::Connection>::connect_with(&options)
-        .await
-        .unwrap();
-    sqlx::query(
-        "CREATE TRIGGER refuse_doomed BEFORE INSERT ON oidc_refresh_tokens
-         WHEN NEW.subject = 'doomed' BEGIN SELECT RAISE(ABORT, 'refused by the test'); END",
-    )
-    .execute(&mut other)
-    .await
-    .unwrap();
+    refuse_doomed_rows(&path, "oidc_refresh_tokens").await;
 
     let refused = tokens
         .rotate_refresh_token(&TokenHash([1; 32]), token(2, "doomed"), "sealed".into())
