@@ -22,15 +22,18 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
+use std::hash::BuildHasher as _;
 use std::sync::Arc;
 
 use parking_lot::{Mutex, RwLock};
+use smallvec::SmallVec;
 
 use crate::api_key::{ApiKey, ApiKeyStore};
 use crate::application::{AppId, Application, ApplicationStore};
 use crate::event::{AuditEvent, EventQuery};
 use crate::oidc::{LogoutDelivery, MemoryDeliveryStore};
 use crate::plan;
+use crate::record;
 use crate::session::{EndReason, Session};
 use crate::store::{
     EndedSessions, Ending, Insert, Inserted, LiveCount, LiveTally, SessionStore, StoreError,
@@ -40,8 +43,9 @@ use crate::token::{GeneratedTokens, PublicId, SessionId, TokenHash};
 
 const SHARDS: usize = 64;
 
-/// One shard of the token-hash index.
-type Shard = RwLock<HashMap<TokenHash, Arc<Session>, GeneratedTokens>>;
+/// One shard of the token-hash index: each session as its record ([`crate::record`]), decoded
+/// when read (a session decoded takes several times the memory of its record).
+type Shard = RwLock<HashMap<TokenHash, Box<[u8]>, GeneratedTokens>>;
 
 /// One atomic unit of change, as a journal must persist it.
 #[derive(Debug, Clone, Default)]
@@ -204,26 +208,119 @@ impl Default for MemoryStore {
     }
 }
 
+/// A session id as the indexes keep it: an id the engine made as its route and 16 random bytes,
+/// with no allocation; any other (an id of an older release) as its text.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+enum IdKey {
+    Routed([u8; 17]),
+    Text(Box<str>),
+}
+
+impl IdKey {
+    /// The least key: a range up to `(t, IdKey::FIRST)` holds every entry before `t`.
+    const FIRST: Self = Self::Routed([0; 17]);
+
+    fn of(id: &SessionId) -> Self {
+        match record::routed_id(id.as_str()) {
+            Some((route, random)) => {
+                let mut key = [0; 17];
+                key[0] = route;
+                key[1..].copy_from_slice(&random);
+                Self::Routed(key)
+            }
+            None => Self::Text(id.as_str().into()),
+        }
+    }
+
+    fn id(&self) -> SessionId {
+        match self {
+            Self::Routed(key) => record::routed_session_id(key[0], &key[1..]),
+            Self::Text(text) => PublicId::from_string(text.to_string()),
+        }
+    }
+}
+
+/// Every entry of a time index at or before `now`.
+fn up_to(now: Timestamp) -> std::ops::RangeTo<(Timestamp, IdKey)> {
+    ..(
+        Timestamp::from_millis(now.as_millis().saturating_add(1)),
+        IdKey::FIRST,
+    )
+}
+
+/// Session ids per subject. Keyed by a keyed hash of the subject rather than the subject itself
+/// (ten million subjects would each be kept twice, here and in their records): the sessions of
+/// subjects whose hashes collide share a list, so a reader keeps only those of its subject.
+#[derive(Default)]
+struct SubjectIndex {
+    keys: std::hash::RandomState,
+    lists: HashMap<u64, SmallVec<[IdKey; 1]>>,
+}
+
+impl SubjectIndex {
+    fn key(&self, subject: &str) -> u64 {
+        self.keys.hash_one(subject)
+    }
+
+    fn add(&mut self, subject: &str, id: IdKey) {
+        let key = self.key(subject);
+        self.lists.entry(key).or_default().push(id);
+    }
+
+    fn remove(&mut self, subject: &str, id: &IdKey) {
+        let key = self.key(subject);
+        if let Some(list) = self.lists.get_mut(&key) {
+            list.retain(|x| x != id);
+            if list.is_empty() {
+                self.lists.remove(&key);
+            }
+        }
+    }
+
+    /// The ids listed under `subject`'s key: its own, and any of a subject whose hash collides.
+    fn ids(&self, subject: &str) -> &[IdKey] {
+        self.lists
+            .get(&self.key(subject))
+            .map_or(&[], |list| list.as_slice())
+    }
+
+    fn contains(&self, subject: &str, id: &IdKey) -> bool {
+        self.ids(subject).contains(id)
+    }
+
+    fn all(&self) -> impl Iterator<Item = &IdKey> {
+        self.lists.values().flatten()
+    }
+
+    #[cfg(test)]
+    fn is_empty(&self) -> bool {
+        self.lists.is_empty()
+    }
+}
+
 #[derive(Default)]
 struct WriterState {
     next_seq: u64,
     /// Live session ids per subject.
-    subjects: HashMap<String, Vec<SessionId>>,
+    subjects: SubjectIndex,
     /// Timed-out sessions per subject that may still be re-constituted.
-    tombstones: HashMap<String, Vec<SessionId>>,
+    tombstones: SubjectIndex,
     /// Live children per parent.
-    children: HashMap<SessionId, Vec<SessionId>>,
+    children: HashMap<IdKey, Vec<IdKey>>,
     /// Ended sessions by purge time.
-    purges: BTreeSet<(Timestamp, SessionId)>,
+    purges: BTreeSet<(Timestamp, IdKey)>,
 }
 
 /// See the module documentation.
 pub struct CachedStore<J> {
     journal: J,
     by_hash: Box<[Shard]>,
-    by_id: RwLock<HashMap<SessionId, TokenHash>>,
+    by_id: RwLock<HashMap<IdKey, TokenHash>>,
     /// Live sessions by nearest deadline; entries may be stale and are re-checked when due.
-    deadlines: Mutex<BTreeSet<(Timestamp, SessionId)>>,
+    deadlines: Mutex<BTreeSet<(Timestamp, IdKey)>>,
+    /// Live sessions by application and policy, kept as sessions change (counting them would
+    /// read every record).
+    live: Mutex<LiveTally>,
     pending_touches: Mutex<HashMap<SessionId, Touch>>,
     api_keys: RwLock<HashMap<TokenHash, ApiKey, GeneratedTokens>>,
     applications: RwLock<HashMap<AppId, Application>>,
@@ -246,6 +343,14 @@ fn shard_of(hash: &TokenHash) -> usize {
     usize::from(hash.0[0]) % SHARDS
 }
 
+/// The records of `sessions`, in order.
+fn records_of(sessions: &[Arc<Session>]) -> Result<Vec<Box<[u8]>>, StoreError> {
+    sessions
+        .iter()
+        .map(|s| record::encode(s).map(Vec::into_boxed_slice))
+        .collect()
+}
+
 impl<J: Journal> CachedStore<J> {
     /// Opens the store over `journal`, loading what it held.
     pub fn open(journal: J, snapshot: Snapshot) -> Self {
@@ -254,6 +359,7 @@ impl<J: Journal> CachedStore<J> {
             by_hash: (0..SHARDS).map(|_| RwLock::default()).collect(),
             by_id: RwLock::default(),
             deadlines: Mutex::default(),
+            live: Mutex::default(),
             pending_touches: Mutex::default(),
             api_keys: RwLock::new(
                 snapshot
@@ -275,16 +381,33 @@ impl<J: Journal> CachedStore<J> {
             }),
             stale: std::sync::atomic::AtomicBool::new(false),
         };
-        {
-            let mut state = store
-                .writer
-                .try_lock()
-                .expect("a store being opened has no other user");
-            for session in snapshot.sessions {
-                store.apply(&mut state, Arc::new(session));
-            }
-        }
         store
+            .restore(snapshot.sessions)
+            .expect("a session's record always encodes: its parts are plain data");
+        store
+    }
+
+    /// Adds sessions read back from the journal, before the store serves anyone. A journal
+    /// holding millions of sessions hands them over in batches, so that only one batch is ever
+    /// held in memory decoded.
+    pub fn restore(&self, sessions: impl IntoIterator<Item = Session>) -> Result<(), StoreError> {
+        let mut state = self
+            .writer
+            .try_lock()
+            .map_err(|_| StoreError::Unavailable("the store is already serving".into()))?;
+        self.restore_into(&mut state, sessions)
+    }
+
+    fn restore_into(
+        &self,
+        state: &mut WriterState,
+        sessions: impl IntoIterator<Item = Session>,
+    ) -> Result<(), StoreError> {
+        for session in sessions {
+            let record = record::encode(&session)?.into_boxed_slice();
+            self.apply(state, &session, record);
+        }
+        Ok(())
     }
 
     /// The writer lock, with memory agreeing with the journal: after a queued change failed,
@@ -295,19 +418,20 @@ impl<J: Journal> CachedStore<J> {
         let mut state = self.writer.lock().await;
         if self.stale.load(Ordering::Acquire) {
             let snapshot = self.journal.reload().await?;
-            self.replace_all(&mut state, snapshot);
+            self.replace_all(&mut state, snapshot)?;
             self.stale.store(false, Ordering::Release);
         }
         Ok(state)
     }
 
     /// Replaces everything in memory with `snapshot`.
-    fn replace_all(&self, state: &mut WriterState, snapshot: Snapshot) {
+    fn replace_all(&self, state: &mut WriterState, snapshot: Snapshot) -> Result<(), StoreError> {
         for shard in &self.by_hash {
             shard.write().clear();
         }
         self.by_id.write().clear();
         self.deadlines.lock().clear();
+        *self.live.lock() = LiveTally::default();
         *self.api_keys.write() = snapshot
             .api_keys
             .into_iter()
@@ -322,9 +446,7 @@ impl<J: Journal> CachedStore<J> {
             next_seq: snapshot.last_seq + 1,
             ..WriterState::default()
         };
-        for session in snapshot.sessions {
-            self.apply(state, Arc::new(session));
-        }
+        self.restore_into(state, snapshot.sessions)
     }
 
     /// The journal behind the cache.
@@ -342,14 +464,38 @@ impl<J: Journal> CachedStore<J> {
         self.len() == 0
     }
 
-    fn get_by_id(&self, id: &SessionId) -> Option<Arc<Session>> {
-        let hash = *self.by_id.read().get(id)?;
-        self.by_hash[shard_of(&hash)].read().get(&hash).cloned()
+    /// The session under `hash`. A record that does not decode (which only a bug could make:
+    /// every record was encoded here) reads as no session: the person is not signed in.
+    fn get(&self, hash: &TokenHash) -> Option<Arc<Session>> {
+        let shard = self.by_hash[shard_of(hash)].read();
+        let record = shard.get(hash)?;
+        record::decode(*hash, record).ok().map(Arc::new)
     }
 
-    /// Makes memory agree with `session` (already journalled), fixing every index.
-    fn apply(&self, state: &mut WriterState, session: Arc<Session>) {
-        let previous = self.get_by_id(&session.id);
+    fn get_by_key(&self, key: &IdKey) -> Option<Arc<Session>> {
+        let hash = *self.by_id.read().get(key)?;
+        self.get(&hash)
+    }
+
+    fn get_by_id(&self, id: &SessionId) -> Option<Arc<Session>> {
+        self.get_by_key(&IdKey::of(id))
+    }
+
+    /// The sessions of `subject` listed in `index`.
+    fn sessions_of(&self, index: &SubjectIndex, subject: &str) -> Vec<Arc<Session>> {
+        index
+            .ids(subject)
+            .iter()
+            .filter_map(|key| self.get_by_key(key))
+            .filter(|s| s.subject == subject)
+            .collect()
+    }
+
+    /// Makes memory agree with `session` (already journalled), kept as `record`, fixing every
+    /// index.
+    fn apply(&self, state: &mut WriterState, session: &Session, record: Box<[u8]>) {
+        let key = IdKey::of(&session.id);
+        let previous = self.get_by_key(&key);
         if let Some(prev) = &previous {
             if prev.token_hash != session.token_hash {
                 self.by_hash[shard_of(&prev.token_hash)]
@@ -359,75 +505,78 @@ impl<J: Journal> CachedStore<J> {
             if prev.is_live() {
                 self.deadlines
                     .lock()
-                    .remove(&(prev.next_deadline().0, prev.id.clone()));
+                    .remove(&(prev.next_deadline().0, key.clone()));
             }
         }
+        {
+            let mut live = self.live.lock();
+            if let Some(prev) = &previous {
+                live.remove(prev);
+            }
+            live.add(session);
+        }
         let was_live = previous.as_ref().is_some_and(|p| p.is_live());
-        let id = session.id.clone();
         if session.is_live() {
             self.deadlines
                 .lock()
-                .insert((session.next_deadline().0, id.clone()));
+                .insert((session.next_deadline().0, key.clone()));
             if !was_live {
-                state
-                    .subjects
-                    .entry(session.subject.clone())
-                    .or_default()
-                    .push(id.clone());
+                state.subjects.add(&session.subject, key.clone());
                 if let Some(parent) = &session.parent {
                     state
                         .children
-                        .entry(parent.clone())
+                        .entry(IdKey::of(parent))
                         .or_default()
-                        .push(id.clone());
+                        .push(key.clone());
                 }
             }
         } else {
             if was_live {
-                remove_from(&mut state.subjects, &session.subject, &id);
+                state.subjects.remove(&session.subject, &key);
                 if let Some(parent) = &session.parent {
-                    remove_from(&mut state.children, parent, &id);
+                    let parent = IdKey::of(parent);
+                    if let Some(list) = state.children.get_mut(&parent) {
+                        list.retain(|x| x != &key);
+                        if list.is_empty() {
+                            state.children.remove(&parent);
+                        }
+                    }
                 }
             }
             let ended = session.ended.as_ref().expect("not live means ended");
             if previous.as_ref().and_then(|p| p.ended.as_ref()).is_none() {
-                state.purges.insert((ended.purge_at, id.clone()));
+                state.purges.insert((ended.purge_at, key.clone()));
             }
             let reconstitutable =
                 ended.reconstitute_until.is_some() && ended.reconstituted_into.is_none();
             // No entry for a subject without tombstones: every ended session of a subject
             // seen once would otherwise leave an empty list behind for good.
-            let listed = state
-                .tombstones
-                .get(&session.subject)
-                .is_some_and(|list| list.contains(&id));
+            let listed = state.tombstones.contains(&session.subject, &key);
             if reconstitutable && !listed {
-                state
-                    .tombstones
-                    .entry(session.subject.clone())
-                    .or_default()
-                    .push(id.clone());
+                state.tombstones.add(&session.subject, key.clone());
             } else if !reconstitutable && listed {
-                remove_from(&mut state.tombstones, &session.subject, &id);
+                state.tombstones.remove(&session.subject, &key);
             }
         }
-        self.by_id.write().insert(id, session.token_hash);
+        self.by_id.write().insert(key, session.token_hash);
         self.by_hash[shard_of(&session.token_hash)]
             .write()
-            .insert(session.token_hash, session);
+            .insert(session.token_hash, record);
     }
 
     fn forget(&self, state: &mut WriterState, id: &SessionId) {
-        let Some(session) = self.get_by_id(id) else {
+        let key = IdKey::of(id);
+        let Some(session) = self.get_by_key(&key) else {
             return;
         };
-        self.by_id.write().remove(id);
+        self.by_id.write().remove(&key);
         self.by_hash[shard_of(&session.token_hash)]
             .write()
             .remove(&session.token_hash);
-        remove_from(&mut state.tombstones, &session.subject, id);
+        self.live.lock().remove(&session);
+        state.tombstones.remove(&session.subject, &key);
         if let Some(ended) = &session.ended {
-            state.purges.remove(&(ended.purge_at, id.clone()));
+            state.purges.remove(&(ended.purge_at, key));
         }
     }
 
@@ -445,10 +594,11 @@ impl<J: Journal> CachedStore<J> {
         mut state: WriterGuard<'_>,
         mut change: Change,
     ) -> Result<Vec<AuditEvent>, StoreError> {
+        let records = records_of(&change.sessions)?;
         let first_seq = state.next_seq;
         Self::stamp(&mut state, &mut change.events);
         if let Some(ticket) = self.journal.enqueue(change.clone()) {
-            self.apply_change(&mut state, &change);
+            self.apply_change(&mut state, &change, records);
             drop(state);
             if let Err(err) = ticket.durable().await {
                 self.stale.store(true, std::sync::atomic::Ordering::Release);
@@ -463,17 +613,17 @@ impl<J: Journal> CachedStore<J> {
             state.next_seq = first_seq;
             return Err(err);
         }
-        self.apply_change(&mut state, &change);
+        self.apply_change(&mut state, &change, records);
         Ok(change.events)
     }
 
-    /// Makes memory agree with `change`.
-    fn apply_change(&self, state: &mut WriterState, change: &Change) {
+    /// Makes memory agree with `change`, whose sessions are kept as `records`.
+    fn apply_change(&self, state: &mut WriterState, change: &Change, records: Vec<Box<[u8]>>) {
         for id in &change.purged {
             self.forget(state, id);
         }
-        for session in &change.sessions {
-            self.apply(state, Arc::clone(session));
+        for (session, record) in change.sessions.iter().zip(records) {
+            self.apply(state, session, record);
         }
         if !change.api_keys.is_empty() {
             let mut keys = self.api_keys.write();
@@ -510,29 +660,21 @@ impl<J: Journal> CachedStore<J> {
         change.events.push(AuditEvent::ended(&ended, &ending.actor));
         change.deliveries.extend(LogoutDelivery::for_ended(&ended));
         change.sessions.push(Arc::clone(&ended));
-        for child in state.children.get(id).cloned().unwrap_or_default() {
-            self.plan_end(state, &child, ending, EndReason::ParentEnded, change);
+        let children = state.children.get(&IdKey::of(id)).cloned();
+        for child in children.unwrap_or_default() {
+            self.plan_end(state, &child.id(), ending, EndReason::ParentEnded, change);
         }
         Some(ended)
     }
 }
 
-fn remove_from<K, Q>(map: &mut HashMap<K, Vec<SessionId>>, key: &Q, id: &SessionId)
-where
-    K: std::borrow::Borrow<Q> + std::hash::Hash + Eq,
-    Q: std::hash::Hash + Eq + ?Sized,
-{
-    if let Some(list) = map.get_mut(key) {
-        list.retain(|x| x != id);
-        if list.is_empty() {
-            map.remove(key);
-        }
-    }
-}
-
 impl<J: Journal> SessionStore for CachedStore<J> {
     async fn find_by_token(&self, hash: &TokenHash) -> Result<Option<Arc<Session>>, StoreError> {
-        Ok(self.by_hash[shard_of(hash)].read().get(hash).cloned())
+        let shard = self.by_hash[shard_of(hash)].read();
+        let Some(record) = shard.get(hash) else {
+            return Ok(None);
+        };
+        Ok(Some(Arc::new(record::decode(*hash, record)?)))
     }
 
     async fn find_by_id(&self, id: &SessionId) -> Result<Option<Arc<Session>>, StoreError> {
@@ -541,13 +683,7 @@ impl<J: Journal> SessionStore for CachedStore<J> {
 
     async fn list_subject(&self, subject: &str) -> Result<Vec<Arc<Session>>, StoreError> {
         let state = self.writer.lock().await;
-        let mut sessions: Vec<_> = state
-            .subjects
-            .get(subject)
-            .into_iter()
-            .flatten()
-            .filter_map(|id| self.get_by_id(id))
-            .collect();
+        let mut sessions = self.sessions_of(&state.subjects, subject);
         sessions.sort_by_key(|s| s.created_at);
         Ok(sessions)
     }
@@ -562,13 +698,7 @@ impl<J: Journal> SessionStore for CachedStore<J> {
         }
 
         if let Some(limit) = insert.limit {
-            let live: Vec<Arc<Session>> = state
-                .subjects
-                .get(&session.subject)
-                .into_iter()
-                .flatten()
-                .filter_map(|id| self.get_by_id(id))
-                .collect();
+            let live = self.sessions_of(&state.subjects, &session.subject);
             let ending = Ending {
                 reason: EndReason::NewDevice,
                 at: now,
@@ -588,13 +718,7 @@ impl<J: Journal> SessionStore for CachedStore<J> {
         }
 
         if insert.reconstitute {
-            let candidates: Vec<Arc<Session>> = state
-                .tombstones
-                .get(&session.subject)
-                .into_iter()
-                .flatten()
-                .filter_map(|id| self.get_by_id(id))
-                .collect();
+            let candidates = self.sessions_of(&state.tombstones, &session.subject);
             if let Some(tomb) = plan::pick_tombstone(&candidates, &session) {
                 change
                     .sessions
@@ -632,19 +756,20 @@ impl<J: Journal> SessionStore for CachedStore<J> {
     }
 
     async fn touch(&self, id: &SessionId, at: Timestamp) -> Result<(), StoreError> {
-        let Some(hash) = self.by_id.read().get(id).copied() else {
+        let key = IdKey::of(id);
+        let Some(hash) = self.by_id.read().get(&key).copied() else {
             return Ok(());
         };
         let touch = {
             let mut shard = self.by_hash[shard_of(&hash)].write();
-            let Some(current) = shard.get(&hash) else {
+            let Some(record) = shard.get(&hash) else {
                 return Ok(());
             };
-            if !current.is_live() || current.last_seen_at >= at {
+            let mut next = record::decode(hash, record)?;
+            if !next.is_live() || next.last_seen_at >= at {
                 return Ok(());
             }
-            let old_deadline = current.next_deadline().0;
-            let mut next = Session::clone(current);
+            let old_deadline = next.next_deadline().0;
             next.last_seen_at = at;
             if let Some(idle) = next.idle.as_mut() {
                 idle.at = at.plus(idle.lifetime());
@@ -656,10 +781,10 @@ impl<J: Journal> SessionStore for CachedStore<J> {
                 idle_at: next.idle.as_ref().map(|i| i.at),
                 next_deadline: new_deadline,
             };
-            shard.insert(hash, Arc::new(next));
+            shard.insert(hash, record::encode(&next)?.into_boxed_slice());
             let mut deadlines = self.deadlines.lock();
-            deadlines.remove(&(old_deadline, id.clone()));
-            deadlines.insert((new_deadline, id.clone()));
+            deadlines.remove(&(old_deadline, key.clone()));
+            deadlines.insert((new_deadline, key));
             touch
         };
         self.pending_touches.lock().insert(id.clone(), touch);
@@ -688,15 +813,17 @@ impl<J: Journal> SessionStore for CachedStore<J> {
     ) -> Result<EndedSessions, StoreError> {
         let state = self.write_lock().await?;
         let mut change = Change::default();
-        let ids: Vec<SessionId> = state.subjects.get(subject).cloned().unwrap_or_default();
-        let mut sessions = Vec::new();
-        let in_scope = |id: &SessionId| {
-            Some(id) != except
-                && application
-                    .is_none_or(|app| self.get_by_id(id).is_some_and(|s| &s.application == app))
+        let in_scope = |s: &Session| {
+            Some(&s.id) != except && application.is_none_or(|app| &s.application == app)
         };
-        for id in ids.iter().filter(|id| in_scope(id)) {
-            if let Some(ended) = self.plan_end(&state, id, &ending, ending.reason, &mut change) {
+        let mut sessions = Vec::new();
+        for session in self.sessions_of(&state.subjects, subject) {
+            if !in_scope(&session) {
+                continue;
+            }
+            if let Some(ended) =
+                self.plan_end(&state, &session.id, &ending, ending.reason, &mut change)
+            {
                 sessions.push(ended);
             }
         }
@@ -715,47 +842,37 @@ impl<J: Journal> SessionStore for CachedStore<J> {
         let state = self.writer.lock().await;
         Ok(state
             .subjects
-            .values()
-            .flatten()
-            .filter_map(|id| self.get_by_id(id))
+            .all()
+            .filter_map(|key| self.get_by_key(key))
             .filter(|s| &s.application == application)
             .take(limit)
             .collect())
     }
 
-    /// Walks the token-hash shards one at a time, so validations of other shards go on and no
-    /// change waits for the whole walk (the writer lock is not taken); a change that lands
-    /// meanwhile may be counted or not, which a gauge sampled on an interval tolerates.
     async fn live_counts(&self) -> Result<Vec<LiveCount>, StoreError> {
-        let mut tally = LiveTally::default();
-        for shard in &self.by_hash {
-            for session in shard.read().values() {
-                tally.add(session);
-            }
-        }
-        Ok(tally.into_counts())
+        Ok(self.live.lock().clone().into_counts())
     }
 
     async fn due(&self, now: Timestamp, limit: usize) -> Result<Vec<Arc<Session>>, StoreError> {
-        let candidates: Vec<(Timestamp, SessionId)> = self
+        let candidates: Vec<(Timestamp, IdKey)> = self
             .deadlines
             .lock()
-            .range(..=(now, PublicId::from_string(String::from("\u{10FFFF}"))))
+            .range(up_to(now))
             .take(limit.saturating_mul(2).max(16))
             .cloned()
             .collect();
         let mut due = Vec::new();
-        for (at, id) in candidates {
-            match self.get_by_id(&id) {
+        for (at, key) in candidates {
+            match self.get_by_key(&key) {
                 Some(s) if s.is_live() && s.next_deadline().0 == at => due.push(s),
                 Some(s) if s.is_live() => {
                     // A touch raced with another change: keep only the true entry.
                     let mut deadlines = self.deadlines.lock();
-                    deadlines.remove(&(at, id));
-                    deadlines.insert((s.next_deadline().0, s.id.clone()));
+                    deadlines.remove(&(at, key.clone()));
+                    deadlines.insert((s.next_deadline().0, key));
                 }
                 _ => {
-                    self.deadlines.lock().remove(&(at, id));
+                    self.deadlines.lock().remove(&(at, key));
                 }
             }
             if due.len() == limit {
@@ -767,21 +884,22 @@ impl<J: Journal> SessionStore for CachedStore<J> {
 
     async fn purge(&self, now: Timestamp) -> Result<usize, StoreError> {
         let state = self.write_lock().await?;
-        let expired: Vec<(Timestamp, SessionId)> = state
+        let expired: Vec<SessionId> = state
             .purges
-            .range(..=(now, PublicId::from_string(String::from("\u{10FFFF}"))))
+            .range(up_to(now))
             .take(10_000)
-            .cloned()
+            .map(|(_, key)| key.id())
             .collect();
         if expired.is_empty() {
             return Ok(0);
         }
+        let count = expired.len();
         let change = Change {
-            purged: expired.iter().map(|(_, id)| id.clone()).collect(),
+            purged: expired,
             ..Change::default()
         };
         self.commit(state, change).await?;
-        Ok(expired.len())
+        Ok(count)
     }
 
     async fn append_event(&self, event: AuditEvent) -> Result<AuditEvent, StoreError> {
@@ -964,9 +1082,72 @@ mod tests {
     use crate::policy::PolicySet;
     use crate::random::SeededRandom;
     use crate::session::EndReason;
-    use crate::time::{ManualClock, Timestamp};
+    use crate::time::{Clock, ManualClock, Timestamp};
 
     use super::MemoryStore;
+
+    /// The subject index keys lists by a hash of the subject: should two subjects' hashes
+    /// collide, listing, limiting or ending one subject's sessions must never reach the other's.
+    #[tokio::test]
+    async fn subjects_whose_hashes_collide_never_share_sessions() {
+        use crate::event::Actor;
+        use crate::store::{Ending, SessionStore};
+
+        let clock = Arc::new(ManualClock::new(Timestamp::from_millis(1_800_000_000_000)));
+        let engine = Engine::new(
+            MemoryStore::new(),
+            PolicySet::default(),
+            clock.clone(),
+            Arc::new(SeededRandom::new(9)),
+        );
+        let operator = Principal::operator();
+        let create = |subject: &str| NewSession {
+            subject: subject.into(),
+            application: Some(crate::application::legacy_app()),
+            auth: crate::session::AuthContext {
+                methods: vec!["pwd".into()],
+                level: 1,
+            },
+            ..NewSession::default()
+        };
+        let alice = engine.create(create("alice"), &operator).await.unwrap();
+        let bob = engine.create(create("bob"), &operator).await.unwrap();
+        let store = engine.store();
+        // What a collision makes: bob's session listed under alice's key.
+        store
+            .writer
+            .lock()
+            .await
+            .subjects
+            .add("alice", super::IdKey::of(&bob.session.id));
+
+        let listed = store.list_subject("alice").await.unwrap();
+        assert_eq!(
+            listed.iter().map(|s| &s.id).collect::<Vec<_>>(),
+            vec![&alice.session.id]
+        );
+        let ended = store
+            .end_subject(
+                "alice",
+                None,
+                None,
+                Ending {
+                    reason: EndReason::RevokedAdmin,
+                    at: clock.now(),
+                    actor: Actor("test".into()),
+                    reconstitute_until: None,
+                    retention: Duration::from_secs(60),
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            ended.sessions.iter().map(|s| &s.id).collect::<Vec<_>>(),
+            vec![&alice.session.id]
+        );
+        let bob_now = store.find_by_id(&bob.session.id).await.unwrap().unwrap();
+        assert!(bob_now.is_live(), "bob's session was ended with alice's");
+    }
 
     /// Nothing is kept for a session once it is purged, whatever ended it: a long run of
     /// sessions of subjects seen once (the soak's load) must not grow any index.
@@ -1016,12 +1197,21 @@ mod tests {
 
         let store = engine.store();
         let state = store.writer.lock().await;
-        assert!(state.subjects.is_empty(), "{:?}", state.subjects.len());
-        assert!(state.tombstones.is_empty(), "{:?}", state.tombstones.len());
+        assert!(
+            state.subjects.is_empty(),
+            "{:?}",
+            state.subjects.lists.len()
+        );
+        assert!(
+            state.tombstones.is_empty(),
+            "{:?}",
+            state.tombstones.lists.len()
+        );
         assert!(state.children.is_empty());
         assert!(state.purges.is_empty());
         assert!(store.by_id.read().is_empty());
         assert!(store.deadlines.lock().is_empty());
         assert!(store.by_hash.iter().all(|shard| shard.read().is_empty()));
+        assert!(store.live.lock().clone().into_counts().is_empty());
     }
 }

@@ -17,6 +17,7 @@ pub mod oidc;
 pub mod plan;
 pub mod policy;
 pub mod random;
+pub mod record;
 pub mod rules;
 pub mod sealed;
 pub mod session;

@@ -169,9 +169,9 @@ pub struct LiveCount {
 }
 
 /// Counts live sessions by application and policy, for stores that walk their sessions to
-/// answer [`SessionStore::live_counts`]. A pair's names are copied once, when it is first seen,
-/// not per session.
-#[derive(Debug, Default)]
+/// answer [`SessionStore::live_counts`] (or keep the count as sessions change). A pair's names
+/// are copied once, when it is first seen, not per session.
+#[derive(Debug, Clone, Default)]
 pub struct LiveTally(HashMap<AppId, HashMap<String, u64>>);
 
 impl LiveTally {
@@ -189,6 +189,25 @@ impl LiveTally {
             None => {
                 policies.insert(session.policy.clone(), 1);
             }
+        }
+    }
+
+    /// Stops counting `session` if it is live (a pair counted down to none is dropped).
+    pub fn remove(&mut self, session: &Session) {
+        if !session.is_live() {
+            return;
+        }
+        let Some(policies) = self.0.get_mut(&session.application) else {
+            return;
+        };
+        if let Some(sessions) = policies.get_mut(session.policy.as_str()) {
+            *sessions = sessions.saturating_sub(1);
+            if *sessions == 0 {
+                policies.remove(session.policy.as_str());
+            }
+        }
+        if policies.is_empty() {
+            self.0.remove(&session.application);
         }
     }
 

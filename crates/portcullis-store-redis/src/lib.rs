@@ -52,6 +52,7 @@ use std::sync::{Arc, LazyLock, Mutex, PoisonError};
 use std::time::Duration;
 
 use portcullis_core::oidc::LogoutDelivery;
+use portcullis_core::record;
 use portcullis_core::{
     ApiKeyCache, AppId, AuditEvent, BackendError, EndReason, EndedSessions, Ending, EventQuery,
     Insert, Inserted, Session, SessionId, SessionStore, StoreError, Timestamp, TokenHash, plan,
@@ -89,7 +90,11 @@ mod gather;
 mod identities;
 mod live;
 mod options;
-mod record;
+/// Byte 1 of a record whose ending the replicas have not confirmed yet (see `durable.rs`): the
+/// scripts read it as not live, as they read 0, and a reader waits for the replicas before it
+/// answers (`RedisStore::confirm`), then sets it to 0. Decoding does not look at byte 1 (the
+/// ending is in the record), so a release that never writes this value reads it as ended too.
+const UNCONFIRMED: u8 = 2;
 mod refresh_tokens;
 mod replays;
 mod signing_keys;
@@ -857,7 +862,7 @@ impl RedisStore {
     ) -> Result<Option<Session>, StoreError> {
         if record
             .as_ref()
-            .is_some_and(|bytes| bytes.get(1) == Some(&record::UNCONFIRMED))
+            .is_some_and(|bytes| bytes.get(1) == Some(&UNCONFIRMED))
         {
             self.confirm(hash).await?;
         }
@@ -1028,7 +1033,7 @@ impl RedisStore {
             if next.ended.is_some() && prev.is_some_and(Session::is_live) {
                 // Acknowledged only once the replicas have it (`commit`); until then readers
                 // wait for them too (`confirm`).
-                record[1] = record::UNCONFIRMED;
+                record[1] = UNCONFIRMED;
                 plan.unconfirmed.push(key.clone());
                 plan.durable = true;
             }

@@ -7,9 +7,9 @@
 //!
 //! [`SessionStore::live_counts`]: portcullis_core::SessionStore::live_counts
 
-use portcullis_core::{LiveCount, LiveTally, StoreError};
+use portcullis_core::{LiveCount, LiveTally, StoreError, record};
 
-use crate::{RedisStore, SubjectEntry, WALK_BATCH, record};
+use crate::{RedisStore, SubjectEntry, WALK_BATCH};
 
 impl RedisStore {
     /// Counts every live session by application and policy: per tag, one pipeline of its 64

@@ -159,18 +159,58 @@ pub async fn open(path: &Path) -> Result<SqliteStore, OpenError> {
         writer: Writer::start(writer),
         refresh_tokens: Arc::new(parking_lot::Mutex::new(refresh_tokens)),
     };
-    let snapshot = journal.load().await?;
-    Ok(CachedStore::open(journal, snapshot))
+    let snapshot = journal.load_all_but_sessions().await?;
+    let store = CachedStore::open(journal, snapshot);
+    store.journal().restore_sessions(&store).await?;
+    Ok(store)
 }
+
+/// Sessions read back per query on open: a batch is all that is ever held decoded (ten million
+/// sessions decoded at once would take several times the memory their records take in the cache).
+const RESTORE_BATCH: i64 = 10_000;
 
 impl SqliteJournal {
     /// Reads back every retained session, every API key, every application and the last event
     /// position.
     async fn load(&self) -> Result<Snapshot, StoreError> {
+        let mut snapshot = self.load_all_but_sessions().await?;
+        snapshot.sessions = self
+            .read_bodies::<StoredSession, _>("SELECT body FROM sessions")
+            .await?;
+        Ok(snapshot)
+    }
+
+    /// Hands every retained session to `store`, a batch at a time, in the order of the table.
+    async fn restore_sessions(&self, store: &SqliteStore) -> Result<(), StoreError> {
+        let mut after = i64::MIN;
+        loop {
+            let rows = sqlx::query(
+                "SELECT rowid, body FROM sessions WHERE rowid > ?1 ORDER BY rowid LIMIT ?2",
+            )
+            .bind(after)
+            .bind(RESTORE_BATCH)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(unavailable)?;
+            let Some(last) = rows.last() else {
+                return Ok(());
+            };
+            after = last.get(0);
+            let sessions = rows
+                .iter()
+                .map(|row| {
+                    let stored: StoredSession =
+                        serde_json::from_str(row.get::<&str, _>(1)).map_err(corrupt)?;
+                    Session::try_from(stored)
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            store.restore(sessions)?;
+        }
+    }
+
+    /// Reads back every API key, every application and the last event position.
+    async fn load_all_but_sessions(&self) -> Result<Snapshot, StoreError> {
         let mut snapshot = Snapshot {
-            sessions: self
-                .read_bodies::<StoredSession, _>("SELECT body FROM sessions")
-                .await?,
             api_keys: self
                 .read_bodies::<StoredApiKey, _>("SELECT body FROM api_keys")
                 .await?,

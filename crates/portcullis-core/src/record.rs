@@ -1,4 +1,6 @@
-//! The compact binary form of a session in Redis: one string value per session.
+//! The compact binary form of a session: one string value per session in Redis, and one
+//! allocation per session in the memory of [`crate::cache::CachedStore`] (the embedded store's
+//! ten million sessions fit one machine only so).
 //!
 //! A fixed header carries what the Lua scripts read and change in place (liveness, version,
 //! last activity and the deadlines); the rest is fields in a fixed order: a byte of flags for
@@ -20,32 +22,29 @@
 //! 128-byte allocation (sds header and terminator: 4 bytes): one byte more costs 32 (the next
 //! jemalloc size is 160).
 //!
-//! Header (big-endian), mirrored by `touch.lua` and `commit.lua`:
+//! Header (big-endian), mirrored by the Redis store's `touch.lua` and `commit.lua`:
 //!
 //! | offset | size | field |
 //! |---:|---:|---|
 //! | 0 | 1 | format (1) |
-//! | 1 | 1 | live (1), ended (0), or ended but not yet confirmed on the replicas ([`UNCONFIRMED`]) |
+//! | 1 | 1 | live (1), ended (0), or ended but not yet confirmed on the replicas (Redis: `UNCONFIRMED`) |
 //! | 2 | 8 | version |
 //! | 10 | 8 | last seen (ms) |
 //! | 18 | 8 | idle deadline (ms; 0 without an idle timeout) |
 //! | 26 | 8 | idle lifetime (ms; -1 without an idle timeout) |
 //! | 34 | 8 | absolute deadline (ms) |
 
+use crate::application::{AppId, LEGACY_APP, legacy_app};
+use crate::session::{AuthContext, Deadline, Device, Elevation, Ended, Session};
+use crate::store::StoreError;
+use crate::stored::{StoredElevation, StoredEnded};
+use crate::time::Timestamp;
+use crate::token::{PublicId, TokenHash};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use portcullis_core::{
-    AppId, AuthContext, Deadline, Device, Elevation, Ended, LEGACY_APP, PublicId, Session,
-    StoreError, StoredElevation, StoredEnded, Timestamp, TokenHash, legacy_app,
-};
 
 /// Length of the fixed header.
-pub(crate) const HEADER: usize = 42;
-/// Byte 1 of a record whose ending the replicas have not confirmed yet (see `durable.rs`): the
-/// scripts read it as not live, as they read 0, and a reader waits for the replicas before it
-/// answers (`RedisStore::confirm`), then sets it to 0. Decoding does not look at byte 1 (the
-/// ending is in the record), so a release that never writes this value reads it as ended too.
-pub(crate) const UNCONFIRMED: u8 = 2;
+pub const HEADER: usize = 42;
 const FORMAT: u8 = 2;
 /// Records written before format 2, still read.
 const FORMAT_1: u8 = 1;
@@ -204,7 +203,7 @@ impl Writer {
 /// How a session id stands in an index (a field of the id hash, a member of a time index): the
 /// same compact form as in a record, 18 bytes for an engine id, else its text (which never starts
 /// with the byte that marks the compact form).
-pub(crate) fn id_member(id: &PublicId) -> Vec<u8> {
+pub fn id_member(id: &PublicId) -> Vec<u8> {
     let mut w = Writer(Vec::with_capacity(18));
     match routed_id(id.as_str()) {
         Some(_) => w.id(id),
@@ -214,7 +213,7 @@ pub(crate) fn id_member(id: &PublicId) -> Vec<u8> {
 }
 
 /// The session id an index member stands for (`None` for a member no store of ours wrote).
-pub(crate) fn member_id(member: &[u8]) -> Option<PublicId> {
+pub fn member_id(member: &[u8]) -> Option<PublicId> {
     match member.first() {
         Some(&ID_ROUTED) if member.len() == 18 => Reader(member).id().ok(),
         _ => std::str::from_utf8(member)
@@ -223,8 +222,9 @@ pub(crate) fn member_id(member: &[u8]) -> Option<PublicId> {
     }
 }
 
-/// The route and random bytes of an id of the form `ses_<2 hex digits><22 base64url chars>`.
-fn routed_id(id: &str) -> Option<(u8, [u8; 16])> {
+/// The route and random bytes of an id of the form `ses_<2 hex digits><22 base64url chars>`
+/// (every session id the engine makes), `None` for any other.
+pub fn routed_id(id: &str) -> Option<(u8, [u8; 16])> {
     let rest = id.strip_prefix("ses_")?;
     let route = rest.get(..2)?;
     if !route
@@ -239,6 +239,11 @@ fn routed_id(id: &str) -> Option<(u8, [u8; 16])> {
     (URL_SAFE_NO_PAD.encode(random) == rest[2..])
         .then(|| u8::from_str_radix(route, 16).ok().map(|r| (r, random)))
         .flatten()
+}
+
+/// The session id `ses_<route><random>`: what [`routed_id`] reads.
+pub fn routed_session_id(route: u8, random: &[u8]) -> PublicId {
+    PublicId::from_string(format!("ses_{route:02x}{}", URL_SAFE_NO_PAD.encode(random)))
 }
 
 /// The random bytes of an id of the form `app_<22 base64url chars>`.
@@ -308,11 +313,7 @@ impl<'a> Reader<'a> {
         match self.byte()? {
             ID_ROUTED => {
                 let route = self.byte()?;
-                let random = self.take(16)?;
-                Ok(PublicId::from_string(format!(
-                    "ses_{route:02x}{}",
-                    URL_SAFE_NO_PAD.encode(random)
-                )))
+                Ok(routed_session_id(route, self.take(16)?))
             }
             ID_TEXT => Ok(PublicId::from_string(self.string()?)),
             _ => Err(corrupt("id")),
@@ -379,7 +380,7 @@ fn header(format: u8, session: &Session, capacity: usize) -> Writer {
 }
 
 /// The record of `session`.
-pub(crate) fn encode(session: &Session) -> Result<Vec<u8>, StoreError> {
+pub fn encode(session: &Session) -> Result<Vec<u8>, StoreError> {
     let mut w = header(FORMAT, session, 128);
     let opening = rule_opening(&session.policy);
     let idle_rule = session.idle.as_ref().map(|idle| {
@@ -468,7 +469,7 @@ pub(crate) fn encode(session: &Session) -> Result<Vec<u8>, StoreError> {
 }
 
 /// The session stored under `token_hash` as `bytes`.
-pub(crate) fn decode(token_hash: TokenHash, bytes: &[u8]) -> Result<Session, StoreError> {
+pub fn decode(token_hash: TokenHash, bytes: &[u8]) -> Result<Session, StoreError> {
     let mut r = Reader(bytes);
     let format = r.byte()?;
     if format != FORMAT && format != FORMAT_1 {
@@ -683,7 +684,8 @@ fn body_v1(r: &mut Reader<'_>) -> Result<Body, StoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use portcullis_core::{EndReason, portcullis_app};
+    use crate::application::portcullis_app;
+    use crate::session::EndReason;
 
     fn session() -> Session {
         let t = Timestamp::from_millis(1_764_000_000_123);
@@ -811,7 +813,7 @@ mod tests {
     }
 
     /// A session as the scale benchmark writes them: no data, a short rule, an engine id.
-    fn plain(random: &portcullis_core::SeededRandom) -> Session {
+    fn plain(random: &crate::SeededRandom) -> Session {
         let mut plain = session();
         plain.id = PublicId::generate_routed("ses_", 0x1f, random);
         plain.subject = "user123456".into();
@@ -824,7 +826,7 @@ mod tests {
 
     #[test]
     fn records_written_before_applications_read_as_the_legacy_applications() {
-        let random = portcullis_core::SeededRandom::new(3);
+        let random = crate::SeededRandom::new(3);
         let mut full = session();
         full.device.ip = Some("192.0.2.1".into());
         full.parent = Some(PublicId::generate_routed("ses_", 0xa3, &random));
@@ -850,7 +852,7 @@ mod tests {
 
     #[test]
     fn an_application_survives_a_round_trip() {
-        let random = portcullis_core::SeededRandom::new(5);
+        let random = crate::SeededRandom::new(5);
         let app = PublicId::generate("app_", &random);
         let legacy = plain(&random);
         let legacy_len = encode(&legacy).unwrap().len();
@@ -892,23 +894,23 @@ mod tests {
         }
     }
 
-    const PORTCULLIS_LEN: usize = portcullis_core::PORTCULLIS_APP.len();
+    const PORTCULLIS_LEN: usize = crate::PORTCULLIS_APP.len();
 
     #[test]
     fn the_portcullis_application_survives_a_round_trip() {
         let mut sso = session();
         sso.application = portcullis_app();
-        sso.policy = portcullis_core::SSO_POLICY.into();
+        sso.policy = crate::SSO_POLICY.into();
         sso.absolute.rule = format!("policy {}: absolute 12h (configured)", sso.policy);
         let bytes = encode(&sso).unwrap();
         let read = decode(sso.token_hash, &bytes).unwrap();
-        assert_eq!(read.application.as_str(), portcullis_core::PORTCULLIS_APP);
+        assert_eq!(read.application.as_str(), crate::PORTCULLIS_APP);
         assert_eq!(read, sso);
     }
 
     #[test]
     fn rules_and_times_are_written_short_and_read_whole() {
-        let random = portcullis_core::SeededRandom::new(9);
+        let random = crate::SeededRandom::new(9);
         let mut session = plain(&random);
         session.idle = Some(Deadline {
             at: Timestamp::from_millis(session.created_at.as_millis() + 900_000),
@@ -950,7 +952,7 @@ mod tests {
 
     #[test]
     fn engine_ids_take_their_random_bytes_and_others_their_text() {
-        let random = portcullis_core::SeededRandom::new(7);
+        let random = crate::SeededRandom::new(7);
         let mut routed = session();
         routed.id = PublicId::generate_routed("ses_", 0xa3, &random);
         routed.parent = Some(PublicId::generate_routed("ses_", 0xa3, &random));
@@ -976,7 +978,7 @@ mod tests {
     #[test]
     fn a_plain_session_of_an_application_fits_in_128_bytes() {
         // Redis adds 4 bytes (sds header and terminator); past 128 the allocation is 160.
-        let random = portcullis_core::SeededRandom::new(1);
+        let random = crate::SeededRandom::new(1);
         let mut plain = plain(&random);
         plain.application = PublicId::generate("app_", &random);
         let bytes = encode(&plain).unwrap();
