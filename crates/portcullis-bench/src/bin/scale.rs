@@ -16,6 +16,11 @@ use portcullis_core::{
     Session, SessionStore, Store, Token, TokenKind, subject_route,
 };
 
+/// The server's allocator (see `portcullis`'s `main.rs`): memory per session is measured as
+/// the server would hold it.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 struct Args {
     sessions: usize,
     dir: std::path::PathBuf,
