@@ -243,7 +243,14 @@ pub fn routed_id(id: &str) -> Option<(u8, [u8; 16])> {
 
 /// The session id `ses_<route><random>`: what [`routed_id`] reads.
 pub fn routed_session_id(route: u8, random: &[u8]) -> PublicId {
-    PublicId::from_string(format!("ses_{route:02x}{}", URL_SAFE_NO_PAD.encode(random)))
+    // Built in place: every read of a session decodes its id (no formatting machinery).
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut text = String::with_capacity(28);
+    text.push_str("ses_");
+    text.push(char::from(HEX[usize::from(route >> 4)]));
+    text.push(char::from(HEX[usize::from(route & 0xf)]));
+    URL_SAFE_NO_PAD.encode_string(random, &mut text);
+    PublicId::from_string(text)
 }
 
 /// The random bytes of an id of the form `app_<22 base64url chars>`.
@@ -256,7 +263,11 @@ fn random_app(id: &str) -> Option<[u8; 16]> {
 
 /// `policy <policy>: `, the opening of the rule texts the engine writes.
 fn rule_opening(policy: &str) -> String {
-    format!("policy {policy}: ")
+    let mut text = String::with_capacity(9 + policy.len() + 32);
+    text.push_str("policy ");
+    text.push_str(policy);
+    text.push_str(": ");
+    text
 }
 
 struct Reader<'a>(&'a [u8]);
@@ -322,10 +333,12 @@ impl<'a> Reader<'a> {
 
     fn app(&mut self) -> Result<AppId, StoreError> {
         match self.byte()? {
-            APP_RANDOM => Ok(PublicId::from_string(format!(
-                "app_{}",
-                URL_SAFE_NO_PAD.encode(self.take(16)?)
-            ))),
+            APP_RANDOM => {
+                let mut text = String::with_capacity(26);
+                text.push_str("app_");
+                URL_SAFE_NO_PAD.encode_string(self.take(16)?, &mut text);
+                Ok(PublicId::from_string(text))
+            }
             ID_TEXT => Ok(PublicId::from_string(self.string()?)),
             _ => Err(corrupt("application")),
         }
@@ -568,12 +581,13 @@ fn body(r: &mut Reader<'_>, absolute_at: i64) -> Result<Body, StoreError> {
         .map(|_| r.string())
         .collect::<Result<Vec<_>, _>>()?;
     let rule = |r: &mut Reader<'_>, short: bool| -> Result<String, StoreError> {
-        let text = r.string()?;
-        Ok(if short {
-            rule_opening(&policy) + &text
-        } else {
-            text
-        })
+        if !short {
+            return r.string();
+        }
+        let rest = std::str::from_utf8(r.bytes()?).map_err(|_| corrupt("text"))?;
+        let mut text = rule_opening(&policy);
+        text.push_str(rest);
+        Ok(text)
     };
     let idle_rule = has(IDLE_RULE)
         .then(|| rule(r, has(IDLE_RULE_OF_POLICY)))
