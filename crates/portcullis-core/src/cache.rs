@@ -1086,22 +1086,21 @@ mod tests {
 
     use super::MemoryStore;
 
-    /// The subject index keys lists by a hash of the subject: should two subjects' hashes
-    /// collide, listing, limiting or ending one subject's sessions must never reach the other's.
-    #[tokio::test]
-    async fn subjects_whose_hashes_collide_never_share_sessions() {
-        use crate::event::Actor;
-        use crate::store::{Ending, SessionStore};
-
+    /// An engine on a fresh memory store, its clock at a fixed time.
+    fn engine(seed: u64) -> (Engine<MemoryStore>, Arc<ManualClock>) {
         let clock = Arc::new(ManualClock::new(Timestamp::from_millis(1_800_000_000_000)));
         let engine = Engine::new(
             MemoryStore::new(),
             PolicySet::default(),
             clock.clone(),
-            Arc::new(SeededRandom::new(9)),
+            Arc::new(SeededRandom::new(seed)),
         );
-        let operator = Principal::operator();
-        let create = |subject: &str| NewSession {
+        (engine, clock)
+    }
+
+    /// A password sign-in of `subject` to the legacy application.
+    fn new_session(subject: &str) -> NewSession {
+        NewSession {
             subject: subject.into(),
             application: Some(crate::application::legacy_app()),
             auth: crate::session::AuthContext {
@@ -1109,9 +1108,23 @@ mod tests {
                 level: 1,
             },
             ..NewSession::default()
-        };
-        let alice = engine.create(create("alice"), &operator).await.unwrap();
-        let bob = engine.create(create("bob"), &operator).await.unwrap();
+        }
+    }
+
+    /// The subject index keys lists by a hash of the subject: should two subjects' hashes
+    /// collide, listing, limiting or ending one subject's sessions must never reach the other's.
+    #[tokio::test]
+    async fn subjects_whose_hashes_collide_never_share_sessions() {
+        use crate::event::Actor;
+        use crate::store::{Ending, SessionStore};
+
+        let (engine, clock) = engine(9);
+        let operator = Principal::operator();
+        let alice = engine
+            .create(new_session("alice"), &operator)
+            .await
+            .unwrap();
+        let bob = engine.create(new_session("bob"), &operator).await.unwrap();
         let store = engine.store();
         // What a collision makes: bob's session listed under alice's key.
         store
@@ -1153,28 +1166,11 @@ mod tests {
     /// sessions of subjects seen once (the soak's load) must not grow any index.
     #[tokio::test]
     async fn a_purged_session_leaves_nothing_behind_in_any_index() {
-        let clock = Arc::new(ManualClock::new(Timestamp::from_millis(1_800_000_000_000)));
-        let engine = Engine::new(
-            MemoryStore::new(),
-            PolicySet::default(),
-            clock.clone(),
-            Arc::new(SeededRandom::new(5)),
-        );
+        let (engine, clock) = engine(5);
         let operator = Principal::operator();
         for n in 0..60 {
             let issued = engine
-                .create(
-                    NewSession {
-                        subject: format!("subject-{n}"),
-                        application: Some(crate::application::legacy_app()),
-                        auth: crate::session::AuthContext {
-                            methods: vec!["pwd".into()],
-                            level: 1,
-                        },
-                        ..NewSession::default()
-                    },
-                    &operator,
-                )
+                .create(new_session(&format!("subject-{n}")), &operator)
                 .await
                 .unwrap();
             match n % 3 {

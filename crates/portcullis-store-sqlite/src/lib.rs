@@ -165,6 +165,15 @@ pub async fn open(path: &Path) -> Result<SqliteStore, OpenError> {
     Ok(store)
 }
 
+/// A `body` column read as its stored form `S` and converted to the domain type `T`.
+fn read_body<S, T>(body: &str) -> Result<T, StoreError>
+where
+    S: serde::de::DeserializeOwned,
+    T: TryFrom<S, Error = StoreError>,
+{
+    T::try_from(serde_json::from_str::<S>(body).map_err(corrupt)?)
+}
+
 /// Sessions read back per query on open: a batch is all that is ever held decoded (ten million
 /// sessions decoded at once would take several times the memory their records take in the cache).
 const RESTORE_BATCH: i64 = 10_000;
@@ -198,11 +207,7 @@ impl SqliteJournal {
             after = last.get(0);
             let sessions = rows
                 .iter()
-                .map(|row| {
-                    let stored: StoredSession =
-                        serde_json::from_str(row.get::<&str, _>(1)).map_err(corrupt)?;
-                    Session::try_from(stored)
-                })
+                .map(|row| read_body::<StoredSession, Session>(row.get(1)))
                 .collect::<Result<Vec<_>, _>>()?;
             store.restore(sessions)?;
         }
@@ -238,10 +243,7 @@ impl SqliteJournal {
             .await
             .map_err(unavailable)?;
         rows.iter()
-            .map(|row| {
-                let stored: S = serde_json::from_str(row.get::<&str, _>(0)).map_err(corrupt)?;
-                T::try_from(stored)
-            })
+            .map(|row| read_body::<S, T>(row.get(0)))
             .collect()
     }
 
