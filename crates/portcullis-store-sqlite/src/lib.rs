@@ -62,7 +62,8 @@ use std::sync::Arc;
 
 use portcullis_core::{
     AuditEvent, BackendError, CachedStore, Change, CommitTicket, EventQuery, Journal, PublicId,
-    Session, SessionId, Snapshot, StoreError, StoredApiKey, StoredSession, Touch,
+    Session, SessionId, Snapshot, StoreError, StoredApiKey, StoredSession, Timestamp, TokenHash,
+    Touch, record,
 };
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{ConnectOptions as _, Row, Sqlite, SqlitePool, Transaction};
@@ -174,6 +175,26 @@ where
     T::try_from(serde_json::from_str::<S>(body).map_err(corrupt)?)
 }
 
+/// The columns [`read_session`] reads, then the row's `rowid`.
+const SELECT_SESSIONS: &str = "SELECT record, token_hash, body, rowid FROM sessions";
+
+/// A session row: its record, or the JSON body of a row last written before records.
+fn read_session(row: &sqlx::sqlite::SqliteRow) -> Result<Session, StoreError> {
+    match row.get::<Option<&[u8]>, _>(0) {
+        Some(bytes) => {
+            let hash = TokenHash::from_hex(row.get(1))
+                .ok_or_else(|| StoreError::Corrupt("a session row's token hash".into()))?;
+            record::decode(hash, bytes)
+        }
+        None => read_body::<StoredSession, Session>(row.get(2)),
+    }
+}
+
+/// A time as a record header keeps it, in `hex()`'s upper-case digits.
+fn header_hex(at: Timestamp) -> String {
+    format!("{:016X}", at.as_millis())
+}
+
 /// Sessions read back per query on open: a batch is all that is ever held decoded (ten million
 /// sessions decoded at once would take several times the memory their records take in the cache).
 const RESTORE_BATCH: i64 = 10_000;
@@ -183,9 +204,13 @@ impl SqliteJournal {
     /// position.
     async fn load(&self) -> Result<Snapshot, StoreError> {
         let mut snapshot = self.load_all_but_sessions().await?;
-        snapshot.sessions = self
-            .read_bodies::<StoredSession, _>("SELECT body FROM sessions")
-            .await?;
+        snapshot.sessions = sqlx::query(SELECT_SESSIONS)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(unavailable)?
+            .iter()
+            .map(read_session)
+            .collect::<Result<_, _>>()?;
         Ok(snapshot)
     }
 
@@ -193,21 +218,20 @@ impl SqliteJournal {
     async fn restore_sessions(&self, store: &SqliteStore) -> Result<(), StoreError> {
         let mut after = i64::MIN;
         loop {
-            let rows = sqlx::query(
-                "SELECT rowid, body FROM sessions WHERE rowid > ?1 ORDER BY rowid LIMIT ?2",
-            )
-            .bind(after)
-            .bind(RESTORE_BATCH)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(unavailable)?;
+            let sql = format!("{SELECT_SESSIONS} WHERE rowid > ?1 ORDER BY rowid LIMIT ?2");
+            let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(after)
+                .bind(RESTORE_BATCH)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(unavailable)?;
             let Some(last) = rows.last() else {
                 return Ok(());
             };
-            after = last.get(0);
+            after = last.get(3);
             let sessions = rows
                 .iter()
-                .map(|row| read_body::<StoredSession, Session>(row.get(1)))
+                .map(read_session)
                 .collect::<Result<Vec<_>, _>>()?;
             store.restore(sessions)?;
         }
@@ -385,26 +409,28 @@ async fn upsert_sessions(
     sessions: &[&Arc<Session>],
 ) -> Result<(), StoreError> {
     for chunk in sessions.chunks(ROWS_PER_STATEMENT) {
-        let bodies = chunk
+        let records = chunk
             .iter()
-            .map(|s| serde_json::to_string(&StoredSession::from(s.as_ref())).map_err(corrupt))
+            .map(|s| record::encode(s))
             .collect::<Result<Vec<_>, _>>()?;
         let mut insert = sqlx::QueryBuilder::<Sqlite>::new(
-            "INSERT INTO sessions (id, token_hash, subject, live, next_deadline, purge_at, body) ",
+            "INSERT INTO sessions \
+             (id, token_hash, subject, live, next_deadline, purge_at, body, record) ",
         );
-        insert.push_values(chunk.iter().zip(bodies), |mut row, (session, body)| {
+        insert.push_values(chunk.iter().zip(records), |mut row, (session, record)| {
             row.push_bind(session.id.as_str())
                 .push_bind(session.token_hash.to_hex())
                 .push_bind(session.subject.as_str())
                 .push_bind(session.is_live())
                 .push_bind(session.next_deadline().0.as_millis())
                 .push_bind(session.ended.as_ref().map(|e| e.purge_at.as_millis()))
-                .push_bind(body);
+                .push_bind("")
+                .push_bind(record);
         });
         insert.push(
             " ON CONFLICT (id) DO UPDATE SET token_hash = excluded.token_hash,
                live = excluded.live, next_deadline = excluded.next_deadline,
-               purge_at = excluded.purge_at, body = excluded.body",
+               purge_at = excluded.purge_at, body = excluded.body, record = excluded.record",
         );
         insert
             .build()
@@ -549,16 +575,30 @@ impl Journal for SqliteJournal {
         let mut tx = self.pool.begin().await.map_err(unavailable)?;
         for touch in touches {
             // Only ever forward, and never on a session that has ended meanwhile.
+            // A record's header holds last seen and the idle deadline as 8-byte big-endian
+            // integers at bytes 10 and 18 (`portcullis_core::record`): patched in place as hex
+            // (`||` would make text of the bytes), and compared as fixed-width hex, which orders
+            // as the numbers do. A row from before records patches its JSON body instead.
             sqlx::query(
                 "UPDATE sessions SET next_deadline = ?2,
-                   body = CASE WHEN ?4 IS NULL THEN json_set(body, '$.last_seen_at', ?3)
-                          ELSE json_set(body, '$.last_seen_at', ?3, '$.idle.at', ?4) END
-                 WHERE id = ?1 AND live = 1 AND json_extract(body, '$.last_seen_at') < ?3",
+                   record = CASE WHEN record IS NULL THEN NULL
+                     WHEN ?6 IS NULL THEN unhex(substr(hex(record), 1, 20) || ?5
+                       || substr(hex(record), 37))
+                     ELSE unhex(substr(hex(record), 1, 20) || ?5 || ?6
+                       || substr(hex(record), 53)) END,
+                   body = CASE WHEN record IS NOT NULL THEN body
+                     WHEN ?4 IS NULL THEN json_set(body, '$.last_seen_at', ?3)
+                     ELSE json_set(body, '$.last_seen_at', ?3, '$.idle.at', ?4) END
+                 WHERE id = ?1 AND live = 1 AND CASE WHEN record IS NULL
+                   THEN json_extract(body, '$.last_seen_at') < ?3
+                   ELSE substr(hex(record), 21, 16) < ?5 END",
             )
             .bind(touch.id.as_str())
             .bind(touch.next_deadline.as_millis())
             .bind(touch.last_seen_at.as_millis())
             .bind(touch.idle_at.map(|t| t.as_millis()))
+            .bind(header_hex(touch.last_seen_at))
+            .bind(touch.idle_at.map(header_hex))
             .execute(&mut *tx)
             .await
             .map_err(unavailable)?;

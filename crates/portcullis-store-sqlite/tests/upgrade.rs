@@ -6,10 +6,12 @@ use std::path::Path;
 use std::sync::Arc;
 
 use portcullis_core::oidc::{Client, ClientAuth, GrantType};
+use std::time::Duration;
+
 use portcullis_core::{
-    Actor, ApiKey, ApiKeyStore, ApplicationStore, AuditEvent, Device, Engine, EventKind,
-    EventQuery, Grant, ManualClock, PolicySet, PublicId, SeededRandom, SessionStore, Token,
-    TokenKind, legacy_app,
+    Actor, ApiKey, ApiKeyStore, ApplicationStore, AuditEvent, Device, EndReason, Ending, Engine,
+    EventKind, EventQuery, Grant, ManualClock, PolicySet, PublicId, SeededRandom, SessionStore,
+    Token, TokenKind, legacy_app,
 };
 use portcullis_store_tests::{session_at, t0};
 use sqlx::sqlite::SqliteConnectOptions;
@@ -251,4 +253,94 @@ async fn a_database_from_before_the_provider_opens_and_its_applications_are_no_c
         store.find_application(&shop).await.unwrap(),
         Some(registered)
     );
+}
+
+/// Every migration of the release before session records.
+const BEFORE_RECORDS: [&str; 10] = [
+    "20261122000001_sessions.sql",
+    "20261122000002_users.sql",
+    "20261202000001_applications.sql",
+    "20261202000002_throttle.sql",
+    "20261203000001_provider.sql",
+    "20261204000001_deliveries.sql",
+    "20261204000002_replays.sql",
+    "20261205000001_identities.sql",
+    "20261206000001_upstream_sessions.sql",
+    "20261207000001_sessions_without_read_indexes.sql",
+];
+
+/// What the row of session `id` holds: whether it has a record, and its JSON body.
+async fn session_row(path: &Path, id: &PublicId) -> (bool, String) {
+    let pool = sqlx::SqlitePool::connect_with(SqliteConnectOptions::new().filename(path))
+        .await
+        .unwrap();
+    let row: (bool, String) =
+        sqlx::query_as("SELECT record IS NOT NULL, body FROM sessions WHERE id = ?1")
+            .bind(id.as_str())
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    pool.close().await;
+    row
+}
+
+#[tokio::test]
+async fn a_session_row_from_before_records_is_touched_in_its_json_and_next_written_as_a_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("portcullis.db");
+    let pool = migrated_as_released(&path, &BEFORE_RECORDS).await;
+    let random = SeededRandom::new(6);
+    let (token, session) = session_at("alice", t0(), &random);
+    sqlx::query(
+        "INSERT INTO sessions (id, token_hash, subject, live, next_deadline, purge_at, body)
+         VALUES (?1, ?2, ?3, 1, ?4, NULL, ?5)",
+    )
+    .bind(session.id.as_str())
+    .bind(session.token_hash.to_hex())
+    .bind(session.subject.as_str())
+    .bind(session.next_deadline().0.as_millis())
+    .bind(serde_json::to_string(&session).unwrap())
+    .execute(&pool)
+    .await
+    .unwrap();
+    pool.close().await;
+
+    // A touch patches the old row's JSON: it keeps no record until it changes.
+    let seen = t0().plus(Duration::from_secs(60));
+    let store = portcullis_store_sqlite::open(&path).await.unwrap();
+    store.touch(&session.id, seen).await.unwrap();
+    store.flush().await.unwrap();
+    store.journal().close().await;
+    drop(store);
+    let (has_record, body) = session_row(&path, &session.id).await;
+    assert!(!has_record);
+    assert!(body.contains(&format!("\"last_seen_at\":{}", seen.as_millis())));
+    let store = portcullis_store_sqlite::open(&path).await.unwrap();
+    let found = store
+        .find_by_token(&token.routed_hash())
+        .await
+        .unwrap()
+        .unwrap();
+    let mut touched = session.clone();
+    touched.last_seen_at = seen;
+    touched.idle.as_mut().unwrap().at = seen.plus(Duration::from_secs(900));
+    assert_eq!(*found, touched);
+
+    // Its next change writes it as a record, which reads back the same.
+    let ending = Ending {
+        reason: EndReason::Logout,
+        at: seen,
+        actor: Actor::cli(),
+        reconstitute_until: None,
+        retention: Duration::from_secs(3600),
+    };
+    store.end(&session.id, ending).await.unwrap();
+    let ended = store.find_by_id(&session.id).await.unwrap().unwrap();
+    store.journal().close().await;
+    drop(store);
+    let (has_record, body) = session_row(&path, &session.id).await;
+    assert!(has_record);
+    assert_eq!(body, "");
+    let store = portcullis_store_sqlite::open(&path).await.unwrap();
+    assert_eq!(store.find_by_id(&session.id).await.unwrap().unwrap(), ended);
 }
