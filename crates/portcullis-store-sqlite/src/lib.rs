@@ -190,6 +190,43 @@ fn read_session(row: &sqlx::sqlite::SqliteRow) -> Result<Session, StoreError> {
     }
 }
 
+/// Reads the session rows in batches of [`RESTORE_BATCH`] (keyset by `rowid`), decoded, into
+/// `batches`, until the table or the receiver ends; a batch that fails to read or decode is
+/// sent as its error and ends the reading.
+async fn read_session_batches(
+    pool: SqlitePool,
+    batches: tokio::sync::mpsc::Sender<Result<Vec<Session>, StoreError>>,
+) {
+    let sql = format!("{SELECT_SESSIONS} WHERE rowid > ?1 ORDER BY rowid LIMIT ?2");
+    let mut after = i64::MIN;
+    loop {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
+            .bind(after)
+            .bind(RESTORE_BATCH)
+            .fetch_all(&pool)
+            .await
+            .map_err(unavailable);
+        let batch = rows.and_then(|rows| {
+            if let Some(last) = rows.last() {
+                after = last.get(3);
+            }
+            rows.iter().map(read_session).collect::<Result<Vec<_>, _>>()
+        });
+        match batch {
+            Ok(sessions) if sessions.is_empty() => return,
+            Ok(sessions) => {
+                if batches.send(Ok(sessions)).await.is_err() {
+                    return;
+                }
+            }
+            Err(err) => {
+                let _ = batches.send(Err(err)).await;
+                return;
+            }
+        }
+    }
+}
+
 /// A time as a record header keeps it, in `hex()`'s upper-case digits.
 fn header_hex(at: Timestamp) -> String {
     format!("{:016X}", at.as_millis())
@@ -215,26 +252,17 @@ impl SqliteJournal {
     }
 
     /// Hands every retained session to `store`, a batch at a time, in the order of the table.
+    /// A task reads and decodes the next batches while this one is indexed: on a runtime with
+    /// two threads the two halves of opening ten million sessions overlap.
     async fn restore_sessions(&self, store: &SqliteStore) -> Result<(), StoreError> {
-        let mut after = i64::MIN;
-        loop {
-            let sql = format!("{SELECT_SESSIONS} WHERE rowid > ?1 ORDER BY rowid LIMIT ?2");
-            let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-                .bind(after)
-                .bind(RESTORE_BATCH)
-                .fetch_all(&self.pool)
-                .await
-                .map_err(unavailable)?;
-            let Some(last) = rows.last() else {
-                return Ok(());
-            };
-            after = last.get(3);
-            let sessions = rows
-                .iter()
-                .map(read_session)
-                .collect::<Result<Vec<_>, _>>()?;
-            store.restore(sessions)?;
+        let (batches, mut arrived) = tokio::sync::mpsc::channel(2);
+        let reader = tokio::spawn(read_session_batches(self.pool.clone(), batches));
+        while let Some(batch) = arrived.recv().await {
+            store.restore(batch?)?;
         }
+        reader
+            .await
+            .map_err(|err| StoreError::Unavailable(BackendError::new(err)))
     }
 
     /// Reads back every API key, every application and the last event position.

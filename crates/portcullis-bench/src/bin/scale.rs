@@ -200,7 +200,7 @@ async fn redis_bytes_by_kind(url: &str, prefix: &str, n: usize) -> String {
         .join(" ")
 }
 
-#[tokio::main(flavor = "current_thread")]
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let a = args();
     let at = ManualClock::default().now();
