@@ -261,8 +261,8 @@ struct Plan {
     ops: Vec<Vec<Vec<u8>>>,
     keys: BTreeSet<Vec<u8>>,
     events: Vec<(u64, AuditEvent)>,
-    /// The subjects the change guards, by name: their entry as it will be written.
-    subjects: BTreeMap<String, GuardedSubject>,
+    /// The subjects whose entries the change rewrites, by name.
+    subjects: BTreeMap<String, SubjectChange>,
     /// The change takes access away (it ends a session or retires a token): it is acknowledged
     /// only once the replicas have it.
     durable: bool,
@@ -270,10 +270,30 @@ struct Plan {
     unconfirmed: Vec<Vec<u8>>,
 }
 
-/// A subject a plan changes: where its entry lives and what the entry becomes.
-struct GuardedSubject {
+/// How a plan changes a subject's entry: applied by `commit.lua` to the entry as it is when
+/// the change commits, which also moves the subject's version on. A change that depends on the
+/// entry as it read it checks that version too ([`RedisStore::guard_subject`]).
+#[derive(Default)]
+struct SubjectChange {
     key: String,
-    entry: SubjectEntry,
+    added: Vec<TokenHash>,
+    removed: Vec<TokenHash>,
+}
+
+impl SubjectChange {
+    fn add(&mut self, hash: TokenHash) {
+        self.removed.retain(|h| h != &hash);
+        if !self.added.contains(&hash) {
+            self.added.push(hash);
+        }
+    }
+
+    fn remove(&mut self, hash: TokenHash) {
+        self.added.retain(|h| h != &hash);
+        if !self.removed.contains(&hash) {
+            self.removed.push(hash);
+        }
+    }
 }
 
 impl Plan {
@@ -316,6 +336,17 @@ impl Plan {
         self.check("subject", key, subject.as_bytes(), expected.as_bytes());
     }
 
+    /// The set at `key` holds exactly `members` (token hashes).
+    fn check_members(&mut self, key: &[u8], members: &[Vec<u8>]) {
+        let expected: Vec<u8> = members
+            .iter()
+            .filter(|m| m.len() == 32)
+            .flatten()
+            .copied()
+            .collect();
+        self.check("members", key, b"", &expected);
+    }
+
     /// Scores `member` of the deadline summary at `summary` with the earliest deadline of
     /// `bucket` (or removes it when the bucket is empty), after the plan's other changes.
     fn settle(&mut self, bucket: &[u8], summary: &[u8], member: &[u8]) {
@@ -323,32 +354,43 @@ impl Plan {
         self.op(&[b"SETTLE", bucket, summary, member]);
     }
 
-    /// The entry of a subject this plan guards, to change.
-    fn subject_mut(&mut self, subject: &str) -> Result<&mut SubjectEntry, StoreError> {
+    /// How this plan changes the entry of `subject`, kept in the subject hash at `key`.
+    fn subject(&mut self, key: impl FnOnce() -> String, subject: &str) -> &mut SubjectChange {
         self.subjects
-            .get_mut(subject)
-            .map(|guarded| &mut guarded.entry)
-            .ok_or_else(|| corrupt("a change to a subject it does not guard"))
+            .entry(subject.to_owned())
+            .or_insert_with(|| SubjectChange {
+                key: key(),
+                ..SubjectChange::default()
+            })
     }
 
-    /// Writes the guarded subjects' entries, last.
+    /// Rewrites the entries of the subjects it changes, last.
     fn seal_subjects(&mut self) {
-        for (subject, guarded) in std::mem::take(&mut self.subjects) {
-            let value = guarded.entry.encode();
-            self.op(&[b"HSET", guarded.key.as_bytes(), subject.as_bytes(), &value]);
+        for (subject, change) in std::mem::take(&mut self.subjects) {
+            let added: Vec<u8> = change.added.iter().flat_map(|h| h.0).collect();
+            let removed: Vec<u8> = change.removed.iter().flat_map(|h| h.0).collect();
+            self.op(&[
+                b"SUBJECT",
+                change.key.as_bytes(),
+                subject.as_bytes(),
+                &added,
+                &removed,
+            ]);
         }
     }
 
-    /// The script's arguments: the checks, then each operation with its length first.
-    fn args(&self) -> Vec<Vec<u8>> {
-        let mut args = Vec::with_capacity(1 + self.checks.len() * 4 + self.ops.len() * 4);
+    /// The script's arguments, moved out of the plan: the checks, then each operation with its
+    /// length first.
+    fn take_args(&mut self) -> Vec<Vec<u8>> {
+        let parts = self.ops.iter().map(|op| op.len() + 1).sum::<usize>();
+        let mut args = Vec::with_capacity(1 + self.checks.len() * 4 + parts);
         args.push(self.checks.len().to_string().into_bytes());
-        for check in &self.checks {
-            args.extend(check.iter().cloned());
+        for check in std::mem::take(&mut self.checks) {
+            args.extend(check);
         }
-        for op in &self.ops {
+        for op in std::mem::take(&mut self.ops) {
             args.push(op.len().to_string().into_bytes());
-            args.extend(op.iter().cloned());
+            args.extend(op);
         }
         args
     }
@@ -364,6 +406,8 @@ struct SubjectEntry {
 }
 
 impl SubjectEntry {
+    /// As `commit.lua` writes it.
+    #[cfg(test)]
     fn encode(&self) -> Vec<u8> {
         let mut bytes = Vec::with_capacity(8 + 32 * self.members.len());
         bytes.extend_from_slice(&self.version.to_be_bytes());
@@ -382,16 +426,6 @@ impl SubjectEntry {
             version: u64::from_be_bytes(version.try_into().map_err(corrupt)?),
             members: members.chunks_exact(32).filter_map(member_hash).collect(),
         })
-    }
-
-    fn add(&mut self, hash: TokenHash) {
-        if !self.members.contains(&hash) {
-            self.members.push(hash);
-        }
-    }
-
-    fn remove(&mut self, hash: &TokenHash) {
-        self.members.retain(|m| m != hash);
     }
 }
 
@@ -929,6 +963,25 @@ impl RedisStore {
     /// a subject's tombstones); members whose record is gone are dropped from the set.
     async fn read_members(&self, set_key: &str) -> Result<Vec<Arc<Session>>, StoreError> {
         let members: Vec<Vec<u8>> = self.query(redis::cmd("SMEMBERS").arg(set_key)).await?;
+        self.read_listed(set_key, members).await
+    }
+
+    /// [`Self::read_members`], for a plan that commits only if the set is still as it read it.
+    async fn read_members_checked(
+        &self,
+        plan: &mut Plan,
+        set_key: &str,
+    ) -> Result<Vec<Arc<Session>>, StoreError> {
+        let members: Vec<Vec<u8>> = self.query(redis::cmd("SMEMBERS").arg(set_key)).await?;
+        plan.check_members(set_key.as_bytes(), &members);
+        self.read_listed(set_key, members).await
+    }
+
+    async fn read_listed(
+        &self,
+        set_key: &str,
+        members: Vec<Vec<u8>>,
+    ) -> Result<Vec<Arc<Session>>, StoreError> {
         let mut sessions = Vec::with_capacity(members.len());
         for member in members {
             let session = match member_hash(&member) {
@@ -985,19 +1038,17 @@ impl RedisStore {
             .map(Option::unwrap_or_default)
     }
 
-    /// The change commits only if no other change of the subject commits first; it moves the
-    /// subject's version on, and the plan's writes change the entry as read.
+    /// The change commits only if no other change of the subject commits first: for a change
+    /// planned from the subject's sessions as they are now (its limit, its sessions' endings).
     async fn guard_subject(&self, plan: &mut Plan, subject: &str) -> Result<(), StoreError> {
         let key = self.subject_key(subject);
-        let mut entry = self.subject_entry(subject).await?;
+        let entry = self.subject_entry(subject).await?;
         let expected = match entry.version {
             0 => String::new(),
             v => v.to_string(),
         };
         plan.check_subject_version(key.as_bytes(), subject, &expected);
-        entry.version += 1;
-        plan.subjects
-            .insert(subject.to_owned(), GuardedSubject { key, entry });
+        plan.subject(|| key, subject);
         Ok(())
     }
 
@@ -1021,7 +1072,8 @@ impl RedisStore {
         let id = record::id_member(&next.id);
         let id = id.as_slice();
         if let Some(prev) = prev.filter(|p| p.token_hash != next.token_hash) {
-            plan.subject_mut(&next.subject)?.remove(&prev.token_hash);
+            plan.subject(|| self.subject_key(&next.subject), &next.subject)
+                .remove(prev.token_hash);
             let old = &prev.token_hash.0[..];
             plan.op(&[b"DEL", &self.session_key(&prev.token_hash)]);
             if let Some(children) = children {
@@ -1053,7 +1105,8 @@ impl RedisStore {
         let tombs = tombs.as_bytes();
         match &next.ended {
             None => {
-                plan.subject_mut(&next.subject)?.add(next.token_hash);
+                plan.subject(|| self.subject_key(&next.subject), &next.subject)
+                    .add(next.token_hash);
                 let deadline = next.next_deadline().0.as_millis().to_string();
                 plan.op(&[b"ZADD", deadlines, deadline.as_bytes(), id]);
                 if let Some(children) = children {
@@ -1061,7 +1114,8 @@ impl RedisStore {
                 }
             }
             Some(ended) => {
-                plan.subject_mut(&next.subject)?.remove(&next.token_hash);
+                plan.subject(|| self.subject_key(&next.subject), &next.subject)
+                    .remove(next.token_hash);
                 let purge = ended.purge_at.as_millis().to_string();
                 plan.op(&[b"ZREM", deadlines, id]);
                 if let Some(children) = children {
@@ -1109,8 +1163,8 @@ impl RedisStore {
     /// Runs the plan; `None` when something it was planned from has changed.
     async fn commit(&self, mut plan: Plan) -> Result<Option<Vec<AuditEvent>>, StoreError> {
         plan.seal_subjects();
-        let keys: Vec<Vec<u8>> = plan.keys.iter().cloned().collect();
-        let args = plan.args();
+        let keys: Vec<Vec<u8>> = std::mem::take(&mut plan.keys).into_iter().collect();
+        let args = plan.take_args();
         let waits = plan.durable || keys.first().is_some_and(|k| self.takes_access_away(k));
         let (reply, unconfirmed) = match self.durable.as_deref().filter(|_| waits) {
             Some(durable) => {
@@ -1171,8 +1225,9 @@ impl RedisStore {
             }
             self.event(plan, Some(route), AuditEvent::ended(&record, &ending.actor))?;
             first.get_or_insert_with(|| Arc::clone(&record));
+            // A child created after this read changes the set, which fails the plan.
             let children = self
-                .read_members(&self.children_key(route, &current.id))
+                .read_members_checked(plan, &self.children_key(route, &current.id))
                 .await?;
             for child in children.into_iter().filter(|c| c.is_live()) {
                 stack.push((child, EndReason::ParentEnded));
@@ -1230,9 +1285,8 @@ impl SessionStore for RedisStore {
             // Deleted behind our back: take it out of the entry. If the subject
             // changed meanwhile, whoever changed it read the entry afresh; the next read retries.
             let mut plan = Plan::default();
-            self.guard_subject(&mut plan, subject).await?;
-            let entry = plan.subject_mut(subject)?;
-            for hash in &dangling {
+            let entry = plan.subject(|| self.subject_key(subject), subject);
+            for hash in dangling {
                 entry.remove(hash);
             }
             self.commit(plan).await?;
@@ -1246,10 +1300,13 @@ impl SessionStore for RedisStore {
             let mut session = insert.session.clone();
             let route = session.token_hash.0[0];
             let mut plan = Plan::default();
-            self.guard_subject(&mut plan, &session.subject).await?;
+            if insert.limit.is_some() {
+                // The evictions are planned from the subject's sessions as they are now.
+                self.guard_subject(&mut plan, &session.subject).await?;
+            }
             if let Some(parent) = &session.parent {
-                // Read after the subject's version: an ending of the parent committed since
-                // then fails this plan (its version moved), and the next attempt sees it ended.
+                // An ending of the parent committed after this read moves the parent's version,
+                // which fails this plan; the next attempt sees it ended.
                 let parent = self.find_by_id(parent).await?;
                 plan::parent_is_live(parent.as_deref(), &session.subject)?;
                 if let Some(parent) = parent {
@@ -1329,10 +1386,10 @@ impl SessionStore for RedisStore {
                 return Ok(None);
             }
             let mut plan = Plan::default();
-            // A rotation moves the record to a new key. Bumping the subject's version makes an
-            // ending planned from the old key (a parent's cascade, "end all but one") plan
-            // again, so the rotated session cannot slip past it and stay live.
-            self.guard_subject(&mut plan, &current.subject).await?;
+            // A rotation moves the record to a new key. It moves the subject's version on too
+            // (as every change of the subject's entry does), so an ending planned from the old
+            // key (a parent's cascade, "end all but one") plans again, and the rotated session
+            // cannot slip past it and stay live.
             plan.check_version(&self.session_key(&current.token_hash), &version.to_string());
             plan.check_live(&self.session_key(&current.token_hash));
             if next.token_hash != current.token_hash {
@@ -1380,7 +1437,6 @@ impl SessionStore for RedisStore {
                 return Ok(EndedSessions::default());
             };
             let mut plan = Plan::default();
-            self.guard_subject(&mut plan, &current.subject).await?;
             let first = self
                 .plan_end_tree(&mut plan, current, &ending, ending.reason)
                 .await?;
