@@ -9,15 +9,16 @@
 # Needs the release build and the peer built by bench/run.sh (or built here when missing); prints
 # a Markdown table.
 # Env: STORE (sqlite) ROUNDS (4) DURATION (6s) CONNS (50) BENCH_REDIS_PORT (6391)
-#      PORTCULLIS_BIN (a portcullis binary to measure instead of building this tree's)
+#      PC_BIN (a portcullis binary to measure instead of building this tree's; not PORTCULLIS_*,
+#      which the server reads as its configuration)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=${ROUNDS:-4} DURATION=${DURATION:-6s} CONNS=${CONNS:-50} STORE=${STORE:-sqlite}
 BENCH_REDIS_PORT=${BENCH_REDIS_PORT:-6391}
 case $STORE in sqlite|redis) ;; *) echo "STORE is sqlite or redis" >&2; exit 2 ;; esac
 command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
-if [ -n "${PORTCULLIS_BIN:-}" ]; then
-  PC=$PORTCULLIS_BIN
+if [ -n "${PC_BIN:-}" ]; then
+  PC=$PC_BIN
 else
   cargo build -q --release --locked -p portcullis
   TARGET=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys;print(json.load(sys.stdin)["target_directory"])')
@@ -84,7 +85,7 @@ for round in $(seq "$ROUNDS"); do
 done
 
 median() { python3 -c 'import statistics,sys; m = statistics.median(float(x) for x in sys.argv[1:]); print(round(m) if m > 100 else round(m, 2))' "$@"; }
-echo "date: $(date -u '+%Y-%m-%d %H:%M:%S UTC'); $(nproc) cores; wrk -t2 -c$CONNS -d$DURATION, $ROUNDS rounds; Portcullis ${PORTCULLIS_BIN:-$(git rev-parse --short HEAD)}"
+echo "date: $(date -u '+%Y-%m-%d %H:%M:%S UTC'); $(nproc) cores; wrk -t2 -c$CONNS -d$DURATION, $ROUNDS rounds; Portcullis ${PC_BIN:-$(git rev-parse --short HEAD)}"
 echo
 echo "| operation | system | req/s per round | median | ÷ tower-sessions per round | median ÷ |"
 echo "|---|---|---|---:|---|---:|"

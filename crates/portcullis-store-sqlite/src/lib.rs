@@ -180,42 +180,59 @@ const SELECT_SESSIONS: &str = "SELECT record, token_hash, body, rowid FROM sessi
 
 /// A session row: its record, or the JSON body of a row last written before records.
 fn read_session(row: &sqlx::sqlite::SqliteRow) -> Result<Session, StoreError> {
+    read_session_and_record(row).map(|(session, _)| session)
+}
+
+/// A session as read back, with its record when the row has one.
+type RestoredSession = (Session, Option<Box<[u8]>>);
+
+/// [`read_session`], with the record as stored when the row has one.
+fn read_session_and_record(row: &sqlx::sqlite::SqliteRow) -> Result<RestoredSession, StoreError> {
     match row.get::<Option<&[u8]>, _>(0) {
         Some(bytes) => {
             let hash = TokenHash::from_hex(row.get(1))
                 .ok_or_else(|| StoreError::Corrupt("a session row's token hash".into()))?;
-            record::decode(hash, bytes)
+            Ok((record::decode(hash, bytes)?, Some(bytes.into())))
         }
-        None => read_body::<StoredSession, Session>(row.get(2)),
+        None => Ok((read_body::<StoredSession, Session>(row.get(2))?, None)),
     }
 }
 
 /// Reads the session rows in batches of [`RESTORE_BATCH`] (keyset by `rowid`), decoded, into
 /// `batches`, until the table or the receiver ends; a batch that fails to read or decode is
-/// sent as its error and ends the reading.
+/// sent as its error and ends the reading. Batches the receiver has emptied come back through
+/// `spares` to be filled again: allocated afresh, each batch's several megabytes were faulted
+/// in (and zeroed by the kernel) again every time.
 async fn read_session_batches(
     pool: SqlitePool,
-    batches: tokio::sync::mpsc::Sender<Result<Vec<Session>, StoreError>>,
+    batches: tokio::sync::mpsc::Sender<Result<Vec<RestoredSession>, StoreError>>,
+    mut spares: tokio::sync::mpsc::UnboundedReceiver<Vec<RestoredSession>>,
 ) {
     let sql = format!("{SELECT_SESSIONS} WHERE rowid > ?1 ORDER BY rowid LIMIT ?2");
     let mut after = i64::MIN;
     loop {
+        let mut batch = spares
+            .try_recv()
+            .unwrap_or_else(|_| Vec::with_capacity(RESTORE_BATCH as usize));
         let rows = sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
             .bind(after)
             .bind(RESTORE_BATCH)
             .fetch_all(&pool)
             .await
             .map_err(unavailable);
-        let batch = rows.and_then(|rows| {
+        let read = rows.and_then(|rows| {
             if let Some(last) = rows.last() {
                 after = last.get(3);
             }
-            rows.iter().map(read_session).collect::<Result<Vec<_>, _>>()
+            for row in &rows {
+                batch.push(read_session_and_record(row)?);
+            }
+            Ok(())
         });
-        match batch {
-            Ok(sessions) if sessions.is_empty() => return,
-            Ok(sessions) => {
-                if batches.send(Ok(sessions)).await.is_err() {
+        match read {
+            Ok(()) if batch.is_empty() => return,
+            Ok(()) => {
+                if batches.send(Ok(batch)).await.is_err() {
                     return;
                 }
             }
@@ -256,10 +273,20 @@ impl SqliteJournal {
     /// two threads the two halves of opening ten million sessions overlap.
     async fn restore_sessions(&self, store: &SqliteStore) -> Result<(), StoreError> {
         let (batches, mut arrived) = tokio::sync::mpsc::channel(2);
-        let reader = tokio::spawn(read_session_batches(self.pool.clone(), batches));
+        let (spare, spares) = tokio::sync::mpsc::unbounded_channel();
+        let reader = tokio::spawn(read_session_batches(self.pool.clone(), batches, spares));
+        let mut restoring = store.restoring()?;
+        let count: i64 = sqlx::query_scalar("SELECT count(*) FROM sessions")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        restoring.reserve(usize::try_from(count).unwrap_or(0));
         while let Some(batch) = arrived.recv().await {
-            store.restore(batch?)?;
+            let mut batch = batch?;
+            restoring.add(batch.drain(..))?;
+            let _ = spare.send(batch);
         }
+        drop(restoring);
         reader
             .await
             .map_err(|err| StoreError::Unavailable(BackendError::new(err)))

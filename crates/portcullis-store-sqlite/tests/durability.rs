@@ -4,8 +4,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use portcullis_core::{
-    Actor, ApplicationChange, Device, EndReason, Engine, EngineError, EventKind, EventQuery, Grant,
-    ManualClock, NewSession, OsRandom, PolicySet, Principal, Rejection, SessionStore,
+    Actor, ApplicationChange, Clock, Device, EndReason, Engine, EngineError, EventKind, EventQuery,
+    Grant, ManualClock, NewSession, OsRandom, PolicySet, Principal, Rejection, SessionStore,
 };
 
 fn request(subject: &str) -> NewSession {
@@ -493,4 +493,59 @@ async fn a_refused_provider_write_fails_alone() {
         .await
         .unwrap();
     assert!(matches!(rotated, Rotation::Rotated(_)), "{rotated:?}");
+}
+
+/// Sessions read back on open still time out, in deadline order: opening rebuilds the deadline
+/// index from them (at once, after the last batch).
+#[tokio::test]
+async fn reopened_sessions_still_time_out_in_deadline_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("portcullis.db");
+    let clock = Arc::new(ManualClock::default());
+    let cli = Actor::cli();
+    let created = {
+        let store = portcullis_store_sqlite::open(&path).await.unwrap();
+        let engine = Engine::new(
+            store,
+            PolicySet::default(),
+            clock.clone(),
+            Arc::new(OsRandom),
+        );
+        engine.add_application(named("shop"), &cli).await.unwrap();
+        let (key, _) = engine.create_api_key("shop", "shop", &cli).await.unwrap();
+        let shop = engine
+            .authenticate_api_key(key.expose())
+            .await
+            .unwrap()
+            .unwrap();
+        let mut created = Vec::new();
+        for subject in ["first", "second", "third"] {
+            created.push(
+                engine
+                    .create(request(subject), &shop)
+                    .await
+                    .unwrap()
+                    .session,
+            );
+            clock.advance(Duration::from_secs(60));
+        }
+        engine.store().journal().close().await;
+        created
+    };
+    let store = portcullis_store_sqlite::open(&path).await.unwrap();
+    // Idle deadlines 15 minutes after each creation: 16.5 minutes after the first, the
+    // first two have passed and the third has not.
+    clock.set(
+        created[0]
+            .created_at
+            .plus(Duration::from_secs(15 * 60 + 90)),
+    );
+    let due: Vec<_> = store
+        .due(clock.now(), 10)
+        .await
+        .unwrap()
+        .iter()
+        .map(|s| s.id.clone())
+        .collect();
+    assert_eq!(due, [created[0].id.clone(), created[1].id.clone()]);
 }

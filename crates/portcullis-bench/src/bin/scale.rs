@@ -2,7 +2,11 @@
 //! session (on disk, in process memory, in Redis memory), validation latency at that size, and
 //! the cost of a sweep when 1 % have expired. Prints tab-separated rows for bench/report.py.
 //!
-//! `scale --sessions N --dir DIR [--redis URL] [--redis-max M] [--prefix P]`
+//! `scale --sessions N --dir DIR [--redis URL] [--redis-max M] [--prefix P] [--reuse]`
+//!
+//! `--reuse` times the embedded store's load alone: it opens the database an earlier `--reuse`
+//! run left under DIR (writing it first when there is none), reports load time and memory, and
+//! keeps the database for the next run.
 //!
 //! Keys go under `--prefix` (default `pcscale:<pid>`); give the store's default `pc` on a Redis of
 //! the benchmark's own, so key lengths are those of a real deployment. Its keys are deleted after.
@@ -27,6 +31,7 @@ struct Args {
     redis: String,
     redis_max: usize,
     prefix: String,
+    reuse: bool,
 }
 
 fn args() -> Args {
@@ -36,9 +41,14 @@ fn args() -> Args {
         redis: "redis://127.0.0.1:6379".into(),
         redis_max: 200_000,
         prefix: format!("pcscale:{}", std::process::id()),
+        reuse: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
+        if flag == "--reuse" {
+            a.reuse = true;
+            continue;
+        }
         let value = it.next().unwrap_or_default();
         match flag.as_str() {
             "--sessions" => a.sessions = value.parse().expect("--sessions N"),
@@ -209,11 +219,14 @@ async fn main() {
     // Embedded SQLite: write the sessions through the journal in large transactions, then open
     // the store as a server would (loading every live session into memory).
     let dir = a.dir.join(format!("sqlite-{}", a.sessions));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("scale dir");
     let path = dir.join("portcullis.db");
+    let reused = a.reuse && path.exists();
+    if !reused {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    std::fs::create_dir_all(&dir).expect("scale dir");
     let mut tokens = Vec::with_capacity(a.sessions);
-    {
+    if !reused {
         let store = portcullis_store_sqlite::open(&path)
             .await
             .expect("open sqlite");
@@ -250,6 +263,10 @@ async fn main() {
         "load_s={:.1} disk_bytes_per_session={disk:.0} memory_bytes_per_session={memory:.0}",
         load.as_secs_f64()
     );
+    if a.reuse {
+        println!("sqlite\t{}\t{extra}", a.sessions);
+        return;
+    }
     measure("sqlite", a.sessions, store, &tokens, extra).await;
     drop(tokens);
     let _ = std::fs::remove_dir_all(&dir);
