@@ -625,14 +625,7 @@ impl<J: Journal> CachedStore<J> {
             self.index_added(state, session, &key);
         } else if session.is_live() {
             if !was_live {
-                state.subjects.add(&session.subject, key.clone());
-                if let Some(parent) = &session.parent {
-                    state
-                        .children
-                        .entry(IdKey::of(parent))
-                        .or_default()
-                        .push(key.clone());
-                }
+                Self::index_live(state, session, &key);
             }
         } else {
             if was_live {
@@ -672,22 +665,25 @@ impl<J: Journal> CachedStore<J> {
     /// by purge time, and as its subject's tombstone while it may be re-constituted, once ended.
     fn index_added(&self, state: &mut WriterState, session: &Session, key: &IdKey) {
         match &session.ended {
-            None => {
-                state.subjects.add(&session.subject, key.clone());
-                if let Some(parent) = &session.parent {
-                    state
-                        .children
-                        .entry(IdKey::of(parent))
-                        .or_default()
-                        .push(key.clone());
-                }
-            }
+            None => Self::index_live(state, session, key),
             Some(ended) => {
                 state.purges.insert((ended.purge_at, key.clone()));
                 if ended.reconstitute_until.is_some() && ended.reconstituted_into.is_none() {
                     state.tombstones.add(&session.subject, key.clone());
                 }
             }
+        }
+    }
+
+    /// Lists a live session under its subject and its parent.
+    fn index_live(state: &mut WriterState, session: &Session, key: &IdKey) {
+        state.subjects.add(&session.subject, key.clone());
+        if let Some(parent) = &session.parent {
+            state
+                .children
+                .entry(IdKey::of(parent))
+                .or_default()
+                .push(key.clone());
         }
     }
 

@@ -19,6 +19,18 @@ fn request(subject: &str) -> NewSession {
     }
 }
 
+/// Registers the application "shop" and signs in as it with a key of its own.
+async fn shop<S: portcullis_core::Store>(engine: &Engine<S>) -> Principal {
+    let cli = Actor::cli();
+    engine.add_application(named("shop"), &cli).await.unwrap();
+    let (key, _) = engine.create_api_key("shop", "shop", &cli).await.unwrap();
+    engine
+        .authenticate_api_key(key.expose())
+        .await
+        .unwrap()
+        .unwrap()
+}
+
 fn named(name: &str) -> ApplicationChange {
     ApplicationChange {
         name: Some(name.into()),
@@ -383,7 +395,6 @@ async fn a_failed_queued_change_is_refused_and_memory_goes_back_to_what_is_durab
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("portcullis.db");
     let clock = Arc::new(ManualClock::default());
-    let cli = Actor::cli();
     let operator = Principal::operator();
     let (alice, carol) = {
         let store = portcullis_store_sqlite::open(&path).await.unwrap();
@@ -393,13 +404,7 @@ async fn a_failed_queued_change_is_refused_and_memory_goes_back_to_what_is_durab
             clock.clone(),
             Arc::new(OsRandom),
         );
-        engine.add_application(named("shop"), &cli).await.unwrap();
-        let (key_secret, _) = engine.create_api_key("shop", "shop", &cli).await.unwrap();
-        let shop = engine
-            .authenticate_api_key(key_secret.expose())
-            .await
-            .unwrap()
-            .unwrap();
+        let shop = shop(&engine).await;
         let alice = engine.create(request("alice"), &shop).await.unwrap();
 
         refuse_doomed_rows(&path, "sessions").await;
@@ -502,7 +507,6 @@ async fn reopened_sessions_still_time_out_in_deadline_order() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("portcullis.db");
     let clock = Arc::new(ManualClock::default());
-    let cli = Actor::cli();
     let created = {
         let store = portcullis_store_sqlite::open(&path).await.unwrap();
         let engine = Engine::new(
@@ -511,13 +515,7 @@ async fn reopened_sessions_still_time_out_in_deadline_order() {
             clock.clone(),
             Arc::new(OsRandom),
         );
-        engine.add_application(named("shop"), &cli).await.unwrap();
-        let (key, _) = engine.create_api_key("shop", "shop", &cli).await.unwrap();
-        let shop = engine
-            .authenticate_api_key(key.expose())
-            .await
-            .unwrap()
-            .unwrap();
+        let shop = shop(&engine).await;
         let mut created = Vec::new();
         for subject in ["first", "second", "third"] {
             created.push(
