@@ -19,6 +19,20 @@ fn request(subject: &str) -> NewSession {
     }
 }
 
+/// An engine over the SQLite file at `path`, opened now, on `clock`.
+async fn engine_over(
+    path: &std::path::Path,
+    clock: &Arc<ManualClock>,
+) -> Engine<portcullis_store_sqlite::SqliteStore> {
+    let store = portcullis_store_sqlite::open(path).await.unwrap();
+    Engine::new(
+        store,
+        PolicySet::default(),
+        clock.clone(),
+        Arc::new(OsRandom),
+    )
+}
+
 /// Registers the application "shop" and signs in as it with a key of its own.
 async fn shop<S: portcullis_core::Store>(engine: &Engine<S>) -> Principal {
     let cli = Actor::cli();
@@ -46,13 +60,7 @@ async fn sessions_endings_touches_keys_applications_and_events_survive_reopen() 
     let cli = Actor::cli();
     let operator = Principal::operator();
     let (kept, ended, key_secret, last_seq, applications) = {
-        let store = portcullis_store_sqlite::open(&path).await.unwrap();
-        let engine = Engine::new(
-            store,
-            PolicySet::default(),
-            clock.clone(),
-            Arc::new(OsRandom),
-        );
+        let engine = engine_over(&path, &clock).await;
         // Listed oldest first: a millisecond apart, so the order does not fall to the random ids.
         engine.add_application(named("shop"), &cli).await.unwrap();
         clock.advance(Duration::from_millis(1));
@@ -107,13 +115,7 @@ async fn sessions_endings_touches_keys_applications_and_events_survive_reopen() 
     let names: Vec<&str> = applications.iter().map(|a| a.name.as_str()).collect();
     assert_eq!(names, ["shop", "journal"]);
 
-    let store = portcullis_store_sqlite::open(&path).await.unwrap();
-    let engine = Engine::new(
-        store,
-        PolicySet::default(),
-        clock.clone(),
-        Arc::new(OsRandom),
-    );
+    let engine = engine_over(&path, &clock).await;
     assert_eq!(engine.list_applications().await.unwrap(), applications);
     assert!(matches!(
         engine.application("gone").await,
@@ -397,13 +399,7 @@ async fn a_failed_queued_change_is_refused_and_memory_goes_back_to_what_is_durab
     let clock = Arc::new(ManualClock::default());
     let operator = Principal::operator();
     let (alice, carol) = {
-        let store = portcullis_store_sqlite::open(&path).await.unwrap();
-        let engine = Engine::new(
-            store,
-            PolicySet::default(),
-            clock.clone(),
-            Arc::new(OsRandom),
-        );
+        let engine = engine_over(&path, &clock).await;
         let shop = shop(&engine).await;
         let alice = engine.create(request("alice"), &shop).await.unwrap();
 
@@ -508,13 +504,7 @@ async fn reopened_sessions_still_time_out_in_deadline_order() {
     let path = dir.path().join("portcullis.db");
     let clock = Arc::new(ManualClock::default());
     let created = {
-        let store = portcullis_store_sqlite::open(&path).await.unwrap();
-        let engine = Engine::new(
-            store,
-            PolicySet::default(),
-            clock.clone(),
-            Arc::new(OsRandom),
-        );
+        let engine = engine_over(&path, &clock).await;
         let shop = shop(&engine).await;
         let mut created = Vec::new();
         for subject in ["first", "second", "third"] {
