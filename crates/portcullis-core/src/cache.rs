@@ -232,6 +232,18 @@ impl IdKey {
         }
     }
 
+    fn of_raw(id: record::RawId<'_>) -> Self {
+        match id {
+            record::RawId::Routed(route, random) => {
+                let mut key = [0; 17];
+                key[0] = route;
+                key[1..].copy_from_slice(&random);
+                Self::Routed(key)
+            }
+            record::RawId::Text(_) => Self::of(&id.to_id()),
+        }
+    }
+
     fn id(&self) -> SessionId {
         match self {
             Self::Routed(key) => record::routed_session_id(key[0], &key[1..]),
@@ -311,6 +323,16 @@ struct WriterState {
     purges: BTreeSet<(Timestamp, IdKey)>,
 }
 
+/// A session as a journal hands it back when the store opens.
+#[derive(Debug)]
+pub enum Restored {
+    /// A session's record ([`record::encode`]'s form), kept as read: a live session is indexed
+    /// from its [`record::outline`], never decoded.
+    Record(TokenHash, Box<[u8]>),
+    /// A session the journal kept in another form.
+    Session(Box<Session>),
+}
+
 /// A load of the journal's sessions into memory, before the store serves anyone (it holds the
 /// writer's lock). The deadline index is built when the load ends (the value is dropped).
 pub struct Restoring<'a, J: Journal> {
@@ -333,12 +355,8 @@ impl<J: Journal> Restoring<'_, J> {
         self.deadlines.reserve(sessions);
     }
 
-    /// Adds a batch of sessions, each with its record ([`record::encode`]'s form) when the
-    /// journal kept it, so that it is not encoded again.
-    pub fn add(
-        &mut self,
-        sessions: impl IntoIterator<Item = (Session, Option<Box<[u8]>>)>,
-    ) -> Result<(), StoreError> {
+    /// Adds a batch of sessions.
+    pub fn add(&mut self, sessions: impl IntoIterator<Item = Restored>) -> Result<(), StoreError> {
         self.store
             .restore_batch(&mut self.state, &mut self.deadlines, sessions)
     }
@@ -430,7 +448,7 @@ impl<J: Journal> CachedStore<J> {
     /// Adds sessions read back from the journal, before the store serves anyone.
     pub fn restore(&self, sessions: impl IntoIterator<Item = Session>) -> Result<(), StoreError> {
         let mut restoring = self.restoring()?;
-        restoring.add(sessions.into_iter().map(|s| (s, None)))
+        restoring.add(sessions.into_iter().map(|s| Restored::Session(Box::new(s))))
     }
 
     /// Starts loading the journal's sessions before the store serves anyone. A journal holding
@@ -457,33 +475,37 @@ impl<J: Journal> CachedStore<J> {
         let restored = self.restore_batch(
             state,
             &mut deadlines,
-            sessions.into_iter().map(|s| (s, None)),
+            sessions.into_iter().map(|s| Restored::Session(Box::new(s))),
         );
         self.index_deadlines(deadlines);
         restored
     }
 
-    /// Adds sessions as they were journalled, each with its record when the journal kept it
-    /// (it is then kept as read, not encoded again). The deadlines of live ones go to
-    /// `deadlines`, for [`Self::index_deadlines`]: built at once from a sorted list, the index
-    /// costs a fraction of ten million inserts.
+    /// Adds sessions as they were journalled. The deadlines of live ones go to `deadlines`, for
+    /// [`Self::index_deadlines`]: built at once from a sorted list, the index costs a fraction
+    /// of ten million inserts.
     fn restore_batch(
         &self,
         state: &mut WriterState,
         deadlines: &mut Vec<(Timestamp, IdKey)>,
-        sessions: impl IntoIterator<Item = (Session, Option<Box<[u8]>>)>,
+        sessions: impl IntoIterator<Item = Restored>,
     ) -> Result<(), StoreError> {
-        for (session, record) in sessions {
-            let record = match record {
-                Some(record) => record,
-                None => record::encode(&session)?.into_boxed_slice(),
+        for restored in sessions {
+            let (session, record) = match restored {
+                Restored::Record(hash, record) => {
+                    if self.restore_outlined(state, deadlines, hash, &record)? {
+                        self.by_hash[shard_of(&hash)].write().insert(hash, record);
+                        continue;
+                    }
+                    (record::decode(hash, &record)?, record)
+                }
+                Restored::Session(session) => {
+                    let record = record::encode(&session)?.into_boxed_slice();
+                    (*session, record)
+                }
             };
             let key = IdKey::of(&session.id);
-            let known = self.by_id.write().insert(key.clone(), session.token_hash);
-            if let Some(known) = known {
-                // The same id twice (a journal holds one row per id, so only a caller's
-                // mistake): the general path replaces the one kept before.
-                self.by_id.write().insert(key, known);
+            if !self.restore_id(&key, session.token_hash) {
                 self.apply(state, &session, record);
                 continue;
             }
@@ -497,6 +519,49 @@ impl<J: Journal> CachedStore<J> {
                 .insert(session.token_hash, record);
         }
         Ok(())
+    }
+
+    /// Indexes the live session `record` holds from its outline, all but the record itself
+    /// (the caller keeps it); `false`, with nothing indexed, for a record to decode instead.
+    fn restore_outlined(
+        &self,
+        state: &mut WriterState,
+        deadlines: &mut Vec<(Timestamp, IdKey)>,
+        hash: TokenHash,
+        record: &[u8],
+    ) -> Result<bool, StoreError> {
+        let Some(outline) = record::outline(record)? else {
+            return Ok(false);
+        };
+        let key = IdKey::of_raw(outline.id);
+        if !self.restore_id(&key, hash) {
+            return Ok(false);
+        }
+        self.live
+            .lock()
+            .add_live(&outline.application.to_id(), outline.policy);
+        deadlines.push((outline.next_deadline, key.clone()));
+        Self::index_live(
+            state,
+            outline.subject,
+            outline.parent.map(IdKey::of_raw),
+            &key,
+        );
+        Ok(true)
+    }
+
+    /// Maps a restored id to its token hash; `false`, with the map unchanged, for an id
+    /// already restored (a journal holds one row per id, so only a caller's mistake), which
+    /// the general path ([`Self::apply`]) then replaces.
+    fn restore_id(&self, key: &IdKey, hash: TokenHash) -> bool {
+        let mut by_id = self.by_id.write();
+        match by_id.insert(key.clone(), hash) {
+            None => true,
+            Some(known) => {
+                by_id.insert(key.clone(), known);
+                false
+            }
+        }
     }
 
     /// Adds restored deadlines to the index.
@@ -625,7 +690,12 @@ impl<J: Journal> CachedStore<J> {
             self.index_added(state, session, &key);
         } else if session.is_live() {
             if !was_live {
-                Self::index_live(state, session, &key);
+                Self::index_live(
+                    state,
+                    &session.subject,
+                    session.parent.as_ref().map(IdKey::of),
+                    &key,
+                );
             }
         } else {
             if was_live {
@@ -665,7 +735,12 @@ impl<J: Journal> CachedStore<J> {
     /// by purge time, and as its subject's tombstone while it may be re-constituted, once ended.
     fn index_added(&self, state: &mut WriterState, session: &Session, key: &IdKey) {
         match &session.ended {
-            None => Self::index_live(state, session, key),
+            None => Self::index_live(
+                state,
+                &session.subject,
+                session.parent.as_ref().map(IdKey::of),
+                key,
+            ),
             Some(ended) => {
                 state.purges.insert((ended.purge_at, key.clone()));
                 if ended.reconstitute_until.is_some() && ended.reconstituted_into.is_none() {
@@ -676,14 +751,10 @@ impl<J: Journal> CachedStore<J> {
     }
 
     /// Lists a live session under its subject and its parent.
-    fn index_live(state: &mut WriterState, session: &Session, key: &IdKey) {
-        state.subjects.add(&session.subject, key.clone());
-        if let Some(parent) = &session.parent {
-            state
-                .children
-                .entry(IdKey::of(parent))
-                .or_default()
-                .push(key.clone());
+    fn index_live(state: &mut WriterState, subject: &str, parent: Option<IdKey>, key: &IdKey) {
+        state.subjects.add(subject, key.clone());
+        if let Some(parent) = parent {
+            state.children.entry(parent).or_default().push(key.clone());
         }
     }
 

@@ -270,6 +270,11 @@ fn rule_opening(policy: &str) -> String {
     text
 }
 
+fn from_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, StoreError> {
+    serde_json::from_slice(bytes).map_err(|e| corrupt(&e.to_string()))
+}
+
+#[derive(Clone, Copy)]
 struct Reader<'a>(&'a [u8]);
 
 impl<'a> Reader<'a> {
@@ -321,35 +326,39 @@ impl<'a> Reader<'a> {
     }
 
     fn id(&mut self) -> Result<PublicId, StoreError> {
+        self.raw_id().map(RawId::to_id)
+    }
+
+    fn raw_id(&mut self) -> Result<RawId<'a>, StoreError> {
         match self.byte()? {
             ID_ROUTED => {
                 let route = self.byte()?;
-                Ok(routed_session_id(route, self.take(16)?))
+                let random = self.take(16)?.try_into().map_err(|_| corrupt("id"))?;
+                Ok(RawId::Routed(route, random))
             }
-            ID_TEXT => Ok(PublicId::from_string(self.string()?)),
+            ID_TEXT => Ok(RawId::Text(self.str()?)),
             _ => Err(corrupt("id")),
         }
     }
 
-    fn app(&mut self) -> Result<AppId, StoreError> {
+    fn raw_app(&mut self) -> Result<RawApp<'a>, StoreError> {
         match self.byte()? {
-            APP_RANDOM => {
-                let mut text = String::with_capacity(26);
-                text.push_str("app_");
-                URL_SAFE_NO_PAD.encode_string(self.take(16)?, &mut text);
-                Ok(PublicId::from_string(text))
-            }
-            ID_TEXT => Ok(PublicId::from_string(self.string()?)),
+            APP_RANDOM => Ok(RawApp::Random(
+                self.take(16)?
+                    .try_into()
+                    .map_err(|_| corrupt("application"))?,
+            )),
+            ID_TEXT => Ok(RawApp::Text(self.str()?)),
             _ => Err(corrupt("application")),
         }
     }
 
-    fn json<T: serde::de::DeserializeOwned>(&mut self) -> Result<T, StoreError> {
-        serde_json::from_slice(self.bytes()?).map_err(|e| corrupt(&e.to_string()))
+    fn string(&mut self) -> Result<String, StoreError> {
+        self.str().map(str::to_owned)
     }
 
-    fn string(&mut self) -> Result<String, StoreError> {
-        String::from_utf8(self.bytes()?.to_vec()).map_err(|_| corrupt("text"))
+    fn str(&mut self) -> Result<&'a str, StoreError> {
+        std::str::from_utf8(self.bytes()?).map_err(|_| corrupt("text"))
     }
 
     fn opt_string(&mut self) -> Result<Option<String>, StoreError> {
@@ -362,9 +371,7 @@ impl<'a> Reader<'a> {
     fn opt_json<T: serde::de::DeserializeOwned>(&mut self) -> Result<Option<T>, StoreError> {
         match self.byte()? {
             0 => Ok(None),
-            _ => serde_json::from_slice(self.bytes()?)
-                .map(Some)
-                .map_err(|e| corrupt(&e.to_string())),
+            _ => from_json(self.bytes()?).map(Some),
         }
     }
 }
@@ -562,91 +569,244 @@ fn elevations(stored: Vec<StoredElevation>) -> Vec<Elevation> {
     stored.into_iter().map(Elevation::from).collect()
 }
 
+/// A session id as a record holds it, borrowed from the record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RawId<'a> {
+    /// An id the engine made: its route and 16 random bytes.
+    Routed(u8, [u8; 16]),
+    /// Any other id, as its text.
+    Text(&'a str),
+}
+
+impl RawId<'_> {
+    /// The id itself.
+    pub fn to_id(self) -> PublicId {
+        match self {
+            Self::Routed(route, random) => routed_session_id(route, &random),
+            Self::Text(text) => PublicId::from_string(text.to_owned()),
+        }
+    }
+}
+
+/// A session's application as a record holds it, borrowed from the record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RawApp<'a> {
+    /// The application of every session written before applications existed.
+    Legacy,
+    /// An id the engine made: its 16 random bytes.
+    Random([u8; 16]),
+    /// Any other id, as its text.
+    Text(&'a str),
+}
+
+impl RawApp<'_> {
+    /// The application's id.
+    pub fn to_id(self) -> AppId {
+        match self {
+            Self::Legacy => legacy_app(),
+            Self::Random(random) => {
+                let mut text = String::with_capacity(26);
+                text.push_str("app_");
+                URL_SAFE_NO_PAD.encode_string(random, &mut text);
+                PublicId::from_string(text)
+            }
+            Self::Text(text) => PublicId::from_string(text.to_owned()),
+        }
+    }
+}
+
+/// Format 2's body as it lies in the record: one walk of its fields, which [`decode`] turns into
+/// a session and [`outline`] reads in place.
+struct RawBody<'a> {
+    flags: u16,
+    id: RawId<'a>,
+    subject: &'a str,
+    policy: &'a str,
+    created: i64,
+    authenticated: i64,
+    level: u8,
+    /// The number of methods, and the reader positioned at the first.
+    methods: (usize, Reader<'a>),
+    idle_rule: Option<&'a str>,
+    absolute_lifetime: i64,
+    absolute_rule: &'a str,
+    user_agent: Option<&'a str>,
+    ip: Option<&'a str>,
+    parent: Option<RawId<'a>>,
+    reconstituted_from: Option<RawId<'a>>,
+    elevations: Option<&'a [u8]>,
+    data: Option<&'a [u8]>,
+    ended: Option<&'a [u8]>,
+    application: RawApp<'a>,
+    back_channel_logout_uri: Option<&'a str>,
+}
+
+impl<'a> RawBody<'a> {
+    /// Reads format 2's body; `absolute_at` is the absolute deadline from the header.
+    fn read(r: &mut Reader<'a>, absolute_at: i64) -> Result<Self, StoreError> {
+        let flags = u16::from_be_bytes(r.take(2)?.try_into().map_err(|_| corrupt("flags"))?);
+        let has = |flag: u16| flags & flag != 0;
+        let id = r.raw_id()?;
+        let subject = r.str()?;
+        let policy = r.str()?;
+        let (created, span) = if has(TIMES_FROM_DEADLINE) {
+            let span = r.varint()?;
+            (absolute_at.wrapping_sub(span), Some(span))
+        } else {
+            (r.int()?, None)
+        };
+        let authenticated = created.wrapping_sub(r.varint()?);
+        let level = r.byte()?;
+        let count = r.len()?;
+        let methods = (count, Reader(r.0));
+        for _ in 0..count {
+            r.bytes()?;
+        }
+        let idle_rule = has(IDLE_RULE).then(|| r.str()).transpose()?;
+        let absolute_lifetime = match span {
+            Some(span) => span.wrapping_add(r.varint()?),
+            None => r.varint()?,
+        };
+        let body = Self {
+            flags,
+            id,
+            subject,
+            policy,
+            created,
+            authenticated,
+            level,
+            methods,
+            idle_rule,
+            absolute_lifetime,
+            absolute_rule: r.str()?,
+            user_agent: has(USER_AGENT).then(|| r.str()).transpose()?,
+            ip: has(IP).then(|| r.str()).transpose()?,
+            parent: has(PARENT).then(|| r.raw_id()).transpose()?,
+            reconstituted_from: has(RECONSTITUTED_FROM).then(|| r.raw_id()).transpose()?,
+            elevations: has(ELEVATIONS).then(|| r.bytes()).transpose()?,
+            data: has(DATA).then(|| r.bytes()).transpose()?,
+            ended: has(ENDED).then(|| r.bytes()).transpose()?,
+            application: if has(APPLICATION) {
+                r.raw_app()?
+            } else {
+                RawApp::Legacy
+            },
+            back_channel_logout_uri: has(BACK_CHANNEL_LOGOUT_URI).then(|| r.str()).transpose()?,
+        };
+        if !r.0.is_empty() {
+            return Err(corrupt("trailing bytes"));
+        }
+        Ok(body)
+    }
+
+    /// A rule's text: written without its `policy <policy>: ` opening when `flag` is set.
+    fn rule(&self, text: &str, flag: u16) -> String {
+        if self.flags & flag == 0 {
+            return text.to_owned();
+        }
+        let mut rule = rule_opening(self.policy);
+        rule.push_str(text);
+        rule
+    }
+}
+
 /// Format 2's body; `absolute_at` is the absolute deadline from the header.
 fn body(r: &mut Reader<'_>, absolute_at: i64) -> Result<Body, StoreError> {
-    let flags = u16::from_be_bytes(r.take(2)?.try_into().map_err(|_| corrupt("flags"))?);
-    let has = |flag: u16| flags & flag != 0;
-    let id = r.id()?;
-    let subject = r.string()?;
-    let policy = r.string()?;
-    let (created, span) = if has(TIMES_FROM_DEADLINE) {
-        let span = r.varint()?;
-        (absolute_at.wrapping_sub(span), Some(span))
-    } else {
-        (r.int()?, None)
-    };
-    let authenticated = created.wrapping_sub(r.varint()?);
-    let level = r.byte()?;
-    let methods = (0..r.len()?)
-        .map(|_| r.string())
+    let raw = RawBody::read(r, absolute_at)?;
+    let (count, mut methods) = raw.methods;
+    let methods = (0..count)
+        .map(|_| methods.string())
         .collect::<Result<Vec<_>, _>>()?;
-    let rule = |r: &mut Reader<'_>, short: bool| -> Result<String, StoreError> {
-        if !short {
-            return r.string();
-        }
-        let rest = std::str::from_utf8(r.bytes()?).map_err(|_| corrupt("text"))?;
-        let mut text = rule_opening(&policy);
-        text.push_str(rest);
-        Ok(text)
-    };
-    let idle_rule = has(IDLE_RULE)
-        .then(|| rule(r, has(IDLE_RULE_OF_POLICY)))
-        .transpose()?;
-    let absolute_lifetime = match span {
-        Some(span) => span.wrapping_add(r.varint()?),
-        None => r.varint()?,
-    };
-    let absolute_rule = rule(r, has(ABSOLUTE_RULE_OF_POLICY))?;
-    let device = Device {
-        user_agent: has(USER_AGENT).then(|| r.string()).transpose()?,
-        ip: has(IP).then(|| r.string()).transpose()?,
-    };
-    let parent = has(PARENT).then(|| r.id()).transpose()?;
-    let reconstituted_from = has(RECONSTITUTED_FROM).then(|| r.id()).transpose()?;
-    let elevations = has(ELEVATIONS)
-        .then(|| r.json())
-        .transpose()?
-        .map(elevations)
-        .unwrap_or_default();
-    let data = has(DATA)
-        .then(|| r.json())
-        .transpose()?
-        .unwrap_or(serde_json::Value::Null);
-    let ended = has(ENDED)
-        .then(|| r.json::<StoredEnded>())
-        .transpose()?
-        .map(Ended::from);
-    let application = if has(APPLICATION) {
-        r.app()?
-    } else {
-        legacy_app()
-    };
-    let back_channel_logout_uri = has(BACK_CHANNEL_LOGOUT_URI)
-        .then(|| r.string())
-        .transpose()?;
-    if !r.0.is_empty() {
-        return Err(corrupt("trailing bytes"));
-    }
     Ok(Body {
-        id,
-        subject,
-        application,
-        policy,
-        created_at: Timestamp::from_millis(created),
-        authenticated_at: Timestamp::from_millis(authenticated),
-        remember_me: has(REMEMBER_ME),
-        auth: AuthContext { methods, level },
-        idle_rule,
-        absolute_lifetime,
-        absolute_rule,
-        device,
-        parent,
-        reconstituted_from,
-        back_channel_logout_uri,
-        elevations,
-        data,
-        ended,
+        id: raw.id.to_id(),
+        subject: raw.subject.to_owned(),
+        application: raw.application.to_id(),
+        policy: raw.policy.to_owned(),
+        created_at: Timestamp::from_millis(raw.created),
+        authenticated_at: Timestamp::from_millis(raw.authenticated),
+        remember_me: raw.flags & REMEMBER_ME != 0,
+        auth: AuthContext {
+            methods,
+            level: raw.level,
+        },
+        idle_rule: raw
+            .idle_rule
+            .map(|rule| raw.rule(rule, IDLE_RULE_OF_POLICY)),
+        absolute_lifetime: raw.absolute_lifetime,
+        absolute_rule: raw.rule(raw.absolute_rule, ABSOLUTE_RULE_OF_POLICY),
+        device: Device {
+            user_agent: raw.user_agent.map(str::to_owned),
+            ip: raw.ip.map(str::to_owned),
+        },
+        parent: raw.parent.map(RawId::to_id),
+        reconstituted_from: raw.reconstituted_from.map(RawId::to_id),
+        back_channel_logout_uri: raw.back_channel_logout_uri.map(str::to_owned),
+        elevations: raw
+            .elevations
+            .map(from_json)
+            .transpose()?
+            .map(elevations)
+            .unwrap_or_default(),
+        data: raw
+            .data
+            .map(from_json)
+            .transpose()?
+            .unwrap_or(serde_json::Value::Null),
+        ended: raw
+            .ended
+            .map(from_json::<StoredEnded>)
+            .transpose()?
+            .map(Ended::from),
     })
+}
+
+/// What the embedded store indexes a live session by, read in place from its record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Outline<'a> {
+    /// The session's id.
+    pub id: RawId<'a>,
+    /// Its subject.
+    pub subject: &'a str,
+    /// Its application.
+    pub application: RawApp<'a>,
+    /// The policy it was created under.
+    pub policy: &'a str,
+    /// Its parent, if it has one.
+    pub parent: Option<RawId<'a>>,
+    /// [`Session::next_deadline`]'s time.
+    pub next_deadline: Timestamp,
+}
+
+/// The outline of a live session from its record, without decoding it: opening ten million
+/// sessions would otherwise allocate and free several strings for each. `None` for a record of
+/// an ended session or in format 1: [`decode`] those.
+pub fn outline(bytes: &[u8]) -> Result<Option<Outline<'_>>, StoreError> {
+    let mut r = Reader(bytes);
+    if r.byte()? != FORMAT {
+        return Ok(None);
+    }
+    r.take(9)?;
+    let _last_seen = r.int()?;
+    let idle_at = r.int()?;
+    let idle_lifetime = r.int()?;
+    let absolute_at = r.int()?;
+    let body = RawBody::read(&mut r, absolute_at)?;
+    if body.ended.is_some() {
+        return Ok(None);
+    }
+    let idle = body.idle_rule.is_some() && idle_lifetime >= 0;
+    Ok(Some(Outline {
+        id: body.id,
+        subject: body.subject,
+        application: body.application,
+        policy: body.policy,
+        parent: body.parent,
+        next_deadline: Timestamp::from_millis(if idle && idle_at < absolute_at {
+            idle_at
+        } else {
+            absolute_at
+        }),
+    }))
 }
 
 /// Format 1: fixed-width times, a presence byte before each optional part.
@@ -1040,6 +1200,61 @@ mod tests {
         let bytes = encode(&full).unwrap();
         assert_eq!(decode(full.token_hash, &bytes).unwrap(), full);
         assert_eq!(bytes[1], 0, "ended");
+    }
+
+    #[test]
+    fn the_outline_of_a_live_record_says_what_its_decode_says() {
+        let random = crate::SeededRandom::new(9);
+        let mut shapes = vec![session(), plain(&random)];
+        let mut idle_last = session();
+        idle_last.idle.as_mut().unwrap().at =
+            Timestamp::from_millis(idle_last.absolute.at.as_millis() + 1);
+        shapes.push(idle_last);
+        let mut child = plain(&random);
+        child.parent = Some(PublicId::generate_routed("ses_", 0xa3, &random));
+        child.application = PublicId::generate("app_", &random);
+        child.data = serde_json::json!({"cart": [1]});
+        child.back_channel_logout_uri = Some("https://rp.example/logout".into());
+        shapes.push(child);
+        let mut texts = session();
+        texts.parent = Some(PublicId::from_string("ses_parent".into()));
+        texts.application = PublicId::from_string("shop".into());
+        texts.device.user_agent = Some("Mozilla/5.0".into());
+        shapes.push(texts);
+        for session in shapes {
+            let bytes = encode(&session).unwrap();
+            let outline = outline(&bytes)
+                .unwrap()
+                .expect("a live record has an outline");
+            assert_eq!(outline.id.to_id(), session.id);
+            assert_eq!(outline.subject, session.subject);
+            assert_eq!(outline.application.to_id(), session.application);
+            assert_eq!(outline.policy, session.policy);
+            assert_eq!(outline.parent.map(RawId::to_id), session.parent);
+            assert_eq!(outline.next_deadline, session.next_deadline().0);
+            assert_eq!(session, decode(session.token_hash, &bytes).unwrap());
+        }
+
+        let mut ended = session();
+        ended.ended = Some(Ended {
+            reason: EndReason::Logout,
+            at: ended.created_at,
+            reconstitute_until: None,
+            reconstituted_into: None,
+            purge_at: ended.absolute.at,
+        });
+        assert_eq!(
+            outline(&encode(&ended).unwrap()).unwrap(),
+            None,
+            "ended: decode it"
+        );
+        let v1 = encode_v1(&session()).unwrap();
+        assert_eq!(outline(&v1).unwrap(), None, "format 1: decode it");
+        let bytes = encode(&session()).unwrap();
+        assert!(
+            outline(&bytes[..bytes.len() - 1]).is_err(),
+            "a damaged record"
+        );
     }
 
     #[test]

@@ -177,17 +177,21 @@ pub struct LiveTally(HashMap<AppId, HashMap<String, u64>>);
 impl LiveTally {
     /// Counts `session` if it is live.
     pub fn add(&mut self, session: &Session) {
-        if !session.is_live() {
-            return;
+        if session.is_live() {
+            self.add_live(&session.application, &session.policy);
         }
-        let policies = match self.0.get_mut(&session.application) {
+    }
+
+    /// Counts a live session of `application` and `policy`.
+    pub fn add_live(&mut self, application: &AppId, policy: &str) {
+        let policies = match self.0.get_mut(application) {
             Some(policies) => policies,
-            None => self.0.entry(session.application.clone()).or_default(),
+            None => self.0.entry(application.clone()).or_default(),
         };
-        match policies.get_mut(session.policy.as_str()) {
+        match policies.get_mut(policy) {
             Some(sessions) => *sessions += 1,
             None => {
-                policies.insert(session.policy.clone(), 1);
+                policies.insert(policy.to_owned(), 1);
             }
         }
     }

@@ -62,8 +62,8 @@ use std::sync::Arc;
 
 use portcullis_core::{
     AuditEvent, BackendError, CachedStore, Change, CommitTicket, EventQuery, Journal, PublicId,
-    Session, SessionId, Snapshot, StoreError, StoredApiKey, StoredSession, Timestamp, TokenHash,
-    Touch, record,
+    Restored, Session, SessionId, Snapshot, StoreError, StoredApiKey, StoredSession, Timestamp,
+    TokenHash, Touch, record,
 };
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{ConnectOptions as _, Row, Sqlite, SqlitePool, Transaction};
@@ -180,33 +180,37 @@ const SELECT_SESSIONS: &str = "SELECT record, token_hash, body, rowid FROM sessi
 
 /// A session row: its record, or the JSON body of a row last written before records.
 fn read_session(row: &sqlx::sqlite::SqliteRow) -> Result<Session, StoreError> {
-    read_session_and_record(row).map(|(session, _)| session)
+    match read_restored(row)? {
+        Restored::Record(hash, record) => record::decode(hash, &record),
+        Restored::Session(session) => Ok(*session),
+    }
 }
 
-/// A session as read back, with its record when the row has one.
-type RestoredSession = (Session, Option<Box<[u8]>>);
-
-/// [`read_session`], with the record as stored when the row has one.
-fn read_session_and_record(row: &sqlx::sqlite::SqliteRow) -> Result<RestoredSession, StoreError> {
+/// A session row as the cache restores it: its record as stored, or the session decoded from
+/// the JSON body of a row last written before records.
+fn read_restored(row: &sqlx::sqlite::SqliteRow) -> Result<Restored, StoreError> {
     match row.get::<Option<&[u8]>, _>(0) {
         Some(bytes) => {
             let hash = TokenHash::from_hex(row.get(1))
                 .ok_or_else(|| StoreError::Corrupt("a session row's token hash".into()))?;
-            Ok((record::decode(hash, bytes)?, Some(bytes.into())))
+            Ok(Restored::Record(hash, bytes.into()))
         }
-        None => Ok((read_body::<StoredSession, Session>(row.get(2))?, None)),
+        None => Ok(Restored::Session(Box::new(read_body::<
+            StoredSession,
+            Session,
+        >(row.get(2))?))),
     }
 }
 
-/// Reads the session rows in batches of [`RESTORE_BATCH`] (keyset by `rowid`), decoded, into
-/// `batches`, until the table or the receiver ends; a batch that fails to read or decode is
+/// Reads the session rows in batches of [`RESTORE_BATCH`] (keyset by `rowid`) into `batches`,
+/// until the table or the receiver ends; a batch that fails to read is
 /// sent as its error and ends the reading. Batches the receiver has emptied come back through
 /// `spares` to be filled again: allocated afresh, each batch's several megabytes were faulted
 /// in (and zeroed by the kernel) again every time.
 async fn read_session_batches(
     pool: SqlitePool,
-    batches: tokio::sync::mpsc::Sender<Result<Vec<RestoredSession>, StoreError>>,
-    mut spares: tokio::sync::mpsc::UnboundedReceiver<Vec<RestoredSession>>,
+    batches: tokio::sync::mpsc::Sender<Result<Vec<Restored>, StoreError>>,
+    mut spares: tokio::sync::mpsc::UnboundedReceiver<Vec<Restored>>,
 ) {
     let sql = format!("{SELECT_SESSIONS} WHERE rowid > ?1 ORDER BY rowid LIMIT ?2");
     let mut after = i64::MIN;
@@ -225,7 +229,7 @@ async fn read_session_batches(
                 after = last.get(3);
             }
             for row in &rows {
-                batch.push(read_session_and_record(row)?);
+                batch.push(read_restored(row)?);
             }
             Ok(())
         });
@@ -249,8 +253,8 @@ fn header_hex(at: Timestamp) -> String {
     format!("{:016X}", at.as_millis())
 }
 
-/// Sessions read back per query on open: a batch is all that is ever held decoded (ten million
-/// sessions decoded at once would take several times the memory their records take in the cache).
+/// Sessions read back per query on open: a batch is all that is ever held twice, as rows and as
+/// records (or decoded, for rows without a record).
 const RESTORE_BATCH: i64 = 10_000;
 
 impl SqliteJournal {
@@ -269,7 +273,7 @@ impl SqliteJournal {
     }
 
     /// Hands every retained session to `store`, a batch at a time, in the order of the table.
-    /// A task reads and decodes the next batches while this one is indexed: on a runtime with
+    /// A task reads the next batches while this one is indexed: on a runtime with
     /// two threads the two halves of opening ten million sessions overlap.
     async fn restore_sessions(&self, store: &SqliteStore) -> Result<(), StoreError> {
         let (batches, mut arrived) = tokio::sync::mpsc::channel(2);

@@ -537,3 +537,59 @@ async fn reopened_sessions_still_time_out_in_deadline_order() {
         .collect();
     assert_eq!(due, [created[0].id.clone(), created[1].id.clone()]);
 }
+
+/// Sessions read back on open (indexed from their records' outlines, not decoded) keep their
+/// places in every index: listed under their subject, counted live per application and policy,
+/// and under their parent, so that ending it still ends them.
+#[tokio::test]
+async fn reopened_sessions_keep_their_subject_parent_and_counts() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("portcullis.db");
+    let clock = Arc::new(ManualClock::default());
+    let (parent, child, counts) = {
+        let engine = engine_over(&path, &clock).await;
+        let shop = shop(&engine).await;
+        let parent = engine.create(request("alice"), &shop).await.unwrap();
+        let child = NewSession {
+            parent: Some(parent.session.id.clone()),
+            ..request("alice")
+        };
+        let child = engine.create(child, &shop).await.unwrap();
+        engine.create(request("bob"), &shop).await.unwrap();
+        let ended = engine.create(request("alice"), &shop).await.unwrap();
+        engine.logout(ended.token.expose(), &shop).await.unwrap();
+        let counts = engine.store().live_counts().await.unwrap();
+        assert_eq!(counts.iter().map(|c| c.sessions).sum::<u64>(), 3);
+        engine.store().journal().close().await;
+        (parent.session, child.session, counts)
+    };
+    let engine = engine_over(&path, &clock).await;
+    let (key, _) = engine
+        .create_api_key("again", "shop", &Actor::cli())
+        .await
+        .unwrap();
+    let shop = engine
+        .authenticate_api_key(key.expose())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(engine.store().live_counts().await.unwrap(), counts);
+    let alice: Vec<_> = engine
+        .store()
+        .list_subject("alice")
+        .await
+        .unwrap()
+        .iter()
+        .map(|s| s.id.clone())
+        .collect();
+    assert_eq!(alice, [parent.id.clone(), child.id.clone()]);
+    engine
+        .end(&parent.id, EndReason::Logout, &shop)
+        .await
+        .unwrap();
+    let child = engine.store().find_by_id(&child.id).await.unwrap().unwrap();
+    assert_eq!(
+        child.ended.as_ref().map(|e| e.reason),
+        Some(EndReason::ParentEnded)
+    );
+}
