@@ -1356,6 +1356,66 @@ mod tests {
         assert!(bob_now.is_live(), "bob's session was ended with alice's");
     }
 
+    /// A live session read from its record is indexed from its outline. A record restored
+    /// twice under one id (the later one ended) goes through the general path, which must
+    /// take the earlier one out of every index it was put in.
+    #[tokio::test]
+    async fn a_restored_record_replaced_by_its_ending_is_not_listed() {
+        use crate::session::Ended;
+        use crate::store::SessionStore;
+
+        let (engine, clock) = engine(4);
+        let operator = Principal::operator();
+        let live = engine
+            .create(new_session("alice"), &operator)
+            .await
+            .unwrap()
+            .session;
+        let other = engine
+            .create(new_session("alice"), &operator)
+            .await
+            .unwrap()
+            .session;
+        let mut ended = (*live).clone();
+        ended.version += 1;
+        ended.ended = Some(Ended {
+            reason: EndReason::Logout,
+            at: clock.now(),
+            reconstitute_until: None,
+            reconstituted_into: None,
+            purge_at: clock.now().plus(Duration::from_secs(60)),
+        });
+        let restored =
+            MemoryStore::open(super::MemoryJournal::default(), super::Snapshot::default());
+        {
+            let mut restoring = restored.restoring().unwrap();
+            let record =
+                |s: &crate::session::Session| super::record::encode(s).unwrap().into_boxed_slice();
+            restoring
+                .add([
+                    super::Restored::Record(live.token_hash, record(&live)),
+                    super::Restored::Record(other.token_hash, record(&other)),
+                ])
+                .unwrap();
+            restoring
+                .add([super::Restored::Record(ended.token_hash, record(&ended))])
+                .unwrap();
+        }
+        let listed = restored.list_subject("alice").await.unwrap();
+        assert_eq!(
+            listed.iter().map(|s| &s.id).collect::<Vec<_>>(),
+            vec![&other.id]
+        );
+        assert!(
+            !restored
+                .find_by_id(&live.id)
+                .await
+                .unwrap()
+                .unwrap()
+                .is_live()
+        );
+    }
+
     /// Nothing is kept for a session once it is purged, whatever ended it: a long run of
     /// sessions of subjects seen once (the soak's load) must not grow any index.
     #[tokio::test]
