@@ -4,9 +4,10 @@
 //!
 //! `scale --sessions N --dir DIR [--redis URL] [--redis-max M] [--prefix P] [--reuse]`
 //!
-//! `--reuse` times the embedded store's load alone: it opens the database an earlier `--reuse`
-//! run left under DIR (writing it first when there is none), reports load time and memory, and
-//! keeps the database for the next run.
+//! `--reuse` measures the embedded store's load and validation alone: it opens the database an
+//! earlier `--reuse` run left under DIR (writing it first when there is none), reports load
+//! time, memory and validation latency (no sweep, which would change the database), and keeps
+//! the database for the next run. Several runs over one database give the spread of each.
 //!
 //! Keys go under `--prefix` (default `pcscale:<pid>`); give the store's default `pc` on a Redis of
 //! the benchmark's own, so key lengths are those of a real deployment. Its keys are deleted after.
@@ -107,7 +108,15 @@ fn percentile(samples: &mut [Duration], p: f64) -> f64 {
     samples[index].as_secs_f64() * 1e6
 }
 
-async fn measure<S: Store>(label: &str, n: usize, store: S, tokens: &[Token], extra: String) {
+/// Validation latency over `tokens`, then (with `sweep`) the cost of a sweep 2 minutes later.
+async fn measure<S: Store>(
+    label: &str,
+    n: usize,
+    store: S,
+    tokens: &[Token],
+    sweep: bool,
+    extra: String,
+) {
     let (engine, clock) = engine(store);
     let principal = portcullis_bench::principal();
     clock.set(ManualClock::default().now());
@@ -122,6 +131,10 @@ async fn measure<S: Store>(label: &str, n: usize, store: S, tokens: &[Token], ex
     }
     let p50 = percentile(&mut samples, 0.50);
     let p99 = percentile(&mut samples, 0.99);
+    if !sweep {
+        println!("scale\t{label}\t{n}\tvalidate_p50_us={p50:.2} validate_p99_us={p99:.2} {extra}");
+        return;
+    }
     clock.advance(Duration::from_secs(120));
     let started = Instant::now();
     let report = engine.sweep().await.expect("sweep");
@@ -264,10 +277,14 @@ async fn main() {
         load.as_secs_f64()
     );
     if a.reuse {
-        println!("sqlite\t{}\t{extra}", a.sessions);
+        if reused {
+            // The tokens of a database written by an earlier run: the same seeded draws again.
+            tokens.extend((0..a.sessions).map(|i| session(i, at, &random).0));
+        }
+        measure("sqlite", a.sessions, store, &tokens, false, extra).await;
         return;
     }
-    measure("sqlite", a.sessions, store, &tokens, extra).await;
+    measure("sqlite", a.sessions, store, &tokens, true, extra).await;
     drop(tokens);
     let _ = std::fs::remove_dir_all(&dir);
 
@@ -332,7 +349,7 @@ async fn main() {
         write.as_secs_f64(),
         used - events
     );
-    measure("redis", n, store, &tokens, extra).await;
+    measure("redis", n, store, &tokens, true, extra).await;
     // Leave nothing behind (a `KEYS` answer of millions of keys timed out and left them all).
     let mut conn = redis_connection(&a.redis).await;
     for keys in keys_under(&mut conn, &prefix).await.chunks(10_000) {
