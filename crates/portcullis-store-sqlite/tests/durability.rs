@@ -35,9 +35,19 @@ async fn engine_over(
 
 /// Registers the application "shop" and signs in as it with a key of its own.
 async fn shop<S: portcullis_core::Store>(engine: &Engine<S>) -> Principal {
-    let cli = Actor::cli();
-    engine.add_application(named("shop"), &cli).await.unwrap();
-    let (key, _) = engine.create_api_key("shop", "shop", &cli).await.unwrap();
+    engine
+        .add_application(named("shop"), &Actor::cli())
+        .await
+        .unwrap();
+    shop_key(engine, "shop").await
+}
+
+/// Signs in as the application "shop" with a new key named `name`.
+async fn shop_key<S: portcullis_core::Store>(engine: &Engine<S>, name: &str) -> Principal {
+    let (key, _) = engine
+        .create_api_key(name, "shop", &Actor::cli())
+        .await
+        .unwrap();
     engine
         .authenticate_api_key(key.expose())
         .await
@@ -564,15 +574,7 @@ async fn reopened_sessions_keep_their_subject_parent_and_counts() {
         (parent.session, child.session, counts)
     };
     let engine = engine_over(&path, &clock).await;
-    let (key, _) = engine
-        .create_api_key("again", "shop", &Actor::cli())
-        .await
-        .unwrap();
-    let shop = engine
-        .authenticate_api_key(key.expose())
-        .await
-        .unwrap()
-        .unwrap();
+    let shop = shop_key(&engine, "again").await;
     assert_eq!(engine.store().live_counts().await.unwrap(), counts);
     let alice: Vec<_> = engine
         .store()
