@@ -4,16 +4,23 @@
 --   followed by the command and its arguments (values may be binary).
 -- A check is ("version", key, "", v): the session record at key has version v ("" = no record);
 --   ("live", key, "", ""): the record is live; ("get", key, "", v): GET key is v (missing reads
---   as ""); ("subject", key, subject, v): the subject's entry in hash key has version v (its
---   first 8 bytes, big-endian; "" = no entry); ("members", key, "", v): the set at key holds
---   exactly the 32-byte members that v lists end to end.
+--   as ""); ("subject", meta, subject, v): the subject's entry in its bucket of the tag whose
+--   meta hash is meta has version v (its first 8 bytes, big-endian; "" = no entry);
+--   ("members", key, "", v): the set at key holds exactly the 32-byte members that v lists end
+--   to end.
+-- Buckets (buckets.lua) are named by their tag's meta hash and found here, where the bucket
+-- count cannot change under the change.
 -- The record header is described in record.rs: live at byte 1, version at bytes 2-9.
 -- An operation ('SETTLE', bucket, summary, member) scores member of the deadline summary at the
---   bucket's earliest deadline (or removes it when the bucket is empty); touch.lua does the same.
--- An operation ('SUBJECT', hash, subject, added, removed) rewrites the subject's entry in hash
+--   bucket's earliest deadline (or removes it when the bucket is empty).
+-- An operation ('LINK', meta, id, hash, fill) links session id to token hash in its id bucket
+--   ("" unlinks it); ('DEADLINE', meta, id, deadline) scores the id in its deadline bucket (""
+--   takes it out) and settles the bucket's score in the tag's summary, as touch.lua does.
+-- An operation ('SUBJECT', meta, subject, added, removed, fill) rewrites the subject's entry
 --   with its version moved on, the token hashes in removed taken out and those in added
 --   appended (both are 32-byte hashes end to end). Every change of a subject's sessions moves
 --   its version, so a change planned from the entry it read fails when another came first.
+-- A new field that takes its bucket past fill splits a bucket of its tag.
 -- Returns 0 when a check fails (nothing written), else the ids of the XADDs, in order.
 local n = tonumber(ARGV[1])
 local at = 2
@@ -29,7 +36,7 @@ for _ = 1, n do
       if redis.call('SISMEMBER', key, string.sub(expected, i, i + 31)) == 0 then return 0 end
     end
   elseif kind == 'subject' then
-    local entry = redis.call('HGET', key, field)
+    local entry = redis.call('HGET', subject_bucket(tag_of_meta(key), field), field)
     if not entry then
       if expected ~= '' then return 0 end
     elseif expected == '' or struct.unpack('>i8', entry) ~= tonumber(expected) then
@@ -61,14 +68,28 @@ while at <= #ARGV do
   for i = 1, len do op[i] = ARGV[at + i] end
   at = at + len + 1
   if op[1] == 'SETTLE' then
-    local first = redis.call('ZRANGE', op[2], 0, 0, 'WITHSCORES')
-    if first[2] then
-      redis.call('ZADD', op[3], first[2], op[4])
-    else
-      redis.call('ZREM', op[3], op[4])
+    settle(op[2], op[3], op[4])
+  elseif op[1] == 'LINK' then
+    local tag = tag_of_meta(op[2])
+    local _, bucket = id_bucket(tag, op[3])
+    if op[4] == '' then
+      redis.call('HDEL', bucket, op[3])
+    elseif redis.call('HSET', bucket, op[3], op[4]) == 1 then
+      grow(tag, 'i', bucket, op[5])
     end
+  elseif op[1] == 'DEADLINE' then
+    local tag = tag_of_meta(op[2])
+    local name, bucket = deadline_bucket(tag, op[3])
+    if op[4] == '' then
+      redis.call('ZREM', bucket, op[3])
+    else
+      redis.call('ZADD', bucket, op[4], op[3])
+    end
+    settle(bucket, tag .. 'dd', name)
   elseif op[1] == 'SUBJECT' then
-    local entry = redis.call('HGET', op[2], op[3])
+    local tag = tag_of_meta(op[2])
+    local bucket = subject_bucket(tag, op[3])
+    local entry = redis.call('HGET', bucket, op[3])
     local version, kept = 0, {}
     if entry then
       version = struct.unpack('>i8', entry)
@@ -78,7 +99,8 @@ while at <= #ARGV do
       end
     end
     kept[#kept + 1] = op[4]
-    redis.call('HSET', op[2], op[3], struct.pack('>i8', version + 1) .. table.concat(kept))
+    local rewritten = struct.pack('>i8', version + 1) .. table.concat(kept)
+    if redis.call('HSET', bucket, op[3], rewritten) == 1 then grow(tag, 'u', bucket, op[6]) end
   else
     local reply = redis.call(unpack(op))
     if op[1] == 'XADD' then ids[#ids + 1] = reply end

@@ -11,9 +11,16 @@
 //!
 //! **Other keys**, kept few and small (memory is what a large deployment pays for), are shared
 //! by many sessions, each a field or member of a small hash or sorted set that Redis keeps in its
-//! compact listpack form: the id → token hash link in one of 64 hashes per tag
+//! compact listpack form: the id → token hash link in one of the tag's id buckets
 //! (`pc:{a3}:i:<c>`); a subject's entry (its version, then its live sessions' token hashes) in
-//! one of 64 hashes per tag (`pc:{a3}:ub:<nn>`).
+//! one of its subject buckets (`pc:{a3}:ub:<nn>`).
+//!
+//! **Buckets grow with their tag** (`buckets.lua`): each kind starts as 64 per tag, and linear
+//! hashing adds one bucket at a time, splitting the next bucket in turn whenever a bucket passes
+//! `bucket_fill` entries (80 by default), so a bucket stays under Redis' 128-entry listpack limit
+//! at any population: past it, an entry costs about twice as much. The tag's meta hash
+//! (`pc:{a3}:n`) counts its buckets. A script finds a bucket from that count when it reaches
+//! it, so callers name the meta hash only, and a split never races a change or a read.
 //!
 //! **Changes** are planned in Rust with the same rules as every store (`portcullis_core::plan`)
 //! from what was read, then applied by `commit.lua` only if nothing it was planned from changed
@@ -36,7 +43,7 @@
 //! refresh tokens expire by TTL. A redemption, a rotation and a family's end wait for the
 //! replicas as session endings do.
 //!
-//! **Expiry.** Deadlines of session ids are indexed in 64 sorted sets per tag (`pc:{a3}:db:<c>`)
+//! **Expiry.** Deadlines of session ids are indexed in sorted sets, one per id bucket (`pc:{a3}:db:<c>`),
 //! summarised per tag in `pc:{a3}:dd` (each bucket scored at or before its earliest deadline),
 //! purge times in `pc:{a3}:p`; the sweeper reads 256 summaries, then the due buckets
 //! (O(expired)). Records carry no TTL: they go only by the store's own changes (the sweeper's
@@ -74,9 +81,6 @@ const KEY_TAG_INDEX: u64 = 256;
 /// The event-stream index of the applications' tag.
 const APP_TAG_INDEX: u64 = 257;
 
-/// Subject hashes in all: 64 in each of the 256 tags.
-const SUBJECT_HASHES: usize = 256 * 64;
-
 /// Records read by one `MGET` of a walk over every session.
 const WALK_BATCH: usize = 256;
 
@@ -111,19 +115,62 @@ pub use signing_keys::RedisSigningKeyStore;
 pub use throttle::RedisThrottleStore;
 pub use users::RedisUserStore;
 
-static COMMIT: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("commit.lua")));
-static TOUCH: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("touch.lua")));
-static UNLINK: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("unlink.lua")));
+/// A script that reaches a tag's buckets: `buckets.lua`, then `body`.
+fn with_buckets(body: &str) -> Script {
+    Script::new(&[include_str!("buckets.lua"), body].concat())
+}
+
+static COMMIT: LazyLock<Script> = LazyLock::new(|| with_buckets(include_str!("commit.lua")));
+static TOUCH: LazyLock<Script> = LazyLock::new(|| with_buckets(include_str!("touch.lua")));
+static UNLINK: LazyLock<Script> = LazyLock::new(|| with_buckets(include_str!("unlink.lua")));
+
+/// What the id buckets hold for an id. KEYS[1]: the tag's meta hash; ARGV[1]: the id's member.
+static LINK_OF: LazyLock<Script> = LazyLock::new(|| {
+    with_buckets(
+        r"
+local _, ids = id_bucket(tag_of_meta(KEYS[1]), ARGV[1])
+return redis.call('HGET', ids, ARGV[1])
+",
+    )
+});
+
+/// A subject's entry (nil before its first change). KEYS[1]: the tag's meta hash; ARGV[1]:
+/// the subject.
+static SUBJECT_ENTRY: LazyLock<Script> = LazyLock::new(|| {
+    with_buckets(
+        r"
+return redis.call('HGET', subject_bucket(tag_of_meta(KEYS[1]), ARGV[1]), ARGV[1])
+",
+    )
+});
+
+/// Every subject entry of a tag, read at once so that no split moves one out of sight.
+/// KEYS[1]: the tag's meta hash.
+static SUBJECT_ENTRIES: LazyLock<Script> = LazyLock::new(|| {
+    with_buckets(
+        r"
+local tag = tag_of_meta(KEYS[1])
+local entries = {}
+for b = 0, bucket_count(tag, 'u') - 1 do
+  for _, entry in ipairs(redis.call('HVALS', tag .. 'ub:' .. bucket_name('u', b))) do
+    entries[#entries + 1] = entry
+  end
+end
+return entries
+",
+    )
+});
 
 /// A session by id in one round trip: the id's token hash, then its record, which is on the
-/// same slot (the hash starts with the route byte the id carries). KEYS[1]: the id hash. ARGV:
-/// the id's member, the record keys' prefix, the route byte. Answers `{}` (no such id),
-/// `{hash}` (no record, or a hash of another route, which the caller reads itself) or
+/// same slot (the hash starts with the route byte the id carries). KEYS[1]: the tag's meta
+/// hash. ARGV: the id's member, the record keys' prefix, the route byte. Answers `{}` (no such
+/// id), `{hash}` (no record, or a hash of another route, which the caller reads itself) or
 /// `{hash, record}`.
 static FIND_BY_ID: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+    with_buckets(
         r"
-local hash = redis.call('HGET', KEYS[1], ARGV[1])
+local _, ids = id_bucket(tag_of_meta(KEYS[1]), ARGV[1])
+local hash = redis.call('HGET', ids, ARGV[1])
 if not hash then return {} end
 if string.len(hash) ~= 32 or string.sub(hash, 1, 1) ~= ARGV[3] then return {hash} end
 local record = redis.call('GET', ARGV[2] .. hash)
@@ -158,14 +205,15 @@ return 0
 });
 
 /// Writes a subject's entry again as it is (so that a `WAIT` after it covers every earlier write
-/// of the subject's slot); 0 when there is no entry. KEYS[1]: the subject hash; ARGV[1]: the
+/// of the subject's slot); 0 when there is no entry. KEYS[1]: the tag's meta hash; ARGV[1]: the
 /// subject.
 static REWRITE_SUBJECT: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+    with_buckets(
         r"
-local entry = redis.call('HGET', KEYS[1], ARGV[1])
+local bucket = subject_bucket(tag_of_meta(KEYS[1]), ARGV[1])
+local entry = redis.call('HGET', bucket, ARGV[1])
 if not entry then return 0 end
-redis.call('HSET', KEYS[1], ARGV[1], entry)
+redis.call('HSET', bucket, ARGV[1], entry)
 return 1
 ",
     )
@@ -224,10 +272,11 @@ pub struct RedisStore {
     /// `None` when the URL asks for no replica (`wait_replicas=0`).
     durable: Option<Arc<durable::Durable>>,
     api_keys: Arc<ApiKeyCache>,
-    /// Where [`SessionStore::application_sessions`] stopped last for an application (a subject
-    /// hash, `route * 64 + bucket`), so the next call goes on from there: only a hint where to
+    /// Where [`SessionStore::application_sessions`] stopped last for an application (a tag), so the next call goes on from there: only a hint where to
     /// start, as every call walks on round the ring until it has its sessions or has seen all.
-    walks: Arc<Mutex<HashMap<AppId, usize>>>,
+    walks: Arc<Mutex<HashMap<AppId, u8>>>,
+    /// `bucket_fill` of the URL, as the scripts take it.
+    bucket_fill: Arc<[u8]>,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -364,8 +413,8 @@ impl Plan {
             })
     }
 
-    /// Rewrites the entries of the subjects it changes, last.
-    fn seal_subjects(&mut self) {
+    /// Rewrites the entries of the subjects it changes, last (`fill`: see `buckets.lua`).
+    fn seal_subjects(&mut self, fill: &[u8]) {
         for (subject, change) in std::mem::take(&mut self.subjects) {
             let added: Vec<u8> = change.added.iter().flat_map(|h| h.0).collect();
             let removed: Vec<u8> = change.removed.iter().flat_map(|h| h.0).collect();
@@ -375,6 +424,7 @@ impl Plan {
                 subject.as_bytes(),
                 &added,
                 &removed,
+                fill,
             ]);
         }
     }
@@ -445,20 +495,6 @@ fn range_until(key: &str, now: Timestamp, limit: usize) -> redis::Cmd {
         .arg(0)
         .arg(limit);
     cmd
-}
-
-/// The bucket of a session id among the 64 of its tag: its first random character.
-fn id_bucket(id: &SessionId) -> char {
-    char::from(id.as_str().as_bytes().get(6).copied().unwrap_or(b'_'))
-}
-
-/// The bucket of a subject among the 64 of its tag (FNV-1a: the route already came from a
-/// SHA-256 of the subject; this only spreads subjects within the tag).
-fn subject_bucket(subject: &str) -> u8 {
-    let hash = subject.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    });
-    (hash % 64) as u8
 }
 
 fn tag_of(route: u8) -> String {
@@ -569,6 +605,7 @@ impl RedisStore {
             durable: None,
             api_keys: Arc::new(ApiKeyCache::new(API_KEY_CACHE)),
             walks: Arc::default(),
+            bucket_fill: options.bucket_fill.to_string().into_bytes().into(),
         };
         if wait.replicas > 0 {
             store.check_replicas(&wait).await?;
@@ -783,18 +820,16 @@ impl RedisStore {
         key
     }
 
-    /// The hash of session id → token hash that holds `id`: one of 64 per tag, by the id's first
-    /// random character. A field costs far less than a key per session, and small hashes stay
-    /// in Redis' compact listpack form (≤ 128 fields by default: up to ~2 M sessions).
-    fn ids_key(&self, route: u8, id: &SessionId) -> String {
-        self.key(&tag_of(route), "i", &id_bucket(id).to_string())
+    /// The meta hash of tag `route`: how many buckets each kind of index has there
+    /// (`buckets.lua`). The scripts find an index bucket from it, so every change and read of
+    /// a bucket names the meta hash, and the bucket itself only inside the script.
+    fn meta_key(&self, route: u8) -> String {
+        self.tag_key(&tag_of(route), "n")
     }
 
-    /// The deadline index that holds `id`: one sorted set per tag and id bucket (as
-    /// [`Self::ids_key`]), small enough for the listpack form, where one entry costs about a
-    /// third of what it costs in a large sorted set.
-    fn deadlines_key(&self, route: u8, bucket: char) -> String {
-        self.key(&tag_of(route), "db", &bucket.to_string())
+    /// Deadline bucket `name` of tag `route`, as the tag's summary names it.
+    fn deadlines_key(&self, route: u8, name: &str) -> String {
+        self.key(&tag_of(route), "db", name)
     }
 
     /// The tag's summary of its deadline indexes: each non-empty bucket scored at its earliest
@@ -804,15 +839,10 @@ impl RedisStore {
         self.tag_key(&tag_of(route), "dd")
     }
 
-    /// The hash that holds the subject's entry ([`SubjectEntry`]): one of 64 per tag, by a
-    /// hash of the subject, so subjects share keys instead of paying for one each.
+    /// The meta hash of the subject's tag, through which the scripts reach the bucket that
+    /// holds its entry ([`SubjectEntry`]).
     fn subject_key(&self, subject: &str) -> String {
-        self.subject_hash_key(subject_route(subject), subject_bucket(subject))
-    }
-
-    /// Subject hash `bucket` (0–63) of tag `route`.
-    fn subject_hash_key(&self, route: u8, bucket: u8) -> String {
-        self.key(&tag_of(route), "ub", &format!("{bucket:02x}"))
+        self.meta_key(subject_route(subject))
     }
 
     fn tombs_key(&self, subject: &str) -> String {
@@ -834,12 +864,8 @@ impl RedisStore {
 
     /// What the id hash holds for `id`, as stored.
     async fn link_of(&self, route: u8, id: &SessionId) -> Result<Option<Vec<u8>>, StoreError> {
-        self.query(
-            redis::cmd("HGET")
-                .arg(self.ids_key(route, id))
-                .arg(record::id_member(id)),
-        )
-        .await
+        self.script(&LINK_OF, &[self.meta_key(route)], &[record::id_member(id)])
+            .await
     }
 
     /// The token hash and record of the session a time index names by `id`.
@@ -865,12 +891,12 @@ impl RedisStore {
         id: &SessionId,
         link: Option<Vec<u8>>,
     ) -> Result<(), StoreError> {
-        let ids = self.ids_key(route, id).into_bytes();
+        let meta = self.meta_key(route).into_bytes();
         let record = match link.as_deref().and_then(member_hash) {
             Some(hash) => self.session_key(&hash),
-            None => ids.clone(),
+            None => meta.clone(),
         };
-        let keys = [ids, index.as_bytes().to_vec(), record];
+        let keys = [meta, index.as_bytes().to_vec(), record];
         let args = [record::id_member(id), link.unwrap_or_default()];
         let _: i64 = self.script(&UNLINK, &keys, &args).await?;
         Ok(())
@@ -1026,16 +1052,24 @@ impl RedisStore {
     /// The subject's entry as stored (the default before its first change).
     async fn subject_entry(&self, subject: &str) -> Result<SubjectEntry, StoreError> {
         let bytes: Option<Vec<u8>> = self
-            .query(
-                redis::cmd("HGET")
-                    .arg(self.subject_key(subject))
-                    .arg(subject),
-            )
+            .script(&SUBJECT_ENTRY, &[self.subject_key(subject)], &[subject])
             .await?;
         bytes
             .map(|b| SubjectEntry::decode(&b))
             .transpose()
             .map(Option::unwrap_or_default)
+    }
+
+    /// The token hashes of every live session of tag `route`, from its subjects' entries.
+    async fn tag_members(&self, route: u8) -> Result<Vec<TokenHash>, StoreError> {
+        let entries: Vec<Vec<u8>> = self
+            .script(&SUBJECT_ENTRIES, &[self.meta_key(route)], &[] as &[&[u8]])
+            .await?;
+        let mut members = Vec::new();
+        for entry in entries {
+            members.extend(SubjectEntry::decode(&entry)?.members);
+        }
+        Ok(members)
     }
 
     /// The change commits only if no other change of the subject commits first: for a change
@@ -1062,9 +1096,8 @@ impl RedisStore {
         let route = next.token_hash.0[0];
         let key = self.session_key(&next.token_hash);
         let member = &next.token_hash.0[..];
-        let bucket = id_bucket(&next.id);
-        let deadlines = self.deadlines_key(route, bucket);
-        let deadlines = deadlines.as_bytes();
+        let meta = self.meta_key(route);
+        let meta = meta.as_bytes();
         let children = next.parent.as_ref().map(|p| self.children_key(route, p));
         let children = children.as_ref().map(String::as_bytes);
         // The time indexes hold session ids, so the sweeper can also unlink the id of a record
@@ -1095,12 +1128,7 @@ impl RedisStore {
             }
         }
         plan.op(&[b"SET", &key, &record]);
-        plan.op(&[
-            b"HSET",
-            self.ids_key(route, &next.id).as_bytes(),
-            id,
-            member,
-        ]);
+        plan.op(&[b"LINK", meta, id, member, &self.bucket_fill]);
         let tombs = self.tombs_key(&next.subject);
         let tombs = tombs.as_bytes();
         match &next.ended {
@@ -1108,7 +1136,7 @@ impl RedisStore {
                 plan.subject(|| self.subject_key(&next.subject), &next.subject)
                     .add(next.token_hash);
                 let deadline = next.next_deadline().0.as_millis().to_string();
-                plan.op(&[b"ZADD", deadlines, deadline.as_bytes(), id]);
+                plan.op(&[b"DEADLINE", meta, id, deadline.as_bytes()]);
                 if let Some(children) = children {
                     plan.op(&[b"SADD", children, member]);
                 }
@@ -1117,7 +1145,7 @@ impl RedisStore {
                 plan.subject(|| self.subject_key(&next.subject), &next.subject)
                     .remove(next.token_hash);
                 let purge = ended.purge_at.as_millis().to_string();
-                plan.op(&[b"ZREM", deadlines, id]);
+                plan.op(&[b"DEADLINE", meta, id, b""]);
                 if let Some(children) = children {
                     plan.op(&[b"SREM", children, member]);
                 }
@@ -1130,11 +1158,6 @@ impl RedisStore {
                 }
             }
         }
-        plan.settle(
-            deadlines,
-            self.deadline_summary_key(route).as_bytes(),
-            bucket.to_string().as_bytes(),
-        );
         Ok(())
     }
 
@@ -1162,7 +1185,7 @@ impl RedisStore {
 
     /// Runs the plan; `None` when something it was planned from has changed.
     async fn commit(&self, mut plan: Plan) -> Result<Option<Vec<AuditEvent>>, StoreError> {
-        plan.seal_subjects();
+        plan.seal_subjects(&self.bucket_fill);
         let keys: Vec<Vec<u8>> = std::mem::take(&mut plan.keys).into_iter().collect();
         let args = plan.take_args();
         let waits = plan.durable || keys.first().is_some_and(|k| self.takes_access_away(k));
@@ -1258,7 +1281,7 @@ impl SessionStore for RedisStore {
         records.push(b':');
         let args = [record::id_member(id), records, vec![route]];
         let reply: Vec<Vec<u8>> = self
-            .script(&FIND_BY_ID, &[self.ids_key(route, id)], &args)
+            .script(&FIND_BY_ID, &[self.meta_key(route)], &args)
             .await?;
         let Some(hash) = reply.first().and_then(|member| member_hash(member)) else {
             return Ok(None);
@@ -1416,16 +1439,10 @@ impl SessionStore for RedisStore {
         let Some(hash) = self.hash_of(route, id).await? else {
             return Ok(());
         };
-        let bucket = id_bucket(id);
-        let keys = [
-            self.session_key(&hash),
-            self.deadlines_key(route, bucket).into_bytes(),
-            self.deadline_summary_key(route).into_bytes(),
-        ];
+        let keys = [self.session_key(&hash), self.meta_key(route).into_bytes()];
         let args = [
             at.as_millis().to_string().into_bytes(),
             record::id_member(id),
-            bucket.to_string().into_bytes(),
         ];
         let _: i64 = self.script(&TOUCH, &keys, &args).await?;
         Ok(())
@@ -1494,18 +1511,18 @@ impl SessionStore for RedisStore {
 
     /// There is no index of sessions by application (it would cost memory on every session for
     /// an operation as rare as removing an application), so this walks every live session: the
-    /// 64 subject hashes of each of the 256 tags (one pipeline of `HVALS` per tag, whose keys
-    /// share its slot), then the records they name (`MGET`s of up to 256 records of one tag,
-    /// one slot too), keeping the live sessions of `application`. One call costs O(all live
-    /// sessions) reads when the application has fewer than `limit` of them: about 256 round
-    /// trips on an empty store, and all live records once. No key outside a known slot is
-    /// read and no command spans slots, so it works the same on a Cluster (no `SCAN`).
+    /// subject entries of each of the 256 tags (one script per tag, [`Self::tag_members`]),
+    /// then the records they name (`MGET`s of up to 256 records of one tag, one slot too),
+    /// keeping the live sessions of `application`. One call costs O(all live sessions) reads
+    /// when the application has fewer than `limit` of them: 256 round trips on an empty store,
+    /// and all live records once. No key outside a known slot is read and no command spans
+    /// slots, so it works the same on a Cluster (no `SCAN`).
     ///
     /// The engine calls this again after ending each batch until it answers nothing; so that
     /// removing an application with many sessions costs O(all sessions), not O(all sessions)
-    /// per batch, each call starts at the subject hash where the previous call for the same
-    /// application filled its batch (`RedisStore::walks`), and a call answers nothing only
-    /// after a whole round.
+    /// per batch, each call starts at the tag where the previous call for the same application
+    /// filled its batch (`RedisStore::walks`; the sessions it found there are ended by then),
+    /// and a call answers nothing only after a whole round.
     async fn application_sessions(
         &self,
         application: &AppId,
@@ -1516,43 +1533,23 @@ impl SessionStore for RedisStore {
             return Ok(found);
         }
         let walks = || self.walks.lock().unwrap_or_else(PoisonError::into_inner);
-        let start = walks().get(application).copied().unwrap_or(0) % SUBJECT_HASHES;
-        let mut walked = 0;
-        while walked < SUBJECT_HASHES {
-            // One tag's subject hashes from `at` on (the first and last tag of a round that
-            // started mid-tag are each part of that tag).
-            let at = (start + walked) % SUBJECT_HASHES;
-            let route = (at / 64) as u8;
-            let first = at % 64;
-            let count = (64 - first).min(SUBJECT_HASHES - walked);
-            walked += count;
-            let mut pipe = redis::pipe();
-            for bucket in first..first + count {
-                pipe.cmd("HVALS")
-                    .arg(self.subject_hash_key(route, bucket as u8));
-            }
-            let hashes: Vec<Vec<Vec<u8>>> = self.pipeline(&pipe).await?;
-            let mut members = Vec::new();
-            for (bucket, entries) in (first..).zip(hashes) {
-                for entry in entries {
-                    let entry = SubjectEntry::decode(&entry)?;
-                    members.extend(entry.members.into_iter().map(|hash| (bucket, hash)));
-                }
-            }
+        let start = walks().get(application).copied().unwrap_or(0);
+        for route in (0..=u8::MAX).map(|step| start.wrapping_add(step)) {
+            let members = self.tag_members(route).await?;
             for batch in members.chunks(WALK_BATCH) {
                 let mut mget = redis::cmd("MGET");
-                for (_, hash) in batch {
+                for hash in batch {
                     mget.arg(self.session_key(hash));
                 }
                 let records: Vec<Option<Vec<u8>>> = self.query(&mget).await?;
-                for ((bucket, hash), record) in batch.iter().zip(records) {
+                for (hash, record) in batch.iter().zip(records) {
                     // A record deleted behind the store's back: `list_subject` drops its entry.
                     let Some(bytes) = record else { continue };
                     let session = record::decode(*hash, &bytes)?;
                     if session.is_live() && &session.application == application {
                         found.push(Arc::new(session));
                         if found.len() == limit {
-                            walks().insert(application.clone(), usize::from(route) * 64 + bucket);
+                            walks().insert(application.clone(), route);
                             return Ok(found);
                         }
                     }
@@ -1580,7 +1577,7 @@ impl SessionStore for RedisStore {
         for _ in 0..8 {
             let mut buckets = Vec::new();
             for (route, summary) in (0..=255u8).zip(&summaries) {
-                for (bucket, score) in self.entries_until(summary, now, 64).await? {
+                for (bucket, score) in self.entries_until(summary, now, limit).await? {
                     buckets.push((score, route, bucket));
                 }
             }
@@ -1596,13 +1593,10 @@ impl SessionStore for RedisStore {
                 if entries.len() >= limit && entries.last().is_some_and(|e| e.0 <= earliest) {
                     break;
                 }
-                let key = match std::str::from_utf8(&bucket)
-                    .ok()
-                    .and_then(|b| b.chars().next())
-                {
-                    Some(c) => self.deadlines_key(route, c),
+                let key = match std::str::from_utf8(&bucket) {
+                    Ok(name) if !name.is_empty() => self.deadlines_key(route, name),
                     // Not a bucket any store of ours wrote: nothing to read there.
-                    None => String::new(),
+                    _ => String::new(),
                 };
                 if !key.is_empty() {
                     for (member, score) in self.entries_until(&key, now, limit).await? {
@@ -1627,15 +1621,18 @@ impl SessionStore for RedisStore {
                 let (link, session) = self.find_member(route, &id).await?;
                 match session {
                     Some(s) if s.is_live() && s.next_deadline().0 <= now => due.push(Arc::new(s)),
-                    Some(s) if s.is_live() => {
-                        let score = s.next_deadline().0.as_millis();
-                        let _: i64 = self
-                            .query(redis::cmd("ZADD").arg(key).arg(score).arg(&member))
-                            .await?;
-                        changed.insert(at);
-                    }
-                    Some(_) => {
-                        let _: i64 = self.query(redis::cmd("ZREM").arg(key).arg(&member)).await?;
+                    // Out of the bucket where it was found, and into the bucket the script
+                    // finds for the id now (a split since the read may have moved it).
+                    Some(s) => {
+                        let score = match s.is_live() {
+                            true => s.next_deadline().0.as_millis().to_string(),
+                            false => String::new(),
+                        };
+                        let mut plan = Plan::default();
+                        let meta = self.meta_key(route);
+                        plan.op(&[b"ZREM", key.as_bytes(), &member]);
+                        plan.op(&[b"DEADLINE", meta.as_bytes(), &member, score.as_bytes()]);
+                        self.commit(plan).await?;
                         changed.insert(at);
                     }
                     None => {
@@ -1681,7 +1678,8 @@ impl SessionStore for RedisStore {
                         let mut plan = Plan::default();
                         plan.op(&[b"ZREM", key.as_bytes(), &member]);
                         plan.op(&[b"DEL", &self.session_key(&hash)]);
-                        plan.op(&[b"HDEL", self.ids_key(route, &id).as_bytes(), &member]);
+                        let meta = self.meta_key(route);
+                        plan.op(&[b"LINK", meta.as_bytes(), &member, b"", &self.bucket_fill]);
                         let tombs = self.tombs_key(&session.subject);
                         plan.op(&[b"SREM", tombs.as_bytes(), &hash.0]);
                         self.commit(plan).await?;
@@ -1841,14 +1839,5 @@ mod tests {
         .unwrap();
         let old: AuditEvent = serde_json::from_str(&old).unwrap();
         assert_eq!(old.application, Some(portcullis_core::legacy_app()));
-    }
-
-    #[test]
-    fn subjects_spread_over_the_buckets_of_their_tag() {
-        let buckets: BTreeSet<u8> = (0..2000)
-            .map(|i| subject_bucket(&format!("user{i}")))
-            .collect();
-        assert_eq!(buckets.len(), 64);
-        assert!(buckets.iter().all(|b| *b < 64));
     }
 }

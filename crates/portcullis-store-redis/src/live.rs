@@ -2,31 +2,23 @@
 //!
 //! Nothing indexes sessions by application or policy (an index would cost memory on every
 //! session, and memory is what a large deployment pays for), so the count walks every tag's
-//! subject hashes, as `application_sessions` does, and reads the records they name. The server
+//! subject entries, as `application_sessions` does, and reads the records they name. The server
 //! calls it on an interval, never per request.
 //!
 //! [`SessionStore::live_counts`]: portcullis_core::SessionStore::live_counts
 
 use portcullis_core::{LiveCount, LiveTally, StoreError, record};
 
-use crate::{RedisStore, SubjectEntry, WALK_BATCH};
+use crate::{RedisStore, WALK_BATCH};
 
 impl RedisStore {
-    /// Counts every live session by application and policy: per tag, one pipeline of its 64
-    /// subject hashes, then its records by `MGET`s of [`WALK_BATCH`] (every key of one tag
-    /// shares its slot, so this holds in a Cluster too).
+    /// Counts every live session by application and policy: per tag, its subjects' entries
+    /// ([`RedisStore::tag_members`]), then its records by `MGET`s of [`WALK_BATCH`] (every key
+    /// of one tag shares its slot, so this holds in a Cluster too).
     pub(crate) async fn count_live(&self) -> Result<Vec<LiveCount>, StoreError> {
         let mut tally = LiveTally::default();
         for route in 0..=u8::MAX {
-            let mut pipe = redis::pipe();
-            for bucket in 0..64u8 {
-                pipe.cmd("HVALS").arg(self.subject_hash_key(route, bucket));
-            }
-            let hashes: Vec<Vec<Vec<u8>>> = self.pipeline(&pipe).await?;
-            let mut members = Vec::new();
-            for entry in hashes.iter().flatten() {
-                members.extend(SubjectEntry::decode(entry)?.members);
-            }
+            let members = self.tag_members(route).await?;
             for batch in members.chunks(WALK_BATCH) {
                 let mut mget = redis::cmd("MGET");
                 for hash in batch {

@@ -17,11 +17,17 @@
 //! | `wait_aof` | `false` | wait for the replicas to write it to their AOF (`WAITAOF`, Redis 7.2+) |
 //! | `ca_file` | the system's roots | PEM file of the CA(s) that sign the server's certificate (TLS only) |
 //! | `cert_file`, `key_file` | none | PEM client certificate and key, for servers that ask for one (TLS only) |
+//! | `bucket_fill` | 80 | entries an index bucket holds before its tag grows by one bucket; keep it well under the server's `hash-max-listpack-entries` and `zset-max-listpack-entries` (128 by default), past which a bucket costs twice the memory |
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::ConnectError;
+
+/// Entries an index bucket holds before its tag grows (`buckets.lua`): at most about 30 more
+/// pile up in a bucket that waits for its turn to split, so 80 keeps every bucket under Redis'
+/// default listpack limit of 128.
+pub(crate) const DEFAULT_BUCKET_FILL: u32 = 80;
 
 /// How long an ending waits for its replicas unless the URL says otherwise.
 pub(crate) const DEFAULT_WAIT_TIMEOUT: Duration = Duration::from_millis(500);
@@ -39,6 +45,7 @@ pub(crate) struct Options {
     pub(crate) cert_file: Option<PathBuf>,
     pub(crate) key_file: Option<PathBuf>,
     pub(crate) wait: Wait,
+    pub(crate) bucket_fill: u32,
 }
 
 /// What an ending waits for before it is acknowledged.
@@ -87,6 +94,7 @@ impl Options {
         let mut replicas = None;
         let mut timeout = DEFAULT_WAIT_TIMEOUT;
         let mut aof = false;
+        let mut bucket_fill = DEFAULT_BUCKET_FILL;
         let mut passed = Vec::new();
         for pair in query.split('&').filter(|p| !p.is_empty()) {
             let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
@@ -118,6 +126,17 @@ impl Options {
                     }
                 }
                 "wait_aof" => aof = flag(name, value)?,
+                "bucket_fill" => {
+                    bucket_fill = value
+                        .parse::<u32>()
+                        .ok()
+                        .filter(|fill| (1..=100_000).contains(fill))
+                        .ok_or_else(|| {
+                            invalid(format!(
+                                "bucket_fill={value}: give a number of entries from 1 to 100000"
+                            ))
+                        })?;
+                }
                 _ => passed.push(pair),
             }
         }
@@ -167,6 +186,7 @@ impl Options {
                 timeout,
                 aof,
             },
+            bucket_fill,
         })
     }
 
@@ -226,6 +246,9 @@ mod tests {
         assert_eq!(o.ca_file, Some(PathBuf::from("/etc/ca.pem")));
         assert_eq!(o.wait.replicas, 2);
         assert_eq!(o.wait.timeout, Duration::from_secs(2));
+        assert_eq!(o.bucket_fill, DEFAULT_BUCKET_FILL);
+        let o = Options::parse("redis://h?bucket_fill=4").unwrap();
+        assert_eq!((o.urls[0].as_str(), o.bucket_fill), ("redis://h", 4));
 
         let o = Options::parse("redis+cluster://10.0.0.1:6379,10.0.0.2:6379/?prefix=x").unwrap();
         assert_eq!(o.urls, ["redis://10.0.0.1:6379", "redis://10.0.0.2:6379"]);
@@ -255,6 +278,8 @@ mod tests {
             ("redis://h?wait_timeout=500", "has no unit"),
             ("redis://h?wait_timeout=0ms", "more than 0ms"),
             ("redis://h?wait_aof=maybe", "true or false"),
+            ("redis://h?bucket_fill=0", "bucket_fill=0: give a number"),
+            ("redis://h?bucket_fill=many", "from 1 to 100000"),
             ("rediss://h?ca_file=", "path of a PEM file"),
             ("http://h", "unknown scheme"),
         ] {

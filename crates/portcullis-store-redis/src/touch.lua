@@ -1,6 +1,6 @@
 -- Records activity: moves last-seen (never back) and the idle deadline, while the session is live.
--- KEYS[1]: the session record; KEYS[2]: its deadline index; KEYS[3]: the tag's deadline summary.
--- ARGV[1]: now (ms); ARGV[2]: the session id; ARGV[3]: its bucket (its member in the summary).
+-- KEYS[1]: the session record; KEYS[2]: its tag's meta hash (buckets.lua).
+-- ARGV[1]: now (ms); ARGV[2]: the session id.
 -- The record header is described in record.rs (live at byte 1; last seen, idle deadline, idle
 -- lifetime and absolute deadline as 8-byte big-endian integers at bytes 10, 18, 26 and 34).
 local header = redis.call('GETRANGE', KEYS[1], 0, 41)
@@ -14,8 +14,9 @@ if lifetime >= 0 then
   redis.call('SETRANGE', KEYS[1], 18, struct.pack('>i8', idle))
   if idle < deadline then deadline = idle end
 end
-redis.call('ZADD', KEYS[2], deadline, ARGV[2])
--- The summary keeps the bucket's earliest deadline (as SETTLE in commit.lua).
-local first = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
-redis.call('ZADD', KEYS[3], first[2], ARGV[3])
+local tag = tag_of_meta(KEYS[2])
+local name, bucket = deadline_bucket(tag, ARGV[2])
+redis.call('ZADD', bucket, deadline, ARGV[2])
+-- The summary keeps the bucket's earliest deadline (as DEADLINE in commit.lua).
+settle(bucket, tag .. 'dd', name)
 return 1

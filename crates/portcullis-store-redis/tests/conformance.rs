@@ -849,3 +849,199 @@ async fn replay_store_contract() {
     )
     .await;
 }
+
+/// A store whose index buckets split all the time: every tag starts from one bucket of each
+/// kind (a real tag starts from 64) and splits when a bucket holds more than one entry.
+async fn fresh_tiny() -> RedisStore {
+    let url =
+        std::env::var("PORTCULLIS_TEST_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    CLEANED.get_or_init(|| clean_old_keys(&url)).await;
+    let prefix = format!(
+        "pctest:{}:tiny{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::SeqCst)
+    );
+    let mut conn = redis::Client::open(url.as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let mut pipe = redis::pipe();
+    for route in 0..=u8::MAX {
+        pipe.hset_multiple(format!("{prefix}:{{{route:02x}}}:n"), &[("i", 1), ("u", 1)])
+            .ignore();
+    }
+    let () = pipe.query_async(&mut conn).await.unwrap();
+    RedisStore::connect(&format!("{url}?prefix={prefix}&bucket_fill=1"))
+        .await
+        .expect("Redis must run on loopback (see .ci/run)")
+}
+
+/// The whole suite again on buckets that split on nearly every new session or subject.
+mod tiny_buckets {
+    portcullis_store_tests::store_conformance!(super::fresh_tiny());
+}
+
+/// Sums `command` (`HLEN`, `ZCARD`) over the keys of a tag that match `pattern`, with how many
+/// keys there are and the largest.
+async fn tally(
+    conn: &mut redis::aio::MultiplexedConnection,
+    pattern: &str,
+    command: &str,
+) -> (usize, usize, usize) {
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(pattern)
+        .query_async(conn)
+        .await
+        .unwrap();
+    let mut sizes = Vec::new();
+    for key in &keys {
+        let size: usize = redis::cmd(command)
+            .arg(key)
+            .query_async(conn)
+            .await
+            .unwrap();
+        sizes.push(size);
+    }
+    (
+        keys.len(),
+        sizes.iter().sum(),
+        sizes.iter().copied().max().unwrap_or(0),
+    )
+}
+
+/// A tag's id buckets (with its deadline buckets) and subject buckets start as the 64 of the
+/// layout before growth, then split as the tag fills, one at a time; no entry is lost or kept
+/// twice on the way, and every session stays reachable by token, by id, by subject, by
+/// deadline and by application.
+#[tokio::test]
+async fn index_buckets_grow_with_their_tag_and_every_session_stays_reachable() {
+    use portcullis_core::{EndReason, SessionStore, subject_route};
+    use portcullis_store_tests::{ending, plain_insert, random, session_at, t0, test_app};
+    use std::time::Duration;
+
+    let url =
+        std::env::var("PORTCULLIS_TEST_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    let prefix = format!("pctest:{}:grow", std::process::id());
+    let store = RedisStore::connect(&format!("{url}?prefix={prefix}&bucket_fill=2"))
+        .await
+        .unwrap();
+    let mut conn = redis::Client::open(url.as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let route = subject_route("many");
+    let tag = format!("{prefix}:{{{route:02x}}}");
+    let random = random();
+
+    // Before any split, the keys are those of the layout before growth: an id's bucket is its
+    // first random character, a subject's the low bits of its 64-bit FNV-1a hash.
+    let (_, first) = session_at("many", t0(), &random);
+    store.insert(plain_insert(first.clone())).await.unwrap();
+    let link: Option<Vec<u8>> = redis::cmd("HGET")
+        .arg(format!("{tag}:i:{}", &first.id.as_str()[6..7]))
+        .arg(id_member(first.id.as_str()))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(link.as_deref(), Some(&first.token_hash.0[..]));
+    let fnv = "many".bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    let entry: Option<Vec<u8>> = redis::cmd("HGET")
+        .arg(format!("{tag}:ub:{:02x}", fnv % 64))
+        .arg("many")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(entry.map(|e| e.len()), Some(8 + 32));
+
+    // 300 sessions of one subject, and 300 subjects of the same tag with one each.
+    let mut sessions = vec![first];
+    for _ in 1..300 {
+        let (_, session) = session_at("many", t0(), &random);
+        store.insert(plain_insert(session.clone())).await.unwrap();
+        sessions.push(session);
+    }
+    let others: Vec<String> = (0..)
+        .map(|i| format!("one{i}"))
+        .filter(|s| subject_route(s) == route)
+        .take(300)
+        .collect();
+    for (i, subject) in others.iter().enumerate() {
+        let at = t0().plus(Duration::from_secs(i as u64));
+        let (_, session) = session_at(subject, at, &random);
+        store.insert(plain_insert(session.clone())).await.unwrap();
+        sessions.push(session);
+    }
+
+    let counts: std::collections::HashMap<String, usize> = redis::cmd("HGETALL")
+        .arg(format!("{tag}:n"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let (id_buckets, links, fullest) = tally(&mut conn, &format!("{tag}:i:*"), "HLEN").await;
+    let (_, deadlines, _) = tally(&mut conn, &format!("{tag}:db:*"), "ZCARD").await;
+    let (subject_buckets, entries, _) = tally(&mut conn, &format!("{tag}:ub:*"), "HLEN").await;
+    assert!(counts["i"] > 64 && counts["u"] > 64, "{counts:?}");
+    // Fill 2: 600 links need about 300 buckets, and the fullest waits little for its split.
+    assert!(
+        counts["i"] >= 300 && id_buckets <= counts["i"],
+        "{counts:?}"
+    );
+    assert!(fullest <= 8, "a bucket of {fullest} links");
+    assert!(subject_buckets <= counts["u"]);
+    assert_eq!((links, deadlines, entries), (600, 600, 301));
+
+    for session in &sessions {
+        let by_id = store.find_by_id(&session.id).await.unwrap();
+        assert_eq!(by_id.map(|s| s.token_hash), Some(session.token_hash));
+        let by_token = store.find_by_token(&session.token_hash).await.unwrap();
+        assert_eq!(by_token.map(|s| s.id.clone()), Some(session.id.clone()));
+    }
+    assert_eq!(store.list_subject("many").await.unwrap().len(), 300);
+    for subject in &others {
+        assert_eq!(store.list_subject(subject).await.unwrap().len(), 1);
+    }
+    let live: u64 = store
+        .live_counts()
+        .await
+        .unwrap()
+        .iter()
+        .map(|c| c.sessions)
+        .sum();
+    assert_eq!(live, 600);
+    assert_eq!(
+        store
+            .application_sessions(&test_app(), 1000)
+            .await
+            .unwrap()
+            .len(),
+        600
+    );
+
+    // Every deadline is found once, in order, after the splits moved the buckets around.
+    let later = t0().plus(Duration::from_secs(30 * 86_400));
+    let due = store.due(later, 1000).await.unwrap();
+    assert_eq!(due.len(), 600);
+    assert!(
+        due.windows(2)
+            .all(|w| w[0].next_deadline().0 <= w[1].next_deadline().0)
+    );
+
+    // Ending and purging one subject's sessions takes their links out of the split buckets.
+    let ended = store
+        .end_subject("many", None, None, ending(EndReason::Logout, t0()))
+        .await
+        .unwrap();
+    assert_eq!(ended.sessions.len(), 300);
+    assert_eq!(store.purge(later).await.unwrap(), 300);
+    let (_, links, _) = tally(&mut conn, &format!("{tag}:i:*"), "HLEN").await;
+    let (_, deadlines, _) = tally(&mut conn, &format!("{tag}:db:*"), "ZCARD").await;
+    assert_eq!((links, deadlines), (300, 300));
+    assert_eq!(store.due(later, 1000).await.unwrap().len(), 300);
+    for session in &sessions[..300] {
+        assert!(store.find_by_id(&session.id).await.unwrap().is_none());
+    }
+}
