@@ -63,8 +63,16 @@ local function tag_of_meta(meta)
   return string.sub(meta, 1, -2)
 end
 
+-- Counts read by this call of the script, by tag and kind (a create reaches three buckets).
+local counts = {}
+
 local function bucket_count(tag, kind)
-  return tonumber(redis.call('HGET', tag .. 'n', kind)) or 64
+  local count = counts[tag .. kind]
+  if not count then
+    count = tonumber(redis.call('HGET', tag .. 'n', kind)) or 64
+    counts[tag .. kind] = count
+  end
+  return count
 end
 
 -- The largest power of two at or under count (a tag's buckets never number fewer than 64;
@@ -156,6 +164,7 @@ local function split(tag, kind)
     end
   end
   redis.call('HSET', tag .. 'n', kind, count + 1)
+  counts[tag .. kind] = count + 1
 end
 
 -- After a new field in `bucket`: splits once when the bucket holds more than `fill`.

@@ -81,6 +81,10 @@ const KEY_TAG_INDEX: u64 = 256;
 /// The event-stream index of the applications' tag.
 const APP_TAG_INDEX: u64 = 257;
 
+/// Due buckets read from each tag's deadline summary per pass of [`SessionStore::due`] (a tag
+/// holds hundreds of buckets at ten million sessions, and a sweep's every call reads them all).
+const SUMMARY_READ: usize = 64;
+
 /// Records read by one `MGET` of a walk over every session.
 const WALK_BATCH: usize = 256;
 
@@ -144,19 +148,21 @@ return redis.call('HGET', subject_bucket(tag_of_meta(KEYS[1]), ARGV[1]), ARGV[1]
     )
 });
 
-/// Every subject entry of a tag, read at once so that no split moves one out of sight.
-/// KEYS[1]: the tag's meta hash.
+/// The subject entries of buckets `ARGV[1]` to `ARGV[1] + ARGV[2] - 1` of a tag (those that
+/// exist), after the tag's bucket count. KEYS[1]: the tag's meta hash.
 static SUBJECT_ENTRIES: LazyLock<Script> = LazyLock::new(|| {
     with_buckets(
         r"
 local tag = tag_of_meta(KEYS[1])
-local entries = {}
-for b = 0, bucket_count(tag, 'u') - 1 do
+local count = bucket_count(tag, 'u')
+local reply = {tostring(count)}
+local first = tonumber(ARGV[1])
+for b = first, math.min(first + tonumber(ARGV[2]), count) - 1 do
   for _, entry in ipairs(redis.call('HVALS', tag .. 'ub:' .. bucket_name('u', b))) do
-    entries[#entries + 1] = entry
+    reply[#reply + 1] = entry
   end
 end
-return entries
+return reply
 ",
     )
 });
@@ -1060,16 +1066,35 @@ impl RedisStore {
             .map(Option::unwrap_or_default)
     }
 
-    /// The token hashes of every live session of tag `route`, from its subjects' entries.
+    /// The token hashes of every live session of tag `route`, from its subjects' entries, read
+    /// 64 buckets per script call (a call blocks Redis for its buckets only). A split adds the
+    /// bucket after the last and moves entries into it from one before it, so a walk in bucket
+    /// order that reads the count again at each step sees every entry at least once.
     async fn tag_members(&self, route: u8) -> Result<Vec<TokenHash>, StoreError> {
-        let entries: Vec<Vec<u8>> = self
-            .script(&SUBJECT_ENTRIES, &[self.meta_key(route)], &[] as &[&[u8]])
-            .await?;
+        let meta = [self.meta_key(route)];
         let mut members = Vec::new();
-        for entry in entries {
-            members.extend(SubjectEntry::decode(&entry)?.members);
+        let mut first = 0;
+        loop {
+            let args = [first.to_string(), "64".to_owned()];
+            let reply: Vec<Vec<u8>> = self.script(&SUBJECT_ENTRIES, &meta, &args).await?;
+            let (count, entries) = reply
+                .split_first()
+                .ok_or_else(|| corrupt("subject buckets: no count"))?;
+            let count: usize = std::str::from_utf8(count)
+                .ok()
+                .and_then(|c| c.parse().ok())
+                .ok_or_else(|| corrupt("subject buckets: bad count"))?;
+            for entry in entries {
+                members.extend(SubjectEntry::decode(entry)?.members);
+            }
+            first += 64;
+            if first >= count {
+                // A member seen twice (moved by a split during the walk) is counted once.
+                members.sort_unstable_by_key(|hash| hash.0);
+                members.dedup();
+                return Ok(members);
+            }
         }
-        Ok(members)
     }
 
     /// The change commits only if no other change of the subject commits first: for a change
@@ -1576,8 +1601,19 @@ impl SessionStore for RedisStore {
             .collect();
         for _ in 0..8 {
             let mut buckets = Vec::new();
+            // A tag whose summary had more due buckets than were read may hold an entry as
+            // early as its last read score, and none earlier: the horizon is the earliest such
+            // score, and nothing later than it is answered.
+            let mut horizon = f64::INFINITY;
             for (route, summary) in (0..=255u8).zip(&summaries) {
-                for (bucket, score) in self.entries_until(summary, now, limit).await? {
+                let due_buckets = self.entries_until(summary, now, SUMMARY_READ).await?;
+                if let Some((_, last)) = due_buckets
+                    .last()
+                    .filter(|_| due_buckets.len() == SUMMARY_READ)
+                {
+                    horizon = horizon.min(*last);
+                }
+                for (bucket, score) in due_buckets {
                     buckets.push((score, route, bucket));
                 }
             }
@@ -1590,7 +1626,9 @@ impl SessionStore for RedisStore {
             // The buckets that had due entries when read.
             let mut read = BTreeSet::new();
             for (earliest, route, bucket) in buckets {
-                if entries.len() >= limit && entries.last().is_some_and(|e| e.0 <= earliest) {
+                if earliest > horizon
+                    || entries.len() >= limit && entries.last().is_some_and(|e| e.0 <= earliest)
+                {
                     break;
                 }
                 let key = match std::str::from_utf8(&bucket) {
@@ -1599,12 +1637,17 @@ impl SessionStore for RedisStore {
                     _ => String::new(),
                 };
                 if !key.is_empty() {
-                    for (member, score) in self.entries_until(&key, now, limit).await? {
+                    let found = self.entries_until(&key, now, limit).await?;
+                    // All past the horizon: the bucket's score is early, and is settled below.
+                    if found.first().is_some_and(|(_, score)| *score <= horizon) {
                         read.insert(visited.len());
+                    }
+                    for (member, score) in found {
                         entries.push((score, visited.len(), member));
                     }
                     entries.sort_by(|a, b| a.0.total_cmp(&b.0).then_with(|| a.2.cmp(&b.2)));
                     entries.truncate(limit);
+                    entries.retain(|e| e.0 <= horizon);
                 }
                 visited.push((route, bucket, key));
             }

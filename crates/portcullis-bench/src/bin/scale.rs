@@ -2,7 +2,9 @@
 //! session (on disk, in process memory, in Redis memory), validation latency at that size, and
 //! the cost of a sweep when 1 % have expired. Prints tab-separated rows for bench/report.py.
 //!
-//! `scale --sessions N --dir DIR [--redis URL] [--redis-max M] [--prefix P] [--reuse]`
+//! `scale --sessions N --dir DIR [--redis URL] [--redis-max M] [--prefix P] [--reuse] [--redis-only]`
+//!
+//! `--redis-only` skips the embedded store.
 //!
 //! `--reuse` measures the embedded store's load and validation alone: it opens the database an
 //! earlier `--reuse` run left under DIR (writing it first when there is none), reports load
@@ -33,6 +35,7 @@ struct Args {
     redis_max: usize,
     prefix: String,
     reuse: bool,
+    redis_only: bool,
 }
 
 fn args() -> Args {
@@ -43,11 +46,16 @@ fn args() -> Args {
         redis_max: 200_000,
         prefix: format!("pcscale:{}", std::process::id()),
         reuse: false,
+        redis_only: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         if flag == "--reuse" {
             a.reuse = true;
+            continue;
+        }
+        if flag == "--redis-only" {
+            a.redis_only = true;
             continue;
         }
         let value = it.next().unwrap_or_default();
@@ -159,7 +167,9 @@ fn file_bytes(dir: &std::path::Path) -> u64 {
 }
 
 async fn redis_connection(url: &str) -> redis::aio::MultiplexedConnection {
-    redis::Client::open(url)
+    // Without the store's own options (`?bucket_fill=…`), which the client does not know.
+    let server = url.split('?').next().unwrap_or(url);
+    redis::Client::open(server)
         .expect("redis url")
         .get_multiplexed_async_connection()
         .await
@@ -229,73 +239,78 @@ async fn main() {
     let at = ManualClock::default().now();
     let random = SeededRandom::new(1);
 
-    // Embedded SQLite: write the sessions through the journal in large transactions, then open
-    // the store as a server would (loading every live session into memory).
-    let dir = a.dir.join(format!("sqlite-{}", a.sessions));
-    let path = dir.join("portcullis.db");
-    let reused = a.reuse && path.exists();
-    if !reused {
-        let _ = std::fs::remove_dir_all(&dir);
-    }
-    std::fs::create_dir_all(&dir).expect("scale dir");
-    let mut tokens = Vec::with_capacity(a.sessions);
-    if !reused {
+    if !a.redis_only {
+        // Embedded SQLite: write the sessions through the journal in large transactions, then open
+        // the store as a server would (loading every live session into memory).
+        let dir = a.dir.join(format!("sqlite-{}", a.sessions));
+        let path = dir.join("portcullis.db");
+        let reused = a.reuse && path.exists();
+        if !reused {
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+        std::fs::create_dir_all(&dir).expect("scale dir");
+        let mut tokens = Vec::with_capacity(a.sessions);
+        if !reused {
+            let store = portcullis_store_sqlite::open(&path)
+                .await
+                .expect("open sqlite");
+            let started = Instant::now();
+            let mut batch = Vec::with_capacity(10_000);
+            for i in 0..a.sessions {
+                let (token, s) = session(i, at, &random);
+                tokens.push(token);
+                batch.push(Arc::new(s));
+                if batch.len() == 10_000 || i + 1 == a.sessions {
+                    let change = Change {
+                        sessions: std::mem::take(&mut batch),
+                        ..Change::default()
+                    };
+                    store.journal().commit(&change).await.expect("write");
+                }
+            }
+            eprintln!(
+                "sqlite: wrote {} sessions in {:?}",
+                a.sessions,
+                started.elapsed()
+            );
+            store.journal().close().await;
+        }
+        let before = rss_bytes();
+        let started = Instant::now();
         let store = portcullis_store_sqlite::open(&path)
             .await
-            .expect("open sqlite");
-        let started = Instant::now();
-        let mut batch = Vec::with_capacity(10_000);
-        for i in 0..a.sessions {
-            let (token, s) = session(i, at, &random);
-            tokens.push(token);
-            batch.push(Arc::new(s));
-            if batch.len() == 10_000 || i + 1 == a.sessions {
-                let change = Change {
-                    sessions: std::mem::take(&mut batch),
-                    ..Change::default()
-                };
-                store.journal().commit(&change).await.expect("write");
-            }
-        }
-        eprintln!(
-            "sqlite: wrote {} sessions in {:?}",
-            a.sessions,
-            started.elapsed()
+            .expect("reopen sqlite");
+        let load = started.elapsed();
+        let memory = rss_bytes().saturating_sub(before) as f64 / a.sessions as f64;
+        let disk = file_bytes(&dir) as f64 / a.sessions as f64;
+        let extra = format!(
+            "load_s={:.1} disk_bytes_per_session={disk:.0} memory_bytes_per_session={memory:.0}",
+            load.as_secs_f64()
         );
-        store.journal().close().await;
-    }
-    let before = rss_bytes();
-    let started = Instant::now();
-    let store = portcullis_store_sqlite::open(&path)
-        .await
-        .expect("reopen sqlite");
-    let load = started.elapsed();
-    let memory = rss_bytes().saturating_sub(before) as f64 / a.sessions as f64;
-    let disk = file_bytes(&dir) as f64 / a.sessions as f64;
-    let extra = format!(
-        "load_s={:.1} disk_bytes_per_session={disk:.0} memory_bytes_per_session={memory:.0}",
-        load.as_secs_f64()
-    );
-    if a.reuse {
-        if reused {
-            // The tokens of a database written by an earlier run: the same seeded draws again.
-            tokens.extend((0..a.sessions).map(|i| session(i, at, &random).0));
+        if a.reuse {
+            if reused {
+                // The tokens of a database written by an earlier run: the same seeded draws again.
+                tokens.extend((0..a.sessions).map(|i| session(i, at, &random).0));
+            }
+            measure("sqlite", a.sessions, store, &tokens, false, extra).await;
+            return;
         }
-        measure("sqlite", a.sessions, store, &tokens, false, extra).await;
-        return;
+        measure("sqlite", a.sessions, store, &tokens, true, extra).await;
+        drop(tokens);
+        let _ = std::fs::remove_dir_all(&dir);
     }
-    measure("sqlite", a.sessions, store, &tokens, true, extra).await;
-    drop(tokens);
-    let _ = std::fs::remove_dir_all(&dir);
 
     // Redis: insert through the store (the real write path), bounded in count.
     let n = a.sessions.min(a.redis_max);
     let prefix = a.prefix.clone();
     let before = redis_used_memory(&a.redis).await;
-    let store =
-        portcullis_store_redis::RedisStore::connect(&format!("{}?prefix={prefix}", a.redis))
-            .await
-            .expect("redis");
+    let store = portcullis_store_redis::RedisStore::connect(&format!(
+        "{}{}prefix={prefix}",
+        a.redis,
+        if a.redis.contains('?') { '&' } else { '?' }
+    ))
+    .await
+    .expect("redis");
     let started = Instant::now();
     let mut tokens = Vec::with_capacity(n);
     // 64 inserts in flight: each is still the store's whole write path (plan, script, events),
