@@ -102,8 +102,10 @@ local function deadline_bucket(tag, member)
   return name, tag .. 'db:' .. name
 end
 
-local function subject_bucket(tag, subject)
-  local _, key = bucket_of(tag, 'u', subject_hash(subject))
+-- `h`: the subject's hash as the caller computed it (`subject_hash` costs a few microseconds
+-- of Lua for a subject of twenty characters), or nil.
+local function subject_bucket(tag, subject, h)
+  local _, key = bucket_of(tag, 'u', tonumber(h) or subject_hash(subject))
   return key
 end
 
@@ -117,61 +119,64 @@ local function settle(bucket, summary, name)
   end
 end
 
--- Moves the fields of hash `from` whose hash is `to` modulo `span` into hash `into`.
-local function move_fields(from, into, hash_of, span, to)
-  local all = redis.call('HGETALL', from)
-  local moved, names = {}, {}
-  for j = 1, #all, 2 do
-    if hash_of(all[j]) % span == to then
-      moved[#moved + 1] = all[j]
-      moved[#moved + 1] = all[j + 1]
-      names[#names + 1] = all[j]
-    end
+-- After a new field in `bucket`: splits once when the bucket holds more than `fill`. Id hashes
+-- have 18 bits, so id buckets stop at 2^18 per tag (a tag of 20 million sessions).
+-- The split's functions are made only when a split is due: making a function costs every call
+-- of the script, and a split comes once in dozens of new entries.
+local function grow(tag, kind, bucket, fill)
+  if redis.call('HLEN', bucket) <= tonumber(fill) or bucket_count(tag, kind) >= 262144 then
+  return
   end
-  if #names > 0 then
-    redis.call('HSET', into, unpack(moved))
-    redis.call('HDEL', from, unpack(names))
-  end
-end
-
--- Adds one bucket of `kind` to the tag: the next bucket in turn gives the entries that now
--- belong to the new one (with its deadlines, for id buckets).
-local function split(tag, kind)
-  local count = bucket_count(tag, kind)
-  local low = low_of(count)
-  local from, to = count - low, count
-  local prefix = bucket_prefixes[kind]
-  local from_name, to_name = bucket_name(kind, from), bucket_name(kind, to)
-  if kind == 'u' then
-    move_fields(tag .. prefix .. from_name, tag .. prefix .. to_name, subject_hash, low * 2, to)
-  else
-    move_fields(tag .. prefix .. from_name, tag .. prefix .. to_name, id_hash, low * 2, to)
-    local source, target = tag .. 'db:' .. from_name, tag .. 'db:' .. to_name
-    local entries = redis.call('ZRANGE', source, 0, -1, 'WITHSCORES')
+  -- Moves the fields of hash `from` whose hash is `to` modulo `span` into hash `into`.
+  local function move_fields(from, into, hash_of, span, to)
+    local all = redis.call('HGETALL', from)
     local moved, names = {}, {}
-    for j = 1, #entries, 2 do
-      if id_hash(entries[j]) % (low * 2) == to then
-        moved[#moved + 1] = entries[j + 1]
-        moved[#moved + 1] = entries[j]
-        names[#names + 1] = entries[j]
+    for j = 1, #all, 2 do
+      if hash_of(all[j]) % span == to then
+        moved[#moved + 1] = all[j]
+        moved[#moved + 1] = all[j + 1]
+        names[#names + 1] = all[j]
       end
     end
     if #names > 0 then
-      redis.call('ZADD', target, unpack(moved))
-      redis.call('ZREM', source, unpack(names))
-      settle(source, tag .. 'dd', from_name)
-      settle(target, tag .. 'dd', to_name)
+      redis.call('HSET', into, unpack(moved))
+      redis.call('HDEL', from, unpack(names))
     end
   end
-  redis.call('HSET', tag .. 'n', kind, count + 1)
-  counts[tag .. kind] = count + 1
-end
 
--- After a new field in `bucket`: splits once when the bucket holds more than `fill`.
--- Id hashes have 18 bits, so id buckets stop at 2^18 per tag (a tag of 20 million sessions).
-local function grow(tag, kind, bucket, fill)
-  if redis.call('HLEN', bucket) > tonumber(fill) and bucket_count(tag, kind) < 262144 then
-    split(tag, kind)
+  -- Adds one bucket of `kind` to the tag: the next bucket in turn gives the entries that now
+  -- belong to the new one (with its deadlines, for id buckets).
+  local function split(tag, kind)
+    local count = bucket_count(tag, kind)
+    local low = low_of(count)
+    local from, to = count - low, count
+    local prefix = bucket_prefixes[kind]
+    local from_name, to_name = bucket_name(kind, from), bucket_name(kind, to)
+    if kind == 'u' then
+      move_fields(tag .. prefix .. from_name, tag .. prefix .. to_name, subject_hash, low * 2, to)
+    else
+      move_fields(tag .. prefix .. from_name, tag .. prefix .. to_name, id_hash, low * 2, to)
+      local source, target = tag .. 'db:' .. from_name, tag .. 'db:' .. to_name
+      local entries = redis.call('ZRANGE', source, 0, -1, 'WITHSCORES')
+      local moved, names = {}, {}
+      for j = 1, #entries, 2 do
+        if id_hash(entries[j]) % (low * 2) == to then
+          moved[#moved + 1] = entries[j + 1]
+          moved[#moved + 1] = entries[j]
+          names[#names + 1] = entries[j]
+        end
+      end
+      if #names > 0 then
+        redis.call('ZADD', target, unpack(moved))
+        redis.call('ZREM', source, unpack(names))
+        settle(source, tag .. 'dd', from_name)
+        settle(target, tag .. 'dd', to_name)
+      end
+    end
+    redis.call('HSET', tag .. 'n', kind, count + 1)
+    counts[tag .. kind] = count + 1
   end
+
+  split(tag, kind)
 end
 

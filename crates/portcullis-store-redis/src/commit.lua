@@ -16,7 +16,7 @@
 -- An operation ('LINK', meta, id, hash, fill) links session id to token hash in its id bucket
 --   ("" unlinks it); ('DEADLINE', meta, id, deadline) scores the id in its deadline bucket (""
 --   takes it out) and settles the bucket's score in the tag's summary, as touch.lua does.
--- An operation ('SUBJECT', meta, subject, added, removed, fill) rewrites the subject's entry
+-- An operation ('SUBJECT', meta, subject, added, removed, fill, hash) rewrites the subject's entry
 --   with its version moved on, the token hashes in removed taken out and those in added
 --   appended (both are 32-byte hashes end to end). Every change of a subject's sessions moves
 --   its version, so a change planned from the entry it read fails when another came first.
@@ -88,7 +88,7 @@ while at <= #ARGV do
     settle(bucket, tag .. 'dd', name)
   elseif op[1] == 'SUBJECT' then
     local tag = tag_of_meta(op[2])
-    local bucket = subject_bucket(tag, op[3])
+    local bucket = subject_bucket(tag, op[3], op[7])
     local entry = redis.call('HGET', bucket, op[3])
     local version, kept = 0, {}
     if entry then

@@ -139,11 +139,11 @@ return redis.call('HGET', ids, ARGV[1])
 });
 
 /// A subject's entry (nil before its first change). KEYS[1]: the tag's meta hash; ARGV[1]:
-/// the subject.
+/// the subject; ARGV[2]: its hash (`subject_hash`).
 static SUBJECT_ENTRY: LazyLock<Script> = LazyLock::new(|| {
     with_buckets(
         r"
-return redis.call('HGET', subject_bucket(tag_of_meta(KEYS[1]), ARGV[1]), ARGV[1])
+return redis.call('HGET', subject_bucket(tag_of_meta(KEYS[1]), ARGV[1], ARGV[2]), ARGV[1])
 ",
     )
 });
@@ -424,6 +424,7 @@ impl Plan {
         for (subject, change) in std::mem::take(&mut self.subjects) {
             let added: Vec<u8> = change.added.iter().flat_map(|h| h.0).collect();
             let removed: Vec<u8> = change.removed.iter().flat_map(|h| h.0).collect();
+            let hash = subject_hash(&subject).to_string();
             self.op(&[
                 b"SUBJECT",
                 change.key.as_bytes(),
@@ -431,6 +432,7 @@ impl Plan {
                 &added,
                 &removed,
                 fill,
+                hash.as_bytes(),
             ]);
         }
     }
@@ -501,6 +503,16 @@ fn range_until(key: &str, now: Timestamp, limit: usize) -> redis::Cmd {
         .arg(0)
         .arg(limit);
     cmd
+}
+
+/// What places a subject among its tag's subject buckets (`buckets.lua`, which computes the same
+/// when a split moves the subject): the low 32 bits of its 64-bit FNV-1a hash. The route
+/// already came from a SHA-256 of the subject; this only spreads subjects within the tag.
+fn subject_hash(subject: &str) -> u32 {
+    let hash = subject.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    hash as u32
 }
 
 fn tag_of(route: u8) -> String {
@@ -1058,7 +1070,11 @@ impl RedisStore {
     /// The subject's entry as stored (the default before its first change).
     async fn subject_entry(&self, subject: &str) -> Result<SubjectEntry, StoreError> {
         let bytes: Option<Vec<u8>> = self
-            .script(&SUBJECT_ENTRY, &[self.subject_key(subject)], &[subject])
+            .script(
+                &SUBJECT_ENTRY,
+                &[self.subject_key(subject)],
+                &[subject.to_owned(), subject_hash(subject).to_string()],
+            )
             .await?;
         bytes
             .map(|b| SubjectEntry::decode(&b))
@@ -1601,17 +1617,16 @@ impl SessionStore for RedisStore {
             .collect();
         for _ in 0..8 {
             let mut buckets = Vec::new();
-            // A tag whose summary had more due buckets than were read may hold an entry as
-            // early as its last read score, and none earlier: the horizon is the earliest such
-            // score, and nothing later than it is answered.
+            // A tag whose summary has more due buckets than are read may hold an entry as early
+            // as the score of its first bucket left unread, and none earlier: the horizon is the
+            // earliest such score, and nothing later than it is answered.
             let mut horizon = f64::INFINITY;
             for (route, summary) in (0..=255u8).zip(&summaries) {
-                let due_buckets = self.entries_until(summary, now, SUMMARY_READ).await?;
-                if let Some((_, last)) = due_buckets
-                    .last()
-                    .filter(|_| due_buckets.len() == SUMMARY_READ)
+                let mut due_buckets = self.entries_until(summary, now, SUMMARY_READ + 1).await?;
+                if due_buckets.len() > SUMMARY_READ
+                    && let Some((_, first_unread)) = due_buckets.pop()
                 {
-                    horizon = horizon.min(*last);
+                    horizon = horizon.min(first_unread);
                 }
                 for (bucket, score) in due_buckets {
                     buckets.push((score, route, bucket));
