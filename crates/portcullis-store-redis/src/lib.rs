@@ -859,7 +859,7 @@ impl RedisStore {
 
     /// The meta hash of the subject's tag, through which the scripts reach the bucket that
     /// holds its entry ([`SubjectEntry`]).
-    fn subject_key(&self, subject: &str) -> String {
+    fn subject_meta_key(&self, subject: &str) -> String {
         self.meta_key(subject_route(subject))
     }
 
@@ -972,7 +972,7 @@ impl RedisStore {
         let Some(durable) = self.durable.as_deref() else {
             return Ok(());
         };
-        let keys = [self.subject_key(subject).into_bytes()];
+        let keys = [self.subject_meta_key(subject).into_bytes()];
         let (rewritten, confirmed) = durable
             .eval(&REWRITE_SUBJECT, &keys, &[subject.as_bytes().to_vec()])
             .await?;
@@ -1072,7 +1072,7 @@ impl RedisStore {
         let bytes: Option<Vec<u8>> = self
             .script(
                 &SUBJECT_ENTRY,
-                &[self.subject_key(subject)],
+                &[self.subject_meta_key(subject)],
                 &[subject.to_owned(), subject_hash(subject).to_string()],
             )
             .await?;
@@ -1116,7 +1116,7 @@ impl RedisStore {
     /// The change commits only if no other change of the subject commits first: for a change
     /// planned from the subject's sessions as they are now (its limit, its sessions' endings).
     async fn guard_subject(&self, plan: &mut Plan, subject: &str) -> Result<(), StoreError> {
-        let key = self.subject_key(subject);
+        let key = self.subject_meta_key(subject);
         let entry = self.subject_entry(subject).await?;
         let expected = match entry.version {
             0 => String::new(),
@@ -1146,7 +1146,7 @@ impl RedisStore {
         let id = record::id_member(&next.id);
         let id = id.as_slice();
         if let Some(prev) = prev.filter(|p| p.token_hash != next.token_hash) {
-            plan.subject(|| self.subject_key(&next.subject), &next.subject)
+            plan.subject(|| self.subject_meta_key(&next.subject), &next.subject)
                 .remove(prev.token_hash);
             let old = &prev.token_hash.0[..];
             plan.op(&[b"DEL", &self.session_key(&prev.token_hash)]);
@@ -1174,7 +1174,7 @@ impl RedisStore {
         let tombs = tombs.as_bytes();
         match &next.ended {
             None => {
-                plan.subject(|| self.subject_key(&next.subject), &next.subject)
+                plan.subject(|| self.subject_meta_key(&next.subject), &next.subject)
                     .add(next.token_hash);
                 let deadline = next.next_deadline().0.as_millis().to_string();
                 plan.op(&[b"DEADLINE", meta, id, deadline.as_bytes()]);
@@ -1183,7 +1183,7 @@ impl RedisStore {
                 }
             }
             Some(ended) => {
-                plan.subject(|| self.subject_key(&next.subject), &next.subject)
+                plan.subject(|| self.subject_meta_key(&next.subject), &next.subject)
                     .remove(next.token_hash);
                 let purge = ended.purge_at.as_millis().to_string();
                 plan.op(&[b"DEADLINE", meta, id, b""]);
@@ -1349,7 +1349,7 @@ impl SessionStore for RedisStore {
             // Deleted behind our back: take it out of the entry. If the subject
             // changed meanwhile, whoever changed it read the entry afresh; the next read retries.
             let mut plan = Plan::default();
-            let entry = plan.subject(|| self.subject_key(subject), subject);
+            let entry = plan.subject(|| self.subject_meta_key(subject), subject);
             for hash in dangling {
                 entry.remove(hash);
             }

@@ -37,15 +37,23 @@ async fn clean_old_keys(url: &str) {
     }
 }
 
-async fn fresh() -> RedisStore {
-    let url =
-        std::env::var("PORTCULLIS_TEST_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+/// The test server's URL.
+fn server_url() -> String {
+    std::env::var("PORTCULLIS_TEST_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+/// The server's URL and a key prefix of this process no other case uses (`pctest:<pid>:<kind><n>`),
+/// once the keys of gone test processes are deleted.
+async fn fresh_prefix(kind: &str) -> (String, String) {
+    let url = server_url();
     CLEANED.get_or_init(|| clean_old_keys(&url)).await;
-    let prefix = format!(
-        "pctest:{}:{}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::SeqCst)
-    );
+    let n = NEXT.fetch_add(1, Ordering::SeqCst);
+    let prefix = format!("pctest:{}:{kind}{n}", std::process::id());
+    (url, prefix)
+}
+
+async fn fresh() -> RedisStore {
+    let (url, prefix) = fresh_prefix("").await;
     RedisStore::connect(&format!("{url}?prefix={prefix}"))
         .await
         .expect("Redis must run on loopback (see .ci/run)")
@@ -69,8 +77,7 @@ fn id_member(id: &str) -> Vec<u8> {
 /// A store under the prefix `pctest:<pid>:<name>`, with the prefix and a plain connection to its
 /// server, for tests that look at the keys themselves.
 async fn store_and_keys(name: &str) -> (RedisStore, String, redis::aio::MultiplexedConnection) {
-    let url =
-        std::env::var("PORTCULLIS_TEST_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    let url = server_url();
     let prefix = format!("pctest:{}:{name}", std::process::id());
     let store = RedisStore::connect(&format!("{url}?prefix={prefix}"))
         .await
@@ -853,14 +860,7 @@ async fn replay_store_contract() {
 /// A store whose index buckets split all the time: every tag starts from one bucket of each
 /// kind (a real tag starts from 64) and splits when a bucket holds more than one entry.
 async fn fresh_tiny() -> RedisStore {
-    let url =
-        std::env::var("PORTCULLIS_TEST_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
-    CLEANED.get_or_init(|| clean_old_keys(&url)).await;
-    let prefix = format!(
-        "pctest:{}:tiny{}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::SeqCst)
-    );
+    let (url, prefix) = fresh_prefix("tiny").await;
     let mut conn = redis::Client::open(url.as_str())
         .unwrap()
         .get_multiplexed_async_connection()
@@ -920,8 +920,7 @@ async fn index_buckets_grow_with_their_tag_and_every_session_stays_reachable() {
     use portcullis_store_tests::{ending, plain_insert, random, session_at, t0, test_app};
     use std::time::Duration;
 
-    let url =
-        std::env::var("PORTCULLIS_TEST_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    let url = server_url();
     let prefix = format!("pctest:{}:grow", std::process::id());
     let store = RedisStore::connect(&format!("{url}?prefix={prefix}&bucket_fill=2"))
         .await
