@@ -3,8 +3,10 @@
 //! Every read goes to PostgreSQL (validation is one primary-key lookup by token hash), so a
 //! revocation made on any node is refused by every node on its very next call: there is no
 //! cache to invalidate. Per-subject changes (limits, "end all but one") are serialised by a
-//! transaction-scoped advisory lock on the subject; events are appended under one more
-//! advisory lock so their positions are in commit order and paging by `after` never skips.
+//! transaction-scoped advisory lock on the subject. Events take no lock: an event's position
+//! is its transaction's id and its place in the transaction (`append_events`), and a reader
+//! shows only events of transactions older than every one still running, so paging by `after`
+//! never skips one ([`SessionStore::events`]).
 //! API keys are cached for [`API_KEY_CACHE`] per node; applications are not, so a removed
 //! application's keys stop working on every node at once. The OpenID Connect provider's
 //! authorization codes, signing keys, refresh tokens and consents live beside them, each
@@ -29,8 +31,14 @@ use sqlx::{PgConnection, PgPool, Postgres, Row, Transaction};
 /// How long a node trusts an API key it looked up (revocation reaches other nodes within this).
 pub const API_KEY_CACHE: Duration = Duration::from_secs(1);
 
-/// Lock id under which events are appended (so `seq` follows commit order).
-const EVENT_LOCK: i64 = 0x5043_4556; // "PCEV"
+/// Bits of an event's position that number it within its transaction; the transaction's id
+/// is above them (`append_events`).
+const EVENT_INDEX_BITS: u32 = 20;
+
+/// How long a read of the trail waits for the transactions that began before an event it can
+/// already see (so that it also sees an event committed before it asked); past that, it
+/// answers what is settled, and the rest comes on a later read.
+const EVENT_SETTLE_WAIT: Duration = Duration::from_secs(1);
 
 mod api_keys;
 mod applications;
@@ -235,6 +243,35 @@ impl PostgresStore {
         Ok((url, schema))
     }
 
+    /// The position below which the trail is settled: every event there belongs to a
+    /// transaction older than any still running, so none can appear there later. When an event
+    /// the reader can see already lies at or past it (a transaction that began earlier is still
+    /// running), waits up to [`EVENT_SETTLE_WAIT`] for those earlier transactions to end, so a
+    /// read shows every event committed before it (its caller's own among them).
+    async fn event_horizon(&self) -> Result<i64, StoreError> {
+        let read = format!(
+            "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint << {EVENT_INDEX_BITS},
+                    (SELECT max(seq) FROM pc_events)"
+        );
+        let give_up = tokio::time::Instant::now() + EVENT_SETTLE_WAIT;
+        let (mut horizon, newest): (i64, Option<i64>) = sqlx::query_as(sqlx::AssertSqlSafe(&*read))
+            .fetch_one(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        // Only what was committed at the first look is waited for: under load, newer events
+        // keep coming, and waiting for them would never end.
+        while newest.is_some_and(|newest| newest >= horizon)
+            && tokio::time::Instant::now() < give_up
+        {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+            (horizon, _) = sqlx::query_as::<_, (i64, Option<i64>)>(sqlx::AssertSqlSafe(&*read))
+                .fetch_one(&self.pool)
+                .await
+                .map_err(unavailable)?;
+        }
+        Ok(horizon)
+    }
+
     /// Closes the pool.
     pub async fn close(&self) {
         self.pool.close().await;
@@ -309,53 +346,78 @@ async fn write_session(conn: &mut PgConnection, s: &Session) -> Result<(), Store
     Ok(())
 }
 
-/// Appends events in commit order and returns them with their positions.
+/// Appends events in order and returns them with their positions, in one statement and
+/// without a lock: an event's position is the transaction's id shifted left by
+/// [`EVENT_INDEX_BITS`], plus its place among the transaction's events. Its body is written
+/// before its position is known; reads take the position from the column.
 async fn append_events(
     conn: &mut PgConnection,
-    events: Vec<AuditEvent>,
+    mut events: Vec<AuditEvent>,
 ) -> Result<Vec<AuditEvent>, StoreError> {
     if events.is_empty() {
         return Ok(events);
     }
-    sqlx::query("SELECT pg_advisory_xact_lock($1)")
-        .bind(EVENT_LOCK)
-        .execute(&mut *conn)
-        .await
-        .map_err(unavailable)?;
-    let mut stored = Vec::with_capacity(events.len());
-    for mut event in events {
-        let seq: i64 = sqlx::query("SELECT nextval(pg_get_serial_sequence('pc_events', 'seq'))")
-            .fetch_one(&mut *conn)
-            .await
-            .map_err(unavailable)?
-            .get(0);
-        event.seq = u64::try_from(seq).unwrap_or(0);
-        let body = serde_json::to_string(&event).map_err(corrupt)?;
-        sqlx::query(
-            "INSERT INTO pc_events (seq, at, kind, subject, session_id, application, body)
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
-        )
-        .bind(seq)
-        .bind(millis(event.at))
-        .bind(event.kind.as_str())
-        .bind(event.subject.as_deref())
-        .bind(event.session_id.as_ref().map(|id| id.as_str()))
-        .bind(event.application.as_ref().map(|id| id.as_str()))
-        .bind(body)
-        .execute(&mut *conn)
-        .await
-        .map_err(unavailable)?;
-        stored.push(event);
+    let mut at = Vec::with_capacity(events.len());
+    let mut kinds = Vec::with_capacity(events.len());
+    let mut subjects = Vec::with_capacity(events.len());
+    let mut sessions = Vec::with_capacity(events.len());
+    let mut applications = Vec::with_capacity(events.len());
+    let mut bodies = Vec::with_capacity(events.len());
+    for event in &events {
+        at.push(millis(event.at));
+        kinds.push(event.kind.as_str());
+        subjects.push(event.subject.as_deref());
+        sessions.push(event.session_id.as_ref().map(|id| id.as_str()));
+        applications.push(event.application.as_ref().map(|id| id.as_str()));
+        bodies.push(serde_json::to_string(event).map_err(corrupt)?);
     }
-    Ok(stored)
+    let sql = format!(
+        "WITH tx AS (SELECT pg_current_xact_id()::text::bigint << {bits} AS base),
+              used AS (SELECT count(*) AS n FROM pc_events, tx
+                       WHERE seq >= tx.base AND seq < tx.base + (1::bigint << {bits}))
+         INSERT INTO pc_events (seq, at, kind, subject, session_id, application, body)
+         SELECT tx.base + used.n + e.ord - 1, e.at, e.kind, e.subject, e.session_id,
+                e.application, e.body
+         FROM tx, used, unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[],
+                               $6::text[])
+              WITH ORDINALITY AS e(at, kind, subject, session_id, application, body, ord)
+         WHERE used.n + cardinality($1::bigint[]) <= (1::bigint << {bits})
+         RETURNING seq",
+        bits = EVENT_INDEX_BITS
+    );
+    let mut positions: Vec<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+        .bind(at)
+        .bind(kinds)
+        .bind(subjects)
+        .bind(sessions)
+        .bind(applications)
+        .bind(bodies)
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(unavailable)?;
+    if positions.len() != events.len() {
+        return Err(StoreError::Unavailable(BackendError::from(format!(
+            "a change of more than {} events cannot be recorded in one transaction",
+            1_u64 << EVENT_INDEX_BITS
+        ))));
+    }
+    // Numbered in the order given; RETURNING promises no order.
+    positions.sort_unstable();
+    for (event, seq) in events.iter_mut().zip(positions) {
+        event.seq = u64::try_from(seq)
+            .map_err(|_| StoreError::Corrupt(format!("event position {seq} is negative")))?;
+    }
+    Ok(events)
 }
 
-/// The query for `query`'s events: only the filters it sets, so PostgreSQL reads the index of
-/// the one that narrows (`pc_events_application` for one application's) in position order,
-/// with LIMIT applied after every filter.
+/// The query for `query`'s events below a horizon (`$2`, see `event_horizon`): only the
+/// filters it sets, so PostgreSQL reads the index of the one that narrows
+/// (`pc_events_application` for one application's) in position order, with LIMIT applied after
+/// every filter.
 fn events_sql(query: &EventQuery) -> String {
-    let mut sql = String::from("SELECT body, application FROM pc_events WHERE seq > $1");
-    let mut n = 1;
+    let mut sql =
+        String::from("SELECT body, application, seq FROM pc_events WHERE seq > $1 AND seq < $2");
+    let mut n = 2;
     for (set, column) in [
         (query.subject.is_some(), "subject"),
         (query.session_id.is_some(), "session_id"),
@@ -698,9 +760,11 @@ impl SessionStore for PostgresStore {
     }
 
     async fn events(&self, query: &EventQuery) -> Result<Vec<AuditEvent>, StoreError> {
+        let horizon = self.event_horizon().await?;
         let sql = events_sql(query);
         let mut select = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(i64::try_from(query.after).unwrap_or(i64::MAX));
+            .bind(i64::try_from(query.after).unwrap_or(i64::MAX))
+            .bind(horizon);
         if let Some(subject) = &query.subject {
             select = select.bind(subject.as_str());
         }
@@ -722,6 +786,9 @@ impl SessionStore for PostgresStore {
                 // The column is the record: an event of no application is NULL there (its body
                 // omits the field, which would read back as the previous release's).
                 event.application = r.get::<Option<String>, _>(1).map(PublicId::from_string);
+                // The body was written before its position was known (`append_events`).
+                event.seq = u64::try_from(r.get::<i64, _>(2))
+                    .map_err(|_| StoreError::Corrupt("an event position is negative".into()))?;
                 Ok(event)
             })
             .collect()
