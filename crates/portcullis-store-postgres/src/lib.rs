@@ -25,8 +25,8 @@ use portcullis_core::{
     Insert, Inserted, LiveCount, PublicId, Session, SessionId, SessionStore, StoreError,
     StoredSession, Timestamp, TokenHash, plan,
 };
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow, PgSslMode};
-use sqlx::{PgConnection, PgPool, Postgres, Row, Transaction};
+use sqlx::postgres::{PgArguments, PgConnectOptions, PgPoolOptions, PgRow, PgSslMode};
+use sqlx::{Arguments, PgConnection, PgPool, Postgres, Row, Transaction};
 
 /// How long a node trusts an API key it looked up (revocation reaches other nodes within this).
 pub const API_KEY_CACHE: Duration = Duration::from_secs(1);
@@ -107,6 +107,10 @@ fn unavailable(err: sqlx::Error) -> StoreError {
 
 fn corrupt(err: serde_json::Error) -> StoreError {
     StoreError::Corrupt(err.to_string())
+}
+
+fn encode(err: sqlx::error::BoxDynError) -> StoreError {
+    StoreError::Corrupt(format!("cannot encode a statement's parameter: {err}"))
 }
 
 fn millis(t: Timestamp) -> i64 {
@@ -272,6 +276,36 @@ impl PostgresStore {
         Ok(horizon)
     }
 
+    /// A session that needs nothing read first (no limit, parent or tombstone): the subject's
+    /// lock, the session's row and its event in one statement, which commits on its own (five
+    /// round trips, with `BEGIN` and `COMMIT`, became one).
+    async fn insert_alone(&self, insert: Insert) -> Result<Inserted, StoreError> {
+        let session = insert.session;
+        let events = vec![plan::created_event(&session, &insert.actor)];
+        let mut args = PgArguments::default();
+        session_arguments(&mut args, &session)?;
+        event_arguments(&mut args, &events)?;
+        let steps = format!(
+            "locked AS (SELECT {lock}),
+             session AS ({upsert} RETURNING 1),",
+            lock = subject_lock(3),
+            // `WHERE true`: without it, PostgreSQL would read `ON CONFLICT` as a join's `ON`.
+            upsert = session_upsert(&format!(
+                "SELECT {SESSION_PARAMETERS} FROM locked WHERE true"
+            )),
+        );
+        // The events' parameters follow the session's fourteen.
+        let sql = events_insert(&steps, 15, "session, ");
+        let positions = sqlx::query_scalar_with(sqlx::AssertSqlSafe(sql), args)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        Ok(Inserted {
+            session: Arc::new(session),
+            events: placed(events, positions)?,
+        })
+    }
+
     /// Closes the pool.
     pub async fn close(&self) {
         self.pool.close().await;
@@ -308,7 +342,26 @@ async fn fetch_sessions(
     rows.iter().map(|r| decode(r).map(Arc::new)).collect()
 }
 
-async fn write_session(conn: &mut PgConnection, s: &Session) -> Result<(), StoreError> {
+/// The upsert of a session row from parameters `$1`–`$14` ([`session_arguments`]); `rows` gives
+/// them as a row: `VALUES (…)`, or a `SELECT … FROM` another step of the statement to wait for.
+fn session_upsert(rows: &str) -> String {
+    format!(
+        "INSERT INTO pc_sessions (id, token_hash, subject, policy, parent, live, created_at,
+            last_seen_at, idle_at, next_deadline, tomb_until, purge_at, body, application)
+         {rows}
+         ON CONFLICT (id) DO UPDATE SET token_hash = EXCLUDED.token_hash, live = EXCLUDED.live,
+            last_seen_at = EXCLUDED.last_seen_at, idle_at = EXCLUDED.idle_at,
+            next_deadline = EXCLUDED.next_deadline, tomb_until = EXCLUDED.tomb_until,
+            purge_at = EXCLUDED.purge_at, body = EXCLUDED.body,
+            application = EXCLUDED.application"
+    )
+}
+
+/// The parameters of `$1, $2, …, $14` ([`session_upsert`]).
+const SESSION_PARAMETERS: &str = "$1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14";
+
+/// `s`'s columns, as [`session_upsert`] takes them.
+fn session_arguments(args: &mut PgArguments, s: &Session) -> Result<(), StoreError> {
     let body = serde_json::to_string(&StoredSession::from(s)).map_err(corrupt)?;
     let tomb_until = s
         .ended
@@ -316,54 +369,73 @@ async fn write_session(conn: &mut PgConnection, s: &Session) -> Result<(), Store
         .filter(|e| e.reconstituted_into.is_none())
         .and_then(|e| e.reconstitute_until)
         .map(millis);
-    sqlx::query(
-        "INSERT INTO pc_sessions (id, token_hash, subject, policy, parent, live, created_at,
-            last_seen_at, idle_at, next_deadline, tomb_until, purge_at, body, application)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
-         ON CONFLICT (id) DO UPDATE SET token_hash = EXCLUDED.token_hash, live = EXCLUDED.live,
-            last_seen_at = EXCLUDED.last_seen_at, idle_at = EXCLUDED.idle_at,
-            next_deadline = EXCLUDED.next_deadline, tomb_until = EXCLUDED.tomb_until,
-            purge_at = EXCLUDED.purge_at, body = EXCLUDED.body,
-            application = EXCLUDED.application",
-    )
-    .bind(s.id.as_str())
-    .bind(&s.token_hash.0[..])
-    .bind(&s.subject)
-    .bind(&s.policy)
-    .bind(s.parent.as_ref().map(|p| p.as_str()))
-    .bind(s.is_live())
-    .bind(millis(s.created_at))
-    .bind(millis(s.last_seen_at))
-    .bind(s.idle.as_ref().map(|i| millis(i.at)))
-    .bind(millis(s.next_deadline().0))
-    .bind(tomb_until)
-    .bind(s.ended.as_ref().map(|e| millis(e.purge_at)))
-    .bind(body)
-    .bind(s.application.as_str())
-    .execute(&mut *conn)
-    .await
-    .map_err(unavailable)?;
+    let added = [
+        args.add(s.id.as_str()),
+        args.add(&s.token_hash.0[..]),
+        args.add(&s.subject),
+        args.add(&s.policy),
+        args.add(s.parent.as_ref().map(|p| p.as_str())),
+        args.add(s.is_live()),
+        args.add(millis(s.created_at)),
+        args.add(millis(s.last_seen_at)),
+        args.add(s.idle.as_ref().map(|i| millis(i.at))),
+        args.add(millis(s.next_deadline().0)),
+        args.add(tomb_until),
+        args.add(s.ended.as_ref().map(|e| millis(e.purge_at))),
+        args.add(body),
+        args.add(s.application.as_str()),
+    ];
+    added.into_iter().collect::<Result<(), _>>().map_err(encode)
+}
+
+async fn write_session(conn: &mut PgConnection, s: &Session) -> Result<(), StoreError> {
+    let mut args = PgArguments::default();
+    session_arguments(&mut args, s)?;
+    let sql = session_upsert(&format!("VALUES ({SESSION_PARAMETERS})"));
+    sqlx::query_with(sqlx::AssertSqlSafe(sql), args)
+        .execute(&mut *conn)
+        .await
+        .map_err(unavailable)?;
     Ok(())
 }
 
-/// Appends events in order and returns them with their positions, in one statement and
-/// without a lock: an event's position is the transaction's id shifted left by
-/// [`EVENT_INDEX_BITS`], plus its place among the transaction's events. Its body is written
-/// before its position is known; reads take the position from the column.
-async fn append_events(
-    conn: &mut PgConnection,
-    mut events: Vec<AuditEvent>,
-) -> Result<Vec<AuditEvent>, StoreError> {
-    if events.is_empty() {
-        return Ok(events);
-    }
+/// The insert of a change's events from parameters `$first`–`$first+5` ([`event_arguments`]),
+/// answering their positions. An event's position is its transaction's id shifted left by
+/// [`EVENT_INDEX_BITS`], plus its place among the transaction's events: no lock, and no
+/// round trip to learn it first. `steps` are earlier steps of the statement (`name AS (…), `)
+/// and `after` those the events wait for (`name, `).
+fn events_insert(steps: &str, first: usize, after: &str) -> String {
+    let bits = EVENT_INDEX_BITS;
+    let p = |i: usize| format!("${}", first + i);
+    let (at, kinds, subjects, sessions, applications, bodies) =
+        (p(0), p(1), p(2), p(3), p(4), p(5));
+    format!(
+        "WITH {steps}
+              tx AS (SELECT pg_current_xact_id()::text::bigint << {bits} AS base),
+              used AS (SELECT count(*) AS n FROM pc_events, tx
+                       WHERE seq >= tx.base AND seq < tx.base + (1::bigint << {bits}))
+         INSERT INTO pc_events (seq, at, kind, subject, session_id, application, body)
+         SELECT tx.base + used.n + e.ord - 1, e.at, e.kind, e.subject, e.session_id,
+                e.application, e.body
+         FROM {after}tx, used,
+              unnest({at}::bigint[], {kinds}::text[], {subjects}::text[], {sessions}::text[],
+                     {applications}::text[], {bodies}::text[])
+              WITH ORDINALITY AS e(at, kind, subject, session_id, application, body, ord)
+         WHERE used.n + cardinality({at}::bigint[]) <= (1::bigint << {bits})
+         RETURNING seq"
+    )
+}
+
+/// `events`' columns, as [`events_insert`] takes them. Each body is written before its
+/// position is known; reads take the position from the column.
+fn event_arguments(args: &mut PgArguments, events: &[AuditEvent]) -> Result<(), StoreError> {
     let mut at = Vec::with_capacity(events.len());
     let mut kinds = Vec::with_capacity(events.len());
     let mut subjects = Vec::with_capacity(events.len());
     let mut sessions = Vec::with_capacity(events.len());
     let mut applications = Vec::with_capacity(events.len());
     let mut bodies = Vec::with_capacity(events.len());
-    for event in &events {
+    for event in events {
         at.push(millis(event.at));
         kinds.push(event.kind.as_str());
         subjects.push(event.subject.as_deref());
@@ -371,30 +443,22 @@ async fn append_events(
         applications.push(event.application.as_ref().map(|id| id.as_str()));
         bodies.push(serde_json::to_string(event).map_err(corrupt)?);
     }
-    let sql = format!(
-        "WITH tx AS (SELECT pg_current_xact_id()::text::bigint << {bits} AS base),
-              used AS (SELECT count(*) AS n FROM pc_events, tx
-                       WHERE seq >= tx.base AND seq < tx.base + (1::bigint << {bits}))
-         INSERT INTO pc_events (seq, at, kind, subject, session_id, application, body)
-         SELECT tx.base + used.n + e.ord - 1, e.at, e.kind, e.subject, e.session_id,
-                e.application, e.body
-         FROM tx, used, unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[],
-                               $6::text[])
-              WITH ORDINALITY AS e(at, kind, subject, session_id, application, body, ord)
-         WHERE used.n + cardinality($1::bigint[]) <= (1::bigint << {bits})
-         RETURNING seq",
-        bits = EVENT_INDEX_BITS
-    );
-    let mut positions: Vec<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
-        .bind(at)
-        .bind(kinds)
-        .bind(subjects)
-        .bind(sessions)
-        .bind(applications)
-        .bind(bodies)
-        .fetch_all(&mut *conn)
-        .await
-        .map_err(unavailable)?;
+    let added = [
+        args.add(at),
+        args.add(kinds),
+        args.add(subjects),
+        args.add(sessions),
+        args.add(applications),
+        args.add(bodies),
+    ];
+    added.into_iter().collect::<Result<(), _>>().map_err(encode)
+}
+
+/// `events` with the positions [`events_insert`] answered for them.
+fn placed(
+    mut events: Vec<AuditEvent>,
+    mut positions: Vec<i64>,
+) -> Result<Vec<AuditEvent>, StoreError> {
     if positions.len() != events.len() {
         return Err(StoreError::Unavailable(BackendError::from(format!(
             "a change of more than {} events cannot be recorded in one transaction",
@@ -408,6 +472,23 @@ async fn append_events(
             .map_err(|_| StoreError::Corrupt(format!("event position {seq} is negative")))?;
     }
     Ok(events)
+}
+
+/// Appends events in order and returns them with their positions ([`events_insert`]).
+async fn append_events(
+    conn: &mut PgConnection,
+    events: Vec<AuditEvent>,
+) -> Result<Vec<AuditEvent>, StoreError> {
+    if events.is_empty() {
+        return Ok(events);
+    }
+    let mut args = PgArguments::default();
+    event_arguments(&mut args, &events)?;
+    let positions = sqlx::query_scalar_with(sqlx::AssertSqlSafe(events_insert("", 1, "")), args)
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(unavailable)?;
+    placed(events, positions)
 }
 
 /// The query for `query`'s events below a horizon (`$2`, see `event_horizon`): only the
@@ -432,8 +513,13 @@ fn events_sql(query: &EventQuery) -> String {
     sql
 }
 
+/// The call that takes the transaction-scoped lock of the subject in parameter `$param`.
+fn subject_lock(param: usize) -> String {
+    format!("pg_advisory_xact_lock(hashtextextended(${param}, 7))")
+}
+
 async fn lock_subject(conn: &mut PgConnection, subject: &str) -> Result<(), StoreError> {
-    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 7))")
+    sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {}", subject_lock(1))))
         .bind(subject)
         .execute(&mut *conn)
         .await
@@ -513,6 +599,9 @@ impl SessionStore for PostgresStore {
     }
 
     async fn insert(&self, insert: Insert) -> Result<Inserted, StoreError> {
+        if insert.limit.is_none() && insert.session.parent.is_none() && !insert.reconstitute {
+            return self.insert_alone(insert).await;
+        }
         let mut tx = self.begin().await?;
         let mut session = insert.session;
         lock_subject(&mut tx, &session.subject).await?;
