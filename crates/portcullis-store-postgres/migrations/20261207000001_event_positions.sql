@@ -13,7 +13,11 @@ BEGIN
     END IF;
 END $$;
 
--- A node of the release before would draw positions from the sequence, below those readers
--- have passed: without the sequence its appends fail instead (closed) until it is upgraded.
 ALTER TABLE pc_events ALTER COLUMN seq DROP DEFAULT;
 DROP SEQUENCE IF EXISTS pc_events_seq_seq;
+
+-- A node of the release before draws positions from the column's sequence, below those
+-- readers have passed. Its sequence is now one that is spent, so such a node's changes fail
+-- with an error (closed: nothing is written) until it is upgraded.
+CREATE SEQUENCE pc_events_seq_seq MINVALUE 0 MAXVALUE 1 START 1 OWNED BY pc_events.seq;
+SELECT nextval('pc_events_seq_seq');

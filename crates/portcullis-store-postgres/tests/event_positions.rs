@@ -63,3 +63,23 @@ async fn asvs4_7_2_1_paging_never_skips_the_event_of_a_transaction_still_running
     assert_eq!(after[1].seq, inserted.events[0].seq);
     raw.close().await;
 }
+
+/// A node of the release before, still running beside upgraded ones, drew its events' positions
+/// from the column's sequence, below positions readers have passed: it gets an error instead,
+/// so its change is not made.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_release_before_cannot_draw_positions_any_more() {
+    let server = PrivatePostgres::start("", "host all all 127.0.0.1/32 trust\n", |_| {});
+    let url = format!("postgres://postgres@127.0.0.1:{}/postgres", server.port);
+    PostgresStore::connect(&url, None).await.unwrap();
+    let raw = sqlx::PgPool::connect(&url).await.unwrap();
+    let drawn =
+        sqlx::query_scalar::<_, i64>("SELECT nextval(pg_get_serial_sequence('pc_events', 'seq'))")
+            .fetch_one(&raw)
+            .await;
+    let err = drawn
+        .expect_err("the sequence still gives positions")
+        .to_string();
+    assert!(err.contains("reached maximum value"), "{err}");
+    raw.close().await;
+}
