@@ -277,8 +277,11 @@ impl PostgresStore {
     }
 
     /// A session that needs nothing read first (no limit, parent or tombstone): the subject's
-    /// lock, the session's row and its event in one statement, which commits on its own (five
-    /// round trips, with `BEGIN` and `COMMIT`, became one).
+    /// lock, the session's row and its event in one statement (five round trips became three).
+    /// Not committed on its own: sqlx 0.9 can hand out a connection still inside a transaction
+    /// that a cancelled `BEGIN` opened (its rollback guard only acts once `BEGIN` has answered),
+    /// where a statement would be acknowledged without being committed, and a later `ROLLBACK`
+    /// on that connection would take it back; an explicit `COMMIT` commits it either way.
     async fn insert_alone(&self, insert: Insert) -> Result<Inserted, StoreError> {
         let session = insert.session;
         let events = vec![plan::created_event(&session, &insert.actor)];
@@ -296,13 +299,16 @@ impl PostgresStore {
         );
         // The events' parameters follow the session's fourteen.
         let sql = events_insert(&steps, 15, "session, ");
+        let mut tx = self.begin().await?;
         let positions = sqlx::query_scalar_with(sqlx::AssertSqlSafe(sql), args)
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *tx)
             .await
             .map_err(unavailable)?;
+        let events = placed(events, positions)?;
+        tx.commit().await.map_err(unavailable)?;
         Ok(Inserted {
             session: Arc::new(session),
-            events: placed(events, positions)?,
+            events,
         })
     }
 
