@@ -83,6 +83,22 @@ pub enum ConnectError {
 /// before it is acknowledged (`off` would not, and is refused).
 const SYNCHRONOUS_COMMIT: [&str; 4] = ["local", "remote_write", "on", "remote_apply"];
 
+/// The connections one node opens at most, unless its URL says `max_connections=`.
+const DEFAULT_MAX_CONNECTIONS: u32 = 16;
+
+/// The most `max_connections=` accepts (PostgreSQL's own default limit is 100 for all clients).
+const MAX_CONNECTIONS_LIMIT: u32 = 1_000;
+
+/// How long a connection may have been idle before it is pinged as it is handed out.
+const IDLE_BEFORE_PING: Duration = Duration::from_secs(1);
+
+/// A store URL read: what the client connects with, and what Portcullis takes itself.
+struct ClientOptions {
+    url: String,
+    schema: Option<String>,
+    max_connections: u32,
+}
+
 /// Whether the query of `url` names an `sslmode`.
 fn names_ssl_mode(url: &str) -> bool {
     url.split_once('?').is_some_and(|(_, query)| {
@@ -126,6 +142,14 @@ impl PostgresStore {
     /// `PGSSLMODE`), the connection is plain, as before this build spoke TLS: libpq's default,
     /// `prefer`, would encrypt without checking who answers.
     pub async fn connect(url: &str, schema: Option<&str>) -> Result<Self, ConnectError> {
+        Self::open(url, schema, DEFAULT_MAX_CONNECTIONS).await
+    }
+
+    async fn open(
+        url: &str,
+        schema: Option<&str>,
+        max_connections: u32,
+    ) -> Result<Self, ConnectError> {
         let mut options = PgConnectOptions::from_str(url)?;
         if !names_ssl_mode(url) && std::env::var_os("PGSSLMODE").is_none() {
             options = options.ssl_mode(PgSslMode::Disable);
@@ -145,9 +169,22 @@ impl PostgresStore {
             options = options.options([("search_path", schema)]);
         }
         let pool = PgPoolOptions::new()
-            .max_connections(16)
+            .max_connections(max_connections)
             // Fail fast (and closed) when the server is gone instead of queueing for 30 s.
             .acquire_timeout(Duration::from_secs(2))
+            // sqlx pings every connection it hands out, a round trip before each statement
+            // (and a second one as it takes the connection back). Only a connection idle for
+            // a while is pinged here: one the server dropped while busy costs its one request
+            // an error (fail closed), and the release ping discards it.
+            .test_before_acquire(false)
+            .before_acquire(|conn, meta| {
+                Box::pin(async move {
+                    if meta.idle_for >= IDLE_BEFORE_PING {
+                        sqlx::Connection::ping(conn).await?;
+                    }
+                    Ok(true)
+                })
+            })
             .connect_with(options)
             .await?;
         MIGRATOR.run(&pool).await?;
@@ -212,21 +249,40 @@ impl PostgresStore {
     /// schema is created if missing and holds every Portcullis table) and
     /// `synchronous_commit=VALUE` (`local`, `remote_write`, `on` or `remote_apply`: the setting
     /// of every session of the store, so a commit, and with it an acknowledged ending, waits
-    /// for the synchronous standbys the server names in `synchronous_standby_names`); the rest
+    /// for the synchronous standbys the server names in `synchronous_standby_names`) and
+    /// `max_connections=N` (the connections this node opens at most, 16 unless said); the rest
     /// (`sslmode`, `sslrootcert`, …) as PostgreSQL's own URLs have them.
     pub async fn connect_url(url: &str) -> Result<Self, ConnectError> {
-        let (url, schema) = Self::client_url(url)?;
-        Self::connect(&url, schema.as_deref()).await
+        let client = Self::client_url(url)?;
+        Self::open(
+            &client.url,
+            client.schema.as_deref(),
+            client.max_connections,
+        )
+        .await
     }
 
-    /// The URL for the client (`synchronous_commit` as a session option) and the schema.
-    fn client_url(url: &str) -> Result<(String, Option<String>), ConnectError> {
+    /// The URL for the client (`synchronous_commit` as a session option), the schema and the
+    /// pool's size.
+    fn client_url(url: &str) -> Result<ClientOptions, ConnectError> {
         let (base, query) = url.split_once('?').unwrap_or((url, ""));
         let mut schema = None;
+        let mut max_connections = DEFAULT_MAX_CONNECTIONS;
         let mut rest = Vec::new();
         for pair in query.split('&').filter(|p| !p.is_empty()) {
             if let Some(name) = pair.strip_prefix("schema=") {
                 schema = Some(name.to_owned());
+            } else if let Some(value) = pair.strip_prefix("max_connections=") {
+                max_connections = value
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=MAX_CONNECTIONS_LIMIT).contains(n))
+                    .ok_or_else(|| {
+                        ConnectError::Option(format!(
+                            "max_connections={value}: use a whole number from 1 to \
+                             {MAX_CONNECTIONS_LIMIT} (the connections one node may open)"
+                        ))
+                    })?;
             } else if let Some(value) = pair.strip_prefix("synchronous_commit=") {
                 if !SYNCHRONOUS_COMMIT.contains(&value) {
                     return Err(ConnectError::Option(format!(
@@ -244,7 +300,11 @@ impl PostgresStore {
         } else {
             format!("{base}?{}", rest.join("&"))
         };
-        Ok((url, schema))
+        Ok(ClientOptions {
+            url,
+            schema,
+            max_connections,
+        })
     }
 
     /// The position below which the trail is settled: every event there belongs to a
@@ -277,11 +337,9 @@ impl PostgresStore {
     }
 
     /// A session that needs nothing read first (no limit, parent or tombstone): the subject's
-    /// lock, the session's row and its event in one statement (five round trips became three).
-    /// Not committed on its own: sqlx 0.9 can hand out a connection still inside a transaction
-    /// that a cancelled `BEGIN` opened (its rollback guard only acts once `BEGIN` has answered),
-    /// where a statement would be acknowledged without being committed, and a later `ROLLBACK`
-    /// on that connection would take it back; an explicit `COMMIT` commits it either way.
+    /// lock, the session's row and its event in one statement, committed on its own: one round
+    /// trip instead of five. That is safe only because no pooled connection is ever left inside
+    /// a transaction ([`begin`]).
     async fn insert_alone(&self, insert: Insert) -> Result<Inserted, StoreError> {
         let session = insert.session;
         let events = vec![plan::created_event(&session, &insert.actor)];
@@ -299,13 +357,11 @@ impl PostgresStore {
         );
         // The events' parameters follow the session's fourteen.
         let sql = events_insert(&steps, 15, "session, ");
-        let mut tx = self.begin().await?;
         let positions = sqlx::query_scalar_with(sqlx::AssertSqlSafe(sql), args)
-            .fetch_all(&mut *tx)
+            .fetch_all(&self.pool)
             .await
             .map_err(unavailable)?;
         let events = placed(events, positions)?;
-        tx.commit().await.map_err(unavailable)?;
         Ok(Inserted {
             session: Arc::new(session),
             events,
@@ -318,7 +374,24 @@ impl PostgresStore {
     }
 
     async fn begin(&self) -> Result<Transaction<'static, Postgres>, StoreError> {
-        self.pool.begin().await.map_err(unavailable)
+        begin(&self.pool).await.map_err(unavailable)
+    }
+}
+
+/// Begins a transaction on a task of its own, so that a caller cancelled while `BEGIN` is on
+/// the wire cannot return its connection to the pool inside that transaction. sqlx 0.9 queues
+/// the `ROLLBACK` of a transaction dropped mid-`BEGIN` only once `BEGIN` has answered, which
+/// a cancelled caller never sees; on such a connection every later statement would be
+/// acknowledged without being committed, and lost when the connection closes or rolls back.
+/// Here the task sees `BEGIN` answer whatever becomes of its caller, and the transaction it
+/// then drops is rolled back before its connection goes back.
+async fn begin(pool: &PgPool) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
+    let pool = pool.clone();
+    match tokio::spawn(async move { pool.begin().await }).await {
+        Ok(begun) => begun,
+        Err(stopped) if stopped.is_panic() => std::panic::resume_unwind(stopped.into_panic()),
+        // Only the runtime's shutdown cancels the task.
+        Err(_) => Err(sqlx::Error::PoolClosed),
     }
 }
 
@@ -908,11 +981,26 @@ mod url_tests {
 
     #[test]
     fn store_url_options_become_client_settings() {
-        let (url, schema) = PostgresStore::client_url(
-            "postgres://pc@db/portcullis?schema=pc&synchronous_commit=remote_apply&sslmode=verify-full&sslrootcert=/etc/ca.pem",
+        let client = PostgresStore::client_url(
+            "postgres://pc@db/portcullis?schema=pc&synchronous_commit=remote_apply&max_connections=4&sslmode=verify-full&sslrootcert=/etc/ca.pem",
         )
         .unwrap();
-        assert_eq!(schema.as_deref(), Some("pc"));
+        let url = client.url;
+        assert_eq!(client.schema.as_deref(), Some("pc"));
+        assert_eq!(client.max_connections, 4);
+        assert_eq!(
+            PostgresStore::client_url("postgres://db/p")
+                .unwrap()
+                .max_connections,
+            DEFAULT_MAX_CONNECTIONS
+        );
+        for bad in ["0", "1001", "many", ""] {
+            let err = PostgresStore::client_url(&format!("postgres://db/p?max_connections={bad}"))
+                .err()
+                .expect("refused")
+                .to_string();
+            assert!(err.contains("max_connections="), "{err}");
+        }
         let options = PgConnectOptions::from_str(&url).unwrap();
         assert!(
             options
@@ -922,7 +1010,8 @@ mod url_tests {
         );
         assert!(matches!(options.get_ssl_mode(), PgSslMode::VerifyFull));
         let err = PostgresStore::client_url("postgres://db/p?synchronous_commit=off")
-            .unwrap_err()
+            .err()
+            .expect("refused")
             .to_string();
         assert!(err.contains("synchronous_commit=off: use local"), "{err}");
         assert!(names_ssl_mode("postgres://db/p?schema=x&sslmode=require"));
