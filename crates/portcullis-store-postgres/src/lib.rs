@@ -760,19 +760,35 @@ impl SessionStore for PostgresStore {
         next: Session,
         event: AuditEvent,
     ) -> Result<Option<(Arc<Session>, AuditEvent)>, StoreError> {
-        let mut tx = self.begin().await?;
-        let current = fetch_sessions(
-            &mut tx,
-            "SELECT body, last_seen_at, idle_at FROM pc_sessions WHERE id = $1 AND live FOR UPDATE",
-            next.id.as_str(),
-        )
-        .await?;
-        if current.first().is_none_or(|c| c.version != version) {
+        // One statement committed on its own, as `insert_alone`: the row is locked only if it
+        // is live at `version` (a concurrent change is waited for, then the row as it left it is
+        // checked again), and the next version and its event are written only then.
+        let version = i64::try_from(version)
+            .map_err(|_| StoreError::Corrupt(format!("session version {version}")))?;
+        let events = vec![event];
+        let mut args = PgArguments::default();
+        session_arguments(&mut args, &next)?;
+        event_arguments(&mut args, &events)?;
+        args.add(version).map_err(encode)?;
+        let steps = format!(
+            "current AS (SELECT id FROM pc_sessions
+                         WHERE id = $1 AND live AND (body::jsonb ->> 'version')::bigint = $21
+                         FOR UPDATE),
+             session AS ({upsert} RETURNING 1),",
+            upsert = session_upsert(&format!(
+                "SELECT {SESSION_PARAMETERS} FROM current WHERE true"
+            )),
+        );
+        // The events' six parameters follow the session's fourteen; the version is last.
+        let sql = events_insert(&steps, 15, "session, ");
+        let positions = sqlx::query_scalar_with(sqlx::AssertSqlSafe(sql), args)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        if positions.is_empty() {
             return Ok(None);
         }
-        write_session(&mut tx, &next).await?;
-        let mut events = append_events(&mut tx, vec![event]).await?;
-        tx.commit().await.map_err(unavailable)?;
+        let mut events = placed(events, positions)?;
         Ok(Some((Arc::new(next), events.remove(0))))
     }
 
