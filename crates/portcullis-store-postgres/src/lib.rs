@@ -628,7 +628,20 @@ async fn end_tree(
             continue;
         };
         let record = Arc::new(plan::ended_record(&current, ending, reason));
-        write_session(conn, &record).await?;
+        // The ended row is written and its live children read in one statement. Its snapshot
+        // is taken after the lock above: a child whose insert held the parent (FOR SHARE)
+        // before it has committed, and any later one waits and then finds the parent ended.
+        let mut args = PgArguments::default();
+        session_arguments(&mut args, &record)?;
+        let sql = format!(
+            "WITH ended AS ({upsert})
+             SELECT id FROM pc_sessions WHERE parent = $1 AND live",
+            upsert = session_upsert(&format!("VALUES ({SESSION_PARAMETERS})")),
+        );
+        let children: Vec<String> = sqlx::query_scalar_with(sqlx::AssertSqlSafe(sql), args)
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(unavailable)?;
         if let Some(delivery) = LogoutDelivery::for_ended(&record) {
             deliveries::insert_new(conn, &delivery).await?;
         }
@@ -637,13 +650,8 @@ async fn end_tree(
             first = Some(Arc::clone(&record));
         }
         ended.push(record);
-        let children = sqlx::query("SELECT id FROM pc_sessions WHERE parent = $1 AND live")
-            .bind(id.as_str())
-            .fetch_all(&mut *conn)
-            .await
-            .map_err(unavailable)?;
         for child in children {
-            stack.push((PublicId::from_string(child.get(0)), EndReason::ParentEnded));
+            stack.push((PublicId::from_string(child), EndReason::ParentEnded));
         }
     }
     Ok(first)
