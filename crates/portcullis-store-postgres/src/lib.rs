@@ -482,7 +482,8 @@ async fn write_session(conn: &mut PgConnection, s: &Session) -> Result<(), Store
 /// answering their positions. An event's position is its transaction's id shifted left by
 /// [`EVENT_INDEX_BITS`], plus its place among the transaction's events: no lock, and no
 /// round trip to learn it first. `steps` are earlier steps of the statement (`name AS (…), `)
-/// and `after` those the events wait for (`name, `).
+/// and `after` those the events wait for (`name, `). It ends with `RETURNING seq`, which a
+/// caller may extend by more columns.
 fn events_insert(steps: &str, first: usize, after: &str) -> String {
     let bits = EVENT_INDEX_BITS;
     let p = |i: usize| format!("${}", first + i);
@@ -606,7 +607,8 @@ async fn lock_subject(conn: &mut PgConnection, subject: &str) -> Result<(), Stor
     Ok(())
 }
 
-/// Ends live session `id` and, recursively, its live children, inside the transaction.
+/// Ends live session `id` and, recursively, its live children, inside the transaction; each
+/// ending's event is recorded as it is written, so `events` come back with their positions.
 async fn end_tree(
     conn: &mut PgConnection,
     id: &SessionId,
@@ -628,29 +630,38 @@ async fn end_tree(
             continue;
         };
         let record = Arc::new(plan::ended_record(&current, ending, reason));
-        // The ended row is written and its live children read in one statement. Its snapshot
-        // is taken after the lock above: a child whose insert held the parent (FOR SHARE)
-        // before it has committed, and any later one waits and then finds the parent ended.
+        // The ended row, its event and the ids of its live children in one statement. Its
+        // snapshot is taken after the lock above: a child whose insert held the parent (FOR
+        // SHARE) before it has committed, and any later one waits and then finds the parent
+        // ended.
+        let event = vec![AuditEvent::ended(&record, &ending.actor)];
         let mut args = PgArguments::default();
         session_arguments(&mut args, &record)?;
-        let sql = format!(
-            "WITH ended AS ({upsert})
-             SELECT id FROM pc_sessions WHERE parent = $1 AND live",
+        event_arguments(&mut args, &event)?;
+        let steps = format!(
+            "ended AS ({upsert} RETURNING 1),",
             upsert = session_upsert(&format!("VALUES ({SESSION_PARAMETERS})")),
         );
-        let children: Vec<String> = sqlx::query_scalar_with(sqlx::AssertSqlSafe(sql), args)
+        // The events' parameters follow the session's fourteen; the children ride on the
+        // event's row.
+        let sql = format!(
+            "{}, ARRAY(SELECT id FROM pc_sessions WHERE parent = $1 AND live)",
+            events_insert(&steps, 15, "ended, ")
+        );
+        let rows: Vec<(i64, Vec<String>)> = sqlx::query_as_with(sqlx::AssertSqlSafe(sql), args)
             .fetch_all(&mut *conn)
             .await
             .map_err(unavailable)?;
+        let (positions, children): (Vec<i64>, Vec<Vec<String>>) = rows.into_iter().unzip();
+        events.extend(placed(event, positions)?);
         if let Some(delivery) = LogoutDelivery::for_ended(&record) {
             deliveries::insert_new(conn, &delivery).await?;
         }
-        events.push(AuditEvent::ended(&record, &ending.actor));
         if first.is_none() {
             first = Some(Arc::clone(&record));
         }
         ended.push(record);
-        for child in children {
+        for child in children.into_iter().flatten() {
             stack.push((PublicId::from_string(child), EndReason::ParentEnded));
         }
     }
@@ -704,8 +715,7 @@ impl SessionStore for PostgresStore {
             .await?;
             plan::parent_is_live(parent.first().map(Arc::as_ref), &session.subject)?;
         }
-        let mut events = Vec::new();
-        let mut ended = Vec::new();
+        let mut evictions = Vec::new();
         if let Some(limit) = insert.limit {
             let live = fetch_sessions(
                 &mut tx,
@@ -713,24 +723,7 @@ impl SessionStore for PostgresStore {
                 &session.subject,
             )
             .await?;
-            let ending = Ending {
-                reason: EndReason::NewDevice,
-                at: session.created_at,
-                actor: insert.actor.clone(),
-                reconstitute_until: None,
-                retention: insert.ended_retention,
-            };
-            for victim in plan::evictions(live, limit, &session)? {
-                end_tree(
-                    &mut tx,
-                    &victim.id,
-                    &ending,
-                    EndReason::NewDevice,
-                    &mut ended,
-                    &mut events,
-                )
-                .await?;
-            }
+            evictions = plan::evictions(live, limit, &session)?;
         }
         if insert.reconstitute {
             let rows = sqlx::query(
@@ -753,8 +746,28 @@ impl SessionStore for PostgresStore {
             }
         }
         write_session(&mut tx, &session).await?;
-        events.insert(0, plan::created_event(&session, &insert.actor));
-        let events = append_events(&mut tx, events).await?;
+        // The creation's event first, then the evictions it caused.
+        let created = vec![plan::created_event(&session, &insert.actor)];
+        let mut events = append_events(&mut tx, created).await?;
+        let eviction = Ending {
+            reason: EndReason::NewDevice,
+            at: session.created_at,
+            actor: insert.actor.clone(),
+            reconstitute_until: None,
+            retention: insert.ended_retention,
+        };
+        let mut ended = Vec::new();
+        for victim in evictions {
+            end_tree(
+                &mut tx,
+                &victim.id,
+                &eviction,
+                EndReason::NewDevice,
+                &mut ended,
+                &mut events,
+            )
+            .await?;
+        }
         tx.commit().await.map_err(unavailable)?;
         Ok(Inserted {
             session: Arc::new(session),
@@ -828,7 +841,6 @@ impl SessionStore for PostgresStore {
         else {
             return Ok(EndedSessions::default());
         };
-        let events = append_events(&mut tx, events).await?;
         tx.commit().await.map_err(unavailable)?;
         Ok(EndedSessions {
             sessions: vec![first],
@@ -875,7 +887,6 @@ impl SessionStore for PostgresStore {
                 direct.push(first);
             }
         }
-        let events = append_events(&mut tx, events).await?;
         tx.commit().await.map_err(unavailable)?;
         Ok(EndedSessions {
             sessions: direct,

@@ -482,7 +482,22 @@ pub async fn limit_evicts_oldest<S: SessionStore>(store: S) {
         ))
         .await
         .unwrap();
-    assert_eq!(inserted.events.len(), 2);
+    // The creation first, then the eviction it caused, in the answer and in the trail.
+    let kinds: Vec<_> = inserted.events.iter().map(|e| e.kind).collect();
+    assert_eq!(
+        kinds,
+        vec![EventKind::SessionCreated, EventKind::SessionEnded]
+    );
+    assert!(inserted.events[0].seq < inserted.events[1].seq);
+    let trail = store
+        .events(&EventQuery {
+            after: inserted.events[0].seq - 1,
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(trail, inserted.events);
     let evicted = store.find_by_id(&ids[0]).await.unwrap().unwrap();
     assert_eq!(evicted.ended.as_ref().unwrap().reason, EndReason::NewDevice);
     let live: Vec<_> = store
