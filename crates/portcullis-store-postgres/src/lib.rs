@@ -343,20 +343,12 @@ impl PostgresStore {
     async fn insert_alone(&self, insert: Insert) -> Result<Inserted, StoreError> {
         let session = insert.session;
         let events = vec![plan::created_event(&session, &insert.actor)];
-        let mut args = PgArguments::default();
-        session_arguments(&mut args, &session)?;
-        event_arguments(&mut args, &events)?;
-        let steps = format!(
-            "locked AS (SELECT {lock}),
-             session AS ({upsert} RETURNING 1),",
-            lock = subject_lock(3),
+        let args = session_and_event_arguments(&session, &events)?;
+        let sql = session_and_events(
+            &format!("locked AS (SELECT {}),", subject_lock(3)),
             // `WHERE true`: without it, PostgreSQL would read `ON CONFLICT` as a join's `ON`.
-            upsert = session_upsert(&format!(
-                "SELECT {SESSION_PARAMETERS} FROM locked WHERE true"
-            )),
+            &format!("SELECT {SESSION_PARAMETERS} FROM locked WHERE true"),
         );
-        // The events' parameters follow the session's fourteen.
-        let sql = events_insert(&steps, 15, "session, ");
         let positions = sqlx::query_scalar_with(sqlx::AssertSqlSafe(sql), args)
             .fetch_all(&self.pool)
             .await
@@ -476,6 +468,29 @@ async fn write_session(conn: &mut PgConnection, s: &Session) -> Result<(), Store
         .await
         .map_err(unavailable)?;
     Ok(())
+}
+
+/// One statement that writes a session's row from `rows` (parameters `$1`–`$14`,
+/// [`session_arguments`]) and then its events (`$15`–`$20`, [`event_arguments`]), answering
+/// the events' positions; `steps` come first (`name AS (…), `), for `rows` to read from. No
+/// row written, no event and no position.
+fn session_and_events(steps: &str, rows: &str) -> String {
+    let steps = format!(
+        "{steps} session AS ({upsert} RETURNING 1),",
+        upsert = session_upsert(rows)
+    );
+    events_insert(&steps, 15, "session, ")
+}
+
+/// The parameters of [`session_and_events`].
+fn session_and_event_arguments(
+    session: &Session,
+    events: &[AuditEvent],
+) -> Result<PgArguments, StoreError> {
+    let mut args = PgArguments::default();
+    session_arguments(&mut args, session)?;
+    event_arguments(&mut args, events)?;
+    Ok(args)
 }
 
 /// The insert of a change's events from parameters `$first`–`$first+5` ([`event_arguments`]),
@@ -635,18 +650,11 @@ async fn end_tree(
         // SHARE) before it has committed, and any later one waits and then finds the parent
         // ended.
         let event = vec![AuditEvent::ended(&record, &ending.actor)];
-        let mut args = PgArguments::default();
-        session_arguments(&mut args, &record)?;
-        event_arguments(&mut args, &event)?;
-        let steps = format!(
-            "ended AS ({upsert} RETURNING 1),",
-            upsert = session_upsert(&format!("VALUES ({SESSION_PARAMETERS})")),
-        );
-        // The events' parameters follow the session's fourteen; the children ride on the
-        // event's row.
+        let args = session_and_event_arguments(&record, &event)?;
+        // The children ride on the event's row.
         let sql = format!(
             "{}, ARRAY(SELECT id FROM pc_sessions WHERE parent = $1 AND live)",
-            events_insert(&steps, 15, "ended, ")
+            session_and_events("", &format!("VALUES ({SESSION_PARAMETERS})"))
         );
         let rows: Vec<(i64, Vec<String>)> = sqlx::query_as_with(sqlx::AssertSqlSafe(sql), args)
             .fetch_all(&mut *conn)
@@ -787,21 +795,15 @@ impl SessionStore for PostgresStore {
         let version = i64::try_from(version)
             .map_err(|_| StoreError::Corrupt(format!("session version {version}")))?;
         let events = vec![event];
-        let mut args = PgArguments::default();
-        session_arguments(&mut args, &next)?;
-        event_arguments(&mut args, &events)?;
+        let mut args = session_and_event_arguments(&next, &events)?;
+        // After the session's fourteen parameters and the events' six.
         args.add(version).map_err(encode)?;
-        let steps = format!(
+        let sql = session_and_events(
             "current AS (SELECT id FROM pc_sessions
                          WHERE id = $1 AND live AND (body::jsonb ->> 'version')::bigint = $21
-                         FOR UPDATE),
-             session AS ({upsert} RETURNING 1),",
-            upsert = session_upsert(&format!(
-                "SELECT {SESSION_PARAMETERS} FROM current WHERE true"
-            )),
+                         FOR UPDATE),",
+            &format!("SELECT {SESSION_PARAMETERS} FROM current WHERE true"),
         );
-        // The events' six parameters follow the session's fourteen; the version is last.
-        let sql = events_insert(&steps, 15, "session, ");
         let positions = sqlx::query_scalar_with(sqlx::AssertSqlSafe(sql), args)
             .fetch_all(&self.pool)
             .await
