@@ -753,10 +753,15 @@ impl SessionStore for PostgresStore {
                 write_session(&mut tx, &used).await?;
             }
         }
-        write_session(&mut tx, &session).await?;
-        // The creation's event first, then the evictions it caused.
+        // The session with its creation's event, then the evictions it caused.
         let created = vec![plan::created_event(&session, &insert.actor)];
-        let mut events = append_events(&mut tx, created).await?;
+        let args = session_and_event_arguments(&session, &created)?;
+        let sql = session_and_events("", &format!("VALUES ({SESSION_PARAMETERS})"));
+        let positions = sqlx::query_scalar_with(sqlx::AssertSqlSafe(sql), args)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+        let mut events = placed(created, positions)?;
         let eviction = Ending {
             reason: EndReason::NewDevice,
             at: session.created_at,
