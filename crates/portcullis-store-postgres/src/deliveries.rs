@@ -103,7 +103,7 @@ impl PostgresDeliveryStore {
         session: &SessionId,
         next: impl FnOnce(&LogoutDelivery) -> Option<LogoutDelivery>,
     ) -> Result<Option<LogoutDelivery>, StoreError> {
-        let mut tx = crate::begin(&self.pool).await.map_err(unavailable)?;
+        let mut tx = self.pool.begin().await.map_err(unavailable)?;
         let sql = format!("SELECT {COLUMNS} FROM pc_deliveries WHERE session = $1 FOR UPDATE");
         let row = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(session.as_str())

@@ -169,7 +169,7 @@ impl IdentityStore for PostgresIdentityStore {
         keep_one: bool,
     ) -> ProviderFuture<'a, Unlinked> {
         Box::pin(async move {
-            let mut tx = crate::begin(&self.pool).await.map_err(unavailable)?;
+            let mut tx = self.pool.begin().await.map_err(unavailable)?;
             // Its own statement: the count below must take its snapshot after the lock is
             // granted, to see what the unlink before it left.
             sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, $2))")

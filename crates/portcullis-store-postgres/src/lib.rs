@@ -339,7 +339,8 @@ impl PostgresStore {
     /// A session that needs nothing read first (no limit, parent or tombstone): the subject's
     /// lock, the session's row and its event in one statement, committed on its own: one round
     /// trip instead of five. That is safe only because no pooled connection is ever left inside
-    /// a transaction ([`begin`]).
+    /// a transaction: sqlx 0.9.1 rolls back a transaction whose caller was cancelled while
+    /// `BEGIN` was on the wire (0.9.0 did not; `tests/cancellation.rs`).
     async fn insert_alone(&self, insert: Insert) -> Result<Inserted, StoreError> {
         let session = insert.session;
         let events = vec![plan::created_event(&session, &insert.actor)];
@@ -366,24 +367,7 @@ impl PostgresStore {
     }
 
     async fn begin(&self) -> Result<Transaction<'static, Postgres>, StoreError> {
-        begin(&self.pool).await.map_err(unavailable)
-    }
-}
-
-/// Begins a transaction on a task of its own, so that a caller cancelled while `BEGIN` is on
-/// the wire cannot return its connection to the pool inside that transaction. sqlx 0.9 queues
-/// the `ROLLBACK` of a transaction dropped mid-`BEGIN` only once `BEGIN` has answered, which
-/// a cancelled caller never sees; on such a connection every later statement would be
-/// acknowledged without being committed, and lost when the connection closes or rolls back.
-/// Here the task sees `BEGIN` answer whatever becomes of its caller, and the transaction it
-/// then drops is rolled back before its connection goes back.
-async fn begin(pool: &PgPool) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
-    let pool = pool.clone();
-    match tokio::spawn(async move { pool.begin().await }).await {
-        Ok(begun) => begun,
-        Err(stopped) if stopped.is_panic() => std::panic::resume_unwind(stopped.into_panic()),
-        // Only the runtime's shutdown cancels the task.
-        Err(_) => Err(sqlx::Error::PoolClosed),
+        self.pool.begin().await.map_err(unavailable)
     }
 }
 

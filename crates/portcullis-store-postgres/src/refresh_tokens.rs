@@ -175,7 +175,7 @@ impl RefreshTokenStore for PostgresRefreshTokenStore {
         sealed_successor: String,
     ) -> ProviderFuture<'a, Rotation> {
         Box::pin(async move {
-            let mut tx = crate::begin(&self.pool).await.map_err(unavailable)?;
+            let mut tx = self.pool.begin().await.map_err(unavailable)?;
             // The stored token's family lock first, then its row, in the order an ending takes
             // them, so a rotation and an ending never wait for each other in a cycle.
             let known = sqlx::query(
@@ -236,7 +236,7 @@ impl RefreshTokenStore for PostgresRefreshTokenStore {
 
     fn end_refresh_family<'a>(&'a self, family: &'a SessionId) -> ProviderFuture<'a, u64> {
         Box::pin(async move {
-            let mut tx = crate::begin(&self.pool).await.map_err(unavailable)?;
+            let mut tx = self.pool.begin().await.map_err(unavailable)?;
             sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, $2))")
                 .bind(family.as_str())
                 .bind(FAMILY_LOCK_SEED)

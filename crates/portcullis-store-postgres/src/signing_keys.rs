@@ -105,7 +105,7 @@ impl SigningKeyStore for PostgresSigningKeyStore {
                 let mut conn = self.pool.acquire().await.map_err(unavailable)?;
                 return insert(&mut conn, &row).await;
             };
-            let mut tx = crate::begin(&self.pool).await.map_err(unavailable)?;
+            let mut tx = self.pool.begin().await.map_err(unavailable)?;
             let retired = sqlx::query(
                 "UPDATE pc_signing_keys SET retired_at = $3
                  WHERE kid = $1 AND alg = $2 AND retired_at IS NULL",

@@ -105,7 +105,7 @@ impl ThrottleStore for PostgresThrottleStore {
         now: Timestamp,
     ) -> ThrottleFuture<'a, Verdict> {
         Box::pin(async move {
-            let mut tx = crate::begin(&self.pool).await.map_err(unavailable)?;
+            let mut tx = self.pool.begin().await.map_err(unavailable)?;
             let placeholder = ThrottleRow::PLACEHOLDER;
             // Waits for a concurrent first attempt's insert to commit, so the lock below
             // always finds a row.
@@ -150,7 +150,7 @@ impl ThrottleStore for PostgresThrottleStore {
 
     fn refund<'a>(&'a self, key: &'a str) -> ThrottleFuture<'a, ()> {
         Box::pin(async move {
-            let mut tx = crate::begin(&self.pool).await.map_err(unavailable)?;
+            let mut tx = self.pool.begin().await.map_err(unavailable)?;
             if let Some(row) = lock_row(&mut tx, key).await? {
                 let refunded = row.strikes()?.refund();
                 // `expires_at` stays: the refunded record expires no later (its block is gone),
