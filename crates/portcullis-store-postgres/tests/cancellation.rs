@@ -5,6 +5,8 @@
 //! The store reaches PostgreSQL through a proxy in this test that can hold the server's answer
 //! to a `BEGIN`, so the cancellation lands exactly while `BEGIN` waits for it.
 
+mod common;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::atomic::{AtomicU32, Ordering as Counter};
@@ -92,8 +94,7 @@ impl Proxy {
 /// the cancelled `BEGIN` was sent on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_change_acknowledged_after_a_cancelled_begin_is_committed() {
-    let url = std::env::var("PORTCULLIS_TEST_POSTGRES")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+    let url = common::shared_server_url();
     let server: PgConnectOptions = url.parse().unwrap();
     let proxy = Proxy::start(format!("{}:{}", server.get_host(), server.get_port())).await;
     let schema = format!(

@@ -1,6 +1,8 @@
 //! The conformance suite against PostgreSQL on loopback, each case in its own schema.
 //! `PORTCULLIS_TEST_POSTGRES` overrides the server (default: the machine's, trust auth).
 
+mod common;
+
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use portcullis_store_postgres::PostgresStore;
@@ -36,8 +38,7 @@ async fn clean_old_schemas(url: &str) {
 }
 
 async fn fresh() -> PostgresStore {
-    let url = std::env::var("PORTCULLIS_TEST_POSTGRES")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+    let url = common::shared_server_url();
     CLEANED.get_or_init(|| clean_old_schemas(&url)).await;
     let schema = format!(
         "pc_test_{}_{}",

@@ -2,6 +2,8 @@
 //! in the pool: sqlx no longer pings a connection used within the last second as it hands it
 //! out, so the request that meets it fails, closed, and the pool opens another.
 
+mod common;
+
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use portcullis_core::{SessionStore, StoreError};
@@ -12,8 +14,7 @@ static NEXT: AtomicU32 = AtomicU32::new(0);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_the_server_ended_fails_one_request_closed_and_is_replaced() {
-    let url = std::env::var("PORTCULLIS_TEST_POSTGRES")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+    let url = common::shared_server_url();
     let name = format!(
         "pc_test_{}_dropped_{}",
         std::process::id(),

@@ -2,6 +2,8 @@
 //! it holds belongs to its application, `app_legacy`), and the release before the OpenID
 //! Connect provider (its applications are not clients).
 
+mod common;
+
 use std::path::Path;
 use std::str::FromStr;
 use std::sync::Arc;
@@ -34,16 +36,11 @@ fn without_application(mut json: serde_json::Value) -> String {
     json.to_string()
 }
 
-fn url() -> String {
-    std::env::var("PORTCULLIS_TEST_POSTGRES")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
-}
-
 /// An empty schema `pc_test_<pid>_<name>`: named like the conformance schemas, so a later run
 /// drops it once this process is gone.
 async fn empty_schema(name: &str) -> (String, PgConnectOptions) {
     let schema = format!("pc_test_{}_{name}", std::process::id());
-    let options = PgConnectOptions::from_str(&url()).unwrap();
+    let options = PgConnectOptions::from_str(&common::shared_server_url()).unwrap();
     let admin = PgPoolOptions::new()
         .max_connections(1)
         .connect_with(options.clone())
@@ -139,7 +136,9 @@ async fn a_previous_release_schema_migrates_and_its_data_is_the_legacy_applicati
         pool.close().await;
     }
 
-    let store = PostgresStore::connect(&url(), Some(&schema)).await.unwrap();
+    let store = PostgresStore::connect(&common::shared_server_url(), Some(&schema))
+        .await
+        .unwrap();
     let found = store
         .find_by_token(&token.routed_hash())
         .await
@@ -220,7 +219,9 @@ async fn applications_of_the_release_before_the_provider_are_no_clients_and_can_
         pool.close().await;
     }
 
-    let store = PostgresStore::connect(&url(), Some(&schema)).await.unwrap();
+    let store = PostgresStore::connect(&common::shared_server_url(), Some(&schema))
+        .await
+        .unwrap();
     assert_eq!(
         store.find_application(&app.id).await.unwrap(),
         Some(app.clone()),
