@@ -10,6 +10,7 @@ use crate::application::{
     is_reserved_policy, legacy_app,
 };
 use crate::event::{Actor, AuditEvent, AuditSink, EventKind, EventQuery, NoAuditSink};
+use crate::oidc::SigningAlg;
 use crate::policy::{Binding, Policy, PolicySet};
 use crate::random::RandomSource;
 use crate::session::{AuthContext, Deadline, Device, Elevation, EndReason, Session};
@@ -165,6 +166,9 @@ pub struct NewSession {
     /// Where to tell the application when the session ends (its OpenID Connect back-channel
     /// logout URI): the provider gives it for the sessions of clients that registered one.
     pub back_channel_logout_uri: Option<String>,
+    /// The algorithm the client's ID tokens are signed with, kept with the URI (see
+    /// [`Session::back_channel_logout_alg`]).
+    pub back_channel_logout_alg: Option<SigningAlg>,
     /// A time the session ends by, whatever its policy allows, and the rule that sets it (an
     /// SSO session an upstream provider vouches for ends when the upstream's ID token does).
     pub ends_by: Option<(Timestamp, String)>,
@@ -537,6 +541,7 @@ impl<S: Store> Engine<S> {
             parent: request.parent.clone(),
             reconstituted_from: None,
             back_channel_logout_uri: request.back_channel_logout_uri,
+            back_channel_logout_alg: request.back_channel_logout_alg,
             ended: None,
         };
         let limit = (policy.max_sessions.value > 0).then_some(SessionLimit {

@@ -17,7 +17,8 @@
 //! before applications), rule texts without their `policy <name>: ` opening (the policy is in
 //! the record), the creation time and absolute lifetime as small differences from the absolute
 //! deadline instead of 8 bytes and a 4-byte varint, and, after the application, the
-//! back-channel logout URI of an OpenID Connect client's session. A plain session of an application (as the
+//! back-channel logout URI of an OpenID Connect client's session, then a byte for the algorithm its
+//! client's ID tokens were signed with. A plain session of an application (as the
 //! scale benchmark writes them) must stay within 124 bytes, so that Redis keeps it in a
 //! 128-byte allocation (sds header and terminator: 4 bytes): one byte more costs 32 (the next
 //! jemalloc size is 160).
@@ -35,6 +36,7 @@
 //! | 34 | 8 | absolute deadline (ms) |
 
 use crate::application::{AppId, LEGACY_APP, legacy_app};
+use crate::oidc::SigningAlg;
 use crate::session::{AuthContext, Deadline, Device, Elevation, Ended, Session};
 use crate::store::StoreError;
 use crate::stored::{StoredElevation, StoredEnded};
@@ -70,6 +72,27 @@ const ABSOLUTE_RULE_OF_POLICY: u16 = 1 << 11;
 const TIMES_FROM_DEADLINE: u16 = 1 << 12;
 /// The back-channel logout URI of the session's client, after the application.
 const BACK_CHANNEL_LOGOUT_URI: u16 = 1 << 13;
+/// The algorithm of the client's ID tokens, a byte after the back-channel logout URI.
+const BACK_CHANNEL_LOGOUT_ALG: u16 = 1 << 14;
+
+/// The byte the back-channel logout algorithm is written as.
+fn alg_byte(alg: SigningAlg) -> u8 {
+    match alg {
+        SigningAlg::Es256 => 0,
+        SigningAlg::EdDsa => 1,
+        SigningAlg::Rs256 => 2,
+    }
+}
+
+/// The algorithm written as `byte`.
+fn alg_of_byte(byte: u8) -> Result<SigningAlg, StoreError> {
+    match byte {
+        0 => Ok(SigningAlg::Es256),
+        1 => Ok(SigningAlg::EdDsa),
+        2 => Ok(SigningAlg::Rs256),
+        _ => Err(corrupt("back-channel logout algorithm")),
+    }
+}
 
 /// How a session id is written: as text, or as the route and 16 random bytes of `ses_<route>…`.
 const ID_TEXT: u8 = 0;
@@ -434,6 +457,10 @@ pub fn encode(session: &Session) -> Result<Vec<u8>, StoreError> {
             session.back_channel_logout_uri.is_some(),
             BACK_CHANNEL_LOGOUT_URI,
         ),
+        (
+            session.back_channel_logout_alg.is_some(),
+            BACK_CHANNEL_LOGOUT_ALG,
+        ),
     ]
     .iter()
     .filter(|(present, _)| *present)
@@ -484,6 +511,9 @@ pub fn encode(session: &Session) -> Result<Vec<u8>, StoreError> {
     }
     if let Some(uri) = &session.back_channel_logout_uri {
         w.str(uri);
+    }
+    if let Some(alg) = session.back_channel_logout_alg {
+        w.0.push(alg_byte(alg));
     }
     Ok(w.0)
 }
@@ -538,6 +568,7 @@ pub fn decode(token_hash: TokenHash, bytes: &[u8]) -> Result<Session, StoreError
         parent: body.parent,
         reconstituted_from: body.reconstituted_from,
         back_channel_logout_uri: body.back_channel_logout_uri,
+        back_channel_logout_alg: body.back_channel_logout_alg,
         ended: body.ended,
     })
 }
@@ -559,6 +590,7 @@ struct Body {
     parent: Option<PublicId>,
     reconstituted_from: Option<PublicId>,
     back_channel_logout_uri: Option<String>,
+    back_channel_logout_alg: Option<SigningAlg>,
     elevations: Vec<Elevation>,
     data: serde_json::Value,
     ended: Option<Ended>,
@@ -639,6 +671,7 @@ struct RawBody<'a> {
     ended: Option<&'a [u8]>,
     application: RawApp<'a>,
     back_channel_logout_uri: Option<&'a str>,
+    back_channel_logout_alg: Option<SigningAlg>,
 }
 
 impl<'a> RawBody<'a> {
@@ -692,6 +725,9 @@ impl<'a> RawBody<'a> {
                 RawApp::Legacy
             },
             back_channel_logout_uri: has(BACK_CHANNEL_LOGOUT_URI).then(|| r.str()).transpose()?,
+            back_channel_logout_alg: has(BACK_CHANNEL_LOGOUT_ALG)
+                .then(|| alg_of_byte(r.byte()?))
+                .transpose()?,
         };
         if !r.0.is_empty() {
             return Err(corrupt("trailing bytes"));
@@ -741,6 +777,7 @@ fn body(r: &mut Reader<'_>, absolute_at: i64) -> Result<Body, StoreError> {
         parent: raw.parent.map(RawId::to_id),
         reconstituted_from: raw.reconstituted_from.map(RawId::to_id),
         back_channel_logout_uri: raw.back_channel_logout_uri.map(str::to_owned),
+        back_channel_logout_alg: raw.back_channel_logout_alg,
         elevations: raw
             .elevations
             .map(from_json)
@@ -849,6 +886,7 @@ fn body_v1(r: &mut Reader<'_>) -> Result<Body, StoreError> {
         parent,
         reconstituted_from,
         back_channel_logout_uri: None,
+        back_channel_logout_alg: None,
         elevations,
         data,
         ended,
@@ -894,6 +932,7 @@ mod tests {
             parent: None,
             reconstituted_from: None,
             back_channel_logout_uri: None,
+            back_channel_logout_alg: None,
             ended: None,
         }
     }
@@ -1182,6 +1221,7 @@ mod tests {
         full.parent = Some(PublicId::from_string("ses_parent".into()));
         full.reconstituted_from = Some(PublicId::from_string("ses_old".into()));
         full.back_channel_logout_uri = Some("https://rp.example/logout?x=1".into());
+        full.back_channel_logout_alg = Some(SigningAlg::Rs256);
         full.elevations = vec![Elevation {
             id: PublicId::from_string("elv_1".into()),
             scope: "payments".into(),
@@ -1200,6 +1240,18 @@ mod tests {
         let bytes = encode(&full).unwrap();
         assert_eq!(decode(full.token_hash, &bytes).unwrap(), full);
         assert_eq!(bytes[1], 0, "ended");
+
+        for alg in [SigningAlg::Es256, SigningAlg::EdDsa] {
+            full.back_channel_logout_alg = Some(alg);
+            let bytes = encode(&full).unwrap();
+            assert_eq!(decode(full.token_hash, &bytes).unwrap(), full);
+        }
+        let mut unknown = encode(&full).unwrap();
+        *unknown.last_mut().unwrap() = 3;
+        assert!(matches!(
+            decode(full.token_hash, &unknown),
+            Err(StoreError::Corrupt(_))
+        ));
     }
 
     #[test]
@@ -1215,6 +1267,7 @@ mod tests {
         child.application = PublicId::generate("app_", &random);
         child.data = serde_json::json!({"cart": [1]});
         child.back_channel_logout_uri = Some("https://rp.example/logout".into());
+        child.back_channel_logout_alg = Some(SigningAlg::EdDsa);
         shapes.push(child);
         let mut texts = session();
         texts.parent = Some(PublicId::from_string("ses_parent".into()));

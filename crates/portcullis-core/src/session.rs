@@ -5,6 +5,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::application::AppId;
+use crate::oidc::SigningAlg;
 use crate::time::Timestamp;
 use crate::token::{PublicId, SessionId, TokenHash};
 
@@ -225,6 +226,11 @@ pub struct Session {
     /// still reaches it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub back_channel_logout_uri: Option<String>,
+    /// The algorithm its client's ID tokens were signed with when the session was created,
+    /// kept with [`Self::back_channel_logout_uri`]: a removed client's logout token is signed
+    /// with it, as the client verifies its tokens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub back_channel_logout_alg: Option<SigningAlg>,
     /// Set once the session has ended.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ended: Option<Ended>,

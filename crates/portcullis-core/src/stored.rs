@@ -51,6 +51,15 @@ fn from_json<T: serde::de::DeserializeOwned>(json: &str) -> Result<T, StoreError
     serde_json::from_str(json).map_err(|e| StoreError::Corrupt(e.to_string()))
 }
 
+/// The signing algorithm a stored field names, if it names one.
+fn opt_alg(name: Option<String>) -> Result<Option<SigningAlg>, StoreError> {
+    name.map(|name| {
+        SigningAlg::parse(&name)
+            .ok_or_else(|| StoreError::Corrupt(format!("signing algorithm {name:?}")))
+    })
+    .transpose()
+}
+
 fn hash(what: &str, hex: &str) -> Result<TokenHash, StoreError> {
     TokenHash::from_hex(hex).ok_or_else(|| StoreError::Corrupt(format!("{what}: bad token hash")))
 }
@@ -103,6 +112,9 @@ pub struct StoredSession {
     /// Where its client is told when it ends (back-channel logout).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub back_channel_logout_uri: Option<String>,
+    /// The algorithm its client's ID tokens were signed with (`ES256`, `EdDSA`, `RS256`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub back_channel_logout_alg: Option<String>,
     /// The ending; left out while the session is live.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ended: Option<StoredEnded>,
@@ -379,6 +391,9 @@ impl From<&Session> for StoredSession {
                 .as_ref()
                 .map(|id| id.as_str().to_owned()),
             back_channel_logout_uri: session.back_channel_logout_uri.clone(),
+            back_channel_logout_alg: session
+                .back_channel_logout_alg
+                .map(|alg| alg.as_str().to_owned()),
             ended: session.ended.as_ref().map(Into::into),
         }
     }
@@ -387,7 +402,7 @@ impl From<&Session> for StoredSession {
 impl TryFrom<StoredSession> for Session {
     type Error = StoreError;
 
-    /// Fails only on a token hash that is not 64 hex digits.
+    /// Fails only on a token hash that is not 64 hex digits, or an algorithm it does not know.
     fn try_from(stored: StoredSession) -> Result<Self, StoreError> {
         Ok(Self {
             token_hash: hash("session", &stored.token_hash)?,
@@ -409,6 +424,7 @@ impl TryFrom<StoredSession> for Session {
             parent: opt_id(stored.parent),
             reconstituted_from: opt_id(stored.reconstituted_from),
             back_channel_logout_uri: stored.back_channel_logout_uri,
+            back_channel_logout_alg: opt_alg(stored.back_channel_logout_alg)?,
             ended: stored.ended.map(Into::into),
         })
     }
@@ -663,13 +679,7 @@ impl StoredClient {
             scopes: stored.scopes.into_iter().collect(),
             grant_types,
             require_consent: stored.require_consent,
-            id_token_signed_response_alg: stored
-                .id_token_signed_response_alg
-                .map(|name| {
-                    SigningAlg::parse(&name)
-                        .ok_or_else(|| StoreError::Corrupt(format!("signing algorithm {name:?}")))
-                })
-                .transpose()?,
+            id_token_signed_response_alg: opt_alg(stored.id_token_signed_response_alg)?,
             upstream: stored.upstream,
         })
     }
@@ -701,6 +711,8 @@ pub struct DeliveryRow {
     pub last_error: Option<String>,
     /// The client's back-channel logout URI when the session was created.
     pub uri: String,
+    /// The algorithm its ID tokens were signed with then.
+    pub alg: Option<String>,
 }
 
 impl DeliveryRow {
@@ -718,6 +730,7 @@ impl DeliveryRow {
             next_attempt_at: d.next_attempt_at.as_millis(),
             last_error: d.last_error.clone(),
             uri: d.uri.clone(),
+            alg: d.alg.map(|alg| alg.as_str().to_owned()),
         }
     }
 
@@ -736,6 +749,7 @@ impl DeliveryRow {
             next_attempt_at: at(self.next_attempt_at),
             last_error: self.last_error,
             uri: self.uri,
+            alg: opt_alg(self.alg)?,
             session: id(self.session),
         })
     }
@@ -769,6 +783,9 @@ pub struct StoredDelivery {
     pub last_error: Option<String>,
     /// The client's back-channel logout URI when the session was created.
     pub uri: String,
+    /// The algorithm its ID tokens were signed with then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alg: Option<String>,
 }
 
 impl StoredDelivery {
@@ -786,6 +803,7 @@ impl StoredDelivery {
             next_attempt_at: delivery.next_attempt_at.as_millis(),
             last_error: delivery.last_error.clone(),
             uri: delivery.uri.clone(),
+            alg: delivery.alg.map(|alg| alg.as_str().to_owned()),
         })
     }
 
@@ -805,6 +823,7 @@ impl StoredDelivery {
             next_attempt_at: at(stored.next_attempt_at),
             last_error: stored.last_error,
             uri: stored.uri,
+            alg: opt_alg(stored.alg)?,
         })
     }
 }
@@ -990,6 +1009,7 @@ mod tests {
             parent: Some(PublicId::from_string("ses_parent".into())),
             reconstituted_from: Some(PublicId::from_string("ses_old".into())),
             back_channel_logout_uri: Some("https://rp.example/bcl".into()),
+            back_channel_logout_alg: Some(SigningAlg::Rs256),
             ended: Some(Ended {
                 reason: EndReason::ExpiredIdle,
                 at: t(900_005),
@@ -1028,6 +1048,7 @@ mod tests {
             parent: None,
             reconstituted_from: None,
             back_channel_logout_uri: None,
+            back_channel_logout_alg: None,
             ended: None,
         }
     }
@@ -1091,7 +1112,7 @@ mod tests {
             .unwrap()
     }
 
-    const FULL_SESSION: &str = r#"{"id":"ses_a3xyz","token_hash":"abababababababababababababababababababababababababababababababab","version":7,"subject":"usr_ü\"x","application":"portcullis","policy":"portcullis.sso","created_at":1796197682469,"last_seen_at":1796197682474,"authenticated_at":1796197682472,"remember_me":true,"auth":{"methods":["pwd","otp"],"level":2},"elevations":[{"id":"elv_1","scope":"payments","methods":["otp"],"level":2,"at":1796197682473,"expires_at":1796198282469}],"device":{"user_agent":"Mozilla/5.0","ip":"192.0.2.1"},"data":{"cart":[1,2],"note":"é"},"idle":{"at":1796198582474,"lifetime_ms":900000,"rule":"policy portcullis.sso: idle 15m (built-in default)"},"absolute":{"at":1796240882469,"lifetime_ms":43200000,"rule":"policy portcullis.sso: absolute 12h (configured)"},"parent":"ses_parent","reconstituted_from":"ses_old","back_channel_logout_uri":"https://rp.example/bcl","ended":{"reason":"expired_idle","at":1796198582474,"reconstitute_until":1796198682469,"reconstituted_into":"ses_new","purge_at":1796199682469}}"#;
+    const FULL_SESSION: &str = r#"{"id":"ses_a3xyz","token_hash":"abababababababababababababababababababababababababababababababab","version":7,"subject":"usr_ü\"x","application":"portcullis","policy":"portcullis.sso","created_at":1796197682469,"last_seen_at":1796197682474,"authenticated_at":1796197682472,"remember_me":true,"auth":{"methods":["pwd","otp"],"level":2},"elevations":[{"id":"elv_1","scope":"payments","methods":["otp"],"level":2,"at":1796197682473,"expires_at":1796198282469}],"device":{"user_agent":"Mozilla/5.0","ip":"192.0.2.1"},"data":{"cart":[1,2],"note":"é"},"idle":{"at":1796198582474,"lifetime_ms":900000,"rule":"policy portcullis.sso: idle 15m (built-in default)"},"absolute":{"at":1796240882469,"lifetime_ms":43200000,"rule":"policy portcullis.sso: absolute 12h (configured)"},"parent":"ses_parent","reconstituted_from":"ses_old","back_channel_logout_uri":"https://rp.example/bcl","back_channel_logout_alg":"RS256","ended":{"reason":"expired_idle","at":1796198582474,"reconstitute_until":1796198682469,"reconstituted_into":"ses_new","purge_at":1796199682469}}"#;
     const MINIMAL_SESSION: &str = r#"{"id":"ses_min","token_hash":"0101010101010101010101010101010101010101010101010101010101010101","version":1,"subject":"u-1","application":"app_shop","policy":"noidle","created_at":1796197682469,"last_seen_at":1796197682469,"authenticated_at":1796197682469,"remember_me":false,"auth":{"methods":[],"level":1},"device":{},"absolute":{"at":1796197683469,"lifetime_ms":1000,"rule":"policy noidle: absolute"}}"#;
     const USER_WITHOUT_TOTP: &str = r#"{"id":"usr_alice","username":"alice","version":3,"password_hash":"$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA","created_at":1796197682469,"password_changed_at":1796197682470}"#;
     const USER_WITH_TOTP: &str = r#"{"id":"usr_alice","username":"alice","version":3,"password_hash":"$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA","disabled":true,"totp":{"secret":"JBSWY3DPEHPK3PXP","last_step":59873256,"enrolled_at":1796197682476},"created_at":1796197682469,"password_changed_at":1796197682470}"#;

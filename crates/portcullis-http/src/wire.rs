@@ -288,6 +288,7 @@ impl From<CreateSessionBody> for NewSession {
             parent: b.parent.map(portcullis_core::PublicId::from_string),
             application: b.application.map(portcullis_core::PublicId::from_string),
             back_channel_logout_uri: None,
+            back_channel_logout_alg: None,
             ends_by: None,
             authenticated_at: None,
         }

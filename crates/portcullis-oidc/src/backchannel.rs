@@ -8,7 +8,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
 
-use portcullis_core::oidc::{Attempt, AttemptOutcome, Client, LogoutDelivery};
+use portcullis_core::oidc::{Attempt, AttemptOutcome, Client, LogoutDelivery, SigningAlg};
 use portcullis_core::{Actor, AuditEvent, EventKind, PublicId, Store, Timestamp};
 use serde_json::json;
 
@@ -142,7 +142,9 @@ impl<S: Store> Provider<S> {
     /// The logout token telling `delivery.client` that the session ended (OIDC-BCL-3 to 8):
     /// `sid` is the SSO session's id, as in the ID tokens; `jti` is the same on every attempt,
     /// so a client can recognise a repeated delivery.
-    /// It is signed as `client`'s ID tokens are (OIDC-BCL-6).
+    /// It is signed as `client`'s ID tokens are (OIDC-BCL-6); without `client` (the application
+    /// was removed), as its ID tokens were when the session was created, while the provider
+    /// still keeps keys for that algorithm.
     pub fn logout_token(
         &self,
         delivery: &LogoutDelivery,
@@ -165,15 +167,23 @@ impl<S: Store> Provider<S> {
                 .to_owned(),
             events: LogoutTokenClaims::logout_event(),
         };
-        Ok(self
-            .keys()
-            .sign(self.id_token_alg(client), LOGOUT_TOKEN_TYPE, &claims)?)
+        Ok(self.keys().sign(
+            self.logout_token_alg(delivery, client),
+            LOGOUT_TOKEN_TYPE,
+            &claims,
+        )?)
+    }
+
+    fn logout_token_alg(&self, delivery: &LogoutDelivery, client: Option<&Client>) -> SigningAlg {
+        match (client, delivery.alg) {
+            (None, Some(alg)) if self.keys().signing_kid(alg).is_some() => alg,
+            _ => self.id_token_alg(client),
+        }
     }
 
     /// Where `delivery` goes, with the client's registration: the back-channel logout URI as
     /// registered now, or, when the application is gone (its removal ended the session), the
-    /// one it had when the session was created (signed then with the provider's first
-    /// algorithm). `None` when the client withdrew its URI.
+    /// one it had when the session was created. `None` when the client withdrew its URI.
     async fn destination(
         &self,
         delivery: &LogoutDelivery,

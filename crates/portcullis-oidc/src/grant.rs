@@ -418,6 +418,11 @@ impl<S: Store> Provider<S> {
                         .client
                         .as_ref()
                         .and_then(|c| c.backchannel_logout_uri.clone()),
+                    back_channel_logout_alg: app
+                        .client
+                        .as_ref()
+                        .filter(|c| c.backchannel_logout_uri.is_some())
+                        .map(|c| self.id_token_alg(Some(c))),
                     ..NewSession::default()
                 },
                 Some(id),

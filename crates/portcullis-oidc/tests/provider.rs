@@ -2555,7 +2555,7 @@ async fn oidc_core_11_an_offline_grant_lives_by_its_own_idle_and_absolute_limits
 }
 
 #[tokio::test]
-async fn oidc_bcl_6_a_client_registered_for_rs256_gets_its_id_and_logout_tokens_signed_so() {
+async fn oidc_bcl_6_an_rs256_client_gets_rs256_id_and_logout_tokens_even_once_removed() {
     let op = Op::signing_with(vec![SigningAlg::Es256, SigningAlg::Rs256]).await;
     let mut client = registration(ClientAuth::None);
     client.id_token_signed_response_alg = Some(SigningAlg::Rs256);
@@ -2602,4 +2602,25 @@ async fn oidc_bcl_6_a_client_registered_for_rs256_gets_its_id_and_logout_tokens_
         "as its ID tokens"
     );
     assert_eq!(op.logout_claims(&posts[0])["aud"], rs.id());
+
+    // Removed, the client keeps no registration; its sessions' endings are still signed as
+    // its ID tokens were.
+    let (_sso, tokens) = op.log_in(&rs).await;
+    let removed = op.client_session(&tokens).await;
+    op.engine
+        .remove_application(rs.id(), &Actor::cli())
+        .await
+        .unwrap();
+    assert_eq!(op.deliver(&sender).await.delivered, 1);
+    let post = sender.posts().pop().unwrap();
+    assert_eq!(
+        op.delivery_of(&removed).await.unwrap().reason,
+        EndReason::AppRemoved
+    );
+    assert_eq!(
+        alg_of(&post.logout_token),
+        Algorithm::RS256,
+        "as its ID tokens were"
+    );
+    assert_eq!(op.logout_claims(&post)["aud"], rs.id());
 }

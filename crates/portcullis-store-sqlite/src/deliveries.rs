@@ -15,7 +15,7 @@ use crate::unavailable;
 
 /// The columns of `oidc_deliveries`, in [`DeliveryRow`]'s order.
 const COLUMNS: &str = "session, sso_session, subject, client, reason, ended_at, state, attempts,
-    next_attempt_at, last_error, uri";
+    next_attempt_at, last_error, uri, alg";
 
 /// The back-channel logout deliveries of the embedded store (see
 /// [`crate::SqliteJournal::deliveries`]).
@@ -44,6 +44,7 @@ fn read_row(row: &SqliteRow) -> Result<DeliveryRow, sqlx::Error> {
         next_attempt_at: row.try_get(8)?,
         last_error: row.try_get(9)?,
         uri: row.try_get(10)?,
+        alg: row.try_get(11)?,
     })
 }
 
@@ -63,8 +64,8 @@ pub(crate) async fn insert_new(
         conn,
         &row,
         "INSERT INTO oidc_deliveries (session, sso_session, subject, client, reason, ended_at,
-           state, attempts, next_attempt_at, last_error, uri)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
+           state, attempts, next_attempt_at, last_error, uri, alg)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
          ON CONFLICT (session) DO NOTHING",
     )
     .await
@@ -87,6 +88,7 @@ async fn write(
         .bind(row.next_attempt_at)
         .bind(&row.last_error)
         .bind(&row.uri)
+        .bind(&row.alg)
         .execute(&mut *conn)
         .await
         .map_err(unavailable)?;
@@ -95,7 +97,7 @@ async fn write(
 
 const REPLACE: &str = "UPDATE oidc_deliveries SET sso_session = ?2, subject = ?3, client = ?4,
     reason = ?5, ended_at = ?6, state = ?7, attempts = ?8, next_attempt_at = ?9, last_error = ?10,
-    uri = ?11 WHERE session = ?1";
+    uri = ?11, alg = ?12 WHERE session = ?1";
 
 impl SqliteDeliveryStore {
     /// Changes the delivery of `session` to what `next` makes of it, in one `BEGIN IMMEDIATE`

@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use portcullis_core::oidc::{
     Attempt, AttemptOutcome, DeliveryQuery, DeliveryState, LogoutDelivery, LogoutDeliveryStore,
+    SigningAlg,
 };
 use portcullis_core::{
     Actor, AppId, EndReason, Ending, PublicId, SeededRandom, Session, SessionLimit, SessionStore,
@@ -67,6 +68,7 @@ async fn live<S: SessionStore>(
     let random = SeededRandom::new(SEED.fetch_add(1, Ordering::Relaxed));
     let (_, mut session) = session_of(subject, client, at, &random);
     session.back_channel_logout_uri = marked.then(|| format!("https://rp.example/{client}/bcl"));
+    session.back_channel_logout_alg = marked.then_some(SigningAlg::Rs256);
     session.parent = parent.map(|p| p.id.clone());
     Arc::unwrap_or_clone(store.insert(plain_insert(session)).await.unwrap().session)
 }
@@ -131,6 +133,7 @@ pub async fn oidc_bcl_every_ending_of_a_marked_session_writes_one_delivery<S: Se
             next_attempt_at: later,
             last_error: None,
             uri: format!("https://rp.example/{client}/bcl"),
+            alg: Some(SigningAlg::Rs256),
         }],
         "the marked child's ending wrote its delivery"
     );

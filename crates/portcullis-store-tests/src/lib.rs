@@ -108,6 +108,7 @@ pub fn session_of(
         parent: None,
         reconstituted_from: None,
         back_channel_logout_uri: None,
+        back_channel_logout_alg: None,
         ended: None,
     };
     (token, session)

@@ -105,6 +105,7 @@ fn session(i: usize, at: portcullis_core::Timestamp, random: &SeededRandom) -> (
         parent: None,
         reconstituted_from: None,
         back_channel_logout_uri: None,
+        back_channel_logout_alg: None,
         ended: None,
     };
     (token, session)

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 
-use super::ProviderFuture;
+use super::{ProviderFuture, SigningAlg};
 use crate::application::AppId;
 use crate::session::{EndReason, Session};
 use crate::time::Timestamp;
@@ -83,6 +83,9 @@ pub struct LogoutDelivery {
     /// The client's back-channel logout URI when the session was created: used when the
     /// client is gone by the time of delivery (its removal ended the session).
     pub uri: String,
+    /// The algorithm the client's ID tokens were signed with when the session was created:
+    /// its logout token's, when the client is gone by the time of delivery.
+    pub alg: Option<SigningAlg>,
 }
 
 impl LogoutDelivery {
@@ -103,6 +106,7 @@ impl LogoutDelivery {
             next_attempt_at: ended.at,
             last_error: None,
             uri,
+            alg: session.back_channel_logout_alg,
         })
     }
 

@@ -8,14 +8,19 @@ use super::ProviderFuture;
 use crate::time::Timestamp;
 
 /// A JWS algorithm Portcullis signs with.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 pub enum SigningAlg {
     /// ECDSA P-256 with SHA-256, the default.
+    #[serde(rename = "ES256")]
     Es256,
     /// Ed25519.
+    #[serde(rename = "EdDSA")]
     EdDsa,
     /// RSASSA-PKCS1-v1_5 with SHA-256 and a 2048-bit key, for clients that verify nothing
     /// else.
+    #[serde(rename = "RS256")]
     Rs256,
 }
 

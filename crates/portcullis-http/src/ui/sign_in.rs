@@ -361,6 +361,7 @@ pub(super) async fn start_sso_session<S: Store>(
                 parent: None,
                 application: None,
                 back_channel_logout_uri: None,
+                back_channel_logout_alg: None,
                 ends_by: start.ends_by,
                 authenticated_at: start.authenticated_at,
             },
