@@ -14,9 +14,11 @@
 //!   the journal writes leave together in its next transaction. A change is acknowledged only
 //!   once durable, and what memory shows early is never handed out (a token made by a change is
 //!   returned only with its acknowledgement). When a queued change fails, the journal fails
-//!   every change queued after it (each was planned on top of it), and the next change reloads
-//!   memory from what is durable ([`Journal::reload`]) before it is planned: memory never stays
-//!   ahead of the journal.
+//!   every change queued after it (each was planned on top of it), and the next change sets
+//!   memory back to what is durable ([`Journal::recover`]) before it is planned: memory never
+//!   stays ahead of the journal. Only what those changes held is read again, one session at a
+//!   time, so the other sessions go on being answered while it is (a store of ten million
+//!   sessions read again whole would answer none of them for half a minute, and hold them twice).
 //!
 //! Touches do not take the writer lock; they are queued and written by [`SessionStore::flush`].
 
@@ -93,6 +95,20 @@ pub struct Snapshot {
     pub last_seq: u64,
 }
 
+/// What memory is set back to after queued changes failed ([`Journal::recover`]).
+#[derive(Debug, Default)]
+pub struct Recovery {
+    /// Every session a failed (or refused) change wrote or purged, as it is durable now; `None`
+    /// for one the journal does not hold.
+    pub sessions: Vec<(SessionId, Option<Session>)>,
+    /// All API keys.
+    pub api_keys: Vec<ApiKey>,
+    /// All applications.
+    pub applications: Vec<Application>,
+    /// The position of the last event written.
+    pub last_seq: u64,
+}
+
 /// Durable storage behind a [`CachedStore`].
 pub trait Journal: Send + Sync + 'static {
     /// Persists `change` atomically; when it returns `Ok`, the change survives a crash.
@@ -113,17 +129,18 @@ pub trait Journal: Send + Sync + 'static {
     /// Queues `change` behind every change queued before it, at once (not when the answer is
     /// awaited), and answers with what says when it is durable; `None` for a journal without a
     /// queue, whose [`Journal::commit`] the cache awaits under its lock instead. A journal that
-    /// queues fails every change queued after a failed one until [`Journal::reload`].
+    /// queues fails every change queued after a failed one until [`Journal::recover`].
     fn enqueue(&self, _change: Change) -> Option<CommitTicket> {
         None
     }
 
-    /// Everything durable, read again after a queued change failed; the journal queues again
-    /// from then on. Only journals that queue are asked.
-    fn reload(&self) -> impl Future<Output = Result<Snapshot, StoreError>> + Send {
+    /// After a queued change failed: once every change queued before this call is answered,
+    /// what the failed and refused ones held, read again as it is durable; the journal takes
+    /// changes again from then on. Only journals that queue are asked.
+    fn recover(&self) -> impl Future<Output = Result<Recovery, StoreError>> + Send {
         async {
             Err(StoreError::Unavailable(
-                "this journal keeps nothing to reload".into(),
+                "this journal keeps nothing to recover".into(),
             ))
         }
     }
@@ -383,7 +400,7 @@ pub struct CachedStore<J> {
     api_keys: RwLock<HashMap<TokenHash, ApiKey, GeneratedTokens>>,
     applications: RwLock<HashMap<AppId, Application>>,
     writer: tokio::sync::Mutex<WriterState>,
-    /// A queued change failed: memory may be ahead of the journal until it is reloaded.
+    /// A queued change failed: memory may be ahead of the journal until it is recovered.
     stale: std::sync::atomic::AtomicBool,
 }
 
@@ -464,21 +481,6 @@ impl<J: Journal> CachedStore<J> {
             state,
             deadlines: Vec::new(),
         })
-    }
-
-    fn restore_into(
-        &self,
-        state: &mut WriterState,
-        sessions: impl IntoIterator<Item = Session>,
-    ) -> Result<(), StoreError> {
-        let mut deadlines = Vec::new();
-        let restored = self.restore_batch(
-            state,
-            &mut deadlines,
-            sessions.into_iter().map(|s| Restored::Session(Box::new(s))),
-        );
-        self.index_deadlines(deadlines);
-        restored
     }
 
     /// Adds sessions as they were journalled. The deadlines of live ones go to `deadlines`, for
@@ -576,42 +578,96 @@ impl<J: Journal> CachedStore<J> {
     }
 
     /// The writer lock, with memory agreeing with the journal: after a queued change failed,
-    /// memory is first read again from what is durable (every change queued after the failed
-    /// one has failed too by then: the journal refuses them until it reloads).
+    /// what the failed changes held is first read again from what is durable (every change
+    /// queued after the failed one has failed too by then: the journal refuses them until it
+    /// recovers).
     async fn write_lock(&self) -> Result<WriterGuard<'_>, StoreError> {
         use std::sync::atomic::Ordering;
         let mut state = self.writer.lock().await;
         if self.stale.load(Ordering::Acquire) {
-            let snapshot = self.journal.reload().await?;
-            self.replace_all(&mut state, snapshot)?;
+            let recovery = self.journal.recover().await?;
+            self.recover(&mut state, recovery)?;
             self.stale.store(false, Ordering::Release);
         }
         Ok(state)
     }
 
-    /// Replaces everything in memory with `snapshot`.
-    fn replace_all(&self, state: &mut WriterState, snapshot: Snapshot) -> Result<(), StoreError> {
-        for shard in &self.by_hash {
-            shard.write().clear();
-        }
-        self.by_id.write().clear();
-        self.deadlines.lock().clear();
-        *self.live.lock() = LiveTally::default();
-        *self.api_keys.write() = snapshot
+    /// Sets memory back to `recovery`: the API keys and applications whole, the sessions it
+    /// names one by one, each replaced by its durable form (or dropped) with no moment at which
+    /// a reader finds neither.
+    fn recover(&self, state: &mut WriterState, recovery: Recovery) -> Result<(), StoreError> {
+        *self.api_keys.write() = recovery
             .api_keys
             .into_iter()
             .map(|k| (k.key_hash, k))
             .collect();
-        *self.applications.write() = snapshot
+        *self.applications.write() = recovery
             .applications
             .into_iter()
             .map(|a| (a.id.clone(), a))
             .collect();
-        *state = WriterState {
-            next_seq: snapshot.last_seq + 1,
-            ..WriterState::default()
-        };
-        self.restore_into(state, snapshot.sessions)
+        state.next_seq = recovery.last_seq + 1;
+        for (id, durable) in recovery.sessions {
+            let key = IdKey::of(&id);
+            let shown = self.get_by_key(&key);
+            if let Some(shown) = &shown {
+                self.unindex(state, &key, shown);
+            }
+            let kept = match durable {
+                Some(session) => {
+                    let record = record::encode(&session)?.into_boxed_slice();
+                    self.live.lock().add(&session);
+                    if session.is_live() {
+                        self.deadlines
+                            .lock()
+                            .insert((session.next_deadline().0, key.clone()));
+                    }
+                    self.index_added(state, &session, &key);
+                    self.by_hash[shard_of(&session.token_hash)]
+                        .write()
+                        .insert(session.token_hash, record);
+                    self.by_id.write().insert(key.clone(), session.token_hash);
+                    Some(session.token_hash)
+                }
+                None => {
+                    self.by_id.write().remove(&key);
+                    None
+                }
+            };
+            if let Some(shown) = shown.filter(|s| Some(s.token_hash) != kept) {
+                self.by_hash[shard_of(&shown.token_hash)]
+                    .write()
+                    .remove(&shown.token_hash);
+            }
+        }
+        Ok(())
+    }
+
+    /// Takes `session`, as memory shows it under `key`, out of every index but the maps by id
+    /// and by token hash.
+    fn unindex(&self, state: &mut WriterState, key: &IdKey, session: &Session) {
+        self.live.lock().remove(session);
+        match &session.ended {
+            None => {
+                self.deadlines
+                    .lock()
+                    .remove(&(session.next_deadline().0, key.clone()));
+                state.subjects.remove(&session.subject, key);
+                if let Some(parent) = &session.parent {
+                    let parent = IdKey::of(parent);
+                    if let Some(list) = state.children.get_mut(&parent) {
+                        list.retain(|x| x != key);
+                        if list.is_empty() {
+                            state.children.remove(&parent);
+                        }
+                    }
+                }
+            }
+            Some(ended) => {
+                state.purges.remove(&(ended.purge_at, key.clone()));
+                state.tombstones.remove(&session.subject, key);
+            }
+        }
     }
 
     /// The journal behind the cache.
@@ -796,7 +852,7 @@ impl<J: Journal> CachedStore<J> {
             drop(state);
             if let Err(err) = ticket.durable().await {
                 self.stale.store(true, std::sync::atomic::Ordering::Release);
-                // Reloaded now rather than at the next change, so that reads stop showing what
+                // Recovered now rather than at the next change, so that reads stop showing what
                 // did not become durable; if the journal cannot answer, the next change tries.
                 let _ = self.write_lock().await;
                 return Err(err);

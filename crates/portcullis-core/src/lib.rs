@@ -37,8 +37,8 @@ pub use application::{
     RESERVED_POLICY_PREFIX, Reach, SSO_POLICY, is_reserved_policy, legacy_app, portcullis_app,
 };
 pub use cache::{
-    CachedStore, Change, CommitTicket, Journal, MemoryJournal, MemoryStore, Restored, Restoring,
-    Snapshot, Touch,
+    CachedStore, Change, CommitTicket, Journal, MemoryJournal, MemoryStore, Recovery, Restored,
+    Restoring, Snapshot, Touch,
 };
 pub use engine::{
     ApplicationChange, Elevate, Engine, EngineError, EngineSettings, Issued, NewSession, Rejection,

@@ -8,7 +8,8 @@
 //! takes every job waiting when it starts a transaction (up to [`MAX_BATCH`]), writes them in
 //! queue order in one `BEGIN IMMEDIATE` transaction and answers each once it has committed. A
 //! failed transaction fails its jobs and every change queued after them, until the cache has
-//! reloaded what is durable ([`Journal::reload`]). The writes of the OpenID Connect provider's
+//! set memory back to what is durable ([`Journal::recover`]: the sessions those changes held,
+//! read again one by one). The writes of the OpenID Connect provider's
 //! busiest entities, refresh tokens and authorization codes, go through the same writer, so a
 //! refresh grant's rotation shares its transaction with whatever else arrived with it.
 //!
@@ -62,8 +63,8 @@ use std::sync::Arc;
 
 use portcullis_core::{
     AuditEvent, BackendError, CachedStore, Change, CommitTicket, EventQuery, Journal, PublicId,
-    Restored, Session, SessionId, Snapshot, StoreError, StoredApiKey, StoredSession, Timestamp,
-    TokenHash, Touch, record,
+    Recovery, Restored, Session, SessionId, Snapshot, StoreError, StoredApiKey, StoredSession,
+    Timestamp, TokenHash, Touch, record,
 };
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{ConnectOptions as _, Row, Sqlite, SqlitePool, Transaction};
@@ -258,20 +259,6 @@ fn header_hex(at: Timestamp) -> String {
 const RESTORE_BATCH: i64 = 10_000;
 
 impl SqliteJournal {
-    /// Reads back every retained session, every API key, every application and the last event
-    /// position.
-    async fn load(&self) -> Result<Snapshot, StoreError> {
-        let mut snapshot = self.load_all_but_sessions().await?;
-        snapshot.sessions = sqlx::query(SELECT_SESSIONS)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(unavailable)?
-            .iter()
-            .map(read_session)
-            .collect::<Result<_, _>>()?;
-        Ok(snapshot)
-    }
-
     /// Hands every retained session to `store`, a batch at a time, in the order of the table.
     /// A task reads the next batches while this one is indexed: on a runtime with
     /// two threads the two halves of opening ten million sessions overlap.
@@ -623,11 +610,28 @@ impl Journal for SqliteJournal {
         Some(ticket)
     }
 
-    async fn reload(&self) -> Result<Snapshot, StoreError> {
+    async fn recover(&self) -> Result<Recovery, StoreError> {
         self.writer.barrier().await?;
-        let snapshot = self.load().await?;
+        let ids = self.writer.not_durable();
+        let kept = self.load_all_but_sessions().await?;
+        let mut sessions = Vec::with_capacity(ids.len());
+        let sql = format!("{SELECT_SESSIONS} WHERE id = ?1");
+        for id in ids {
+            let row = sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
+                .bind(id.as_str())
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(unavailable)?;
+            let durable = row.as_ref().map(read_session).transpose()?;
+            sessions.push((id, durable));
+        }
         self.writer.recovered();
-        Ok(snapshot)
+        Ok(Recovery {
+            sessions,
+            api_keys: kept.api_keys,
+            applications: kept.applications,
+            last_seq: kept.last_seq,
+        })
     }
 
     async fn commit_touches(&self, touches: &[Touch]) -> Result<(), StoreError> {

@@ -8,8 +8,10 @@
 //! busy handler sleeps milliseconds at a time).
 //!
 //! A failed transaction fails every job in it. When it held journal changes, every change queued
-//! after them is refused too, until the cache has reloaded what is durable
-//! ([`portcullis_core::Journal::reload`]): those changes were planned on top of the failed ones.
+//! after them is refused too, until the cache has set memory back to what is durable
+//! ([`portcullis_core::Journal::recover`]): those changes were planned on top of the failed ones.
+//! The writer keeps the ids of the sessions the failed and refused changes held, so that only
+//! those are read again.
 //! The other stores' writes plan on nothing in memory and are written all the same.
 
 use std::future::Future;
@@ -17,7 +19,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use portcullis_core::{Change, StoreError};
+use parking_lot::Mutex;
+use portcullis_core::{Change, SessionId, StoreError};
 use sqlx::{Connection as _, SqliteConnection};
 use tokio::sync::{mpsc, oneshot};
 
@@ -110,6 +113,8 @@ pub(crate) struct Writer {
     queue: mpsc::UnboundedSender<Job>,
     /// A transaction with journal changes failed: changes are refused until [`Writer::recovered`].
     failed: Arc<AtomicBool>,
+    /// The sessions the failed and refused changes wrote or purged, since the last recovery.
+    not_durable: Arc<Mutex<Vec<SessionId>>>,
 }
 
 fn stopped() -> StoreError {
@@ -121,8 +126,18 @@ impl Writer {
     pub(crate) fn start(conn: SqliteConnection) -> Self {
         let (queue, jobs) = mpsc::unbounded_channel();
         let failed = Arc::new(AtomicBool::new(false));
-        tokio::spawn(write_queued(conn, jobs, failed.clone()));
-        Self { queue, failed }
+        let not_durable = Arc::new(Mutex::new(Vec::new()));
+        tokio::spawn(write_queued(
+            conn,
+            jobs,
+            failed.clone(),
+            not_durable.clone(),
+        ));
+        Self {
+            queue,
+            failed,
+            not_durable,
+        }
     }
 
     /// Queues `change`; `answer` is sent once it is durable (or failed).
@@ -153,7 +168,13 @@ impl Writer {
         answered.await.map_err(|_| stopped())
     }
 
-    /// The cache has reloaded what is durable: changes are taken again.
+    /// The sessions the changes that failed (or were refused) since the last recovery wrote or
+    /// purged; complete once every change queued before is answered ([`Writer::barrier`]).
+    pub(crate) fn not_durable(&self) -> Vec<SessionId> {
+        std::mem::take(&mut *self.not_durable.lock())
+    }
+
+    /// The cache has set memory back to what is durable: changes are taken again.
     pub(crate) fn recovered(&self) {
         self.failed.store(false, Ordering::Release);
     }
@@ -165,6 +186,7 @@ async fn write_queued(
     mut conn: SqliteConnection,
     mut jobs: mpsc::UnboundedReceiver<Job>,
     failed: Arc<AtomicBool>,
+    not_durable: Arc<Mutex<Vec<SessionId>>>,
 ) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while let Some(first) = jobs.recv().await {
@@ -198,7 +220,12 @@ async fn write_queued(
         }
         for job in batch.drain(..) {
             match job {
-                Job::Change(_, answer) => {
+                Job::Change(change, answer) => {
+                    if refusing || outcome.is_err() {
+                        let mut ids = not_durable.lock();
+                        ids.extend(change.sessions.iter().map(|s| s.id.clone()));
+                        ids.extend(change.purged.iter().cloned());
+                    }
                     let answered = if refusing {
                         Err("an earlier change failed; this one was planned after it".to_owned())
                     } else {

@@ -595,3 +595,98 @@ async fn reopened_sessions_keep_their_subject_parent_and_counts() {
         Some(EndReason::ParentEnded)
     );
 }
+
+/// A failed change's recovery sets back what it and every change refused behind it held (a
+/// logout queued behind it is undone, a create behind it is gone), and only that: the other
+/// sessions are answered all the while, never "not found" as if they had ended (which tells an
+/// application to drop its cookie).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recovery_sets_back_only_what_failed_and_every_other_session_is_answered_throughout() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("portcullis.db");
+    let clock = Arc::new(ManualClock::default());
+    let engine = Arc::new(engine_over(&path, &clock).await);
+    let shop = shop(&engine).await;
+    // Enough sessions that reading them all again would take a while.
+    let mut tokens = Vec::new();
+    for chunk in 0..20 {
+        let mut creates = tokio::task::JoinSet::new();
+        for i in 0..500 {
+            let (engine, shop) = (engine.clone(), shop.clone());
+            creates.spawn(async move {
+                let issued = engine
+                    .create(request(&format!("user-{chunk}-{i}")), &shop)
+                    .await
+                    .unwrap();
+                issued.token.expose().to_owned()
+            });
+        }
+        tokens.extend(creates.join_all().await);
+    }
+    let alice = engine.create(request("alice"), &shop).await.unwrap();
+    refuse_doomed_rows(&path, "sessions").await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let reader = tokio::spawn({
+        let (engine, shop, stop) = (engine.clone(), shop.clone(), stop.clone());
+        async move {
+            let mut answered = 0usize;
+            while !stop.load(Ordering::Acquire) {
+                for token in tokens.iter().step_by(97) {
+                    let validated = engine
+                        .validate(token, false, &Device::default(), &shop)
+                        .await;
+                    assert!(
+                        validated.is_ok(),
+                        "an untouched session was refused during recovery: {:?}",
+                        validated.err()
+                    );
+                    answered += 1;
+                }
+                tokio::task::yield_now().await;
+            }
+            answered
+        }
+    });
+
+    // The doomed create fails; the logout and the create queued behind it are refused.
+    let (doomed, logout, dave) = tokio::join!(
+        engine.create(request("doomed"), &shop),
+        engine.logout(alice.token.expose(), &shop),
+        engine.create(request("dave"), &shop),
+    );
+    assert!(doomed.is_err() && logout.is_err() && dave.is_err());
+    let carol = engine.create(request("carol"), &shop).await.unwrap();
+    stop.store(true, Ordering::Release);
+    assert!(reader.await.unwrap() > 0);
+
+    for subject in ["doomed", "dave"] {
+        let listed = engine
+            .list_subject(subject, true, &Principal::operator())
+            .await
+            .unwrap();
+        assert!(listed.is_empty(), "{subject}'s refused create is gone");
+    }
+    engine
+        .validate(alice.token.expose(), false, &Device::default(), &shop)
+        .await
+        .expect("alice's logout was refused: she is still signed in");
+    drop(engine);
+
+    let reopened = engine_over(&path, &clock).await;
+    for (subject, issued) in [("alice", &alice), ("carol", &carol)] {
+        reopened
+            .validate(issued.token.expose(), false, &Device::default(), &shop)
+            .await
+            .unwrap_or_else(|err| panic!("{subject}: {err:?}"));
+    }
+    assert!(
+        reopened
+            .list_subject("dave", true, &Principal::operator())
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
