@@ -174,6 +174,7 @@ impl<S: Store> Provider<S> {
         )?)
     }
 
+    /// The algorithm of `delivery`'s logout token (see [`Self::logout_token`]).
     fn logout_token_alg(&self, delivery: &LogoutDelivery, client: Option<&Client>) -> SigningAlg {
         match (client, delivery.alg) {
             (None, Some(alg)) if self.keys().signing_kid(alg).is_some() => alg,
