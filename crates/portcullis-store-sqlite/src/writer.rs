@@ -169,13 +169,18 @@ impl Writer {
     }
 
     /// The sessions the changes that failed (or were refused) since the last recovery wrote or
-    /// purged; complete once every change queued before is answered ([`Writer::barrier`]).
+    /// purged; complete once every change queued before is answered ([`Writer::barrier`]). Kept
+    /// until [`Writer::recovered`], so that a recovery that fails half-way is made again whole.
     pub(crate) fn not_durable(&self) -> Vec<SessionId> {
-        std::mem::take(&mut *self.not_durable.lock())
+        let mut ids = self.not_durable.lock().clone();
+        ids.sort_unstable();
+        ids.dedup();
+        ids
     }
 
     /// The cache has set memory back to what is durable: changes are taken again.
     pub(crate) fn recovered(&self) {
+        self.not_durable.lock().clear();
         self.failed.store(false, Ordering::Release);
     }
 }
