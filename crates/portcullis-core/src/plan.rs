@@ -13,17 +13,17 @@ use crate::store::{Ending, SessionLimit, StoreError};
 /// the subject's `live` sessions; [`StoreError::LimitReached`] when the policy says `deny` and
 /// there is no room.
 ///
-/// A limit counts the subject's sessions of the same policy only: a policy is chosen per
-/// application, so an application's sessions never push out the SSO session's or another
-/// application's. `new`'s parent is never chosen: creating a child must not end the session it
-/// belongs to.
+/// A limit counts the subject's sessions of the same application and policy only: applications
+/// may share a policy, and one application's sessions must never push out, or be refused for,
+/// another's (nor tell it that the person has sessions there). `new`'s parent is never chosen:
+/// creating a child must not end the session it belongs to.
 pub fn evictions(
     mut live: Vec<Arc<Session>>,
     limit: SessionLimit,
     new: &Session,
 ) -> Result<Vec<Arc<Session>>, StoreError> {
     let max = usize::try_from(limit.max).unwrap_or(usize::MAX);
-    live.retain(|s| s.policy == new.policy);
+    live.retain(|s| s.policy == new.policy && s.application == new.application);
     let parent = new.parent.as_ref();
     let kept = live.iter().filter(|s| Some(&s.id) == parent).count();
     live.retain(|s| Some(&s.id) != parent);
@@ -80,10 +80,12 @@ pub fn parent_is_live(parent: Option<&Session>, subject: &str) -> Result<(), Sto
     }
 }
 
-/// Whether the ended session `tomb` may give its data to `new` (same subject and policy,
-/// timed out, window still open, not used yet).
+/// Whether the ended session `tomb` may give its data to `new` (same subject, application and
+/// policy, timed out, window still open, not used yet): an application's data goes back only to
+/// that application.
 pub fn can_reconstitute(tomb: &Session, new: &Session) -> bool {
     tomb.subject == new.subject
+        && tomb.application == new.application
         && tomb.policy == new.policy
         && tomb.ended.as_ref().is_some_and(|e| {
             e.reconstituted_into.is_none()

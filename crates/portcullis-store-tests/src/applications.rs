@@ -900,7 +900,27 @@ fn policies() -> PolicySet {
         absolute: Some(MIN * 60),
         ..Default::default()
     };
-    PolicySet::new([Policy::resolve("short", &short).unwrap()])
+    let one = PolicyOverrides {
+        max_sessions: Some(1),
+        on_limit: Some(portcullis_core::OnLimit::EvictOldest),
+        ..short.clone()
+    };
+    let only = PolicyOverrides {
+        max_sessions: Some(1),
+        on_limit: Some(portcullis_core::OnLimit::Deny),
+        ..short.clone()
+    };
+    let back = PolicyOverrides {
+        idle: Some(MIN),
+        reconstitute_window: Some(MIN * 10),
+        ..short.clone()
+    };
+    PolicySet::new([
+        Policy::resolve("short", &short).unwrap(),
+        Policy::resolve("one", &one).unwrap(),
+        Policy::resolve("only", &only).unwrap(),
+        Policy::resolve("back", &back).unwrap(),
+    ])
 }
 
 fn engine<S: Store>(store: S) -> Engine<S> {
@@ -1546,5 +1566,100 @@ pub async fn adopt_legacy_keys_creates_the_legacy_application_once<S: Store>(sto
             .iter()
             .any(|e| e.kind == EventKind::ApplicationCreated
                 && e.application == Some(legacy_app()))
+    );
+}
+
+/// Applications sharing a policy: a session limit counts only the creating application's
+/// sessions (another's are neither ended nor make it refuse), and a re-constitution gives back
+/// only the same application's data.
+pub async fn a_limit_and_a_reconstitution_reach_only_the_applications_own_sessions<S: Store>(
+    store: S,
+) {
+    let clock = Arc::new(ManualClock::default());
+    let engine = Engine::new(
+        store,
+        policies(),
+        clock.clone(),
+        Arc::new(SeededRandom::new(17)),
+    );
+    let (_, _, shop) = register(&engine, "shop", &[]).await;
+    let (_, _, blog) = register(&engine, "blog", &[]).await;
+    let with = |policy: &str, data: serde_json::Value, reconstitute: bool| NewSession {
+        policy: Some(policy.into()),
+        data,
+        reconstitute,
+        ..request("alice")
+    };
+    let device = Device::default();
+
+    // Evicting: the other application's session neither is ended nor ends the first.
+    let shops = engine
+        .create(with("one", serde_json::Value::Null, false), &shop)
+        .await
+        .unwrap();
+    let blogs = engine
+        .create(with("one", serde_json::Value::Null, false), &blog)
+        .await
+        .unwrap();
+    engine
+        .validate(shops.token.expose(), false, &device, &shop)
+        .await
+        .expect("another application's session evicts nothing");
+    engine
+        .create(with("one", serde_json::Value::Null, false), &shop)
+        .await
+        .unwrap();
+    assert_eq!(
+        rejection(
+            engine
+                .validate(shops.token.expose(), false, &device, &shop)
+                .await
+        ),
+        Rejection::Revoked(EndReason::NewDevice),
+        "the application's own session is evicted"
+    );
+    engine
+        .validate(blogs.token.expose(), false, &device, &blog)
+        .await
+        .expect("another application's session is never evicted");
+
+    // Refusing: only for the application's own sessions.
+    engine
+        .create(with("only", serde_json::Value::Null, false), &shop)
+        .await
+        .unwrap();
+    engine
+        .create(with("only", serde_json::Value::Null, false), &blog)
+        .await
+        .expect("another application's session does not count");
+    assert!(matches!(
+        engine
+            .create(with("only", serde_json::Value::Null, false), &shop)
+            .await,
+        Err(EngineError::LimitReached)
+    ));
+
+    // Re-constituting: the timed-out session's data goes back to its own application only.
+    let secret = serde_json::json!({"secret": "shop only"});
+    let timed_out = engine
+        .create(with("back", secret.clone(), false), &shop)
+        .await
+        .unwrap();
+    clock.advance(MIN * 2);
+    engine.sweep().await.unwrap();
+    let other = engine
+        .create(with("back", serde_json::Value::Null, true), &blog)
+        .await
+        .unwrap();
+    assert_eq!(other.session.data, serde_json::Value::Null);
+    assert_eq!(other.session.reconstituted_from, None);
+    let own = engine
+        .create(with("back", serde_json::Value::Null, true), &shop)
+        .await
+        .unwrap();
+    assert_eq!(own.session.data, secret);
+    assert_eq!(
+        own.session.reconstituted_from.as_ref(),
+        Some(&timed_out.session.id)
     );
 }

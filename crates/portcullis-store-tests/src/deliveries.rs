@@ -166,7 +166,7 @@ pub async fn oidc_bcl_every_ending_of_a_marked_session_writes_one_delivery<S: Se
         .unwrap();
     let evicted = live(store, "bcl-evict", &client, later, true, None).await;
     let random = SeededRandom::new(77);
-    let (_, newcomer) = session_of("bcl-evict", &other, later, &random);
+    let (_, newcomer) = session_of("bcl-evict", &client, later, &random);
     store
         .insert(limited_insert(
             newcomer,

@@ -220,6 +220,7 @@ macro_rules! store_conformance {
             lifecycle::data_replace_is_size_limited,
             lifecycle::asvs4_7_1_1_events_never_hold_a_token,
             applications::another_applications_session_answers_like_an_unknown_one,
+            applications::a_limit_and_a_reconstitution_reach_only_the_applications_own_sessions,
             applications::an_application_creates_only_its_own_sessions_with_its_policies,
             applications::grants_allow_exactly_what_they_name,
             applications::asvs5_7_4_5_remove_application_ends_its_sessions_and_stops_its_keys,
