@@ -6,6 +6,7 @@ mod config;
 mod ocsf;
 mod timed_store;
 
+use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -360,7 +361,7 @@ async fn run(cli: Cli) -> Result<()> {
         Config::load(cli.config.as_deref(), &overrides).context("invalid configuration")?;
     match cli.command {
         Command::Serve { .. } => serve(config).await,
-        Command::Config(ConfigCommand::Check) => config_check(&config),
+        Command::Config(ConfigCommand::Check) => config_check(&config).await,
         Command::Sessions(cmd) => {
             let (method, path) = match cmd {
                 SessionsCommand::List { subject } => (
@@ -692,14 +693,23 @@ fn encode(text: &str) -> String {
     out
 }
 
-fn config_check(config: &Config) -> Result<()> {
-    println!("configuration is valid");
-    println!("listen: {}", config.listen);
-    println!("data_dir: {}", config.data_dir.display());
-    println!("store: {}", config.store_url()?);
-    println!("audit_log: {}", config.audit_log);
-    println!("audit_format: {:?}", config.audit_format);
-    println!(
+/// Checks the configuration as `serve` would (the TLS files too), and prints what it resolves to.
+async fn config_check(config: &Config) -> Result<()> {
+    tls_config(config).await?;
+    let mut out = String::new();
+    // Written at once at the end: a reader that stops early (`| head`) is no error.
+    macro_rules! say {
+        ($($arg:tt)*) => {{
+            let _ = writeln!(out, $($arg)*);
+        }};
+    }
+    say!("configuration is valid");
+    say!("listen: {}", config.listen);
+    say!("data_dir: {}", config.data_dir.display());
+    say!("store: {}", config.store_url()?);
+    say!("audit_log: {}", config.audit_log);
+    say!("audit_format: {:?}", config.audit_format);
+    say!(
         "metrics: from {}{}",
         if config.metrics_allow.is_empty() {
             "no address".to_owned()
@@ -713,50 +723,50 @@ fn config_check(config: &Config) -> Result<()> {
         }
     );
     match config.live_sessions_every() {
-        Some(every) => println!(
+        Some(every) => say!(
             "live_sessions_interval: {} (live sessions per application and policy on /metrics)",
             portcullis_core::format_duration(every)
         ),
-        None => println!("live_sessions_interval: off"),
+        None => say!("live_sessions_interval: off"),
     }
     if config.outbound_allow.is_empty() {
-        println!("outbound_allow: none (outbound requests reach public addresses only)");
+        say!("outbound_allow: none (outbound requests reach public addresses only)");
     } else {
-        println!(
+        say!(
             "outbound_allow: {} (besides public addresses)",
             config.outbound_allow.join(", ")
         );
     }
-    println!(
+    say!(
         "outbound_timeout: {}",
         portcullis_core::format_duration(config.outbound_timeout.0)
     );
     let proxies = config.trusted_proxies();
     if proxies.is_empty() {
-        println!("trusted_proxies: none (the TCP peer is the client)");
+        say!("trusted_proxies: none (the TCP peer is the client)");
     } else {
         let nets: Vec<String> = proxies.networks().iter().map(|n| n.to_string()).collect();
-        println!("trusted_proxies: {}", nets.join(", "));
+        say!("trusted_proxies: {}", nets.join(", "));
     }
-    println!(
+    say!(
         "hsts: {}",
         config.hsts().header_value().to_str().unwrap_or_default()
     );
     for policy in config.policies()?.iter() {
-        println!("policy {}:", policy.name);
+        say!("policy {}:", policy.name);
         if policy.absolute.value == portcullis_core::NO_LIMIT
             || policy.remember_me_absolute.value == portcullis_core::NO_LIMIT
         {
-            println!(
+            say!(
                 "  warning: no absolute lifetime: a session that keeps being used never has to sign in again (OWASP and SP 800-63B advise a limit)"
             );
         }
         for remember in [false, true] {
             let (idle, absolute) = policy.lifetimes(remember);
-            println!("  {}", idle.text);
-            println!("  {}", absolute.text);
+            say!("  {}", idle.text);
+            say!("  {}", absolute.text);
         }
-        println!(
+        say!(
             "  max_sessions {} ({:?}), warn_before {}, reconstitute_window {}, bind {:?}, elevation {}",
             policy.max_sessions.value,
             policy.on_limit.value,
@@ -766,7 +776,39 @@ fn config_check(config: &Config) -> Result<()> {
             portcullis_core::format_duration(policy.elevation.value),
         );
     }
-    Ok(())
+    print_all(&out)
+}
+
+/// Writes `text` to standard output; a reader gone before the end (a closed pipe) is not an
+/// error of ours.
+fn print_all(text: &str) -> Result<()> {
+    use std::io::Write as _;
+    let mut stdout = std::io::stdout().lock();
+    match stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        Err(err) if err.kind() != std::io::ErrorKind::BrokenPipe => Err(err.into()),
+        _ => Ok(()),
+    }
+}
+
+/// The TLS configuration of the listener, read now so that a certificate or key that cannot be
+/// used stops the server before it says it listens; `None` without TLS.
+async fn tls_config(config: &Config) -> Result<Option<axum_server::tls_rustls::RustlsConfig>> {
+    let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) else {
+        return Ok(None);
+    };
+    let tls = axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot use the TLS certificate {} with the key {}",
+                cert.display(),
+                key.display()
+            )
+        })?;
+    Ok(Some(tls))
 }
 
 /// Everything a router needs, over an opened store. Data of the previous release is adopted
@@ -1137,6 +1179,7 @@ async fn serve(config: Config) -> Result<()> {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .init();
+    let tls = tls_config(&config).await?;
     create_private_dir(&config.data_dir)?;
     check_private_dir(&config.data_dir)?;
     let socket = config.admin_socket();
@@ -1195,19 +1238,19 @@ async fn serve(config: Config) -> Result<()> {
     match opened {
         Opened::Sqlite(store) => {
             let services = app_state(store, users, &config, sink).await?;
-            run_server(services, &config, edge, recorder).await
+            run_server(services, &config, edge, recorder, tls).await
         }
         Opened::Memory(store) => {
             let services = app_state(store, users, &config, sink).await?;
-            run_server(services, &config, edge, recorder).await
+            run_server(services, &config, edge, recorder, tls).await
         }
         Opened::Postgres(store) => {
             let services = app_state(store, users, &config, sink).await?;
-            run_server(services, &config, edge, recorder).await
+            run_server(services, &config, edge, recorder, tls).await
         }
         Opened::Redis(store) => {
             let services = app_state(store, users, &config, sink).await?;
-            run_server(services, &config, edge, recorder).await
+            run_server(services, &config, edge, recorder, tls).await
         }
     }
 }
@@ -1326,6 +1369,7 @@ async fn run_server<S: Store>(
     config: &Config,
     edge: Edge,
     recorder: metrics_exporter_prometheus::PrometheusHandle,
+    tls: Option<axum_server::tls_rustls::RustlsConfig>,
 ) -> Result<()> {
     // Histogram samples wait in the recorder until they are folded into their buckets: on a
     // scrape, or here, so a node nobody scrapes does not keep every store call's sample.
@@ -1408,17 +1452,8 @@ async fn run_server<S: Store>(
     let app = api_router(state.clone())
         .into_make_service_with_connect_info::<portcullis_http::peer::Peer>();
     let api = async {
-        match (&config.tls_cert, &config.tls_key) {
-            (Some(cert), Some(key)) => {
-                let tls = axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key)
-                    .await
-                    .with_context(|| {
-                        format!(
-                            "cannot read the TLS certificate {} or key {}",
-                            cert.display(),
-                            key.display()
-                        )
-                    })?;
+        match tls {
+            Some(tls) => {
                 let handle = axum_server::Handle::new();
                 let stopper = handle.clone();
                 let stop = wait(stop_rx.clone());
@@ -1432,7 +1467,7 @@ async fn run_server<S: Store>(
                     .await
                     .context("the HTTPS server failed")
             }
-            _ => axum::serve(listener, app)
+            None => axum::serve(listener, app)
                 .with_graceful_shutdown(wait(stop_rx.clone()))
                 .await
                 .context("the API server failed"),

@@ -208,6 +208,72 @@ fn invalid_configuration_is_refused_with_the_key_named() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("listen:"));
 }
 
+/// A certificate or key that cannot be used stops `serve` at once, before it says it listens,
+/// and `config check` refuses it: a server that announced itself and then never listened would
+/// hang with the data directory locked.
+#[test]
+fn an_unusable_tls_certificate_or_key_is_refused_at_start() {
+    let dir = data_dir();
+    let junk = dir.join("junk.pem");
+    std::fs::write(&junk, "not a certificate\n").unwrap();
+    let missing = dir.join("missing.pem");
+    for cert in [&missing, &junk] {
+        for args in [
+            vec!["config", "check"],
+            vec!["serve", "--listen", "127.0.0.1:0"],
+        ] {
+            let child = Command::new(BIN)
+                .arg("--data-dir")
+                .arg(&dir)
+                .args(&args)
+                .env("PORTCULLIS_TLS_CERT", cert)
+                .env("PORTCULLIS_TLS_KEY", &junk)
+                .env_remove("PORTCULLIS_CONFIG")
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            let pid = child.id();
+            let (done, finished) = std::sync::mpsc::channel();
+            std::thread::spawn(move || done.send(child.wait_with_output()));
+            let out = finished
+                .recv_timeout(std::time::Duration::from_secs(20))
+                .unwrap_or_else(|_| {
+                    let _ = Command::new("kill").arg(pid.to_string()).status();
+                    panic!("{args:?} with {} did not stop", cert.display())
+                })
+                .unwrap();
+            let status = out.status;
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(!status.success(), "{args:?}: {stderr}");
+            assert!(
+                stderr.contains("cannot use the TLS certificate"),
+                "{stderr}"
+            );
+            assert!(!stderr.contains("listening"), "{stderr}");
+        }
+    }
+}
+
+/// `config check | head -1`: a reader that stops early is no error (it was a panic).
+#[test]
+fn config_check_into_a_closed_pipe_is_no_error() {
+    let mut child = Command::new(BIN)
+        .arg("--data-dir")
+        .arg(data_dir())
+        .args(["config", "check"])
+        .env_remove("PORTCULLIS_CONFIG")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{:?}: {stderr}", out.status);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
 /// Runs the CLI with `input` on standard input (how passwords are given).
 fn cli_with_input(dir: &std::path::Path, args: &[&str], input: &str) -> std::process::Output {
     use std::io::Write;
