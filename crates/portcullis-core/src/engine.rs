@@ -965,9 +965,17 @@ impl<S: Store> Engine<S> {
         all: bool,
         principal: &Principal,
     ) -> Result<usize, EngineError> {
-        if reason.is_timeout() || reason == EndReason::ParentEnded {
+        // Portcullis's own rules (a disabled account, a changed password) act as the person or
+        // as Portcullis; an application or an operator names only what it may claim.
+        let claimable = match principal.reach {
+            Reach::Application(_) | Reach::Everything => reason.is_claimable(),
+            Reach::Person(_) | Reach::Portcullis => {
+                !reason.is_timeout() && reason != EndReason::ParentEnded
+            }
+        };
+        if !claimable {
             return Err(EngineError::Invalid(format!(
-                "{} is not a reason a caller can end sessions for",
+                "{} is not a reason a caller can end sessions for (logout, revoked_admin, password_changed or security_action)",
                 reason.as_str()
             )));
         }

@@ -83,6 +83,16 @@ impl EndReason {
         Self::ALL.into_iter().find(|r| r.as_str() == text)
     }
 
+    /// Whether an application or an operator may end sessions for this reason: the others say
+    /// that something happened which only Portcullis itself sees (a timeout, a stolen refresh
+    /// token, a removed application…), and the audit trail must be able to trust them.
+    pub const fn is_claimable(self) -> bool {
+        matches!(
+            self,
+            Self::Logout | Self::RevokedAdmin | Self::PasswordChanged | Self::SecurityAction
+        )
+    }
+
     /// Whether the session timed out (and so may be re-constituted).
     pub const fn is_timeout(self) -> bool {
         matches!(self, Self::ExpiredIdle | Self::ExpiredAbsolute)
