@@ -900,7 +900,7 @@ impl Accounts {
                 }
             }
         }
-        let typed = (username.len() <= MAX_TYPED_BYTES && password.len() <= MAX_TYPED_BYTES)
+        let typed = (username.len() <= MAX_TYPED_BYTES)
             .then(|| normalize_username(username))
             .flatten();
         let Some(name) = typed else {
@@ -910,6 +910,24 @@ impl Accounts {
             return Err(Self::failure(&waits));
         };
         let user = self.users.user_by_name(&name).await?;
+        if password.len() > MAX_TYPED_BYTES {
+            // No one's password: not hashed, counted by address only, and told as the wrong
+            // password of the account it was typed for.
+            let failed = if user.is_some() {
+                "password"
+            } else {
+                "username"
+            };
+            self.publish_failure(
+                EventKind::LoginFailed,
+                user.as_ref(),
+                failed,
+                origin,
+                Some(&name),
+            )
+            .await;
+            return Err(Self::failure(&waits));
+        }
         // A device this account signed in on before is counted on its own.
         let known_device = user
             .as_ref()
@@ -1534,6 +1552,50 @@ mod tests {
             .await;
         assert!(matches!(answer, Err(SignInError::Invalid)));
         assert_eq!(throttle.len(), 1, "only the address was counted");
+    }
+
+    /// The failures an [`Accounts`] publishes.
+    #[derive(Default)]
+    struct Failures(parking_lot::Mutex<Vec<AuditEvent>>);
+
+    impl AuditSink for Failures {
+        fn publish(&self, event: &AuditEvent) {
+            self.0.lock().push(event.clone());
+        }
+    }
+
+    #[tokio::test]
+    async fn a_password_longer_than_any_is_the_wrong_password_of_the_account_it_was_typed_for() {
+        let clock = Arc::new(ManualClock::new(T0));
+        let throttle = Arc::new(MemoryThrottleStore::new());
+        let failures = Arc::new(Failures::default());
+        let accounts = Accounts::new(
+            Arc::new(MemoryUserStore::new()),
+            clock.clone(),
+            Arc::new(SeededRandom::new(1)),
+            failures.clone(),
+        )
+        .with_throttle(throttle.clone());
+        let alice = accounts
+            .add_user("alice", PASSWORD, &Actor::cli())
+            .await
+            .unwrap();
+        let huge = "a".repeat(1100);
+        let answer = accounts
+            .check_password("alice", &huge, from("10.0.0.7"))
+            .await;
+        assert!(matches!(answer, Err(SignInError::Invalid)));
+        assert_eq!(throttle.len(), 1, "not hashed, so counted by address only");
+        let failed = failures
+            .0
+            .lock()
+            .iter()
+            .rev()
+            .find(|e| e.kind == EventKind::LoginFailed)
+            .cloned()
+            .expect("the failure is published");
+        assert_eq!(failed.subject.as_deref(), Some(alice.id.as_str()));
+        assert_eq!(failed.detail["failed"], "password");
     }
 
     #[test]
