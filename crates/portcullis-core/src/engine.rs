@@ -432,6 +432,9 @@ impl<S: Store> Engine<S> {
             }
         };
         let policy = request.policy.as_deref().unwrap_or(default_policy);
+        if self.policies.get(policy).is_none() {
+            return Err(EngineError::UnknownPolicy(policy.to_owned()));
+        }
         let own_kind = application.as_str() == PORTCULLIS_APP;
         let allowed = match &principal.reach {
             Reach::Application(app) => app.may_use(policy),
@@ -1189,13 +1192,17 @@ impl<S: Store> Engine<S> {
 
     /// Checks an application's settings against the policies in force.
     fn check_application(&self, app: &Application) -> Result<(), EngineError> {
+        // The name labels the application's sessions on the person's account page: no line
+        // breaks or other control characters, no padding, and nothing that reads as Portcullis.
         if app.name.is_empty()
             || app.name.len() > MAX_LABEL_BYTES
             || app.name.starts_with("app_")
-            || app.name == PORTCULLIS_APP
+            || app.name.eq_ignore_ascii_case(PORTCULLIS_APP)
+            || app.name.chars().any(char::is_control)
+            || app.name.trim() != app.name
         {
             return Err(EngineError::Invalid(
-                "an application name must be 1 to 64 bytes, not start with \"app_\" and not be \"portcullis\"".into(),
+                "an application name must be 1 to 64 bytes without control characters or spaces around it, not start with \"app_\" and not be \"portcullis\" in any case".into(),
             ));
         }
         if app.policies.is_empty() || app.policies.len() > 64 {

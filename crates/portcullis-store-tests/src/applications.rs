@@ -1167,6 +1167,37 @@ pub async fn an_application_creates_only_its_own_sessions_with_its_policies<S: S
             "{policy}"
         );
     }
+    // A policy that does not exist is named so, whichever the application may use.
+    let mut unknown = request("alice");
+    unknown.policy = Some("nope".into());
+    assert!(matches!(
+        engine.create(unknown, &as_shop).await,
+        Err(EngineError::UnknownPolicy(p)) if p == "nope"
+    ));
+    // A name labels the application's sessions on the account page.
+    for name in [
+        "Portcullis",
+        "PORTCULLIS",
+        "two\nlines",
+        " padded",
+        "tab\there",
+    ] {
+        assert!(
+            matches!(
+                engine
+                    .add_application(
+                        ApplicationChange {
+                            name: Some(name.into()),
+                            ..Default::default()
+                        },
+                        &Actor::cli(),
+                    )
+                    .await,
+                Err(EngineError::Invalid(_))
+            ),
+            "{name:?}"
+        );
+    }
     let mut for_blog = request("alice");
     for_blog.application = Some(blog.id.clone());
     assert!(matches!(

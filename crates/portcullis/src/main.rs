@@ -507,7 +507,7 @@ async fn apps_command(config: &Config, cmd: AppsCommand) -> Result<()> {
                 "Registered application {} ({}). Create its key with: portcullis api-keys create --app {}",
                 app["name"].as_str().unwrap_or("?"),
                 app["id"].as_str().unwrap_or("?"),
-                app["name"].as_str().unwrap_or("?"),
+                app["id"].as_str().unwrap_or("?"),
             );
             print_json(&app);
         }
