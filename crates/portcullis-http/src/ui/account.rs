@@ -2,7 +2,8 @@
 //! applications' sessions under them), signing out one session or all the others, and the
 //! links to the password and two-factor pages.
 
-use axum::extract::{Form, Path, Query, State};
+use super::web::PageForm;
+use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::Response;
 use minijinja::context;
@@ -185,7 +186,7 @@ pub(super) struct UnlinkForm {
 pub(super) async fn unlink_identity<S: Store>(
     State(state): State<AppState<S>>,
     browser: Browser,
-    Form(form): Form<UnlinkForm>,
+    PageForm(form): PageForm<UnlinkForm>,
 ) -> PageResult {
     let signed_in = match require_signed_in(&state, &browser, "/account").await? {
         Ok(s) => s,
@@ -232,7 +233,7 @@ pub(super) async fn end_one_session<S: Store>(
     State(state): State<AppState<S>>,
     browser: Browser,
     Path(id): Path<String>,
-    Form(form): Form<CsrfForm>,
+    PageForm(form): PageForm<CsrfForm>,
 ) -> PageResult {
     let signed_in = match require_signed_in(&state, &browser, "/account").await? {
         Ok(s) => s,
@@ -251,7 +252,7 @@ pub(super) async fn end_one_session<S: Store>(
 pub(super) async fn end_other_sessions<S: Store>(
     State(state): State<AppState<S>>,
     browser: Browser,
-    Form(form): Form<CsrfForm>,
+    PageForm(form): PageForm<CsrfForm>,
 ) -> PageResult {
     let (signed_in, _) = match require_recent(&state, &browser, "/account").await? {
         Ok(ok) => ok,

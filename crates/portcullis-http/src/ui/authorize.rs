@@ -9,7 +9,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{Form, Query, State};
+use super::web::PageForm;
+use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::Response;
 use minijinja::context;
@@ -345,7 +346,7 @@ pub(super) struct ConsentForm {
 pub(super) async fn consent_submit<S: Store>(
     State(state): State<AppState<S>>,
     browser: Browser,
-    Form(form): Form<ConsentForm>,
+    PageForm(form): PageForm<ConsentForm>,
 ) -> PageResult {
     let provider = provider_of(&state)?;
     let Some(request) = continuation(&provider, &browser) else {

@@ -9,7 +9,8 @@
 //! ask, with `federated`, that an SSO session started upstream end there too; the confirmation
 //! page then offers it ticked.
 
-use axum::extract::{Form, Query, State};
+use super::web::PageForm;
+use axum::extract::{Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::Response;
 use minijinja::context;
@@ -92,7 +93,7 @@ pub(super) struct EndSessionForm {
 pub(super) async fn end_session_submit<S: Store>(
     State(state): State<AppState<S>>,
     browser: Browser,
-    Form(form): Form<EndSessionForm>,
+    PageForm(form): PageForm<EndSessionForm>,
 ) -> PageResult {
     let provider = state.provider.clone().ok_or(PageError::NotFound)?;
     if form.csrf.is_empty() {

@@ -12,7 +12,8 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Form, Path, Query, State};
+use super::web::PageForm;
+use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use minijinja::context;
@@ -217,7 +218,7 @@ pub(super) async fn start_link<S: Store>(
     State(state): State<AppState<S>>,
     Path(id): Path<String>,
     browser: Browser,
-    Form(form): Form<super::CsrfForm>,
+    PageForm(form): PageForm<super::CsrfForm>,
 ) -> PageResult {
     let federation = federation_of(&state)?;
     let upstream = upstream_of(federation, &id)?;
@@ -274,7 +275,7 @@ pub(super) async fn callback_post<S: Store>(
     State(state): State<AppState<S>>,
     Path(id): Path<String>,
     browser: Browser,
-    Form(answer): Form<Answer>,
+    PageForm(answer): PageForm<Answer>,
 ) -> PageResult {
     finish(&state, &id, &browser, answer).await
 }
@@ -565,7 +566,7 @@ fn logout_answer(status: StatusCode, error: Option<&str>) -> Response {
 pub async fn backchannel_logout<S: Store>(
     State(state): State<AppState<S>>,
     Path(id): Path<String>,
-    Form(form): Form<LogoutForm>,
+    PageForm(form): PageForm<LogoutForm>,
 ) -> Response {
     let Some(federation) = state.federation.as_ref() else {
         return StatusCode::NOT_FOUND.into_response();

@@ -2,7 +2,8 @@
 //! through `parent`, every application session under it), clears the cookie and asks the
 //! browser to clear what it kept of the site.
 
-use axum::extract::{Form, State};
+use super::web::PageForm;
+use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::Response;
 use minijinja::context;
@@ -44,7 +45,7 @@ pub(super) struct LogoutForm {
 pub(super) async fn logout_submit<S: Store>(
     State(state): State<AppState<S>>,
     browser: Browser,
-    Form(form): Form<LogoutForm>,
+    PageForm(form): PageForm<LogoutForm>,
 ) -> PageResult {
     match current(&state, &browser, false).await? {
         Ok(signed_in) => {

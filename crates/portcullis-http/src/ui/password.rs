@@ -2,7 +2,8 @@
 //! the current password (ASVS 5.0 6.2.3), optionally signing out everywhere else; the session
 //! then gets a new token.
 
-use axum::extract::{Form, State};
+use super::web::PageForm;
+use axum::extract::State;
 use axum::http::StatusCode;
 use minijinja::context;
 use portcullis_core::{Acting, Actor, SignInError, Store};
@@ -59,7 +60,7 @@ pub(super) struct PasswordForm {
 pub(super) async fn password_submit<S: Store>(
     State(state): State<AppState<S>>,
     browser: Browser,
-    Form(form): Form<PasswordForm>,
+    PageForm(form): PageForm<PasswordForm>,
 ) -> PageResult {
     let (signed_in, user) = match require_recent(&state, &browser, "/account/password").await? {
         Ok(ok) => ok,

@@ -3,7 +3,8 @@
 //! there again (`ui::federation`'s callback elevates the same session). Success elevates the
 //! session for account changes, rotates its token and returns to the page that asked.
 
-use axum::extract::{Form, Query, State};
+use super::web::PageForm;
+use axum::extract::{Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::Response;
 use minijinja::context;
@@ -95,7 +96,7 @@ pub(super) struct ReauthForm {
 pub(super) async fn reauth_submit<S: Store>(
     State(state): State<AppState<S>>,
     browser: Browser,
-    Form(form): Form<ReauthForm>,
+    PageForm(form): PageForm<ReauthForm>,
 ) -> PageResult {
     let return_to = safe_return_to(Some(&form.return_to));
     let signed_in = match require_signed_in(&state, &browser, "/account").await? {

@@ -7,7 +7,8 @@
 //! session with a new token. Before any session exists the password form is protected by a
 //! double-submit cookie ([`LOGIN_CSRF_COOKIE`]).
 
-use axum::extract::{Form, Query, State};
+use super::web::PageForm;
+use axum::extract::{Query, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::Response;
 use minijinja::context;
@@ -127,7 +128,7 @@ pub(super) struct LoginForm {
 pub(super) async fn login_submit<S: Store>(
     State(state): State<AppState<S>>,
     browser: Browser,
-    Form(form): Form<LoginForm>,
+    PageForm(form): PageForm<LoginForm>,
 ) -> PageResult {
     let expected = browser.cookie(LOGIN_CSRF_COOKIE).unwrap_or_default();
     if !csrf_matches(&form.csrf, expected) {
@@ -480,7 +481,7 @@ pub(super) struct CodeForm {
 pub(super) async fn otp_submit<S: Store>(
     State(state): State<AppState<S>>,
     browser: Browser,
-    Form(form): Form<CodeForm>,
+    PageForm(form): PageForm<CodeForm>,
 ) -> PageResult {
     let Some(InProgress {
         token,
@@ -566,7 +567,7 @@ pub(super) struct StayForm {
 pub(super) async fn stay_submit<S: Store>(
     State(state): State<AppState<S>>,
     browser: Browser,
-    Form(form): Form<StayForm>,
+    PageForm(form): PageForm<StayForm>,
 ) -> PageResult {
     let Some(InProgress { token, pending, .. }) = pending_at(&state, &browser, Stage::Stay).await?
     else {

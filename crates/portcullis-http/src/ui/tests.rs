@@ -389,3 +389,32 @@ async fn the_harness_serves_the_pages_in_process() {
         (StatusCode::SEE_OTHER, "/account")
     );
 }
+
+/// A form that cannot be read (JSON posted to a page, a body without its type) gets the pages'
+/// friendly error, never the framework's plain text.
+#[tokio::test]
+async fn a_form_that_cannot_be_read_gets_the_friendly_error_page() {
+    let h = Harness::new();
+    let json = request(Method::POST, "/login", "")
+        .header("sec-fetch-site", "same-origin")
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from("{}"))
+        .unwrap();
+    let no_type = request(Method::POST, "/login/stay", "")
+        .header("sec-fetch-site", "same-origin")
+        .body(Body::from("stay=yes"))
+        .unwrap();
+    for request in [json, no_type] {
+        let answer = h.send(request).await;
+        assert_eq!(answer.status, StatusCode::BAD_REQUEST, "{}", answer.body);
+        assert!(
+            answer.headers[header::CONTENT_TYPE]
+                .to_str()
+                .unwrap()
+                .starts_with("text/html"),
+            "{:?}",
+            answer.headers
+        );
+        assert!(answer.body.contains("That did not work"), "{}", answer.body);
+    }
+}

@@ -2,7 +2,8 @@
 //! with a code from it, and removing it. Both need a recent authentication, sign out every
 //! other session and give this one a new token.
 
-use axum::extract::{Form, State};
+use super::web::PageForm;
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
 use minijinja::context;
@@ -71,7 +72,7 @@ pub(super) struct EnrolForm {
 pub(super) async fn totp_enrol<S: Store>(
     State(state): State<AppState<S>>,
     browser: Browser,
-    Form(form): Form<EnrolForm>,
+    PageForm(form): PageForm<EnrolForm>,
 ) -> PageResult {
     let (signed_in, user) = match require_recent(&state, &browser, "/account/two-factor").await? {
         Ok(ok) => ok,
@@ -116,7 +117,7 @@ pub(super) async fn totp_enrol<S: Store>(
 pub(super) async fn totp_remove<S: Store>(
     State(state): State<AppState<S>>,
     browser: Browser,
-    Form(form): Form<CsrfForm>,
+    PageForm(form): PageForm<CsrfForm>,
 ) -> PageResult {
     let (signed_in, user) = match require_recent(&state, &browser, "/account/two-factor").await? {
         Ok(ok) => ok,

@@ -630,6 +630,28 @@ impl PageError {
     }
 }
 
+/// A form of the pages. What cannot be read as the form (another content type, a field that is
+/// missing or of the wrong kind) gets the pages' friendly error, not the framework's plain text.
+pub struct PageForm<T>(pub T);
+
+impl<T, S> axum::extract::FromRequest<S> for PageForm<T>
+where
+    T: serde::de::DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = PageError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, PageError> {
+        match axum::Form::<T>::from_request(request, state).await {
+            Ok(axum::Form(form)) => Ok(Self(form)),
+            Err(rejection) => {
+                tracing::debug!(%rejection, "a page's form could not be read");
+                Err(PageError::BadRequest("the form could not be read".into()))
+            }
+        }
+    }
+}
+
 impl IntoResponse for PageError {
     fn into_response(self) -> Response {
         let (status, page) = self.page();
