@@ -727,8 +727,8 @@ pub struct EndedCountView {
 pub struct EndSubjectQuery {
     /// The session to keep (the one that changed the password).
     pub except: Option<String>,
-    /// Ending reason (default `revoked_admin`; e.g. `password_changed`, `security_action`).
-    /// Timeouts and `parent_ended` are the engine's own and cannot be named.
+    /// Ending reason (default `revoked_admin`; `logout`, `password_changed`, `security_action`).
+    /// The others are recorded only when Portcullis sees what they name happen.
     #[param(value_type = Option<CallerEndReason>, inline)]
     pub reason: Option<String>,
     /// `application` (default): the caller's own application's sessions; `all`: every
@@ -737,9 +737,8 @@ pub struct EndSubjectQuery {
     pub scope: Option<Scope>,
 }
 
-/// The ending reasons a caller may give (every `EndReason` but the timeouts and
-/// `parent_ended`, which only the engine records). Documentation only: the query keeps the
-/// text, and the engine decides.
+/// The ending reasons a caller may give ([`portcullis_core::EndReason::is_claimable`]).
+/// Documentation only: the query keeps the text, and the engine decides.
 #[derive(Debug, Clone, Copy, ToSchema)]
 #[schema(rename_all = "snake_case")]
 pub enum CallerEndReason {
@@ -751,18 +750,6 @@ pub enum CallerEndReason {
     PasswordChanged,
     /// `security_action`.
     SecurityAction,
-    /// `new_device`.
-    NewDevice,
-    /// `upstream_logout`.
-    UpstreamLogout,
-    /// `token_reuse`.
-    TokenReuse,
-    /// `binding_mismatch`.
-    BindingMismatch,
-    /// `app_removed`.
-    AppRemoved,
-    /// `account_disabled`.
-    AccountDisabled,
 }
 
 /// How far a subject-wide call reaches.
@@ -1215,7 +1202,7 @@ mod tests {
             .collect();
         let taken: Vec<&str> = EndReason::ALL
             .into_iter()
-            .filter(|r| !r.is_timeout() && *r != EndReason::ParentEnded)
+            .filter(|r| r.is_claimable())
             .map(EndReason::as_str)
             .collect();
         assert_eq!(documented, taken);
