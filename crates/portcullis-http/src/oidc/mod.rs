@@ -17,7 +17,7 @@ use std::sync::Arc;
 use axum::Router;
 use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, options, post};
 use portcullis_core::Store;
 use portcullis_oidc::{Endpoints, Provider, ProviderError, TokenError};
 use serde_json::json;
@@ -45,19 +45,27 @@ pub fn routes<S: Store>() -> Router<AppState<S>> {
         .allow_methods([Method::GET, Method::POST])
         .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE])
         .max_age(std::time::Duration::from_secs(3600));
+    // A preflight (`OPTIONS`) must reach the CORS layer: a method a route does not take goes to
+    // the router's one 405 answer, outside every route's layers.
+    let preflight = || options(|| async { StatusCode::NO_CONTENT });
     Router::new()
         .route(
             "/.well-known/openid-configuration",
-            get(discovery::configuration::<S>),
+            preflight().get(discovery::configuration::<S>),
         )
-        .route("/oidc/jwks", get(discovery::jwks::<S>))
-        .route("/oidc/token", post(token::token::<S>))
+        .route("/oidc/jwks", preflight().get(discovery::jwks::<S>))
+        .route("/oidc/token", preflight().post(token::token::<S>))
         .route(
             "/oidc/userinfo",
-            get(userinfo::userinfo::<S>).post(userinfo::userinfo::<S>),
+            preflight()
+                .get(userinfo::userinfo::<S>)
+                .post(userinfo::userinfo::<S>),
         )
-        .route("/oidc/revoke", post(token_state::revoke::<S>))
-        .route("/oidc/introspect", post(token_state::introspect::<S>))
+        .route("/oidc/revoke", preflight().post(token_state::revoke::<S>))
+        .route(
+            "/oidc/introspect",
+            preflight().post(token_state::introspect::<S>),
+        )
         .route(
             "/federation/{id}/backchannel-logout",
             post(crate::ui::federation::backchannel_logout::<S>),

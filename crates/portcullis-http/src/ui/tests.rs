@@ -418,3 +418,37 @@ async fn a_form_that_cannot_be_read_gets_the_friendly_error_page() {
         assert!(answer.body.contains("That did not work"), "{}", answer.body);
     }
 }
+
+/// The machine endpoints answer a browser's CORS preflight (README: any origin, without
+/// credentials), so a public client in a browser can send `Authorization`.
+#[tokio::test]
+async fn the_machine_endpoints_answer_a_cors_preflight() {
+    let h = Harness::new();
+    for (path, method) in [
+        ("/oidc/userinfo", "GET"),
+        ("/oidc/token", "POST"),
+        ("/oidc/introspect", "POST"),
+        ("/oidc/revoke", "POST"),
+        ("/oidc/jwks", "GET"),
+        ("/.well-known/openid-configuration", "GET"),
+    ] {
+        let preflight = request(Method::OPTIONS, path, "")
+            .header(header::ORIGIN, "https://spa.example")
+            .header(header::ACCESS_CONTROL_REQUEST_METHOD, method)
+            .header(header::ACCESS_CONTROL_REQUEST_HEADERS, "authorization")
+            .body(Body::empty())
+            .unwrap();
+        let answer = h.send(preflight).await;
+        assert!(answer.status.is_success(), "{path}: {}", answer.status);
+        assert_eq!(
+            answer.headers[header::ACCESS_CONTROL_ALLOW_ORIGIN],
+            "*",
+            "{path}"
+        );
+        let allowed = answer.headers[header::ACCESS_CONTROL_ALLOW_HEADERS]
+            .to_str()
+            .unwrap()
+            .to_ascii_lowercase();
+        assert!(allowed.contains("authorization"), "{path}: {allowed}");
+    }
+}
