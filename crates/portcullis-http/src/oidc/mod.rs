@@ -17,7 +17,7 @@ use std::sync::Arc;
 use axum::Router;
 use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, options, post};
+use axum::routing::{options, post};
 use portcullis_core::Store;
 use portcullis_oidc::{Endpoints, Provider, ProviderError, TokenError};
 use serde_json::json;
