@@ -2,8 +2,8 @@
 //! applications' sessions under them), signing out one session or all the others, and the
 //! links to the password and two-factor pages.
 
-use super::web::PageForm;
-use axum::extract::{Path, Query, State};
+use super::web::{PageForm, PageQuery};
+use axum::extract::{Path, State};
 use axum::http::{StatusCode, header};
 use axum::response::Response;
 use minijinja::context;
@@ -73,7 +73,7 @@ pub(super) struct AccountQuery {
 pub(super) async fn account_page<S: Store>(
     State(state): State<AppState<S>>,
     browser: Browser,
-    Query(query): Query<AccountQuery>,
+    PageQuery(query): PageQuery<AccountQuery>,
 ) -> PageResult {
     let signed_in = match require_signed_in(&state, &browser, "/account").await? {
         Ok(s) => s,

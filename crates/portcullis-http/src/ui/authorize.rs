@@ -9,8 +9,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::web::PageForm;
-use axum::extract::{Query, State};
+use super::web::{PageForm, PageQuery};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::Response;
 use minijinja::context;
@@ -92,7 +92,7 @@ fn leave_to(url: &str) -> Response {
 pub(super) async fn authorize<S: Store>(
     State(state): State<AppState<S>>,
     browser: Browser,
-    Query(params): Query<AuthorizationParams>,
+    PageQuery(params): PageQuery<AuthorizationParams>,
 ) -> PageResult {
     let provider = provider_of(&state)?;
     let request = match provider.check_authorization(&params).await {

@@ -9,8 +9,8 @@
 //! ask, with `federated`, that an SSO session started upstream end there too; the confirmation
 //! page then offers it ticked.
 
-use super::web::PageForm;
-use axum::extract::{Query, State};
+use super::web::{PageForm, PageQuery};
+use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::Response;
 use minijinja::context;
@@ -28,7 +28,7 @@ use crate::AppState;
 pub(super) async fn end_session_page<S: Store>(
     State(state): State<AppState<S>>,
     browser: Browser,
-    Query(params): Query<LogoutParams>,
+    PageQuery(params): PageQuery<LogoutParams>,
 ) -> PageResult {
     let provider = state.provider.clone().ok_or(PageError::NotFound)?;
     let request = match checked(&state, &provider, &params).await? {

@@ -12,8 +12,8 @@
 
 use std::sync::Arc;
 
-use super::web::PageForm;
-use axum::extract::{Path, Query, State};
+use super::web::{PageForm, PageQuery};
+use axum::extract::{Path, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use minijinja::context;
@@ -156,7 +156,7 @@ pub(super) async fn start<S: Store>(
     State(state): State<AppState<S>>,
     Path(id): Path<String>,
     browser: Browser,
-    Query(query): Query<StartQuery>,
+    PageQuery(query): PageQuery<StartQuery>,
 ) -> PageResult {
     let federation = federation_of(&state)?;
     let upstream = upstream_of(federation, &id)?;
@@ -265,7 +265,7 @@ pub(super) async fn callback<S: Store>(
     State(state): State<AppState<S>>,
     Path(id): Path<String>,
     browser: Browser,
-    Query(answer): Query<Answer>,
+    PageQuery(answer): PageQuery<Answer>,
 ) -> PageResult {
     finish(&state, &id, &browser, answer).await
 }
@@ -696,7 +696,7 @@ pub(super) struct SignedOutQuery {
 pub(super) async fn signed_out<S: Store>(
     State(state): State<AppState<S>>,
     Path(id): Path<String>,
-    Query(query): Query<SignedOutQuery>,
+    PageQuery(query): PageQuery<SignedOutQuery>,
 ) -> PageResult {
     let federation = federation_of(&state)?;
     upstream_of(federation, &id)?;

@@ -3,8 +3,8 @@
 //! there again (`ui::federation`'s callback elevates the same session). Success elevates the
 //! session for account changes, rotates its token and returns to the page that asked.
 
-use super::web::PageForm;
-use axum::extract::{Query, State};
+use super::web::{PageForm, PageQuery};
+use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::Response;
 use minijinja::context;
@@ -27,7 +27,7 @@ pub(super) struct ReauthQuery {
 pub(super) async fn reauth_page<S: Store>(
     State(state): State<AppState<S>>,
     browser: Browser,
-    Query(query): Query<ReauthQuery>,
+    PageQuery(query): PageQuery<ReauthQuery>,
 ) -> PageResult {
     let return_to = safe_return_to(query.return_to.as_deref());
     let here = format!("/reauth?return_to={}", encode_query(&return_to));

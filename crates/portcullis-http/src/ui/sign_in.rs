@@ -7,8 +7,8 @@
 //! session with a new token. Before any session exists the password form is protected by a
 //! double-submit cookie ([`LOGIN_CSRF_COOKIE`]).
 
-use super::web::PageForm;
-use axum::extract::{Query, State};
+use super::web::{PageForm, PageQuery};
+use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::Response;
 use minijinja::context;
@@ -37,7 +37,7 @@ pub(super) struct LoginQuery {
 pub(super) async fn login_page<S: Store>(
     State(state): State<AppState<S>>,
     browser: Browser,
-    Query(query): Query<LoginQuery>,
+    PageQuery(query): PageQuery<LoginQuery>,
 ) -> PageResult {
     let return_to = safe_return_to(query.return_to.as_deref());
     if current(&state, &browser, false).await?.is_ok() {

@@ -390,8 +390,8 @@ async fn the_harness_serves_the_pages_in_process() {
     );
 }
 
-/// A form that cannot be read (JSON posted to a page, a body without its type) gets the pages'
-/// friendly error, never the framework's plain text.
+/// A form or a query that cannot be read (JSON posted to a page, a body without its type, a
+/// parameter given twice) gets the pages' friendly error, never the framework's plain text.
 #[tokio::test]
 async fn a_form_that_cannot_be_read_gets_the_friendly_error_page() {
     let h = Harness::new();
@@ -404,7 +404,10 @@ async fn a_form_that_cannot_be_read_gets_the_friendly_error_page() {
         .header("sec-fetch-site", "same-origin")
         .body(Body::from("stay=yes"))
         .unwrap();
-    for request in [json, no_type] {
+    let twice = request(Method::GET, "/login?return_to=/a&return_to=/b", "")
+        .body(Body::empty())
+        .unwrap();
+    for request in [json, no_type, twice] {
         let answer = h.send(request).await;
         assert_eq!(answer.status, StatusCode::BAD_REQUEST, "{}", answer.body);
         assert!(

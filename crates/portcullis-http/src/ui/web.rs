@@ -652,6 +652,28 @@ where
     }
 }
 
+/// The query of a page, read as [`PageForm`] reads a form: what cannot be read (a parameter
+/// given twice, one of the wrong kind) gets the pages' friendly error.
+pub struct PageQuery<T>(pub T);
+
+impl<T, S> FromRequestParts<S> for PageQuery<T>
+where
+    T: serde::de::DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = PageError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, PageError> {
+        match axum::extract::Query::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Query(query)) => Ok(Self(query)),
+            Err(rejection) => {
+                tracing::debug!(%rejection, "a page's query could not be read");
+                Err(PageError::BadRequest("the query could not be read".into()))
+            }
+        }
+    }
+}
+
 impl IntoResponse for PageError {
     fn into_response(self) -> Response {
         let (status, page) = self.page();
