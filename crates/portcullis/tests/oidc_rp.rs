@@ -803,3 +803,43 @@ async fn rfc7009_6_revoked_token_introspects_inactive() {
         "the revoked refresh token no longer refreshes"
     );
 }
+
+/// RFC 6749 §3.2 and §5.2: a body that is not a readable form is `invalid_request`, and the
+/// description says what is wrong with it (a parameter given twice is not a wrong content type).
+#[tokio::test]
+async fn rfc6749_5_2_an_unreadable_token_request_says_why() {
+    let portcullis = Portcullis::start().await;
+    let http = Http::new();
+    let post = |path: &'static str, content_type: &'static str, body: &'static str| {
+        http.0
+            .post(format!("{}{path}", portcullis.base))
+            .basic_auth(&portcullis.client_id, Some(&portcullis.client_secret))
+            .header(reqwest::header::CONTENT_TYPE, content_type)
+            .body(body)
+            .send()
+    };
+    let form = "application/x-www-form-urlencoded";
+    for (path, content_type, body, says) in [
+        (
+            "/oidc/token",
+            form,
+            "grant_type=authorization_code&code=a&code=b",
+            "given twice",
+        ),
+        ("/oidc/revoke", form, "token=a&token=b", "given twice"),
+        ("/oidc/introspect", form, "token=a&token=b", "given twice"),
+        (
+            "/oidc/token",
+            "application/json",
+            r#"{"grant_type":"refresh_token"}"#,
+            "application/x-www-form-urlencoded",
+        ),
+    ] {
+        let answer = post(path, content_type, body).await.unwrap();
+        assert_eq!(answer.status(), 400, "{path} {body}");
+        let error: serde_json::Value = answer.json().await.unwrap();
+        assert_eq!(error["error"], "invalid_request", "{path} {body}");
+        let description = error["error_description"].as_str().unwrap();
+        assert!(description.contains(says), "{path} {body}: {description}");
+    }
+}

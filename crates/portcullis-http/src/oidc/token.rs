@@ -34,6 +34,22 @@ pub(super) struct TokenForm {
 
 /// The credentials a client presented and the client id it named: one way only (RFC 6749
 /// §2.3: a client must not use more than one method in a request).
+/// The RFC 6749 error for a body that is not a readable form, saying what is wrong with it.
+pub(super) fn unreadable_form(rejection: &FormRejection) -> TokenError {
+    let description = match rejection {
+        FormRejection::InvalidFormContentType(_) => {
+            "the body must be application/x-www-form-urlencoded"
+        }
+        FormRejection::BytesRejection(_) => "the body is too large or could not be read",
+        // RFC 6749 §3.2: a parameter must not be given more than once.
+        _ => "the form cannot be read: a parameter is given twice or is not text",
+    };
+    TokenError {
+        error: "invalid_request",
+        description,
+    }
+}
+
 pub(super) fn credentials(
     headers: &HeaderMap,
     client_id: Option<&str>,
@@ -99,11 +115,9 @@ pub(super) async fn token<S: Store>(
     let Some(provider) = provider_of(&state) else {
         return not_configured();
     };
-    let Ok(Form(form)) = form else {
-        return oauth_error(TokenError {
-            error: "invalid_request",
-            description: "the body must be application/x-www-form-urlencoded",
-        });
+    let form = match form {
+        Ok(Form(form)) => form,
+        Err(rejection) => return oauth_error(unreadable_form(&rejection)),
     };
     let (client_id, presented) = match credentials(
         &headers,

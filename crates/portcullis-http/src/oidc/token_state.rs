@@ -10,7 +10,7 @@ use portcullis_core::{Application, Store};
 use portcullis_oidc::{Provider, ProviderOr, TokenError};
 use serde::Deserialize;
 
-use super::token::credentials;
+use super::token::{credentials, unreadable_form};
 use super::{endpoints, no_store, not_configured, oauth_error, provider_of, unavailable};
 use crate::AppState;
 
@@ -32,11 +32,9 @@ async fn authenticated<S: Store>(
     form: Result<Form<TokenStateForm>, FormRejection>,
     endpoint: &str,
 ) -> Result<(Application, String), Response> {
-    let Ok(Form(form)) = form else {
-        return Err(oauth_error(TokenError {
-            error: "invalid_request",
-            description: "the body must be application/x-www-form-urlencoded",
-        }));
+    let form = match form {
+        Ok(Form(form)) => form,
+        Err(rejection) => return Err(oauth_error(unreadable_form(&rejection))),
     };
     let (client_id, presented) = credentials(
         headers,
