@@ -737,6 +737,16 @@ impl<S: Store> Provider<S> {
         Ok(Some(Value::Object(info)))
     }
 
+    /// The person's username, the human-readable identifier of introspection (RFC 7662 §2.2);
+    /// `None` for a subject with no account here.
+    async fn username_of(&self, subject: &str) -> Result<Option<String>, ProviderError> {
+        match self.accounts.by_id(subject).await {
+            Ok(user) => Ok(Some(user.username)),
+            Err(portcullis_core::AccountError::NotFound) => Ok(None),
+            Err(err) => Err(err.into()),
+        }
+    }
+
     /// Introspection (RFC 7662) by `app`: only its own tokens are active to it, and nothing
     /// but `active: false` is told of any other.
     pub async fn introspect(&self, app: &Application, token: &str) -> Result<Value, ProviderError> {
@@ -745,20 +755,24 @@ impl<S: Store> Provider<S> {
             if claims.client_id != app.id.as_str() {
                 return Ok(inactive);
             }
-            return Ok(json!({
-                "active": true,
-                "token_type": "access_token",
-                "scope": claims.scope,
-                "client_id": claims.client_id,
-                "sub": claims.sub,
-                "username": claims.sub,
-                "aud": claims.aud,
-                "iss": claims.iss,
-                "exp": claims.exp,
-                "iat": claims.iat,
-                "jti": claims.jti,
-                "sid": claims.sid,
-            }));
+            let username = self.username_of(&claims.sub).await?;
+            return Ok(with_username(
+                json!({
+                    "active": true,
+                    // RFC 7662 §2.2: the token type of RFC 6749 §5.1.
+                    "token_type": "Bearer",
+                    "scope": claims.scope,
+                    "client_id": claims.client_id,
+                    "sub": claims.sub,
+                    "aud": claims.aud,
+                    "iss": claims.iss,
+                    "exp": claims.exp,
+                    "iat": claims.iat,
+                    "jti": claims.jti,
+                    "sid": claims.sid,
+                }),
+                username,
+            ));
         }
         let Ok(hash) = Token::hash_presented(TokenKind::RefreshToken, token) else {
             return Ok(inactive);
@@ -779,18 +793,21 @@ impl<S: Store> Provider<S> {
             Err(EngineError::Rejected(_) | EngineError::NotFound) => return Ok(inactive),
             Err(err) => return Err(err.into()),
         };
-        Ok(json!({
-            "active": true,
-            "token_type": "refresh_token",
-            "scope": record.scopes.join(" "),
-            "client_id": record.client.as_str(),
-            "sub": record.subject,
-            "username": record.subject,
-            "iss": self.settings.issuer,
-            "exp": seconds(record.expires_at),
-            "iat": seconds(record.issued_at),
-            "sid": sso_of(&session).as_str(),
-        }))
+        let username = self.username_of(&record.subject).await?;
+        Ok(with_username(
+            json!({
+                "active": true,
+                "token_type": "refresh_token",
+                "scope": record.scopes.join(" "),
+                "client_id": record.client.as_str(),
+                "sub": record.subject,
+                "iss": self.settings.issuer,
+                "exp": seconds(record.expires_at),
+                "iat": seconds(record.issued_at),
+                "sid": sso_of(&session).as_str(),
+            }),
+            username,
+        ))
     }
 
     /// Revocation (RFC 7009) by `app`: a refresh or access token of its own ends the client's
@@ -818,4 +835,12 @@ impl<S: Store> Provider<S> {
         }
         Ok(())
     }
+}
+
+/// `answer` with `username` when there is one (RFC 7662 §2.2: the member is optional).
+fn with_username(mut answer: Value, username: Option<String>) -> Value {
+    if let (Some(name), Some(members)) = (username, answer.as_object_mut()) {
+        members.insert("username".into(), Value::String(name));
+    }
+    answer
 }

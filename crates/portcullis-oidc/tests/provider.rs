@@ -1280,13 +1280,16 @@ async fn rfc7662_3_4_tokens_are_active_only_to_their_own_client() {
     assert_eq!(active["sub"], op.user.id.as_str());
     assert_eq!(active["scope"], "openid profile");
     assert_eq!(active["iss"], ISSUER);
-    assert_eq!(active["token_type"], "access_token");
+    // RFC 7662 §2.2: the type of RFC 6749 §5.1, and the person's human-readable name.
+    assert_eq!(active["token_type"], "Bearer");
+    assert_eq!(active["username"], op.user.username.as_str());
     assert_eq!(active["sid"], sso.session.id.as_str());
     assert_eq!(active["exp"], op.access(&tokens).exp);
 
     let refresh = op.introspect(&rp, &rt).await;
     assert_eq!(refresh["active"], true, "{refresh}");
     assert_eq!(refresh["token_type"], "refresh_token");
+    assert_eq!(refresh["username"], op.user.username.as_str());
     assert_eq!(refresh["client_id"], rp.id());
     assert_eq!(refresh["sub"], op.user.id.as_str());
     assert_eq!(refresh["scope"], "openid profile");
