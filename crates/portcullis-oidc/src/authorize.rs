@@ -217,12 +217,18 @@ impl<S: Store> Provider<S> {
                 "request_uri is not supported",
             );
         }
-        if params.response_type.as_deref() != Some("code") {
-            return fail(
-                &request,
-                "unsupported_response_type",
-                "only response_type=code is supported",
-            );
+        // RFC 6749 §4.1.2.1: a parameter missing is `invalid_request`; one we do not support,
+        // `unsupported_response_type`.
+        match params.response_type.as_deref() {
+            Some("code") => {}
+            None => return fail(&request, "invalid_request", "response_type is missing"),
+            Some(_) => {
+                return fail(
+                    &request,
+                    "unsupported_response_type",
+                    "only response_type=code is supported",
+                );
+            }
         }
         if !matches!(params.response_mode.as_deref(), None | Some("query")) {
             return fail(

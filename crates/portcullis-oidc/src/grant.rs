@@ -338,7 +338,14 @@ impl<S: Store> Provider<S> {
         if code.expires_at <= now {
             return Err(TokenError::grant("the code has expired"));
         }
-        if redirect_uri != Some(code.redirect_uri.as_str()) {
+        // RFC 6749 §4.1.3: required when the authorization request had it (ours always do).
+        let Some(redirect_uri) = redirect_uri else {
+            return Err(TokenError::new(
+                "invalid_request",
+                "redirect_uri is missing",
+            ));
+        };
+        if redirect_uri != code.redirect_uri {
             return Err(TokenError::grant(
                 "redirect_uri differs from the authorization request",
             ));

@@ -519,13 +519,14 @@ async fn rfc9700_8_asvs5_10_4_1_unknown_clients_and_redirect_uris_get_no_redirec
 async fn asvs5_10_6_1_a_response_type_other_than_code_is_unsupported_response_type_with_state() {
     let op = Op::new().await;
     let rp = op.public_client("web").await;
-    for response_type in [
-        None,
-        Some("token"),
-        Some("id_token token"),
-        Some("code token"),
-        Some("code id_token"),
-        Some("CODE"),
+    // RFC 6749 §4.1.2.1: one missing is `invalid_request`, one we do not support the other.
+    for (response_type, expected) in [
+        (None, "invalid_request"),
+        (Some("token"), "unsupported_response_type"),
+        (Some("id_token token"), "unsupported_response_type"),
+        (Some("code token"), "unsupported_response_type"),
+        (Some("code id_token"), "unsupported_response_type"),
+        (Some("CODE"), "unsupported_response_type"),
     ] {
         let error = op
             .check_error(&AuthorizationParams {
@@ -533,11 +534,11 @@ async fn asvs5_10_6_1_a_response_type_other_than_code_is_unsupported_response_ty
                 ..params(&rp)
             })
             .await;
-        assert_redirected(&error, "unsupported_response_type");
+        assert_redirected(&error, expected);
         let url = op.provider.error_url(&error).expect("an error redirect");
         let answer = query(&url);
         assert!(url.starts_with(&format!("{REDIRECT}?")), "{url}");
-        assert_eq!(answer["error"], "unsupported_response_type");
+        assert_eq!(answer["error"], expected);
         assert_eq!(answer["state"], STATE);
         assert_eq!(answer["iss"], ISSUER, "RFC 9207: errors carry iss too");
         assert!(!answer.contains_key("code"));
@@ -1024,14 +1025,23 @@ async fn rfc9700_8_a_token_request_with_another_redirect_uri_is_invalid_grant() 
     let rp = op.public_client("web").await;
     let sso = op.sign_in().await;
     for redirect in [
-        Some(OTHER_REDIRECT),
-        None,
-        Some("https://app.example/cb/"),
-        Some("https://evil.example/cb"),
+        OTHER_REDIRECT,
+        "https://app.example/cb/",
+        "https://evil.example/cb",
     ] {
         let code = op.code(&params(&rp), &sso).await;
-        assert_invalid_grant(op.exchange(&rp, &code, redirect, Some(VERIFIER)).await);
+        assert_invalid_grant(
+            op.exchange(&rp, &code, Some(redirect), Some(VERIFIER))
+                .await,
+        );
     }
+    // RFC 6749 §4.1.3: missing, it is a malformed request.
+    let code = op.code(&params(&rp), &sso).await;
+    let missing = op
+        .exchange(&rp, &code, None, Some(VERIFIER))
+        .await
+        .unwrap_err();
+    assert_eq!(missing.error, "invalid_request");
     // Each registered URI works when the token request repeats it.
     let other = AuthorizationParams {
         redirect_uri: Some(OTHER_REDIRECT.into()),
