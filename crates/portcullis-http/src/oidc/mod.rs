@@ -48,23 +48,25 @@ pub fn routes<S: Store>() -> Router<AppState<S>> {
     // A preflight (`OPTIONS`) must reach the CORS layer: a method a route does not take goes to
     // the router's one 405 answer, outside every route's layers.
     let preflight = || options(|| async { StatusCode::NO_CONTENT });
+    // The OAuth endpoints answer even a wrong method in RFC 6749's form.
+    let oauth = || preflight().fallback(post_only);
     Router::new()
         .route(
             "/.well-known/openid-configuration",
             preflight().get(discovery::configuration::<S>),
         )
         .route("/oidc/jwks", preflight().get(discovery::jwks::<S>))
-        .route("/oidc/token", preflight().post(token::token::<S>))
+        .route("/oidc/token", oauth().post(token::token::<S>))
         .route(
             "/oidc/userinfo",
             preflight()
                 .get(userinfo::userinfo::<S>)
                 .post(userinfo::userinfo::<S>),
         )
-        .route("/oidc/revoke", preflight().post(token_state::revoke::<S>))
+        .route("/oidc/revoke", oauth().post(token_state::revoke::<S>))
         .route(
             "/oidc/introspect",
-            preflight().post(token_state::introspect::<S>),
+            oauth().post(token_state::introspect::<S>),
         )
         .route(
             "/federation/{id}/backchannel-logout",
@@ -80,6 +82,18 @@ fn provider_of<S: Store>(state: &AppState<S>) -> Option<Arc<Provider<S>>> {
 
 fn not_configured() -> Response {
     StatusCode::NOT_FOUND.into_response()
+}
+
+/// A method an OAuth endpoint does not take: 405 with `Allow`, its body an RFC 6749 error.
+async fn post_only() -> Response {
+    let mut response = no_store(
+        StatusCode::METHOD_NOT_ALLOWED,
+        json!({"error": "invalid_request", "error_description": "this endpoint takes POST"}),
+    );
+    response
+        .headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static("POST"));
+    response
 }
 
 /// A JSON answer that no cache keeps (RFC 6749 §5.1).

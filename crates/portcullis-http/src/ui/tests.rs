@@ -455,3 +455,15 @@ async fn the_machine_endpoints_answer_a_cors_preflight() {
         assert!(allowed.contains("authorization"), "{path}: {allowed}");
     }
 }
+
+/// README: errors at the OAuth endpoints are RFC 6749's, a wrong method's too.
+#[tokio::test]
+async fn a_wrong_method_at_an_oauth_endpoint_is_an_rfc6749_error() {
+    let h = Harness::new();
+    for path in ["/oidc/token", "/oidc/introspect", "/oidc/revoke"] {
+        let answer = h.get(path, "").await;
+        assert_eq!(answer.status, StatusCode::METHOD_NOT_ALLOWED, "{path}");
+        assert_eq!(answer.headers[header::ALLOW], "POST", "{path}");
+        assert_eq!(answer.json()["error"], "invalid_request", "{path}");
+    }
+}
