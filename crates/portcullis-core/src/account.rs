@@ -894,8 +894,18 @@ impl Accounts {
             match self.count(key, &ThrottleRules::ADDRESS, now).await {
                 Ok(wait) => waits.push(wait),
                 Err(err) => {
-                    self.publish_failure(EventKind::LoginThrottled, None, "address", origin, None)
+                    // Only a throttle's verdict is a throttled sign-in: a store that cannot
+                    // answer is an outage, not an attack on this address.
+                    if matches!(err, SignInError::Throttled(_)) {
+                        self.publish_failure(
+                            EventKind::LoginThrottled,
+                            None,
+                            "address",
+                            origin,
+                            None,
+                        )
                         .await;
+                    }
                     return Err(err);
                 }
             }
@@ -940,14 +950,16 @@ impl Accounts {
         match self.count(&name_key, &ThrottleRules::ACCOUNT, now).await {
             Ok(wait) => waits.push(wait),
             Err(err) => {
-                self.publish_failure(
-                    EventKind::LoginThrottled,
-                    user.as_ref(),
-                    "password",
-                    origin,
-                    Some(&name),
-                )
-                .await;
+                if matches!(err, SignInError::Throttled(_)) {
+                    self.publish_failure(
+                        EventKind::LoginThrottled,
+                        user.as_ref(),
+                        "password",
+                        origin,
+                        Some(&name),
+                    )
+                    .await;
+                }
                 return Err(err);
             }
         }
@@ -1596,6 +1608,63 @@ mod tests {
             .expect("the failure is published");
         assert_eq!(failed.subject.as_deref(), Some(alice.id.as_str()));
         assert_eq!(failed.detail["failed"], "password");
+    }
+
+    /// A throttle store that cannot answer.
+    struct DownThrottle;
+
+    impl crate::throttle::ThrottleStore for DownThrottle {
+        fn attempt<'a>(
+            &'a self,
+            _key: &'a str,
+            _rules: &'a ThrottleRules,
+            _now: Timestamp,
+        ) -> crate::throttle::ThrottleFuture<'a, crate::throttle::Verdict> {
+            Box::pin(async { Err(down()) })
+        }
+        fn refund<'a>(&'a self, _key: &'a str) -> crate::throttle::ThrottleFuture<'a, ()> {
+            Box::pin(async { Err(down()) })
+        }
+        fn clear<'a>(&'a self, _key: &'a str) -> crate::throttle::ThrottleFuture<'a, ()> {
+            Box::pin(async { Err(down()) })
+        }
+        fn forget_expired(&self, _now: Timestamp) -> crate::throttle::ThrottleFuture<'_, u64> {
+            Box::pin(async { Err(down()) })
+        }
+    }
+
+    fn down() -> UserStoreError {
+        UserStoreError::Unavailable(crate::store::BackendError::new(std::io::Error::other(
+            "the throttle store is down",
+        )))
+    }
+
+    /// A sign-in while the throttle's store is down fails closed, and is not published as a
+    /// throttled sign-in: a SIEM would read an outage as an attack on the address.
+    #[tokio::test]
+    async fn a_sign_in_during_an_outage_fails_closed_and_is_not_called_throttled() {
+        let clock = Arc::new(ManualClock::new(T0));
+        let failures = Arc::new(Failures::default());
+        let accounts = Accounts::new(
+            Arc::new(MemoryUserStore::new()),
+            clock.clone(),
+            Arc::new(SeededRandom::new(1)),
+            failures.clone(),
+        )
+        .with_throttle(Arc::new(DownThrottle));
+        let answer = accounts
+            .check_password("alice", PASSWORD, from("10.0.0.7"))
+            .await;
+        assert!(answer.is_err(), "fails closed");
+        assert!(!matches!(answer, Err(SignInError::Throttled(_))));
+        assert!(
+            failures
+                .0
+                .lock()
+                .iter()
+                .all(|e| e.kind != EventKind::LoginThrottled),
+            "an outage is no throttling"
+        );
     }
 
     #[test]
