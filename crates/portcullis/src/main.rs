@@ -815,7 +815,7 @@ async fn tls_config(config: &Config) -> Result<Option<axum_server::tls_rustls::R
 /// here: its API keys move to the `legacy` application, so they keep working. Every store
 /// call is timed ([`TimedStore`]).
 async fn app_state<S: Store>(
-    store: S,
+    store: TimedStore<S>,
     backing: AccountBacking,
     config: &Config,
     sink: Arc<dyn AuditSink>,
@@ -839,14 +839,9 @@ async fn app_state<S: Store>(
         );
     }
     let engine = Arc::new(
-        Engine::new(
-            TimedStore::new(store),
-            config.policies()?,
-            clock.clone(),
-            random.clone(),
-        )
-        .with_settings(config.engine_settings())
-        .with_sink(Arc::clone(&sink)),
+        Engine::new(store, config.policies()?, clock.clone(), random.clone())
+            .with_settings(config.engine_settings())
+            .with_sink(Arc::clone(&sink)),
     );
     let accounts = accounts.with_trail(engine.clone());
     if let Some(app) = engine
@@ -966,18 +961,19 @@ async fn in_process_call(
     };
     let (opened, users) = open_store(config).await?;
     let router = match opened {
-        Opened::Sqlite(store) => {
-            admin_router(AppState::new(app_state(store, users, config, sink).await?))
-        }
-        Opened::Memory(store) => {
-            admin_router(AppState::new(app_state(store, users, config, sink).await?))
-        }
+        Opened::Sqlite(store) => admin_router(AppState::new(
+            app_state(TimedStore::new(store), users, config, sink).await?,
+        )),
+        Opened::Memory(store) => admin_router(AppState::new(
+            app_state(TimedStore::new(store), users, config, sink).await?,
+        )),
         Opened::Postgres(store) => {
+            let store = TimedStore::new(store).with_deadline(POSTGRES_DEADLINE);
             admin_router(AppState::new(app_state(store, users, config, sink).await?))
         }
-        Opened::Redis(store) => {
-            admin_router(AppState::new(app_state(store, users, config, sink).await?))
-        }
+        Opened::Redis(store) => admin_router(AppState::new(
+            app_state(TimedStore::new(store), users, config, sink).await?,
+        )),
     };
     let request = hyper::Request::builder()
         .method(method)
@@ -1237,23 +1233,31 @@ async fn serve(config: Config) -> Result<()> {
     let (opened, users) = open_store(&config).await?;
     match opened {
         Opened::Sqlite(store) => {
-            let services = app_state(store, users, &config, sink).await?;
+            let services = app_state(TimedStore::new(store), users, &config, sink).await?;
             run_server(services, &config, edge, recorder, tls).await
         }
         Opened::Memory(store) => {
-            let services = app_state(store, users, &config, sink).await?;
+            let services = app_state(TimedStore::new(store), users, &config, sink).await?;
             run_server(services, &config, edge, recorder, tls).await
         }
         Opened::Postgres(store) => {
+            // A server that stops answering without closing its connections would otherwise
+            // hold every request that reached it (Redis has its own response timeout; the
+            // embedded store never waits on a network).
+            let store = TimedStore::new(store).with_deadline(POSTGRES_DEADLINE);
             let services = app_state(store, users, &config, sink).await?;
             run_server(services, &config, edge, recorder, tls).await
         }
         Opened::Redis(store) => {
-            let services = app_state(store, users, &config, sink).await?;
+            let services = app_state(TimedStore::new(store), users, &config, sink).await?;
             run_server(services, &config, edge, recorder, tls).await
         }
     }
 }
+
+/// How long a call to PostgreSQL may take before it fails closed (`503`): a statement of ours
+/// takes milliseconds, and a sign-in's few at most a second, even behind a row lock.
+const POSTGRES_DEADLINE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Installs the process's Prometheus recorder: latencies as histograms (Prometheus can
 /// aggregate them across nodes).
