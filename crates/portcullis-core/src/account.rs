@@ -1576,18 +1576,23 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn a_password_longer_than_any_is_the_wrong_password_of_the_account_it_was_typed_for() {
-        let clock = Arc::new(ManualClock::new(T0));
-        let throttle = Arc::new(MemoryThrottleStore::new());
+    /// Accounts over `throttle` that publish to a [`Failures`] of their own, returned with it.
+    fn accounts_publishing(throttle: Arc<dyn ThrottleStore>) -> (Accounts, Arc<Failures>) {
         let failures = Arc::new(Failures::default());
         let accounts = Accounts::new(
             Arc::new(MemoryUserStore::new()),
-            clock.clone(),
+            Arc::new(ManualClock::new(T0)),
             Arc::new(SeededRandom::new(1)),
             failures.clone(),
         )
-        .with_throttle(throttle.clone());
+        .with_throttle(throttle);
+        (accounts, failures)
+    }
+
+    #[tokio::test]
+    async fn a_password_longer_than_any_is_the_wrong_password_of_the_account_it_was_typed_for() {
+        let throttle = Arc::new(MemoryThrottleStore::new());
+        let (accounts, failures) = accounts_publishing(throttle.clone());
         let alice = accounts
             .add_user("alice", PASSWORD, &Actor::cli())
             .await
@@ -1643,15 +1648,7 @@ mod tests {
     /// throttled sign-in: a SIEM would read an outage as an attack on the address.
     #[tokio::test]
     async fn a_sign_in_during_an_outage_fails_closed_and_is_not_called_throttled() {
-        let clock = Arc::new(ManualClock::new(T0));
-        let failures = Arc::new(Failures::default());
-        let accounts = Accounts::new(
-            Arc::new(MemoryUserStore::new()),
-            clock.clone(),
-            Arc::new(SeededRandom::new(1)),
-            failures.clone(),
-        )
-        .with_throttle(Arc::new(DownThrottle));
+        let (accounts, failures) = accounts_publishing(Arc::new(DownThrottle));
         let answer = accounts
             .check_password("alice", PASSWORD, from("10.0.0.7"))
             .await;
