@@ -187,6 +187,10 @@ impl ApiError {
     }
 }
 
+/// The `Retry-After` of a 503: a store that is back answers at once, and a caller that waits
+/// this long between tries adds little load to one that is not.
+pub(crate) const RETRY_AFTER_SECONDS: &str = "5";
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let problem = self.problem();
@@ -204,6 +208,13 @@ impl IntoResponse for ApiError {
         );
         if matches!(self, Self::MissingApiKey | Self::InvalidApiKey) {
             headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            // RFC 9110 §10.2.3: when to try again (a store that is back answers at once).
+            headers.insert(
+                header::RETRY_AFTER,
+                HeaderValue::from_static(RETRY_AFTER_SECONDS),
+            );
         }
         response
     }

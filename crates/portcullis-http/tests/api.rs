@@ -669,6 +669,8 @@ async fn fail_closed_when_the_store_cannot_write() {
     assert_eq!(status, 503);
     let response = s.http.get(s.url("/readyz")).send().await.unwrap();
     assert_eq!(response.status(), 503);
+    // RFC 9110 §10.2.3: a 503 says when to try again.
+    assert_eq!(response.headers()["retry-after"], "5");
     // Nothing was lost or half-done: once back, the session works and can be ended.
     s.store_down(false);
     assert_eq!(

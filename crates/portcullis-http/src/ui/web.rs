@@ -678,10 +678,19 @@ impl IntoResponse for PageError {
     fn into_response(self) -> Response {
         let (status, page) = self.page();
         let mut response = status.into_response();
-        if matches!(self, Self::Busy) {
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        match self {
+            Self::Busy => {
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            Self::Unavailable => {
+                response.headers_mut().insert(
+                    header::RETRY_AFTER,
+                    HeaderValue::from_static(crate::error::RETRY_AFTER_SECONDS),
+                );
+            }
+            _ => {}
         }
         response.extensions_mut().insert(page);
         response
