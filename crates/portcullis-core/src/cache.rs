@@ -652,16 +652,7 @@ impl<J: Journal> CachedStore<J> {
                 self.deadlines
                     .lock()
                     .remove(&(session.next_deadline().0, key.clone()));
-                state.subjects.remove(&session.subject, key);
-                if let Some(parent) = &session.parent {
-                    let parent = IdKey::of(parent);
-                    if let Some(list) = state.children.get_mut(&parent) {
-                        list.retain(|x| x != key);
-                        if list.is_empty() {
-                            state.children.remove(&parent);
-                        }
-                    }
-                }
+                Self::unlist_live(state, session, key);
             }
             Some(ended) => {
                 state.purges.remove(&(ended.purge_at, key.clone()));
@@ -755,16 +746,7 @@ impl<J: Journal> CachedStore<J> {
             }
         } else {
             if was_live {
-                state.subjects.remove(&session.subject, &key);
-                if let Some(parent) = &session.parent {
-                    let parent = IdKey::of(parent);
-                    if let Some(list) = state.children.get_mut(&parent) {
-                        list.retain(|x| x != &key);
-                        if list.is_empty() {
-                            state.children.remove(&parent);
-                        }
-                    }
-                }
+                Self::unlist_live(state, session, &key);
             }
             let ended = session.ended.as_ref().expect("not live means ended");
             if previous.as_ref().and_then(|p| p.ended.as_ref()).is_none() {
@@ -814,6 +796,20 @@ impl<J: Journal> CachedStore<J> {
         }
     }
 
+    /// Takes a live session off its subject's and its parent's lists.
+    fn unlist_live(state: &mut WriterState, session: &Session, key: &IdKey) {
+        state.subjects.remove(&session.subject, key);
+        if let Some(parent) = &session.parent {
+            let parent = IdKey::of(parent);
+            if let Some(list) = state.children.get_mut(&parent) {
+                list.retain(|x| x != key);
+                if list.is_empty() {
+                    state.children.remove(&parent);
+                }
+            }
+        }
+    }
+
     fn forget(&self, state: &mut WriterState, id: &SessionId) {
         let key = IdKey::of(id);
         let Some(session) = self.get_by_key(&key) else {
@@ -823,11 +819,7 @@ impl<J: Journal> CachedStore<J> {
         self.by_hash[shard_of(&session.token_hash)]
             .write()
             .remove(&session.token_hash);
-        self.live.lock().remove(&session);
-        state.tombstones.remove(&session.subject, &key);
-        if let Some(ended) = &session.ended {
-            state.purges.remove(&(ended.purge_at, key));
-        }
+        self.unindex(state, &key, &session);
     }
 
     fn stamp(state: &mut WriterState, events: &mut [AuditEvent]) {
