@@ -497,6 +497,10 @@ fn device_cookie_context(user_id: &str) -> String {
 /// any hashing or store lookup (usernames are at most 64 characters, passwords 256).
 const MAX_TYPED_BYTES: usize = 1024;
 
+/// The characters of why an upstream sign-in failed that its event keeps (the upstream's own
+/// error text is in it, and is not ours to store at any length).
+const MAX_FAILURE_WHY: usize = 200;
+
 /// How long a caller turned away by a full [`HashGate`] is asked to wait.
 const BUSY_RETRY: Duration = Duration::from_secs(1);
 
@@ -1014,6 +1018,27 @@ impl Accounts {
             Some(wait) => SignInError::Throttled(*wait),
             None => SignInError::Invalid,
         }
+    }
+
+    /// Publishes a sign-in at the upstream provider `provider` that failed: its answer refused,
+    /// or failing a check (`why`). As a wrong password is, it is `login.failed`, here with
+    /// `failed: "upstream"`, so the trail and the SIEM see every failed authentication
+    /// (ASVS5-16.3.1). Nobody is named: a failed answer proves no one.
+    pub async fn upstream_sign_in_failed(&self, provider: &str, why: &str, origin: Origin<'_>) {
+        let mut event = AuditEvent::for_account(
+            EventKind::LoginFailed,
+            "",
+            "",
+            self.clock.now(),
+            &Actor::system(),
+        );
+        event.detail = serde_json::json!({
+            "failed": "upstream",
+            "provider": provider,
+            "why": why.chars().take(MAX_FAILURE_WHY).collect::<String>(),
+        });
+        event = event.with_client(origin.address, origin.user_agent);
+        self.record(event).await;
     }
 
     /// Publishes a failed or throttled attempt: who (a real account's username only, never a

@@ -173,6 +173,23 @@ impl ApiError {
         self.parts().1
     }
 
+    /// What the caller is told. A server error's own text (a driver's message, a decoding
+    /// error) is for the operator's log, not for a caller: it says how the store is reached and
+    /// what it holds, and the caller can do nothing with it.
+    fn public_detail(&self, status: StatusCode) -> String {
+        use EngineError as E;
+        if matches!(self, Self::Engine(E::Store(StoreError::Unconfirmed { .. }))) {
+            // Portcullis's own words, which say that a retry is safe.
+            self.to_string()
+        } else if status == StatusCode::SERVICE_UNAVAILABLE {
+            "the store is unavailable; try again".into()
+        } else if status.is_server_error() {
+            "Portcullis could not answer this request; its log says why".into()
+        } else {
+            self.to_string()
+        }
+    }
+
     /// The problem document for this error.
     pub fn problem(&self) -> Problem {
         let (status, reason, ended) = self.parts();
@@ -180,7 +197,7 @@ impl ApiError {
             kind: format!("urn:portcullis:problem:{reason}"),
             title: status.canonical_reason().unwrap_or("Error").to_owned(),
             status: status.as_u16(),
-            detail: self.to_string(),
+            detail: self.public_detail(status),
             reason: reason.to_owned(),
             ended_reason: ended.map(str::to_owned),
         }
@@ -195,7 +212,7 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let problem = self.problem();
         if problem.status >= 500 {
-            tracing::warn!(reason = %problem.reason, detail = %problem.detail, "request failed");
+            tracing::warn!(reason = %problem.reason, error = %self, "request failed");
         }
         let status =
             StatusCode::from_u16(problem.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);

@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequestParts, State};
 use axum::http::request::Parts;
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, patch, post, put};
 use axum::{Extension, Json, Router};
@@ -284,8 +284,8 @@ fn finish<S: Store>(router: Router<AppState<S>>, state: AppState<S>) -> Router {
     let routes = router
         // Per matched route: the template is only known inside the routes.
         .route_layer(axum::middleware::from_fn(track_request))
-        .fallback(|| async { ApiError::NoRoute })
-        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .fallback(no_route::<S>)
+        .method_not_allowed_fallback(wrong_method::<S>)
         .with_state(state);
     let layered = tower::ServiceBuilder::new()
         .layer(CatchPanicLayer::custom(|_| {
@@ -302,8 +302,35 @@ fn finish<S: Store>(router: Router<AppState<S>>, state: AppState<S>) -> Router {
         .option_layer(hsts.map(|value| {
             SetResponseHeaderLayer::if_not_present(header::STRICT_TRANSPORT_SECURITY, value)
         }))
+        // ASVS5-3.4.6: no answer may be framed, nor sniffed, pages or not (the
+        // pages set their own, fuller policy).
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static("frame-ancestors 'none'"),
+        ))
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::X_FRAME_OPTIONS,
+            HeaderValue::from_static("DENY"),
+        ))
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        ))
         .service(routes);
     Router::new().fallback_service(layered)
+}
+
+async fn no_route<S: Store>(State(state): State<AppState<S>>, headers: HeaderMap) -> Response {
+    ui::unrouted(&state, &headers, StatusCode::NOT_FOUND, ApiError::NoRoute)
+}
+
+async fn wrong_method<S: Store>(State(state): State<AppState<S>>, headers: HeaderMap) -> Response {
+    ui::unrouted(
+        &state,
+        &headers,
+        StatusCode::METHOD_NOT_ALLOWED,
+        ApiError::MethodNotAllowed,
+    )
 }
 
 /// The public listener: v1 behind API keys, the ops endpoints and the sign-in and account

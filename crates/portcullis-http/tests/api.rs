@@ -658,6 +658,8 @@ async fn fail_closed_when_the_store_cannot_write() {
         (status, problem["reason"].as_str()),
         (503, Some("store_unavailable"))
     );
+    // The store's own error text is for the operator's log, not for the caller.
+    assert_eq!(problem["detail"], "the store is unavailable; try again");
     let (status, problem) = s.post("/v1/sessions/logout", json!({"token": token})).await;
     assert_eq!(
         (status, problem["reason"].as_str()),
@@ -685,6 +687,82 @@ async fn fail_closed_when_the_store_cannot_write() {
         204
     );
     assert_eq!(s.validate(&token).await.0, 401);
+}
+
+/// Signing out while the store cannot record it says so, with the cookie kept: the person may
+/// still be signed in (here and in the applications under the SSO session), and trying again
+/// once the store is back ends the same session.
+#[tokio::test]
+async fn a_sign_out_the_store_cannot_record_says_the_person_may_still_be_signed_in() {
+    use portcullis_core::{Actor, AuthContext, NewSession, Principal, SSO_POLICY};
+    use portcullis_http::ui::web::csrf_token;
+
+    let s = TestServer::start().await;
+    let alice = s
+        .accounts
+        .add_user("alice", "a long passphrase", &Actor::cli())
+        .await
+        .unwrap();
+    let sso = s
+        .engine
+        .create(
+            NewSession {
+                subject: alice.id.clone(),
+                policy: Some(SSO_POLICY.to_owned()),
+                auth: AuthContext {
+                    methods: vec!["pwd".to_owned()],
+                    level: 1,
+                },
+                ..NewSession::default()
+            },
+            &Principal::portcullis(Actor::user(&alice.id)),
+        )
+        .await
+        .unwrap();
+    let token = sso.token.expose().to_owned();
+    let sign_out = || {
+        s.http
+            .post(s.url("/logout"))
+            .header("cookie", format!("__Host-portcullis={token}"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(format!("csrf={}", csrf_token(&token)))
+            .send()
+    };
+
+    s.store_down(true);
+    let refused = sign_out().await.unwrap();
+    assert_eq!(refused.status(), 503);
+    assert_eq!(refused.headers()["retry-after"], "5");
+    assert!(
+        refused.headers().get("set-cookie").is_none(),
+        "the cookie is kept for the next try"
+    );
+    let page = refused.text().await.unwrap();
+    assert!(page.contains("You may still be signed in"), "{page}");
+
+    let live = || async {
+        s.engine
+            .validate(
+                &token,
+                false,
+                &Default::default(),
+                &Principal::portcullis(Actor::system()),
+            )
+            .await
+            .is_ok()
+    };
+    s.store_down(false);
+    assert!(live().await, "the session is still live");
+    let signed_out = sign_out().await.unwrap();
+    assert_eq!(signed_out.status(), 200);
+    assert!(
+        signed_out
+            .text()
+            .await
+            .unwrap()
+            .contains("You are signed out")
+    );
+    assert!(!live().await);
 }
 
 #[tokio::test]

@@ -120,52 +120,61 @@ impl ApplicationStore for PostgresStore {
         app: Application,
         event: AuditEvent,
     ) -> Result<AuditEvent, StoreError> {
-        let row = ApplicationRow::of(&app)?;
-        let mut tx = self.begin().await?;
-        sqlx::query(concat!(
-            "INSERT INTO pc_applications (",
-            columns!(),
-            ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
-        ))
-        .bind(&row.id)
-        .bind(&row.name)
-        .bind(&row.policies)
-        .bind(&row.default_policy)
-        .bind(&row.grants)
-        .bind(&row.client)
-        .bind(row.created_at)
-        .bind(row.version)
-        .execute(&mut *tx)
+        crate::bounded(async move {
+            let row = ApplicationRow::of(&app)?;
+            let mut tx = self.begin().await?;
+            sqlx::query(concat!(
+                "INSERT INTO pc_applications (",
+                columns!(),
+                ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
+            ))
+            .bind(&row.id)
+            .bind(&row.name)
+            .bind(&row.policies)
+            .bind(&row.default_policy)
+            .bind(&row.grants)
+            .bind(&row.client)
+            .bind(row.created_at)
+            .bind(row.version)
+            .execute(&mut *tx)
+            .await
+            .map_err(|err| taken_or_unavailable(err, &app.name))?;
+            let mut events = append_events(&mut tx, vec![event]).await?;
+            tx.commit().await.map_err(unavailable)?;
+            Ok(events.remove(0))
+        })
         .await
-        .map_err(|err| taken_or_unavailable(err, &app.name))?;
-        let mut events = append_events(&mut tx, vec![event]).await?;
-        tx.commit().await.map_err(unavailable)?;
-        Ok(events.remove(0))
     }
 
     async fn find_application(&self, id: &AppId) -> Result<Option<Application>, StoreError> {
-        let row = sqlx::query(concat!(
-            "SELECT ",
-            columns!(),
-            " FROM pc_applications WHERE id = $1"
-        ))
-        .bind(id.as_str())
-        .fetch_optional(&self.pool)
+        crate::bounded(async move {
+            let row = sqlx::query(concat!(
+                "SELECT ",
+                columns!(),
+                " FROM pc_applications WHERE id = $1"
+            ))
+            .bind(id.as_str())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(unavailable)?;
+            row.as_ref().map(decode).transpose()
+        })
         .await
-        .map_err(unavailable)?;
-        row.as_ref().map(decode).transpose()
     }
 
     async fn list_applications(&self) -> Result<Vec<Application>, StoreError> {
-        let rows = sqlx::query(concat!(
-            "SELECT ",
-            columns!(),
-            " FROM pc_applications ORDER BY created_at, id"
-        ))
-        .fetch_all(&self.pool)
+        crate::bounded(async move {
+            let rows = sqlx::query(concat!(
+                "SELECT ",
+                columns!(),
+                " FROM pc_applications ORDER BY created_at, id"
+            ))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(unavailable)?;
+            rows.iter().map(decode).collect()
+        })
         .await
-        .map_err(unavailable)?;
-        rows.iter().map(decode).collect()
     }
 
     async fn update_application(
@@ -174,30 +183,33 @@ impl ApplicationStore for PostgresStore {
         next: Application,
         event: AuditEvent,
     ) -> Result<Option<AuditEvent>, StoreError> {
-        let row = ApplicationRow::of(&next)?;
-        let mut tx = self.begin().await?;
-        let done = sqlx::query(
-            "UPDATE pc_applications SET name = $2, policies = $3, default_policy = $4,
-                grants = $5, client = $6, version = $7
-             WHERE id = $1 AND version = $8",
-        )
-        .bind(&row.id)
-        .bind(&row.name)
-        .bind(&row.policies)
-        .bind(&row.default_policy)
-        .bind(&row.grants)
-        .bind(&row.client)
-        .bind(row.version)
-        .bind(version(current)?)
-        .execute(&mut *tx)
+        crate::bounded(async move {
+            let row = ApplicationRow::of(&next)?;
+            let mut tx = self.begin().await?;
+            let done = sqlx::query(
+                "UPDATE pc_applications SET name = $2, policies = $3, default_policy = $4,
+                    grants = $5, client = $6, version = $7
+                 WHERE id = $1 AND version = $8",
+            )
+            .bind(&row.id)
+            .bind(&row.name)
+            .bind(&row.policies)
+            .bind(&row.default_policy)
+            .bind(&row.grants)
+            .bind(&row.client)
+            .bind(row.version)
+            .bind(version(current)?)
+            .execute(&mut *tx)
+            .await
+            .map_err(|err| taken_or_unavailable(err, &next.name))?;
+            if done.rows_affected() == 0 {
+                return Ok(None);
+            }
+            let mut events = append_events(&mut tx, vec![event]).await?;
+            tx.commit().await.map_err(unavailable)?;
+            Ok(Some(events.remove(0)))
+        })
         .await
-        .map_err(|err| taken_or_unavailable(err, &next.name))?;
-        if done.rows_affected() == 0 {
-            return Ok(None);
-        }
-        let mut events = append_events(&mut tx, vec![event]).await?;
-        tx.commit().await.map_err(unavailable)?;
-        Ok(Some(events.remove(0)))
     }
 
     async fn remove_application(
@@ -205,18 +217,21 @@ impl ApplicationStore for PostgresStore {
         id: &AppId,
         event: AuditEvent,
     ) -> Result<Option<AuditEvent>, StoreError> {
-        let mut tx = self.begin().await?;
-        let done = sqlx::query("DELETE FROM pc_applications WHERE id = $1")
-            .bind(id.as_str())
-            .execute(&mut *tx)
-            .await
-            .map_err(unavailable)?;
-        if done.rows_affected() == 0 {
-            return Ok(None);
-        }
-        let mut events = append_events(&mut tx, vec![event]).await?;
-        tx.commit().await.map_err(unavailable)?;
-        Ok(Some(events.remove(0)))
+        crate::bounded(async move {
+            let mut tx = self.begin().await?;
+            let done = sqlx::query("DELETE FROM pc_applications WHERE id = $1")
+                .bind(id.as_str())
+                .execute(&mut *tx)
+                .await
+                .map_err(unavailable)?;
+            if done.rows_affected() == 0 {
+                return Ok(None);
+            }
+            let mut events = append_events(&mut tx, vec![event]).await?;
+            tx.commit().await.map_err(unavailable)?;
+            Ok(Some(events.remove(0)))
+        })
+        .await
     }
 }
 

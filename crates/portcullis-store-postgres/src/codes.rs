@@ -60,7 +60,7 @@ impl CodeRow {
 
 impl CodeStore for PostgresCodeStore {
     fn add_code(&self, code: AuthorizationCode) -> ProviderFuture<'_, ()> {
-        Box::pin(async move {
+        Box::pin(crate::bounded(async move {
             let row = CodeRow::of(&code)?;
             // A plain INSERT: a second code with the same 256-bit hash is an error, never a
             // silent replacement of a code that may have been redeemed.
@@ -76,7 +76,7 @@ impl CodeStore for PostgresCodeStore {
             .await
             .map_err(unavailable)?;
             Ok(())
-        })
+        }))
     }
 
     fn redeem_code<'a>(
@@ -84,7 +84,7 @@ impl CodeStore for PostgresCodeStore {
         hash: &'a TokenHash,
         session: &'a SessionId,
     ) -> ProviderFuture<'a, Redemption> {
-        Box::pin(async move {
+        Box::pin(crate::bounded(async move {
             let won = sqlx::query(
                 "UPDATE pc_codes SET redeemed_for = $2
                  WHERE hash = $1 AND redeemed_for IS NULL
@@ -117,14 +117,14 @@ impl CodeStore for PostgresCodeStore {
                 ));
             }
             Ok(Redemption::Replayed(CodeRow::code(&body, redeemed_for)?))
-        })
+        }))
     }
 
     fn find_code<'a>(
         &'a self,
         hash: &'a TokenHash,
     ) -> ProviderFuture<'a, Option<AuthorizationCode>> {
-        Box::pin(async move {
+        Box::pin(crate::bounded(async move {
             let row = sqlx::query("SELECT body, redeemed_for FROM pc_codes WHERE hash = $1")
                 .bind(&hash.0[..])
                 .fetch_optional(&self.pool)
@@ -133,7 +133,7 @@ impl CodeStore for PostgresCodeStore {
             let Some(row) = row else { return Ok(None) };
             let (body, redeemed_for) = CodeRow::read_redemption(&row).map_err(unavailable)?;
             Ok(Some(CodeRow::code(&body, redeemed_for)?))
-        })
+        }))
     }
 
     fn forget_codes(&self, before: Timestamp) -> ProviderFuture<'_, u64> {

@@ -79,7 +79,7 @@ fn decode(row: &PgRow) -> Result<Consent, StoreError> {
 
 impl ConsentStore for PostgresConsentStore {
     fn grant_consent(&self, consent: Consent) -> ProviderFuture<'_, Consent> {
-        Box::pin(async move {
+        Box::pin(crate::bounded(async move {
             let row = ConsentRow::of(&consent);
             let whole = sqlx::query(concat!(
                 "INSERT INTO pc_consents AS had (",
@@ -100,7 +100,7 @@ impl ConsentStore for PostgresConsentStore {
             .await
             .map_err(unavailable)?;
             decode(&whole)
-        })
+        }))
     }
 
     fn consent<'a>(
@@ -108,7 +108,7 @@ impl ConsentStore for PostgresConsentStore {
         subject: &'a str,
         client: &'a AppId,
     ) -> ProviderFuture<'a, Option<Consent>> {
-        Box::pin(async move {
+        Box::pin(crate::bounded(async move {
             let row = sqlx::query(concat!(
                 "SELECT ",
                 columns!(),
@@ -120,11 +120,11 @@ impl ConsentStore for PostgresConsentStore {
             .await
             .map_err(unavailable)?;
             row.as_ref().map(decode).transpose()
-        })
+        }))
     }
 
     fn consents_of<'a>(&'a self, subject: &'a str) -> ProviderFuture<'a, Vec<Consent>> {
-        Box::pin(async move {
+        Box::pin(crate::bounded(async move {
             // `COLLATE "C"`: byte order, the order of Rust's `str` that the trait promises,
             // whatever the database's collation.
             let rows = sqlx::query(concat!(
@@ -137,7 +137,7 @@ impl ConsentStore for PostgresConsentStore {
             .await
             .map_err(unavailable)?;
             rows.iter().map(decode).collect()
-        })
+        }))
     }
 
     fn revoke_consent<'a>(
@@ -145,7 +145,7 @@ impl ConsentStore for PostgresConsentStore {
         subject: &'a str,
         client: &'a AppId,
     ) -> ProviderFuture<'a, bool> {
-        Box::pin(async move {
+        Box::pin(crate::bounded(async move {
             let done = sqlx::query("DELETE FROM pc_consents WHERE subject = $1 AND client = $2")
                 .bind(subject)
                 .bind(client.as_str())
@@ -153,7 +153,7 @@ impl ConsentStore for PostgresConsentStore {
                 .await
                 .map_err(unavailable)?;
             Ok(done.rows_affected() == 1)
-        })
+        }))
     }
 }
 

@@ -130,7 +130,7 @@ impl LogoutDeliveryStore for PostgresDeliveryStore {
         lease_until: Timestamp,
         limit: usize,
     ) -> ProviderFuture<'_, Vec<LogoutDelivery>> {
-        Box::pin(async move {
+        Box::pin(crate::bounded(async move {
             let sql = format!(
                 "UPDATE pc_deliveries SET next_attempt_at = $1
                  WHERE session IN (SELECT session FROM pc_deliveries
@@ -147,7 +147,7 @@ impl LogoutDeliveryStore for PostgresDeliveryStore {
                 .await
                 .map_err(unavailable)?;
             read_all(&rows)
-        })
+        }))
     }
 
     fn record_attempt<'a>(
@@ -155,7 +155,7 @@ impl LogoutDeliveryStore for PostgresDeliveryStore {
         session: &'a SessionId,
         attempt: &'a Attempt,
     ) -> ProviderFuture<'a, Option<LogoutDelivery>> {
-        Box::pin(self.change(session, |d| d.after(attempt)))
+        Box::pin(crate::bounded(self.change(session, |d| d.after(attempt))))
     }
 
     fn retry_delivery<'a>(
@@ -163,14 +163,16 @@ impl LogoutDeliveryStore for PostgresDeliveryStore {
         session: &'a SessionId,
         now: Timestamp,
     ) -> ProviderFuture<'a, Option<LogoutDelivery>> {
-        Box::pin(self.change(session, move |d| d.retried(now)))
+        Box::pin(crate::bounded(
+            self.change(session, move |d| d.retried(now)),
+        ))
     }
 
     fn delivery<'a>(
         &'a self,
         session: &'a SessionId,
     ) -> ProviderFuture<'a, Option<LogoutDelivery>> {
-        Box::pin(async move {
+        Box::pin(crate::bounded(async move {
             let sql = format!("SELECT {COLUMNS} FROM pc_deliveries WHERE session = $1");
             let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
                 .bind(session.as_str())
@@ -178,14 +180,14 @@ impl LogoutDeliveryStore for PostgresDeliveryStore {
                 .await
                 .map_err(unavailable)?;
             Ok(read_all(&rows)?.pop())
-        })
+        }))
     }
 
     fn deliveries<'a>(
         &'a self,
         query: &'a DeliveryQuery,
     ) -> ProviderFuture<'a, Vec<LogoutDelivery>> {
-        Box::pin(async move {
+        Box::pin(crate::bounded(async move {
             let sql = format!(
                 "SELECT {COLUMNS} FROM pc_deliveries
                  WHERE ($1::text IS NULL OR state = $1) AND ($2::text IS NULL OR client = $2)
@@ -199,7 +201,7 @@ impl LogoutDeliveryStore for PostgresDeliveryStore {
                 .await
                 .map_err(unavailable)?;
             read_all(&rows)
-        })
+        }))
     }
 
     fn pending_deliveries(&self) -> ProviderFuture<'_, u64> {

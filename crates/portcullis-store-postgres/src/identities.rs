@@ -104,7 +104,7 @@ fn decode(row: &PgRow) -> Result<FederatedIdentity, StoreError> {
 
 impl IdentityStore for PostgresIdentityStore {
     fn link<'a>(&'a self, identity: &'a FederatedIdentity) -> ProviderFuture<'a, bool> {
-        Box::pin(async move {
+        Box::pin(crate::bounded(async move {
             let row = IdentityRow::of(identity);
             let done = sqlx::query(concat!(
                 "INSERT INTO pc_identities (",
@@ -120,7 +120,7 @@ impl IdentityStore for PostgresIdentityStore {
             .await
             .map_err(unavailable)?;
             Ok(done.rows_affected() == 1)
-        })
+        }))
     }
 
     fn identity<'a>(
@@ -128,7 +128,7 @@ impl IdentityStore for PostgresIdentityStore {
         issuer: &'a str,
         subject: &'a str,
     ) -> ProviderFuture<'a, Option<FederatedIdentity>> {
-        Box::pin(async move {
+        Box::pin(crate::bounded(async move {
             let row = sqlx::query(concat!(
                 "SELECT ",
                 columns!(),
@@ -140,11 +140,11 @@ impl IdentityStore for PostgresIdentityStore {
             .await
             .map_err(unavailable)?;
             row.as_ref().map(decode).transpose()
-        })
+        }))
     }
 
     fn identities_of<'a>(&'a self, user_id: &'a str) -> ProviderFuture<'a, Vec<FederatedIdentity>> {
-        Box::pin(async move {
+        Box::pin(crate::bounded(async move {
             // `COLLATE "C"`: byte order, the order of Rust's `str` that the trait promises,
             // whatever the database's collation.
             let rows = sqlx::query(concat!(
@@ -158,7 +158,7 @@ impl IdentityStore for PostgresIdentityStore {
             .await
             .map_err(unavailable)?;
             rows.iter().map(decode).collect()
-        })
+        }))
     }
 
     fn unlink<'a>(
@@ -168,7 +168,7 @@ impl IdentityStore for PostgresIdentityStore {
         subject: &'a str,
         keep_one: bool,
     ) -> ProviderFuture<'a, Unlinked> {
-        Box::pin(async move {
+        Box::pin(crate::bounded(async move {
             let mut tx = self.pool.begin().await.map_err(unavailable)?;
             // Its own statement: the count below must take its snapshot after the lock is
             // granted, to see what the unlink before it left.
@@ -214,7 +214,7 @@ impl IdentityStore for PostgresIdentityStore {
             };
             tx.commit().await.map_err(unavailable)?;
             Ok(answer)
-        })
+        }))
     }
 
     fn remember_session<'a>(
@@ -222,7 +222,7 @@ impl IdentityStore for PostgresIdentityStore {
         session: &'a UpstreamSession,
         now: Timestamp,
     ) -> ProviderFuture<'a, ()> {
-        Box::pin(async move {
+        Box::pin(crate::bounded(async move {
             sqlx::query(
                 "DELETE FROM pc_upstream_sessions WHERE (issuer, sid) IN
                    (SELECT issuer, sid FROM pc_upstream_sessions WHERE until_ms <= $1
@@ -250,7 +250,7 @@ impl IdentityStore for PostgresIdentityStore {
             .await
             .map_err(unavailable)?;
             Ok(())
-        })
+        }))
     }
 
     fn session_subject<'a>(
@@ -259,7 +259,7 @@ impl IdentityStore for PostgresIdentityStore {
         sid: &'a str,
         now: Timestamp,
     ) -> ProviderFuture<'a, Option<String>> {
-        Box::pin(async move {
+        Box::pin(crate::bounded(async move {
             let row = sqlx::query(
                 "SELECT subject FROM pc_upstream_sessions
                  WHERE issuer = $1 AND sid = $2 AND until_ms > $3",
@@ -272,7 +272,7 @@ impl IdentityStore for PostgresIdentityStore {
             .map_err(unavailable)?;
             row.map(|row| row.try_get::<String, _>(0).map_err(unavailable))
                 .transpose()
-        })
+        }))
     }
 }
 

@@ -92,6 +92,46 @@ const MAX_CONNECTIONS_LIMIT: u32 = 1_000;
 /// How long a connection may have been idle before it is pinged as it is handed out.
 const IDLE_BEFORE_PING: Duration = Duration::from_secs(1);
 
+/// How long a call on a request's path may wait for PostgreSQL before it fails closed
+/// (`Unavailable`): a statement of ours takes milliseconds, and a sign-in's few at most a
+/// second, even behind a row lock. A server that stops answering without closing its
+/// connections (frozen, or a network that drops packets) would otherwise hold the call until it
+/// came back, since a statement on a connection already taken has no timeout of its own. A call
+/// dropped half-way is safe: its transaction is rolled back. The sweeper's calls over whole
+/// tables (`purge`, `live_counts`, the `forget_*` of the provider's stores) get none: they may
+/// take longer than this at millions of rows, and no request waits for them.
+pub const CALL_DEADLINE: Duration = Duration::from_secs(5);
+
+/// What each store's error type says of a call past [`CALL_DEADLINE`].
+trait PastDeadline {
+    fn past_deadline() -> Self;
+}
+
+fn past_deadline_message() -> BackendError {
+    format!("PostgreSQL did not answer within {CALL_DEADLINE:?}").into()
+}
+
+impl PastDeadline for StoreError {
+    fn past_deadline() -> Self {
+        StoreError::Unavailable(past_deadline_message())
+    }
+}
+
+impl PastDeadline for portcullis_core::UserStoreError {
+    fn past_deadline() -> Self {
+        portcullis_core::UserStoreError::Unavailable(past_deadline_message())
+    }
+}
+
+/// Runs `call` within [`CALL_DEADLINE`].
+async fn bounded<T, E: PastDeadline>(
+    call: impl std::future::Future<Output = Result<T, E>>,
+) -> Result<T, E> {
+    tokio::time::timeout(CALL_DEADLINE, call)
+        .await
+        .unwrap_or_else(|_| Err(E::past_deadline()))
+}
+
 /// A store URL read: what the client connects with, and what Portcullis takes itself.
 struct ClientOptions {
     url: String,
@@ -662,114 +702,123 @@ async fn end_tree(
 
 impl SessionStore for PostgresStore {
     async fn find_by_token(&self, hash: &TokenHash) -> Result<Option<Arc<Session>>, StoreError> {
-        self.gatherer.find(*hash).await
+        bounded(async move { self.gatherer.find(*hash).await }).await
     }
 
     async fn find_by_id(&self, id: &SessionId) -> Result<Option<Arc<Session>>, StoreError> {
-        let mut conn = self.pool.acquire().await.map_err(unavailable)?;
-        Ok(fetch_sessions(
-            &mut conn,
-            "SELECT body, last_seen_at, idle_at FROM pc_sessions WHERE id = $1",
-            id.as_str(),
-        )
-        .await?
-        .into_iter()
-        .next())
+        bounded(async move {
+            let mut conn = self.pool.acquire().await.map_err(unavailable)?;
+            Ok(fetch_sessions(
+                &mut conn,
+                "SELECT body, last_seen_at, idle_at FROM pc_sessions WHERE id = $1",
+                id.as_str(),
+            )
+            .await?
+            .into_iter()
+            .next())
+        })
+        .await
     }
 
     async fn list_subject(&self, subject: &str) -> Result<Vec<Arc<Session>>, StoreError> {
-        let mut conn = self.pool.acquire().await.map_err(unavailable)?;
-        fetch_sessions(
-            &mut conn,
-            "SELECT body, last_seen_at, idle_at FROM pc_sessions WHERE subject = $1 AND live
-             ORDER BY created_at, id",
-            subject,
-        )
+        bounded(async move {
+            let mut conn = self.pool.acquire().await.map_err(unavailable)?;
+            fetch_sessions(
+                &mut conn,
+                "SELECT body, last_seen_at, idle_at FROM pc_sessions WHERE subject = $1 AND live
+                 ORDER BY created_at, id",
+                subject,
+            )
+            .await
+        })
         .await
     }
 
     async fn insert(&self, insert: Insert) -> Result<Inserted, StoreError> {
-        if insert.limit.is_none() && insert.session.parent.is_none() && !insert.reconstitute {
-            return self.insert_alone(insert).await;
-        }
-        let mut tx = self.begin().await?;
-        let mut session = insert.session;
-        lock_subject(&mut tx, &session.subject).await?;
-        if let Some(parent) = &session.parent {
-            // The row lock waits for an ending of the parent in flight (`end_tree` locks it FOR
-            // UPDATE) and holds off the next one until this child is committed, where that
-            // ending's search for children will find it.
-            let parent = fetch_sessions(
-                &mut tx,
-                "SELECT body, last_seen_at, idle_at FROM pc_sessions WHERE id = $1 AND live FOR SHARE",
-                parent.as_str(),
-            )
-            .await?;
-            plan::parent_is_live(parent.first().map(Arc::as_ref), &session.subject)?;
-        }
-        let mut evictions = Vec::new();
-        if let Some(limit) = insert.limit {
-            let live = fetch_sessions(
-                &mut tx,
-                "SELECT body, last_seen_at, idle_at FROM pc_sessions WHERE subject = $1 AND live",
-                &session.subject,
-            )
-            .await?;
-            evictions = plan::evictions(live, limit, &session)?;
-        }
-        if insert.reconstitute {
-            let rows = sqlx::query(
-                "SELECT body, last_seen_at, idle_at FROM pc_sessions
-                 WHERE subject = $1 AND policy = $2 AND tomb_until > $3 FOR UPDATE",
-            )
-            .bind(&session.subject)
-            .bind(&session.policy)
-            .bind(millis(session.created_at))
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(unavailable)?;
-            let candidates = rows
-                .iter()
-                .map(|r| decode(r).map(Arc::new))
-                .collect::<Result<Vec<_>, _>>()?;
-            if let Some(tomb) = plan::pick_tombstone(&candidates, &session) {
-                let used = plan::reconstitute(&mut session, tomb);
-                write_session(&mut tx, &used).await?;
+        bounded(async move {
+            if insert.limit.is_none() && insert.session.parent.is_none() && !insert.reconstitute {
+                return self.insert_alone(insert).await;
             }
-        }
-        // The session with its creation's event, then the evictions it caused.
-        let created = vec![plan::created_event(&session, &insert.actor)];
-        let args = session_and_event_arguments(&session, &created)?;
-        let sql = session_and_events("", &format!("VALUES ({SESSION_PARAMETERS})"));
-        let positions = sqlx::query_scalar_with(sqlx::AssertSqlSafe(sql), args)
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(unavailable)?;
-        let mut events = placed(created, positions)?;
-        let eviction = Ending {
-            reason: EndReason::NewDevice,
-            at: session.created_at,
-            actor: insert.actor.clone(),
-            reconstitute_until: None,
-            retention: insert.ended_retention,
-        };
-        let mut ended = Vec::new();
-        for victim in evictions {
-            end_tree(
-                &mut tx,
-                &victim.id,
-                &eviction,
-                EndReason::NewDevice,
-                &mut ended,
-                &mut events,
-            )
-            .await?;
-        }
-        tx.commit().await.map_err(unavailable)?;
-        Ok(Inserted {
-            session: Arc::new(session),
-            events,
+            let mut tx = self.begin().await?;
+            let mut session = insert.session;
+            lock_subject(&mut tx, &session.subject).await?;
+            if let Some(parent) = &session.parent {
+                // The row lock waits for an ending of the parent in flight (`end_tree` locks it FOR
+                // UPDATE) and holds off the next one until this child is committed, where that
+                // ending's search for children will find it.
+                let parent = fetch_sessions(
+                    &mut tx,
+                    "SELECT body, last_seen_at, idle_at FROM pc_sessions WHERE id = $1 AND live FOR SHARE",
+                    parent.as_str(),
+                )
+                .await?;
+                plan::parent_is_live(parent.first().map(Arc::as_ref), &session.subject)?;
+            }
+            let mut evictions = Vec::new();
+            if let Some(limit) = insert.limit {
+                let live = fetch_sessions(
+                    &mut tx,
+                    "SELECT body, last_seen_at, idle_at FROM pc_sessions WHERE subject = $1 AND live",
+                    &session.subject,
+                )
+                .await?;
+                evictions = plan::evictions(live, limit, &session)?;
+            }
+            if insert.reconstitute {
+                let rows = sqlx::query(
+                    "SELECT body, last_seen_at, idle_at FROM pc_sessions
+                     WHERE subject = $1 AND policy = $2 AND tomb_until > $3 FOR UPDATE",
+                )
+                .bind(&session.subject)
+                .bind(&session.policy)
+                .bind(millis(session.created_at))
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(unavailable)?;
+                let candidates = rows
+                    .iter()
+                    .map(|r| decode(r).map(Arc::new))
+                    .collect::<Result<Vec<_>, _>>()?;
+                if let Some(tomb) = plan::pick_tombstone(&candidates, &session) {
+                    let used = plan::reconstitute(&mut session, tomb);
+                    write_session(&mut tx, &used).await?;
+                }
+            }
+            // The session with its creation's event, then the evictions it caused.
+            let created = vec![plan::created_event(&session, &insert.actor)];
+            let args = session_and_event_arguments(&session, &created)?;
+            let sql = session_and_events("", &format!("VALUES ({SESSION_PARAMETERS})"));
+            let positions = sqlx::query_scalar_with(sqlx::AssertSqlSafe(sql), args)
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(unavailable)?;
+            let mut events = placed(created, positions)?;
+            let eviction = Ending {
+                reason: EndReason::NewDevice,
+                at: session.created_at,
+                actor: insert.actor.clone(),
+                reconstitute_until: None,
+                retention: insert.ended_retention,
+            };
+            let mut ended = Vec::new();
+            for victim in evictions {
+                end_tree(
+                    &mut tx,
+                    &victim.id,
+                    &eviction,
+                    EndReason::NewDevice,
+                    &mut ended,
+                    &mut events,
+                )
+                .await?;
+            }
+            tx.commit().await.map_err(unavailable)?;
+            Ok(Inserted {
+                session: Arc::new(session),
+                events,
+            })
         })
+        .await
     }
 
     async fn replace(
@@ -778,65 +827,74 @@ impl SessionStore for PostgresStore {
         next: Session,
         event: AuditEvent,
     ) -> Result<Option<(Arc<Session>, AuditEvent)>, StoreError> {
-        // One statement committed on its own, as `insert_alone`: the row is locked only if it
-        // is live at `version` (a concurrent change is waited for, then the row as it left it is
-        // checked again), and the next version and its event are written only then.
-        let version = i64::try_from(version)
-            .map_err(|_| StoreError::Corrupt(format!("session version {version}")))?;
-        let events = vec![event];
-        let mut args = session_and_event_arguments(&next, &events)?;
-        // After the session's fourteen parameters and the events' six.
-        args.add(version).map_err(encode)?;
-        let sql = session_and_events(
-            "current AS (SELECT id FROM pc_sessions
-                         WHERE id = $1 AND live AND (body::jsonb ->> 'version')::bigint = $21
-                         FOR UPDATE),",
-            &format!("SELECT {SESSION_PARAMETERS} FROM current WHERE true"),
-        );
-        let positions = sqlx::query_scalar_with(sqlx::AssertSqlSafe(sql), args)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(unavailable)?;
-        if positions.is_empty() {
-            return Ok(None);
-        }
-        let mut events = placed(events, positions)?;
-        Ok(Some((Arc::new(next), events.remove(0))))
+        bounded(async move {
+            // One statement committed on its own, as `insert_alone`: the row is locked only if it
+            // is live at `version` (a concurrent change is waited for, then the row as it left it is
+            // checked again), and the next version and its event are written only then.
+            let version = i64::try_from(version)
+                .map_err(|_| StoreError::Corrupt(format!("session version {version}")))?;
+            let events = vec![event];
+            let mut args = session_and_event_arguments(&next, &events)?;
+            // After the session's fourteen parameters and the events' six.
+            args.add(version).map_err(encode)?;
+            let sql = session_and_events(
+                "current AS (SELECT id FROM pc_sessions
+                             WHERE id = $1 AND live AND (body::jsonb ->> 'version')::bigint = $21
+                             FOR UPDATE),",
+                &format!("SELECT {SESSION_PARAMETERS} FROM current WHERE true"),
+            );
+            let positions = sqlx::query_scalar_with(sqlx::AssertSqlSafe(sql), args)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(unavailable)?;
+            if positions.is_empty() {
+                return Ok(None);
+            }
+            let mut events = placed(events, positions)?;
+            Ok(Some((Arc::new(next), events.remove(0))))
+        })
+        .await
     }
 
     async fn touch(&self, id: &SessionId, at: Timestamp) -> Result<(), StoreError> {
-        // Only forward, only while live; the idle deadline moves with it.
-        sqlx::query(
-            "UPDATE pc_sessions
-             SET last_seen_at = $2,
-                 idle_at = CASE WHEN idle_at IS NULL THEN NULL
-                           ELSE $2 + ((body::jsonb -> 'idle' ->> 'lifetime_ms')::bigint) END,
-                 next_deadline = LEAST(
-                     COALESCE($2 + ((body::jsonb -> 'idle' ->> 'lifetime_ms')::bigint), 9223372036854775807),
-                     (body::jsonb -> 'absolute' ->> 'at')::bigint)
-             WHERE id = $1 AND live AND last_seen_at < $2",
-        )
-        .bind(id.as_str())
-        .bind(millis(at))
-        .execute(&self.pool)
+        bounded(async move {
+            // Only forward, only while live; the idle deadline moves with it.
+            sqlx::query(
+                "UPDATE pc_sessions
+                 SET last_seen_at = $2,
+                     idle_at = CASE WHEN idle_at IS NULL THEN NULL
+                               ELSE $2 + ((body::jsonb -> 'idle' ->> 'lifetime_ms')::bigint) END,
+                     next_deadline = LEAST(
+                         COALESCE($2 + ((body::jsonb -> 'idle' ->> 'lifetime_ms')::bigint), 9223372036854775807),
+                         (body::jsonb -> 'absolute' ->> 'at')::bigint)
+                 WHERE id = $1 AND live AND last_seen_at < $2",
+            )
+            .bind(id.as_str())
+            .bind(millis(at))
+            .execute(&self.pool)
+            .await
+            .map_err(unavailable)?;
+            Ok(())
+        })
         .await
-        .map_err(unavailable)?;
-        Ok(())
     }
 
     async fn end(&self, id: &SessionId, ending: Ending) -> Result<EndedSessions, StoreError> {
-        let mut tx = self.begin().await?;
-        let (mut all, mut events) = (Vec::new(), Vec::new());
-        let Some(first) =
-            end_tree(&mut tx, id, &ending, ending.reason, &mut all, &mut events).await?
-        else {
-            return Ok(EndedSessions::default());
-        };
-        tx.commit().await.map_err(unavailable)?;
-        Ok(EndedSessions {
-            sessions: vec![first],
-            events,
+        bounded(async move {
+            let mut tx = self.begin().await?;
+            let (mut all, mut events) = (Vec::new(), Vec::new());
+            let Some(first) =
+                end_tree(&mut tx, id, &ending, ending.reason, &mut all, &mut events).await?
+            else {
+                return Ok(EndedSessions::default());
+            };
+            tx.commit().await.map_err(unavailable)?;
+            Ok(EndedSessions {
+                sessions: vec![first],
+                events,
+            })
         })
+        .await
     }
 
     async fn end_subject(
@@ -846,43 +904,46 @@ impl SessionStore for PostgresStore {
         except: Option<&SessionId>,
         ending: Ending,
     ) -> Result<EndedSessions, StoreError> {
-        let mut tx = self.begin().await?;
-        lock_subject(&mut tx, subject).await?;
-        // Children of these end with them in `end_tree`, whatever their application.
-        let rows = sqlx::query(
-            "SELECT body, last_seen_at, idle_at FROM pc_sessions
-             WHERE subject = $1 AND live AND ($2::text IS NULL OR application = $2)
-             ORDER BY created_at, id",
-        )
-        .bind(subject)
-        .bind(application.map(|a| a.as_str()))
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(unavailable)?;
-        let live = rows
-            .iter()
-            .map(|r| decode(r).map(Arc::new))
-            .collect::<Result<Vec<_>, _>>()?;
-        let (mut all, mut events, mut direct) = (Vec::new(), Vec::new(), Vec::new());
-        for session in live.iter().filter(|s| Some(&s.id) != except) {
-            if let Some(first) = end_tree(
-                &mut tx,
-                &session.id,
-                &ending,
-                ending.reason,
-                &mut all,
-                &mut events,
+        bounded(async move {
+            let mut tx = self.begin().await?;
+            lock_subject(&mut tx, subject).await?;
+            // Children of these end with them in `end_tree`, whatever their application.
+            let rows = sqlx::query(
+                "SELECT body, last_seen_at, idle_at FROM pc_sessions
+                 WHERE subject = $1 AND live AND ($2::text IS NULL OR application = $2)
+                 ORDER BY created_at, id",
             )
-            .await?
-            {
-                direct.push(first);
+            .bind(subject)
+            .bind(application.map(|a| a.as_str()))
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+            let live = rows
+                .iter()
+                .map(|r| decode(r).map(Arc::new))
+                .collect::<Result<Vec<_>, _>>()?;
+            let (mut all, mut events, mut direct) = (Vec::new(), Vec::new(), Vec::new());
+            for session in live.iter().filter(|s| Some(&s.id) != except) {
+                if let Some(first) = end_tree(
+                    &mut tx,
+                    &session.id,
+                    &ending,
+                    ending.reason,
+                    &mut all,
+                    &mut events,
+                )
+                .await?
+                {
+                    direct.push(first);
+                }
             }
-        }
-        tx.commit().await.map_err(unavailable)?;
-        Ok(EndedSessions {
-            sessions: direct,
-            events,
+            tx.commit().await.map_err(unavailable)?;
+            Ok(EndedSessions {
+                sessions: direct,
+                events,
+            })
         })
+        .await
     }
 
     async fn application_sessions(
@@ -890,16 +951,19 @@ impl SessionStore for PostgresStore {
         application: &AppId,
         limit: usize,
     ) -> Result<Vec<Arc<Session>>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT body, last_seen_at, idle_at FROM pc_sessions
-             WHERE application = $1 AND live LIMIT $2",
-        )
-        .bind(application.as_str())
-        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-        .fetch_all(&self.pool)
+        bounded(async move {
+            let rows = sqlx::query(
+                "SELECT body, last_seen_at, idle_at FROM pc_sessions
+                 WHERE application = $1 AND live LIMIT $2",
+            )
+            .bind(application.as_str())
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(unavailable)?;
+            rows.iter().map(|r| decode(r).map(Arc::new)).collect()
+        })
         .await
-        .map_err(unavailable)?;
-        rows.iter().map(|r| decode(r).map(Arc::new)).collect()
     }
 
     async fn live_counts(&self) -> Result<Vec<LiveCount>, StoreError> {
@@ -925,16 +989,19 @@ impl SessionStore for PostgresStore {
     }
 
     async fn due(&self, now: Timestamp, limit: usize) -> Result<Vec<Arc<Session>>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT body, last_seen_at, idle_at FROM pc_sessions
-             WHERE live AND next_deadline <= $1 ORDER BY next_deadline, id LIMIT $2",
-        )
-        .bind(millis(now))
-        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-        .fetch_all(&self.pool)
+        bounded(async move {
+            let rows = sqlx::query(
+                "SELECT body, last_seen_at, idle_at FROM pc_sessions
+                 WHERE live AND next_deadline <= $1 ORDER BY next_deadline, id LIMIT $2",
+            )
+            .bind(millis(now))
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(unavailable)?;
+            rows.iter().map(|r| decode(r).map(Arc::new)).collect()
+        })
         .await
-        .map_err(unavailable)?;
-        rows.iter().map(|r| decode(r).map(Arc::new)).collect()
     }
 
     async fn purge(&self, now: Timestamp) -> Result<usize, StoreError> {
@@ -947,53 +1014,62 @@ impl SessionStore for PostgresStore {
     }
 
     async fn append_event(&self, event: AuditEvent) -> Result<AuditEvent, StoreError> {
-        let mut tx = self.begin().await?;
-        let mut events = append_events(&mut tx, vec![event]).await?;
-        tx.commit().await.map_err(unavailable)?;
-        Ok(events.remove(0))
+        bounded(async move {
+            let mut tx = self.begin().await?;
+            let mut events = append_events(&mut tx, vec![event]).await?;
+            tx.commit().await.map_err(unavailable)?;
+            Ok(events.remove(0))
+        })
+        .await
     }
 
     async fn events(&self, query: &EventQuery) -> Result<Vec<AuditEvent>, StoreError> {
-        let horizon = self.event_horizon().await?;
-        let sql = events_sql(query);
-        let mut select = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(i64::try_from(query.after).unwrap_or(i64::MAX))
-            .bind(horizon);
-        if let Some(subject) = &query.subject {
-            select = select.bind(subject.as_str());
-        }
-        if let Some(id) = &query.session_id {
-            select = select.bind(id.as_str());
-        }
-        if let Some(app) = &query.application {
-            select = select.bind(app.as_str());
-        }
-        let rows = select
-            .bind(i64::try_from(query.limit).unwrap_or(i64::MAX))
-            .fetch_all(&self.pool)
-            .await
-            .map_err(unavailable)?;
-        rows.iter()
-            .map(|r| {
-                let mut event: AuditEvent =
-                    serde_json::from_str(r.get::<&str, _>(0)).map_err(corrupt)?;
-                // The column is the record: an event of no application is NULL there (its body
-                // omits the field, which would read back as the previous release's).
-                event.application = r.get::<Option<String>, _>(1).map(PublicId::from_string);
-                // The body was written before its position was known (`append_events`).
-                event.seq = u64::try_from(r.get::<i64, _>(2))
-                    .map_err(|_| StoreError::Corrupt("an event position is negative".into()))?;
-                Ok(event)
-            })
-            .collect()
+        bounded(async move {
+            let horizon = self.event_horizon().await?;
+            let sql = events_sql(query);
+            let mut select = sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(i64::try_from(query.after).unwrap_or(i64::MAX))
+                .bind(horizon);
+            if let Some(subject) = &query.subject {
+                select = select.bind(subject.as_str());
+            }
+            if let Some(id) = &query.session_id {
+                select = select.bind(id.as_str());
+            }
+            if let Some(app) = &query.application {
+                select = select.bind(app.as_str());
+            }
+            let rows = select
+                .bind(i64::try_from(query.limit).unwrap_or(i64::MAX))
+                .fetch_all(&self.pool)
+                .await
+                .map_err(unavailable)?;
+            rows.iter()
+                .map(|r| {
+                    let mut event: AuditEvent =
+                        serde_json::from_str(r.get::<&str, _>(0)).map_err(corrupt)?;
+                    // The column is the record: an event of no application is NULL there (its body
+                    // omits the field, which would read back as the previous release's).
+                    event.application = r.get::<Option<String>, _>(1).map(PublicId::from_string);
+                    // The body was written before its position was known (`append_events`).
+                    event.seq = u64::try_from(r.get::<i64, _>(2))
+                        .map_err(|_| StoreError::Corrupt("an event position is negative".into()))?;
+                    Ok(event)
+                })
+                .collect()
+        })
+        .await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1")
-            .execute(&self.pool)
-            .await
-            .map(|_| ())
-            .map_err(unavailable)
+        bounded(async move {
+            sqlx::query("SELECT 1")
+                .execute(&self.pool)
+                .await
+                .map(|_| ())
+                .map_err(unavailable)
+        })
+        .await
     }
 
     async fn flush(&self) -> Result<(), StoreError> {

@@ -162,10 +162,10 @@ async fn find(
 
 impl RefreshTokenStore for PostgresRefreshTokenStore {
     fn add_refresh_token(&self, token: RefreshToken) -> ProviderFuture<'_, ()> {
-        Box::pin(async move {
+        Box::pin(crate::bounded(async move {
             let mut conn = self.pool.acquire().await.map_err(unavailable)?;
             insert(&mut conn, &RefreshTokenRow::of(&token)).await
-        })
+        }))
     }
 
     fn rotate_refresh_token<'a>(
@@ -174,7 +174,7 @@ impl RefreshTokenStore for PostgresRefreshTokenStore {
         successor: RefreshToken,
         sealed_successor: String,
     ) -> ProviderFuture<'a, Rotation> {
-        Box::pin(async move {
+        Box::pin(crate::bounded(async move {
             let mut tx = self.pool.begin().await.map_err(unavailable)?;
             // The stored token's family lock first, then its row, in the order an ending takes
             // them, so a rotation and an ending never wait for each other in a cycle.
@@ -221,21 +221,21 @@ impl RefreshTokenStore for PostgresRefreshTokenStore {
             insert(&mut tx, &RefreshTokenRow::of(&successor)).await?;
             tx.commit().await.map_err(unavailable)?;
             Ok(Rotation::Rotated(before))
-        })
+        }))
     }
 
     fn refresh_token<'a>(
         &'a self,
         hash: &'a TokenHash,
     ) -> ProviderFuture<'a, Option<RefreshToken>> {
-        Box::pin(async move {
+        Box::pin(crate::bounded(async move {
             let mut conn = self.pool.acquire().await.map_err(unavailable)?;
             find(&mut conn, hash).await
-        })
+        }))
     }
 
     fn end_refresh_family<'a>(&'a self, family: &'a SessionId) -> ProviderFuture<'a, u64> {
-        Box::pin(async move {
+        Box::pin(crate::bounded(async move {
             let mut tx = self.pool.begin().await.map_err(unavailable)?;
             sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, $2))")
                 .bind(family.as_str())
@@ -250,7 +250,7 @@ impl RefreshTokenStore for PostgresRefreshTokenStore {
                 .map_err(unavailable)?;
             tx.commit().await.map_err(unavailable)?;
             Ok(done.rows_affected())
-        })
+        }))
     }
 
     fn forget_refresh_tokens(&self, before: Timestamp) -> ProviderFuture<'_, u64> {

@@ -26,7 +26,7 @@ impl ReplayStore for PostgresReplayStore {
         _now: Timestamp,
         until: Timestamp,
     ) -> ProviderFuture<'a, bool> {
-        Box::pin(async move {
+        Box::pin(crate::bounded(async move {
             let done = sqlx::query(
                 "INSERT INTO pc_replays (hash, until) VALUES ($1, $2) ON CONFLICT (hash) DO NOTHING",
             )
@@ -36,7 +36,7 @@ impl ReplayStore for PostgresReplayStore {
             .await
             .map_err(unavailable)?;
             Ok(done.rows_affected() == 1)
-        })
+        }))
     }
 
     fn forget_uses(&self, before: Timestamp) -> ProviderFuture<'_, u64> {

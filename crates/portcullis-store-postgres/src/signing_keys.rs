@@ -99,7 +99,7 @@ impl SigningKeyStore for PostgresSigningKeyStore {
         key: SigningKey,
         replacing: Option<&'a str>,
     ) -> ProviderFuture<'a, bool> {
-        Box::pin(async move {
+        Box::pin(crate::bounded(async move {
             let row = SigningKeyRow::of(&key)?;
             let Some(replacing) = replacing else {
                 let mut conn = self.pool.acquire().await.map_err(unavailable)?;
@@ -123,11 +123,11 @@ impl SigningKeyStore for PostgresSigningKeyStore {
             }
             tx.commit().await.map_err(unavailable)?;
             Ok(true)
-        })
+        }))
     }
 
     fn signing_keys(&self) -> ProviderFuture<'_, Vec<SigningKey>> {
-        Box::pin(async move {
+        Box::pin(crate::bounded(async move {
             let rows = sqlx::query(
                 "SELECT kid, alg, created_at, retired_at, body FROM pc_signing_keys
                  ORDER BY created_at, seq",
@@ -138,11 +138,11 @@ impl SigningKeyStore for PostgresSigningKeyStore {
             rows.iter()
                 .map(|r| SigningKeyRow::read(r).map_err(unavailable)?.into_key())
                 .collect()
-        })
+        }))
     }
 
     fn remove_signing_key<'a>(&'a self, kid: &'a str) -> ProviderFuture<'a, bool> {
-        Box::pin(async move {
+        Box::pin(crate::bounded(async move {
             let done = sqlx::query(
                 "DELETE FROM pc_signing_keys WHERE kid = $1 AND retired_at IS NOT NULL",
             )
@@ -151,7 +151,7 @@ impl SigningKeyStore for PostgresSigningKeyStore {
             .await
             .map_err(unavailable)?;
             Ok(done.rows_affected() == 1)
-        })
+        }))
     }
 }
 

@@ -104,7 +104,7 @@ impl ThrottleStore for PostgresThrottleStore {
         rules: &'a ThrottleRules,
         now: Timestamp,
     ) -> ThrottleFuture<'a, Verdict> {
-        Box::pin(async move {
+        Box::pin(crate::bounded(async move {
             let mut tx = self.pool.begin().await.map_err(unavailable)?;
             let placeholder = ThrottleRow::PLACEHOLDER;
             // Waits for a concurrent first attempt's insert to commit, so the lock below
@@ -145,11 +145,11 @@ impl ThrottleStore for PostgresThrottleStore {
             }
             tx.commit().await.map_err(unavailable)?;
             Ok(verdict)
-        })
+        }))
     }
 
     fn refund<'a>(&'a self, key: &'a str) -> ThrottleFuture<'a, ()> {
-        Box::pin(async move {
+        Box::pin(crate::bounded(async move {
             let mut tx = self.pool.begin().await.map_err(unavailable)?;
             if let Some(row) = lock_row(&mut tx, key).await? {
                 let refunded = row.strikes()?.refund();
@@ -166,18 +166,18 @@ impl ThrottleStore for PostgresThrottleStore {
                 .map_err(unavailable)?;
             }
             tx.commit().await.map_err(unavailable)
-        })
+        }))
     }
 
     fn clear<'a>(&'a self, key: &'a str) -> ThrottleFuture<'a, ()> {
-        Box::pin(async move {
+        Box::pin(crate::bounded(async move {
             sqlx::query("DELETE FROM pc_throttle WHERE key = $1")
                 .bind(key)
                 .execute(&self.pool)
                 .await
                 .map_err(unavailable)?;
             Ok(())
-        })
+        }))
     }
 
     fn forget_expired(&self, now: Timestamp) -> ThrottleFuture<'_, u64> {

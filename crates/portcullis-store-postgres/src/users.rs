@@ -36,7 +36,7 @@ fn version(user: &User) -> i64 {
 
 impl UserStore for PostgresUserStore {
     fn add_user<'a>(&'a self, user: &'a User) -> UserFuture<'a, ()> {
-        Box::pin(async move {
+        Box::pin(crate::bounded(async move {
             let inserted = sqlx::query(
                 "INSERT INTO users (id, username, version, body) VALUES ($1, $2, $3, $4) \
                  ON CONFLICT DO NOTHING",
@@ -52,43 +52,43 @@ impl UserStore for PostgresUserStore {
                 return Err(UserStoreError::Exists);
             }
             Ok(())
-        })
+        }))
     }
 
     fn user_by_name<'a>(&'a self, username: &'a str) -> UserFuture<'a, Option<User>> {
-        Box::pin(async move {
+        Box::pin(crate::bounded(async move {
             let row = sqlx::query("SELECT body FROM users WHERE username = $1")
                 .bind(username)
                 .fetch_optional(&self.pool)
                 .await
                 .map_err(unavailable)?;
             row.map(|r| decode(r.get::<&str, _>(0))).transpose()
-        })
+        }))
     }
 
     fn user_by_id<'a>(&'a self, id: &'a str) -> UserFuture<'a, Option<User>> {
-        Box::pin(async move {
+        Box::pin(crate::bounded(async move {
             let row = sqlx::query("SELECT body FROM users WHERE id = $1")
                 .bind(id)
                 .fetch_optional(&self.pool)
                 .await
                 .map_err(unavailable)?;
             row.map(|r| decode(r.get::<&str, _>(0))).transpose()
-        })
+        }))
     }
 
     fn list_users(&self) -> UserFuture<'_, Vec<User>> {
-        Box::pin(async move {
+        Box::pin(crate::bounded(async move {
             let rows = sqlx::query("SELECT body FROM users ORDER BY username")
                 .fetch_all(&self.pool)
                 .await
                 .map_err(unavailable)?;
             rows.iter().map(|r| decode(r.get::<&str, _>(0))).collect()
-        })
+        }))
     }
 
     fn replace_user<'a>(&'a self, next: &'a User) -> UserFuture<'a, bool> {
-        Box::pin(async move {
+        Box::pin(crate::bounded(async move {
             let updated = sqlx::query(
                 "UPDATE users SET username = $1, version = $2, body = $3 WHERE id = $4 AND version = $5",
             )
@@ -101,6 +101,6 @@ impl UserStore for PostgresUserStore {
             .await
             .map_err(unavailable)?;
             Ok(updated.rows_affected() == 1)
-        })
+        }))
     }
 }

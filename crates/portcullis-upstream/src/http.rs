@@ -37,6 +37,13 @@ impl<'c> AsyncHttpClient<'c> for Adapter {
     type Future = Pin<Box<dyn Future<Output = Result<HttpResponse, Unanswered>> + Send + 'c>>;
 
     fn call(&'c self, request: HttpRequest) -> Self::Future {
-        Box::pin(async move { self.0.send(request).await.map_err(Unanswered) })
+        Box::pin(async move {
+            let answer = self.0.send(request).await.map_err(Unanswered)?;
+            // A server error is an outage, whatever its body says: not an answer to check.
+            if answer.status().is_server_error() {
+                return Err(Unanswered(format!("it answered {}", answer.status())));
+            }
+            Ok(answer)
+        })
     }
 }

@@ -49,7 +49,12 @@ impl Upstream {
                 "is signed with an algorithm the provider does not use",
             ));
         }
+        // RFC 7515 §4.1.9: `application/` may be left out of a media type, or given.
         if header.typ.as_deref().is_some_and(|typ| {
+            let typ = typ
+                .get(..12)
+                .filter(|prefix| prefix.eq_ignore_ascii_case("application/"))
+                .map_or(typ, |_| &typ[12..]);
             !typ.eq_ignore_ascii_case("logout+jwt") && !typ.eq_ignore_ascii_case("JWT")
         }) {
             return Err(invalid("has another type"));
@@ -76,6 +81,11 @@ impl Upstream {
             && Timestamp::from_millis(exp.saturating_mul(1000)) <= now
         {
             return Err(invalid("has expired"));
+        }
+        if let Some(nbf) = claims.get("nbf").and_then(Value::as_i64)
+            && Timestamp::from_millis(nbf.saturating_mul(1000)) > now.plus(CLOCK_SKEW)
+        {
+            return Err(invalid("is not valid yet"));
         }
         if claims.contains_key("nonce") {
             return Err(invalid("carries a nonce (it would pass for an ID token)"));

@@ -159,6 +159,49 @@ pub struct PendingUpstream {
     pub verifier: String,
     /// When it was sent (the injected clock).
     pub started_at: Timestamp,
+    /// `prompt=login` was sent: only an authentication made since `started_at` answers it.
+    #[serde(default)]
+    pub force_login: bool,
+    /// The `max_age` sent, in seconds: only an authentication that recent answers it.
+    #[serde(default)]
+    pub max_age_secs: Option<u64>,
+}
+
+/// The longest `sub` OpenID Connect Core §2 allows.
+const MAX_SUBJECT_LEN: usize = 255;
+
+impl PendingUpstream {
+    /// OpenID Connect Core §3.1.3.7 step 13 (and ASVS5-6.8.4): a request that asked the person
+    /// to authenticate again (`prompt=login`, `max_age`) is answered only by an ID token whose
+    /// `auth_time` says they did; an upstream that ignores the request, or does not say, passes
+    /// for no re-authentication.
+    fn check_recent(
+        &self,
+        auth_time: Option<Timestamp>,
+        now: Timestamp,
+    ) -> Result<(), UpstreamError> {
+        let since = [
+            self.force_login.then_some(self.started_at),
+            self.max_age_secs
+                .map(|secs| now.minus(Duration::from_secs(secs))),
+        ]
+        .into_iter()
+        .flatten()
+        .max();
+        let Some(since) = since else {
+            return Ok(());
+        };
+        match auth_time {
+            None => Err(UpstreamError::Refused(
+                "it did not say when the person authenticated (auth_time), as a new authentication needs"
+                    .into(),
+            )),
+            Some(at) if at.plus(CLOCK_SKEW) < since => Err(UpstreamError::Refused(
+                "it did not authenticate the person again, as asked".into(),
+            )),
+            Some(_) => Ok(()),
+        }
+    }
 }
 
 /// Who the upstream says signed in, checked.
@@ -403,6 +446,8 @@ impl Upstream {
             nonce: random_value(random),
             verifier: random_value(random),
             started_at: self.clock.now(),
+            force_login: hints.force_login,
+            max_age_secs: hints.max_age.map(|age| age.as_secs()),
         };
         let challenge = PkceCodeChallenge::from_code_verifier_sha256(&PkceCodeVerifier::new(
             pending.verifier.clone(),
@@ -558,6 +603,15 @@ impl Upstream {
             other => (discovered, other),
         };
         let claims = claims.map_err(|e| UpstreamError::Invalid(format!("the ID token: {e}")))?;
+        let raw = id_token.to_string();
+        let mut mapped = payload(&raw).unwrap_or_default();
+        self.check_claims_beyond_the_verifier(&claims, &mapped)?;
+        pending.check_recent(
+            claims
+                .auth_time()
+                .map(|t| Timestamp::from_millis(t.timestamp_millis())),
+            self.clock.now(),
+        )?;
         // The access token is the one the ID token was issued with, when it says so.
         if let Some(expected) = claims.access_token_hash() {
             let verifier = self.id_token_verifier(&discovered);
@@ -574,8 +628,6 @@ impl Upstream {
                 ));
             }
         }
-        let raw = id_token.to_string();
-        let mut mapped = payload(&raw).unwrap_or_default();
         let settings = &self.settings;
         let wanted = [
             &settings.claims.username,
@@ -622,6 +674,41 @@ impl Upstream {
             name: text(&settings.claims.name),
             id_token: raw,
         })
+    }
+
+    /// What `openidconnect` leaves to its caller (OpenID Connect Core §2, §3.1.3.7 step 5, and
+    /// ASVS5-9.2.1): an `azp` other than our client id, an `nbf` still ahead, and a `sub` longer
+    /// than 255 characters are refused.
+    fn check_claims_beyond_the_verifier(
+        &self,
+        claims: &openidconnect::IdTokenClaims<SessionClaim, CoreGenderClaim>,
+        payload: &Map<String, Value>,
+    ) -> Result<(), UpstreamError> {
+        if claims
+            .authorized_party()
+            .is_some_and(|azp| azp.as_str() != self.settings.client_id)
+        {
+            return Err(UpstreamError::Invalid(
+                "the ID token was issued to another client (azp)".into(),
+            ));
+        }
+        if payload
+            .get("nbf")
+            .and_then(Value::as_i64)
+            .is_some_and(|nbf| {
+                Timestamp::from_millis(nbf.saturating_mul(1000)) > self.clock.now().plus(CLOCK_SKEW)
+            })
+        {
+            return Err(UpstreamError::Invalid(
+                "the ID token is not valid yet (nbf)".into(),
+            ));
+        }
+        if claims.subject().as_str().len() > MAX_SUBJECT_LEN {
+            return Err(UpstreamError::Invalid(
+                "the ID token's sub is longer than 255 characters".into(),
+            ));
+        }
+        Ok(())
     }
 
     fn id_token_verifier(

@@ -967,10 +967,9 @@ async fn in_process_call(
         Opened::Memory(store) => admin_router(AppState::new(
             app_state(TimedStore::new(store), users, config, sink).await?,
         )),
-        Opened::Postgres(store) => {
-            let store = TimedStore::new(store).with_deadline(POSTGRES_DEADLINE);
-            admin_router(AppState::new(app_state(store, users, config, sink).await?))
-        }
+        Opened::Postgres(store) => admin_router(AppState::new(
+            app_state(TimedStore::new(store), users, config, sink).await?,
+        )),
         Opened::Redis(store) => admin_router(AppState::new(
             app_state(TimedStore::new(store), users, config, sink).await?,
         )),
@@ -1241,11 +1240,7 @@ async fn serve(config: Config) -> Result<()> {
             run_server(services, &config, edge, recorder, tls).await
         }
         Opened::Postgres(store) => {
-            // A server that stops answering without closing its connections would otherwise
-            // hold every request that reached it (Redis has its own response timeout; the
-            // embedded store never waits on a network).
-            let store = TimedStore::new(store).with_deadline(POSTGRES_DEADLINE);
-            let services = app_state(store, users, &config, sink).await?;
+            let services = app_state(TimedStore::new(store), users, &config, sink).await?;
             run_server(services, &config, edge, recorder, tls).await
         }
         Opened::Redis(store) => {
@@ -1254,10 +1249,6 @@ async fn serve(config: Config) -> Result<()> {
         }
     }
 }
-
-/// How long a call to PostgreSQL may take before it fails closed (`503`): a statement of ours
-/// takes milliseconds, and a sign-in's few at most a second, even behind a row lock.
-const POSTGRES_DEADLINE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Installs the process's Prometheus recorder: latencies as histograms (Prometheus can
 /// aggregate them across nodes).

@@ -4,15 +4,10 @@
 //! Metrics: `portcullis_store_call_seconds{op}` (a histogram) and
 //! `portcullis_store_errors_total{op}` (the counter the sweeper also counts failed sweeps in),
 //! `op` being the store method's name (`find_by_token`, `insert`, …).
-//!
-//! A store whose calls may be dropped half-way (PostgreSQL: a transaction dropped is rolled
-//! back) gets a deadline here too: a server that stopped answering without closing its
-//! connections (frozen, or a network that drops packets) fails each call closed, as
-//! `Unavailable`, instead of holding it until the server comes back.
 
 use std::future::Future;
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use portcullis_core::{
     ApiKey, ApiKeyStore, AppId, Application, ApplicationStore, AuditEvent, EndedSessions, Ending,
@@ -31,23 +26,12 @@ pub const ERRORS_TOTAL: &str = "portcullis_store_errors_total";
 #[derive(Debug)]
 pub struct TimedStore<S> {
     inner: S,
-    deadline: Option<Duration>,
 }
 
 impl<S> TimedStore<S> {
     /// Times every call to `inner`.
     pub fn new(inner: S) -> Self {
-        Self {
-            inner,
-            deadline: None,
-        }
-    }
-
-    /// Also fails every call that takes longer than `deadline` (for a store whose calls may
-    /// be dropped half-way: see the module documentation).
-    pub fn with_deadline(mut self, deadline: Duration) -> Self {
-        self.deadline = Some(deadline);
-        self
+        Self { inner }
     }
 }
 
@@ -59,12 +43,10 @@ struct OpMetrics {
     errors: metrics::Counter,
 }
 
-/// Runs `call`, within `deadline` when there is one, recording its duration in `op`'s
-/// histogram and a failure in its counter.
+/// Runs `call`, recording its duration in `op`'s histogram and a failure in its counter.
 async fn timed<T>(
     handles: &'static OnceLock<OpMetrics>,
     op: &'static str,
-    deadline: Option<Duration>,
     call: impl Future<Output = Result<T, StoreError>>,
 ) -> Result<T, StoreError> {
     let handles = handles.get_or_init(|| OpMetrics {
@@ -72,16 +54,7 @@ async fn timed<T>(
         errors: metrics::counter!(ERRORS_TOTAL, "op" => op),
     });
     let started = Instant::now();
-    let result = match deadline {
-        Some(deadline) => tokio::time::timeout(deadline, call)
-            .await
-            .unwrap_or_else(|_| {
-                Err(StoreError::Unavailable(
-                    format!("the store did not answer within {deadline:?}").into(),
-                ))
-            }),
-        None => call.await,
-    };
+    let result = call.await;
     handles.seconds.record(started.elapsed().as_secs_f64());
     if result.is_err() {
         handles.errors.increment(1);
@@ -91,9 +64,9 @@ async fn timed<T>(
 
 /// `timed` with the handles of operation `$op` in a static of the call site's own.
 macro_rules! timed {
-    ($op:literal, $deadline:expr, $call:expr) => {{
+    ($op:literal, $call:expr) => {{
         static HANDLES: OnceLock<OpMetrics> = OnceLock::new();
-        timed(&HANDLES, $op, $deadline, $call).await
+        timed(&HANDLES, $op, $call).await
     }};
 }
 
@@ -101,27 +74,19 @@ impl<S: SessionStore> SessionStore for TimedStore<S> {
     const ROUTES_BY_SUBJECT: bool = S::ROUTES_BY_SUBJECT;
 
     async fn find_by_token(&self, hash: &TokenHash) -> Result<Option<Arc<Session>>, StoreError> {
-        timed!(
-            "find_by_token",
-            self.deadline,
-            self.inner.find_by_token(hash)
-        )
+        timed!("find_by_token", self.inner.find_by_token(hash))
     }
 
     async fn find_by_id(&self, id: &SessionId) -> Result<Option<Arc<Session>>, StoreError> {
-        timed!("find_by_id", self.deadline, self.inner.find_by_id(id))
+        timed!("find_by_id", self.inner.find_by_id(id))
     }
 
     async fn list_subject(&self, subject: &str) -> Result<Vec<Arc<Session>>, StoreError> {
-        timed!(
-            "list_subject",
-            self.deadline,
-            self.inner.list_subject(subject)
-        )
+        timed!("list_subject", self.inner.list_subject(subject))
     }
 
     async fn insert(&self, insert: Insert) -> Result<Inserted, StoreError> {
-        timed!("insert", self.deadline, self.inner.insert(insert))
+        timed!("insert", self.inner.insert(insert))
     }
 
     async fn replace(
@@ -130,19 +95,15 @@ impl<S: SessionStore> SessionStore for TimedStore<S> {
         next: Session,
         event: AuditEvent,
     ) -> Result<Option<(Arc<Session>, AuditEvent)>, StoreError> {
-        timed!(
-            "replace",
-            self.deadline,
-            self.inner.replace(version, next, event)
-        )
+        timed!("replace", self.inner.replace(version, next, event))
     }
 
     async fn touch(&self, id: &SessionId, at: Timestamp) -> Result<(), StoreError> {
-        timed!("touch", self.deadline, self.inner.touch(id, at))
+        timed!("touch", self.inner.touch(id, at))
     }
 
     async fn end(&self, id: &SessionId, ending: Ending) -> Result<EndedSessions, StoreError> {
-        timed!("end", self.deadline, self.inner.end(id, ending))
+        timed!("end", self.inner.end(id, ending))
     }
 
     async fn end_subject(
@@ -154,7 +115,6 @@ impl<S: SessionStore> SessionStore for TimedStore<S> {
     ) -> Result<EndedSessions, StoreError> {
         timed!(
             "end_subject",
-            self.deadline,
             self.inner.end_subject(subject, application, except, ending)
         )
     }
@@ -166,41 +126,36 @@ impl<S: SessionStore> SessionStore for TimedStore<S> {
     ) -> Result<Vec<Arc<Session>>, StoreError> {
         timed!(
             "application_sessions",
-            self.deadline,
             self.inner.application_sessions(application, limit)
         )
     }
 
     async fn live_counts(&self) -> Result<Vec<LiveCount>, StoreError> {
-        timed!("live_counts", self.deadline, self.inner.live_counts())
+        timed!("live_counts", self.inner.live_counts())
     }
 
     async fn due(&self, now: Timestamp, limit: usize) -> Result<Vec<Arc<Session>>, StoreError> {
-        timed!("due", self.deadline, self.inner.due(now, limit))
+        timed!("due", self.inner.due(now, limit))
     }
 
     async fn purge(&self, now: Timestamp) -> Result<usize, StoreError> {
-        timed!("purge", self.deadline, self.inner.purge(now))
+        timed!("purge", self.inner.purge(now))
     }
 
     async fn append_event(&self, event: AuditEvent) -> Result<AuditEvent, StoreError> {
-        timed!(
-            "append_event",
-            self.deadline,
-            self.inner.append_event(event)
-        )
+        timed!("append_event", self.inner.append_event(event))
     }
 
     async fn events(&self, query: &EventQuery) -> Result<Vec<AuditEvent>, StoreError> {
-        timed!("events", self.deadline, self.inner.events(query))
+        timed!("events", self.inner.events(query))
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        timed!("ping", self.deadline, self.inner.ping())
+        timed!("ping", self.inner.ping())
     }
 
     async fn flush(&self) -> Result<(), StoreError> {
-        timed!("flush", self.deadline, self.inner.flush())
+        timed!("flush", self.inner.flush())
     }
 }
 
@@ -210,27 +165,15 @@ impl<S: ApplicationStore> ApplicationStore for TimedStore<S> {
         app: Application,
         event: AuditEvent,
     ) -> Result<AuditEvent, StoreError> {
-        timed!(
-            "add_application",
-            self.deadline,
-            self.inner.add_application(app, event)
-        )
+        timed!("add_application", self.inner.add_application(app, event))
     }
 
     async fn find_application(&self, id: &AppId) -> Result<Option<Application>, StoreError> {
-        timed!(
-            "find_application",
-            self.deadline,
-            self.inner.find_application(id)
-        )
+        timed!("find_application", self.inner.find_application(id))
     }
 
     async fn list_applications(&self) -> Result<Vec<Application>, StoreError> {
-        timed!(
-            "list_applications",
-            self.deadline,
-            self.inner.list_applications()
-        )
+        timed!("list_applications", self.inner.list_applications())
     }
 
     async fn update_application(
@@ -241,7 +184,6 @@ impl<S: ApplicationStore> ApplicationStore for TimedStore<S> {
     ) -> Result<Option<AuditEvent>, StoreError> {
         timed!(
             "update_application",
-            self.deadline,
             self.inner.update_application(version, next, event)
         )
     }
@@ -253,7 +195,6 @@ impl<S: ApplicationStore> ApplicationStore for TimedStore<S> {
     ) -> Result<Option<AuditEvent>, StoreError> {
         timed!(
             "remove_application",
-            self.deadline,
             self.inner.remove_application(id, event)
         )
     }
@@ -261,19 +202,15 @@ impl<S: ApplicationStore> ApplicationStore for TimedStore<S> {
 
 impl<S: ApiKeyStore> ApiKeyStore for TimedStore<S> {
     async fn add_api_key(&self, key: ApiKey, event: AuditEvent) -> Result<AuditEvent, StoreError> {
-        timed!(
-            "add_api_key",
-            self.deadline,
-            self.inner.add_api_key(key, event)
-        )
+        timed!("add_api_key", self.inner.add_api_key(key, event))
     }
 
     async fn find_api_key(&self, hash: &TokenHash) -> Result<Option<ApiKey>, StoreError> {
-        timed!("find_api_key", self.deadline, self.inner.find_api_key(hash))
+        timed!("find_api_key", self.inner.find_api_key(hash))
     }
 
     async fn list_api_keys(&self) -> Result<Vec<ApiKey>, StoreError> {
-        timed!("list_api_keys", self.deadline, self.inner.list_api_keys())
+        timed!("list_api_keys", self.inner.list_api_keys())
     }
 
     async fn revoke_api_key(
@@ -282,11 +219,7 @@ impl<S: ApiKeyStore> ApiKeyStore for TimedStore<S> {
         at: Timestamp,
         event: AuditEvent,
     ) -> Result<Option<(ApiKey, AuditEvent)>, StoreError> {
-        timed!(
-            "revoke_api_key",
-            self.deadline,
-            self.inner.revoke_api_key(id, at, event)
-        )
+        timed!("revoke_api_key", self.inner.revoke_api_key(id, at, event))
     }
 }
 
@@ -296,33 +229,6 @@ mod tests {
     use portcullis_store_redis::RedisStore;
 
     use super::TimedStore;
-
-    /// A call past its deadline fails closed as `Unavailable`, and one within it answers as
-    /// the store did (tokio's clock is paused and moves only as the runtime waits).
-    #[tokio::test(start_paused = true)]
-    async fn a_call_past_its_deadline_fails_closed() {
-        use std::sync::OnceLock;
-        use std::time::Duration;
-
-        use portcullis_core::StoreError;
-
-        static HANDLES: OnceLock<super::OpMetrics> = OnceLock::new();
-        let deadline = Some(Duration::from_secs(5));
-        let hung = super::timed(
-            &HANDLES,
-            "test",
-            deadline,
-            std::future::pending::<Result<(), StoreError>>(),
-        )
-        .await;
-        assert!(matches!(hung, Err(StoreError::Unavailable(_))), "{hung:?}");
-        let slow = super::timed(&HANDLES, "test", deadline, async {
-            tokio::time::sleep(Duration::from_secs(4)).await;
-            Ok(7)
-        })
-        .await;
-        assert_eq!(slow.unwrap(), 7);
-    }
 
     /// The wrapper routes tokens exactly as the store it wraps, or the engine would issue tokens
     /// a sharded store cannot find.

@@ -151,6 +151,8 @@ struct IdpState {
     /// Why token requests were refused.
     refusals: Vec<String>,
     issued: u64,
+    /// The token endpoint answers 500 with an HTML page, as a server in trouble does.
+    token_outage: bool,
 }
 
 struct IdpShared {
@@ -185,6 +187,7 @@ impl Idp {
                 token_requests: 0,
                 refusals: Vec::new(),
                 issued: 0,
+                token_outage: false,
             }),
             server: Mutex::new(None),
         }));
@@ -428,6 +431,13 @@ async fn idp_token(
 ) -> Response {
     let mut s = idp.0.state.lock().unwrap();
     s.token_requests += 1;
+    if s.token_outage {
+        return (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            Html("<h1>Internal Server Error</h1>"),
+        )
+            .into_response();
+    }
     let field = |name: &str| form.get(name).map(String::as_str).unwrap_or_default();
     if basic_credentials(&headers) != Some((CLIENT_ID.to_owned(), CLIENT_SECRET.to_owned())) {
         return refuse(
@@ -1402,8 +1412,9 @@ async fn asvs5_10_1_2_10_2_1_wrong_state_replayed_answer_or_another_browser_sign
 }
 
 /// OIDC-CORE-15, ASVS5-10.5.1 (nonce), ASVS5-10.5.4 (aud), ASVS5-6.8.2 / JWTBCP-1 (signed
-/// with an allowed algorithm): an ID token of another issuer, for another audience, expired,
-/// issued in the future, with a wrong or no nonce, or MACed with the client secret signs
+/// with an allowed algorithm), ASVS5-9.2.1 (`nbf`): an ID token of another issuer, for another
+/// audience or client (`azp`), expired, issued in the future, not valid yet, with a wrong or no
+/// nonce, a `sub` longer than OpenID Connect allows, or MACed with the client secret signs
 /// nobody in; an `iat` within the minute of skew does.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oidc_core_15_asvs5_10_5_1_10_5_4_id_tokens_failing_their_checks_sign_nobody_in() {
@@ -1411,13 +1422,29 @@ async fn oidc_core_15_asvs5_10_5_1_10_5_4_id_tokens_failing_their_checks_sign_no
     let issuer = idp.issuer().to_owned();
     idp.person(json!({ "sub": "carla-0003", "preferred_username": "carla" }));
     let now = idp.now();
-    let cases: [(&str, Value, Option<Signer>); 7] = [
+    let long_subject = "c".repeat(256);
+    let cases: [(&str, Value, Option<Signer>); 10] = [
         (
             "another issuer",
             json!({ "iss": "http://127.0.0.1:9/other" }),
             None,
         ),
         ("another audience", json!({ "aud": "someone-else" }), None),
+        (
+            "issued to another client (azp)",
+            json!({ "azp": "someone-else" }),
+            None,
+        ),
+        (
+            "not valid for another hour (nbf)",
+            json!({ "nbf": now + 3600 }),
+            None,
+        ),
+        (
+            "a sub longer than 255 characters",
+            json!({ "sub": long_subject }),
+            None,
+        ),
         (
             "expired",
             json!({ "iat": now - 700, "auth_time": now - 700, "exp": now - 100 }),
@@ -1447,6 +1474,7 @@ async fn oidc_core_15_asvs5_10_5_1_10_5_4_id_tokens_failing_their_checks_sign_no
             idp.sign_with(signer);
         }
         let before = idp.token_requests();
+        let failures = portcullis.count(EventKind::LoginFailed).await;
         let answer = portcullis.browser().sign_in_upstream().await;
         assert_refused(&answer, 400, NOT_VALID, case);
         assert_eq!(
@@ -1454,7 +1482,21 @@ async fn oidc_core_15_asvs5_10_5_1_10_5_4_id_tokens_failing_their_checks_sign_no
             before + 1,
             "{case}: the token was fetched, then refused"
         );
+        // ASVS5-16.3.1: a failed authentication is in the trail, whatever the way in.
+        assert_eq!(
+            portcullis.count(EventKind::LoginFailed).await,
+            failures + 1,
+            "{case}: one login.failed"
+        );
     }
+    let failed = portcullis.events().await;
+    let failed = failed
+        .iter()
+        .rfind(|e| e.kind == EventKind::LoginFailed)
+        .unwrap();
+    assert_eq!(failed.detail["failed"], "upstream");
+    assert_eq!(failed.detail["provider"], PROVIDER);
+    assert!(failed.subject.is_none(), "a failed answer names no one");
     // An ID token without `sub` does not parse as a token response at all: an invalid answer
     // (400), not an outage (the person is not told the provider is down).
     idp.honest();
@@ -1513,7 +1555,7 @@ async fn rfc9700_17_asvs5_10_2_2_an_answer_naming_another_issuer_or_none_is_refu
 
 /// OIDC-BCL-11 / OIDC-BCL-12 / ASVS5-10.5.5 (as receiver of the upstream's logout tokens): a
 /// logout token that fails a check (a nonce, no events, an unknown key, `alg: none`, another
-/// audience) is answered 400 and ends nothing; a valid one ends exactly the SSO session its
+/// audience, an `nbf` ahead) is answered 400 and ends nothing; a valid one ends exactly the SSO session its
 /// `sid` vouched for (`upstream_logout`) and is answered 200 `no-store`; the same `jti` again is
 /// answered 400. A token naming only `sid` finds the person through what the sign-in kept (an
 /// unknown `sid` ends nothing, 200); one naming only `sub` ends every session of the person.
@@ -1567,11 +1609,17 @@ async fn oidc_bcl_11_12_upstream_logout_tokens_end_the_sso_session_they_name() {
         claims.insert("aud".into(), "someone-else".into());
         signing.sign("logout+jwt", &claims)
     };
+    let not_yet_valid = {
+        let mut claims = valid(&idp);
+        claims.insert("nbf".into(), (idp.now() + 3600).into());
+        signing.sign("logout+jwt", &claims)
+    };
     let unknown_key = Key::generate("not-published").sign("logout+jwt", &valid(&idp));
     for (case, token) in [
         ("a nonce", with_nonce),
         ("no events", without_events),
         ("another audience", other_audience),
+        ("an nbf an hour ahead (ASVS5-9.2.1)", not_yet_valid),
         ("an unknown key", unknown_key),
         ("alg none", unsigned),
     ] {
@@ -1586,7 +1634,8 @@ async fn oidc_bcl_11_12_upstream_logout_tokens_end_the_sso_session_they_name() {
         "a refused token ends nothing"
     );
 
-    let token = signing.sign("logout+jwt", &valid(&idp));
+    // RFC 7515 §4.1.9: the media type's `application/` may be given.
+    let token = signing.sign("application/logout+jwt", &valid(&idp));
     let (status, body, cache) = portcullis.upstream_logout(&token).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(cache.as_deref(), Some("no-store"));
@@ -1730,6 +1779,33 @@ async fn upstream_down_answers_503_and_password_sign_in_still_works() {
     assert_eq!(sessions.len(), 1);
     assert_eq!(sessions[0].auth.methods, ["pwd"]);
     assert!(UpstreamLink::of(&sessions[0]).is_none());
+}
+
+/// A token endpoint that fails (500, an HTML body) is an outage, not an invalid answer: the
+/// person is told the provider cannot be reached, not that their answer was old or forged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_token_endpoint_is_an_outage() {
+    let (_clock, idp, portcullis) = world(|_| {}).await;
+    idp.person(json!({ "sub": "hana-0021", "preferred_username": "hana" }));
+    idp.with(|s| s.token_outage = true);
+    let answer = portcullis.browser().sign_in_upstream().await;
+    assert_refused(
+        &answer,
+        503,
+        "cannot be reached",
+        "a 500 at the token endpoint",
+    );
+    assert_eq!(idp.token_requests(), 1);
+    assert_eq!(
+        portcullis.count(EventKind::LoginFailed).await,
+        0,
+        "an outage is no failed authentication"
+    );
+    idp.with(|s| s.token_outage = false);
+    assert_signed_in(
+        &portcullis.browser().sign_in_upstream().await,
+        "the endpoint back",
+    );
 }
 
 /// ASVS5-10.5.2: with account creation off, an upstream person nobody linked gets a 403 page
@@ -2051,6 +2127,71 @@ async fn asvs5_6_8_4_7_6_1_upstream_auth_time_and_bound_session_deadline() {
     }
 }
 
+/// ASVS5-6.8.1 / ASVS4-3.3.4: linking an upstream identity adds a way into the account and
+/// unlinking removes one, so both need a recent authentication, as a password change does: a
+/// borrowed session, past its elevation, is sent to `/reauth` and changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn asvs5_6_8_1_linking_and_unlinking_need_a_recent_authentication() {
+    let (clock, idp, portcullis) = world(|_| {}).await;
+    let issuer = idp.issuer().to_owned();
+    let password = "juniper-Falcon-Meadow-3381";
+    let local = portcullis
+        .accounts
+        .add_user("nadia", password, &Actor::cli())
+        .await
+        .unwrap();
+    let mut browser = portcullis.browser();
+    assert_signed_in(
+        &browser.sign_in_with_password("nadia", password).await,
+        "the password",
+    );
+    idp.person(json!({ "sub": "nadia-0012", "preferred_username": "nadia.corp" }));
+    let page = browser.get("/account").await;
+    let authorize = browser.link_upstream(&page_csrf(&page.body)).await;
+    let callback = browser.upstream_answers(&authorize).await;
+    let answer = browser.get(callback.as_str()).await;
+    assert_eq!(answer.location.as_deref(), Some("/account?done=linked"));
+
+    // Past the policy's elevation (10 minutes), still signed in.
+    clock.advance(Duration::from_secs(11 * 60));
+    let page = browser.get("/account").await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    let csrf = page_csrf(&page.body);
+    let link = browser
+        .post(
+            &format!("/login/upstream/{PROVIDER}/link"),
+            &[("csrf", &csrf)],
+        )
+        .await;
+    assert_eq!(link.status, 303, "{}", link.body);
+    assert_eq!(link.location.as_deref(), Some("/reauth?return_to=/account"));
+    assert!(
+        link.set_cookie(UPSTREAM_COOKIE).is_none(),
+        "nothing started"
+    );
+    let unlink = browser
+        .post(
+            "/account/identities/unlink",
+            &[
+                ("csrf", &csrf),
+                ("issuer", &issuer),
+                ("subject", "nadia-0012"),
+            ],
+        )
+        .await;
+    assert_eq!(
+        unlink.location.as_deref(),
+        Some("/reauth?return_to=/account")
+    );
+    let link = portcullis.linked(&issuer, "nadia-0012").await;
+    assert_eq!(
+        link.map(|l| l.user_id),
+        Some(local.id.clone()),
+        "still linked"
+    );
+    assert_eq!(portcullis.count(EventKind::UserIdentityUnlinked).await, 0);
+}
+
 /// ASVS5-10.5.2 / ASVS5-6.8.1 (linking by proving both): a person signed in here with a
 /// password links an upstream person from the account page; no SSO session is started, the
 /// one they have goes on. An upstream person linked to another account is refused (409).
@@ -2319,10 +2460,11 @@ async fn asvs4_3_6_1_oidc_core_3_4_reauthentication_goes_upstream_and_elevates_t
     assert!(idp.refusals().is_empty(), "{:?}", idp.refusals());
 }
 
-/// ASVS5-6.2.3 / ASVS4-3.6.1 for an account the upstream made (no password here): a sensitive
-/// account page asks to confirm it is them, offering only "Confirm with Corp ID", which signs
-/// in there again (`prompt=login`, `max_age=0`) and elevates the same SSO session: the page
-/// then opens. Posting a password instead gets nowhere.
+/// ASVS5-6.2.3 / ASVS4-3.6.1 / ASVS5-6.8.4 for an account the upstream made (no password
+/// here): a sensitive account page asks to confirm it is them, offering only "Confirm with Corp
+/// ID", which signs in there again (`prompt=login`, `max_age=0`) and elevates the same SSO
+/// session: the page then opens. An answer whose `auth_time` is old or missing confirms
+/// nothing; posting a password instead gets nowhere.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn asvs5_6_2_3_an_upstream_account_confirms_it_is_them_upstream() {
     let (clock, idp, portcullis) = world(|_| {}).await;
@@ -2352,6 +2494,31 @@ async fn asvs5_6_2_3_an_upstream_account_confirms_it_is_them_upstream() {
     let href = attribute_after(&page.body, "id=\"reauth-upstream\"", "href")
         .unwrap_or_else(|| panic!("a way to confirm upstream: {}", page.body));
     assert!(page.body.contains("Confirm with Corp ID"), "{}", page.body);
+
+    // An upstream that does not sign the person in again, as asked, or does not say when it
+    // did, confirms nothing (OIDC Core §3.1.3.7 step 13, ASVS5-6.8.4): its answer is refused
+    // and the page still asks.
+    let now = idp.now();
+    for (case, tamper) in [
+        ("an old auth_time", json!({ "auth_time": now - 3600 })),
+        ("no auth_time", json!({ "auth_time": null })),
+    ] {
+        idp.tamper(tamper);
+        let started = browser.get(&href).await;
+        let authorize = Url::parse(started.location.as_deref().unwrap()).unwrap();
+        let callback = browser.upstream_answers(&authorize).await;
+        let back = browser.get(callback.as_str()).await;
+        assert_refused(&back, 403, "did not sign you in", case);
+        let sessions = portcullis.sso_sessions(&user).await;
+        assert_eq!(
+            sessions[0].elevations.len(),
+            before.elevations.len(),
+            "{case}: not elevated"
+        );
+        let asked = browser.get("/account/two-factor").await;
+        assert_eq!(asked.status, 303, "{case}: {}", asked.body);
+    }
+    idp.honest();
 
     let csrf = hidden(&browser.get("/account").await.body, "csrf");
     let guessed = browser
@@ -2431,7 +2598,7 @@ async fn a_client_of_one_upstream_sends_its_people_there_to_sign_in() {
 /// upstream is offered to sign out of it too; with it, the SSO session ends and the signed-out
 /// page continues to the upstream's end-session endpoint with its ID token as `id_token_hint`,
 /// our `client_id`, our signed-out URI and a sealed `state`; back there with that state, the
-/// signed-out page; with a forged state, the same page and no redirect anywhere. A person
+/// signed-out page; with a forged or no state, home (`/`), no page claiming a sign-out. A person
 /// signed in with a password is not offered it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nist3_14_sign_out_of_the_upstream_too_through_its_end_session_endpoint() {
@@ -2522,18 +2689,17 @@ async fn nist3_14_sign_out_of_the_upstream_too_through_its_end_session_endpoint(
     assert!(back.body.contains("You are signed out"));
     assert!(back.body.contains("id=\"sign-in-again\""));
 
-    // A forged state: the same page, no redirect anywhere.
-    for forged in [format!("{state}x"), "https://evil.example/".to_owned()] {
-        let answer = browser
-            .get(&format!(
-                "{signed_out_uri}?{}",
-                form_body(&[("state", &forged)])
-            ))
-            .await;
-        assert_eq!(answer.status, 200, "{}", answer.body);
-        assert!(answer.location.is_none(), "{:?}", answer.location);
-        assert!(!answer.body.contains("id=\"continue\""));
-        assert!(!answer.body.contains("evil.example"));
+    // A forged or missing state (any site can link here): no page saying "signed out" to
+    // someone who may still be signed in, and no redirect anywhere but home.
+    for forged in [
+        format!("?{}", form_body(&[("state", &format!("{state}x"))])),
+        format!("?{}", form_body(&[("state", "https://evil.example/")])),
+        String::new(),
+    ] {
+        let answer = browser.get(&format!("{signed_out_uri}{forged}")).await;
+        assert_eq!(answer.status, 303, "{forged}: {}", answer.body);
+        assert_eq!(answer.location.as_deref(), Some("/"), "{forged}");
+        assert!(!answer.body.contains("You are signed out"));
     }
 
     // Without the box ticked, only here.

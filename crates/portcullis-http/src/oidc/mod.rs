@@ -135,8 +135,9 @@ fn unavailable(err: &ProviderError) -> Response {
             "error_description": "Portcullis cannot answer right now; try again",
         }),
     );
-    response
-        .headers_mut()
-        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    response.headers_mut().insert(
+        header::RETRY_AFTER,
+        HeaderValue::from_static(crate::error::RETRY_AFTER_SECONDS),
+    );
     response
 }

@@ -2,8 +2,8 @@
 //! applications' sessions under them), signing out one session or all the others, and the
 //! links to the password and two-factor pages.
 
-use super::web::{PageForm, PageQuery};
-use axum::extract::{Path, State};
+use super::web::{PageForm, PagePath, PageQuery};
+use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::Response;
 use minijinja::context;
@@ -188,14 +188,12 @@ pub(super) async fn unlink_identity<S: Store>(
     browser: Browser,
     PageForm(form): PageForm<UnlinkForm>,
 ) -> PageResult {
-    let signed_in = match require_signed_in(&state, &browser, "/account").await? {
-        Ok(s) => s,
+    // A way to sign in is changed as a password is: only after a recent authentication.
+    let (signed_in, user) = match require_recent(&state, &browser, "/account").await? {
+        Ok(ok) => ok,
         Err(redirect) => return Ok(redirect),
     };
     check_csrf(&signed_in, &form.csrf)?;
-    let Some(user) = account_of(&state, &signed_in).await? else {
-        return Ok(signed_out_redirect());
-    };
     let federation = state.federation.as_ref().ok_or(PageError::NotFound)?;
     let unlinked = federation
         .unlink_account(
@@ -232,11 +230,12 @@ pub(super) async fn unlink_identity<S: Store>(
 pub(super) async fn end_one_session<S: Store>(
     State(state): State<AppState<S>>,
     browser: Browser,
-    Path(id): Path<String>,
+    PagePath(id): PagePath<String>,
     PageForm(form): PageForm<CsrfForm>,
 ) -> PageResult {
-    let signed_in = match require_signed_in(&state, &browser, "/account").await? {
-        Ok(s) => s,
+    // As for all of them (below): one at a time, they would all end just the same.
+    let (signed_in, _) = match require_recent(&state, &browser, "/account").await? {
+        Ok(ok) => ok,
         Err(redirect) => return Ok(redirect),
     };
     check_csrf(&signed_in, &form.csrf)?;
@@ -462,15 +461,18 @@ mod tests {
         let alice = h.user("alice").await;
         let here = h.sso_session(&alice).await;
         let other = h.sso_session(&alice).await;
+        let other_id = h.session(&other).await.unwrap().id.clone();
         h.advance(Duration::from_secs(11 * 60));
-        let answer = h
-            .post(
-                "/account/sessions/end-others",
-                &sso(&here),
-                &[("csrf", &csrf_token(&here))],
-            )
-            .await;
-        assert_eq!(answer.location(), "/reauth?return_to=/account");
-        assert!(h.session(&other).await.is_some(), "nothing ended");
+        // All at once, or one at a time: both need the recent authentication.
+        for path in [
+            "/account/sessions/end-others".to_owned(),
+            format!("/account/sessions/{other_id}/end"),
+        ] {
+            let answer = h
+                .post(&path, &sso(&here), &[("csrf", &csrf_token(&here))])
+                .await;
+            assert_eq!(answer.location(), "/reauth?return_to=/account", "{path}");
+            assert!(h.session(&other).await.is_some(), "nothing ended: {path}");
+        }
     }
 }

@@ -18,7 +18,7 @@ use portcullis_core::Store;
 use portcullis_core::oidc::origin_of;
 use portcullis_oidc::{LogoutParams, LogoutRequest, Provider, ProviderOr};
 
-use super::logout::{end_sso_session, signed_out_page};
+use super::logout::{end_sso_session, signed_out_page, unfinished_sign_out};
 use super::session::current;
 use super::web::{Browser, PageError, content_security_policy, csrf_matches};
 use super::{PageResult, page, see_other};
@@ -35,7 +35,10 @@ pub(super) async fn end_session_page<S: Store>(
         Ok(request) => request,
         Err(refused) => return Ok(refused),
     };
-    let signed_in = current(&state, &browser, false).await?.ok();
+    let signed_in = current(&state, &browser, false)
+        .await
+        .map_err(unfinished_sign_out)?
+        .ok();
     match signed_in {
         None => Ok(signed_out(&state, &request)),
         Some(signed_in) if request.sid.as_ref() == Some(&signed_in.session().id) => {
@@ -109,7 +112,10 @@ pub(super) async fn end_session_submit<S: Store>(
         Ok(request) => request,
         Err(refused) => return Ok(refused),
     };
-    match current(&state, &browser, false).await? {
+    match current(&state, &browser, false)
+        .await
+        .map_err(unfinished_sign_out)?
+    {
         Ok(signed_in) => {
             if !csrf_matches(&form.csrf, &signed_in.csrf()) {
                 return Err(PageError::StaleForm);

@@ -12,7 +12,7 @@
 
 use std::sync::Arc;
 
-use super::web::{PageForm, PageQuery};
+use super::web::{PageForm, PagePath, PageQuery};
 use axum::extract::{Path, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -154,7 +154,7 @@ fn hints_of<S: Store>(
 /// Sends the browser upstream.
 pub(super) async fn start<S: Store>(
     State(state): State<AppState<S>>,
-    Path(id): Path<String>,
+    PagePath(id): PagePath<String>,
     browser: Browser,
     PageQuery(query): PageQuery<StartQuery>,
 ) -> PageResult {
@@ -216,14 +216,16 @@ async fn begin(
 /// redirect of this POST to another origin).
 pub(super) async fn start_link<S: Store>(
     State(state): State<AppState<S>>,
-    Path(id): Path<String>,
+    PagePath(id): PagePath<String>,
     browser: Browser,
     PageForm(form): PageForm<super::CsrfForm>,
 ) -> PageResult {
     let federation = federation_of(&state)?;
     let upstream = upstream_of(federation, &id)?;
-    let signed_in = match super::session::require_signed_in(&state, &browser, "/account").await? {
-        Ok(signed_in) => signed_in,
+    // A new way into the account: only after a recent authentication, as a password change,
+    // or a borrowed session could leave its own upstream identity linked for later.
+    let (signed_in, _) = match super::session::require_recent(&state, &browser, "/account").await? {
+        Ok(ok) => ok,
         Err(redirect) => return Ok(redirect),
     };
     super::session::check_csrf(&signed_in, &form.csrf)?;
@@ -263,7 +265,7 @@ pub(super) struct Answer {
 /// The answer by redirect.
 pub(super) async fn callback<S: Store>(
     State(state): State<AppState<S>>,
-    Path(id): Path<String>,
+    PagePath(id): PagePath<String>,
     browser: Browser,
     PageQuery(answer): PageQuery<Answer>,
 ) -> PageResult {
@@ -273,7 +275,7 @@ pub(super) async fn callback<S: Store>(
 /// The answer by `form_post`.
 pub(super) async fn callback_post<S: Store>(
     State(state): State<AppState<S>>,
-    Path(id): Path<String>,
+    PagePath(id): PagePath<String>,
     browser: Browser,
     PageForm(answer): PageForm<Answer>,
 ) -> PageResult {
@@ -288,59 +290,11 @@ async fn finish<S: Store>(
 ) -> PageResult {
     let federation = federation_of(state)?;
     let upstream = upstream_of(federation, id)?;
-    let invalid = |why: &str| failure_page(state, upstream, &UpstreamError::Invalid(why.into()));
-    // The sealed request is taken whatever happens next: an answer is used once.
-    let flow = read_cookie(&browser.headers, UPSTREAM_COOKIE)
-        .filter(|v| !v.is_empty())
-        .and_then(|sealed| federation.open(sealed, SEALED_FOR).ok())
-        .and_then(|text| serde_json::from_str::<Flow>(&text).ok());
-    let Some(flow) = flow else {
-        return Ok(invalid(
-            "no sign-in of this browser is waiting for this answer",
-        ));
-    };
-    if let Some(error) = &answer.error {
-        let refused = UpstreamError::Refused(error.chars().take(64).collect());
-        return Ok(failure_page(state, upstream, &refused));
-    }
-    let (Some(code), Some(answered_state)) = (&answer.code, &answer.state) else {
-        return Ok(invalid("the answer has no code or state"));
-    };
-    // A wrong state is refused before the request is taken, so an answer forged for this
-    // browser cannot use up its sign-in in progress.
-    if !portcullis_core::same_secret(flow.pending.state.as_bytes(), answered_state.as_bytes()) {
-        return Ok(invalid("the state does not match this browser's request"));
-    }
-    let now = state.engine.now();
-    // The same answer taken twice (a replayed callback, on any node) signs nobody in.
-    let first = federation
-        .first_use(
-            id,
-            &flow.pending.state,
-            now,
-            flow.pending.started_at.plus(PENDING_LIFETIME),
-        )
-        .await
-        .map_err(|err| {
-            tracing::error!(error = %err, "the replay store cannot answer");
-            PageError::Unavailable
-        })?;
-    if !first {
-        return Ok(invalid("this answer was used already"));
-    }
-    let signed_in = match upstream
-        .finish(
-            &flow.pending,
-            answered_state,
-            answer.iss.as_deref(),
-            code,
-            federation.random(),
-        )
-        .await
-    {
-        Ok(signed_in) => signed_in,
-        Err(err) => return Ok(failure_page(state, upstream, &err)),
-    };
+    let (flow, signed_in) =
+        match checked_answer(state, federation, upstream, id, browser, answer).await? {
+            Ok(checked) => checked,
+            Err(failed) => return Ok(failed_sign_in(state, upstream, browser, &failed).await),
+        };
     if let Some(user_id) = &flow.link_to {
         let mut response = link(state, federation, upstream, browser, user_id, &signed_in).await?;
         response.headers_mut().append(
@@ -469,6 +423,90 @@ async fn finish<S: Store>(
         clear_cookie(UPSTREAM_COOKIE, same_site(upstream)),
     );
     Ok(response)
+}
+
+/// The sign-in in progress of this browser and who the upstream says signed in, once its
+/// answer passes every check (this browser's sealed request, its `state`, used once, the code
+/// redeemed and the ID token verified); otherwise why not.
+async fn checked_answer<S: Store>(
+    state: &AppState<S>,
+    federation: &Federation,
+    upstream: &Upstream,
+    id: &str,
+    browser: &Browser,
+    answer: Answer,
+) -> Result<Result<(Flow, portcullis_upstream::UpstreamSignIn), UpstreamError>, PageError> {
+    let invalid = |why: &str| Ok(Err(UpstreamError::Invalid(why.into())));
+    // The sealed request is taken whatever happens next: an answer is used once.
+    let flow = read_cookie(&browser.headers, UPSTREAM_COOKIE)
+        .filter(|v| !v.is_empty())
+        .and_then(|sealed| federation.open(sealed, SEALED_FOR).ok())
+        .and_then(|text| serde_json::from_str::<Flow>(&text).ok());
+    let Some(flow) = flow else {
+        return invalid("no sign-in of this browser is waiting for this answer");
+    };
+    if let Some(error) = &answer.error {
+        return Ok(Err(UpstreamError::Refused(
+            error.chars().take(64).collect(),
+        )));
+    }
+    let (Some(code), Some(answered_state)) = (&answer.code, &answer.state) else {
+        return invalid("the answer has no code or state");
+    };
+    // A wrong state is refused before the request is taken, so an answer forged for this
+    // browser cannot use up its sign-in in progress.
+    if !portcullis_core::same_secret(flow.pending.state.as_bytes(), answered_state.as_bytes()) {
+        return invalid("the state does not match this browser's request");
+    }
+    let now = state.engine.now();
+    // The same answer taken twice (a replayed callback, on any node) signs nobody in.
+    let first = federation
+        .first_use(
+            id,
+            &flow.pending.state,
+            now,
+            flow.pending.started_at.plus(PENDING_LIFETIME),
+        )
+        .await
+        .map_err(|err| {
+            tracing::error!(error = %err, "the replay store cannot answer");
+            PageError::Unavailable
+        })?;
+    if !first {
+        return invalid("this answer was used already");
+    }
+    let signed_in = upstream
+        .finish(
+            &flow.pending,
+            answered_state,
+            answer.iss.as_deref(),
+            code,
+            federation.random(),
+        )
+        .await;
+    Ok(signed_in.map(|signed_in| (flow, signed_in)))
+}
+
+/// The page of a sign-in upstream that failed, published first when it was an attempt (an
+/// answer refused or failing a check, not an outage): `login.failed`, as a wrong password is,
+/// so the audit trail and the SIEM see every failed authentication (ASVS5-16.3.1).
+async fn failed_sign_in<S: Store>(
+    state: &AppState<S>,
+    upstream: &Upstream,
+    browser: &Browser,
+    failed: &UpstreamError,
+) -> Response {
+    if !matches!(failed, UpstreamError::Unavailable(_)) {
+        state
+            .accounts
+            .upstream_sign_in_failed(
+                &upstream.settings().id,
+                &failed.to_string(),
+                browser.origin(),
+            )
+            .await;
+    }
+    failure_page(state, upstream, failed)
 }
 
 /// Links the upstream person `signed_in` to the account `user_id` that asked from the account
@@ -692,10 +730,12 @@ pub(super) struct SignedOutQuery {
 }
 
 /// Back from signing out upstream: on to where the sign-out was going (an application's
-/// post-logout redirect URI, checked when the sign-out began), else the signed-out page.
+/// post-logout redirect URI, checked when the sign-out began), else the signed-out page. Without
+/// the state of a sign-out that began here, nothing was signed out here, and the page would
+/// tell a person so who may still be signed in: the browser goes to `/`, which says.
 pub(super) async fn signed_out<S: Store>(
     State(state): State<AppState<S>>,
-    Path(id): Path<String>,
+    PagePath(id): PagePath<String>,
     PageQuery(query): PageQuery<SignedOutQuery>,
 ) -> PageResult {
     let federation = federation_of(&state)?;
@@ -706,8 +746,9 @@ pub(super) async fn signed_out<S: Store>(
         .and_then(|sealed| federation.open(sealed, SIGNING_OUT_FOR).ok())
         .and_then(|text| serde_json::from_str::<SigningOut>(&text).ok())
         .filter(|going| going.provider == id);
-    match going.and_then(|g| g.continue_to) {
-        Some(url) => Ok(see_other(&url)),
-        None => Ok(super::logout::signed_out_page(&state, &[], None)),
+    match going.map(|g| g.continue_to) {
+        Some(Some(url)) => Ok(see_other(&url)),
+        Some(None) => Ok(super::logout::signed_out_page(&state, &[], None)),
+        None => Ok(see_other("/")),
     }
 }

@@ -47,7 +47,10 @@ pub(super) async fn logout_submit<S: Store>(
     browser: Browser,
     PageForm(form): PageForm<LogoutForm>,
 ) -> PageResult {
-    match current(&state, &browser, false).await? {
+    let signed_in = current(&state, &browser, false)
+        .await
+        .map_err(unfinished_sign_out)?;
+    match signed_in {
         Ok(signed_in) => {
             if !csrf_matches(&form.csrf, &signed_in.csrf()) {
                 return Err(PageError::StaleForm);
@@ -56,6 +59,15 @@ pub(super) async fn logout_submit<S: Store>(
         }
         // Signed out already (another tab): the cookie and site data are cleared all the same.
         Err(_) => Ok(cleared(signed_out_page(&state, &[], None))),
+    }
+}
+
+/// A sign-out the store could not carry out says that the person may still be signed in
+/// (and keeps the cookie, so that trying again ends the same session).
+pub(super) fn unfinished_sign_out(err: PageError) -> PageError {
+    match err {
+        PageError::Unavailable => PageError::SignOutUnavailable,
+        other => other,
     }
 }
 
@@ -88,7 +100,8 @@ pub(super) async fn end_sso_session<S: Store>(
             &signed_in.token,
             &Principal::portcullis(Actor::user(&signed_in.session().subject)),
         )
-        .await?;
+        .await
+        .map_err(|err| unfinished_sign_out(err.into()))?;
     let upstream_logout = match upstream {
         true => super::federation::upstream_logout_url(state, signed_in, continue_to).await,
         false => None,
@@ -211,6 +224,33 @@ mod tests {
         }
         // A matching Origin is enough when the browser sends no Sec-Fetch-Site.
         let answer = h.send(post(None, Some("https://portcullis.example"))).await;
+        assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+        assert!(h.session(&token).await.is_none());
+    }
+
+    /// An HTTP/2 request has no `Host` header: the host is the URI's authority (`:authority`),
+    /// as hyper gives it, and a matching Origin is same-origin there too.
+    #[tokio::test]
+    async fn an_http2_logout_with_a_matching_origin_is_same_origin() {
+        let h = Harness::new();
+        let alice = h.user("alice").await;
+        let token = h.sso_session(&alice).await;
+        let post = |origin: &str| {
+            request(
+                Method::POST,
+                "https://portcullis.example/logout",
+                &sso(&token),
+            )
+            .version(axum::http::Version::HTTP_2)
+            .header(header::ORIGIN, origin)
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .body(Body::from(urlencoded(&[("csrf", &csrf_token(&token))])))
+            .unwrap()
+        };
+        let refused = h.send(post("https://evil.example")).await;
+        assert_eq!(refused.status, StatusCode::FORBIDDEN);
+        assert!(h.session(&token).await.is_some());
+        let answer = h.send(post("https://portcullis.example")).await;
         assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
         assert!(h.session(&token).await.is_none());
     }

@@ -33,7 +33,7 @@ mod two_factor;
 mod tests;
 
 use axum::Router;
-use axum::extract::{Path, Request, State};
+use axum::extract::{Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Redirect, Response};
@@ -43,7 +43,7 @@ use portcullis_core::Store;
 use serde::Deserialize;
 
 use self::session::SignedIn;
-use self::web::{ErrorPage, PageError};
+use self::web::{ErrorPage, PageError, PagePath};
 use crate::AppState;
 
 /// What a page handler answers: the page, or an error the error-page layer renders.
@@ -146,19 +146,65 @@ async fn render_error_pages<S: Store>(
 ) -> Response {
     let mut response = next.run(request).await;
     if let Some(page) = response.extensions_mut().remove::<ErrorPage>() {
-        let status = response.status();
-        let html = state.ui.render(
-            "error.html",
-            context! {
-                product => &state.ui.settings.product,
-                heading => page.heading,
-                message => page.message,
-                next_href => "/account",
-                next_label => "Go to your account",
-            },
-        );
-        return html_response(status, html);
+        let mut rendered = error_page(&state, response.status(), page);
+        // What the error set besides its body (`Retry-After`, a cookie) goes with the page.
+        for (name, value) in response.headers() {
+            if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+                rendered.headers_mut().append(name, value.clone());
+            }
+        }
+        return rendered;
     }
+    response
+}
+
+/// The error page `page` with `status`.
+fn error_page<S: Store>(state: &AppState<S>, status: StatusCode, page: ErrorPage) -> Response {
+    let html = state.ui.render(
+        "error.html",
+        context! {
+            product => &state.ui.settings.product,
+            heading => page.heading,
+            message => page.message,
+            next_href => "/account",
+            next_label => "Go to your account",
+        },
+    );
+    html_response(status, html)
+}
+
+/// What answers a request no route takes (`status` 404, or 405 for a wrong method): a browser
+/// that asked for a page (`Accept: text/html`: someone typed or followed a link) gets the
+/// friendly page, with the pages' policy; any other caller, `api`'s problem+json.
+pub(crate) fn unrouted<S: Store>(
+    state: &AppState<S>,
+    headers: &axum::http::HeaderMap,
+    status: StatusCode,
+    api: crate::error::ApiError,
+) -> Response {
+    let wants_page = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|accept| accept.contains("text/html"));
+    if !wants_page {
+        return api.into_response();
+    }
+    let page = if status == StatusCode::NOT_FOUND {
+        ErrorPage {
+            heading: "Page not found",
+            message: "There is nothing here.",
+        }
+    } else {
+        ErrorPage {
+            heading: "That did not work",
+            message: "This page cannot be used that way. Go back and try again.",
+        }
+    };
+    let mut response = error_page(state, status, page);
+    response.headers_mut().insert(
+        header::CONTENT_SECURITY_POLICY,
+        web::content_security_policy(None),
+    );
     response
 }
 
@@ -210,7 +256,7 @@ struct CsrfForm {
 /// The stylesheet and the expiry script (the theme's copy when it has one).
 async fn asset<S: Store>(
     State(state): State<AppState<S>>,
-    Path(name): Path<String>,
+    PagePath(name): PagePath<String>,
 ) -> Result<Response, PageError> {
     let (content_type, bytes) = state.ui.asset(&name).ok_or(PageError::NotFound)?;
     Ok((

@@ -10,7 +10,7 @@ use portcullis_core::{Acting, Actor, SignInError, Store};
 use serde::Deserialize;
 
 use super::session::{after_security_change, check_csrf, require_recent};
-use super::sign_in::throttled_message;
+use super::sign_in::{retry_after, throttled_message};
 use super::web::Browser;
 use super::{PageResult, page};
 use crate::AppState;
@@ -75,7 +75,14 @@ pub(super) async fn password_submit<S: Store>(
     let refused = match current {
         Ok(_) => None,
         Err(SignInError::Throttled(wait)) => {
-            Some((StatusCode::TOO_MANY_REQUESTS, throttled_message(wait)))
+            let form = page(
+                &state,
+                StatusCode::TOO_MANY_REQUESTS,
+                "password.html",
+                Some(&signed_in),
+                context! { error => throttled_message(wait), min_length => min_length(&user) },
+            );
+            return Ok(retry_after(form, wait));
         }
         Err(SignInError::Invalid | SignInError::SignInSpent) => Some((
             StatusCode::UNAUTHORIZED,

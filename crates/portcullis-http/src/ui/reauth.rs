@@ -13,7 +13,7 @@ use serde::Deserialize;
 
 use super::account::{account_of, signed_out_redirect};
 use super::session::{SignedIn, check_csrf, require_signed_in, session_cookie};
-use super::sign_in::throttled_message;
+use super::sign_in::{retry_after, throttled_message};
 use super::web::{Browser, encode_query, safe_return_to};
 use super::{PageResult, page, see_other};
 use crate::AppState;
@@ -122,7 +122,15 @@ pub(super) async fn reauth_submit<S: Store>(
     let error = match checked {
         Ok(_) => None,
         Err(SignInError::Throttled(wait)) => {
-            Some((StatusCode::TOO_MANY_REQUESTS, throttled_message(wait)))
+            let form = reauth_form(
+                &state,
+                &signed_in,
+                &user,
+                &return_to,
+                Some(&throttled_message(wait)),
+                StatusCode::TOO_MANY_REQUESTS,
+            );
+            return Ok(retry_after(form, wait));
         }
         Err(SignInError::Invalid | SignInError::SignInSpent) => Some((
             StatusCode::UNAUTHORIZED,
@@ -324,5 +332,56 @@ mod tests {
         let elevation = session.elevations.last().unwrap();
         assert_eq!(elevation.methods, ["pwd", "otp"]);
         assert_eq!(elevation.level, 2);
+    }
+
+    /// RFC 6585 §4: a throttled re-authentication, and a throttled password change (the same
+    /// account's count), say in `Retry-After` how long to wait, as their pages say in words.
+    #[tokio::test]
+    async fn throttled_answers_say_when_to_try_again() {
+        let h = Harness::new();
+        let token = old_session(&h).await;
+        let mut throttled = None;
+        for _ in 0..10 {
+            let answer = h
+                .post(
+                    "/reauth",
+                    &sso(&token),
+                    &[
+                        ("csrf", &csrf_token(&token)),
+                        ("return_to", "/account/password"),
+                        ("password", "not the password at all"),
+                    ],
+                )
+                .await;
+            if answer.status == StatusCode::TOO_MANY_REQUESTS {
+                throttled = Some(answer);
+                break;
+            }
+        }
+        let throttled = throttled.expect("re-authentication is throttled");
+        let wait: u64 = throttled.headers["retry-after"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(wait >= 1);
+        assert!(throttled.body.contains(&format!("Wait {wait} seconds")));
+
+        let alice = h.accounts.by_name("alice").await.unwrap();
+        let fresh = h.sso_session(&alice).await;
+        let changed = h
+            .post(
+                "/account/password",
+                &sso(&fresh),
+                &[
+                    ("csrf", &csrf_token(&fresh)),
+                    ("current", "not the password either"),
+                    ("password", "a new and long passphrase"),
+                    ("confirm", "a new and long passphrase"),
+                ],
+            )
+            .await;
+        assert_eq!(changed.status, StatusCode::TOO_MANY_REQUESTS);
+        assert!(changed.headers.contains_key("retry-after"));
     }
 }

@@ -174,12 +174,8 @@ pub(super) async fn login_submit<S: Store>(
             );
         }
         Err(SignInError::Throttled(wait)) => {
-            let mut response = failed(StatusCode::TOO_MANY_REQUESTS, &throttled_message(wait))?;
-            response.headers_mut().insert(
-                header::RETRY_AFTER,
-                HeaderValue::from(wait.as_secs().max(1)),
-            );
-            return Ok(response);
+            let response = failed(StatusCode::TOO_MANY_REQUESTS, &throttled_message(wait))?;
+            return Ok(retry_after(response, wait));
         }
         Err(err) => return Err(err.into()),
     };
@@ -196,6 +192,16 @@ pub(super) async fn login_submit<S: Store>(
         return_to,
     };
     advance(&state, &browser, None, pending).await
+}
+
+/// A throttled answer (`response`) says when to try again in `Retry-After` too (RFC 6585 §4),
+/// as its page does in words.
+pub(super) fn retry_after(mut response: Response, wait: std::time::Duration) -> Response {
+    response.headers_mut().insert(
+        header::RETRY_AFTER,
+        HeaderValue::from(wait.as_secs().max(1)),
+    );
+    response
 }
 
 /// What a throttled sign-in (or re-authentication) is told.
@@ -494,6 +500,7 @@ pub(super) async fn otp_submit<S: Store>(
     if !csrf_matches(&form.csrf, &csrf_token(&token)) {
         return Err(PageError::StaleForm);
     }
+    let mut throttled = None;
     let error = match state
         .accounts
         .check_totp(&pending.user_id, &form.code, browser.origin(), Some(&id))
@@ -505,6 +512,7 @@ pub(super) async fn otp_submit<S: Store>(
             return advance(&state, &browser, Some(&token), pending).await;
         }
         Err(SignInError::Throttled(wait)) => {
+            throttled = Some(wait);
             (StatusCode::TOO_MANY_REQUESTS, throttled_message(wait))
         }
         Err(SignInError::SignInSpent) => {
@@ -523,13 +531,17 @@ pub(super) async fn otp_submit<S: Store>(
         ),
         Err(err) => return Err(err.into()),
     };
-    Ok(page(
+    let response = page(
         &state,
         error.0,
         "otp.html",
         None,
         context! { csrf => csrf_token(&token), action => "/login/otp", error => error.1 },
-    ))
+    );
+    Ok(match throttled {
+        Some(wait) => retry_after(response, wait),
+        None => response,
+    })
 }
 
 /// The "Stay signed in?" question.

@@ -422,6 +422,87 @@ async fn a_form_that_cannot_be_read_gets_the_friendly_error_page() {
     }
 }
 
+/// ASVS5-3.4.6: a page that is not there, a page asked with the wrong method, or an address
+/// that cannot be read (bytes that are not UTF-8) gets a friendly page with the pages' policy
+/// when a browser asked; an API caller gets problem+json, and every answer forbids framing and
+/// sniffing.
+#[tokio::test]
+async fn what_no_page_answers_gets_a_friendly_page_or_problem_json_never_framed() {
+    let h = Harness::new();
+    let html = |method: Method, path: &str| {
+        request(method, path, "")
+            .header(header::ACCEPT, "text/html,application/xhtml+xml")
+            .header("sec-fetch-site", "same-origin")
+            .body(Body::empty())
+            .unwrap()
+    };
+    for (request, status, says) in [
+        (
+            html(Method::GET, "/account/"),
+            StatusCode::NOT_FOUND,
+            "Page not found",
+        ),
+        (
+            html(Method::GET, "/nope"),
+            StatusCode::NOT_FOUND,
+            "Page not found",
+        ),
+        (
+            html(Method::PUT, "/account"),
+            StatusCode::METHOD_NOT_ALLOWED,
+            "That did not work",
+        ),
+        (
+            html(Method::POST, "/account/sessions/ses_%ff/end"),
+            StatusCode::BAD_REQUEST,
+            "That did not work",
+        ),
+        (
+            html(Method::GET, "/assets/%ff"),
+            StatusCode::BAD_REQUEST,
+            "That did not work",
+        ),
+    ] {
+        let path = request.uri().to_string();
+        let answer = h.send(request).await;
+        assert_eq!(answer.status, status, "{path}: {}", answer.body);
+        assert!(answer.body.contains(says), "{path}: {}", answer.body);
+        assert!(
+            answer.headers[header::CONTENT_TYPE]
+                .to_str()
+                .unwrap()
+                .starts_with("text/html"),
+            "{path}"
+        );
+        let policy = answer.headers[header::CONTENT_SECURITY_POLICY]
+            .to_str()
+            .unwrap();
+        assert!(
+            policy.contains("frame-ancestors 'none'"),
+            "{path}: {policy}"
+        );
+        assert!(policy.contains("default-src"), "{path}: the pages' policy");
+    }
+    let api = h
+        .send(
+            request(Method::GET, "/nope", "")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(api.status, StatusCode::NOT_FOUND);
+    assert_eq!(
+        api.headers[header::CONTENT_TYPE],
+        "application/problem+json"
+    );
+    assert_eq!(
+        api.headers[header::CONTENT_SECURITY_POLICY],
+        "frame-ancestors 'none'"
+    );
+    assert_eq!(api.headers[header::X_FRAME_OPTIONS], "DENY");
+    assert_eq!(api.headers[header::X_CONTENT_TYPE_OPTIONS], "nosniff");
+}
+
 /// The machine endpoints answer a browser's CORS preflight (README: any origin, without
 /// credentials), so a public client in a browser can send `Authorization`.
 #[tokio::test]

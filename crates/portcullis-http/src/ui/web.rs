@@ -477,7 +477,10 @@ pub async fn same_origin_only(request: Request, next: Next) -> Response {
     let cross_site = match (text("sec-fetch-site"), text("origin")) {
         (Some(site), _) => !matches!(site, "same-origin" | "none"),
         (None, Some(origin)) => {
-            let host = text("host").unwrap_or_default();
+            // HTTP/2 sends no `Host`: its `:authority` is the URI's.
+            let host = text("host")
+                .or_else(|| request.uri().authority().map(|a| a.as_str()))
+                .unwrap_or_default();
             let origin_host = origin
                 .strip_prefix("https://")
                 .or_else(|| origin.strip_prefix("http://"));
@@ -505,6 +508,10 @@ pub enum PageError {
     /// The store or user store cannot answer: fail closed.
     #[error("sign-in is unavailable right now")]
     Unavailable,
+    /// Signing out could not be carried out because the store cannot answer: the person may
+    /// still be signed in, here and in the applications under the SSO session.
+    #[error("sign-out is unavailable right now")]
+    SignOutUnavailable,
     /// Too many credential checks are queued: come back shortly (503 with `Retry-After`).
     #[error("too busy to check credentials")]
     Busy,
@@ -588,6 +595,13 @@ impl PageError {
                 page(
                     "Sign-in is unavailable",
                     "We cannot check sessions right now, so nobody is let in. Please try again in a minute.",
+                ),
+            ),
+            Self::SignOutUnavailable => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                page(
+                    "You may still be signed in",
+                    "We cannot reach the sessions right now, so signing out did not finish: you may still be signed in, here and in the applications you used. Please try again in a minute.",
                 ),
             ),
             Self::Busy => (
@@ -674,6 +688,30 @@ where
     }
 }
 
+/// The path parameters of a page, read as [`PageQuery`] reads a query: one that cannot be read
+/// (bytes that are not UTF-8) gets the pages' friendly error.
+pub struct PagePath<T>(pub T);
+
+impl<T, S> FromRequestParts<S> for PagePath<T>
+where
+    T: serde::de::DeserializeOwned + Send,
+    S: Send + Sync,
+{
+    type Rejection = PageError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, PageError> {
+        match axum::extract::Path::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Path(value)) => Ok(Self(value)),
+            Err(rejection) => {
+                tracing::debug!(%rejection, "a page's path could not be read");
+                Err(PageError::BadRequest(
+                    "the address could not be read".into(),
+                ))
+            }
+        }
+    }
+}
+
 impl IntoResponse for PageError {
     fn into_response(self) -> Response {
         let (status, page) = self.page();
@@ -684,7 +722,7 @@ impl IntoResponse for PageError {
                     .headers_mut()
                     .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
-            Self::Unavailable => {
+            Self::Unavailable | Self::SignOutUnavailable => {
                 response.headers_mut().insert(
                     header::RETRY_AFTER,
                     HeaderValue::from_static(crate::error::RETRY_AFTER_SECONDS),
