@@ -78,6 +78,10 @@ const ATTEMPTS: usize = 200;
 /// The event-stream index of the API-key tag (session tags are 0–255).
 const KEY_TAG_INDEX: u64 = 256;
 
+/// How old an event must be before a read of the trail shows it (see
+/// `RedisStore::settled_events`): more than the clocks of a Cluster's nodes differ.
+const EVENT_SETTLE: Duration = Duration::from_millis(250);
+
 /// The event-stream index of the applications' tag.
 const APP_TAG_INDEX: u64 = 257;
 
@@ -1769,6 +1773,45 @@ impl SessionStore for RedisStore {
     }
 
     async fn events(&self, query: &EventQuery) -> Result<Vec<AuditEvent>, StoreError> {
+        let (events, unsettled) = self.settled_events(query).await?;
+        if !unsettled {
+            return Ok(events);
+        }
+        // Events too new to be settled were left out; once they are, read again, so a read
+        // shows every event written before it asked (its caller's own among them).
+        tokio::time::sleep(EVENT_SETTLE).await;
+        Ok(self.settled_events(query).await?.0)
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        let _: String = self.query(&redis::cmd("PING")).await?;
+        Ok(())
+    }
+
+    async fn flush(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+}
+
+impl RedisStore {
+    /// The events of `query` below the settled horizon, and whether it left out newer ones.
+    ///
+    /// The streams are read one after another, not as one snapshot, and an event's position
+    /// is its stream entry's time: an event added to a stream already read, while a later one
+    /// is read, would lie below events this read returns, and a reader paging by `after`
+    /// would pass it for good. So only events older than the read's start by
+    /// [`EVENT_SETTLE`] are shown: any event not yet written when its stream was read gets a
+    /// later time than that (Redis stamps an entry with its own clock, which the nodes of a
+    /// Cluster keep within that of each other).
+    async fn settled_events(
+        &self,
+        query: &EventQuery,
+    ) -> Result<(Vec<AuditEvent>, bool), StoreError> {
+        let (secs, micros): (u64, u64) = self.query(&redis::cmd("TIME")).await?;
+        let started_ms = secs * 1000 + micros / 1000;
+        let settle_ms = u64::try_from(EVENT_SETTLE.as_millis()).unwrap_or(u64::MAX);
+        let horizon = started_ms.saturating_sub(settle_ms) << 20;
+        let mut unsettled = false;
         let tags: Vec<(String, u64)> = match (&query.subject, &query.session_id) {
             (Some(subject), _) => vec![(
                 tag_of(subject_route(subject)),
@@ -1776,7 +1819,7 @@ impl SessionStore for RedisStore {
             )],
             (None, Some(id)) => match id.route(4) {
                 Some(r) => vec![(tag_of(r), u64::from(r))],
-                None => return Ok(Vec::new()),
+                None => return Ok((Vec::new(), false)),
             },
             (None, None) => (0..=255u8)
                 .map(|r| (tag_of(r), u64::from(r)))
@@ -1814,6 +1857,10 @@ impl SessionStore for RedisStore {
                     let mut event: AuditEvent = serde_json::from_str(body).map_err(corrupt)?;
                     event.seq = seq;
                     if query.matches(&event) {
+                        if seq >= horizon {
+                            unsettled = true;
+                            continue;
+                        }
                         found.push(event);
                         matched += 1;
                     }
@@ -1827,17 +1874,10 @@ impl SessionStore for RedisStore {
             }
         }
         found.sort_by_key(|e| e.seq);
+        // Past `limit`, what was left out comes on a later read anyway.
+        unsettled &= found.len() < query.limit;
         found.truncate(query.limit);
-        Ok(found)
-    }
-
-    async fn ping(&self) -> Result<(), StoreError> {
-        let _: String = self.query(&redis::cmd("PING")).await?;
-        Ok(())
-    }
-
-    async fn flush(&self) -> Result<(), StoreError> {
-        Ok(())
+        Ok((found, unsettled))
     }
 }
 

@@ -189,6 +189,7 @@ macro_rules! store_conformance {
             store::tombstone_reconstitutes_once,
             store::purge_forgets_after_retention,
             store::events_are_ordered_filtered_and_paged,
+            store::events_paged_while_written_are_each_seen_once,
             store::account_events_join_the_session_trail,
             store::live_counts_are_live_sessions_per_application_and_policy,
             store::ping_answers,
