@@ -89,6 +89,10 @@ pub enum EventKind {
     /// again (`retry_at`) or given up.
     #[serde(rename = "logout.delivery_failed")]
     LogoutDeliveryFailed,
+    /// An application session's tokens were renewed by the refresh token grant: its refresh
+    /// token rotated, and a new access token (and ID token) issued.
+    #[serde(rename = "session.refreshed")]
+    SessionRefreshed,
 }
 
 impl EventKind {
@@ -120,11 +124,12 @@ impl EventKind {
             Self::LoginStuffingSuspected => "login.stuffing_suspected",
             Self::LogoutDelivered => "logout.delivered",
             Self::LogoutDeliveryFailed => "logout.delivery_failed",
+            Self::SessionRefreshed => "session.refreshed",
         }
     }
 
     /// Every kind, in declaration order (for mappings and their tests).
-    pub const ALL: [Self; 25] = [
+    pub const ALL: [Self; 26] = [
         Self::SessionCreated,
         Self::SessionRotated,
         Self::SessionElevated,
@@ -150,6 +155,7 @@ impl EventKind {
         Self::LoginStuffingSuspected,
         Self::LogoutDelivered,
         Self::LogoutDeliveryFailed,
+        Self::SessionRefreshed,
     ];
 }
 

@@ -206,6 +206,7 @@ pub async fn validate_session<S: Store>(
     responses(
         (status = 200, description = "The new token", body = IssuedView),
         (status = 401, description = "Rejected token", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`conflict`: the session changed concurrently (another rotation, elevation or data change) more often than the engine retries; try again", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn rotate_session<S: Store>(
     State(state): State<AppState<S>>,
@@ -223,6 +224,7 @@ pub async fn rotate_session<S: Store>(
         (status = 200, description = "Elevated; the new token", body = IssuedView),
         (status = 400, description = "`malformed_json`; `invalid_request`", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "Rejected token (as for validation)", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`conflict`: the session changed concurrently (another rotation, elevation or data change) more often than the engine retries; try again", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn elevate_session<S: Store>(
     State(state): State<AppState<S>>,
@@ -318,6 +320,7 @@ pub async fn revoke_session<S: Store>(
         (status = 404, description = "`not_found`", body = Problem, content_type = "application/problem+json"),
         (status = 410, description = "`session_ended`: the session has ended; its data is kept as it was", body = SessionGoneProblem, content_type = "application/problem+json"),
         (status = 413, description = "`data_too_large` (over `max_data_bytes`) or `body_too_large`", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`conflict`: the session changed concurrently (another rotation, elevation or data change) more often than the engine retries; try again", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn replace_data<S: Store>(
     State(state): State<AppState<S>>,

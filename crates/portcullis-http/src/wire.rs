@@ -781,7 +781,8 @@ pub struct EventsQuery {
     pub subject: Option<String>,
     /// Only this session's events.
     pub session: Option<String>,
-    /// Only events after this position (the `next` of the previous page).
+    /// Only events after this position (the `next` of the previous page). Positions are 64-bit
+    /// integers, past 2^53 on Redis: read them exactly, not as floating-point numbers.
     #[param(minimum = 0, maximum = 9_223_372_036_854_775_807_i64)]
     pub after: Option<u64>,
     /// Page size, 1–1000 (default 100).

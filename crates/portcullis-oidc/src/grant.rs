@@ -13,8 +13,9 @@ use portcullis_core::oidc::{
     AuthorizationCode, Client, ClientAuth, GrantType, Redemption, RefreshToken, Rotation,
 };
 use portcullis_core::{
-    Application, AuthContext, EndReason, EngineError, Keyring, NewSession, OFFLINE_POLICY,
-    PublicId, Session, SessionId, Store, Timestamp, Token, TokenHash, TokenKind, subject_route,
+    Actor, Application, AuditEvent, AuthContext, EndReason, EngineError, EventKind, Keyring,
+    NewSession, OFFLINE_POLICY, PublicId, Session, SessionId, Store, Timestamp, Token, TokenHash,
+    TokenKind, subject_route,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -556,13 +557,25 @@ impl<S: Store> Provider<S> {
             .rotate_refresh_token(&hash, record, sealed)
             .await?
         {
-            Rotation::Rotated(_) => Ok(self.tokens(
-                client,
-                &session,
-                &scopes,
-                None,
-                Some(successor.expose().to_owned()),
-            )?),
+            Rotation::Rotated(_) => {
+                let tokens = self.tokens(
+                    client,
+                    &session,
+                    &scopes,
+                    None,
+                    Some(successor.expose().to_owned()),
+                )?;
+                // A renewal is a change of the session's tokens: one event, as a rotation is.
+                // Its application is the client's.
+                let event = AuditEvent::for_session(
+                    EventKind::SessionRefreshed,
+                    &session,
+                    now,
+                    &Actor::user(&session.subject),
+                );
+                self.engine.record_event(event).await;
+                Ok(tokens)
+            }
             Rotation::AlreadyRotated(old) => {
                 let rotated = old.rotated.clone().ok_or(invalid)?;
                 self.refresh_again(client, &old, &rotated, presented, &scopes)

@@ -8,6 +8,7 @@
 //! | `session.elevated` | Authentication (3002) | 99 Other (`Elevate`) | 1 Success | 1 Informational |
 //! | `session.rotated` | Authentication (3002) | 99 Other (`Rotate`) | 1 Success | 1 Informational |
 //! | `session.data_replaced` | Authentication (3002) | 99 Other (`Data Replaced`) | 1 Success | 1 Informational |
+//! | `session.refreshed` | Authentication (3002) | 99 Other (`Refresh`) | 1 Success | 1 Informational |
 //! | `session.device_changed` | Authentication (3002) | 99 Other (`Device Changed`) | 1 Success | 3 Medium |
 //! | `session.burst` | Authentication (3002) | 99 Other (`Session Burst`) | 1 Success | 3 Medium |
 //! | `login.failed` | Authentication (3002) | 1 Logon | 2 Failure | 2 Low |
@@ -62,6 +63,7 @@ pub fn classify(kind: EventKind) -> (u64, u64, &'static str, bool, u64) {
         K::SessionElevated => (AUTHENTICATION, 99, "Elevate", false, 1),
         K::SessionRotated => (AUTHENTICATION, 99, "Rotate", false, 1),
         K::SessionDataReplaced => (AUTHENTICATION, 99, "Data Replaced", false, 1),
+        K::SessionRefreshed => (AUTHENTICATION, 99, "Refresh", false, 1),
         K::SessionDeviceChanged => (AUTHENTICATION, 99, "Device Changed", false, 3),
         K::SessionBurst => (AUTHENTICATION, 99, "Session Burst", false, 3),
         K::LoginFailed => (AUTHENTICATION, 1, "Logon", true, 2),

@@ -39,8 +39,8 @@ use openidconnect::{
 };
 use portcullis_core::oidc::{Client, ClientAuth, GrantType};
 use portcullis_core::{
-    Accounts, Actor, ApplicationChange, Clock, Engine, Keyring, ManualClock, NoAuditSink, OsRandom,
-    PolicySet, SystemClock, UserStore,
+    Accounts, Actor, ApplicationChange, Clock, Engine, EventKind, EventQuery, Keyring, ManualClock,
+    NoAuditSink, OsRandom, PolicySet, SessionStore, SystemClock, UserStore,
 };
 use portcullis_http::ui::web::{Ui, UiSettings};
 use portcullis_http::{AppState, Services, api_router};
@@ -188,6 +188,7 @@ fn oauth_error(result: TokenResult) -> CoreErrorResponseType {
 struct Portcullis {
     base: String,
     clock: Arc<ManualClock>,
+    engine: Arc<Engine<portcullis_store_sqlite::SqliteStore>>,
     user_id: String,
     client_id: String,
     client_secret: String,
@@ -282,7 +283,7 @@ impl Portcullis {
             .expect("registering the client");
 
         let state = AppState::new(Services {
-            engine,
+            engine: engine.clone(),
             accounts,
             ui: Arc::new(Ui::new(UiSettings::default())),
             metrics: None,
@@ -301,6 +302,7 @@ impl Portcullis {
         Self {
             base,
             clock,
+            engine,
             user_id: user.id.clone(),
             client_id: app.id.as_str().to_owned(),
             client_secret: secret.expose().to_owned(),
@@ -610,7 +612,8 @@ async fn oidc_core_15_rfc9207_code_flow_with_pkce_verified_by_openidconnect() {
 }
 
 /// Refresh rotates the refresh token every time; the ID token from a refresh keeps the
-/// original `auth_time`, `sub`, `iss`, `aud` and `sid`, with a new `iat`.
+/// original `auth_time`, `sub`, `iss`, `aud` and `sid`, with a new `iat`. Each renewal is one
+/// `session.refreshed` event of the client's session (OWASP-SM-21: renewals are in the trail).
 #[tokio::test]
 async fn oidc_core_13_rfc9700_2_refresh_rotates_and_keeps_auth_time() {
     let portcullis = Portcullis::start().await;
@@ -660,6 +663,25 @@ async fn oidc_core_13_rfc9700_2_refresh_rotates_and_keeps_auth_time() {
         );
         current = next;
     }
+    let events = portcullis
+        .engine
+        .store()
+        .events(&EventQuery {
+            limit: 1_000,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let refreshed: Vec<_> = events
+        .iter()
+        .filter(|e| e.kind == EventKind::SessionRefreshed)
+        .collect();
+    assert_eq!(refreshed.len(), 2, "one event per renewal");
+    assert!(refreshed.iter().all(|e| {
+        e.subject.as_deref() == Some(portcullis.user_id.as_str())
+            && e.application.as_ref().map(|a| a.as_str()) == Some(portcullis.client_id.as_str())
+            && e.session_id == refreshed[0].session_id
+    }));
 }
 
 /// A refresh token presented again after its rotation, past the retry grace, is reuse: the
