@@ -82,7 +82,9 @@ pub fn csrf_matches(presented: &str, expected: &str) -> bool {
 }
 
 /// A `return_to` that stays on this site: a path starting with one `/`. Anything else
-/// (absolute URLs, `//host`, `/\host`) becomes the account page: no open redirects.
+/// (absolute URLs, `//host`, `/\host`) becomes the account page: no open redirects. What a
+/// URI may not hold as it is (a space, a non-ASCII letter, a backslash, which browsers read as
+/// `/`) is percent-encoded, so the `Location` it becomes is a valid URI.
 pub fn safe_return_to(candidate: Option<&str>) -> String {
     match candidate {
         Some(path)
@@ -92,7 +94,20 @@ pub fn safe_return_to(candidate: Option<&str>) -> String {
                 && path.len() <= 512
                 && !path.chars().any(|c| c.is_control()) =>
         {
-            path.to_owned()
+            let mut safe = String::with_capacity(path.len());
+            for b in path.bytes() {
+                if b.is_ascii_graphic()
+                    && !matches!(
+                        b,
+                        b'"' | b'<' | b'>' | b'\\' | b'^' | b'`' | b'{' | b'|' | b'}'
+                    )
+                {
+                    safe.push(char::from(b));
+                } else {
+                    safe.push_str(&format!("%{b:02X}"));
+                }
+            }
+            safe
         }
         _ => "/account".to_owned(),
     }
@@ -838,6 +853,30 @@ mod tests {
         ("forwarded", "for=198.51.100.67;proto=https"),
         ("x-forwarded-proto", "https"),
     ];
+
+    #[test]
+    fn return_to_stays_on_this_site_and_is_a_valid_uri() {
+        use super::safe_return_to;
+        for foreign in [
+            "https://evil.example/",
+            "//evil.example",
+            "/\\evil.example",
+            "evil",
+            "/a\nb",
+        ] {
+            assert_eq!(safe_return_to(Some(foreign)), "/account", "{foreign:?}");
+        }
+        assert_eq!(safe_return_to(None), "/account");
+        assert_eq!(
+            safe_return_to(Some("/oidc/authorize/resume")),
+            "/oidc/authorize/resume"
+        );
+        assert_eq!(safe_return_to(Some("/a?b=c&d=%2F")), "/a?b=c&d=%2F");
+        // A space, a letter outside ASCII and a backslash are percent-encoded, once.
+        let encoded = safe_return_to(Some("/caf\u{e9} a\\b"));
+        assert_eq!(encoded, "/caf%C3%A9%20a%5Cb");
+        assert_eq!(safe_return_to(Some(&encoded)), encoded);
+    }
 
     #[tokio::test]
     async fn a_spoofed_forwarded_header_from_an_untrusted_peer_is_ignored() {
