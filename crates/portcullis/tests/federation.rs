@@ -1400,6 +1400,20 @@ async fn asvs5_10_1_2_10_2_1_wrong_state_replayed_answer_or_another_browser_sign
     let mut asker = portcullis.browser();
     let authorize = asker.go_upstream("").await;
     let callback = asker.upstream_answers(&authorize).await;
+    // Answers forged for the asker's browser (any site can send it to the callback): another
+    // state, or an error without one, are refused and leave its sign-in in progress.
+    let endpoint = callback.as_str().split('?').next().unwrap().to_owned();
+    for forged in [
+        format!("{endpoint}?code=forged&state=not-the-state"),
+        format!("{endpoint}?error=access_denied"),
+    ] {
+        let answer = asker.get(&forged).await;
+        assert_refused(&answer, 400, NOT_VALID, &forged);
+        assert!(
+            answer.set_cookie(UPSTREAM_COOKIE).is_none(),
+            "{forged}: the sign-in in progress stays"
+        );
+    }
     let mut stranger = portcullis.browser();
     let answer = stranger.get(callback.as_str()).await;
     assert_refused(&answer, 400, NOT_VALID, "an answer without its cookie");

@@ -66,15 +66,31 @@ fn same_site(upstream: &Upstream) -> &'static str {
     }
 }
 
-/// A friendly page for a sign-in upstream that did not work; local sign-in still does.
+/// A friendly page for a sign-in upstream that did not work; local sign-in still does. The
+/// browser's sign-in in progress there ends with it.
 fn upstream_failed<S: Store>(
     state: &AppState<S>,
     upstream: &Upstream,
     status: StatusCode,
     message: &str,
 ) -> Response {
+    let mut response = failed_page(state, upstream, status, message);
+    response.headers_mut().append(
+        header::SET_COOKIE,
+        clear_cookie(UPSTREAM_COOKIE, same_site(upstream)),
+    );
+    response
+}
+
+/// The page of [`upstream_failed`], leaving the sign-in in progress as it is.
+fn failed_page<S: Store>(
+    state: &AppState<S>,
+    upstream: &Upstream,
+    status: StatusCode,
+    message: &str,
+) -> Response {
     let label = &upstream.settings().label;
-    let mut response = page(
+    page(
         state,
         status,
         "error.html",
@@ -85,12 +101,7 @@ fn upstream_failed<S: Store>(
             next_href => "/login",
             next_label => "Back to sign in",
         },
-    );
-    response.headers_mut().append(
-        header::SET_COOKIE,
-        clear_cookie(UPSTREAM_COOKIE, same_site(upstream)),
-    );
-    response
+    )
 }
 
 fn failure_page<S: Store>(
@@ -98,23 +109,23 @@ fn failure_page<S: Store>(
     upstream: &Upstream,
     err: &UpstreamError,
 ) -> Response {
+    let (status, message) = failure(upstream, err);
+    upstream_failed(state, upstream, status, message)
+}
+
+/// What a person is told of a sign-in upstream that failed with `err`.
+fn failure(upstream: &Upstream, err: &UpstreamError) -> (StatusCode, &'static str) {
     tracing::warn!(provider = %upstream.settings().id, error = %err, "a sign-in upstream failed");
     match err {
-        UpstreamError::Unavailable(_) => upstream_failed(
-            state,
-            upstream,
+        UpstreamError::Unavailable(_) => (
             StatusCode::SERVICE_UNAVAILABLE,
             "The identity provider cannot be reached right now. Try again later, or sign in with your password.",
         ),
-        UpstreamError::Refused(_) => upstream_failed(
-            state,
-            upstream,
+        UpstreamError::Refused(_) => (
             StatusCode::FORBIDDEN,
             "The identity provider did not sign you in.",
         ),
-        UpstreamError::Invalid(_) => upstream_failed(
-            state,
-            upstream,
+        UpstreamError::Invalid(_) => (
             StatusCode::BAD_REQUEST,
             "This answer from the identity provider is not valid here (it may be old, or meant for another browser). Start again.",
         ),
@@ -293,7 +304,9 @@ async fn finish<S: Store>(
     let (flow, signed_in) =
         match checked_answer(state, federation, upstream, id, browser, answer).await? {
             Ok(checked) => checked,
-            Err(failed) => return Ok(failed_sign_in(state, upstream, browser, &failed).await),
+            Err((failed, flow_kept)) => {
+                return Ok(failed_sign_in(state, upstream, browser, &failed, flow_kept).await);
+            }
         };
     if let Some(user_id) = &flow.link_to {
         let mut response = link(state, federation, upstream, browser, user_id, &signed_in).await?;
@@ -427,7 +440,9 @@ async fn finish<S: Store>(
 
 /// The sign-in in progress of this browser and who the upstream says signed in, once its
 /// answer passes every check (this browser's sealed request, its `state`, used once, the code
-/// redeemed and the ID token verified); otherwise why not.
+/// redeemed and the ID token verified); otherwise why not, and whether the answer was not
+/// this browser's request's (no `state`, or another), which leaves its sign-in in progress
+/// for the right answer: a forged one, sent by any site, cannot cancel it.
 async fn checked_answer<S: Store>(
     state: &AppState<S>,
     federation: &Federation,
@@ -435,8 +450,9 @@ async fn checked_answer<S: Store>(
     id: &str,
     browser: &Browser,
     answer: Answer,
-) -> Result<Result<(Flow, portcullis_upstream::UpstreamSignIn), UpstreamError>, PageError> {
-    let invalid = |why: &str| Ok(Err(UpstreamError::Invalid(why.into())));
+) -> Result<Result<(Flow, portcullis_upstream::UpstreamSignIn), (UpstreamError, bool)>, PageError> {
+    let invalid = |why: &str| Ok(Err((UpstreamError::Invalid(why.into()), false)));
+    let not_ours = |why: &str| Ok(Err((UpstreamError::Invalid(why.into()), true)));
     // The sealed request is taken whatever happens next: an answer is used once.
     let flow = read_cookie(&browser.headers, UPSTREAM_COOKIE)
         .filter(|v| !v.is_empty())
@@ -445,19 +461,23 @@ async fn checked_answer<S: Store>(
     let Some(flow) = flow else {
         return invalid("no sign-in of this browser is waiting for this answer");
     };
+    // A wrong state is refused before anything else, an error answer's too (RFC 6749 §4.1.2.1
+    // gives it the request's `state`).
+    let Some(answered_state) = &answer.state else {
+        return not_ours("the answer has no state");
+    };
+    if !portcullis_core::same_secret(flow.pending.state.as_bytes(), answered_state.as_bytes()) {
+        return not_ours("the state does not match this browser's request");
+    }
     if let Some(error) = &answer.error {
-        return Ok(Err(UpstreamError::Refused(
-            error.chars().take(64).collect(),
+        return Ok(Err((
+            UpstreamError::Refused(error.chars().take(64).collect()),
+            false,
         )));
     }
-    let (Some(code), Some(answered_state)) = (&answer.code, &answer.state) else {
-        return invalid("the answer has no code or state");
+    let Some(code) = &answer.code else {
+        return invalid("the answer has no code");
     };
-    // A wrong state is refused before the request is taken, so an answer forged for this
-    // browser cannot use up its sign-in in progress.
-    if !portcullis_core::same_secret(flow.pending.state.as_bytes(), answered_state.as_bytes()) {
-        return invalid("the state does not match this browser's request");
-    }
     let now = state.engine.now();
     // The same answer taken twice (a replayed callback, on any node) signs nobody in.
     let first = federation
@@ -484,7 +504,9 @@ async fn checked_answer<S: Store>(
             federation.random(),
         )
         .await;
-    Ok(signed_in.map(|signed_in| (flow, signed_in)))
+    Ok(signed_in
+        .map(|signed_in| (flow, signed_in))
+        .map_err(|err| (err, false)))
 }
 
 /// The page of a sign-in upstream that failed, published first when it was an attempt (an
@@ -495,6 +517,7 @@ async fn failed_sign_in<S: Store>(
     upstream: &Upstream,
     browser: &Browser,
     failed: &UpstreamError,
+    flow_kept: bool,
 ) -> Response {
     if !matches!(failed, UpstreamError::Unavailable(_)) {
         state
@@ -505,6 +528,10 @@ async fn failed_sign_in<S: Store>(
                 browser.origin(),
             )
             .await;
+    }
+    if flow_kept {
+        let (status, message) = failure(upstream, failed);
+        return failed_page(state, upstream, status, message);
     }
     failure_page(state, upstream, failed)
 }
