@@ -101,11 +101,7 @@ impl MetricsAccess {
         let Some(token) = &self.token else {
             return false;
         };
-        let presented = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .unwrap_or("");
+        let presented = bearer(headers).unwrap_or("");
         use sha2::Digest;
         // Equal-length digests, so the comparison's time says nothing about the token.
         sha2::Sha256::digest(presented.as_bytes()) == sha2::Sha256::digest(token.as_bytes())
@@ -192,6 +188,16 @@ impl<S> Clone for AppState<S> {
     }
 }
 
+/// The credentials of an `Authorization: Bearer` header (the scheme in any case, RFC 9110
+/// §11.1).
+pub(crate) fn bearer(headers: &axum::http::HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, credentials) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then_some(credentials.trim())
+}
+
 /// Who is calling and what they reach: an application's principal for an API key, the
 /// operator on the admin socket.
 ///
@@ -211,14 +217,7 @@ impl<S: Store> FromRequestParts<AppState<S>> for Caller {
         if let Some(caller) = parts.extensions.get::<Caller>() {
             return Ok(caller.clone());
         }
-        let presented = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split_once(' '))
-            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-            .map(|(_, credentials)| credentials.trim())
-            .ok_or(ApiError::MissingApiKey)?;
+        let presented = bearer(&parts.headers).ok_or(ApiError::MissingApiKey)?;
         let peer = parts
             .extensions
             .get::<ConnectInfo<Peer>>()

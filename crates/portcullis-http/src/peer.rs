@@ -135,33 +135,83 @@ pub fn parse_networks<'a>(
     Ok(nets)
 }
 
-/// The proxies whose word on the client is taken (`trusted_proxies`): a `Forwarded` or
-/// `X-Forwarded-For` header is believed only when the connection comes from one of them.
-/// Empty by default: the TCP peer is the client, and every such header is ignored.
+/// Which headers the trusted proxies write (`proxy_headers`): only those are read, since a
+/// proxy passes on what the client sent of the others, and a client would then name itself.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ProxyHeaders {
+    /// `X-Forwarded-For` and `X-Forwarded-Proto` (nginx, HAProxy, the cloud load balancers).
+    #[default]
+    XForwarded,
+    /// `Forwarded` (RFC 7239).
+    Forwarded,
+}
+
+impl ProxyHeaders {
+    /// Reads `xforwarded` or `forwarded`.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        match text {
+            "xforwarded" => Ok(Self::XForwarded),
+            "forwarded" => Ok(Self::Forwarded),
+            other => Err(format!(
+                "\"{other}\": use xforwarded (X-Forwarded-For, X-Forwarded-Proto) or forwarded (RFC 7239)"
+            )),
+        }
+    }
+
+    /// The setting's value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::XForwarded => "xforwarded",
+            Self::Forwarded => "forwarded",
+        }
+    }
+}
+
+/// The proxies whose word on the client is taken (`trusted_proxies`): the header they write
+/// (`proxy_headers`) is believed only when the connection comes from one of them. Empty by
+/// default: the TCP peer is the client, and every such header is ignored.
 #[derive(Debug, Clone, Default)]
-pub struct TrustedProxies(Arc<[IpNet]>);
+pub struct TrustedProxies {
+    networks: Arc<[IpNet]>,
+    headers: ProxyHeaders,
+}
 
 impl TrustedProxies {
-    /// Parses a list of CIDRs (`10.0.0.0/8`, `2001:db8::/32`) or single addresses.
+    /// Parses a list of CIDRs (`10.0.0.0/8`, `2001:db8::/32`) or single addresses; their
+    /// headers are `X-Forwarded-*` unless [`Self::writing`] says otherwise.
     pub fn parse<'a>(entries: impl IntoIterator<Item = &'a str>) -> Result<Self, String> {
-        Ok(Self(parse_networks(entries)?.into()))
+        Ok(Self {
+            networks: parse_networks(entries)?.into(),
+            headers: ProxyHeaders::default(),
+        })
+    }
+
+    /// The same proxies, writing `headers`.
+    pub fn writing(mut self, headers: ProxyHeaders) -> Self {
+        self.headers = headers;
+        self
+    }
+
+    /// The headers they write.
+    pub fn headers(&self) -> ProxyHeaders {
+        self.headers
     }
 
     /// Whether `ip` is one of the trusted proxies (an IPv4-mapped IPv6 address counts as its
     /// IPv4 address).
     pub fn contains(&self, ip: IpAddr) -> bool {
         let ip = ip.to_canonical();
-        self.0.iter().any(|net| net.contains(&ip))
+        self.networks.iter().any(|net| net.contains(&ip))
     }
 
     /// Whether no proxy is trusted.
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.networks.is_empty()
     }
 
     /// The trusted networks.
     pub fn networks(&self) -> &[IpNet] {
-        &self.0
+        &self.networks
     }
 }
 
@@ -178,14 +228,16 @@ pub struct Client {
 /// Where a request comes from: **the one place** the pages and the API learn the client's
 /// address.
 ///
-/// The TCP `peer` is the client unless it is a trusted proxy. Then the client is read from
-/// `Forwarded` (RFC 7239 `for=`), or, when there is none, from `X-Forwarded-For`: walking the
-/// hops from the right (the nearest proxy's entry last) and skipping addresses that are
-/// themselves trusted proxies, the first other hop is the client; when every hop is trusted,
-/// the leftmost is. A hop that names no address (`unknown`, an obfuscated `_identifier`, an
-/// element without `for=`) means the client cannot be named, and so does a header that does not
-/// parse: the peer address stands. Headers from a peer that is not trusted are never read, so a
-/// client cannot choose the address it is counted under.
+/// The TCP `peer` is the client unless it is a trusted proxy. Then the client is read from the
+/// header the proxies write (`proxy_headers`: `X-Forwarded-For`, or RFC 7239 `Forwarded`
+/// `for=`; the other is never read): walking the hops from the right (the nearest proxy's entry
+/// last) and skipping addresses that are themselves trusted proxies, the first other hop is the
+/// client; when every hop is trusted, the leftmost is. Only the hops walked are read, so what a
+/// client wrote to the left of its own entry (anything at all) changes nothing. A hop on the
+/// way that names no address (`unknown`, an obfuscated `_identifier`, an element without
+/// `for=`) or does not parse means the client cannot be named: the peer address stands.
+/// Headers from a peer that is not trusted are never read, so a client cannot choose the
+/// address it is counted under.
 pub fn resolve_client(peer: IpAddr, headers: &HeaderMap, trusted: &TrustedProxies) -> Client {
     let peer = peer.to_canonical();
     let direct = Client {
@@ -195,36 +247,55 @@ pub fn resolve_client(peer: IpAddr, headers: &HeaderMap, trusted: &TrustedProxie
     if trusted.is_empty() || !trusted.contains(peer) {
         return direct;
     }
-    let (hops, proto_https) = if headers.contains_key(FORWARDED) {
-        match forwarded_hops(headers) {
-            Some(hops) => (hops, None),
-            None => return direct,
+    let rfc7239 = trusted.headers == ProxyHeaders::Forwarded;
+    let name = if rfc7239 { FORWARDED } else { X_FORWARDED_FOR };
+    let proto_https = |hop: &Hop| {
+        if rfc7239 {
+            hop.https
+        } else {
+            x_forwarded_proto_https(headers)
         }
-    } else if headers.contains_key(X_FORWARDED_FOR) {
-        match x_forwarded_for_hops(headers) {
-            Some(hops) => (hops, Some(x_forwarded_proto_https(headers))),
-            None => return direct,
-        }
-    } else {
+    };
+    if !headers.contains_key(&name) {
         return Client {
             ip: peer,
-            forwarded_https: x_forwarded_proto_https(headers),
+            forwarded_https: !rfc7239 && x_forwarded_proto_https(headers),
         };
-    };
-    let Some(hop) = hops
-        .iter()
-        .rev()
-        .find(|hop| !matches!(hop.node, Node::Ip(ip) if trusted.contains(ip)))
-        .or_else(|| hops.first())
-    else {
+    }
+    let Some(elements) = list_elements(headers, &name, rfc7239) else {
         return direct;
     };
-    Client {
-        ip: match hop.node {
-            Node::Ip(ip) => ip,
-            Node::Unnamed => peer,
+    let mut leftmost_trusted = None;
+    for element in elements.iter().rev() {
+        let Some(hop) = parse_hop(element, rfc7239) else {
+            return direct;
+        };
+        match hop.node {
+            Node::Ip(ip) if trusted.contains(ip) => leftmost_trusted = Some(hop),
+            Node::Ip(ip) => {
+                return Client {
+                    ip,
+                    forwarded_https: proto_https(&hop),
+                };
+            }
+            Node::Unnamed => {
+                return Client {
+                    ip: peer,
+                    forwarded_https: proto_https(&hop),
+                };
+            }
+        }
+    }
+    match leftmost_trusted {
+        Some(
+            hop @ Hop {
+                node: Node::Ip(ip), ..
+            },
+        ) => Client {
+            ip,
+            forwarded_https: proto_https(&hop),
         },
-        forwarded_https: proto_https.unwrap_or(hop.https),
+        _ => direct,
     }
 }
 
@@ -341,57 +412,60 @@ fn forwarded_value(raw: &str) -> Option<String> {
     }
 }
 
-/// The hops of `Forwarded` (RFC 7239 §4), or `None` when it does not parse.
-fn forwarded_hops(headers: &HeaderMap) -> Option<Vec<Hop>> {
-    let text = list_values(headers, &FORWARDED)?;
-    let mut hops = Vec::new();
-    for element in split_outside_quotes(&text, ',')? {
-        if element.trim().is_empty() {
-            continue; // empty list elements are allowed (RFC 9110 §5.6.1)
-        }
-        let (mut node, mut proto) = (None, None);
-        for pair in split_outside_quotes(element, ';')? {
-            let pair = pair.trim();
-            if pair.is_empty() {
-                continue;
-            }
-            let (name, raw) = pair.split_once('=')?;
-            if name.is_empty() || !name.chars().all(is_tchar) {
-                return None;
-            }
-            let value = forwarded_value(raw)?;
-            let slot = if name.eq_ignore_ascii_case("for") {
-                &mut node
-            } else if name.eq_ignore_ascii_case("proto") {
-                &mut proto
-            } else {
-                continue; // by=, host= and extensions say nothing about the client
-            };
-            if slot.replace(value).is_some() {
-                return None; // a parameter twice in one element (RFC 7239 §4: MUST NOT)
-            }
-        }
-        hops.push(Hop {
-            node: match node {
-                Some(node) => parse_node(&node, true)?,
-                None => Node::Unnamed,
-            },
-            https: proto.is_some_and(|p| p.eq_ignore_ascii_case("https")),
-        });
-    }
-    (!hops.is_empty()).then_some(hops)
+/// The elements of list header `name` in order across its lines, empty ones left out (RFC 9110
+/// §5.6.1); `None` when it is not text, or (`Forwarded`) a quoted string is left open.
+fn list_elements(headers: &HeaderMap, name: &HeaderName, rfc7239: bool) -> Option<Vec<String>> {
+    let text = list_values(headers, name)?;
+    let elements = if rfc7239 {
+        split_outside_quotes(&text, ',')?
+    } else {
+        text.split(',').collect()
+    };
+    Some(
+        elements
+            .into_iter()
+            .map(str::trim)
+            .filter(|element| !element.is_empty())
+            .map(str::to_owned)
+            .collect(),
+    )
 }
 
-/// The hops of `X-Forwarded-For`, or `None` when an entry is not an address.
-fn x_forwarded_for_hops(headers: &HeaderMap) -> Option<Vec<Hop>> {
-    let text = list_values(headers, &X_FORWARDED_FOR)?;
-    let hops = text
-        .split(',')
-        .map(str::trim)
-        .filter(|entry| !entry.is_empty())
-        .map(|entry| parse_node(entry, false).map(|node| Hop { node, https: false }))
-        .collect::<Option<Vec<_>>>()?;
-    (!hops.is_empty()).then_some(hops)
+/// One hop: an `X-Forwarded-For` entry, or a `Forwarded` element (RFC 7239 §4); `None` when it
+/// does not parse.
+fn parse_hop(element: &str, rfc7239: bool) -> Option<Hop> {
+    if !rfc7239 {
+        return parse_node(element, false).map(|node| Hop { node, https: false });
+    }
+    let (mut node, mut proto) = (None, None);
+    for pair in split_outside_quotes(element, ';')? {
+        let pair = pair.trim();
+        if pair.is_empty() {
+            continue;
+        }
+        let (name, raw) = pair.split_once('=')?;
+        if name.is_empty() || !name.chars().all(is_tchar) {
+            return None;
+        }
+        let value = forwarded_value(raw)?;
+        let slot = if name.eq_ignore_ascii_case("for") {
+            &mut node
+        } else if name.eq_ignore_ascii_case("proto") {
+            &mut proto
+        } else {
+            continue; // by=, host= and extensions say nothing about the client
+        };
+        if slot.replace(value).is_some() {
+            return None; // a parameter twice in one element (RFC 7239 §4: MUST NOT)
+        }
+    }
+    Some(Hop {
+        node: match node {
+            Some(node) => parse_node(&node, true)?,
+            None => Node::Unnamed,
+        },
+        https: proto.is_some_and(|p| p.eq_ignore_ascii_case("https")),
+    })
 }
 
 /// `X-Forwarded-Proto` names HTTPS (its first value: the proxy that met the client).
@@ -452,7 +526,7 @@ mod tests {
 
     use axum::http::{HeaderMap, HeaderName, HeaderValue};
 
-    use super::{Client, TrustedProxies, resolve_client};
+    use super::{Client, ProxyHeaders, TrustedProxies, resolve_client};
 
     fn ip(text: &str) -> IpAddr {
         text.parse().unwrap()
@@ -473,9 +547,18 @@ mod tests {
         TrustedProxies::parse(["10.0.0.0/8", "2001:db8:ffff::/48", "192.0.2.1"]).unwrap()
     }
 
-    /// The address resolved for a request from `peer` with `pairs`, behind [`proxies`].
+    /// [`proxies`], writing `Forwarded` when `pairs` hold one, else `X-Forwarded-*`.
+    fn proxies_for(pairs: &[(&str, &str)]) -> TrustedProxies {
+        if pairs.iter().any(|(name, _)| *name == "forwarded") {
+            proxies().writing(ProxyHeaders::Forwarded)
+        } else {
+            proxies()
+        }
+    }
+
+    /// The address resolved for a request from `peer` with `pairs`, behind [`proxies_for`].
     fn client(peer: &str, pairs: &[(&str, &str)]) -> String {
-        resolve_client(ip(peer), &headers(pairs), &proxies())
+        resolve_client(ip(peer), &headers(pairs), &proxies_for(pairs))
             .ip
             .to_string()
     }
@@ -607,6 +690,44 @@ mod tests {
         );
     }
 
+    /// What a client writes to the left of the entry its proxy appended is never read: it
+    /// cannot discard that entry (leaving the proxy's address, which may open `/metrics`) nor
+    /// name another address, and a client's own `Forwarded` is not read behind proxies that
+    /// write `X-Forwarded-For`.
+    #[test]
+    fn what_a_client_writes_left_of_its_own_entry_changes_nothing() {
+        for value in [
+            "garbage, 203.0.113.5",
+            "2001:db8::1%25eth0, 203.0.113.5",
+            "[::1, 203.0.113.5",
+            "127.0.0.1, 203.0.113.5, 10.0.0.2",
+        ] {
+            assert_eq!(
+                client("10.0.0.1", &[("x-forwarded-for", value)]),
+                "203.0.113.5",
+                "{value:?}"
+            );
+        }
+        for value in [
+            "for=garbage!!, for=203.0.113.5",
+            "by=x;;for, for=203.0.113.5",
+        ] {
+            assert_eq!(
+                client("10.0.0.1", &[("forwarded", value)]),
+                "203.0.113.5",
+                "{value:?}"
+            );
+        }
+        let spoofed = headers(&[
+            ("forwarded", "for=127.0.0.1"),
+            ("x-forwarded-for", "203.0.113.5"),
+        ]);
+        assert_eq!(
+            resolve_client(ip("10.0.0.1"), &spoofed, &proxies()).ip,
+            ip("203.0.113.5")
+        );
+    }
+
     #[test]
     fn unknown_and_obfuscated_hops_leave_the_peer_address() {
         for value in [
@@ -710,16 +831,19 @@ mod tests {
             ),
             "198.51.100.7"
         );
-        // Forwarded wins over X-Forwarded-For.
+        // Only the header the proxies write is read: the other is the client's.
+        let both = headers(&[
+            ("x-forwarded-for", "198.51.100.8"),
+            ("forwarded", "for=198.51.100.7"),
+        ]);
+        let peer = ip("10.0.0.1");
         assert_eq!(
-            client(
-                "10.0.0.1",
-                &[
-                    ("x-forwarded-for", "198.51.100.8"),
-                    ("forwarded", "for=198.51.100.7")
-                ]
-            ),
-            "198.51.100.7"
+            resolve_client(peer, &both, &proxies()).ip,
+            ip("198.51.100.8")
+        );
+        assert_eq!(
+            resolve_client(peer, &both, &proxies().writing(ProxyHeaders::Forwarded)).ip,
+            ip("198.51.100.7")
         );
         // An IPv6 peer in a trusted range.
         assert_eq!(
@@ -731,7 +855,7 @@ mod tests {
     #[test]
     fn https_is_what_a_trusted_proxy_says_of_the_clients_hop() {
         let https = |peer: &str, pairs: &[(&str, &str)]| {
-            resolve_client(ip(peer), &headers(pairs), &proxies()).forwarded_https
+            resolve_client(ip(peer), &headers(pairs), &proxies_for(pairs)).forwarded_https
         };
         assert!(https("10.0.0.1", &[("x-forwarded-proto", "https")]));
         assert!(https("10.0.0.1", &[("x-forwarded-proto", "HTTPS, http")]));

@@ -38,6 +38,13 @@ fn metrics_are_served_to_configured_networks_or_the_token() {
     assert!(access.allows(outside, &bearer("a-long-metrics-token")));
     assert!(!access.allows(outside, &bearer("a-long-metrics-tokeN")));
     assert!(!access.allows(outside, &none));
+    // RFC 9110 §11.1: the scheme's name is case-insensitive.
+    let mut lower = HeaderMap::new();
+    lower.insert(
+        header::AUTHORIZATION,
+        HeaderValue::from_static("bearer a-long-metrics-token"),
+    );
+    assert!(access.allows(outside, &lower));
 }
 
 #[test]

@@ -12,7 +12,7 @@ use portcullis_core::{
     Binding, EngineSettings, OnLimit, Policy, PolicyOverrides, PolicySet, Preset, parse_duration,
 };
 use portcullis_http::oidc::backchannel::OutboundPolicy;
-use portcullis_http::peer::TrustedProxies;
+use portcullis_http::peer::{ProxyHeaders, TrustedProxies};
 use portcullis_http::ui::web::Hsts;
 use serde::{Deserialize, Deserializer, Serialize};
 
@@ -148,6 +148,10 @@ pub struct Config {
     /// client; empty: the TCP peer is the client and those headers are ignored.
     #[serde(default)]
     pub trusted_proxies: Vec<String>,
+    /// The headers those proxies write, and the only ones read: `xforwarded`
+    /// (`X-Forwarded-For`, `X-Forwarded-Proto`) or `forwarded` (RFC 7239).
+    #[serde(default = "default_proxy_headers")]
+    pub proxy_headers: String,
     /// HSTS `max-age` on the pages (sent over TLS, or behind a trusted proxy that ends TLS).
     #[serde(default = "default_hsts_max_age")]
     pub hsts_max_age: ConfigDuration,
@@ -302,6 +306,10 @@ fn default_signing_algs() -> Vec<String> {
 
 fn default_outbound_timeout() -> ConfigDuration {
     ConfigDuration(Duration::from_secs(5))
+}
+
+fn default_proxy_headers() -> String {
+    ProxyHeaders::default().as_str().to_owned()
 }
 
 fn default_hsts_max_age() -> ConfigDuration {
@@ -513,6 +521,10 @@ impl Config {
         }
         TrustedProxies::parse(self.trusted_proxies.iter().map(String::as_str))
             .map_err(|e| ConfigError::Invalid(format!("trusted_proxies: {e}")))?;
+        ProxyHeaders::parse(&self.proxy_headers)
+            .map_err(|e| ConfigError::Invalid(format!("proxy_headers: {e}")))?;
+        // Read here, not first when the provider starts: what `serve` refuses, the check does.
+        self.keyring()?;
         TrustedProxies::parse(self.metrics_allow.iter().map(String::as_str))
             .map_err(|e| ConfigError::Invalid(format!("metrics_allow: {e}")))?;
         OutboundPolicy::parse(self.outbound_allow.iter().map(String::as_str))
@@ -697,7 +709,9 @@ impl Config {
 
     /// The proxies whose forwarding headers are believed (checked by [`Config::load`]).
     pub fn trusted_proxies(&self) -> TrustedProxies {
-        TrustedProxies::parse(self.trusted_proxies.iter().map(String::as_str)).unwrap_or_default()
+        TrustedProxies::parse(self.trusted_proxies.iter().map(String::as_str))
+            .unwrap_or_default()
+            .writing(ProxyHeaders::parse(&self.proxy_headers).unwrap_or_default())
     }
 
     /// The provider's signing algorithms, the ID tokens' default first.
@@ -848,6 +862,46 @@ mod tests {
                     .starts_with("trusted_proxies: \"10.0.0.0/33\""),
                 "{err}"
             );
+            jail.set_env("PORTCULLIS_TRUSTED_PROXIES", "[\"10.0.0.0/8\"]");
+            assert_eq!(
+                Config::load(None, &Overrides::default())
+                    .unwrap()
+                    .trusted_proxies()
+                    .headers(),
+                ProxyHeaders::XForwarded,
+                "X-Forwarded-* by default"
+            );
+            jail.set_env("PORTCULLIS_PROXY_HEADERS", "forwarded");
+            assert_eq!(
+                Config::load(None, &Overrides::default())
+                    .unwrap()
+                    .trusted_proxies()
+                    .headers(),
+                ProxyHeaders::Forwarded
+            );
+            jail.set_env("PORTCULLIS_PROXY_HEADERS", "both");
+            let err = Config::load(None, &Overrides::default()).unwrap_err();
+            assert!(
+                err.to_string().starts_with("proxy_headers: \"both\""),
+                "{err}"
+            );
+            Ok(())
+        });
+    }
+
+    /// What `serve` refuses, `config check` refuses: encryption keys that are not base64 or
+    /// not 256 bits are refused when the configuration is read.
+    #[test]
+    fn bad_encryption_keys_are_refused_when_the_configuration_is_read() {
+        Jail::expect_with(|jail| {
+            for bad in ["k1:notbase64!!", "k1:c2hvcnQ="] {
+                jail.set_env("PORTCULLIS_ENCRYPTION_KEYS", bad);
+                let err = Config::load(None, &Overrides::default()).unwrap_err();
+                assert!(
+                    err.to_string().starts_with("encryption_keys:"),
+                    "{bad}: {err}"
+                );
+            }
             Ok(())
         });
     }

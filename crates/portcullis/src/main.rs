@@ -746,7 +746,11 @@ async fn config_check(config: &Config) -> Result<()> {
         say!("trusted_proxies: none (the TCP peer is the client)");
     } else {
         let nets: Vec<String> = proxies.networks().iter().map(|n| n.to_string()).collect();
-        say!("trusted_proxies: {}", nets.join(", "));
+        say!(
+            "trusted_proxies: {} (they write {}; no other forwarding header is read)",
+            nets.join(", "),
+            proxies.headers().as_str()
+        );
     }
     say!(
         "hsts: {}",
@@ -1250,6 +1254,28 @@ async fn serve(config: Config) -> Result<()> {
     }
 }
 
+/// How long a new connection may take to send its first request.
+const FIRST_REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// How long an HTTP/1 connection may take to send a request's headers, waiting for the next
+/// request included: longer than the 60 s that load balancers keep an idle connection to a
+/// backend by default (nginx, AWS ALB), or one would send a request on a connection this end is
+/// closing.
+const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(65);
+
+/// `server` closing connections that send nothing, or their headers a byte at a time
+/// (slowloris): without this, each held a socket for as long as the client liked, and enough of
+/// them took every file descriptor, `/healthz` included.
+fn with_connection_timeouts<A: axum_server::Address, Acceptor>(
+    mut server: axum_server::Server<A, Acceptor>,
+) -> axum_server::Server<A, Acceptor> {
+    server
+        .http_builder()
+        .http1()
+        .header_read_timeout(HEADER_READ_TIMEOUT);
+    server.first_request_timeout(FIRST_REQUEST_TIMEOUT)
+}
+
 /// Installs the process's Prometheus recorder: latencies as histograms (Prometheus can
 /// aggregate them across nodes).
 fn install_metrics_recorder() -> Result<metrics_exporter_prometheus::PrometheusHandle> {
@@ -1447,25 +1473,29 @@ async fn run_server<S: Store>(
     let app = api_router(state.clone())
         .into_make_service_with_connect_info::<portcullis_http::peer::Peer>();
     let api = async {
+        let handle = axum_server::Handle::new();
+        let stopper = handle.clone();
+        let stop = wait(stop_rx.clone());
+        tokio::spawn(async move {
+            stop.await;
+            stopper.graceful_shutdown(Some(std::time::Duration::from_secs(10)));
+        });
+        let listener = listener.into_std()?;
         match tls {
             Some(tls) => {
-                let handle = axum_server::Handle::new();
-                let stopper = handle.clone();
-                let stop = wait(stop_rx.clone());
-                tokio::spawn(async move {
-                    stop.await;
-                    stopper.graceful_shutdown(Some(std::time::Duration::from_secs(10)));
-                });
-                axum_server::from_tcp_rustls(listener.into_std()?, tls)?
-                    .handle(handle)
+                let server = axum_server::from_tcp_rustls(listener, tls)?.handle(handle);
+                with_connection_timeouts(server)
                     .serve(app)
                     .await
                     .context("the HTTPS server failed")
             }
-            None => axum::serve(listener, app)
-                .with_graceful_shutdown(wait(stop_rx.clone()))
-                .await
-                .context("the API server failed"),
+            None => {
+                let server = axum_server::from_tcp(listener)?.handle(handle);
+                with_connection_timeouts(server)
+                    .serve(app)
+                    .await
+                    .context("the API server failed")
+            }
         }
     };
     let admin_server = axum::serve(admin, admin_router(state.clone()))
@@ -1558,8 +1588,84 @@ async fn shutdown_signal() {
 #[cfg(test)]
 mod tests {
     use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    use std::time::Duration;
 
-    use super::{bind_admin_socket, check_private_dir};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::{
+        FIRST_REQUEST_TIMEOUT, HEADER_READ_TIMEOUT, bind_admin_socket, check_private_dir,
+        with_connection_timeouts,
+    };
+
+    /// Reads until the peer closes; how much it sent. Bounded, so a connection held open fails
+    /// the test instead of hanging it.
+    async fn until_closed(stream: &mut tokio::net::TcpStream) -> Vec<u8> {
+        let mut all = Vec::new();
+        let mut buf = [0u8; 1024];
+        loop {
+            let read = tokio::time::timeout(Duration::from_secs(600), stream.read(&mut buf))
+                .await
+                .expect("the server closes the connection");
+            match read {
+                Ok(0) | Err(_) => return all,
+                Ok(n) => all.extend_from_slice(&buf[..n]),
+            }
+        }
+    }
+
+    /// A connection that sends nothing is closed after `FIRST_REQUEST_TIMEOUT`, and one that
+    /// answered a request and then sends nothing (or headers a byte at a time) after
+    /// `HEADER_READ_TIMEOUT`: no client holds a socket for as long as it likes. tokio's clock
+    /// is paused, and moves to the next timer whenever everything waits.
+    #[tokio::test(start_paused = true)]
+    async fn idle_and_slow_connections_are_closed() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let address = listener.local_addr().unwrap();
+        let app = axum::Router::new().route("/", axum::routing::get(|| async { "ok" }));
+        let server = with_connection_timeouts(axum_server::from_tcp(listener).unwrap());
+        tokio::spawn(server.serve(app.into_make_service()));
+
+        let started = tokio::time::Instant::now();
+        let mut silent = tokio::net::TcpStream::connect(address).await.unwrap();
+        assert!(until_closed(&mut silent).await.is_empty());
+        let waited = started.elapsed();
+        assert!(
+            waited >= FIRST_REQUEST_TIMEOUT && waited < HEADER_READ_TIMEOUT,
+            "{waited:?}"
+        );
+
+        let mut slow = tokio::net::TcpStream::connect(address).await.unwrap();
+        slow.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = [0u8; 15];
+        slow.read_exact(&mut answer).await.unwrap();
+        assert_eq!(&answer, b"HTTP/1.1 200 OK");
+        let started = tokio::time::Instant::now();
+        slow.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
+        let dripping = async {
+            loop {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                if slow.write_all(b"x").await.is_err() {
+                    break;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(HEADER_READ_TIMEOUT * 2, dripping).await;
+        let rest = until_closed(&mut slow).await;
+        let waited = started.elapsed();
+        assert!(
+            !String::from_utf8_lossy(&rest).contains("200 OK"),
+            "no second answer"
+        );
+        // Closed at the header timeout; the drip notices within two of its writes.
+        assert!(
+            waited >= HEADER_READ_TIMEOUT
+                && waited <= HEADER_READ_TIMEOUT + Duration::from_secs(20),
+            "{waited:?}"
+        );
+    }
 
     #[tokio::test]
     async fn the_admin_socket_is_bound_with_its_final_permissions_and_replaces_a_stale_one() {

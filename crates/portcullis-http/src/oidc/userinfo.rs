@@ -7,16 +7,7 @@ use axum::response::{IntoResponse, Response};
 use portcullis_core::Store;
 
 use super::{no_store, not_configured, provider_of, unavailable};
-use crate::AppState;
-
-/// The bearer token of the `Authorization` header.
-fn bearer(headers: &HeaderMap) -> Option<&str> {
-    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = value.split_once(' ')?;
-    scheme
-        .eq_ignore_ascii_case("bearer")
-        .then_some(token.trim())
-}
+use crate::{AppState, bearer};
 
 /// RFC 6750 §3: a missing token gets a bare challenge, a bad one `invalid_token`.
 fn challenge(error: Option<&'static str>) -> Response {

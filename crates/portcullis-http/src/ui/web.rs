@@ -768,10 +768,19 @@ mod tests {
     use tower::ServiceExt;
 
     use super::{Browser, Hsts, Ui, UiSettings};
-    use crate::peer::{ClientAddr, Peer, TrustedProxies};
+    use crate::peer::{ClientAddr, Peer, ProxyHeaders, TrustedProxies};
     use crate::{AppState, Edge, Services, api_router};
 
     fn state(settings: UiSettings, trusted: &[&str]) -> AppState<MemoryStore> {
+        state_behind(settings, trusted, ProxyHeaders::XForwarded)
+    }
+
+    /// [`state`], behind proxies that write `headers`.
+    fn state_behind(
+        settings: UiSettings,
+        trusted: &[&str],
+        headers: ProxyHeaders,
+    ) -> AppState<MemoryStore> {
         let clock = Arc::new(SystemClock);
         let services = Services {
             engine: Arc::new(Engine::new(
@@ -792,7 +801,9 @@ mod tests {
             federation: None,
         };
         let edge = Edge {
-            trusted_proxies: TrustedProxies::parse(trusted.iter().copied()).unwrap(),
+            trusted_proxies: TrustedProxies::parse(trusted.iter().copied())
+                .unwrap()
+                .writing(headers),
             ..Edge::default()
         };
         AppState::with_edge(services, edge)
@@ -904,6 +915,15 @@ mod tests {
         )
         .await;
         assert_eq!(text(answer).await, "198.51.100.66 198.51.100.66");
+        // Proxies that write X-Forwarded-For (the default) pass on a client's Forwarded: it is
+        // not read. Behind proxies that write Forwarded, X-Forwarded-For is not.
+        let answer = call(&router, "/whoami", "[::ffff:10.0.0.2]:4000", &SPOOFED).await;
+        assert_eq!(text(answer).await, "198.51.100.66 198.51.100.66");
+        let router = whoami(state_behind(
+            UiSettings::default(),
+            &["10.0.0.0/8"],
+            ProxyHeaders::Forwarded,
+        ));
         let answer = call(&router, "/whoami", "[::ffff:10.0.0.2]:4000", &SPOOFED).await;
         assert_eq!(text(answer).await, "198.51.100.67 198.51.100.67");
     }
@@ -921,11 +941,23 @@ mod tests {
         let proxied_https = [("x-forwarded-proto", "https")];
         let answer = call(&router, "/login", "10.0.0.2:4000", &proxied_https).await;
         assert_eq!(hsts(&answer), Some("max-age=63072000; includeSubDomains"));
+        let forwarded_https = [("forwarded", "for=198.51.100.7;proto=https")];
+        let answer = call(&router, "/login", "10.0.0.2:4000", &forwarded_https).await;
+        assert_eq!(
+            hsts(&answer),
+            None,
+            "X-Forwarded-* proxies pass a client's Forwarded on"
+        );
+        let behind_forwarded = api_router(state_behind(
+            include.clone(),
+            &["10.0.0.0/8"],
+            ProxyHeaders::Forwarded,
+        ));
         let answer = call(
-            &router,
+            &behind_forwarded,
             "/login",
             "10.0.0.2:4000",
-            &[("forwarded", "for=198.51.100.7;proto=https")],
+            &forwarded_https,
         )
         .await;
         assert_eq!(hsts(&answer), Some("max-age=63072000; includeSubDomains"));
