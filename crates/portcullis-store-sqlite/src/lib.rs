@@ -115,6 +115,27 @@ fn corrupt(err: serde_json::Error) -> StoreError {
 /// Opens (creating if needed) the database file at `path`, migrates it and loads it.
 pub async fn open(path: &Path) -> Result<SqliteStore, OpenError> {
     let display = path.display().to_string();
+    // Created readable by its owner only: it holds accounts' password hashes and the trail.
+    // SQLite gives its WAL and shared-memory files the database file's permissions.
+    if !path.exists() {
+        use std::os::unix::fs::OpenOptionsExt;
+        let created = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path);
+        match created {
+            Ok(_) => {}
+            // Another process made it meanwhile, with these permissions too.
+            Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(err) => {
+                return Err(OpenError::Open {
+                    path: display,
+                    source: sqlx::Error::Io(err),
+                });
+            }
+        }
+    }
     let options = SqliteConnectOptions::from_str("sqlite://")
         .map_err(|source| OpenError::Open {
             path: display.clone(),

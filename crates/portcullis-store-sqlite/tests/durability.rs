@@ -690,3 +690,35 @@ async fn recovery_sets_back_only_what_failed_and_every_other_session_is_answered
             .is_empty()
     );
 }
+
+/// The database holds password hashes and the audit trail: a new one, its write-ahead log and
+/// its shared memory are readable by their owner only, whatever the process's umask.
+#[tokio::test]
+async fn a_new_database_and_its_journal_files_are_private_to_their_owner() {
+    use std::os::unix::fs::PermissionsExt;
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("portcullis.db");
+    let store = portcullis_store_sqlite::open(&path).await.unwrap();
+    let engine = Engine::new(
+        store,
+        PolicySet::default(),
+        Arc::new(ManualClock::default()),
+        Arc::new(OsRandom),
+    );
+    engine
+        .add_application(
+            ApplicationChange {
+                name: Some("shop".into()),
+                ..Default::default()
+            },
+            &Actor::cli(),
+        )
+        .await
+        .unwrap();
+    for suffix in ["", "-wal", "-shm"] {
+        let file = dir.path().join(format!("portcullis.db{suffix}"));
+        let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{}", file.display());
+    }
+}
