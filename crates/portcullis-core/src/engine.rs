@@ -983,6 +983,17 @@ impl<S: Store> Engine<S> {
             )));
         }
         Self::check_subject_scope(principal, subject, all, Grant::EndEverywhere)?;
+        // An `except` naming no session of this subject that the caller reaches (a typo,
+        // another person's id) would end the very session the caller meant to keep: refused,
+        // nothing ended. One that ended meanwhile is still named, and the others end.
+        if let Some(except) = except {
+            let kept = self.store.find_by_id(except).await?;
+            if !kept.is_some_and(|s| s.subject == subject && (all || principal.reaches(&s))) {
+                return Err(EngineError::Invalid(format!(
+                    "except: {except} is no session of this subject"
+                )));
+            }
+        }
         let only = match (&principal.reach, all) {
             (_, true) | (Reach::Everything | Reach::Person(_), false) => None,
             (Reach::Application(app), false) => Some(app.id.clone()),

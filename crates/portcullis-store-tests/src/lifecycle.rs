@@ -6,7 +6,7 @@ use std::time::Duration;
 use portcullis_core::{
     Actor, AuthContext, Binding, Device, Elevate, EndReason, Engine, EngineError, EventKind,
     EventQuery, ManualClock, NewSession, OnLimit, Policy, PolicyOverrides, PolicySet, Principal,
-    Rejection, SeededRandom, Store,
+    Rejection, SeededRandom, SessionId, Store,
 };
 use recorder::Recorder;
 
@@ -486,6 +486,38 @@ pub async fn asvs4_3_3_3_force_logout_all_but_current<S: Store>(store: S) {
         );
     }
     let current = &tokens[2];
+    // An `except` naming no session of alice's (a typo, bob's) ends nothing, not even the one
+    // the caller meant to keep.
+    let bobs = h
+        .engine
+        .create(new_session("bob", "default"), &h.app)
+        .await
+        .unwrap();
+    for wrong in [
+        SessionId::from_string("ses_nosuchsession".into()),
+        bobs.session.id.clone(),
+    ] {
+        let refused = h
+            .engine
+            .end_subject(
+                "alice",
+                Some(&wrong),
+                EndReason::PasswordChanged,
+                false,
+                &h.app,
+            )
+            .await;
+        assert!(
+            matches!(refused, Err(EngineError::Invalid(_))),
+            "{refused:?}"
+        );
+    }
+    for token in &tokens {
+        h.engine
+            .validate(token.token.expose(), false, &Device::default(), &h.app)
+            .await
+            .unwrap();
+    }
     let n = h
         .engine
         .end_subject(
