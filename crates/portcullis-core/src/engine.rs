@@ -989,9 +989,7 @@ impl<S: Store> Engine<S> {
         if let Some(except) = except {
             let kept = self.store.find_by_id(except).await?;
             if !kept.is_some_and(|s| s.subject == subject && (all || principal.reaches(&s))) {
-                return Err(EngineError::Invalid(format!(
-                    "except: {except} is no session of this subject"
-                )));
+                return Err(EngineError::NotFound);
             }
         }
         let only = match (&principal.reach, all) {

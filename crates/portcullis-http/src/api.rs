@@ -375,8 +375,9 @@ pub async fn list_subject<S: Store>(
     security(("api_key" = [])),
     responses(
         (status = 200, description = "How many ended", body = EndedCountView),
-        (status = 400, description = "`invalid_parameter`: unknown reason; `invalid_request`: a reason only the engine records, or an `except` that names no session of this subject (nothing is ended)", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "`invalid_parameter`: unknown reason; `invalid_request`: a reason only the engine records", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "`grant_required`: `scope=all` without the grant", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "`not_found`: `except` names no session of this subject (nothing is ended)", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn end_subject<S: Store>(
     State(state): State<AppState<S>>,
