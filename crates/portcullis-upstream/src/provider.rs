@@ -173,17 +173,14 @@ const MAX_SUBJECT_LEN: usize = 255;
 impl PendingUpstream {
     /// OpenID Connect Core §3.1.3.7 step 13 (and ASVS5-6.8.4): a request that asked the person
     /// to authenticate again (`prompt=login`, `max_age`) is answered only by an ID token whose
-    /// `auth_time` says they did; an upstream that ignores the request, or does not say, passes
-    /// for no re-authentication.
-    fn check_recent(
-        &self,
-        auth_time: Option<Timestamp>,
-        now: Timestamp,
-    ) -> Result<(), UpstreamError> {
+    /// `auth_time` says they did: after the request was sent, or no more than `max_age` before
+    /// it (the upstream judged the age when the request reached it). An upstream that ignores
+    /// the request, or does not say, passes for no re-authentication.
+    fn check_recent(&self, auth_time: Option<Timestamp>) -> Result<(), UpstreamError> {
         let since = [
             self.force_login.then_some(self.started_at),
             self.max_age_secs
-                .map(|secs| now.minus(Duration::from_secs(secs))),
+                .map(|secs| self.started_at.minus(Duration::from_secs(secs))),
         ]
         .into_iter()
         .flatten()
@@ -610,7 +607,6 @@ impl Upstream {
             claims
                 .auth_time()
                 .map(|t| Timestamp::from_millis(t.timestamp_millis())),
-            self.clock.now(),
         )?;
         // The access token is the one the ID token was issued with, when it says so.
         if let Some(expected) = claims.access_token_hash() {
@@ -878,4 +874,53 @@ fn error_chain(err: &dyn std::error::Error) -> String {
         source = cause.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use portcullis_core::Timestamp;
+
+    use super::{PendingUpstream, UpstreamError};
+
+    fn asked(force_login: bool, max_age_secs: Option<u64>) -> PendingUpstream {
+        PendingUpstream {
+            provider: "corp".into(),
+            state: "s".into(),
+            nonce: "n".into(),
+            verifier: "v".into(),
+            started_at: Timestamp::from_millis(1_800_000_000_000),
+            force_login,
+            max_age_secs,
+        }
+    }
+
+    /// ASVS5-6.8.4: what a re-authentication asked is what its answer's `auth_time` must show,
+    /// measured from when the request was sent, not from when the answer came back.
+    #[test]
+    fn asvs5_6_8_4_a_reauthentication_is_answered_only_by_an_auth_time_that_shows_it() {
+        let refused = |r: Result<(), UpstreamError>| matches!(r, Err(UpstreamError::Refused(_)));
+        let at = |pending: &PendingUpstream, secs: i64| {
+            Some(Timestamp::from_millis(
+                pending.started_at.as_millis() + secs * 1000,
+            ))
+        };
+        let plain = asked(false, None);
+        assert!(plain.check_recent(None).is_ok(), "nothing was asked");
+        assert!(plain.check_recent(at(&plain, -86_400)).is_ok());
+
+        let login = asked(true, None);
+        assert!(
+            login.check_recent(at(&login, 30)).is_ok(),
+            "after the request"
+        );
+        assert!(refused(login.check_recent(at(&login, -3_600))));
+        assert!(refused(login.check_recent(None)), "an auth_time is needed");
+
+        let recent = asked(false, Some(300));
+        assert!(recent.check_recent(at(&recent, -200)).is_ok());
+        assert!(refused(recent.check_recent(at(&recent, -400))));
+        assert!(refused(recent.check_recent(None)));
+        // Within the minute an upstream clock may lag.
+        assert!(recent.check_recent(at(&recent, -330)).is_ok());
+    }
 }
