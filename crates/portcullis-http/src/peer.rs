@@ -351,16 +351,18 @@ enum Node {
     Unnamed,
 }
 
-/// Every value of a list header, in order across its lines; `None` when one is not text.
-fn list_values(headers: &HeaderMap, name: &HeaderName) -> Option<String> {
+/// Every value of a list header, in order across its lines. Bytes that are not text (a client
+/// may send any) become U+FFFD, so only the element that holds them fails to parse: the walk
+/// from the right never reads it once it has found the client.
+fn list_values(headers: &HeaderMap, name: &HeaderName) -> String {
     let mut joined = String::new();
     for value in headers.get_all(name) {
         if !joined.is_empty() {
             joined.push(',');
         }
-        joined.push_str(value.to_str().ok()?);
+        joined.push_str(&String::from_utf8_lossy(value.as_bytes()));
     }
-    Some(joined)
+    joined
 }
 
 /// Splits `text` at `separator` outside quoted strings; `None` when a quote is left open.
@@ -413,9 +415,9 @@ fn forwarded_value(raw: &str) -> Option<String> {
 }
 
 /// The elements of list header `name` in order across its lines, empty ones left out (RFC 9110
-/// §5.6.1); `None` when it is not text, or (`Forwarded`) a quoted string is left open.
+/// §5.6.1); `None` when (`Forwarded`) a quoted string is left open.
 fn list_elements(headers: &HeaderMap, name: &HeaderName, rfc7239: bool) -> Option<Vec<String>> {
-    let text = list_values(headers, name)?;
+    let text = list_values(headers, name);
     let elements = if rfc7239 {
         split_outside_quotes(&text, ',')?
     } else {
@@ -718,6 +720,16 @@ mod tests {
                 "{value:?}"
             );
         }
+        // Bytes that are not text, before the proxy's entry.
+        let mut binary = HeaderMap::new();
+        binary.insert(
+            "x-forwarded-for",
+            HeaderValue::from_bytes(b"\xff\xfe, 203.0.113.5").unwrap(),
+        );
+        assert_eq!(
+            resolve_client(ip("10.0.0.1"), &binary, &proxies()).ip,
+            ip("203.0.113.5")
+        );
         let spoofed = headers(&[
             ("forwarded", "for=127.0.0.1"),
             ("x-forwarded-for", "203.0.113.5"),

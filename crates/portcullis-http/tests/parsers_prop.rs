@@ -87,8 +87,15 @@ proptest! {
         let target = safe_return_to(Some(&candidate));
         prop_assert!(target.starts_with('/'));
         prop_assert!(!target.starts_with("//") && !target.starts_with("/\\"));
-        prop_assert!(!target.chars().any(char::is_control));
-        prop_assert!(target == candidate || target == "/account");
+        // A valid URI: visible ASCII only, what a URI may not hold percent-encoded, once.
+        prop_assert!(target.bytes().all(|b| b.is_ascii_graphic()), "{}", target);
+        prop_assert_eq!(safe_return_to(Some(&target)), target.clone());
+        let plain = candidate
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && !b"\"<>\\^`{|}".contains(&b));
+        if plain {
+            prop_assert!(target == candidate || target == "/account");
+        }
     }
 
     /// A CSRF value matches only the session's own, and an empty expectation matches nothing.
@@ -260,7 +267,7 @@ proptest! {
         spoofed in prop::collection::vec(hop_address(), 0..3),
         garbage in prop::collection::vec(any::<u8>(), 0..60),
     ) {
-        use portcullis_http::peer::{TrustedProxies, resolve_client};
+        use portcullis_http::peer::{ProxyHeaders, TrustedProxies, resolve_client};
         let peer: std::net::IpAddr = "10.9.9.9".parse().unwrap();
         let mut nets = vec!["10.9.9.9/32".to_owned()];
         for ((ip, _, _), trusted) in chain.iter().zip(&trusted_hops) {
@@ -284,7 +291,8 @@ proptest! {
             .join(", ");
         let mut headers = HeaderMap::new();
         headers.insert("forwarded", HeaderValue::from_str(&forwarded).unwrap());
-        let client = resolve_client(peer, &headers, &trusted);
+        let behind_forwarded = trusted.clone().writing(ProxyHeaders::Forwarded);
+        let client = resolve_client(peer, &headers, &behind_forwarded);
         prop_assert_eq!(client.ip, want, "Forwarded: {}", &forwarded);
 
         // A client's own entries come first (leftmost): they can only matter when every hop
@@ -298,7 +306,9 @@ proptest! {
             prop_assert_eq!(resolve_client(peer, &headers, &trusted).ip, want);
         }
 
-        // Garbage before a chain: the answer is the peer or an address the header carries.
+        // Garbage before a chain (any bytes a client can send): never read once the walk from
+        // the right has found an untrusted hop; else the answer is the peer or an address the
+        // header carries.
         let mut headers = HeaderMap::new();
         let mut line = garbage.clone();
         line.extend_from_slice(b", ");
@@ -307,6 +317,9 @@ proptest! {
             headers.insert("x-forwarded-for", value.clone());
             headers.insert("forwarded", value);
             let got = resolve_client(peer, &headers, &trusted).ip;
+            if last_untrusted {
+                prop_assert_eq!(got, want, "from {:?}", String::from_utf8_lossy(&line));
+            }
             let carried = got == peer
                 || ips.iter().any(|ip| ip.to_canonical() == got)
                 || String::from_utf8_lossy(&line).contains(&got.to_string());
